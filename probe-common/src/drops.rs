@@ -1,0 +1,22 @@
+//! Packet drops from `skb:kfree_skb`, aggregated in the kernel by owner and reason.
+
+/// Per-CPU hash map: [`DropKey`] -> drop count (`u64`).
+pub const DROPS_MAP: &str = "DROPS";
+/// Distinct (owner, reason) pairs tracked at once.
+pub const DROPS_MAX_KEYS: u32 = 32_768;
+
+/// Who a dropped packet belonged to, and why the kernel dropped it.
+///
+/// With a socket, `cgroup_id` is the socket's cgroup v2 id and `netns` the socket's
+/// network namespace. Without one (a packet to a closed port, a firewall drop on input),
+/// `cgroup_id` is 0 and `netns` is the namespace of the device the packet was on; the
+/// agent attributes it to the pod that lives in that namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DropKey {
+    pub cgroup_id: u64,
+    /// Network namespace inode number (`stat -L -c %i /proc/PID/ns/net`); 0 if unknown.
+    pub netns: u32,
+    /// The kernel's `enum skb_drop_reason` value; its name comes from BTF.
+    pub reason: u32,
+}

@@ -1,0 +1,65 @@
+//! Kernel facts the programs need, resolved from the running kernel's BTF at load time.
+//!
+//! Rust eBPF has no CO-RE relocations, so no struct offset is compiled in: the agent
+//! fills a [`KernelLayout`] from `/sys/kernel/btf/vmlinux` and hands it to the programs
+//! as the read-only global [`KERNEL_LAYOUT_GLOBAL`].
+
+/// Name of the read-only global holding the [`KernelLayout`].
+pub const KERNEL_LAYOUT_GLOBAL: &str = "KERNEL_LAYOUT";
+
+/// Byte offsets of the fields the programs read, plus a few kernel capabilities.
+///
+/// Offsets that go through nested members (`sock.sk_cgrp_data.cgroup`) are summed: the
+/// programs only ever read the final field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// `sk_buff.sk`
+    pub sk_buff_sk: u32,
+    /// `sk_buff.dev`
+    pub sk_buff_dev: u32,
+    /// `sk_buff.cb` + `tcp_skb_cb.tcp_gso_segs`: the skb's segment count (`tcp_skb_pcount`).
+    pub sk_buff_tcp_gso_segs: u32,
+    /// `sock.__sk_common.skc_state`
+    pub sock_state: u32,
+    /// `sock.__sk_common.skc_net.net`
+    pub sock_net: u32,
+    /// `sock.sk_cgrp_data.cgroup`
+    pub sock_cgroup: u32,
+    /// `cgroup.kn`
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id`: the cgroup id userspace sees as the directory's inode number.
+    pub kernfs_node_id: u32,
+    /// `net_device.nd_net.net`
+    pub net_device_net: u32,
+    /// `net.ns.inum`
+    pub net_inum: u32,
+    /// 1 if `tcp_retransmit_skb` passes `err` (kernel 6.11+); without it every attempt counts as sent.
+    pub tcp_retransmit_has_err: u32,
+    /// 1 if `kfree_skb` passes `rx_sk` (kernel 6.12+), so receive-side drops keep their socket.
+    pub kfree_skb_has_rx_sk: u32,
+    /// `SKB_CONSUMED`: not a drop; older kernels report it through `kfree_skb`.
+    pub drop_reason_consumed: u32,
+    /// Keeps the struct a multiple of 8 bytes on both sides.
+    pub _reserved: u32,
+}
+
+impl KernelLayout {
+    /// Placeholder compiled into the object; the loader always overrides it.
+    pub const UNRESOLVED: Self = Self {
+        sk_buff_sk: 0,
+        sk_buff_dev: 0,
+        sk_buff_tcp_gso_segs: 0,
+        sock_state: 0,
+        sock_net: 0,
+        sock_cgroup: 0,
+        cgroup_kn: 0,
+        kernfs_node_id: 0,
+        net_device_net: 0,
+        net_inum: 0,
+        tcp_retransmit_has_err: 0,
+        kfree_skb_has_rx_sk: 0,
+        drop_reason_consumed: 0,
+        _reserved: 0,
+    };
+}

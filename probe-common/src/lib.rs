@@ -1,0 +1,29 @@
+//! Types shared between the kernel programs (`probe-ebpf`) and the agent (`probe-user`).
+//!
+//! Every struct is `#[repr(C)]` without implicit padding, because both sides read the
+//! same bytes out of BPF maps: a flag is a `u32`, never a `bool`.
+#![no_std]
+
+pub mod drops;
+pub mod layout;
+pub mod overflow;
+pub mod tcp_retransmit;
+
+pub use drops::DropKey;
+pub use layout::KernelLayout;
+pub use overflow::OverflowSlot;
+pub use tcp_retransmit::RetransmitCounters;
+
+/// Marks a type as plain old data for aya's map accessors.
+#[cfg(feature = "user")]
+macro_rules! user_pod {
+    ($($ty:ty),* $(,)?) => {
+        $(
+            // SAFETY: `#[repr(C)]`, only integer fields, no padding.
+            unsafe impl aya::Pod for $ty {}
+        )*
+    };
+}
+
+#[cfg(feature = "user")]
+user_pod!(DropKey, KernelLayout, RetransmitCounters);

@@ -1,0 +1,25 @@
+//! TCP retransmits, aggregated in the kernel per cgroup of the socket's owner.
+
+/// Per-CPU hash map: cgroup v2 id (`u64`) -> [`RetransmitCounters`].
+pub const TCP_RETRANSMITS_MAP: &str = "TCP_RETRANSMITS";
+/// Distinct cgroups tracked at once; beyond this, updates are counted as overflow.
+pub const TCP_RETRANSMITS_MAX_CGROUPS: u32 = 16_384;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetransmitCounters {
+    /// Retransmitted skbs that went out (`tcp:tcp_retransmit_skb` with `err == 0`).
+    pub retransmits: u64,
+    /// Segments in those skbs: a GSO skb carries several, and `RetransSegs` counts each.
+    pub segments: u64,
+    /// Attempts that did not go out (`err != 0`): they are not retransmits on the wire.
+    pub failed: u64,
+}
+
+impl RetransmitCounters {
+    pub fn add(&mut self, other: &Self) {
+        self.retransmits += other.retransmits;
+        self.segments += other.segments;
+        self.failed += other.failed;
+    }
+}

@@ -1,0 +1,55 @@
+//! Packet drops with the kernel's drop reason, per socket cgroup or network namespace.
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, map},
+    maps::PerCpuHashMap,
+    programs::BtfTracePointContext,
+};
+use probe_common::{DropKey, OverflowSlot, drops::DROPS_MAX_KEYS};
+
+use crate::{aggregate, kernel};
+
+/// `probe_common::drops::DROPS_MAP`: (owner, reason) -> drops.
+#[map]
+static DROPS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::with_max_entries(DROPS_MAX_KEYS, 0);
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
+    try_kfree_skb(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_kfree_skb(ctx: &BtfTracePointContext) {
+    let layout = kernel::layout();
+    let skb: *const u8 = ctx.arg(0);
+    let reason: u32 = ctx.arg(2);
+    if reason == layout.drop_reason_consumed {
+        return;
+    }
+
+    // Transmit-side drops carry the socket in skb->sk; receive-side drops of 6.12+
+    // kernels pass it as rx_sk (the skb is not yet owned there).
+    let mut sk: *const u8 = kernel::read(skb, layout.sk_buff_sk).unwrap_or(core::ptr::null());
+    if sk.is_null() && layout.kfree_skb_has_rx_sk != 0 {
+        sk = ctx.arg(3);
+    }
+
+    let key = if sk.is_null() {
+        // No socket (closed port, firewall on input): the device's namespace tells whose
+        // traffic it was.
+        let dev: *const u8 = kernel::read(skb, layout.sk_buff_dev).unwrap_or(core::ptr::null());
+        DropKey {
+            cgroup_id: 0,
+            netns: kernel::device_netns(&layout, dev),
+            reason,
+        }
+    } else {
+        DropKey {
+            cgroup_id: kernel::sock_cgroup_id(&layout, sk),
+            netns: kernel::sock_netns(&layout, sk),
+            reason,
+        }
+    };
+    aggregate::add(&DROPS, &key, &1, OverflowSlot::Drops, |count| *count += 1);
+}

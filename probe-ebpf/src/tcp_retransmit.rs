@@ -1,0 +1,65 @@
+//! TCP retransmits per cgroup of the socket's owner.
+//!
+//! `tcp:tcp_retransmit_skb` often fires from a timer in softirq, where the current task
+//! is unrelated, so the cgroup comes from the socket, never from the current task.
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, map},
+    maps::PerCpuHashMap,
+    programs::BtfTracePointContext,
+};
+use probe_common::{
+    OverflowSlot, RetransmitCounters, tcp_retransmit::TCP_RETRANSMITS_MAX_CGROUPS,
+};
+
+use crate::{aggregate, kernel};
+
+/// `probe_common::tcp_retransmit::TCP_RETRANSMITS_MAP`: cgroup id -> counters.
+#[map]
+static TCP_RETRANSMITS: PerCpuHashMap<u64, RetransmitCounters> =
+    PerCpuHashMap::with_max_entries(TCP_RETRANSMITS_MAX_CGROUPS, 0);
+
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
+    try_tcp_retransmit_skb(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext) {
+    let layout = kernel::layout();
+    let sk: *const u8 = ctx.arg(0);
+    let skb: *const u8 = ctx.arg(1);
+    // Branch on a read-only global: the verifier prunes the read of a third argument on
+    // kernels whose tracepoint has none.
+    let err: i32 = if layout.tcp_retransmit_has_err != 0 {
+        ctx.arg(2)
+    } else {
+        0
+    };
+
+    let sent = if err == 0 {
+        // tcp_skb_pcount(): the segments this skb carries, as RetransSegs counts them.
+        let segments: u16 = kernel::read(skb, layout.sk_buff_tcp_gso_segs).unwrap_or(1);
+        RetransmitCounters {
+            retransmits: 1,
+            segments: u64::from(segments.max(1)),
+            failed: 0,
+        }
+    } else {
+        RetransmitCounters {
+            retransmits: 0,
+            segments: 0,
+            failed: 1,
+        }
+    };
+
+    let cgroup_id = kernel::sock_cgroup_id(&layout, sk);
+    aggregate::add(
+        &TCP_RETRANSMITS,
+        &cgroup_id,
+        &sent,
+        OverflowSlot::TcpRetransmits,
+        |counters| counters.add(&sent),
+    );
+}

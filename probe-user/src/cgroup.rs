@@ -1,0 +1,342 @@
+//! Cgroups: where cgroup v2 is mounted, cgroup id -> path, and what the kubelet's
+//! naming says about a path (pod UID, container ID, QoS class).
+//!
+//! The programs key everything by cgroup v2 id (a socket's cgroup and
+//! `bpf_get_current_cgroup_id()` are v2 on hybrid nodes too). The id is the inode number
+//! of the cgroup's directory in the v2 mount.
+
+use std::{
+    collections::HashMap,
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+/// Finds the cgroup v2 mount: `/sys/fs/cgroup` on unified nodes, `/sys/fs/cgroup/unified`
+/// on hybrid ones.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    cgroup2_mount_in(&mountinfo)
+}
+
+fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            // `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS... - FSTYPE SOURCE SUPEROPTS`
+            let (left, right) = line.split_once(" - ")?;
+            let fstype = right.split_whitespace().next()?;
+            let mountpoint = left.split_whitespace().nth(4)?;
+            (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount(mountpoint)))
+        })
+        // Prefer the shortest: a container may also see nested cgroup2 mounts.
+        .min_by_key(|p| p.as_os_str().len())
+}
+
+/// mountinfo escapes spaces and a few other bytes as `\ooo`.
+fn unescape_mount(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let code: String = chars.by_ref().take(3).collect();
+            match u8::from_str_radix(&code, 8) {
+                Ok(b) => out.push(b as char),
+                Err(_) => {
+                    out.push('\\');
+                    out.push_str(&code);
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Maps cgroup v2 ids to paths relative to the v2 mount (`/kubepods.slice/...`).
+///
+/// Built by walking the hierarchy; ids that are not found are looked up again on the
+/// next [`refresh`](Self::refresh), and paths of cgroups that disappear are kept, so a
+/// short-lived container is still named in the report.
+#[derive(Debug)]
+pub struct CgroupPaths {
+    root: PathBuf,
+    by_id: HashMap<u64, String>,
+}
+
+impl CgroupPaths {
+    pub fn new(root: PathBuf) -> Self {
+        let mut paths = Self {
+            root,
+            by_id: HashMap::new(),
+        };
+        paths.refresh();
+        paths
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Walks the hierarchy again, adding cgroups created since the last walk.
+    pub fn refresh(&mut self) {
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(meta) = fs::symlink_metadata(&dir) else {
+                continue;
+            };
+            let relative = dir
+                .strip_prefix(&self.root)
+                .map(|p| format!("/{}", p.display()))
+                .unwrap_or_else(|_| "/".to_string());
+            self.by_id.insert(meta.ino(), relative);
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(entry.path());
+                }
+            }
+        }
+    }
+
+    /// Path of `id`, walking the hierarchy once more if it is not known yet.
+    pub fn path(&mut self, id: u64) -> Option<String> {
+        if !self.by_id.contains_key(&id) {
+            self.refresh();
+        }
+        self.by_id.get(&id).cloned()
+    }
+
+    /// Id of the cgroup at `path` (relative to the mount), if it exists or existed
+    /// during an earlier walk.
+    pub fn id_of(&self, path: &str) -> Option<u64> {
+        let full = self.root.join(path.trim_start_matches('/'));
+        fs::metadata(full).ok().map(|m| m.ino()).or_else(|| {
+            self.by_id
+                .iter()
+                .find(|(_, known)| known.as_str() == path)
+                .map(|(&id, _)| id)
+        })
+    }
+}
+
+/// Kubernetes QoS class, from the kubelet's cgroup naming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QosClass {
+    Guaranteed,
+    Burstable,
+    BestEffort,
+}
+
+/// What a cgroup path says about the workload it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KubeIdentity {
+    pub pod_uid: Option<String>,
+    pub container_id: Option<String>,
+    pub qos: Option<QosClass>,
+    /// Path of the pod's own cgroup (the prefix up to the pod segment).
+    pub pod_cgroup: Option<String>,
+}
+
+impl KubeIdentity {
+    pub fn is_pod(&self) -> bool {
+        self.pod_uid.is_some()
+    }
+}
+
+/// Parses kubelet cgroup naming for both cgroup drivers and the common runtimes:
+///
+/// - systemd: `.../kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid_with_underscores>.slice/cri-containerd-<64hex>.scope`
+///   (`crio-<id>.scope`, `docker-<id>.scope`; Guaranteed pods sit under `kubepods.slice` directly);
+/// - cgroupfs: `.../kubepods/burstable/pod<uid>/<64hex>` (or `crio-<id>`, `docker-<id>`).
+///
+/// Anything else (system services, the host) yields an empty identity. The kubelet's
+/// hierarchy may sit below a prefix (kind, nested runtimes), so it is found anywhere.
+pub fn parse_kube_path(path: &str) -> KubeIdentity {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let Some(kubepods) = segments
+        .iter()
+        .position(|s| *s == "kubepods" || *s == "kubepods.slice")
+    else {
+        return KubeIdentity::default();
+    };
+    let mut identity = KubeIdentity {
+        qos: Some(QosClass::Guaranteed),
+        ..Default::default()
+    };
+    for (i, segment) in segments.iter().enumerate().skip(kubepods + 1) {
+        let unit = segment.strip_suffix(".slice").unwrap_or(segment);
+        if identity.pod_uid.is_none() {
+            match unit {
+                "burstable" | "kubepods-burstable" => identity.qos = Some(QosClass::Burstable),
+                "besteffort" | "kubepods-besteffort" => identity.qos = Some(QosClass::BestEffort),
+                _ => {
+                    let Some(uid) = pod_uid(unit) else {
+                        return KubeIdentity::default();
+                    };
+                    identity.pod_uid = Some(uid);
+                    identity.pod_cgroup = Some(format!("/{}", segments[..=i].join("/")));
+                }
+            }
+        } else {
+            identity.container_id = container_id(segment);
+            // Deeper levels (a container's own sub-cgroups) belong to that container.
+            break;
+        }
+    }
+    if identity.pod_uid.is_none() {
+        // `kubepods.slice` or a QoS slice itself: not a pod.
+        return KubeIdentity::default();
+    }
+    identity
+}
+
+/// `kubepods-burstable-pod<uid_with_underscores>` (systemd) or `pod<uid>` (cgroupfs).
+fn pod_uid(unit: &str) -> Option<String> {
+    let raw = unit.rsplit_once("-pod").map(|(_, uid)| uid).or_else(|| {
+        unit.strip_prefix("pod")
+    })?;
+    let uid = raw.replace('_', "-");
+    let valid = uid.len() == 36
+        && uid.chars().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    // Static pods use a 32-hex config hash instead of a UUID.
+    let static_pod = uid.len() == 32 && uid.chars().all(|c| c.is_ascii_hexdigit());
+    (valid || static_pod).then_some(uid)
+}
+
+/// `cri-containerd-<id>.scope`, `crio-<id>.scope`, `docker-<id>.scope`, `<id>`, `crio-<id>`.
+fn container_id(segment: &str) -> Option<String> {
+    let unit = segment.strip_suffix(".scope").unwrap_or(segment);
+    let id = ["cri-containerd-", "crio-", "docker-", "containerd-"]
+        .iter()
+        .find_map(|prefix| unit.strip_prefix(prefix))
+        .unwrap_or(unit);
+    (id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit())).then(|| id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UID: &str = "0b5a3f0e-52c2-4b7e-9f0a-6a1c2e3d4f5a";
+    const CID: &str = "4f2ad8c6b0e14d38a5c9f7e2b1d0c3a4f2ad8c6b0e14d38a5c9f7e2b1d0c3a4f";
+
+    fn uid_underscored() -> String {
+        UID.replace('-', "_")
+    }
+
+    #[test]
+    fn systemd_driver_every_runtime_and_qos() {
+        let u = uid_underscored();
+        for (runtime, qos_slice, qos) in [
+            ("cri-containerd", "kubepods-burstable.slice/", QosClass::Burstable),
+            ("crio", "kubepods-besteffort.slice/", QosClass::BestEffort),
+            ("docker", "", QosClass::Guaranteed),
+        ] {
+            let qos_prefix = match qos {
+                QosClass::Burstable => "kubepods-burstable-",
+                QosClass::BestEffort => "kubepods-besteffort-",
+                QosClass::Guaranteed => "kubepods-",
+            };
+            let pod = format!("/kubepods.slice/{qos_slice}{qos_prefix}pod{u}.slice");
+            let path = format!("{pod}/{runtime}-{CID}.scope");
+            let id = parse_kube_path(&path);
+            assert_eq!(id.pod_uid.as_deref(), Some(UID), "{path}");
+            assert_eq!(id.container_id.as_deref(), Some(CID), "{path}");
+            assert_eq!(id.qos, Some(qos), "{path}");
+            assert_eq!(id.pod_cgroup.as_deref(), Some(pod.as_str()), "{path}");
+            // The pod's own cgroup: a pod, no container.
+            let pod_only = parse_kube_path(&pod);
+            assert_eq!(pod_only.pod_uid.as_deref(), Some(UID));
+            assert_eq!(pod_only.container_id, None);
+        }
+    }
+
+    #[test]
+    fn cgroupfs_driver_every_runtime_and_qos() {
+        for (qos_dir, qos) in [
+            ("burstable/", QosClass::Burstable),
+            ("besteffort/", QosClass::BestEffort),
+            ("", QosClass::Guaranteed),
+        ] {
+            for container in [CID.to_string(), format!("crio-{CID}"), format!("docker-{CID}")] {
+                let path = format!("/kubepods/{qos_dir}pod{UID}/{container}");
+                let id = parse_kube_path(&path);
+                assert_eq!(id.pod_uid.as_deref(), Some(UID), "{path}");
+                assert_eq!(id.container_id.as_deref(), Some(CID), "{path}");
+                assert_eq!(id.qos, Some(qos), "{path}");
+            }
+        }
+    }
+
+    #[test]
+    fn nested_prefix_and_container_subcgroups() {
+        let path = format!(
+            "/tuneprobe-test-1/kubepods.slice/kubepods-pod{}.slice/cri-containerd-{CID}.scope/init",
+            uid_underscored()
+        );
+        let id = parse_kube_path(&path);
+        assert_eq!(id.pod_uid.as_deref(), Some(UID));
+        assert_eq!(id.container_id.as_deref(), Some(CID));
+    }
+
+    #[test]
+    fn static_pod_hash_uid() {
+        let hash = "8d5f0c7e3a1b4c2d9e6f0a1b2c3d4e5f";
+        let id = parse_kube_path(&format!("/kubepods/burstable/pod{hash}/{CID}"));
+        assert_eq!(id.pod_uid.as_deref(), Some(hash));
+    }
+
+    #[test]
+    fn non_pod_paths() {
+        for path in [
+            "/",
+            "/system.slice/containerd.service",
+            "/user.slice/user-0.slice/session-1.scope",
+            "/kubepods.slice",
+            "/kubepods.slice/kubepods-burstable.slice",
+            "/kubepods/burstable",
+            "/kubepods/burstable/podnot-a-uid/abc",
+            "/docker/4f2ad8c6b0e14d38a5c9f7e2b1d0c3a4f2ad8c6b0e14d38a5c9f7e2b1d0c3a4f",
+        ] {
+            assert_eq!(parse_kube_path(path), KubeIdentity::default(), "{path}");
+        }
+        // A conmon or other non-container scope under a pod: the pod, no container id.
+        let conmon = format!(
+            "/kubepods.slice/kubepods-pod{}.slice/crio-conmon-{CID}.scope",
+            uid_underscored()
+        );
+        let id = parse_kube_path(&conmon);
+        assert_eq!(id.pod_uid.as_deref(), Some(UID));
+        assert_eq!(id.container_id, None);
+    }
+
+    #[test]
+    fn finds_cgroup2_mount_in_hybrid_and_unified_mountinfo() {
+        let hybrid = "\
+30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+32 30 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu";
+        assert_eq!(cgroup2_mount_in(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let unified = "29 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw";
+        assert_eq!(cgroup2_mount_in(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(cgroup2_mount_in("1 2 0:3 / /proc rw - proc proc rw"), None);
+        assert_eq!(unescape_mount("/a\\040b"), "/a b");
+    }
+
+    #[test]
+    fn resolves_ids_on_this_machine() {
+        let root = cgroup2_mount().expect("cgroup2 is mounted here");
+        let mut paths = CgroupPaths::new(root.clone());
+        let root_id = fs::metadata(&root).unwrap().ino();
+        assert_eq!(paths.path(root_id).as_deref(), Some("/"));
+        assert_eq!(paths.id_of("/"), Some(root_id));
+        assert_eq!(paths.path(u64::MAX), None);
+    }
+}

@@ -1,0 +1,15 @@
+//! tuneprobe's userspace agent: loads the kernel programs, reads their per-cgroup maps
+//! and attributes the counts to pods, containers and services.
+
+pub mod attribution;
+pub mod btf;
+pub mod cgroup;
+pub mod collector;
+pub mod layout;
+pub mod loader;
+pub mod procfs;
+pub mod report;
+
+pub use collector::Collector;
+pub use loader::{LoadOptions, Probe, ProbeStatus, Signal};
+pub use report::Snapshot;

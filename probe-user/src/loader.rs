@@ -1,0 +1,406 @@
+//! Loads the embedded programs, adapts them to the running kernel and attaches each one
+//! on its own: a program this kernel cannot run is reported, the others keep working.
+
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    hash::Hash,
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    programs::BtfTracePoint,
+};
+use log::{debug, warn};
+use probe_common::{
+    DropKey, OverflowSlot, RetransmitCounters, drops::DROPS_MAP, layout::KERNEL_LAYOUT_GLOBAL,
+    overflow::MAP_OVERFLOWS_MAP, tcp_retransmit::TCP_RETRANSMITS_MAP,
+};
+use serde::Serialize;
+
+use crate::{
+    btf::{Btf, BtfError, VMLINUX_BTF},
+    layout::{self, DropReasons, FieldPath},
+};
+
+/// The object `probe-user/build.rs` built from `probe-ebpf`.
+static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
+
+/// The signals tuneprobe measures; each program feeds one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    TcpRetransmit,
+    Drops,
+    Dns,
+    BlockIo,
+    CpuThrottle,
+}
+
+/// One kernel program: where it hooks, and what it needs from this kernel.
+#[derive(Debug)]
+pub struct ProgramSpec {
+    /// The program's function name in `probe-ebpf`.
+    pub name: &'static str,
+    pub signal: Signal,
+    /// BTF tracepoint it attaches to.
+    pub tracepoint: &'static str,
+    /// Arguments the program reads unconditionally.
+    pub min_args: u32,
+    /// Kernel fields it reads.
+    pub needs: &'static [FieldPath],
+}
+
+/// The compatibility table: every program, its hook and its kernel requirements.
+pub const PROGRAMS: &[ProgramSpec] = &[
+    ProgramSpec {
+        name: "tcp_retransmit_skb",
+        signal: Signal::TcpRetransmit,
+        tracepoint: "tcp_retransmit_skb",
+        // (sk, skb); `err` is read only where the kernel passes it (6.11+).
+        min_args: 2,
+        needs: &[
+            layout::SK_BUFF_CB,
+            layout::TCP_SKB_CB_GSO_SEGS,
+            layout::SOCK_STATE,
+            layout::SOCK_CGROUP,
+            layout::CGROUP_KN,
+            layout::KERNFS_NODE_ID,
+        ],
+    },
+    ProgramSpec {
+        name: "kfree_skb",
+        signal: Signal::Drops,
+        tracepoint: "kfree_skb",
+        // (skb, location, reason): the reason argument exists since 5.17.
+        min_args: 3,
+        needs: &[
+            layout::SK_BUFF_SK,
+            layout::SK_BUFF_DEV,
+            layout::SOCK_STATE,
+            layout::SOCK_NET,
+            layout::SOCK_CGROUP,
+            layout::CGROUP_KN,
+            layout::KERNFS_NODE_ID,
+            layout::NET_DEVICE_NET,
+            layout::NET_INUM,
+        ],
+    },
+];
+
+/// Whether one program runs, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProbeStatus {
+    pub name: String,
+    pub signal: Signal,
+    pub attached: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "no BTF at {path} ({source}); the kernel needs CONFIG_DEBUG_INFO_BTF, or pass --btf PATH"
+    )]
+    Btf { path: PathBuf, source: BtfError },
+    #[error(
+        "permission denied loading eBPF programs: run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN ({0})"
+    )]
+    Permission(String),
+    #[error("this kernel has no usable bpf() syscall: {0}")]
+    NoBpf(String),
+    #[error("loading the eBPF object failed: {0}")]
+    Object(String),
+    #[error("no program could be attached on this kernel: {0}")]
+    NothingAttached(String),
+}
+
+/// Where to find the kernel's BTF.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Defaults to `/sys/kernel/btf/vmlinux`.
+    pub btf_path: Option<PathBuf>,
+}
+
+/// The loaded and attached programs, and the maps they aggregate into.
+pub struct Probe {
+    ebpf: Ebpf,
+    statuses: Vec<ProbeStatus>,
+    drop_reasons: DropReasons,
+}
+
+impl Probe {
+    /// Loads the programs into the kernel and attaches every one this kernel supports.
+    pub fn load(options: &LoadOptions) -> Result<Self, LoadError> {
+        raise_memlock_rlimit();
+        mount_tracefs_if_absent();
+
+        let btf_path = options
+            .btf_path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(VMLINUX_BTF));
+        let btf_error = |source| LoadError::Btf {
+            path: btf_path.clone(),
+            source,
+        };
+        let btf = Btf::from_file(&btf_path).map_err(btf_error)?;
+        let aya_btf = aya::Btf::parse_file(&btf_path, aya::Endianness::default()).map_err(|e| {
+            btf_error(BtfError::Malformed(e.to_string()))
+        })?;
+        let resolved = layout::resolve(&btf);
+        let drop_reasons = DropReasons::from_btf(&btf).unwrap_or_else(|err| {
+            warn!("drop reasons will show as numbers: {err}");
+            DropReasons::default()
+        });
+
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&aya_btf))
+            .override_global(KERNEL_LAYOUT_GLOBAL, &resolved.layout, true)
+            .load(PROGRAMS_OBJECT)
+            .map_err(|err| classify(&err, LoadError::Object))?;
+
+        let statuses: Vec<ProbeStatus> = PROGRAMS
+            .iter()
+            .map(|spec| {
+                let result = match unsupported(spec, &btf, &resolved) {
+                    Some(reason) => Err(reason),
+                    None => attach(&mut ebpf, spec, &aya_btf),
+                };
+                if let Err(reason) = &result {
+                    warn!("{} ({:?}) is off: {reason}", spec.name, spec.signal);
+                }
+                ProbeStatus {
+                    name: spec.name.to_string(),
+                    signal: spec.signal,
+                    attached: result.is_ok(),
+                    error: result.err(),
+                }
+            })
+            .collect();
+
+        if !statuses.iter().any(|s| s.attached) {
+            let reasons: Vec<String> = statuses
+                .iter()
+                .map(|s| format!("{}: {}", s.name, s.error.as_deref().unwrap_or("?")))
+                .collect();
+            let all = reasons.join("; ");
+            if all.contains("Operation not permitted") || all.contains("Permission denied") {
+                return Err(LoadError::Permission(all));
+            }
+            return Err(LoadError::NothingAttached(all));
+        }
+        Ok(Self {
+            ebpf,
+            statuses,
+            drop_reasons,
+        })
+    }
+
+    pub fn statuses(&self) -> &[ProbeStatus] {
+        &self.statuses
+    }
+
+    pub fn drop_reasons(&self) -> &DropReasons {
+        &self.drop_reasons
+    }
+
+    /// Cumulative retransmit counters per cgroup v2 id, summed over CPUs.
+    pub fn retransmits(&self) -> anyhow::Result<HashMap<u64, RetransmitCounters>> {
+        self.sum_per_cpu(TCP_RETRANSMITS_MAP, |total: &mut RetransmitCounters, v| {
+            total.add(v)
+        })
+    }
+
+    /// Cumulative drop counts per (owner, reason), summed over CPUs.
+    pub fn drops(&self) -> anyhow::Result<HashMap<DropKey, u64>> {
+        self.sum_per_cpu(DROPS_MAP, |total: &mut u64, v| *total += v)
+    }
+
+    /// Updates lost to full maps, per map name.
+    pub fn map_overflows(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
+        let map = self
+            .ebpf
+            .map(MAP_OVERFLOWS_MAP)
+            .ok_or_else(|| anyhow::anyhow!("map {MAP_OVERFLOWS_MAP} missing from the object"))?;
+        let array = PerCpuArray::<&MapData, u64>::try_from(map)?;
+        OverflowSlot::ALL
+            .iter()
+            .map(|&slot| {
+                let values = array.get(&(slot as u32), 0)?;
+                Ok((slot.map_name(), values.iter().sum()))
+            })
+            .collect()
+    }
+
+    fn sum_per_cpu<K, V>(
+        &self,
+        name: &str,
+        add: impl Fn(&mut V, &V),
+    ) -> anyhow::Result<HashMap<K, V>>
+    where
+        K: aya::Pod + Eq + Hash,
+        V: aya::Pod + Default,
+    {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow::anyhow!("map {name} missing from the object"))?;
+        let map = PerCpuHashMap::<&MapData, K, V>::try_from(map)?;
+        let mut out = HashMap::new();
+        for entry in map.iter() {
+            let (key, per_cpu) = entry?;
+            let total = out.entry(key).or_insert_with(V::default);
+            for value in per_cpu.iter() {
+                add(total, value);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Why `spec` cannot run on this kernel, judged from BTF before trying.
+fn unsupported(spec: &ProgramSpec, btf: &Btf, resolved: &layout::ResolvedLayout) -> Option<String> {
+    match btf.tracepoint_args(spec.tracepoint) {
+        Err(err) => return Some(err.to_string()),
+        Ok(args) if args < spec.min_args => {
+            return Some(format!(
+                "tracepoint {} passes {args} arguments on this kernel, the program needs {}",
+                spec.tracepoint, spec.min_args
+            ));
+        }
+        Ok(_) => {}
+    }
+    resolved.unavailable(spec.needs)
+}
+
+fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<(), String> {
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(spec.name)
+        .ok_or_else(|| format!("program {} missing from the object", spec.name))?
+        .try_into()
+        .map_err(|e| error_chain(&e))?;
+    program
+        .load(spec.tracepoint, btf)
+        .map_err(|e| format!("load: {}", error_chain(&e)))?;
+    program
+        .attach()
+        .map_err(|e| format!("attach: {}", error_chain(&e)))?;
+    debug!("attached {} to tp_btf/{}", spec.name, spec.tracepoint);
+    Ok(())
+}
+
+/// The error and its causes on one line, trimmed so a verifier log cannot flood a report.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    let text = text.replace('\n', " ");
+    const LIMIT: usize = 600;
+    if text.len() <= LIMIT {
+        return text;
+    }
+    let head: String = text.chars().take(200).collect();
+    let tail: String = text.chars().rev().take(350).collect::<Vec<_>>().into_iter().rev().collect();
+    format!("{head} … {tail}")
+}
+
+/// Maps permission and missing-syscall failures to the errors that say what to do.
+fn classify(err: &aya::EbpfError, otherwise: fn(String) -> LoadError) -> LoadError {
+    let text = error_chain(err);
+    let mut source: Option<&dyn std::error::Error> = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            match io.raw_os_error() {
+                Some(libc::EPERM | libc::EACCES) => return LoadError::Permission(text),
+                Some(libc::ENOSYS) => return LoadError::NoBpf(text),
+                _ => {}
+            }
+        }
+        source = e.source();
+    }
+    otherwise(text)
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Later ones use memcg, and
+/// root without CAP_SYS_RESOURCE cannot raise the limit: that is fine, not an error.
+fn raise_memlock_rlimit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        debug!(
+            "could not raise RLIMIT_MEMLOCK ({}); fine on kernels with memcg accounting",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// tracefs may be unmounted at boot; classic tracepoints and `tuneprobe trace`'s tools
+/// need it. Failing to mount it only matters to them, so it is a warning.
+fn mount_tracefs_if_absent() {
+    let target = Path::new("/sys/kernel/tracing");
+    if target.join("events").exists() {
+        return;
+    }
+    let (Ok(source), Ok(path), Ok(fstype)) = (
+        CString::new("tracefs"),
+        CString::new("/sys/kernel/tracing"),
+        CString::new("tracefs"),
+    ) else {
+        return;
+    };
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        warn!(
+            "tracefs is not mounted and mounting it failed: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_program_in_the_table_exists_in_the_object() {
+        let object = aya_obj_names();
+        for spec in PROGRAMS {
+            assert!(object.contains(&spec.name.to_string()), "{} not in {object:?}", spec.name);
+        }
+    }
+
+    fn aya_obj_names() -> Vec<String> {
+        // Parse without loading: works without privileges.
+        let ebpf = EbpfLoader::new().btf(None).load(PROGRAMS_OBJECT);
+        match ebpf {
+            Ok(ebpf) => ebpf.programs().map(|(n, _)| n.to_string()).collect(),
+            Err(err) => panic!("embedded object does not parse: {}", error_chain(&err)),
+        }
+    }
+
+    #[test]
+    fn long_errors_are_trimmed_but_keep_both_ends() {
+        let long = io::Error::other(format!("start {} end", "x".repeat(5000)));
+        let text = error_chain(&long);
+        assert!(text.len() < 700 && text.starts_with("start") && text.ends_with("end"));
+    }
+}

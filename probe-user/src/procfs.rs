@@ -1,0 +1,137 @@
+//! What `/proc` says about processes (their cgroup v2 path and network namespace) and
+//! about each network namespace's TCP counters.
+
+use std::{collections::HashMap, fs, os::unix::fs::MetadataExt as _, path::Path};
+
+/// One process: where it lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    /// Inode of `/proc/PID/ns/net`.
+    pub netns: u32,
+    /// Its cgroup v2 path (`0::/path` in `/proc/PID/cgroup`); `/` on a v1-only process.
+    pub cgroup: String,
+}
+
+/// Every process still readable (processes exit while we scan: skipped, not an error).
+pub fn processes(proc_root: &Path) -> Vec<Process> {
+    let Ok(entries) = fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let dir = entry.path();
+            let netns = fs::metadata(dir.join("ns/net")).ok()?.ino() as u32;
+            let cgroup = fs::read_to_string(dir.join("cgroup")).ok()?;
+            Some(Process {
+                pid,
+                netns,
+                cgroup: cgroup_v2_path(&cgroup)?,
+            })
+        })
+        .collect()
+}
+
+/// The v2 entry (`0::/path`) of a `/proc/PID/cgroup` file.
+pub fn cgroup_v2_path(contents: &str) -> Option<String> {
+    contents
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(|path| path.trim_end().to_string())
+}
+
+/// The listen-queue counters of one network namespace (`TcpExt` in `/proc/net/netstat`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenCounters {
+    pub overflows: u64,
+    pub drops: u64,
+}
+
+impl ListenCounters {
+    /// Reads the namespace of `pid` through `/proc/PID/net/netstat`.
+    pub fn of_pid(proc_root: &Path, pid: u32) -> Option<Self> {
+        let text = fs::read_to_string(proc_root.join(pid.to_string()).join("net/netstat")).ok()?;
+        let tcp_ext = parse_netstat(&text).remove("TcpExt")?;
+        Some(Self {
+            overflows: *tcp_ext.get("ListenOverflows")?,
+            drops: *tcp_ext.get("ListenDrops")?,
+        })
+    }
+
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            overflows: self.overflows.saturating_sub(earlier.overflows),
+            drops: self.drops.saturating_sub(earlier.drops),
+        }
+    }
+}
+
+/// Parses the header/value line pairs of `/proc/net/netstat` or `/proc/net/snmp`:
+/// `Prefix: Name1 Name2` then `Prefix: 1 2`.
+pub fn parse_netstat(text: &str) -> HashMap<String, HashMap<String, u64>> {
+    let mut out: HashMap<String, HashMap<String, u64>> = HashMap::new();
+    let mut lines = text.lines();
+    while let (Some(header), Some(values)) = (lines.next(), lines.next()) {
+        let (Some((prefix, names)), Some((prefix2, numbers))) =
+            (header.split_once(':'), values.split_once(':'))
+        else {
+            continue;
+        };
+        if prefix != prefix2 {
+            continue;
+        }
+        let group = out.entry(prefix.to_string()).or_default();
+        for (name, number) in names.split_whitespace().zip(numbers.split_whitespace()) {
+            // Some snmp fields are signed (`Tcp: MaxConn -1`); they are never counters.
+            if let Ok(number) = number.parse() {
+                group.insert(name.to_string(), number);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_netstat_pairs() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\n\
+                    TcpExt: 0 7 9\n\
+                    IpExt: InNoRoutes\n\
+                    IpExt: 3\n\
+                    Tcp: RtoAlgorithm MaxConn\n\
+                    Tcp: 1 -1\n";
+        let parsed = parse_netstat(text);
+        assert_eq!(parsed["TcpExt"]["ListenOverflows"], 7);
+        assert_eq!(parsed["TcpExt"]["ListenDrops"], 9);
+        assert_eq!(parsed["IpExt"]["InNoRoutes"], 3);
+        assert!(!parsed["Tcp"].contains_key("MaxConn"));
+        assert!(parse_netstat("garbage\nmore garbage\n").is_empty());
+        assert!(parse_netstat("").is_empty());
+    }
+
+    #[test]
+    fn reads_v2_path_from_proc_cgroup() {
+        let hybrid = "12:cpu:/k\n1:name=systemd:/x\n0::/kubepods.slice/pod.slice\n";
+        assert_eq!(cgroup_v2_path(hybrid).as_deref(), Some("/kubepods.slice/pod.slice"));
+        assert_eq!(cgroup_v2_path("12:cpu:/k\n"), None);
+    }
+
+    #[test]
+    fn sees_itself_and_its_namespace_counters() {
+        let proc_root = Path::new("/proc");
+        let me = std::process::id();
+        let all = processes(proc_root);
+        let mine = all.iter().find(|p| p.pid == me).expect("own process listed");
+        assert_eq!(
+            mine.netns as u64,
+            fs::metadata("/proc/self/ns/net").unwrap().ino()
+        );
+        assert!(ListenCounters::of_pid(proc_root, me).is_some());
+        assert_eq!(ListenCounters::of_pid(proc_root, u32::MAX), None);
+    }
+}

@@ -1,0 +1,216 @@
+//! The per-workload report that `snapshot` prints, as JSON or as a table.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::Serialize;
+
+use crate::loader::ProbeStatus;
+
+/// The reason under which listen-queue overflows appear: the kernel counts them in
+/// `TcpExtListenOverflows` but does not report them through `kfree_skb`.
+pub const TCP_LISTEN_OVERFLOW: &str = "TCP_LISTEN_OVERFLOW";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub duration_s: f64,
+    pub probes: Vec<ProbeStatus>,
+    /// Updates lost because a kernel map was full, per map (0 is the healthy value).
+    pub map_overflows: BTreeMap<String, u64>,
+    pub workloads: Vec<Workload>,
+}
+
+/// One cgroup (a container, a pod, a system service, the host), or a network
+/// namespace whose owner is unknown, or the unattributable rest.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Workload {
+    pub cgroup_id: Option<u64>,
+    pub cgroup_path: Option<String>,
+    pub netns: Option<u32>,
+    pub pod_uid: Option<String>,
+    pub container_id: Option<String>,
+    pub tcp: TcpStats,
+    pub drops: DropStats,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct TcpStats {
+    pub retransmits: u64,
+    pub retransmitted_segments: u64,
+    pub failed_retransmits: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct DropStats {
+    pub total: u64,
+    pub by_reason: BTreeMap<String, u64>,
+}
+
+impl DropStats {
+    pub fn add(&mut self, reason: &str, count: u64) {
+        self.total += count;
+        *self.by_reason.entry(reason.to_string()).or_default() += count;
+    }
+}
+
+impl Workload {
+    /// A short name for tables: `pod <uid>/<container>`, the cgroup path, or the netns.
+    pub fn display_name(&self) -> String {
+        match (&self.pod_uid, &self.container_id, &self.cgroup_path) {
+            (Some(pod), Some(container), _) => format!("pod {pod} / {}", &container[..12]),
+            (Some(pod), None, _) => format!("pod {pod}"),
+            (None, _, Some(path)) => path.clone(),
+            (None, _, None) => match self.netns {
+                Some(netns) => format!("netns {netns}"),
+                None => "(unattributed)".to_string(),
+            },
+        }
+    }
+}
+
+impl Snapshot {
+    /// A readable table: probes first, then one row per workload.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "tuneprobe snapshot over {:.1}s", self.duration_s);
+        for probe in &self.probes {
+            let state = match (&probe.attached, &probe.error) {
+                (true, _) => "attached".to_string(),
+                (false, Some(err)) => format!("OFF: {err}"),
+                (false, None) => "OFF".to_string(),
+            };
+            let signal = serde_json::to_value(probe.signal)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let _ = writeln!(out, "  probe {:<20} {:<15} {state}", probe.name, signal);
+        }
+        for (map, lost) in self.map_overflows.iter().filter(|(_, n)| **n > 0) {
+            let _ = writeln!(out, "  WARNING: map {map} was full, {lost} updates lost");
+        }
+        let _ = writeln!(out);
+        if self.workloads.is_empty() {
+            let _ = writeln!(out, "no retransmits or drops seen");
+            return out;
+        }
+        let _ = writeln!(
+            out,
+            "{:<60} {:>10} {:>8} {:>8} {:>6} {:>8}  TOP DROP REASON",
+            "WORKLOAD", "NETNS", "RETRANS", "SEGS", "FAILED", "DROPS"
+        );
+        for w in &self.workloads {
+            let top = w
+                .drops
+                .by_reason
+                .iter()
+                .max_by_key(|(_, n)| **n)
+                .map(|(reason, n)| format!("{reason} ({n})"))
+                .unwrap_or_default();
+            let netns = w.netns.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "{:<60} {:>10} {:>8} {:>8} {:>6} {:>8}  {top}",
+                truncate_left(&w.display_name(), 60),
+                netns,
+                w.tcp.retransmits,
+                w.tcp.retransmitted_segments,
+                w.tcp.failed_retransmits,
+                w.drops.total,
+            );
+        }
+        out
+    }
+}
+
+/// Keeps the end of long cgroup paths, where the distinguishing part is.
+fn truncate_left(s: &str, width: usize) -> String {
+    let count = s.chars().count();
+    if count <= width {
+        return s.to_string();
+    }
+    let tail: String = s.chars().skip(count - (width - 1)).collect();
+    format!("…{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::Signal;
+
+    fn sample() -> Snapshot {
+        let mut drops = DropStats::default();
+        drops.add("NO_SOCKET", 3);
+        drops.add(TCP_LISTEN_OVERFLOW, 2);
+        Snapshot {
+            duration_s: 2.5,
+            probes: vec![
+                ProbeStatus {
+                    name: "kfree_skb".into(),
+                    signal: Signal::Drops,
+                    attached: true,
+                    error: None,
+                },
+                ProbeStatus {
+                    name: "tcp_retransmit_skb".into(),
+                    signal: Signal::TcpRetransmit,
+                    attached: false,
+                    error: Some("no such tracepoint".into()),
+                },
+            ],
+            map_overflows: BTreeMap::from([("DROPS".to_string(), 0)]),
+            workloads: vec![
+                Workload {
+                    cgroup_id: Some(42),
+                    cgroup_path: Some("/kubepods/pod1/c".into()),
+                    netns: Some(4026531840),
+                    pod_uid: Some("uid".into()),
+                    container_id: Some("c".repeat(64)),
+                    tcp: TcpStats {
+                        retransmits: 1,
+                        retransmitted_segments: 4,
+                        failed_retransmits: 0,
+                    },
+                    drops,
+                },
+                Workload::default(),
+            ],
+        }
+    }
+
+    #[test]
+    fn json_has_the_documented_shape() {
+        let json = serde_json::to_value(sample()).unwrap();
+        assert_eq!(json["duration_s"], 2.5);
+        let probe = &json["probes"][1];
+        assert_eq!(probe["name"], "tcp_retransmit_skb");
+        assert_eq!(probe["signal"], "tcp_retransmit");
+        assert_eq!(probe["attached"], false);
+        assert_eq!(probe["error"], "no such tracepoint");
+        assert!(json["probes"][0]["error"].is_null());
+        assert_eq!(json["probes"][0]["signal"], "drops");
+        let w = &json["workloads"][0];
+        for key in ["cgroup_id", "cgroup_path", "netns", "pod_uid", "container_id", "tcp", "drops"] {
+            assert!(w.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(w["tcp"]["retransmits"], 1);
+        assert_eq!(w["tcp"]["retransmitted_segments"], 4);
+        assert_eq!(w["tcp"]["failed_retransmits"], 0);
+        assert_eq!(w["drops"]["total"], 5);
+        assert_eq!(w["drops"]["by_reason"]["NO_SOCKET"], 3);
+        assert_eq!(w["drops"]["by_reason"]["TCP_LISTEN_OVERFLOW"], 2);
+        // Fields that do not apply are null, not absent.
+        let empty = &json["workloads"][1];
+        assert!(empty["cgroup_id"].is_null() && empty["pod_uid"].is_null());
+        assert_eq!(json["map_overflows"]["DROPS"], 0);
+    }
+
+    #[test]
+    fn table_is_readable() {
+        let table = sample().to_table();
+        assert!(table.contains("WORKLOAD"), "{table}");
+        assert!(table.contains("pod uid / cccccccccccc"), "{table}");
+        assert!(table.contains("NO_SOCKET (3)"), "{table}");
+        assert!(table.contains("OFF: no such tracepoint"), "{table}");
+        assert!(table.contains("(unattributed)"), "{table}");
+        assert_eq!(truncate_left("abcdef", 4), "…def");
+    }
+}
