@@ -12,7 +12,7 @@ pub mod tcp_retransmit;
 pub use drops::DropKey;
 pub use layout::KernelLayout;
 pub use overflow::OverflowSlot;
-pub use tcp_retransmit::RetransmitCounters;
+pub use tcp_retransmit::{RetransmitCounters, RetransmitKey};
 
 /// Marks a type as plain old data for aya's map accessors.
 #[cfg(feature = "user")]
@@ -26,4 +26,4 @@ macro_rules! user_pod {
 }
 
 #[cfg(feature = "user")]
-user_pod!(DropKey, KernelLayout, RetransmitCounters);
+user_pod!(DropKey, KernelLayout, RetransmitCounters, RetransmitKey);

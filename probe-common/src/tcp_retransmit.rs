@@ -1,9 +1,20 @@
 //! TCP retransmits, aggregated in the kernel per cgroup of the socket's owner.
 
-/// Per-CPU hash map: cgroup v2 id (`u64`) -> [`RetransmitCounters`].
+/// Per-CPU hash map: [`RetransmitKey`] -> [`RetransmitCounters`].
 pub const TCP_RETRANSMITS_MAP: &str = "TCP_RETRANSMITS";
 /// Distinct cgroups tracked at once; beyond this, updates are counted as overflow.
 pub const TCP_RETRANSMITS_MAX_CGROUPS: u32 = 16_384;
+
+/// The socket owner's cgroup v2 id and the socket's network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RetransmitKey {
+    pub cgroup_id: u64,
+    /// Network namespace inode number; 0 if unknown.
+    pub netns: u32,
+    /// Explicit padding: the kernel hashes every key byte.
+    pub _reserved: u32,
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

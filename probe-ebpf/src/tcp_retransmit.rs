@@ -9,14 +9,14 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use probe_common::{
-    OverflowSlot, RetransmitCounters, tcp_retransmit::TCP_RETRANSMITS_MAX_CGROUPS,
+    OverflowSlot, RetransmitCounters, RetransmitKey, tcp_retransmit::TCP_RETRANSMITS_MAX_CGROUPS,
 };
 
 use crate::{aggregate, kernel};
 
-/// `probe_common::tcp_retransmit::TCP_RETRANSMITS_MAP`: cgroup id -> counters.
+/// `probe_common::tcp_retransmit::TCP_RETRANSMITS_MAP`: (cgroup id, netns) -> counters.
 #[map]
-static TCP_RETRANSMITS: PerCpuHashMap<u64, RetransmitCounters> =
+static TCP_RETRANSMITS: PerCpuHashMap<RetransmitKey, RetransmitCounters> =
     PerCpuHashMap::with_max_entries(TCP_RETRANSMITS_MAX_CGROUPS, 0);
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
@@ -54,10 +54,14 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext) {
         }
     };
 
-    let cgroup_id = kernel::sock_cgroup_id(&layout, sk);
+    let key = RetransmitKey {
+        cgroup_id: kernel::sock_cgroup_id(&layout, sk),
+        netns: kernel::sock_netns(&layout, sk),
+        _reserved: 0,
+    };
     aggregate::add(
         &TCP_RETRANSMITS,
-        &cgroup_id,
+        &key,
         &sent,
         OverflowSlot::TcpRetransmits,
         |counters| counters.add(&sent),

@@ -160,7 +160,7 @@ mod tests {
             process(14, 8, "/system.slice/b.service"),
         ]);
         assert_eq!(attributor.netns_owner(7), Some(POD));
-        assert_eq!(attributor.netns_owner(1), Some(&"/".to_string()));
+        assert_eq!(attributor.netns_owner(1), Some("/"));
         assert_eq!(
             attributor.netns_owner(8),
             Some("/system.slice")

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use probe_common::{DropKey, RetransmitCounters};
+use probe_common::{DropKey, RetransmitCounters, RetransmitKey};
 
 use crate::{
     attribution::Attributor,
@@ -22,7 +22,7 @@ use crate::{
 /// Kernel counters at one instant.
 #[derive(Debug, Default, Clone)]
 struct Counters {
-    retransmits: HashMap<u64, RetransmitCounters>,
+    retransmits: HashMap<RetransmitKey, RetransmitCounters>,
     drops: HashMap<DropKey, u64>,
 }
 
@@ -86,7 +86,7 @@ impl Collector {
         let ids = counters
             .retransmits
             .keys()
-            .copied()
+            .map(|k| k.cgroup_id)
             .chain(counters.drops.keys().map(|k| k.cgroup_id));
         for id in ids.filter(|&id| id != 0) {
             let _ = self.attributor.cgroups.path(id);
@@ -101,8 +101,8 @@ impl Collector {
         let reasons = self.probe.drop_reasons().clone();
         let mut builder = Builder::new(&mut self.attributor);
 
-        for (&cgroup_id, counters) in &now.retransmits {
-            let before = self.baseline.retransmits.get(&cgroup_id).copied().unwrap_or_default();
+        for (key, counters) in &now.retransmits {
+            let before = self.baseline.retransmits.get(key).copied().unwrap_or_default();
             let delta = RetransmitCounters {
                 retransmits: counters.retransmits - before.retransmits,
                 segments: counters.segments - before.segments,
@@ -111,7 +111,8 @@ impl Collector {
             if delta == RetransmitCounters::default() {
                 continue;
             }
-            let tcp = &mut builder.by_cgroup(cgroup_id, None).tcp;
+            let netns = (key.netns != 0).then_some(key.netns);
+            let tcp = &mut builder.by_cgroup(key.cgroup_id, netns).tcp;
             tcp.retransmits += delta.retransmits;
             tcp.retransmitted_segments += delta.segments;
             tcp.failed_retransmits += delta.failed;

@@ -16,7 +16,7 @@ use aya::{
 };
 use log::{debug, warn};
 use probe_common::{
-    DropKey, OverflowSlot, RetransmitCounters, drops::DROPS_MAP, layout::KERNEL_LAYOUT_GLOBAL,
+    DropKey, OverflowSlot, RetransmitCounters, RetransmitKey, drops::DROPS_MAP, layout::KERNEL_LAYOUT_GLOBAL,
     overflow::MAP_OVERFLOWS_MAP, tcp_retransmit::TCP_RETRANSMITS_MAP,
 };
 use serde::Serialize;
@@ -66,9 +66,11 @@ pub const PROGRAMS: &[ProgramSpec] = &[
             layout::SK_BUFF_CB,
             layout::TCP_SKB_CB_GSO_SEGS,
             layout::SOCK_STATE,
+            layout::SOCK_NET,
             layout::SOCK_CGROUP,
             layout::CGROUP_KN,
             layout::KERNFS_NODE_ID,
+            layout::NET_INUM,
         ],
     },
     ProgramSpec {
@@ -207,8 +209,8 @@ impl Probe {
         &self.drop_reasons
     }
 
-    /// Cumulative retransmit counters per cgroup v2 id, summed over CPUs.
-    pub fn retransmits(&self) -> anyhow::Result<HashMap<u64, RetransmitCounters>> {
+    /// Cumulative retransmit counters per (cgroup v2 id, netns), summed over CPUs.
+    pub fn retransmits(&self) -> anyhow::Result<HashMap<RetransmitKey, RetransmitCounters>> {
         self.sum_per_cpu(TCP_RETRANSMITS_MAP, |total: &mut RetransmitCounters, v| {
             total.add(v)
         })

@@ -1,1 +1,389 @@
+//! Test fixtures that build real kernel objects and remove them on drop, failure included:
+//! network namespaces joined by a veth pair, kubelet-style cgroups, and workload
+//! processes placed in both.
+//!
+//! Every fixture gets a unique name, so tests run in parallel and never touch what they
+//! did not create.
 
+use std::{
+    collections::HashMap,
+    fs,
+    io::{BufRead as _, BufReader},
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use tuneprobe::procfs::parse_netstat;
+
+/// Address of side A (the client side) of a [`NetnsPair`].
+pub const ADDR_A: &str = "10.200.0.1";
+/// Address of side B (the server side).
+pub const ADDR_B: &str = "10.200.0.2";
+
+/// A short name unique to this process and call.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}
+
+fn random_hex(len: usize) -> String {
+    let mut out = String::new();
+    while out.len() < len {
+        let uuid = fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap_or_default();
+        out.extend(uuid.chars().filter(char::is_ascii_hexdigit));
+    }
+    out.truncate(len);
+    out
+}
+
+/// Runs a command to completion; panics with its output if it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two network namespaces, `a` (10.200.0.1) and `b` (10.200.0.2), joined by a veth
+/// pair, IPv6 off and neighbours static so that no packet but the test's own crosses.
+pub struct NetnsPair {
+    pub a: String,
+    pub b: String,
+    pub dev_a: String,
+    pub dev_b: String,
+}
+
+impl NetnsPair {
+    pub fn new() -> Self {
+        let id = unique("");
+        let pair = Self {
+            a: format!("tpa{id}"),
+            b: format!("tpb{id}"),
+            dev_a: format!("va{id}"),
+            dev_b: format!("vb{id}"),
+        };
+        // Assigned before any step can fail: Drop removes what exists.
+        sh(&["ip", "netns", "add", &pair.a]);
+        sh(&["ip", "netns", "add", &pair.b]);
+        sh(&[
+            "ip", "link", "add", &pair.dev_a, "netns", &pair.a, "type", "veth", "peer", "name",
+            &pair.dev_b, "netns", &pair.b,
+        ]);
+        for (ns, dev, addr) in [(&pair.a, &pair.dev_a, ADDR_A), (&pair.b, &pair.dev_b, ADDR_B)] {
+            pair.exec(ns, &["sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6"]);
+            pair.exec(ns, &["sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6"]);
+            sh(&["ip", "-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        let mac_a = pair.mac(&pair.a, &pair.dev_a);
+        let mac_b = pair.mac(&pair.b, &pair.dev_b);
+        sh(&["ip", "-n", &pair.a, "neigh", "replace", ADDR_B, "lladdr", &mac_b, "dev", &pair.dev_a, "nud", "permanent"]);
+        sh(&["ip", "-n", &pair.b, "neigh", "replace", ADDR_A, "lladdr", &mac_a, "dev", &pair.dev_b, "nud", "permanent"]);
+        pair
+    }
+
+    fn mac(&self, ns: &str, dev: &str) -> String {
+        let out = sh(&["ip", "-n", ns, "-o", "link", "show", dev]);
+        out.split("link/ether ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no MAC in {out}"))
+            .to_string()
+    }
+
+    /// Runs a command inside namespace `ns` and returns its stdout.
+    pub fn exec(&self, ns: &str, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", ns];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// Inode number of a namespace, as the kernel programs report it.
+    pub fn inode(ns: &str) -> u32 {
+        fs::metadata(format!("/run/netns/{ns}"))
+            .unwrap_or_else(|e| panic!("netns {ns}: {e}"))
+            .ino() as u32
+    }
+
+    /// `/proc/net/snmp` (or `netstat`) of a namespace, as `group -> name -> value`.
+    pub fn counters(&self, ns: &str, file: &str) -> HashMap<String, HashMap<String, u64>> {
+        parse_netstat(&self.exec(ns, &["cat", &format!("/proc/net/{file}")]))
+    }
+
+    pub fn counter(&self, ns: &str, file: &str, group: &str, name: &str) -> u64 {
+        self.counters(ns, file)
+            .get(group)
+            .and_then(|g| g.get(name))
+            .copied()
+            .unwrap_or_else(|| panic!("no {group}:{name} in /proc/net/{file} of {ns}"))
+    }
+}
+
+impl Default for NetnsPair {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        // Deleting a namespace removes its veth end, and the peer with it.
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A kubelet-style pod cgroup (systemd driver, containerd, Burstable) in the cgroup v2
+/// hierarchy, below a root private to the test. Containers are added with
+/// [`container`](Self::container).
+pub struct PodCgroup {
+    /// The test's private root, relative to the v2 mount; removed on drop.
+    root: PathBuf,
+    mount: PathBuf,
+    pub uid: String,
+    /// The pod's own cgroup path relative to the v2 mount (`/tuneprobe-test-…/kubepods.slice/…pod….slice`).
+    pub pod_path: String,
+    containers: Vec<String>,
+}
+
+impl PodCgroup {
+    pub fn new() -> Self {
+        let mount = tuneprobe::cgroup::cgroup2_mount().expect("cgroup v2 mounted");
+        let uid = {
+            let h = random_hex(32);
+            format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+        };
+        let root = PathBuf::from(unique("tuneprobe-test-"));
+        let pod_path = format!(
+            "/{}/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+            root.display(),
+            uid.replace('-', "_")
+        );
+        let pod = Self {
+            root,
+            mount,
+            uid,
+            pod_path,
+            containers: Vec::new(),
+        };
+        fs::create_dir_all(pod.full(&pod.pod_path)).expect("create pod cgroup");
+        pod
+    }
+
+    fn full(&self, path: &str) -> PathBuf {
+        self.mount.join(path.trim_start_matches('/'))
+    }
+
+    pub fn pod_id(&self) -> u64 {
+        fs::metadata(self.full(&self.pod_path)).unwrap().ino()
+    }
+
+    /// Creates a container cgroup in the pod; returns its id and its 64-hex container id.
+    pub fn container(&mut self) -> Container {
+        let id = random_hex(64);
+        let path = format!("{}/cri-containerd-{id}.scope", self.pod_path);
+        let full = self.full(&path);
+        fs::create_dir_all(&full).expect("create container cgroup");
+        self.containers.push(path.clone());
+        Container {
+            cgroup_id: fs::metadata(&full).unwrap().ino(),
+            container_id: id,
+            procs: full.join("cgroup.procs"),
+            path,
+        }
+    }
+}
+
+impl Default for PodCgroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        let base = self.mount.join(&self.root);
+        // Kill whatever is left inside, then remove directories deepest first.
+        for container in &self.containers {
+            let procs = self.full(container).join("cgroup.procs");
+            if let Ok(pids) = fs::read_to_string(&procs) {
+                for pid in pids.lines().filter_map(|p| p.parse::<i32>().ok()) {
+                    // SAFETY: plain syscall.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut stack = vec![base];
+        while let Some(dir) = stack.pop() {
+            if let Ok(entries) = fs::read_dir(&dir) {
+                stack.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+            }
+            dirs.push(dir);
+        }
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for dir in dirs {
+            // A killed process leaves its cgroup a moment later.
+            while fs::remove_dir(&dir).is_err() && dir.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// One container cgroup of a [`PodCgroup`].
+pub struct Container {
+    pub cgroup_id: u64,
+    pub container_id: String,
+    pub path: String,
+    procs: PathBuf,
+}
+
+/// Path of the `testload` helper binary: cargo builds it next to the `deps` directory
+/// that holds the integration test executables.
+pub fn testload() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join("testload");
+    assert!(path.exists(), "{} not built", path.display());
+    path
+}
+
+/// A workload process: runs `testload ARGS` inside namespace `ns` and, if given, the
+/// container cgroup. Killed on drop.
+pub struct Workload {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Workload {
+    pub fn spawn(ns: &str, container: Option<&Container>, args: &[&str]) -> Self {
+        let netns = fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
+        let procs = container.map(|c| {
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&c.procs)
+                .expect("open cgroup.procs")
+        });
+        let netns_fd = netns.as_raw_fd();
+        let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
+        let mut cmd = Command::new(testload());
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        // SAFETY: only async-signal-safe syscalls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(fd) = procs_fd {
+                    // "0" moves the writing process itself.
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn testload {args:?}: {e}"));
+        let stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
+        Self { child, stdout }
+    }
+
+    /// Waits for the process to print a line (servers print `ready` once listening).
+    pub fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read testload output");
+        line.trim().to_string()
+    }
+
+    /// Waits for the process to exit successfully, within `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(status.success(), "testload exited with {status}");
+                let mut rest = String::new();
+                let _ = std::io::Read::read_to_string(&mut self.stdout, &mut rest);
+                return rest;
+            }
+            assert!(Instant::now() < deadline, "testload did not finish within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An nftables table private to a test inside a namespace; the namespace's removal
+/// removes it too, but it is deleted explicitly for tests that reuse a namespace.
+pub struct NftTable<'a> {
+    pair: &'a NetnsPair,
+    ns: String,
+    pub name: String,
+}
+
+impl<'a> NftTable<'a> {
+    /// Creates table `inet NAME` with chain `CHAIN` on `hook` and the given rule in it.
+    pub fn with_rule(pair: &'a NetnsPair, ns: &str, hook: &str, rule: &str) -> Self {
+        let table = Self {
+            pair,
+            ns: ns.to_string(),
+            name: unique("tp"),
+        };
+        let chain = format!("{{ type filter hook {hook} priority 0; policy accept; }}");
+        pair.exec(ns, &["nft", "add", "table", "inet", &table.name]);
+        pair.exec(ns, &["nft", "add", "chain", "inet", &table.name, "c", &chain]);
+        pair.exec(ns, &["nft", "add", "rule", "inet", &table.name, "c", rule]);
+        table
+    }
+
+    /// Packets counted by the rule's `counter`.
+    pub fn packets(&self) -> u64 {
+        let out = self
+            .pair
+            .exec(&self.ns, &["nft", "list", "table", "inet", &self.name]);
+        out.split("counter packets ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter in {out}"))
+    }
+}
+
+impl Drop for NftTable<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "nft", "delete", "table", "inet", &self.name])
+            .status();
+    }
+}
+
+/// The release binary built by `cargo xtask test`.
+pub fn tuneprobe_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/tuneprobe");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}

@@ -1,0 +1,13 @@
+//! `cargo xtask build`: the release binary, kernel programs embedded.
+
+use std::process::Command;
+
+use crate::{run_checked, workspace_root};
+
+pub fn release() -> anyhow::Result<()> {
+    run_checked(
+        Command::new(env!("CARGO"))
+            .current_dir(workspace_root())
+            .args(["build", "--release", "--package", "probe-user"]),
+    )
+}

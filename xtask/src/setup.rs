@@ -1,0 +1,159 @@
+//! `cargo xtask setup`: everything a build and the tests need, installed idempotently.
+//!
+//! - the pinned nightly with `rust-src` (the bpf target is built with `-Z build-std`);
+//! - bpf-linker, built against the nightly's own libLLVM (same LLVM major, no distro
+//!   LLVM needed);
+//! - the Debian packages the integration tests drive.
+//!
+//! Each step checks first and does nothing when its result is already in place.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::Context as _;
+
+use crate::run_checked;
+
+/// Kept in step with `probe-user/build.rs`.
+pub const NIGHTLY: &str = "nightly-2026-05-19";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// What the integration tests run: nft, ip/tc, and bpftool for a BTF cross-check.
+const DEBIAN_PACKAGES: &[&str] = &["nftables", "iproute2", "bpftool"];
+
+pub fn run() -> anyhow::Result<()> {
+    nightly()?;
+    bpf_linker()?;
+    debian_packages()?;
+    Ok(())
+}
+
+fn nightly() -> anyhow::Result<()> {
+    let has_rust_src = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", NIGHTLY])
+        .output()
+        .is_ok_and(|out| {
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("rust-src")
+        });
+    if has_rust_src {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing {NIGHTLY} with rust-src");
+    run_checked(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        NIGHTLY,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let installed = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| {
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION)
+        });
+    if installed {
+        return Ok(());
+    }
+    let llvm_major = nightly_llvm_major()?;
+    let prefix = llvm_prefix(llvm_major)?;
+    eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm_major}");
+    run_checked(
+        Command::new("cargo")
+            .env("LLVM_PREFIX", &prefix)
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+                "--force",
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{llvm_major}"),
+            ]),
+    )
+}
+
+/// The LLVM major version the nightly was built with: bpf-linker must match it.
+fn nightly_llvm_major() -> anyhow::Result<u32> {
+    let out = Command::new("rustc")
+        .args([&format!("+{NIGHTLY}"), "-vV"])
+        .output()
+        .context("running rustc of the pinned nightly")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|line| line.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|major| major.parse().ok())
+        .with_context(|| format!("no LLVM version in `rustc +{NIGHTLY} -vV`: {text}"))
+}
+
+/// A directory shaped like an LLVM install (`lib/libLLVM.so`) whose library is the
+/// nightly's own `libLLVM.so.*`; bpf-linker links to it and records it as its rpath.
+fn llvm_prefix(llvm_major: u32) -> anyhow::Result<PathBuf> {
+    let sysroot = Command::new("rustc")
+        .args([&format!("+{NIGHTLY}"), "--print", "sysroot"])
+        .output()
+        .context("asking the nightly for its sysroot")?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    let library = std::fs::read_dir(sysroot.join("lib"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("libLLVM.so.{llvm_major}")))
+        })
+        .with_context(|| format!("no libLLVM.so.{llvm_major}* in {}", sysroot.display()))?;
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    let prefix = home.join(format!(".local/share/tuneprobe/llvm-{NIGHTLY}"));
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib)?;
+    let soname = library.file_name().map(PathBuf::from).unwrap_or_default();
+    for link in [Path::new("libLLVM.so"), soname.as_path()] {
+        let path = lib.join(link);
+        let _ = std::fs::remove_file(&path);
+        std::os::unix::fs::symlink(&library, &path)
+            .with_context(|| format!("linking {}", path.display()))?;
+    }
+    Ok(prefix)
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| !debian_package_installed(package))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing Debian packages {}", missing.join(" "));
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+        if !crate::is_root() {
+            let mut sudo = Command::new("sudo");
+            sudo.arg("-E").arg("apt-get").args(args);
+            return sudo;
+        }
+        cmd
+    };
+    run_checked(&mut apt(&["update", "-qq"]))?;
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(&missing);
+    run_checked(&mut apt(&install))
+}
+
+fn debian_package_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+}
