@@ -120,11 +120,14 @@ pub enum LoadError {
     NothingAttached(String),
 }
 
-/// Where to find the kernel's BTF.
+/// How to load the programs.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
-    /// Defaults to `/sys/kernel/btf/vmlinux`.
+    /// Kernel BTF; defaults to `/sys/kernel/btf/vmlinux`.
     pub btf_path: Option<PathBuf>,
+    /// Capacity overrides for aggregation maps, by map name (the defaults are the
+    /// `*_MAX_*` constants in `probe-common`).
+    pub map_max_entries: Vec<(&'static str, u32)>,
 }
 
 /// The loaded and attached programs, and the maps they aggregate into.
@@ -158,9 +161,14 @@ impl Probe {
             DropReasons::default()
         });
 
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .btf(Some(&aya_btf))
-            .override_global(KERNEL_LAYOUT_GLOBAL, &resolved.layout, true)
+            .override_global(KERNEL_LAYOUT_GLOBAL, &resolved.layout, true);
+        for &(map, entries) in &options.map_max_entries {
+            loader.map_max_entries(map, entries);
+        }
+        let mut ebpf = loader
             .load(PROGRAMS_OBJECT)
             .map_err(|err| classify(&err, LoadError::Object))?;
 

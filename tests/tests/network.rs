@@ -204,3 +204,39 @@ fn listen_backlog_overflow_is_its_own_reason_for_the_listening_pod() {
         snapshot.workloads
     );
 }
+
+#[test]
+fn a_full_drop_map_counts_the_lost_updates() {
+    const N: u64 = 20;
+    let pair = NetnsPair::new();
+    let options = LoadOptions {
+        // One slot: whatever drop comes first takes it, every other key overflows.
+        map_max_entries: vec![(probe_common::drops::DROPS_MAP, 1)],
+        ..LoadOptions::default()
+    };
+    let probe = Probe::load(&options).unwrap_or_else(|e| panic!("load: {e:#}"));
+    let collector = Collector::start(probe).unwrap();
+    // Two distinct keys of our own: NO_SOCKET in B, then NETFILTER_DROP in B.
+    let _nft = NftTable::with_rule(&pair, &pair.b, "input", "udp dport 7003 counter drop");
+    Workload::spawn(&pair.a, None, &["udp-send", &format!("{ADDR_B}:9"), &N.to_string(), "64"]).wait(WAIT);
+    Workload::spawn(&pair.a, None, &["udp-send", &format!("{ADDR_B}:7003"), &N.to_string(), "64"]).wait(WAIT);
+    let snapshot = finish(collector);
+
+    let lost = snapshot.map_overflows["DROPS"];
+    assert!(lost >= N, "at least one of our two keys found the map full: lost {lost}");
+    // The rest keeps working: the retransmit map is unaffected.
+    assert_eq!(snapshot.map_overflows["TCP_RETRANSMITS"], 0);
+}
+
+#[test]
+fn btf_without_the_needed_fields_is_a_clear_error() {
+    let dir = std::env::temp_dir().join(tuneprobe_tests::unique("tuneprobe-btf-"));
+    std::fs::write(&dir, b"not BTF at all").unwrap();
+    let options = LoadOptions {
+        btf_path: Some(dir.clone()),
+        ..LoadOptions::default()
+    };
+    let err = Probe::load(&options).err().expect("garbage BTF must not load").to_string();
+    let _ = std::fs::remove_file(&dir);
+    assert!(err.contains("BTF") && err.contains(&dir.display().to_string()), "{err}");
+}

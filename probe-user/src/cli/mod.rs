@@ -42,6 +42,7 @@ impl Cli {
     fn load_options(&self) -> LoadOptions {
         LoadOptions {
             btf_path: self.btf.clone(),
+            ..LoadOptions::default()
         }
     }
 

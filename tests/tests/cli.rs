@@ -1,0 +1,118 @@
+//! The release binary end to end: `snapshot` prints `ready`, then the documented JSON;
+//! bad arguments are one line and exit code 2; a missing BTF is a clear error.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+use tuneprobe_tests::{ADDR_B, NetnsPair, PodCgroup, Workload, tuneprobe_binary};
+
+#[test]
+fn snapshot_json_reports_probes_and_the_pod_that_dropped() {
+    const N: u64 = 25;
+    let pair = NetnsPair::new();
+    let mut pod = PodCgroup::new();
+    let app = pod.container();
+    let mut pause = Workload::spawn(&pair.b, Some(&app), &["pause"]);
+    assert_eq!(pause.read_line(), "ready");
+
+    let mut child = Command::new(tuneprobe_binary())
+        .args(["snapshot", "--for", "3s", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tuneprobe");
+    // Wait for `ready` on stderr before making traffic, with a bound.
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let ready = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("tuneprobe printed nothing on stderr");
+    assert!(ready.contains("ready"), "first stderr line: {ready}");
+
+    Workload::spawn(&pair.a, None, &["udp-send", &format!("{ADDR_B}:9"), &N.to_string(), "50"])
+        .wait(Duration::from_secs(20));
+    let out = child.wait_with_output().expect("tuneprobe output");
+    assert!(out.status.success(), "exit {}", out.status);
+    let json: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+
+    let duration = json["duration_s"].as_f64().unwrap();
+    assert!((3.0..6.0).contains(&duration), "{duration}");
+    let probes = json["probes"].as_array().unwrap();
+    assert_eq!(probes.len(), 2);
+    for probe in probes {
+        assert_eq!(probe["attached"], true, "{probe}");
+        assert!(probe["error"].is_null());
+        assert!(["tcp_retransmit", "drops"].contains(&probe["signal"].as_str().unwrap()));
+    }
+    assert_eq!(json["map_overflows"]["DROPS"], 0);
+
+    let workload = json["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["cgroup_id"] == pod.pod_id())
+        .unwrap_or_else(|| panic!("no workload for the pod in {json:#}"));
+    assert_eq!(workload["pod_uid"], pod.uid.as_str());
+    assert!(workload["container_id"].is_null());
+    assert_eq!(workload["cgroup_path"], pod.pod_path.as_str());
+    assert_eq!(workload["netns"], NetnsPair::inode(&pair.b));
+    assert_eq!(workload["drops"]["by_reason"]["NO_SOCKET"], N);
+    assert_eq!(workload["drops"]["total"], N);
+    assert_eq!(workload["tcp"]["retransmits"], 0);
+    assert_eq!(workload["tcp"]["retransmitted_segments"], 0);
+    assert_eq!(workload["tcp"]["failed_retransmits"], 0);
+}
+
+#[test]
+fn table_output_is_the_default() {
+    let out = Command::new(tuneprobe_binary())
+        .args(["snapshot", "--for", "300ms"])
+        .output()
+        .expect("run tuneprobe");
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("tuneprobe snapshot over"), "{table}");
+    assert!(table.contains("probe kfree_skb") && table.contains("attached"), "{table}");
+}
+
+#[test]
+fn bad_arguments_are_one_line_and_exit_2() {
+    for args in [
+        vec!["snapshot"],
+        vec!["snapshot", "--for", "soon"],
+        vec!["snapshot", "--for", "0s"],
+        vec!["snapshot", "--for", "1s", "--bogus"],
+        vec!["no-such-command"],
+    ] {
+        let out = Command::new(tuneprobe_binary()).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("tuneprobe: "), "{stderr}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn missing_btf_names_the_file_and_what_to_do() {
+    let out = Command::new(tuneprobe_binary())
+        .args(["snapshot", "--for", "1s", "--btf", "/nonexistent/vmlinux"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/vmlinux"), "{stderr}");
+    assert!(stderr.contains("CONFIG_DEBUG_INFO_BTF"), "{stderr}");
+    assert!(!stderr.contains("ready"), "{stderr}");
+}
