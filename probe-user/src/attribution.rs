@@ -161,10 +161,7 @@ mod tests {
         ]);
         assert_eq!(attributor.netns_owner(7), Some(POD));
         assert_eq!(attributor.netns_owner(1), Some("/"));
-        assert_eq!(
-            attributor.netns_owner(8),
-            Some("/system.slice")
-        );
+        assert_eq!(attributor.netns_owner(8), Some("/system.slice"));
         assert_eq!(attributor.netns_of_cgroup(&app), Some(7));
         assert_eq!(attributor.netns_below(POD), Some(7));
         assert_eq!(attributor.netns_owner(99), None);

@@ -61,15 +61,25 @@ struct Member {
 #[derive(Debug, Clone)]
 enum Type {
     /// Struct or union.
-    Composite { name: String, members: Vec<Member> },
+    Composite {
+        name: String,
+        members: Vec<Member>,
+    },
     Enum {
         name: String,
         values: Vec<(String, i64)>,
     },
     /// Typedef and type modifiers: followed through to the type they name.
-    Alias { name: String, type_id: u32 },
-    Pointer { type_id: u32 },
-    FuncProto { params: u32 },
+    Alias {
+        name: String,
+        type_id: u32,
+    },
+    Pointer {
+        type_id: u32,
+    },
+    FuncProto {
+        params: u32,
+    },
     Other,
 }
 
@@ -201,7 +211,9 @@ impl Btf {
                 }
                 KIND_FUNC_PROTO => {
                     pos += 8 * vlen;
-                    Type::FuncProto { params: vlen as u32 }
+                    Type::FuncProto {
+                        params: vlen as u32,
+                    }
                 }
                 KIND_DATASEC => {
                     pos += 12 * vlen;
@@ -226,9 +238,9 @@ impl Btf {
         let mut by_name: HashMap<String, Vec<u32>> = HashMap::new();
         for (id, ty) in types.iter().enumerate() {
             let name = match ty {
-                Type::Composite { name, .. } | Type::Enum { name, .. } | Type::Alias { name, .. } => {
-                    name
-                }
+                Type::Composite { name, .. }
+                | Type::Enum { name, .. }
+                | Type::Alias { name, .. } => name,
                 _ => continue,
             };
             if !name.is_empty() {
@@ -291,8 +303,15 @@ impl Btf {
             bits += offset;
             if parts.peek().is_some() {
                 match self.resolve(member.type_id) {
-                    Type::Composite { name, members: inner } => {
-                        current = if name.is_empty() { part.to_string() } else { name.clone() };
+                    Type::Composite {
+                        name,
+                        members: inner,
+                    } => {
+                        current = if name.is_empty() {
+                            part.to_string()
+                        } else {
+                            name.clone()
+                        };
                         members = inner;
                     }
                     _ => {
@@ -305,7 +324,7 @@ impl Btf {
                 }
             }
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(BtfError::Bitfield { path: full });
         }
         Ok(FieldOffset { bytes: bits / 8 })
@@ -395,15 +414,26 @@ mod tests {
         // The first member of a struct sits at 0.
         assert_eq!(btf.field_offset("tcp_skb_cb", "seq").unwrap().bytes, 0);
         // tcp_gso_segs follows seq and end_seq inside an anonymous union/struct.
-        assert_eq!(btf.field_offset("tcp_skb_cb", "tcp_gso_segs").unwrap().bytes, 8);
+        assert_eq!(
+            btf.field_offset("tcp_skb_cb", "tcp_gso_segs")
+                .unwrap()
+                .bytes,
+            8
+        );
         // Nested path: sock_common is the first member of sock.
         let state = btf.field_offset("sock", "__sk_common.skc_state").unwrap();
         assert_eq!(state, btf.field_offset("sock_common", "skc_state").unwrap());
-        let cgroup = btf.field_offset("sock", "sk_cgrp_data.cgroup").unwrap().bytes;
+        let cgroup = btf
+            .field_offset("sock", "sk_cgrp_data.cgroup")
+            .unwrap()
+            .bytes;
         assert_eq!(
             cgroup,
             btf.field_offset("sock", "sk_cgrp_data").unwrap().bytes
-                + btf.field_offset("sock_cgroup_data", "cgroup").unwrap().bytes
+                + btf
+                    .field_offset("sock_cgroup_data", "cgroup")
+                    .unwrap()
+                    .bytes
         );
     }
 
@@ -449,16 +479,28 @@ mod tests {
             .field_offset("sock", "sk_no_such_field")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("sk_no_such_field") && err.contains("sock"), "{err}");
-        let err = kernel().field_offset("no_such_struct", "x").unwrap_err().to_string();
+        assert!(
+            err.contains("sk_no_such_field") && err.contains("sock"),
+            "{err}"
+        );
+        let err = kernel()
+            .field_offset("no_such_struct", "x")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no_such_struct"), "{err}");
     }
 
     #[test]
     fn reads_drop_reasons_and_tracepoint_arity() {
         let btf = kernel();
-        assert_eq!(btf.enum_value("skb_drop_reason", "SKB_CONSUMED").unwrap(), 1);
-        assert!(btf.enum_value("skb_drop_reason", "SKB_DROP_REASON_NO_SOCKET").is_ok());
+        assert_eq!(
+            btf.enum_value("skb_drop_reason", "SKB_CONSUMED").unwrap(),
+            1
+        );
+        assert!(
+            btf.enum_value("skb_drop_reason", "SKB_DROP_REASON_NO_SOCKET")
+                .is_ok()
+        );
         assert!(btf.enum_value("skb_drop_reason", "NOPE").is_err());
         // kfree_skb(skb, location, reason[, rx_sk]); tcp_retransmit_skb(sk, skb[, err]).
         let kfree = btf.tracepoint_args("kfree_skb").unwrap();
@@ -471,7 +513,10 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         assert!(matches!(Btf::parse(b"nope"), Err(BtfError::Malformed(_))));
-        assert!(matches!(Btf::parse(&[0u8; 64]), Err(BtfError::Malformed(_))));
+        assert!(matches!(
+            Btf::parse(&[0u8; 64]),
+            Err(BtfError::Malformed(_))
+        ));
         // Valid magic, header pointing past the end.
         let mut data = vec![0x9f, 0xeb, 1, 0, 24, 0, 0, 0];
         data.extend_from_slice(&[0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);

@@ -196,9 +196,10 @@ pub fn parse_kube_path(path: &str) -> KubeIdentity {
 
 /// `kubepods-burstable-pod<uid_with_underscores>` (systemd) or `pod<uid>` (cgroupfs).
 fn pod_uid(unit: &str) -> Option<String> {
-    let raw = unit.rsplit_once("-pod").map(|(_, uid)| uid).or_else(|| {
-        unit.strip_prefix("pod")
-    })?;
+    let raw = unit
+        .rsplit_once("-pod")
+        .map(|(_, uid)| uid)
+        .or_else(|| unit.strip_prefix("pod"))?;
     let uid = raw.replace('_', "-");
     let valid = uid.len() == 36
         && uid.chars().enumerate().all(|(i, c)| match i {
@@ -235,7 +236,11 @@ mod tests {
     fn systemd_driver_every_runtime_and_qos() {
         let u = uid_underscored();
         for (runtime, qos_slice, qos) in [
-            ("cri-containerd", "kubepods-burstable.slice/", QosClass::Burstable),
+            (
+                "cri-containerd",
+                "kubepods-burstable.slice/",
+                QosClass::Burstable,
+            ),
             ("crio", "kubepods-besteffort.slice/", QosClass::BestEffort),
             ("docker", "", QosClass::Guaranteed),
         ] {
@@ -265,7 +270,11 @@ mod tests {
             ("besteffort/", QosClass::BestEffort),
             ("", QosClass::Guaranteed),
         ] {
-            for container in [CID.to_string(), format!("crio-{CID}"), format!("docker-{CID}")] {
+            for container in [
+                CID.to_string(),
+                format!("crio-{CID}"),
+                format!("docker-{CID}"),
+            ] {
                 let path = format!("/kubepods/{qos_dir}pod{UID}/{container}");
                 let id = parse_kube_path(&path);
                 assert_eq!(id.pod_uid.as_deref(), Some(UID), "{path}");
@@ -323,9 +332,15 @@ mod tests {
 30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
 31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
 32 30 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu";
-        assert_eq!(cgroup2_mount_in(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            cgroup2_mount_in(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
         let unified = "29 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw";
-        assert_eq!(cgroup2_mount_in(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            cgroup2_mount_in(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
         assert_eq!(cgroup2_mount_in("1 2 0:3 / /proc rw - proc proc rw"), None);
         assert_eq!(unescape_mount("/a\\040b"), "/a b");
     }

@@ -102,7 +102,12 @@ impl Collector {
         let mut builder = Builder::new(&mut self.attributor);
 
         for (key, counters) in &now.retransmits {
-            let before = self.baseline.retransmits.get(key).copied().unwrap_or_default();
+            let before = self
+                .baseline
+                .retransmits
+                .get(key)
+                .copied()
+                .unwrap_or_default();
             let delta = RetransmitCounters {
                 retransmits: counters.retransmits - before.retransmits,
                 segments: counters.segments - before.segments,
@@ -187,23 +192,26 @@ impl<'a> Builder<'a> {
             return self.by_netns(netns);
         }
         let path = self.attributor.cgroups.path(cgroup_id);
-        let workload = self.workloads.entry(Key::Cgroup(cgroup_id)).or_insert_with(|| {
-            let identity = path.as_deref().map(parse_kube_path).unwrap_or_default();
-            Workload {
-                cgroup_id: Some(cgroup_id),
-                netns: path.as_deref().and_then(|p| {
-                    if identity.is_pod() && identity.container_id.is_none() {
-                        self.attributor.netns_below(p)
-                    } else {
-                        self.attributor.netns_of_cgroup(p)
-                    }
-                }),
-                cgroup_path: path,
-                pod_uid: identity.pod_uid,
-                container_id: identity.container_id,
-                ..Default::default()
-            }
-        });
+        let workload = self
+            .workloads
+            .entry(Key::Cgroup(cgroup_id))
+            .or_insert_with(|| {
+                let identity = path.as_deref().map(parse_kube_path).unwrap_or_default();
+                Workload {
+                    cgroup_id: Some(cgroup_id),
+                    netns: path.as_deref().and_then(|p| {
+                        if identity.is_pod() && identity.container_id.is_none() {
+                            self.attributor.netns_below(p)
+                        } else {
+                            self.attributor.netns_of_cgroup(p)
+                        }
+                    }),
+                    cgroup_path: path,
+                    pod_uid: identity.pod_uid,
+                    container_id: identity.container_id,
+                    ..Default::default()
+                }
+            });
         if workload.netns.is_none() {
             workload.netns = netns;
         }
@@ -222,10 +230,13 @@ impl<'a> Builder<'a> {
             .and_then(|path| self.attributor.cgroups.id_of(&path));
         match owner_id {
             Some(id) => self.by_cgroup(id, Some(netns)),
-            None => self.workloads.entry(Key::Netns(netns)).or_insert_with(|| Workload {
-                netns: Some(netns),
-                ..Default::default()
-            }),
+            None => self
+                .workloads
+                .entry(Key::Netns(netns))
+                .or_insert_with(|| Workload {
+                    netns: Some(netns),
+                    ..Default::default()
+                }),
         }
     }
 

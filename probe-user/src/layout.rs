@@ -125,7 +125,10 @@ mod tests {
         let resolved = resolve(&btf);
         assert!(resolved.missing.is_empty(), "{:?}", resolved.missing);
         let l = resolved.layout;
-        assert_eq!(l.sock_state, btf.field_offset("sock_common", "skc_state").unwrap().bytes);
+        assert_eq!(
+            l.sock_state,
+            btf.field_offset("sock_common", "skc_state").unwrap().bytes
+        );
         assert_eq!(
             l.sk_buff_tcp_gso_segs,
             btf.field_offset("sk_buff", "cb").unwrap().bytes + 8
@@ -140,7 +143,9 @@ mod tests {
     fn unavailable_names_the_missing_field() {
         let btf = Btf::from_sys_fs().unwrap();
         let mut resolved = resolve(&btf);
-        let err = btf.field_offset("sock", "sk_cgrp_data.not_there").unwrap_err();
+        let err = btf
+            .field_offset("sock", "sk_cgrp_data.not_there")
+            .unwrap_err();
         resolved.missing.insert(SOCK_CGROUP, err.to_string());
         let why = resolved.unavailable(&[SK_BUFF_SK, SOCK_CGROUP]).unwrap();
         assert!(why.contains("not_there"), "{why}");

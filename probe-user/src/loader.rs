@@ -16,8 +16,8 @@ use aya::{
 };
 use log::{debug, warn};
 use probe_common::{
-    DropKey, OverflowSlot, RetransmitCounters, RetransmitKey, drops::DROPS_MAP, layout::KERNEL_LAYOUT_GLOBAL,
-    overflow::MAP_OVERFLOWS_MAP, tcp_retransmit::TCP_RETRANSMITS_MAP,
+    DropKey, OverflowSlot, RetransmitCounters, RetransmitKey, drops::DROPS_MAP,
+    layout::KERNEL_LAYOUT_GLOBAL, overflow::MAP_OVERFLOWS_MAP, tcp_retransmit::TCP_RETRANSMITS_MAP,
 };
 use serde::Serialize;
 
@@ -152,9 +152,8 @@ impl Probe {
             source,
         };
         let btf = Btf::from_file(&btf_path).map_err(btf_error)?;
-        let aya_btf = aya::Btf::parse_file(&btf_path, aya::Endianness::default()).map_err(|e| {
-            btf_error(BtfError::Malformed(e.to_string()))
-        })?;
+        let aya_btf = aya::Btf::parse_file(&btf_path, aya::Endianness::default())
+            .map_err(|e| btf_error(BtfError::Malformed(e.to_string())))?;
         let resolved = layout::resolve(&btf);
         let drop_reasons = DropReasons::from_btf(&btf).unwrap_or_else(|err| {
             warn!("drop reasons will show as numbers: {err}");
@@ -317,7 +316,14 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         return text;
     }
     let head: String = text.chars().take(200).collect();
-    let tail: String = text.chars().rev().take(350).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = text
+        .chars()
+        .rev()
+        .take(350)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     format!("{head} … {tail}")
 }
 
@@ -394,7 +400,11 @@ mod tests {
     fn every_program_in_the_table_exists_in_the_object() {
         let object = aya_obj_names();
         for spec in PROGRAMS {
-            assert!(object.contains(&spec.name.to_string()), "{} not in {object:?}", spec.name);
+            assert!(
+                object.contains(&spec.name.to_string()),
+                "{} not in {object:?}",
+                spec.name
+            );
         }
     }
 

@@ -117,7 +117,10 @@ mod tests {
     #[test]
     fn reads_v2_path_from_proc_cgroup() {
         let hybrid = "12:cpu:/k\n1:name=systemd:/x\n0::/kubepods.slice/pod.slice\n";
-        assert_eq!(cgroup_v2_path(hybrid).as_deref(), Some("/kubepods.slice/pod.slice"));
+        assert_eq!(
+            cgroup_v2_path(hybrid).as_deref(),
+            Some("/kubepods.slice/pod.slice")
+        );
         assert_eq!(cgroup_v2_path("12:cpu:/k\n"), None);
     }
 
@@ -126,7 +129,10 @@ mod tests {
         let proc_root = Path::new("/proc");
         let me = std::process::id();
         let all = processes(proc_root);
-        let mine = all.iter().find(|p| p.pid == me).expect("own process listed");
+        let mine = all
+            .iter()
+            .find(|p| p.pid == me)
+            .expect("own process listed");
         assert_eq!(
             mine.netns as u64,
             fs::metadata("/proc/self/ns/net").unwrap().ino()

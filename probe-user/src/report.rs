@@ -188,7 +188,15 @@ mod tests {
         assert!(json["probes"][0]["error"].is_null());
         assert_eq!(json["probes"][0]["signal"], "drops");
         let w = &json["workloads"][0];
-        for key in ["cgroup_id", "cgroup_path", "netns", "pod_uid", "container_id", "tcp", "drops"] {
+        for key in [
+            "cgroup_id",
+            "cgroup_path",
+            "netns",
+            "pod_uid",
+            "container_id",
+            "tcp",
+            "drops",
+        ] {
             assert!(w.get(key).is_some(), "missing {key}");
         }
         assert_eq!(w["tcp"]["retransmits"], 1);

@@ -9,7 +9,10 @@ use std::{
     collections::HashMap,
     fs,
     io::{BufRead as _, BufReader},
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _, unix::process::CommandExt as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::{fs::MetadataExt as _, process::CommandExt as _},
+    },
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -77,20 +80,83 @@ impl NetnsPair {
         sh(&["ip", "netns", "add", &pair.a]);
         sh(&["ip", "netns", "add", &pair.b]);
         sh(&[
-            "ip", "link", "add", &pair.dev_a, "netns", &pair.a, "type", "veth", "peer", "name",
-            &pair.dev_b, "netns", &pair.b,
+            "ip",
+            "link",
+            "add",
+            &pair.dev_a,
+            "netns",
+            &pair.a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &pair.dev_b,
+            "netns",
+            &pair.b,
         ]);
-        for (ns, dev, addr) in [(&pair.a, &pair.dev_a, ADDR_A), (&pair.b, &pair.dev_b, ADDR_B)] {
-            pair.exec(ns, &["sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6"]);
-            pair.exec(ns, &["sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6"]);
-            sh(&["ip", "-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+        for (ns, dev, addr) in [
+            (&pair.a, &pair.dev_a, ADDR_A),
+            (&pair.b, &pair.dev_b, ADDR_B),
+        ] {
+            pair.exec(
+                ns,
+                &[
+                    "sh",
+                    "-c",
+                    "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6",
+                ],
+            );
+            pair.exec(
+                ns,
+                &[
+                    "sh",
+                    "-c",
+                    "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6",
+                ],
+            );
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                dev,
+            ]);
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
             sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
         }
         let mac_a = pair.mac(&pair.a, &pair.dev_a);
         let mac_b = pair.mac(&pair.b, &pair.dev_b);
-        sh(&["ip", "-n", &pair.a, "neigh", "replace", ADDR_B, "lladdr", &mac_b, "dev", &pair.dev_a, "nud", "permanent"]);
-        sh(&["ip", "-n", &pair.b, "neigh", "replace", ADDR_A, "lladdr", &mac_a, "dev", &pair.dev_b, "nud", "permanent"]);
+        sh(&[
+            "ip",
+            "-n",
+            &pair.a,
+            "neigh",
+            "replace",
+            ADDR_B,
+            "lladdr",
+            &mac_b,
+            "dev",
+            &pair.dev_a,
+            "nud",
+            "permanent",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &pair.b,
+            "neigh",
+            "replace",
+            ADDR_A,
+            "lladdr",
+            &mac_a,
+            "dev",
+            &pair.dev_b,
+            "nud",
+            "permanent",
+        ]);
         pair
     }
 
@@ -164,7 +230,14 @@ impl PodCgroup {
         let mount = tuneprobe::cgroup::cgroup2_mount().expect("cgroup v2 mounted");
         let uid = {
             let h = random_hex(32);
-            format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            )
         };
         let root = PathBuf::from(unique("tuneprobe-test-"));
         let pod_path = format!(
@@ -230,7 +303,12 @@ impl Drop for PodCgroup {
         let mut stack = vec![base];
         while let Some(dir) = stack.pop() {
             if let Ok(entries) = fs::read_dir(&dir) {
-                stack.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+                stack.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
             }
             dirs.push(dir);
         }
@@ -282,7 +360,9 @@ impl Workload {
         let netns_fd = netns.as_raw_fd();
         let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
         let mut cmd = Command::new(testload());
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         // SAFETY: only async-signal-safe syscalls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -298,7 +378,9 @@ impl Workload {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn testload {args:?}: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn testload {args:?}: {e}"));
         let stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
         Self { child, stdout }
     }
@@ -306,7 +388,9 @@ impl Workload {
     /// Waits for the process to print a line (servers print `ready` once listening).
     pub fn read_line(&mut self) -> String {
         let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read testload output");
+        self.stdout
+            .read_line(&mut line)
+            .expect("read testload output");
         line.trim().to_string()
     }
 
@@ -320,7 +404,10 @@ impl Workload {
                 let _ = std::io::Read::read_to_string(&mut self.stdout, &mut rest);
                 return rest;
             }
-            assert!(Instant::now() < deadline, "testload did not finish within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "testload did not finish within {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -351,7 +438,10 @@ impl<'a> NftTable<'a> {
         };
         let chain = format!("{{ type filter hook {hook} priority 0; policy accept; }}");
         pair.exec(ns, &["nft", "add", "table", "inet", &table.name]);
-        pair.exec(ns, &["nft", "add", "chain", "inet", &table.name, "c", &chain]);
+        pair.exec(
+            ns,
+            &["nft", "add", "chain", "inet", &table.name, "c", &chain],
+        );
         pair.exec(ns, &["nft", "add", "rule", "inet", &table.name, "c", rule]);
         table
     }
@@ -372,7 +462,9 @@ impl<'a> NftTable<'a> {
 impl Drop for NftTable<'_> {
     fn drop(&mut self) {
         let _ = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "nft", "delete", "table", "inet", &self.name])
+            .args([
+                "netns", "exec", &self.ns, "nft", "delete", "table", "inet", &self.name,
+            ])
             .status();
     }
 }

@@ -40,8 +40,12 @@ fn snapshot_json_reports_probes_and_the_pod_that_dropped() {
         .expect("tuneprobe printed nothing on stderr");
     assert!(ready.contains("ready"), "first stderr line: {ready}");
 
-    Workload::spawn(&pair.a, None, &["udp-send", &format!("{ADDR_B}:9"), &N.to_string(), "50"])
-        .wait(Duration::from_secs(20));
+    Workload::spawn(
+        &pair.a,
+        None,
+        &["udp-send", &format!("{ADDR_B}:9"), &N.to_string(), "50"],
+    )
+    .wait(Duration::from_secs(20));
     let out = child.wait_with_output().expect("tuneprobe output");
     assert!(out.status.success(), "exit {}", out.status);
     let json: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
@@ -83,7 +87,10 @@ fn table_output_is_the_default() {
     assert!(out.status.success());
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.starts_with("tuneprobe snapshot over"), "{table}");
-    assert!(table.contains("probe kfree_skb") && table.contains("attached"), "{table}");
+    assert!(
+        table.contains("probe kfree_skb") && table.contains("attached"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -95,7 +102,10 @@ fn bad_arguments_are_one_line_and_exit_2() {
         vec!["snapshot", "--for", "1s", "--bogus"],
         vec!["no-such-command"],
     ] {
-        let out = Command::new(tuneprobe_binary()).args(&args).output().unwrap();
+        let out = Command::new(tuneprobe_binary())
+            .args(&args)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");

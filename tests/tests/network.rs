@@ -13,13 +13,19 @@ const WAIT: Duration = Duration::from_secs(30);
 fn start() -> Collector {
     let probe = Probe::load(&LoadOptions::default()).unwrap_or_else(|e| panic!("load: {e:#}"));
     for status in probe.statuses() {
-        assert!(status.attached, "{} did not attach: {:?}", status.name, status.error);
+        assert!(
+            status.attached,
+            "{} did not attach: {:?}",
+            status.name, status.error
+        );
     }
     Collector::start(probe).unwrap_or_else(|e| panic!("collector: {e:#}"))
 }
 
 fn finish(collector: Collector) -> Snapshot {
-    collector.finish().unwrap_or_else(|e| panic!("finish: {e:#}"))
+    collector
+        .finish()
+        .unwrap_or_else(|e| panic!("finish: {e:#}"))
 }
 
 fn by_cgroup(snapshot: &Snapshot, cgroup_id: u64) -> Option<&Report> {
@@ -55,12 +61,20 @@ fn first_data_packet_dropped_gives_retransmits_to_the_sending_container() {
 
     let collector = start();
     let segs_before = pair.counter(&pair.a, "snmp", "Tcp", "RetransSegs");
-    Workload::spawn(&pair.a, Some(&lossy), &["tcp-send", &format!("{ADDR_B}:5001"), "1000000"])
-        .wait(WAIT);
+    Workload::spawn(
+        &pair.a,
+        Some(&lossy),
+        &["tcp-send", &format!("{ADDR_B}:5001"), "1000000"],
+    )
+    .wait(WAIT);
     let segs_lossy = pair.counter(&pair.a, "snmp", "Tcp", "RetransSegs") - segs_before;
     // Negative control: the same send from another container, to a port nothing drops.
-    Workload::spawn(&pair.a, Some(&clean), &["tcp-send", &format!("{ADDR_B}:5002"), "1000000"])
-        .wait(WAIT);
+    Workload::spawn(
+        &pair.a,
+        Some(&clean),
+        &["tcp-send", &format!("{ADDR_B}:5002"), "1000000"],
+    )
+    .wait(WAIT);
     let segs_total = pair.counter(&pair.a, "snmp", "Tcp", "RetransSegs") - segs_before;
     let snapshot = finish(collector);
 
@@ -70,18 +84,30 @@ fn first_data_packet_dropped_gives_retransmits_to_the_sending_container() {
         .unwrap_or_else(|| panic!("no workload for the sender: {:#?}", snapshot.workloads))
         .tcp;
     assert!(tcp.retransmits >= 1, "{tcp:?}");
-    assert!(tcp.retransmits <= segs_lossy, "{tcp:?} vs RetransSegs +{segs_lossy}");
+    assert!(
+        tcp.retransmits <= segs_lossy,
+        "{tcp:?} vs RetransSegs +{segs_lossy}"
+    );
     // Every retransmitted segment is in the sender netns's RetransSegs, and only ours are.
     assert_eq!(tcp.retransmitted_segments, segs_lossy, "{tcp:?}");
     assert_eq!(tcp.failed_retransmits, 0);
     let sender = by_cgroup(&snapshot, lossy.cgroup_id).unwrap();
     assert_eq!(sender.pod_uid.as_deref(), Some(pod.uid.as_str()));
-    assert_eq!(sender.container_id.as_deref(), Some(lossy.container_id.as_str()));
+    assert_eq!(
+        sender.container_id.as_deref(),
+        Some(lossy.container_id.as_str())
+    );
     assert_eq!(sender.netns, Some(NetnsPair::inode(&pair.a)));
 
     assert_eq!(segs_total, segs_lossy, "the clean send retransmitted");
-    let clean_tcp = by_cgroup(&snapshot, clean.cgroup_id).map(|w| w.tcp).unwrap_or_default();
-    assert_eq!(clean_tcp.retransmits + clean_tcp.failed_retransmits, 0, "{clean_tcp:?}");
+    let clean_tcp = by_cgroup(&snapshot, clean.cgroup_id)
+        .map(|w| w.tcp)
+        .unwrap_or_default();
+    assert_eq!(
+        clean_tcp.retransmits + clean_tcp.failed_retransmits,
+        0,
+        "{clean_tcp:?}"
+    );
 }
 
 #[test]
@@ -106,11 +132,18 @@ fn udp_to_a_closed_port_is_no_socket_for_the_pod_in_the_receiving_netns() {
     assert_eq!(sent.trim(), format!("sent {N}"));
     let snapshot = finish(collector);
 
-    let pod = by_cgroup(&snapshot, receiver.pod_id())
-        .unwrap_or_else(|| panic!("no workload for the receiving pod: {:#?}", snapshot.workloads));
+    let pod = by_cgroup(&snapshot, receiver.pod_id()).unwrap_or_else(|| {
+        panic!(
+            "no workload for the receiving pod: {:#?}",
+            snapshot.workloads
+        )
+    });
     assert_eq!(pod.drops.by_reason.get("NO_SOCKET"), Some(&N), "{pod:#?}");
     assert_eq!(pod.pod_uid.as_deref(), Some(receiver.uid.as_str()));
-    assert_eq!(pod.container_id, None, "attributed to the pod, not a container");
+    assert_eq!(
+        pod.container_id, None,
+        "attributed to the pod, not a container"
+    );
     assert_eq!(pod.netns, Some(NetnsPair::inode(&pair.b)));
     assert_eq!(pod.cgroup_path.as_deref(), Some(receiver.pod_path.as_str()));
     // Negative control: the sender saw no drops of its own.
@@ -129,13 +162,26 @@ fn nft_drop_rule_is_netfilter_drop_one_per_packet() {
     let nft = NftTable::with_rule(&pair, &pair.b, "input", "udp dport 7000 counter drop");
 
     let collector = start();
-    Workload::spawn(&pair.a, None, &["udp-send", &format!("{ADDR_B}:7000"), &N.to_string(), "64"])
-        .wait(WAIT);
+    Workload::spawn(
+        &pair.a,
+        None,
+        &["udp-send", &format!("{ADDR_B}:7000"), &N.to_string(), "64"],
+    )
+    .wait(WAIT);
     let snapshot = finish(collector);
 
     assert_eq!(nft.packets(), N);
-    assert_eq!(drops(&snapshot, receiver.pod_id(), "NETFILTER_DROP"), N, "{:#?}", snapshot.workloads);
-    assert_eq!(drops(&snapshot, receiver.pod_id(), "NO_SOCKET"), 0, "the rule drops before the socket lookup");
+    assert_eq!(
+        drops(&snapshot, receiver.pod_id(), "NETFILTER_DROP"),
+        N,
+        "{:#?}",
+        snapshot.workloads
+    );
+    assert_eq!(
+        drops(&snapshot, receiver.pod_id(), "NO_SOCKET"),
+        0,
+        "the rule drops before the socket lookup"
+    );
 }
 
 #[test]
@@ -143,17 +189,34 @@ fn full_receive_buffer_is_socket_rcvbuff_for_the_receiving_container() {
     let pair = NetnsPair::new();
     let mut receiver = PodCgroup::new();
     let app = receiver.container();
-    let mut sink = Workload::spawn(&pair.b, Some(&app), &["udp-sink", &format!("{ADDR_B}:7001"), "4096"]);
+    let mut sink = Workload::spawn(
+        &pair.b,
+        Some(&app),
+        &["udp-sink", &format!("{ADDR_B}:7001"), "4096"],
+    );
     assert_eq!(sink.read_line(), "ready");
 
     let collector = start();
     let before = pair.counter(&pair.b, "snmp", "Udp", "RcvbufErrors");
-    Workload::spawn(&pair.a, None, &["udp-send", &format!("{ADDR_B}:7001"), "200", "1000"]).wait(WAIT);
+    Workload::spawn(
+        &pair.a,
+        None,
+        &["udp-send", &format!("{ADDR_B}:7001"), "200", "1000"],
+    )
+    .wait(WAIT);
     let overflowed = pair.counter(&pair.b, "snmp", "Udp", "RcvbufErrors") - before;
     let snapshot = finish(collector);
 
-    assert!(overflowed > 100, "a 4 KiB buffer should overflow: {overflowed}");
-    assert_eq!(drops(&snapshot, app.cgroup_id, "SOCKET_RCVBUFF"), overflowed, "{:#?}", snapshot.workloads);
+    assert!(
+        overflowed > 100,
+        "a 4 KiB buffer should overflow: {overflowed}"
+    );
+    assert_eq!(
+        drops(&snapshot, app.cgroup_id, "SOCKET_RCVBUFF"),
+        overflowed,
+        "{:#?}",
+        snapshot.workloads
+    );
 }
 
 #[test]
@@ -162,13 +225,40 @@ fn tbf_overflow_is_qdisc_drop_for_the_sending_container() {
     let mut sender = PodCgroup::new();
     let app = sender.container();
     sh(&[
-        "tc", "-n", &pair.a, "qdisc", "add", "dev", &pair.dev_a, "root", "tbf", "rate", "10mbit", "burst",
-        "5kb", "limit", "10kb",
+        "tc",
+        "-n",
+        &pair.a,
+        "qdisc",
+        "add",
+        "dev",
+        &pair.dev_a,
+        "root",
+        "tbf",
+        "rate",
+        "10mbit",
+        "burst",
+        "5kb",
+        "limit",
+        "10kb",
     ]);
 
     let collector = start();
-    Workload::spawn(&pair.a, Some(&app), &["udp-send", &format!("{ADDR_B}:7002"), "400", "1000"]).wait(WAIT);
-    let stats = sh(&["tc", "-n", &pair.a, "-s", "qdisc", "show", "dev", &pair.dev_a]);
+    Workload::spawn(
+        &pair.a,
+        Some(&app),
+        &["udp-send", &format!("{ADDR_B}:7002"), "400", "1000"],
+    )
+    .wait(WAIT);
+    let stats = sh(&[
+        "tc",
+        "-n",
+        &pair.a,
+        "-s",
+        "qdisc",
+        "show",
+        "dev",
+        &pair.dev_a,
+    ]);
     let snapshot = finish(collector);
 
     let dropped: u64 = stats
@@ -177,8 +267,16 @@ fn tbf_overflow_is_qdisc_drop_for_the_sending_container() {
         .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no dropped count in {stats}"));
-    assert!(dropped > 100, "tbf should drop most of a 400 KB burst: {stats}");
-    assert_eq!(drops(&snapshot, app.cgroup_id, "QDISC_DROP"), dropped, "{:#?}", snapshot.workloads);
+    assert!(
+        dropped > 100,
+        "tbf should drop most of a 400 KB burst: {stats}"
+    );
+    assert_eq!(
+        drops(&snapshot, app.cgroup_id, "QDISC_DROP"),
+        dropped,
+        "{:#?}",
+        snapshot.workloads
+    );
 }
 
 #[test]
@@ -186,13 +284,21 @@ fn listen_backlog_overflow_is_its_own_reason_for_the_listening_pod() {
     let pair = NetnsPair::new();
     let mut server = PodCgroup::new();
     let app = server.container();
-    let mut listener = Workload::spawn(&pair.b, Some(&app), &["tcp-listen", &format!("{ADDR_B}:8000"), "1"]);
+    let mut listener = Workload::spawn(
+        &pair.b,
+        Some(&app),
+        &["tcp-listen", &format!("{ADDR_B}:8000"), "1"],
+    );
     assert_eq!(listener.read_line(), "ready");
 
     let collector = start();
     let before = pair.counter(&pair.b, "netstat", "TcpExt", "ListenOverflows");
-    Workload::spawn(&pair.a, None, &["tcp-connect-burst", &format!("{ADDR_B}:8000"), "10", "300"])
-        .wait(WAIT);
+    Workload::spawn(
+        &pair.a,
+        None,
+        &["tcp-connect-burst", &format!("{ADDR_B}:8000"), "10", "300"],
+    )
+    .wait(WAIT);
     let overflows = pair.counter(&pair.b, "netstat", "TcpExt", "ListenOverflows") - before;
     let snapshot = finish(collector);
 
@@ -218,12 +324,25 @@ fn a_full_drop_map_counts_the_lost_updates() {
     let collector = Collector::start(probe).unwrap();
     // Two distinct keys of our own: NO_SOCKET in B, then NETFILTER_DROP in B.
     let _nft = NftTable::with_rule(&pair, &pair.b, "input", "udp dport 7003 counter drop");
-    Workload::spawn(&pair.a, None, &["udp-send", &format!("{ADDR_B}:9"), &N.to_string(), "64"]).wait(WAIT);
-    Workload::spawn(&pair.a, None, &["udp-send", &format!("{ADDR_B}:7003"), &N.to_string(), "64"]).wait(WAIT);
+    Workload::spawn(
+        &pair.a,
+        None,
+        &["udp-send", &format!("{ADDR_B}:9"), &N.to_string(), "64"],
+    )
+    .wait(WAIT);
+    Workload::spawn(
+        &pair.a,
+        None,
+        &["udp-send", &format!("{ADDR_B}:7003"), &N.to_string(), "64"],
+    )
+    .wait(WAIT);
     let snapshot = finish(collector);
 
     let lost = snapshot.map_overflows["DROPS"];
-    assert!(lost >= N, "at least one of our two keys found the map full: lost {lost}");
+    assert!(
+        lost >= N,
+        "at least one of our two keys found the map full: lost {lost}"
+    );
     // The rest keeps working: the retransmit map is unaffected.
     assert_eq!(snapshot.map_overflows["TCP_RETRANSMITS"], 0);
 }
@@ -236,7 +355,13 @@ fn btf_without_the_needed_fields_is_a_clear_error() {
         btf_path: Some(dir.clone()),
         ..LoadOptions::default()
     };
-    let err = Probe::load(&options).err().expect("garbage BTF must not load").to_string();
+    let err = Probe::load(&options)
+        .err()
+        .expect("garbage BTF must not load")
+        .to_string();
     let _ = std::fs::remove_file(&dir);
-    assert!(err.contains("BTF") && err.contains(&dir.display().to_string()), "{err}");
+    assert!(
+        err.contains("BTF") && err.contains(&dir.display().to_string()),
+        "{err}"
+    );
 }

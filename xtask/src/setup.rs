@@ -65,19 +65,15 @@ fn bpf_linker() -> anyhow::Result<()> {
     let llvm_major = nightly_llvm_major()?;
     let prefix = llvm_prefix(llvm_major)?;
     eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm_major}");
-    run_checked(
-        Command::new("cargo")
-            .env("LLVM_PREFIX", &prefix)
-            .args([
-                "install",
-                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-                "--locked",
-                "--force",
-                "--no-default-features",
-                "--features",
-                &format!("llvm-{llvm_major}"),
-            ]),
-    )
+    run_checked(Command::new("cargo").env("LLVM_PREFIX", &prefix).args([
+        "install",
+        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        "--locked",
+        "--force",
+        "--no-default-features",
+        "--features",
+        &format!("llvm-{llvm_major}"),
+    ]))
 }
 
 /// The LLVM major version the nightly was built with: bpf-linker must match it.
@@ -134,7 +130,10 @@ fn debian_packages() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask setup: installing Debian packages {}", missing.join(" "));
+    eprintln!(
+        "xtask setup: installing Debian packages {}",
+        missing.join(" ")
+    );
     let apt = |args: &[&str]| {
         let mut cmd = Command::new("apt-get");
         cmd.env("DEBIAN_FRONTEND", "noninteractive").args(args);

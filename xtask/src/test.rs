@@ -22,16 +22,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     setup::run()?;
     let root = workspace_root();
     // The integration tests run the release binary end to end as well.
-    run_checked(
-        Command::new(env!("CARGO"))
-            .current_dir(&root)
-            .args(["build", "--release", "--package", "probe-user"]),
-    )?;
+    run_checked(Command::new(env!("CARGO")).current_dir(&root).args([
+        "build",
+        "--release",
+        "--package",
+        "probe-user",
+    ]))?;
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.current_dir(&root).arg("test").arg("--workspace").args([
-        "--exclude",
-        "probe-ebpf",
-    ]);
+    cmd.current_dir(&root)
+        .arg("test")
+        .arg("--workspace")
+        .args(["--exclude", "probe-ebpf"]);
     if !args.cargo_test_args.is_empty() {
         cmd.arg("--").args(&args.cargo_test_args);
     }

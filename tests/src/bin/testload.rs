@@ -78,8 +78,12 @@ fn tcp_send(addr: SocketAddr, bytes: usize) {
     }
     // The peer reads until our FIN and then closes: once we see its EOF, every byte,
     // retransmissions included, has been delivered.
-    stream.shutdown(std::net::Shutdown::Write).expect("shutdown");
-    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
     let mut rest = Vec::new();
     let _ = stream.read_to_end(&mut rest);
 }
