@@ -6,7 +6,7 @@ use std::{
     ffi::CString,
     hash::Hash,
     io,
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use aya::{
@@ -306,8 +306,12 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        // aya often repeats a cause's text in its wrapper; say it once.
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     let text = text.replace('\n', " ");
@@ -363,8 +367,11 @@ fn raise_memlock_rlimit() {
 /// tracefs may be unmounted at boot; classic tracepoints and `tuneprobe trace`'s tools
 /// need it. Failing to mount it only matters to them, so it is a warning.
 fn mount_tracefs_if_absent() {
-    let target = Path::new("/sys/kernel/tracing");
-    if target.join("events").exists() {
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| {
+        info.lines()
+            .any(|line| line.contains(" /sys/kernel/tracing ") && line.contains(" - tracefs "))
+    });
+    if mounted {
         return;
     }
     let (Ok(source), Ok(path), Ok(fstype)) = (

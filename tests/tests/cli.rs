@@ -126,3 +126,19 @@ fn missing_btf_names_the_file_and_what_to_do() {
     assert!(stderr.contains("CONFIG_DEBUG_INFO_BTF"), "{stderr}");
     assert!(!stderr.contains("ready"), "{stderr}");
 }
+
+#[test]
+fn without_privileges_it_says_what_it_needs() {
+    // `nobody`, no capabilities: the first map creation fails with EPERM.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(tuneprobe_binary())
+        .args(["snapshot", "--for", "1s"])
+        .output()
+        .expect("setpriv (util-linux) runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert!(stderr.contains("run as root") && stderr.contains("CAP_BPF"), "{stderr}");
+    assert!(!stderr.contains("ready"), "{stderr}");
+}
