@@ -40,8 +40,44 @@ pub struct KernelLayout {
     pub kfree_skb_has_rx_sk: u32,
     /// `SKB_CONSUMED`: not a drop; older kernels report it through `kfree_skb`.
     pub drop_reason_consumed: u32,
-    /// Keeps the struct a multiple of 8 bytes on both sides.
-    pub _reserved: u32,
+
+    /// `request.q`
+    pub request_queue: u32,
+    /// `request_queue.disk`
+    pub queue_disk: u32,
+    /// `gendisk.major`
+    pub disk_major: u32,
+    /// `gendisk.first_minor`
+    pub disk_first_minor: u32,
+    /// `request.cmd_flags`
+    pub request_cmd_flags: u32,
+    /// `request.__data_len`: bytes still to complete.
+    pub request_data_len: u32,
+    /// `request.bio`
+    pub request_bio: u32,
+    /// `bio.bi_blkg`
+    pub bio_blkg: u32,
+    /// `blkcg_gq.blkcg`
+    pub blkg_blkcg: u32,
+    /// `blkcg.css.cgroup`
+    pub blkcg_cgroup: u32,
+
+    /// `task_struct.pid` (the thread id)
+    pub task_pid: u32,
+    /// `task_struct.cgroups` + `css_set.subsys[cpu_cgrp_id]`: the task's cpu css.
+    pub task_cgroups: u32,
+    pub css_set_cpu_css: u32,
+    /// `cgroup_subsys_state.cgroup`
+    pub css_cgroup: u32,
+    /// 1: the throttle flag is on the task (`task_struct.throttled`, 6.18+);
+    /// 0: on its cfs_rq (`task_struct.se.cfs_rq->throttled`).
+    pub throttle_per_task: u32,
+    /// Byte holding the throttle flag, in the task or in the cfs_rq.
+    pub throttled_byte: u32,
+    /// Mask of the flag in that byte (0xff for a whole `bool`/`int`, one bit for a bitfield).
+    pub throttled_mask: u32,
+    /// `task_struct.se.cfs_rq`, when the flag is on the cfs_rq.
+    pub task_cfs_rq: u32,
 }
 
 impl KernelLayout {
@@ -60,6 +96,23 @@ impl KernelLayout {
         tcp_retransmit_has_err: 0,
         kfree_skb_has_rx_sk: 0,
         drop_reason_consumed: 0,
-        _reserved: 0,
+        request_queue: 0,
+        queue_disk: 0,
+        disk_major: 0,
+        disk_first_minor: 0,
+        request_cmd_flags: 0,
+        request_data_len: 0,
+        request_bio: 0,
+        bio_blkg: 0,
+        blkg_blkcg: 0,
+        blkcg_cgroup: 0,
+        task_pid: 0,
+        task_cgroups: 0,
+        css_set_cpu_css: 0,
+        css_cgroup: 0,
+        throttle_per_task: 0,
+        throttled_byte: 0,
+        throttled_mask: 0,
+        task_cfs_rq: 0,
     };
 }

@@ -4,12 +4,18 @@
 //! same bytes out of BPF maps: a flag is a `u32`, never a `bool`.
 #![no_std]
 
+pub mod block_io;
+pub mod cpu_throttle;
 pub mod drops;
+pub mod histogram;
 pub mod layout;
 pub mod overflow;
 pub mod tcp_retransmit;
 
+pub use block_io::{BlockKey, BlockStats, InFlightRequest};
+pub use cpu_throttle::{ThrottleStats, ThrottledTask};
 pub use drops::DropKey;
+pub use histogram::LatencyHistogram;
 pub use layout::KernelLayout;
 pub use overflow::OverflowSlot;
 pub use tcp_retransmit::{RetransmitCounters, RetransmitKey};
@@ -26,4 +32,15 @@ macro_rules! user_pod {
 }
 
 #[cfg(feature = "user")]
-user_pod!(DropKey, KernelLayout, RetransmitCounters, RetransmitKey);
+user_pod!(
+    BlockKey,
+    BlockStats,
+    DropKey,
+    InFlightRequest,
+    KernelLayout,
+    LatencyHistogram,
+    RetransmitCounters,
+    RetransmitKey,
+    ThrottleStats,
+    ThrottledTask,
+);

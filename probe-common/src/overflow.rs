@@ -8,10 +8,21 @@ pub const MAP_OVERFLOWS_MAP: &str = "MAP_OVERFLOWS";
 pub enum OverflowSlot {
     TcpRetransmits = 0,
     Drops = 1,
+    BlockIo = 2,
+    /// Not a full map: completions whose request had no in-flight state (evicted from
+    /// the LRU map, or issued before the probe attached).
+    BlockInFlight = 3,
+    CpuThrottle = 4,
 }
 
 impl OverflowSlot {
-    pub const ALL: [Self; 2] = [Self::TcpRetransmits, Self::Drops];
+    pub const ALL: [Self; 5] = [
+        Self::TcpRetransmits,
+        Self::Drops,
+        Self::BlockIo,
+        Self::BlockInFlight,
+        Self::CpuThrottle,
+    ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
     /// The map whose updates this slot counts.
@@ -19,6 +30,9 @@ impl OverflowSlot {
         match self {
             Self::TcpRetransmits => crate::tcp_retransmit::TCP_RETRANSMITS_MAP,
             Self::Drops => crate::drops::DROPS_MAP,
+            Self::BlockIo => crate::block_io::BLOCK_IO_MAP,
+            Self::BlockInFlight => crate::block_io::BLOCK_IN_FLIGHT_MAP,
+            Self::CpuThrottle => crate::cpu_throttle::CPU_THROTTLE_MAP,
         }
     }
 }

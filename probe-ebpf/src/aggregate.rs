@@ -1,10 +1,16 @@
 //! In-kernel aggregation into bounded per-CPU maps, with full maps counted, not hidden.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
 };
-use probe_common::OverflowSlot;
+use probe_common::{
+    LatencyHistogram, OverflowSlot,
+    histogram::{HISTOGRAM_BUCKETS, bucket_index},
+};
 
 /// Updates lost because the target map was full, per [`OverflowSlot`]
 /// (`probe_common::overflow::MAP_OVERFLOWS_MAP`).
@@ -35,8 +41,56 @@ pub fn add<K, V>(
     }
 }
 
+/// The shared (not per-CPU) value for `key`, created from `zero` if new. `None` when the
+/// map is full (counted in `slot`).
 #[inline(always)]
-fn count_overflow(slot: OverflowSlot) {
+pub fn shared_entry<K, V>(
+    map: &HashMap<K, V>,
+    key: &K,
+    zero: &V,
+    slot: OverflowSlot,
+) -> Option<*mut V> {
+    if let Some(value) = map.get_ptr_mut(key) {
+        return Some(value);
+    }
+    // NOEXIST: if another CPU created it meanwhile, keep theirs and use it.
+    let _ = map.insert(key, zero, u64::from(BPF_NOEXIST));
+    let value = map.get_ptr_mut(key);
+    if value.is_none() {
+        count_overflow(slot);
+    }
+    value
+}
+
+/// Atomically adds to a counter in a shared map value.
+#[inline(always)]
+pub fn atomic_add(counter: *mut u64, value: u64) {
+    // The bpf target has atomic adds (BPF_ATOMIC) but no compare-and-swap, so core's
+    // `AtomicU64` offers no `fetch_add`; the intrinsic lowers to the instruction.
+    // SAFETY: `counter` points into a map value, valid and 8-byte aligned.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, value) };
+}
+
+/// Records one duration in a shared histogram.
+#[inline(always)]
+pub fn record(histogram: *mut LatencyHistogram, ns: u64) {
+    // SAFETY: `histogram` points into a map value.
+    unsafe {
+        atomic_add(&raw mut (*histogram).count, 1);
+        atomic_add(&raw mut (*histogram).sum_ns, ns);
+        let index = bucket_index(ns);
+        if index < HISTOGRAM_BUCKETS {
+            atomic_add(&raw mut (*histogram).buckets[index], 1);
+        }
+        // A racing larger value may be overwritten; the max is a report, not a count.
+        if ns > (*histogram).max_ns {
+            (*histogram).max_ns = ns;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_overflow(slot: OverflowSlot) {
     if let Some(count) = MAP_OVERFLOWS.get_ptr_mut(slot as u32) {
         // SAFETY: per-CPU slot, see `add`.
         unsafe { *count += 1 };

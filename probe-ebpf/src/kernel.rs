@@ -30,9 +30,14 @@ pub fn sock_cgroup_id(layout: &KernelLayout, sk: *const u8) -> u64 {
     if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
         return 0;
     }
-    let Ok(cgroup) = read::<*const u8>(sk, layout.sock_cgroup) else {
-        return 0;
-    };
+    read::<*const u8>(sk, layout.sock_cgroup)
+        .map(|cgroup| cgroup_id(layout, cgroup))
+        .unwrap_or(0)
+}
+
+/// Id of a `struct cgroup` (its kernfs node id, the directory's inode number); 0 if null.
+#[inline(always)]
+pub fn cgroup_id(layout: &KernelLayout, cgroup: *const u8) -> u64 {
     if cgroup.is_null() {
         return 0;
     }
@@ -43,6 +48,20 @@ pub fn sock_cgroup_id(layout: &KernelLayout, sk: *const u8) -> u64 {
         return 0;
     }
     read(kn, layout.kernfs_node_id).unwrap_or(0)
+}
+
+/// Follows a chain of pointers from `base` (each read at the next offset), stopping at
+/// the first null; returns the last pointer.
+#[inline(always)]
+pub fn follow<const N: usize>(base: *const u8, offsets: [u32; N]) -> *const u8 {
+    let mut ptr = base;
+    for offset in offsets {
+        if ptr.is_null() {
+            return ptr;
+        }
+        ptr = read(ptr, offset).unwrap_or(core::ptr::null());
+    }
+    ptr
 }
 
 /// Network namespace inode of a socket (any kind: `sock_common` is shared by all).

@@ -3,9 +3,16 @@
 //! to userspace per event.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Atomic adds into shared map values (see `aggregate::atomic_add`).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", expect(internal_features, reason = "atomic_xadd"))]
 
 #[cfg(target_arch = "bpf")]
 mod aggregate;
+#[cfg(target_arch = "bpf")]
+mod block_io;
+#[cfg(target_arch = "bpf")]
+mod cpu_throttle;
 #[cfg(target_arch = "bpf")]
 mod drops;
 #[cfg(target_arch = "bpf")]

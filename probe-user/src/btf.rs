@@ -282,6 +282,30 @@ impl Btf {
     /// `field_offset("sock", "sk_cgrp_data.cgroup")`. Anonymous structs and unions are
     /// searched transparently, as C does.
     pub fn field_offset(&self, ty: &str, path: &str) -> Result<FieldOffset, BtfError> {
+        let (bits, bitfield_size) = self.field_bits(ty, path)?;
+        if bitfield_size != 0 || !bits.is_multiple_of(8) {
+            return Err(BtfError::Bitfield {
+                path: format!("{ty}.{path}"),
+            });
+        }
+        Ok(FieldOffset { bytes: bits / 8 })
+    }
+
+    /// Where a boolean flag lives: the byte to read and the mask to test. Works for
+    /// whole `bool`/`int` fields (low byte) and for one-bit bitfields.
+    pub fn flag_location(&self, ty: &str, path: &str) -> Result<(u32, u8), BtfError> {
+        let (bits, bitfield_size) = self.field_bits(ty, path)?;
+        match bitfield_size {
+            0 if bits.is_multiple_of(8) => Ok((bits / 8, 0xff)),
+            1 => Ok((bits / 8, 1 << (bits % 8))),
+            _ => Err(BtfError::Bitfield {
+                path: format!("{ty}.{path}"),
+            }),
+        }
+    }
+
+    /// Bit offset of the field and its bitfield size (0 for a whole field).
+    fn field_bits(&self, ty: &str, path: &str) -> Result<(u32, u32), BtfError> {
         let full = format!("{ty}.{path}");
         let mut members = self.composite(ty).ok_or_else(|| BtfError::MissingType {
             kind: "struct",
@@ -297,37 +321,39 @@ impl Btf {
                     field: part.to_string(),
                     path: full.clone(),
                 })?;
+            bits += offset;
+            if parts.peek().is_none() {
+                return Ok((bits, member.bitfield_size));
+            }
             if member.bitfield_size != 0 {
                 return Err(BtfError::Bitfield { path: full });
             }
-            bits += offset;
-            if parts.peek().is_some() {
-                match self.resolve(member.type_id) {
-                    Type::Composite {
-                        name,
-                        members: inner,
-                    } => {
-                        current = if name.is_empty() {
-                            part.to_string()
-                        } else {
-                            name.clone()
-                        };
-                        members = inner;
-                    }
-                    _ => {
-                        return Err(BtfError::MissingField {
-                            ty: part.to_string(),
-                            field: parts.next().unwrap_or_default().to_string(),
-                            path: full,
-                        });
-                    }
+            match self.resolve(member.type_id) {
+                Type::Composite {
+                    name,
+                    members: inner,
+                } => {
+                    current = if name.is_empty() {
+                        part.to_string()
+                    } else {
+                        name.clone()
+                    };
+                    members = inner;
+                }
+                _ => {
+                    return Err(BtfError::MissingField {
+                        ty: part.to_string(),
+                        field: parts.next().unwrap_or_default().to_string(),
+                        path: full,
+                    });
                 }
             }
         }
-        if !bits.is_multiple_of(8) {
-            return Err(BtfError::Bitfield { path: full });
-        }
-        Ok(FieldOffset { bytes: bits / 8 })
+        Err(BtfError::MissingField {
+            ty: ty.to_string(),
+            field: String::new(),
+            path: full,
+        })
     }
 
     /// Enumerators of `enum name` (either `ENUM` or `ENUM64`).
@@ -508,6 +534,18 @@ mod tests {
         let retrans = btf.tracepoint_args("tcp_retransmit_skb").unwrap();
         assert!((2..=3).contains(&retrans), "{retrans}");
         assert!(btf.tracepoint_args("no_such_tracepoint").is_err());
+    }
+
+    #[test]
+    fn flags_whole_and_bitfield() {
+        let btf = kernel();
+        // 6.18: `bool throttled` in task_struct, `bool throttled:1` in cfs_rq.
+        let (byte, mask) = btf.flag_location("task_struct", "throttled").unwrap();
+        assert_eq!(mask, 0xff);
+        assert!(byte > 0);
+        let (_, mask) = btf.flag_location("cfs_rq", "throttled").unwrap();
+        assert_eq!(mask.count_ones(), 1);
+        assert!(btf.field_offset("cfs_rq", "throttled").is_err(), "a bitfield has no byte offset");
     }
 
     #[test]

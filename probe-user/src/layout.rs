@@ -21,6 +21,26 @@ pub const CGROUP_KN: FieldPath = ("cgroup", "kn");
 pub const KERNFS_NODE_ID: FieldPath = ("kernfs_node", "id");
 pub const NET_DEVICE_NET: FieldPath = ("net_device", "nd_net.net");
 pub const NET_INUM: FieldPath = ("net", "ns.inum");
+pub const REQUEST_QUEUE: FieldPath = ("request", "q");
+pub const QUEUE_DISK: FieldPath = ("request_queue", "disk");
+pub const DISK_MAJOR: FieldPath = ("gendisk", "major");
+pub const DISK_FIRST_MINOR: FieldPath = ("gendisk", "first_minor");
+pub const REQUEST_CMD_FLAGS: FieldPath = ("request", "cmd_flags");
+pub const REQUEST_DATA_LEN: FieldPath = ("request", "__data_len");
+pub const REQUEST_BIO: FieldPath = ("request", "bio");
+pub const BIO_BLKG: FieldPath = ("bio", "bi_blkg");
+pub const BLKG_BLKCG: FieldPath = ("blkcg_gq", "blkcg");
+pub const BLKCG_CGROUP: FieldPath = ("blkcg", "css.cgroup");
+pub const TASK_PID: FieldPath = ("task_struct", "pid");
+pub const TASK_CGROUPS: FieldPath = ("task_struct", "cgroups");
+pub const CSS_SET_SUBSYS: FieldPath = ("css_set", "subsys");
+pub const CSS_CGROUP: FieldPath = ("cgroup_subsys_state", "cgroup");
+/// The throttle flag: per task on 6.18+, else on the task's cfs_rq.
+pub const TASK_THROTTLED: FieldPath = ("task_struct", "throttled");
+pub const TASK_CFS_RQ: FieldPath = ("task_struct", "se.cfs_rq");
+pub const CFS_RQ_THROTTLED: FieldPath = ("cfs_rq", "throttled");
+/// Not a field: the `cpu_cgrp_id` value of `enum cgroup_subsys_id`.
+pub const CPU_CGRP_ID: FieldPath = ("cgroup_subsys_id", "cpu_cgrp_id");
 
 /// The layout, and the fields this kernel's BTF could not place. A program that needs a
 /// missing field is reported unavailable; the others still run.
@@ -43,6 +63,14 @@ impl ResolvedLayout {
 
 pub fn resolve(btf: &Btf) -> ResolvedLayout {
     let mut missing = HashMap::new();
+    let cpu_cgrp_id = match btf.enum_value(CPU_CGRP_ID.0, CPU_CGRP_ID.1) {
+        Ok(id) => id as u32,
+        Err(err) => {
+            missing.insert(CPU_CGRP_ID, err.to_string());
+            0
+        }
+    };
+    let throttle = throttle_flag(btf, &mut missing);
     let mut offset = |field: FieldPath| match btf.field_offset(field.0, field.1) {
         Ok(offset) => offset.bytes,
         Err(err) => {
@@ -52,6 +80,8 @@ pub fn resolve(btf: &Btf) -> ResolvedLayout {
     };
     let sk_buff_cb = offset(SK_BUFF_CB);
     let gso_segs = offset(TCP_SKB_CB_GSO_SEGS);
+    let blkcg_cgroup = offset(BLKCG_CGROUP);
+    let css_set_subsys = offset(CSS_SET_SUBSYS);
     let layout = KernelLayout {
         sk_buff_sk: offset(SK_BUFF_SK),
         sk_buff_dev: offset(SK_BUFF_DEV),
@@ -72,9 +102,68 @@ pub fn resolve(btf: &Btf) -> ResolvedLayout {
             .map(|v| v as u32)
             // Kernels before 6.0 had no SKB_CONSUMED; no real reason uses u32::MAX.
             .unwrap_or(u32::MAX),
-        _reserved: 0,
+        request_queue: offset(REQUEST_QUEUE),
+        queue_disk: offset(QUEUE_DISK),
+        disk_major: offset(DISK_MAJOR),
+        disk_first_minor: offset(DISK_FIRST_MINOR),
+        request_cmd_flags: offset(REQUEST_CMD_FLAGS),
+        request_data_len: offset(REQUEST_DATA_LEN),
+        request_bio: offset(REQUEST_BIO),
+        bio_blkg: offset(BIO_BLKG),
+        blkg_blkcg: offset(BLKG_BLKCG),
+        blkcg_cgroup,
+        task_pid: offset(TASK_PID),
+        task_cgroups: offset(TASK_CGROUPS),
+        // `subsys` is an array of css pointers indexed by subsystem id.
+        css_set_cpu_css: css_set_subsys + 8 * cpu_cgrp_id,
+        css_cgroup: offset(CSS_CGROUP),
+        throttle_per_task: throttle.per_task,
+        throttled_byte: throttle.byte,
+        throttled_mask: throttle.mask,
+        task_cfs_rq: throttle.task_cfs_rq,
     };
     ResolvedLayout { layout, missing }
+}
+
+struct ThrottleFlag {
+    per_task: u32,
+    byte: u32,
+    mask: u32,
+    task_cfs_rq: u32,
+}
+
+/// 6.18 marks throttled tasks themselves; older kernels mark the task's cfs_rq.
+fn throttle_flag(btf: &Btf, missing: &mut HashMap<FieldPath, String>) -> ThrottleFlag {
+    if let Ok((byte, mask)) = btf.flag_location(TASK_THROTTLED.0, TASK_THROTTLED.1) {
+        return ThrottleFlag {
+            per_task: 1,
+            byte,
+            mask: u32::from(mask),
+            task_cfs_rq: 0,
+        };
+    }
+    let cfs_rq = btf.field_offset(TASK_CFS_RQ.0, TASK_CFS_RQ.1);
+    let flag = btf.flag_location(CFS_RQ_THROTTLED.0, CFS_RQ_THROTTLED.1);
+    match (cfs_rq, flag) {
+        (Ok(cfs_rq), Ok((byte, mask))) => ThrottleFlag {
+            per_task: 0,
+            byte,
+            mask: u32::from(mask),
+            task_cfs_rq: cfs_rq.bytes,
+        },
+        (Err(err), _) | (_, Err(err)) => {
+            missing.insert(
+                TASK_THROTTLED,
+                format!("neither task_struct.throttled nor cfs_rq.throttled: {err}"),
+            );
+            ThrottleFlag {
+                per_task: 0,
+                byte: 0,
+                mask: 0,
+                task_cfs_rq: 0,
+            }
+        }
+    }
 }
 
 /// Names of the kernel's `enum skb_drop_reason` values, prefix stripped
@@ -134,9 +223,25 @@ mod tests {
             btf.field_offset("sk_buff", "cb").unwrap().bytes + 8
         );
         assert_eq!(l.drop_reason_consumed, 1);
-        // This machine's kernel (6.18) has rx_sk and err.
+        // This machine's kernel (6.18) has rx_sk and err, and throttles per task.
         assert_eq!(l.kfree_skb_has_rx_sk, 1);
         assert_eq!(l.tcp_retransmit_has_err, 1);
+        assert_eq!(l.throttle_per_task, 1);
+        assert_eq!(l.throttled_mask, 0xff);
+        assert_eq!(
+            l.throttled_byte,
+            btf.field_offset("task_struct", "throttled").unwrap().bytes
+        );
+        let cpu_id = btf.enum_value("cgroup_subsys_id", "cpu_cgrp_id").unwrap() as u32;
+        assert_eq!(
+            l.css_set_cpu_css,
+            btf.field_offset("css_set", "subsys").unwrap().bytes + 8 * cpu_id
+        );
+        assert_eq!(
+            l.blkcg_cgroup,
+            btf.field_offset("blkcg", "css").unwrap().bytes
+                + btf.field_offset("cgroup_subsys_state", "cgroup").unwrap().bytes
+        );
     }
 
     #[test]

@@ -16,8 +16,10 @@ use aya::{
 };
 use log::{debug, warn};
 use probe_common::{
-    DropKey, OverflowSlot, RetransmitCounters, RetransmitKey, drops::DROPS_MAP,
-    layout::KERNEL_LAYOUT_GLOBAL, overflow::MAP_OVERFLOWS_MAP, tcp_retransmit::TCP_RETRANSMITS_MAP,
+    BlockKey, BlockStats, DropKey, OverflowSlot, RetransmitCounters, RetransmitKey, ThrottleStats,
+    block_io::BLOCK_IO_MAP, cpu_throttle::CPU_THROTTLE_MAP, drops::DROPS_MAP,
+    layout::KERNEL_LAYOUT_GLOBAL, overflow::MAP_OVERFLOWS_MAP,
+    tcp_retransmit::TCP_RETRANSMITS_MAP,
 };
 use serde::Serialize;
 
@@ -91,6 +93,61 @@ pub const PROGRAMS: &[ProgramSpec] = &[
             layout::NET_INUM,
         ],
     },
+    ProgramSpec {
+        name: "block_rq_insert",
+        signal: Signal::BlockIo,
+        tracepoint: "block_rq_insert",
+        min_args: 1,
+        needs: BLOCK_REQUEST_FIELDS,
+    },
+    ProgramSpec {
+        name: "block_rq_issue",
+        signal: Signal::BlockIo,
+        tracepoint: "block_rq_issue",
+        min_args: 1,
+        needs: BLOCK_REQUEST_FIELDS,
+    },
+    ProgramSpec {
+        name: "block_rq_complete",
+        signal: Signal::BlockIo,
+        tracepoint: "block_rq_complete",
+        // (rq, error, nr_bytes)
+        min_args: 3,
+        needs: BLOCK_REQUEST_FIELDS,
+    },
+    ProgramSpec {
+        name: "sched_switch",
+        signal: Signal::CpuThrottle,
+        tracepoint: "sched_switch",
+        // (preempt, prev, next[, prev_state])
+        min_args: 3,
+        needs: &[
+            layout::TASK_PID,
+            layout::TASK_CGROUPS,
+            layout::CSS_SET_SUBSYS,
+            layout::CPU_CGRP_ID,
+            layout::CSS_CGROUP,
+            layout::TASK_THROTTLED,
+            layout::CGROUP_KN,
+            layout::KERNFS_NODE_ID,
+        ],
+    },
+];
+
+/// What the block programs read to key a request by device, operation and cgroup.
+const BLOCK_REQUEST_FIELDS: &[FieldPath] = &[
+    layout::REQUEST_QUEUE,
+    layout::QUEUE_DISK,
+    layout::DISK_MAJOR,
+    layout::DISK_FIRST_MINOR,
+    layout::REQUEST_CMD_FLAGS,
+    layout::REQUEST_DATA_LEN,
+    layout::REQUEST_BIO,
+    layout::BIO_BLKG,
+    layout::BLKG_BLKCG,
+    layout::BLKCG_CGROUP,
+    layout::CGROUP_KN,
+    layout::KERNFS_NODE_ID,
 ];
 
 /// Whether one program runs, and if not, why.
@@ -223,6 +280,16 @@ impl Probe {
         })
     }
 
+    /// Cumulative block IO statistics per (cgroup, device, operation).
+    pub fn block_io(&self) -> anyhow::Result<HashMap<BlockKey, BlockStats>> {
+        self.shared(BLOCK_IO_MAP)
+    }
+
+    /// Cumulative throttle statistics per cpu cgroup id.
+    pub fn cpu_throttle(&self) -> anyhow::Result<HashMap<u64, ThrottleStats>> {
+        self.shared(CPU_THROTTLE_MAP)
+    }
+
     /// Cumulative drop counts per (owner, reason), summed over CPUs.
     pub fn drops(&self) -> anyhow::Result<HashMap<DropKey, u64>> {
         self.sum_per_cpu(DROPS_MAP, |total: &mut u64, v| *total += v)
@@ -242,6 +309,19 @@ impl Probe {
                 Ok((slot.map_name(), values.iter().sum()))
             })
             .collect()
+    }
+
+    fn shared<K, V>(&self, name: &str) -> anyhow::Result<HashMap<K, V>>
+    where
+        K: aya::Pod + Eq + Hash,
+        V: aya::Pod,
+    {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow::anyhow!("map {name} missing from the object"))?;
+        let map = aya::maps::HashMap::<&MapData, K, V>::try_from(map)?;
+        map.iter().map(|entry| Ok(entry?)).collect()
     }
 
     fn sum_per_cpu<K, V>(

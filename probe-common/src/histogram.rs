@@ -1,0 +1,133 @@
+//! Latency histograms filled in the kernel: log-linear buckets over microseconds, four
+//! per power of two, so a bucket is at most 25% wide (a 25 ms and a 30 ms median fall in
+//! different buckets) and 100 buckets reach past 100 s.
+
+/// Buckets per histogram.
+pub const HISTOGRAM_BUCKETS: usize = 100;
+/// Buckets per power of two, as a shift: 2 bits -> 4 sub-buckets.
+const SUB_BITS: u32 = 2;
+const SUB_COUNT: u64 = 1 << SUB_BITS;
+
+/// Count, exact sum and maximum, plus the bucket counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    pub count: u64,
+    pub sum_ns: u64,
+    pub max_ns: u64,
+    pub buckets: [u64; HISTOGRAM_BUCKETS],
+}
+
+impl LatencyHistogram {
+    pub const ZERO: Self = Self {
+        count: 0,
+        sum_ns: 0,
+        max_ns: 0,
+        buckets: [0; HISTOGRAM_BUCKETS],
+    };
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self::ZERO
+    }
+}
+
+/// `floor(log2(v))` for `v > 0`, without loops (the verifier prefers straight code).
+#[inline(always)]
+pub fn log2(mut v: u64) -> u32 {
+    let mut r = 0;
+    if v >= 1 << 32 {
+        v >>= 32;
+        r += 32;
+    }
+    if v >= 1 << 16 {
+        v >>= 16;
+        r += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        r += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        r += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        r += 2;
+    }
+    if v >= 1 << 1 {
+        r += 1;
+    }
+    r
+}
+
+/// The bucket of a duration: 0 below 1 µs, then four per power of two of microseconds.
+#[inline(always)]
+pub fn bucket_index(ns: u64) -> usize {
+    let us = ns / 1000;
+    if us == 0 {
+        return 0;
+    }
+    let exp = log2(us);
+    let sub = if exp >= SUB_BITS {
+        (us >> (exp - SUB_BITS)) & (SUB_COUNT - 1)
+    } else {
+        (us << (SUB_BITS - exp)) & (SUB_COUNT - 1)
+    };
+    let index = 1 + (exp as usize) * SUB_COUNT as usize + sub as usize;
+    if index < HISTOGRAM_BUCKETS {
+        index
+    } else {
+        HISTOGRAM_BUCKETS - 1
+    }
+}
+
+/// `[lower, upper)` of a bucket in microseconds.
+pub fn bucket_bounds_us(index: usize) -> (u64, u64) {
+    if index == 0 {
+        return (0, 1);
+    }
+    let exp = ((index - 1) / SUB_COUNT as usize) as u32;
+    let sub = ((index - 1) % SUB_COUNT as usize) as u64;
+    let base = 1u64 << exp;
+    // Below 4 µs some buckets are empty: bounds stay ordered and non-overlapping.
+    let lower = base + base * sub / SUB_COUNT;
+    let upper = base + base * (sub + 1) / SUB_COUNT;
+    (lower, upper.max(lower + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log2_is_floor_log2() {
+        for v in [1u64, 2, 3, 4, 7, 8, 1000, 1 << 40, u64::MAX] {
+            assert_eq!(log2(v), 63 - v.leading_zeros(), "{v}");
+        }
+    }
+
+    #[test]
+    fn every_value_falls_inside_its_bucket() {
+        for us in (1..5000u64).chain([10_000, 25_000, 30_000, 99_999, 1_000_000]) {
+            let index = bucket_index(us * 1000);
+            let (lo, hi) = bucket_bounds_us(index);
+            assert!(lo <= us && us < hi, "{us} µs in bucket {index} [{lo}, {hi})");
+        }
+        assert_eq!(bucket_index(999), 0);
+        assert_eq!(bucket_index(u64::MAX), HISTOGRAM_BUCKETS - 1);
+    }
+
+    #[test]
+    fn buckets_are_narrow_enough_to_tell_25ms_from_30ms() {
+        assert_ne!(bucket_index(25_000_000), bucket_index(30_000_000));
+        for index in 9..HISTOGRAM_BUCKETS - 1 {
+            let (lo, hi) = bucket_bounds_us(index);
+            assert!((hi - lo) * 4 <= lo, "bucket {index} [{lo}, {hi}) wider than 25%");
+        }
+        // 100 buckets reach past 100 s.
+        assert!(bucket_bounds_us(HISTOGRAM_BUCKETS - 1).0 > 100_000_000);
+    }
+}

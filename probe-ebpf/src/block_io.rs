@@ -1,0 +1,152 @@
+//! Block IO latency per (workload cgroup, device, operation).
+//!
+//! insert (into a scheduler queue) -> issue (to the driver) -> complete. The workload is
+//! the request's own cgroup, `rq->bio->bi_blkg->blkcg`, which stays right for writeback
+//! and for loop devices, where the task at issue time is a kernel worker.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_tracepoint, map},
+    maps::{HashMap, LruHashMap},
+    programs::BtfTracePointContext,
+};
+use probe_common::{
+    BlockKey, BlockStats, InFlightRequest, KernelLayout, OverflowSlot,
+    block_io::{BLOCK_IN_FLIGHT_MAX, BLOCK_IO_MAX_KEYS, MINOR_BITS},
+};
+
+use crate::{aggregate, kernel};
+
+/// `probe_common::block_io::BLOCK_IO_MAP`
+#[map]
+static BLOCK_IO: HashMap<BlockKey, BlockStats> = HashMap::with_max_entries(BLOCK_IO_MAX_KEYS, 0);
+
+/// `probe_common::block_io::BLOCK_IN_FLIGHT_MAP`: request address -> state.
+#[map]
+static BLOCK_IN_FLIGHT: LruHashMap<u64, InFlightRequest> =
+    LruHashMap::with_max_entries(BLOCK_IN_FLIGHT_MAX, 0);
+
+/// Source for new map values: too large for the 512-byte BPF stack.
+static ZERO_STATS: BlockStats = BlockStats::ZERO;
+
+/// `REQ_OP_MASK`: the low 8 bits of `cmd_flags` hold the operation.
+const REQ_OP_MASK: u32 = 0xff;
+
+#[btf_tracepoint(function = "block_rq_insert")]
+pub fn block_rq_insert(ctx: BtfTracePointContext) -> i32 {
+    let rq: *const u8 = ctx.arg(0);
+    let state = InFlightRequest {
+        insert_ns: now(),
+        issue_ns: 0,
+        key: request_key(&kernel::layout(), rq),
+    };
+    let _ = BLOCK_IN_FLIGHT.insert(&(rq as u64), &state, 0);
+    0
+}
+
+#[btf_tracepoint(function = "block_rq_issue")]
+pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
+    let rq: *const u8 = ctx.arg(0);
+    let now = now();
+    match BLOCK_IN_FLIGHT.get_ptr_mut(&(rq as u64)) {
+        // SAFETY: map value pointer; one request is issued by one CPU at a time.
+        Some(state) => unsafe { (*state).issue_ns = now },
+        None => {
+            // Issued directly, without a scheduler insert: no queue time.
+            let state = InFlightRequest {
+                insert_ns: 0,
+                issue_ns: now,
+                key: request_key(&kernel::layout(), rq),
+            };
+            let _ = BLOCK_IN_FLIGHT.insert(&(rq as u64), &state, 0);
+        }
+    }
+    0
+}
+
+#[btf_tracepoint(function = "block_rq_complete")]
+pub fn block_rq_complete(ctx: BtfTracePointContext) -> i32 {
+    try_block_rq_complete(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_block_rq_complete(ctx: &BtfTracePointContext) {
+    let layout = kernel::layout();
+    let rq: *const u8 = ctx.arg(0);
+    let error: u8 = ctx.arg(1);
+    let nr_bytes: u32 = ctx.arg(2);
+    let id = rq as u64;
+    // SAFETY: copied out at once; the LRU map may reuse the slot later.
+    let Some(state) = (unsafe { BLOCK_IN_FLIGHT.get(&id) }).copied() else {
+        aggregate::count_overflow(OverflowSlot::BlockInFlight);
+        return;
+    };
+    let Some(stats) = aggregate::shared_entry(&BLOCK_IO, &state.key, &ZERO_STATS, OverflowSlot::BlockIo)
+    else {
+        let _ = BLOCK_IN_FLIGHT.remove(&id);
+        return;
+    };
+    // SAFETY: map value pointer.
+    unsafe {
+        aggregate::atomic_add(&raw mut (*stats).bytes, u64::from(nr_bytes));
+        if error != 0 {
+            aggregate::atomic_add(&raw mut (*stats).errors, 1);
+        }
+    }
+    // A partial completion (the driver finished part of the request) is not the end.
+    let remaining: u32 = kernel::read(rq, layout.request_data_len).unwrap_or(0);
+    if nr_bytes < remaining && error == 0 {
+        return;
+    }
+    let _ = BLOCK_IN_FLIGHT.remove(&id);
+    if state.issue_ns == 0 {
+        return;
+    }
+    let now = now();
+    // SAFETY: map value pointer.
+    unsafe {
+        aggregate::record(&raw mut (*stats).service, now.saturating_sub(state.issue_ns));
+        if state.insert_ns != 0 {
+            aggregate::record(
+                &raw mut (*stats).queue,
+                state.issue_ns.saturating_sub(state.insert_ns),
+            );
+        }
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Device, operation and owning cgroup of a request.
+#[inline(always)]
+fn request_key(layout: &KernelLayout, rq: *const u8) -> BlockKey {
+    let disk = kernel::follow(rq, [layout.request_queue, layout.queue_disk]);
+    let (major, minor) = if disk.is_null() {
+        (0, 0)
+    } else {
+        (
+            kernel::read::<i32>(disk, layout.disk_major).unwrap_or(0) as u32,
+            kernel::read::<i32>(disk, layout.disk_first_minor).unwrap_or(0) as u32,
+        )
+    };
+    let flags: u32 = kernel::read(rq, layout.request_cmd_flags).unwrap_or(0);
+    let cgroup = kernel::follow(
+        rq,
+        [
+            layout.request_bio,
+            layout.bio_blkg,
+            layout.blkg_blkcg,
+            layout.blkcg_cgroup,
+        ],
+    );
+    BlockKey {
+        cgroup_id: kernel::cgroup_id(layout, cgroup),
+        dev: (major << MINOR_BITS) | minor,
+        op: flags & REQ_OP_MASK,
+    }
+}

@@ -1,0 +1,94 @@
+//! CPU throttling per cpu cgroup, seen at `sched_switch`.
+//!
+//! CFS bandwidth control has no tracepoint of its own. A task switched out while
+//! throttled (the task's own flag on 6.18+, its cfs_rq's before) is a throttle event;
+//! the time until it is switched in again is its throttle stall.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_tracepoint, map},
+    maps::{HashMap, LruHashMap},
+    programs::BtfTracePointContext,
+};
+use probe_common::{
+    KernelLayout, OverflowSlot, ThrottleStats, ThrottledTask,
+    cpu_throttle::{CPU_THROTTLE_MAX_CGROUPS, THROTTLED_TASKS_MAX},
+};
+
+use crate::{aggregate, kernel};
+
+/// `probe_common::cpu_throttle::CPU_THROTTLE_MAP`
+#[map]
+static CPU_THROTTLE: HashMap<u64, ThrottleStats> =
+    HashMap::with_max_entries(CPU_THROTTLE_MAX_CGROUPS, 0);
+
+/// `probe_common::cpu_throttle::THROTTLED_TASKS_MAP`: thread id -> since when.
+#[map]
+static THROTTLED_TASKS: LruHashMap<u32, ThrottledTask> =
+    LruHashMap::with_max_entries(THROTTLED_TASKS_MAX, 0);
+
+static ZERO_STATS: ThrottleStats = ThrottleStats::ZERO;
+
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
+    let layout = kernel::layout();
+    let prev: *const u8 = ctx.arg(1);
+    let next: *const u8 = ctx.arg(2);
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if is_throttled(&layout, prev) {
+        switched_out_throttled(&layout, prev, now);
+    }
+    switched_in(&layout, next, now);
+    0
+}
+
+#[inline(always)]
+fn is_throttled(layout: &KernelLayout, task: *const u8) -> bool {
+    let holder = if layout.throttle_per_task != 0 {
+        task
+    } else {
+        kernel::follow(task, [layout.task_cfs_rq])
+    };
+    if holder.is_null() {
+        return false;
+    }
+    let flag: u8 = kernel::read(holder, layout.throttled_byte).unwrap_or(0);
+    u32::from(flag) & layout.throttled_mask != 0
+}
+
+#[inline(always)]
+fn switched_out_throttled(layout: &KernelLayout, task: *const u8, now: u64) {
+    let cgroup = kernel::follow(
+        task,
+        [layout.task_cgroups, layout.css_set_cpu_css, layout.css_cgroup],
+    );
+    let cgroup_id = kernel::cgroup_id(layout, cgroup);
+    let Some(stats) =
+        aggregate::shared_entry(&CPU_THROTTLE, &cgroup_id, &ZERO_STATS, OverflowSlot::CpuThrottle)
+    else {
+        return;
+    };
+    // SAFETY: map value pointer.
+    unsafe { aggregate::atomic_add(&raw mut (*stats).events, 1) };
+    let pid: u32 = kernel::read(task, layout.task_pid).unwrap_or(0);
+    let waiting = ThrottledTask {
+        since_ns: now,
+        cgroup_id,
+    };
+    let _ = THROTTLED_TASKS.insert(&pid, &waiting, 0);
+}
+
+#[inline(always)]
+fn switched_in(layout: &KernelLayout, task: *const u8, now: u64) {
+    let pid: u32 = kernel::read(task, layout.task_pid).unwrap_or(0);
+    // SAFETY: copied out at once.
+    let Some(waiting) = (unsafe { THROTTLED_TASKS.get(&pid) }).copied() else {
+        return;
+    };
+    let _ = THROTTLED_TASKS.remove(&pid);
+    if let Some(stats) = CPU_THROTTLE.get_ptr_mut(&waiting.cgroup_id) {
+        // SAFETY: map value pointer.
+        unsafe { aggregate::record(&raw mut (*stats).stall, now.saturating_sub(waiting.since_ns)) };
+    }
+}
