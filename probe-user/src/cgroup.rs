@@ -33,6 +33,42 @@ fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
         .min_by_key(|p| p.as_os_str().len())
 }
 
+/// The hierarchies whose ids the programs report: the v2 one (sockets), and the ones
+/// holding the cpu and blkio controllers (on hybrid nodes, v1 hierarchies with ids of
+/// their own; on unified nodes, the v2 one again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchies {
+    pub unified: Option<PathBuf>,
+    pub cpu: Option<PathBuf>,
+    pub blkio: Option<PathBuf>,
+}
+
+impl Hierarchies {
+    pub fn of_this_node() -> Self {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        Self::from_mountinfo(&mountinfo)
+    }
+
+    pub fn from_mountinfo(mountinfo: &str) -> Self {
+        let unified = cgroup2_mount_in(mountinfo);
+        let v1 = |controller: &str| {
+            mountinfo.lines().find_map(|line| {
+                let (left, right) = line.split_once(" - ")?;
+                let mut fields = right.split_whitespace();
+                let (fstype, _source, options) = (fields.next()?, fields.next()?, fields.next()?);
+                let mountpoint = left.split_whitespace().nth(4)?;
+                (fstype == "cgroup" && options.split(',').any(|o| o == controller))
+                    .then(|| PathBuf::from(unescape_mount(mountpoint)))
+            })
+        };
+        Self {
+            cpu: v1("cpu").or_else(|| unified.clone()),
+            blkio: v1("blkio").or_else(|| unified.clone()),
+            unified,
+        }
+    }
+}
+
 /// mountinfo escapes spaces and a few other bytes as `\ooo`.
 fn unescape_mount(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -108,6 +144,11 @@ impl CgroupPaths {
             self.refresh();
         }
         self.by_id.get(&id).cloned()
+    }
+
+    /// Every cgroup seen so far, as (id, path).
+    pub fn known(&self) -> impl Iterator<Item = (u64, &str)> {
+        self.by_id.iter().map(|(&id, path)| (id, path.as_str()))
     }
 
     /// Id of the cgroup at `path` (relative to the mount), if it exists or existed
@@ -343,6 +384,28 @@ mod tests {
         );
         assert_eq!(cgroup2_mount_in("1 2 0:3 / /proc rw - proc proc rw"), None);
         assert_eq!(unescape_mount("/a\\040b"), "/a b");
+    }
+
+    #[test]
+    fn finds_v1_controllers_on_hybrid_nodes_and_v2_otherwise() {
+        let hybrid = "\
+31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+32 30 0:28 / /sys/fs/cgroup/cpu rw,nosuid - cgroup cgroup rw,cpu
+33 30 0:29 / /sys/fs/cgroup/cpuacct rw,nosuid - cgroup cgroup rw,cpuacct
+34 30 0:30 / /sys/fs/cgroup/blkio rw,nosuid - cgroup cgroup rw,blkio";
+        let h = Hierarchies::from_mountinfo(hybrid);
+        assert_eq!(h.unified, Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(h.cpu, Some(PathBuf::from("/sys/fs/cgroup/cpu")));
+        assert_eq!(h.blkio, Some(PathBuf::from("/sys/fs/cgroup/blkio")));
+        let combined = "32 30 0:28 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct";
+        assert_eq!(
+            Hierarchies::from_mountinfo(combined).cpu,
+            Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"))
+        );
+        let unified = "29 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw";
+        let h = Hierarchies::from_mountinfo(unified);
+        assert_eq!(h.cpu, h.unified);
+        assert_eq!(h.blkio, h.unified);
     }
 
     #[test]

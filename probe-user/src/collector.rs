@@ -1,22 +1,29 @@
 //! One observation window: counters at its start, periodic scans while it runs (so that
 //! short-lived cgroups and namespaces are still named), and the per-workload report at
 //! its end.
+//!
+//! Workloads are keyed by cgroup path: on hybrid nodes one container has a v2 cgroup
+//! (its sockets), a v1 cpu cgroup and a v1 blkio cgroup, each with its own id, and the
+//! kubelet gives them the same path in every hierarchy.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    path::PathBuf,
+    collections::{BTreeMap, HashMap, HashSet},
+    path::{Path, PathBuf},
     time::Instant,
 };
 
 use anyhow::Context as _;
-use probe_common::{DropKey, RetransmitCounters, RetransmitKey};
+use probe_common::{BlockKey, BlockStats, DropKey, RetransmitCounters, RetransmitKey, ThrottleStats};
 
 use crate::{
     attribution::Attributor,
-    cgroup::{CgroupPaths, cgroup2_mount, parse_kube_path},
+    cgroup::{CgroupPaths, Hierarchies, parse_kube_path},
+    cpustat::{CpuAccounting, CpuLimit},
+    devices,
+    histogram::{self, LatencySummary},
     loader::Probe,
     procfs::{self, ListenCounters},
-    report::{Snapshot, TCP_LISTEN_OVERFLOW, Workload},
+    report::{BlockReport, CpuReport, Snapshot, TCP_LISTEN_OVERFLOW, Workload},
 };
 
 /// Kernel counters at one instant.
@@ -24,6 +31,8 @@ use crate::{
 struct Counters {
     retransmits: HashMap<RetransmitKey, RetransmitCounters>,
     drops: HashMap<DropKey, u64>,
+    block: HashMap<BlockKey, BlockStats>,
+    throttle: HashMap<u64, ThrottleStats>,
 }
 
 impl Counters {
@@ -31,35 +40,75 @@ impl Counters {
         Ok(Self {
             retransmits: probe.retransmits().context("reading retransmit counters")?,
             drops: probe.drops().context("reading drop counters")?,
+            block: probe.block_io().context("reading block IO statistics")?,
+            throttle: probe.cpu_throttle().context("reading throttle statistics")?,
         })
     }
+}
+
+/// Which hierarchy a kernel cgroup id comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Hierarchy {
+    /// cgroup v2: sockets, and netns owners.
+    Unified,
+    Cpu,
+    Blkio,
+}
+
+/// The cpu hierarchy's view of one cgroup with a CFS quota.
+#[derive(Debug, Clone, Copy)]
+struct CpuWatch {
+    first: CpuAccounting,
+    last: CpuAccounting,
+    limit: CpuLimit,
 }
 
 pub struct Collector {
     probe: Probe,
     proc_root: PathBuf,
+    sys_root: PathBuf,
     attributor: Attributor,
+    /// `None` where the controller lives on the v2 hierarchy (ids resolve there).
+    cpu_paths: Option<CgroupPaths>,
+    blkio_paths: Option<CgroupPaths>,
     started: Instant,
     baseline: Counters,
     /// First and latest listen counters of every namespace seen during the window.
     listen_first: HashMap<u32, ListenCounters>,
     listen_last: HashMap<u32, ListenCounters>,
+    /// cpu cgroups with a quota, by path.
+    cpu_watch: HashMap<String, CpuWatch>,
+    cpu_checked: HashSet<String>,
 }
 
 impl Collector {
     /// Starts a window now. Counts before this call are excluded.
     pub fn start(probe: Probe) -> anyhow::Result<Self> {
-        let root = cgroup2_mount().context("cgroup v2 is not mounted")?;
+        let hierarchies = Hierarchies::of_this_node();
+        let unified = hierarchies
+            .unified
+            .clone()
+            .context("cgroup v2 is not mounted")?;
+        let separate = |root: &Option<PathBuf>| {
+            root.as_ref()
+                .filter(|root| **root != unified)
+                .map(|root| CgroupPaths::new(root.clone()))
+        };
         let proc_root = PathBuf::from("/proc");
         let host_netns = Attributor::host_netns(&proc_root);
         let mut collector = Self {
-            attributor: Attributor::new(CgroupPaths::new(root), host_netns),
+            cpu_paths: separate(&hierarchies.cpu),
+            blkio_paths: separate(&hierarchies.blkio),
+            attributor: Attributor::new(CgroupPaths::new(unified), host_netns),
             baseline: Counters::read(&probe)?,
             probe,
             proc_root,
+            sys_root: PathBuf::from("/sys"),
             started: Instant::now(),
             listen_first: HashMap::new(),
             listen_last: HashMap::new(),
+            cpu_watch: HashMap::new(),
+            cpu_checked: HashSet::new(),
         };
         collector.tick()?;
         Ok(collector)
@@ -69,8 +118,17 @@ impl Collector {
         &self.probe
     }
 
-    /// Rescans processes and namespaces and names any new cgroup ids. Call about once a
-    /// second.
+    fn paths(&mut self, hierarchy: Hierarchy) -> &mut CgroupPaths {
+        match hierarchy {
+            Hierarchy::Cpu => self.cpu_paths.as_mut(),
+            Hierarchy::Blkio => self.blkio_paths.as_mut(),
+            Hierarchy::Unified => None,
+        }
+        .unwrap_or(&mut self.attributor.cgroups)
+    }
+
+    /// Rescans processes, namespaces and cpu quotas, and names any new cgroup ids. Call
+    /// about once a second.
     pub fn tick(&mut self) -> anyhow::Result<()> {
         let processes = procfs::processes(&self.proc_root);
         self.attributor.observe(&processes);
@@ -83,15 +141,47 @@ impl Collector {
         }
         // Name the cgroups behind new keys now, before they can disappear.
         let counters = Counters::read(&self.probe)?;
-        let ids = counters
+        let ids: Vec<(Hierarchy, u64)> = counters
             .retransmits
             .keys()
-            .map(|k| k.cgroup_id)
-            .chain(counters.drops.keys().map(|k| k.cgroup_id));
-        for id in ids.filter(|&id| id != 0) {
-            let _ = self.attributor.cgroups.path(id);
+            .map(|k| (Hierarchy::Unified, k.cgroup_id))
+            .chain(counters.drops.keys().map(|k| (Hierarchy::Unified, k.cgroup_id)))
+            .chain(counters.block.keys().map(|k| (Hierarchy::Blkio, k.cgroup_id)))
+            .chain(counters.throttle.keys().map(|&id| (Hierarchy::Cpu, id)))
+            .filter(|&(_, id)| id != 0)
+            .collect();
+        for (hierarchy, id) in ids {
+            let _ = self.paths(hierarchy).path(id);
         }
+        self.watch_cpu_quotas();
         Ok(())
+    }
+
+    /// Starts following `cpu.stat` of cgroups with a quota as they appear.
+    fn watch_cpu_quotas(&mut self) {
+        let paths = self.paths(Hierarchy::Cpu);
+        paths.refresh();
+        let root = paths.root().to_path_buf();
+        let known: Vec<String> = paths.known().map(|(_, p)| p.to_string()).collect();
+        for path in known {
+            let dir = join(&root, &path);
+            if let Some(watch) = self.cpu_watch.get_mut(&path) {
+                if let Some(now) = CpuAccounting::read(&dir) {
+                    watch.last = now;
+                }
+                continue;
+            }
+            if !self.cpu_checked.insert(path.clone()) {
+                continue;
+            }
+            let (Some(limit), Some(first)) = (CpuLimit::read(&dir), CpuAccounting::read(&dir))
+            else {
+                continue;
+            };
+            if limit.quota_us.is_some() {
+                self.cpu_watch.insert(path, CpuWatch { first, last: first, limit });
+            }
+        }
     }
 
     /// Ends the window: counter deltas since [`start`](Self::start), per workload.
@@ -99,15 +189,22 @@ impl Collector {
         self.tick()?;
         let now = Counters::read(&self.probe)?;
         let reasons = self.probe.drop_reasons().clone();
-        let mut builder = Builder::new(&mut self.attributor);
+        let block_ops = self.probe.block_ops().clone();
+        let sys_root = self.sys_root.clone();
+        let baseline = std::mem::take(&mut self.baseline);
+        let cpu_watch = std::mem::take(&mut self.cpu_watch);
+        let listen: Vec<(u32, u64)> = self
+            .listen_last
+            .iter()
+            .map(|(&netns, last)| {
+                let first = self.listen_first.get(&netns).copied().unwrap_or(*last);
+                (netns, last.since(&first).overflows)
+            })
+            .collect();
+        let mut builder = Builder::new(&mut self);
 
         for (key, counters) in &now.retransmits {
-            let before = self
-                .baseline
-                .retransmits
-                .get(key)
-                .copied()
-                .unwrap_or_default();
+            let before = baseline.retransmits.get(key).copied().unwrap_or_default();
             let delta = RetransmitCounters {
                 retransmits: counters.retransmits - before.retransmits,
                 segments: counters.segments - before.segments,
@@ -117,36 +214,90 @@ impl Collector {
                 continue;
             }
             let netns = (key.netns != 0).then_some(key.netns);
-            let tcp = &mut builder.by_cgroup(key.cgroup_id, netns).tcp;
+            let tcp = &mut builder.by_cgroup(Hierarchy::Unified, key.cgroup_id, netns).tcp;
             tcp.retransmits += delta.retransmits;
             tcp.retransmitted_segments += delta.segments;
             tcp.failed_retransmits += delta.failed;
         }
 
         for (key, &count) in &now.drops {
-            let delta = count - self.baseline.drops.get(key).copied().unwrap_or(0);
+            let delta = count - baseline.drops.get(key).copied().unwrap_or(0);
             if delta == 0 {
                 continue;
             }
             let reason = reasons.name(key.reason);
             let netns = (key.netns != 0).then_some(key.netns);
-            let workload = if key.cgroup_id != 0 {
-                builder.by_cgroup(key.cgroup_id, netns)
-            } else {
-                builder.by_netns(netns)
-            };
-            workload.drops.add(&reason, delta);
+            builder
+                .by_cgroup(Hierarchy::Unified, key.cgroup_id, netns)
+                .drops
+                .add(&reason, delta);
         }
 
-        for (&netns, last) in &self.listen_last {
-            let first = self.listen_first.get(&netns).copied().unwrap_or(*last);
-            let overflows = last.since(&first).overflows;
+        for (netns, overflows) in listen {
             if overflows > 0 {
                 builder
                     .by_netns(Some(netns))
                     .drops
                     .add(TCP_LISTEN_OVERFLOW, overflows);
             }
+        }
+
+        let mut block_keys: Vec<&BlockKey> = now.block.keys().collect();
+        block_keys.sort_by_key(|k| (k.cgroup_id, k.dev, k.op));
+        for key in block_keys {
+            let stats = &now.block[key];
+            let before = baseline.block.get(key).copied().unwrap_or(BlockStats::ZERO);
+            let service = histogram::since(&stats.service, &before.service);
+            if service.count == 0 {
+                continue;
+            }
+            let queue = histogram::since(&stats.queue, &before.queue);
+            let device = devices::name(&sys_root, key.dev);
+            let report = BlockReport {
+                scheduler: devices::scheduler(&sys_root, &device),
+                device,
+                op: block_ops.name(key.op).to_string(),
+                requests: service.count,
+                bytes: stats.bytes - before.bytes,
+                errors: stats.errors - before.errors,
+                service_ms: LatencySummary::of(&service),
+                queue_ms: LatencySummary::of(&queue),
+            };
+            builder.by_cgroup(Hierarchy::Blkio, key.cgroup_id, None).block.push(report);
+        }
+
+        let mut cpu_paths: BTreeMap<String, CpuReport> = BTreeMap::new();
+        for (&id, stats) in &now.throttle {
+            let before = baseline.throttle.get(&id).copied().unwrap_or(ThrottleStats::ZERO);
+            let events = stats.events - before.events;
+            if events == 0 {
+                continue;
+            }
+            let stall = histogram::since(&stats.stall, &before.stall);
+            let workload = builder.by_cgroup(Hierarchy::Cpu, id, None);
+            let cpu = workload.cpu.get_or_insert_with(CpuReport::default);
+            cpu.throttle_events += events;
+            cpu.stall_ms = LatencySummary::of(&stall);
+            cpu.stall_total_ms = histogram::round_ms(stall.sum_ns as f64 / 1e6);
+            if let Some(path) = workload.cgroup_path.clone() {
+                cpu_paths.insert(path, cpu.clone());
+            }
+        }
+        for (path, watch) in cpu_watch {
+            let window = watch.last.since(&watch.first);
+            let seen = cpu_paths.contains_key(&path);
+            if window.periods == 0 && !seen {
+                continue;
+            }
+            let cpu = builder
+                .by_path(Hierarchy::Cpu, &path)
+                .cpu
+                .get_or_insert_with(CpuReport::default);
+            cpu.quota_ms = watch.limit.quota_us.map(|us| us as f64 / 1000.0);
+            cpu.period_ms = Some(watch.limit.period_us as f64 / 1000.0);
+            cpu.periods = window.periods;
+            cpu.throttled_periods = window.throttled_periods;
+            cpu.throttled_ms = histogram::round_ms(window.throttled_ns as f64 / 1e6);
         }
 
         let workloads = builder.finish();
@@ -165,9 +316,16 @@ impl Collector {
     }
 }
 
+fn join(root: &Path, path: &str) -> PathBuf {
+    root.join(path.trim_start_matches('/'))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Key {
-    Cgroup(u64),
+    Path(String),
+    /// A cgroup id no walk of its hierarchy found (it was created and removed between
+    /// two scans).
+    UnknownCgroup(Hierarchy, u64),
     /// A namespace whose owner is not known (its processes were never seen).
     Netns(u32),
     Unattributed,
@@ -175,47 +333,68 @@ enum Key {
 
 /// Accumulates counts per workload while attributing keys.
 struct Builder<'a> {
-    attributor: &'a mut Attributor,
+    collector: &'a mut Collector,
     workloads: BTreeMap<Key, Workload>,
 }
 
 impl<'a> Builder<'a> {
-    fn new(attributor: &'a mut Attributor) -> Self {
+    fn new(collector: &'a mut Collector) -> Self {
         Self {
-            attributor,
+            collector,
             workloads: BTreeMap::new(),
         }
     }
 
-    fn by_cgroup(&mut self, cgroup_id: u64, netns: Option<u32>) -> &mut Workload {
-        if cgroup_id == 0 {
+    fn by_cgroup(&mut self, hierarchy: Hierarchy, id: u64, netns: Option<u32>) -> &mut Workload {
+        if id == 0 {
             return self.by_netns(netns);
         }
-        let path = self.attributor.cgroups.path(cgroup_id);
-        let workload = self
-            .workloads
-            .entry(Key::Cgroup(cgroup_id))
-            .or_insert_with(|| {
-                let identity = path.as_deref().map(parse_kube_path).unwrap_or_default();
-                Workload {
-                    cgroup_id: Some(cgroup_id),
-                    netns: path.as_deref().and_then(|p| {
-                        if identity.is_pod() && identity.container_id.is_none() {
-                            self.attributor.netns_below(p)
-                        } else {
-                            self.attributor.netns_of_cgroup(p)
-                        }
-                    }),
-                    cgroup_path: path,
-                    pod_uid: identity.pod_uid,
-                    container_id: identity.container_id,
+        let workload = match self.collector.paths(hierarchy).path(id) {
+            Some(path) => self.by_path(hierarchy, &path),
+            None => self
+                .workloads
+                .entry(Key::UnknownCgroup(hierarchy, id))
+                .or_insert_with(|| Workload {
+                    cgroup_id: Some(id),
                     ..Default::default()
-                }
-            });
+                }),
+        };
         if workload.netns.is_none() {
             workload.netns = netns;
         }
         workload
+    }
+
+    /// The workload of a cgroup path (the same path in every hierarchy).
+    fn by_path(&mut self, hierarchy: Hierarchy, path: &str) -> &mut Workload {
+        let attributor = &self.collector.attributor;
+        // Report the v2 id where the path exists there: it is what sockets carry.
+        let id = attributor.cgroups.id_of(path);
+        let identity = parse_kube_path(path);
+        let netns = if identity.is_pod() && identity.container_id.is_none() {
+            attributor.netns_below(path)
+        } else {
+            attributor.netns_of_cgroup(path)
+        };
+        let fallback_id = match hierarchy {
+            Hierarchy::Unified => None,
+            other => self
+                .collector
+                .paths(other)
+                .known()
+                .find(|(_, known)| *known == path)
+                .map(|(id, _)| id),
+        };
+        self.workloads
+            .entry(Key::Path(path.to_string()))
+            .or_insert_with(|| Workload {
+                cgroup_id: id.or(fallback_id),
+                cgroup_path: Some(path.to_string()),
+                netns,
+                pod_uid: identity.pod_uid,
+                container_id: identity.container_id,
+                ..Default::default()
+            })
     }
 
     /// Traffic with no socket: the namespace's owner (the pod living in it) if known.
@@ -223,13 +402,12 @@ impl<'a> Builder<'a> {
         let Some(netns) = netns else {
             return self.workloads.entry(Key::Unattributed).or_default();
         };
-        let owner_id = self
-            .attributor
-            .netns_owner(netns)
-            .map(str::to_string)
-            .and_then(|path| self.attributor.cgroups.id_of(&path));
-        match owner_id {
-            Some(id) => self.by_cgroup(id, Some(netns)),
+        match self.collector.attributor.netns_owner(netns).map(str::to_string) {
+            Some(path) => {
+                let workload = self.by_path(Hierarchy::Unified, &path);
+                workload.netns.get_or_insert(netns);
+                workload
+            }
             None => self
                 .workloads
                 .entry(Key::Netns(netns))

@@ -204,6 +204,35 @@ impl DropReasons {
     }
 }
 
+/// Names of block operations (`cmd_flags & REQ_OP_MASK`) from the kernel's `enum req_op`.
+#[derive(Debug, Clone, Default)]
+pub struct BlockOps {
+    names: HashMap<u32, &'static str>,
+}
+
+impl BlockOps {
+    pub fn from_btf(btf: &Btf) -> Self {
+        let names = [
+            ("REQ_OP_READ", "read"),
+            ("REQ_OP_WRITE", "write"),
+            ("REQ_OP_FLUSH", "flush"),
+            ("REQ_OP_DISCARD", "discard"),
+        ]
+        .into_iter()
+        .filter_map(|(enumerator, name)| {
+            let value = btf.enum_value("req_op", enumerator).ok()?;
+            Some((value as u32, name))
+        })
+        .collect();
+        Self { names }
+    }
+
+    /// `read`, `write`, `flush`, `discard`, or `other` for everything else.
+    pub fn name(&self, op: u32) -> &'static str {
+        self.names.get(&op).copied().unwrap_or("other")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +284,16 @@ mod tests {
         let why = resolved.unavailable(&[SK_BUFF_SK, SOCK_CGROUP]).unwrap();
         assert!(why.contains("not_there"), "{why}");
         assert!(resolved.unavailable(&[SK_BUFF_SK]).is_none());
+    }
+
+    #[test]
+    fn block_op_names_come_from_the_kernel() {
+        let ops = BlockOps::from_btf(&Btf::from_sys_fs().unwrap());
+        assert_eq!(ops.name(0), "read");
+        assert_eq!(ops.name(1), "write");
+        assert_eq!(ops.name(2), "flush");
+        assert_eq!(ops.name(3), "discard");
+        assert_eq!(ops.name(9), "other");
     }
 
     #[test]

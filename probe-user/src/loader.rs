@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::{
     btf::{Btf, BtfError, VMLINUX_BTF},
-    layout::{self, DropReasons, FieldPath},
+    layout::{self, BlockOps, DropReasons, FieldPath},
 };
 
 /// The object `probe-user/build.rs` built from `probe-ebpf`.
@@ -192,6 +192,7 @@ pub struct Probe {
     ebpf: Ebpf,
     statuses: Vec<ProbeStatus>,
     drop_reasons: DropReasons,
+    block_ops: BlockOps,
 }
 
 impl Probe {
@@ -262,6 +263,7 @@ impl Probe {
             ebpf,
             statuses,
             drop_reasons,
+            block_ops: BlockOps::from_btf(&btf),
         })
     }
 
@@ -271,6 +273,10 @@ impl Probe {
 
     pub fn drop_reasons(&self) -> &DropReasons {
         &self.drop_reasons
+    }
+
+    pub fn block_ops(&self) -> &BlockOps {
+        &self.block_ops
     }
 
     /// Cumulative retransmit counters per (cgroup v2 id, netns), summed over CPUs.

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::Serialize;
 
-use crate::loader::ProbeStatus;
+use crate::{histogram::LatencySummary, loader::ProbeStatus};
 
 /// The reason under which listen-queue overflows appear: the kernel counts them in
 /// `TcpExtListenOverflows` but does not report them through `kfree_skb`.
@@ -21,7 +21,7 @@ pub struct Snapshot {
 
 /// One cgroup (a container, a pod, a system service, the host), or a network
 /// namespace whose owner is unknown, or the unattributable rest.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Workload {
     pub cgroup_id: Option<u64>,
     pub cgroup_path: Option<String>,
@@ -30,6 +30,42 @@ pub struct Workload {
     pub container_id: Option<String>,
     pub tcp: TcpStats,
     pub drops: DropStats,
+    /// Block requests per (device, operation) issued by this workload.
+    pub block: Vec<BlockReport>,
+    /// CFS bandwidth: the cgroup's limit and accounting, and what the probe saw.
+    pub cpu: Option<CpuReport>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct BlockReport {
+    pub device: String,
+    /// `read`, `write`, `flush`, `discard` or `other`.
+    pub op: String,
+    /// The device's IO scheduler now (`none`, `mq-deadline`, ...), if it has one.
+    pub scheduler: Option<String>,
+    pub requests: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    /// Issue -> complete.
+    pub service_ms: LatencySummary,
+    /// Insert -> issue, over the requests that went through a scheduler queue.
+    pub queue_ms: LatencySummary,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CpuReport {
+    /// `null` without a quota.
+    pub quota_ms: Option<f64>,
+    pub period_ms: Option<f64>,
+    /// From the cgroup's `cpu.stat`, over the window.
+    pub periods: u64,
+    pub throttled_periods: u64,
+    pub throttled_ms: f64,
+    /// Throttled switch-outs seen at `sched_switch`.
+    pub throttle_events: u64,
+    /// How long throttled tasks waited to run again.
+    pub stall_ms: LatencySummary,
+    pub stall_total_ms: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -89,15 +125,30 @@ impl Snapshot {
         }
         let _ = writeln!(out);
         if self.workloads.is_empty() {
-            let _ = writeln!(out, "no retransmits or drops seen");
+            let _ = writeln!(out, "no retransmits, drops, block IO or CPU throttling seen");
             return out;
+        }
+        self.network_table(&mut out);
+        self.block_table(&mut out);
+        self.cpu_table(&mut out);
+        out
+    }
+
+    fn network_table(&self, out: &mut String) {
+        let rows: Vec<&Workload> = self
+            .workloads
+            .iter()
+            .filter(|w| w.tcp != TcpStats::default() || w.drops.total > 0)
+            .collect();
+        if rows.is_empty() {
+            return;
         }
         let _ = writeln!(
             out,
             "{:<60} {:>10} {:>8} {:>8} {:>6} {:>8}  TOP DROP REASON",
             "WORKLOAD", "NETNS", "RETRANS", "SEGS", "FAILED", "DROPS"
         );
-        for w in &self.workloads {
+        for w in rows {
             let top = w
                 .drops
                 .by_reason
@@ -117,7 +168,69 @@ impl Snapshot {
                 w.drops.total,
             );
         }
-        out
+    }
+
+    fn block_table(&self, out: &mut String) {
+        let rows: Vec<(&Workload, &BlockReport)> = self
+            .workloads
+            .iter()
+            .flat_map(|w| w.block.iter().map(move |b| (w, b)))
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<50} {:<10} {:<7} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9}",
+            "WORKLOAD", "DEVICE", "OP", "REQS", "MB", "MEAN ms", "P50 ms", "P99 ms", "QUEUE ms"
+        );
+        let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
+        for (w, b) in rows {
+            let _ = writeln!(
+                out,
+                "{:<50} {:<10} {:<7} {:>8} {:>10.1} {:>9} {:>9} {:>9} {:>9}",
+                truncate_left(&w.display_name(), 50),
+                b.device,
+                b.op,
+                b.requests,
+                b.bytes as f64 / 1e6,
+                ms(b.service_ms.mean),
+                ms(b.service_ms.p50),
+                ms(b.service_ms.p99),
+                ms(b.queue_ms.mean),
+            );
+        }
+    }
+
+    fn cpu_table(&self, out: &mut String) {
+        let rows: Vec<(&Workload, &CpuReport)> = self
+            .workloads
+            .iter()
+            .filter_map(|w| w.cpu.as_ref().map(|c| (w, c)))
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<50} {:>9} {:>8} {:>9} {:>11} {:>8} {:>11} {:>11}",
+            "WORKLOAD", "QUOTA ms", "PERIODS", "THROTTLED", "THROTTLE ms", "EVENTS", "STALL p50", "STALL p99"
+        );
+        let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
+        for (w, c) in rows {
+            let _ = writeln!(
+                out,
+                "{:<50} {:>9} {:>8} {:>9} {:>11.1} {:>8} {:>11} {:>11}",
+                truncate_left(&w.display_name(), 50),
+                ms(c.quota_ms),
+                c.periods,
+                c.throttled_periods,
+                c.throttled_ms,
+                c.throttle_events,
+                ms(c.stall_ms.p50),
+                ms(c.stall_ms.p99),
+            );
+        }
     }
 }
 
@@ -170,8 +283,44 @@ mod tests {
                         failed_retransmits: 0,
                     },
                     drops,
+                    block: vec![BlockReport {
+                        device: "loop0".into(),
+                        op: "read".into(),
+                        scheduler: Some("none".into()),
+                        requests: 10,
+                        bytes: 40960,
+                        errors: 0,
+                        service_ms: LatencySummary {
+                            mean: Some(10.5),
+                            p50: Some(1.1),
+                            p99: Some(98.0),
+                            max: Some(101.0),
+                        },
+                        queue_ms: LatencySummary::default(),
+                    }],
+                    cpu: Some(CpuReport {
+                        quota_ms: Some(20.0),
+                        period_ms: Some(100.0),
+                        periods: 21,
+                        throttled_periods: 20,
+                        throttled_ms: 1600.0,
+                        throttle_events: 20,
+                        stall_ms: LatencySummary {
+                            mean: Some(80.0),
+                            p50: Some(80.0),
+                            p99: Some(81.0),
+                            max: Some(81.5),
+                        },
+                        stall_total_ms: 1600.0,
+                    }),
                 },
-                Workload::default(),
+                Workload {
+                    drops: DropStats {
+                        total: 1,
+                        by_reason: BTreeMap::from([("NO_SOCKET".to_string(), 1)]),
+                    },
+                    ..Workload::default()
+                },
             ],
         }
     }
@@ -209,6 +358,36 @@ mod tests {
         let empty = &json["workloads"][1];
         assert!(empty["cgroup_id"].is_null() && empty["pod_uid"].is_null());
         assert_eq!(json["map_overflows"]["DROPS"], 0);
+        let block = &w["block"][0];
+        for key in ["device", "op", "scheduler", "requests", "bytes", "errors"] {
+            assert!(block.get(key).is_some(), "missing block.{key}");
+        }
+        for key in ["mean", "p50", "p99", "max"] {
+            assert!(block["service_ms"].get(key).is_some(), "missing service_ms.{key}");
+        }
+        for key in ["mean", "p50", "p99"] {
+            assert!(block["queue_ms"].get(key).is_some(), "missing queue_ms.{key}");
+        }
+        assert_eq!(block["service_ms"]["p99"], 98.0);
+        assert!(block["queue_ms"]["mean"].is_null(), "no queued requests: null");
+        let cpu = &w["cpu"];
+        for key in [
+            "quota_ms",
+            "period_ms",
+            "periods",
+            "throttled_periods",
+            "throttled_ms",
+            "throttle_events",
+            "stall_ms",
+            "stall_total_ms",
+        ] {
+            assert!(cpu.get(key).is_some(), "missing cpu.{key}");
+        }
+        for key in ["p50", "p99", "max"] {
+            assert!(cpu["stall_ms"].get(key).is_some(), "missing stall_ms.{key}");
+        }
+        assert!(empty["cpu"].is_null());
+        assert_eq!(empty["block"], serde_json::json!([]));
     }
 
     #[test]
@@ -219,6 +398,8 @@ mod tests {
         assert!(table.contains("NO_SOCKET (3)"), "{table}");
         assert!(table.contains("OFF: no such tracepoint"), "{table}");
         assert!(table.contains("(unattributed)"), "{table}");
+        assert!(table.contains("loop0") && table.contains("98.000"), "{table}");
+        assert!(table.contains("THROTTLE ms") && table.contains("1600.0"), "{table}");
         assert_eq!(truncate_left("abcdef", 4), "…def");
     }
 }

@@ -212,32 +212,47 @@ impl Drop for NetnsPair {
     }
 }
 
-/// A kubelet-style pod cgroup (systemd driver, containerd, Burstable) in the cgroup v2
-/// hierarchy, below a root private to the test. Containers are added with
+/// A kubelet-style pod cgroup (systemd driver, containerd, Burstable), created with the
+/// same path in the cgroup v2 hierarchy and in the v1 hierarchies of the controllers
+/// asked for (on a unified node those are the v2 hierarchy itself). Everything lives
+/// below a root private to the test. Containers are added with
 /// [`container`](Self::container).
 pub struct PodCgroup {
-    /// The test's private root, relative to the v2 mount; removed on drop.
+    /// The test's private root directory name; removed on drop in every hierarchy.
     root: PathBuf,
-    mount: PathBuf,
+    /// The v2 mount first, then the v1 mounts of the requested controllers.
+    mounts: Vec<PathBuf>,
     pub uid: String,
-    /// The pod's own cgroup path relative to the v2 mount (`/tuneprobe-test-…/kubepods.slice/…pod….slice`).
+    /// The pod's own cgroup path relative to the mounts (`/tuneprobe-test-…/kubepods.slice/…pod….slice`).
     pub pod_path: String,
     containers: Vec<String>,
 }
 
 impl PodCgroup {
+    /// A pod in the v2 hierarchy only.
     pub fn new() -> Self {
-        let mount = tuneprobe::cgroup::cgroup2_mount().expect("cgroup v2 mounted");
+        Self::with_controllers(&[])
+    }
+
+    /// A pod in the v2 hierarchy and in the hierarchies of `controllers` (`cpu`, `blkio`).
+    pub fn with_controllers(controllers: &[&str]) -> Self {
+        let hierarchies = tuneprobe::cgroup::Hierarchies::of_this_node();
+        let unified = hierarchies.unified.clone().expect("cgroup v2 mounted");
+        let mut mounts = vec![unified.clone()];
+        for controller in controllers {
+            let mount = match *controller {
+                "cpu" => hierarchies.cpu.clone(),
+                "blkio" => hierarchies.blkio.clone(),
+                other => panic!("unknown controller {other}"),
+            }
+            .unwrap_or_else(|| panic!("no {controller} hierarchy"));
+            if !mounts.contains(&mount) {
+                mounts.push(mount);
+            }
+        }
         let uid = {
             let h = random_hex(32);
-            format!(
-                "{}-{}-{}-{}-{}",
-                &h[..8],
-                &h[8..12],
-                &h[12..16],
-                &h[16..20],
-                &h[20..]
-            )
+            format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
         };
         let root = PathBuf::from(unique("tuneprobe-test-"));
         let pod_path = format!(
@@ -247,37 +262,42 @@ impl PodCgroup {
         );
         let pod = Self {
             root,
-            mount,
+            mounts,
             uid,
             pod_path,
             containers: Vec::new(),
         };
-        fs::create_dir_all(pod.full(&pod.pod_path)).expect("create pod cgroup");
+        for mount in &pod.mounts {
+            fs::create_dir_all(join(mount, &pod.pod_path)).expect("create pod cgroup");
+        }
         pod
     }
 
-    fn full(&self, path: &str) -> PathBuf {
-        self.mount.join(path.trim_start_matches('/'))
-    }
-
+    /// The pod cgroup's v2 id.
     pub fn pod_id(&self) -> u64 {
-        fs::metadata(self.full(&self.pod_path)).unwrap().ino()
+        fs::metadata(join(&self.mounts[0], &self.pod_path)).unwrap().ino()
     }
 
-    /// Creates a container cgroup in the pod; returns its id and its 64-hex container id.
+    /// Creates a container cgroup in the pod, in every hierarchy of the pod.
     pub fn container(&mut self) -> Container {
         let id = random_hex(64);
         let path = format!("{}/cri-containerd-{id}.scope", self.pod_path);
-        let full = self.full(&path);
-        fs::create_dir_all(&full).expect("create container cgroup");
+        let dirs: Vec<PathBuf> = self.mounts.iter().map(|m| join(m, &path)).collect();
+        for dir in &dirs {
+            fs::create_dir_all(dir).expect("create container cgroup");
+        }
         self.containers.push(path.clone());
         Container {
-            cgroup_id: fs::metadata(&full).unwrap().ino(),
+            cgroup_id: fs::metadata(&dirs[0]).unwrap().ino(),
             container_id: id,
-            procs: full.join("cgroup.procs"),
             path,
+            dirs,
         }
     }
+}
+
+fn join(mount: &Path, path: &str) -> PathBuf {
+    mount.join(path.trim_start_matches('/'))
 }
 
 impl Default for PodCgroup {
@@ -288,36 +308,37 @@ impl Default for PodCgroup {
 
 impl Drop for PodCgroup {
     fn drop(&mut self) {
-        let base = self.mount.join(&self.root);
-        // Kill whatever is left inside, then remove directories deepest first.
-        for container in &self.containers {
-            let procs = self.full(container).join("cgroup.procs");
-            if let Ok(pids) = fs::read_to_string(&procs) {
-                for pid in pids.lines().filter_map(|p| p.parse::<i32>().ok()) {
-                    // SAFETY: plain syscall.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+        for mount in &self.mounts {
+            // Kill whatever is left inside, then remove directories deepest first.
+            for container in &self.containers {
+                let procs = join(mount, container).join("cgroup.procs");
+                if let Ok(pids) = fs::read_to_string(&procs) {
+                    for pid in pids.lines().filter_map(|p| p.parse::<i32>().ok()) {
+                        // SAFETY: plain syscall.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
                 }
             }
-        }
-        let mut dirs: Vec<PathBuf> = Vec::new();
-        let mut stack = vec![base];
-        while let Some(dir) = stack.pop() {
-            if let Ok(entries) = fs::read_dir(&dir) {
-                stack.extend(
-                    entries
-                        .flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path()),
-                );
+            let mut dirs: Vec<PathBuf> = Vec::new();
+            let mut stack = vec![mount.join(&self.root)];
+            while let Some(dir) = stack.pop() {
+                if let Ok(entries) = fs::read_dir(&dir) {
+                    stack.extend(
+                        entries
+                            .flatten()
+                            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                            .map(|e| e.path()),
+                    );
+                }
+                dirs.push(dir);
             }
-            dirs.push(dir);
-        }
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for dir in dirs {
-            // A killed process leaves its cgroup a moment later.
-            while fs::remove_dir(&dir).is_err() && dir.exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            for dir in dirs {
+                // A killed process leaves its cgroup a moment later.
+                while fs::remove_dir(&dir).is_err() && dir.exists() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
         }
     }
@@ -325,10 +346,28 @@ impl Drop for PodCgroup {
 
 /// One container cgroup of a [`PodCgroup`].
 pub struct Container {
+    /// The v2 id.
     pub cgroup_id: u64,
     pub container_id: String,
     pub path: String,
-    procs: PathBuf,
+    /// The container's directory in each hierarchy, v2 first.
+    pub dirs: Vec<PathBuf>,
+}
+
+impl Container {
+    /// The container's directory in the hierarchy holding `file` (`cpu.stat`,
+    /// `blkio.throttle.read_iops_device`, ...).
+    pub fn dir_with(&self, file: &str) -> &Path {
+        self.dirs
+            .iter()
+            .find(|d| d.join(file).exists())
+            .unwrap_or_else(|| panic!("no {file} in {:?}", self.dirs))
+    }
+
+    /// The container's id in the hierarchy holding `file`.
+    pub fn id_with(&self, file: &str) -> u64 {
+        fs::metadata(self.dir_with(file)).unwrap().ino()
+    }
 }
 
 /// Path of the `testload` helper binary: cargo builds it next to the `deps` directory
@@ -349,28 +388,48 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// `testload ARGS` in namespace `ns`, in the container if given.
     pub fn spawn(ns: &str, container: Option<&Container>, args: &[&str]) -> Self {
-        let netns = fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
-        let procs = container.map(|c| {
-            fs::OpenOptions::new()
-                .write(true)
-                .open(&c.procs)
-                .expect("open cgroup.procs")
-        });
-        let netns_fd = netns.as_raw_fd();
-        let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
-        let mut cmd = Command::new(testload());
+        Self::spawn_program(Some(ns), container, &testload(), args)
+    }
+
+    /// Any program, in namespace `ns` (or the test's own) and the container's cgroups.
+    pub fn spawn_program(
+        ns: Option<&str>,
+        container: Option<&Container>,
+        program: &Path,
+        args: &[&str],
+    ) -> Self {
+        let netns = ns.map(|ns| fs::File::open(format!("/run/netns/{ns}")).expect("open netns"));
+        let procs: Vec<fs::File> = container
+            .map(|c| {
+                c.dirs
+                    .iter()
+                    .map(|dir| {
+                        fs::OpenOptions::new()
+                            .write(true)
+                            .open(dir.join("cgroup.procs"))
+                            .expect("open cgroup.procs")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let netns_fd = netns.as_ref().map(|f| f.as_raw_fd());
+        let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         // SAFETY: only async-signal-safe syscalls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
+                if let Some(fd) = netns_fd
+                    && libc::setns(fd, libc::CLONE_NEWNET) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
-                if let Some(fd) = procs_fd {
-                    // "0" moves the writing process itself.
+                for &fd in &procs_fds {
+                    // "0" moves the writing process itself, in v1 and v2 alike.
                     if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -380,7 +439,7 @@ impl Workload {
         }
         let mut child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn testload {args:?}: {e}"));
+            .unwrap_or_else(|e| panic!("spawn {} {args:?}: {e}", program.display()));
         let stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
         Self { child, stdout }
     }
@@ -394,7 +453,8 @@ impl Workload {
         line.trim().to_string()
     }
 
-    /// Waits for the process to exit successfully, within `timeout`.
+    /// Waits for the process to exit successfully, within `timeout`; returns the rest
+    /// of its stdout.
     pub fn wait(mut self, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {

@@ -7,6 +7,7 @@
 //! testload udp-sink ADDR:PORT RCVBUF          bind with SO_RCVBUF=RCVBUF, never read
 //! testload tcp-listen ADDR:PORT BACKLOG       listen with BACKLOG, never accept
 //! testload tcp-connect-burst ADDR:PORT COUNT MS   start COUNT connects, exit after MS
+//! testload busy MS                            spin on the CPU for MS milliseconds
 //! testload pause                              sleep until killed
 
 use std::{
@@ -35,6 +36,7 @@ fn main() {
         "udp-sink" => udp_sink(addr(), num(2)),
         "tcp-listen" => tcp_listen(addr(), num(2) as i32),
         "tcp-connect-burst" => tcp_connect_burst(addr(), num(2), num(3) as u64),
+        "busy" => busy(Duration::from_millis(num(1) as u64)),
         "pause" => pause(),
         other => {
             eprintln!("testload: unknown mode {other}");
@@ -52,6 +54,14 @@ fn pause() -> ! {
     ready();
     loop {
         thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn busy(duration: Duration) {
+    let start = std::time::Instant::now();
+    let mut spins = 0u64;
+    while start.elapsed() < duration {
+        spins = std::hint::black_box(spins.wrapping_add(1));
     }
 }
 

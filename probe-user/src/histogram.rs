@@ -1,0 +1,137 @@
+//! Percentiles from the kernel's log-linear histograms.
+
+use probe_common::{
+    LatencyHistogram,
+    histogram::{HISTOGRAM_BUCKETS, bucket_bounds_us},
+};
+use serde::Serialize;
+
+/// Bucket-wise difference of two cumulative histograms (`later - earlier`). The maximum
+/// cannot be subtracted: it is the maximum since the programs were loaded.
+pub fn since(later: &LatencyHistogram, earlier: &LatencyHistogram) -> LatencyHistogram {
+    let mut out = *later;
+    out.count = later.count.saturating_sub(earlier.count);
+    out.sum_ns = later.sum_ns.saturating_sub(earlier.sum_ns);
+    for (bucket, before) in out.buckets.iter_mut().zip(earlier.buckets.iter()) {
+        *bucket = bucket.saturating_sub(*before);
+    }
+    out
+}
+
+/// Adds `other` into `total`.
+pub fn add(total: &mut LatencyHistogram, other: &LatencyHistogram) {
+    total.count += other.count;
+    total.sum_ns += other.sum_ns;
+    total.max_ns = total.max_ns.max(other.max_ns);
+    for (bucket, more) in total.buckets.iter_mut().zip(other.buckets.iter()) {
+        *bucket += more;
+    }
+}
+
+/// The `q` quantile (0..=1) in milliseconds, interpolated linearly inside its bucket
+/// and capped by the observed maximum; `None` without samples.
+pub fn quantile_ms(h: &LatencyHistogram, q: f64) -> Option<f64> {
+    let total: u64 = h.buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (q.clamp(0.0, 1.0) * total as f64).max(1.0);
+    let mut seen = 0u64;
+    for index in 0..HISTOGRAM_BUCKETS {
+        let count = h.buckets[index];
+        if count == 0 {
+            continue;
+        }
+        if (seen + count) as f64 >= rank {
+            let (lower, upper) = bucket_bounds_us(index);
+            let within = (rank - seen as f64) / count as f64;
+            let us = lower as f64 + within * (upper - lower) as f64;
+            let ms = us / 1000.0;
+            let max_ms = h.max_ns as f64 / 1e6;
+            return Some(if h.max_ns > 0 { ms.min(max_ms) } else { ms });
+        }
+        seen += count;
+    }
+    None
+}
+
+pub fn mean_ms(h: &LatencyHistogram) -> Option<f64> {
+    (h.count > 0).then(|| h.sum_ns as f64 / h.count as f64 / 1e6)
+}
+
+/// Rounds to microsecond precision for reports.
+pub fn round_ms(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}
+
+/// `{ "mean", "p50", "p99", "max" }` in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct LatencySummary {
+    pub mean: Option<f64>,
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl LatencySummary {
+    pub fn of(h: &LatencyHistogram) -> Self {
+        Self {
+            mean: mean_ms(h).map(round_ms),
+            p50: quantile_ms(h, 0.5).map(round_ms),
+            p99: quantile_ms(h, 0.99).map(round_ms),
+            max: (h.count > 0).then(|| round_ms(h.max_ns as f64 / 1e6)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use probe_common::histogram::bucket_index;
+
+    use super::*;
+
+    fn histogram(samples_ns: &[u64]) -> LatencyHistogram {
+        let mut h = LatencyHistogram::ZERO;
+        for &ns in samples_ns {
+            h.count += 1;
+            h.sum_ns += ns;
+            h.max_ns = h.max_ns.max(ns);
+            h.buckets[bucket_index(ns)] += 1;
+        }
+        h
+    }
+
+    #[test]
+    fn percentiles_land_within_a_bucket_of_the_truth() {
+        // 90 fast requests at 1 ms and 10 slow ones at 100 ms, as a throttled disk gives.
+        let mut samples = vec![1_000_000u64; 90];
+        samples.extend(vec![100_000_000u64; 10]);
+        let h = histogram(&samples);
+        let p50 = quantile_ms(&h, 0.5).unwrap();
+        assert!((1.0..1.25).contains(&p50), "{p50}");
+        let p99 = quantile_ms(&h, 0.99).unwrap();
+        assert!((80.0..=100.0).contains(&p99), "{p99}");
+        assert_eq!(mean_ms(&h), Some(10.9));
+        assert_eq!(LatencySummary::of(&h).max, Some(100.0));
+    }
+
+    #[test]
+    fn medians_of_25_and_30_ms_differ() {
+        let a = quantile_ms(&histogram(&[25_000_000; 11]), 0.5).unwrap();
+        let b = quantile_ms(&histogram(&[30_000_000; 11]), 0.5).unwrap();
+        assert!(a < b && (20.0..=25.0).contains(&a) && (28.0..=30.0).contains(&b), "{a} {b}");
+    }
+
+    #[test]
+    fn empty_and_subtracted() {
+        assert_eq!(quantile_ms(&LatencyHistogram::ZERO, 0.5), None);
+        assert_eq!(LatencySummary::of(&LatencyHistogram::ZERO), LatencySummary::default());
+        let before = histogram(&[1_000_000; 5]);
+        let mut after = before;
+        add(&mut after, &histogram(&[2_000_000; 3]));
+        let window = since(&after, &before);
+        assert_eq!(window.count, 3);
+        assert_eq!(window.sum_ns, 6_000_000);
+        assert_eq!(window.buckets.iter().sum::<u64>(), 3);
+    }
+}
