@@ -8,13 +8,16 @@ pub const HISTOGRAM_BUCKETS: usize = 100;
 const SUB_BITS: u32 = 2;
 const SUB_COUNT: u64 = 1 << SUB_BITS;
 
-/// Count, exact sum and maximum, plus the bucket counts.
+/// Count, exact sum, extremes, plus the bucket counts. The extremes let a percentile
+/// estimate stay within what was observed when samples crowd into one bucket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LatencyHistogram {
     pub count: u64,
     pub sum_ns: u64,
     pub max_ns: u64,
+    /// Smallest sample; meaningless while `count` is 0.
+    pub min_ns: u64,
     pub buckets: [u64; HISTOGRAM_BUCKETS],
 }
 
@@ -23,6 +26,7 @@ impl LatencyHistogram {
         count: 0,
         sum_ns: 0,
         max_ns: 0,
+        min_ns: 0,
         buckets: [0; HISTOGRAM_BUCKETS],
     };
 }

@@ -6,6 +6,7 @@
 
 pub mod block_io;
 pub mod cpu_throttle;
+pub mod dns;
 pub mod drops;
 pub mod histogram;
 pub mod layout;
@@ -14,6 +15,7 @@ pub mod tcp_retransmit;
 
 pub use block_io::{BlockKey, BlockStats, InFlightRequest};
 pub use cpu_throttle::{ThrottleStats, ThrottledTask};
+pub use dns::{DnsCounters, DnsFlow, DnsLatencyKey, DnsQuery, DnsResolverKey};
 pub use drops::DropKey;
 pub use histogram::LatencyHistogram;
 pub use layout::KernelLayout;
@@ -35,6 +37,11 @@ macro_rules! user_pod {
 user_pod!(
     BlockKey,
     BlockStats,
+    DnsCounters,
+    DnsFlow,
+    DnsLatencyKey,
+    DnsQuery,
+    DnsResolverKey,
     DropKey,
     InFlightRequest,
     KernelLayout,

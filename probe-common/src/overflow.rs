@@ -13,15 +13,21 @@ pub enum OverflowSlot {
     /// the LRU map, or issued before the probe attached).
     BlockInFlight = 3,
     CpuThrottle = 4,
+    DnsInFlight = 5,
+    DnsLatency = 6,
+    DnsCounters = 7,
 }
 
 impl OverflowSlot {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 8] = [
         Self::TcpRetransmits,
         Self::Drops,
         Self::BlockIo,
         Self::BlockInFlight,
         Self::CpuThrottle,
+        Self::DnsInFlight,
+        Self::DnsLatency,
+        Self::DnsCounters,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -33,6 +39,9 @@ impl OverflowSlot {
             Self::BlockIo => crate::block_io::BLOCK_IO_MAP,
             Self::BlockInFlight => crate::block_io::BLOCK_IN_FLIGHT_MAP,
             Self::CpuThrottle => crate::cpu_throttle::CPU_THROTTLE_MAP,
+            Self::DnsInFlight => crate::dns::DNS_IN_FLIGHT_MAP,
+            Self::DnsLatency => crate::dns::DNS_LATENCY_MAP,
+            Self::DnsCounters => crate::dns::DNS_COUNTERS_MAP,
         }
     }
 }

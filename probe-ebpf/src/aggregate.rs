@@ -76,13 +76,16 @@ pub fn atomic_add(counter: *mut u64, value: u64) {
 pub fn record(histogram: *mut LatencyHistogram, ns: u64) {
     // SAFETY: `histogram` points into a map value.
     unsafe {
+        // Racing updates may each write their own extreme; these are reports, not counts.
+        if (*histogram).count == 0 || ns < (*histogram).min_ns {
+            (*histogram).min_ns = ns;
+        }
         atomic_add(&raw mut (*histogram).count, 1);
         atomic_add(&raw mut (*histogram).sum_ns, ns);
         let index = bucket_index(ns);
         if index < HISTOGRAM_BUCKETS {
             atomic_add(&raw mut (*histogram).buckets[index], 1);
         }
-        // A racing larger value may be overwritten; the max is a report, not a count.
         if ns > (*histogram).max_ns {
             (*histogram).max_ns = ns;
         }

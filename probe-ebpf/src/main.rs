@@ -14,6 +14,8 @@ mod block_io;
 #[cfg(target_arch = "bpf")]
 mod cpu_throttle;
 #[cfg(target_arch = "bpf")]
+mod dns;
+#[cfg(target_arch = "bpf")]
 mod drops;
 #[cfg(target_arch = "bpf")]
 mod kernel;

@@ -8,12 +8,16 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    net::{IpAddr, Ipv6Addr},
     path::{Path, PathBuf},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use probe_common::{BlockKey, BlockStats, DropKey, RetransmitCounters, RetransmitKey, ThrottleStats};
+use probe_common::{
+    BlockKey, BlockStats, DnsCounters, DnsLatencyKey, DnsResolverKey, DropKey, LatencyHistogram,
+    RetransmitCounters, RetransmitKey, ThrottleStats, dns,
+};
 
 use crate::{
     attribution::Attributor,
@@ -23,8 +27,26 @@ use crate::{
     histogram::{self, LatencySummary},
     loader::Probe,
     procfs::{self, ListenCounters},
-    report::{BlockReport, CpuReport, Snapshot, TCP_LISTEN_OVERFLOW, Workload},
+    report::{
+        BlockReport, CpuReport, DnsReport, Percentiles, ResolverReport, Snapshot,
+        TCP_LISTEN_OVERFLOW, Workload, rcode_name,
+    },
 };
+
+/// How a window is observed.
+#[derive(Debug, Clone, Copy)]
+pub struct CollectorOptions {
+    /// A DNS query without a response after this long is a timeout.
+    pub dns_timeout: Duration,
+}
+
+impl Default for CollectorOptions {
+    fn default() -> Self {
+        Self {
+            dns_timeout: Duration::from_secs(5),
+        }
+    }
+}
 
 /// Kernel counters at one instant.
 #[derive(Debug, Default, Clone)]
@@ -33,6 +55,8 @@ struct Counters {
     drops: HashMap<DropKey, u64>,
     block: HashMap<BlockKey, BlockStats>,
     throttle: HashMap<u64, ThrottleStats>,
+    dns: HashMap<DnsResolverKey, DnsCounters>,
+    dns_latency: HashMap<DnsLatencyKey, LatencyHistogram>,
 }
 
 impl Counters {
@@ -42,6 +66,8 @@ impl Counters {
             drops: probe.drops().context("reading drop counters")?,
             block: probe.block_io().context("reading block IO statistics")?,
             throttle: probe.cpu_throttle().context("reading throttle statistics")?,
+            dns: probe.dns_counters().context("reading DNS counters")?,
+            dns_latency: probe.dns_latency().context("reading DNS latency")?,
         })
     }
 }
@@ -79,11 +105,19 @@ pub struct Collector {
     /// cpu cgroups with a quota, by path.
     cpu_watch: HashMap<String, CpuWatch>,
     cpu_checked: HashSet<String>,
+    options: CollectorOptions,
+    /// DNS queries that timed out during the window, per (workload, resolver).
+    dns_timeouts: HashMap<DnsResolverKey, u64>,
 }
 
 impl Collector {
-    /// Starts a window now. Counts before this call are excluded.
+    /// Starts a window now, with default options. Counts before this call are excluded.
     pub fn start(probe: Probe) -> anyhow::Result<Self> {
+        Self::start_with(probe, CollectorOptions::default())
+    }
+
+    /// Starts a window now. Counts before this call are excluded.
+    pub fn start_with(probe: Probe, options: CollectorOptions) -> anyhow::Result<Self> {
         let hierarchies = Hierarchies::of_this_node();
         let unified = hierarchies
             .unified
@@ -109,6 +143,8 @@ impl Collector {
             listen_last: HashMap::new(),
             cpu_watch: HashMap::new(),
             cpu_checked: HashSet::new(),
+            options,
+            dns_timeouts: HashMap::new(),
         };
         collector.tick()?;
         Ok(collector)
@@ -148,12 +184,27 @@ impl Collector {
             .chain(counters.drops.keys().map(|k| (Hierarchy::Unified, k.cgroup_id)))
             .chain(counters.block.keys().map(|k| (Hierarchy::Blkio, k.cgroup_id)))
             .chain(counters.throttle.keys().map(|&id| (Hierarchy::Cpu, id)))
+            .chain(counters.dns.keys().map(|k| (Hierarchy::Unified, k.cgroup_id)))
             .filter(|&(_, id)| id != 0)
             .collect();
         for (hierarchy, id) in ids {
             let _ = self.paths(hierarchy).path(id);
         }
         self.watch_cpu_quotas();
+        self.expire_dns_queries()?;
+        Ok(())
+    }
+
+    /// Counts and forgets the DNS queries older than the timeout.
+    fn expire_dns_queries(&mut self) -> anyhow::Result<()> {
+        let deadline = monotonic_ns().saturating_sub(self.options.dns_timeout.as_nanos() as u64);
+        for flow in self.probe.expire_dns_queries(deadline)? {
+            let key = DnsResolverKey {
+                cgroup_id: flow.cgroup_id,
+                resolver: flow.server,
+            };
+            *self.dns_timeouts.entry(key).or_default() += 1;
+        }
         Ok(())
     }
 
@@ -300,6 +351,11 @@ impl Collector {
             cpu.throttled_ms = histogram::round_ms(window.throttled_ns as f64 / 1e6);
         }
 
+        let dns_timeouts = std::mem::take(&mut builder.collector.dns_timeouts);
+        for (cgroup_id, report) in dns_reports(&now, &baseline, &dns_timeouts) {
+            builder.by_cgroup(Hierarchy::Unified, cgroup_id, None).dns = Some(report);
+        }
+
         let workloads = builder.finish();
         let map_overflows: BTreeMap<String, u64> = self
             .probe
@@ -314,6 +370,107 @@ impl Collector {
             workloads,
         })
     }
+}
+
+/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns()`.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// `1.2.3.4` for IPv4-mapped addresses, the IPv6 form otherwise.
+fn resolver_name(address: [u8; 16]) -> String {
+    let v6 = Ipv6Addr::from(address);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4).to_string(),
+        None => IpAddr::V6(v6).to_string(),
+    }
+}
+
+fn qtype_name(class: u8) -> &'static str {
+    match class {
+        dns::QTYPE_A => "A",
+        dns::QTYPE_AAAA => "AAAA",
+        dns::QTYPE_SRV => "SRV",
+        dns::QTYPE_PTR => "PTR",
+        _ => "OTHER",
+    }
+}
+
+/// Per workload (cgroup v2 id): the window's DNS counts, latency and timeouts.
+fn dns_reports(
+    now: &Counters,
+    baseline: &Counters,
+    timeouts: &HashMap<DnsResolverKey, u64>,
+) -> BTreeMap<u64, DnsReport> {
+    let mut reports: BTreeMap<u64, DnsReport> = BTreeMap::new();
+    let mut latency: BTreeMap<u64, LatencyHistogram> = BTreeMap::new();
+    let mut resolver_latency: BTreeMap<(u64, String), LatencyHistogram> = BTreeMap::new();
+
+    for (key, counters) in &now.dns {
+        let before = baseline.dns.get(key).copied().unwrap_or_default();
+        let delta = DnsCounters {
+            queries: counters.queries.saturating_sub(before.queries),
+            responses: counters.responses.saturating_sub(before.responses),
+            unmatched: counters.unmatched.saturating_sub(before.unmatched),
+            malformed: counters.malformed.saturating_sub(before.malformed),
+        };
+        if delta == DnsCounters::default() {
+            continue;
+        }
+        let report = reports.entry(key.cgroup_id).or_default();
+        report.queries += delta.queries;
+        report.responses += delta.responses;
+        report.unmatched_responses += delta.unmatched;
+        report.malformed += delta.malformed;
+        if delta.queries + delta.responses > 0 {
+            let resolver = report.by_resolver.entry(resolver_name(key.resolver)).or_default();
+            resolver.queries += delta.queries;
+            resolver.responses += delta.responses;
+        }
+    }
+    for (key, &count) in timeouts {
+        let report = reports.entry(key.cgroup_id).or_default();
+        report.timeouts += count;
+        report
+            .by_resolver
+            .entry(resolver_name(key.resolver))
+            .or_insert_with(ResolverReport::default)
+            .timeouts += count;
+    }
+    for (key, histogram) in &now.dns_latency {
+        let before = baseline.dns_latency.get(key).copied().unwrap_or(LatencyHistogram::ZERO);
+        let window = histogram::since(histogram, &before);
+        if window.count == 0 {
+            continue;
+        }
+        let report = reports.entry(key.cgroup_id).or_default();
+        *report.by_rcode.entry(rcode_name(key.rcode)).or_default() += window.count;
+        *report.by_qtype.entry(qtype_name(key.qtype).to_string()).or_default() += window.count;
+        histogram::add(latency.entry(key.cgroup_id).or_insert(LatencyHistogram::ZERO), &window);
+        histogram::add(
+            resolver_latency
+                .entry((key.cgroup_id, resolver_name(key.resolver)))
+                .or_insert(LatencyHistogram::ZERO),
+            &window,
+        );
+    }
+    for (cgroup_id, histogram) in latency {
+        if let Some(report) = reports.get_mut(&cgroup_id) {
+            report.latency_ms = Percentiles::of(&histogram);
+        }
+    }
+    for ((cgroup_id, resolver), histogram) in resolver_latency {
+        if let Some(report) = reports.get_mut(&cgroup_id) {
+            report.by_resolver.entry(resolver).or_default().latency_ms = Percentiles::of(&histogram);
+        }
+    }
+    reports
 }
 
 fn join(root: &Path, path: &str) -> PathBuf {

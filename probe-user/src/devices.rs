@@ -48,8 +48,8 @@ mod tests {
         // The root filesystem's disk exists on every machine that runs these tests.
         let st_dev = std::os::unix::fs::MetadataExt::dev(&fs::metadata("/").unwrap());
         let dev = (libc::major(st_dev) << MINOR_BITS) | libc::minor(st_dev);
-        let name = name(Path::new("/sys"), dev);
-        assert!(!name.contains(':'), "{name}");
+        let root_disk = name(Path::new("/sys"), dev);
+        assert!(!root_disk.contains(':'), "{root_disk}");
         assert_eq!(name(Path::new("/sys"), (4095 << MINOR_BITS) | 4095), "4095:4095");
         assert_eq!(split_dev((254 << MINOR_BITS) | 16), (254, 16));
     }

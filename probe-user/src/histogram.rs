@@ -20,6 +20,9 @@ pub fn since(later: &LatencyHistogram, earlier: &LatencyHistogram) -> LatencyHis
 
 /// Adds `other` into `total`.
 pub fn add(total: &mut LatencyHistogram, other: &LatencyHistogram) {
+    if other.count > 0 && (total.count == 0 || other.min_ns < total.min_ns) {
+        total.min_ns = other.min_ns;
+    }
     total.count += other.count;
     total.sum_ns += other.sum_ns;
     total.max_ns = total.max_ns.max(other.max_ns);
@@ -29,7 +32,7 @@ pub fn add(total: &mut LatencyHistogram, other: &LatencyHistogram) {
 }
 
 /// The `q` quantile (0..=1) in milliseconds, interpolated linearly inside its bucket
-/// and capped by the observed maximum; `None` without samples.
+/// and kept within the observed minimum and maximum; `None` without samples.
 pub fn quantile_ms(h: &LatencyHistogram, q: f64) -> Option<f64> {
     let total: u64 = h.buckets.iter().sum();
     if total == 0 {
@@ -47,8 +50,12 @@ pub fn quantile_ms(h: &LatencyHistogram, q: f64) -> Option<f64> {
             let within = (rank - seen as f64) / count as f64;
             let us = lower as f64 + within * (upper - lower) as f64;
             let ms = us / 1000.0;
-            let max_ms = h.max_ns as f64 / 1e6;
-            return Some(if h.max_ns > 0 { ms.min(max_ms) } else { ms });
+            let (min_ms, max_ms) = (h.min_ns as f64 / 1e6, h.max_ns as f64 / 1e6);
+            return Some(if h.max_ns >= h.min_ns && h.max_ns > 0 {
+                ms.clamp(min_ms, max_ms)
+            } else {
+                ms
+            });
         }
         seen += count;
     }
@@ -84,6 +91,17 @@ impl LatencySummary {
     }
 }
 
+impl crate::report::Percentiles {
+    pub fn of(h: &LatencyHistogram) -> Self {
+        Self {
+            p50: quantile_ms(h, 0.5).map(round_ms),
+            p90: quantile_ms(h, 0.9).map(round_ms),
+            p99: quantile_ms(h, 0.99).map(round_ms),
+            max: (h.count > 0).then(|| round_ms(h.max_ns as f64 / 1e6)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use probe_common::histogram::bucket_index;
@@ -93,6 +111,9 @@ mod tests {
     fn histogram(samples_ns: &[u64]) -> LatencyHistogram {
         let mut h = LatencyHistogram::ZERO;
         for &ns in samples_ns {
+            if h.count == 0 || ns < h.min_ns {
+                h.min_ns = ns;
+            }
             h.count += 1;
             h.sum_ns += ns;
             h.max_ns = h.max_ns.max(ns);
@@ -113,6 +134,15 @@ mod tests {
         assert!((80.0..=100.0).contains(&p99), "{p99}");
         assert_eq!(mean_ms(&h), Some(10.9));
         assert_eq!(LatencySummary::of(&h).max, Some(100.0));
+    }
+
+    #[test]
+    fn estimates_stay_within_the_observed_range() {
+        // Samples crowded at 25.1-25.3 ms fall in one 4 ms wide bucket; the estimate
+        // must not wander to the bucket's middle.
+        let h = histogram(&[25_100_000, 25_200_000, 25_300_000]);
+        let p50 = quantile_ms(&h, 0.5).unwrap();
+        assert!((25.1..=25.3).contains(&p50), "{p50}");
     }
 
     #[test]

@@ -12,12 +12,16 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, PerCpuHashMap},
-    programs::BtfTracePoint,
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 use log::{debug, warn};
 use probe_common::{
-    BlockKey, BlockStats, DropKey, OverflowSlot, RetransmitCounters, RetransmitKey, ThrottleStats,
-    block_io::BLOCK_IO_MAP, cpu_throttle::CPU_THROTTLE_MAP, drops::DROPS_MAP,
+    BlockKey, BlockStats, DnsCounters, DnsFlow, DnsLatencyKey, DnsQuery, DnsResolverKey, DropKey,
+    LatencyHistogram, OverflowSlot, RetransmitCounters, RetransmitKey, ThrottleStats,
+    block_io::BLOCK_IO_MAP,
+    cpu_throttle::CPU_THROTTLE_MAP,
+    dns::{DNS_COUNTERS_MAP, DNS_IN_FLIGHT_MAP, DNS_LATENCY_MAP},
+    drops::DROPS_MAP,
     layout::KERNEL_LAYOUT_GLOBAL, overflow::MAP_OVERFLOWS_MAP,
     tcp_retransmit::TCP_RETRANSMITS_MAP,
 };
@@ -48,12 +52,23 @@ pub struct ProgramSpec {
     /// The program's function name in `probe-ebpf`.
     pub name: &'static str,
     pub signal: Signal,
-    /// BTF tracepoint it attaches to.
-    pub tracepoint: &'static str,
-    /// Arguments the program reads unconditionally.
-    pub min_args: u32,
+    pub hook: Hook,
     /// Kernel fields it reads.
     pub needs: &'static [FieldPath],
+}
+
+/// Where a program attaches.
+#[derive(Debug, Clone, Copy)]
+pub enum Hook {
+    /// A BTF tracepoint; `min_args` is how many arguments the program reads
+    /// unconditionally.
+    BtfTracePoint {
+        tracepoint: &'static str,
+        min_args: u32,
+    },
+    /// A `cgroup_skb` program on the root of the cgroup v2 hierarchy: it sees the
+    /// packets of every socket on the node.
+    CgroupSkb(CgroupSkbAttachType),
 }
 
 /// The compatibility table: every program, its hook and its kernel requirements.
@@ -61,9 +76,11 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
         name: "tcp_retransmit_skb",
         signal: Signal::TcpRetransmit,
-        tracepoint: "tcp_retransmit_skb",
         // (sk, skb); `err` is read only where the kernel passes it (6.11+).
-        min_args: 2,
+        hook: Hook::BtfTracePoint {
+            tracepoint: "tcp_retransmit_skb",
+            min_args: 2,
+        },
         needs: &[
             layout::SK_BUFF_CB,
             layout::TCP_SKB_CB_GSO_SEGS,
@@ -78,9 +95,11 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
         name: "kfree_skb",
         signal: Signal::Drops,
-        tracepoint: "kfree_skb",
         // (skb, location, reason): the reason argument exists since 5.17.
-        min_args: 3,
+        hook: Hook::BtfTracePoint {
+            tracepoint: "kfree_skb",
+            min_args: 3,
+        },
         needs: &[
             layout::SK_BUFF_SK,
             layout::SK_BUFF_DEV,
@@ -96,31 +115,39 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
         name: "block_rq_insert",
         signal: Signal::BlockIo,
-        tracepoint: "block_rq_insert",
-        min_args: 1,
+        hook: Hook::BtfTracePoint {
+            tracepoint: "block_rq_insert",
+            min_args: 1,
+        },
         needs: BLOCK_REQUEST_FIELDS,
     },
     ProgramSpec {
         name: "block_rq_issue",
         signal: Signal::BlockIo,
-        tracepoint: "block_rq_issue",
-        min_args: 1,
+        hook: Hook::BtfTracePoint {
+            tracepoint: "block_rq_issue",
+            min_args: 1,
+        },
         needs: BLOCK_REQUEST_FIELDS,
     },
     ProgramSpec {
         name: "block_rq_complete",
         signal: Signal::BlockIo,
-        tracepoint: "block_rq_complete",
         // (rq, error, nr_bytes)
-        min_args: 3,
+        hook: Hook::BtfTracePoint {
+            tracepoint: "block_rq_complete",
+            min_args: 3,
+        },
         needs: BLOCK_REQUEST_FIELDS,
     },
     ProgramSpec {
         name: "sched_switch",
         signal: Signal::CpuThrottle,
-        tracepoint: "sched_switch",
         // (preempt, prev, next[, prev_state])
-        min_args: 3,
+        hook: Hook::BtfTracePoint {
+            tracepoint: "sched_switch",
+            min_args: 3,
+        },
         needs: &[
             layout::TASK_PID,
             layout::TASK_CGROUPS,
@@ -131,6 +158,18 @@ pub const PROGRAMS: &[ProgramSpec] = &[
             layout::CGROUP_KN,
             layout::KERNFS_NODE_ID,
         ],
+    },
+    ProgramSpec {
+        name: "dns_egress",
+        signal: Signal::Dns,
+        hook: Hook::CgroupSkb(CgroupSkbAttachType::Egress),
+        needs: &[],
+    },
+    ProgramSpec {
+        name: "dns_ingress",
+        signal: Signal::Dns,
+        hook: Hook::CgroupSkb(CgroupSkbAttachType::Ingress),
+        needs: &[],
     },
 ];
 
@@ -296,6 +335,40 @@ impl Probe {
         self.shared(CPU_THROTTLE_MAP)
     }
 
+    /// Cumulative DNS counters per (workload, resolver), summed over CPUs.
+    pub fn dns_counters(&self) -> anyhow::Result<HashMap<DnsResolverKey, DnsCounters>> {
+        self.sum_per_cpu(DNS_COUNTERS_MAP, |total: &mut DnsCounters, v| total.add(v))
+    }
+
+    /// Cumulative DNS latency per (workload, resolver, response code, query type).
+    pub fn dns_latency(&self) -> anyhow::Result<HashMap<DnsLatencyKey, LatencyHistogram>> {
+        self.shared(DNS_LATENCY_MAP)
+    }
+
+    /// Removes the DNS queries sent before `deadline_ns` (CLOCK_MONOTONIC) that are still
+    /// waiting for a response, and returns them: they timed out.
+    pub fn expire_dns_queries(&mut self, deadline_ns: u64) -> anyhow::Result<Vec<DnsFlow>> {
+        let map = self
+            .ebpf
+            .map_mut(DNS_IN_FLIGHT_MAP)
+            .ok_or_else(|| anyhow::anyhow!("map {DNS_IN_FLIGHT_MAP} missing from the object"))?;
+        let mut in_flight = aya::maps::HashMap::<&mut MapData, DnsFlow, DnsQuery>::try_from(map)?;
+        let expired: Vec<DnsFlow> = in_flight
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, query)| query.sent_ns < deadline_ns)
+            .map(|(flow, _)| flow)
+            .collect();
+        let mut timed_out = Vec::with_capacity(expired.len());
+        for flow in expired {
+            // A response may have removed it meanwhile: then it did not time out.
+            if in_flight.remove(&flow).is_ok() {
+                timed_out.push(flow);
+            }
+        }
+        Ok(timed_out)
+    }
+
     /// Cumulative drop counts per (owner, reason), summed over CPUs.
     pub fn drops(&self) -> anyhow::Result<HashMap<DropKey, u64>> {
         self.sum_per_cpu(DROPS_MAP, |total: &mut u64, v| *total += v)
@@ -358,32 +431,59 @@ impl Probe {
 
 /// Why `spec` cannot run on this kernel, judged from BTF before trying.
 fn unsupported(spec: &ProgramSpec, btf: &Btf, resolved: &layout::ResolvedLayout) -> Option<String> {
-    match btf.tracepoint_args(spec.tracepoint) {
-        Err(err) => return Some(err.to_string()),
-        Ok(args) if args < spec.min_args => {
-            return Some(format!(
-                "tracepoint {} passes {args} arguments on this kernel, the program needs {}",
-                spec.tracepoint, spec.min_args
-            ));
+    match spec.hook {
+        Hook::BtfTracePoint {
+            tracepoint,
+            min_args,
+        } => match btf.tracepoint_args(tracepoint) {
+            Err(err) => return Some(err.to_string()),
+            Ok(args) if args < min_args => {
+                return Some(format!(
+                    "tracepoint {tracepoint} passes {args} arguments on this kernel, the program needs {min_args}"
+                ));
+            }
+            Ok(_) => {}
+        },
+        Hook::CgroupSkb(_) => {
+            if crate::cgroup::cgroup2_mount().is_none() {
+                return Some("cgroup v2 is not mounted".to_string());
+            }
         }
-        Ok(_) => {}
     }
     resolved.unavailable(spec.needs)
 }
 
 fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<(), String> {
-    let program: &mut BtfTracePoint = ebpf
+    let program = ebpf
         .program_mut(spec.name)
-        .ok_or_else(|| format!("program {} missing from the object", spec.name))?
-        .try_into()
-        .map_err(|e| error_chain(&e))?;
-    program
-        .load(spec.tracepoint, btf)
-        .map_err(|e| format!("load: {}", error_chain(&e)))?;
-    program
-        .attach()
-        .map_err(|e| format!("attach: {}", error_chain(&e)))?;
-    debug!("attached {} to tp_btf/{}", spec.name, spec.tracepoint);
+        .ok_or_else(|| format!("program {} missing from the object", spec.name))?;
+    match spec.hook {
+        Hook::BtfTracePoint { tracepoint, .. } => {
+            let program: &mut BtfTracePoint = program.try_into().map_err(|e| error_chain(&e))?;
+            program
+                .load(tracepoint, btf)
+                .map_err(|e| format!("load: {}", error_chain(&e)))?;
+            program
+                .attach()
+                .map_err(|e| format!("attach: {}", error_chain(&e)))?;
+            debug!("attached {} to tp_btf/{tracepoint}", spec.name);
+        }
+        Hook::CgroupSkb(attach_type) => {
+            let root = crate::cgroup::cgroup2_mount().ok_or("cgroup v2 is not mounted")?;
+            let cgroup = std::fs::File::open(&root)
+                .map_err(|e| format!("open {}: {e}", root.display()))?;
+            let program: &mut CgroupSkb = program.try_into().map_err(|e| error_chain(&e))?;
+            program
+                .load()
+                .map_err(|e| format!("load: {}", error_chain(&e)))?;
+            // On 5.7+ aya attaches with a bpf_link, which always coexists with other
+            // programs on the cgroup and takes no flags (a multi flag is EINVAL there).
+            program
+                .attach(&cgroup, attach_type, CgroupAttachMode::Single)
+                .map_err(|e| format!("attach: {}", error_chain(&e)))?;
+            debug!("attached {} to {} ({attach_type:?})", spec.name, root.display());
+        }
+    }
     Ok(())
 }
 

@@ -34,6 +34,63 @@ pub struct Workload {
     pub block: Vec<BlockReport>,
     /// CFS bandwidth: the cgroup's limit and accounting, and what the probe saw.
     pub cpu: Option<CpuReport>,
+    /// DNS lookups this workload's sockets made.
+    pub dns: Option<DnsReport>,
+}
+
+/// Response code names (RFC 1035, 2136, 6895); others as `RCODE<n>`.
+pub fn rcode_name(rcode: u8) -> String {
+    match rcode {
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        6 => "YXDOMAIN",
+        7 => "YXRRSET",
+        8 => "NXRRSET",
+        9 => "NOTAUTH",
+        10 => "NOTZONE",
+        other => return format!("RCODE{other}"),
+    }
+    .to_string()
+}
+
+/// `{ "p50", "p90", "p99", "max" }` in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct DnsReport {
+    pub queries: u64,
+    pub responses: u64,
+    /// Queries with no response within the timeout (`--dns-timeout`).
+    pub timeouts: u64,
+    /// Packets to or from port 53 that are not a parsable DNS message.
+    pub malformed: u64,
+    /// Responses that matched no query in flight (late after a timeout, or to a query
+    /// sent before the probe attached).
+    pub unmatched_responses: u64,
+    pub by_rcode: BTreeMap<String, u64>,
+    /// `A`, `AAAA`, `SRV`, `PTR`, `OTHER`, over answered queries.
+    pub by_qtype: BTreeMap<String, u64>,
+    pub latency_ms: Percentiles,
+    /// By resolver address as the client addressed it (a Service IP stays a Service IP).
+    pub by_resolver: BTreeMap<String, ResolverReport>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ResolverReport {
+    pub queries: u64,
+    pub responses: u64,
+    pub timeouts: u64,
+    pub latency_ms: Percentiles,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -125,10 +182,11 @@ impl Snapshot {
         }
         let _ = writeln!(out);
         if self.workloads.is_empty() {
-            let _ = writeln!(out, "no retransmits, drops, block IO or CPU throttling seen");
+            let _ = writeln!(out, "no retransmits, drops, DNS, block IO or CPU throttling seen");
             return out;
         }
         self.network_table(&mut out);
+        self.dns_table(&mut out);
         self.block_table(&mut out);
         self.cpu_table(&mut out);
         out
@@ -198,6 +256,38 @@ impl Snapshot {
                 ms(b.service_ms.p50),
                 ms(b.service_ms.p99),
                 ms(b.queue_ms.mean),
+            );
+        }
+    }
+
+    fn dns_table(&self, out: &mut String) {
+        let rows: Vec<(&Workload, &DnsReport)> = self
+            .workloads
+            .iter()
+            .filter_map(|w| w.dns.as_ref().map(|d| (w, d)))
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<50} {:>8} {:>9} {:>8} {:>9} {:>8} {:>8}  RESOLVERS",
+            "WORKLOAD", "QUERIES", "RESPONSES", "TIMEOUTS", "MALFORMED", "P50 ms", "P99 ms"
+        );
+        let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+        for (w, d) in rows {
+            let resolvers: Vec<&str> = d.by_resolver.keys().map(String::as_str).collect();
+            let _ = writeln!(
+                out,
+                "{:<50} {:>8} {:>9} {:>8} {:>9} {:>8} {:>8}  {}",
+                truncate_left(&w.display_name(), 50),
+                d.queries,
+                d.responses,
+                d.timeouts,
+                d.malformed,
+                ms(d.latency_ms.p50),
+                ms(d.latency_ms.p99),
+                resolvers.join(" "),
             );
         }
     }
@@ -283,6 +373,30 @@ mod tests {
                         failed_retransmits: 0,
                     },
                     drops,
+                    dns: Some(DnsReport {
+                        queries: 4,
+                        responses: 3,
+                        timeouts: 1,
+                        malformed: 2,
+                        unmatched_responses: 0,
+                        by_rcode: BTreeMap::from([("NOERROR".into(), 2), ("NXDOMAIN".into(), 1)]),
+                        by_qtype: BTreeMap::from([("A".into(), 3)]),
+                        latency_ms: Percentiles {
+                            p50: Some(25.1),
+                            p90: Some(25.3),
+                            p99: Some(25.3),
+                            max: Some(25.3),
+                        },
+                        by_resolver: BTreeMap::from([(
+                            "10.96.0.10".into(),
+                            ResolverReport {
+                                queries: 4,
+                                responses: 3,
+                                timeouts: 1,
+                                latency_ms: Percentiles::default(),
+                            },
+                        )]),
+                    }),
                     block: vec![BlockReport {
                         device: "loop0".into(),
                         op: "read".into(),
@@ -387,6 +501,20 @@ mod tests {
             assert!(cpu["stall_ms"].get(key).is_some(), "missing stall_ms.{key}");
         }
         assert!(empty["cpu"].is_null());
+        assert!(empty["dns"].is_null());
+        let dns = &w["dns"];
+        for key in ["queries", "responses", "timeouts", "malformed", "by_rcode", "latency_ms", "by_resolver"] {
+            assert!(dns.get(key).is_some(), "missing dns.{key}");
+        }
+        for key in ["p50", "p90", "p99", "max"] {
+            assert!(dns["latency_ms"].get(key).is_some(), "missing dns.latency_ms.{key}");
+        }
+        assert_eq!(dns["by_rcode"]["NXDOMAIN"], 1);
+        let resolver = &dns["by_resolver"]["10.96.0.10"];
+        for key in ["queries", "responses", "timeouts", "latency_ms"] {
+            assert!(resolver.get(key).is_some(), "missing by_resolver.{key}");
+        }
+        assert!(resolver["latency_ms"].get("p50").is_some() && resolver["latency_ms"].get("p99").is_some());
         assert_eq!(empty["block"], serde_json::json!([]));
     }
 
@@ -400,6 +528,9 @@ mod tests {
         assert!(table.contains("(unattributed)"), "{table}");
         assert!(table.contains("loop0") && table.contains("98.000"), "{table}");
         assert!(table.contains("THROTTLE ms") && table.contains("1600.0"), "{table}");
+        assert!(table.contains("TIMEOUTS") && table.contains("10.96.0.10"), "{table}");
+        assert_eq!(rcode_name(3), "NXDOMAIN");
+        assert_eq!(rcode_name(15), "RCODE15");
         assert_eq!(truncate_left("abcdef", 4), "…def");
     }
 }

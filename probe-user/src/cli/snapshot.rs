@@ -7,13 +7,14 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tuneprobe::{Collector, LoadOptions, Probe};
+use tuneprobe::{Collector, LoadOptions, Probe, collector::CollectorOptions};
 
 #[derive(Debug, clap::Args)]
 #[command(
     about = "Attach, watch for a while, print what each workload saw, exit",
-    long_about = "Attach the probes, watch for DURATION, then print per-workload TCP \
-                  retransmits and packet drops by reason, and exit.\n\n\
+    long_about = "Attach the probes, watch for DURATION, then print per workload: TCP \
+                  retransmits, packet drops by reason, DNS latency by resolver and response \
+                  code, block IO latency per device, and CPU throttling; then exit.\n\n\
                   A line containing `ready` goes to stderr once the programs are attached, \
                   so scripts know when to start their load.",
     after_help = "Examples:\n  \
@@ -28,6 +29,10 @@ pub struct Args {
     /// Print JSON (documented in the README) instead of a table.
     #[arg(long)]
     json: bool,
+
+    /// A DNS query without a response after this long counts as a timeout.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    dns_timeout: Duration,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -44,7 +49,10 @@ const TICK: Duration = Duration::from_secs(1);
 
 pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     let probe = Probe::load(options)?;
-    let mut collector = Collector::start(probe)?;
+    let options = CollectorOptions {
+        dns_timeout: args.dns_timeout,
+    };
+    let mut collector = Collector::start_with(probe, options)?;
     let statuses = collector.probe().statuses();
     let attached = statuses.iter().filter(|s| s.attached).count();
     eprintln!("ready: {attached} of {} programs attached", statuses.len());

@@ -1,0 +1,351 @@
+//! DNS latency per workload and resolver, from `cgroup_skb` programs on the root cgroup
+//! v2: egress sees every query a socket sends to port 53, ingress every response.
+//!
+//! A query and its response are matched by (socket cgroup, client address and port,
+//! server address, transaction id, transport). The parser reads a fixed maximum of
+//! bytes and counts anything it cannot parse as malformed; it never fails the packet:
+//! both programs always let it through.
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, generated::{bpf_skb_cgroup_id, bpf_skb_load_bytes}},
+    macros::{cgroup_skb, map},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    programs::SkBuffContext,
+};
+use probe_common::{
+    DnsCounters, DnsFlow, DnsLatencyKey, DnsQuery, DnsResolverKey, LatencyHistogram,
+    OverflowSlot,
+    dns::{
+        DNS_COUNTERS_MAX_KEYS, DNS_IN_FLIGHT_MAX, DNS_LATENCY_MAX_KEYS, DNS_PORT, MAX_LABELS,
+        PROTO_TCP, PROTO_UDP, QUESTION_BYTES, qtype_class,
+    },
+};
+
+use crate::aggregate;
+
+/// `probe_common::dns::DNS_IN_FLIGHT_MAP`
+#[map]
+static DNS_IN_FLIGHT: HashMap<DnsFlow, DnsQuery> = HashMap::with_max_entries(DNS_IN_FLIGHT_MAX, 0);
+
+/// `probe_common::dns::DNS_LATENCY_MAP`
+#[map]
+static DNS_LATENCY: HashMap<DnsLatencyKey, LatencyHistogram> =
+    HashMap::with_max_entries(DNS_LATENCY_MAX_KEYS, 0);
+
+/// `probe_common::dns::DNS_COUNTERS_MAP`
+#[map]
+static DNS_COUNTERS: PerCpuHashMap<DnsResolverKey, DnsCounters> =
+    PerCpuHashMap::with_max_entries(DNS_COUNTERS_MAX_KEYS, 0);
+
+static ZERO_HISTOGRAM: LatencyHistogram = LatencyHistogram::ZERO;
+
+/// Room for the question section: too large for the 512-byte BPF stack next to the keys.
+#[map]
+static QUESTION_SCRATCH: PerCpuArray<[u8; QUESTION_BYTES]> = PerCpuArray::with_max_entries(1, 0);
+
+/// cgroup_skb verdict: let the packet pass. The probe only observes.
+const PASS: i32 = 1;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const DNS_HEADER: usize = 12;
+
+#[cgroup_skb]
+pub fn dns_egress(ctx: SkBuffContext) -> i32 {
+    if let Some(packet) = parse_packet(&ctx)
+        && packet.dport == DNS_PORT
+        && packet.sport != DNS_PORT
+    {
+        on_query(&ctx, &packet);
+    }
+    PASS
+}
+
+#[cgroup_skb]
+pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
+    if let Some(packet) = parse_packet(&ctx)
+        && packet.sport == DNS_PORT
+        && packet.dport != DNS_PORT
+    {
+        on_response(&ctx, &packet);
+    }
+    PASS
+}
+
+/// Addresses, ports and where the DNS message starts.
+struct Packet {
+    proto: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+    /// Offset of the DNS message (after TCP's two-byte length prefix).
+    message: usize,
+    /// Bytes of the packet from `message` on; negative-free by construction.
+    message_len: usize,
+}
+
+#[inline(always)]
+fn parse_packet(ctx: &SkBuffContext) -> Option<Packet> {
+    let len = ctx.skb.len() as usize;
+    let (proto, src, dst, l4) = match u16::from_be(ctx.skb.protocol() as u16) {
+        ETH_P_IP => {
+            let version_ihl: u8 = ctx.load(0).ok()?;
+            let fragment: u16 = u16::from_be(ctx.load(6).ok()?);
+            // Only the first fragment carries the ports.
+            if fragment & 0x1fff != 0 {
+                return None;
+            }
+            let proto: u8 = ctx.load(9).ok()?;
+            let src: [u8; 4] = ctx.load(12).ok()?;
+            let dst: [u8; 4] = ctx.load(16).ok()?;
+            (proto, mapped(src), mapped(dst), usize::from(version_ihl & 0x0f) * 4)
+        }
+        ETH_P_IPV6 => {
+            // Extension headers before the transport header are not followed.
+            let next: u8 = ctx.load(6).ok()?;
+            (next, ctx.load(8).ok()?, ctx.load(24).ok()?, 40)
+        }
+        _ => return None,
+    };
+    let sport = u16::from_be(ctx.load(l4).ok()?);
+    let dport = u16::from_be(ctx.load(l4 + 2).ok()?);
+    let message = match proto {
+        PROTO_UDP => l4 + 8,
+        PROTO_TCP => {
+            let data_offset: u8 = ctx.load(l4 + 12).ok()?;
+            l4 + usize::from(data_offset >> 4) * 4 + 2
+        }
+        _ => return None,
+    };
+    if proto == PROTO_TCP && len <= message {
+        // SYN, ACK, FIN, or a lone length prefix: no DNS message in this segment.
+        return None;
+    }
+    Some(Packet {
+        proto,
+        src,
+        dst,
+        sport,
+        dport,
+        message,
+        message_len: len.saturating_sub(message),
+    })
+}
+
+#[inline(always)]
+fn mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// The parts of a DNS header the probe uses.
+struct Header {
+    txid: u16,
+    is_response: bool,
+    opcode: u8,
+    rcode: u8,
+    questions: u16,
+}
+
+#[inline(always)]
+fn header(ctx: &SkBuffContext, packet: &Packet) -> Option<Header> {
+    if packet.message_len < DNS_HEADER {
+        return None;
+    }
+    let raw: [u8; 6] = ctx.load(packet.message).ok()?;
+    let flags = u16::from_be_bytes([raw[2], raw[3]]);
+    Some(Header {
+        txid: u16::from_be_bytes([raw[0], raw[1]]),
+        is_response: flags & 0x8000 != 0,
+        opcode: ((flags >> 11) & 0x0f) as u8,
+        rcode: (flags & 0x0f) as u8,
+        questions: u16::from_be_bytes([raw[4], raw[5]]),
+    })
+}
+
+#[inline(always)]
+fn on_query(ctx: &SkBuffContext, packet: &Packet) {
+    // SAFETY: the context is a valid skb.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    let counters = DnsResolverKey {
+        cgroup_id,
+        resolver: packet.dst,
+    };
+    let Some(header) = header(ctx, packet) else {
+        count(&counters, malformed());
+        return;
+    };
+    if header.is_response || header.questions != 1 {
+        count(&counters, malformed());
+        return;
+    }
+    if header.opcode != 0 {
+        // NOTIFY, UPDATE, ...: DNS, but not lookups.
+        return;
+    }
+    let Some(qtype) = question_type(ctx, packet) else {
+        count(&counters, malformed());
+        return;
+    };
+    let flow = DnsFlow {
+        cgroup_id,
+        client: packet.src,
+        server: packet.dst,
+        client_port: packet.sport,
+        txid: header.txid,
+        proto: packet.proto,
+        _pad: [0; 3],
+    };
+    let query = DnsQuery {
+        // SAFETY: no preconditions.
+        sent_ns: unsafe { bpf_ktime_get_ns() },
+        qtype: qtype_class(qtype),
+        _pad: [0; 7],
+    };
+    if DNS_IN_FLIGHT.insert(&flow, &query, 0).is_err() {
+        aggregate::count_overflow(OverflowSlot::DnsInFlight);
+    }
+    count(
+        &counters,
+        DnsCounters {
+            queries: 1,
+            ..DnsCounters::default()
+        },
+    );
+}
+
+#[inline(always)]
+fn on_response(ctx: &SkBuffContext, packet: &Packet) {
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the context is a valid skb.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    let counters = DnsResolverKey {
+        cgroup_id,
+        resolver: packet.src,
+    };
+    let Some(header) = header(ctx, packet) else {
+        count(&counters, malformed());
+        return;
+    };
+    if !header.is_response || header.questions != 1 {
+        count(&counters, malformed());
+        return;
+    }
+    let flow = DnsFlow {
+        cgroup_id,
+        client: packet.dst,
+        server: packet.src,
+        client_port: packet.dport,
+        txid: header.txid,
+        proto: packet.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: copied out at once.
+    let Some(query) = (unsafe { DNS_IN_FLIGHT.get(&flow) }).copied() else {
+        count(
+            &counters,
+            DnsCounters {
+                unmatched: 1,
+                ..DnsCounters::default()
+            },
+        );
+        return;
+    };
+    let _ = DNS_IN_FLIGHT.remove(&flow);
+    count(
+        &counters,
+        DnsCounters {
+            responses: 1,
+            ..DnsCounters::default()
+        },
+    );
+    let key = DnsLatencyKey {
+        cgroup_id,
+        resolver: packet.src,
+        rcode: header.rcode,
+        qtype: query.qtype,
+        _pad: [0; 6],
+    };
+    if let Some(histogram) =
+        aggregate::shared_entry(&DNS_LATENCY, &key, &ZERO_HISTOGRAM, OverflowSlot::DnsLatency)
+    {
+        aggregate::record(histogram, now.saturating_sub(query.sent_ns));
+    }
+}
+
+/// The wire QTYPE of the single question, after walking its name's labels within the
+/// first [`QUESTION_BYTES`] bytes; `None` if the name is not a plain label sequence.
+#[inline(always)]
+fn question_type(ctx: &SkBuffContext, packet: &Packet) -> Option<u16> {
+    let available = packet.message_len.saturating_sub(DNS_HEADER);
+    // The shortest question: the root name (one byte), QTYPE and QCLASS.
+    if available < 5 {
+        return None;
+    }
+    let take = if available < QUESTION_BYTES {
+        available
+    } else {
+        QUESTION_BYTES
+    };
+    let buf = QUESTION_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU map value, used by this program run only.
+    let buf = unsafe { &mut *buf };
+    // SAFETY: `buf` holds QUESTION_BYTES and `take` is within 5..=QUESTION_BYTES.
+    let loaded = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            (packet.message + DNS_HEADER) as u32,
+            buf.as_mut_ptr().cast(),
+            take as u32,
+        )
+    };
+    if loaded != 0 {
+        return None;
+    }
+    let mut pos = 0usize;
+    let mut ended = false;
+    for _ in 0..MAX_LABELS {
+        if pos >= take {
+            return None;
+        }
+        let label = buf[pos & (QUESTION_BYTES - 1)];
+        if label == 0 {
+            ended = true;
+            break;
+        }
+        // A compression pointer (or a reserved label type) cannot start a question name.
+        if label & 0xc0 != 0 {
+            return None;
+        }
+        pos += usize::from(label) + 1;
+    }
+    // QTYPE and QCLASS follow the terminating zero.
+    if !ended || pos + 4 >= take {
+        return None;
+    }
+    let high = buf[(pos + 1) & (QUESTION_BYTES - 1)];
+    let low = buf[(pos + 2) & (QUESTION_BYTES - 1)];
+    Some(u16::from_be_bytes([high, low]))
+}
+
+#[inline(always)]
+fn malformed() -> DnsCounters {
+    DnsCounters {
+        malformed: 1,
+        ..DnsCounters::default()
+    }
+}
+
+#[inline(always)]
+fn count(key: &DnsResolverKey, delta: DnsCounters) {
+    aggregate::add(
+        &DNS_COUNTERS,
+        key,
+        &delta,
+        OverflowSlot::DnsCounters,
+        |counters| counters.add(&delta),
+    );
+}
