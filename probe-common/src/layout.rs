@@ -70,7 +70,8 @@ pub struct KernelLayout {
     /// `cgroup_subsys_state.cgroup`
     pub css_cgroup: u32,
     /// 1: the throttle flag is on the task (`task_struct.throttled`, 6.18+);
-    /// 0: on its cfs_rq (`task_struct.se.cfs_rq->throttled`).
+    /// 0: on its cfs_rq (`task_struct.se.cfs_rq->throttle_count`, non-zero while it or
+    /// an ancestor is throttled).
     pub throttle_per_task: u32,
     /// Byte holding the throttle flag, in the task or in the cfs_rq.
     pub throttled_byte: u32,
@@ -78,6 +79,9 @@ pub struct KernelLayout {
     pub throttled_mask: u32,
     /// `task_struct.se.cfs_rq`, when the flag is on the cfs_rq.
     pub task_cfs_rq: u32,
+    /// 1 if `sched_switch` passes `prev_state` (5.18+): with the cfs_rq flag, a task
+    /// that blocked is not a throttled one.
+    pub sched_switch_has_prev_state: u32,
 }
 
 impl KernelLayout {
@@ -114,5 +118,6 @@ impl KernelLayout {
         throttled_byte: 0,
         throttled_mask: 0,
         task_cfs_rq: 0,
+        sched_switch_has_prev_state: 0,
     };
 }

@@ -48,19 +48,30 @@ pub fn block_rq_insert(ctx: BtfTracePointContext) -> i32 {
 pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
     let rq: *const u8 = ctx.arg(0);
     let now = now();
-    match BLOCK_IN_FLIGHT.get_ptr_mut(&(rq as u64)) {
-        // SAFETY: map value pointer; one request is issued by one CPU at a time.
-        Some(state) => unsafe { (*state).issue_ns = now },
-        None => {
-            // Issued directly, without a scheduler insert: no queue time.
-            let state = InFlightRequest {
-                insert_ns: 0,
-                issue_ns: now,
-                key: request_key(&kernel::layout(), rq),
-            };
-            let _ = BLOCK_IN_FLIGHT.insert(&(rq as u64), &state, 0);
-        }
-    }
+    let key = request_key(&kernel::layout(), rq);
+    // SAFETY: copied out at once.
+    let inserted = (unsafe { BLOCK_IN_FLIGHT.get(&(rq as u64)) }).copied();
+    // Only a fresh insert of this same request counts as its queueing; anything else
+    // is state left from an earlier use of the request struct.
+    let insert_ns = match inserted {
+        Some(state) if state.issue_ns == 0 && state.key == key => state.insert_ns,
+        // Issued directly, without a scheduler insert: no queue time.
+        _ => 0,
+    };
+    let state = InFlightRequest {
+        insert_ns,
+        issue_ns: now,
+        key,
+    };
+    let _ = BLOCK_IN_FLIGHT.insert(&(rq as u64), &state, 0);
+    0
+}
+
+/// A request merged into another is freed without completing: forget it.
+#[btf_tracepoint(function = "block_rq_merge")]
+pub fn block_rq_merge(ctx: BtfTracePointContext) -> i32 {
+    let rq: *const u8 = ctx.arg(0);
+    let _ = BLOCK_IN_FLIGHT.remove(&(rq as u64));
     0
 }
 
@@ -94,9 +105,10 @@ fn try_block_rq_complete(ctx: &BtfTracePointContext) {
             aggregate::atomic_add(&raw mut (*stats).errors, 1);
         }
     }
-    // A partial completion (the driver finished part of the request) is not the end.
+    // A partial completion (the driver finished part of the request, with or without
+    // an error) is not the end: `__data_len` still holds what was left before it.
     let remaining: u32 = kernel::read(rq, layout.request_data_len).unwrap_or(0);
-    if nr_bytes < remaining && error == 0 {
+    if nr_bytes < remaining {
         return;
     }
     let _ = BLOCK_IN_FLIGHT.remove(&id);

@@ -36,11 +36,22 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let next: *const u8 = ctx.arg(2);
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if is_throttled(&layout, prev) {
+    if is_throttled(&layout, prev) && (layout.throttle_per_task != 0 || still_runnable(&layout, &ctx)) {
         switched_out_throttled(&layout, prev, now);
     }
     switched_in(&layout, next, now);
     0
+}
+
+/// With the cfs_rq flag, a task that blocked (sleep, IO) while its group was throttled
+/// was not switched out by the throttle. `prev_state` 0 is `TASK_RUNNING`.
+#[inline(always)]
+fn still_runnable(layout: &KernelLayout, ctx: &BtfTracePointContext) -> bool {
+    if layout.sched_switch_has_prev_state == 0 {
+        return true;
+    }
+    let prev_state: u32 = ctx.arg(3);
+    prev_state == 0
 }
 
 #[inline(always)]

@@ -316,12 +316,14 @@ impl Btf {
         let mut parts = path.split('.').peekable();
         while let Some(part) = parts.next() {
             let (offset, member) =
-                find_member(self, members, part).ok_or_else(|| BtfError::MissingField {
+                find_member(self, members, part, 0).ok_or_else(|| BtfError::MissingField {
                     ty: current.clone(),
                     field: part.to_string(),
                     path: full.clone(),
                 })?;
-            bits += offset;
+            bits = bits
+                .checked_add(offset)
+                .ok_or_else(|| BtfError::Malformed(format!("offset of {full} overflows")))?;
             if parts.peek().is_none() {
                 return Ok((bits, member.bitfield_size));
             }
@@ -405,18 +407,30 @@ impl Btf {
     }
 }
 
+/// Anonymous structs nest a few levels in real kernels; a deeper (or cyclic) chain is
+/// malformed BTF.
+const MAX_ANONYMOUS_DEPTH: u32 = 16;
+
 /// Finds `name` among `members`, descending into anonymous structs and unions.
 /// Returns the member's bit offset from the start of `members`' struct.
-fn find_member<'a>(btf: &'a Btf, members: &'a [Member], name: &str) -> Option<(u32, &'a Member)> {
+fn find_member<'a>(
+    btf: &'a Btf,
+    members: &'a [Member],
+    name: &str,
+    depth: u32,
+) -> Option<(u32, &'a Member)> {
+    if depth > MAX_ANONYMOUS_DEPTH {
+        return None;
+    }
     for member in members {
         if member.name == name {
             return Some((member.bit_offset, member));
         }
         if member.name.is_empty()
             && let Type::Composite { members: inner, .. } = btf.resolve(member.type_id)
-            && let Some((offset, found)) = find_member(btf, inner, name)
+            && let Some((offset, found)) = find_member(btf, inner, name, depth + 1)
         {
-            return Some((member.bit_offset + offset, found));
+            return Some((member.bit_offset.checked_add(offset)?, found));
         }
     }
     None

@@ -99,6 +99,8 @@ fn unescape_mount(s: &str) -> String {
 pub struct CgroupPaths {
     root: PathBuf,
     by_id: HashMap<u64, String>,
+    /// Ids a walk did not find (removed before it): not walked for again.
+    missing: std::collections::HashSet<u64>,
 }
 
 impl CgroupPaths {
@@ -106,6 +108,7 @@ impl CgroupPaths {
         let mut paths = Self {
             root,
             by_id: HashMap::new(),
+            missing: std::collections::HashSet::new(),
         };
         paths.refresh();
         paths
@@ -138,9 +141,9 @@ impl CgroupPaths {
         }
     }
 
-    /// Path of `id`, walking the hierarchy once more if it is not known yet.
+    /// Path of `id`, walking the hierarchy once more the first time it is not known.
     pub fn path(&mut self, id: u64) -> Option<String> {
-        if !self.by_id.contains_key(&id) {
+        if !self.by_id.contains_key(&id) && self.missing.insert(id) {
             self.refresh();
         }
         self.by_id.get(&id).cloned()
@@ -416,5 +419,7 @@ mod tests {
         assert_eq!(paths.path(root_id).as_deref(), Some("/"));
         assert_eq!(paths.id_of("/"), Some(root_id));
         assert_eq!(paths.path(u64::MAX), None);
+        // A second lookup of an unknown id does not walk again.
+        assert!(paths.missing.contains(&u64::MAX));
     }
 }

@@ -7,7 +7,7 @@
 //! kubelet gives them the same path in every hierarchy.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv6Addr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -104,7 +104,6 @@ pub struct Collector {
     listen_last: HashMap<u32, ListenCounters>,
     /// cpu cgroups with a quota, by path.
     cpu_watch: HashMap<String, CpuWatch>,
-    cpu_checked: HashSet<String>,
     options: CollectorOptions,
     /// DNS queries that timed out during the window, per (workload, resolver).
     dns_timeouts: HashMap<DnsResolverKey, u64>,
@@ -142,7 +141,6 @@ impl Collector {
             listen_first: HashMap::new(),
             listen_last: HashMap::new(),
             cpu_watch: HashMap::new(),
-            cpu_checked: HashSet::new(),
             options,
             dns_timeouts: HashMap::new(),
         };
@@ -222,9 +220,8 @@ impl Collector {
                 }
                 continue;
             }
-            if !self.cpu_checked.insert(path.clone()) {
-                continue;
-            }
+            // Checked again every tick: a quota may be set after the cgroup appears
+            // (runtimes create, then configure) or changed later (in-place resize).
             let (Some(limit), Some(first)) = (CpuLimit::read(&dir), CpuAccounting::read(&dir))
             else {
                 continue;
@@ -257,9 +254,9 @@ impl Collector {
         for (key, counters) in &now.retransmits {
             let before = baseline.retransmits.get(key).copied().unwrap_or_default();
             let delta = RetransmitCounters {
-                retransmits: counters.retransmits - before.retransmits,
-                segments: counters.segments - before.segments,
-                failed: counters.failed - before.failed,
+                retransmits: counters.retransmits.saturating_sub(before.retransmits),
+                segments: counters.segments.saturating_sub(before.segments),
+                failed: counters.failed.saturating_sub(before.failed),
             };
             if delta == RetransmitCounters::default() {
                 continue;
@@ -272,7 +269,7 @@ impl Collector {
         }
 
         for (key, &count) in &now.drops {
-            let delta = count - baseline.drops.get(key).copied().unwrap_or(0);
+            let delta = count.saturating_sub(baseline.drops.get(key).copied().unwrap_or(0));
             if delta == 0 {
                 continue;
             }
@@ -309,8 +306,9 @@ impl Collector {
                 device,
                 op: block_ops.name(key.op).to_string(),
                 requests: service.count,
-                bytes: stats.bytes - before.bytes,
-                errors: stats.errors - before.errors,
+                // Shared values are read while the kernel adds to them: never underflow.
+                bytes: stats.bytes.saturating_sub(before.bytes),
+                errors: stats.errors.saturating_sub(before.errors),
                 service_ms: LatencySummary::of(&service),
                 queue_ms: LatencySummary::of(&queue),
             };
@@ -320,7 +318,7 @@ impl Collector {
         let mut cpu_paths: BTreeMap<String, CpuReport> = BTreeMap::new();
         for (&id, stats) in &now.throttle {
             let before = baseline.throttle.get(&id).copied().unwrap_or(ThrottleStats::ZERO);
-            let events = stats.events - before.events;
+            let events = stats.events.saturating_sub(before.events);
             if events == 0 {
                 continue;
             }

@@ -38,7 +38,9 @@ pub const CSS_CGROUP: FieldPath = ("cgroup_subsys_state", "cgroup");
 /// The throttle flag: per task on 6.18+, else on the task's cfs_rq.
 pub const TASK_THROTTLED: FieldPath = ("task_struct", "throttled");
 pub const TASK_CFS_RQ: FieldPath = ("task_struct", "se.cfs_rq");
-pub const CFS_RQ_THROTTLED: FieldPath = ("cfs_rq", "throttled");
+/// Non-zero while the cfs_rq or any ancestor is throttled (a child group of a throttled
+/// pod has `throttled == 0`).
+pub const CFS_RQ_THROTTLE_COUNT: FieldPath = ("cfs_rq", "throttle_count");
 /// Not a field: the `cpu_cgrp_id` value of `enum cgroup_subsys_id`.
 pub const CPU_CGRP_ID: FieldPath = ("cgroup_subsys_id", "cpu_cgrp_id");
 
@@ -85,7 +87,7 @@ pub fn resolve(btf: &Btf) -> ResolvedLayout {
     let layout = KernelLayout {
         sk_buff_sk: offset(SK_BUFF_SK),
         sk_buff_dev: offset(SK_BUFF_DEV),
-        sk_buff_tcp_gso_segs: sk_buff_cb + gso_segs,
+        sk_buff_tcp_gso_segs: sk_buff_cb.saturating_add(gso_segs),
         sock_state: offset(SOCK_STATE),
         sock_net: offset(SOCK_NET),
         sock_cgroup: offset(SOCK_CGROUP),
@@ -115,12 +117,15 @@ pub fn resolve(btf: &Btf) -> ResolvedLayout {
         task_pid: offset(TASK_PID),
         task_cgroups: offset(TASK_CGROUPS),
         // `subsys` is an array of css pointers indexed by subsystem id.
-        css_set_cpu_css: css_set_subsys + 8 * cpu_cgrp_id,
+        css_set_cpu_css: css_set_subsys.saturating_add(cpu_cgrp_id.saturating_mul(8)),
         css_cgroup: offset(CSS_CGROUP),
         throttle_per_task: throttle.per_task,
         throttled_byte: throttle.byte,
         throttled_mask: throttle.mask,
         task_cfs_rq: throttle.task_cfs_rq,
+        sched_switch_has_prev_state: u32::from(
+            btf.tracepoint_args("sched_switch").unwrap_or(0) >= 4,
+        ),
     };
     ResolvedLayout { layout, missing }
 }
@@ -132,7 +137,8 @@ struct ThrottleFlag {
     task_cfs_rq: u32,
 }
 
-/// 6.18 marks throttled tasks themselves; older kernels mark the task's cfs_rq.
+/// 6.18 marks throttled tasks themselves; older kernels count throttles on the task's
+/// cfs_rq (`throttle_count` covers throttled ancestors too).
 fn throttle_flag(btf: &Btf, missing: &mut HashMap<FieldPath, String>) -> ThrottleFlag {
     if let Ok((byte, mask)) = btf.flag_location(TASK_THROTTLED.0, TASK_THROTTLED.1) {
         return ThrottleFlag {
@@ -143,7 +149,7 @@ fn throttle_flag(btf: &Btf, missing: &mut HashMap<FieldPath, String>) -> Throttl
         };
     }
     let cfs_rq = btf.field_offset(TASK_CFS_RQ.0, TASK_CFS_RQ.1);
-    let flag = btf.flag_location(CFS_RQ_THROTTLED.0, CFS_RQ_THROTTLED.1);
+    let flag = btf.flag_location(CFS_RQ_THROTTLE_COUNT.0, CFS_RQ_THROTTLE_COUNT.1);
     match (cfs_rq, flag) {
         (Ok(cfs_rq), Ok((byte, mask))) => ThrottleFlag {
             per_task: 0,
@@ -154,7 +160,7 @@ fn throttle_flag(btf: &Btf, missing: &mut HashMap<FieldPath, String>) -> Throttl
         (Err(err), _) | (_, Err(err)) => {
             missing.insert(
                 TASK_THROTTLED,
-                format!("neither task_struct.throttled nor cfs_rq.throttled: {err}"),
+                format!("neither task_struct.throttled nor cfs_rq.throttle_count: {err}"),
             );
             ThrottleFlag {
                 per_task: 0,

@@ -131,6 +131,15 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         needs: BLOCK_REQUEST_FIELDS,
     },
     ProgramSpec {
+        name: "block_rq_merge",
+        signal: Signal::BlockIo,
+        hook: Hook::BtfTracePoint {
+            tracepoint: "block_rq_merge",
+            min_args: 1,
+        },
+        needs: &[],
+    },
+    ProgramSpec {
         name: "block_rq_complete",
         signal: Signal::BlockIo,
         // (rq, error, nr_bytes)

@@ -26,11 +26,12 @@ pub const ADDR_A: &str = "10.200.0.1";
 /// Address of side B (the server side).
 pub const ADDR_B: &str = "10.200.0.2";
 
-/// A short name unique to this process and call.
+/// A short name unique to this call: a random part (a killed earlier run may have left
+/// names behind) and a counter (calls within this run).
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+    format!("{prefix}{}x{n}", random_hex(6))
 }
 
 fn random_hex(len: usize) -> String {
@@ -98,22 +99,10 @@ impl NetnsPair {
             (&pair.a, &pair.dev_a, ADDR_A),
             (&pair.b, &pair.dev_b, ADDR_B),
         ] {
-            pair.exec(
-                ns,
-                &[
-                    "sh",
-                    "-c",
-                    "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6",
-                ],
-            );
-            pair.exec(
-                ns,
-                &[
-                    "sh",
-                    "-c",
-                    "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6",
-                ],
-            );
+            // No IPv6 on the veth (no router solicitations, no MLD): only the test's own
+            // packets cross it. Loopback keeps ::1 for the IPv6 tests.
+            let disable = format!("echo 1 > /proc/sys/net/ipv6/conf/{dev}/disable_ipv6");
+            pair.exec(ns, &["sh", "-c", &disable]);
             sh(&[
                 "ip",
                 "-n",
@@ -167,6 +156,16 @@ impl NetnsPair {
             .and_then(|s| s.split_whitespace().next())
             .unwrap_or_else(|| panic!("no MAC in {out}"))
             .to_string()
+    }
+
+    /// Adds another address to side B (a second resolver, say), reachable from A.
+    pub fn add_address_b(&self, addr: &str) {
+        sh(&["ip", "-n", &self.b, "addr", "add", &format!("{addr}/24"), "dev", &self.dev_b]);
+        let mac_b = self.mac(&self.b, &self.dev_b);
+        sh(&[
+            "ip", "-n", &self.a, "neigh", "replace", addr, "lladdr", &mac_b, "dev", &self.dev_a,
+            "nud", "permanent",
+        ]);
     }
 
     /// Runs a command inside namespace `ns` and returns its stdout.
@@ -270,6 +269,24 @@ impl PodCgroup {
         for mount in &pod.mounts {
             fs::create_dir_all(join(mount, &pod.pod_path)).expect("create pod cgroup");
         }
+        // On a unified node the controllers must be enabled down to the containers.
+        let on_unified: Vec<&str> = controllers
+            .iter()
+            .filter(|c| match **c {
+                "cpu" => hierarchies.cpu == hierarchies.unified,
+                _ => hierarchies.blkio == hierarchies.unified,
+            })
+            .map(|c| if *c == "blkio" { "io" } else { *c })
+            .collect();
+        if !on_unified.is_empty() {
+            let enable: String = on_unified.iter().map(|c| format!("+{c} ")).collect();
+            let mut dir = unified.clone();
+            fs::write(dir.join("cgroup.subtree_control"), enable.trim()).expect("enable controllers");
+            for segment in pod.pod_path.trim_start_matches('/').split('/') {
+                dir.push(segment);
+                fs::write(dir.join("cgroup.subtree_control"), enable.trim()).expect("enable controllers");
+            }
+        }
         pod
     }
 
@@ -309,14 +326,21 @@ impl Default for PodCgroup {
 impl Drop for PodCgroup {
     fn drop(&mut self) {
         for mount in &self.mounts {
-            // Kill whatever is left inside, then remove directories deepest first.
+            // Kill whatever is left inside, again until nothing is (a process may fork
+            // while we kill), then remove directories deepest first.
+            let deadline = Instant::now() + Duration::from_secs(5);
             for container in &self.containers {
                 let procs = join(mount, container).join("cgroup.procs");
-                if let Ok(pids) = fs::read_to_string(&procs) {
-                    for pid in pids.lines().filter_map(|p| p.parse::<i32>().ok()) {
+                while let Ok(pids) = fs::read_to_string(&procs) {
+                    let pids: Vec<i32> = pids.lines().filter_map(|p| p.parse().ok()).collect();
+                    if pids.is_empty() || Instant::now() > deadline {
+                        break;
+                    }
+                    for pid in pids {
                         // SAFETY: plain syscall.
                         unsafe { libc::kill(pid, libc::SIGKILL) };
                     }
+                    std::thread::sleep(Duration::from_millis(10));
                 }
             }
             let mut dirs: Vec<PathBuf> = Vec::new();
@@ -333,7 +357,6 @@ impl Drop for PodCgroup {
                 dirs.push(dir);
             }
             dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-            let deadline = Instant::now() + Duration::from_secs(5);
             for dir in dirs {
                 // A killed process leaves its cgroup a moment later.
                 while fs::remove_dir(&dir).is_err() && dir.exists() && Instant::now() < deadline {

@@ -53,11 +53,14 @@ fn snapshot_json_reports_probes_and_the_pod_that_dropped() {
     let duration = json["duration_s"].as_f64().unwrap();
     assert!((3.0..6.0).contains(&duration), "{duration}");
     let probes = json["probes"].as_array().unwrap();
-    assert_eq!(probes.len(), 2);
+    let signals = ["tcp_retransmit", "drops", "dns", "block_io", "cpu_throttle"];
     for probe in probes {
         assert_eq!(probe["attached"], true, "{probe}");
         assert!(probe["error"].is_null());
-        assert!(["tcp_retransmit", "drops"].contains(&probe["signal"].as_str().unwrap()));
+        assert!(signals.contains(&probe["signal"].as_str().unwrap()), "{probe}");
+    }
+    for signal in signals {
+        assert!(probes.iter().any(|p| p["signal"] == signal), "no probe for {signal}");
     }
     assert_eq!(json["map_overflows"]["DROPS"], 0);
 
