@@ -234,13 +234,18 @@ impl Collector {
 
     /// Ends the window: counter deltas since [`start`](Self::start), per workload.
     pub fn finish(mut self) -> anyhow::Result<Snapshot> {
+        self.report()
+    }
+
+    /// The window so far, without ending it.
+    pub fn report(&mut self) -> anyhow::Result<Snapshot> {
         self.tick()?;
         let now = Counters::read(&self.probe)?;
         let reasons = self.probe.drop_reasons().clone();
         let block_ops = self.probe.block_ops().clone();
         let sys_root = self.sys_root.clone();
-        let baseline = std::mem::take(&mut self.baseline);
-        let cpu_watch = std::mem::take(&mut self.cpu_watch);
+        let baseline = self.baseline.clone();
+        let cpu_watch = self.cpu_watch.clone();
         let listen: Vec<(u32, u64)> = self
             .listen_last
             .iter()
@@ -249,7 +254,7 @@ impl Collector {
                 (netns, last.since(&first).overflows)
             })
             .collect();
-        let mut builder = Builder::new(&mut self);
+        let mut builder = Builder::new(self);
 
         for (key, counters) in &now.retransmits {
             let before = baseline.retransmits.get(key).copied().unwrap_or_default();
@@ -349,7 +354,7 @@ impl Collector {
             cpu.throttled_ms = histogram::round_ms(window.throttled_ns as f64 / 1e6);
         }
 
-        let dns_timeouts = std::mem::take(&mut builder.collector.dns_timeouts);
+        let dns_timeouts = builder.collector.dns_timeouts.clone();
         for (cgroup_id, report) in dns_reports(&now, &baseline, &dns_timeouts) {
             builder.by_cgroup(Hierarchy::Unified, cgroup_id, None).dns = Some(report);
         }

@@ -8,6 +8,12 @@
 //! testload tcp-listen ADDR:PORT BACKLOG       listen with BACKLOG, never accept
 //! testload tcp-connect-burst ADDR:PORT COUNT MS   start COUNT connects, exit after MS
 //! testload busy MS                            spin on the CPU for MS milliseconds
+//! testload dns-server ADDR:PORT DELAY_MS RCODE|never
+//!                                             answer DNS over UDP and TCP after DELAY_MS
+//! testload dns-query ADDR:PORT NAME COUNT udp|tcp TIMEOUT_MS
+//!                                             COUNT sequential queries; prints
+//!                                             `answered N median_ms M` (M as the client saw it)
+//! testload dns-garbage ADDR:PORT COUNT        COUNT random-byte and COUNT truncated datagrams
 //! testload pause                              sleep until killed
 
 use std::{
@@ -37,6 +43,15 @@ fn main() {
         "tcp-listen" => tcp_listen(addr(), num(2) as i32),
         "tcp-connect-burst" => tcp_connect_burst(addr(), num(2), num(3) as u64),
         "busy" => busy(Duration::from_millis(num(1) as u64)),
+        "dns-server" => dns::server(addr(), Duration::from_millis(num(2) as u64), arg(3)),
+        "dns-query" => dns::query(
+            addr(),
+            arg(2),
+            num(3),
+            arg(4) == "tcp",
+            Duration::from_millis(num(5) as u64),
+        ),
+        "dns-garbage" => dns::garbage(addr(), num(2)),
         "pause" => pause(),
         other => {
             eprintln!("testload: unknown mode {other}");
@@ -139,4 +154,161 @@ fn tcp_connect_burst(addr: SocketAddr, count: usize, wait_ms: u64) {
     thread::sleep(Duration::from_millis(wait_ms));
     // Closing sockets still in SYN_SENT sends nothing, so no SYN is retried after exit.
     drop(sockets);
+}
+
+/// A minimal DNS client and server, enough to drive the probe with known latencies.
+mod dns {
+    use std::{
+        io::{Read as _, Write as _},
+        net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+        thread,
+        time::Duration,
+    };
+
+    /// A query for `name`, type A, class IN, recursion desired.
+    pub fn message(txid: u16, name: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + name.len());
+        out.extend_from_slice(&txid.to_be_bytes());
+        out.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+        for label in name.split('.').filter(|l| !l.is_empty()) {
+            out.push(label.len() as u8);
+            out.extend_from_slice(label.as_bytes());
+        }
+        out.extend_from_slice(&[0, 0, 1, 0, 1]);
+        out
+    }
+
+    /// The response to `query`: same id and question, QR and RA set, `rcode`, no answers.
+    fn answer(query: &[u8], rcode: u8) -> Option<Vec<u8>> {
+        if query.len() < 12 {
+            return None;
+        }
+        let mut out = query.to_vec();
+        out[2] = 0x81;
+        out[3] = 0x80 | (rcode & 0x0f);
+        Some(out)
+    }
+
+    pub fn server(addr: SocketAddr, delay: Duration, rcode: &str) {
+        let rcode: Option<u8> = (rcode != "never").then(|| rcode.parse().expect("RCODE"));
+        let udp = UdpSocket::bind(addr).expect("bind udp");
+        let tcp = TcpListener::bind(addr).expect("bind tcp");
+        thread::spawn(move || {
+            for stream in tcp.incoming().flatten() {
+                thread::spawn(move || serve_tcp(stream, delay, rcode));
+            }
+        });
+        super::ready();
+        let mut buf = [0u8; 1500];
+        loop {
+            let Ok((n, peer)) = udp.recv_from(&mut buf) else {
+                continue;
+            };
+            thread::sleep(delay);
+            if let Some(reply) = rcode.and_then(|rcode| answer(&buf[..n], rcode)) {
+                let _ = udp.send_to(&reply, peer);
+            }
+        }
+    }
+
+    fn serve_tcp(mut stream: TcpStream, delay: Duration, rcode: Option<u8>) {
+        loop {
+            let mut len = [0u8; 2];
+            if stream.read_exact(&mut len).is_err() {
+                return;
+            }
+            let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            if stream.read_exact(&mut query).is_err() {
+                return;
+            }
+            thread::sleep(delay);
+            if let Some(reply) = rcode.and_then(|rcode| answer(&query, rcode)) {
+                let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+                framed.extend_from_slice(&reply);
+                // One write: the length prefix and the message in one segment.
+                if stream.write_all(&framed).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    pub fn query(server: SocketAddr, name: &str, count: usize, tcp: bool, timeout: Duration) {
+        let mut latencies = Vec::with_capacity(count);
+        for i in 0..count {
+            let txid = 0x1000 + i as u16;
+            let query = message(txid, name);
+            let started = std::time::Instant::now();
+            let ok = if tcp {
+                query_tcp(server, &query, timeout)
+            } else {
+                query_udp(server, &query, timeout)
+            };
+            if ok {
+                latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        latencies.sort_by(f64::total_cmp);
+        let median = latencies.get(latencies.len() / 2).copied().unwrap_or(0.0);
+        println!("answered {} median_ms {median:.3}", latencies.len());
+    }
+
+    fn query_udp(server: SocketAddr, query: &[u8], timeout: Duration) -> bool {
+        let local: SocketAddr = if server.is_ipv6() {
+            "[::]:0".parse().unwrap()
+        } else {
+            "0.0.0.0:0".parse().unwrap()
+        };
+        let socket = UdpSocket::bind(local).expect("bind");
+        socket.set_read_timeout(Some(timeout)).expect("timeout");
+        if socket.send_to(query, server).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 1500];
+        matches!(socket.recv_from(&mut buf), Ok((n, _)) if n >= 2 && buf[..2] == query[..2])
+    }
+
+    fn query_tcp(server: SocketAddr, query: &[u8], timeout: Duration) -> bool {
+        let Ok(mut stream) = TcpStream::connect_timeout(&server, timeout) else {
+            return false;
+        };
+        stream.set_read_timeout(Some(timeout)).expect("timeout");
+        let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(query);
+        if stream.write_all(&framed).is_err() {
+            return false;
+        }
+        let mut len = [0u8; 2];
+        let mut reply = [0u8; 2];
+        stream.read_exact(&mut len).is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && reply == query[..2]
+    }
+
+    /// Deterministic noise: a fixed-seed xorshift, so every run sends the same bytes.
+    /// None of them has exactly one question, so none can pass for a query.
+    pub fn garbage(server: SocketAddr, count: usize) {
+        let socket = UdpSocket::bind(if server.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })
+            .expect("bind");
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut sent = 0;
+        for i in 0..count {
+            let len = 13 + (next() % 48) as usize;
+            let mut packet: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if packet[4..6] == [0, 1] {
+                packet[5] = 2;
+            }
+            sent += usize::from(socket.send_to(&packet, server).is_ok());
+            // Truncated: shorter than a DNS header.
+            let short = &message(i as u16, "x.test")[..5];
+            sent += usize::from(socket.send_to(short, server).is_ok());
+        }
+        println!("sent {sent}");
+    }
 }
