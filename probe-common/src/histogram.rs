@@ -3,36 +3,53 @@
 //! different buckets) and 100 buckets reach past 25 s; longer values share the last
 //! bucket (the maximum stays exact).
 
-/// Buckets per histogram.
+/// Buckets of the default histogram (block IO, CPU stalls).
 pub const HISTOGRAM_BUCKETS: usize = 100;
-/// Buckets per power of two, as a shift: 2 bits -> 4 sub-buckets.
-const SUB_BITS: u32 = 2;
-const SUB_COUNT: u64 = 1 << SUB_BITS;
+/// Sub-buckets per power of two, as a shift: 2 bits -> 4, each at most 25% wide.
+pub const SUB_BITS: u32 = 2;
 
-/// Count, exact sum, extremes, plus the bucket counts. The extremes let a percentile
+/// DNS latency is judged to the millisecond at 100 ms (a 1% step), so its histogram is
+/// finer: 32 sub-buckets per power of two (at most ~3% wide), from 1 µs to past 8 s.
+pub const DNS_SUB_BITS: u32 = 5;
+pub const DNS_BUCKETS: usize = 1 + 23 * (1 << DNS_SUB_BITS);
+pub type DnsHistogram = LatencyHistogram<DNS_BUCKETS, DNS_SUB_BITS>;
+
+/// Count, exact sum, extremes, plus the bucket counts: `N` log-linear buckets over
+/// microseconds with `2^SUB_BITS` per power of two. The extremes let a percentile
 /// estimate stay within what was observed when samples crowd into one bucket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LatencyHistogram {
+pub struct LatencyHistogram<const N: usize = HISTOGRAM_BUCKETS, const SUB: u32 = SUB_BITS> {
     pub count: u64,
     pub sum_ns: u64,
     pub max_ns: u64,
     /// Smallest sample; meaningless while `count` is 0.
     pub min_ns: u64,
-    pub buckets: [u64; HISTOGRAM_BUCKETS],
+    pub buckets: [u64; N],
 }
 
-impl LatencyHistogram {
+impl<const N: usize, const SUB: u32> LatencyHistogram<N, SUB> {
     pub const ZERO: Self = Self {
         count: 0,
         sum_ns: 0,
         max_ns: 0,
         min_ns: 0,
-        buckets: [0; HISTOGRAM_BUCKETS],
+        buckets: [0; N],
     };
+
+    /// The bucket of a duration in this histogram.
+    #[inline(always)]
+    pub fn bucket(ns: u64) -> usize {
+        bucket_index_with(ns, SUB, N)
+    }
+
+    /// `[lower, upper)` of a bucket in microseconds.
+    pub fn bounds_us(index: usize) -> (u64, u64) {
+        bucket_bounds_with(index, SUB)
+    }
 }
 
-impl Default for LatencyHistogram {
+impl<const N: usize, const SUB: u32> Default for LatencyHistogram<N, SUB> {
     fn default() -> Self {
         Self::ZERO
     }
@@ -68,38 +85,46 @@ pub fn log2(mut v: u64) -> u32 {
     r
 }
 
-/// The bucket of a duration: 0 below 1 µs, then four per power of two of microseconds.
+/// The bucket of a duration in the default histogram: 0 below 1 µs, then four per power
+/// of two of microseconds.
 #[inline(always)]
 pub fn bucket_index(ns: u64) -> usize {
+    bucket_index_with(ns, SUB_BITS, HISTOGRAM_BUCKETS)
+}
+
+/// `[lower, upper)` of a default-histogram bucket in microseconds.
+pub fn bucket_bounds_us(index: usize) -> (u64, u64) {
+    bucket_bounds_with(index, SUB_BITS)
+}
+
+#[inline(always)]
+fn bucket_index_with(ns: u64, sub_bits: u32, buckets: usize) -> usize {
     let us = ns / 1000;
     if us == 0 {
         return 0;
     }
     let exp = log2(us);
-    let sub = if exp >= SUB_BITS {
-        (us >> (exp - SUB_BITS)) & (SUB_COUNT - 1)
+    let sub_mask = (1u64 << sub_bits) - 1;
+    let sub = if exp >= sub_bits {
+        (us >> (exp - sub_bits)) & sub_mask
     } else {
-        (us << (SUB_BITS - exp)) & (SUB_COUNT - 1)
+        (us << (sub_bits - exp)) & sub_mask
     };
-    let index = 1 + (exp as usize) * SUB_COUNT as usize + sub as usize;
-    if index < HISTOGRAM_BUCKETS {
-        index
-    } else {
-        HISTOGRAM_BUCKETS - 1
-    }
+    let index = 1 + ((exp as usize) << sub_bits) + sub as usize;
+    if index < buckets { index } else { buckets - 1 }
 }
 
-/// `[lower, upper)` of a bucket in microseconds.
-pub fn bucket_bounds_us(index: usize) -> (u64, u64) {
+fn bucket_bounds_with(index: usize, sub_bits: u32) -> (u64, u64) {
     if index == 0 {
         return (0, 1);
     }
-    let exp = ((index - 1) / SUB_COUNT as usize) as u32;
-    let sub = ((index - 1) % SUB_COUNT as usize) as u64;
+    let sub_count = 1u64 << sub_bits;
+    let exp = ((index - 1) >> sub_bits) as u32;
+    let sub = ((index - 1) as u64) & (sub_count - 1);
     let base = 1u64 << exp;
-    // Below 4 µs some buckets are empty: bounds stay ordered and non-overlapping.
-    let lower = base + base * sub / SUB_COUNT;
-    let upper = base + base * (sub + 1) / SUB_COUNT;
+    // Below 2^sub_bits µs some buckets are empty: bounds stay ordered and disjoint.
+    let lower = base + base * sub / sub_count;
+    let upper = base + base * (sub + 1) / sub_count;
     (lower, upper.max(lower + 1))
 }
 
@@ -123,6 +148,18 @@ mod tests {
         }
         assert_eq!(bucket_index(999), 0);
         assert_eq!(bucket_index(u64::MAX), HISTOGRAM_BUCKETS - 1);
+    }
+
+    #[test]
+    fn the_dns_histogram_steps_by_about_3_percent() {
+        for us in (1..5000u64).chain([25_000, 100_000, 100_400, 1_000_000, 5_000_000]) {
+            let index = DnsHistogram::bucket(us * 1000);
+            let (lo, hi) = DnsHistogram::bounds_us(index);
+            assert!(lo <= us && us < hi, "{us} µs in bucket {index} [{lo}, {hi})");
+        }
+        let (lo, hi) = DnsHistogram::bounds_us(DnsHistogram::bucket(100_000_000));
+        assert!(hi - lo <= 2100, "[{lo}, {hi}) at 100 ms");
+        assert!(DnsHistogram::bounds_us(DNS_BUCKETS - 1).0 > 8_000_000);
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub use block_io::{BlockKey, BlockStats, InFlightRequest};
 pub use cpu_throttle::{ThrottleStats, ThrottledTask};
 pub use dns::{DnsCounters, DnsFlow, DnsLatencyKey, DnsQuery, DnsResolverKey};
 pub use drops::DropKey;
-pub use histogram::LatencyHistogram;
+pub use histogram::{DnsHistogram, LatencyHistogram};
 pub use layout::KernelLayout;
 pub use overflow::OverflowSlot;
 pub use tcp_retransmit::{RetransmitCounters, RetransmitKey};
@@ -33,6 +33,10 @@ macro_rules! user_pod {
     };
 }
 
+// SAFETY: `#[repr(C)]`, only `u64` fields and arrays of them.
+#[cfg(feature = "user")]
+unsafe impl<const N: usize, const SUB: u32> aya::Pod for LatencyHistogram<N, SUB> {}
+
 #[cfg(feature = "user")]
 user_pod!(
     BlockKey,
@@ -45,7 +49,6 @@ user_pod!(
     DropKey,
     InFlightRequest,
     KernelLayout,
-    LatencyHistogram,
     RetransmitCounters,
     RetransmitKey,
     ThrottleStats,

@@ -7,10 +7,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
 };
-use probe_common::{
-    LatencyHistogram, OverflowSlot,
-    histogram::{HISTOGRAM_BUCKETS, bucket_index},
-};
+use probe_common::{LatencyHistogram, OverflowSlot};
 
 /// Updates lost because the target map was full, per [`OverflowSlot`]
 /// (`probe_common::overflow::MAP_OVERFLOWS_MAP`).
@@ -73,7 +70,7 @@ pub fn atomic_add(counter: *mut u64, value: u64) {
 
 /// Records one duration in a shared histogram.
 #[inline(always)]
-pub fn record(histogram: *mut LatencyHistogram, ns: u64) {
+pub fn record<const N: usize, const SUB: u32>(histogram: *mut LatencyHistogram<N, SUB>, ns: u64) {
     // SAFETY: `histogram` points into a map value.
     unsafe {
         // Racing updates may each write their own extreme; these are reports, not counts.
@@ -82,8 +79,8 @@ pub fn record(histogram: *mut LatencyHistogram, ns: u64) {
         }
         atomic_add(&raw mut (*histogram).count, 1);
         atomic_add(&raw mut (*histogram).sum_ns, ns);
-        let index = bucket_index(ns);
-        if index < HISTOGRAM_BUCKETS {
+        let index = LatencyHistogram::<N, SUB>::bucket(ns);
+        if index < N {
             atomic_add(&raw mut (*histogram).buckets[index], 1);
         }
         if ns > (*histogram).max_ns {

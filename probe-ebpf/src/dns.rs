@@ -7,14 +7,14 @@
 //! both programs always let it through.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     helpers::{bpf_ktime_get_ns, generated::{bpf_skb_cgroup_id, bpf_skb_load_bytes}},
     macros::{cgroup_skb, map},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::SkBuffContext,
 };
 use probe_common::{
-    DnsCounters, DnsFlow, DnsLatencyKey, DnsQuery, DnsResolverKey, LatencyHistogram,
-    OverflowSlot,
+    DnsCounters, DnsFlow, DnsHistogram, DnsLatencyKey, DnsQuery, DnsResolverKey, OverflowSlot,
     dns::{
         DNS_COUNTERS_MAX_KEYS, DNS_IN_FLIGHT_MAX, DNS_LATENCY_MAX_KEYS, DNS_PORT, MAX_LABELS,
         PROTO_TCP, PROTO_UDP, QUESTION_BYTES, qtype_class,
@@ -27,17 +27,18 @@ use crate::aggregate;
 #[map]
 static DNS_IN_FLIGHT: HashMap<DnsFlow, DnsQuery> = HashMap::with_max_entries(DNS_IN_FLIGHT_MAX, 0);
 
-/// `probe_common::dns::DNS_LATENCY_MAP`
+/// `probe_common::dns::DNS_LATENCY_MAP`: values are large, so they are allocated on use
+/// (socket programs, unlike tracing ones, may use such maps on every kernel).
 #[map]
-static DNS_LATENCY: HashMap<DnsLatencyKey, LatencyHistogram> =
-    HashMap::with_max_entries(DNS_LATENCY_MAX_KEYS, 0);
+static DNS_LATENCY: HashMap<DnsLatencyKey, DnsHistogram> =
+    HashMap::with_max_entries(DNS_LATENCY_MAX_KEYS, BPF_F_NO_PREALLOC);
 
 /// `probe_common::dns::DNS_COUNTERS_MAP`
 #[map]
 static DNS_COUNTERS: PerCpuHashMap<DnsResolverKey, DnsCounters> =
     PerCpuHashMap::with_max_entries(DNS_COUNTERS_MAX_KEYS, 0);
 
-static ZERO_HISTOGRAM: LatencyHistogram = LatencyHistogram::ZERO;
+static ZERO_HISTOGRAM: DnsHistogram = DnsHistogram::ZERO;
 
 /// Room for the question section: too large for the 512-byte BPF stack next to the keys.
 #[map]

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::Context as _;
 use probe_common::{
-    BlockKey, BlockStats, DnsCounters, DnsLatencyKey, DnsResolverKey, DropKey, LatencyHistogram,
+    BlockKey, BlockStats, DnsCounters, DnsHistogram, DnsLatencyKey, DnsResolverKey, DropKey,
     RetransmitCounters, RetransmitKey, ThrottleStats, dns,
 };
 
@@ -56,7 +56,7 @@ struct Counters {
     block: HashMap<BlockKey, BlockStats>,
     throttle: HashMap<u64, ThrottleStats>,
     dns: HashMap<DnsResolverKey, DnsCounters>,
-    dns_latency: HashMap<DnsLatencyKey, LatencyHistogram>,
+    dns_latency: HashMap<DnsLatencyKey, DnsHistogram>,
 }
 
 impl Counters {
@@ -412,8 +412,8 @@ fn dns_reports(
     timeouts: &HashMap<DnsResolverKey, u64>,
 ) -> BTreeMap<u64, DnsReport> {
     let mut reports: BTreeMap<u64, DnsReport> = BTreeMap::new();
-    let mut latency: BTreeMap<u64, LatencyHistogram> = BTreeMap::new();
-    let mut resolver_latency: BTreeMap<(u64, String), LatencyHistogram> = BTreeMap::new();
+    let mut latency: BTreeMap<u64, DnsHistogram> = BTreeMap::new();
+    let mut resolver_latency: BTreeMap<(u64, String), DnsHistogram> = BTreeMap::new();
 
     for (key, counters) in &now.dns {
         let before = baseline.dns.get(key).copied().unwrap_or_default();
@@ -447,7 +447,7 @@ fn dns_reports(
             .timeouts += count;
     }
     for (key, histogram) in &now.dns_latency {
-        let before = baseline.dns_latency.get(key).copied().unwrap_or(LatencyHistogram::ZERO);
+        let before = baseline.dns_latency.get(key).copied().unwrap_or(DnsHistogram::ZERO);
         let window = histogram::since(histogram, &before);
         if window.count == 0 {
             continue;
@@ -455,11 +455,11 @@ fn dns_reports(
         let report = reports.entry(key.cgroup_id).or_default();
         *report.by_rcode.entry(rcode_name(key.rcode)).or_default() += window.count;
         *report.by_qtype.entry(qtype_name(key.qtype).to_string()).or_default() += window.count;
-        histogram::add(latency.entry(key.cgroup_id).or_insert(LatencyHistogram::ZERO), &window);
+        histogram::add(latency.entry(key.cgroup_id).or_insert(DnsHistogram::ZERO), &window);
         histogram::add(
             resolver_latency
                 .entry((key.cgroup_id, resolver_name(key.resolver)))
-                .or_insert(LatencyHistogram::ZERO),
+                .or_insert(DnsHistogram::ZERO),
             &window,
         );
     }

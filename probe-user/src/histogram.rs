@@ -1,14 +1,14 @@
 //! Percentiles from the kernel's log-linear histograms.
 
-use probe_common::{
-    LatencyHistogram,
-    histogram::{HISTOGRAM_BUCKETS, bucket_bounds_us},
-};
+use probe_common::LatencyHistogram;
 use serde::Serialize;
 
 /// Bucket-wise difference of two cumulative histograms (`later - earlier`). The maximum
 /// cannot be subtracted: it is the maximum since the programs were loaded.
-pub fn since(later: &LatencyHistogram, earlier: &LatencyHistogram) -> LatencyHistogram {
+pub fn since<const N: usize, const S: u32>(
+    later: &LatencyHistogram<N, S>,
+    earlier: &LatencyHistogram<N, S>,
+) -> LatencyHistogram<N, S> {
     let mut out = *later;
     out.count = later.count.saturating_sub(earlier.count);
     out.sum_ns = later.sum_ns.saturating_sub(earlier.sum_ns);
@@ -19,7 +19,10 @@ pub fn since(later: &LatencyHistogram, earlier: &LatencyHistogram) -> LatencyHis
 }
 
 /// Adds `other` into `total`.
-pub fn add(total: &mut LatencyHistogram, other: &LatencyHistogram) {
+pub fn add<const N: usize, const S: u32>(
+    total: &mut LatencyHistogram<N, S>,
+    other: &LatencyHistogram<N, S>,
+) {
     if other.count > 0 && (total.count == 0 || other.min_ns < total.min_ns) {
         total.min_ns = other.min_ns;
     }
@@ -38,7 +41,10 @@ pub fn add(total: &mut LatencyHistogram, other: &LatencyHistogram) {
 /// interpolated linearly inside it. When samples crowd into one bucket, as a fixed delay
 /// gives, the estimate then stays between the smallest and largest sample instead of
 /// wandering to the middle of a bucket up to 25% wide.
-pub fn quantile_ms(h: &LatencyHistogram, q: f64) -> Option<f64> {
+pub fn quantile_ms<const N: usize, const S: u32>(
+    h: &LatencyHistogram<N, S>,
+    q: f64,
+) -> Option<f64> {
     let total: u64 = h.buckets.iter().sum();
     if total == 0 {
         return None;
@@ -46,13 +52,12 @@ pub fn quantile_ms(h: &LatencyHistogram, q: f64) -> Option<f64> {
     let rank = (q.clamp(0.0, 1.0) * total as f64).max(1.0);
     let observed = h.count > 0 && h.max_ns >= h.min_ns;
     let mut seen = 0u64;
-    for index in 0..HISTOGRAM_BUCKETS {
-        let count = h.buckets[index];
+    for (index, &count) in h.buckets.iter().enumerate() {
         if count == 0 {
             continue;
         }
         if (seen + count) as f64 >= rank {
-            let (lower, upper) = bucket_bounds_us(index);
+            let (lower, upper) = LatencyHistogram::<N, S>::bounds_us(index);
             let (mut lower, mut upper) = (lower as f64 * 1000.0, upper as f64 * 1000.0);
             if observed {
                 lower = lower.max(h.min_ns as f64).min(h.max_ns as f64);
@@ -66,7 +71,7 @@ pub fn quantile_ms(h: &LatencyHistogram, q: f64) -> Option<f64> {
     None
 }
 
-pub fn mean_ms(h: &LatencyHistogram) -> Option<f64> {
+pub fn mean_ms<const N: usize, const S: u32>(h: &LatencyHistogram<N, S>) -> Option<f64> {
     (h.count > 0).then(|| h.sum_ns as f64 / h.count as f64 / 1e6)
 }
 
@@ -85,7 +90,7 @@ pub struct LatencySummary {
 }
 
 impl LatencySummary {
-    pub fn of(h: &LatencyHistogram) -> Self {
+    pub fn of<const N: usize, const S: u32>(h: &LatencyHistogram<N, S>) -> Self {
         Self {
             mean: mean_ms(h).map(round_ms),
             p50: quantile_ms(h, 0.5).map(round_ms),
@@ -96,7 +101,7 @@ impl LatencySummary {
 }
 
 impl crate::report::Percentiles {
-    pub fn of(h: &LatencyHistogram) -> Self {
+    pub fn of<const N: usize, const S: u32>(h: &LatencyHistogram<N, S>) -> Self {
         Self {
             p50: quantile_ms(h, 0.5).map(round_ms),
             p90: quantile_ms(h, 0.9).map(round_ms),
@@ -113,7 +118,7 @@ mod tests {
     use super::*;
 
     fn histogram(samples_ns: &[u64]) -> LatencyHistogram {
-        let mut h = LatencyHistogram::ZERO;
+        let mut h: LatencyHistogram = LatencyHistogram::ZERO;
         for &ns in samples_ns {
             if h.count == 0 || ns < h.min_ns {
                 h.min_ns = ns;
@@ -155,6 +160,27 @@ mod tests {
     }
 
     #[test]
+    fn dns_histogram_median_within_a_millisecond_at_100_ms() {
+        // A 100 ms delay with a tail, as a real server gives: most answers at 100.1-100.5,
+        // a few up to 104.7. The coarse histogram would say ~102.
+        let mut h = probe_common::DnsHistogram::ZERO;
+        let samples = [
+            100_100_000u64, 100_200_000, 100_300_000, 100_300_000, 100_400_000, 100_400_000,
+            100_500_000, 103_000_000, 104_000_000, 104_600_000, 104_700_000,
+        ];
+        for ns in samples {
+            if h.count == 0 || ns < h.min_ns {
+                h.min_ns = ns;
+            }
+            h.count += 1;
+            h.max_ns = h.max_ns.max(ns);
+            h.buckets[probe_common::DnsHistogram::bucket(ns)] += 1;
+        }
+        let p50 = quantile_ms(&h, 0.5).unwrap();
+        assert!((p50 - 100.4).abs() <= 1.0, "{p50}");
+    }
+
+    #[test]
     fn medians_of_25_and_30_ms_differ() {
         let a = quantile_ms(&histogram(&[25_000_000; 11]), 0.5).unwrap();
         let b = quantile_ms(&histogram(&[30_000_000; 11]), 0.5).unwrap();
@@ -163,8 +189,9 @@ mod tests {
 
     #[test]
     fn empty_and_subtracted() {
-        assert_eq!(quantile_ms(&LatencyHistogram::ZERO, 0.5), None);
-        assert_eq!(LatencySummary::of(&LatencyHistogram::ZERO), LatencySummary::default());
+        let empty: LatencyHistogram = LatencyHistogram::ZERO;
+        assert_eq!(quantile_ms(&empty, 0.5), None);
+        assert_eq!(LatencySummary::of(&empty), LatencySummary::default());
         let before = histogram(&[1_000_000; 5]);
         let mut after = before;
         add(&mut after, &histogram(&[2_000_000; 3]));

@@ -16,8 +16,8 @@ use aya::{
 };
 use log::{debug, warn};
 use probe_common::{
-    BlockKey, BlockStats, DnsCounters, DnsFlow, DnsLatencyKey, DnsQuery, DnsResolverKey, DropKey,
-    LatencyHistogram, OverflowSlot, RetransmitCounters, RetransmitKey, ThrottleStats,
+    BlockKey, BlockStats, DnsCounters, DnsFlow, DnsHistogram, DnsLatencyKey, DnsQuery, DnsResolverKey,
+    DropKey, OverflowSlot, RetransmitCounters, RetransmitKey, ThrottleStats,
     block_io::BLOCK_IO_MAP,
     cpu_throttle::CPU_THROTTLE_MAP,
     dns::{DNS_COUNTERS_MAP, DNS_IN_FLIGHT_MAP, DNS_LATENCY_MAP},
@@ -350,7 +350,7 @@ impl Probe {
     }
 
     /// Cumulative DNS latency per (workload, resolver, response code, query type).
-    pub fn dns_latency(&self) -> anyhow::Result<HashMap<DnsLatencyKey, LatencyHistogram>> {
+    pub fn dns_latency(&self) -> anyhow::Result<HashMap<DnsLatencyKey, DnsHistogram>> {
         self.shared(DNS_LATENCY_MAP)
     }
 
