@@ -443,7 +443,7 @@ fn dns_reports(
         report
             .by_resolver
             .entry(resolver_name(key.resolver))
-            .or_insert_with(ResolverReport::default)
+            .or_default()
             .timeouts += count;
     }
     for (key, histogram) in &now.dns_latency {
