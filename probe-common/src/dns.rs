@@ -94,6 +94,16 @@ impl DnsCounters {
         self.unmatched += other.unmatched;
         self.malformed += other.malformed;
     }
+
+    /// What happened since `earlier` (never negative).
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            queries: self.queries.saturating_sub(earlier.queries),
+            responses: self.responses.saturating_sub(earlier.responses),
+            unmatched: self.unmatched.saturating_sub(earlier.unmatched),
+            malformed: self.malformed.saturating_sub(earlier.malformed),
+        }
+    }
 }
 
 #[repr(C)]

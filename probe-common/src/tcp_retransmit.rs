@@ -33,4 +33,13 @@ impl RetransmitCounters {
         self.segments += other.segments;
         self.failed += other.failed;
     }
+
+    /// What happened since `earlier` (never negative).
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            retransmits: self.retransmits.saturating_sub(earlier.retransmits),
+            segments: self.segments.saturating_sub(earlier.segments),
+            failed: self.failed.saturating_sub(earlier.failed),
+        }
+    }
 }

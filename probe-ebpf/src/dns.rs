@@ -21,6 +21,12 @@ use probe_common::{
     },
 };
 
+use network_types::{
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+
 use crate::aggregate;
 
 /// `probe_common::dns::DNS_IN_FLIGHT_MAP`
@@ -91,31 +97,30 @@ fn parse_packet(ctx: &SkBuffContext) -> Option<Packet> {
     let len = ctx.skb.len() as usize;
     let (proto, src, dst, l4) = match u16::from_be(ctx.skb.protocol() as u16) {
         ETH_P_IP => {
-            let version_ihl: u8 = ctx.load(0).ok()?;
-            let fragment: u16 = u16::from_be(ctx.load(6).ok()?);
+            let ip: Ipv4Hdr = ctx.load(0).ok()?;
             // Only the first fragment carries the ports.
-            if fragment & 0x1fff != 0 {
+            if ip.frag_offset() != 0 {
                 return None;
             }
-            let proto: u8 = ctx.load(9).ok()?;
-            let src: [u8; 4] = ctx.load(12).ok()?;
-            let dst: [u8; 4] = ctx.load(16).ok()?;
-            (proto, mapped(src), mapped(dst), usize::from(version_ihl & 0x0f) * 4)
+            (ip.proto, mapped(ip.src_addr), mapped(ip.dst_addr), usize::from(ip.ihl()))
         }
         ETH_P_IPV6 => {
             // Extension headers before the transport header are not followed.
-            let next: u8 = ctx.load(6).ok()?;
-            (next, ctx.load(8).ok()?, ctx.load(24).ok()?, 40)
+            let ip: Ipv6Hdr = ctx.load(0).ok()?;
+            (ip.next_hdr, ip.src_addr, ip.dst_addr, Ipv6Hdr::LEN)
         }
         _ => return None,
     };
-    let sport = u16::from_be(ctx.load(l4).ok()?);
-    let dport = u16::from_be(ctx.load(l4 + 2).ok()?);
-    let message = match proto {
-        PROTO_UDP => l4 + 8,
+    let (sport, dport, message) = match proto {
+        PROTO_UDP => {
+            let udp: UdpHdr = ctx.load(l4).ok()?;
+            (udp.src_port(), udp.dst_port(), l4 + UdpHdr::LEN)
+        }
         PROTO_TCP => {
-            let data_offset: u8 = ctx.load(l4 + 12).ok()?;
-            l4 + usize::from(data_offset >> 4) * 4 + 2
+            let tcp: TcpHdr = ctx.load(l4).ok()?;
+            let ports = (u16::from_be_bytes(tcp.source), u16::from_be_bytes(tcp.dest));
+            // Skip the two-byte length prefix of DNS over TCP.
+            (ports.0, ports.1, l4 + usize::from(tcp.doff()) * 4 + 2)
         }
         _ => return None,
     };

@@ -258,11 +258,7 @@ impl Collector {
 
         for (key, counters) in &now.retransmits {
             let before = baseline.retransmits.get(key).copied().unwrap_or_default();
-            let delta = RetransmitCounters {
-                retransmits: counters.retransmits.saturating_sub(before.retransmits),
-                segments: counters.segments.saturating_sub(before.segments),
-                failed: counters.failed.saturating_sub(before.failed),
-            };
+            let delta = counters.since(&before);
             if delta == RetransmitCounters::default() {
                 continue;
             }
@@ -417,12 +413,7 @@ fn dns_reports(
 
     for (key, counters) in &now.dns {
         let before = baseline.dns.get(key).copied().unwrap_or_default();
-        let delta = DnsCounters {
-            queries: counters.queries.saturating_sub(before.queries),
-            responses: counters.responses.saturating_sub(before.responses),
-            unmatched: counters.unmatched.saturating_sub(before.unmatched),
-            malformed: counters.malformed.saturating_sub(before.malformed),
-        };
+        let delta = counters.since(&before);
         if delta == DnsCounters::default() {
             continue;
         }

@@ -12,6 +12,14 @@ use tuneprobe_tests::{ADDR_B, Container, NetnsPair, PodCgroup, Workload};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// These tests judge latency to the millisecond on a 2-core machine: they run one at a
+/// time, so that one test's processes do not stretch another's answers.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn start(dns_timeout: Duration) -> Collector {
     let probe = Probe::load(&LoadOptions::default()).unwrap_or_else(|e| panic!("load: {e:#}"));
     for status in probe.statuses().iter().filter(|s| s.name.starts_with("dns")) {
@@ -92,7 +100,8 @@ fn query(
     query_in(&pair.a, container, server, name, count, transport).answered
 }
 
-/// The probe's median against the client's own, and against the server's delay.
+/// The probe's median against the client's own (an odd number of queries, so the
+/// median is one sample), and against the server's delay.
 fn assert_median(p50: f64, client: &ClientView, delay_ms: f64, context: &dyn std::fmt::Debug) {
     eprintln!("median: probe {p50} ms, client {} ms, delay {delay_ms} ms", client.median_ms);
     assert!(
@@ -108,6 +117,7 @@ fn assert_median(p50: f64, client: &ClientView, delay_ms: f64, context: &dyn std
 
 #[test]
 fn median_latency_tracks_the_servers_delay_at_0_25_and_100_ms() {
+    let _serial = serial();
     const N: u32 = 11;
     let pair = NetnsPair::new();
     let mut pod = PodCgroup::new();
@@ -132,6 +142,7 @@ fn median_latency_tracks_the_servers_delay_at_0_25_and_100_ms() {
 
 #[test]
 fn response_codes_from_dnsmasq_and_timeouts_only_after_the_timeout() {
+    let _serial = serial();
     let pair = NetnsPair::new();
     let (servfail_addr, silent_addr) = ("10.200.0.3", "10.200.0.4");
     pair.add_address_b(servfail_addr);
@@ -198,6 +209,7 @@ fn response_codes_from_dnsmasq_and_timeouts_only_after_the_timeout() {
 
 #[test]
 fn dns_over_tcp_is_measured_like_udp() {
+    let _serial = serial();
     const N: u32 = 7;
     let pair = NetnsPair::new();
     let mut pod = PodCgroup::new();
@@ -233,6 +245,7 @@ fn dns_over_tcp_is_measured_like_udp() {
 
 #[test]
 fn ipv6_queries_are_measured_like_ipv4() {
+    let _serial = serial();
     const N: u32 = 7;
     let pair = NetnsPair::new();
     let mut pod = PodCgroup::new();
@@ -254,6 +267,7 @@ fn ipv6_queries_are_measured_like_ipv4() {
 
 #[test]
 fn garbage_on_port_53_is_malformed_and_measuring_goes_on() {
+    let _serial = serial();
     const N: u32 = 20;
     let pair = NetnsPair::new();
     let silent_addr = "10.200.0.4";
@@ -282,6 +296,7 @@ fn garbage_on_port_53_is_malformed_and_measuring_goes_on() {
 
 #[test]
 fn two_workloads_on_two_resolvers_are_kept_apart() {
+    let _serial = serial();
     let pair = NetnsPair::new();
     let second = "10.200.0.3";
     pair.add_address_b(second);
@@ -294,8 +309,8 @@ fn two_workloads_on_two_resolvers_are_kept_apart() {
 
     let collector = start(Duration::from_secs(5));
     assert_eq!(query(&pair, &fast_client, &format!("{ADDR_B}:53"), "a.test", 4, "udp"), 4);
-    let slow_saw = query_in(&pair.a, &slow_client, &format!("{second}:53"), "b.test", 6, "udp");
-    assert_eq!(slow_saw.answered, 6);
+    let slow_saw = query_in(&pair.a, &slow_client, &format!("{second}:53"), "b.test", 7, "udp");
+    assert_eq!(slow_saw.answered, 7);
     let snapshot = collector.finish().unwrap();
 
     let fast = dns_of(&snapshot, &fast_client);
@@ -303,7 +318,7 @@ fn two_workloads_on_two_resolvers_are_kept_apart() {
     assert_eq!(fast.by_resolver.keys().collect::<Vec<_>>(), vec![ADDR_B]);
     assert!(fast.latency_ms.p50.unwrap() < 1.0, "{fast:?}");
     let slow = dns_of(&snapshot, &slow_client);
-    assert_eq!((slow.queries, slow.responses), (6, 6), "{slow:?}");
+    assert_eq!((slow.queries, slow.responses), (7, 7), "{slow:?}");
     assert_eq!(slow.by_resolver.keys().collect::<Vec<_>>(), vec![second]);
     assert_median(slow.latency_ms.p50.unwrap(), &slow_saw, 25.0, slow);
     assert_eq!(

@@ -189,6 +189,18 @@ mod dns {
         Some(out)
     }
 
+    /// Waits `delay` precisely: a plain sleep may overshoot by a millisecond on a busy
+    /// machine, so the last 2 ms are spun.
+    fn hold(delay: Duration) {
+        let start = std::time::Instant::now();
+        if let Some(coarse) = delay.checked_sub(Duration::from_millis(2)) {
+            thread::sleep(coarse);
+        }
+        while start.elapsed() < delay {
+            std::hint::spin_loop();
+        }
+    }
+
     pub fn server(addr: SocketAddr, delay: Duration, rcode: &str) {
         let rcode: Option<u8> = (rcode != "never").then(|| rcode.parse().expect("RCODE"));
         let udp = UdpSocket::bind(addr).expect("bind udp");
@@ -204,7 +216,7 @@ mod dns {
             let Ok((n, peer)) = udp.recv_from(&mut buf) else {
                 continue;
             };
-            thread::sleep(delay);
+            hold(delay);
             if let Some(reply) = rcode.and_then(|rcode| answer(&buf[..n], rcode)) {
                 let _ = udp.send_to(&reply, peer);
             }
@@ -221,7 +233,7 @@ mod dns {
             if stream.read_exact(&mut query).is_err() {
                 return;
             }
-            thread::sleep(delay);
+            hold(delay);
             if let Some(reply) = rcode.and_then(|rcode| answer(&query, rcode)) {
                 let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
                 framed.extend_from_slice(&reply);
