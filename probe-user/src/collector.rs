@@ -26,24 +26,31 @@ use crate::{
     devices,
     histogram::{self, LatencySummary},
     loader::Probe,
+    pods::{self, PodNames},
     procfs::{self, ListenCounters},
     report::{
-        BlockReport, CpuReport, DnsReport, Percentiles, ResolverReport, Snapshot,
+        BlockReport, CpuReport, DnsReport, Percentiles, Snapshot,
         TCP_LISTEN_OVERFLOW, Workload, rcode_name,
     },
 };
 
 /// How a window is observed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CollectorOptions {
     /// A DNS query without a response after this long is a timeout.
     pub dns_timeout: Duration,
+    /// The kubelet's pod log directory, for pod and container names.
+    pub pod_logs_dir: PathBuf,
+    /// How long a pod stays named after its log directory is gone.
+    pub pod_grace: Duration,
 }
 
 impl Default for CollectorOptions {
     fn default() -> Self {
         Self {
             dns_timeout: Duration::from_secs(5),
+            pod_logs_dir: PathBuf::from(pods::DEFAULT_POD_LOGS_DIR),
+            pod_grace: Duration::from_secs(300),
         }
     }
 }
@@ -104,6 +111,7 @@ pub struct Collector {
     listen_last: HashMap<u32, ListenCounters>,
     /// cpu cgroups with a quota, by path.
     cpu_watch: HashMap<String, CpuWatch>,
+    pod_names: PodNames,
     options: CollectorOptions,
     /// DNS queries that timed out during the window, per (workload, resolver).
     dns_timeouts: HashMap<DnsResolverKey, u64>,
@@ -141,6 +149,7 @@ impl Collector {
             listen_first: HashMap::new(),
             listen_last: HashMap::new(),
             cpu_watch: HashMap::new(),
+            pod_names: PodNames::new(&options.pod_logs_dir, options.pod_grace),
             options,
             dns_timeouts: HashMap::new(),
         };
@@ -166,6 +175,7 @@ impl Collector {
     pub fn tick(&mut self) -> anyhow::Result<()> {
         let processes = procfs::processes(&self.proc_root);
         self.attributor.observe(&processes);
+        self.pod_names.refresh();
         let live: Vec<(u32, u32)> = self.attributor.live_netns().collect();
         for (netns, pid) in live {
             if let Some(counters) = ListenCounters::of_pid(&self.proc_root, pid) {
@@ -536,16 +546,23 @@ impl<'a> Builder<'a> {
                 .find(|(_, known)| *known == path)
                 .map(|(id, _)| id),
         };
+        let names = &self.collector.pod_names;
+        let pod = identity.pod_uid.as_deref().and_then(|uid| names.pod(uid));
+        let container = identity.container_id.as_deref().and_then(|id| names.container(id));
+        let workload = Workload {
+            cgroup_id: id.or(fallback_id),
+            cgroup_path: Some(path.to_string()),
+            netns,
+            namespace: pod.map(|p| p.namespace.clone()),
+            pod: pod.map(|p| p.pod.clone()),
+            container: container.map(|c| c.container.clone()),
+            pod_uid: identity.pod_uid,
+            container_id: identity.container_id,
+            ..Default::default()
+        };
         self.workloads
             .entry(Key::Path(path.to_string()))
-            .or_insert_with(|| Workload {
-                cgroup_id: id.or(fallback_id),
-                cgroup_path: Some(path.to_string()),
-                netns,
-                pod_uid: identity.pod_uid,
-                container_id: identity.container_id,
-                ..Default::default()
-            })
+            .or_insert(workload)
     }
 
     /// Traffic with no socket: the namespace's owner (the pod living in it) if known.

@@ -28,6 +28,10 @@ pub struct Workload {
     pub netns: Option<u32>,
     pub pod_uid: Option<String>,
     pub container_id: Option<String>,
+    /// Names from the kubelet's log directories (or the API): `null` when unknown.
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
     pub tcp: TcpStats,
     pub drops: DropStats,
     /// Block requests per (device, operation) issued by this workload.
@@ -146,8 +150,15 @@ impl DropStats {
 }
 
 impl Workload {
-    /// A short name for tables: `pod <uid>/<container>`, the cgroup path, or the netns.
+    /// A short name for tables: `namespace/pod/container` when known, else
+    /// `pod <uid>/<container id>`, the cgroup path, or the netns.
     pub fn display_name(&self) -> String {
+        if let (Some(namespace), Some(pod)) = (&self.namespace, &self.pod) {
+            return match &self.container {
+                Some(container) => format!("{namespace}/{pod}/{container}"),
+                None => format!("{namespace}/{pod}"),
+            };
+        }
         match (&self.pod_uid, &self.container_id, &self.cgroup_path) {
             (Some(pod), Some(container), _) => format!("pod {pod} / {}", &container[..12]),
             (Some(pod), None, _) => format!("pod {pod}"),
@@ -367,6 +378,9 @@ mod tests {
                     netns: Some(4026531840),
                     pod_uid: Some("uid".into()),
                     container_id: Some("c".repeat(64)),
+                    namespace: None,
+                    pod: None,
+                    container: None,
                     tcp: TcpStats {
                         retransmits: 1,
                         retransmitted_segments: 4,

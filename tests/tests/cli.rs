@@ -10,7 +10,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tuneprobe_tests::{ADDR_B, NetnsPair, PodCgroup, Workload, tuneprobe_binary};
+use tuneprobe_tests::{ADDR_B, NetnsPair, PodCgroup, Workload, tuneprobe_binary, unique};
 
 #[test]
 fn snapshot_json_reports_probes_and_the_pod_that_dropped() {
@@ -18,11 +18,20 @@ fn snapshot_json_reports_probes_and_the_pod_that_dropped() {
     let pair = NetnsPair::new();
     let mut pod = PodCgroup::new();
     let app = pod.container();
-    let mut pause = Workload::spawn(&pair.b, Some(&app), &["pause"]);
-    assert_eq!(pause.read_line(), "ready");
+    // The pod's one process lives in namespace B: a receiver that never reads.
+    let mut sink = Workload::spawn(&pair.b, Some(&app), &["udp-sink", &format!("{ADDR_B}:7001"), "4096"]);
+    assert_eq!(sink.read_line(), "ready");
+    // The kubelet's log directories name the pod and its container.
+    let logs = std::env::temp_dir().join(unique("tuneprobe-logs-"));
+    std::fs::create_dir_all(logs.join(format!("pods/shop_api-7f9c4_{}/server", pod.uid))).unwrap();
+    std::fs::create_dir_all(logs.join("containers")).unwrap();
+    let log = format!("api-7f9c4_shop_server-{}.log", app.container_id);
+    std::fs::write(logs.join("containers").join(log), "").unwrap();
+    let pod_logs_dir = logs.join("pods");
 
     let mut child = Command::new(tuneprobe_binary())
-        .args(["snapshot", "--for", "3s", "--json"])
+        .args(["snapshot", "--for", "3s", "--json", "--pod-logs-dir"])
+        .arg(&pod_logs_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -40,13 +49,12 @@ fn snapshot_json_reports_probes_and_the_pod_that_dropped() {
         .expect("tuneprobe printed nothing on stderr");
     assert!(ready.contains("ready"), "first stderr line: {ready}");
 
-    Workload::spawn(
-        &pair.a,
-        None,
-        &["udp-send", &format!("{ADDR_B}:9"), &N.to_string(), "50"],
-    )
-    .wait(Duration::from_secs(20));
+    Workload::spawn(&pair.a, None, &["udp-send", &format!("{ADDR_B}:9"), &N.to_string(), "50"])
+        .wait(Duration::from_secs(20));
+    Workload::spawn(&pair.a, None, &["udp-send", &format!("{ADDR_B}:7001"), "100", "1000"])
+        .wait(Duration::from_secs(20));
     let out = child.wait_with_output().expect("tuneprobe output");
+    let _ = std::fs::remove_dir_all(&logs);
     assert!(out.status.success(), "exit {}", out.status);
     let json: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
 
@@ -79,6 +87,23 @@ fn snapshot_json_reports_probes_and_the_pod_that_dropped() {
     assert_eq!(workload["tcp"]["retransmits"], 0);
     assert_eq!(workload["tcp"]["retransmitted_segments"], 0);
     assert_eq!(workload["tcp"]["failed_retransmits"], 0);
+    assert_eq!(workload["namespace"], "shop");
+    assert_eq!(workload["pod"], "api-7f9c4");
+    assert!(workload["container"].is_null());
+
+    // The receiver's own drops belong to its container, named too.
+    let container = json["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["cgroup_id"] == app.cgroup_id)
+        .unwrap_or_else(|| panic!("no workload for the container in {json:#}"));
+    assert!(container["drops"]["by_reason"]["SOCKET_RCVBUFF"].as_u64().unwrap() > 50);
+    assert_eq!(container["container_id"], app.container_id.as_str());
+    assert_eq!(
+        (&container["namespace"], &container["pod"], &container["container"]),
+        (&Value::from("shop"), &Value::from("api-7f9c4"), &Value::from("server"))
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 use std::{
     io::Write as _,
+    path::PathBuf,
     thread,
     time::{Duration, Instant},
 };
@@ -33,6 +34,11 @@ pub struct Args {
     /// A DNS query without a response after this long counts as a timeout.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     dns_timeout: Duration,
+
+    /// The kubelet's pod log directory, for pod and container names (its sibling
+    /// `containers` directory names containers).
+    #[arg(long, value_name = "DIR", default_value = tuneprobe::pods::DEFAULT_POD_LOGS_DIR)]
+    pod_logs_dir: PathBuf,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -51,6 +57,8 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     let probe = Probe::load(options)?;
     let options = CollectorOptions {
         dns_timeout: args.dns_timeout,
+        pod_logs_dir: args.pod_logs_dir.clone(),
+        ..CollectorOptions::default()
     };
     let mut collector = Collector::start_with(probe, options)?;
     let statuses = collector.probe().statuses();
