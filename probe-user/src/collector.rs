@@ -29,7 +29,7 @@ use crate::{
     pods::{self, PodNames},
     procfs::{self, ListenCounters},
     report::{
-        BlockReport, CpuReport, DnsReport, Percentiles, Snapshot,
+        BlockReport, CpuReport, DnsLatencySeries, DnsReport, Percentiles, Snapshot,
         TCP_LISTEN_OVERFLOW, Workload, rcode_name,
     },
 };
@@ -322,6 +322,8 @@ impl Collector {
                 errors: stats.errors.saturating_sub(before.errors),
                 service_ms: LatencySummary::of(&service),
                 queue_ms: LatencySummary::of(&queue),
+                service_histogram: service,
+                queue_histogram: queue,
             };
             builder.by_cgroup(Hierarchy::Blkio, key.cgroup_id, None).block.push(report);
         }
@@ -339,6 +341,7 @@ impl Collector {
             cpu.throttle_events += events;
             cpu.stall_ms = LatencySummary::of(&stall);
             cpu.stall_total_ms = histogram::round_ms(stall.sum_ns as f64 / 1e6);
+            cpu.stall_histogram = stall;
             if let Some(path) = workload.cgroup_path.clone() {
                 cpu_paths.insert(path, cpu.clone());
             }
@@ -463,6 +466,20 @@ fn dns_reports(
                 .or_insert(DnsHistogram::ZERO),
             &window,
         );
+        let series = DnsLatencySeries {
+            resolver: resolver_name(key.resolver),
+            rcode: rcode_name(key.rcode),
+            histogram: window,
+        };
+        match report
+            .latency_series
+            .iter_mut()
+            .find(|s| s.resolver == series.resolver && s.rcode == series.rcode)
+        {
+            // Query types are kept apart in the kernel; the exporter does not label them.
+            Some(existing) => histogram::add(&mut existing.histogram, &series.histogram),
+            None => report.latency_series.push(series),
+        }
     }
     for (cgroup_id, histogram) in latency {
         if let Some(report) = reports.get_mut(&cgroup_id) {

@@ -10,6 +10,7 @@ pub mod devices;
 pub mod histogram;
 pub mod layout;
 pub mod loader;
+pub mod metrics;
 pub mod pods;
 pub mod procfs;
 pub mod report;

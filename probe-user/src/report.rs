@@ -4,6 +4,8 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::Serialize;
 
+use probe_common::{DnsHistogram, LatencyHistogram};
+
 use crate::{histogram::LatencySummary, loader::ProbeStatus};
 
 /// The reason under which listen-queue overflows appear: the kernel counts them in
@@ -87,6 +89,16 @@ pub struct DnsReport {
     pub latency_ms: Percentiles,
     /// By resolver address as the client addressed it (a Service IP stays a Service IP).
     pub by_resolver: BTreeMap<String, ResolverReport>,
+    /// Latency distributions per (resolver, response code), for the exporter.
+    #[serde(skip)]
+    pub latency_series: Vec<DnsLatencySeries>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsLatencySeries {
+    pub resolver: String,
+    pub rcode: String,
+    pub histogram: DnsHistogram,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -111,6 +123,11 @@ pub struct BlockReport {
     pub service_ms: LatencySummary,
     /// Insert -> issue, over the requests that went through a scheduler queue.
     pub queue_ms: LatencySummary,
+    /// The distributions behind the summaries, for the exporter.
+    #[serde(skip)]
+    pub service_histogram: LatencyHistogram,
+    #[serde(skip)]
+    pub queue_histogram: LatencyHistogram,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -127,6 +144,8 @@ pub struct CpuReport {
     /// How long throttled tasks waited to run again.
     pub stall_ms: LatencySummary,
     pub stall_total_ms: f64,
+    #[serde(skip)]
+    pub stall_histogram: LatencyHistogram,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -410,6 +429,7 @@ mod tests {
                                 latency_ms: Percentiles::default(),
                             },
                         )]),
+                        latency_series: Vec::new(),
                     }),
                     block: vec![BlockReport {
                         device: "loop0".into(),
@@ -425,6 +445,7 @@ mod tests {
                             max: Some(101.0),
                         },
                         queue_ms: LatencySummary::default(),
+                        ..BlockReport::default()
                     }],
                     cpu: Some(CpuReport {
                         quota_ms: Some(20.0),
@@ -440,6 +461,7 @@ mod tests {
                             max: Some(81.5),
                         },
                         stall_total_ms: 1600.0,
+                        ..CpuReport::default()
                     }),
                 },
                 Workload {

@@ -1,5 +1,6 @@
 //! Command line: global options, then one module per subcommand.
 
+mod serve;
 mod snapshot;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -28,6 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Snapshot(snapshot::Args),
+    Serve(serve::Args),
 }
 
 impl Cli {
@@ -49,6 +51,7 @@ impl Cli {
     pub fn run(&self) -> anyhow::Result<()> {
         match &self.command {
             Command::Snapshot(args) => snapshot::run(args, &self.load_options()),
+            Command::Serve(args) => serve::run(args, &self.load_options()),
         }
     }
 }

@@ -41,7 +41,7 @@ pub struct Args {
     pod_logs_dir: PathBuf,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text)
         .map_err(|err| format!("{err} (examples: 500ms, 10s, 2m)"))?;
     if duration.is_zero() {

@@ -1,0 +1,206 @@
+//! `tuneprobe serve`: the Prometheus exporter, `/metrics`, `/healthz`, `/readyz`.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tuneprobe::{
+    Collector, LoadOptions, Probe,
+    collector::CollectorOptions,
+    metrics::Exporter,
+};
+
+use super::snapshot::parse_duration;
+
+#[derive(Debug, clap::Args)]
+#[command(
+    about = "Serve Prometheus metrics for every workload on the node",
+    long_about = "Attach the probes and serve /metrics (Prometheus text format), /healthz \
+                  (the process runs) and /readyz (the programs are attached). Counters are \
+                  cumulative since tuneprobe started. A line containing `ready` goes to \
+                  stderr once the programs are attached.",
+    after_help = "Examples:\n  \
+                  tuneprobe serve\n  \
+                  tuneprobe serve --listen 0.0.0.0:9464 --max-workloads 2000"
+)]
+pub struct Args {
+    /// Address to listen on; localhost unless told otherwise.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
+    listen: SocketAddr,
+
+    /// Workloads with series of their own; later ones fold into cgroup="other".
+    #[arg(long, value_name = "N", default_value_t = 5000)]
+    max_workloads: usize,
+
+    /// A DNS query without a response after this long counts as a timeout.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    dns_timeout: Duration,
+
+    /// The kubelet's pod log directory, for pod and container names.
+    #[arg(long, value_name = "DIR", default_value = tuneprobe::pods::DEFAULT_POD_LOGS_DIR)]
+    pod_logs_dir: PathBuf,
+}
+
+/// What the HTTP handlers share.
+struct State {
+    /// `None` until the programs are attached.
+    collector: Mutex<Option<Collector>>,
+    exporter: Mutex<Exporter>,
+    last_scrape_seconds: Mutex<f64>,
+}
+
+/// How often processes, namespaces and DNS timeouts are scanned between scrapes.
+const TICK: Duration = Duration::from_secs(1);
+
+pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(args, options))
+}
+
+async fn serve(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
+    let state = Arc::new(State {
+        collector: Mutex::new(None),
+        exporter: Mutex::new(Exporter::new(args.max_workloads)),
+        last_scrape_seconds: Mutex::new(0.0),
+    });
+    // Listen first: /healthz answers (and /readyz says not yet) while programs load.
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let server = tokio::spawn(accept(listener, Arc::clone(&state)));
+
+    let collector_options = CollectorOptions {
+        dns_timeout: args.dns_timeout,
+        pod_logs_dir: args.pod_logs_dir.clone(),
+        ..CollectorOptions::default()
+    };
+    let load_options = options.clone();
+    let collector = tokio::task::spawn_blocking(move || -> anyhow::Result<Collector> {
+        Collector::start_with(Probe::load(&load_options)?, collector_options)
+    })
+    .await??;
+    let statuses = collector.probe().statuses();
+    let attached = statuses.iter().filter(|s| s.attached).count();
+    eprintln!(
+        "ready: {attached} of {} programs attached; serving http://{}/metrics",
+        statuses.len(),
+        args.listen
+    );
+    *lock(&state.collector) = Some(collector);
+
+    let ticker = tokio::spawn(tick(Arc::clone(&state)));
+    shutdown_signal().await;
+    ticker.abort();
+    server.abort();
+    Ok(())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn tick(state: Arc<State>) {
+    let mut interval = tokio::time::interval(TICK);
+    loop {
+        interval.tick().await;
+        let state = Arc::clone(&state);
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(collector) = lock(&state.collector).as_mut()
+                && let Err(err) = collector.tick()
+            {
+                log::warn!("collecting: {err:#}");
+            }
+        })
+        .await;
+    }
+}
+
+async fn accept(listener: TcpListener, state: Arc<State>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| handle(request, Arc::clone(&state)));
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    state: Arc<State>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = |status: StatusCode, content_type: &str, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        if let Ok(value) = content_type.parse() {
+            response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+        }
+        Ok(response)
+    };
+    let text = "text/plain; charset=utf-8";
+    match request.uri().path() {
+        "/healthz" => reply(StatusCode::OK, text, "ok\n".into()),
+        "/readyz" => {
+            if lock(&state.collector).is_some() {
+                reply(StatusCode::OK, text, "ready\n".into())
+            } else {
+                reply(StatusCode::SERVICE_UNAVAILABLE, text, "attaching\n".into())
+            }
+        }
+        "/metrics" => {
+            let rendered = tokio::task::spawn_blocking(move || render(&state)).await;
+            match rendered {
+                Ok(Ok(body)) => reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body),
+                Ok(Err(err)) => reply(StatusCode::SERVICE_UNAVAILABLE, text, format!("{err:#}\n")),
+                Err(err) => reply(StatusCode::INTERNAL_SERVER_ERROR, text, format!("{err}\n")),
+            }
+        }
+        _ => reply(StatusCode::NOT_FOUND, text, "try /metrics, /healthz or /readyz\n".into()),
+    }
+}
+
+fn render(state: &State) -> anyhow::Result<String> {
+    let started = Instant::now();
+    let snapshot = {
+        let mut collector = lock(&state.collector);
+        let collector = collector.as_mut().context("programs are not attached yet")?;
+        collector.report()?
+    };
+    let previous = *lock(&state.last_scrape_seconds);
+    let body = lock(&state.exporter).render(&snapshot, previous);
+    *lock(&state.last_scrape_seconds) = started.elapsed().as_secs_f64();
+    Ok(body)
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
