@@ -19,8 +19,8 @@ use crate::run_checked;
 /// Kept in step with `probe-user/build.rs`.
 pub const NIGHTLY: &str = "nightly-2026-05-19";
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// What the integration tests run: nft, ip/tc, fio, losetup (util-linux), dnsmasq, dig, and
-/// bpftool for a BTF cross-check.
+/// What the integration tests run: nft, ip/tc, fio, losetup (util-linux), dnsmasq, dig,
+/// Prometheus and promtool, and bpftool for a BTF cross-check.
 const DEBIAN_PACKAGES: &[&str] = &[
     "nftables",
     "iproute2",
@@ -28,6 +28,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     "dnsmasq-base",
     "bind9-dnsutils",
+    "prometheus",
     "bpftool",
 ];
 

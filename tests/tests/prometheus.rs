@@ -1,0 +1,195 @@
+//! `tuneprobe serve` scraped by a real Prometheus server: per-pod values come back
+//! through PromQL with the pod's namespace, pod and container names, and `promtool`
+//! accepts the exposition.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tuneprobe_tests::{ADDR_B, NetnsPair, NftTable, PodCgroup, Workload, tuneprobe_binary, unique};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A child process killed on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A plain HTTP/1.0 GET on loopback; returns (status, body).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+fn encode(query: &str) -> String {
+    query
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// The value of a PromQL instant query with one result, once Prometheus has it.
+fn query_until(port: u16, promql: &str, accept: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + WAIT;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some((200, body)) = get(port, &format!("/api/v1/query?query={}", encode(promql))) {
+            let json: Value = serde_json::from_str(&body).unwrap_or_default();
+            let value = json["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|v| v.parse::<f64>().ok());
+            if let Some(v) = value {
+                if accept(v) {
+                    return v;
+                }
+                last = Some(v);
+            }
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    panic!("{promql}: last value {last:?}");
+}
+
+#[test]
+fn prometheus_scrapes_per_pod_values_by_name() {
+    const N: u64 = 30;
+    let pair = NetnsPair::new();
+    // The receiving pod in namespace B, the sending pod in namespace A.
+    let mut server_pod = PodCgroup::new();
+    let server_app = server_pod.container();
+    let mut client_pod = PodCgroup::new();
+    let client_app = client_pod.container();
+    let mut sink = Workload::spawn(&pair.b, Some(&server_app), &["tcp-sink", &format!("{ADDR_B}:5001")]);
+    assert_eq!(sink.read_line(), "ready");
+    let _nft = NftTable::with_rule(
+        &pair,
+        &pair.b,
+        "input",
+        "tcp dport 5001 meta length > 200 limit rate 1/hour burst 1 packets counter drop",
+    );
+
+    let logs = std::env::temp_dir().join(unique("tuneprobe-prom-"));
+    for (pod, ns, uid, container, id) in [
+        ("api-1", "shop", &server_pod.uid, "server", &server_app.container_id),
+        ("web-1", "shop", &client_pod.uid, "client", &client_app.container_id),
+    ] {
+        fs::create_dir_all(logs.join(format!("pods/{ns}_{pod}_{uid}/{container}"))).unwrap();
+        fs::create_dir_all(logs.join("containers")).unwrap();
+        fs::write(logs.join(format!("containers/{pod}_{ns}_{container}-{id}.log")), "").unwrap();
+    }
+
+    let metrics_port = free_port();
+    let mut serve = Command::new(tuneprobe_binary())
+        .args(["serve", "--listen", &format!("127.0.0.1:{metrics_port}"), "--pod-logs-dir"])
+        .arg(logs.join("pods"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tuneprobe serve");
+    let stderr = serve.stderr.take().expect("stderr piped");
+    let serve = Running(serve);
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let ready = rx.recv_timeout(WAIT).expect("tuneprobe serve said nothing");
+    assert!(ready.contains("ready"), "{ready}");
+    assert_eq!(get(metrics_port, "/readyz").map(|r| r.0), Some(200));
+    assert_eq!(get(metrics_port, "/healthz").map(|r| r.0), Some(200));
+
+    let prometheus_port = free_port();
+    let config = logs.join("prometheus.yml");
+    fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: tuneprobe\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n"
+        ),
+    )
+    .unwrap();
+    let prometheus = Running(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", logs.join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
+
+    // Traffic: socketless drops for the server pod, a retransmit for the client.
+    Workload::spawn(&pair.a, None, &["udp-send", &format!("{ADDR_B}:9"), &N.to_string(), "50"]).wait(WAIT);
+    let segs_before = pair.counter(&pair.a, "snmp", "Tcp", "RetransSegs");
+    Workload::spawn(&pair.a, Some(&client_app), &["tcp-send", &format!("{ADDR_B}:5001"), "1000000"]).wait(WAIT);
+    let segs = pair.counter(&pair.a, "snmp", "Tcp", "RetransSegs") - segs_before;
+    assert!(segs >= 1);
+
+    let drops = query_until(
+        prometheus_port,
+        &format!(
+            "tuneprobe_packet_drops_total{{namespace=\"shop\",pod=\"api-1\",container=\"\",reason=\"NO_SOCKET\"}}"
+        ),
+        |v| v >= N as f64,
+    );
+    assert_eq!(drops, N as f64);
+    let retransmitted = query_until(
+        prometheus_port,
+        "tuneprobe_tcp_retransmitted_segments_total{namespace=\"shop\",pod=\"web-1\",container=\"client\"}",
+        |v| v >= segs as f64,
+    );
+    assert_eq!(retransmitted, segs as f64);
+    let attached = query_until(prometheus_port, "sum(tuneprobe_probe_attached)", |v| v > 0.0);
+    assert!(attached >= 9.0, "{attached}");
+
+    // The exposition itself passes promtool's lint.
+    let (status, body) = get(metrics_port, "/metrics").expect("scrape");
+    assert_eq!(status, 200);
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    promtool.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let lint = promtool.wait_with_output().unwrap();
+    assert!(
+        lint.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    drop(serve);
+    drop(prometheus);
+    let _ = fs::remove_dir_all(Path::new(&logs));
+}
