@@ -25,7 +25,14 @@ fn start(dns_timeout: Duration) -> Collector {
     for status in probe.statuses().iter().filter(|s| s.name.starts_with("dns")) {
         assert!(status.attached, "{} did not attach: {:?}", status.name, status.error);
     }
-    Collector::start_with(probe, CollectorOptions { dns_timeout }).unwrap()
+    Collector::start_with(
+        probe,
+        CollectorOptions {
+            dns_timeout,
+            ..CollectorOptions::default()
+        },
+    )
+    .unwrap()
 }
 
 fn dns_of<'a>(snapshot: &'a Snapshot, container: &Container) -> &'a DnsReport {
