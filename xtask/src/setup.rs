@@ -3,7 +3,8 @@
 //! - the pinned nightly with `rust-src` (the bpf target is built with `-Z build-std`);
 //! - bpf-linker, built against the nightly's own libLLVM (same LLVM major, no distro
 //!   LLVM needed);
-//! - the Debian packages the integration tests drive.
+//! - the Debian packages the integration tests drive, and one PyPI package (the
+//!   Kubernetes schemas for the offline manifest check).
 //!
 //! Each step checks first and does nothing when its result is already in place.
 
@@ -32,10 +33,36 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
 ];
 
+/// The Kubernetes schemas the deploy/ test validates against, offline.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("kubernetes_validate", "kubernetes-validate==1.37.0")];
+
 pub fn run() -> anyhow::Result<()> {
     nightly()?;
     bpf_linker()?;
     debian_packages()?;
+    python_packages()?;
+    Ok(())
+}
+
+fn python_packages() -> anyhow::Result<()> {
+    for (module, requirement) in PYTHON_PACKAGES {
+        let present = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if present {
+            continue;
+        }
+        eprintln!("xtask setup: installing {requirement}");
+        run_checked(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            requirement,
+        ]))?;
+    }
     Ok(())
 }
 
