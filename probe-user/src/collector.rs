@@ -25,6 +25,7 @@ use crate::{
     cpustat::{CpuAccounting, CpuLimit},
     devices,
     histogram::{self, LatencySummary},
+    kube::{ApiConfig, PodWatcher},
     loader::Probe,
     pods::{self, PodNames},
     procfs::{self, ListenCounters},
@@ -41,8 +42,12 @@ pub struct CollectorOptions {
     pub dns_timeout: Duration,
     /// The kubelet's pod log directory, for pod and container names.
     pub pod_logs_dir: PathBuf,
-    /// How long a pod stays named after its log directory is gone.
+    /// How long a pod stays named after it is gone.
     pub pod_grace: Duration,
+    /// The Kubernetes API to watch this node's pods in, if any.
+    pub kube_api: Option<ApiConfig>,
+    /// This node's name (`spec.nodeName` of its pods).
+    pub node_name: String,
 }
 
 impl Default for CollectorOptions {
@@ -51,6 +56,8 @@ impl Default for CollectorOptions {
             dns_timeout: Duration::from_secs(5),
             pod_logs_dir: PathBuf::from(pods::DEFAULT_POD_LOGS_DIR),
             pod_grace: Duration::from_secs(300),
+            kube_api: None,
+            node_name: node_name(),
         }
     }
 }
@@ -149,7 +156,7 @@ impl Collector {
             listen_first: HashMap::new(),
             listen_last: HashMap::new(),
             cpu_watch: HashMap::new(),
-            pod_names: PodNames::new(&options.pod_logs_dir, options.pod_grace),
+            pod_names: pod_names(&options)?,
             options,
             dns_timeouts: HashMap::new(),
         };
@@ -384,6 +391,26 @@ impl Collector {
     }
 }
 
+/// This node's name: `NODE_NAME` (the downward API in the DaemonSet), else the hostname.
+pub fn node_name() -> String {
+    std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()).unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// Names from the log directories, and from the API when one is configured.
+fn pod_names(options: &CollectorOptions) -> anyhow::Result<PodNames> {
+    let names = PodNames::new(&options.pod_logs_dir, options.pod_grace);
+    let Some(api) = options.kube_api.clone() else {
+        return Ok(names);
+    };
+    let watcher = PodWatcher::start(api, options.node_name.clone(), options.pod_grace)
+        .context("starting the pod watcher")?;
+    Ok(names.with_api(watcher.store()))
+}
+
 /// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns()`.
 fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
@@ -566,13 +593,19 @@ impl<'a> Builder<'a> {
         let names = &self.collector.pod_names;
         let pod = identity.pod_uid.as_deref().and_then(|uid| names.pod(uid));
         let container = identity.container_id.as_deref().and_then(|id| names.container(id));
+        let pod_labels = identity
+            .pod_uid
+            .as_deref()
+            .map(|uid| names.labels(uid))
+            .unwrap_or_default();
         let workload = Workload {
             cgroup_id: id.or(fallback_id),
             cgroup_path: Some(path.to_string()),
             netns,
-            namespace: pod.map(|p| p.namespace.clone()),
-            pod: pod.map(|p| p.pod.clone()),
-            container: container.map(|c| c.container.clone()),
+            namespace: pod.as_ref().map(|p| p.namespace.clone()),
+            pod: pod.map(|p| p.pod),
+            container: container.map(|c| c.container),
+            pod_labels,
             pod_uid: identity.pod_uid,
             container_id: identity.container_id,
             ..Default::default()

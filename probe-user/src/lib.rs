@@ -8,6 +8,7 @@ pub mod collector;
 pub mod cpustat;
 pub mod devices;
 pub mod histogram;
+pub mod kube;
 pub mod layout;
 pub mod loader;
 pub mod metrics;

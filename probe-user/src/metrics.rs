@@ -202,14 +202,30 @@ fn prometheus_histogram<const N: usize, const S: u32>(
 #[derive(Debug)]
 pub struct Exporter {
     max_workloads: usize,
+    /// Pod label keys copied into metrics, with their metric label names.
+    pod_labels: Vec<(String, &'static str)>,
     admitted: HashSet<Labels>,
     folded: HashSet<Labels>,
 }
 
 impl Exporter {
-    pub fn new(max_workloads: usize) -> Self {
+    /// `pod_labels`: pod label keys to copy into every workload's labels as
+    /// `label_<key>` (non-alphanumerics become `_`).
+    pub fn new(max_workloads: usize, pod_labels: &[String]) -> Self {
         Self {
             max_workloads,
+            pod_labels: pod_labels
+                .iter()
+                .map(|key| {
+                    let name: String = key
+                        .chars()
+                        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                        .collect();
+                    // Label names live as long as the exporter: leaking a handful of
+                    // configured names once is simpler than owning them in every series.
+                    (key.clone(), &*Box::leak(format!("label_{name}").into_boxed_str()))
+                })
+                .collect(),
             admitted: HashSet::new(),
             folded: HashSet::new(),
         }
@@ -218,7 +234,10 @@ impl Exporter {
     /// The workload's label set, or the shared `other` one once the cap is reached. A
     /// workload keeps the answer it got first, so its series stay continuous.
     fn labels(&mut self, workload: &Workload) -> Labels {
-        let own = workload_labels(workload);
+        let mut own = workload_labels(workload);
+        for (key, name) in &self.pod_labels {
+            own.push((*name, workload.pod_labels.get(key).cloned().unwrap_or_default()));
+        }
         if self.admitted.contains(&own) {
             return own;
         }
@@ -227,12 +246,14 @@ impl Exporter {
             return own;
         }
         self.folded.insert(own);
-        vec![
+        let mut other = vec![
             ("namespace", String::new()),
             ("pod", String::new()),
             ("container", String::new()),
             ("cgroup", OTHER.to_string()),
-        ]
+        ];
+        other.extend(self.pod_labels.iter().map(|(_, name)| (*name, String::new())));
+        other
     }
 
     pub fn render(&mut self, snapshot: &Snapshot, scrape_seconds: f64) -> String {
@@ -500,7 +521,7 @@ mod tests {
 
     #[test]
     fn renders_counters_with_pod_labels() {
-        let text = Exporter::new(10).render(&snapshot(vec![workload("api")]), 0.01);
+        let text = Exporter::new(10, &[]).render(&snapshot(vec![workload("api")]), 0.01);
         assert!(
             text.contains(
                 "tuneprobe_packet_drops_total{namespace=\"shop\",pod=\"api\",container=\"app\",cgroup=\"\",reason=\"NO_SOCKET\"} 3"
@@ -513,7 +534,7 @@ mod tests {
 
     #[test]
     fn the_cap_folds_later_workloads_into_other_and_counts_them() {
-        let mut exporter = Exporter::new(2);
+        let mut exporter = Exporter::new(2, &[]);
         let all = vec![workload("a"), workload("b"), workload("c"), workload("d")];
         let text = exporter.render(&snapshot(all.clone()), 0.0);
         assert!(text.contains("pod=\"a\"") && text.contains("pod=\"b\""), "{text}");
@@ -530,6 +551,17 @@ mod tests {
     }
 
     #[test]
+    fn pod_labels_are_copied_only_when_asked() {
+        let mut w = workload("api");
+        w.pod_labels.insert("app.kubernetes.io/name".into(), "shop-api".into());
+        let text = Exporter::new(10, &["app.kubernetes.io/name".to_string()])
+            .render(&snapshot(vec![w.clone()]), 0.0);
+        assert!(text.contains("label_app_kubernetes_io_name=\"shop-api\""), "{text}");
+        let plain = Exporter::new(10, &[]).render(&snapshot(vec![w]), 0.0);
+        assert!(!plain.contains("label_"), "{plain}");
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         let mut odd = workload("x");
         odd.pod_uid = None;
@@ -537,7 +569,7 @@ mod tests {
         odd.pod = None;
         odd.container = None;
         odd.cgroup_path = Some("/system.slice/a\\x2db \"q\"\nline.service".into());
-        let text = Exporter::new(10).render(&snapshot(vec![odd]), 0.0);
+        let text = Exporter::new(10, &[]).render(&snapshot(vec![odd]), 0.0);
         assert!(
             text.contains(r#"cgroup="/system.slice/a\\x2db \"q\"\nline.service""#),
             "{text}"

@@ -1,4 +1,5 @@
-//! Pod names without the Kubernetes API: the kubelet's log directories.
+//! Pod names from the Kubernetes API when it is there ([`crate::kube`]), and from the
+//! kubelet's log directories when it is not:
 //!
 //! - `/var/log/pods/<namespace>_<pod>_<uid>/<container>/` names every pod by UID;
 //! - `/var/log/containers/<pod>_<namespace>_<container>-<container id>.log` names every
@@ -8,11 +9,14 @@
 //! which makes both forms unambiguous.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fs,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+
+use crate::kube::PodStore;
 
 /// Where the kubelet keeps pod logs on a standard node.
 pub const DEFAULT_POD_LOGS_DIR: &str = "/var/log/pods";
@@ -81,6 +85,8 @@ pub struct PodNames {
     grace: Duration,
     pods: HashMap<String, (PodName, Instant)>,
     containers: HashMap<String, (ContainerName, Instant)>,
+    /// The Kubernetes API's view, when it is reachable: asked first.
+    api: Option<Arc<Mutex<PodStore>>>,
 }
 
 impl PodNames {
@@ -96,9 +102,22 @@ impl PodNames {
             grace,
             pods: HashMap::new(),
             containers: HashMap::new(),
+            api: None,
         };
         names.refresh();
         names
+    }
+
+    /// Asks the API's pod store first, the log directories after.
+    pub fn with_api(mut self, store: Arc<Mutex<PodStore>>) -> Self {
+        self.api = Some(store);
+        self
+    }
+
+    fn api(&self) -> Option<std::sync::MutexGuard<'_, PodStore>> {
+        self.api
+            .as_ref()
+            .map(|store| store.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// Reads both directories again and forgets entries gone for longer than the grace.
@@ -119,12 +138,36 @@ impl PodNames {
         self.containers.retain(|_, (_, seen)| now.duration_since(*seen) <= grace);
     }
 
-    pub fn pod(&self, uid: &str) -> Option<&PodName> {
-        self.pods.get(uid).map(|(pod, _)| pod)
+    pub fn pod(&self, uid: &str) -> Option<PodName> {
+        if let Some(pod) = self.api().and_then(|api| {
+            api.pod(uid).map(|p| PodName {
+                namespace: p.namespace.clone(),
+                pod: p.name.clone(),
+            })
+        }) {
+            return Some(pod);
+        }
+        self.pods.get(uid).map(|(pod, _)| pod.clone())
     }
 
-    pub fn container(&self, id: &str) -> Option<&ContainerName> {
-        self.containers.get(id).map(|(container, _)| container)
+    pub fn container(&self, id: &str) -> Option<ContainerName> {
+        if let Some(container) = self.api().and_then(|api| {
+            api.container(id).map(|(p, name)| ContainerName {
+                namespace: p.namespace.clone(),
+                pod: p.name.clone(),
+                container: name.to_string(),
+            })
+        }) {
+            return Some(container);
+        }
+        self.containers.get(id).map(|(container, _)| container.clone())
+    }
+
+    /// The pod's labels, from the API (the log directories have none).
+    pub fn labels(&self, uid: &str) -> BTreeMap<String, String> {
+        self.api()
+            .and_then(|api| api.pod(uid).map(|p| p.labels.clone()))
+            .unwrap_or_default()
     }
 }
 

@@ -34,6 +34,9 @@ pub struct Workload {
     pub namespace: Option<String>,
     pub pod: Option<String>,
     pub container: Option<String>,
+    /// The pod's labels (from the API), for the exporter's opt-in label copies.
+    #[serde(skip)]
+    pub pod_labels: BTreeMap<String, String>,
     pub tcp: TcpStats,
     pub drops: DropStats,
     /// Block requests per (device, operation) issued by this workload.
@@ -400,6 +403,7 @@ mod tests {
                     namespace: None,
                     pod: None,
                     container: None,
+                    pod_labels: BTreeMap::new(),
                     tcp: TcpStats {
                         retransmits: 1,
                         retransmitted_segments: 4,

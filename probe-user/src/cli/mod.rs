@@ -26,6 +26,58 @@ pub struct Cli {
     command: Command,
 }
 
+/// How workloads are observed and named: shared by `snapshot` and `serve`.
+#[derive(Debug, clap::Args)]
+pub struct CollectorArgs {
+    /// A DNS query without a response after this long counts as a timeout.
+    #[arg(long, value_name = "DURATION", value_parser = snapshot::parse_duration, default_value = "5s")]
+    dns_timeout: std::time::Duration,
+
+    /// The kubelet's pod log directory, for pod and container names when the API is not
+    /// reachable (its sibling `containers` directory names containers).
+    #[arg(long, value_name = "DIR", default_value = tuneprobe::pods::DEFAULT_POD_LOGS_DIR)]
+    pod_logs_dir: PathBuf,
+
+    /// The Kubernetes API for pod names and labels: `auto` (in-cluster when running in a
+    /// pod), `none`, or a URL such as `http://127.0.0.1:8001` (kubectl proxy).
+    #[arg(long, value_name = "auto|none|URL", default_value = "auto")]
+    kube_api: String,
+
+    /// Bearer token file for `--kube-api URL`.
+    #[arg(long, value_name = "FILE")]
+    kube_token_file: Option<PathBuf>,
+
+    /// CA certificate (PEM) for an https `--kube-api URL`.
+    #[arg(long, value_name = "FILE")]
+    kube_ca_file: Option<PathBuf>,
+
+    /// This node's name, to watch only its pods (default: $NODE_NAME, else the hostname).
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+}
+
+impl CollectorArgs {
+    pub fn options(&self) -> tuneprobe::collector::CollectorOptions {
+        let kube_api = match self.kube_api.as_str() {
+            "none" => None,
+            "auto" => tuneprobe::kube::ApiConfig::in_cluster(),
+            url => Some(tuneprobe::kube::ApiConfig {
+                base_url: url.to_string(),
+                token_file: self.kube_token_file.clone(),
+                ca_file: self.kube_ca_file.clone(),
+            }),
+        };
+        let defaults = tuneprobe::collector::CollectorOptions::default();
+        tuneprobe::collector::CollectorOptions {
+            dns_timeout: self.dns_timeout,
+            pod_logs_dir: self.pod_logs_dir.clone(),
+            kube_api,
+            node_name: self.node_name.clone().unwrap_or(defaults.node_name.clone()),
+            ..defaults
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     Snapshot(snapshot::Args),

@@ -3,7 +3,6 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -14,13 +13,7 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tuneprobe::{
-    Collector, LoadOptions, Probe,
-    collector::CollectorOptions,
-    metrics::Exporter,
-};
-
-use super::snapshot::parse_duration;
+use tuneprobe::{Collector, LoadOptions, Probe, metrics::Exporter};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -42,13 +35,13 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 5000)]
     max_workloads: usize,
 
-    /// A DNS query without a response after this long counts as a timeout.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
-    dns_timeout: Duration,
+    /// Copy this pod label into the metrics as `label_<name>` (repeatable; opt-in,
+    /// because every distinct value is a new series).
+    #[arg(long = "pod-label", value_name = "KEY")]
+    pod_labels: Vec<String>,
 
-    /// The kubelet's pod log directory, for pod and container names.
-    #[arg(long, value_name = "DIR", default_value = tuneprobe::pods::DEFAULT_POD_LOGS_DIR)]
-    pod_logs_dir: PathBuf,
+    #[command(flatten)]
+    collector: super::CollectorArgs,
 }
 
 /// What the HTTP handlers share.
@@ -73,7 +66,7 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
 async fn serve(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     let state = Arc::new(State {
         collector: Mutex::new(None),
-        exporter: Mutex::new(Exporter::new(args.max_workloads)),
+        exporter: Mutex::new(Exporter::new(args.max_workloads, &args.pod_labels)),
         last_scrape_seconds: Mutex::new(0.0),
     });
     // Listen first: /healthz answers (and /readyz says not yet) while programs load.
@@ -82,11 +75,7 @@ async fn serve(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let server = tokio::spawn(accept(listener, Arc::clone(&state)));
 
-    let collector_options = CollectorOptions {
-        dns_timeout: args.dns_timeout,
-        pod_logs_dir: args.pod_logs_dir.clone(),
-        ..CollectorOptions::default()
-    };
+    let collector_options = args.collector.options();
     let load_options = options.clone();
     let collector = tokio::task::spawn_blocking(move || -> anyhow::Result<Collector> {
         Collector::start_with(Probe::load(&load_options)?, collector_options)

@@ -2,13 +2,12 @@
 
 use std::{
     io::Write as _,
-    path::PathBuf,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use tuneprobe::{Collector, LoadOptions, Probe, collector::CollectorOptions};
+use tuneprobe::{Collector, LoadOptions, Probe};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -31,14 +30,8 @@ pub struct Args {
     #[arg(long)]
     json: bool,
 
-    /// A DNS query without a response after this long counts as a timeout.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
-    dns_timeout: Duration,
-
-    /// The kubelet's pod log directory, for pod and container names (its sibling
-    /// `containers` directory names containers).
-    #[arg(long, value_name = "DIR", default_value = tuneprobe::pods::DEFAULT_POD_LOGS_DIR)]
-    pod_logs_dir: PathBuf,
+    #[command(flatten)]
+    collector: super::CollectorArgs,
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -55,12 +48,7 @@ const TICK: Duration = Duration::from_secs(1);
 
 pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     let probe = Probe::load(options)?;
-    let options = CollectorOptions {
-        dns_timeout: args.dns_timeout,
-        pod_logs_dir: args.pod_logs_dir.clone(),
-        ..CollectorOptions::default()
-    };
-    let mut collector = Collector::start_with(probe, options)?;
+    let mut collector = Collector::start_with(probe, args.collector.options())?;
     let statuses = collector.probe().statuses();
     let attached = statuses.iter().filter(|s| s.attached).count();
     eprintln!("ready: {attached} of {} programs attached", statuses.len());

@@ -1,0 +1,407 @@
+//! Pod names and labels from the Kubernetes API: a list, then a watch of the pods on this
+//! node (`spec.nodeName`), resumed from the last resource version when the stream drops,
+//! and a fresh list when the server answers 410 Gone (the version is too old).
+//!
+//! Blocking HTTP on a thread of its own: the watch is one long-lived request.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The service-account files every pod gets.
+const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the CA certificate in {0} is not PEM")]
+    Certificate(PathBuf),
+    #[error("request to the Kubernetes API failed: {0}")]
+    Http(String),
+    #[error("the Kubernetes API answered {status} for {url}")]
+    Status { status: u16, url: String },
+    #[error("the Kubernetes API sent something that is not a pod list: {0}")]
+    Garbage(String),
+}
+
+/// Where the API is and how to authenticate.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// `https://10.96.0.1:443`, or `http://127.0.0.1:8001` (kubectl proxy, tests).
+    pub base_url: String,
+    pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ApiConfig {
+    /// The in-cluster configuration, when running in a pod with a service account.
+    pub fn in_cluster() -> Option<Self> {
+        let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
+        let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        Some(Self {
+            base_url: format!("https://{host}:{port}"),
+            token_file: Some(Path::new(SERVICE_ACCOUNT).join("token")),
+            ca_file: Some(Path::new(SERVICE_ACCOUNT).join("ca.crt")),
+        })
+    }
+}
+
+/// What the API says about one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodMeta {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Container ID (64 hex, runtime prefix removed) -> container name.
+    pub containers: HashMap<String, String>,
+}
+
+impl PodMeta {
+    /// Reads a pod object; `None` if it lacks a UID, namespace or name.
+    pub fn from_object(object: &Value) -> Option<(String, Self)> {
+        let metadata = &object["metadata"];
+        let uid = metadata["uid"].as_str()?.to_string();
+        let labels = metadata["labels"]
+            .as_object()
+            .map(|labels| {
+                labels
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut containers = HashMap::new();
+        for statuses in ["containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses"] {
+            for status in object["status"][statuses].as_array().into_iter().flatten() {
+                let (Some(name), Some(id)) = (status["name"].as_str(), status["containerID"].as_str())
+                else {
+                    continue;
+                };
+                // `containerd://<id>`, `cri-o://<id>`, `docker://<id>`.
+                let id = id.rsplit("://").next().unwrap_or(id);
+                containers.insert(id.to_string(), name.to_string());
+            }
+        }
+        Some((
+            uid,
+            Self {
+                namespace: metadata["namespace"].as_str()?.to_string(),
+                name: metadata["name"].as_str()?.to_string(),
+                labels,
+                containers,
+            },
+        ))
+    }
+}
+
+/// The pods of this node, kept current by the watcher. Deleted pods stay for a grace
+/// period so reports about their last moments still name them.
+#[derive(Debug, Default)]
+pub struct PodStore {
+    pods: HashMap<String, (PodMeta, Option<Instant>)>,
+    /// Lists, watch restarts and errors, for tests and logs.
+    pub lists: u64,
+    pub resumes: u64,
+}
+
+impl PodStore {
+    pub fn pod(&self, uid: &str) -> Option<&PodMeta> {
+        self.pods.get(uid).map(|(pod, _)| pod)
+    }
+
+    pub fn container(&self, id: &str) -> Option<(&PodMeta, &str)> {
+        self.pods
+            .values()
+            .find_map(|(pod, _)| pod.containers.get(id).map(|name| (pod, name.as_str())))
+    }
+
+    pub fn len(&self) -> usize {
+        self.pods.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty()
+    }
+
+    fn upsert(&mut self, uid: String, pod: PodMeta) {
+        self.pods.insert(uid, (pod, None));
+    }
+
+    fn delete(&mut self, uid: &str) {
+        if let Some((_, deleted)) = self.pods.get_mut(uid) {
+            deleted.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// After a fresh list: pods missing from it count as deleted now.
+    fn replace(&mut self, listed: HashMap<String, PodMeta>) {
+        let now = Instant::now();
+        for (uid, (_, deleted)) in &mut self.pods {
+            if !listed.contains_key(uid) {
+                deleted.get_or_insert(now);
+            }
+        }
+        for (uid, pod) in listed {
+            self.upsert(uid, pod);
+        }
+    }
+
+    fn forget_deleted(&mut self, grace: Duration) {
+        self.pods
+            .retain(|_, (_, deleted)| deleted.is_none_or(|at| at.elapsed() <= grace));
+    }
+}
+
+/// Lists and watches the pods on `node`, forever, on a thread of its own.
+pub struct PodWatcher {
+    store: Arc<Mutex<PodStore>>,
+}
+
+impl PodWatcher {
+    pub fn start(config: ApiConfig, node: String, grace: Duration) -> Result<Self, KubeError> {
+        let client = Client::new(&config)?;
+        let store = Arc::new(Mutex::new(PodStore::default()));
+        let shared = Arc::clone(&store);
+        thread::Builder::new()
+            .name("pod-watcher".into())
+            .spawn(move || watch_forever(&client, &node, &shared, grace))
+            .map_err(|e| KubeError::Http(e.to_string()))?;
+        Ok(Self { store })
+    }
+
+    pub fn store(&self) -> Arc<Mutex<PodStore>> {
+        Arc::clone(&self.store)
+    }
+}
+
+struct Client {
+    agent: ureq::Agent,
+    base_url: String,
+    token_file: Option<PathBuf>,
+}
+
+impl Client {
+    fn new(config: &ApiConfig) -> Result<Self, KubeError> {
+        let mut builder = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)));
+        if let Some(ca) = &config.ca_file {
+            let pem = fs::read(ca).map_err(|source| KubeError::Read {
+                path: ca.clone(),
+                source,
+            })?;
+            let cert = ureq::tls::Certificate::from_pem(&pem)
+                .map_err(|_| KubeError::Certificate(ca.clone()))?;
+            builder = builder.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&[cert]))
+                    .build(),
+            );
+        }
+        Ok(Self {
+            agent: builder.build().into(),
+            base_url: config.base_url.trim_end_matches('/').to_string(),
+            token_file: config.token_file.clone(),
+        })
+    }
+
+    /// GET with the (re-read: it rotates) bearer token; the body as a stream.
+    fn get(&self, path_and_query: &str) -> Result<ureq::Body, KubeError> {
+        let url = format!("{}{path_and_query}", self.base_url);
+        let mut request = self.agent.get(&url);
+        if let Some(file) = &self.token_file {
+            let token = fs::read_to_string(file).map_err(|source| KubeError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            request = request.header("Authorization", &format!("Bearer {}", token.trim()));
+        }
+        let response = request.call().map_err(|e| KubeError::Http(e.to_string()))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(KubeError::Status { status, url });
+        }
+        Ok(response.into_body())
+    }
+}
+
+fn selector(node: &str) -> String {
+    // `spec.nodeName=<node>`, URL-encoded.
+    format!("fieldSelector=spec.nodeName%3D{node}")
+}
+
+/// One list: every pod on the node, and the resource version to watch from.
+fn list(client: &Client, node: &str) -> Result<(HashMap<String, PodMeta>, String), KubeError> {
+    let body = client.get(&format!("/api/v1/pods?{}", selector(node)))?;
+    let text = body
+        .into_with_config()
+        .limit(256 << 20)
+        .read_to_string()
+        .map_err(|e| KubeError::Http(e.to_string()))?;
+    let json: Value = serde_json::from_str(&text).map_err(|e| KubeError::Garbage(e.to_string()))?;
+    let version = json["metadata"]["resourceVersion"]
+        .as_str()
+        .ok_or_else(|| KubeError::Garbage("no metadata.resourceVersion".into()))?
+        .to_string();
+    let items = json["items"]
+        .as_array()
+        .ok_or_else(|| KubeError::Garbage("no items".into()))?;
+    Ok((items.iter().filter_map(PodMeta::from_object).collect(), version))
+}
+
+/// How a watch stream ended.
+enum WatchEnd {
+    /// The stream closed or broke: watch again from this version.
+    Resume(String),
+    /// 410 Gone: the version is too old, list again.
+    Relist,
+}
+
+fn watch(client: &Client, node: &str, version: String, store: &Mutex<PodStore>) -> WatchEnd {
+    let path = format!(
+        "/api/v1/pods?watch=1&allowWatchBookmarks=true&resourceVersion={version}&timeoutSeconds=300&{}",
+        selector(node)
+    );
+    let body = match client.get(&path) {
+        Ok(body) => body,
+        Err(KubeError::Status { status: 410, .. }) => return WatchEnd::Relist,
+        Err(err) => {
+            log::warn!("pod watch: {err}");
+            return WatchEnd::Resume(version);
+        }
+    };
+    let mut version = version;
+    let reader = BufReader::new(body.into_reader());
+    for line in reader.lines() {
+        let Ok(line) = line else { break };
+        let Ok(event) = serde_json::from_str::<Value>(&line) else {
+            log::warn!("pod watch: not a JSON event, ignored: {line:.200}");
+            continue;
+        };
+        let object = &event["object"];
+        match event["type"].as_str() {
+            Some("ERROR") => {
+                if object["code"].as_u64() == Some(410) {
+                    return WatchEnd::Relist;
+                }
+                log::warn!("pod watch error: {object}");
+                break;
+            }
+            Some(kind @ ("ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK")) => {
+                if let Some(v) = object["metadata"]["resourceVersion"].as_str() {
+                    version = v.to_string();
+                }
+                if kind == "BOOKMARK" {
+                    continue;
+                }
+                let Some((uid, pod)) = PodMeta::from_object(object) else {
+                    continue;
+                };
+                let mut store = lock(store);
+                if kind == "DELETED" {
+                    store.delete(&uid);
+                } else {
+                    store.upsert(uid, pod);
+                }
+            }
+            _ => log::warn!("pod watch: unknown event, ignored: {line:.200}"),
+        }
+    }
+    WatchEnd::Resume(version)
+}
+
+fn lock(store: &Mutex<PodStore>) -> std::sync::MutexGuard<'_, PodStore> {
+    store.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn watch_forever(client: &Client, node: &str, store: &Mutex<PodStore>, grace: Duration) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let version = match list(client, node) {
+            Ok((pods, version)) => {
+                let mut store = lock(store);
+                store.replace(pods);
+                store.lists += 1;
+                backoff = Duration::from_millis(200);
+                version
+            }
+            Err(err) => {
+                log::warn!("listing pods: {err}; the pod log directory names pods meanwhile");
+                thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        let mut version = version;
+        loop {
+            lock(store).forget_deleted(grace);
+            match watch(client, node, version, store) {
+                WatchEnd::Relist => break,
+                WatchEnd::Resume(v) => {
+                    version = v;
+                    lock(store).resumes += 1;
+                    thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_pod_objects() {
+        let object = serde_json::json!({
+            "metadata": {"uid": "u1", "namespace": "shop", "name": "api", "labels": {"app": "api"}},
+            "status": {"containerStatuses": [
+                {"name": "server", "containerID": "containerd://abc"},
+                {"name": "starting"}
+            ]}
+        });
+        let (uid, pod) = PodMeta::from_object(&object).unwrap();
+        assert_eq!(uid, "u1");
+        assert_eq!(pod.labels["app"], "api");
+        assert_eq!(pod.containers["abc"], "server");
+        assert_eq!(pod.containers.len(), 1);
+        assert!(PodMeta::from_object(&serde_json::json!({"metadata": {"name": "x"}})).is_none());
+        assert!(PodMeta::from_object(&serde_json::json!("garbage")).is_none());
+    }
+
+    #[test]
+    fn a_relist_marks_missing_pods_deleted_and_the_grace_forgets_them() {
+        let pod = |name: &str| PodMeta {
+            namespace: "ns".into(),
+            name: name.into(),
+            labels: BTreeMap::new(),
+            containers: HashMap::new(),
+        };
+        let mut store = PodStore::default();
+        store.replace(HashMap::from([("a".to_string(), pod("a")), ("b".to_string(), pod("b"))]));
+        store.replace(HashMap::from([("a".to_string(), pod("a"))]));
+        assert!(store.pod("b").is_some(), "kept during the grace period");
+        store.forget_deleted(Duration::ZERO);
+        thread::sleep(Duration::from_millis(2));
+        store.forget_deleted(Duration::ZERO);
+        assert!(store.pod("b").is_none());
+        assert!(store.pod("a").is_some());
+    }
+}
