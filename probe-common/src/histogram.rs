@@ -144,7 +144,10 @@ mod tests {
         for us in (1..5000u64).chain([10_000, 25_000, 30_000, 99_999, 1_000_000]) {
             let index = bucket_index(us * 1000);
             let (lo, hi) = bucket_bounds_us(index);
-            assert!(lo <= us && us < hi, "{us} µs in bucket {index} [{lo}, {hi})");
+            assert!(
+                lo <= us && us < hi,
+                "{us} µs in bucket {index} [{lo}, {hi})"
+            );
         }
         assert_eq!(bucket_index(999), 0);
         assert_eq!(bucket_index(u64::MAX), HISTOGRAM_BUCKETS - 1);
@@ -155,7 +158,10 @@ mod tests {
         for us in (1..5000u64).chain([25_000, 100_000, 100_400, 1_000_000, 5_000_000]) {
             let index = DnsHistogram::bucket(us * 1000);
             let (lo, hi) = DnsHistogram::bounds_us(index);
-            assert!(lo <= us && us < hi, "{us} µs in bucket {index} [{lo}, {hi})");
+            assert!(
+                lo <= us && us < hi,
+                "{us} µs in bucket {index} [{lo}, {hi})"
+            );
         }
         let (lo, hi) = DnsHistogram::bounds_us(DnsHistogram::bucket(100_000_000));
         assert!(hi - lo <= 2100, "[{lo}, {hi}) at 100 ms");
@@ -167,7 +173,10 @@ mod tests {
         assert_ne!(bucket_index(25_000_000), bucket_index(30_000_000));
         for index in 9..HISTOGRAM_BUCKETS - 1 {
             let (lo, hi) = bucket_bounds_us(index);
-            assert!((hi - lo) * 4 <= lo, "bucket {index} [{lo}, {hi}) wider than 25%");
+            assert!(
+                (hi - lo) * 4 <= lo,
+                "bucket {index} [{lo}, {hi}) wider than 25%"
+            );
         }
         // 100 buckets reach past 25 s.
         assert!(bucket_bounds_us(HISTOGRAM_BUCKETS - 1).0 > 25_000_000);

@@ -93,7 +93,8 @@ fn try_block_rq_complete(ctx: &BtfTracePointContext) {
         aggregate::count_overflow(OverflowSlot::BlockInFlight);
         return;
     };
-    let Some(stats) = aggregate::shared_entry(&BLOCK_IO, &state.key, &ZERO_STATS, OverflowSlot::BlockIo)
+    let Some(stats) =
+        aggregate::shared_entry(&BLOCK_IO, &state.key, &ZERO_STATS, OverflowSlot::BlockIo)
     else {
         let _ = BLOCK_IN_FLIGHT.remove(&id);
         return;
@@ -118,7 +119,10 @@ fn try_block_rq_complete(ctx: &BtfTracePointContext) {
     let now = now();
     // SAFETY: map value pointer.
     unsafe {
-        aggregate::record(&raw mut (*stats).service, now.saturating_sub(state.issue_ns));
+        aggregate::record(
+            &raw mut (*stats).service,
+            now.saturating_sub(state.issue_ns),
+        );
         if state.insert_ns != 0 {
             aggregate::record(
                 &raw mut (*stats).queue,

@@ -36,7 +36,9 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let next: *const u8 = ctx.arg(2);
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if is_throttled(&layout, prev) && (layout.throttle_per_task != 0 || still_runnable(&layout, &ctx)) {
+    if is_throttled(&layout, prev)
+        && (layout.throttle_per_task != 0 || still_runnable(&layout, &ctx))
+    {
         switched_out_throttled(&layout, prev, now);
     }
     switched_in(&layout, next, now);
@@ -72,12 +74,19 @@ fn is_throttled(layout: &KernelLayout, task: *const u8) -> bool {
 fn switched_out_throttled(layout: &KernelLayout, task: *const u8, now: u64) {
     let cgroup = kernel::follow(
         task,
-        [layout.task_cgroups, layout.css_set_cpu_css, layout.css_cgroup],
+        [
+            layout.task_cgroups,
+            layout.css_set_cpu_css,
+            layout.css_cgroup,
+        ],
     );
     let cgroup_id = kernel::cgroup_id(layout, cgroup);
-    let Some(stats) =
-        aggregate::shared_entry(&CPU_THROTTLE, &cgroup_id, &ZERO_STATS, OverflowSlot::CpuThrottle)
-    else {
+    let Some(stats) = aggregate::shared_entry(
+        &CPU_THROTTLE,
+        &cgroup_id,
+        &ZERO_STATS,
+        OverflowSlot::CpuThrottle,
+    ) else {
         return;
     };
     // SAFETY: map value pointer.
@@ -100,6 +109,11 @@ fn switched_in(layout: &KernelLayout, task: *const u8, now: u64) {
     let _ = THROTTLED_TASKS.remove(&pid);
     if let Some(stats) = CPU_THROTTLE.get_ptr_mut(&waiting.cgroup_id) {
         // SAFETY: map value pointer.
-        unsafe { aggregate::record(&raw mut (*stats).stall, now.saturating_sub(waiting.since_ns)) };
+        unsafe {
+            aggregate::record(
+                &raw mut (*stats).stall,
+                now.saturating_sub(waiting.since_ns),
+            )
+        };
     }
 }

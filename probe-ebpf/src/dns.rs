@@ -8,10 +8,18 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::{bpf_ktime_get_ns, generated::{bpf_skb_cgroup_id, bpf_skb_load_bytes}},
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_skb_cgroup_id, bpf_skb_load_bytes},
+    },
     macros::{cgroup_skb, map},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::SkBuffContext,
+};
+use network_types::{
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
 };
 use probe_common::{
     DnsCounters, DnsFlow, DnsHistogram, DnsLatencyKey, DnsQuery, DnsResolverKey, OverflowSlot,
@@ -19,12 +27,6 @@ use probe_common::{
         DNS_COUNTERS_MAX_KEYS, DNS_IN_FLIGHT_MAX, DNS_LATENCY_MAX_KEYS, DNS_PORT, MAX_LABELS,
         PROTO_TCP, PROTO_UDP, QUESTION_BYTES, qtype_class,
     },
-};
-
-use network_types::{
-    ip::{Ipv4Hdr, Ipv6Hdr},
-    tcp::TcpHdr,
-    udp::UdpHdr,
 };
 
 use crate::aggregate;
@@ -102,7 +104,12 @@ fn parse_packet(ctx: &SkBuffContext) -> Option<Packet> {
             if ip.frag_offset() != 0 {
                 return None;
             }
-            (ip.proto, mapped(ip.src_addr), mapped(ip.dst_addr), usize::from(ip.ihl()))
+            (
+                ip.proto,
+                mapped(ip.src_addr),
+                mapped(ip.dst_addr),
+                usize::from(ip.ihl()),
+            )
         }
         ETH_P_IPV6 => {
             // Extension headers before the transport header are not followed.
@@ -275,9 +282,12 @@ fn on_response(ctx: &SkBuffContext, packet: &Packet) {
         qtype: query.qtype,
         _pad: [0; 6],
     };
-    if let Some(histogram) =
-        aggregate::shared_entry(&DNS_LATENCY, &key, &ZERO_HISTOGRAM, OverflowSlot::DnsLatency)
-    {
+    if let Some(histogram) = aggregate::shared_entry(
+        &DNS_LATENCY,
+        &key,
+        &ZERO_HISTOGRAM,
+        OverflowSlot::DnsLatency,
+    ) {
         aggregate::record(histogram, now.saturating_sub(query.sent_ns));
     }
 }

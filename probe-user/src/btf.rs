@@ -559,7 +559,10 @@ mod tests {
         assert!(byte > 0);
         let (_, mask) = btf.flag_location("cfs_rq", "throttled").unwrap();
         assert_eq!(mask.count_ones(), 1);
-        assert!(btf.field_offset("cfs_rq", "throttled").is_err(), "a bitfield has no byte offset");
+        assert!(
+            btf.field_offset("cfs_rq", "throttled").is_err(),
+            "a bitfield has no byte offset"
+        );
     }
 
     #[test]

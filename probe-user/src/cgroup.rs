@@ -101,6 +101,10 @@ pub struct CgroupPaths {
     by_id: HashMap<u64, String>,
     /// Ids a walk did not find (removed before it): not walked for again.
     missing: std::collections::HashSet<u64>,
+    /// Known cgroups that a later walk no longer found, and since when.
+    gone: HashMap<u64, std::time::Instant>,
+    /// The latest id seen at each path (a path re-created gets a new id).
+    by_path: HashMap<String, u64>,
 }
 
 impl CgroupPaths {
@@ -109,6 +113,8 @@ impl CgroupPaths {
             root,
             by_id: HashMap::new(),
             missing: std::collections::HashSet::new(),
+            gone: HashMap::new(),
+            by_path: HashMap::new(),
         };
         paths.refresh();
         paths
@@ -118,8 +124,10 @@ impl CgroupPaths {
         &self.root
     }
 
-    /// Walks the hierarchy again, adding cgroups created since the last walk.
+    /// Walks the hierarchy again, adding cgroups created since the last walk and noting
+    /// the ones removed since.
     pub fn refresh(&mut self) {
+        let mut seen = std::collections::HashSet::new();
         let mut stack = vec![self.root.clone()];
         while let Some(dir) = stack.pop() {
             let Ok(meta) = fs::symlink_metadata(&dir) else {
@@ -129,6 +137,8 @@ impl CgroupPaths {
                 .strip_prefix(&self.root)
                 .map(|p| format!("/{}", p.display()))
                 .unwrap_or_else(|_| "/".to_string());
+            seen.insert(meta.ino());
+            self.by_path.insert(relative.clone(), meta.ino());
             self.by_id.insert(meta.ino(), relative);
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
@@ -139,6 +149,26 @@ impl CgroupPaths {
                 }
             }
         }
+        let now = std::time::Instant::now();
+        for id in self.by_id.keys() {
+            if seen.contains(id) {
+                self.gone.remove(id);
+            } else {
+                self.gone.entry(*id).or_insert(now);
+            }
+        }
+    }
+
+    /// How long ago the cgroup at `path` was removed; `None` while it exists (or if it
+    /// was never seen).
+    pub fn gone_for(&self, path: &str) -> Option<std::time::Duration> {
+        let id = self.by_path.get(path)?;
+        self.gone.get(id).map(std::time::Instant::elapsed)
+    }
+
+    /// Whether a walk ever saw a cgroup at `path`.
+    pub fn knows(&self, path: &str) -> bool {
+        self.by_path.contains_key(path)
     }
 
     /// Path of `id`, walking the hierarchy once more the first time it is not known.
@@ -158,12 +188,10 @@ impl CgroupPaths {
     /// during an earlier walk.
     pub fn id_of(&self, path: &str) -> Option<u64> {
         let full = self.root.join(path.trim_start_matches('/'));
-        fs::metadata(full).ok().map(|m| m.ino()).or_else(|| {
-            self.by_id
-                .iter()
-                .find(|(_, known)| known.as_str() == path)
-                .map(|(&id, _)| id)
-        })
+        fs::metadata(full)
+            .ok()
+            .map(|m| m.ino())
+            .or_else(|| self.by_path.get(path).copied())
     }
 }
 

@@ -79,7 +79,9 @@ impl Counters {
             retransmits: probe.retransmits().context("reading retransmit counters")?,
             drops: probe.drops().context("reading drop counters")?,
             block: probe.block_io().context("reading block IO statistics")?,
-            throttle: probe.cpu_throttle().context("reading throttle statistics")?,
+            throttle: probe
+                .cpu_throttle()
+                .context("reading throttle statistics")?,
             dns: probe.dns_counters().context("reading DNS counters")?,
             dns_latency: probe.dns_latency().context("reading DNS latency")?,
         })
@@ -183,6 +185,11 @@ impl Collector {
         let processes = procfs::processes(&self.proc_root);
         self.attributor.observe(&processes);
         self.pod_names.refresh();
+        // New cgroups get named, removed ones start their grace period.
+        self.attributor.cgroups.refresh();
+        if let Some(blkio) = self.blkio_paths.as_mut() {
+            blkio.refresh();
+        }
         let live: Vec<(u32, u32)> = self.attributor.live_netns().collect();
         for (netns, pid) in live {
             if let Some(counters) = ListenCounters::of_pid(&self.proc_root, pid) {
@@ -196,10 +203,25 @@ impl Collector {
             .retransmits
             .keys()
             .map(|k| (Hierarchy::Unified, k.cgroup_id))
-            .chain(counters.drops.keys().map(|k| (Hierarchy::Unified, k.cgroup_id)))
-            .chain(counters.block.keys().map(|k| (Hierarchy::Blkio, k.cgroup_id)))
+            .chain(
+                counters
+                    .drops
+                    .keys()
+                    .map(|k| (Hierarchy::Unified, k.cgroup_id)),
+            )
+            .chain(
+                counters
+                    .block
+                    .keys()
+                    .map(|k| (Hierarchy::Blkio, k.cgroup_id)),
+            )
             .chain(counters.throttle.keys().map(|&id| (Hierarchy::Cpu, id)))
-            .chain(counters.dns.keys().map(|k| (Hierarchy::Unified, k.cgroup_id)))
+            .chain(
+                counters
+                    .dns
+                    .keys()
+                    .map(|k| (Hierarchy::Unified, k.cgroup_id)),
+            )
             .filter(|&(_, id)| id != 0)
             .collect();
         for (hierarchy, id) in ids {
@@ -244,7 +266,14 @@ impl Collector {
                 continue;
             };
             if limit.quota_us.is_some() {
-                self.cpu_watch.insert(path, CpuWatch { first, last: first, limit });
+                self.cpu_watch.insert(
+                    path,
+                    CpuWatch {
+                        first,
+                        last: first,
+                        limit,
+                    },
+                );
             }
         }
     }
@@ -280,7 +309,9 @@ impl Collector {
                 continue;
             }
             let netns = (key.netns != 0).then_some(key.netns);
-            let tcp = &mut builder.by_cgroup(Hierarchy::Unified, key.cgroup_id, netns).tcp;
+            let tcp = &mut builder
+                .by_cgroup(Hierarchy::Unified, key.cgroup_id, netns)
+                .tcp;
             tcp.retransmits += delta.retransmits;
             tcp.retransmitted_segments += delta.segments;
             tcp.failed_retransmits += delta.failed;
@@ -332,12 +363,19 @@ impl Collector {
                 service_histogram: service,
                 queue_histogram: queue,
             };
-            builder.by_cgroup(Hierarchy::Blkio, key.cgroup_id, None).block.push(report);
+            builder
+                .by_cgroup(Hierarchy::Blkio, key.cgroup_id, None)
+                .block
+                .push(report);
         }
 
         let mut cpu_paths: BTreeMap<String, CpuReport> = BTreeMap::new();
         for (&id, stats) in &now.throttle {
-            let before = baseline.throttle.get(&id).copied().unwrap_or(ThrottleStats::ZERO);
+            let before = baseline
+                .throttle
+                .get(&id)
+                .copied()
+                .unwrap_or(ThrottleStats::ZERO);
             let events = stats.events.saturating_sub(before.events);
             if events == 0 {
                 continue;
@@ -393,11 +431,14 @@ impl Collector {
 
 /// This node's name: `NODE_NAME` (the downward API in the DaemonSet), else the hostname.
 pub fn node_name() -> String {
-    std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()).unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default()
-    })
+    std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default()
+        })
 }
 
 /// Names from the log directories, and from the API when one is configured.
@@ -463,7 +504,10 @@ fn dns_reports(
         report.unmatched_responses += delta.unmatched;
         report.malformed += delta.malformed;
         if delta.queries + delta.responses > 0 {
-            let resolver = report.by_resolver.entry(resolver_name(key.resolver)).or_default();
+            let resolver = report
+                .by_resolver
+                .entry(resolver_name(key.resolver))
+                .or_default();
             resolver.queries += delta.queries;
             resolver.responses += delta.responses;
         }
@@ -478,15 +522,25 @@ fn dns_reports(
             .timeouts += count;
     }
     for (key, histogram) in &now.dns_latency {
-        let before = baseline.dns_latency.get(key).copied().unwrap_or(DnsHistogram::ZERO);
+        let before = baseline
+            .dns_latency
+            .get(key)
+            .copied()
+            .unwrap_or(DnsHistogram::ZERO);
         let window = histogram::since(histogram, &before);
         if window.count == 0 {
             continue;
         }
         let report = reports.entry(key.cgroup_id).or_default();
         *report.by_rcode.entry(rcode_name(key.rcode)).or_default() += window.count;
-        *report.by_qtype.entry(qtype_name(key.qtype).to_string()).or_default() += window.count;
-        histogram::add(latency.entry(key.cgroup_id).or_insert(DnsHistogram::ZERO), &window);
+        *report
+            .by_qtype
+            .entry(qtype_name(key.qtype).to_string())
+            .or_default() += window.count;
+        histogram::add(
+            latency.entry(key.cgroup_id).or_insert(DnsHistogram::ZERO),
+            &window,
+        );
         histogram::add(
             resolver_latency
                 .entry((key.cgroup_id, resolver_name(key.resolver)))
@@ -515,7 +569,8 @@ fn dns_reports(
     }
     for ((cgroup_id, resolver), histogram) in resolver_latency {
         if let Some(report) = reports.get_mut(&cgroup_id) {
-            report.by_resolver.entry(resolver).or_default().latency_ms = Percentiles::of(&histogram);
+            report.by_resolver.entry(resolver).or_default().latency_ms =
+                Percentiles::of(&histogram);
         }
     }
     reports
@@ -583,16 +638,14 @@ impl<'a> Builder<'a> {
         };
         let fallback_id = match hierarchy {
             Hierarchy::Unified => None,
-            other => self
-                .collector
-                .paths(other)
-                .known()
-                .find(|(_, known)| *known == path)
-                .map(|(id, _)| id),
+            other => self.collector.paths(other).id_of(path),
         };
         let names = &self.collector.pod_names;
         let pod = identity.pod_uid.as_deref().and_then(|uid| names.pod(uid));
-        let container = identity.container_id.as_deref().and_then(|id| names.container(id));
+        let container = identity
+            .container_id
+            .as_deref()
+            .and_then(|id| names.container(id));
         let pod_labels = identity
             .pod_uid
             .as_deref()
@@ -620,7 +673,12 @@ impl<'a> Builder<'a> {
         let Some(netns) = netns else {
             return self.workloads.entry(Key::Unattributed).or_default();
         };
-        match self.collector.attributor.netns_owner(netns).map(str::to_string) {
+        match self
+            .collector
+            .attributor
+            .netns_owner(netns)
+            .map(str::to_string)
+        {
             Some(path) => {
                 let workload = self.by_path(Hierarchy::Unified, &path);
                 workload.netns.get_or_insert(netns);
@@ -636,7 +694,25 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// The workloads, less those whose cgroup is gone from every hierarchy for longer
+    /// than the grace period: a deleted pod leaves the report (and the metrics).
     fn finish(self) -> Vec<Workload> {
-        self.workloads.into_values().collect()
+        let collector = self.collector;
+        let grace = collector.options.pod_grace;
+        let expired = |path: &str| {
+            let mut views = vec![&collector.attributor.cgroups];
+            views.extend(collector.cpu_paths.as_ref());
+            views.extend(collector.blkio_paths.as_ref());
+            let known: Vec<Option<Duration>> = views
+                .iter()
+                .filter(|paths| paths.knows(path))
+                .map(|paths| paths.gone_for(path))
+                .collect();
+            !known.is_empty() && known.iter().all(|gone| gone.is_some_and(|g| g > grace))
+        };
+        self.workloads
+            .into_values()
+            .filter(|w| !w.cgroup_path.as_deref().is_some_and(expired))
+            .collect()
     }
 }

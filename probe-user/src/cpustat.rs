@@ -43,7 +43,9 @@ impl CpuAccounting {
     pub fn since(&self, earlier: &Self) -> Self {
         Self {
             periods: self.periods.saturating_sub(earlier.periods),
-            throttled_periods: self.throttled_periods.saturating_sub(earlier.throttled_periods),
+            throttled_periods: self
+                .throttled_periods
+                .saturating_sub(earlier.throttled_periods),
             throttled_ns: self.throttled_ns.saturating_sub(earlier.throttled_ns),
         }
     }
@@ -77,7 +79,10 @@ impl CpuLimit {
         } else {
             Some(quota.parse().ok()?)
         };
-        Some(Self { quota_us, period_us })
+        Some(Self {
+            quota_us,
+            period_us,
+        })
     }
 
     pub fn parse_v1(quota: &str, period: &str) -> Option<Self> {
@@ -115,11 +120,20 @@ mod tests {
     fn parses_limits() {
         assert_eq!(
             CpuLimit::parse_v2("20000 100000\n"),
-            Some(CpuLimit { quota_us: Some(20_000), period_us: 100_000 })
+            Some(CpuLimit {
+                quota_us: Some(20_000),
+                period_us: 100_000
+            })
         );
         assert_eq!(CpuLimit::parse_v2("max 100000\n").unwrap().quota_us, None);
-        assert_eq!(CpuLimit::parse_v1("-1\n", "100000\n").unwrap().quota_us, None);
-        assert_eq!(CpuLimit::parse_v1("20000\n", "100000\n").unwrap().quota_us, Some(20_000));
+        assert_eq!(
+            CpuLimit::parse_v1("-1\n", "100000\n").unwrap().quota_us,
+            None
+        );
+        assert_eq!(
+            CpuLimit::parse_v1("20000\n", "100000\n").unwrap().quota_us,
+            Some(20_000)
+        );
         assert_eq!(CpuLimit::parse_v2("bogus"), None);
     }
 }

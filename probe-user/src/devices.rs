@@ -38,7 +38,10 @@ mod tests {
 
     #[test]
     fn reads_the_active_scheduler() {
-        assert_eq!(active_scheduler("none [mq-deadline] kyber bfq\n").as_deref(), Some("mq-deadline"));
+        assert_eq!(
+            active_scheduler("none [mq-deadline] kyber bfq\n").as_deref(),
+            Some("mq-deadline")
+        );
         assert_eq!(active_scheduler("[none] \n").as_deref(), Some("none"));
         assert_eq!(active_scheduler("none\n"), None);
     }
@@ -50,7 +53,10 @@ mod tests {
         let dev = (libc::major(st_dev) << MINOR_BITS) | libc::minor(st_dev);
         let root_disk = name(Path::new("/sys"), dev);
         assert!(!root_disk.contains(':'), "{root_disk}");
-        assert_eq!(name(Path::new("/sys"), (4095 << MINOR_BITS) | 4095), "4095:4095");
+        assert_eq!(
+            name(Path::new("/sys"), (4095 << MINOR_BITS) | 4095),
+            "4095:4095"
+        );
         assert_eq!(split_dev((254 << MINOR_BITS) | 16), (254, 16));
     }
 }

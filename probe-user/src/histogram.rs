@@ -165,8 +165,17 @@ mod tests {
         // a few up to 104.7. The coarse histogram would say ~102.
         let mut h = probe_common::DnsHistogram::ZERO;
         let samples = [
-            100_100_000u64, 100_200_000, 100_300_000, 100_300_000, 100_400_000, 100_400_000,
-            100_500_000, 103_000_000, 104_000_000, 104_600_000, 104_700_000,
+            100_100_000u64,
+            100_200_000,
+            100_300_000,
+            100_300_000,
+            100_400_000,
+            100_400_000,
+            100_500_000,
+            103_000_000,
+            104_000_000,
+            104_600_000,
+            104_700_000,
         ];
         for ns in samples {
             if h.count == 0 || ns < h.min_ns {
@@ -184,7 +193,10 @@ mod tests {
     fn medians_of_25_and_30_ms_differ() {
         let a = quantile_ms(&histogram(&[25_000_000; 11]), 0.5).unwrap();
         let b = quantile_ms(&histogram(&[30_000_000; 11]), 0.5).unwrap();
-        assert!(a < b && (20.0..=25.0).contains(&a) && (28.0..=30.0).contains(&b), "{a} {b}");
+        assert!(
+            a < b && (20.0..=25.0).contains(&a) && (28.0..=30.0).contains(&b),
+            "{a} {b}"
+        );
     }
 
     #[test]

@@ -88,9 +88,14 @@ impl PodMeta {
             })
             .unwrap_or_default();
         let mut containers = HashMap::new();
-        for statuses in ["containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses"] {
+        for statuses in [
+            "containerStatuses",
+            "initContainerStatuses",
+            "ephemeralContainerStatuses",
+        ] {
             for status in object["status"][statuses].as_array().into_iter().flatten() {
-                let (Some(name), Some(id)) = (status["name"].as_str(), status["containerID"].as_str())
+                let (Some(name), Some(id)) =
+                    (status["name"].as_str(), status["containerID"].as_str())
                 else {
                     continue;
                 };
@@ -263,7 +268,10 @@ fn list(client: &Client, node: &str) -> Result<(HashMap<String, PodMeta>, String
     let items = json["items"]
         .as_array()
         .ok_or_else(|| KubeError::Garbage("no items".into()))?;
-    Ok((items.iter().filter_map(PodMeta::from_object).collect(), version))
+    Ok((
+        items.iter().filter_map(PodMeta::from_object).collect(),
+        version,
+    ))
 }
 
 /// How a watch stream ended.
@@ -328,7 +336,9 @@ fn watch(client: &Client, node: &str, version: String, store: &Mutex<PodStore>) 
 }
 
 fn lock(store: &Mutex<PodStore>) -> std::sync::MutexGuard<'_, PodStore> {
-    store.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    store
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn watch_forever(client: &Client, node: &str, store: &Mutex<PodStore>, grace: Duration) {
@@ -395,7 +405,10 @@ mod tests {
             containers: HashMap::new(),
         };
         let mut store = PodStore::default();
-        store.replace(HashMap::from([("a".to_string(), pod("a")), ("b".to_string(), pod("b"))]));
+        store.replace(HashMap::from([
+            ("a".to_string(), pod("a")),
+            ("b".to_string(), pod("b")),
+        ]));
         store.replace(HashMap::from([("a".to_string(), pod("a"))]));
         assert!(store.pod("b").is_some(), "kept during the grace period");
         store.forget_deleted(Duration::ZERO);

@@ -275,7 +275,10 @@ mod tests {
         assert_eq!(
             l.blkcg_cgroup,
             btf.field_offset("blkcg", "css").unwrap().bytes
-                + btf.field_offset("cgroup_subsys_state", "cgroup").unwrap().bytes
+                + btf
+                    .field_offset("cgroup_subsys_state", "cgroup")
+                    .unwrap()
+                    .bytes
         );
     }
 

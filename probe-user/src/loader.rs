@@ -1,13 +1,7 @@
 //! Loads the embedded programs, adapts them to the running kernel and attaches each one
 //! on its own: a program this kernel cannot run is reported, the others keep working.
 
-use std::{
-    collections::HashMap,
-    ffi::CString,
-    hash::Hash,
-    io,
-    path::PathBuf,
-};
+use std::{collections::HashMap, ffi::CString, hash::Hash, io, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -16,13 +10,14 @@ use aya::{
 };
 use log::{debug, warn};
 use probe_common::{
-    BlockKey, BlockStats, DnsCounters, DnsFlow, DnsHistogram, DnsLatencyKey, DnsQuery, DnsResolverKey,
-    DropKey, OverflowSlot, RetransmitCounters, RetransmitKey, ThrottleStats,
+    BlockKey, BlockStats, DnsCounters, DnsFlow, DnsHistogram, DnsLatencyKey, DnsQuery,
+    DnsResolverKey, DropKey, OverflowSlot, RetransmitCounters, RetransmitKey, ThrottleStats,
     block_io::BLOCK_IO_MAP,
     cpu_throttle::CPU_THROTTLE_MAP,
     dns::{DNS_COUNTERS_MAP, DNS_IN_FLIGHT_MAP, DNS_LATENCY_MAP},
     drops::DROPS_MAP,
-    layout::KERNEL_LAYOUT_GLOBAL, overflow::MAP_OVERFLOWS_MAP,
+    layout::KERNEL_LAYOUT_GLOBAL,
+    overflow::MAP_OVERFLOWS_MAP,
     tcp_retransmit::TCP_RETRANSMITS_MAP,
 };
 use serde::Serialize;
@@ -479,8 +474,8 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<(), Str
         }
         Hook::CgroupSkb(attach_type) => {
             let root = crate::cgroup::cgroup2_mount().ok_or("cgroup v2 is not mounted")?;
-            let cgroup = std::fs::File::open(&root)
-                .map_err(|e| format!("open {}: {e}", root.display()))?;
+            let cgroup =
+                std::fs::File::open(&root).map_err(|e| format!("open {}: {e}", root.display()))?;
             let program: &mut CgroupSkb = program.try_into().map_err(|e| error_chain(&e))?;
             program
                 .load()
@@ -490,7 +485,11 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<(), Str
             program
                 .attach(&cgroup, attach_type, CgroupAttachMode::Single)
                 .map_err(|e| format!("attach: {}", error_chain(&e)))?;
-            debug!("attached {} to {} ({attach_type:?})", spec.name, root.display());
+            debug!(
+                "attached {} to {} ({attach_type:?})",
+                spec.name,
+                root.display()
+            );
         }
     }
     Ok(())

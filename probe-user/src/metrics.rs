@@ -223,7 +223,10 @@ impl Exporter {
                         .collect();
                     // Label names live as long as the exporter: leaking a handful of
                     // configured names once is simpler than owning them in every series.
-                    (key.clone(), &*Box::leak(format!("label_{name}").into_boxed_str()))
+                    (
+                        key.clone(),
+                        &*Box::leak(format!("label_{name}").into_boxed_str()),
+                    )
                 })
                 .collect(),
             admitted: HashSet::new(),
@@ -236,7 +239,10 @@ impl Exporter {
     fn labels(&mut self, workload: &Workload) -> Labels {
         let mut own = workload_labels(workload);
         for (key, name) in &self.pod_labels {
-            own.push((*name, workload.pod_labels.get(key).cloned().unwrap_or_default()));
+            own.push((
+                *name,
+                workload.pod_labels.get(key).cloned().unwrap_or_default(),
+            ));
         }
         if self.admitted.contains(&own) {
             return own;
@@ -252,7 +258,11 @@ impl Exporter {
             ("container", String::new()),
             ("cgroup", OTHER.to_string()),
         ];
-        other.extend(self.pod_labels.iter().map(|(_, name)| (*name, String::new())));
+        other.extend(
+            self.pod_labels
+                .iter()
+                .map(|(_, name)| (*name, String::new())),
+        );
         other
     }
 
@@ -293,10 +303,7 @@ fn workload_labels(w: &Workload) -> Labels {
         (None, None) => "unattributed".to_string(),
     };
     vec![
-        (
-            "namespace",
-            w.namespace.clone().unwrap_or_default(),
-        ),
+        ("namespace", w.namespace.clone().unwrap_or_default()),
         (
             "pod",
             w.pod
@@ -308,7 +315,11 @@ fn workload_labels(w: &Workload) -> Labels {
             "container",
             w.container
                 .clone()
-                .or_else(|| w.container_id.as_ref().map(|id| id[..12.min(id.len())].to_string()))
+                .or_else(|| {
+                    w.container_id
+                        .as_ref()
+                        .map(|id| id[..12.min(id.len())].to_string())
+                })
                 .unwrap_or_default(),
         ),
         ("cgroup", cgroup),
@@ -370,7 +381,10 @@ fn add_workload(f: &mut Families, w: &Workload, labels: &Labels) {
             f.add(
                 "tuneprobe_dns_latency_seconds",
                 "Query to response, per resolver and response code; the count is the responses.",
-                with(labels, &[("resolver", &series.resolver), ("rcode", &series.rcode)]),
+                with(
+                    labels,
+                    &[("resolver", &series.resolver), ("rcode", &series.rcode)],
+                ),
                 prometheus_histogram(&series.histogram, DNS_BUCKETS),
             );
         }
@@ -528,8 +542,14 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("# TYPE tuneprobe_tcp_retransmits_total counter"), "{text}");
-        assert!(text.contains("tuneprobe_map_overflows_total{map=\"DROPS\"} 0"), "{text}");
+        assert!(
+            text.contains("# TYPE tuneprobe_tcp_retransmits_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tuneprobe_map_overflows_total{map=\"DROPS\"} 0"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -537,8 +557,14 @@ mod tests {
         let mut exporter = Exporter::new(2, &[]);
         let all = vec![workload("a"), workload("b"), workload("c"), workload("d")];
         let text = exporter.render(&snapshot(all.clone()), 0.0);
-        assert!(text.contains("pod=\"a\"") && text.contains("pod=\"b\""), "{text}");
-        assert!(!text.contains("pod=\"c\"") && !text.contains("pod=\"d\""), "{text}");
+        assert!(
+            text.contains("pod=\"a\"") && text.contains("pod=\"b\""),
+            "{text}"
+        );
+        assert!(
+            !text.contains("pod=\"c\"") && !text.contains("pod=\"d\""),
+            "{text}"
+        );
         // c and d summed into one series.
         assert!(
             text.contains("tuneprobe_packet_drops_total{namespace=\"\",pod=\"\",container=\"\",cgroup=\"other\",reason=\"NO_SOCKET\"} 6"),
@@ -553,10 +579,14 @@ mod tests {
     #[test]
     fn pod_labels_are_copied_only_when_asked() {
         let mut w = workload("api");
-        w.pod_labels.insert("app.kubernetes.io/name".into(), "shop-api".into());
+        w.pod_labels
+            .insert("app.kubernetes.io/name".into(), "shop-api".into());
         let text = Exporter::new(10, &["app.kubernetes.io/name".to_string()])
             .render(&snapshot(vec![w.clone()]), 0.0);
-        assert!(text.contains("label_app_kubernetes_io_name=\"shop-api\""), "{text}");
+        assert!(
+            text.contains("label_app_kubernetes_io_name=\"shop-api\""),
+            "{text}"
+        );
         let plain = Exporter::new(10, &[]).render(&snapshot(vec![w]), 0.0);
         assert!(!plain.contains("label_"), "{plain}");
     }
@@ -584,7 +614,12 @@ mod tests {
             h.sum_ns += ns;
             h.buckets[probe_common::histogram::bucket_index(ns)] += 1;
         }
-        let Value::Histogram { count, sum, buckets } = prometheus_histogram(&h, IO_BUCKETS) else {
+        let Value::Histogram {
+            count,
+            sum,
+            buckets,
+        } = prometheus_histogram(&h, IO_BUCKETS)
+        else {
             panic!()
         };
         assert_eq!(count, 3);

@@ -93,9 +93,10 @@ impl PodNames {
     /// `pods_dir` is `/var/log/pods` or its equivalent; container logs are looked for
     /// in its sibling `containers`.
     pub fn new(pods_dir: &Path, grace: Duration) -> Self {
-        let containers_dir = pods_dir
-            .parent()
-            .map_or_else(|| PathBuf::from("/var/log/containers"), |p| p.join("containers"));
+        let containers_dir = pods_dir.parent().map_or_else(
+            || PathBuf::from("/var/log/containers"),
+            |p| p.join("containers"),
+        );
         let mut names = Self {
             pods_dir: pods_dir.to_path_buf(),
             containers_dir,
@@ -115,9 +116,11 @@ impl PodNames {
     }
 
     fn api(&self) -> Option<std::sync::MutexGuard<'_, PodStore>> {
-        self.api
-            .as_ref()
-            .map(|store| store.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        self.api.as_ref().map(|store| {
+            store
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        })
     }
 
     /// Reads both directories again and forgets entries gone for longer than the grace.
@@ -134,8 +137,10 @@ impl PodNames {
             }
         }
         let grace = self.grace;
-        self.pods.retain(|_, (_, seen)| now.duration_since(*seen) <= grace);
-        self.containers.retain(|_, (_, seen)| now.duration_since(*seen) <= grace);
+        self.pods
+            .retain(|_, (_, seen)| now.duration_since(*seen) <= grace);
+        self.containers
+            .retain(|_, (_, seen)| now.duration_since(*seen) <= grace);
     }
 
     pub fn pod(&self, uid: &str) -> Option<PodName> {
@@ -160,7 +165,9 @@ impl PodNames {
         }) {
             return Some(container);
         }
-        self.containers.get(id).map(|(container, _)| container.clone())
+        self.containers
+            .get(id)
+            .map(|(container, _)| container.clone())
     }
 
     /// The pod's labels, from the API (the log directories have none).
@@ -190,7 +197,8 @@ mod tests {
 
     #[test]
     fn parses_pod_directories() {
-        let (pod, uid) = parse_pod_dir("shop_api-7f9c4_0b5a3f0e-52c2-4b7e-9f0a-6a1c2e3d4f5a").unwrap();
+        let (pod, uid) =
+            parse_pod_dir("shop_api-7f9c4_0b5a3f0e-52c2-4b7e-9f0a-6a1c2e3d4f5a").unwrap();
         assert_eq!(pod.namespace, "shop");
         assert_eq!(pod.pod, "api-7f9c4");
         assert_eq!(uid, "0b5a3f0e-52c2-4b7e-9f0a-6a1c2e3d4f5a");
@@ -202,7 +210,10 @@ mod tests {
     #[test]
     fn parses_container_log_names() {
         let (c, id) = parse_container_log(&format!("api-7f9c4_shop_server-{CID}.log")).unwrap();
-        assert_eq!((c.pod.as_str(), c.namespace.as_str(), c.container.as_str()), ("api-7f9c4", "shop", "server"));
+        assert_eq!(
+            (c.pod.as_str(), c.namespace.as_str(), c.container.as_str()),
+            ("api-7f9c4", "shop", "server")
+        );
         assert_eq!(id, CID);
         // Container names may hold dashes: the ID is after the last one.
         let (c, _) = parse_container_log(&format!("p_ns_istio-proxy-{CID}.log")).unwrap();

@@ -2,9 +2,8 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use serde::Serialize;
-
 use probe_common::{DnsHistogram, LatencyHistogram};
+use serde::Serialize;
 
 use crate::{histogram::LatencySummary, loader::ProbeStatus};
 
@@ -215,7 +214,10 @@ impl Snapshot {
         }
         let _ = writeln!(out);
         if self.workloads.is_empty() {
-            let _ = writeln!(out, "no retransmits, drops, DNS, block IO or CPU throttling seen");
+            let _ = writeln!(
+                out,
+                "no retransmits, drops, DNS, block IO or CPU throttling seen"
+            );
             return out;
         }
         self.network_table(&mut out);
@@ -337,7 +339,14 @@ impl Snapshot {
         let _ = writeln!(
             out,
             "\n{:<50} {:>9} {:>8} {:>9} {:>11} {:>8} {:>11} {:>11}",
-            "WORKLOAD", "QUOTA ms", "PERIODS", "THROTTLED", "THROTTLE ms", "EVENTS", "STALL p50", "STALL p99"
+            "WORKLOAD",
+            "QUOTA ms",
+            "PERIODS",
+            "THROTTLED",
+            "THROTTLE ms",
+            "EVENTS",
+            "STALL p50",
+            "STALL p99"
         );
         let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
         for (w, c) in rows {
@@ -517,13 +526,22 @@ mod tests {
             assert!(block.get(key).is_some(), "missing block.{key}");
         }
         for key in ["mean", "p50", "p99", "max"] {
-            assert!(block["service_ms"].get(key).is_some(), "missing service_ms.{key}");
+            assert!(
+                block["service_ms"].get(key).is_some(),
+                "missing service_ms.{key}"
+            );
         }
         for key in ["mean", "p50", "p99"] {
-            assert!(block["queue_ms"].get(key).is_some(), "missing queue_ms.{key}");
+            assert!(
+                block["queue_ms"].get(key).is_some(),
+                "missing queue_ms.{key}"
+            );
         }
         assert_eq!(block["service_ms"]["p99"], 98.0);
-        assert!(block["queue_ms"]["mean"].is_null(), "no queued requests: null");
+        assert!(
+            block["queue_ms"]["mean"].is_null(),
+            "no queued requests: null"
+        );
         let cpu = &w["cpu"];
         for key in [
             "quota_ms",
@@ -543,18 +561,32 @@ mod tests {
         assert!(empty["cpu"].is_null());
         assert!(empty["dns"].is_null());
         let dns = &w["dns"];
-        for key in ["queries", "responses", "timeouts", "malformed", "by_rcode", "latency_ms", "by_resolver"] {
+        for key in [
+            "queries",
+            "responses",
+            "timeouts",
+            "malformed",
+            "by_rcode",
+            "latency_ms",
+            "by_resolver",
+        ] {
             assert!(dns.get(key).is_some(), "missing dns.{key}");
         }
         for key in ["p50", "p90", "p99", "max"] {
-            assert!(dns["latency_ms"].get(key).is_some(), "missing dns.latency_ms.{key}");
+            assert!(
+                dns["latency_ms"].get(key).is_some(),
+                "missing dns.latency_ms.{key}"
+            );
         }
         assert_eq!(dns["by_rcode"]["NXDOMAIN"], 1);
         let resolver = &dns["by_resolver"]["10.96.0.10"];
         for key in ["queries", "responses", "timeouts", "latency_ms"] {
             assert!(resolver.get(key).is_some(), "missing by_resolver.{key}");
         }
-        assert!(resolver["latency_ms"].get("p50").is_some() && resolver["latency_ms"].get("p99").is_some());
+        assert!(
+            resolver["latency_ms"].get("p50").is_some()
+                && resolver["latency_ms"].get("p99").is_some()
+        );
         assert_eq!(empty["block"], serde_json::json!([]));
     }
 
@@ -566,9 +598,18 @@ mod tests {
         assert!(table.contains("NO_SOCKET (3)"), "{table}");
         assert!(table.contains("OFF: no such tracepoint"), "{table}");
         assert!(table.contains("(unattributed)"), "{table}");
-        assert!(table.contains("loop0") && table.contains("98.000"), "{table}");
-        assert!(table.contains("THROTTLE ms") && table.contains("1600.0"), "{table}");
-        assert!(table.contains("TIMEOUTS") && table.contains("10.96.0.10"), "{table}");
+        assert!(
+            table.contains("loop0") && table.contains("98.000"),
+            "{table}"
+        );
+        assert!(
+            table.contains("THROTTLE ms") && table.contains("1600.0"),
+            "{table}"
+        );
+        assert!(
+            table.contains("TIMEOUTS") && table.contains("10.96.0.10"),
+            "{table}"
+        );
         assert_eq!(rcode_name(3), "NXDOMAIN");
         assert_eq!(rcode_name(15), "RCODE15");
         assert_eq!(truncate_left("abcdef", 4), "…def");

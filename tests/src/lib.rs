@@ -160,11 +160,30 @@ impl NetnsPair {
 
     /// Adds another address to side B (a second resolver, say), reachable from A.
     pub fn add_address_b(&self, addr: &str) {
-        sh(&["ip", "-n", &self.b, "addr", "add", &format!("{addr}/24"), "dev", &self.dev_b]);
+        sh(&[
+            "ip",
+            "-n",
+            &self.b,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            &self.dev_b,
+        ]);
         let mac_b = self.mac(&self.b, &self.dev_b);
         sh(&[
-            "ip", "-n", &self.a, "neigh", "replace", addr, "lladdr", &mac_b, "dev", &self.dev_a,
-            "nud", "permanent",
+            "ip",
+            "-n",
+            &self.a,
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            &mac_b,
+            "dev",
+            &self.dev_a,
+            "nud",
+            "permanent",
         ]);
     }
 
@@ -251,7 +270,14 @@ impl PodCgroup {
         }
         let uid = {
             let h = random_hex(32);
-            format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            )
         };
         let root = PathBuf::from(unique("tuneprobe-test-"));
         let pod_path = format!(
@@ -281,10 +307,12 @@ impl PodCgroup {
         if !on_unified.is_empty() {
             let enable: String = on_unified.iter().map(|c| format!("+{c} ")).collect();
             let mut dir = unified.clone();
-            fs::write(dir.join("cgroup.subtree_control"), enable.trim()).expect("enable controllers");
+            fs::write(dir.join("cgroup.subtree_control"), enable.trim())
+                .expect("enable controllers");
             for segment in pod.pod_path.trim_start_matches('/').split('/') {
                 dir.push(segment);
-                fs::write(dir.join("cgroup.subtree_control"), enable.trim()).expect("enable controllers");
+                fs::write(dir.join("cgroup.subtree_control"), enable.trim())
+                    .expect("enable controllers");
             }
         }
         pod
@@ -292,7 +320,9 @@ impl PodCgroup {
 
     /// The pod cgroup's v2 id.
     pub fn pod_id(&self) -> u64 {
-        fs::metadata(join(&self.mounts[0], &self.pod_path)).unwrap().ino()
+        fs::metadata(join(&self.mounts[0], &self.pod_path))
+            .unwrap()
+            .ino()
     }
 
     /// Creates a container cgroup in the pod, in every hierarchy of the pod.

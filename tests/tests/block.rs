@@ -46,9 +46,16 @@ impl LoopDevice {
 
     /// `MAJ:MIN` of the disk holding the backing file: what a throttle must limit.
     fn backing_device(&self) -> String {
-        sh(&["findmnt", "-n", "-o", "MAJ:MIN", "-T", self.file.to_str().unwrap()])
-            .trim()
-            .to_string()
+        sh(&[
+            "findmnt",
+            "-n",
+            "-o",
+            "MAJ:MIN",
+            "-T",
+            self.file.to_str().unwrap(),
+        ])
+        .trim()
+        .to_string()
     }
 }
 
@@ -95,7 +102,11 @@ fn fio(container: &Container, device: &str, rw: &str, seconds: u32) -> FioResult
     let out = Workload::spawn_program(None, Some(container), Path::new("fio"), &args)
         .wait(Duration::from_secs(u64::from(seconds) + 30));
     let json: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("fio JSON: {e}: {out}"));
-    let direction = if rw.contains("write") { "write" } else { "read" };
+    let direction = if rw.contains("write") {
+        "write"
+    } else {
+        "read"
+    };
     let job = &json["jobs"][0][direction];
     FioResult {
         ios: job["total_ios"].as_u64().expect("total_ios"),
@@ -132,7 +143,11 @@ fn throttled_reads_show_in_the_loop_devices_service_time_for_that_cgroup_only() 
     let writer = pod.container();
     throttle_reads(&throttled, &disk.backing_device(), 100);
     // A scheduler on our own loop device makes requests queue (insert -> issue).
-    fs::write(format!("/sys/block/{}/queue/scheduler", disk.name()), "mq-deadline").unwrap();
+    fs::write(
+        format!("/sys/block/{}/queue/scheduler", disk.name()),
+        "mq-deadline",
+    )
+    .unwrap();
 
     let probe = Probe::load(&LoadOptions::default()).unwrap_or_else(|e| panic!("{e:#}"));
     let collector = Collector::start(probe).unwrap();
@@ -142,7 +157,10 @@ fn throttled_reads_show_in_the_loop_devices_service_time_for_that_cgroup_only() 
     let snapshot = collector.finish().unwrap();
 
     let slow_entry = entry(&snapshot, &throttled, disk.name(), "read");
-    eprintln!("throttled: {slow_entry:?}; fio: {} IOs, clat mean {} ms", slow.ios, slow.clat_mean_ms);
+    eprintln!(
+        "throttled: {slow_entry:?}; fio: {} IOs, clat mean {} ms",
+        slow.ios, slow.clat_mean_ms
+    );
     let mean = slow_entry.service_ms.mean.unwrap();
     assert!(
         (mean - slow.clat_mean_ms).abs() <= 0.1 * slow.clat_mean_ms,
@@ -159,20 +177,37 @@ fn throttled_reads_show_in_the_loop_devices_service_time_for_that_cgroup_only() 
     assert_eq!(slow_entry.bytes, slow_entry.requests * 4096);
     assert_eq!(slow_entry.scheduler.as_deref(), Some("mq-deadline"));
     // Queued in the scheduler at depth 1: a queue time per request, and a short one.
-    let queue = slow_entry.queue_ms.mean.expect("requests went through the scheduler");
+    let queue = slow_entry
+        .queue_ms
+        .mean
+        .expect("requests went through the scheduler");
     assert!(queue < 1.0, "queue mean {queue} ms");
     assert_eq!(slow_entry.errors, 0);
     // The throttle releases IOs in bursts: most are fast, the tail waits.
-    let (p50, p99) = (slow_entry.service_ms.p50.unwrap(), slow_entry.service_ms.p99.unwrap());
-    assert!(p50 < mean && p99 > 3.0 * mean, "p50 {p50}, p99 {p99}, mean {mean}");
+    let (p50, p99) = (
+        slow_entry.service_ms.p50.unwrap(),
+        slow_entry.service_ms.p99.unwrap(),
+    );
+    assert!(
+        p50 < mean && p99 > 3.0 * mean,
+        "p50 {p50}, p99 {p99}, mean {mean}"
+    );
 
     let fast_entry = entry(&snapshot, &free, disk.name(), "read");
     assert!(fast_entry.service_ms.mean.unwrap() < 1.0, "{fast_entry:?}");
-    assert!(fast_entry.requests.abs_diff(fast.ios) * 100 <= 3 * fast.ios, "{fast_entry:?} vs {}", fast.ios);
+    assert!(
+        fast_entry.requests.abs_diff(fast.ios) * 100 <= 3 * fast.ios,
+        "{fast_entry:?} vs {}",
+        fast.ios
+    );
 
     // Writes are told apart from reads, and attributed to the writer only.
     let write_entry = entry(&snapshot, &writer, disk.name(), "write");
-    assert!(write_entry.requests.abs_diff(writes.ios) * 100 <= 3 * writes.ios, "{write_entry:?} vs {}", writes.ios);
+    assert!(
+        write_entry.requests.abs_diff(writes.ios) * 100 <= 3 * writes.ios,
+        "{write_entry:?} vs {}",
+        writes.ios
+    );
     let writer_reads = snapshot
         .workloads
         .iter()
@@ -181,12 +216,18 @@ fn throttled_reads_show_in_the_loop_devices_service_time_for_that_cgroup_only() 
         .filter(|b| b.device == disk.name() && b.op == "read")
         .map(|b| b.requests)
         .sum::<u64>();
-    assert!(writer_reads <= writes.ios / 100, "a write job issued {writer_reads} reads");
+    assert!(
+        writer_reads <= writes.ios / 100,
+        "a write job issued {writer_reads} reads"
+    );
     let workload = snapshot
         .workloads
         .iter()
         .find(|w| w.cgroup_path.as_deref() == Some(throttled.path.as_str()))
         .unwrap();
     assert_eq!(workload.pod_uid.as_deref(), Some(pod.uid.as_str()));
-    assert_eq!(workload.container_id.as_deref(), Some(throttled.container_id.as_str()));
+    assert_eq!(
+        workload.container_id.as_deref(),
+        Some(throttled.container_id.as_str())
+    );
 }

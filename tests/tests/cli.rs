@@ -19,7 +19,11 @@ fn snapshot_json_reports_probes_and_the_pod_that_dropped() {
     let mut pod = PodCgroup::new();
     let app = pod.container();
     // The pod's one process lives in namespace B: a receiver that never reads.
-    let mut sink = Workload::spawn(&pair.b, Some(&app), &["udp-sink", &format!("{ADDR_B}:7001"), "4096"]);
+    let mut sink = Workload::spawn(
+        &pair.b,
+        Some(&app),
+        &["udp-sink", &format!("{ADDR_B}:7001"), "4096"],
+    );
     assert_eq!(sink.read_line(), "ready");
     // The kubelet's log directories name the pod and its container.
     let logs = std::env::temp_dir().join(unique("tuneprobe-logs-"));
@@ -49,10 +53,18 @@ fn snapshot_json_reports_probes_and_the_pod_that_dropped() {
         .expect("tuneprobe printed nothing on stderr");
     assert!(ready.contains("ready"), "first stderr line: {ready}");
 
-    Workload::spawn(&pair.a, None, &["udp-send", &format!("{ADDR_B}:9"), &N.to_string(), "50"])
-        .wait(Duration::from_secs(20));
-    Workload::spawn(&pair.a, None, &["udp-send", &format!("{ADDR_B}:7001"), "100", "1000"])
-        .wait(Duration::from_secs(20));
+    Workload::spawn(
+        &pair.a,
+        None,
+        &["udp-send", &format!("{ADDR_B}:9"), &N.to_string(), "50"],
+    )
+    .wait(Duration::from_secs(20));
+    Workload::spawn(
+        &pair.a,
+        None,
+        &["udp-send", &format!("{ADDR_B}:7001"), "100", "1000"],
+    )
+    .wait(Duration::from_secs(20));
     let out = child.wait_with_output().expect("tuneprobe output");
     let _ = std::fs::remove_dir_all(&logs);
     assert!(out.status.success(), "exit {}", out.status);
@@ -65,10 +77,16 @@ fn snapshot_json_reports_probes_and_the_pod_that_dropped() {
     for probe in probes {
         assert_eq!(probe["attached"], true, "{probe}");
         assert!(probe["error"].is_null());
-        assert!(signals.contains(&probe["signal"].as_str().unwrap()), "{probe}");
+        assert!(
+            signals.contains(&probe["signal"].as_str().unwrap()),
+            "{probe}"
+        );
     }
     for signal in signals {
-        assert!(probes.iter().any(|p| p["signal"] == signal), "no probe for {signal}");
+        assert!(
+            probes.iter().any(|p| p["signal"] == signal),
+            "no probe for {signal}"
+        );
     }
     assert_eq!(json["map_overflows"]["DROPS"], 0);
 
@@ -98,11 +116,24 @@ fn snapshot_json_reports_probes_and_the_pod_that_dropped() {
         .iter()
         .find(|w| w["cgroup_id"] == app.cgroup_id)
         .unwrap_or_else(|| panic!("no workload for the container in {json:#}"));
-    assert!(container["drops"]["by_reason"]["SOCKET_RCVBUFF"].as_u64().unwrap() > 50);
+    assert!(
+        container["drops"]["by_reason"]["SOCKET_RCVBUFF"]
+            .as_u64()
+            .unwrap()
+            > 50
+    );
     assert_eq!(container["container_id"], app.container_id.as_str());
     assert_eq!(
-        (&container["namespace"], &container["pod"], &container["container"]),
-        (&Value::from("shop"), &Value::from("api-7f9c4"), &Value::from("server"))
+        (
+            &container["namespace"],
+            &container["pod"],
+            &container["container"]
+        ),
+        (
+            &Value::from("shop"),
+            &Value::from("api-7f9c4"),
+            &Value::from("server")
+        )
     );
 }
 
@@ -167,6 +198,9 @@ fn without_privileges_it_says_what_it_needs() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("permission denied"), "{stderr}");
-    assert!(stderr.contains("run as root") && stderr.contains("CAP_BPF"), "{stderr}");
+    assert!(
+        stderr.contains("run as root") && stderr.contains("CAP_BPF"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("ready"), "{stderr}");
 }

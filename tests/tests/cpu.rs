@@ -3,7 +3,9 @@
 
 use std::{fs, path::Path, time::Duration};
 
-use tuneprobe::{Collector, LoadOptions, Probe, cpustat::CpuAccounting, report::Workload as Report};
+use tuneprobe::{
+    Collector, LoadOptions, Probe, cpustat::CpuAccounting, report::Workload as Report,
+};
 use tuneprobe_tests::{Container, PodCgroup, Workload, testload};
 
 fn set_quota(container: &Container, quota_us: u64, period_us: u64) {
@@ -46,7 +48,8 @@ fn a_tight_quota_throttles_and_the_probe_agrees_with_cpu_stat() {
     let collector = Collector::start(probe).unwrap();
     let limited_before = accounting(&limited);
     let free_before = accounting(&free);
-    let busy_limited = Workload::spawn_program(None, Some(&limited), &testload(), &["busy", "2000"]);
+    let busy_limited =
+        Workload::spawn_program(None, Some(&limited), &testload(), &["busy", "2000"]);
     let busy_free = Workload::spawn_program(None, Some(&free), &testload(), &["busy", "2000"]);
     busy_limited.wait(Duration::from_secs(20));
     busy_free.wait(Duration::from_secs(20));
@@ -58,19 +61,30 @@ fn a_tight_quota_throttles_and_the_probe_agrees_with_cpu_stat() {
         (15..=25).contains(&limited_delta.throttled_periods),
         "2 s at 20% should throttle ~20 periods: {limited_delta:?}"
     );
-    let workload = by_path(&snapshot.workloads, &limited.path)
-        .unwrap_or_else(|| panic!("no workload for the limited container: {:#?}", snapshot.workloads));
+    let workload = by_path(&snapshot.workloads, &limited.path).unwrap_or_else(|| {
+        panic!(
+            "no workload for the limited container: {:#?}",
+            snapshot.workloads
+        )
+    });
     assert_eq!(workload.pod_uid.as_deref(), Some(pod.uid.as_str()));
-    assert_eq!(workload.container_id.as_deref(), Some(limited.container_id.as_str()));
+    assert_eq!(
+        workload.container_id.as_deref(),
+        Some(limited.container_id.as_str())
+    );
     let cpu = workload.cpu.as_ref().expect("cpu report");
     assert_eq!(cpu.quota_ms, Some(20.0));
     assert_eq!(cpu.period_ms, Some(100.0));
     assert!(
-        cpu.throttled_periods.abs_diff(limited_delta.throttled_periods) <= 1,
+        cpu.throttled_periods
+            .abs_diff(limited_delta.throttled_periods)
+            <= 1,
         "{cpu:?} vs {limited_delta:?}"
     );
     assert!(
-        cpu.throttle_events.abs_diff(limited_delta.throttled_periods) <= 2,
+        cpu.throttle_events
+            .abs_diff(limited_delta.throttled_periods)
+            <= 2,
         "events {} vs nr_throttled +{}",
         cpu.throttle_events,
         limited_delta.throttled_periods

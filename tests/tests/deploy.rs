@@ -1,7 +1,11 @@
 //! The manifests in deploy/ render and validate offline against the Kubernetes schemas,
 //! and a DaemonSet that asks for more privilege than the probes need is refused.
 
-use std::{fs, path::{Path, PathBuf}, process::Command};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use tuneprobe_tests::unique;
 
@@ -34,8 +38,15 @@ fn with_daemonset(edit: impl Fn(&str) -> String) -> PathBuf {
             fs::copy(&path, copy.join(entry.file_name())).unwrap();
         }
     }
-    for entry in fs::read_dir(repo().join("deploy/dashboards")).unwrap().flatten() {
-        fs::copy(entry.path(), copy.join("dashboards").join(entry.file_name())).unwrap();
+    for entry in fs::read_dir(repo().join("deploy/dashboards"))
+        .unwrap()
+        .flatten()
+    {
+        fs::copy(
+            entry.path(),
+            copy.join("dashboards").join(entry.file_name()),
+        )
+        .unwrap();
     }
     let daemonset = fs::read_to_string(copy.join("daemonset.yaml")).unwrap();
     let edited = edit(&daemonset);
@@ -48,7 +59,12 @@ fn with_daemonset(edit: impl Fn(&str) -> String) -> PathBuf {
 fn the_manifests_render_and_validate() {
     let (ok, out) = check(&repo().join("deploy"));
     assert!(ok, "{out}");
-    for kind in ["DaemonSet/tuneprobe", "ClusterRole/tuneprobe", "ServiceMonitor/tuneprobe", "ConfigMap/tuneprobe-dashboard"] {
+    for kind in [
+        "DaemonSet/tuneprobe",
+        "ClusterRole/tuneprobe",
+        "ServiceMonitor/tuneprobe",
+        "ConfigMap/tuneprobe-dashboard",
+    ] {
         assert!(out.contains(kind), "{kind} not rendered: {out}");
     }
 }
@@ -57,24 +73,46 @@ fn the_manifests_render_and_validate() {
 fn a_privileged_or_writable_daemonset_is_refused() {
     for (edit, expected) in [
         (
-            Box::new(|s: &str| s.replace("privileged: false", "privileged: true")) as Box<dyn Fn(&str) -> String>,
+            Box::new(|s: &str| s.replace("privileged: false", "privileged: true"))
+                as Box<dyn Fn(&str) -> String>,
             "privileged: true",
         ),
         (
-            Box::new(|s: &str| s.replace("readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false")),
+            Box::new(|s: &str| {
+                s.replace(
+                    "readOnlyRootFilesystem: true",
+                    "readOnlyRootFilesystem: false",
+                )
+            }),
             "root filesystem is writable",
         ),
         (
-            Box::new(|s: &str| s.replace("\"DAC_READ_SEARCH\"]", "\"DAC_READ_SEARCH\", \"SYS_ADMIN\"]")),
+            Box::new(|s: &str| {
+                s.replace(
+                    "\"DAC_READ_SEARCH\"]",
+                    "\"DAC_READ_SEARCH\", \"SYS_ADMIN\"]",
+                )
+            }),
             "SYS_ADMIN",
         ),
         (
-            Box::new(|s: &str| s.replacen("              readOnly: true", "              readOnly: false", 1)),
+            Box::new(|s: &str| {
+                s.replacen(
+                    "              readOnly: true",
+                    "              readOnly: false",
+                    1,
+                )
+            }),
             "mounted writable",
         ),
         // Strict schema validation: an unknown field is an error.
         (
-            Box::new(|s: &str| s.replace("      hostPID: true", "      hostPID: true\n      hostPIDs: true")),
+            Box::new(|s: &str| {
+                s.replace(
+                    "      hostPID: true",
+                    "      hostPID: true\n      hostPIDs: true",
+                )
+            }),
             "hostPIDs",
         ),
     ] {

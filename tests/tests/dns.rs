@@ -17,13 +17,23 @@ const WAIT: Duration = Duration::from_secs(30);
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn start(dns_timeout: Duration) -> Collector {
     let probe = Probe::load(&LoadOptions::default()).unwrap_or_else(|e| panic!("load: {e:#}"));
-    for status in probe.statuses().iter().filter(|s| s.name.starts_with("dns")) {
-        assert!(status.attached, "{} did not attach: {:?}", status.name, status.error);
+    for status in probe
+        .statuses()
+        .iter()
+        .filter(|s| s.name.starts_with("dns"))
+    {
+        assert!(
+            status.attached,
+            "{} did not attach: {:?}",
+            status.name, status.error
+        );
     }
     Collector::start_with(
         probe,
@@ -53,7 +63,12 @@ fn server(pair: &NetnsPair, addr: &str, delay_ms: u32, rcode: &str) -> Workload 
     let mut server = Workload::spawn(
         &pair.b,
         None,
-        &["dns-server", &format!("{addr}:53"), &delay_ms.to_string(), rcode],
+        &[
+            "dns-server",
+            &format!("{addr}:53"),
+            &delay_ms.to_string(),
+            rcode,
+        ],
     );
     assert_eq!(server.read_line(), "ready");
     server
@@ -88,7 +103,14 @@ fn query_in(
     let out = Workload::spawn(
         ns,
         Some(container),
-        &["dns-query", server, name, &count.to_string(), transport, "2000"],
+        &[
+            "dns-query",
+            server,
+            name,
+            &count.to_string(),
+            transport,
+            "2000",
+        ],
     )
     .wait(WAIT);
     client_view(&out)
@@ -110,7 +132,10 @@ fn query(
 /// The probe's median against the client's own (an odd number of queries, so the
 /// median is one sample), and against the server's delay.
 fn assert_median(p50: f64, client: &ClientView, delay_ms: f64, context: &dyn std::fmt::Debug) {
-    eprintln!("median: probe {p50} ms, client {} ms, delay {delay_ms} ms", client.median_ms);
+    eprintln!(
+        "median: probe {p50} ms, client {} ms, delay {delay_ms} ms",
+        client.median_ms
+    );
     assert!(
         (p50 - client.median_ms).abs() <= 1.0,
         "probe median {p50} ms, client median {} ms: {context:?}",
@@ -132,7 +157,14 @@ fn median_latency_tracks_the_servers_delay_at_0_25_and_100_ms() {
     for delay_ms in [0u32, 25, 100] {
         let _server = server(&pair, ADDR_B, delay_ms, "0");
         let collector = start(Duration::from_secs(5));
-        let client_saw = query_in(&pair.a, &client, &format!("{ADDR_B}:53"), "svc.test", N, "udp");
+        let client_saw = query_in(
+            &pair.a,
+            &client,
+            &format!("{ADDR_B}:53"),
+            "svc.test",
+            N,
+            "udp",
+        );
         let snapshot = collector.finish().unwrap();
         assert_eq!(client_saw.answered, N);
         let dns = dns_of(&snapshot, &client);
@@ -141,9 +173,17 @@ fn median_latency_tracks_the_servers_delay_at_0_25_and_100_ms() {
         assert_eq!(dns.by_rcode.get("NOERROR"), Some(&u64::from(N)), "{dns:?}");
         assert_eq!(dns.by_qtype.get("A"), Some(&u64::from(N)), "{dns:?}");
         assert_eq!((dns.timeouts, dns.malformed), (0, 0));
-        assert_median(dns.latency_ms.p50.unwrap(), &client_saw, f64::from(delay_ms), dns);
+        assert_median(
+            dns.latency_ms.p50.unwrap(),
+            &client_saw,
+            f64::from(delay_ms),
+            dns,
+        );
         let resolver = &dns.by_resolver[ADDR_B];
-        assert_eq!((resolver.queries, resolver.responses), (u64::from(N), u64::from(N)));
+        assert_eq!(
+            (resolver.queries, resolver.responses),
+            (u64::from(N), u64::from(N))
+        );
     }
 }
 
@@ -177,27 +217,74 @@ fn response_codes_from_dnsmasq_and_timeouts_only_after_the_timeout() {
     let _silent = server(&pair, silent_addr, 0, "never");
     // dnsmasq prints nothing when ready: ask until it answers (outside the window).
     let ready = (0..50).any(|_| {
-        query(&pair, &client, &format!("{ADDR_B}:53"), "test.local", 1, "udp") == 1
+        query(
+            &pair,
+            &client,
+            &format!("{ADDR_B}:53"),
+            "test.local",
+            1,
+            "udp",
+        ) == 1
     });
     assert!(ready, "dnsmasq never answered");
     let _ = &mut dnsmasq;
 
     let timeout = Duration::from_secs(2);
     let mut collector = start(timeout);
-    assert_eq!(query(&pair, &client, &format!("{ADDR_B}:53"), "test.local", 5, "udp"), 5);
-    assert_eq!(query(&pair, &client, &format!("{ADDR_B}:53"), "nx.local", 3, "udp"), 3);
-    assert_eq!(query(&pair, &client, &format!("{servfail_addr}:53"), "svc.test", 4, "udp"), 4);
+    assert_eq!(
+        query(
+            &pair,
+            &client,
+            &format!("{ADDR_B}:53"),
+            "test.local",
+            5,
+            "udp"
+        ),
+        5
+    );
+    assert_eq!(
+        query(
+            &pair,
+            &client,
+            &format!("{ADDR_B}:53"),
+            "nx.local",
+            3,
+            "udp"
+        ),
+        3
+    );
+    assert_eq!(
+        query(
+            &pair,
+            &client,
+            &format!("{servfail_addr}:53"),
+            "svc.test",
+            4,
+            "udp"
+        ),
+        4
+    );
     // The client gives up after 2000 ms per query... too slow here: send and leave.
     let silent = Workload::spawn(
         &pair.a,
         Some(&client),
-        &["dns-query", &format!("{silent_addr}:53"), "svc.test", "3", "udp", "100"],
+        &[
+            "dns-query",
+            &format!("{silent_addr}:53"),
+            "svc.test",
+            "3",
+            "udp",
+            "100",
+        ],
     );
     assert_eq!(client_view(&silent.wait(WAIT)).answered, 0);
 
     let early = collector.report().unwrap();
     let dns = dns_of(&early, &client);
-    assert_eq!(dns.timeouts, 0, "no query is older than the timeout yet: {dns:?}");
+    assert_eq!(
+        dns.timeouts, 0,
+        "no query is older than the timeout yet: {dns:?}"
+    );
     assert_eq!(dns.queries, 15);
 
     std::thread::sleep(timeout + Duration::from_millis(500));
@@ -230,23 +317,45 @@ fn dns_over_tcp_is_measured_like_udp() {
             Some(&pair.a),
             Some(&client),
             Path::new("dig"),
-            &["+tcp", "+tries=1", "+time=2", &format!("@{ADDR_B}"), "svc.test", "A"],
+            &[
+                "+tcp",
+                "+tries=1",
+                "+time=2",
+                &format!("@{ADDR_B}"),
+                "svc.test",
+                "A",
+            ],
         )
         .wait(WAIT);
         assert!(out.contains("status: NOERROR"), "{out}");
     }
     let dig_only = collector.finish().unwrap();
     let dns = dns_of(&dig_only, &client);
-    assert_eq!((dns.queries, dns.responses, dns.malformed), (3, 3, 0), "{dns:?}");
+    assert_eq!(
+        (dns.queries, dns.responses, dns.malformed),
+        (3, 3, 0),
+        "{dns:?}"
+    );
     assert_eq!(dns.by_rcode.get("NOERROR"), Some(&3), "{dns:?}");
 
     // Latency against the client's own clock.
     let collector = start(Duration::from_secs(5));
-    let client_saw = query_in(&pair.a, &client, &format!("{ADDR_B}:53"), "svc.test", N, "tcp");
+    let client_saw = query_in(
+        &pair.a,
+        &client,
+        &format!("{ADDR_B}:53"),
+        "svc.test",
+        N,
+        "tcp",
+    );
     assert_eq!(client_saw.answered, N);
     let snapshot = collector.finish().unwrap();
     let dns = dns_of(&snapshot, &client);
-    assert_eq!((dns.queries, dns.responses, dns.malformed), (u64::from(N), u64::from(N), 0), "{dns:?}");
+    assert_eq!(
+        (dns.queries, dns.responses, dns.malformed),
+        (u64::from(N), u64::from(N), 0),
+        "{dns:?}"
+    );
     assert_median(dns.latency_ms.p50.unwrap(), &client_saw, 25.0, dns);
 }
 
@@ -266,7 +375,11 @@ fn ipv6_queries_are_measured_like_ipv4() {
     assert_eq!(client_saw.answered, N);
     let snapshot = collector.finish().unwrap();
     let dns = dns_of(&snapshot, &client);
-    assert_eq!((dns.queries, dns.responses), (u64::from(N), u64::from(N)), "{dns:?}");
+    assert_eq!(
+        (dns.queries, dns.responses),
+        (u64::from(N), u64::from(N)),
+        "{dns:?}"
+    );
     assert_eq!(dns.by_rcode.get("NXDOMAIN"), Some(&u64::from(N)));
     assert!(dns.by_resolver.contains_key("::1"), "{dns:?}");
     assert_median(dns.latency_ms.p50.unwrap(), &client_saw, 25.0, dns);
@@ -292,7 +405,17 @@ fn garbage_on_port_53_is_malformed_and_measuring_goes_on() {
     )
     .wait(WAIT);
     assert_eq!(out.trim(), format!("sent {}", 2 * N));
-    assert_eq!(query(&pair, &client, &format!("{ADDR_B}:53"), "after.test", 4, "udp"), 4);
+    assert_eq!(
+        query(
+            &pair,
+            &client,
+            &format!("{ADDR_B}:53"),
+            "after.test",
+            4,
+            "udp"
+        ),
+        4
+    );
     let snapshot = collector.finish().unwrap();
 
     let dns = dns_of(&snapshot, &client);
@@ -315,8 +438,25 @@ fn two_workloads_on_two_resolvers_are_kept_apart() {
     let _slow = server(&pair, second, 25, "0");
 
     let collector = start(Duration::from_secs(5));
-    assert_eq!(query(&pair, &fast_client, &format!("{ADDR_B}:53"), "a.test", 4, "udp"), 4);
-    let slow_saw = query_in(&pair.a, &slow_client, &format!("{second}:53"), "b.test", 7, "udp");
+    assert_eq!(
+        query(
+            &pair,
+            &fast_client,
+            &format!("{ADDR_B}:53"),
+            "a.test",
+            4,
+            "udp"
+        ),
+        4
+    );
+    let slow_saw = query_in(
+        &pair.a,
+        &slow_client,
+        &format!("{second}:53"),
+        "b.test",
+        7,
+        "udp",
+    );
     assert_eq!(slow_saw.answered, 7);
     let snapshot = collector.finish().unwrap();
 
@@ -329,7 +469,10 @@ fn two_workloads_on_two_resolvers_are_kept_apart() {
     assert_eq!(slow.by_resolver.keys().collect::<Vec<_>>(), vec![second]);
     assert_median(slow.latency_ms.p50.unwrap(), &slow_saw, 25.0, slow);
     assert_eq!(
-        workload(&snapshot, &slow_client).unwrap().pod_uid.as_deref(),
+        workload(&snapshot, &slow_client)
+            .unwrap()
+            .pod_uid
+            .as_deref(),
         Some(pod_b.uid.as_str())
     );
 }

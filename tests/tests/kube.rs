@@ -150,22 +150,34 @@ fn list_watch_resume_and_relist() {
     let watcher = PodWatcher::start(config, NODE.into(), Duration::ZERO).unwrap();
     let store = watcher.store();
 
-    wait_for(&store, "the relist", |s| s.lists >= 2 && s.pod("c").is_some());
+    wait_for(&store, "the relist", |s| {
+        s.lists >= 2 && s.pod("c").is_some()
+    });
     wait_for(&store, "b to be forgotten", |s| s.pod("b").is_none());
     let s = store.lock().unwrap();
     let a = s.pod("a").expect("a is still there");
     assert_eq!((a.namespace.as_str(), a.name.as_str()), ("shop", "api-a"));
     assert_eq!(a.labels["app"], "v2", "the MODIFIED event was applied");
-    assert_eq!(s.container(&"c".repeat(64)).map(|(p, n)| (p.name.as_str(), n)), Some(("api-c", "server")));
+    assert_eq!(
+        s.container(&"c".repeat(64))
+            .map(|(p, n)| (p.name.as_str(), n)),
+        Some(("api-c", "server"))
+    );
     assert!(s.resumes >= 1);
     assert_eq!(s.len(), 2);
     drop(s);
 
     let requests = seen.lock().unwrap().clone();
     assert!(requests[0].starts_with("GET /api/v1/pods?") && !requests[0].contains("watch=1"));
-    assert!(requests[1].contains("watch=1") && requests[1].contains("resourceVersion=10"), "{requests:?}");
+    assert!(
+        requests[1].contains("watch=1") && requests[1].contains("resourceVersion=10"),
+        "{requests:?}"
+    );
     // The dropped watch resumed from the last version it saw, not from the list's.
-    assert!(requests[2].contains("watch=1") && requests[2].contains("resourceVersion=12"), "{requests:?}");
+    assert!(
+        requests[2].contains("watch=1") && requests[2].contains("resourceVersion=12"),
+        "{requests:?}"
+    );
     // 410 Gone: a fresh list, then a watch from its version.
     assert!(!requests[3].contains("watch=1"), "{requests:?}");
     assert!(requests[4].contains("resourceVersion=20"), "{requests:?}");

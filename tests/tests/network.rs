@@ -365,3 +365,47 @@ fn btf_without_the_needed_fields_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn a_deleted_pod_leaves_the_report_after_the_grace_period() {
+    const N: u64 = 10;
+    let pair = NetnsPair::new();
+    let mut receiver = PodCgroup::new();
+    let app = receiver.container();
+    let pod_id = receiver.pod_id();
+    let mut pause = Workload::spawn(&pair.b, Some(&app), &["pause"]);
+    assert_eq!(pause.read_line(), "ready");
+
+    let grace = Duration::from_secs(1);
+    let probe = Probe::load(&LoadOptions::default()).unwrap_or_else(|e| panic!("load: {e:#}"));
+    let options = tuneprobe::collector::CollectorOptions {
+        pod_grace: grace,
+        ..Default::default()
+    };
+    let mut collector = Collector::start_with(probe, options).unwrap();
+    Workload::spawn(
+        &pair.a,
+        None,
+        &["udp-send", &format!("{ADDR_B}:9"), &N.to_string(), "64"],
+    )
+    .wait(WAIT);
+    let before = collector.report().unwrap();
+    assert_eq!(drops(&before, pod_id, "NO_SOCKET"), N);
+
+    // The pod goes away: its processes, then its cgroups.
+    drop(pause);
+    drop(receiver);
+    let within_grace = collector.report().unwrap();
+    assert_eq!(
+        drops(&within_grace, pod_id, "NO_SOCKET"),
+        N,
+        "still there during the grace period"
+    );
+    std::thread::sleep(grace + Duration::from_millis(300));
+    let after = collector.report().unwrap();
+    assert!(
+        by_cgroup(&after, pod_id).is_none(),
+        "{:#?}",
+        after.workloads
+    );
+}

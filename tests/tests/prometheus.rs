@@ -38,7 +38,9 @@ fn free_port() -> u16 {
 /// A plain HTTP/1.0 GET on loopback; returns (status, body).
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
@@ -88,7 +90,11 @@ fn prometheus_scrapes_per_pod_values_by_name() {
     let server_app = server_pod.container();
     let mut client_pod = PodCgroup::new();
     let client_app = client_pod.container();
-    let mut sink = Workload::spawn(&pair.b, Some(&server_app), &["tcp-sink", &format!("{ADDR_B}:5001")]);
+    let mut sink = Workload::spawn(
+        &pair.b,
+        Some(&server_app),
+        &["tcp-sink", &format!("{ADDR_B}:5001")],
+    );
     assert_eq!(sink.read_line(), "ready");
     let _nft = NftTable::with_rule(
         &pair,
@@ -99,17 +105,38 @@ fn prometheus_scrapes_per_pod_values_by_name() {
 
     let logs = std::env::temp_dir().join(unique("tuneprobe-prom-"));
     for (pod, ns, uid, container, id) in [
-        ("api-1", "shop", &server_pod.uid, "server", &server_app.container_id),
-        ("web-1", "shop", &client_pod.uid, "client", &client_app.container_id),
+        (
+            "api-1",
+            "shop",
+            &server_pod.uid,
+            "server",
+            &server_app.container_id,
+        ),
+        (
+            "web-1",
+            "shop",
+            &client_pod.uid,
+            "client",
+            &client_app.container_id,
+        ),
     ] {
         fs::create_dir_all(logs.join(format!("pods/{ns}_{pod}_{uid}/{container}"))).unwrap();
         fs::create_dir_all(logs.join("containers")).unwrap();
-        fs::write(logs.join(format!("containers/{pod}_{ns}_{container}-{id}.log")), "").unwrap();
+        fs::write(
+            logs.join(format!("containers/{pod}_{ns}_{container}-{id}.log")),
+            "",
+        )
+        .unwrap();
     }
 
     let metrics_port = free_port();
     let mut serve = Command::new(tuneprobe_binary())
-        .args(["serve", "--listen", &format!("127.0.0.1:{metrics_port}"), "--pod-logs-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--pod-logs-dir",
+        ])
         .arg(logs.join("pods"))
         .stderr(Stdio::piped())
         .spawn()
@@ -139,7 +166,10 @@ fn prometheus_scrapes_per_pod_values_by_name() {
     let prometheus = Running(
         Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", logs.join("tsdb").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                logs.join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -148,17 +178,25 @@ fn prometheus_scrapes_per_pod_values_by_name() {
     );
 
     // Traffic: socketless drops for the server pod, a retransmit for the client.
-    Workload::spawn(&pair.a, None, &["udp-send", &format!("{ADDR_B}:9"), &N.to_string(), "50"]).wait(WAIT);
+    Workload::spawn(
+        &pair.a,
+        None,
+        &["udp-send", &format!("{ADDR_B}:9"), &N.to_string(), "50"],
+    )
+    .wait(WAIT);
     let segs_before = pair.counter(&pair.a, "snmp", "Tcp", "RetransSegs");
-    Workload::spawn(&pair.a, Some(&client_app), &["tcp-send", &format!("{ADDR_B}:5001"), "1000000"]).wait(WAIT);
+    Workload::spawn(
+        &pair.a,
+        Some(&client_app),
+        &["tcp-send", &format!("{ADDR_B}:5001"), "1000000"],
+    )
+    .wait(WAIT);
     let segs = pair.counter(&pair.a, "snmp", "Tcp", "RetransSegs") - segs_before;
     assert!(segs >= 1);
 
     let drops = query_until(
         prometheus_port,
-        &format!(
-            "tuneprobe_packet_drops_total{{namespace=\"shop\",pod=\"api-1\",container=\"\",reason=\"NO_SOCKET\"}}"
-        ),
+        "tuneprobe_packet_drops_total{namespace=\"shop\",pod=\"api-1\",container=\"\",reason=\"NO_SOCKET\"}",
         |v| v >= N as f64,
     );
     assert_eq!(drops, N as f64);
@@ -168,7 +206,9 @@ fn prometheus_scrapes_per_pod_values_by_name() {
         |v| v >= segs as f64,
     );
     assert_eq!(retransmitted, segs as f64);
-    let attached = query_until(prometheus_port, "sum(tuneprobe_probe_attached)", |v| v > 0.0);
+    let attached = query_until(prometheus_port, "sum(tuneprobe_probe_attached)", |v| {
+        v > 0.0
+    });
     assert!(attached >= 9.0, "{attached}");
 
     // The exposition itself passes promtool's lint.
@@ -181,7 +221,12 @@ fn prometheus_scrapes_per_pod_values_by_name() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool");
-    promtool.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
     let lint = promtool.wait_with_output().unwrap();
     assert!(
         lint.status.success(),

@@ -10,7 +10,9 @@ use std::{
 use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn};
+use hyper::{
+    Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn,
+};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tuneprobe::{Collector, LoadOptions, Probe, metrics::Exporter};
@@ -98,7 +100,9 @@ async fn serve(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn tick(state: Arc<State>) {
@@ -140,7 +144,9 @@ async fn handle(
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
         if let Ok(value) = content_type.parse() {
-            response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, value);
         }
         Ok(response)
     };
@@ -157,12 +163,20 @@ async fn handle(
         "/metrics" => {
             let rendered = tokio::task::spawn_blocking(move || render(&state)).await;
             match rendered {
-                Ok(Ok(body)) => reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body),
+                Ok(Ok(body)) => reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    body,
+                ),
                 Ok(Err(err)) => reply(StatusCode::SERVICE_UNAVAILABLE, text, format!("{err:#}\n")),
                 Err(err) => reply(StatusCode::INTERNAL_SERVER_ERROR, text, format!("{err}\n")),
             }
         }
-        _ => reply(StatusCode::NOT_FOUND, text, "try /metrics, /healthz or /readyz\n".into()),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            text,
+            "try /metrics, /healthz or /readyz\n".into(),
+        ),
     }
 }
 
@@ -170,7 +184,9 @@ fn render(state: &State) -> anyhow::Result<String> {
     let started = Instant::now();
     let snapshot = {
         let mut collector = lock(&state.collector);
-        let collector = collector.as_mut().context("programs are not attached yet")?;
+        let collector = collector
+            .as_mut()
+            .context("programs are not attached yet")?;
         collector.report()?
     };
     let previous = *lock(&state.last_scrape_seconds);

@@ -300,8 +300,12 @@ mod dns {
     /// Deterministic noise: a fixed-seed xorshift, so every run sends the same bytes.
     /// None of them has exactly one question, so none can pass for a query.
     pub fn garbage(server: SocketAddr, count: usize) {
-        let socket = UdpSocket::bind(if server.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })
-            .expect("bind");
+        let socket = UdpSocket::bind(if server.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        })
+        .expect("bind");
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
             state ^= state << 13;
