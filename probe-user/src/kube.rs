@@ -34,15 +34,24 @@ pub enum KubeError {
     Status { status: u16, url: String },
     #[error("the Kubernetes API sent something that is not a pod list: {0}")]
     Garbage(String),
+    #[error("kubeconfig {0}")]
+    Kubeconfig(String),
 }
 
 /// Where the API is and how to authenticate.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ApiConfig {
     /// `https://10.96.0.1:443`, or `http://127.0.0.1:8001` (kubectl proxy, tests).
     pub base_url: String,
+    /// Bearer token, re-read before each request (service-account tokens rotate).
     pub token_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
+    /// A fixed bearer token (from a kubeconfig).
+    pub token: Option<String>,
+    /// CA and client certificate material given inline (PEM), as kubeconfigs do.
+    pub ca_pem: Option<Vec<u8>>,
+    pub client_cert_pem: Option<Vec<u8>>,
+    pub client_key_pem: Option<Vec<u8>>,
 }
 
 impl ApiConfig {
@@ -59,6 +68,69 @@ impl ApiConfig {
             base_url: format!("https://{host}:{port}"),
             token_file: Some(Path::new(SERVICE_ACCOUNT).join("token")),
             ca_file: Some(Path::new(SERVICE_ACCOUNT).join("ca.crt")),
+            ..Self::default()
+        })
+    }
+
+    /// The current context of a kubeconfig file: server, CA, and a token, token file or
+    /// client certificate (inline `-data` or file paths, relative to the file).
+    pub fn from_kubeconfig(path: &Path) -> Result<Self, KubeError> {
+        let text = fs::read_to_string(path).map_err(|source| KubeError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Value = serde_norway::from_str(&text)
+            .map_err(|e| KubeError::Kubeconfig(format!("{}: {e}", path.display())))?;
+        let bad = |what: &str| KubeError::Kubeconfig(format!("{}: {what}", path.display()));
+        let current = config["current-context"]
+            .as_str()
+            .ok_or_else(|| bad("no current-context"))?;
+        let named = |list: &str, name: &str, field: &str| -> Option<Value> {
+            config[list]
+                .as_array()?
+                .iter()
+                .find(|entry| entry["name"].as_str() == Some(name))
+                .map(|entry| entry[field].clone())
+        };
+        let context = named("contexts", current, "context")
+            .ok_or_else(|| bad(&format!("no context named {current}")))?;
+        let cluster_name = context["cluster"].as_str().ok_or_else(|| bad("context has no cluster"))?;
+        let cluster = named("clusters", cluster_name, "cluster")
+            .ok_or_else(|| bad(&format!("no cluster named {cluster_name}")))?;
+        let user = context["user"]
+            .as_str()
+            .and_then(|name| named("users", name, "user"))
+            .unwrap_or(Value::Null);
+        let base = path.parent().unwrap_or(Path::new("."));
+        let material = |value: &Value, data_key: &str, file_key: &str| -> Result<Option<Vec<u8>>, KubeError> {
+            if let Some(data) = value[data_key].as_str() {
+                use base64::Engine as _;
+                return base64::engine::general_purpose::STANDARD
+                    .decode(data.trim())
+                    .map(Some)
+                    .map_err(|e| bad(&format!("{data_key} is not base64: {e}")));
+            }
+            match value[file_key].as_str() {
+                Some(file) => {
+                    let file = base.join(file);
+                    fs::read(&file)
+                        .map(Some)
+                        .map_err(|source| KubeError::Read { path: file, source })
+                }
+                None => Ok(None),
+            }
+        };
+        Ok(Self {
+            base_url: cluster["server"]
+                .as_str()
+                .ok_or_else(|| bad("cluster has no server"))?
+                .to_string(),
+            ca_pem: material(&cluster, "certificate-authority-data", "certificate-authority")?,
+            token: user["token"].as_str().map(str::to_string),
+            token_file: user["tokenFile"].as_str().map(|f| base.join(f)),
+            client_cert_pem: material(&user, "client-certificate-data", "client-certificate")?,
+            client_key_pem: material(&user, "client-key-data", "client-key")?,
+            ca_file: None,
         })
     }
 }
@@ -200,30 +272,46 @@ struct Client {
     agent: ureq::Agent,
     base_url: String,
     token_file: Option<PathBuf>,
+    token: Option<String>,
 }
 
 impl Client {
     fn new(config: &ApiConfig) -> Result<Self, KubeError> {
-        let mut builder = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(5)));
-        if let Some(ca) = &config.ca_file {
-            let pem = fs::read(ca).map_err(|source| KubeError::Read {
-                path: ca.clone(),
-                source,
-            })?;
+        let ca_pem = match (&config.ca_pem, &config.ca_file) {
+            (Some(pem), _) => Some((pem.clone(), PathBuf::from("certificate-authority-data"))),
+            (None, Some(file)) => Some((
+                fs::read(file).map_err(|source| KubeError::Read {
+                    path: file.clone(),
+                    source,
+                })?,
+                file.clone(),
+            )),
+            (None, None) => None,
+        };
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some((pem, origin)) = ca_pem {
             let cert = ureq::tls::Certificate::from_pem(&pem)
-                .map_err(|_| KubeError::Certificate(ca.clone()))?;
-            builder = builder.tls_config(
-                ureq::tls::TlsConfig::builder()
-                    .root_certs(ureq::tls::RootCerts::new_with_certs(&[cert]))
-                    .build(),
-            );
+                .map_err(|_| KubeError::Certificate(origin))?;
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&[cert]));
         }
+        if let (Some(cert), Some(key)) = (&config.client_cert_pem, &config.client_key_pem) {
+            let cert = ureq::tls::Certificate::from_pem(cert)
+                .map_err(|_| KubeError::Certificate("client-certificate".into()))?;
+            let key = ureq::tls::PrivateKey::from_pem(key)
+                .map_err(|_| KubeError::Certificate("client-key".into()))?;
+            tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&[cert], key)));
+        }
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .tls_config(tls.build())
+            .build()
+            .into();
         Ok(Self {
-            agent: builder.build().into(),
+            agent,
             base_url: config.base_url.trim_end_matches('/').to_string(),
             token_file: config.token_file.clone(),
+            token: config.token.clone(),
         })
     }
 
@@ -231,11 +319,14 @@ impl Client {
     fn get(&self, path_and_query: &str) -> Result<ureq::Body, KubeError> {
         let url = format!("{}{path_and_query}", self.base_url);
         let mut request = self.agent.get(&url);
-        if let Some(file) = &self.token_file {
-            let token = fs::read_to_string(file).map_err(|source| KubeError::Read {
+        let token = match &self.token_file {
+            Some(file) => Some(fs::read_to_string(file).map_err(|source| KubeError::Read {
                 path: file.clone(),
                 source,
-            })?;
+            })?),
+            None => self.token.clone(),
+        };
+        if let Some(token) = token {
             request = request.header("Authorization", &format!("Bearer {}", token.trim()));
         }
         let response = request.call().map_err(|e| KubeError::Http(e.to_string()))?;
@@ -394,6 +485,32 @@ mod tests {
         assert_eq!(pod.containers.len(), 1);
         assert!(PodMeta::from_object(&serde_json::json!({"metadata": {"name": "x"}})).is_none());
         assert!(PodMeta::from_object(&serde_json::json!("garbage")).is_none());
+    }
+
+    #[test]
+    fn reads_the_current_context_of_a_kubeconfig() {
+        use base64::Engine as _;
+        let dir = std::env::temp_dir().join(format!("tuneprobe-kubeconfig-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let ca = base64::engine::general_purpose::STANDARD.encode("-----BEGIN CERTIFICATE-----\n");
+        let file = dir.join("config");
+        fs::write(
+            &file,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: prod\ncontexts:\n- name: dev\n  context: {{cluster: dev, user: dev}}\n- name: prod\n  context: {{cluster: prod, user: admin}}\nclusters:\n- name: dev\n  cluster: {{server: 'https://dev:6443'}}\n- name: prod\n  cluster:\n    server: https://prod.example:6443\n    certificate-authority-data: {ca}\nusers:\n- name: admin\n  user:\n    tokenFile: token\n"
+            ),
+        )
+        .unwrap();
+        let config = ApiConfig::from_kubeconfig(&file).unwrap();
+        assert_eq!(config.base_url, "https://prod.example:6443");
+        assert_eq!(config.ca_pem.as_deref(), Some(&b"-----BEGIN CERTIFICATE-----\n"[..]));
+        assert_eq!(config.token_file, Some(dir.join("token")));
+        fs::write(&file, "current-context: nowhere\ncontexts: []\n").unwrap();
+        let err = ApiConfig::from_kubeconfig(&file).unwrap_err().to_string();
+        assert!(err.contains("nowhere"), "{err}");
+        fs::write(&file, ": : not yaml [").unwrap();
+        assert!(ApiConfig::from_kubeconfig(&file).is_err());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -144,7 +144,7 @@ fn list_watch_resume_and_relist() {
     let config = ApiConfig {
         base_url: format!("http://127.0.0.1:{port}"),
         token_file: Some(token.clone()),
-        ca_file: None,
+        ..ApiConfig::default()
     };
     // No grace: deleted pods disappear at the next watch start.
     let watcher = PodWatcher::start(config, NODE.into(), Duration::ZERO).unwrap();

@@ -39,9 +39,14 @@ pub struct CollectorArgs {
     pod_logs_dir: PathBuf,
 
     /// The Kubernetes API for pod names and labels: `auto` (in-cluster when running in a
-    /// pod), `none`, or a URL such as `http://127.0.0.1:8001` (kubectl proxy).
+    /// pod, else `--kubeconfig` if given), `none`, or a URL such as
+    /// `http://127.0.0.1:8001` (kubectl proxy).
     #[arg(long, value_name = "auto|none|URL", default_value = "auto")]
     kube_api: String,
+
+    /// A kubeconfig whose current context names the API (with `--kube-api auto`).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
 
     /// Bearer token file for `--kube-api URL`.
     #[arg(long, value_name = "FILE")]
@@ -57,24 +62,30 @@ pub struct CollectorArgs {
 }
 
 impl CollectorArgs {
-    pub fn options(&self) -> tuneprobe::collector::CollectorOptions {
+    pub fn options(&self) -> anyhow::Result<tuneprobe::collector::CollectorOptions> {
+        use tuneprobe::kube::ApiConfig;
         let kube_api = match self.kube_api.as_str() {
             "none" => None,
-            "auto" => tuneprobe::kube::ApiConfig::in_cluster(),
-            url => Some(tuneprobe::kube::ApiConfig {
+            "auto" => match (ApiConfig::in_cluster(), &self.kubeconfig) {
+                (Some(in_cluster), _) => Some(in_cluster),
+                (None, Some(file)) => Some(ApiConfig::from_kubeconfig(file)?),
+                (None, None) => None,
+            },
+            url => Some(ApiConfig {
                 base_url: url.to_string(),
                 token_file: self.kube_token_file.clone(),
                 ca_file: self.kube_ca_file.clone(),
+                ..ApiConfig::default()
             }),
         };
         let defaults = tuneprobe::collector::CollectorOptions::default();
-        tuneprobe::collector::CollectorOptions {
+        Ok(tuneprobe::collector::CollectorOptions {
             dns_timeout: self.dns_timeout,
             pod_logs_dir: self.pod_logs_dir.clone(),
             kube_api,
             node_name: self.node_name.clone().unwrap_or(defaults.node_name.clone()),
             ..defaults
-        }
+        })
     }
 }
 

@@ -77,7 +77,7 @@ async fn serve(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let server = tokio::spawn(accept(listener, Arc::clone(&state)));
 
-    let collector_options = args.collector.options();
+    let collector_options = args.collector.options()?;
     let load_options = options.clone();
     let collector = tokio::task::spawn_blocking(move || -> anyhow::Result<Collector> {
         Collector::start_with(Probe::load(&load_options)?, collector_options)

@@ -48,7 +48,7 @@ const TICK: Duration = Duration::from_secs(1);
 
 pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     let probe = Probe::load(options)?;
-    let mut collector = Collector::start_with(probe, args.collector.options())?;
+    let mut collector = Collector::start_with(probe, args.collector.options()?)?;
     let statuses = collector.probe().statuses();
     let attached = statuses.iter().filter(|s| s.attached).count();
     eprintln!("ready: {attached} of {} programs attached", statuses.len());
