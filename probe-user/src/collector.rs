@@ -423,6 +423,7 @@ impl Collector {
         Ok(Snapshot {
             duration_s: self.started.elapsed().as_secs_f64(),
             probes: self.probe.statuses().to_vec(),
+            program_stats: self.probe.program_stats(),
             map_overflows,
             workloads,
         })

@@ -228,6 +228,17 @@ pub struct LoadOptions {
     /// Capacity overrides for aggregation maps, by map name (the defaults are the
     /// `*_MAX_*` constants in `probe-common`).
     pub map_max_entries: Vec<(&'static str, u32)>,
+    /// Ask the kernel to account each program's run time while tuneprobe runs
+    /// (`BPF_ENABLE_STATS`; it costs a little on every program run, node-wide).
+    pub bpf_stats: bool,
+}
+
+/// The kernel's accounting of one program (zero unless run-time stats are enabled).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProgramStats {
+    pub name: String,
+    pub run_time_ns: u64,
+    pub run_count: u64,
 }
 
 /// The loaded and attached programs, and the maps they aggregate into.
@@ -236,6 +247,8 @@ pub struct Probe {
     statuses: Vec<ProbeStatus>,
     drop_reasons: DropReasons,
     block_ops: BlockOps,
+    /// Held while run-time stats should stay enabled.
+    _stats: Option<std::os::fd::OwnedFd>,
 }
 
 impl Probe {
@@ -302,16 +315,38 @@ impl Probe {
             }
             return Err(LoadError::NothingAttached(all));
         }
+        let stats = options.bpf_stats.then(|| {
+            aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                .map_err(|err| warn!("kernel run-time stats stay off: {err}"))
+                .ok()
+        });
         Ok(Self {
             ebpf,
             statuses,
             drop_reasons,
             block_ops: BlockOps::from_btf(&btf),
+            _stats: stats.flatten(),
         })
     }
 
     pub fn statuses(&self) -> &[ProbeStatus] {
         &self.statuses
+    }
+
+    /// Run time and run count of every attached program, as the kernel accounts them.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        self.statuses
+            .iter()
+            .filter(|s| s.attached)
+            .filter_map(|s| {
+                let info = self.ebpf.program(&s.name)?.info().ok()?;
+                Some(ProgramStats {
+                    name: s.name.clone(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                    run_count: info.run_count(),
+                })
+            })
+            .collect()
     }
 
     pub fn drop_reasons(&self) -> &DropReasons {

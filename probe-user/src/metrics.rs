@@ -273,6 +273,21 @@ impl Exporter {
             add_workload(&mut f, workload, &labels);
         }
         add_probe_health(&mut f, &snapshot.probes, &snapshot.map_overflows);
+        for program in &snapshot.program_stats {
+            let labels = vec![("probe", program.name.clone())];
+            f.counter(
+                "tuneprobe_program_run_seconds_total",
+                "Kernel time spent in the program (0 unless tuneprobe runs with --bpf-stats).",
+                labels.clone(),
+                program.run_time_ns as f64 / 1e9,
+            );
+            f.counter(
+                "tuneprobe_program_runs_total",
+                "Times the kernel ran the program (0 unless tuneprobe runs with --bpf-stats).",
+                labels,
+                program.run_count as f64,
+            );
+        }
         f.gauge(
             "tuneprobe_folded_workloads",
             "Workloads past --max-workloads whose series are folded into cgroup=\"other\".",
@@ -529,6 +544,7 @@ mod tests {
             duration_s: 1.0,
             probes: vec![],
             map_overflows: BTreeMap::from([("DROPS".to_string(), 0)]),
+            program_stats: vec![],
             workloads,
         }
     }

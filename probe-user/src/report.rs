@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use probe_common::{DnsHistogram, LatencyHistogram};
 use serde::Serialize;
 
-use crate::{histogram::LatencySummary, loader::ProbeStatus};
+use crate::{
+    histogram::LatencySummary,
+    loader::{ProbeStatus, ProgramStats},
+};
 
 /// The reason under which listen-queue overflows appear: the kernel counts them in
 /// `TcpExtListenOverflows` but does not report them through `kfree_skb`.
@@ -17,6 +20,8 @@ pub struct Snapshot {
     pub probes: Vec<ProbeStatus>,
     /// Updates lost because a kernel map was full, per map (0 is the healthy value).
     pub map_overflows: BTreeMap<String, u64>,
+    /// Kernel run time of each program since it was loaded (zeros unless `--bpf-stats`).
+    pub program_stats: Vec<ProgramStats>,
     pub workloads: Vec<Workload>,
 }
 
@@ -402,6 +407,7 @@ mod tests {
                 },
             ],
             map_overflows: BTreeMap::from([("DROPS".to_string(), 0)]),
+            program_stats: vec![],
             workloads: vec![
                 Workload {
                     cgroup_id: Some(42),

@@ -133,6 +133,7 @@ fn prometheus_scrapes_per_pod_values_by_name() {
     let mut serve = Command::new(tuneprobe_binary())
         .args([
             "serve",
+            "--bpf-stats",
             "--listen",
             &format!("127.0.0.1:{metrics_port}"),
             "--pod-logs-dir",
@@ -206,6 +207,13 @@ fn prometheus_scrapes_per_pod_values_by_name() {
         |v| v >= segs as f64,
     );
     assert_eq!(retransmitted, segs as f64);
+    // --bpf-stats: the kernel's own accounting of the drop program's runs.
+    let runs = query_until(
+        prometheus_port,
+        "tuneprobe_program_runs_total{probe=\"kfree_skb\"}",
+        |v| v >= N as f64,
+    );
+    assert!(runs >= N as f64, "{runs}");
     let attached = query_until(prometheus_port, "sum(tuneprobe_probe_attached)", |v| {
         v > 0.0
     });
@@ -237,4 +245,52 @@ fn prometheus_scrapes_per_pod_values_by_name() {
     drop(serve);
     drop(prometheus);
     let _ = fs::remove_dir_all(Path::new(&logs));
+}
+
+#[test]
+fn promtool_accepts_escaped_label_values_and_the_folded_series() {
+    use tuneprobe::{
+        metrics::Exporter,
+        report::{DropStats, Snapshot, Workload as Report},
+    };
+    let workload = |path: &str| {
+        let mut drops = DropStats::default();
+        drops.add("NO_SOCKET", 1);
+        Report {
+            cgroup_path: Some(path.to_string()),
+            drops,
+            ..Report::default()
+        }
+    };
+    let snapshot = Snapshot {
+        duration_s: 1.0,
+        probes: vec![],
+        map_overflows: Default::default(),
+        program_stats: vec![],
+        workloads: vec![
+            workload("/system.slice/a\\x2db.service"),
+            workload("/quote\"d/new\nline"),
+            workload("/third"),
+        ],
+    };
+    // A cap of two: the third workload folds into cgroup="other".
+    let text = Exporter::new(2, &[]).render(&snapshot, 0.0);
+    assert!(text.contains(r#"cgroup="/system.slice/a\\x2db.service""#), "{text}");
+    assert!(text.contains(r#"cgroup="/quote\"d/new\nline""#), "{text}");
+    assert!(text.contains(r#"cgroup="other""#) && text.contains("tuneprobe_folded_workloads 1"), "{text}");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let lint = promtool.wait_with_output().unwrap();
+    assert!(
+        lint.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
 }

@@ -18,6 +18,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     btf: Option<PathBuf>,
 
+    /// Have the kernel account each program's run time while tuneprobe runs (reported
+    /// in `program_stats` and `tuneprobe_program_run_seconds_total`; costs a little on
+    /// every program run, node-wide, until tuneprobe exits).
+    #[arg(long, global = true)]
+    bpf_stats: bool,
+
     /// More log output on stderr (-v: info, -vv: debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -107,6 +113,7 @@ impl Cli {
     fn load_options(&self) -> LoadOptions {
         LoadOptions {
             btf_path: self.btf.clone(),
+            bpf_stats: self.bpf_stats,
             ..LoadOptions::default()
         }
     }
