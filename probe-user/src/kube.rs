@@ -94,7 +94,9 @@ impl ApiConfig {
         };
         let context = named("contexts", current, "context")
             .ok_or_else(|| bad(&format!("no context named {current}")))?;
-        let cluster_name = context["cluster"].as_str().ok_or_else(|| bad("context has no cluster"))?;
+        let cluster_name = context["cluster"]
+            .as_str()
+            .ok_or_else(|| bad("context has no cluster"))?;
         let cluster = named("clusters", cluster_name, "cluster")
             .ok_or_else(|| bad(&format!("no cluster named {cluster_name}")))?;
         let user = context["user"]
@@ -102,30 +104,35 @@ impl ApiConfig {
             .and_then(|name| named("users", name, "user"))
             .unwrap_or(Value::Null);
         let base = path.parent().unwrap_or(Path::new("."));
-        let material = |value: &Value, data_key: &str, file_key: &str| -> Result<Option<Vec<u8>>, KubeError> {
-            if let Some(data) = value[data_key].as_str() {
-                use base64::Engine as _;
-                return base64::engine::general_purpose::STANDARD
-                    .decode(data.trim())
-                    .map(Some)
-                    .map_err(|e| bad(&format!("{data_key} is not base64: {e}")));
-            }
-            match value[file_key].as_str() {
-                Some(file) => {
-                    let file = base.join(file);
-                    fs::read(&file)
+        let material =
+            |value: &Value, data_key: &str, file_key: &str| -> Result<Option<Vec<u8>>, KubeError> {
+                if let Some(data) = value[data_key].as_str() {
+                    use base64::Engine as _;
+                    return base64::engine::general_purpose::STANDARD
+                        .decode(data.trim())
                         .map(Some)
-                        .map_err(|source| KubeError::Read { path: file, source })
+                        .map_err(|e| bad(&format!("{data_key} is not base64: {e}")));
                 }
-                None => Ok(None),
-            }
-        };
+                match value[file_key].as_str() {
+                    Some(file) => {
+                        let file = base.join(file);
+                        fs::read(&file)
+                            .map(Some)
+                            .map_err(|source| KubeError::Read { path: file, source })
+                    }
+                    None => Ok(None),
+                }
+            };
         Ok(Self {
             base_url: cluster["server"]
                 .as_str()
                 .ok_or_else(|| bad("cluster has no server"))?
                 .to_string(),
-            ca_pem: material(&cluster, "certificate-authority-data", "certificate-authority")?,
+            ca_pem: material(
+                &cluster,
+                "certificate-authority-data",
+                "certificate-authority",
+            )?,
             token: user["token"].as_str().map(str::to_string),
             token_file: user["tokenFile"].as_str().map(|f| base.join(f)),
             client_cert_pem: material(&user, "client-certificate-data", "client-certificate")?,
@@ -503,7 +510,10 @@ mod tests {
         .unwrap();
         let config = ApiConfig::from_kubeconfig(&file).unwrap();
         assert_eq!(config.base_url, "https://prod.example:6443");
-        assert_eq!(config.ca_pem.as_deref(), Some(&b"-----BEGIN CERTIFICATE-----\n"[..]));
+        assert_eq!(
+            config.ca_pem.as_deref(),
+            Some(&b"-----BEGIN CERTIFICATE-----\n"[..])
+        );
         assert_eq!(config.token_file, Some(dir.join("token")));
         fs::write(&file, "current-context: nowhere\ncontexts: []\n").unwrap();
         let err = ApiConfig::from_kubeconfig(&file).unwrap_err().to_string();

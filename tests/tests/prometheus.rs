@@ -59,6 +59,30 @@ fn encode(query: &str) -> String {
         .collect()
 }
 
+/// `promtool check metrics` finds no problem in an exposition.
+fn promtool_check(exposition: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin piped")
+        .write_all(exposition.as_bytes())
+        .expect("write to promtool");
+    let lint = promtool.wait_with_output().expect("promtool finishes");
+    assert!(
+        lint.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+}
+
 /// The value of a PromQL instant query with one result, once Prometheus has it.
 fn query_until(port: u16, promql: &str, accept: impl Fn(f64) -> bool) -> f64 {
     let deadline = Instant::now() + WAIT;
@@ -222,26 +246,7 @@ fn prometheus_scrapes_per_pod_values_by_name() {
     // The exposition itself passes promtool's lint.
     let (status, body) = get(metrics_port, "/metrics").expect("scrape");
     assert_eq!(status, 200);
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let lint = promtool.wait_with_output().unwrap();
-    assert!(
-        lint.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&lint.stdout),
-        String::from_utf8_lossy(&lint.stderr)
-    );
+    promtool_check(&body);
     drop(serve);
     drop(prometheus);
     let _ = fs::remove_dir_all(Path::new(&logs));
@@ -275,22 +280,14 @@ fn promtool_accepts_escaped_label_values_and_the_folded_series() {
     };
     // A cap of two: the third workload folds into cgroup="other".
     let text = Exporter::new(2, &[]).render(&snapshot, 0.0);
-    assert!(text.contains(r#"cgroup="/system.slice/a\\x2db.service""#), "{text}");
-    assert!(text.contains(r#"cgroup="/quote\"d/new\nline""#), "{text}");
-    assert!(text.contains(r#"cgroup="other""#) && text.contains("tuneprobe_folded_workloads 1"), "{text}");
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let lint = promtool.wait_with_output().unwrap();
     assert!(
-        lint.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&lint.stdout),
-        String::from_utf8_lossy(&lint.stderr)
+        text.contains(r#"cgroup="/system.slice/a\\x2db.service""#),
+        "{text}"
     );
+    assert!(text.contains(r#"cgroup="/quote\"d/new\nline""#), "{text}");
+    assert!(
+        text.contains(r#"cgroup="other""#) && text.contains("tuneprobe_folded_workloads 1"),
+        "{text}"
+    );
+    promtool_check(&text);
 }
