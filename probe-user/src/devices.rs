@@ -26,7 +26,7 @@ pub fn scheduler(sys: &Path, name: &str) -> Option<String> {
     active_scheduler(&text)
 }
 
-fn active_scheduler(text: &str) -> Option<String> {
+pub fn active_scheduler(text: &str) -> Option<String> {
     text.split_whitespace()
         .find_map(|s| s.strip_prefix('[').and_then(|s| s.strip_suffix(']')))
         .map(str::to_string)

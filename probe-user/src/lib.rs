@@ -15,6 +15,8 @@ pub mod metrics;
 pub mod pods;
 pub mod procfs;
 pub mod report;
+pub mod stats;
+pub mod tuning;
 
 pub use collector::Collector;
 pub use loader::{LoadOptions, Probe, ProbeStatus, Signal};

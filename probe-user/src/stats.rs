@@ -1,0 +1,211 @@
+//! Before-against-after comparison of per-interval samples: the Mann-Whitney U rank test
+//! (normal approximation with tie and continuity corrections) and the Hodges-Lehmann
+//! shift with its 95% confidence interval (Moses' method). Rank statistics, because
+//! per-interval rates and latencies are rarely normal and often have outliers.
+
+use serde::Serialize;
+
+/// Fewer samples than this on either side: no verdict.
+pub const MIN_SAMPLES: usize = 5;
+/// Two-sided significance level.
+pub const ALPHA: f64 = 0.05;
+/// The 97.5% quantile of the standard normal distribution.
+const Z_975: f64 = 1.959_963_984_540_054;
+
+/// The answer for one signal of one workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Improved,
+    Regressed,
+    #[serde(rename = "no significant change")]
+    NoSignificantChange,
+    #[serde(rename = "insufficient data")]
+    InsufficientData,
+}
+
+/// A comparison of two windows.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Comparison {
+    /// Hodges-Lehmann estimate of `after - before`.
+    pub effect: f64,
+    /// 95% confidence interval of the effect.
+    pub ci95: [f64; 2],
+    /// Two-sided p-value of the Mann-Whitney U test.
+    pub p_value: f64,
+    pub verdict: Verdict,
+}
+
+/// Compares `after` with `before` for a signal where lower is better (drops, latency,
+/// throttling) or, with `lower_is_better = false`, where higher is better (throughput).
+pub fn compare(before: &[f64], after: &[f64], lower_is_better: bool) -> Comparison {
+    if before.len() < MIN_SAMPLES || after.len() < MIN_SAMPLES {
+        return Comparison {
+            effect: f64::NAN,
+            ci95: [f64::NAN, f64::NAN],
+            p_value: f64::NAN,
+            verdict: Verdict::InsufficientData,
+        };
+    }
+    let p_value = mann_whitney_p(before, after);
+    let (effect, ci95) = hodges_lehmann(before, after);
+    let verdict = if p_value >= ALPHA || effect == 0.0 {
+        Verdict::NoSignificantChange
+    } else if (effect < 0.0) == lower_is_better {
+        Verdict::Improved
+    } else {
+        Verdict::Regressed
+    };
+    Comparison {
+        effect,
+        ci95,
+        p_value,
+        verdict,
+    }
+}
+
+/// Two-sided p-value of the Mann-Whitney U test (normal approximation with tie
+/// correction and continuity correction).
+pub fn mann_whitney_p(x: &[f64], y: &[f64]) -> f64 {
+    let (n1, n2) = (x.len() as f64, y.len() as f64);
+    let n = n1 + n2;
+    let mut all: Vec<(f64, bool)> = x
+        .iter()
+        .map(|&v| (v, true))
+        .chain(y.iter().map(|&v| (v, false)))
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Average ranks over ties; sum of t^3 - t for the variance correction.
+    let mut rank_sum_x = 0.0;
+    let mut ties = 0.0;
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
+            j += 1;
+        }
+        let rank = (i + j) as f64 / 2.0 + 1.0;
+        let t = (j - i + 1) as f64;
+        ties += t * t * t - t;
+        rank_sum_x += all[i..=j].iter().filter(|(_, from_x)| *from_x).count() as f64 * rank;
+        i = j + 1;
+    }
+    let u = rank_sum_x - n1 * (n1 + 1.0) / 2.0;
+    let mean = n1 * n2 / 2.0;
+    let variance = n1 * n2 / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0)));
+    if variance <= 0.0 {
+        return 1.0;
+    }
+    let distance = ((u - mean).abs() - 0.5).max(0.0);
+    let z = distance / variance.sqrt();
+    (2.0 * (1.0 - normal_cdf(z))).clamp(0.0, 1.0)
+}
+
+/// Hodges-Lehmann estimate of `y - x` (the median of all pairwise differences) and its
+/// 95% confidence interval from the order statistics of those differences.
+pub fn hodges_lehmann(x: &[f64], y: &[f64]) -> (f64, [f64; 2]) {
+    let mut differences: Vec<f64> = y
+        .iter()
+        .flat_map(|&b| x.iter().map(move |&a| b - a))
+        .collect();
+    differences.sort_by(f64::total_cmp);
+    let m = differences.len();
+    let median = if m % 2 == 1 {
+        differences[m / 2]
+    } else {
+        (differences[m / 2 - 1] + differences[m / 2]) / 2.0
+    };
+    let (n1, n2) = (x.len() as f64, y.len() as f64);
+    let spread = (n1 * n2 * (n1 + n2 + 1.0) / 12.0).sqrt();
+    let k = ((n1 * n2 / 2.0 - Z_975 * spread).floor() as usize).clamp(1, m);
+    let ci = [differences[k - 1], differences[m - k]];
+    (median, ci)
+}
+
+/// Standard normal CDF, through the complementary error function.
+pub fn normal_cdf(z: f64) -> f64 {
+    0.5 * erfc(-z / std::f64::consts::SQRT_2)
+}
+
+/// `erfc` with fractional error below 1.2e-7 everywhere (Numerical Recipes' Chebyshev
+/// fit), plenty for p-values.
+fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let polynomial = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let r = t * polynomial.exp();
+    if x >= 0.0 { r } else { 2.0 - r }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_cdf_matches_tables() {
+        assert!((normal_cdf(0.0) - 0.5).abs() < 1e-7);
+        assert!((normal_cdf(1.959_964) - 0.975).abs() < 1e-6);
+        assert!((normal_cdf(-2.575_829) - 0.005).abs() < 1e-6);
+    }
+
+    #[test]
+    fn mann_whitney_matches_the_textbook_approximation() {
+        // R: wilcox.test(1:5, 6:10, exact = FALSE, correct = TRUE) -> p = 0.01219.
+        let p = mann_whitney_p(&[1.0, 2.0, 3.0, 4.0, 5.0], &[6.0, 7.0, 8.0, 9.0, 10.0]);
+        assert!((p - 0.012186).abs() < 1e-5, "{p}");
+        // Identical samples: no evidence at all.
+        assert_eq!(mann_whitney_p(&[3.0; 8], &[3.0; 8]), 1.0);
+        // Symmetric: order of arguments does not matter.
+        let (a, b) = ([1.0, 4.0, 2.0, 8.0, 5.0, 7.0], [3.0, 6.0, 9.0, 10.0, 11.0, 2.5]);
+        assert!((mann_whitney_p(&a, &b) - mann_whitney_p(&b, &a)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn hodges_lehmann_finds_a_clean_shift() {
+        let before: Vec<f64> = (1..=20).map(f64::from).collect();
+        let after: Vec<f64> = before.iter().map(|v| v + 10.0).collect();
+        let (shift, [lo, hi]) = hodges_lehmann(&before, &after);
+        assert_eq!(shift, 10.0);
+        assert!(lo < 10.0 && 10.0 < hi && lo > 0.0, "[{lo}, {hi}]");
+    }
+
+    #[test]
+    fn verdicts() {
+        let before: Vec<f64> = (0..30).map(|i| 10.0 + f64::from(i % 5)).collect();
+        let lower: Vec<f64> = before.iter().map(|v| v - 8.0).collect();
+        assert_eq!(compare(&before, &lower, true).verdict, Verdict::Improved);
+        assert_eq!(compare(&lower, &before, true).verdict, Verdict::Regressed);
+        assert_eq!(compare(&before, &lower, false).verdict, Verdict::Regressed);
+        assert_eq!(compare(&before, &before, true).verdict, Verdict::NoSignificantChange);
+        assert_eq!(compare(&before[..3], &lower, true).verdict, Verdict::InsufficientData);
+        let json = serde_json::to_value(Verdict::NoSignificantChange).unwrap();
+        assert_eq!(json, "no significant change");
+    }
+
+    #[test]
+    fn no_effect_rarely_looks_like_one() {
+        // 200 comparisons of two draws from the same distribution (a fixed LCG): the
+        // test should call about 5% of them significant, certainly not more than 10%.
+        let mut state = 12345u64;
+        let mut next = move || {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut significant = 0;
+        for _ in 0..200 {
+            let a: Vec<f64> = (0..30).map(|_| next()).collect();
+            let b: Vec<f64> = (0..30).map(|_| next()).collect();
+            if compare(&a, &b, true).verdict != Verdict::NoSignificantChange {
+                significant += 1;
+            }
+        }
+        assert!(significant <= 20, "{significant} of 200");
+    }
+}

@@ -1,0 +1,411 @@
+//! The tuning inventory: every knob of `shared/TUNING.md` that can be read on this node,
+//! at its scope (the node, each pod's network namespace, each block device, each mount,
+//! each cpu cgroup), next to what the tuning guides recommend.
+//!
+//! The table of knobs is data: what each one is, where it lives, what the guides
+//! recommend, and which signal it should move.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+use crate::cpustat::CpuLimit;
+
+/// Where a knob lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// A global sysctl.
+    Node,
+    /// A sysctl that each network namespace has its own copy of.
+    Netns,
+    /// `/sys/block/DEV/queue/*`.
+    Device,
+    /// A mount option.
+    Mount,
+    /// A cgroup file.
+    Cgroup,
+}
+
+/// What the guides recommend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recommendation {
+    /// Exactly this value (whitespace-normalised).
+    Exactly(&'static str),
+    /// At least this number.
+    AtLeast(u64),
+    /// A number within this range.
+    Between(u64, u64),
+    /// One of these values.
+    OneOf(&'static [&'static str]),
+    /// The option is present.
+    Set,
+    /// No single value: only reported.
+    None,
+}
+
+impl Recommendation {
+    /// Whether `value` follows the recommendation; `None` when there is nothing to check.
+    pub fn followed_by(&self, value: &str) -> Option<bool> {
+        let normalised = value.split_whitespace().collect::<Vec<_>>().join(" ");
+        let number = normalised.parse::<u64>().ok();
+        match *self {
+            Self::Exactly(want) => Some(normalised == want),
+            Self::AtLeast(min) => number.map(|n| n >= min),
+            Self::Between(lo, hi) => number.map(|n| (lo..=hi).contains(&n)),
+            Self::OneOf(options) => Some(options.contains(&normalised.as_str())),
+            Self::Set => Some(normalised == "on"),
+            Self::None => None,
+        }
+    }
+
+    pub fn describe(&self) -> Option<String> {
+        match *self {
+            Self::Exactly(want) => Some(want.to_string()),
+            Self::AtLeast(min) => Some(format!(">= {min}")),
+            Self::Between(lo, hi) => Some(format!("{lo}-{hi}")),
+            Self::OneOf(options) => Some(options.join(" or ")),
+            Self::Set => Some("on".to_string()),
+            Self::None => None,
+        }
+    }
+}
+
+/// One knob of the guides.
+#[derive(Debug, Clone, Copy)]
+pub struct Knob {
+    /// As users name it: `net.core.somaxconn`, `queue/scheduler`, `noatime`, `cpu.max`.
+    pub name: &'static str,
+    pub scope: Scope,
+    pub recommendation: Recommendation,
+    /// The signal it should move, and what that signal is normalised by.
+    pub signal: &'static str,
+}
+
+const fn knob(
+    name: &'static str,
+    scope: Scope,
+    recommendation: Recommendation,
+    signal: &'static str,
+) -> Knob {
+    Knob {
+        name,
+        scope,
+        recommendation,
+        signal,
+    }
+}
+
+use Recommendation::{AtLeast, Between, Exactly, OneOf, Set};
+use Scope::{Cgroup, Device, Mount, Netns, Node};
+
+/// The knobs of `shared/TUNING.md`.
+pub const KNOBS: &[Knob] = &[
+    knob("net.core.somaxconn", Netns, AtLeast(65535), "listen overflows per passive open"),
+    knob("net.ipv4.tcp_max_syn_backlog", Netns, AtLeast(8096), "SYN drops per passive open"),
+    knob("net.ipv4.tcp_rmem", Netns, Exactly("4096 87380 16777216"), "retransmits, receive-buffer drops per segment"),
+    knob("net.ipv4.tcp_wmem", Netns, Exactly("4096 65536 16777216"), "retransmits per sent segment"),
+    knob("net.ipv4.tcp_congestion_control", Netns, Exactly("bbr"), "retransmits and latency per sent segment"),
+    knob("net.ipv4.tcp_tw_reuse", Netns, Exactly("1"), "connect failures per connect"),
+    knob("net.ipv4.tcp_fin_timeout", Netns, Exactly("30"), "connect failures per connect"),
+    knob("net.ipv4.ip_local_port_range", Netns, Exactly("1024 65535"), "connect failures per connect"),
+    knob("net.ipv4.tcp_keepalive_time", Netns, Exactly("1200"), "idle connection resets"),
+    knob("net.ipv4.tcp_syncookies", Netns, Exactly("1"), "SYN drops per passive open"),
+    knob("net.ipv4.ip_forward", Netns, Exactly("1"), "NETFILTER_DROP per packet"),
+    knob("net.core.netdev_max_backlog", Node, AtLeast(5000), "CPU_BACKLOG drops per received packet"),
+    knob("net.core.rmem_max", Node, AtLeast(16_777_216), "SOCKET_RCVBUFF drops per received packet"),
+    knob("net.core.wmem_max", Node, AtLeast(16_777_216), "retransmits per sent segment"),
+    knob("net.core.rmem_default", Node, Recommendation::None, "SOCKET_RCVBUFF drops per received packet"),
+    knob("net.bridge.bridge-nf-call-iptables", Node, Exactly("1"), "NETFILTER_DROP per packet"),
+    knob("vm.swappiness", Node, Between(1, 10), "block write latency per request"),
+    knob("vm.dirty_ratio", Node, Between(15, 60), "block write latency per request"),
+    knob("vm.dirty_background_ratio", Node, Between(5, 30), "block write latency per request"),
+    knob("fs.file-max", Node, AtLeast(2_097_152), "EMFILE/ENFILE"),
+    knob("fs.inotify.max_user_watches", Node, AtLeast(1_048_576), "inotify failures"),
+    knob("fs.inotify.max_user_instances", Node, AtLeast(8192), "inotify failures"),
+    knob("queue/scheduler", Device, OneOf(&["none", "mq-deadline"]), "request latency p99, queue time"),
+    knob("queue/nr_requests", Device, Recommendation::None, "queue time"),
+    knob("queue/read_ahead_kb", Device, Recommendation::None, "request size, sequential throughput"),
+    knob("queue/rotational", Device, Recommendation::None, "request latency"),
+    knob("noatime", Mount, Set, "metadata write IOs per read"),
+    knob("nodiratime", Mount, Set, "metadata write IOs per read"),
+    knob("cpu.max", Cgroup, Recommendation::None, "throttled periods per period, stall time"),
+];
+
+/// One knob's current value somewhere.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Setting {
+    pub knob: String,
+    pub value: String,
+    pub recommended: Option<String>,
+    /// `true` when the value does not follow the recommendation; `null` without one.
+    pub deviates: Option<bool>,
+    pub signal: String,
+}
+
+impl Setting {
+    fn new(knob: &Knob, value: String) -> Self {
+        Self {
+            knob: knob.name.to_string(),
+            recommended: knob.recommendation.describe(),
+            deviates: knob.recommendation.followed_by(&value).map(|ok| !ok),
+            value,
+            signal: knob.signal.to_string(),
+        }
+    }
+}
+
+/// The settings of one network namespace.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NetnsSettings {
+    pub netns: u32,
+    /// The cgroup path of the namespace's owner (the pod's cgroup, `/` for the host).
+    pub owner: Option<String>,
+    pub settings: Vec<Setting>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeviceSettings {
+    pub device: String,
+    pub settings: Vec<Setting>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MountSettings {
+    pub mountpoint: String,
+    pub source: String,
+    pub fstype: String,
+    pub settings: Vec<Setting>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CgroupSettings {
+    pub cgroup_path: String,
+    pub settings: Vec<Setting>,
+}
+
+/// Everything the inventory found.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct Inventory {
+    pub node: Vec<Setting>,
+    pub netns: Vec<NetnsSettings>,
+    pub devices: Vec<DeviceSettings>,
+    pub mounts: Vec<MountSettings>,
+    pub cgroups: Vec<CgroupSettings>,
+}
+
+fn knobs(scope: Scope) -> impl Iterator<Item = &'static Knob> {
+    KNOBS.iter().filter(move |k| k.scope == scope)
+}
+
+/// Reads a sysctl through `/proc/sys` of the calling thread's network namespace.
+fn sysctl(name: &str) -> Option<String> {
+    let path = Path::new("/proc/sys").join(name.replace('.', "/"));
+    fs::read_to_string(path).ok().map(|v| v.trim().to_string())
+}
+
+/// The node's global sysctls.
+pub fn node_settings() -> Vec<Setting> {
+    knobs(Scope::Node)
+        .filter_map(|k| sysctl(k.name).map(|v| Setting::new(k, v)))
+        .collect()
+}
+
+/// The per-namespace sysctls of the namespace that `pid` lives in, read from a thread
+/// that joins it (a network sysctl shows the reader's namespace).
+pub fn netns_settings(proc_root: &Path, pid: u32) -> std::io::Result<Vec<Setting>> {
+    let ns = fs::File::open(proc_root.join(pid.to_string()).join("ns/net"))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: setns on this thread only, with a valid namespace fd.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(knobs(Scope::Netns)
+                    .filter_map(|k| sysctl(k.name).map(|v| Setting::new(k, v)))
+                    .collect())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("netns reader panicked")))
+    })
+}
+
+/// Queue settings of every whole block device (partitions share their disk's queue).
+pub fn device_settings(sys: &Path) -> Vec<DeviceSettings> {
+    let Ok(entries) = fs::read_dir(sys.join("block")) else {
+        return Vec::new();
+    };
+    let mut devices: Vec<DeviceSettings> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let device = entry.file_name().to_string_lossy().into_owned();
+            let settings: Vec<Setting> = knobs(Scope::Device)
+                .filter_map(|k| {
+                    let raw = fs::read_to_string(entry.path().join(k.name)).ok()?;
+                    let value = if k.name == "queue/scheduler" {
+                        crate::devices::active_scheduler(&raw)?
+                    } else {
+                        raw.trim().to_string()
+                    };
+                    Some(Setting::new(k, value))
+                })
+                .collect();
+            (!settings.is_empty()).then_some(DeviceSettings { device, settings })
+        })
+        .collect();
+    devices.sort_by(|a, b| a.device.cmp(&b.device));
+    devices
+}
+
+/// Mount options of filesystems on block devices (`/dev/...`), from mountinfo.
+pub fn mount_settings(mountinfo: &str) -> Vec<MountSettings> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let fields: Vec<&str> = left.split_whitespace().collect();
+            let mountpoint = *fields.get(4)?;
+            let options = *fields.get(5)?;
+            let mut right = right.split_whitespace();
+            let (fstype, source) = (right.next()?, right.next()?);
+            if !source.starts_with("/dev/") {
+                return None;
+            }
+            let settings = knobs(Scope::Mount)
+                .map(|k| {
+                    let on = options.split(',').any(|o| o == k.name);
+                    Setting::new(k, if on { "on" } else { "off" }.to_string())
+                })
+                .collect();
+            Some(MountSettings {
+                mountpoint: mountpoint.to_string(),
+                source: source.to_string(),
+                fstype: fstype.to_string(),
+                settings,
+            })
+        })
+        .collect()
+}
+
+/// CPU limits of cpu cgroups that have a quota, as `cpu.max` (`"QUOTA PERIOD"` in µs).
+pub fn cgroup_settings(cpu_root: &Path, paths: impl Iterator<Item = String>) -> Vec<CgroupSettings> {
+    let Some(knob) = knobs(Scope::Cgroup).next() else {
+        return Vec::new();
+    };
+    let mut out: Vec<CgroupSettings> = paths
+        .filter_map(|path| {
+            let limit = CpuLimit::read(&cpu_root.join(path.trim_start_matches('/')))?;
+            let quota = limit.quota_us?;
+            Some(CgroupSettings {
+                settings: vec![Setting::new(knob, format!("{quota} {}", limit.period_us))],
+                cgroup_path: path,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.cgroup_path.cmp(&b.cgroup_path));
+    out
+}
+
+/// Reads everything: `netns` lists (namespace inode, a pid in it, its owner path).
+pub fn inventory(
+    proc_root: &Path,
+    sys: &Path,
+    cpu_root: Option<(PathBuf, Vec<String>)>,
+    netns: &[(u32, u32, Option<String>)],
+) -> Inventory {
+    let mountinfo = fs::read_to_string(proc_root.join("self/mountinfo")).unwrap_or_default();
+    let mut by_netns: BTreeMap<u32, NetnsSettings> = BTreeMap::new();
+    for (inode, pid, owner) in netns {
+        if by_netns.contains_key(inode) {
+            continue;
+        }
+        if let Ok(settings) = netns_settings(proc_root, *pid) {
+            by_netns.insert(
+                *inode,
+                NetnsSettings {
+                    netns: *inode,
+                    owner: owner.clone(),
+                    settings,
+                },
+            );
+        }
+    }
+    Inventory {
+        node: node_settings(),
+        netns: by_netns.into_values().collect(),
+        devices: device_settings(sys),
+        mounts: mount_settings(&mountinfo),
+        cgroups: cpu_root
+            .map(|(root, paths)| cgroup_settings(&root, paths.into_iter()))
+            .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recommendations() {
+        assert_eq!(AtLeast(65535).followed_by("4096"), Some(false));
+        assert_eq!(AtLeast(65535).followed_by("65535\n"), Some(true));
+        assert_eq!(Exactly("4096 87380 16777216").followed_by("4096\t87380\t16777216\n"), Some(true));
+        assert_eq!(Between(1, 10).followed_by("60"), Some(false));
+        assert_eq!(OneOf(&["none", "mq-deadline"]).followed_by("bfq"), Some(false));
+        assert_eq!(Set.followed_by("on"), Some(true));
+        assert_eq!(Recommendation::None.followed_by("x"), None);
+        assert_eq!(AtLeast(5).followed_by("not a number"), None);
+    }
+
+    #[test]
+    fn every_knob_of_the_guide_is_in_the_table() {
+        for name in [
+            "net.core.somaxconn",
+            "net.ipv4.tcp_max_syn_backlog",
+            "net.core.netdev_max_backlog",
+            "net.ipv4.tcp_congestion_control",
+            "vm.swappiness",
+            "queue/scheduler",
+            "noatime",
+            "cpu.max",
+        ] {
+            assert!(KNOBS.iter().any(|k| k.name == name), "{name}");
+        }
+    }
+
+    #[test]
+    fn reads_mount_options_of_block_filesystems_only() {
+        let mountinfo = "\
+22 1 254:0 / / rw,noatime - ext4 /dev/vda rw
+23 22 0:21 / /proc rw - proc proc rw
+24 22 254:16 / /data rw,relatime - xfs /dev/vdb rw";
+        let mounts = mount_settings(mountinfo);
+        assert_eq!(mounts.len(), 2);
+        let root = &mounts[0];
+        assert_eq!((root.mountpoint.as_str(), root.fstype.as_str()), ("/", "ext4"));
+        let noatime = root.settings.iter().find(|s| s.knob == "noatime").unwrap();
+        assert_eq!((noatime.value.as_str(), noatime.deviates), ("on", Some(false)));
+        let data_noatime = mounts[1].settings.iter().find(|s| s.knob == "noatime").unwrap();
+        assert_eq!(data_noatime.deviates, Some(true));
+    }
+
+    #[test]
+    fn reads_this_node() {
+        let node = node_settings();
+        let backlog = node.iter().find(|s| s.knob == "net.core.netdev_max_backlog").unwrap();
+        assert!(backlog.value.parse::<u64>().is_ok());
+        let mine = netns_settings(Path::new("/proc"), std::process::id()).unwrap();
+        let somaxconn = mine.iter().find(|s| s.knob == "net.core.somaxconn").unwrap();
+        assert_eq!(Some(somaxconn.value.clone()), sysctl("net.core.somaxconn"));
+        assert!(device_settings(Path::new("/sys")).iter().any(|d| d
+            .settings
+            .iter()
+            .any(|s| s.knob == "queue/scheduler")));
+    }
+}
