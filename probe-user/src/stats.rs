@@ -163,7 +163,10 @@ mod tests {
         // Identical samples: no evidence at all.
         assert_eq!(mann_whitney_p(&[3.0; 8], &[3.0; 8]), 1.0);
         // Symmetric: order of arguments does not matter.
-        let (a, b) = ([1.0, 4.0, 2.0, 8.0, 5.0, 7.0], [3.0, 6.0, 9.0, 10.0, 11.0, 2.5]);
+        let (a, b) = (
+            [1.0, 4.0, 2.0, 8.0, 5.0, 7.0],
+            [3.0, 6.0, 9.0, 10.0, 11.0, 2.5],
+        );
         assert!((mann_whitney_p(&a, &b) - mann_whitney_p(&b, &a)).abs() < 1e-12);
     }
 
@@ -183,8 +186,14 @@ mod tests {
         assert_eq!(compare(&before, &lower, true).verdict, Verdict::Improved);
         assert_eq!(compare(&lower, &before, true).verdict, Verdict::Regressed);
         assert_eq!(compare(&before, &lower, false).verdict, Verdict::Regressed);
-        assert_eq!(compare(&before, &before, true).verdict, Verdict::NoSignificantChange);
-        assert_eq!(compare(&before[..3], &lower, true).verdict, Verdict::InsufficientData);
+        assert_eq!(
+            compare(&before, &before, true).verdict,
+            Verdict::NoSignificantChange
+        );
+        assert_eq!(
+            compare(&before[..3], &lower, true).verdict,
+            Verdict::InsufficientData
+        );
         let json = serde_json::to_value(Verdict::NoSignificantChange).unwrap();
         assert_eq!(json, "no significant change");
     }
@@ -195,7 +204,9 @@ mod tests {
         // test should call about 5% of them significant, certainly not more than 10%.
         let mut state = 12345u64;
         let mut next = move || {
-            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
             (state >> 11) as f64 / (1u64 << 53) as f64
         };
         let mut significant = 0;

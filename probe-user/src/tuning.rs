@@ -106,35 +106,165 @@ use Scope::{Cgroup, Device, Mount, Netns, Node};
 
 /// The knobs of `shared/TUNING.md`.
 pub const KNOBS: &[Knob] = &[
-    knob("net.core.somaxconn", Netns, AtLeast(65535), "listen overflows per passive open"),
-    knob("net.ipv4.tcp_max_syn_backlog", Netns, AtLeast(8096), "SYN drops per passive open"),
-    knob("net.ipv4.tcp_rmem", Netns, Exactly("4096 87380 16777216"), "retransmits, receive-buffer drops per segment"),
-    knob("net.ipv4.tcp_wmem", Netns, Exactly("4096 65536 16777216"), "retransmits per sent segment"),
-    knob("net.ipv4.tcp_congestion_control", Netns, Exactly("bbr"), "retransmits and latency per sent segment"),
-    knob("net.ipv4.tcp_tw_reuse", Netns, Exactly("1"), "connect failures per connect"),
-    knob("net.ipv4.tcp_fin_timeout", Netns, Exactly("30"), "connect failures per connect"),
-    knob("net.ipv4.ip_local_port_range", Netns, Exactly("1024 65535"), "connect failures per connect"),
-    knob("net.ipv4.tcp_keepalive_time", Netns, Exactly("1200"), "idle connection resets"),
-    knob("net.ipv4.tcp_syncookies", Netns, Exactly("1"), "SYN drops per passive open"),
-    knob("net.ipv4.ip_forward", Netns, Exactly("1"), "NETFILTER_DROP per packet"),
-    knob("net.core.netdev_max_backlog", Node, AtLeast(5000), "CPU_BACKLOG drops per received packet"),
-    knob("net.core.rmem_max", Node, AtLeast(16_777_216), "SOCKET_RCVBUFF drops per received packet"),
-    knob("net.core.wmem_max", Node, AtLeast(16_777_216), "retransmits per sent segment"),
-    knob("net.core.rmem_default", Node, Recommendation::None, "SOCKET_RCVBUFF drops per received packet"),
-    knob("net.bridge.bridge-nf-call-iptables", Node, Exactly("1"), "NETFILTER_DROP per packet"),
-    knob("vm.swappiness", Node, Between(1, 10), "block write latency per request"),
-    knob("vm.dirty_ratio", Node, Between(15, 60), "block write latency per request"),
-    knob("vm.dirty_background_ratio", Node, Between(5, 30), "block write latency per request"),
+    knob(
+        "net.core.somaxconn",
+        Netns,
+        AtLeast(65535),
+        "listen overflows per passive open",
+    ),
+    knob(
+        "net.ipv4.tcp_max_syn_backlog",
+        Netns,
+        AtLeast(8096),
+        "SYN drops per passive open",
+    ),
+    knob(
+        "net.ipv4.tcp_rmem",
+        Netns,
+        Exactly("4096 87380 16777216"),
+        "retransmits, receive-buffer drops per segment",
+    ),
+    knob(
+        "net.ipv4.tcp_wmem",
+        Netns,
+        Exactly("4096 65536 16777216"),
+        "retransmits per sent segment",
+    ),
+    knob(
+        "net.ipv4.tcp_congestion_control",
+        Netns,
+        Exactly("bbr"),
+        "retransmits and latency per sent segment",
+    ),
+    knob(
+        "net.ipv4.tcp_tw_reuse",
+        Netns,
+        Exactly("1"),
+        "connect failures per connect",
+    ),
+    knob(
+        "net.ipv4.tcp_fin_timeout",
+        Netns,
+        Exactly("30"),
+        "connect failures per connect",
+    ),
+    knob(
+        "net.ipv4.ip_local_port_range",
+        Netns,
+        Exactly("1024 65535"),
+        "connect failures per connect",
+    ),
+    knob(
+        "net.ipv4.tcp_keepalive_time",
+        Netns,
+        Exactly("1200"),
+        "idle connection resets",
+    ),
+    knob(
+        "net.ipv4.tcp_syncookies",
+        Netns,
+        Exactly("1"),
+        "SYN drops per passive open",
+    ),
+    knob(
+        "net.ipv4.ip_forward",
+        Netns,
+        Exactly("1"),
+        "NETFILTER_DROP per packet",
+    ),
+    knob(
+        "net.core.netdev_max_backlog",
+        Node,
+        AtLeast(5000),
+        "CPU_BACKLOG drops per received packet",
+    ),
+    knob(
+        "net.core.rmem_max",
+        Node,
+        AtLeast(16_777_216),
+        "SOCKET_RCVBUFF drops per received packet",
+    ),
+    knob(
+        "net.core.wmem_max",
+        Node,
+        AtLeast(16_777_216),
+        "retransmits per sent segment",
+    ),
+    knob(
+        "net.core.rmem_default",
+        Node,
+        Recommendation::None,
+        "SOCKET_RCVBUFF drops per received packet",
+    ),
+    knob(
+        "net.bridge.bridge-nf-call-iptables",
+        Node,
+        Exactly("1"),
+        "NETFILTER_DROP per packet",
+    ),
+    knob(
+        "vm.swappiness",
+        Node,
+        Between(1, 10),
+        "block write latency per request",
+    ),
+    knob(
+        "vm.dirty_ratio",
+        Node,
+        Between(15, 60),
+        "block write latency per request",
+    ),
+    knob(
+        "vm.dirty_background_ratio",
+        Node,
+        Between(5, 30),
+        "block write latency per request",
+    ),
     knob("fs.file-max", Node, AtLeast(2_097_152), "EMFILE/ENFILE"),
-    knob("fs.inotify.max_user_watches", Node, AtLeast(1_048_576), "inotify failures"),
-    knob("fs.inotify.max_user_instances", Node, AtLeast(8192), "inotify failures"),
-    knob("queue/scheduler", Device, OneOf(&["none", "mq-deadline"]), "request latency p99, queue time"),
-    knob("queue/nr_requests", Device, Recommendation::None, "queue time"),
-    knob("queue/read_ahead_kb", Device, Recommendation::None, "request size, sequential throughput"),
-    knob("queue/rotational", Device, Recommendation::None, "request latency"),
+    knob(
+        "fs.inotify.max_user_watches",
+        Node,
+        AtLeast(1_048_576),
+        "inotify failures",
+    ),
+    knob(
+        "fs.inotify.max_user_instances",
+        Node,
+        AtLeast(8192),
+        "inotify failures",
+    ),
+    knob(
+        "queue/scheduler",
+        Device,
+        OneOf(&["none", "mq-deadline"]),
+        "request latency p99, queue time",
+    ),
+    knob(
+        "queue/nr_requests",
+        Device,
+        Recommendation::None,
+        "queue time",
+    ),
+    knob(
+        "queue/read_ahead_kb",
+        Device,
+        Recommendation::None,
+        "request size, sequential throughput",
+    ),
+    knob(
+        "queue/rotational",
+        Device,
+        Recommendation::None,
+        "request latency",
+    ),
     knob("noatime", Mount, Set, "metadata write IOs per read"),
     knob("nodiratime", Mount, Set, "metadata write IOs per read"),
-    knob("cpu.max", Cgroup, Recommendation::None, "throttled periods per period, stall time"),
+    knob(
+        "cpu.max",
+        Cgroup,
+        Recommendation::None,
+        "throttled periods per period, stall time",
+    ),
 ];
 
 /// One knob's current value somewhere.
@@ -150,6 +280,8 @@ pub struct Setting {
 
 impl Setting {
     fn new(knob: &Knob, value: String) -> Self {
+        // Multi-value sysctls are tab-separated; show them as users write them.
+        let value = value.split_whitespace().collect::<Vec<_>>().join(" ");
         Self {
             knob: knob.name.to_string(),
             recommended: knob.recommendation.describe(),
@@ -294,7 +426,10 @@ pub fn mount_settings(mountinfo: &str) -> Vec<MountSettings> {
 }
 
 /// CPU limits of cpu cgroups that have a quota, as `cpu.max` (`"QUOTA PERIOD"` in µs).
-pub fn cgroup_settings(cpu_root: &Path, paths: impl Iterator<Item = String>) -> Vec<CgroupSettings> {
+pub fn cgroup_settings(
+    cpu_root: &Path,
+    paths: impl Iterator<Item = String>,
+) -> Vec<CgroupSettings> {
     let Some(knob) = knobs(Scope::Cgroup).next() else {
         return Vec::new();
     };
@@ -355,9 +490,15 @@ mod tests {
     fn recommendations() {
         assert_eq!(AtLeast(65535).followed_by("4096"), Some(false));
         assert_eq!(AtLeast(65535).followed_by("65535\n"), Some(true));
-        assert_eq!(Exactly("4096 87380 16777216").followed_by("4096\t87380\t16777216\n"), Some(true));
+        assert_eq!(
+            Exactly("4096 87380 16777216").followed_by("4096\t87380\t16777216\n"),
+            Some(true)
+        );
         assert_eq!(Between(1, 10).followed_by("60"), Some(false));
-        assert_eq!(OneOf(&["none", "mq-deadline"]).followed_by("bfq"), Some(false));
+        assert_eq!(
+            OneOf(&["none", "mq-deadline"]).followed_by("bfq"),
+            Some(false)
+        );
         assert_eq!(Set.followed_by("on"), Some(true));
         assert_eq!(Recommendation::None.followed_by("x"), None);
         assert_eq!(AtLeast(5).followed_by("not a number"), None);
@@ -388,24 +529,41 @@ mod tests {
         let mounts = mount_settings(mountinfo);
         assert_eq!(mounts.len(), 2);
         let root = &mounts[0];
-        assert_eq!((root.mountpoint.as_str(), root.fstype.as_str()), ("/", "ext4"));
+        assert_eq!(
+            (root.mountpoint.as_str(), root.fstype.as_str()),
+            ("/", "ext4")
+        );
         let noatime = root.settings.iter().find(|s| s.knob == "noatime").unwrap();
-        assert_eq!((noatime.value.as_str(), noatime.deviates), ("on", Some(false)));
-        let data_noatime = mounts[1].settings.iter().find(|s| s.knob == "noatime").unwrap();
+        assert_eq!(
+            (noatime.value.as_str(), noatime.deviates),
+            ("on", Some(false))
+        );
+        let data_noatime = mounts[1]
+            .settings
+            .iter()
+            .find(|s| s.knob == "noatime")
+            .unwrap();
         assert_eq!(data_noatime.deviates, Some(true));
     }
 
     #[test]
     fn reads_this_node() {
         let node = node_settings();
-        let backlog = node.iter().find(|s| s.knob == "net.core.netdev_max_backlog").unwrap();
+        let backlog = node
+            .iter()
+            .find(|s| s.knob == "net.core.netdev_max_backlog")
+            .unwrap();
         assert!(backlog.value.parse::<u64>().is_ok());
         let mine = netns_settings(Path::new("/proc"), std::process::id()).unwrap();
-        let somaxconn = mine.iter().find(|s| s.knob == "net.core.somaxconn").unwrap();
-        assert_eq!(Some(somaxconn.value.clone()), sysctl("net.core.somaxconn"));
-        assert!(device_settings(Path::new("/sys")).iter().any(|d| d
-            .settings
+        let somaxconn = mine
             .iter()
-            .any(|s| s.knob == "queue/scheduler")));
+            .find(|s| s.knob == "net.core.somaxconn")
+            .unwrap();
+        assert_eq!(Some(somaxconn.value.clone()), sysctl("net.core.somaxconn"));
+        assert!(
+            device_settings(Path::new("/sys"))
+                .iter()
+                .any(|d| d.settings.iter().any(|s| s.knob == "queue/scheduler"))
+        );
     }
 }

@@ -17,6 +17,8 @@ use tuneprobe_tests::{Container, PodCgroup, Workload, sh, unique};
 struct LoopDevice {
     file: PathBuf,
     device: String,
+    /// The scheduler to put back: loop devices outlive their binding.
+    original_scheduler: Option<String>,
 }
 
 impl LoopDevice {
@@ -26,6 +28,7 @@ impl LoopDevice {
         let mut device = Self {
             file,
             device: String::new(),
+            original_scheduler: None,
         };
         device.device = sh(&[
             "losetup",
@@ -42,6 +45,18 @@ impl LoopDevice {
     /// `loop3` for `/dev/loop3`.
     fn name(&self) -> &str {
         self.device.trim_start_matches("/dev/")
+    }
+
+    fn scheduler_file(&self) -> PathBuf {
+        PathBuf::from(format!("/sys/block/{}/queue/scheduler", self.name()))
+    }
+
+    /// Sets the IO scheduler; the drop puts the old one back.
+    fn set_scheduler(&mut self, scheduler: &str) {
+        let current = fs::read_to_string(self.scheduler_file()).unwrap();
+        let active = tuneprobe::devices::active_scheduler(&current).expect("a scheduler");
+        self.original_scheduler.get_or_insert(active);
+        fs::write(self.scheduler_file(), scheduler).unwrap();
     }
 
     /// `MAJ:MIN` of the disk holding the backing file: what a throttle must limit.
@@ -61,6 +76,9 @@ impl LoopDevice {
 
 impl Drop for LoopDevice {
     fn drop(&mut self) {
+        if let Some(scheduler) = &self.original_scheduler {
+            let _ = fs::write(self.scheduler_file(), scheduler);
+        }
         if !self.device.is_empty() {
             let _ = Command::new("losetup").args(["-d", &self.device]).status();
         }
@@ -136,18 +154,14 @@ fn entry<'a>(
 
 #[test]
 fn throttled_reads_show_in_the_loop_devices_service_time_for_that_cgroup_only() {
-    let disk = LoopDevice::new(64);
+    let mut disk = LoopDevice::new(64);
     let mut pod = PodCgroup::with_controllers(&["blkio"]);
     let throttled = pod.container();
     let free = pod.container();
     let writer = pod.container();
     throttle_reads(&throttled, &disk.backing_device(), 100);
     // A scheduler on our own loop device makes requests queue (insert -> issue).
-    fs::write(
-        format!("/sys/block/{}/queue/scheduler", disk.name()),
-        "mq-deadline",
-    )
-    .unwrap();
+    disk.set_scheduler("mq-deadline");
 
     let probe = Probe::load(&LoadOptions::default()).unwrap_or_else(|e| panic!("{e:#}"));
     let collector = Collector::start(probe).unwrap();

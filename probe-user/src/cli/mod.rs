@@ -2,6 +2,7 @@
 
 mod serve;
 mod snapshot;
+mod tuning;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -99,6 +100,7 @@ impl CollectorArgs {
 enum Command {
     Snapshot(snapshot::Args),
     Serve(serve::Args),
+    Tuning(tuning::Args),
 }
 
 impl Cli {
@@ -122,6 +124,7 @@ impl Cli {
         match &self.command {
             Command::Snapshot(args) => snapshot::run(args, &self.load_options()),
             Command::Serve(args) => serve::run(args, &self.load_options()),
+            Command::Tuning(args) => tuning::run(args),
         }
     }
 }
