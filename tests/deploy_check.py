@@ -21,7 +21,7 @@ import sys
 import kubernetes_validate
 import yaml
 
-ALLOWED_CAPABILITIES = {"BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"}
+ALLOWED_CAPABILITIES = {"BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE"}
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 SIGNAL_METRICS = [
     "tuneprobe_tcp_retransmitted_segments_total",

@@ -87,12 +87,7 @@ fn a_privileged_or_writable_daemonset_is_refused() {
             "root filesystem is writable",
         ),
         (
-            Box::new(|s: &str| {
-                s.replace(
-                    "\"DAC_READ_SEARCH\"]",
-                    "\"DAC_READ_SEARCH\", \"SYS_ADMIN\"]",
-                )
-            }),
+            Box::new(|s: &str| s.replace("\"SYS_PTRACE\"]", "\"SYS_PTRACE\", \"SYS_ADMIN\"]")),
             "SYS_ADMIN",
         ),
         (

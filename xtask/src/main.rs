@@ -23,8 +23,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Install the pinned nightly, bpf-linker and the Debian packages the tests use.
-    Setup,
+    /// Install the pinned nightly, bpf-linker and the packages the tests use.
+    Setup {
+        /// Only what a build needs: the nightly and bpf-linker.
+        #[arg(long)]
+        toolchain_only: bool,
+    },
     /// Setup, then build the release binary with the kernel programs embedded.
     Build,
     /// Setup, then run every unit and integration test (needs root).
@@ -36,7 +40,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Setup => setup::run(),
+        Command::Setup {
+            toolchain_only: true,
+        } => setup::toolchain(),
+        Command::Setup {
+            toolchain_only: false,
+        } => setup::run(),
         Command::Build => setup::run().and_then(|()| build::release()),
         Command::Test(args) => test::run(&args),
         Command::Run(args) => run::run(&args),

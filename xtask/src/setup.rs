@@ -36,15 +36,28 @@ const DEBIAN_PACKAGES: &[&str] = &[
 /// The Kubernetes schemas the deploy/ test validates against, offline.
 const PYTHON_PACKAGES: &[(&str, &str)] = &[("kubernetes_validate", "kubernetes-validate==1.37.0")];
 
+/// Everything: what a build needs and what the tests drive.
 pub fn run() -> anyhow::Result<()> {
-    nightly()?;
-    bpf_linker()?;
+    toolchain()?;
     debian_packages()?;
     python_packages()?;
     Ok(())
 }
 
+/// Only what building tuneprobe needs (the image recipe uses this).
+pub fn toolchain() -> anyhow::Result<()> {
+    nightly()?;
+    bpf_linker()
+}
+
 fn python_packages() -> anyhow::Result<()> {
+    let has_pip = Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !has_pip {
+        install_debian(&["python3-pip"])?;
+    }
     for (module, requirement) in PYTHON_PACKAGES {
         let present = Command::new("python3")
             .args(["-c", &format!("import {module}")])
@@ -54,14 +67,23 @@ fn python_packages() -> anyhow::Result<()> {
             continue;
         }
         eprintln!("xtask setup: installing {requirement}");
-        run_checked(Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            requirement,
-        ]))?;
+        let pip = |extra: &[&str]| {
+            let mut cmd = Command::new("python3");
+            cmd.args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(extra)
+            .arg(requirement);
+            cmd
+        };
+        // Debian's own Python refuses installs into it (PEP 668) unless told.
+        if run_checked(&mut pip(&[])).is_err() {
+            run_checked(&mut pip(&["--break-system-packages"]))?;
+        }
     }
     Ok(())
 }
@@ -164,6 +186,10 @@ fn debian_packages() -> anyhow::Result<()> {
         .copied()
         .filter(|package| !debian_package_installed(package))
         .collect();
+    install_debian(&missing)
+}
+
+fn install_debian(missing: &[&str]) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
@@ -183,7 +209,7 @@ fn debian_packages() -> anyhow::Result<()> {
     };
     run_checked(&mut apt(&["update", "-qq"]))?;
     let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    install.extend(&missing);
+    install.extend(missing);
     run_checked(&mut apt(&install))
 }
 
