@@ -16,6 +16,7 @@ use prometheus::{
 use crate::{
     loader::ProbeStatus,
     report::{Snapshot, Workload},
+    tuning::{Inventory, Setting},
 };
 
 /// `le` bounds, seconds, for block IO and throttle stalls.
@@ -267,7 +268,20 @@ impl Exporter {
     }
 
     pub fn render(&mut self, snapshot: &Snapshot, scrape_seconds: f64) -> String {
+        self.render_with(snapshot, None, scrape_seconds)
+    }
+
+    /// As [`render`](Self::render), plus the tuning inventory.
+    pub fn render_with(
+        &mut self,
+        snapshot: &Snapshot,
+        inventory: Option<&Inventory>,
+        scrape_seconds: f64,
+    ) -> String {
         let mut f = Families::default();
+        if let Some(inventory) = inventory {
+            add_tuning(&mut f, inventory);
+        }
         for workload in &snapshot.workloads {
             let labels = self.labels(workload);
             add_workload(&mut f, workload, &labels);
@@ -483,6 +497,57 @@ fn add_workload(f: &mut Families, w: &Workload, labels: &Labels) {
             "How long a throttled task waited until it ran again.",
             labels.clone(),
             prometheus_histogram(&cpu.stall_histogram, IO_BUCKETS),
+        );
+    }
+}
+
+/// Every knob as `tuneprobe_tuning_value` (numeric values) and
+/// `tuneprobe_tuning_deviation` (1 when it differs from the guides' recommendation).
+fn add_tuning(f: &mut Families, inventory: &Inventory) {
+    let mut put = |scope: String, owner: &str, settings: &[Setting]| {
+        for s in settings {
+            let labels = vec![
+                ("knob", s.knob.clone()),
+                ("scope", scope.clone()),
+                ("owner", owner.to_string()),
+            ];
+            if let Ok(value) = s.value.parse::<f64>() {
+                f.gauge(
+                    "tuneprobe_tuning_value",
+                    "Current value of a tuning knob with a single numeric value.",
+                    labels.clone(),
+                    value,
+                );
+            }
+            if let Some(deviates) = s.deviates {
+                f.gauge(
+                    "tuneprobe_tuning_deviation",
+                    "1 if the knob differs from what the tuning guides recommend.",
+                    labels,
+                    f64::from(u8::from(deviates)),
+                );
+            }
+        }
+    };
+    put("node".into(), "", &inventory.node);
+    for ns in &inventory.netns {
+        put(
+            format!("netns:{}", ns.netns),
+            ns.owner.as_deref().unwrap_or(""),
+            &ns.settings,
+        );
+    }
+    for d in &inventory.devices {
+        put(format!("device:{}", d.device), "", &d.settings);
+    }
+    for m in &inventory.mounts {
+        put(format!("mount:{}", m.mountpoint), "", &m.settings);
+    }
+    for c in &inventory.cgroups {
+        put(
+            format!("cgroup:{}", c.cgroup_path),
+            &c.cgroup_path,
+            &c.settings,
         );
     }
 }

@@ -482,6 +482,41 @@ pub fn inventory(
     }
 }
 
+/// The inventory of this node: namespaces found through `/proc` and attributed to their
+/// owners, cpu cgroups from the cpu hierarchy.
+pub fn this_node() -> Result<Inventory, std::io::Error> {
+    use crate::{
+        attribution::Attributor,
+        cgroup::{CgroupPaths, Hierarchies},
+        procfs,
+    };
+    let proc_root = Path::new("/proc");
+    let hierarchies = Hierarchies::of_this_node();
+    let unified = hierarchies
+        .unified
+        .clone()
+        .ok_or_else(|| std::io::Error::other("cgroup v2 is not mounted"))?;
+    let mut attributor =
+        Attributor::new(CgroupPaths::new(unified), Attributor::host_netns(proc_root));
+    attributor.observe(&procfs::processes(proc_root));
+    let netns: Vec<(u32, u32, Option<String>)> = attributor
+        .live_netns()
+        .map(|(netns, pid)| {
+            (
+                netns,
+                pid,
+                attributor.netns_owner(netns).map(str::to_string),
+            )
+        })
+        .collect();
+    let cpu = hierarchies.cpu.map(|root| {
+        let paths = CgroupPaths::new(root.clone());
+        let known: Vec<String> = paths.known().map(|(_, p)| p.to_string()).collect();
+        (root, known)
+    });
+    Ok(inventory(proc_root, Path::new("/sys"), cpu, &netns))
+}
+
 /// A knob whose value changed between two inventories.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Change {

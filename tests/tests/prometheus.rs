@@ -127,6 +127,10 @@ fn prometheus_scrapes_per_pod_values_by_name() {
         "tcp dport 5001 meta length > 200 limit rate 1/hour burst 1 packets counter drop",
     );
 
+    pair.exec(
+        &pair.b,
+        &["sh", "-c", "echo 2048 > /proc/sys/net/core/somaxconn"],
+    );
     let logs = std::env::temp_dir().join(unique("tuneprobe-prom-"));
     for (pod, ns, uid, container, id) in [
         (
@@ -231,6 +235,18 @@ fn prometheus_scrapes_per_pod_values_by_name() {
         |v| v >= segs as f64,
     );
     assert_eq!(retransmitted, segs as f64);
+    // The tuning inventory: namespace B's own somaxconn, attributed to the pod in it.
+    let somaxconn = query_until(
+        prometheus_port,
+        &format!(
+            "tuneprobe_tuning_value{{knob=\"net.core.somaxconn\",scope=\"netns:{}\",owner=\"{}\"}}",
+            NetnsPair::inode(&pair.b),
+            server_pod.pod_path
+        ),
+        |v| v == 2048.0,
+    );
+    assert_eq!(somaxconn, 2048.0);
+
     // --bpf-stats: the kernel's own accounting of the drop program's runs.
     let runs = query_until(
         prometheus_port,

@@ -189,8 +189,13 @@ fn render(state: &State) -> anyhow::Result<String> {
             .context("programs are not attached yet")?;
         collector.report()?
     };
+    // The knobs are re-read on every scrape: scrapes are seconds apart, and a changed
+    // knob should show at the next one.
+    let inventory = tuneprobe::tuning::this_node()
+        .map_err(|err| log::warn!("tuning inventory: {err}"))
+        .ok();
     let previous = *lock(&state.last_scrape_seconds);
-    let body = lock(&state.exporter).render(&snapshot, previous);
+    let body = lock(&state.exporter).render_with(&snapshot, inventory.as_ref(), previous);
     *lock(&state.last_scrape_seconds) = started.elapsed().as_secs_f64();
     Ok(body)
 }

@@ -1,15 +1,10 @@
 //! `tuneprobe tuning`: what every knob of the tuning guides is set to on this node, per
 //! scope, next to the recommendation.
 
-use std::{fmt::Write as _, path::Path};
+use std::fmt::Write as _;
 
 use anyhow::Context as _;
-use tuneprobe::{
-    attribution::Attributor,
-    cgroup::{CgroupPaths, Hierarchies},
-    procfs,
-    tuning::{self, Inventory, Setting},
-};
+use tuneprobe::tuning::{self, Inventory, Setting};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -28,31 +23,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let proc_root = Path::new("/proc");
-    let hierarchies = Hierarchies::of_this_node();
-    let unified = hierarchies
-        .unified
-        .clone()
-        .context("cgroup v2 is not mounted")?;
-    let mut attributor =
-        Attributor::new(CgroupPaths::new(unified), Attributor::host_netns(proc_root));
-    attributor.observe(&procfs::processes(proc_root));
-    let netns: Vec<(u32, u32, Option<String>)> = attributor
-        .live_netns()
-        .map(|(netns, pid)| {
-            (
-                netns,
-                pid,
-                attributor.netns_owner(netns).map(str::to_string),
-            )
-        })
-        .collect();
-    let cpu = hierarchies.cpu.map(|root| {
-        let paths = CgroupPaths::new(root.clone());
-        let known: Vec<String> = paths.known().map(|(_, p)| p.to_string()).collect();
-        (root, known)
-    });
-    let inventory = tuning::inventory(proc_root, Path::new("/sys"), cpu, &netns);
+    let inventory = tuning::this_node().context("reading the tuning inventory")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&inventory)?);
     } else {
