@@ -17,6 +17,7 @@ pub mod procfs;
 pub mod report;
 pub mod stats;
 pub mod tuning;
+pub mod verify;
 
 pub use collector::Collector;
 pub use loader::{LoadOptions, Probe, ProbeStatus, Signal};

@@ -3,6 +3,7 @@
 mod serve;
 mod snapshot;
 mod tuning;
+mod verify;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -101,6 +102,7 @@ enum Command {
     Snapshot(snapshot::Args),
     Serve(serve::Args),
     Tuning(tuning::Args),
+    Verify(verify::Args),
 }
 
 impl Cli {
@@ -125,6 +127,7 @@ impl Cli {
             Command::Snapshot(args) => snapshot::run(args, &self.load_options()),
             Command::Serve(args) => serve::run(args, &self.load_options()),
             Command::Tuning(args) => tuning::run(args),
+            Command::Verify(args) => verify::run(args, &self.load_options()),
         }
     }
 }

@@ -1,0 +1,107 @@
+//! `tuneprobe verify` on a real change: a busy container's cpu quota raised from 20 ms to
+//! 100 ms per period (throttling improves), and lowered back (it regresses); `--revert`
+//! leaves the knob as it was.
+
+use std::{fs, path::Path, process::Command};
+
+use serde_json::Value;
+use tuneprobe_tests::{Container, PodCgroup, Workload, testload, tuneprobe_binary};
+
+/// The cpu controller's directory of a container (v2 dirs have a `cpu.stat` without it).
+fn cpu_dir(container: &Container) -> &Path {
+    container
+        .dirs
+        .iter()
+        .find(|d| d.join("cpu.cfs_quota_us").exists())
+        .expect("a v1 cpu directory (this machine is hybrid)")
+}
+
+fn verify(dir: &Path, quota: u32) -> Value {
+    let out = Command::new(tuneprobe_binary())
+        .args([
+            "verify",
+            "--apply",
+            &format!("cpu.cfs_quota_us={quota}"),
+            "--cgroup",
+        ])
+        .arg(dir)
+        .args([
+            "--before",
+            "3s",
+            "--after",
+            "3s",
+            "--interval",
+            "500ms",
+            "--revert",
+            "--json",
+            "--kube-api",
+            "none",
+        ])
+        .output()
+        .expect("run tuneprobe verify");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+fn verdict_for<'a>(report: &'a Value, path: &str) -> &'a Value {
+    report["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["cgroup_path"] == path && v["signal"] == "cpu_throttled_ratio")
+        .unwrap_or_else(|| panic!("no verdict for {path}: {report:#}"))
+}
+
+#[test]
+fn raising_a_tight_quota_improves_throttling_and_lowering_it_regresses() {
+    let mut pod = PodCgroup::with_controllers(&["cpu"]);
+    let app = pod.container();
+    let dir = cpu_dir(&app).to_path_buf();
+    fs::write(dir.join("cpu.cfs_period_us"), "100000").unwrap();
+    fs::write(dir.join("cpu.cfs_quota_us"), "20000").unwrap();
+    let _busy = Workload::spawn_program(None, Some(&app), &testload(), &["busy", "60000"]);
+
+    let raised = verify(&dir, 100_000);
+    assert_eq!(raised["change"]["old"], "20000");
+    assert_eq!(raised["change"]["new"], "100000");
+    let v = verdict_for(&raised, &app.path);
+    assert_eq!(v["verdict"], "improved", "{v:#}");
+    assert!(
+        v["before"].as_f64().unwrap() > 0.8,
+        "throttled in most periods before: {v}"
+    );
+    assert!(v["after"].as_f64().unwrap() < 0.1, "{v}");
+    assert!(v["p_value"].as_f64().unwrap() < 0.05);
+    let effect = v["effect"].as_f64().unwrap();
+    let ci = v["ci95"].as_array().unwrap();
+    assert!(
+        ci[0].as_f64().unwrap() <= effect && effect <= ci[1].as_f64().unwrap(),
+        "{v}"
+    );
+    assert_eq!(
+        fs::read_to_string(dir.join("cpu.cfs_quota_us"))
+            .unwrap()
+            .trim(),
+        "20000",
+        "--revert"
+    );
+
+    // The other way: from a generous quota to a tight one.
+    fs::write(dir.join("cpu.cfs_quota_us"), "100000").unwrap();
+    let lowered = verify(&dir, 20_000);
+    assert_eq!(
+        verdict_for(&lowered, &app.path)["verdict"],
+        "regressed",
+        "{lowered:#}"
+    );
+    assert_eq!(
+        fs::read_to_string(dir.join("cpu.cfs_quota_us"))
+            .unwrap()
+            .trim(),
+        "100000"
+    );
+}
