@@ -105,3 +105,58 @@ fn raising_a_tight_quota_improves_throttling_and_lowering_it_regresses() {
         "100000"
     );
 }
+
+#[test]
+fn an_interrupted_verify_still_puts_the_old_value_back() {
+    use std::io::{BufRead as _, BufReader};
+    let mut pod = PodCgroup::with_controllers(&["cpu"]);
+    let app = pod.container();
+    let dir = cpu_dir(&app).to_path_buf();
+    fs::write(dir.join("cpu.cfs_quota_us"), "30000").unwrap();
+    let mut child = Command::new(tuneprobe_binary())
+        .args(["verify", "--apply", "cpu.cfs_quota_us=90000", "--cgroup"])
+        .arg(&dir)
+        .args([
+            "--before",
+            "1s",
+            "--after",
+            "60s",
+            "--revert",
+            "--kube-api",
+            "none",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines().map_while(Result::ok);
+    assert!(
+        lines
+            .by_ref()
+            .any(|line| line.starts_with("changed cpu.cfs_quota_us")),
+        "verify never applied the change"
+    );
+    assert_eq!(
+        fs::read_to_string(dir.join("cpu.cfs_quota_us"))
+            .unwrap()
+            .trim(),
+        "90000"
+    );
+    // SAFETY: plain syscall on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let rest: Vec<String> = lines.collect();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "an interrupted verify reports failure");
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("reverted cpu.cfs_quota_us to 30000")),
+        "{rest:?}"
+    );
+    assert_eq!(
+        fs::read_to_string(dir.join("cpu.cfs_quota_us"))
+            .unwrap()
+            .trim(),
+        "30000"
+    );
+}

@@ -4,6 +4,10 @@
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, SystemTime},
 };
@@ -105,12 +109,28 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         .read()
         .with_context(|| format!("reading {name} at {:?}", knob.target))?;
 
+    // SIGINT or SIGTERM end the windows early; the old value still goes back.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&interrupted))
+            .context("installing the signal handler")?;
+    }
     let mut collector = Collector::start_with(Probe::load(options)?, args.collector.options()?)?;
     eprintln!(
         "ready: measuring {} before the change",
         humantime::format_duration(args.before)
     );
-    let (before, previous) = window(&mut collector, args.before, args.interval, signals, None)?;
+    let (before, previous) = window(
+        &mut collector,
+        args.before,
+        args.interval,
+        signals,
+        None,
+        &interrupted,
+    )?;
+    if interrupted.load(Ordering::Relaxed) {
+        bail!("interrupted before the change; {name} was not touched");
+    }
 
     knob.write(value)
         .with_context(|| format!("writing {name}={value}"))?;
@@ -128,12 +148,17 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         args.interval,
         signals,
         Some(previous),
+        &interrupted,
     );
     if args.revert {
         knob.write(&old)
             .with_context(|| format!("reverting {name} to {old}"))?;
+        eprintln!("reverted {name} to {old}");
     }
     let (after, last) = result?;
+    if interrupted.load(Ordering::Relaxed) {
+        bail!("interrupted during the after window; no verdict");
+    }
 
     let report = Report {
         change: Change {
@@ -190,6 +215,7 @@ fn window(
     interval: Duration,
     signals: &[verify::Signal],
     previous: Option<Snapshot>,
+    interrupted: &AtomicBool,
 ) -> anyhow::Result<(Samples, Snapshot)> {
     let mut samples = Samples::default();
     let mut previous = match previous {
@@ -200,6 +226,9 @@ fn window(
         .round()
         .max(1.0) as usize;
     for _ in 0..intervals {
+        if interrupted.load(Ordering::Relaxed) {
+            break;
+        }
         thread::sleep(interval);
         let current = collector.report()?;
         samples.add(&previous, &current, signals);
