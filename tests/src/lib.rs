@@ -592,3 +592,78 @@ pub fn tuneprobe_binary() -> PathBuf {
     );
     path
 }
+
+/// A loop device with direct IO over a file full of data (holes would be read without
+/// any IO reaching the backing disk). Detached and deleted on drop.
+pub struct LoopDevice {
+    file: PathBuf,
+    /// `/dev/loopN`.
+    pub device: String,
+    /// The scheduler to put back: loop devices outlive their binding.
+    original_scheduler: Option<String>,
+}
+
+impl LoopDevice {
+    pub fn new(megabytes: usize) -> Self {
+        let file = PathBuf::from("/var/tmp").join(unique("tuneprobe-loop-"));
+        fs::write(&file, vec![0x5au8; megabytes << 20]).expect("write backing file");
+        let mut device = Self {
+            file,
+            device: String::new(),
+            original_scheduler: None,
+        };
+        device.device = sh(&[
+            "losetup",
+            "--find",
+            "--show",
+            "--direct-io=on",
+            device.file.to_str().unwrap(),
+        ])
+        .trim()
+        .to_string();
+        device
+    }
+
+    /// `loop3` for `/dev/loop3`.
+    pub fn name(&self) -> &str {
+        self.device.trim_start_matches("/dev/")
+    }
+
+    fn scheduler_file(&self) -> PathBuf {
+        PathBuf::from(format!("/sys/block/{}/queue/scheduler", self.name()))
+    }
+
+    /// Sets the IO scheduler; the drop puts the old one back.
+    pub fn set_scheduler(&mut self, scheduler: &str) {
+        let current = fs::read_to_string(self.scheduler_file()).unwrap();
+        let active = tuneprobe::devices::active_scheduler(&current).expect("a scheduler");
+        self.original_scheduler.get_or_insert(active);
+        fs::write(self.scheduler_file(), scheduler).unwrap();
+    }
+
+    /// `MAJ:MIN` of the disk holding the backing file: what a throttle must limit.
+    pub fn backing_device(&self) -> String {
+        sh(&[
+            "findmnt",
+            "-n",
+            "-o",
+            "MAJ:MIN",
+            "-T",
+            self.file.to_str().unwrap(),
+        ])
+        .trim()
+        .to_string()
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        if let Some(scheduler) = &self.original_scheduler {
+            let _ = fs::write(self.scheduler_file(), scheduler);
+        }
+        if !self.device.is_empty() {
+            let _ = Command::new("losetup").args(["-d", &self.device]).status();
+        }
+        let _ = fs::remove_file(&self.file);
+    }
+}

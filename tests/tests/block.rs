@@ -1,90 +1,11 @@
 //! Block IO latency: fio on a loop device, the reader's blkio cgroup throttled to 100
 //! read IOPS on the loop's backing device; compared with fio's own counts and latency.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{fs, path::Path, time::Duration};
 
 use serde_json::Value;
 use tuneprobe::{Collector, LoadOptions, Probe, report::BlockReport};
-use tuneprobe_tests::{Container, PodCgroup, Workload, sh, unique};
-
-/// A loop device with direct IO over a file full of data (holes would be read without
-/// any IO reaching the backing disk). Detached and deleted on drop.
-struct LoopDevice {
-    file: PathBuf,
-    device: String,
-    /// The scheduler to put back: loop devices outlive their binding.
-    original_scheduler: Option<String>,
-}
-
-impl LoopDevice {
-    fn new(megabytes: usize) -> Self {
-        let file = PathBuf::from("/var/tmp").join(unique("tuneprobe-loop-"));
-        fs::write(&file, vec![0x5au8; megabytes << 20]).expect("write backing file");
-        let mut device = Self {
-            file,
-            device: String::new(),
-            original_scheduler: None,
-        };
-        device.device = sh(&[
-            "losetup",
-            "--find",
-            "--show",
-            "--direct-io=on",
-            device.file.to_str().unwrap(),
-        ])
-        .trim()
-        .to_string();
-        device
-    }
-
-    /// `loop3` for `/dev/loop3`.
-    fn name(&self) -> &str {
-        self.device.trim_start_matches("/dev/")
-    }
-
-    fn scheduler_file(&self) -> PathBuf {
-        PathBuf::from(format!("/sys/block/{}/queue/scheduler", self.name()))
-    }
-
-    /// Sets the IO scheduler; the drop puts the old one back.
-    fn set_scheduler(&mut self, scheduler: &str) {
-        let current = fs::read_to_string(self.scheduler_file()).unwrap();
-        let active = tuneprobe::devices::active_scheduler(&current).expect("a scheduler");
-        self.original_scheduler.get_or_insert(active);
-        fs::write(self.scheduler_file(), scheduler).unwrap();
-    }
-
-    /// `MAJ:MIN` of the disk holding the backing file: what a throttle must limit.
-    fn backing_device(&self) -> String {
-        sh(&[
-            "findmnt",
-            "-n",
-            "-o",
-            "MAJ:MIN",
-            "-T",
-            self.file.to_str().unwrap(),
-        ])
-        .trim()
-        .to_string()
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        if let Some(scheduler) = &self.original_scheduler {
-            let _ = fs::write(self.scheduler_file(), scheduler);
-        }
-        if !self.device.is_empty() {
-            let _ = Command::new("losetup").args(["-d", &self.device]).status();
-        }
-        let _ = fs::remove_file(&self.file);
-    }
-}
+use tuneprobe_tests::{Container, LoopDevice, PodCgroup, Workload};
 
 fn throttle_reads(container: &Container, device: &str, iops: u32) {
     let v1 = "blkio.throttle.read_iops_device";

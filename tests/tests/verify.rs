@@ -160,3 +160,98 @@ fn an_interrupted_verify_still_puts_the_old_value_back() {
         "30000"
     );
 }
+
+#[test]
+fn removing_a_read_throttle_improves_block_service_time() {
+    use tuneprobe_tests::LoopDevice;
+    let disk = LoopDevice::new(64);
+    let backing = disk.backing_device();
+    let mut pod = PodCgroup::with_controllers(&["blkio"]);
+    let reader = pod.container();
+    // v1 blkio on hybrid nodes, io.max on unified ones: (file, throttle, no throttle).
+    let (blkio, file, throttled, unthrottled) = match reader
+        .dirs
+        .iter()
+        .find(|d| d.join("blkio.throttle.read_iops_device").exists())
+    {
+        Some(dir) => (
+            dir.clone(),
+            "blkio.throttle.read_iops_device",
+            format!("{backing} 100"),
+            format!("{backing} 0"),
+        ),
+        None => (
+            reader.dir_with("io.max").to_path_buf(),
+            "io.max",
+            format!("{backing} riops=100"),
+            format!("{backing} riops=max"),
+        ),
+    };
+    fs::write(blkio.join(file), &throttled).unwrap();
+    let filename = format!("--filename={}", disk.device);
+    let _fio = Workload::spawn_program(
+        None,
+        Some(&reader),
+        Path::new("fio"),
+        &[
+            "--name=reader",
+            &filename,
+            "--direct=1",
+            "--rw=randread",
+            "--bs=4k",
+            "--iodepth=1",
+            "--ioengine=psync",
+            "--runtime=60",
+            "--time_based",
+            "--output-format=json",
+        ],
+    );
+
+    let out = Command::new(tuneprobe_binary())
+        .args([
+            "verify",
+            "--apply",
+            &format!("{file}={unthrottled}"),
+            "--cgroup",
+        ])
+        .arg(&blkio)
+        .args([
+            "--before",
+            "3s",
+            "--after",
+            "3s",
+            "--interval",
+            "500ms",
+            "--revert",
+            "--json",
+            "--kube-api",
+            "none",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = report["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["cgroup_path"] == reader.path.as_str() && v["signal"] == "block_service_ms")
+        .unwrap_or_else(|| panic!("no block verdict for the reader: {report:#}"));
+    assert_eq!(v["verdict"], "improved", "{v:#}");
+    assert!(
+        v["before"].as_f64().unwrap() > 2.0 * v["after"].as_f64().unwrap(),
+        "{v}"
+    );
+    // --revert: the throttle is back.
+    let throttle = fs::read_to_string(blkio.join(file)).unwrap();
+    // v1 reads back "MAJ:MIN 100"; v2 lists every limit ("MAJ:MIN rbps=max ... riops=100").
+    let limit = throttled.split_whitespace().last().unwrap_or_default();
+    assert!(
+        throttle.contains(&backing) && throttle.contains(limit),
+        "{throttle}"
+    );
+}
