@@ -15,7 +15,7 @@ use prometheus::{
 
 use crate::{
     loader::ProbeStatus,
-    report::{Snapshot, Workload},
+    report::{Snapshot, Workload, serde_name},
     tuning::{Inventory, Setting},
 };
 
@@ -558,10 +558,7 @@ fn add_probe_health(
     map_overflows: &BTreeMap<String, u64>,
 ) {
     for probe in probes {
-        let signal = serde_json::to_value(probe.signal)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let signal = serde_name(&probe.signal);
         f.gauge(
             "tuneprobe_probe_attached",
             "1 if the kernel program is attached, 0 if this kernel cannot run it.",

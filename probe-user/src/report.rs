@@ -10,6 +10,15 @@ use crate::{
     loader::{ProbeStatus, ProgramStats},
 };
 
+/// The name a unit enum has in the JSON (`tcp_retransmit`, `no significant change`), for
+/// tables and metric labels that should say the same.
+pub fn serde_name<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 /// The reason under which listen-queue overflows appear: the kernel counts them in
 /// `TcpExtListenOverflows` but does not report them through `kfree_skb`.
 pub const TCP_LISTEN_OVERFLOW: &str = "TCP_LISTEN_OVERFLOW";
@@ -208,10 +217,7 @@ impl Snapshot {
                 (false, Some(err)) => format!("OFF: {err}"),
                 (false, None) => "OFF".to_string(),
             };
-            let signal = serde_json::to_value(probe.signal)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
+            let signal = serde_name(&probe.signal);
             let _ = writeln!(out, "  probe {:<20} {:<15} {state}", probe.name, signal);
         }
         for (map, lost) in self.map_overflows.iter().filter(|(_, n)| **n > 0) {

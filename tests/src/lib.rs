@@ -417,6 +417,15 @@ impl Container {
             .unwrap_or_else(|| panic!("no {file} in {:?}", self.dirs))
     }
 
+    /// The container's directory with the cpu controller (`cpu.max` on v2,
+    /// `cpu.cfs_quota_us` on v1; a v2 directory has a `cpu.stat` without it).
+    pub fn cpu_dir(&self) -> &Path {
+        self.dirs
+            .iter()
+            .find(|d| d.join("cpu.max").exists() || d.join("cpu.cfs_quota_us").exists())
+            .expect("a cpu controller directory")
+    }
+
     /// The container's id in the hierarchy holding `file`.
     pub fn id_with(&self, file: &str) -> u64 {
         fs::metadata(self.dir_with(file)).unwrap().ino()
@@ -580,6 +589,24 @@ impl Drop for NftTable<'_> {
             ])
             .status();
     }
+}
+
+/// Runs the release binary with `args`, expects success, and parses its stdout as JSON.
+pub fn tuneprobe_json<I, S>(args: I) -> serde_json::Value
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(tuneprobe_binary())
+        .args(args)
+        .output()
+        .expect("run tuneprobe");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("tuneprobe printed JSON")
 }
 
 /// The release binary built by `cargo xtask test`.

@@ -1,7 +1,7 @@
 //! CPU throttling: a busy loop under a 20 ms / 100 ms quota, checked against the cgroup's
 //! own `cpu.stat`; the same loop without a quota is never throttled.
 
-use std::{fs, path::Path, time::Duration};
+use std::{fs, time::Duration};
 
 use tuneprobe::{
     Collector, LoadOptions, Probe, cpustat::CpuAccounting, report::Workload as Report,
@@ -9,7 +9,7 @@ use tuneprobe::{
 use tuneprobe_tests::{Container, PodCgroup, Workload, testload};
 
 fn set_quota(container: &Container, quota_us: u64, period_us: u64) {
-    let dir = cpu_dir(container);
+    let dir = container.cpu_dir();
     if dir.join("cpu.max").exists() {
         fs::write(dir.join("cpu.max"), format!("{quota_us} {period_us}")).unwrap();
     } else {
@@ -18,17 +18,8 @@ fn set_quota(container: &Container, quota_us: u64, period_us: u64) {
     }
 }
 
-/// The directory with the cpu controller (v2 dirs have a `cpu.stat` without it).
-fn cpu_dir(container: &Container) -> &Path {
-    container
-        .dirs
-        .iter()
-        .find(|d| d.join("cpu.max").exists() || d.join("cpu.cfs_quota_us").exists())
-        .expect("a cpu controller directory")
-}
-
 fn accounting(container: &Container) -> CpuAccounting {
-    CpuAccounting::read(cpu_dir(container)).expect("cpu.stat")
+    CpuAccounting::read(container.cpu_dir()).expect("cpu.stat")
 }
 
 fn by_path<'a>(workloads: &'a [Report], path: &str) -> Option<&'a Report> {

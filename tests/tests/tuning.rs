@@ -4,7 +4,7 @@
 use std::{fs, process::Command};
 
 use serde_json::Value;
-use tuneprobe_tests::{NetnsPair, PodCgroup, Workload, tuneprobe_binary};
+use tuneprobe_tests::{NetnsPair, PodCgroup, Workload, tuneprobe_binary, tuneprobe_json};
 
 fn setting<'a>(settings: &'a Value, knob: &str) -> &'a Value {
     settings
@@ -33,12 +33,7 @@ fn inventory_reads_each_pods_namespace_and_quota() {
     );
     let mut pod = PodCgroup::with_controllers(&["cpu"]);
     let app = pod.container();
-    let cpu_dir = app
-        .dirs
-        .iter()
-        .find(|d| d.join("cpu.cfs_quota_us").exists() || d.join("cpu.max").exists())
-        .expect("cpu controller dir")
-        .clone();
+    let cpu_dir = app.cpu_dir().to_path_buf();
     if cpu_dir.join("cpu.max").exists() {
         fs::write(cpu_dir.join("cpu.max"), "30000 100000").unwrap();
     } else {
@@ -47,16 +42,7 @@ fn inventory_reads_each_pods_namespace_and_quota() {
     let mut pause = Workload::spawn(&pair.b, Some(&app), &["pause"]);
     assert_eq!(pause.read_line(), "ready");
 
-    let out = Command::new(tuneprobe_binary())
-        .args(["tuning", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let json = tuneprobe_json(["tuning", "--json"]);
 
     let inode = NetnsPair::inode(&pair.b);
     let ours = json["netns"]

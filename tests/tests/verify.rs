@@ -5,70 +5,56 @@
 use std::{fs, path::Path, process::Command};
 
 use serde_json::Value;
-use tuneprobe_tests::{Container, PodCgroup, Workload, testload, tuneprobe_binary};
+use tuneprobe_tests::{PodCgroup, Workload, testload, tuneprobe_binary, tuneprobe_json};
 
-/// The cpu controller's directory of a container (v2 dirs have a `cpu.stat` without it).
-fn cpu_dir(container: &Container) -> &Path {
-    container
-        .dirs
-        .iter()
-        .find(|d| d.join("cpu.cfs_quota_us").exists())
-        .expect("a v1 cpu directory (this machine is hybrid)")
+/// `tuneprobe verify --apply APPLY --cgroup DIR` with short windows and `--revert`.
+fn verify(dir: &Path, apply: &str) -> Value {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "verify".into(),
+        "--apply".into(),
+        apply.into(),
+        "--cgroup".into(),
+    ];
+    args.push(dir.into());
+    for arg in [
+        "--before",
+        "3s",
+        "--after",
+        "3s",
+        "--interval",
+        "500ms",
+        "--revert",
+        "--json",
+        "--kube-api",
+        "none",
+    ] {
+        args.push(arg.into());
+    }
+    tuneprobe_json(args)
 }
 
-fn verify(dir: &Path, quota: u32) -> Value {
-    let out = Command::new(tuneprobe_binary())
-        .args([
-            "verify",
-            "--apply",
-            &format!("cpu.cfs_quota_us={quota}"),
-            "--cgroup",
-        ])
-        .arg(dir)
-        .args([
-            "--before",
-            "3s",
-            "--after",
-            "3s",
-            "--interval",
-            "500ms",
-            "--revert",
-            "--json",
-            "--kube-api",
-            "none",
-        ])
-        .output()
-        .expect("run tuneprobe verify");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON")
-}
-
-fn verdict_for<'a>(report: &'a Value, path: &str) -> &'a Value {
+fn verdict_for<'a>(report: &'a Value, path: &str, signal: &str) -> &'a Value {
     report["verdicts"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|v| v["cgroup_path"] == path && v["signal"] == "cpu_throttled_ratio")
-        .unwrap_or_else(|| panic!("no verdict for {path}: {report:#}"))
+        .find(|v| v["cgroup_path"] == path && v["signal"] == signal)
+        .unwrap_or_else(|| panic!("no {signal} verdict for {path}: {report:#}"))
 }
 
 #[test]
 fn raising_a_tight_quota_improves_throttling_and_lowering_it_regresses() {
     let mut pod = PodCgroup::with_controllers(&["cpu"]);
     let app = pod.container();
-    let dir = cpu_dir(&app).to_path_buf();
+    let dir = app.cpu_dir().to_path_buf();
     fs::write(dir.join("cpu.cfs_period_us"), "100000").unwrap();
     fs::write(dir.join("cpu.cfs_quota_us"), "20000").unwrap();
     let _busy = Workload::spawn_program(None, Some(&app), &testload(), &["busy", "60000"]);
 
-    let raised = verify(&dir, 100_000);
+    let raised = verify(&dir, "cpu.cfs_quota_us=100000");
     assert_eq!(raised["change"]["old"], "20000");
     assert_eq!(raised["change"]["new"], "100000");
-    let v = verdict_for(&raised, &app.path);
+    let v = verdict_for(&raised, &app.path, "cpu_throttled_ratio");
     assert_eq!(v["verdict"], "improved", "{v:#}");
     assert!(
         v["before"].as_f64().unwrap() > 0.8,
@@ -92,9 +78,9 @@ fn raising_a_tight_quota_improves_throttling_and_lowering_it_regresses() {
 
     // The other way: from a generous quota to a tight one.
     fs::write(dir.join("cpu.cfs_quota_us"), "100000").unwrap();
-    let lowered = verify(&dir, 20_000);
+    let lowered = verify(&dir, "cpu.cfs_quota_us=20000");
     assert_eq!(
-        verdict_for(&lowered, &app.path)["verdict"],
+        verdict_for(&lowered, &app.path, "cpu_throttled_ratio")["verdict"],
         "regressed",
         "{lowered:#}"
     );
@@ -111,7 +97,7 @@ fn an_interrupted_verify_still_puts_the_old_value_back() {
     use std::io::{BufRead as _, BufReader};
     let mut pod = PodCgroup::with_controllers(&["cpu"]);
     let app = pod.container();
-    let dir = cpu_dir(&app).to_path_buf();
+    let dir = app.cpu_dir().to_path_buf();
     fs::write(dir.join("cpu.cfs_quota_us"), "30000").unwrap();
     let mut child = Command::new(tuneprobe_binary())
         .args(["verify", "--apply", "cpu.cfs_quota_us=90000", "--cgroup"])
@@ -207,40 +193,8 @@ fn removing_a_read_throttle_improves_block_service_time() {
         ],
     );
 
-    let out = Command::new(tuneprobe_binary())
-        .args([
-            "verify",
-            "--apply",
-            &format!("{file}={unthrottled}"),
-            "--cgroup",
-        ])
-        .arg(&blkio)
-        .args([
-            "--before",
-            "3s",
-            "--after",
-            "3s",
-            "--interval",
-            "500ms",
-            "--revert",
-            "--json",
-            "--kube-api",
-            "none",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let v = report["verdicts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["cgroup_path"] == reader.path.as_str() && v["signal"] == "block_service_ms")
-        .unwrap_or_else(|| panic!("no block verdict for the reader: {report:#}"));
+    let report = verify(&blkio, &format!("{file}={unthrottled}"));
+    let v = verdict_for(&report, &reader.path, "block_service_ms");
     assert_eq!(v["verdict"], "improved", "{v:#}");
     assert!(
         v["before"].as_f64().unwrap() > 2.0 * v["after"].as_f64().unwrap(),

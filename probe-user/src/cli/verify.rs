@@ -17,6 +17,7 @@ use serde::Serialize;
 use tuneprobe::{
     Collector, LoadOptions, Probe, Snapshot,
     cgroup::Hierarchies,
+    report::serde_name,
     verify::{self, Knob, Samples, Target, WorkloadVerdict},
 };
 
@@ -264,14 +265,8 @@ fn table(report: &Report) -> String {
             (Some(ns), Some(pod)) => format!("{ns}/{pod}/{}", v.container.as_deref().unwrap_or("")),
             _ => v.cgroup_path.clone().unwrap_or_default(),
         };
-        let signal = serde_json::to_value(v.signal)
-            .ok()
-            .and_then(|s| s.as_str().map(str::to_string))
-            .unwrap_or_default();
-        let verdict = serde_json::to_value(v.comparison.verdict)
-            .ok()
-            .and_then(|s| s.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let signal = serde_name(&v.signal);
+        let verdict = serde_name(&v.comparison.verdict);
         let load = v
             .load_change
             .map_or_else(|| "-".to_string(), |l| format!("x{l:.2}"));
