@@ -167,7 +167,13 @@ fn list_watch_resume_and_relist() {
     assert_eq!(s.len(), 2);
     drop(s);
 
+    // The store shows the relist before the watcher has opened the watch that follows it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.lock().unwrap().len() < 5 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
     let requests = seen.lock().unwrap().clone();
+    assert!(requests.len() >= 5, "the watch after the relist never came: {requests:?}");
     assert!(requests[0].starts_with("GET /api/v1/pods?") && !requests[0].contains("watch=1"));
     assert!(
         requests[1].contains("watch=1") && requests[1].contains("resourceVersion=10"),
