@@ -28,7 +28,7 @@ use crate::{
     kube::{ApiConfig, PodWatcher},
     loader::Probe,
     pods::{self, PodNames},
-    procfs::{self, ListenCounters},
+    procfs::{self, NetnsTcpCounters},
     report::{
         BlockReport, CpuReport, DnsLatencySeries, DnsReport, Percentiles, Snapshot,
         TCP_LISTEN_OVERFLOW, Workload, rcode_name,
@@ -116,8 +116,8 @@ pub struct Collector {
     started: Instant,
     baseline: Counters,
     /// First and latest listen counters of every namespace seen during the window.
-    listen_first: HashMap<u32, ListenCounters>,
-    listen_last: HashMap<u32, ListenCounters>,
+    netns_first: HashMap<u32, NetnsTcpCounters>,
+    netns_last: HashMap<u32, NetnsTcpCounters>,
     /// cpu cgroups with a quota, by path.
     cpu_watch: HashMap<String, CpuWatch>,
     pod_names: PodNames,
@@ -155,8 +155,8 @@ impl Collector {
             proc_root,
             sys_root: PathBuf::from("/sys"),
             started: Instant::now(),
-            listen_first: HashMap::new(),
-            listen_last: HashMap::new(),
+            netns_first: HashMap::new(),
+            netns_last: HashMap::new(),
             cpu_watch: HashMap::new(),
             pod_names: pod_names(&options)?,
             options,
@@ -192,9 +192,9 @@ impl Collector {
         }
         let live: Vec<(u32, u32)> = self.attributor.live_netns().collect();
         for (netns, pid) in live {
-            if let Some(counters) = ListenCounters::of_pid(&self.proc_root, pid) {
-                self.listen_first.entry(netns).or_insert(counters);
-                self.listen_last.insert(netns, counters);
+            if let Some(counters) = NetnsTcpCounters::of_pid(&self.proc_root, pid) {
+                self.netns_first.entry(netns).or_insert(counters);
+                self.netns_last.insert(netns, counters);
             }
         }
         // Name the cgroups behind new keys now, before they can disappear.
@@ -292,12 +292,12 @@ impl Collector {
         let sys_root = self.sys_root.clone();
         let baseline = self.baseline.clone();
         let cpu_watch = self.cpu_watch.clone();
-        let listen: Vec<(u32, u64)> = self
-            .listen_last
+        let netns_tcp: Vec<(u32, NetnsTcpCounters)> = self
+            .netns_last
             .iter()
             .map(|(&netns, last)| {
-                let first = self.listen_first.get(&netns).copied().unwrap_or(*last);
-                (netns, last.since(&first).overflows)
+                let first = self.netns_first.get(&netns).copied().unwrap_or(*last);
+                (netns, last.since(&first))
             })
             .collect();
         let mut builder = Builder::new(self);
@@ -330,13 +330,21 @@ impl Collector {
                 .add(&reason, delta);
         }
 
-        for (netns, overflows) in listen {
-            if overflows > 0 {
-                builder
-                    .by_netns(Some(netns))
-                    .drops
-                    .add(TCP_LISTEN_OVERFLOW, overflows);
+        for (netns, tcp) in netns_tcp {
+            // The host namespace always has traffic; its load alone would add a
+            // workload for `/` to every report.
+            let host = builder.collector.attributor.netns_owner(netns) == Some("/");
+            if tcp == NetnsTcpCounters::default() || (host && tcp.listen_overflows == 0) {
+                continue;
             }
+            let workload = builder.by_netns(Some(netns));
+            if tcp.listen_overflows > 0 {
+                workload
+                    .drops
+                    .add(TCP_LISTEN_OVERFLOW, tcp.listen_overflows);
+            }
+            workload.tcp.passive_opens += tcp.passive_opens;
+            workload.tcp.sent_segments += tcp.sent_segments;
         }
 
         let mut block_keys: Vec<&BlockKey> = now.block.keys().collect();

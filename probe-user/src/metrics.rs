@@ -17,6 +17,7 @@ use crate::{
     loader::ProbeStatus,
     report::{Snapshot, Workload, serde_name},
     tuning::{Inventory, Setting},
+    verify::Watcher,
 };
 
 /// `le` bounds, seconds, for block IO and throttle stalls.
@@ -268,19 +269,24 @@ impl Exporter {
     }
 
     pub fn render(&mut self, snapshot: &Snapshot, scrape_seconds: f64) -> String {
-        self.render_with(snapshot, None, scrape_seconds)
+        self.render_with(snapshot, None, None, scrape_seconds)
     }
 
-    /// As [`render`](Self::render), plus the tuning inventory.
+    /// As [`render`](Self::render), plus the tuning inventory, and the changes seen
+    /// with their latest verdicts.
     pub fn render_with(
         &mut self,
         snapshot: &Snapshot,
         inventory: Option<&Inventory>,
+        changes: Option<&Watcher>,
         scrape_seconds: f64,
     ) -> String {
         let mut f = Families::default();
         if let Some(inventory) = inventory {
             add_tuning(&mut f, inventory);
+        }
+        if let Some(watcher) = changes {
+            add_changes(&mut f, watcher);
         }
         for workload in &snapshot.workloads {
             let labels = self.labels(workload);
@@ -552,6 +558,58 @@ fn add_tuning(f: &mut Families, inventory: &Inventory) {
     }
 }
 
+/// At most this many `tuneprobe_tuning_verdict` series.
+const MAX_VERDICT_SERIES: usize = 1000;
+
+/// `tuneprobe_tuning_changes_total` per knob and scope kind, and the latest verdict of
+/// each recent change as `tuneprobe_tuning_verdict` (1 on the verdict's label).
+fn add_changes(f: &mut Families, watcher: &Watcher) {
+    for ((knob, scope), &count) in &watcher.changes_total {
+        f.counter(
+            "tuneprobe_tuning_changes_total",
+            "Changes of tuning knobs seen, by knob and scope kind (node, netns, device, mount, cgroup).",
+            vec![("knob", knob.clone()), ("scope", scope.clone())],
+            count as f64,
+        );
+    }
+    // Newest changes first, bounded: a node-wide change judged on every workload must
+    // not flood Prometheus with series.
+    let verdicts = watcher
+        .recent
+        .iter()
+        .rev()
+        .flat_map(|report| report.verdicts.iter().map(move |v| (report, v)))
+        .take(MAX_VERDICT_SERIES);
+    {
+        for (report, v) in verdicts {
+            let labels = vec![
+                ("knob", report.change.knob.clone()),
+                ("scope", report.change.scope.clone()),
+                ("signal", v.signal.name()),
+                ("namespace", v.namespace.clone().unwrap_or_default()),
+                ("pod", v.pod.clone().unwrap_or_default()),
+                ("container", v.container.clone().unwrap_or_default()),
+                (
+                    "cgroup",
+                    if v.pod_uid.is_some() {
+                        String::new()
+                    } else {
+                        v.cgroup_path.clone().unwrap_or_default()
+                    },
+                ),
+                ("verdict", crate::report::serde_name(&v.comparison.verdict)),
+                ("final", report.is_final.to_string()),
+            ];
+            f.gauge(
+                "tuneprobe_tuning_verdict",
+                "1 for the latest verdict on a recent tuning change, per affected workload and signal.",
+                labels,
+                1.0,
+            );
+        }
+    }
+}
+
 fn add_probe_health(
     f: &mut Families,
     probes: &[ProbeStatus],
@@ -595,6 +653,7 @@ mod tests {
                 retransmits: 2,
                 retransmitted_segments: 5,
                 failed_retransmits: 0,
+                ..TcpStats::default()
             },
             drops,
             ..Workload::default()

@@ -42,28 +42,41 @@ pub fn cgroup_v2_path(contents: &str) -> Option<String> {
         .map(|path| path.trim_end().to_string())
 }
 
-/// The listen-queue counters of one network namespace (`TcpExt` in `/proc/net/netstat`).
+/// The TCP counters of one network namespace that tuning verdicts need: listen-queue
+/// overflows (`TcpExt` in `/proc/net/netstat`) and the load they are normalised by,
+/// passive opens and sent segments (`Tcp` in `/proc/net/snmp`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ListenCounters {
-    pub overflows: u64,
-    pub drops: u64,
+pub struct NetnsTcpCounters {
+    pub listen_overflows: u64,
+    pub listen_drops: u64,
+    pub passive_opens: u64,
+    /// `OutSegs`: segments sent, retransmissions excluded.
+    pub sent_segments: u64,
 }
 
-impl ListenCounters {
-    /// Reads the namespace of `pid` through `/proc/PID/net/netstat`.
+impl NetnsTcpCounters {
+    /// Reads the namespace of `pid` through `/proc/PID/net/{netstat,snmp}`.
     pub fn of_pid(proc_root: &Path, pid: u32) -> Option<Self> {
-        let text = fs::read_to_string(proc_root.join(pid.to_string()).join("net/netstat")).ok()?;
-        let tcp_ext = parse_netstat(&text).remove("TcpExt")?;
+        let net = proc_root.join(pid.to_string()).join("net");
+        let tcp_ext =
+            parse_netstat(&fs::read_to_string(net.join("netstat")).ok()?).remove("TcpExt")?;
+        let tcp = parse_netstat(&fs::read_to_string(net.join("snmp")).ok()?).remove("Tcp")?;
         Some(Self {
-            overflows: *tcp_ext.get("ListenOverflows")?,
-            drops: *tcp_ext.get("ListenDrops")?,
+            listen_overflows: *tcp_ext.get("ListenOverflows")?,
+            listen_drops: *tcp_ext.get("ListenDrops")?,
+            passive_opens: *tcp.get("PassiveOpens")?,
+            sent_segments: *tcp.get("OutSegs")?,
         })
     }
 
     pub fn since(&self, earlier: &Self) -> Self {
         Self {
-            overflows: self.overflows.saturating_sub(earlier.overflows),
-            drops: self.drops.saturating_sub(earlier.drops),
+            listen_overflows: self
+                .listen_overflows
+                .saturating_sub(earlier.listen_overflows),
+            listen_drops: self.listen_drops.saturating_sub(earlier.listen_drops),
+            passive_opens: self.passive_opens.saturating_sub(earlier.passive_opens),
+            sent_segments: self.sent_segments.saturating_sub(earlier.sent_segments),
         }
     }
 }
@@ -137,7 +150,7 @@ mod tests {
             mine.netns as u64,
             fs::metadata("/proc/self/ns/net").unwrap().ino()
         );
-        assert!(ListenCounters::of_pid(proc_root, me).is_some());
-        assert_eq!(ListenCounters::of_pid(proc_root, u32::MAX), None);
+        assert!(NetnsTcpCounters::of_pid(proc_root, me).is_some());
+        assert_eq!(NetnsTcpCounters::of_pid(proc_root, u32::MAX), None);
     }
 }

@@ -169,6 +169,11 @@ pub struct TcpStats {
     pub retransmits: u64,
     pub retransmitted_segments: u64,
     pub failed_retransmits: u64,
+    /// Connections accepted in the workload's network namespace (`PassiveOpens`), the
+    /// load that listen overflows are normalised by.
+    pub passive_opens: u64,
+    /// Segments sent from its network namespace (`OutSegs`), the load for retransmits.
+    pub sent_segments: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -429,6 +434,7 @@ mod tests {
                         retransmits: 1,
                         retransmitted_segments: 4,
                         failed_retransmits: 0,
+                        ..TcpStats::default()
                     },
                     drops,
                     dns: Some(DnsReport {

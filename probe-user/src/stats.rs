@@ -9,6 +9,11 @@ use serde::Serialize;
 pub const MIN_SAMPLES: usize = 5;
 /// Two-sided significance level.
 pub const ALPHA: f64 = 0.05;
+/// The smallest shift worth a verdict, relative to the before window's median: a
+/// significant but tiny shift (drift over a long window, a 2% wobble in a latency) is
+/// reported as no significant change. It also keeps the false-positive rate of many
+/// repeated no-effect changes well under `ALPHA`.
+pub const MIN_RELATIVE_EFFECT: f64 = 0.10;
 /// The 97.5% quantile of the standard normal distribution.
 const Z_975: f64 = 1.959_963_984_540_054;
 
@@ -49,7 +54,8 @@ pub fn compare(before: &[f64], after: &[f64], lower_is_better: bool) -> Comparis
     }
     let p_value = mann_whitney_p(before, after);
     let (effect, ci95) = hodges_lehmann(before, after);
-    let verdict = if p_value >= ALPHA || effect == 0.0 {
+    let floor = MIN_RELATIVE_EFFECT * median(before).abs();
+    let verdict = if p_value >= ALPHA || effect == 0.0 || effect.abs() < floor {
         Verdict::NoSignificantChange
     } else if (effect < 0.0) == lower_is_better {
         Verdict::Improved
@@ -61,6 +67,18 @@ pub fn compare(before: &[f64], after: &[f64], lower_is_better: bool) -> Comparis
         ci95,
         p_value,
         verdict,
+    }
+}
+
+/// The median (the mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
 }
 

@@ -425,7 +425,9 @@ pub fn mount_settings(mountinfo: &str) -> Vec<MountSettings> {
         .collect()
 }
 
-/// CPU limits of cpu cgroups that have a quota, as `cpu.max` (`"QUOTA PERIOD"` in µs).
+/// CPU limits, as `cpu.max` (`"QUOTA PERIOD"` in µs, `"max PERIOD"` without a quota), of
+/// every container cgroup and of any other cgroup that has a quota: a limit added to a
+/// running container is a change of its `cpu.max` from `max`.
 pub fn cgroup_settings(
     cpu_root: &Path,
     paths: impl Iterator<Item = String>,
@@ -436,7 +438,12 @@ pub fn cgroup_settings(
     let mut out: Vec<CgroupSettings> = paths
         .filter_map(|path| {
             let limit = CpuLimit::read(&cpu_root.join(path.trim_start_matches('/')))?;
-            let quota = limit.quota_us?;
+            let container = crate::cgroup::parse_kube_path(&path).container_id.is_some();
+            let quota = match limit.quota_us {
+                Some(quota) => quota.to_string(),
+                None if container => "max".to_string(),
+                None => return None,
+            };
             Some(CgroupSettings {
                 settings: vec![Setting::new(knob, format!("{quota} {}", limit.period_us))],
                 cgroup_path: path,
@@ -570,8 +577,8 @@ impl Inventory {
     /// What changed from `earlier` to `self`. A scope that came or went entirely (a pod
     /// started or ended, a quota set on a new container) is not a tuning change and is
     /// left out; a knob that appeared or disappeared within a scope that stayed is one.
-    /// (A cgroup is listed only while it has a quota, so a quota added to or removed
-    /// from a running container is not seen as a change yet.)
+    /// (Container cgroups are listed with or without a quota, so a limit added to a
+    /// running container is a change; other cgroups only while they have a quota.)
     pub fn changes_since(&self, earlier: &Inventory) -> Vec<Change> {
         let (before, after) = (earlier.flatten(), self.flatten());
         let scopes = |map: &BTreeMap<(String, String), (Option<String>, String)>| {

@@ -15,15 +15,21 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tuneprobe::{Collector, LoadOptions, Probe, metrics::Exporter};
+use tuneprobe::{
+    Collector, LoadOptions, Probe,
+    metrics::Exporter,
+    tuning,
+    verify::{Watcher, Windows},
+};
 
 #[derive(Debug, clap::Args)]
 #[command(
     about = "Serve Prometheus metrics for every workload on the node",
     long_about = "Attach the probes and serve /metrics (Prometheus text format), /healthz \
                   (the process runs) and /readyz (the programs are attached). Counters are \
-                  cumulative since tuneprobe started. A line containing `ready` goes to \
-                  stderr once the programs are attached.",
+                  cumulative since tuneprobe started. Changes to tuning knobs are judged as \
+                  they happen and listed at /changes (JSON). A line containing `ready` goes \
+                  to stderr once the programs are attached.",
     after_help = "Examples:\n  \
                   tuneprobe serve\n  \
                   tuneprobe serve --listen 0.0.0.0:9464 --max-workloads 2000"
@@ -42,6 +48,10 @@ pub struct Args {
     #[arg(long = "pod-label", value_name = "KEY")]
     pod_labels: Vec<String>,
 
+    /// Length of the before and after windows over which tuning changes are judged.
+    #[arg(long, value_name = "DURATION", value_parser = super::snapshot::parse_duration, default_value = "60s")]
+    verify_window: Duration,
+
     #[command(flatten)]
     collector: super::CollectorArgs,
 }
@@ -52,6 +62,8 @@ struct State {
     collector: Mutex<Option<Collector>>,
     exporter: Mutex<Exporter>,
     last_scrape_seconds: Mutex<f64>,
+    /// Tuning changes and their verdicts, fed once per tick.
+    watcher: Mutex<Watcher>,
 }
 
 /// How often processes, namespaces and DNS timeouts are scanned between scrapes.
@@ -70,6 +82,11 @@ async fn serve(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         collector: Mutex::new(None),
         exporter: Mutex::new(Exporter::new(args.max_workloads, &args.pod_labels)),
         last_scrape_seconds: Mutex::new(0.0),
+        watcher: Mutex::new(Watcher::new(Windows {
+            before: args.verify_window,
+            after: args.verify_window,
+            interval: TICK,
+        })),
     });
     // Listen first: /healthz answers (and /readyz says not yet) while programs load.
     let listener = TcpListener::bind(args.listen)
@@ -111,10 +128,32 @@ async fn tick(state: Arc<State>) {
         interval.tick().await;
         let state = Arc::clone(&state);
         let _ = tokio::task::spawn_blocking(move || {
-            if let Some(collector) = lock(&state.collector).as_mut()
-                && let Err(err) = collector.tick()
-            {
-                log::warn!("collecting: {err:#}");
+            let snapshot = match lock(&state.collector).as_mut().map(Collector::report) {
+                Some(Ok(snapshot)) => snapshot,
+                Some(Err(err)) => {
+                    log::warn!("collecting: {err:#}");
+                    return;
+                }
+                None => return,
+            };
+            match tuning::this_node() {
+                Ok(inventory) => {
+                    let at = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or_default();
+                    for report in lock(&state.watcher).observe(snapshot, inventory, at) {
+                        if report.is_final {
+                            log::info!(
+                                "tuning change {} at {} judged: {} verdicts",
+                                report.change.knob,
+                                report.change.scope,
+                                report.verdicts.len()
+                            );
+                        }
+                    }
+                }
+                Err(err) => log::warn!("tuning inventory: {err}"),
             }
         })
         .await;
@@ -160,6 +199,11 @@ async fn handle(
                 reply(StatusCode::SERVICE_UNAVAILABLE, text, "attaching\n".into())
             }
         }
+        "/changes" => {
+            let body = serde_json::to_string_pretty(&lock(&state.watcher).recent)
+                .unwrap_or_else(|err| format!("{{\"error\": \"{err}\"}}"));
+            reply(StatusCode::OK, "application/json", body + "\n")
+        }
         "/metrics" => {
             let rendered = tokio::task::spawn_blocking(move || render(&state)).await;
             match rendered {
@@ -175,7 +219,7 @@ async fn handle(
         _ => reply(
             StatusCode::NOT_FOUND,
             text,
-            "try /metrics, /healthz or /readyz\n".into(),
+            "try /metrics, /changes, /healthz or /readyz\n".into(),
         ),
     }
 }
@@ -195,7 +239,10 @@ fn render(state: &State) -> anyhow::Result<String> {
         .map_err(|err| log::warn!("tuning inventory: {err}"))
         .ok();
     let previous = *lock(&state.last_scrape_seconds);
-    let body = lock(&state.exporter).render_with(&snapshot, inventory.as_ref(), previous);
+    let body = {
+        let watcher = lock(&state.watcher);
+        lock(&state.exporter).render_with(&snapshot, inventory.as_ref(), Some(&watcher), previous)
+    };
     *lock(&state.last_scrape_seconds) = started.elapsed().as_secs_f64();
     Ok(body)
 }

@@ -1,24 +1,32 @@
-//! `tuneprobe verify --apply KNOB=VALUE`: measure, change one knob, measure again, and
-//! judge per workload whether the signal the knob targets moved.
+//! `tuneprobe verify`: change one knob (or run a command that changes something) between
+//! two measurement windows and judge, per workload, whether the signal it targets moved;
+//! or, with `--watch`, judge every change anyone makes to a known knob.
 
 use std::{
     fmt::Write as _,
+    io::Write as _,
     path::{Path, PathBuf},
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
     thread,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 use tuneprobe::{
     Collector, LoadOptions, Probe, Snapshot,
-    cgroup::Hierarchies,
+    cgroup::{CgroupPaths, Hierarchies, parse_kube_path},
+    plot,
     report::serde_name,
-    verify::{self, Knob, Samples, Target, WorkloadVerdict},
+    sockdiag, tuning,
+    verify::{
+        self, Affected, ChangeRecord, ChangeReport, Knob, Samples, Signal, Target, Watcher,
+        Windows, WorkloadVerdict,
+    },
 };
 
 use super::snapshot::parse_duration;
@@ -26,30 +34,69 @@ use super::snapshot::parse_duration;
 #[derive(Debug, clap::Args)]
 #[command(
     about = "Change one knob and judge, per workload, whether its signal improved",
-    long_about = "Measure a baseline window, apply KNOB=VALUE, measure an after window, and \
-                  compare the signal the knob should move (e.g. throttled periods per period \
-                  for a cpu quota) per workload: Mann-Whitney U test and Hodges-Lehmann shift \
-                  with a 95% interval, verdict improved, regressed, no significant change or \
-                  insufficient data.",
+    long_about = "Measure a baseline window, apply KNOB=VALUE (or run --exec CMD), measure an \
+                  after window, and compare the signal the knob should move, normalised by \
+                  its load (throttled periods per period for a cpu quota, listen overflows \
+                  per connection attempt for somaxconn, ...), per workload: Mann-Whitney U \
+                  test and Hodges-Lehmann shift with a 95% interval; verdict improved, \
+                  regressed, no significant change or insufficient data. With --watch, judge \
+                  every change anyone makes to a knob of `tuneprobe tuning`.",
     after_help = "Examples:\n  \
                   tuneprobe verify --apply cpu.cfs_quota_us=100000 --cgroup /sys/fs/cgroup/cpu/kubepods/burstable/pod.../c1 --revert\n  \
-                  tuneprobe verify --apply net.core.somaxconn=65535 --netns /proc/1234/ns/net --json"
+                  tuneprobe verify --apply net.core.somaxconn=65535 --pod 5f1c...-uid --plot somaxconn.svg\n  \
+                  tuneprobe verify --exec 'nft delete table inet chaos' --signal retransmit_ratio --json\n  \
+                  tuneprobe verify --watch --after 60s"
 )]
 pub struct Args {
     /// The change: a sysctl (`net.core.somaxconn=65535`), a cgroup file
     /// (`cpu.cfs_quota_us=100000`) or a block queue file (`queue/scheduler=none`).
-    #[arg(long, value_name = "KNOB=VALUE")]
-    apply: String,
+    #[arg(long, value_name = "KNOB=VALUE", conflicts_with_all = ["exec", "watch"])]
+    apply: Option<String>,
 
-    /// Change a sysctl inside this network namespace (a name under /run/netns or a path).
-    #[arg(long, value_name = "NAME|PATH", conflicts_with_all = ["cgroup", "device"])]
+    /// A change tuneprobe has no knob for (an nft rule, a DNS server's config): run CMD
+    /// with `sh -c` between the windows; needs --signal.
+    #[arg(
+        long,
+        value_name = "CMD",
+        conflicts_with = "watch",
+        requires = "signals"
+    )]
+    exec: Option<String>,
+
+    /// With --exec and --revert: the command that undoes it.
+    #[arg(long, value_name = "CMD", requires = "exec")]
+    revert_with: Option<String>,
+
+    /// Judge this signal instead of the knob's own (repeatable): cpu_throttled_ratio,
+    /// listen_overflow_ratio, drops, retransmit_ratio, block_service_ms,
+    /// block_service_p99_ms, block_queue_ms, dns_latency_ms, dns_latency_p99_ms.
+    #[arg(long = "signal", id = "signals", value_name = "SIGNAL", value_parser = parse_signal)]
+    signals: Vec<Signal>,
+
+    /// Run until stopped (or --for), judging every change anyone makes to a known knob;
+    /// interim verdicts while each after window fills.
+    #[arg(long)]
+    watch: bool,
+
+    /// With --watch: stop after this long.
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration, requires = "watch")]
+    duration: Option<Duration>,
+
+    /// Change a sysctl inside this network namespace (a name under /run/netns or a path
+    /// such as /proc/PID/ns/net); only its workloads are judged.
+    #[arg(long, value_name = "NAME|PATH", conflicts_with_all = ["cgroup", "device", "pod"])]
     netns: Option<String>,
+
+    /// The pod with this UID: a sysctl changes in its network namespace, a cgroup file
+    /// in its cgroup; only its containers are judged.
+    #[arg(long, value_name = "UID", conflicts_with_all = ["cgroup", "device"])]
+    pod: Option<String>,
 
     /// Change a file of this cgroup directory; only workloads below it are judged.
     #[arg(long, value_name = "DIR", conflicts_with = "device")]
     cgroup: Option<PathBuf>,
 
-    /// Change a queue file of this block device.
+    /// Change a queue file of this block device; block signals on it are judged.
     #[arg(long, value_name = "NAME")]
     device: Option<String>,
 
@@ -63,59 +110,56 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
     interval: Duration,
 
-    /// Put the old value back afterwards.
-    #[arg(long)]
+    /// Put the old value back afterwards (also when interrupted).
+    #[arg(long, conflicts_with = "watch")]
     revert: bool,
 
-    /// Print JSON instead of a table.
+    /// Print JSON instead of tables (with --watch: one object per line).
     #[arg(long)]
     json: bool,
+
+    /// Also draw the before/after samples of every verdict into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 
     #[command(flatten)]
     collector: super::CollectorArgs,
 }
 
-#[derive(Debug, Serialize)]
-struct Report {
-    change: Change,
-    verdicts: Vec<WorkloadVerdict>,
+fn parse_signal(name: &str) -> Result<Signal, String> {
+    Signal::parse(name).ok_or_else(|| {
+        let names: Vec<String> = Signal::ALL.iter().map(|s| s.name()).collect();
+        format!("unknown signal {name:?}; one of {}", names.join(", "))
+    })
 }
 
-#[derive(Debug, Serialize)]
-struct Change {
-    knob: String,
-    scope: Target,
-    old: String,
-    new: String,
-    /// Seconds since the Unix epoch.
-    at: f64,
-    reverted: bool,
+/// What is changed between the windows.
+enum Change {
+    Knob { knob: Knob, value: String },
+    Command { run: String, undo: Option<String> },
 }
 
 pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
-    let (name, value) = args
-        .apply
-        .split_once('=')
-        .context("--apply takes KNOB=VALUE")?;
-    let signals = verify::signals_for(name);
-    if signals.is_empty() {
-        bail!("no signal is known for {name}: nothing to judge");
+    if args.interval.is_zero() {
+        bail!("--interval must be longer than zero");
     }
-    let (target, scope) = target(args)?;
-    let knob = Knob {
-        name: name.to_string(),
-        target,
-    };
-    let old = knob
-        .read()
-        .with_context(|| format!("reading {name} at {:?}", knob.target))?;
-
-    // SIGINT or SIGTERM end the windows early; the old value still goes back.
+    // SIGINT or SIGTERM end the windows early; a changed knob still goes back.
     let interrupted = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&interrupted))
             .context("installing the signal handler")?;
     }
+    if args.watch {
+        return watch(args, options, &interrupted);
+    }
+    let (change, signals, affected) = plan(args)?;
+    let old = match &change {
+        Change::Knob { knob, .. } => knob
+            .read()
+            .with_context(|| format!("reading {} at {:?}", knob.name, knob.target))?,
+        Change::Command { .. } => String::new(),
+    };
+
     let mut collector = Collector::start_with(Probe::load(options)?, args.collector.options()?)?;
     eprintln!(
         "ready: measuring {} before the change",
@@ -125,73 +169,308 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         &mut collector,
         args.before,
         args.interval,
-        signals,
         None,
         &interrupted,
     )?;
     if interrupted.load(Ordering::Relaxed) {
-        bail!("interrupted before the change; {name} was not touched");
+        bail!("interrupted before the change; nothing was touched");
     }
 
-    knob.write(value)
-        .with_context(|| format!("writing {name}={value}"))?;
-    let at = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default();
+    let (knob_name, new) = match &change {
+        Change::Knob { knob, value } => {
+            knob.write(value)
+                .with_context(|| format!("writing {}={value}", knob.name))?;
+            eprintln!("changed {}: {old} -> {value}", knob.name);
+            (knob.name.clone(), value.clone())
+        }
+        Change::Command { run, .. } => {
+            shell(run)?;
+            eprintln!("changed: ran {run}");
+            ("exec".to_string(), run.clone())
+        }
+    };
+    let at = unix_now();
     eprintln!(
-        "changed {name}: {old} -> {value}; measuring {}",
+        "measuring {} after the change",
         humantime::format_duration(args.after)
     );
     let result = window(
         &mut collector,
         args.after,
         args.interval,
-        signals,
         Some(previous),
         &interrupted,
     );
+    // Read the listeners before reverting: they are what the change left behind.
+    let mut verdicts = match &result {
+        Ok((after, last)) => verify::judge(&before, after, &signals, &affected, last),
+        Err(_) => Vec::new(),
+    };
+    verify::explain_listen_backlogs(
+        &knob_name,
+        &old,
+        &new,
+        &mut verdicts,
+        verify::listeners_by_netns(Path::new("/proc")),
+    );
     if args.revert {
-        knob.write(&old)
-            .with_context(|| format!("reverting {name} to {old}"))?;
-        eprintln!("reverted {name} to {old}");
+        match &change {
+            Change::Knob { knob, .. } => {
+                knob.write(&old)
+                    .with_context(|| format!("reverting {} to {old}", knob.name))?;
+                eprintln!("reverted {} to {old}", knob.name);
+            }
+            Change::Command {
+                undo: Some(undo), ..
+            } => {
+                shell(undo)?;
+                eprintln!("reverted: ran {undo}");
+            }
+            Change::Command { undo: None, .. } => {
+                eprintln!("--revert without --revert-with: nothing to run");
+            }
+        }
     }
-    let (after, last) = result?;
+    result?;
     if interrupted.load(Ordering::Relaxed) {
         bail!("interrupted during the after window; no verdict");
     }
 
-    let report = Report {
-        change: Change {
-            knob: name.to_string(),
-            scope: knob.target.clone(),
-            old,
-            new: value.to_string(),
+    let report = ChangeReport {
+        change: ChangeRecord {
+            knob: knob_name,
+            scope: scope_name(&change, &affected),
+            owner: None,
+            old: Some(old).filter(|o| !o.is_empty()),
+            new: Some(new),
             at,
-            reverted: args.revert,
         },
-        verdicts: verify::judge(&before, &after, signals, &last, &scope),
+        is_final: true,
+        after_intervals: Windows::after_intervals(&Windows {
+            before: args.before,
+            after: args.after,
+            interval: args.interval,
+        }),
+        signals,
+        notes: if verdicts.is_empty() {
+            vec!["no affected workload had load on both sides of the change".into()]
+        } else {
+            Vec::new()
+        },
+        verdicts,
     };
+    let reverted = args.revert;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        #[derive(Serialize)]
+        struct Json<'a> {
+            #[serde(flatten)]
+            report: &'a ChangeReport,
+            reverted: bool,
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&Json {
+                report: &report,
+                reverted
+            })?
+        );
     } else {
-        print!("{}", table(&report));
+        print!("{}", text(&report, reverted));
+    }
+    if let Some(path) = &args.plot {
+        write_plot(path, &[report])?;
     }
     Ok(())
 }
 
-/// Where the knob is, and the cgroup path prefix of the workloads it affects.
-fn target(args: &Args) -> anyhow::Result<(Target, String)> {
+/// `--watch`: a report whenever a change's verdicts move forward.
+fn watch(args: &Args, options: &LoadOptions, interrupted: &AtomicBool) -> anyhow::Result<()> {
+    let mut collector = Collector::start_with(Probe::load(options)?, args.collector.options()?)?;
+    let mut watcher = Watcher::new(Windows {
+        before: args.before,
+        after: args.after,
+        interval: args.interval,
+    });
+    eprintln!(
+        "ready: watching every knob of `tuneprobe tuning`; verdicts after {} of samples",
+        humantime::format_duration(args.after)
+    );
+    let started = Instant::now();
+    let mut finished = Vec::new();
+    while !interrupted.load(Ordering::Relaxed)
+        && args.duration.is_none_or(|d| started.elapsed() < d)
+    {
+        let snapshot = collector.report()?;
+        let inventory = tuning::this_node().context("reading the tuning inventory")?;
+        for report in watcher.observe(snapshot, inventory, unix_now()) {
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", text(&report, false));
+            }
+            std::io::stdout().flush()?;
+            if report.is_final {
+                finished.push(report);
+                if let Some(path) = &args.plot {
+                    write_plot(path, &finished)?;
+                }
+            }
+        }
+        sleep_unless(args.interval, interrupted);
+    }
+    Ok(())
+}
+
+fn sleep_unless(length: Duration, interrupted: &AtomicBool) {
+    let until = Instant::now() + length;
+    while !interrupted.load(Ordering::Relaxed) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+fn shell(command: &str) -> anyhow::Result<()> {
+    let status = Command::new("sh")
+        .args(["-c", command])
+        .status()
+        .with_context(|| format!("running {command}"))?;
+    if !status.success() {
+        bail!("{command} failed: {status}");
+    }
+    Ok(())
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+/// The change, the signals to judge and the workloads it affects.
+fn plan(args: &Args) -> anyhow::Result<(Change, Vec<Signal>, Affected)> {
+    let (change, name) = match (&args.apply, &args.exec) {
+        (Some(apply), _) => {
+            let (name, value) = apply.split_once('=').context("--apply takes KNOB=VALUE")?;
+            let (target, _) = target(args, name)?;
+            let change = Change::Knob {
+                knob: Knob {
+                    name: name.to_string(),
+                    target,
+                },
+                value: value.to_string(),
+            };
+            (change, Some(name))
+        }
+        (None, Some(run)) => (
+            Change::Command {
+                run: run.clone(),
+                undo: args.revert_with.clone(),
+            },
+            None,
+        ),
+        (None, None) => bail!("say what to change: --apply KNOB=VALUE, --exec CMD or --watch"),
+    };
+    let signals = if args.signals.is_empty() {
+        let name = name.unwrap_or_default();
+        let signals = verify::signals_for(name);
+        if signals.is_empty() {
+            bail!(
+                "no signal is known for {name}: choose one with --signal (known knobs: {})",
+                verify::knob_table()
+                    .map(|(k, _)| k)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        signals.to_vec()
+    } else {
+        args.signals.clone()
+    };
+    let (_, affected) = target(args, name.unwrap_or(""))?;
+    Ok((change, signals, affected))
+}
+
+/// The cgroup hierarchy whose directories hold a knob's file.
+fn hierarchy_of(knob: &str, hierarchies: &Hierarchies) -> Option<PathBuf> {
+    if knob.starts_with("blkio.") {
+        hierarchies
+            .blkio
+            .clone()
+            .or_else(|| hierarchies.unified.clone())
+    } else if knob.starts_with("cpu.cfs_") {
+        hierarchies.cpu.clone()
+    } else {
+        // cpu.max, io.max and the rest of the v2 interface files.
+        hierarchies.unified.clone()
+    }
+}
+
+/// The pod's cgroup path (relative, `/kubepods/.../pod<uid>`) in a hierarchy.
+fn pod_path(root: &Path, uid: &str) -> anyhow::Result<String> {
+    CgroupPaths::new(root.to_path_buf())
+        .known()
+        .map(|(_, path)| path.to_string())
+        .filter_map(|path| {
+            let identity = parse_kube_path(&path);
+            (identity.pod_uid.as_deref() == Some(uid))
+                .then_some(identity.pod_cgroup)
+                .flatten()
+        })
+        .min_by_key(String::len)
+        .with_context(|| format!("no cgroup of pod {uid} under {}", root.display()))
+}
+
+/// Where the knob is, and the workloads it affects.
+fn target(args: &Args, knob: &str) -> anyhow::Result<(Target, Affected)> {
+    let hierarchies = Hierarchies::of_this_node();
+    let sysctl = knob.contains('.')
+        && !knob.starts_with("cpu.")
+        && !knob.starts_with("blkio.")
+        && knob != "io.max";
+    if let Some(uid) = &args.pod {
+        let unified = hierarchies
+            .unified
+            .clone()
+            .context("cgroup v2 is not mounted")?;
+        let pod = pod_path(&unified, uid).or_else(|err| {
+            hierarchies
+                .cpu
+                .as_deref()
+                .map_or(Err(err), |cpu| pod_path(cpu, uid))
+        })?;
+        if sysctl {
+            // The pod's namespace, through any of its processes.
+            let process = tuneprobe::procfs::processes(Path::new("/proc"))
+                .into_iter()
+                .find(|p| parse_kube_path(&p.cgroup).pod_uid.as_deref() == Some(uid))
+                .with_context(|| format!("no running process of pod {uid}"))?;
+            let ns = sockdiag::netns_of_pid(Path::new("/proc"), process.pid);
+            let inode = sockdiag::netns_inode(&ns)?;
+            return Ok((
+                Target::Netns(ns),
+                Affected::Netns {
+                    inode,
+                    owner: Some(pod),
+                },
+            ));
+        }
+        let root = hierarchy_of(knob, &hierarchies).context("no cgroup hierarchy for it")?;
+        let dir = root.join(pod_path(&root, uid)?.trim_start_matches('/'));
+        return Ok((Target::Cgroup(dir), Affected::Cgroup(pod)));
+    }
     if let Some(dir) = &args.cgroup {
-        let hierarchies = Hierarchies::of_this_node();
-        let roots = [hierarchies.cpu, hierarchies.blkio, hierarchies.unified];
+        let roots = [&hierarchies.cpu, &hierarchies.blkio, &hierarchies.unified];
         let scope = roots
-            .iter()
+            .into_iter()
             .flatten()
             .find_map(|root| dir.strip_prefix(root).ok())
             .map(|relative| format!("/{}", relative.display()))
             .context("--cgroup must be a directory in a cgroup hierarchy")?;
-        return Ok((Target::Cgroup(dir.clone()), scope));
+        return Ok((Target::Cgroup(dir.clone()), Affected::Cgroup(scope)));
     }
     if let Some(netns) = &args.netns {
         let path = if netns.contains('/') {
@@ -199,14 +478,32 @@ fn target(args: &Args) -> anyhow::Result<(Target, String)> {
         } else {
             Path::new("/run/netns").join(netns)
         };
-        // Sysctls of a namespace affect every workload living in it: judged node-wide,
-        // the namespace's own workloads are the ones whose samples move.
-        return Ok((Target::Netns(path), "/".to_string()));
+        let inode = sockdiag::netns_inode(&path)
+            .with_context(|| format!("network namespace {}", path.display()))?;
+        return Ok((Target::Netns(path), Affected::Netns { inode, owner: None }));
     }
     if let Some(device) = &args.device {
-        return Ok((Target::Device(device.clone()), "/".to_string()));
+        return Ok((
+            Target::Device(device.clone()),
+            Affected::Device(device.clone()),
+        ));
     }
-    Ok((Target::Node, "/".to_string()))
+    Ok((Target::Node, Affected::Node))
+}
+
+fn scope_name(change: &Change, affected: &Affected) -> String {
+    match (change, affected) {
+        (Change::Knob { knob, .. }, _) => match &knob.target {
+            Target::Node => "node".into(),
+            Target::Netns(path) => format!("netns:{}", path.display()),
+            Target::Cgroup(dir) => format!("cgroup:{}", dir.display()),
+            Target::Device(device) => format!("device:{device}"),
+        },
+        (Change::Command { .. }, Affected::Node) => "node".into(),
+        (Change::Command { .. }, Affected::Cgroup(path)) => format!("cgroup:{path}"),
+        (Change::Command { .. }, Affected::Netns { inode, .. }) => format!("netns:{inode}"),
+        (Change::Command { .. }, Affected::Device(device)) => format!("device:{device}"),
+    }
 }
 
 /// Samples every workload once per interval for `length`.
@@ -214,7 +511,6 @@ fn window(
     collector: &mut Collector,
     length: Duration,
     interval: Duration,
-    signals: &[verify::Signal],
     previous: Option<Snapshot>,
     interrupted: &AtomicBool,
 ) -> anyhow::Result<(Samples, Snapshot)> {
@@ -227,60 +523,105 @@ fn window(
         .round()
         .max(1.0) as usize;
     for _ in 0..intervals {
+        sleep_unless(interval, interrupted);
         if interrupted.load(Ordering::Relaxed) {
             break;
         }
-        thread::sleep(interval);
         let current = collector.report()?;
-        samples.add(&previous, &current, signals);
+        samples.add(&previous, &current, unix_now());
         previous = current;
     }
     Ok((samples, previous))
 }
 
-fn table(report: &Report) -> String {
+fn workload_name(v: &WorkloadVerdict) -> String {
+    let name = match (&v.namespace, &v.pod) {
+        (Some(ns), Some(pod)) => format!("{ns}/{pod}/{}", v.container.as_deref().unwrap_or("")),
+        _ => v.cgroup_path.clone().unwrap_or_default(),
+    };
+    match &v.device {
+        Some(device) => format!("{name} on {device}"),
+        None => name,
+    }
+}
+
+fn write_plot(path: &Path, reports: &[ChangeReport]) -> anyhow::Result<()> {
+    let title = match reports {
+        [one] => format!(
+            "{} at {}: {} -> {}",
+            one.change.knob,
+            one.change.scope,
+            one.change.old.as_deref().unwrap_or("?"),
+            one.change.new.as_deref().unwrap_or("?")
+        ),
+        _ => format!("{} tuning changes", reports.len()),
+    };
+    let panels: Vec<(String, &WorkloadVerdict)> = reports
+        .iter()
+        .flat_map(|r| {
+            r.verdicts.iter().map(move |v| {
+                let label = if reports.len() > 1 {
+                    format!(
+                        "{} ({}): {}",
+                        r.change.knob,
+                        r.change.scope,
+                        workload_name(v)
+                    )
+                } else {
+                    workload_name(v)
+                };
+                (label, v)
+            })
+        })
+        .collect();
+    std::fs::write(path, plot::svg(&title, &panels))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The report for a person: the change, a table of verdicts, notes, and a before/after
+/// picture per verdict.
+fn text(report: &ChangeReport, reverted: bool) -> String {
     let mut out = String::new();
     let c = &report.change;
     let _ = writeln!(
         out,
-        "{} at {:?}: {} -> {}{}",
+        "{} at {}: {} -> {}{}{}",
         c.knob,
         c.scope,
-        c.old,
-        c.new,
-        if c.reverted { " (reverted)" } else { "" }
+        c.old.as_deref().unwrap_or("(none)"),
+        c.new.as_deref().unwrap_or("(none)"),
+        if reverted { " (reverted)" } else { "" },
+        if report.is_final {
+            String::new()
+        } else {
+            format!(" [interim, {} intervals after]", report.after_intervals)
+        }
     );
+    for note in &report.notes {
+        let _ = writeln!(out, "  {note}");
+    }
     if report.verdicts.is_empty() {
-        let _ = writeln!(out, "no workload had load on both sides of the change");
         return out;
     }
     let _ = writeln!(
         out,
-        "{:<50} {:<22} {:>9} {:>9} {:>9} {:>19} {:>8} {:>6}  VERDICT",
+        "{:<50} {:<22} {:>9} {:>9} {:>9} {:>21} {:>8} {:>6}  VERDICT",
         "WORKLOAD", "SIGNAL", "BEFORE", "AFTER", "EFFECT", "95% CI", "P", "LOAD"
     );
-    let num = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
+    let num = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"));
     for v in &report.verdicts {
-        let name = match (&v.namespace, &v.pod) {
-            (Some(ns), Some(pod)) => format!("{ns}/{pod}/{}", v.container.as_deref().unwrap_or("")),
-            _ => v.cgroup_path.clone().unwrap_or_default(),
+        let name = workload_name(v);
+        let tail: String = {
+            let chars: Vec<char> = name.chars().collect();
+            chars[chars.len().saturating_sub(50)..].iter().collect()
         };
-        let signal = serde_name(&v.signal);
-        let verdict = serde_name(&v.comparison.verdict);
         let load = v
             .load_change
             .map_or_else(|| "-".to_string(), |l| format!("x{l:.2}"));
         let _ = writeln!(
             out,
-            "{:<50} {:<22} {:>9} {:>9} {:>9} {:>19} {:>8.4} {:>6}  {verdict}",
-            name.chars()
-                .rev()
-                .take(50)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<String>(),
-            signal,
+            "{tail:<50} {:<22} {:>9} {:>9} {:>9} {:>21} {:>8.4} {:>6}  {}",
+            v.signal.name(),
             num(v.before),
             num(v.after),
             num(Some(v.comparison.effect)),
@@ -291,7 +632,29 @@ fn table(report: &Report) -> String {
             ),
             v.comparison.p_value,
             load,
+            serde_name(&v.comparison.verdict)
         );
+    }
+    for v in &report.verdicts {
+        let per = v.load.map_or_else(String::new, |l| format!(" (per {l})"));
+        let _ = writeln!(
+            out,
+            "\n{} — {}{per}: {}",
+            workload_name(v),
+            v.signal.name(),
+            serde_name(&v.comparison.verdict)
+        );
+        out.push_str(&plot::terminal(v, 50));
+        for note in &v.notes {
+            let _ = writeln!(out, "  note: {note}");
+        }
+        for l in &v.listeners {
+            let _ = writeln!(
+                out,
+                "  listener {} backlog {} queued {}",
+                l.address, l.backlog, l.queued
+            );
+        }
     }
     out
 }
