@@ -82,6 +82,28 @@ pub struct KernelLayout {
     /// 1 if `sched_switch` passes `prev_state` (5.18+): with the cfs_rq flag, a task
     /// that blocked is not a throttled one.
     pub sched_switch_has_prev_state: u32,
+
+    // For `tuneprobe trace` only: a kernel without these fields still runs every
+    // program, its events just lack addresses.
+    /// 1 if the socket address fields below resolved.
+    pub sock_addresses: u32,
+    /// `sock.__sk_common.skc_family`
+    pub sock_family: u32,
+    /// `sock.__sk_common.skc_daddr` / `skc_rcv_saddr` (IPv4, network order)
+    pub sock_daddr: u32,
+    pub sock_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_dport` (network order) / `skc_num` (host order)
+    pub sock_dport: u32,
+    pub sock_num: u32,
+    /// 1 if the IPv6 address fields resolved (kernels built with IPv6).
+    pub sock_has_v6: u32,
+    /// `sock.__sk_common.skc_v6_daddr` / `skc_v6_rcv_saddr`
+    pub sock_v6_daddr: u32,
+    pub sock_v6_rcv_saddr: u32,
+    /// 1 if `sk_buff.head` and `sk_buff.network_header` resolved.
+    pub skb_headers: u32,
+    pub sk_buff_head: u32,
+    pub sk_buff_network_header: u32,
 }
 
 impl KernelLayout {
@@ -119,5 +141,17 @@ impl KernelLayout {
         throttled_mask: 0,
         task_cfs_rq: 0,
         sched_switch_has_prev_state: 0,
+        sock_addresses: 0,
+        sock_family: 0,
+        sock_daddr: 0,
+        sock_rcv_saddr: 0,
+        sock_dport: 0,
+        sock_num: 0,
+        sock_has_v6: 0,
+        sock_v6_daddr: 0,
+        sock_v6_rcv_saddr: 0,
+        skb_headers: 0,
+        sk_buff_head: 0,
+        sk_buff_network_header: 0,
     };
 }

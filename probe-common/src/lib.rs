@@ -12,6 +12,7 @@ pub mod histogram;
 pub mod layout;
 pub mod overflow;
 pub mod tcp_retransmit;
+pub mod trace;
 
 pub use block_io::{BlockKey, BlockStats, InFlightRequest};
 pub use cpu_throttle::{ThrottleStats, ThrottledTask};
@@ -53,4 +54,11 @@ user_pod!(
     RetransmitKey,
     ThrottleStats,
     ThrottledTask,
+    trace::TraceConfig,
+    trace::TraceHeader,
+    trace::RetransmitEvent,
+    trace::DropEvent,
+    trace::DnsEvent,
+    trace::BlockEvent,
+    trace::ThrottleEvent,
 );

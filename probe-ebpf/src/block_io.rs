@@ -13,9 +13,10 @@ use aya_ebpf::{
 use probe_common::{
     BlockKey, BlockStats, InFlightRequest, KernelLayout, OverflowSlot,
     block_io::{BLOCK_IN_FLIGHT_MAX, BLOCK_IO_MAX_KEYS, MINOR_BITS},
+    trace::{BlockEvent, TraceKind},
 };
 
-use crate::{aggregate, kernel};
+use crate::{aggregate, kernel, trace};
 
 /// `probe_common::block_io::BLOCK_IO_MAP`
 #[map]
@@ -117,18 +118,32 @@ fn try_block_rq_complete(ctx: &BtfTracePointContext) {
         return;
     }
     let now = now();
+    let service_ns = now.saturating_sub(state.issue_ns);
+    let queue_ns = if state.insert_ns != 0 {
+        state.issue_ns.saturating_sub(state.insert_ns)
+    } else {
+        0
+    };
     // SAFETY: map value pointer.
     unsafe {
-        aggregate::record(
-            &raw mut (*stats).service,
-            now.saturating_sub(state.issue_ns),
-        );
+        aggregate::record(&raw mut (*stats).service, service_ns);
         if state.insert_ns != 0 {
-            aggregate::record(
-                &raw mut (*stats).queue,
-                state.issue_ns.saturating_sub(state.insert_ns),
-            );
+            aggregate::record(&raw mut (*stats).queue, queue_ns);
         }
+    }
+    if trace::enabled(TraceKind::Block) && service_ns + queue_ns >= trace::min_block_ns() {
+        let event = BlockEvent {
+            header: trace::header(TraceKind::Block, state.key.cgroup_id, 0, now),
+            dev: state.key.dev,
+            op: state.key.op,
+            // The final completion's bytes: the whole request unless it completed in parts.
+            bytes: u64::from(nr_bytes),
+            service_ns,
+            queue_ns,
+            error: u32::from(error),
+            _pad: 0,
+        };
+        trace::emit(TraceKind::Block, &event);
     }
 }
 

@@ -13,9 +13,10 @@ use aya_ebpf::{
 use probe_common::{
     KernelLayout, OverflowSlot, ThrottleStats, ThrottledTask,
     cpu_throttle::{CPU_THROTTLE_MAX_CGROUPS, THROTTLED_TASKS_MAX},
+    trace::{ThrottleEvent, TraceKind},
 };
 
-use crate::{aggregate, kernel};
+use crate::{aggregate, kernel, trace};
 
 /// `probe_common::cpu_throttle::CPU_THROTTLE_MAP`
 #[map]
@@ -107,13 +108,18 @@ fn switched_in(layout: &KernelLayout, task: *const u8, now: u64) {
         return;
     };
     let _ = THROTTLED_TASKS.remove(&pid);
+    let stall_ns = now.saturating_sub(waiting.since_ns);
+    if trace::enabled(TraceKind::Throttle) {
+        let event = ThrottleEvent {
+            header: trace::header(TraceKind::Throttle, waiting.cgroup_id, 0, now),
+            stall_ns,
+            pid,
+            _pad: 0,
+        };
+        trace::emit(TraceKind::Throttle, &event);
+    }
     if let Some(stats) = CPU_THROTTLE.get_ptr_mut(&waiting.cgroup_id) {
         // SAFETY: map value pointer.
-        unsafe {
-            aggregate::record(
-                &raw mut (*stats).stall,
-                now.saturating_sub(waiting.since_ns),
-            )
-        };
+        unsafe { aggregate::record(&raw mut (*stats).stall, stall_ns) };
     }
 }

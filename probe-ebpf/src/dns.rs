@@ -27,9 +27,10 @@ use probe_common::{
         DNS_COUNTERS_MAX_KEYS, DNS_IN_FLIGHT_MAX, DNS_LATENCY_MAX_KEYS, DNS_PORT, MAX_LABELS,
         PROTO_TCP, PROTO_UDP, QUESTION_BYTES, qtype_class,
     },
+    trace::{DNS_CAPTURE_BYTES, DnsEvent, TraceKind},
 };
 
-use crate::aggregate;
+use crate::{aggregate, trace};
 
 /// `probe_common::dns::DNS_IN_FLIGHT_MAP`
 #[map]
@@ -268,6 +269,10 @@ fn on_response(ctx: &SkBuffContext, packet: &Packet) {
         return;
     };
     let _ = DNS_IN_FLIGHT.remove(&flow);
+    let latency_ns = now.saturating_sub(query.sent_ns);
+    if trace::enabled(TraceKind::Dns) {
+        trace_response(ctx, packet, cgroup_id, now, latency_ns);
+    }
     count(
         &counters,
         DnsCounters {
@@ -288,8 +293,46 @@ fn on_response(ctx: &SkBuffContext, packet: &Packet) {
         &ZERO_HISTOGRAM,
         OverflowSlot::DnsLatency,
     ) {
-        aggregate::record(histogram, now.saturating_sub(query.sent_ns));
+        aggregate::record(histogram, latency_ns);
     }
+}
+
+/// Emits an answered query with a bounded copy of the response: the name, type and
+/// response code are decoded in userspace, where a parser can afford to be careful.
+#[inline(always)]
+fn trace_response(ctx: &SkBuffContext, packet: &Packet, cgroup_id: u64, now: u64, latency_ns: u64) {
+    let Some(mut entry) = trace::TRACE_EVENTS.reserve::<DnsEvent>(0) else {
+        trace::lost(TraceKind::Dns);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    let take = if packet.message_len < DNS_CAPTURE_BYTES {
+        packet.message_len
+    } else {
+        DNS_CAPTURE_BYTES
+    };
+    // SAFETY: `event` is the reserved record; every field but the tail of `message`
+    // (beyond `captured`) is written, and `take` is within 1..=DNS_CAPTURE_BYTES.
+    unsafe {
+        let loaded = if take > 0 {
+            bpf_skb_load_bytes(
+                ctx.skb.skb.cast(),
+                packet.message as u32,
+                (&raw mut (*event).message).cast(),
+                take as u32,
+            )
+        } else {
+            -1
+        };
+        (*event).header = trace::header(TraceKind::Dns, cgroup_id, 0, now);
+        (*event).latency_ns = latency_ns;
+        (*event).resolver = packet.src;
+        (*event).captured = if loaded == 0 { take as u32 } else { 0 };
+        (*event).message_len = packet.message_len as u32;
+        (*event).proto = packet.proto;
+        (*event)._pad = [0; 7];
+    }
+    entry.submit(0);
 }
 
 /// The wire QTYPE of the single question, after walking its name's labels within the

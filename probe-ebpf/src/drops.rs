@@ -1,13 +1,18 @@
 //! Packet drops with the kernel's drop reason, per socket cgroup or network namespace.
 
 use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map},
     maps::PerCpuHashMap,
     programs::BtfTracePointContext,
 };
-use probe_common::{DropKey, OverflowSlot, drops::DROPS_MAX_KEYS};
+use probe_common::{
+    DropKey, OverflowSlot,
+    drops::DROPS_MAX_KEYS,
+    trace::{DropEvent, TraceKind},
+};
 
-use crate::{aggregate, kernel};
+use crate::{aggregate, kernel, trace};
 
 /// `probe_common::drops::DROPS_MAP`: (owner, reason) -> drops.
 #[map]
@@ -52,4 +57,19 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) {
         }
     };
     aggregate::add(&DROPS, &key, &1, OverflowSlot::Drops, |count| *count += 1);
+
+    if trace::enabled(TraceKind::Drop) {
+        let location: u64 = ctx.arg(1);
+        let event = DropEvent {
+            // SAFETY: no preconditions.
+            header: trace::header(TraceKind::Drop, key.cgroup_id, key.netns, unsafe {
+                bpf_ktime_get_ns()
+            }),
+            location,
+            endpoints: trace::skb_endpoints(&layout, skb),
+            reason,
+            _pad: 0,
+        };
+        trace::emit(TraceKind::Drop, &event);
+    }
 }

@@ -1,6 +1,6 @@
 //! tuneprobe's kernel programs: one module per signal, each a thin entry point over a
 //! fallible body. Counts are aggregated here, in maps keyed by cgroup; nothing is sent
-//! to userspace per event.
+//! to userspace per event, except while `tuneprobe trace` runs (see `trace`).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // Atomic adds into shared map values (see `aggregate::atomic_add`).
@@ -21,6 +21,8 @@ mod drops;
 mod kernel;
 #[cfg(target_arch = "bpf")]
 mod tcp_retransmit;
+#[cfg(target_arch = "bpf")]
+mod trace;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -4,15 +4,18 @@
 //! is unrelated, so the cgroup comes from the socket, never from the current task.
 
 use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map},
     maps::PerCpuHashMap,
     programs::BtfTracePointContext,
 };
 use probe_common::{
-    OverflowSlot, RetransmitCounters, RetransmitKey, tcp_retransmit::TCP_RETRANSMITS_MAX_CGROUPS,
+    OverflowSlot, RetransmitCounters, RetransmitKey,
+    tcp_retransmit::TCP_RETRANSMITS_MAX_CGROUPS,
+    trace::{RetransmitEvent, TraceKind},
 };
 
-use crate::{aggregate, kernel};
+use crate::{aggregate, kernel, trace};
 
 /// `probe_common::tcp_retransmit::TCP_RETRANSMITS_MAP`: (cgroup id, netns) -> counters.
 #[map]
@@ -66,4 +69,20 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext) {
         OverflowSlot::TcpRetransmits,
         |counters| counters.add(&sent),
     );
+
+    if trace::enabled(TraceKind::Retransmit) {
+        let state: u8 = kernel::read(sk, layout.sock_state).unwrap_or(0);
+        let event = RetransmitEvent {
+            // SAFETY: no preconditions.
+            header: trace::header(TraceKind::Retransmit, key.cgroup_id, key.netns, unsafe {
+                bpf_ktime_get_ns()
+            }),
+            endpoints: trace::sock_endpoints(&layout, sk, 6),
+            state: u32::from(state),
+            failed: sent.failed as u32,
+            segments: sent.segments as u32,
+            _pad: 0,
+        };
+        trace::emit(TraceKind::Retransmit, &event);
+    }
 }

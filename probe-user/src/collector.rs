@@ -89,8 +89,8 @@ impl Counters {
 }
 
 /// Which hierarchy a kernel cgroup id comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Hierarchy {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Hierarchy {
     /// cgroup v2: sockets, and netns owners.
     Unified,
     Cpu,
@@ -168,6 +168,12 @@ impl Collector {
 
     pub fn probe(&self) -> &Probe {
         &self.probe
+    }
+
+    /// Names one kernel key the way the report does (for `trace` events): a cgroup id
+    /// of `hierarchy`, or for id 0 the owner of namespace `netns`. No counts.
+    pub fn workload_of(&mut self, hierarchy: Hierarchy, id: u64, netns: Option<u32>) -> Workload {
+        Builder::new(self).by_cgroup(hierarchy, id, netns).clone()
     }
 
     fn paths(&mut self, hierarchy: Hierarchy) -> &mut CgroupPaths {

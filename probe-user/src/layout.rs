@@ -41,6 +41,16 @@ pub const TASK_CFS_RQ: FieldPath = ("task_struct", "se.cfs_rq");
 /// Non-zero while the cfs_rq or any ancestor is throttled (a child group of a throttled
 /// pod has `throttled == 0`).
 pub const CFS_RQ_THROTTLE_COUNT: FieldPath = ("cfs_rq", "throttle_count");
+/// Trace-only fields: optional, see [`TraceFields`].
+pub const SOCK_FAMILY: FieldPath = ("sock", "__sk_common.skc_family");
+pub const SOCK_DADDR: FieldPath = ("sock", "__sk_common.skc_daddr");
+pub const SOCK_RCV_SADDR: FieldPath = ("sock", "__sk_common.skc_rcv_saddr");
+pub const SOCK_DPORT: FieldPath = ("sock", "__sk_common.skc_dport");
+pub const SOCK_NUM: FieldPath = ("sock", "__sk_common.skc_num");
+pub const SOCK_V6_DADDR: FieldPath = ("sock", "__sk_common.skc_v6_daddr");
+pub const SOCK_V6_RCV_SADDR: FieldPath = ("sock", "__sk_common.skc_v6_rcv_saddr");
+pub const SK_BUFF_HEAD: FieldPath = ("sk_buff", "head");
+pub const SK_BUFF_NETWORK_HEADER: FieldPath = ("sk_buff", "network_header");
 /// Not a field: the `cpu_cgrp_id` value of `enum cgroup_subsys_id`.
 pub const CPU_CGRP_ID: FieldPath = ("cgroup_subsys_id", "cpu_cgrp_id");
 
@@ -84,7 +94,7 @@ pub fn resolve(btf: &Btf) -> ResolvedLayout {
     let gso_segs = offset(TCP_SKB_CB_GSO_SEGS);
     let blkcg_cgroup = offset(BLKCG_CGROUP);
     let css_set_subsys = offset(CSS_SET_SUBSYS);
-    let layout = KernelLayout {
+    let mut layout = KernelLayout {
         sk_buff_sk: offset(SK_BUFF_SK),
         sk_buff_dev: offset(SK_BUFF_DEV),
         sk_buff_tcp_gso_segs: sk_buff_cb.saturating_add(gso_segs),
@@ -126,8 +136,46 @@ pub fn resolve(btf: &Btf) -> ResolvedLayout {
         sched_switch_has_prev_state: u32::from(
             btf.tracepoint_args("sched_switch").unwrap_or(0) >= 4,
         ),
+        ..KernelLayout::UNRESOLVED
     };
+    trace_fields(btf, &mut layout);
     ResolvedLayout { layout, missing }
+}
+
+/// Fields only `trace` events use (addresses, ports). They are optional: a kernel that
+/// lacks them (IPv6 compiled out, renamed fields) keeps every program; its events then
+/// carry no addresses, and the flags say so to the programs.
+fn trace_fields(btf: &Btf, layout: &mut KernelLayout) {
+    let all = |fields: &[FieldPath]| -> Option<Vec<u32>> {
+        fields
+            .iter()
+            .map(|f| btf.field_offset(f.0, f.1).ok().map(|o| o.bytes))
+            .collect()
+    };
+    if let Some(o) = all(&[
+        SOCK_FAMILY,
+        SOCK_DADDR,
+        SOCK_RCV_SADDR,
+        SOCK_DPORT,
+        SOCK_NUM,
+    ]) {
+        layout.sock_addresses = 1;
+        layout.sock_family = o[0];
+        layout.sock_daddr = o[1];
+        layout.sock_rcv_saddr = o[2];
+        layout.sock_dport = o[3];
+        layout.sock_num = o[4];
+    }
+    if let Some(o) = all(&[SOCK_V6_DADDR, SOCK_V6_RCV_SADDR]) {
+        layout.sock_has_v6 = 1;
+        layout.sock_v6_daddr = o[0];
+        layout.sock_v6_rcv_saddr = o[1];
+    }
+    if let Some(o) = all(&[SK_BUFF_HEAD, SK_BUFF_NETWORK_HEADER]) {
+        layout.skb_headers = 1;
+        layout.sk_buff_head = o[0];
+        layout.sk_buff_network_header = o[1];
+    }
 }
 
 struct ThrottleFlag {

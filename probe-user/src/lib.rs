@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod collector;
 pub mod cpustat;
 pub mod devices;
+pub mod dnswire;
 pub mod histogram;
 pub mod kube;
 pub mod layout;
@@ -19,6 +20,7 @@ pub mod procfs;
 pub mod report;
 pub mod sockdiag;
 pub mod stats;
+pub mod trace;
 pub mod tuning;
 pub mod verify;
 

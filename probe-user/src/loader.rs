@@ -231,6 +231,10 @@ pub struct LoadOptions {
     /// Ask the kernel to account each program's run time while tuneprobe runs
     /// (`BPF_ENABLE_STATS`; it costs a little on every program run, node-wide).
     pub bpf_stats: bool,
+    /// Emit per-event records for `tuneprobe trace` into a ring buffer of this many
+    /// bytes. `None` (everything but `trace`): the programs are loaded with emission
+    /// off, which the verifier removes as dead code.
+    pub trace: Option<(probe_common::trace::TraceConfig, u32)>,
 }
 
 /// The kernel's accounting of one program (zero unless run-time stats are enabled).
@@ -280,6 +284,11 @@ impl Probe {
             .override_global(KERNEL_LAYOUT_GLOBAL, &resolved.layout, true);
         for &(map, entries) in &options.map_max_entries {
             loader.map_max_entries(map, entries);
+        }
+        if let Some((config, ring_bytes)) = &options.trace {
+            loader
+                .override_global(probe_common::trace::TRACE_CONFIG_GLOBAL, config, true)
+                .map_max_entries(probe_common::trace::TRACE_EVENTS_MAP, *ring_bytes);
         }
         let mut ebpf = loader
             .load(PROGRAMS_OBJECT)
@@ -411,6 +420,30 @@ impl Probe {
     /// Cumulative drop counts per (owner, reason), summed over CPUs.
     pub fn drops(&self) -> anyhow::Result<HashMap<DropKey, u64>> {
         self.sum_per_cpu(DROPS_MAP, |total: &mut u64, v| *total += v)
+    }
+
+    /// The trace ring buffer, handed over to its reader (once).
+    pub fn take_trace_events(&mut self) -> anyhow::Result<aya::maps::RingBuf<MapData>> {
+        use probe_common::trace::TRACE_EVENTS_MAP;
+        let map = self
+            .ebpf
+            .take_map(TRACE_EVENTS_MAP)
+            .ok_or_else(|| anyhow::anyhow!("map {TRACE_EVENTS_MAP} missing or already taken"))?;
+        Ok(aya::maps::RingBuf::try_from(map)?)
+    }
+
+    /// Trace records that did not fit in the ring buffer, per kind, summed over CPUs.
+    pub fn trace_lost(&self) -> anyhow::Result<Vec<(probe_common::trace::TraceKind, u64)>> {
+        use probe_common::trace::{TRACE_LOST_MAP, TraceKind};
+        let map = self
+            .ebpf
+            .map(TRACE_LOST_MAP)
+            .ok_or_else(|| anyhow::anyhow!("map {TRACE_LOST_MAP} missing from the object"))?;
+        let array = PerCpuArray::<&MapData, u64>::try_from(map)?;
+        TraceKind::ALL
+            .iter()
+            .map(|&kind| Ok((kind, array.get(&(kind as u32), 0)?.iter().sum())))
+            .collect()
     }
 
     /// Updates lost to full maps, per map name.

@@ -2,6 +2,7 @@
 
 mod serve;
 mod snapshot;
+mod trace;
 mod tuning;
 mod verify;
 
@@ -103,6 +104,7 @@ enum Command {
     Serve(serve::Args),
     Tuning(tuning::Args),
     Verify(verify::Args),
+    Trace(trace::Args),
 }
 
 impl Cli {
@@ -128,6 +130,7 @@ impl Cli {
             Command::Serve(args) => serve::run(args, &self.load_options()),
             Command::Tuning(args) => tuning::run(args),
             Command::Verify(args) => verify::run(args, &self.load_options()),
+            Command::Trace(args) => trace::run(args, &self.load_options()),
         }
     }
 }

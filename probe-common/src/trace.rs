@@ -1,0 +1,166 @@
+//! Per-event records for `tuneprobe trace`.
+//!
+//! Events go through one ring buffer, and only while `trace` runs: the programs check a
+//! read-only global ([`TRACE_CONFIG_GLOBAL`]) that the loader sets only for `trace`. The
+//! verifier sees a constant there, so for `serve` and `snapshot` the emitting branch is
+//! dead code and costs nothing. Every record starts with a [`TraceHeader`] whose `kind`
+//! says which struct follows.
+
+/// Ring buffer of trace records.
+pub const TRACE_EVENTS_MAP: &str = "TRACE_EVENTS";
+/// Per-CPU array indexed by [`TraceKind`]: records that did not fit in the ring buffer.
+pub const TRACE_LOST_MAP: &str = "TRACE_LOST";
+/// Name of the read-only global holding the [`TraceConfig`].
+pub const TRACE_CONFIG_GLOBAL: &str = "TRACE_CONFIG";
+/// Ring buffer size for `trace` (a power of two, a multiple of the page size).
+pub const TRACE_RING_BYTES: u32 = 1 << 20;
+/// Ring buffer size when nothing traces: the smallest the kernel accepts (one page).
+pub const TRACE_RING_IDLE_BYTES: u32 = 4096;
+
+/// Bytes of a DNS message copied into a [`DnsEvent`]: enough for the header and any
+/// realistic question; the userspace decoder checks every bound.
+pub const DNS_CAPTURE_BYTES: usize = 256;
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceKind {
+    Retransmit = 0,
+    Drop = 1,
+    Dns = 2,
+    Block = 3,
+    Throttle = 4,
+}
+
+impl TraceKind {
+    pub const ALL: [Self; 5] = [
+        Self::Retransmit,
+        Self::Drop,
+        Self::Dns,
+        Self::Block,
+        Self::Throttle,
+    ];
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// The bit of this kind in [`TraceConfig::kinds`].
+    pub const fn bit(self) -> u32 {
+        1 << self as u32
+    }
+
+    pub fn from_u32(value: u32) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| *k as u32 == value)
+    }
+}
+
+/// What to emit; all zero (nothing) unless `trace` loaded the programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// [`TraceKind::bit`]s of the signals to emit.
+    pub kinds: u32,
+    pub _pad: u32,
+    /// Block requests faster than this (service plus queue time) are not emitted.
+    pub min_block_ns: u64,
+}
+
+impl TraceConfig {
+    pub const OFF: Self = Self {
+        kinds: 0,
+        _pad: 0,
+        min_block_ns: 0,
+    };
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceHeader {
+    /// A [`TraceKind`].
+    pub kind: u32,
+    /// Network namespace inode, 0 if unknown or not a network event.
+    pub netns: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub time_ns: u64,
+    /// Cgroup id in the hierarchy of the signal: v2 for network events, the blkio
+    /// hierarchy for block, the cpu hierarchy for throttle (the same ids the maps use).
+    pub cgroup_id: u64,
+}
+
+/// Addresses as `::ffff:a.b.c.d` for IPv4 (like the DNS keys); ports in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    /// `AF_INET` (2) or `AF_INET6` (10); 0 when the addresses are unknown.
+    pub family: u16,
+    /// IP protocol (6 TCP, 17 UDP, ...); 0 if unknown.
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetransmitEvent {
+    pub header: TraceHeader,
+    pub endpoints: Endpoints,
+    /// TCP state (`include/net/tcp_states.h`, part of the user ABI).
+    pub state: u32,
+    /// The attempt did not go out (`err != 0`).
+    pub failed: u32,
+    pub segments: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    pub header: TraceHeader,
+    /// Kernel text address of the function that dropped the packet (`location`).
+    pub location: u64,
+    pub endpoints: Endpoints,
+    /// `enum skb_drop_reason` value.
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsEvent {
+    pub header: TraceHeader,
+    pub latency_ns: u64,
+    pub resolver: [u8; 16],
+    /// Bytes of the response message in `message` (at most [`DNS_CAPTURE_BYTES`]).
+    pub captured: u32,
+    /// The whole message's length on the wire.
+    pub message_len: u32,
+    pub proto: u8,
+    pub _pad: [u8; 7],
+    pub message: [u8; DNS_CAPTURE_BYTES],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockEvent {
+    pub header: TraceHeader,
+    /// `major << 20 | minor`, as in [`crate::BlockKey`].
+    pub dev: u32,
+    /// `cmd_flags & REQ_OP_MASK`
+    pub op: u32,
+    pub bytes: u64,
+    pub service_ns: u64,
+    /// 0 when the request bypassed the scheduler queue.
+    pub queue_ns: u64,
+    pub error: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThrottleEvent {
+    pub header: TraceHeader,
+    pub stall_ns: u64,
+    /// Thread id of the stalled task.
+    pub pid: u32,
+    pub _pad: u32,
+}
