@@ -17,7 +17,8 @@ use std::{
 
 use serde_json::Value;
 use tuneprobe_tests::{
-    ADDR_A, ADDR_B, Container, NetnsPair, NftTable, PodCgroup, Workload, tuneprobe_binary, unique,
+    ADDR_A, ADDR_B, Container, LoopDevice, NetnsPair, NftTable, PodCgroup, Workload,
+    tuneprobe_binary, unique,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -448,4 +449,166 @@ fn a_flood_that_overflows_the_ring_buffer_is_counted_as_lost() {
         events.len()
     );
     assert!(events.iter().all(|e| e["reason"] == "NO_SOCKET"));
+}
+
+/// fio's completed IOs for one job.
+fn fio_reads(container: &Container, device: &str, seconds: u32) -> u64 {
+    let args = [
+        "--name=tuneprobe-trace",
+        &format!("--filename={device}"),
+        "--direct=1",
+        "--rw=randread",
+        "--bs=4k",
+        "--iodepth=1",
+        "--ioengine=psync",
+        &format!("--runtime={seconds}"),
+        "--time_based",
+        "--output-format=json",
+    ];
+    let out = Workload::spawn_program(None, Some(container), std::path::Path::new("fio"), &args)
+        .wait(Duration::from_secs(u64::from(seconds) + 30));
+    let json: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("fio JSON: {e}: {out}"));
+    json["jobs"][0]["read"]["total_ios"]
+        .as_u64()
+        .expect("total_ios")
+}
+
+fn block_ms(event: &Value) -> f64 {
+    event["service_ms"].as_f64().unwrap() + event["queue_ms"].as_f64().unwrap()
+}
+
+#[test]
+fn slow_block_requests_of_the_throttled_container_only() {
+    let disk = LoopDevice::new(32);
+    let mut pod = PodCgroup::with_controllers(&["blkio"]);
+    let throttled = pod.container();
+    let free = pod.container();
+    let logs = PodLogs::new();
+    logs.name(&pod, "batch", "etl", &throttled, "reader");
+    // 100 read IOPS on the backing disk: about one request in ten waits ~100 ms.
+    let backing = disk.backing_device();
+    match throttled
+        .dirs
+        .iter()
+        .find(|d| d.join("blkio.throttle.read_iops_device").exists())
+    {
+        Some(dir) => std::fs::write(
+            dir.join("blkio.throttle.read_iops_device"),
+            format!("{backing} 100"),
+        )
+        .unwrap(),
+        None => std::fs::write(
+            throttled.dir_with("io.max").join("io.max"),
+            format!("{backing} riops=100"),
+        )
+        .unwrap(),
+    }
+
+    let everything = Trace::start(&["block", "--cgroup", &throttled.path], &logs);
+    let slow = Trace::start(&["block", "--pod", "etl", "--min-latency", "20ms"], &logs);
+    let free_only = Trace::start(
+        &["block", "--cgroup", &free.path, "--min-latency", "20ms"],
+        &logs,
+    );
+    let ios = fio_reads(&throttled, &disk.device, 2);
+    let free_ios = fio_reads(&free, &disk.device, 1);
+    let (all, lost_all) = everything.stop();
+    let (slow, lost_slow) = slow.stop();
+    let (free_slow, _) = free_only.stop();
+
+    assert_eq!((lost_all, lost_slow), (0, 0));
+    let on_loop: Vec<&Value> = all.iter().filter(|e| e["device"] == disk.name()).collect();
+    // Every 4 KiB read is one request on the loop device (within fio's accounting).
+    assert!(
+        (on_loop.len() as u64).abs_diff(ios) * 100 <= 3 * ios,
+        "{} traced vs fio's {ios}",
+        on_loop.len()
+    );
+    for event in &on_loop {
+        assert_eq!(field(event, "signal"), "block");
+        assert_eq!(field(event, "op"), "read");
+        assert_eq!(event["bytes"], 4096);
+        assert_eq!(event["cgroup_id"], throttled.cgroup_id);
+        assert_eq!(field(event, "container_id"), throttled.container_id);
+    }
+    // The slow trace filtered in the kernel: exactly the slow loop requests of the full
+    // trace (the throttle makes latency bimodal, ~0.1 ms or ~100 ms, far from 20 ms).
+    let slow_in_all = on_loop.iter().filter(|e| block_ms(e) >= 20.0).count();
+    let slow_on_loop: Vec<&Value> = slow.iter().filter(|e| e["device"] == disk.name()).collect();
+    assert!(slow_in_all > 0, "the throttle delayed nothing");
+    assert_eq!(slow_on_loop.len(), slow_in_all);
+    assert!(
+        slow.iter()
+            .all(|e| block_ms(e) >= 20.0 && e["pod"] == "etl")
+    );
+    assert!(free_ios > 0);
+    assert!(
+        free_slow.is_empty(),
+        "the unthrottled container had slow requests: {free_slow:#?}"
+    );
+}
+
+#[test]
+fn throttle_stalls_match_cpu_stat() {
+    let mut pod = PodCgroup::with_controllers(&["cpu"]);
+    let limited = pod.container();
+    let free = pod.container();
+    let logs = PodLogs::new();
+    logs.name(&pod, "batch", "cruncher", &limited, "main");
+    let dir = limited.cpu_dir().to_path_buf();
+    if dir.join("cpu.max").exists() {
+        std::fs::write(dir.join("cpu.max"), "20000 100000").unwrap();
+    } else {
+        std::fs::write(dir.join("cpu.cfs_period_us"), "100000").unwrap();
+        std::fs::write(dir.join("cpu.cfs_quota_us"), "20000").unwrap();
+    }
+    let stat = || tuneprobe::cpustat::CpuAccounting::read(&dir).expect("cpu.stat");
+
+    let ours = Trace::start(&["throttle", "--pod", "cruncher"], &logs);
+    let free_trace = Trace::start(&["throttle", "--cgroup", &free.path], &logs);
+    let before = stat();
+    let limited_busy = Workload::spawn_program(
+        None,
+        Some(&limited),
+        &tuneprobe_tests::testload(),
+        &["busy", "2000"],
+    );
+    let free_busy = Workload::spawn_program(
+        None,
+        Some(&free),
+        &tuneprobe_tests::testload(),
+        &["busy", "1000"],
+    );
+    limited_busy.wait(WAIT);
+    free_busy.wait(WAIT);
+    let delta = stat().since(&before);
+    let (events, lost) = ours.stop();
+    let (free_events, _) = free_trace.stop();
+
+    assert_eq!(lost, 0);
+    assert!(
+        (15..=25).contains(&delta.throttled_periods),
+        "2 s at 20% should throttle ~20 periods: {delta:?}"
+    );
+    // One stall per throttled switch-out of the single busy thread.
+    assert!(
+        (events.len() as u64).abs_diff(delta.throttled_periods) <= 2,
+        "{} stalls vs nr_throttled +{}",
+        events.len(),
+        delta.throttled_periods
+    );
+    let stalled_ms: f64 = events.iter().map(|e| e["stall_ms"].as_f64().unwrap()).sum();
+    let throttled_ms = delta.throttled_ns as f64 / 1e6;
+    assert!(
+        (stalled_ms - throttled_ms).abs() <= 0.1 * throttled_ms,
+        "stalls {stalled_ms} ms vs throttled_time {throttled_ms} ms"
+    );
+    for event in &events {
+        assert_eq!(field(event, "signal"), "throttle");
+        assert_eq!(field(event, "container"), "main");
+        assert_eq!(event["cgroup_id"], limited.cgroup_id);
+        let stall = event["stall_ms"].as_f64().unwrap();
+        assert!(stall < 200.0, "{stall}");
+    }
+    assert!(free_events.is_empty(), "{free_events:#?}");
 }
