@@ -336,21 +336,19 @@ impl Collector {
                 .add(&reason, delta);
         }
 
-        for (netns, tcp) in netns_tcp {
+        for (netns, tcp) in &netns_tcp {
             // The host namespace always has traffic; its load alone would add a
             // workload for `/` to every report.
-            let host = builder.collector.attributor.netns_owner(netns) == Some("/");
-            if tcp == NetnsTcpCounters::default() || (host && tcp.listen_overflows == 0) {
+            let host = builder.collector.attributor.netns_owner(*netns) == Some("/");
+            if *tcp == NetnsTcpCounters::default() || (host && tcp.listen_overflows == 0) {
                 continue;
             }
-            let workload = builder.by_netns(Some(netns));
+            let workload = builder.by_netns(Some(*netns));
             if tcp.listen_overflows > 0 {
                 workload
                     .drops
                     .add(TCP_LISTEN_OVERFLOW, tcp.listen_overflows);
             }
-            workload.tcp.passive_opens += tcp.passive_opens;
-            workload.tcp.sent_segments += tcp.sent_segments;
         }
 
         let mut block_keys: Vec<&BlockKey> = now.block.keys().collect();
@@ -427,7 +425,16 @@ impl Collector {
             builder.by_cgroup(Hierarchy::Unified, cgroup_id, None).dns = Some(report);
         }
 
-        let workloads = builder.finish();
+        let mut workloads = builder.finish();
+        // The load that network signals are normalised by belongs to the namespace:
+        // every workload living there (the pod, each container) gets its totals.
+        let netns_tcp: HashMap<u32, NetnsTcpCounters> = netns_tcp.into_iter().collect();
+        for workload in &mut workloads {
+            if let Some(tcp) = workload.netns.and_then(|n| netns_tcp.get(&n)) {
+                workload.tcp.passive_opens = tcp.passive_opens;
+                workload.tcp.sent_segments = tcp.sent_segments;
+            }
+        }
         let map_overflows: BTreeMap<String, u64> = self
             .probe
             .map_overflows()?

@@ -582,24 +582,25 @@ fn add_changes(f: &mut Families, watcher: &Watcher) {
         .take(MAX_VERDICT_SERIES);
     {
         for (report, v) in verdicts {
-            let labels = vec![
+            // The same workload labels as the workload's own series.
+            let workload = Workload {
+                cgroup_path: v.cgroup_path.clone(),
+                netns: v.netns,
+                pod_uid: v.pod_uid.clone(),
+                container_id: v.container_id.clone(),
+                namespace: v.namespace.clone(),
+                pod: v.pod.clone(),
+                container: v.container.clone(),
+                ..Workload::default()
+            };
+            let mut labels = workload_labels(&workload);
+            labels.extend([
                 ("knob", report.change.knob.clone()),
                 ("scope", report.change.scope.clone()),
                 ("signal", v.signal.name()),
-                ("namespace", v.namespace.clone().unwrap_or_default()),
-                ("pod", v.pod.clone().unwrap_or_default()),
-                ("container", v.container.clone().unwrap_or_default()),
-                (
-                    "cgroup",
-                    if v.pod_uid.is_some() {
-                        String::new()
-                    } else {
-                        v.cgroup_path.clone().unwrap_or_default()
-                    },
-                ),
                 ("verdict", crate::report::serde_name(&v.comparison.verdict)),
                 ("final", report.is_final.to_string()),
-            ];
+            ]);
             f.gauge(
                 "tuneprobe_tuning_verdict",
                 "1 for the latest verdict on a recent tuning change, per affected workload and signal.",

@@ -228,6 +228,7 @@ mod tests {
         WorkloadVerdict {
             cgroup_path: Some("/pod/c".into()),
             pod_uid: None,
+            container_id: None,
             namespace: None,
             pod: None,
             container: None,

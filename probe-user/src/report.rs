@@ -170,9 +170,11 @@ pub struct TcpStats {
     pub retransmitted_segments: u64,
     pub failed_retransmits: u64,
     /// Connections accepted in the workload's network namespace (`PassiveOpens`), the
-    /// load that listen overflows are normalised by.
+    /// load that listen overflows are normalised by. A namespace total: every workload
+    /// in the namespace (a pod and its containers) shows the same number.
     pub passive_opens: u64,
-    /// Segments sent from its network namespace (`OutSegs`), the load for retransmits.
+    /// Segments sent from its network namespace (`OutSegs`), the load for retransmits;
+    /// a namespace total too.
     pub sent_segments: u64,
 }
 

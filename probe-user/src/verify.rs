@@ -481,6 +481,7 @@ pub fn interval_samples(
 pub struct WorkloadVerdict {
     pub cgroup_path: Option<String>,
     pub pod_uid: Option<String>,
+    pub container_id: Option<String>,
     pub namespace: Option<String>,
     pub pod: Option<String>,
     pub container: Option<String>,
@@ -570,6 +571,7 @@ pub fn judge(
         verdicts.push(WorkloadVerdict {
             cgroup_path: Some(key.path.clone()),
             pod_uid: workload.and_then(|w| w.pod_uid.clone()),
+            container_id: workload.and_then(|w| w.container_id.clone()),
             namespace: workload.and_then(|w| w.namespace.clone()),
             pod: workload.and_then(|w| w.pod.clone()),
             container: workload.and_then(|w| w.container.clone()),
@@ -697,7 +699,7 @@ impl Windows {
 #[derive(Debug)]
 struct Pending {
     change: ChangeRecord,
-    signals: &'static [Signal],
+    signals: Vec<Signal>,
     affected: Affected,
     before: Samples,
     after: Samples,
@@ -713,6 +715,8 @@ pub struct Watcher {
     history: Samples,
     previous: Option<(Snapshot, tuning::Inventory)>,
     pending: Vec<Pending>,
+    /// Judge every change on these instead of its knob's own signals.
+    signals: Option<Vec<Signal>>,
     /// Changes seen, by (knob, scope kind).
     pub changes_total: BTreeMap<(String, String), u64>,
     /// The latest report of each recent change (interim or final), newest last.
@@ -729,9 +733,17 @@ impl Watcher {
             history: Samples::default(),
             previous: None,
             pending: Vec::new(),
+            signals: None,
             changes_total: BTreeMap::new(),
             recent: Vec::new(),
         }
+    }
+
+    /// Judges every change on `signals` instead of each knob's own (for knobs whose
+    /// effect shows in a signal the table does not name, or a controlled experiment).
+    pub fn judging(mut self, signals: Vec<Signal>) -> Self {
+        self.signals = (!signals.is_empty()).then_some(signals);
+        self
     }
 
     /// Takes one interval's snapshot and inventory; returns the reports that are new:
@@ -755,7 +767,10 @@ impl Watcher {
                 .changes_total
                 .entry((change.knob.clone(), scope_kind))
                 .or_default() += 1;
-            let signals = signals_for(&change.knob);
+            let signals = self
+                .signals
+                .clone()
+                .unwrap_or_else(|| signals_for(&change.knob).to_vec());
             let affected = Affected::of_change(&change);
             let record = ChangeRecord {
                 knob: change.knob,
@@ -839,7 +854,7 @@ fn judge_pending(pending: &Pending, last: &Snapshot, is_final: bool) -> ChangeRe
     let mut verdicts = judge(
         &pending.before,
         &pending.after,
-        pending.signals,
+        &pending.signals,
         &pending.affected,
         last,
     );
@@ -861,7 +876,7 @@ fn judge_pending(pending: &Pending, last: &Snapshot, is_final: bool) -> ChangeRe
         change: change.clone(),
         is_final,
         after_intervals: pending.intervals,
-        signals: pending.signals.to_vec(),
+        signals: pending.signals.clone(),
         verdicts,
         notes,
     }

@@ -506,6 +506,10 @@ impl Workload {
         Self { child, stdout }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for the process to print a line (servers print `ready` once listening).
     pub fn read_line(&mut self) -> String {
         let mut line = String::new();

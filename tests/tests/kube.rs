@@ -173,7 +173,10 @@ fn list_watch_resume_and_relist() {
         thread::sleep(Duration::from_millis(20));
     }
     let requests = seen.lock().unwrap().clone();
-    assert!(requests.len() >= 5, "the watch after the relist never came: {requests:?}");
+    assert!(
+        requests.len() >= 5,
+        "the watch after the relist never came: {requests:?}"
+    );
     assert!(requests[0].starts_with("GET /api/v1/pods?") && !requests[0].contains("watch=1"));
     assert!(
         requests[1].contains("watch=1") && requests[1].contains("resourceVersion=10"),

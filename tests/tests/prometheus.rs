@@ -307,3 +307,94 @@ fn promtool_accepts_escaped_label_values_and_the_folded_series() {
     );
     promtool_check(&text);
 }
+
+#[test]
+fn serve_judges_a_quota_change_and_exports_it() {
+    // A busy container throttled by a 20 ms quota; raised to 100 ms while serve runs.
+    let mut pod = PodCgroup::with_controllers(&["cpu"]);
+    let app = pod.container();
+    let dir = app.cpu_dir().to_path_buf();
+    let (file, tight, generous) = if dir.join("cpu.max").exists() {
+        ("cpu.max", "20000 100000", "100000 100000")
+    } else {
+        fs::write(dir.join("cpu.cfs_period_us"), "100000").unwrap();
+        ("cpu.cfs_quota_us", "20000", "100000")
+    };
+    fs::write(dir.join(file), tight).unwrap();
+    let _busy = Workload::spawn_program(
+        None,
+        Some(&app),
+        &tuneprobe_tests::testload(),
+        &["busy", "60000"],
+    );
+
+    let port = free_port();
+    let mut serve = Command::new(tuneprobe_binary())
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--verify-window",
+            "5s",
+            "--kube-api",
+            "none",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tuneprobe serve");
+    let stderr = serve.stderr.take().expect("stderr piped");
+    let _serve = Running(serve);
+    let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+    assert!(lines.any(|l| l.contains("ready")), "serve never got ready");
+    thread::spawn(move || lines.for_each(drop));
+
+    // A full before window (the first samples need two ticks with the quota seen),
+    // then the change; the verdict is final 5 s later.
+    thread::sleep(Duration::from_secs(9));
+    fs::write(dir.join(file), generous).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let report = loop {
+        let (status, body) = get(port, "/changes").expect("GET /changes");
+        assert_eq!(status, 200);
+        let changes: Value = serde_json::from_str(&body).unwrap();
+        let ours =
+            changes.as_array().unwrap().iter().find(|c| {
+                c["change"]["scope"] == format!("cgroup:{}", app.path) && c["final"] == true
+            });
+        if let Some(report) = ours {
+            break report.clone();
+        }
+        assert!(Instant::now() < deadline, "no final verdict: {changes:#}");
+        thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(report["change"]["knob"], "cpu.max");
+    assert_eq!(report["change"]["old"], "20000 100000");
+    assert_eq!(report["change"]["new"], "100000 100000");
+    let verdict = report["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["cgroup_path"] == app.path.as_str() && v["signal"] == "cpu_throttled_ratio")
+        .unwrap_or_else(|| panic!("no verdict for the container: {report:#}"));
+    assert_eq!(verdict["verdict"], "improved", "{verdict:#}");
+
+    let (_, metrics) = get(port, "/metrics").expect("GET /metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "tuneprobe_tuning_changes_total{knob=\"cpu.max\",scope=\"cgroup\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tuneprobe_tuning_verdict{")
+                && l.contains(&format!("pod=\"{}\"", pod.uid))
+                && l.contains(&format!("container=\"{}\"", &app.container_id[..12]))
+                && l.contains("signal=\"cpu_throttled_ratio\"")
+                && l.contains("verdict=\"improved\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    promtool_check(&metrics);
+}

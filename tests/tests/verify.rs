@@ -5,7 +5,30 @@
 use std::{fs, path::Path, process::Command};
 
 use serde_json::Value;
-use tuneprobe_tests::{PodCgroup, Workload, testload, tuneprobe_binary, tuneprobe_json};
+use tuneprobe_tests::{
+    NetnsPair, NftTable, PodCgroup, Workload, testload, tuneprobe_binary, tuneprobe_json,
+};
+
+/// Short windows for the tests: 8 samples on each side.
+const WINDOWS: [&str; 6] = ["--before", "4s", "--after", "4s", "--interval", "500ms"];
+
+/// `tuneprobe verify ARGS --json` with the test windows.
+fn verify_with(args: &[&str]) -> Value {
+    let mut all = vec!["verify"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&WINDOWS);
+    all.extend_from_slice(&["--json", "--kube-api", "none"]);
+    tuneprobe_json(all)
+}
+
+fn verdict_in_netns<'a>(report: &'a Value, netns: u32, signal: &str) -> &'a Value {
+    report["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["netns"] == netns && v["signal"] == signal)
+        .unwrap_or_else(|| panic!("no {signal} verdict in netns {netns}: {report:#}"))
+}
 
 /// `tuneprobe verify --apply APPLY --cgroup DIR` with short windows and `--revert`.
 fn verify(dir: &Path, apply: &str) -> Value {
@@ -207,5 +230,248 @@ fn removing_a_read_throttle_improves_block_service_time() {
     assert!(
         throttle.contains(&backing) && throttle.contains(limit),
         "{throttle}"
+    );
+}
+
+/// A listener in namespace B with backlog 1024 capped at 8 by B's somaxconn, draining
+/// its queue every 300 ms, and bursts of 40 connects every 100 ms from A: most
+/// connection attempts overflow the queue.
+fn overflowing_listener(pair: &NetnsPair, pod: &mut PodCgroup, relisten_ms: &str) -> Workload {
+    pair.exec(
+        &pair.b,
+        &["sh", "-c", "echo 8 > /proc/sys/net/core/somaxconn"],
+    );
+    let server = pod.container();
+    let mut listener = Workload::spawn(
+        &pair.b,
+        Some(&server),
+        &[
+            "tcp-slow-accept",
+            "10.200.0.2:7100",
+            "1024",
+            "300",
+            relisten_ms,
+        ],
+    );
+    assert_eq!(listener.read_line(), "ready");
+    listener
+}
+
+fn somaxconn_in(pair: &NetnsPair) -> String {
+    pair.exec(&pair.b, &["cat", "/proc/sys/net/core/somaxconn"])
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn raising_somaxconn_ends_listen_overflows_once_the_listener_listens_again() {
+    let pair = NetnsPair::new();
+    let mut pod = PodCgroup::new();
+    let _listener = overflowing_listener(&pair, &mut pod, "200");
+    let _clients = Workload::spawn(
+        &pair.a,
+        None,
+        &["tcp-connect-bursts", "10.200.0.2:7100", "40", "100"],
+    );
+    let netns = format!("/run/netns/{}", pair.b);
+    let report = verify_with(&[
+        "--apply",
+        "net.core.somaxconn=1024",
+        "--netns",
+        &netns,
+        "--revert",
+    ]);
+    assert_eq!(report["change"]["old"], "8");
+    let v = verdict_in_netns(&report, NetnsPair::inode(&pair.b), "listen_overflow_ratio");
+    assert_eq!(v["verdict"], "improved", "{v:#}");
+    assert_eq!(v["load"], "connection_attempts");
+    assert!(v["before"].as_f64().unwrap() > 0.5, "{v}");
+    assert!(v["after"].as_f64().unwrap() < 0.05, "{v}");
+    // The listener picked the new value up: no restart needed.
+    assert_eq!(v["notes"], serde_json::json!([]), "{v:#}");
+    let listener = &v["listeners"][0];
+    assert_eq!(listener["address"], "10.200.0.2:7100");
+    assert_eq!(listener["backlog"], 1024);
+    assert_eq!(somaxconn_in(&pair), "8", "--revert");
+}
+
+#[test]
+fn raising_somaxconn_without_a_new_listen_changes_nothing_and_says_restart_needed() {
+    let pair = NetnsPair::new();
+    let mut pod = PodCgroup::new();
+    let _listener = overflowing_listener(&pair, &mut pod, "0");
+    let _clients = Workload::spawn(
+        &pair.a,
+        None,
+        &["tcp-connect-bursts", "10.200.0.2:7100", "40", "100"],
+    );
+    let netns = format!("/run/netns/{}", pair.b);
+    let report = verify_with(&[
+        "--apply",
+        "net.core.somaxconn=1024",
+        "--netns",
+        &netns,
+        "--revert",
+    ]);
+    let v = verdict_in_netns(&report, NetnsPair::inode(&pair.b), "listen_overflow_ratio");
+    assert_eq!(v["verdict"], "no significant change", "{v:#}");
+    assert!(v["after"].as_f64().unwrap() > 0.5, "still overflowing: {v}");
+    let notes = v["notes"].to_string();
+    assert!(
+        notes.contains("restart needed") && notes.contains("10.200.0.2:7100 (backlog 8)"),
+        "{v:#}"
+    );
+    assert_eq!(v["listeners"][0]["backlog"], 8, "the old backlog is shown");
+    assert_eq!(somaxconn_in(&pair), "8", "--revert");
+}
+
+#[test]
+fn removing_a_random_drop_rule_improves_retransmits_per_sent_segment() {
+    let pair = NetnsPair::new();
+    let mut pod = PodCgroup::new();
+    let sender = pod.container();
+    let mut sink = Workload::spawn(&pair.b, None, &["tcp-sink", "10.200.0.2:7200"]);
+    assert_eq!(sink.read_line(), "ready");
+    let nft = NftTable::with_rule(
+        &pair,
+        &pair.b,
+        "input",
+        "tcp dport 7200 numgen random mod 10 == 0 counter drop",
+    );
+    let mut flow = Workload::spawn(
+        &pair.a,
+        Some(&sender),
+        &["tcp-flow", "10.200.0.2:7200", "65536", "20"],
+    );
+    assert_eq!(flow.read_line(), "ready");
+    let remove = format!(
+        "ip netns exec {} nft delete table inet {}",
+        pair.b, nft.name
+    );
+    let report = verify_with(&["--exec", &remove, "--signal", "retransmit_ratio"]);
+    assert_eq!(report["change"]["knob"], "exec");
+    let v = verdict_for(&report, &sender.path, "retransmit_ratio");
+    assert_eq!(v["verdict"], "improved", "{v:#}");
+    assert_eq!(v["load"], "sent_segments");
+    assert!(v["before"].as_f64().unwrap() > 0.02, "{v}");
+    assert!(v["after"].as_f64().unwrap() < 0.005, "{v}");
+}
+
+#[test]
+fn removing_a_dns_server_delay_improves_dns_latency() {
+    let pair = NetnsPair::new();
+    let mut pod = PodCgroup::new();
+    let client = pod.container();
+    let mut server = Workload::spawn(&pair.b, None, &["dns-server", "10.200.0.2:53", "20", "0"]);
+    assert_eq!(server.read_line(), "ready");
+    let _queries = Workload::spawn(
+        &pair.a,
+        Some(&client),
+        &[
+            "dns-query",
+            "10.200.0.2:53",
+            "shop.test",
+            "1000000",
+            "udp",
+            "1000",
+        ],
+    );
+    let undelay = format!("kill -USR1 {}", server.pid());
+    let report = verify_with(&[
+        "--exec",
+        &undelay,
+        "--signal",
+        "dns_latency_ms",
+        "--signal",
+        "dns_latency_p99_ms",
+    ]);
+    for signal in ["dns_latency_ms", "dns_latency_p99_ms"] {
+        let v = verdict_for(&report, &client.path, signal);
+        assert_eq!(v["verdict"], "improved", "{v:#}");
+        assert!(
+            (19.0..25.0).contains(&v["before"].as_f64().unwrap()),
+            "the 20 ms delay: {v}"
+        );
+        assert!(v["after"].as_f64().unwrap() < 5.0, "{v}");
+        assert_eq!(v["load"], "dns_responses");
+    }
+}
+
+#[test]
+fn a_halved_load_across_a_change_without_effect_is_reported_as_a_load_change() {
+    use std::io::{BufRead as _, BufReader};
+    // Two app-limited flows through 2% random loss (heavier loss stalls them in
+    // timeouts, which makes their load erratic); one stops as a knob that cannot matter
+    // to a busy flow (the keepalive timer) changes in the sender's namespace.
+    // Retransmits per sent segment stay where they were; the load halves.
+    let pair = NetnsPair::new();
+    let mut pod = PodCgroup::new();
+    let sender = pod.container();
+    let mut sink = Workload::spawn(&pair.b, None, &["tcp-sink", "10.200.0.2:7300"]);
+    assert_eq!(sink.read_line(), "ready");
+    let _loss = NftTable::with_rule(
+        &pair,
+        &pair.b,
+        "input",
+        "tcp dport 7300 numgen random mod 50 == 0 drop",
+    );
+    let flow = || {
+        let mut flow = Workload::spawn(
+            &pair.a,
+            Some(&sender),
+            &["tcp-flow", "10.200.0.2:7300", "65536", "20"],
+        );
+        assert_eq!(flow.read_line(), "ready");
+        flow
+    };
+    let _steady = flow();
+    let mut extra = Some(flow());
+    let netns = format!("/run/netns/{}", pair.a);
+    let mut child = Command::new(tuneprobe_binary())
+        .args([
+            "verify",
+            "--apply",
+            "net.ipv4.tcp_keepalive_time=600",
+            "--netns",
+            &netns,
+            "--signal",
+            "retransmit_ratio",
+            "--revert",
+            "--json",
+            "--kube-api",
+            "none",
+        ])
+        .args(WINDOWS)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    for line in stderr.lines().map_while(Result::ok) {
+        if line.starts_with("changed net.ipv4.tcp_keepalive_time") {
+            extra.take();
+        }
+    }
+    assert!(extra.is_none(), "verify never applied the change");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = verdict_for(&report, &sender.path, "retransmit_ratio");
+    assert_eq!(v["verdict"], "no significant change", "{v:#}");
+    let load = v["load_change"].as_f64().unwrap();
+    assert!((0.35..0.65).contains(&load), "the load halved: {v}");
+    assert_eq!(v["load_changed"], true);
+    assert!(
+        v["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("the load (sent_segments) changed x0."),
+        "{v:#}"
+    );
+    assert_eq!(
+        pair.exec(&pair.a, &["cat", "/proc/sys/net/ipv4/tcp_keepalive_time"])
+            .trim(),
+        "7200",
+        "--revert"
     );
 }

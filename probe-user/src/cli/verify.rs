@@ -67,7 +67,8 @@ pub struct Args {
     #[arg(long, value_name = "CMD", requires = "exec")]
     revert_with: Option<String>,
 
-    /// Judge this signal instead of the knob's own (repeatable): cpu_throttled_ratio,
+    /// Judge this signal instead of the knob's own (repeatable; with --watch, for every
+    /// change): cpu_throttled_ratio,
     /// listen_overflow_ratio, drops, retransmit_ratio, block_service_ms,
     /// block_service_p99_ms, block_queue_ms, dns_latency_ms, dns_latency_p99_ms.
     #[arg(long = "signal", id = "signals", value_name = "SIGNAL", value_parser = parse_signal)]
@@ -290,7 +291,8 @@ fn watch(args: &Args, options: &LoadOptions, interrupted: &AtomicBool) -> anyhow
         before: args.before,
         after: args.after,
         interval: args.interval,
-    });
+    })
+    .judging(args.signals.clone());
     eprintln!(
         "ready: watching every knob of `tuneprobe tuning`; verdicts after {} of samples",
         humantime::format_duration(args.after)

@@ -8,8 +8,16 @@
 //! testload tcp-listen ADDR:PORT BACKLOG       listen with BACKLOG, never accept
 //! testload tcp-connect-burst ADDR:PORT COUNT MS   start COUNT connects, exit after MS
 //! testload busy MS                            spin on the CPU for MS milliseconds
+//! testload tcp-slow-accept ADDR:PORT BACKLOG DRAIN_MS RELISTEN_MS
+//!                                             accept whatever waits every DRAIN_MS; call
+//!                                             listen(BACKLOG) again every RELISTEN_MS (0: never)
+//! testload tcp-connect-bursts ADDR:PORT COUNT EVERY_MS
+//!                                             COUNT non-blocking connects every EVERY_MS, forever
+//! testload tcp-flow ADDR:PORT CHUNK EVERY_MS  send CHUNK bytes every EVERY_MS on one
+//!                                             connection, forever
 //! testload dns-server ADDR:PORT DELAY_MS RCODE|never
-//!                                             answer DNS over UDP and TCP after DELAY_MS
+//!                                             answer DNS over UDP and TCP after DELAY_MS;
+//!                                             SIGUSR1 removes the delay
 //! testload dns-query ADDR:PORT NAME COUNT udp|tcp TIMEOUT_MS
 //!                                             COUNT sequential queries; prints
 //!                                             `answered N median_ms M` (M as the client saw it)
@@ -42,6 +50,11 @@ fn main() {
         "udp-sink" => udp_sink(addr(), num(2)),
         "tcp-listen" => tcp_listen(addr(), num(2) as i32),
         "tcp-connect-burst" => tcp_connect_burst(addr(), num(2), num(3) as u64),
+        "tcp-slow-accept" => tcp_slow_accept(addr(), num(2) as i32, num(3) as u64, num(4) as u64),
+        "tcp-connect-bursts" => loop {
+            tcp_connect_burst(addr(), num(2), num(3) as u64);
+        },
+        "tcp-flow" => tcp_flow(addr(), num(2), num(3) as u64),
         "busy" => busy(Duration::from_millis(num(1) as u64)),
         "dns-server" => dns::server(addr(), Duration::from_millis(num(2) as u64), arg(3)),
         "dns-query" => dns::query(
@@ -156,6 +169,37 @@ fn tcp_connect_burst(addr: SocketAddr, count: usize, wait_ms: u64) {
     drop(sockets);
 }
 
+fn tcp_slow_accept(addr: SocketAddr, backlog: i32, drain_ms: u64, relisten_ms: u64) -> ! {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    socket.bind(&addr.into()).expect("bind");
+    socket.listen(backlog).expect("listen");
+    socket.set_nonblocking(true).expect("nonblocking");
+    ready();
+    let mut last_listen = std::time::Instant::now();
+    loop {
+        thread::sleep(Duration::from_millis(drain_ms));
+        // Accept and close whatever waits: the queue empties only this often.
+        while socket.accept().is_ok() {}
+        if relisten_ms > 0 && last_listen.elapsed() >= Duration::from_millis(relisten_ms) {
+            // listen() on a listening socket sets its backlog again, capped by the
+            // namespace's net.core.somaxconn as it is now.
+            socket.listen(backlog).expect("listen again");
+            last_listen = std::time::Instant::now();
+        }
+    }
+}
+
+fn tcp_flow(addr: SocketAddr, chunk: usize, every_ms: u64) -> ! {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    let data = vec![0x5au8; chunk];
+    ready();
+    loop {
+        stream.write_all(&data).expect("send");
+        thread::sleep(Duration::from_millis(every_ms));
+    }
+}
+
 /// A minimal DNS client and server, enough to drive the probe with known latencies.
 mod dns {
     use std::{
@@ -189,9 +233,19 @@ mod dns {
         Some(out)
     }
 
+    /// Set by SIGUSR1: answer at once from then on.
+    static NO_DELAY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    extern "C" fn remove_delay(_: libc::c_int) {
+        NO_DELAY.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Waits `delay` precisely: a plain sleep may overshoot by a millisecond on a busy
     /// machine, so the last 2 ms are spun.
     fn hold(delay: Duration) {
+        if NO_DELAY.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let start = std::time::Instant::now();
         if let Some(coarse) = delay.checked_sub(Duration::from_millis(2)) {
             thread::sleep(coarse);
@@ -203,6 +257,13 @@ mod dns {
 
     pub fn server(addr: SocketAddr, delay: Duration, rcode: &str) {
         let rcode: Option<u8> = (rcode != "never").then(|| rcode.parse().expect("RCODE"));
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(
+                libc::SIGUSR1,
+                remove_delay as *const () as libc::sighandler_t,
+            );
+        }
         let udp = UdpSocket::bind(addr).expect("bind udp");
         let tcp = TcpListener::bind(addr).expect("bind tcp");
         thread::spawn(move || {
@@ -248,7 +309,7 @@ mod dns {
     pub fn query(server: SocketAddr, name: &str, count: usize, tcp: bool, timeout: Duration) {
         let mut latencies = Vec::with_capacity(count);
         for i in 0..count {
-            let txid = 0x1000 + i as u16;
+            let txid = 0x1000u16.wrapping_add(i as u16);
             let query = message(txid, name);
             let started = std::time::Instant::now();
             let ok = if tcp {
