@@ -20,6 +20,7 @@ pub mod procfs;
 pub mod report;
 pub mod sockdiag;
 pub mod stats;
+pub mod top;
 pub mod trace;
 pub mod tuning;
 pub mod verify;

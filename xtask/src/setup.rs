@@ -31,6 +31,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bind9-dnsutils",
     "prometheus",
     "bpftool",
+    // `top`'s terminal test drives the view through tmux.
+    "tmux",
 ];
 
 /// The Kubernetes schemas the deploy/ test validates against, offline.

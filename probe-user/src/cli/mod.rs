@@ -2,6 +2,7 @@
 
 mod serve;
 mod snapshot;
+mod top;
 mod trace;
 mod tuning;
 mod verify;
@@ -105,6 +106,7 @@ enum Command {
     Tuning(tuning::Args),
     Verify(verify::Args),
     Trace(trace::Args),
+    Top(top::Args),
 }
 
 impl Cli {
@@ -131,6 +133,7 @@ impl Cli {
             Command::Tuning(args) => tuning::run(args),
             Command::Verify(args) => verify::run(args, &self.load_options()),
             Command::Trace(args) => trace::run(args, &self.load_options()),
+            Command::Top(args) => top::run(args, &self.load_options()),
         }
     }
 }
