@@ -219,12 +219,11 @@ fn interactive(args: &Args, mut collector: Collector, filter: String) -> anyhow:
                 .interval
                 .saturating_sub(last.elapsed())
                 .min(Duration::from_millis(250));
-            if event::poll(wait)? {
-                if let Event::Key(key) = event::read()? {
-                    if key.kind == KeyEventKind::Press {
-                        handle_key(&mut app, key.code, key.modifiers);
-                    }
-                }
+            if event::poll(wait)?
+                && let Event::Key(key) = event::read()?
+                && key.kind == KeyEventKind::Press
+            {
+                handle_key(&mut app, key.code, key.modifiers);
             }
         }
         Ok(())
