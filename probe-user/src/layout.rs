@@ -331,6 +331,23 @@ mod tests {
     }
 
     #[test]
+    fn trace_address_fields_resolve_from_btf() {
+        let btf = Btf::from_sys_fs().unwrap();
+        let l = resolve(&btf).layout;
+        assert_eq!((l.sock_addresses, l.sock_has_v6, l.skb_headers), (1, 1, 1));
+        let at = |ty: &str, path: &str| btf.field_offset(ty, path).unwrap().bytes;
+        assert_eq!(l.sock_family, at("sock_common", "skc_family"));
+        assert_eq!(l.sock_daddr, at("sock_common", "skc_daddr"));
+        assert_eq!(l.sock_rcv_saddr, at("sock_common", "skc_rcv_saddr"));
+        assert_eq!(l.sock_dport, at("sock_common", "skc_dport"));
+        assert_eq!(l.sock_num, at("sock_common", "skc_num"));
+        assert_eq!(l.sock_v6_daddr, at("sock_common", "skc_v6_daddr"));
+        assert_eq!(l.sk_buff_network_header, at("sk_buff", "network_header"));
+        // The ports share one 32-bit word: dport first, then the local port.
+        assert_eq!(l.sock_num, l.sock_dport + 2);
+    }
+
+    #[test]
     fn unavailable_names_the_missing_field() {
         let btf = Btf::from_sys_fs().unwrap();
         let mut resolved = resolve(&btf);
