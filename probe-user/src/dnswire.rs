@@ -142,8 +142,9 @@ pub fn qtype_name(qtype: u16) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use proptest::prelude::*;
+
+    use super::*;
 
     fn message(flags: u16, name: &[&[u8]], qtype: u16) -> Vec<u8> {
         let mut m = vec![0x12, 0x34];
