@@ -306,24 +306,25 @@ fn trace_response(ctx: &SkBuffContext, packet: &Packet, cgroup_id: u64, now: u64
         return;
     };
     let event = entry.as_mut_ptr();
+    // A response reaches here only with a whole header, so `take` is 12..=CAPTURE.
     let take = if packet.message_len < DNS_CAPTURE_BYTES {
         packet.message_len
     } else {
         DNS_CAPTURE_BYTES
     };
+    // The same value in a form whose bounds every verifier keeps (older ones lose them
+    // through the clamp above); black_box stops the compiler from dropping the mask.
+    const _: () = assert!(DNS_CAPTURE_BYTES.is_power_of_two());
+    let take = ((core::hint::black_box(take).wrapping_sub(1)) & (DNS_CAPTURE_BYTES - 1)) + 1;
     // SAFETY: `event` is the reserved record; every field but the tail of `message`
     // (beyond `captured`) is written, and `take` is within 1..=DNS_CAPTURE_BYTES.
     unsafe {
-        let loaded = if take > 0 {
-            bpf_skb_load_bytes(
-                ctx.skb.skb.cast(),
-                packet.message as u32,
-                (&raw mut (*event).message).cast(),
-                take as u32,
-            )
-        } else {
-            -1
-        };
+        let loaded = bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            packet.message as u32,
+            (&raw mut (*event).message).cast(),
+            take as u32,
+        );
         (*event).header = trace::header(TraceKind::Dns, cgroup_id, 0, now);
         (*event).latency_ns = latency_ns;
         (*event).resolver = packet.src;
