@@ -475,3 +475,54 @@ fn a_halved_load_across_a_change_without_effect_is_reported_as_a_load_change() {
         "--revert"
     );
 }
+
+#[test]
+fn a_pods_quota_changed_by_uid_is_judged_and_plotted() {
+    let mut pod = PodCgroup::with_controllers(&["cpu"]);
+    let app = pod.container();
+    // The limit on the pod's own cgroup (kubelet's pod-level quota); none on the container.
+    let pod_dir = app.cpu_dir().parent().unwrap().to_path_buf();
+    fs::write(pod_dir.join("cpu.cfs_period_us"), "100000").unwrap();
+    fs::write(pod_dir.join("cpu.cfs_quota_us"), "20000").unwrap();
+    let _busy = Workload::spawn_program(None, Some(&app), &testload(), &["busy", "60000"]);
+    let plot = std::env::temp_dir().join(tuneprobe_tests::unique("tuneprobe-plot-"));
+    let plot_arg = format!("{}.svg", plot.display());
+
+    let report = verify_with(&[
+        "--apply",
+        "cpu.cfs_quota_us=100000",
+        "--pod",
+        &pod.uid,
+        "--revert",
+        "--plot",
+        &plot_arg,
+    ]);
+    assert_eq!(
+        report["change"]["scope"],
+        format!("cgroup:{}", pod_dir.display())
+    );
+    let v = verdict_for(&report, &pod.pod_path, "cpu_throttled_ratio");
+    assert_eq!(v["verdict"], "improved", "{v:#}");
+    // Only the pod's workloads are judged.
+    for other in report["verdicts"].as_array().unwrap() {
+        let path = other["cgroup_path"].as_str().unwrap();
+        assert!(path.starts_with(&pod.pod_path), "{path} judged");
+    }
+    assert_eq!(
+        fs::read_to_string(pod_dir.join("cpu.cfs_quota_us"))
+            .unwrap()
+            .trim(),
+        "20000",
+        "--revert"
+    );
+    let svg = fs::read_to_string(&plot_arg).expect("the plot was written");
+    let _ = fs::remove_file(&plot_arg);
+    assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("cpu_throttled_ratio: improved"), "{svg}");
+    let samples = v["samples"]["before"].as_array().unwrap().len()
+        + v["samples"]["after"].as_array().unwrap().len();
+    assert!(
+        svg.matches("<circle").count() >= samples,
+        "a point per sample"
+    );
+}
