@@ -103,6 +103,13 @@ fn bucket_index_with(ns: u64, sub_bits: u32, buckets: usize) -> usize {
     if us == 0 {
         return 0;
     }
+    // Clamp the input, not only the index: every value past the last bucket's lower
+    // bound lands in the last bucket either way, but then no path the eBPF verifier
+    // explores yields an index beyond the histogram. Kernel 6.1's verifier follows
+    // impossible branches of an index-only clamp with nonsense bounds and rejects the
+    // bucket's atomic add as misaligned.
+    let top = bucket_bounds_with(buckets - 1, sub_bits).0;
+    let us = if us > top { top } else { us };
     let exp = log2(us);
     let sub_mask = (1u64 << sub_bits) - 1;
     let sub = if exp >= sub_bits {
@@ -114,6 +121,7 @@ fn bucket_index_with(ns: u64, sub_bits: u32, buckets: usize) -> usize {
     if index < buckets { index } else { buckets - 1 }
 }
 
+#[inline(always)]
 fn bucket_bounds_with(index: usize, sub_bits: u32) -> (u64, u64) {
     if index == 0 {
         return (0, 1);
@@ -131,6 +139,23 @@ fn bucket_bounds_with(index: usize, sub_bits: u32) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_past_the_last_bucket_land_in_it() {
+        for (sub_bits, buckets) in [(2u32, 100usize), (5, 737), (3, 200)] {
+            let top = bucket_bounds_with(buckets - 1, sub_bits).0;
+            assert_eq!(
+                bucket_index_with(top * 1000, sub_bits, buckets),
+                buckets - 1
+            );
+            assert_eq!(bucket_index_with(u64::MAX, sub_bits, buckets), buckets - 1);
+            assert_eq!(
+                bucket_index_with((top - 1) * 1000, sub_bits, buckets),
+                buckets - 2,
+                "{sub_bits} {buckets}"
+            );
+        }
+    }
 
     #[test]
     fn log2_is_floor_log2() {

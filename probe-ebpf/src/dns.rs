@@ -350,6 +350,10 @@ fn question_type(ctx: &SkBuffContext, packet: &Packet) -> Option<u16> {
     } else {
         QUESTION_BYTES
     };
+    // Same value (5..=QUESTION_BYTES, a power of two), in a form whose bounds kernel 6.1's
+    // verifier keeps: without it, it sees a possibly negative length.
+    const _: () = assert!(QUESTION_BYTES.is_power_of_two());
+    let take = ((take - 1) & (QUESTION_BYTES - 1)) + 1;
     let buf = QUESTION_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a per-CPU map value, used by this program run only.
     let buf = unsafe { &mut *buf };
@@ -371,7 +375,8 @@ fn question_type(ctx: &SkBuffContext, packet: &Packet) -> Option<u16> {
         if pos >= take {
             return None;
         }
-        let label = buf[pos & (QUESTION_BYTES - 1)];
+        // black_box: see below; here the compiler knows pos < take <= QUESTION_BYTES.
+        let label = buf[core::hint::black_box(pos) & (QUESTION_BYTES - 1)];
         if label == 0 {
             ended = true;
             break;
@@ -386,6 +391,10 @@ fn question_type(ctx: &SkBuffContext, packet: &Packet) -> Option<u16> {
     if !ended || pos + 4 >= take {
         return None;
     }
+    // Opaque to the compiler, so the masks below stay: it would drop them as redundant
+    // (pos + 4 < take <= QUESTION_BYTES), and kernel 6.1's verifier cannot see that bound
+    // through a comparison of two registers.
+    let pos = core::hint::black_box(pos);
     let high = buf[(pos + 1) & (QUESTION_BYTES - 1)];
     let low = buf[(pos + 2) & (QUESTION_BYTES - 1)];
     Some(u16::from_be_bytes([high, low]))

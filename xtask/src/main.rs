@@ -4,11 +4,13 @@
 //! - `build`: setup, then the release binary `target/release/tuneprobe`.
 //! - `test`: setup, then every unit and integration test (as root).
 //! - `run -- ARGS`: setup, build, run tuneprobe as root.
+//! - `vm-test`: tuneprobe on Debian 12's 6.1 kernel under QEMU (see `vmtest.rs`).
 
 mod build;
 mod run;
 mod setup;
 mod test;
+mod vmtest;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -35,6 +37,8 @@ enum Command {
     Test(test::Args),
     /// Setup, build, then run tuneprobe as root with ARGS.
     Run(run::Args),
+    /// Boot Debian 12's 6.1 kernel under QEMU and check every signal it can produce.
+    VmTest(vmtest::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Command::Build => setup::run().and_then(|()| build::release()),
         Command::Test(args) => test::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::VmTest(args) => vmtest::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -191,6 +191,16 @@ fn debian_packages() -> anyhow::Result<()> {
     install_debian(&missing)
 }
 
+/// Installs those of `packages` that are not installed yet (vm-test's QEMU and busybox).
+pub fn ensure_debian(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|package| !debian_package_installed(package))
+        .collect();
+    install_debian(&missing)
+}
+
 fn install_debian(missing: &[&str]) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
