@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod netns;
 pub mod plot;
 pub mod pods;
+pub mod privileges;
 pub mod procfs;
 pub mod report;
 pub mod sockdiag;

@@ -204,3 +204,67 @@ fn without_privileges_it_says_what_it_needs() {
     );
     assert!(!stderr.contains("ready"), "{stderr}");
 }
+
+/// Capability bits from a `/proc/PID/status` line such as `CapEff:\t0000000000280000`.
+fn capability_line(status: &str, name: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
+}
+
+#[test]
+fn serve_keeps_only_what_it_needs_after_attaching() {
+    const CAP_SYS_PTRACE: u64 = 1 << 19;
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(tuneprobe_binary())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--kube-api", "none"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines().map_while(Result::ok);
+    let ready = lines.by_ref().any(|l| l.starts_with("ready"));
+    thread::spawn(move || lines.for_each(drop));
+    // Let the ticker and a scrape start their threads: every one must be reduced.
+    let scrape = || {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    let metrics = if ready { scrape() } else { String::new() };
+    thread::sleep(Duration::from_millis(1500));
+    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready, "serve never got ready");
+    assert!(metrics.starts_with("HTTP/1.0 200"), "{metrics}");
+    assert!(metrics.contains("tuneprobe_probe_attached"), "{metrics}");
+    assert!(!tasks.is_empty());
+    for status in &tasks {
+        for set in ["CapEff", "CapPrm", "CapBnd"] {
+            assert_eq!(
+                capability_line(status, set),
+                CAP_SYS_PTRACE | CAP_SYS_ADMIN,
+                "{set} of a thread: {status}"
+            );
+        }
+        assert_eq!(capability_line(status, "CapInh"), 0);
+        assert_eq!(capability_line(status, "CapAmb"), 0);
+        assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    }
+}

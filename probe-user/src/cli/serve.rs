@@ -27,7 +27,8 @@ use tuneprobe::{
     about = "Serve Prometheus metrics for every workload on the node",
     long_about = "Attach the probes and serve /metrics (Prometheus text format), /healthz \
                   (the process runs) and /readyz (the programs are attached). Counters are \
-                  cumulative since tuneprobe started. Changes to tuning knobs are judged as \
+                  cumulative since tuneprobe started; the port is bound before the programs \
+                  load and served once they are attached. Changes to tuning knobs are judged as \
                   they happen and listed at /changes (JSON). A line containing `ready` goes \
                   to stderr once the programs are attached.",
     after_help = "Examples:\n  \
@@ -58,8 +59,7 @@ pub struct Args {
 
 /// What the HTTP handlers share.
 struct State {
-    /// `None` until the programs are attached.
-    collector: Mutex<Option<Collector>>,
+    collector: Mutex<Collector>,
     exporter: Mutex<Exporter>,
     last_scrape_seconds: Mutex<f64>,
     /// Tuning changes and their verdicts, fed once per tick.
@@ -70,16 +70,39 @@ struct State {
 const TICK: Duration = Duration::from_secs(1);
 
 pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
+    // Bind first: a taken port fails before anything is loaded. Connections made while
+    // the programs load wait in the backlog.
+    let listener = std::net::TcpListener::bind(args.listen)
+        .with_context(|| format!("listening on {}", args.listen))?;
+    listener
+        .set_nonblocking(true)
+        .context("non-blocking listener")?;
+    // Load and attach on this thread before any other exists: capabilities are per
+    // thread, and every later thread inherits the reduced set.
+    let probe = Probe::load(options)?;
+    tuneprobe::privileges::after_attach(tuneprobe::privileges::needs::SERVE);
+    let collector = Collector::start_with(probe, args.collector.options()?)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(args, options))
+    runtime.block_on(serve(args, listener, collector))
 }
 
-async fn serve(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
+async fn serve(
+    args: &Args,
+    listener: std::net::TcpListener,
+    collector: Collector,
+) -> anyhow::Result<()> {
+    let statuses = collector.probe().statuses();
+    let attached = statuses.iter().filter(|s| s.attached).count();
+    let ready = format!(
+        "ready: {attached} of {} programs attached; serving http://{}/metrics",
+        statuses.len(),
+        args.listen
+    );
     let state = Arc::new(State {
-        collector: Mutex::new(None),
+        collector: Mutex::new(collector),
         exporter: Mutex::new(Exporter::new(args.max_workloads, &args.pod_labels)),
         last_scrape_seconds: Mutex::new(0.0),
         watcher: Mutex::new(Watcher::new(Windows {
@@ -88,26 +111,9 @@ async fn serve(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
             interval: TICK,
         })),
     });
-    // Listen first: /healthz answers (and /readyz says not yet) while programs load.
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+    let listener = TcpListener::from_std(listener).context("listening")?;
     let server = tokio::spawn(accept(listener, Arc::clone(&state)));
-
-    let collector_options = args.collector.options()?;
-    let load_options = options.clone();
-    let collector = tokio::task::spawn_blocking(move || -> anyhow::Result<Collector> {
-        Collector::start_with(Probe::load(&load_options)?, collector_options)
-    })
-    .await??;
-    let statuses = collector.probe().statuses();
-    let attached = statuses.iter().filter(|s| s.attached).count();
-    eprintln!(
-        "ready: {attached} of {} programs attached; serving http://{}/metrics",
-        statuses.len(),
-        args.listen
-    );
-    *lock(&state.collector) = Some(collector);
+    eprintln!("{ready}");
 
     let ticker = tokio::spawn(tick(Arc::clone(&state)));
     shutdown_signal().await;
@@ -128,13 +134,12 @@ async fn tick(state: Arc<State>) {
         interval.tick().await;
         let state = Arc::clone(&state);
         let _ = tokio::task::spawn_blocking(move || {
-            let snapshot = match lock(&state.collector).as_mut().map(Collector::report) {
-                Some(Ok(snapshot)) => snapshot,
-                Some(Err(err)) => {
+            let snapshot = match lock(&state.collector).report() {
+                Ok(snapshot) => snapshot,
+                Err(err) => {
                     log::warn!("collecting: {err:#}");
                     return;
                 }
-                None => return,
             };
             match tuning::this_node() {
                 Ok(inventory) => {
@@ -192,13 +197,8 @@ async fn handle(
     let text = "text/plain; charset=utf-8";
     match request.uri().path() {
         "/healthz" => reply(StatusCode::OK, text, "ok\n".into()),
-        "/readyz" => {
-            if lock(&state.collector).is_some() {
-                reply(StatusCode::OK, text, "ready\n".into())
-            } else {
-                reply(StatusCode::SERVICE_UNAVAILABLE, text, "attaching\n".into())
-            }
-        }
+        // Serving starts once the programs are attached.
+        "/readyz" => reply(StatusCode::OK, text, "ready\n".into()),
         "/changes" => {
             let body = serde_json::to_string_pretty(&lock(&state.watcher).recent)
                 .unwrap_or_else(|err| format!("{{\"error\": \"{err}\"}}"));
@@ -226,13 +226,7 @@ async fn handle(
 
 fn render(state: &State) -> anyhow::Result<String> {
     let started = Instant::now();
-    let snapshot = {
-        let mut collector = lock(&state.collector);
-        let collector = collector
-            .as_mut()
-            .context("programs are not attached yet")?;
-        collector.report()?
-    };
+    let snapshot = lock(&state.collector).report()?;
     // The knobs are re-read on every scrape: scrapes are seconds apart, and a changed
     // knob should show at the next one.
     let inventory = tuneprobe::tuning::this_node()

@@ -48,6 +48,7 @@ const TICK: Duration = Duration::from_secs(1);
 
 pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     let probe = Probe::load(options)?;
+    tuneprobe::privileges::after_attach(tuneprobe::privileges::needs::OBSERVE);
     let mut collector = Collector::start_with(probe, args.collector.options()?)?;
     let statuses = collector.probe().statuses();
     let attached = statuses.iter().filter(|s| s.attached).count();

@@ -91,6 +91,7 @@ pub struct Args {
 
 pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     let probe = Probe::load(options)?;
+    tuneprobe::privileges::after_attach(tuneprobe::privileges::needs::OBSERVE);
     let collector = Collector::start_with(probe, args.collector.options()?)?;
     let filter = match (&args.namespace, &args.pod) {
         // The view filters on one text; with both, the pod narrows further below.

@@ -175,8 +175,10 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     };
     let mut probe = Probe::load(&options)?;
     let mut ring = probe.take_trace_events()?;
-    let mut collector = Collector::start_with(probe, args.collector.options()?)?;
+    // Kernel symbols need CAP_SYSLOG: read them before it goes.
     let mut decoder = Decoder::new(Symbols::load(Path::new("/proc/kallsyms")));
+    tuneprobe::privileges::after_attach(tuneprobe::privileges::needs::OBSERVE);
+    let mut collector = Collector::start_with(probe, args.collector.options()?)?;
     let filter = Filter {
         namespace: args.namespace.clone(),
         pod: args.pod.clone(),

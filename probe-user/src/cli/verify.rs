@@ -161,7 +161,9 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         Change::Command { .. } => String::new(),
     };
 
-    let mut collector = Collector::start_with(Probe::load(options)?, args.collector.options()?)?;
+    let probe = Probe::load(options)?;
+    tuneprobe::privileges::after_attach(tuneprobe::privileges::needs::VERIFY);
+    let mut collector = Collector::start_with(probe, args.collector.options()?)?;
     eprintln!(
         "ready: measuring {} before the change",
         humantime::format_duration(args.before)
@@ -286,7 +288,9 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
 
 /// `--watch`: a report whenever a change's verdicts move forward.
 fn watch(args: &Args, options: &LoadOptions, interrupted: &AtomicBool) -> anyhow::Result<()> {
-    let mut collector = Collector::start_with(Probe::load(options)?, args.collector.options()?)?;
+    let probe = Probe::load(options)?;
+    tuneprobe::privileges::after_attach(tuneprobe::privileges::needs::VERIFY);
+    let mut collector = Collector::start_with(probe, args.collector.options()?)?;
     let mut watcher = Watcher::new(Windows {
         before: args.before,
         after: args.after,

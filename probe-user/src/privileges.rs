@@ -1,0 +1,148 @@
+//! Least privilege at run time: once the programs are loaded and attached, tuneprobe
+//! keeps only the capabilities its remaining work needs, in every set (effective,
+//! permitted, inheritable, ambient and the bounding set), and sets `no_new_privs`, so
+//! that a bug in the long-running part (parsers of pod-controlled input, the HTTP
+//! server) cannot load programs, write kernel memory or regain what was given up.
+//!
+//! Capabilities are per thread: call [`keep_only`] before starting any other thread.
+
+use std::collections::HashSet;
+
+use caps::{CapSet, Capability};
+
+/// What `keep_only` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    /// Capabilities kept (those asked for that the process had).
+    pub kept: Vec<Capability>,
+    /// Capabilities given up.
+    pub dropped: Vec<Capability>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrivilegeError {
+    #[error("reading capabilities: {0}")]
+    Read(caps::errors::CapsError),
+    #[error("dropping {capability} from the bounding set: {source}")]
+    Bounding {
+        capability: Capability,
+        source: caps::errors::CapsError,
+    },
+    #[error("setting the {set:?} capability set: {source}")]
+    Set {
+        set: CapSet,
+        source: caps::errors::CapsError,
+    },
+    #[error("setting no_new_privs: {0}")]
+    NoNewPrivs(std::io::Error),
+}
+
+/// Keeps `keep` (where held) and drops every other capability from this thread for
+/// good.
+pub fn keep_only(keep: &[Capability]) -> Result<Dropped, PrivilegeError> {
+    let permitted = caps::read(None, CapSet::Permitted).map_err(PrivilegeError::Read)?;
+    let keep: HashSet<Capability> = keep
+        .iter()
+        .copied()
+        .filter(|c| permitted.contains(c))
+        .collect();
+    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes next.
+    let bounding = caps::read(None, CapSet::Bounding).map_err(PrivilegeError::Read)?;
+    for capability in bounding.difference(&keep) {
+        caps::drop(None, CapSet::Bounding, *capability).map_err(|source| {
+            PrivilegeError::Bounding {
+                capability: *capability,
+                source,
+            }
+        })?;
+    }
+    caps::clear(None, CapSet::Ambient).map_err(|source| PrivilegeError::Set {
+        set: CapSet::Ambient,
+        source,
+    })?;
+    let none = HashSet::new();
+    for (set, target) in [
+        (CapSet::Inheritable, &none),
+        (CapSet::Effective, &keep),
+        (CapSet::Permitted, &keep),
+    ] {
+        caps::set(None, set, target).map_err(|source| PrivilegeError::Set { set, source })?;
+    }
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(PrivilegeError::NoNewPrivs(std::io::Error::last_os_error()));
+    }
+    let mut kept: Vec<Capability> = keep.into_iter().collect();
+    kept.sort_by_key(|c| c.index());
+    let mut dropped: Vec<Capability> = permitted
+        .into_iter()
+        .filter(|c| !kept.contains(c))
+        .collect();
+    dropped.sort_by_key(|c| c.index());
+    Ok(Dropped { kept, dropped })
+}
+
+/// What each long-running mode still needs after attaching.
+pub mod needs {
+    use caps::Capability::{self, *};
+
+    /// Reading other processes' `/proc/PID/ns/net` and `/proc/PID/net/*` (`snapshot`,
+    /// `top`, and `trace`, which reads `/proc/kallsyms` before it drops CAP_SYSLOG).
+    pub const OBSERVE: &[Capability] = &[CAP_SYS_PTRACE];
+    /// `serve` also reads each network namespace's sysctls and listeners (setns needs
+    /// CAP_SYS_ADMIN; without it only the host namespace's are read).
+    pub const SERVE: &[Capability] = &[CAP_SYS_PTRACE, CAP_SYS_ADMIN];
+    /// `verify` writes knobs: net sysctls need CAP_NET_ADMIN, others CAP_SYS_ADMIN, and
+    /// cgroup and sysfs files may not be root's.
+    pub const VERIFY: &[Capability] = &[
+        CAP_SYS_PTRACE,
+        CAP_SYS_ADMIN,
+        CAP_NET_ADMIN,
+        CAP_DAC_OVERRIDE,
+    ];
+}
+
+/// Drops what a mode no longer needs; a failure is reported, not fatal (tuneprobe keeps
+/// working with what it has).
+pub fn after_attach(keep: &[Capability]) {
+    match keep_only(keep) {
+        Ok(done) => log::info!(
+            "capabilities kept: {:?}; dropped: {:?}",
+            done.kept,
+            done.dropped
+        ),
+        Err(err) => log::warn!("could not drop capabilities: {err}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_keeps_only_what_it_asked_for() {
+        // On a thread of its own: capabilities are per thread, the test runner's stay.
+        let outcome = std::thread::spawn(|| {
+            let before = caps::read(None, CapSet::Permitted).unwrap();
+            let done = keep_only(&[Capability::CAP_SYS_PTRACE]).unwrap();
+            let effective = caps::read(None, CapSet::Effective).unwrap();
+            let bounding = caps::read(None, CapSet::Bounding).unwrap();
+            (before, done, effective, bounding)
+        })
+        .join()
+        .unwrap();
+        let (before, done, effective, bounding) = outcome;
+        if before.contains(&Capability::CAP_SYS_PTRACE) {
+            assert_eq!(done.kept, vec![Capability::CAP_SYS_PTRACE]);
+            assert_eq!(effective.len(), 1);
+            assert!(!bounding.contains(&Capability::CAP_BPF));
+            assert!(
+                done.dropped.contains(&Capability::CAP_BPF)
+                    || !before.contains(&Capability::CAP_BPF)
+            );
+        } else {
+            // Not root: nothing to keep, nothing left.
+            assert!(done.kept.is_empty() && effective.is_empty());
+        }
+    }
+}
