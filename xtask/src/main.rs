@@ -4,8 +4,10 @@
 //! - `build`: setup, then the release binary `target/release/tuneprobe`.
 //! - `test`: setup, then every unit and integration test (as root).
 //! - `run -- ARGS`: setup, build, run tuneprobe as root.
+//! - `bench`: what tuneprobe costs next to bpftrace and nothing (see `bench/mod.rs`).
 //! - `vm-test`: tuneprobe on Debian 12's 6.1 kernel under QEMU (see `vmtest.rs`).
 
+mod bench;
 mod build;
 mod run;
 mod setup;
@@ -37,6 +39,8 @@ enum Command {
     Test(test::Args),
     /// Setup, build, then run tuneprobe as root with ARGS.
     Run(run::Args),
+    /// Measure tuneprobe's overhead against bpftrace and nothing attached (needs root).
+    Bench(bench::Args),
     /// Boot Debian 12's 6.1 kernel under QEMU and check every signal it can produce.
     VmTest(vmtest::Args),
 }
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Command::Build => setup::run().and_then(|()| build::release()),
         Command::Test(args) => test::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Bench(args) => bench::run(&args),
         Command::VmTest(args) => vmtest::run(&args),
     };
     match result {

@@ -1,0 +1,272 @@
+//! The loads: UDP into a dropping port and DNS queries from threads that entered
+//! namespace A (a network namespace is per thread), iperf3 and fio as child processes.
+
+use std::{
+    fs,
+    net::UdpSocket,
+    os::fd::AsRawFd as _,
+    path::Path,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, ensure};
+use serde_json::Value;
+
+use super::lab::{ADDR_A, ADDR_B, DNS_NAME, DROP_PORT, EGRESS_DROP_PORT, Lab, Proc, sh};
+
+/// Runs `f` on a new thread that has entered network namespace `ns`, and waits for it.
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    spawn_in_netns(ns, f)?
+        .join()
+        .map_err(|_| anyhow::anyhow!("load thread panicked"))?
+}
+
+/// Starts `f` on a thread inside network namespace `ns`.
+pub fn spawn_in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<thread::JoinHandle<anyhow::Result<T>>> {
+    let path = format!("/run/netns/{ns}");
+    let file = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    Ok(thread::spawn(move || {
+        // SAFETY: a valid namespace fd; CLONE_NEWNET only changes this thread's namespace.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        ensure!(rc == 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    }))
+}
+
+/// A DNS query for `bench.local` (A, IN, recursion desired) with transaction id `txid`.
+pub fn dns_query(txid: u16) -> Vec<u8> {
+    let mut q = Vec::with_capacity(32);
+    q.extend_from_slice(&txid.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in DNS_NAME.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// Sends UDP datagrams from namespace A to B's dropping port for `secs`, at `rate`
+/// packets per second or as fast as one thread can; returns the packets sent.
+pub fn udp_flood(
+    lab: &Lab,
+    secs: f64,
+    rate: Option<f64>,
+) -> anyhow::Result<thread::JoinHandle<anyhow::Result<u64>>> {
+    spawn_in_netns(&lab.ns_a, move || {
+        let socket = UdpSocket::bind((ADDR_A, 0))?;
+        socket.connect((ADDR_B, DROP_PORT))?;
+        let payload = [0u8; 64];
+        paced(secs, rate, || {
+            socket.send(&payload)?;
+            Ok(true)
+        })
+    })
+}
+
+/// DNS queries from namespace A to dnsmasq in B for `secs` on `threads` sockets, one
+/// query in flight per socket, paced to `rate` queries per second in total if given;
+/// returns the responses received.
+pub fn dns_load(
+    lab: &Lab,
+    secs: f64,
+    threads: usize,
+    rate: Option<f64>,
+) -> anyhow::Result<Vec<thread::JoinHandle<anyhow::Result<u64>>>> {
+    (0..threads)
+        .map(|t| {
+            spawn_in_netns(&lab.ns_a, move || {
+                let socket = UdpSocket::bind((ADDR_A, 0))?;
+                socket.connect((ADDR_B, 53))?;
+                socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+                let mut txid = (t as u16) << 12;
+                let mut buf = [0u8; 512];
+                paced(secs, rate.map(|r| r / threads as f64), || {
+                    txid = txid.wrapping_add(1);
+                    socket.send(&dns_query(txid))?;
+                    // A lost answer is a timeout, not an error: count only answers.
+                    loop {
+                        match socket.recv(&mut buf) {
+                            Ok(n) if n >= 2 && buf[..2] == txid.to_be_bytes() => {
+                                return Ok(true);
+                            }
+                            Ok(_) => continue,
+                            Err(_) => return Ok(false),
+                        }
+                    }
+                })
+            })
+        })
+        .collect()
+}
+
+/// Calls `step` until `secs` have passed, no faster than `rate` per second if given;
+/// returns how many steps succeeded.
+fn paced(
+    secs: f64,
+    rate: Option<f64>,
+    mut step: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<u64> {
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut done = 0u64;
+    let mut attempts = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= end || super::interrupted() {
+            return Ok(done);
+        }
+        if let Some(rate) = rate {
+            // Batches of up to 1 ms of work between sleeps keep pacing cheap.
+            let due = (now.duration_since(start).as_secs_f64() * rate) as u64;
+            if attempts >= due {
+                let next = start + Duration::from_secs_f64((attempts + 1) as f64 / rate);
+                thread::sleep(
+                    next.saturating_duration_since(now)
+                        .min(Duration::from_millis(1)),
+                );
+                continue;
+            }
+        }
+        attempts += 1;
+        if step()? {
+            done += 1;
+        }
+    }
+}
+
+/// iperf3 from A to B's server on `port` for `secs`; returns received bits per second.
+pub fn iperf3(lab: &Lab, port: u16, secs: u32, bitrate: Option<&str>) -> anyhow::Result<Proc> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.ns_a, "iperf3", "-c", ADDR_B, "-J"])
+        .args(["-p", &port.to_string(), "-t", &secs.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(rate) = bitrate {
+        cmd.args(["-b", rate]);
+    }
+    Proc::spawn("iperf3 client", &mut cmd)
+}
+
+/// Reads an iperf3 client's JSON and returns its received bits per second.
+pub fn iperf3_result(proc: &mut Proc, timeout: Duration) -> anyhow::Result<f64> {
+    let out = proc.wait_output(timeout)?;
+    let json: Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    if let Some(error) = json.get("error") {
+        anyhow::bail!("iperf3: {error}");
+    }
+    json.pointer("/end/sum_received/bits_per_second")
+        .and_then(Value::as_f64)
+        .with_context(|| format!("no throughput in iperf3's output: {out:.300}"))
+}
+
+/// fio reading 4 KiB blocks at random with direct IO from `device` for `secs`.
+pub fn fio(device: &str, secs: u32, rate_iops: Option<u32>) -> anyhow::Result<Proc> {
+    let mut cmd = Command::new("fio");
+    cmd.args([
+        "--name=bench",
+        &format!("--filename={device}"),
+        "--rw=randread",
+        "--bs=4k",
+        "--direct=1",
+        "--time_based",
+        &format!("--runtime={secs}"),
+        "--output-format=json",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    match rate_iops {
+        // A fixed rate needs requests in flight to absorb the odd slow one.
+        Some(iops) => cmd.args([
+            "--ioengine=libaio",
+            "--iodepth=4",
+            &format!("--rate_iops={iops}"),
+        ]),
+        // Unpaced: one request at a time, so the per-request cost shows in full.
+        None => cmd.args(["--ioengine=psync", "--iodepth=1"]),
+    };
+    Proc::spawn("fio", &mut cmd)
+}
+
+/// Reads fio's JSON and returns the read IOPS.
+pub fn fio_result(proc: &mut Proc, timeout: Duration) -> anyhow::Result<f64> {
+    let out = proc.wait_output(timeout)?;
+    let json: Value = serde_json::from_str(&out).context("fio JSON")?;
+    json.pointer("/jobs/0/read/iops")
+        .and_then(Value::as_f64)
+        .with_context(|| format!("no IOPS in fio's output: {out:.300}"))
+}
+
+/// A busy loop in the throttled cpu cgroup.
+pub fn busy_loop(cgroup: &Path) -> anyhow::Result<Proc> {
+    let procs = cgroup.join("cgroup.procs");
+    // The shell moves itself into the cgroup before it starts spinning.
+    Proc::spawn(
+        "busy loop",
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {} && while :; do :; done",
+                procs.display()
+            ))
+            .stdout(Stdio::null()),
+    )
+}
+
+/// The scale stage's worker (run as `xtask bench --fill-cgroups DIR --fill-netns NS`, it
+/// enters namespace A): moves itself through every cgroup under `parent` and sends one datagram from
+/// each to the port A drops on output, so each cgroup becomes a workload with a drop.
+pub fn fill_cgroups(parent: &Path, netns: &str) -> anyhow::Result<()> {
+    // Not `ip netns exec`: it mounts a fresh /sys, without the cgroup mounts.
+    let path = format!("/run/netns/{netns}");
+    let file = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    // SAFETY: a valid namespace fd; this process is single-threaded.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    ensure!(rc == 0, "setns: {}", std::io::Error::last_os_error());
+    let mut dirs: Vec<_> = fs::read_dir(parent)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    let home = fs::read_to_string("/proc/self/cgroup")?
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| Path::new("/sys/fs/cgroup/unified").join(p.trim_start_matches('/')))
+        .context("no cgroup v2 line in /proc/self/cgroup")?;
+    for dir in &dirs {
+        // "0" moves the writing process.
+        fs::write(dir.join("cgroup.procs"), "0")
+            .with_context(|| format!("entering {}", dir.display()))?;
+        // The socket belongs to the cgroup it was created in.
+        let socket = UdpSocket::bind((ADDR_A, 0))?;
+        socket.send_to(b"w", (ADDR_B, EGRESS_DROP_PORT)).ok();
+    }
+    fs::write(home.join("cgroup.procs"), "0").context("leaving the scale cgroups")?;
+    println!("{}", dirs.len());
+    Ok(())
+}
+
+/// Runs the fill worker in namespace A and waits for it.
+pub fn run_fill(lab: &Lab, parent: &Path) -> anyhow::Result<u64> {
+    let exe = std::env::current_exe().context("own executable")?;
+    let out = sh(&[
+        exe.to_str().unwrap_or_default(),
+        "bench",
+        "--fill-cgroups",
+        parent.to_str().unwrap_or_default(),
+        "--fill-netns",
+        &lab.ns_a,
+    ])?;
+    out.trim()
+        .parse()
+        .with_context(|| format!("fill worker printed {out:?}"))
+}

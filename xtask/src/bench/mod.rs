@@ -1,0 +1,791 @@
+//! `cargo xtask bench`: what tuneprobe costs, next to an equivalent bpftrace program and
+//! to nothing attached, measured in one run on this machine.
+//!
+//! 1. Workload impact: iperf3 TCP between two namespaces, UDP into a port that drops,
+//!    DNS against dnsmasq, direct-IO reads from a loop device; rounds interleave the
+//!    three modes (A B C, B C A, C A B) so drift cancels, and medians are compared.
+//! 2. Load mix (about 100k drops/s, 10k DNS queries/s, 5k IOPS, retransmits, a
+//!    throttled busy loop) under bpftrace and tuneprobe, with the kernel's run-time
+//!    statistics on: kernel cost per event of every program, agent CPU and peak RSS.
+//! 3. Scale: 1,000 and 10,000 cgroups with a drop each: RSS, `/metrics` time, snapshot
+//!    time, attach time.
+//!
+//! Nothing global is changed: the statistics are on only while this process holds its
+//! BPF_ENABLE_STATS fd, and everything the run creates is removed (`lab::Lab`'s drop),
+//! on errors and Ctrl-C too.
+
+mod agent;
+mod lab;
+mod load;
+mod report;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use serde_json::{Value, json};
+
+use self::{
+    agent::{Agent, Mode, StatsEnabled, Tools, Usage, http_get, prog_stats},
+    lab::{IPERF_LOSSY_PORT, IPERF_PORT, Lab, Proc},
+    report::{Target, median, ratio},
+};
+use crate::{is_root, setup, workspace_root};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A quick run (seconds, tiny loads) through every stage and the JSON report, so
+    /// the harness itself is tested; its numbers mean nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// Where to write the JSON report.
+    #[arg(long, value_name = "FILE", default_value = "target/bench/report.json")]
+    out: PathBuf,
+    /// The tuneprobe binary to measure (default: build and use target/release/tuneprobe).
+    #[arg(long, value_name = "PATH")]
+    tuneprobe: Option<PathBuf>,
+    /// Skip `xtask setup` (the packages must be installed already).
+    #[arg(long)]
+    no_setup: bool,
+    /// Internal: the scale stage's worker (moves itself through the cgroups under DIR).
+    #[arg(long, hide = true, value_name = "DIR")]
+    fill_cgroups: Option<PathBuf>,
+    /// Internal: the network namespace the worker sends from.
+    #[arg(long, hide = true, value_name = "NAME")]
+    fill_netns: Option<String>,
+}
+
+/// Sizes of one run.
+#[derive(Debug, Clone)]
+struct Plan {
+    rounds: usize,
+    workload_secs: u32,
+    mix_rounds: usize,
+    mix_secs: u32,
+    drops_per_s: f64,
+    dns_qps: f64,
+    block_iops: u32,
+    scale: Vec<usize>,
+}
+
+impl Plan {
+    fn full() -> Self {
+        Self {
+            rounds: 3,
+            workload_secs: 5,
+            mix_rounds: 2,
+            mix_secs: 10,
+            drops_per_s: 100_000.0,
+            dns_qps: 10_000.0,
+            block_iops: 5_000,
+            scale: vec![1_000, 10_000],
+        }
+    }
+
+    fn smoke() -> Self {
+        Self {
+            rounds: 1,
+            workload_secs: 1,
+            mix_rounds: 1,
+            mix_secs: 2,
+            drops_per_s: 5_000.0,
+            dns_qps: 500.0,
+            block_iops: 200,
+            scale: vec![50],
+        }
+    }
+}
+
+static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// Ctrl-C or SIGTERM arrived: stages stop at their next check and cleanup runs.
+fn interrupted() -> bool {
+    INTERRUPTED.get().is_some_and(|f| f.load(Ordering::Relaxed))
+}
+
+/// Sleeps, failing early if interrupted.
+fn pause(duration: Duration) -> anyhow::Result<()> {
+    let end = Instant::now() + duration;
+    loop {
+        ensure!(!interrupted(), "interrupted");
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    if let Some(parent) = &args.fill_cgroups {
+        let netns = args.fill_netns.as_deref().context("--fill-netns")?;
+        return load::fill_cgroups(parent, netns);
+    }
+    ensure!(
+        is_root(),
+        "the benchmark loads eBPF programs and creates namespaces, cgroups and a loop \
+         device: run as root"
+    );
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&flag))?;
+    }
+    let _ = INTERRUPTED.set(flag);
+    if !args.no_setup {
+        setup::run()?;
+    }
+    let root = workspace_root();
+    let tuneprobe = match &args.tuneprobe {
+        Some(path) => path.clone(),
+        None => {
+            crate::build::release()?;
+            root.join("target/release/tuneprobe")
+        }
+    };
+    ensure!(
+        tuneprobe.exists(),
+        "no tuneprobe at {}",
+        tuneprobe.display()
+    );
+    let out = if args.out.is_absolute() {
+        args.out.clone()
+    } else {
+        root.join(&args.out)
+    };
+    let out_dir = out.parent().map(PathBuf::from).unwrap_or_default();
+    fs::create_dir_all(&out_dir)?;
+    let tools = Tools {
+        tuneprobe,
+        bpftrace_program: write_bpftrace_program(&out_dir)?,
+        skb_consumed: skb_consumed()?,
+        out_dir,
+    };
+    let plan = if args.smoke {
+        Plan::smoke()
+    } else {
+        Plan::full()
+    };
+    let started = Instant::now();
+    let report = bench(&plan, &tools, args.smoke)?;
+    let mut report = report;
+    report["duration_s"] = json!(started.elapsed().as_secs_f64());
+    fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("{}", report::table(&report));
+    println!(
+        "report: {} ({:.0} s)",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The bpftrace equivalents (xtask/bench/*.bt) as one program, plus a `ready` line that
+/// BEGIN prints once every probe is attached.
+fn write_bpftrace_program(out_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let dir = workspace_root().join("xtask/bench");
+    let mut program = String::from("BEGIN { printf(\"ready\\n\"); }\n");
+    for script in ["drops", "retransmit", "block", "cpu", "dns"] {
+        let path = dir.join(format!("{script}.bt"));
+        program
+            .push_str(&fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?);
+        program.push('\n');
+    }
+    let path = out_dir.join("equivalent.bt");
+    fs::write(&path, program)?;
+    Ok(path)
+}
+
+/// `SKB_CONSUMED` from the kernel's BTF (enum values move between kernels).
+fn skb_consumed() -> anyhow::Result<u32> {
+    let out = lab::sh(&[
+        "bpftool",
+        "btf",
+        "dump",
+        "file",
+        "/sys/kernel/btf/vmlinux",
+        "format",
+        "c",
+    ])?;
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("SKB_CONSUMED = "))
+        .and_then(|v| v.trim_end_matches(',').parse().ok())
+        .context("no SKB_CONSUMED in the kernel's BTF")
+}
+
+fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Value> {
+    let id = std::process::id().to_string();
+    let mut lab = Lab::new(&id)?;
+    lab.start_servers()?;
+    let device = lab.create_loop_device(64)?;
+    let cpu_cgroup = lab.create_cpu_cgroup(&id)?;
+    let mut attach: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut run_no = 0;
+
+    eprintln!("xtask bench: workload impact, {} rounds", plan.rounds);
+    let workloads = ["tcp", "udp_drops", "dns", "block"];
+    let mut impact: BTreeMap<(&str, Mode), Vec<f64>> = BTreeMap::new();
+    for round in 0..plan.rounds {
+        for k in 0..Mode::ALL.len() {
+            let mode = Mode::ALL[(round + k) % Mode::ALL.len()];
+            run_no += 1;
+            let agent = Agent::start(mode, tools, run_no)?;
+            if let Some(agent) = &agent {
+                attach.entry(mode).or_default().push(ms(agent.attach));
+            }
+            let secs = plan.workload_secs;
+            let tcp = load::iperf3_result(
+                &mut load::iperf3(&lab, IPERF_PORT, secs, None)?,
+                wait_for(secs),
+            )?;
+            let before = lab.dropped_in_b()?;
+            let t0 = Instant::now();
+            join(load::udp_flood(&lab, f64::from(secs), None)?)?;
+            let udp = (lab.dropped_in_b()? - before) as f64 / t0.elapsed().as_secs_f64();
+            let t0 = Instant::now();
+            let answers: u64 = load::dns_load(&lab, f64::from(secs), 2, None)?
+                .into_iter()
+                .map(join)
+                .sum::<anyhow::Result<u64>>()?;
+            let dns = answers as f64 / t0.elapsed().as_secs_f64();
+            let block = load::fio_result(&mut load::fio(&device, secs, None)?, wait_for(secs))?;
+            if let Some(agent) = agent {
+                agent.stop()?;
+            }
+            for (workload, value) in workloads.iter().zip([tcp / 1e6, udp, dns, block]) {
+                impact.entry((workload, mode)).or_default().push(value);
+            }
+            eprintln!(
+                "  round {} {:<9}: tcp {:.0} Mbit/s, udp drops {udp:.0}/s, dns {dns:.0}/s, \
+                 block {block:.0} IOPS",
+                round + 1,
+                mode.name(),
+                tcp / 1e6
+            );
+        }
+    }
+
+    eprintln!("xtask bench: load mix, {} rounds", plan.mix_rounds);
+    let stats = StatsEnabled::new()?;
+    let observers = [Mode::Bpftrace, Mode::Tuneprobe];
+    let mut mix: BTreeMap<Mode, Vec<MixRun>> = BTreeMap::new();
+    for round in 0..plan.mix_rounds {
+        for k in 0..observers.len() {
+            let mode = observers[(round + k) % observers.len()];
+            run_no += 1;
+            let agent = Agent::start(mode, tools, run_no)?.context("an observer")?;
+            attach.entry(mode).or_default().push(ms(agent.attach));
+            let run = load_mix(plan, &lab, &device, &cpu_cgroup, &agent)?;
+            let output = agent.stop()?;
+            if mode == Mode::Bpftrace {
+                // Its maps prove it saw the same events.
+                for map in [
+                    "@drops[",
+                    "@service_us[",
+                    "@throttled[",
+                    "@latency_us[",
+                    "@retransmits[",
+                ] {
+                    ensure!(
+                        output.contains(map),
+                        "bpftrace recorded no {map}] under the load mix: {output:.2000}"
+                    );
+                }
+            }
+            eprintln!(
+                "  round {} {:<9}: cpu {:.2}% of a core, peak RSS {:.1} MiB; achieved {:.0} \
+                 drops/s, {:.0} DNS/s, {:.0} IOPS, {:.0} retransmits/s",
+                round + 1,
+                mode.name(),
+                run.cpu_percent,
+                run.peak_rss_kib as f64 / 1024.0,
+                run.drops_per_s,
+                run.dns_qps,
+                run.block_iops,
+                run.retransmits_per_s,
+            );
+            mix.entry(mode).or_default().push(run);
+        }
+    }
+    drop(stats);
+
+    eprintln!("xtask bench: scale {:?}", plan.scale);
+    let mut scale = Vec::new();
+    for &count in &plan.scale {
+        run_no += 1;
+        scale.push(scale_run(&mut lab, tools, &id, count, run_no, &mut attach)?);
+    }
+    drop(lab);
+
+    Ok(assemble(plan, smoke, &impact, &mix, &scale, &attach))
+}
+
+/// Waiting time for a client that runs `secs`.
+fn wait_for(secs: u32) -> Duration {
+    Duration::from_secs(u64::from(secs) + 30)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn join<T>(handle: thread::JoinHandle<anyhow::Result<T>>) -> anyhow::Result<T> {
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("load thread panicked"))?
+}
+
+struct MixRun {
+    cpu_percent: f64,
+    peak_rss_kib: u64,
+    drops_per_s: f64,
+    dns_qps: f64,
+    block_iops: f64,
+    retransmits_per_s: f64,
+    /// Per program: (events, ns per event) over the window.
+    programs: BTreeMap<String, (u64, f64)>,
+}
+
+fn load_mix(
+    plan: &Plan,
+    lab: &Lab,
+    device: &str,
+    cpu_cgroup: &std::path::Path,
+    agent: &Agent,
+) -> anyhow::Result<MixRun> {
+    let secs = plan.mix_secs;
+    let _busy = load::busy_loop(cpu_cgroup)?;
+    let retransmits_before = netstat(&lab.ns_a, "Tcp:", "RetransSegs")?;
+    let drops_before = lab.dropped_in_b()?;
+    let usage_before = agent.usage()?;
+    let progs_before = prog_stats(agent.pid())?;
+    let t0 = Instant::now();
+    let mut iperf = load::iperf3(lab, IPERF_LOSSY_PORT, secs, Some("20M"))?;
+    let mut fio = load::fio(device, secs, Some(plan.block_iops))?;
+    let flood = load::udp_flood(lab, f64::from(secs), Some(plan.drops_per_s))?;
+    let dns = load::dns_load(lab, f64::from(secs), 2, Some(plan.dns_qps))?;
+    if let Some(listen) = &agent.listen {
+        // As Prometheus would, once in the window.
+        pause(Duration::from_secs(u64::from(secs) / 2))?;
+        http_get(listen, "/metrics")?;
+    }
+    join(flood)?;
+    let answers: u64 = dns.into_iter().map(join).sum::<anyhow::Result<u64>>()?;
+    let block_iops = load::fio_result(&mut fio, wait_for(secs))?;
+    load::iperf3_result(&mut iperf, wait_for(secs))?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let usage_after: Usage = agent.usage()?;
+    let progs_after = prog_stats(agent.pid())?;
+    let drops = lab.dropped_in_b()? - drops_before;
+    let retransmits = netstat(&lab.ns_a, "Tcp:", "RetransSegs")? - retransmits_before;
+    let programs = progs_after
+        .iter()
+        .filter(|(name, _)| name.as_str() != "BEGIN")
+        .map(|(name, after)| {
+            let before = progs_before.get(name).copied().unwrap_or_default();
+            let runs = after.run_cnt - before.run_cnt;
+            let ns = after.run_time_ns - before.run_time_ns;
+            let per_event = if runs > 0 {
+                ns as f64 / runs as f64
+            } else {
+                f64::NAN
+            };
+            (name.clone(), (runs, per_event))
+        })
+        .collect();
+    Ok(MixRun {
+        cpu_percent: (usage_after.cpu_s - usage_before.cpu_s) / elapsed * 100.0,
+        peak_rss_kib: usage_after.peak_rss_kib,
+        // The flood and the DNS clients run exactly `secs`; the rest took longer to end.
+        drops_per_s: drops as f64 / f64::from(secs),
+        dns_qps: answers as f64 / f64::from(secs),
+        block_iops,
+        retransmits_per_s: retransmits as f64 / f64::from(secs),
+        programs,
+    })
+}
+
+/// A counter from a namespace's /proc/net/snmp (`group` like "Tcp:").
+fn netstat(ns: &str, group: &str, name: &str) -> anyhow::Result<u64> {
+    let text = lab::sh(&["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"])?;
+    let mut lines = text.lines().filter(|l| l.starts_with(group));
+    let (header, values) = (lines.next(), lines.next());
+    let (Some(header), Some(values)) = (header, values) else {
+        bail!("no {group} in /proc/net/snmp");
+    };
+    header
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(key, _)| *key == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .with_context(|| format!("no {group} {name}"))
+}
+
+fn scale_run(
+    lab: &mut Lab,
+    tools: &Tools,
+    id: &str,
+    count: usize,
+    run_no: usize,
+    attach: &mut BTreeMap<Mode, Vec<f64>>,
+) -> anyhow::Result<Value> {
+    let parent = lab.create_scale_cgroups(&format!("{id}-{count}"), count)?;
+    let marker = parent
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+
+    // serve: attach, one drop per cgroup, then scrapes once the collector has them all.
+    let agent = Agent::start(Mode::Tuneprobe, tools, run_no)?.context("tuneprobe")?;
+    attach
+        .entry(Mode::Tuneprobe)
+        .or_default()
+        .push(ms(agent.attach));
+    let listen = agent.listen.clone().unwrap_or_default();
+    let t0 = Instant::now();
+    let filled = load::run_fill(lab, &parent)?;
+    let fill_s = t0.elapsed().as_secs_f64();
+    ensure!(
+        filled as usize == count,
+        "filled {filled} of {count} cgroups"
+    );
+    let series = |body: &str| {
+        body.lines()
+            .filter(|l| l.starts_with("tuneprobe_packet_drops_total{") && l.contains(&marker))
+            .count()
+    };
+    let mut last = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        pause(Duration::from_millis(1100))?;
+        let (body, _) = http_get(&listen, "/metrics")?;
+        let now = series(&body);
+        if now > 0 && now == last {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "/metrics still growing after 60 s"
+        );
+        last = now;
+    }
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..5 {
+        let (body, took) = http_get(&listen, "/metrics")?;
+        bytes = body.len();
+        times.push(ms(took));
+    }
+    let usage = agent.usage()?;
+    let attach_ms = ms(agent.attach);
+    agent.stop()?;
+
+    // snapshot: the same fill inside its window; what counts is the time from the end of
+    // the window to the printed report.
+    let window = 2 + count as u64 / 1000;
+    let output = tools.out_dir.join(format!("snapshot-{count}.json"));
+    let errors = tools.out_dir.join(format!("snapshot-{count}.err"));
+    let mut snapshot = Proc::spawn(
+        "tuneprobe snapshot",
+        Command::new(&tools.tuneprobe)
+            .args(["snapshot", "--kube-api", "none", "--json", "--for"])
+            .arg(format!("{window}s"))
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&output)?)
+            .stderr(fs::File::create(&errors)?),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !fs::read_to_string(&errors)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("ready"))
+    {
+        ensure!(
+            snapshot.try_wait().is_none() && Instant::now() < deadline,
+            "snapshot did not get ready: {}",
+            fs::read_to_string(&errors).unwrap_or_default()
+        );
+        pause(Duration::from_millis(2))?;
+    }
+    let ready = Instant::now();
+    let filled = load::run_fill(lab, &parent)?;
+    ensure!(
+        ready.elapsed() < Duration::from_secs(window),
+        "filling {count} cgroups took longer than the {window} s window"
+    );
+    ensure!(
+        filled as usize == count,
+        "filled {filled} of {count} cgroups"
+    );
+    let status = snapshot.wait(Duration::from_secs(window + 120))?;
+    let snapshot_ms = ms(ready.elapsed()) - window as f64 * 1e3;
+    ensure!(status.success(), "snapshot failed: {status}");
+    let json: Value =
+        serde_json::from_str(&fs::read_to_string(&output)?).context("snapshot JSON")?;
+    let in_json = json["workloads"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|w| {
+            w["cgroup_path"]
+                .as_str()
+                .is_some_and(|p| p.contains(&marker))
+        })
+        .count();
+    lab.remove_scale_cgroups();
+    eprintln!(
+        "  {count} workloads: RSS {:.1} MiB, /metrics {:.1} ms, snapshot {snapshot_ms:.0} ms \
+         ({in_json} in its JSON), fill {fill_s:.1} s",
+        usage.rss_kib as f64 / 1024.0,
+        median(&times).unwrap_or_default(),
+    );
+    Ok(json!({
+        "workloads": count,
+        "rss_mib": usage.rss_kib as f64 / 1024.0,
+        "peak_rss_mib": usage.peak_rss_kib as f64 / 1024.0,
+        "metrics_ms": median(&times),
+        "metrics_ms_samples": times,
+        "metrics_bytes": bytes,
+        "drop_series": last,
+        "snapshot_ms": snapshot_ms,
+        "snapshot_workloads": in_json,
+        "attach_ms": attach_ms,
+    }))
+}
+
+/// tuneprobe's programs, the bpftrace probes that do the same job (their kernel names
+/// are cut at 15 characters), and whether the program only counts.
+const EQUIVALENTS: &[(&str, Option<&str>, bool)] = &[
+    ("kfree_skb", Some("kfree_skb"), true),
+    ("tcp_retransmit_skb", Some("tcp_retransmit_"), true),
+    ("block_rq_insert", Some("block_rq_insert"), false),
+    ("block_rq_issue", Some("block_rq_issue"), false),
+    ("block_rq_merge", None, false),
+    ("block_rq_complete", Some("block_rq_comple"), false),
+    ("sched_switch", Some("sched_switch"), false),
+    ("dns_egress", Some("net_dev_queue"), false),
+    ("dns_ingress", Some("netif_receive_s"), false),
+];
+
+fn kernel_name(name: &str) -> &str {
+    &name[..name.len().min(15)]
+}
+
+fn assemble(
+    plan: &Plan,
+    smoke: bool,
+    impact: &BTreeMap<(&str, Mode), Vec<f64>>,
+    mix: &BTreeMap<Mode, Vec<MixRun>>,
+    scale: &[Value],
+    attach: &BTreeMap<Mode, Vec<f64>>,
+) -> Value {
+    let mut targets = Vec::new();
+    let empty = Vec::new();
+    let runs = |mode: Mode| mix.get(&mode).unwrap_or(&empty);
+    let program = |mode: Mode, name: &str| -> (Option<f64>, Option<f64>) {
+        let per_event: Vec<f64> = runs(mode)
+            .iter()
+            .filter_map(|r| r.programs.get(name).map(|p| p.1))
+            .collect();
+        let events: Vec<f64> = runs(mode)
+            .iter()
+            .filter_map(|r| r.programs.get(name).map(|p| p.0 as f64))
+            .collect();
+        (median(&per_event), median(&events))
+    };
+
+    let mut kernel_cost = Vec::new();
+    for &(name, equivalent, count_only) in EQUIVALENTS {
+        // Programs with BTF carry their full name; bpftrace's are cut.
+        let (tp_ns, tp_events) = match program(Mode::Tuneprobe, name) {
+            (None, None) => program(Mode::Tuneprobe, kernel_name(name)),
+            found => found,
+        };
+        let (bt_ns, bt_events) = equivalent.map_or((None, None), |e| program(Mode::Bpftrace, e));
+        let r = ratio(tp_ns, bt_ns);
+        if equivalent.is_some() {
+            targets.push(Target::new(
+                &format!(
+                    "{name} costs no more per event than bpftrace's {}",
+                    equivalent.unwrap_or_default()
+                ),
+                r.map(|r| r <= 1.0),
+                format!(
+                    "{} ns vs {} ns",
+                    report::fmt(tp_ns, 0),
+                    report::fmt(bt_ns, 0)
+                ),
+            ));
+        }
+        if count_only {
+            targets.push(Target::new(
+                &format!("count-only {name} under 100 ns per event"),
+                tp_ns.map(|ns| ns < 100.0),
+                format!("{} ns", report::fmt(tp_ns, 0)),
+            ));
+        }
+        kernel_cost.push(json!({
+            "program": name,
+            "count_only": count_only,
+            "tuneprobe_ns_per_event": tp_ns,
+            "tuneprobe_events": tp_events,
+            "bpftrace_probe": equivalent,
+            "bpftrace_ns_per_event": bt_ns,
+            "bpftrace_events": bt_events,
+            "ratio": r,
+        }));
+    }
+
+    let units = [
+        ("tcp", "Mbit/s"),
+        ("udp_drops", "drops/s"),
+        ("dns", "queries/s"),
+        ("block", "IOPS"),
+    ];
+    let mut workload_impact = Vec::new();
+    for (workload, unit) in units {
+        let samples = |mode: Mode| impact.get(&(workload, mode)).cloned().unwrap_or_default();
+        let med = |mode: Mode| median(&samples(mode));
+        let tp_ratio = ratio(med(Mode::Tuneprobe), med(Mode::Nothing));
+        targets.push(Target::new(
+            &format!("{workload} with tuneprobe at least 98% of bare"),
+            tp_ratio.map(|r| r >= 0.98),
+            format!("{}%", report::fmt(tp_ratio.map(|r| r * 100.0), 1)),
+        ));
+        workload_impact.push(json!({
+            "workload": workload,
+            "unit": unit,
+            "nothing": med(Mode::Nothing),
+            "bpftrace": med(Mode::Bpftrace),
+            "tuneprobe": med(Mode::Tuneprobe),
+            "bpftrace_ratio": ratio(med(Mode::Bpftrace), med(Mode::Nothing)),
+            "tuneprobe_ratio": tp_ratio,
+            "samples": {
+                "nothing": samples(Mode::Nothing),
+                "bpftrace": samples(Mode::Bpftrace),
+                "tuneprobe": samples(Mode::Tuneprobe),
+            },
+        }));
+    }
+
+    let agent_json = |mode: Mode| {
+        let cpu: Vec<f64> = runs(mode).iter().map(|r| r.cpu_percent).collect();
+        let rss: Vec<f64> = runs(mode)
+            .iter()
+            .map(|r| r.peak_rss_kib as f64 / 1024.0)
+            .collect();
+        json!({
+            "cpu_percent": median(&cpu),
+            "cpu_percent_samples": cpu,
+            "peak_rss_mib": median(&rss),
+        })
+    };
+    let all_runs = || mix.values().flatten();
+    let achieved = |f: fn(&MixRun) -> f64| median(&all_runs().map(f).collect::<Vec<_>>());
+    let tp_cpu = median(
+        &runs(Mode::Tuneprobe)
+            .iter()
+            .map(|r| r.cpu_percent)
+            .collect::<Vec<_>>(),
+    );
+    targets.push(Target::new(
+        "tuneprobe CPU under the load mix below 2% of a core",
+        tp_cpu.map(|c| c < 2.0),
+        format!("{}%", report::fmt(tp_cpu, 2)),
+    ));
+    let at = |count: usize, key: &str| {
+        scale
+            .iter()
+            .find(|s| s["workloads"].as_u64() == Some(count as u64))
+            .and_then(|s| s[key].as_f64())
+    };
+    let rss_1k = at(1000, "rss_mib");
+    targets.push(Target::new(
+        "RSS under 50 MiB at 1,000 workloads",
+        rss_1k.map(|r| r < 50.0),
+        format!("{} MiB", report::fmt(rss_1k, 1)),
+    ));
+    let metrics_1k = at(1000, "metrics_ms");
+    targets.push(Target::new(
+        "/metrics under 50 ms at 1,000 workloads",
+        metrics_1k.map(|m| m < 50.0),
+        format!("{} ms", report::fmt(metrics_1k, 1)),
+    ));
+    let attach_samples = |mode: Mode| attach.get(&mode).cloned().unwrap_or_default();
+    let tp_attach = median(&attach_samples(Mode::Tuneprobe));
+    targets.push(Target::new(
+        "attach to ready under 1 s",
+        tp_attach.map(|a| a < 1000.0),
+        format!("{} ms (median)", report::fmt(tp_attach, 0)),
+    ));
+
+    json!({
+        "smoke": smoke,
+        "machine": machine(),
+        "config": {
+            "rounds": plan.rounds,
+            "workload_secs": plan.workload_secs,
+            "mix_rounds": plan.mix_rounds,
+            "mix_secs": plan.mix_secs,
+            "target_drops_per_s": plan.drops_per_s,
+            "target_dns_qps": plan.dns_qps,
+            "target_block_iops": plan.block_iops,
+            "scale": plan.scale,
+        },
+        "kernel_cost": kernel_cost,
+        "workload_impact": workload_impact,
+        "agent_cost": {
+            "load_mix": {
+                "drops_per_s": achieved(|r| r.drops_per_s),
+                "dns_qps": achieved(|r| r.dns_qps),
+                "block_iops": achieved(|r| r.block_iops),
+                "retransmits_per_s": achieved(|r| r.retransmits_per_s),
+            },
+            "bpftrace": agent_json(Mode::Bpftrace),
+            "tuneprobe": agent_json(Mode::Tuneprobe),
+        },
+        "scale": scale,
+        "attach": {
+            "bpftrace": { "median_ms": median(&attach_samples(Mode::Bpftrace)), "samples_ms": attach_samples(Mode::Bpftrace) },
+            "tuneprobe": { "median_ms": tp_attach, "samples_ms": attach_samples(Mode::Tuneprobe) },
+        },
+        "targets": targets.iter().map(Target::json).collect::<Vec<_>>(),
+    })
+}
+
+fn machine() -> Value {
+    let cpu_model = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string());
+    let mem_kib = fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
+    let version = |cmd: &[&str]| {
+        lab::sh(cmd)
+            .ok()
+            .and_then(|o| o.lines().next().map(str::to_string))
+    };
+    json!({
+        "kernel": version(&["uname", "-r"]),
+        "cpus": thread::available_parallelism().map(|n| n.get()).ok(),
+        "cpu_model": cpu_model,
+        "memory_mib": mem_kib.map(|k| k / 1024),
+        "bpftrace": version(&["bpftrace", "--version"]),
+        "iperf3": version(&["iperf3", "--version"]),
+        "fio": version(&["fio", "--version"]),
+    })
+}

@@ -1,0 +1,179 @@
+//! Medians, ratios, targets, the printed table and the JSON report.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+pub fn median(samples: &[f64]) -> Option<f64> {
+    let mut sorted: Vec<f64> = samples.iter().copied().filter(|v| v.is_finite()).collect();
+    if sorted.is_empty() {
+        return None;
+    }
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    Some(if sorted.len().is_multiple_of(2) {
+        f64::midpoint(sorted[mid - 1], sorted[mid])
+    } else {
+        sorted[mid]
+    })
+}
+
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// One target of the issue, checked against this run's numbers.
+pub struct Target {
+    pub name: String,
+    pub met: Option<bool>,
+    pub detail: String,
+}
+
+impl Target {
+    pub fn new(name: &str, met: Option<bool>, detail: String) -> Self {
+        Self {
+            name: name.to_string(),
+            met,
+            detail,
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        json!({ "target": self.name, "met": self.met, "measured": self.detail })
+    }
+}
+
+pub fn fmt(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "-".to_string(), |v| format!("{v:.decimals$}"))
+}
+
+/// The report as text: one block per stage, from the JSON so the two always agree.
+pub fn table(report: &Value) -> String {
+    let mut out = String::new();
+    let num = |v: &Value, d: usize| fmt(v.as_f64(), d);
+    let _ = writeln!(
+        out,
+        "\nKernel cost per event (run_time_ns / run_cnt, median of {} load-mix runs each)",
+        report["config"]["mix_rounds"]
+    );
+    let _ = writeln!(
+        out,
+        "{:<19} {:>10} {:>10}  {:<17} {:>10} {:>10} {:>7}",
+        "tuneprobe program", "ns/event", "events", "bpftrace probe", "ns/event", "events", "ratio"
+    );
+    for row in report["kernel_cost"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<19} {:>10} {:>10}  {:<17} {:>10} {:>10} {:>7}",
+            row["program"].as_str().unwrap_or_default(),
+            num(&row["tuneprobe_ns_per_event"], 0),
+            num(&row["tuneprobe_events"], 0),
+            row["bpftrace_probe"].as_str().unwrap_or("-"),
+            num(&row["bpftrace_ns_per_event"], 0),
+            num(&row["bpftrace_events"], 0),
+            num(&row["ratio"], 2),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nWorkload impact (median of {} interleaved rounds; ratio to nothing attached)",
+        report["config"]["rounds"]
+    );
+    let _ = writeln!(
+        out,
+        "{:<26} {:>12} {:>12} {:>12} {:>9} {:>9}",
+        "workload", "nothing", "bpftrace", "tuneprobe", "bpftrace", "tuneprobe"
+    );
+    for row in report["workload_impact"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<26} {:>12} {:>12} {:>12} {:>8}% {:>8}%",
+            format!(
+                "{} ({})",
+                row["workload"].as_str().unwrap_or_default(),
+                row["unit"].as_str().unwrap_or_default()
+            ),
+            num(&row["nothing"], 0),
+            num(&row["bpftrace"], 0),
+            num(&row["tuneprobe"], 0),
+            fmt(row["bpftrace_ratio"].as_f64().map(|r| r * 100.0), 1),
+            fmt(row["tuneprobe_ratio"].as_f64().map(|r| r * 100.0), 1),
+        );
+    }
+    let mix = &report["agent_cost"]["load_mix"];
+    let _ = writeln!(
+        out,
+        "\nAgent cost over the load mix ({} drops/s, {} DNS queries/s, {} block IOPS, \
+         {} retransmits/s, throttled busy loop; medians)",
+        num(&mix["drops_per_s"], 0),
+        num(&mix["dns_qps"], 0),
+        num(&mix["block_iops"], 0),
+        num(&mix["retransmits_per_s"], 0),
+    );
+    let _ = writeln!(
+        out,
+        "{:<10} {:>14} {:>14} {:>16}",
+        "agent", "CPU % of core", "peak RSS MiB", "attach ms"
+    );
+    for mode in ["bpftrace", "tuneprobe"] {
+        let row = &report["agent_cost"][mode];
+        let _ = writeln!(
+            out,
+            "{:<10} {:>14} {:>14} {:>16}",
+            mode,
+            num(&row["cpu_percent"], 2),
+            num(&row["peak_rss_mib"], 1),
+            num(&report["attach"][mode]["median_ms"], 0),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nScale (cgroups created by the benchmark, one drop each)"
+    );
+    let _ = writeln!(
+        out,
+        "{:>10} {:>9} {:>9} {:>11} {:>11} {:>9} {:>13} {:>10} {:>10}",
+        "workloads",
+        "RSS MiB",
+        "peak MiB",
+        "/metrics ms",
+        "/metrics KB",
+        "series",
+        "snapshot ms",
+        "in JSON",
+        "attach ms"
+    );
+    for row in report["scale"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:>10} {:>9} {:>9} {:>11} {:>11} {:>9} {:>13} {:>10} {:>10}",
+            num(&row["workloads"], 0),
+            num(&row["rss_mib"], 1),
+            num(&row["peak_rss_mib"], 1),
+            num(&row["metrics_ms"], 1),
+            num(&row["metrics_bytes"].as_f64().map(|b| b / 1000.0).into(), 0),
+            num(&row["drop_series"], 0),
+            num(&row["snapshot_ms"], 0),
+            num(&row["snapshot_workloads"], 0),
+            num(&row["attach_ms"], 0),
+        );
+    }
+    let _ = writeln!(out, "\nTargets");
+    for target in report["targets"].as_array().into_iter().flatten() {
+        let verdict = match target["met"].as_bool() {
+            Some(true) => "met   ",
+            Some(false) => "MISSED",
+            None => "n/a   ",
+        };
+        let _ = writeln!(
+            out,
+            "  {verdict} {}: {}",
+            target["target"].as_str().unwrap_or_default(),
+            target["measured"].as_str().unwrap_or_default()
+        );
+    }
+    out
+}
