@@ -51,7 +51,7 @@ pub struct CollectorArgs {
     /// The Kubernetes API for pod names and labels: `auto` (in-cluster when running in a
     /// pod, else `--kubeconfig` if given), `none`, or a URL such as
     /// `http://127.0.0.1:8001` (kubectl proxy).
-    #[arg(long, value_name = "auto|none|URL", default_value = "auto")]
+    #[arg(long, value_name = "auto|none|URL", default_value = "auto", value_parser = parse_kube_api)]
     kube_api: String,
 
     /// A kubeconfig whose current context names the API (with `--kube-api auto`).
@@ -69,6 +69,22 @@ pub struct CollectorArgs {
     /// This node's name, to watch only its pods (default: $NODE_NAME, else the hostname).
     #[arg(long, value_name = "NAME")]
     node_name: Option<String>,
+}
+
+/// `auto`, `none`, or an http(s) URL with a host: anything else is a usage error (exit 2)
+/// now rather than a watcher that fails forever later.
+fn parse_kube_api(text: &str) -> Result<String, String> {
+    let host = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"))
+        .map(|rest| rest.split(['/', '?']).next().unwrap_or_default());
+    match (text, host) {
+        ("auto" | "none", _) => Ok(text.to_string()),
+        (_, Some(host)) if !host.is_empty() && !host.contains(char::is_whitespace) => {
+            Ok(text.trim_end_matches('/').to_string())
+        }
+        _ => Err("expected auto, none or an http(s) URL such as http://127.0.0.1:8001".into()),
+    }
 }
 
 impl CollectorArgs {
