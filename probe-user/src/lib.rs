@@ -1,6 +1,7 @@
 //! tuneprobe's userspace agent: loads the kernel programs, reads their per-cgroup maps
 //! and attributes the counts to pods, containers and services.
 
+pub mod access;
 pub mod attribution;
 pub mod btf;
 pub mod cgroup;

@@ -398,3 +398,209 @@ fn serve_judges_a_quota_change_and_exports_it() {
     );
     promtool_check(&metrics);
 }
+
+/// `openssl ARGS` in `dir`, which must succeed.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, and a key and certificate it signs for `name` with these extensions.
+fn issue(dir: &Path, ca: &str, name: &str, extensions: &str) {
+    let key = format!("{name}.key");
+    let csr = format!("{name}.csr");
+    let pem = format!("{name}.pem");
+    let ext = format!("{name}.ext");
+    fs::write(dir.join(&ext), extensions).unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+        ],
+    );
+}
+
+fn new_ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+}
+
+/// `curl` against the HTTPS endpoint; returns the HTTP status, or `None` when no
+/// response came (refused handshake).
+fn curl(dir: &Path, url: &str, extra: &[&str]) -> Option<u16> {
+    let out = Command::new("curl")
+        .current_dir(dir)
+        .args([
+            "--silent",
+            "--output",
+            "/dev/null",
+            "--write-out",
+            "%{http_code}",
+        ])
+        .args(["--max-time", "10", "--cacert", "ca.pem"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("run curl");
+    let code: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    (out.status.success() && code != 0).then_some(code)
+}
+
+#[test]
+fn serve_over_mutual_tls_with_a_bearer_token_scraped_by_prometheus() {
+    let dir = std::env::temp_dir().join(unique("tuneprobe-tls-"));
+    fs::create_dir_all(&dir).unwrap();
+    new_ca(&dir, "ca");
+    new_ca(&dir, "rogue-ca");
+    issue(
+        &dir,
+        "ca",
+        "server",
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    );
+    issue(&dir, "ca", "prometheus", "extendedKeyUsage=clientAuth\n");
+    issue(
+        &dir,
+        "rogue-ca",
+        "intruder",
+        "extendedKeyUsage=clientAuth\n",
+    );
+    fs::write(dir.join("token"), "s3cret-scrape-token\n").unwrap();
+
+    let port = free_port();
+    let mut serve = Command::new(tuneprobe_binary())
+        .current_dir(&dir)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--tls-cert", "server.pem", "--tls-key", "server.key"])
+        .args(["--tls-client-ca", "ca.pem", "--auth-token-file", "token"])
+        .args(["--kube-api", "none"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tuneprobe serve");
+    let stderr = serve.stderr.take().expect("stderr piped");
+    let _serve = Running(serve);
+    let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+    let ready = lines.by_ref().find(|l| l.contains("ready")).expect("ready");
+    assert!(
+        ready.contains(&format!("https://127.0.0.1:{port}/metrics")),
+        "{ready}"
+    );
+    thread::spawn(move || lines.for_each(drop));
+
+    let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    let client = ["--cert", "prometheus.pem", "--key", "prometheus.key"];
+    let bearer = ["--header", "Authorization: Bearer s3cret-scrape-token"];
+    let with_both: Vec<&str> = client.iter().chain(&bearer).copied().collect();
+    assert_eq!(curl(&dir, &url("/metrics"), &with_both), Some(200));
+    assert_eq!(curl(&dir, &url("/changes"), &with_both), Some(200));
+    // The token is required for data, not for the kubelet's probes.
+    assert_eq!(curl(&dir, &url("/metrics"), &client), Some(401));
+    let wrong = ["--header", "Authorization: Bearer s3cret-scrape-tokeN"];
+    let with_wrong: Vec<&str> = client.iter().chain(&wrong).copied().collect();
+    assert_eq!(curl(&dir, &url("/metrics"), &with_wrong), Some(401));
+    assert_eq!(curl(&dir, &url("/healthz"), &client), Some(200));
+    // No certificate, or one the CA did not sign: no TLS session, no response at all.
+    assert_eq!(curl(&dir, &url("/healthz"), &bearer), None);
+    let intruder = ["--cert", "intruder.pem", "--key", "intruder.key"];
+    assert_eq!(curl(&dir, &url("/healthz"), &intruder), None);
+    // Plain HTTP on the TLS port gets nothing either.
+    assert_eq!(get(port, "/healthz"), None);
+
+    // A real Prometheus scrapes it with its client certificate and the token.
+    let prometheus_port = free_port();
+    fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: tuneprobe\n    scheme: https\n    authorization:\n      credentials_file: {d}/token\n    tls_config:\n      ca_file: {d}/ca.pem\n      cert_file: {d}/prometheus.pem\n      key_file: {d}/prometheus.key\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let _prometheus = Running(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
+    let up = query_until(prometheus_port, "up{job=\"tuneprobe\"}", |v| v == 1.0);
+    assert_eq!(up, 1.0);
+    let attached = query_until(
+        prometheus_port,
+        "count(tuneprobe_probe_attached{job=\"tuneprobe\"})",
+        |v| v > 0.0,
+    );
+    assert!(attached >= 1.0);
+    drop(_prometheus);
+    let _ = fs::remove_dir_all(&dir);
+}

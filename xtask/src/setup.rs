@@ -33,6 +33,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     // `top`'s terminal test drives the view through tmux.
     "tmux",
+    // `serve`'s TLS test makes its certificates and talks HTTPS with these.
+    "openssl",
+    "curl",
 ];
 
 /// The Kubernetes schemas the deploy/ test validates against, offline.

@@ -3,6 +3,7 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -15,8 +16,10 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tuneprobe::{
     Collector, LoadOptions, Probe,
+    access::{BearerToken, tls_config},
     metrics::Exporter,
     tuning,
     verify::{Watcher, Windows},
@@ -49,6 +52,23 @@ pub struct Args {
     #[arg(long = "pod-label", value_name = "KEY")]
     pod_labels: Vec<String>,
 
+    /// Serve HTTPS with this PEM certificate (chain); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Accept only clients with a certificate signed by this PEM CA (mutual TLS).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+
+    /// Require `Authorization: Bearer <token>` with the token in FILE on /metrics and
+    /// /changes (/healthz and /readyz stay open for probes).
+    #[arg(long, value_name = "FILE")]
+    auth_token_file: Option<PathBuf>,
+
     /// Length of the before and after windows over which tuning changes are judged.
     #[arg(long, value_name = "DURATION", value_parser = super::snapshot::parse_duration, default_value = "60s")]
     verify_window: Duration,
@@ -59,6 +79,7 @@ pub struct Args {
 
 /// What the HTTP handlers share.
 struct State {
+    token: BearerToken,
     collector: Mutex<Collector>,
     exporter: Mutex<Exporter>,
     last_scrape_seconds: Mutex<f64>,
@@ -82,26 +103,53 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     let probe = Probe::load(options)?;
     tuneprobe::privileges::after_attach(tuneprobe::privileges::needs::SERVE);
     let collector = Collector::start_with(probe, args.collector.options()?)?;
+    let access = Access {
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsAcceptor::from(tls_config(
+                cert,
+                key,
+                args.tls_client_ca.as_deref(),
+            )?)),
+            _ => None,
+        },
+        token: match &args.auth_token_file {
+            Some(path) => BearerToken::from_file(path)?,
+            None => BearerToken::default(),
+        },
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(args, listener, collector))
+    runtime.block_on(serve(args, listener, collector, access))
+}
+
+/// How clients reach the endpoints.
+struct Access {
+    tls: Option<TlsAcceptor>,
+    token: BearerToken,
 }
 
 async fn serve(
     args: &Args,
     listener: std::net::TcpListener,
     collector: Collector,
+    access: Access,
 ) -> anyhow::Result<()> {
     let statuses = collector.probe().statuses();
     let attached = statuses.iter().filter(|s| s.attached).count();
     let ready = format!(
-        "ready: {attached} of {} programs attached; serving http://{}/metrics",
+        "ready: {attached} of {} programs attached; serving {}://{}/metrics",
         statuses.len(),
+        if access.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         args.listen
     );
     let state = Arc::new(State {
+        token: access.token,
         collector: Mutex::new(collector),
         exporter: Mutex::new(Exporter::new(args.max_workloads, &args.pod_labels)),
         last_scrape_seconds: Mutex::new(0.0),
@@ -112,7 +160,7 @@ async fn serve(
         })),
     });
     let listener = TcpListener::from_std(listener).context("listening")?;
-    let server = tokio::spawn(accept(listener, Arc::clone(&state)));
+    let server = tokio::spawn(accept(listener, access.tls, Arc::clone(&state)));
     eprintln!("{ready}");
 
     let ticker = tokio::spawn(tick(Arc::clone(&state)));
@@ -165,17 +213,28 @@ async fn tick(state: Arc<State>) {
     }
 }
 
-async fn accept(listener: TcpListener, state: Arc<State>) {
+async fn accept(listener: TcpListener, tls: Option<TlsAcceptor>, state: Arc<State>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let state = Arc::clone(&state);
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| handle(request, Arc::clone(&state)));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let http = http1::Builder::new();
+            match tls {
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                    // A client without an acceptable certificate ends here.
+                    Err(err) => log::info!("TLS handshake with {peer} failed: {err}"),
+                },
+                None => {
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                }
+            }
         });
     }
 }
@@ -195,7 +254,23 @@ async fn handle(
         Ok(response)
     };
     let text = "text/plain; charset=utf-8";
-    match request.uri().path() {
+    let path = request.uri().path();
+    let open = matches!(path, "/healthz" | "/readyz");
+    let authorization = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if !open && !state.token.allows(authorization) {
+        let mut response = Response::new(Full::new(Bytes::from("unauthorized\n")));
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        if let Ok(value) = "Bearer".parse() {
+            response
+                .headers_mut()
+                .insert(hyper::header::WWW_AUTHENTICATE, value);
+        }
+        return Ok(response);
+    }
+    match path {
         "/healthz" => reply(StatusCode::OK, text, "ok\n".into()),
         // Serving starts once the programs are attached.
         "/readyz" => reply(StatusCode::OK, text, "ready\n".into()),
