@@ -72,6 +72,17 @@ impl Attributor {
         self.netns_pid.iter().map(|(&netns, &pid)| (netns, pid))
     }
 
+    /// Forgets a namespace that has been dead for the grace period.
+    pub fn forget_netns(&mut self, netns: u32) {
+        self.netns_owner.remove(&netns);
+        self.netns_pid.remove(&netns);
+    }
+
+    /// Forgets a cgroup path that has been dead for the grace period.
+    pub fn forget_cgroup(&mut self, path: &str) {
+        self.cgroup_netns.remove(path);
+    }
+
     pub fn netns_owner(&self, netns: u32) -> Option<&str> {
         self.netns_owner.get(&netns).map(String::as_str)
     }
@@ -94,7 +105,8 @@ impl Attributor {
     }
 }
 
-fn is_within(path: &str, prefix: &str) -> bool {
+/// Whether cgroup `path` is `prefix` or below it (`/` holds everything).
+pub fn is_within(path: &str, prefix: &str) -> bool {
     prefix == "/"
         || path == prefix
         || path

@@ -16,6 +16,7 @@ use probe_common::LatencyHistogram;
 use serde::Serialize;
 
 use crate::{
+    attribution::is_within,
     histogram,
     report::{Snapshot, Workload},
     sockdiag::{self, Listener},
@@ -372,14 +373,6 @@ impl Affected {
             }
         }
     }
-}
-
-fn is_within(path: &str, prefix: &str) -> bool {
-    prefix == "/"
-        || path == prefix
-        || path
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// One series: a signal of one workload (per device for block signals).
