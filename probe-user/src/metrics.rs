@@ -208,7 +208,13 @@ pub struct Exporter {
     pod_labels: Vec<(String, &'static str)>,
     admitted: HashSet<Labels>,
     folded: HashSet<Labels>,
+    /// The agent's own failures by stage, exported so that a soak run or an alert sees
+    /// them without reading logs.
+    errors: BTreeMap<&'static str, u64>,
 }
+
+/// Stages whose failures `tuneprobe_agent_errors_total` counts, always exported.
+pub const ERROR_STAGES: &[&str] = &["collect", "tuning_inventory", "render"];
 
 impl Exporter {
     /// `pod_labels`: pod label keys to copy into every workload's labels as
@@ -233,19 +239,19 @@ impl Exporter {
                 .collect(),
             admitted: HashSet::new(),
             folded: HashSet::new(),
+            errors: ERROR_STAGES.iter().map(|stage| (*stage, 0)).collect(),
         }
+    }
+
+    /// Counts a failure of the agent at `stage` (one of [`ERROR_STAGES`]).
+    pub fn count_error(&mut self, stage: &'static str) {
+        *self.errors.entry(stage).or_default() += 1;
     }
 
     /// The workload's label set, or the shared `other` one once the cap is reached. A
     /// workload keeps the answer it got first, so its series stay continuous.
     fn labels(&mut self, workload: &Workload) -> Labels {
-        let mut own = workload_labels(workload);
-        for (key, name) in &self.pod_labels {
-            own.push((
-                *name,
-                workload.pod_labels.get(key).cloned().unwrap_or_default(),
-            ));
-        }
+        let own = self.own_labels(workload);
         if self.admitted.contains(&own) {
             return own;
         }
@@ -268,6 +274,18 @@ impl Exporter {
         other
     }
 
+    /// The workload's own label set.
+    fn own_labels(&self, workload: &Workload) -> Labels {
+        let mut own = workload_labels(workload);
+        for (key, name) in &self.pod_labels {
+            own.push((
+                *name,
+                workload.pod_labels.get(key).cloned().unwrap_or_default(),
+            ));
+        }
+        own
+    }
+
     pub fn render(&mut self, snapshot: &Snapshot, scrape_seconds: f64) -> String {
         self.render_with(snapshot, None, None, scrape_seconds)
     }
@@ -288,11 +306,28 @@ impl Exporter {
         if let Some(watcher) = changes {
             add_changes(&mut f, watcher);
         }
+        // Workloads gone from the snapshot (deleted pods past their grace period) give
+        // their place back: with pod churn the cap would otherwise fill with the dead.
+        let present: HashSet<Labels> = snapshot
+            .workloads
+            .iter()
+            .map(|w| self.own_labels(w))
+            .collect();
+        self.admitted.retain(|labels| present.contains(labels));
+        self.folded.retain(|labels| present.contains(labels));
         for workload in &snapshot.workloads {
             let labels = self.labels(workload);
             add_workload(&mut f, workload, &labels);
         }
         add_probe_health(&mut f, &snapshot.probes, &snapshot.map_overflows);
+        for (map, &deleted) in &snapshot.gc_deleted_entries {
+            f.counter(
+                "tuneprobe_gc_deleted_entries_total",
+                "Kernel map entries deleted because their cgroup or network namespace was gone for longer than --pod-grace.",
+                vec![("map", map.clone())],
+                deleted as f64,
+            );
+        }
         for program in &snapshot.program_stats {
             let labels = vec![("probe", program.name.clone())];
             f.counter(
@@ -314,6 +349,14 @@ impl Exporter {
             vec![],
             self.folded.len() as f64,
         );
+        for (stage, &count) in &self.errors {
+            f.counter(
+                "tuneprobe_agent_errors_total",
+                "Failures of the agent itself by stage (collect, tuning_inventory, render); details in its log.",
+                vec![("stage", (*stage).to_string())],
+                count as f64,
+            );
+        }
         f.gauge(
             "tuneprobe_scrape_duration_seconds",
             "Time the previous /metrics scrape took to collect and render.",
@@ -666,6 +709,7 @@ mod tests {
             duration_s: 1.0,
             probes: vec![],
             map_overflows: BTreeMap::from([("DROPS".to_string(), 0)]),
+            gc_deleted_entries: BTreeMap::from([("DROPS".to_string(), 4)]),
             program_stats: vec![],
             workloads,
         }

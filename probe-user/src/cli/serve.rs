@@ -186,6 +186,7 @@ async fn tick(state: Arc<State>) {
                 Ok(snapshot) => snapshot,
                 Err(err) => {
                     log::warn!("collecting: {err:#}");
+                    lock(&state.exporter).count_error("collect");
                     return;
                 }
             };
@@ -206,7 +207,10 @@ async fn tick(state: Arc<State>) {
                         }
                     }
                 }
-                Err(err) => log::warn!("tuning inventory: {err}"),
+                Err(err) => {
+                    log::warn!("tuning inventory: {err}");
+                    lock(&state.exporter).count_error("tuning_inventory");
+                }
             }
         })
         .await;
@@ -301,11 +305,17 @@ async fn handle(
 
 fn render(state: &State) -> anyhow::Result<String> {
     let started = Instant::now();
-    let snapshot = lock(&state.collector).report()?;
+    let snapshot = lock(&state.collector).report().inspect_err(|err| {
+        log::warn!("rendering: {err:#}");
+        lock(&state.exporter).count_error("render");
+    })?;
     // The knobs are re-read on every scrape: scrapes are seconds apart, and a changed
     // knob should show at the next one.
     let inventory = tuneprobe::tuning::this_node()
-        .map_err(|err| log::warn!("tuning inventory: {err}"))
+        .map_err(|err| {
+            log::warn!("tuning inventory: {err}");
+            lock(&state.exporter).count_error("tuning_inventory");
+        })
         .ok();
     let previous = *lock(&state.last_scrape_seconds);
     let body = {
