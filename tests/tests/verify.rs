@@ -234,9 +234,13 @@ fn removing_a_read_throttle_improves_block_service_time() {
 }
 
 /// A listener in namespace B with backlog 1024 capped at 8 by B's somaxconn, draining
-/// its queue every 300 ms, and bursts of 40 connects every 100 ms from A: most
-/// connection attempts overflow the queue.
-fn overflowing_listener(pair: &NetnsPair, pod: &mut PodCgroup, relisten_ms: &str) -> Workload {
+/// its queue every 300 ms (and calling listen() again every `relisten_ms`, 0: never),
+/// and bursts of 40 connects every 100 ms from A: most connection attempts overflow
+/// the queue. Then `verify` raises B's somaxconn to 1024 (and reverts it): returns its
+/// listen-overflow verdict for namespace B.
+fn raise_somaxconn_under_bursts(relisten_ms: &str) -> Value {
+    let pair = NetnsPair::new();
+    let mut pod = PodCgroup::new();
     pair.exec(
         &pair.b,
         &["sh", "-c", "echo 8 > /proc/sys/net/core/somaxconn"],
@@ -254,20 +258,6 @@ fn overflowing_listener(pair: &NetnsPair, pod: &mut PodCgroup, relisten_ms: &str
         ],
     );
     assert_eq!(listener.read_line(), "ready");
-    listener
-}
-
-fn somaxconn_in(pair: &NetnsPair) -> String {
-    pair.exec(&pair.b, &["cat", "/proc/sys/net/core/somaxconn"])
-        .trim()
-        .to_string()
-}
-
-#[test]
-fn raising_somaxconn_ends_listen_overflows_once_the_listener_listens_again() {
-    let pair = NetnsPair::new();
-    let mut pod = PodCgroup::new();
-    let _listener = overflowing_listener(&pair, &mut pod, "200");
     let _clients = Workload::spawn(
         &pair.a,
         None,
@@ -282,7 +272,14 @@ fn raising_somaxconn_ends_listen_overflows_once_the_listener_listens_again() {
         "--revert",
     ]);
     assert_eq!(report["change"]["old"], "8");
-    let v = verdict_in_netns(&report, NetnsPair::inode(&pair.b), "listen_overflow_ratio");
+    let somaxconn = pair.exec(&pair.b, &["cat", "/proc/sys/net/core/somaxconn"]);
+    assert_eq!(somaxconn.trim(), "8", "--revert");
+    verdict_in_netns(&report, NetnsPair::inode(&pair.b), "listen_overflow_ratio").clone()
+}
+
+#[test]
+fn raising_somaxconn_ends_listen_overflows_once_the_listener_listens_again() {
+    let v = raise_somaxconn_under_bursts("200");
     assert_eq!(v["verdict"], "improved", "{v:#}");
     assert_eq!(v["load"], "connection_attempts");
     assert!(v["before"].as_f64().unwrap() > 0.5, "{v}");
@@ -292,28 +289,11 @@ fn raising_somaxconn_ends_listen_overflows_once_the_listener_listens_again() {
     let listener = &v["listeners"][0];
     assert_eq!(listener["address"], "10.200.0.2:7100");
     assert_eq!(listener["backlog"], 1024);
-    assert_eq!(somaxconn_in(&pair), "8", "--revert");
 }
 
 #[test]
 fn raising_somaxconn_without_a_new_listen_changes_nothing_and_says_restart_needed() {
-    let pair = NetnsPair::new();
-    let mut pod = PodCgroup::new();
-    let _listener = overflowing_listener(&pair, &mut pod, "0");
-    let _clients = Workload::spawn(
-        &pair.a,
-        None,
-        &["tcp-connect-bursts", "10.200.0.2:7100", "40", "100"],
-    );
-    let netns = format!("/run/netns/{}", pair.b);
-    let report = verify_with(&[
-        "--apply",
-        "net.core.somaxconn=1024",
-        "--netns",
-        &netns,
-        "--revert",
-    ]);
-    let v = verdict_in_netns(&report, NetnsPair::inode(&pair.b), "listen_overflow_ratio");
+    let v = raise_somaxconn_under_bursts("0");
     assert_eq!(v["verdict"], "no significant change", "{v:#}");
     assert!(v["after"].as_f64().unwrap() > 0.5, "still overflowing: {v}");
     let notes = v["notes"].to_string();
@@ -322,7 +302,6 @@ fn raising_somaxconn_without_a_new_listen_changes_nothing_and_says_restart_neede
         "{v:#}"
     );
     assert_eq!(v["listeners"][0]["backlog"], 8, "the old backlog is shown");
-    assert_eq!(somaxconn_in(&pair), "8", "--revert");
 }
 
 #[test]
