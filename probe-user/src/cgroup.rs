@@ -99,8 +99,9 @@ fn unescape_mount(s: &str) -> String {
 pub struct CgroupPaths {
     root: PathBuf,
     by_id: HashMap<u64, String>,
-    /// Ids a walk did not find (removed before it): not walked for again.
-    missing: std::collections::HashSet<u64>,
+    /// Ids a walk did not find (removed before it), and since when: not walked for
+    /// again, and dead from that moment on.
+    missing: HashMap<u64, std::time::Instant>,
     /// Known cgroups that a later walk no longer found, and since when.
     gone: HashMap<u64, std::time::Instant>,
     /// The latest id seen at each path (a path re-created gets a new id).
@@ -112,7 +113,7 @@ impl CgroupPaths {
         let mut paths = Self {
             root,
             by_id: HashMap::new(),
-            missing: std::collections::HashSet::new(),
+            missing: HashMap::new(),
             gone: HashMap::new(),
             by_path: HashMap::new(),
         };
@@ -150,6 +151,7 @@ impl CgroupPaths {
             }
         }
         let now = std::time::Instant::now();
+        self.missing.retain(|id, _| !seen.contains(id));
         for id in self.by_id.keys() {
             if seen.contains(id) {
                 self.gone.remove(id);
@@ -166,6 +168,39 @@ impl CgroupPaths {
         self.gone.get(id).map(std::time::Instant::elapsed)
     }
 
+    /// How long the cgroup `id` has been dead: removed since a walk saw it, or never
+    /// found by a walk (then counted from the first lookup). `None` while it exists or
+    /// if it was never looked up.
+    pub fn dead_for(&self, id: u64) -> Option<std::time::Duration> {
+        self.gone
+            .get(&id)
+            .or_else(|| self.missing.get(&id))
+            .map(std::time::Instant::elapsed)
+    }
+
+    /// Forgets everything about the dead cgroup `id` (after its grace period), so that
+    /// churn does not grow this map. Returns its path if no newer cgroup lives there.
+    pub fn forget(&mut self, id: u64) -> Option<String> {
+        self.gone.remove(&id);
+        self.missing.remove(&id);
+        let path = self.by_id.remove(&id)?;
+        if self.by_path.get(&path) == Some(&id) {
+            self.by_path.remove(&path);
+            return Some(path);
+        }
+        None
+    }
+
+    /// Every cgroup that has been dead for longer than `grace`.
+    pub fn dead_longer_than(&self, grace: std::time::Duration) -> Vec<u64> {
+        self.gone
+            .iter()
+            .chain(&self.missing)
+            .filter(|(_, since)| since.elapsed() > grace)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
     /// Whether a walk ever saw a cgroup at `path`.
     pub fn knows(&self, path: &str) -> bool {
         self.by_path.contains_key(path)
@@ -173,7 +208,8 @@ impl CgroupPaths {
 
     /// Path of `id`, walking the hierarchy once more the first time it is not known.
     pub fn path(&mut self, id: u64) -> Option<String> {
-        if !self.by_id.contains_key(&id) && self.missing.insert(id) {
+        if !self.by_id.contains_key(&id) && !self.missing.contains_key(&id) {
+            self.missing.insert(id, std::time::Instant::now());
             self.refresh();
         }
         self.by_id.get(&id).cloned()
@@ -448,6 +484,6 @@ mod tests {
         assert_eq!(paths.id_of("/"), Some(root_id));
         assert_eq!(paths.path(u64::MAX), None);
         // A second lookup of an unknown id does not walk again.
-        assert!(paths.missing.contains(&u64::MAX));
+        assert!(paths.missing.contains_key(&u64::MAX));
     }
 }

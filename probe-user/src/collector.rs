@@ -7,7 +7,7 @@
 //! kubelet gives them the same path in every hierarchy.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::{IpAddr, Ipv6Addr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -15,8 +15,14 @@ use std::{
 
 use anyhow::Context as _;
 use probe_common::{
-    BlockKey, BlockStats, DnsCounters, DnsHistogram, DnsLatencyKey, DnsResolverKey, DropKey,
-    RetransmitCounters, RetransmitKey, ThrottleStats, dns,
+    BlockKey, BlockStats, DnsCounters, DnsFlow, DnsHistogram, DnsLatencyKey, DnsQuery,
+    DnsResolverKey, DropKey, RetransmitCounters, RetransmitKey, ThrottleStats,
+    block_io::BLOCK_IO_MAP,
+    cpu_throttle::CPU_THROTTLE_MAP,
+    dns,
+    dns::{DNS_COUNTERS_MAP, DNS_IN_FLIGHT_MAP, DNS_LATENCY_MAP},
+    drops::DROPS_MAP,
+    tcp_retransmit::TCP_RETRANSMITS_MAP,
 };
 
 use crate::{
@@ -124,6 +130,11 @@ pub struct Collector {
     options: CollectorOptions,
     /// DNS queries that timed out during the window, per (workload, resolver).
     dns_timeouts: HashMap<DnsResolverKey, u64>,
+    /// When each network namespace was last seen alive (or first seen in a key).
+    netns_alive: HashMap<u32, Instant>,
+    /// Kernel map entries deleted because their cgroup or namespace was gone for longer
+    /// than the grace period, per map.
+    gc_deleted: BTreeMap<String, u64>,
 }
 
 impl Collector {
@@ -161,6 +172,8 @@ impl Collector {
             pod_names: pod_names(&options)?,
             options,
             dns_timeouts: HashMap::new(),
+            netns_alive: HashMap::new(),
+            gc_deleted: BTreeMap::new(),
         };
         collector.tick()?;
         Ok(collector)
@@ -183,6 +196,15 @@ impl Collector {
             Hierarchy::Unified => None,
         }
         .unwrap_or(&mut self.attributor.cgroups)
+    }
+
+    fn paths_ref(&self, hierarchy: Hierarchy) -> &CgroupPaths {
+        match hierarchy {
+            Hierarchy::Cpu => self.cpu_paths.as_ref(),
+            Hierarchy::Blkio => self.blkio_paths.as_ref(),
+            Hierarchy::Unified => None,
+        }
+        .unwrap_or(&self.attributor.cgroups)
     }
 
     /// Rescans processes, namespaces and cpu quotas, and names any new cgroup ids. Call
@@ -234,7 +256,193 @@ impl Collector {
             let _ = self.paths(hierarchy).path(id);
         }
         self.watch_cpu_quotas();
+        self.collect_garbage(&counters)?;
         self.expire_dns_queries()?;
+        Ok(())
+    }
+
+    /// Deletes the kernel map entries and baselines of cgroups and network namespaces
+    /// gone for longer than the grace period (nothing else ever removes them: on a node
+    /// with pod churn the maps would fill), and later forgets their names too.
+    fn collect_garbage(&mut self, counters: &Counters) -> anyhow::Result<()> {
+        let grace = self.options.pod_grace;
+        let now = Instant::now();
+
+        // A namespace lives while a process is in it or a bind mount (`ip netns add`,
+        // CNI plugins) holds it. One only ever seen in keys is dead from then on.
+        let live: Vec<u32> = self
+            .attributor
+            .live_netns()
+            .map(|(netns, _)| netns)
+            .chain(mounted_netns(&self.proc_root))
+            .collect();
+        for netns in live {
+            self.netns_alive.insert(netns, now);
+        }
+        let keyed: Vec<u32> = counters
+            .retransmits
+            .keys()
+            .map(|k| k.netns)
+            .chain(counters.drops.keys().map(|k| k.netns))
+            .filter(|&netns| netns != 0)
+            .collect();
+        for netns in keyed {
+            self.netns_alive.entry(netns).or_insert(now);
+        }
+        let netns_dead_for = |alive: &HashMap<u32, Instant>, after: Duration| -> HashSet<u32> {
+            alive
+                .iter()
+                .filter(|(_, seen)| now.duration_since(**seen) > after)
+                .map(|(&netns, _)| netns)
+                .collect()
+        };
+        let dead_netns = netns_dead_for(&self.netns_alive, grace);
+        let unified: HashSet<u64> = self
+            .paths_ref(Hierarchy::Unified)
+            .dead_longer_than(grace)
+            .into_iter()
+            .collect();
+        let cpu: HashSet<u64> = self
+            .paths_ref(Hierarchy::Cpu)
+            .dead_longer_than(grace)
+            .into_iter()
+            .collect();
+        let blkio: HashSet<u64> = self
+            .paths_ref(Hierarchy::Blkio)
+            .dead_longer_than(grace)
+            .into_iter()
+            .collect();
+        // Root (id 1) and "no cgroup" (0) never die.
+        let gone = |cgroup_id: u64, netns: u32| {
+            (cgroup_id > 1 && unified.contains(&cgroup_id))
+                || (netns != 0 && dead_netns.contains(&netns))
+        };
+
+        let retransmits: Vec<RetransmitKey> = counters
+            .retransmits
+            .keys()
+            .filter(|k| gone(k.cgroup_id, k.netns))
+            .copied()
+            .collect();
+        let drops: Vec<DropKey> = counters
+            .drops
+            .keys()
+            .filter(|k| gone(k.cgroup_id, k.netns))
+            .copied()
+            .collect();
+        let dns_keys: Vec<DnsResolverKey> = counters
+            .dns
+            .keys()
+            .filter(|k| gone(k.cgroup_id, 0))
+            .copied()
+            .collect();
+        let dns_latency: Vec<DnsLatencyKey> = counters
+            .dns_latency
+            .keys()
+            .filter(|k| gone(k.cgroup_id, 0))
+            .copied()
+            .collect();
+        let block: Vec<BlockKey> = counters
+            .block
+            .keys()
+            .filter(|k| k.cgroup_id > 1 && blkio.contains(&k.cgroup_id))
+            .copied()
+            .collect();
+        let throttle: Vec<u64> = counters
+            .throttle
+            .keys()
+            .filter(|&&id| id > 1 && cpu.contains(&id))
+            .copied()
+            .collect();
+        // Queries of a dead workload still waiting: they would time out later and
+        // bring it back.
+        let in_flight: Vec<DnsFlow> = self
+            .probe
+            .dns_in_flight()?
+            .into_iter()
+            .filter(|flow| gone(flow.cgroup_id, 0))
+            .collect();
+
+        let probe = &mut self.probe;
+        let deleted = [
+            (
+                TCP_RETRANSMITS_MAP,
+                probe.remove_entries::<_, RetransmitCounters>(TCP_RETRANSMITS_MAP, &retransmits)?,
+            ),
+            (
+                DROPS_MAP,
+                probe.remove_entries::<_, u64>(DROPS_MAP, &drops)?,
+            ),
+            (
+                DNS_COUNTERS_MAP,
+                probe.remove_entries::<_, DnsCounters>(DNS_COUNTERS_MAP, &dns_keys)?,
+            ),
+            (
+                DNS_LATENCY_MAP,
+                probe.remove_entries::<_, DnsHistogram>(DNS_LATENCY_MAP, &dns_latency)?,
+            ),
+            (
+                DNS_IN_FLIGHT_MAP,
+                probe.remove_entries::<_, DnsQuery>(DNS_IN_FLIGHT_MAP, &in_flight)?,
+            ),
+            (
+                BLOCK_IO_MAP,
+                probe.remove_entries::<_, BlockStats>(BLOCK_IO_MAP, &block)?,
+            ),
+            (
+                CPU_THROTTLE_MAP,
+                probe.remove_entries::<_, ThrottleStats>(CPU_THROTTLE_MAP, &throttle)?,
+            ),
+        ];
+        for (map, count) in deleted {
+            *self.gc_deleted.entry(map.to_string()).or_default() += count;
+        }
+        // Without the baseline an entry the kernel creates again counts from zero, as
+        // the kernel does.
+        let baseline = &mut self.baseline;
+        for key in &retransmits {
+            baseline.retransmits.remove(key);
+        }
+        for key in &drops {
+            baseline.drops.remove(key);
+        }
+        for key in &dns_keys {
+            baseline.dns.remove(key);
+        }
+        for key in &dns_latency {
+            baseline.dns_latency.remove(key);
+        }
+        for key in &block {
+            baseline.block.remove(key);
+        }
+        for id in &throttle {
+            baseline.throttle.remove(id);
+        }
+        self.dns_timeouts.retain(|k, _| !gone(k.cgroup_id, 0));
+
+        // Names are kept a grace period longer: a late kernel entry (a request still in
+        // flight when its cgroup went) is still known as expired, not as a new unknown.
+        let forget_after = grace * 2;
+        for netns in netns_dead_for(&self.netns_alive, forget_after) {
+            self.netns_alive.remove(&netns);
+            self.netns_first.remove(&netns);
+            self.netns_last.remove(&netns);
+            self.attributor.forget_netns(netns);
+        }
+        for hierarchy in [Hierarchy::Unified, Hierarchy::Cpu, Hierarchy::Blkio] {
+            let dead = self.paths_ref(hierarchy).dead_longer_than(forget_after);
+            for id in dead {
+                let Some(path) = self.paths(hierarchy).forget(id) else {
+                    continue;
+                };
+                if self.paths_ref(hierarchy).root() == self.attributor.cgroups.root() {
+                    self.attributor.forget_cgroup(&path);
+                }
+                if self.paths_ref(hierarchy).root() == self.paths_ref(Hierarchy::Cpu).root() {
+                    self.cpu_watch.remove(&path);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -446,6 +654,7 @@ impl Collector {
             probes: self.probe.statuses().to_vec(),
             program_stats: self.probe.program_stats(),
             map_overflows,
+            gc_deleted_entries: self.gc_deleted.clone(),
             workloads,
         })
     }
@@ -596,6 +805,19 @@ fn dns_reports(
         }
     }
     reports
+}
+
+/// Network namespaces held by bind mounts visible to this process (`/run/netns/*`).
+fn mounted_netns(proc_root: &Path) -> Vec<u32> {
+    let mountinfo = std::fs::read_to_string(proc_root.join("self/mountinfo")).unwrap_or_default();
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            // `ID PARENT MAJ:MIN ROOT ...`: an nsfs mount's root is `net:[INODE]`.
+            let root = line.split_whitespace().nth(3)?;
+            root.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
 }
 
 fn join(root: &Path, path: &str) -> PathBuf {

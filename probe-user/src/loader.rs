@@ -393,6 +393,14 @@ impl Probe {
         self.shared(DNS_LATENCY_MAP)
     }
 
+    /// The DNS queries still waiting for a response.
+    pub fn dns_in_flight(&self) -> anyhow::Result<Vec<DnsFlow>> {
+        Ok(self
+            .shared::<DnsFlow, DnsQuery>(DNS_IN_FLIGHT_MAP)?
+            .into_keys()
+            .collect())
+    }
+
     /// Removes the DNS queries sent before `deadline_ns` (CLOCK_MONOTONIC) that are still
     /// waiting for a response, and returns them: they timed out.
     pub fn expire_dns_queries(&mut self, deadline_ns: u64) -> anyhow::Result<Vec<DnsFlow>> {
@@ -460,6 +468,28 @@ impl Probe {
                 Ok((slot.map_name(), values.iter().sum()))
             })
             .collect()
+    }
+
+    /// Deletes `keys` from the aggregation map `name` (a hash or per-CPU hash map with
+    /// values of type `V`); returns how many were there.
+    pub fn remove_entries<K, V>(&mut self, name: &str, keys: &[K]) -> anyhow::Result<u64>
+    where
+        K: aya::Pod,
+        V: aya::Pod,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow::anyhow!("map {name} missing from the object"))?;
+        let removed = if matches!(map, aya::maps::Map::PerCpuHashMap(_)) {
+            let mut map = PerCpuHashMap::<&mut MapData, K, V>::try_from(map)?;
+            // ENOENT: the program or a previous pass removed it already.
+            keys.iter().filter(|key| map.remove(key).is_ok()).count()
+        } else {
+            let mut map = aya::maps::HashMap::<&mut MapData, K, V>::try_from(map)?;
+            keys.iter().filter(|key| map.remove(key).is_ok()).count()
+        };
+        Ok(removed as u64)
     }
 
     fn shared<K, V>(&self, name: &str) -> anyhow::Result<HashMap<K, V>>

@@ -729,7 +729,8 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("tuneprobe_map_overflows_total{map=\"DROPS\"} 0"),
+            text.contains("tuneprobe_map_overflows_total{map=\"DROPS\"} 0")
+                && text.contains("tuneprobe_gc_deleted_entries_total{map=\"DROPS\"} 4"),
             "{text}"
         );
     }
@@ -756,6 +757,19 @@ mod tests {
         // The next scrape keeps the same answer for each workload.
         let again = exporter.render(&snapshot(all), 0.0);
         assert!(again.contains("pod=\"a\"") && !again.contains("pod=\"c\""));
+    }
+
+    #[test]
+    fn workloads_gone_from_the_snapshot_give_their_place_back() {
+        let mut exporter = Exporter::new(2, &[]);
+        exporter.render(&snapshot(vec![workload("a"), workload("b")]), 0.0);
+        // a and b expired (deleted pods past their grace period): c and d get labels.
+        let text = exporter.render(&snapshot(vec![workload("c"), workload("d")]), 0.0);
+        assert!(
+            text.contains("pod=\"c\"") && text.contains("pod=\"d\"") && !text.contains("pod=\"a\""),
+            "{text}"
+        );
+        assert!(text.contains("tuneprobe_folded_workloads 0"), "{text}");
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub struct Snapshot {
     pub probes: Vec<ProbeStatus>,
     /// Updates lost because a kernel map was full, per map (0 is the healthy value).
     pub map_overflows: BTreeMap<String, u64>,
+    /// Kernel map entries deleted because their cgroup or network namespace was gone
+    /// for longer than the grace period, per map (grows with pod churn).
+    pub gc_deleted_entries: BTreeMap<String, u64>,
     /// Kernel run time of each program since it was loaded (zeros unless `--bpf-stats`).
     pub program_stats: Vec<ProgramStats>,
     pub workloads: Vec<Workload>,
@@ -420,6 +423,7 @@ mod tests {
                 },
             ],
             map_overflows: BTreeMap::from([("DROPS".to_string(), 0)]),
+            gc_deleted_entries: BTreeMap::new(),
             program_stats: vec![],
             workloads: vec![
                 Workload {

@@ -401,6 +401,7 @@ mod tests {
             duration_s: 1.0,
             probes: vec![],
             map_overflows: Default::default(),
+            gc_deleted_entries: Default::default(),
             program_stats: vec![],
             workloads,
         }

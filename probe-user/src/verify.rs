@@ -361,6 +361,27 @@ impl Affected {
         }
     }
 
+    /// The workloads of `snapshot` the change can affect, by cgroup path.
+    pub fn workloads_in(&self, snapshot: &Snapshot) -> Vec<String> {
+        snapshot
+            .workloads
+            .iter()
+            .filter_map(|w| {
+                let path = w.cgroup_path.as_deref()?;
+                let included = match self {
+                    Self::Device(device) => w.block.iter().any(|b| &b.device == device),
+                    Self::Node => true,
+                    Self::Cgroup(prefix) => is_within(path, prefix),
+                    Self::Netns { inode, owner } => {
+                        w.netns == Some(*inode)
+                            || owner.as_ref().is_some_and(|o| is_within(path, o))
+                    }
+                };
+                included.then(|| path.to_string())
+            })
+            .collect()
+    }
+
     fn includes(&self, key: &SeriesKey, workload: Option<&Workload>) -> bool {
         match self {
             Self::Device(device) => key.device.as_deref() == Some(device.as_str()),
@@ -653,6 +674,8 @@ pub struct ChangeRecord {
     pub new: Option<String>,
     /// Seconds since the Unix epoch.
     pub at: f64,
+    /// The workloads (cgroup paths) the change can affect, as seen when it happened.
+    pub affected: Vec<String>,
 }
 
 /// A change with its verdicts so far.
@@ -772,6 +795,7 @@ impl Watcher {
                 old: change.old,
                 new: change.new,
                 at,
+                affected: affected.workloads_in(&snapshot),
             };
             if signals.is_empty() {
                 let report = ChangeReport {
@@ -893,6 +917,7 @@ mod tests {
             duration_s: 1.0,
             probes: vec![],
             map_overflows: Default::default(),
+            gc_deleted_entries: Default::default(),
             program_stats: vec![],
             workloads: vec![Workload {
                 cgroup_path: Some("/pod/c".into()),
@@ -1105,5 +1130,6 @@ mod tests {
         // The interval in which the knob changed belongs to neither window.
         assert_eq!((v.samples.before.len(), v.samples.after.len()), (10, 10));
         assert_eq!(watcher.recent.len(), 1);
+        assert_eq!(last.change.affected, ["/pod/c"]);
     }
 }

@@ -287,6 +287,7 @@ fn promtool_accepts_escaped_label_values_and_the_folded_series() {
         duration_s: 1.0,
         probes: vec![],
         map_overflows: Default::default(),
+        gc_deleted_entries: Default::default(),
         program_stats: vec![],
         workloads: vec![
             workload("/system.slice/a\\x2db.service"),

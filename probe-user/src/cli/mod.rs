@@ -43,6 +43,11 @@ pub struct CollectorArgs {
     #[arg(long, value_name = "DURATION", value_parser = snapshot::parse_duration, default_value = "5s")]
     dns_timeout: std::time::Duration,
 
+    /// How long a deleted pod (cgroup, network namespace) stays in reports and metrics;
+    /// after it, its kernel map entries are deleted too.
+    #[arg(long, value_name = "DURATION", value_parser = snapshot::parse_duration, default_value = "5m")]
+    pod_grace: std::time::Duration,
+
     /// The kubelet's pod log directory, for pod and container names when the API is not
     /// reachable (its sibling `containers` directory names containers).
     #[arg(long, value_name = "DIR", default_value = tuneprobe::pods::DEFAULT_POD_LOGS_DIR)]
@@ -107,6 +112,7 @@ impl CollectorArgs {
         let defaults = tuneprobe::collector::CollectorOptions::default();
         Ok(tuneprobe::collector::CollectorOptions {
             dns_timeout: self.dns_timeout,
+            pod_grace: self.pod_grace,
             pod_logs_dir: self.pod_logs_dir.clone(),
             kube_api,
             node_name: self.node_name.clone().unwrap_or(defaults.node_name.clone()),
