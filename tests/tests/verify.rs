@@ -482,6 +482,18 @@ fn a_pods_quota_changed_by_uid_is_judged_and_plotted() {
     );
     let v = verdict_for(&report, &pod.pod_path, "cpu_throttled_ratio");
     assert_eq!(v["verdict"], "improved", "{v:#}");
+    // The change record lists the workloads it can affect: the pod's, and only those.
+    let affected = report["change"]["affected"].as_array().unwrap();
+    assert!(
+        affected.iter().any(|p| p == pod.pod_path.as_str()),
+        "{affected:?}"
+    );
+    assert!(
+        affected
+            .iter()
+            .all(|p| p.as_str().unwrap().starts_with(&pod.pod_path)),
+        "{affected:?}"
+    );
     // Only the pod's workloads are judged.
     for other in report["verdicts"].as_array().unwrap() {
         let path = other["cgroup_path"].as_str().unwrap();

@@ -193,6 +193,7 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         }
     };
     let at = unix_now();
+    let affected_workloads = affected.workloads_in(&previous);
     eprintln!(
         "measuring {} after the change",
         humantime::format_duration(args.after)
@@ -247,6 +248,7 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
             old: Some(old).filter(|o| !o.is_empty()),
             new: Some(new),
             at,
+            affected: affected_workloads,
         },
         is_final: true,
         after_intervals: Windows::after_intervals(&Windows {
