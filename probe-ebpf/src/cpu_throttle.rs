@@ -35,15 +35,21 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let layout = kernel::layout();
     let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The clock is read only on the rare paths that need it: this program runs on every
+    // context switch, and a helper call is a large part of its cost (xtask bench).
     if is_throttled(&layout, prev)
         && (layout.throttle_per_task != 0 || still_runnable(&layout, &ctx))
     {
-        switched_out_throttled(&layout, prev, now);
+        switched_out_throttled(&layout, prev, now());
     }
-    switched_in(&layout, next, now);
+    switched_in(&layout, next);
     0
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// With the cfs_rq flag, a task that blocked (sleep, IO) while its group was throttled
@@ -101,12 +107,13 @@ fn switched_out_throttled(layout: &KernelLayout, task: *const u8, now: u64) {
 }
 
 #[inline(always)]
-fn switched_in(layout: &KernelLayout, task: *const u8, now: u64) {
+fn switched_in(layout: &KernelLayout, task: *const u8) {
     let pid: u32 = kernel::read(task, layout.task_pid).unwrap_or(0);
     // SAFETY: copied out at once.
     let Some(waiting) = (unsafe { THROTTLED_TASKS.get(&pid) }).copied() else {
         return;
     };
+    let now = now();
     let _ = THROTTLED_TASKS.remove(&pid);
     let stall_ns = now.saturating_sub(waiting.since_ns);
     if trace::enabled(TraceKind::Throttle) {
