@@ -270,13 +270,21 @@ impl Probe {
             source,
         };
         let btf = Btf::from_file(&btf_path).map_err(btf_error)?;
-        let aya_btf = aya::Btf::parse_file(&btf_path, aya::Endianness::default())
-            .map_err(|e| btf_error(BtfError::Malformed(e.to_string())))?;
         let resolved = layout::resolve(&btf);
         let drop_reasons = DropReasons::from_btf(&btf).unwrap_or_else(|err| {
             warn!("drop reasons will show as numbers: {err}");
             DropReasons::default()
         });
+        let block_ops = BlockOps::from_btf(&btf);
+        let unsupported_reasons: Vec<Option<String>> = PROGRAMS
+            .iter()
+            .map(|spec| unsupported(spec, &btf, &resolved))
+            .collect();
+        // Two parsed copies of the kernel's BTF at once were the agent's peak memory
+        // (xtask bench): ours is done with before aya parses its own.
+        drop(btf);
+        let aya_btf = aya::Btf::parse_file(&btf_path, aya::Endianness::default())
+            .map_err(|e| btf_error(BtfError::Malformed(e.to_string())))?;
 
         let mut loader = EbpfLoader::new();
         loader
@@ -296,8 +304,9 @@ impl Probe {
 
         let statuses: Vec<ProbeStatus> = PROGRAMS
             .iter()
-            .map(|spec| {
-                let result = match unsupported(spec, &btf, &resolved) {
+            .zip(unsupported_reasons)
+            .map(|(spec, unsupported)| {
+                let result = match unsupported {
                     Some(reason) => Err(reason),
                     None => attach(&mut ebpf, spec, &aya_btf),
                 };
@@ -333,7 +342,7 @@ impl Probe {
             ebpf,
             statuses,
             drop_reasons,
-            block_ops: BlockOps::from_btf(&btf),
+            block_ops,
             _stats: stats.flatten(),
         })
     }
