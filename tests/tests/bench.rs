@@ -123,6 +123,15 @@ fn smoke_run_reports_every_section_and_cleans_up() {
         "bpftrace has no merge probe"
     );
 
+    // The floor: the cheapest programs on the two hottest hooks, measured.
+    for hook in ["kfree_skb", "sched_switch"] {
+        for label in ["empty", "count"] {
+            let key = format!("{hook}_{label}_ns_per_event");
+            let ns = number(&report["floor"][&key], &key);
+            assert!(ns > 0.0 && ns < 10_000.0, "{key}: {ns}");
+        }
+    }
+
     // Workload impact: four workloads, each measured in all three modes.
     let impact = report["workload_impact"]
         .as_array()

@@ -63,6 +63,16 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(mode: Mode, tools: &Tools, run: usize) -> anyhow::Result<Option<Self>> {
+        Self::start_with(mode, tools, run, &tools.bpftrace_program)
+    }
+
+    /// Like `start`, with another bpftrace program (it must print `ready` from BEGIN).
+    pub fn start_with(
+        mode: Mode,
+        tools: &Tools,
+        run: usize,
+        bpftrace_program: &Path,
+    ) -> anyhow::Result<Option<Self>> {
         let output = tools.out_dir.join(format!("{}-{run}.out", mode.name()));
         let file = fs::File::create(&output)?;
         let (mut cmd, listen) = match mode {
@@ -72,7 +82,7 @@ impl Agent {
                 // Line-buffered, so `ready` (printed from BEGIN, after every probe is
                 // attached) shows at once.
                 cmd.args(["-B", "line"])
-                    .arg(&tools.bpftrace_program)
+                    .arg(bpftrace_program)
                     .arg(tools.skb_consumed.to_string())
                     .stdout(file)
                     .stderr(Stdio::null());

@@ -25,7 +25,7 @@ pub const DROP_PORT: u16 = 9999;
 /// UDP port that namespace A drops on output: the drop keeps the sender's socket, so it
 /// is counted per sending cgroup (the scale stage).
 pub const EGRESS_DROP_PORT: u16 = 9998;
-/// iperf3 servers: plain, and one behind 1% random loss (retransmits for the load mix).
+/// iperf3 servers: plain, and one behind 5% random loss (retransmits for the load mix).
 pub const IPERF_PORT: u16 = 5201;
 pub const IPERF_LOSSY_PORT: u16 = 5202;
 pub const DNS_NAME: &str = "bench.local";
@@ -193,7 +193,7 @@ impl Lab {
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
             sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
         }
-        // Namespace B drops the UDP flood on input; 1% of the lossy iperf3 flow's
+        // Namespace B drops the UDP flood on input; 5% of the lossy iperf3 flow's
         // segments vanish, so TCP retransmits. Namespace A drops the scale stage's
         // packets on output, where the skb still carries the sending socket.
         let nft = |ns: &str, rule: String| -> anyhow::Result<()> {
@@ -215,7 +215,7 @@ impl Lab {
         nft(
             &lab.ns_b,
             format!(
-                "add rule inet tpbench input tcp dport {IPERF_LOSSY_PORT} numgen random mod 100 == 0 drop"
+                "add rule inet tpbench input tcp dport {IPERF_LOSSY_PORT} numgen random mod 20 == 0 drop"
             ),
         )?;
         nft(

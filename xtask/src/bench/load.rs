@@ -72,15 +72,17 @@ pub fn udp_flood(
     })
 }
 
-/// DNS queries from namespace A to dnsmasq in B for `secs` on `threads` sockets, one
-/// query in flight per socket, paced to `rate` queries per second in total if given;
-/// returns the responses received.
+/// DNS queries from namespace A to dnsmasq in B for `secs` on `threads` sockets;
+/// returns the responses received. Paced (`rate` queries per second in total): one query
+/// in flight per socket. Unpaced: `WINDOW` in flight per socket, so the rate measures
+/// how fast queries are carried and answered, not how fast threads wake up.
 pub fn dns_load(
     lab: &Lab,
     secs: f64,
     threads: usize,
     rate: Option<f64>,
 ) -> anyhow::Result<Vec<thread::JoinHandle<anyhow::Result<u64>>>> {
+    const WINDOW: u16 = 16;
     (0..threads)
         .map(|t| {
             spawn_in_netns(&lab.ns_a, move || {
@@ -89,6 +91,27 @@ pub fn dns_load(
                 socket.set_read_timeout(Some(Duration::from_millis(200)))?;
                 let mut txid = (t as u16) << 12;
                 let mut buf = [0u8; 512];
+                if rate.is_none() {
+                    let end = Instant::now() + Duration::from_secs_f64(secs);
+                    let mut answers = 0;
+                    let mut in_flight = 0;
+                    while Instant::now() < end && !super::interrupted() {
+                        while in_flight < WINDOW {
+                            txid = txid.wrapping_add(1);
+                            socket.send(&dns_query(txid))?;
+                            in_flight += 1;
+                        }
+                        match socket.recv(&mut buf) {
+                            Ok(_) => {
+                                answers += 1;
+                                in_flight -= 1;
+                            }
+                            // Lost answers: refill the window.
+                            Err(_) => in_flight = 0,
+                        }
+                    }
+                    return Ok(answers);
+                }
                 paced(secs, rate.map(|r| r / threads as f64), || {
                     txid = txid.wrapping_add(1);
                     socket.send(&dns_query(txid))?;
@@ -190,8 +213,9 @@ pub fn fio(device: &str, secs: u32, rate_iops: Option<u32>) -> anyhow::Result<Pr
             "--iodepth=4",
             &format!("--rate_iops={iops}"),
         ]),
-        // Unpaced: one request at a time, so the per-request cost shows in full.
-        None => cmd.args(["--ioengine=psync", "--iodepth=1"]),
+        // Unpaced: enough requests in flight that the rate measures how fast requests are
+        // carried, not how fast fio wakes up on a shared machine.
+        None => cmd.args(["--ioengine=libaio", "--iodepth=16"]),
     };
     Proc::spawn("fio", &mut cmd)
 }

@@ -81,8 +81,8 @@ struct Plan {
 impl Plan {
     fn full() -> Self {
         Self {
-            rounds: 3,
-            workload_secs: 5,
+            rounds: 5,
+            workload_secs: 4,
             mix_rounds: 2,
             mix_secs: 10,
             drops_per_s: 100_000.0,
@@ -253,7 +253,7 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Value> {
             join(load::udp_flood(&lab, f64::from(secs), None)?)?;
             let udp = (lab.dropped_in_b()? - before) as f64 / t0.elapsed().as_secs_f64();
             let t0 = Instant::now();
-            let answers: u64 = load::dns_load(&lab, f64::from(secs), 2, None)?
+            let answers: u64 = load::dns_load(&lab, f64::from(secs), 1, None)?
                 .into_iter()
                 .map(join)
                 .sum::<anyhow::Result<u64>>()?;
@@ -303,11 +303,12 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Value> {
                 }
             }
             eprintln!(
-                "  round {} {:<9}: cpu {:.2}% of a core, peak RSS {:.1} MiB; achieved {:.0} \
+                "  round {} {:<9}: cpu {:.2}% of a core (programs {:.2}%), peak RSS {:.1} MiB; achieved {:.0} \
                  drops/s, {:.0} DNS/s, {:.0} IOPS, {:.0} retransmits/s",
                 round + 1,
                 mode.name(),
                 run.cpu_percent,
+                run.bpf_cpu_percent,
                 run.peak_rss_kib as f64 / 1024.0,
                 run.drops_per_s,
                 run.dns_qps,
@@ -317,6 +318,7 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Value> {
             mix.entry(mode).or_default().push(run);
         }
     }
+    let floor = floor_stage(plan, &lab, tools, &mut run_no)?;
     drop(stats);
 
     eprintln!("xtask bench: scale {:?}", plan.scale);
@@ -327,7 +329,60 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Value> {
     }
     drop(lab);
 
-    Ok(assemble(plan, smoke, &impact, &mix, &scale, &attach))
+    let mut report = assemble(plan, smoke, &impact, &mix, &scale, &attach);
+    report["floor"] = floor;
+    Ok(report)
+}
+
+/// What the cheapest possible programs cost per event on this machine, under the mix's
+/// drop rate: an empty bpftrace program and a bare `count()` on the two hottest hooks.
+/// Every per-cgroup program pays at least this, plus the reads that find its cgroup.
+fn floor_stage(plan: &Plan, lab: &Lab, tools: &Tools, run_no: &mut usize) -> anyhow::Result<Value> {
+    eprintln!("xtask bench: floor (empty and count-only bpftrace programs)");
+    let programs = [
+        (
+            "empty",
+            "tracepoint:skb:kfree_skb { }\ntracepoint:sched:sched_switch { }\n",
+        ),
+        (
+            "count",
+            "tracepoint:skb:kfree_skb { @drops = count(); }\n\
+             tracepoint:sched:sched_switch { @switches = count(); }\n",
+        ),
+    ];
+    let mut agents = Vec::new();
+    for (label, body) in programs {
+        let path = tools.out_dir.join(format!("floor-{label}.bt"));
+        fs::write(&path, format!("BEGIN {{ printf(\"ready\\n\"); }}\n{body}"))?;
+        *run_no += 1;
+        let agent =
+            Agent::start_with(Mode::Bpftrace, tools, *run_no, &path)?.context("bpftrace")?;
+        agents.push((label, agent));
+    }
+    let before: Vec<_> = agents
+        .iter()
+        .map(|(_, a)| prog_stats(a.pid()))
+        .collect::<anyhow::Result<_>>()?;
+    let secs = f64::from(plan.mix_secs.min(5));
+    join(load::udp_flood(lab, secs, Some(plan.drops_per_s))?)?;
+    let mut floor = serde_json::Map::new();
+    for ((label, agent), before) in agents.into_iter().zip(before) {
+        let after = prog_stats(agent.pid())?;
+        agent.stop()?;
+        for hook in ["kfree_skb", "sched_switch"] {
+            let (Some(a), b) = (
+                after.get(hook),
+                before.get(hook).copied().unwrap_or_default(),
+            ) else {
+                bail!("no {hook} program in the {label} floor run");
+            };
+            let runs = a.run_cnt - b.run_cnt;
+            let per_event =
+                (runs > 0).then(|| (a.run_time_ns - b.run_time_ns) as f64 / runs as f64);
+            floor.insert(format!("{hook}_{label}_ns_per_event"), json!(per_event));
+        }
+    }
+    Ok(Value::Object(floor))
 }
 
 /// Waiting time for a client that runs `secs`.
@@ -352,6 +407,8 @@ struct MixRun {
     dns_qps: f64,
     block_iops: f64,
     retransmits_per_s: f64,
+    /// Kernel time of all its programs, in percent of one core.
+    bpf_cpu_percent: f64,
     /// Per program: (events, ns per event) over the window.
     programs: BTreeMap<String, (u64, f64)>,
 }
@@ -388,6 +445,12 @@ fn load_mix(
     let progs_after = prog_stats(agent.pid())?;
     let drops = lab.dropped_in_b()? - drops_before;
     let retransmits = netstat(&lab.ns_a, "Tcp:", "RetransSegs")? - retransmits_before;
+    let bpf_ns: u64 = progs_after
+        .iter()
+        .map(|(name, after)| {
+            after.run_time_ns - progs_before.get(name).map_or(0, |b| b.run_time_ns)
+        })
+        .sum();
     let programs = progs_after
         .iter()
         .filter(|(name, _)| name.as_str() != "BEGIN")
@@ -405,6 +468,7 @@ fn load_mix(
         .collect();
     Ok(MixRun {
         cpu_percent: (usage_after.cpu_s - usage_before.cpu_s) / elapsed * 100.0,
+        bpf_cpu_percent: bpf_ns as f64 / 1e9 / elapsed * 100.0,
         peak_rss_kib: usage_after.peak_rss_kib,
         // The flood and the DNS clients run exactly `secs`; the rest took longer to end.
         drops_per_s: drops as f64 / f64::from(secs),
@@ -657,10 +721,23 @@ fn assemble(
         let samples = |mode: Mode| impact.get(&(workload, mode)).cloned().unwrap_or_default();
         let med = |mode: Mode| median(&samples(mode));
         let tp_ratio = ratio(med(Mode::Tuneprobe), med(Mode::Nothing));
+        // How far apart the bare runs themselves are: a ratio closer to 100% than this
+        // is within the noise of this machine.
+        let bare = samples(Mode::Nothing);
+        let spread = median(&bare).filter(|m| *m > 0.0).map(|m| {
+            let (lo, hi) = bare
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+            (hi - lo) / m
+        });
         targets.push(Target::new(
             &format!("{workload} with tuneprobe at least 98% of bare"),
             tp_ratio.map(|r| r >= 0.98),
-            format!("{}%", report::fmt(tp_ratio.map(|r| r * 100.0), 1)),
+            format!(
+                "{}% (bare runs spread {}%)",
+                report::fmt(tp_ratio.map(|r| r * 100.0), 1),
+                report::fmt(spread.map(|s| s * 100.0), 0)
+            ),
         ));
         workload_impact.push(json!({
             "workload": workload,
@@ -670,6 +747,7 @@ fn assemble(
             "tuneprobe": med(Mode::Tuneprobe),
             "bpftrace_ratio": ratio(med(Mode::Bpftrace), med(Mode::Nothing)),
             "tuneprobe_ratio": tp_ratio,
+            "bare_spread": spread,
             "samples": {
                 "nothing": samples(Mode::Nothing),
                 "bpftrace": samples(Mode::Bpftrace),
@@ -680,6 +758,7 @@ fn assemble(
 
     let agent_json = |mode: Mode| {
         let cpu: Vec<f64> = runs(mode).iter().map(|r| r.cpu_percent).collect();
+        let bpf: Vec<f64> = runs(mode).iter().map(|r| r.bpf_cpu_percent).collect();
         let rss: Vec<f64> = runs(mode)
             .iter()
             .map(|r| r.peak_rss_kib as f64 / 1024.0)
@@ -687,6 +766,8 @@ fn assemble(
         json!({
             "cpu_percent": median(&cpu),
             "cpu_percent_samples": cpu,
+            "bpf_cpu_percent": median(&bpf),
+            "bpf_cpu_percent_samples": bpf,
             "peak_rss_mib": median(&rss),
         })
     };

@@ -77,6 +77,16 @@ pub fn table(report: &Value) -> String {
             num(&row["ratio"], 2),
         );
     }
+    let floor = &report["floor"];
+    let _ = writeln!(
+        out,
+        "Floor here: an empty program costs {} ns per event on kfree_skb and {} ns on \
+         sched_switch; a bare count() {} ns and {} ns",
+        num(&floor["kfree_skb_empty_ns_per_event"], 0),
+        num(&floor["sched_switch_empty_ns_per_event"], 0),
+        num(&floor["kfree_skb_count_ns_per_event"], 0),
+        num(&floor["sched_switch_count_ns_per_event"], 0),
+    );
     let _ = writeln!(
         out,
         "\nWorkload impact (median of {} interleaved rounds; ratio to nothing attached)",
@@ -115,16 +125,17 @@ pub fn table(report: &Value) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<10} {:>14} {:>14} {:>16}",
-        "agent", "CPU % of core", "peak RSS MiB", "attach ms"
+        "{:<10} {:>14} {:>18} {:>14} {:>12}",
+        "agent", "CPU % of core", "programs % of core", "peak RSS MiB", "attach ms"
     );
     for mode in ["bpftrace", "tuneprobe"] {
         let row = &report["agent_cost"][mode];
         let _ = writeln!(
             out,
-            "{:<10} {:>14} {:>14} {:>16}",
+            "{:<10} {:>14} {:>18} {:>14} {:>12}",
             mode,
             num(&row["cpu_percent"], 2),
+            num(&row["bpf_cpu_percent"], 2),
             num(&row["peak_rss_mib"], 1),
             num(&report["attach"][mode]["median_ms"], 0),
         );
