@@ -23,9 +23,11 @@ use crate::{aggregate, kernel, trace};
 static CPU_THROTTLE: HashMap<u64, ThrottleStats> =
     HashMap::with_max_entries(CPU_THROTTLE_MAX_CGROUPS, 0);
 
-/// `probe_common::cpu_throttle::THROTTLED_TASKS_MAP`: thread id -> since when.
+/// `probe_common::cpu_throttle::THROTTLED_TASKS_MAP`: task (its `task_struct` address,
+/// unique while it lives) -> since when. Keyed by address, not thread id, so the lookup
+/// on every context switch needs no read of the task.
 #[map]
-static THROTTLED_TASKS: LruHashMap<u32, ThrottledTask> =
+static THROTTLED_TASKS: LruHashMap<u64, ThrottledTask> =
     LruHashMap::with_max_entries(THROTTLED_TASKS_MAX, 0);
 
 static ZERO_STATS: ThrottleStats = ThrottleStats::ZERO;
@@ -98,25 +100,25 @@ fn switched_out_throttled(layout: &KernelLayout, task: *const u8, now: u64) {
     };
     // SAFETY: map value pointer.
     unsafe { aggregate::atomic_add(&raw mut (*stats).events, 1) };
-    let pid: u32 = kernel::read(task, layout.task_pid).unwrap_or(0);
     let waiting = ThrottledTask {
         since_ns: now,
         cgroup_id,
     };
-    let _ = THROTTLED_TASKS.insert(&pid, &waiting, 0);
+    let _ = THROTTLED_TASKS.insert(&(task as u64), &waiting, 0);
 }
 
 #[inline(always)]
 fn switched_in(layout: &KernelLayout, task: *const u8) {
-    let pid: u32 = kernel::read(task, layout.task_pid).unwrap_or(0);
+    let id = task as u64;
     // SAFETY: copied out at once.
-    let Some(waiting) = (unsafe { THROTTLED_TASKS.get(&pid) }).copied() else {
+    let Some(waiting) = (unsafe { THROTTLED_TASKS.get(&id) }).copied() else {
         return;
     };
     let now = now();
-    let _ = THROTTLED_TASKS.remove(&pid);
+    let _ = THROTTLED_TASKS.remove(&id);
     let stall_ns = now.saturating_sub(waiting.since_ns);
     if trace::enabled(TraceKind::Throttle) {
+        let pid: u32 = kernel::read(task, layout.task_pid).unwrap_or(0);
         let event = ThrottleEvent {
             header: trace::header(TraceKind::Throttle, waiting.cgroup_id, 0, now),
             stall_ns,
