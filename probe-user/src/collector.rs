@@ -132,6 +132,8 @@ pub struct Collector {
     dns_timeouts: HashMap<DnsResolverKey, u64>,
     /// When each network namespace was last seen alive (or first seen in a key).
     netns_alive: HashMap<u32, Instant>,
+    /// Sum of each namespace's kernel counts at the last tick: a change shows it alive.
+    netns_activity: HashMap<u32, u64>,
     /// Kernel map entries deleted because their cgroup or namespace was gone for longer
     /// than the grace period, per map.
     gc_deleted: BTreeMap<String, u64>,
@@ -173,6 +175,7 @@ impl Collector {
             options,
             dns_timeouts: HashMap::new(),
             netns_alive: HashMap::new(),
+            netns_activity: HashMap::new(),
             gc_deleted: BTreeMap::new(),
         };
         collector.tick()?;
@@ -256,7 +259,7 @@ impl Collector {
             let _ = self.paths(hierarchy).path(id);
         }
         self.watch_cpu_quotas();
-        self.collect_garbage(&counters)?;
+        self.collect_garbage()?;
         self.expire_dns_queries()?;
         Ok(())
     }
@@ -264,7 +267,10 @@ impl Collector {
     /// Deletes the kernel map entries and baselines of cgroups and network namespaces
     /// gone for longer than the grace period (nothing else ever removes them: on a node
     /// with pod churn the maps would fill), and later forgets their names too.
-    fn collect_garbage(&mut self, counters: &Counters) -> anyhow::Result<()> {
+    fn collect_garbage(&mut self) -> anyhow::Result<()> {
+        // Read afresh, just before deleting: namespace inodes are recycled, and an entry
+        // a new namespace has just counted into must be seen to be alive.
+        let counters = &Counters::read(&self.probe)?;
         let grace = self.options.pod_grace;
         let now = Instant::now();
 
@@ -289,6 +295,23 @@ impl Collector {
         for netns in keyed {
             self.netns_alive.entry(netns).or_insert(now);
         }
+        // The kernel recycles namespace inodes: counts that still move mean a namespace
+        // lives under that inode (one without processes or mounts, or a new one).
+        let mut activity: HashMap<u32, u64> = HashMap::new();
+        for (key, count) in &counters.drops {
+            *activity.entry(key.netns).or_default() += count;
+        }
+        for (key, c) in &counters.retransmits {
+            *activity.entry(key.netns).or_default() += c.retransmits;
+        }
+        activity.remove(&0);
+        for (netns, total) in &activity {
+            // Also a first entry after its earlier ones were deleted: a new namespace.
+            if self.netns_activity.get(netns) != Some(total) {
+                self.netns_alive.insert(*netns, now);
+            }
+        }
+        self.netns_activity = activity;
         let netns_dead_for = |alive: &HashMap<u32, Instant>, after: Duration| -> HashSet<u32> {
             alive
                 .iter()
