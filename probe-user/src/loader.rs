@@ -665,8 +665,9 @@ fn raise_memlock_rlimit() {
     }
 }
 
-/// tracefs may be unmounted at boot; classic tracepoints and `tuneprobe trace`'s tools
-/// need it. Failing to mount it only matters to them, so it is a warning.
+/// tracefs may be unmounted at boot. No program here needs it (all attach through BTF
+/// tracepoints or cgroups), but classic tracepoints and tools looking at the node do:
+/// failing to mount it is a warning that says so.
 fn mount_tracefs_if_absent() {
     let mounted = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| {
         info.lines()
@@ -694,7 +695,7 @@ fn mount_tracefs_if_absent() {
     };
     if rc != 0 {
         warn!(
-            "tracefs is not mounted and mounting it failed: {}",
+            "tracefs is not mounted and mounting it failed: {}; every signal still works (its programs attach through BTF tracepoints and cgroups, not tracefs)",
             io::Error::last_os_error()
         );
     }

@@ -1,14 +1,21 @@
-//! Faults around the agent: bad configuration, and `/metrics` under many clients at once.
+//! Faults around the agent: bad configuration, `/metrics` under many clients at once, a
+//! Kubernetes API that refuses or answers garbage, SIGTERM while attaching, no tracefs.
 
 use std::{
-    io::{Read as _, Write as _},
+    collections::HashSet,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{TcpListener, TcpStream},
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     thread,
     time::{Duration, Instant},
 };
 
-use tuneprobe_tests::tuneprobe_binary;
+use tuneprobe_tests::{ADDR_B, NetnsPair, PodCgroup, Workload, tuneprobe_binary, unique};
 
 #[test]
 fn invalid_configuration_is_one_line_and_exit_2() {
@@ -154,4 +161,331 @@ fn metrics_scraped_by_many_clients_at_once() {
     assert_eq!(get(port, "/metrics").map(|r| r.0), Some(200));
     assert_eq!(get(port, "/nope").map(|r| r.0), Some(404));
     drop(serve);
+}
+
+/// stderr lines of a child, as they come.
+fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Waits for the `ready` line, keeping every line seen.
+fn wait_ready(lines: &mpsc::Receiver<String>, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.iter().any(|l| l.starts_with("ready")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no ready line: {seen:?}"),
+        }
+    }
+}
+
+/// A TCP server on loopback answering every connection with `answer`, until dropped.
+struct JunkServer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl JunkServer {
+    fn start(answer: &'static [u8]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+                        let mut request = [0u8; 4096];
+                        let _ = stream.read(&mut request);
+                        let _ = stream.write_all(answer);
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Self {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for JunkServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn kube_api_unreachable_or_garbage_keeps_collecting_with_log_dir_names() {
+    const N: u64 = 20;
+    let pair = NetnsPair::new();
+    let mut pod = PodCgroup::new();
+    let app = pod.container();
+    // The pod's process lives in namespace B, so B's drops are the pod's.
+    let mut sink = Workload::spawn(
+        &pair.b,
+        Some(&app),
+        &["udp-sink", &format!("{ADDR_B}:7001"), "4096"],
+    );
+    assert_eq!(sink.read_line(), "ready");
+    let logs = std::env::temp_dir().join(unique("tuneprobe-logs-"));
+    struct RemoveDir(std::path::PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _logs = RemoveDir(logs.clone());
+    std::fs::create_dir_all(logs.join(format!("pods/shop_api-7f9c4_{}/server", pod.uid))).unwrap();
+
+    let refused = free_port();
+    let junk = JunkServer::start(b"SSH-2.0-OpenSSH_9.2\r\n\x00\xff\xfe garbage\r\n\r\n");
+    let not_json = JunkServer::start(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 22\r\nConnection: close\r\n\r\n<html>not a pod</html>",
+    );
+    let cases = [
+        (format!("http://127.0.0.1:{refused}"), "Connection refused"),
+        (
+            format!("http://127.0.0.1:{}", junk.port),
+            "request to the Kubernetes API failed",
+        ),
+        (
+            format!("http://127.0.0.1:{}", not_json.port),
+            "the Kubernetes API sent something that is not a pod list",
+        ),
+    ];
+    for (url, why) in cases {
+        let mut child = Command::new(tuneprobe_binary())
+            .args(["snapshot", "--for", "3s", "--json", "--kube-api", &url])
+            .arg("--pod-logs-dir")
+            .arg(logs.join("pods"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tuneprobe");
+        let lines = stderr_lines(&mut child);
+        let mut seen = Vec::new();
+        wait_ready(&lines, &mut seen);
+        Workload::spawn(
+            &pair.a,
+            None,
+            &["udp-send", &format!("{ADDR_B}:9"), &N.to_string(), "50"],
+        )
+        .wait(Duration::from_secs(20));
+        let out = child.wait_with_output().expect("tuneprobe output");
+        seen.extend(lines.try_iter());
+        assert!(out.status.success(), "{url}: exit {}: {seen:?}", out.status);
+
+        // It says what is wrong with the API, and what it does instead.
+        let complaint = seen
+            .iter()
+            .find(|l| l.contains(why))
+            .unwrap_or_else(|| panic!("{url}: no line saying {why:?}: {seen:?}"));
+        assert!(
+            complaint.contains("Kubernetes API") && complaint.contains("pod log directory"),
+            "{complaint}"
+        );
+        // And keeps collecting, naming the pod from its log directory.
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let workload = json["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["cgroup_id"] == pod.pod_id())
+            .unwrap_or_else(|| panic!("{url}: no workload for the pod in {json:#}"));
+        assert_eq!(workload["drops"]["by_reason"]["NO_SOCKET"], N, "{url}");
+        assert_eq!(workload["namespace"], "shop", "{url}");
+        assert_eq!(workload["pod"], "api-7f9c4", "{url}");
+    }
+}
+
+/// Ids of the BPF objects behind `pid`'s descriptors: (programs, links, maps).
+fn bpf_objects(pid: u32) -> [HashSet<u32>; 3] {
+    let mut found: [HashSet<u32>; 3] = Default::default();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for line in info.lines() {
+            for (i, field) in ["prog_id:", "link_id:", "map_id:"].iter().enumerate() {
+                if let Some(id) = line.strip_prefix(field).and_then(|v| v.trim().parse().ok()) {
+                    found[i].insert(id);
+                }
+            }
+        }
+    }
+    found
+}
+
+fn bpf_object_exists(kind: &str, id: u32) -> bool {
+    Command::new("bpftool")
+        .args([kind, "show", "id", &id.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run bpftool")
+        .success()
+}
+
+#[test]
+fn sigterm_during_attach_leaves_nothing_attached() {
+    // Stop after the first program, the fifth, and once all nine are in.
+    let mut interrupted_mid_attach = false;
+    for stage in [1, 5, 9] {
+        let mut serve = Running(
+            Command::new(tuneprobe_binary())
+                .args([
+                    "serve",
+                    "--kube-api",
+                    "none",
+                    "--pod-logs-dir",
+                    "/nonexistent",
+                ])
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{}", free_port()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start tuneprobe serve"),
+        );
+        let pid = serve.0.id();
+        let mut seen: [HashSet<u32>; 3] = Default::default();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let at_kill = loop {
+            let now = bpf_objects(pid);
+            for (all, some) in seen.iter_mut().zip(&now) {
+                all.extend(some);
+            }
+            if now[0].len() >= stage {
+                break now[0].len();
+            }
+            assert!(Instant::now() < deadline, "stage {stage}: {seen:?}");
+            assert!(serve.0.try_wait().unwrap().is_none(), "serve exited early");
+            thread::sleep(Duration::from_millis(1));
+        };
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = serve.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stage {stage}: no exit after SIGTERM"
+            );
+            thread::sleep(Duration::from_millis(20));
+        };
+        // Before its handler is in place the default action ends it; after, it exits 0.
+        use std::os::unix::process::ExitStatusExt as _;
+        assert!(
+            status.code() == Some(0) || status.signal() == Some(libc::SIGTERM),
+            "stage {stage}: {status}"
+        );
+        interrupted_mid_attach |= at_kill < 9;
+        assert!(!seen[0].is_empty() && !seen[2].is_empty(), "{seen:?}");
+        // Nothing outlives it: no program, link or map (a pinned one would stay).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (kind, ids) in ["prog", "link", "map"].iter().zip(&seen) {
+            for &id in ids {
+                while bpf_object_exists(kind, id) {
+                    assert!(
+                        Instant::now() < deadline,
+                        "stage {stage}: {kind} {id} outlived the agent"
+                    );
+                    thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+    assert!(interrupted_mid_attach, "never caught it while attaching");
+}
+
+#[test]
+fn without_tracefs_every_signal_still_works_and_it_says_so() {
+    const N: u64 = 15;
+    let pair = NetnsPair::new();
+    // A private mount namespace where tracefs is gone and cannot be mounted: /sys/kernel
+    // is an empty read-only tmpfs there (no `tracing` directory), BTF comes from a copy.
+    let dir = std::env::temp_dir().join(unique("tuneprobe-notracefs-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    struct RemoveDir(std::path::PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _dir = RemoveDir(dir.clone());
+    let btf = dir.join("vmlinux");
+    std::fs::copy("/sys/kernel/btf/vmlinux", &btf).unwrap();
+    let script = "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null; \
+                  mount -t tmpfs -o ro none /sys/kernel && exec \"$@\"";
+    let mut child = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(tuneprobe_binary())
+        .args(["snapshot", "--for", "3s", "--json", "--kube-api", "none"])
+        .args(["--pod-logs-dir", "/nonexistent", "--btf"])
+        .arg(&btf)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tuneprobe in a mount namespace");
+    let lines = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    wait_ready(&lines, &mut seen);
+    Workload::spawn(
+        &pair.a,
+        None,
+        &["udp-send", &format!("{ADDR_B}:9"), &N.to_string(), "50"],
+    )
+    .wait(Duration::from_secs(20));
+    let out = child.wait_with_output().expect("tuneprobe output");
+    seen.extend(lines.try_iter());
+    assert!(out.status.success(), "exit {}: {seen:?}", out.status);
+    let warning = seen
+        .iter()
+        .find(|l| l.contains("tracefs"))
+        .unwrap_or_else(|| panic!("no word about tracefs: {seen:?}"));
+    assert!(
+        warning.contains("mounting it failed: No such file or directory")
+            && warning.contains("every signal still works"),
+        "{warning}"
+    );
+    assert!(
+        seen.iter().any(|l| l == "ready: 9 of 9 programs attached"),
+        "{seen:?}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    for probe in json["probes"].as_array().unwrap() {
+        assert_eq!(probe["attached"], true, "{probe}");
+    }
+    // And it measures: the namespace's drops, exactly.
+    let b = NetnsPair::inode(&pair.b);
+    let workload = json["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["netns"] == b && w["cgroup_id"].is_null())
+        .unwrap_or_else(|| panic!("no workload for namespace {b} in {json:#}"));
+    assert_eq!(workload["drops"]["by_reason"]["NO_SOCKET"], N);
 }
