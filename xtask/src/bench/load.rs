@@ -281,9 +281,10 @@ pub fn fill_cgroups(parent: &Path, netns: &str) -> anyhow::Result<()> {
 
 /// Runs the fill worker in namespace A and waits for it.
 pub fn run_fill(lab: &Lab, parent: &Path) -> anyhow::Result<u64> {
-    let exe = std::env::current_exe().context("own executable")?;
+    // Not current_exe(): a rebuild during the run deletes that path; this still runs
+    // the binary that is running.
     let out = sh(&[
-        exe.to_str().unwrap_or_default(),
+        "/proc/self/exe",
         "bench",
         "--fill-cgroups",
         parent.to_str().unwrap_or_default(),

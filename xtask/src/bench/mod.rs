@@ -18,6 +18,7 @@ mod agent;
 mod lab;
 mod load;
 mod report;
+pub mod soak;
 
 use std::{
     collections::BTreeMap,
@@ -113,6 +114,16 @@ fn interrupted() -> bool {
     INTERRUPTED.get().is_some_and(|f| f.load(Ordering::Relaxed))
 }
 
+/// From now on Ctrl-C and SIGTERM set the flag that [`interrupted`] reads.
+fn install_interrupt() -> anyhow::Result<()> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&flag))?;
+    }
+    let _ = INTERRUPTED.set(flag);
+    Ok(())
+}
+
 /// Sleeps, failing early if interrupted.
 fn pause(duration: Duration) -> anyhow::Result<()> {
     let end = Instant::now() + duration;
@@ -136,11 +147,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "the benchmark loads eBPF programs and creates namespaces, cgroups and a loop \
          device: run as root"
     );
-    let flag = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&flag))?;
-    }
-    let _ = INTERRUPTED.set(flag);
+    install_interrupt()?;
     if !args.no_setup {
         setup::run()?;
     }
@@ -164,6 +171,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     let out_dir = out.parent().map(PathBuf::from).unwrap_or_default();
     fs::create_dir_all(&out_dir)?;
+    // A private copy: a rebuild of the shared binary during the run must not change what
+    // is measured halfway.
+    let under_test = out_dir.join(format!("tuneprobe-{}", std::process::id()));
+    fs::copy(&tuneprobe, &under_test)
+        .with_context(|| format!("copying {}", tuneprobe.display()))?;
+    let _remove_copy = RemoveOnDrop(under_test.clone());
+    let tuneprobe = under_test;
     let tools = Tools {
         tuneprobe,
         bpftrace_program: write_bpftrace_program(&out_dir)?,
@@ -188,6 +202,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
 }
 
 /// The bpftrace equivalents (xtask/bench/*.bt) as one program, plus a `ready` line that

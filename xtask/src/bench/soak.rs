@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, ensure};
+use anyhow::ensure;
 use serde_json::{Value, json};
 
 use super::{
@@ -58,7 +58,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| format!("{text:?}: add a unit (ms, s, m, h)"))?;
     let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("{text:?}: not a duration"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: not a duration"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
@@ -107,35 +109,32 @@ fn metric_sum(exposition: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// Entries of every map the process's programs use, counted with bpftool.
+/// Entries of every hash-like map the process holds, counted with bpftool. The maps
+/// are found through the process's descriptors (`map_id:` in `/proc/PID/fdinfo/N`).
 fn map_entries(pid: u32) -> anyhow::Result<BTreeMap<String, u64>> {
-    let programs: Value = serde_json::from_str(&sh(&["bpftool", "prog", "show", "--json"])?)
-        .context("bpftool prog show")?;
-    let mut ids: Vec<u64> = programs
-        .as_array()
-        .into_iter()
+    let mut ids: Vec<String> = fs::read_dir(format!("/proc/{pid}/fdinfo"))?
         .flatten()
-        .filter(|p| {
-            p["pids"]
-                .as_array()
-                .is_some_and(|pids| pids.iter().any(|x| x["pid"] == pid))
+        .filter_map(|fd| fs::read_to_string(fd.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("map_id:"))
+                .map(|id| id.trim().to_string())
         })
-        .flat_map(|p| p["map_ids"].as_array().cloned().unwrap_or_default())
-        .filter_map(|id| id.as_u64())
         .collect();
-    ids.sort_unstable();
+    ids.sort();
     ids.dedup();
     let mut out = BTreeMap::new();
     for id in ids {
-        let id = id.to_string();
-        let info: Value = serde_json::from_str(&sh(&["bpftool", "map", "show", "id", &id, "--json"])?)?;
+        let info: Value =
+            serde_json::from_str(&sh(&["bpftool", "map", "show", "id", &id, "--json"])?)?;
         let kind = info["type"].as_str().unwrap_or_default();
         // Arrays always hold max_entries, ring buffers have no entries to count.
         if kind.contains("array") || kind == "ringbuf" {
             continue;
         }
         let name = info["name"].as_str().unwrap_or(&id).to_string();
-        let dump: Value = serde_json::from_str(&sh(&["bpftool", "map", "dump", "id", &id, "--json"])?)?;
+        let dump: Value =
+            serde_json::from_str(&sh(&["bpftool", "map", "dump", "id", &id, "--json"])?)?;
         let count = dump.as_array().map_or(0, Vec::len) as u64;
         *out.entry(name).or_default() += count;
     }
@@ -179,10 +178,10 @@ fn judge(samples: &[Sample]) -> Verdict {
     let growing_maps = last
         .map_entries
         .iter()
-        .filter(|(map, &now)| {
+        .filter(|&(map, &now)| {
             let earlier = steady[..steady.len() - 1]
                 .iter()
-                .filter_map(|s| s.map_entries.get(*map))
+                .filter_map(|s| s.map_entries.get(map))
                 .max()
                 .copied()
                 .unwrap_or(0);
@@ -227,7 +226,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let device = lab.create_loop_device(64)?;
     let cpu = lab.create_cpu_cgroup(&id)?;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let grace = format!("{}ms", args.grace.as_millis());
     let agent = Proc::spawn(
@@ -364,11 +365,21 @@ mod tests {
     #[test]
     fn growth_is_judged_after_the_warm_up() {
         // Warm-up growth is fine; a steady state is flat.
-        let flat = [at(1000, 10), at(30_000, 500), at(30_100, 520), at(30_200, 480)];
+        let flat = [
+            at(1000, 10),
+            at(30_000, 500),
+            at(30_100, 520),
+            at(30_200, 480),
+        ];
         let v = judge(&flat);
         assert!(v.rss_ok && v.growing_maps.is_empty(), "{v:?}");
         // A leak: +20 MiB and a map that keeps filling.
-        let leak = [at(1000, 10), at(30_000, 500), at(40_000, 900), at(50_000, 2000)];
+        let leak = [
+            at(1000, 10),
+            at(30_000, 500),
+            at(40_000, 900),
+            at(50_000, 2000),
+        ];
         let v = judge(&leak);
         assert!(!v.rss_ok && v.growing_maps == ["DROPS"], "{v:?}");
     }
