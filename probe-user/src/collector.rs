@@ -41,6 +41,9 @@ use crate::{
     },
 };
 
+/// How often kernel entries of deleted workloads are looked for.
+const GC_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How a window is observed.
 #[derive(Debug, Clone)]
 pub struct CollectorOptions {
@@ -134,6 +137,7 @@ pub struct Collector {
     netns_alive: HashMap<u32, Instant>,
     /// Sum of each namespace's kernel counts at the last tick: a change shows it alive.
     netns_activity: HashMap<u32, u64>,
+    last_gc: Option<Instant>,
     /// Kernel map entries deleted because their cgroup or namespace was gone for longer
     /// than the grace period, per map.
     gc_deleted: BTreeMap<String, u64>,
@@ -176,6 +180,7 @@ impl Collector {
             dns_timeouts: HashMap::new(),
             netns_alive: HashMap::new(),
             netns_activity: HashMap::new(),
+            last_gc: None,
             gc_deleted: BTreeMap::new(),
         };
         collector.tick()?;
@@ -259,7 +264,11 @@ impl Collector {
             let _ = self.paths(hierarchy).path(id);
         }
         self.watch_cpu_quotas();
-        self.collect_garbage()?;
+        // Scrapes tick too, and may come in bursts: collecting once a second is enough.
+        if self.last_gc.is_none_or(|at| at.elapsed() >= GC_INTERVAL) {
+            self.collect_garbage()?;
+            self.last_gc = Some(Instant::now());
+        }
         self.expire_dns_queries()?;
         Ok(())
     }

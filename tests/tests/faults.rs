@@ -15,7 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tuneprobe_tests::{ADDR_B, NetnsPair, PodCgroup, Workload, tuneprobe_binary, unique};
+use tuneprobe_tests::{
+    ADDR_B, LoopDevice, NetnsPair, PodCgroup, Workload, tuneprobe_binary, unique,
+};
 
 #[test]
 fn invalid_configuration_is_one_line_and_exit_2() {
@@ -488,4 +490,265 @@ fn without_tracefs_every_signal_still_works_and_it_says_so() {
         .find(|w| w["netns"] == b && w["cgroup_id"].is_null())
         .unwrap_or_else(|| panic!("no workload for namespace {b} in {json:#}"));
     assert_eq!(workload["drops"]["by_reason"]["NO_SOCKET"], N);
+}
+
+/// The agent's kernel map `name` (found through its descriptors): every entry's key and
+/// value bytes, via bpftool.
+fn agent_map(pid: u32, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let [_, _, maps] = bpf_objects(pid);
+    let bytes = |v: &serde_json::Value| -> Vec<u8> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|b| {
+                        u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for id in maps {
+        let show = Command::new("bpftool")
+            .args(["-j", "map", "show", "id", &id.to_string()])
+            .output()
+            .unwrap();
+        let show: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap_or_default();
+        if show["name"] != name {
+            continue;
+        }
+        let dump = Command::new("bpftool")
+            .args(["-j", "map", "dump", "id", &id.to_string()])
+            .output()
+            .unwrap();
+        let dump: serde_json::Value = serde_json::from_slice(&dump.stdout).expect("dump JSON");
+        return dump
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (bytes(&e["key"]), bytes(&e["value"])))
+            .collect();
+    }
+    panic!("the agent has no map {name}");
+}
+
+/// Sum of a counter family's series whose labels contain all of `labels`.
+fn sum_series(body: &str, family: &str, labels: &[&str]) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// (reads completed, reads in flight) of a block device.
+fn disk_reads(name: &str) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/sys/block/{name}/stat")).unwrap();
+    let fields: Vec<u64> = stat
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let inflight = std::fs::read_to_string(format!("/sys/block/{name}/inflight")).unwrap();
+    let reads_in_flight = inflight.split_whitespace().next().unwrap().parse().unwrap();
+    (fields[0], reads_in_flight)
+}
+
+#[test]
+fn a_cgroup_removed_with_requests_in_flight() {
+    let loop_dev = LoopDevice::new(32);
+    let name = loop_dev.name().to_string();
+    let mut pod = PodCgroup::with_controllers(&["blkio"]);
+    let app = pod.container();
+    // Reads of the container wait in the backing disk's throttle: the loop device's
+    // requests stay in flight for seconds.
+    let v1 = "blkio.throttle.read_iops_device";
+    let backing = loop_dev.backing_device();
+    match app.dirs.iter().find(|d| d.join(v1).exists()) {
+        Some(dir) => std::fs::write(dir.join(v1), format!("{backing} 10")).unwrap(),
+        None => std::fs::write(
+            app.dir_with("io.max").join("io.max"),
+            format!("{backing} riops=10"),
+        )
+        .unwrap(),
+    }
+    let port = free_port();
+    let serve = Running(
+        Command::new(tuneprobe_binary())
+            .args([
+                "serve",
+                "--kube-api",
+                "none",
+                "--pod-logs-dir",
+                "/nonexistent",
+            ])
+            .args(["--pod-grace", "2s", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tuneprobe serve"),
+    );
+    let pid = serve.0.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !get(port, "/metrics").is_some_and(|(_, b)| b.contains("probe=\"block_rq_complete\"")) {
+        assert!(Instant::now() < deadline, "serve never answered");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let (reads_before, _) = disk_reads(&name);
+
+    // The throttle is on the disk holding fio itself too: load it into the page cache
+    // first, or its start-up reads crawl at 10 IOPS.
+    let version = Command::new("fio")
+        .arg("--version")
+        .output()
+        .expect("run fio");
+    assert!(version.status.success());
+    let filename = format!("--filename={}", loop_dev.device);
+    let fio = Workload::spawn_program(
+        None,
+        Some(&app),
+        std::path::Path::new("fio"),
+        &[
+            "--name=inflight",
+            &filename,
+            "--direct=1",
+            "--rw=randread",
+            "--bs=4k",
+            "--ioengine=libaio",
+            "--iodepth=16",
+            "--runtime=60",
+            "--time_based",
+        ],
+    );
+    // Wait until requests queue up, and a tick has named the container.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while disk_reads(&name).1 < 8 {
+        assert!(
+            Instant::now() < deadline,
+            "fio never queued reads: {:?} in flight, dio {}, {}",
+            disk_reads(&name),
+            std::fs::read_to_string(format!("/sys/block/{name}/loop/dio")).unwrap_or_default(),
+            std::fs::read_to_string(app.dirs[0].join("cgroup.procs")).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(1500));
+    assert!(disk_reads(&name).1 > 0, "nothing in flight");
+
+    // Move fio out (its queued reads keep their cgroup) and remove the container.
+    let pids: Vec<String> = app
+        .dirs
+        .iter()
+        .flat_map(|dir| {
+            std::fs::read_to_string(dir.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    assert!(!pids.is_empty());
+    for dir in &app.dirs {
+        let mut root = dir.clone();
+        for _ in app.path.trim_start_matches('/').split('/') {
+            root.pop();
+        }
+        for pid in &pids {
+            std::fs::write(root.join("cgroup.procs"), pid).unwrap();
+        }
+    }
+    let in_flight_at_removal = disk_reads(&name).1;
+    for dir in &app.dirs {
+        std::fs::remove_dir(dir).unwrap_or_else(|e| panic!("rmdir {}: {e}", dir.display()));
+    }
+    for pid in &pids {
+        // SAFETY: plain syscall on a process this test started.
+        unsafe { libc::kill(pid.parse().unwrap(), libc::SIGKILL) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while disk_reads(&name).1 > 0 {
+        assert!(Instant::now() < deadline, "reads never completed");
+        thread::sleep(Duration::from_millis(50));
+    }
+    drop(fio);
+    let (reads_after, _) = disk_reads(&name);
+    let completed = reads_after - reads_before;
+    assert!(in_flight_at_removal > 0 && completed > 0);
+
+    // Every completed read is counted once, for the removed container (never anyone
+    // else), and no request state is left in the kernel.
+    let device = format!("device=\"{name}\"");
+    let family = "tuneprobe_block_service_seconds_count";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (_, body) = get(port, "/metrics").expect("metrics");
+        if sum_series(&body, family, &[&device, "op=\"read\""]) == completed as f64 {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{completed} reads completed, counted: {}",
+            sum_series(&body, family, &[&device, "op=\"read\""])
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("{completed} reads completed, {in_flight_at_removal} in flight at rmdir");
+    for line in body
+        .lines()
+        .filter(|l| l.starts_with(family) && l.contains(&device))
+    {
+        assert!(
+            line.contains(&format!("pod=\"{}\"", pod.uid))
+                || line.contains("pod=\"\",container=\"\",cgroup=\"\""),
+            "a read counted for someone else: {line}"
+        );
+    }
+    // The container was named while it lived (the agent ticks every second): all its.
+    let container_label = format!("container=\"{}\"", &app.container_id[..12]);
+    assert_eq!(
+        sum_series(&body, family, &[&device, &container_label]),
+        completed as f64,
+        "{body}"
+    );
+    let dev = (7u32 << probe_common::block_io::MINOR_BITS)
+        | name.trim_start_matches("loop").parse::<u32>().unwrap();
+    // `InFlightRequest { insert_ns, issue_ns, key: BlockKey { cgroup_id, dev, op } }`.
+    let left: Vec<_> = agent_map(pid, "BLOCK_IN_FLIGHT")
+        .into_iter()
+        .filter(|(_, v)| v.len() >= 28 && u32::from_ne_bytes(v[24..28].try_into().unwrap()) == dev)
+        .collect();
+    assert!(left.is_empty(), "request state left: {left:?}");
+
+    // After the grace period the removed container's series and entries are gone too.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = get(port, "/metrics").expect("metrics");
+        let series = sum_series(&body, family, &[&device, &format!("pod=\"{}\"", pod.uid)]);
+        let entries = agent_map(pid, "BLOCK_IO")
+            .into_iter()
+            .filter(|(k, _)| {
+                k.len() >= 12 && u32::from_ne_bytes(k[8..12].try_into().unwrap()) == dev
+            })
+            .count();
+        if series == 0.0 && entries == 0 {
+            assert!(
+                sum_series(
+                    &body,
+                    "tuneprobe_gc_deleted_entries_total",
+                    &["map=\"BLOCK_IO\""]
+                ) >= 1.0
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the grace period: {series} reads still reported, {entries} entries"
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        serve.0.id() == pid && get(port, "/metrics").is_some(),
+        "serve died"
+    );
 }
