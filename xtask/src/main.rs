@@ -6,6 +6,7 @@
 //! - `run -- ARGS`: setup, build, run tuneprobe as root.
 //! - `bench`: what tuneprobe costs next to bpftrace and nothing (see `bench/mod.rs`).
 //! - `vm-test`: tuneprobe on Debian 12's 6.1 kernel under QEMU (see `vmtest.rs`).
+//! - `soak --for DURATION`: every signal and cgroup churn for a long time; fails on growth.
 
 mod bench;
 mod build;
@@ -43,6 +44,9 @@ enum Command {
     Bench(bench::Args),
     /// Boot Debian 12's 6.1 kernel under QEMU and check every signal it can produce.
     VmTest(vmtest::Args),
+    /// Drive every signal and cgroup churn for a long time under `tuneprobe serve`;
+    /// sample memory, CPU, map occupancy, lost updates and errors; fail on growth.
+    Soak(bench::soak::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::VmTest(args) => vmtest::run(&args),
+        Command::Soak(args) => bench::soak::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
