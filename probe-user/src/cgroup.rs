@@ -486,4 +486,35 @@ mod tests {
         // A second lookup of an unknown id does not walk again.
         assert!(paths.missing.contains_key(&u64::MAX));
     }
+
+    #[test]
+    fn removed_cgroups_are_dead_from_removal_and_forgotten_on_request() {
+        let root = std::env::temp_dir().join(format!("tuneprobe-paths-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("pod/a")).unwrap();
+        fs::create_dir_all(root.join("pod/b")).unwrap();
+        let mut paths = CgroupPaths::new(root.clone());
+        let a = paths.id_of("/pod/a").unwrap();
+        let b = paths.id_of("/pod/b").unwrap();
+        assert_eq!(paths.dead_for(a), None);
+        fs::remove_dir(root.join("pod/a")).unwrap();
+        paths.refresh();
+        assert!(paths.dead_for(a).is_some() && paths.dead_for(b).is_none());
+        assert_eq!(paths.dead_longer_than(std::time::Duration::ZERO), vec![a]);
+        assert!(
+            paths
+                .dead_longer_than(std::time::Duration::from_secs(60))
+                .is_empty()
+        );
+        // An id no walk ever found is dead from its first lookup.
+        assert_eq!(paths.path(u64::MAX - 1), None);
+        assert!(paths.dead_for(u64::MAX - 1).is_some());
+        // Forgetting leaves nothing behind, and the live sibling alone.
+        assert_eq!(paths.forget(a), Some("/pod/a".to_string()));
+        assert_eq!(paths.forget(u64::MAX - 1), None);
+        assert!(!paths.knows("/pod/a") && paths.dead_for(a).is_none());
+        assert!(paths.dead_longer_than(std::time::Duration::ZERO).is_empty());
+        assert_eq!(paths.path(b).as_deref(), Some("/pod/b"));
+        fs::remove_dir_all(&root).unwrap();
+    }
 }
