@@ -109,14 +109,15 @@ impl CollectorArgs {
                 ..ApiConfig::default()
             }),
         };
-        let defaults = tuneprobe::collector::CollectorOptions::default();
         Ok(tuneprobe::collector::CollectorOptions {
             dns_timeout: self.dns_timeout,
             pod_grace: self.pod_grace,
             pod_logs_dir: self.pod_logs_dir.clone(),
             kube_api,
-            node_name: self.node_name.clone().unwrap_or(defaults.node_name.clone()),
-            ..defaults
+            node_name: self
+                .node_name
+                .clone()
+                .unwrap_or_else(tuneprobe::collector::node_name),
         })
     }
 }
