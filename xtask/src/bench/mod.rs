@@ -309,7 +309,7 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Value> {
             attach.entry(mode).or_default().push(ms(agent.attach));
             let run = load_mix(plan, &lab, &device, &cpu_cgroup, &agent)?;
             let output = agent.stop()?;
-            if mode == Mode::Bpftrace {
+            if let (Mode::Bpftrace, Some(output)) = (mode, output) {
                 // Its maps prove it saw the same events.
                 for map in [
                     "@drops[",
