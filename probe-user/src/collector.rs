@@ -123,6 +123,8 @@ pub struct Collector {
     cpu_paths: Option<CgroupPaths>,
     blkio_paths: Option<CgroupPaths>,
     started: Instant,
+    /// When processes and cgroups were last rescanned.
+    last_tick: Instant,
     baseline: Counters,
     /// First and latest listen counters of every namespace seen during the window.
     netns_first: HashMap<u32, NetnsTcpCounters>,
@@ -172,6 +174,7 @@ impl Collector {
             proc_root,
             sys_root: PathBuf::from("/sys"),
             started: Instant::now(),
+            last_tick: Instant::now(),
             netns_first: HashMap::new(),
             netns_last: HashMap::new(),
             cpu_watch: HashMap::new(),
@@ -218,6 +221,7 @@ impl Collector {
     /// Rescans processes, namespaces and cpu quotas, and names any new cgroup ids. Call
     /// about once a second.
     pub fn tick(&mut self) -> anyhow::Result<()> {
+        self.last_tick = Instant::now();
         let processes = procfs::processes(&self.proc_root);
         self.attributor.observe(&processes);
         self.pod_names.refresh();
@@ -532,6 +536,20 @@ impl Collector {
     /// The window so far, without ending it.
     pub fn report(&mut self) -> anyhow::Result<Snapshot> {
         self.tick()?;
+        self.build_report()
+    }
+
+    /// As [`report`](Self::report), but without rescanning processes and cgroups when
+    /// the last scan is younger than `max_age` (`serve` scans every second already; a
+    /// scrape then only reads the maps, and ids new since the scan are named on sight).
+    pub fn report_recent(&mut self, max_age: std::time::Duration) -> anyhow::Result<Snapshot> {
+        if self.last_tick.elapsed() > max_age {
+            self.tick()?;
+        }
+        self.build_report()
+    }
+
+    fn build_report(&mut self) -> anyhow::Result<Snapshot> {
         let now = Counters::read(&self.probe)?;
         let reasons = self.probe.drop_reasons().clone();
         let block_ops = self.probe.block_ops().clone();

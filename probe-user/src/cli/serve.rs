@@ -305,10 +305,13 @@ async fn handle(
 
 fn render(state: &State) -> anyhow::Result<String> {
     let started = Instant::now();
-    let snapshot = lock(&state.collector).report().inspect_err(|err| {
-        log::warn!("rendering: {err:#}");
-        lock(&state.exporter).count_error("render");
-    })?;
+    // The ticker rescanned processes and cgroups within the last second: read the maps.
+    let snapshot = lock(&state.collector)
+        .report_recent(TICK)
+        .inspect_err(|err| {
+            log::warn!("rendering: {err:#}");
+            lock(&state.exporter).count_error("render");
+        })?;
     // The knobs are re-read on every scrape: scrapes are seconds apart, and a changed
     // knob should show at the next one.
     let inventory = tuneprobe::tuning::this_node()
