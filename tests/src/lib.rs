@@ -698,3 +698,59 @@ impl Drop for LoopDevice {
         let _ = fs::remove_file(&self.file);
     }
 }
+
+/// A child process (an agent, a server) killed and reaped on drop, also when a test fails.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP port on loopback that nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A plain HTTP/1.0 GET on loopback; returns (status, body), `None` without a response.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// Steady DNS load with a known latency: a test server in namespace B that answers after
+/// 20 ms (SIGUSR1 to it removes the delay), and a client in `client` (namespace A) that
+/// asks for `shop.test` over UDP, one query after another, until killed. Returns
+/// (server, client).
+pub fn dns_with_a_20ms_server(pair: &NetnsPair, client: &Container) -> (Workload, Workload) {
+    let resolver = format!("{ADDR_B}:53");
+    let mut server = Workload::spawn(&pair.b, None, &["dns-server", &resolver, "20", "0"]);
+    assert_eq!(server.read_line(), "ready");
+    let queries = Workload::spawn(
+        &pair.a,
+        Some(client),
+        &[
+            "dns-query",
+            &resolver,
+            "shop.test",
+            "1000000",
+            "udp",
+            "1000",
+        ],
+    );
+    (server, queries)
+}

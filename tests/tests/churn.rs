@@ -9,48 +9,23 @@
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream, UdpSocket},
+    net::UdpSocket,
     os::unix::fs::MetadataExt as _,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use tuneprobe_tests::{PodCgroup, sh, tuneprobe_binary};
+use tuneprobe_tests::{PodCgroup, Running, free_port, http_get, sh, tuneprobe_binary};
 
 const GRACE: Duration = Duration::from_secs(3);
 const ROUNDS: usize = 10;
 const PODS_PER_ROUND: usize = 200;
 const NETNS_PER_ROUND: usize = 30;
 
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn metrics(port: u16) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .ok()?;
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    head.contains(" 200 ").then(|| body.to_string())
+    http_get(port, "/metrics").and_then(|(status, body)| (status == 200).then_some(body))
 }
 
 /// The value of the one series of `family` whose labels contain all of `labels`.
@@ -283,7 +258,7 @@ fn short_lived_netns() -> u32 {
 fn churn_leaves_no_state_behind() {
     let home = own_v2_cgroup();
     let port = free_port();
-    let serve = Serve(
+    let serve = Running(
         Command::new(tuneprobe_binary())
             .args([
                 "serve",

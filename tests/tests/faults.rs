@@ -4,7 +4,7 @@
 use std::{
     collections::HashSet,
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -16,7 +16,8 @@ use std::{
 };
 
 use tuneprobe_tests::{
-    ADDR_B, LoopDevice, NetnsPair, PodCgroup, Workload, tuneprobe_binary, unique,
+    ADDR_B, LoopDevice, NetnsPair, PodCgroup, Running, Workload, free_port, http_get,
+    tuneprobe_binary, unique,
 };
 
 #[test]
@@ -43,36 +44,6 @@ fn invalid_configuration_is_one_line_and_exit_2() {
     }
 }
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A plain HTTP/1.0 GET on loopback; returns (status, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
-}
-
 /// The metric family names of an exposition, in order.
 fn families(body: &str) -> Vec<&str> {
     body.lines()
@@ -96,7 +67,7 @@ fn metrics_scraped_by_many_clients_at_once() {
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     let first = loop {
-        if let Some((200, body)) = get(port, "/metrics") {
+        if let Some((200, body)) = http_get(port, "/metrics") {
             break body;
         }
         assert!(Instant::now() < deadline, "serve never answered");
@@ -130,7 +101,7 @@ fn metrics_scraped_by_many_clients_at_once() {
         .map(|_| {
             thread::spawn(move || {
                 (0..SCRAPES)
-                    .map(|_| get(port, "/metrics"))
+                    .map(|_| http_get(port, "/metrics"))
                     .collect::<Vec<_>>()
             })
         })
@@ -160,8 +131,8 @@ fn metrics_scraped_by_many_clients_at_once() {
     }
     assert_eq!(answered, CLIENTS * SCRAPES);
     // Still serving, and a bad path is still a clean 404.
-    assert_eq!(get(port, "/metrics").map(|r| r.0), Some(200));
-    assert_eq!(get(port, "/nope").map(|r| r.0), Some(404));
+    assert_eq!(http_get(port, "/metrics").map(|r| r.0), Some(200));
+    assert_eq!(http_get(port, "/nope").map(|r| r.0), Some(404));
     drop(serve);
 }
 
@@ -589,7 +560,9 @@ fn a_cgroup_removed_with_requests_in_flight() {
     );
     let pid = serve.0.id();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !get(port, "/metrics").is_some_and(|(_, b)| b.contains("probe=\"block_rq_complete\"")) {
+    while !http_get(port, "/metrics")
+        .is_some_and(|(_, b)| b.contains("probe=\"block_rq_complete\""))
+    {
         assert!(Instant::now() < deadline, "serve never answered");
         thread::sleep(Duration::from_millis(100));
     }
@@ -682,7 +655,7 @@ fn a_cgroup_removed_with_requests_in_flight() {
     let family = "tuneprobe_block_service_seconds_count";
     let deadline = Instant::now() + Duration::from_secs(10);
     let body = loop {
-        let (_, body) = get(port, "/metrics").expect("metrics");
+        let (_, body) = http_get(port, "/metrics").expect("metrics");
         if sum_series(&body, family, &[&device, "op=\"read\""]) == completed as f64 {
             break body;
         }
@@ -723,7 +696,7 @@ fn a_cgroup_removed_with_requests_in_flight() {
     // After the grace period the removed container's series and entries are gone too.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (_, body) = get(port, "/metrics").expect("metrics");
+        let (_, body) = http_get(port, "/metrics").expect("metrics");
         let series = sum_series(&body, family, &[&device, &format!("pod=\"{}\"", pod.uid)]);
         let entries = agent_map(pid, "BLOCK_IO")
             .into_iter()
@@ -748,7 +721,7 @@ fn a_cgroup_removed_with_requests_in_flight() {
         thread::sleep(Duration::from_millis(300));
     }
     assert!(
-        serve.0.id() == pid && get(port, "/metrics").is_some(),
+        serve.0.id() == pid && http_get(port, "/metrics").is_some(),
         "serve died"
     );
 }

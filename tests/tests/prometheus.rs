@@ -4,50 +4,21 @@
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    io::{BufRead as _, BufReader, Write as _},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use tuneprobe_tests::{ADDR_B, NetnsPair, NftTable, PodCgroup, Workload, tuneprobe_binary, unique};
+use tuneprobe_tests::{
+    ADDR_B, NetnsPair, NftTable, PodCgroup, Running, Workload, free_port, http_get,
+    tuneprobe_binary, unique,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A child process killed on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A plain HTTP/1.0 GET on loopback; returns (status, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
-}
 
 fn encode(query: &str) -> String {
     query
@@ -88,7 +59,9 @@ fn query_until(port: u16, promql: &str, accept: impl Fn(f64) -> bool) -> f64 {
     let deadline = Instant::now() + WAIT;
     let mut last = None;
     while Instant::now() < deadline {
-        if let Some((200, body)) = get(port, &format!("/api/v1/query?query={}", encode(promql))) {
+        if let Some((200, body)) =
+            http_get(port, &format!("/api/v1/query?query={}", encode(promql)))
+        {
             let json: Value = serde_json::from_str(&body).unwrap_or_default();
             let value = json["data"]["result"][0]["value"][1]
                 .as_str()
@@ -180,8 +153,8 @@ fn prometheus_scrapes_per_pod_values_by_name() {
     });
     let ready = rx.recv_timeout(WAIT).expect("tuneprobe serve said nothing");
     assert!(ready.contains("ready"), "{ready}");
-    assert_eq!(get(metrics_port, "/readyz").map(|r| r.0), Some(200));
-    assert_eq!(get(metrics_port, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(http_get(metrics_port, "/readyz").map(|r| r.0), Some(200));
+    assert_eq!(http_get(metrics_port, "/healthz").map(|r| r.0), Some(200));
 
     let prometheus_port = free_port();
     let config = logs.join("prometheus.yml");
@@ -260,7 +233,7 @@ fn prometheus_scrapes_per_pod_values_by_name() {
     assert!(attached >= 9.0, "{attached}");
 
     // The exposition itself passes promtool's lint.
-    let (status, body) = get(metrics_port, "/metrics").expect("scrape");
+    let (status, body) = http_get(metrics_port, "/metrics").expect("scrape");
     assert_eq!(status, 200);
     promtool_check(&body);
     drop(serve);
@@ -355,7 +328,7 @@ fn serve_judges_a_quota_change_and_exports_it() {
     fs::write(dir.join(file), generous).unwrap();
     let deadline = Instant::now() + WAIT;
     let report = loop {
-        let (status, body) = get(port, "/changes").expect("GET /changes");
+        let (status, body) = http_get(port, "/changes").expect("GET /changes");
         assert_eq!(status, 200);
         let changes: Value = serde_json::from_str(&body).unwrap();
         let ours =
@@ -379,7 +352,7 @@ fn serve_judges_a_quota_change_and_exports_it() {
         .unwrap_or_else(|| panic!("no verdict for the container: {report:#}"));
     assert_eq!(verdict["verdict"], "improved", "{verdict:#}");
 
-    let (_, metrics) = get(port, "/metrics").expect("GET /metrics");
+    let (_, metrics) = http_get(port, "/metrics").expect("GET /metrics");
     assert!(
         metrics
             .lines()
@@ -566,7 +539,7 @@ fn serve_over_mutual_tls_with_a_bearer_token_scraped_by_prometheus() {
     let intruder = ["--cert", "intruder.pem", "--key", "intruder.key"];
     assert_eq!(curl(&dir, &url("/healthz"), &intruder), None);
     // Plain HTTP on the TLS port gets nothing either.
-    assert_eq!(get(port, "/healthz"), None);
+    assert_eq!(http_get(port, "/healthz"), None);
 
     // A real Prometheus scrapes it with its client certificate and the token.
     let prometheus_port = free_port();

@@ -341,20 +341,7 @@ fn removing_a_dns_server_delay_improves_dns_latency() {
     let pair = NetnsPair::new();
     let mut pod = PodCgroup::new();
     let client = pod.container();
-    let mut server = Workload::spawn(&pair.b, None, &["dns-server", "10.200.0.2:53", "20", "0"]);
-    assert_eq!(server.read_line(), "ready");
-    let _queries = Workload::spawn(
-        &pair.a,
-        Some(&client),
-        &[
-            "dns-query",
-            "10.200.0.2:53",
-            "shop.test",
-            "1000000",
-            "udp",
-            "1000",
-        ],
-    );
+    let (server, _queries) = tuneprobe_tests::dns_with_a_20ms_server(&pair, &client);
     let undelay = format!("kill -USR1 {}", server.pid());
     let report = verify_with(&[
         "--exec",

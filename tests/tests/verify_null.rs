@@ -14,27 +14,14 @@ use std::{
 };
 
 use serde_json::Value;
-use tuneprobe_tests::{NetnsPair, PodCgroup, Workload, tuneprobe_binary};
+use tuneprobe_tests::{NetnsPair, PodCgroup, tuneprobe_binary};
 
 #[test]
 fn twenty_changes_without_effect_are_judged_no_significant_change() {
     let pair = NetnsPair::new();
     let mut pod = PodCgroup::new();
     let client = pod.container();
-    let mut server = Workload::spawn(&pair.b, None, &["dns-server", "10.200.0.2:53", "20", "0"]);
-    assert_eq!(server.read_line(), "ready");
-    let _queries = Workload::spawn(
-        &pair.a,
-        Some(&client),
-        &[
-            "dns-query",
-            "10.200.0.2:53",
-            "shop.test",
-            "1000000",
-            "udp",
-            "1000",
-        ],
-    );
+    let (_server, _queries) = tuneprobe_tests::dns_with_a_20ms_server(&pair, &client);
 
     let mut watch = Command::new(tuneprobe_binary())
         .args([

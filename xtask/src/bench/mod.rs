@@ -114,6 +114,28 @@ fn interrupted() -> bool {
     INTERRUPTED.get().is_some_and(|f| f.load(Ordering::Relaxed))
 }
 
+/// What the benchmark and the soak do first: Ctrl-C handling, setup (unless told not
+/// to), and the tuneprobe binary to run (the given one, or a fresh release build).
+fn prepare(no_setup: bool, tuneprobe: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    install_interrupt()?;
+    if !no_setup {
+        setup::run()?;
+    }
+    let tuneprobe = match tuneprobe {
+        Some(path) => path.clone(),
+        None => {
+            crate::build::release()?;
+            workspace_root().join("target/release/tuneprobe")
+        }
+    };
+    ensure!(
+        tuneprobe.exists(),
+        "no tuneprobe at {}",
+        tuneprobe.display()
+    );
+    Ok(tuneprobe)
+}
+
 /// From now on Ctrl-C and SIGTERM set the flag that [`interrupted`] reads.
 fn install_interrupt() -> anyhow::Result<()> {
     let flag = Arc::new(AtomicBool::new(false));
@@ -147,23 +169,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "the benchmark loads eBPF programs and creates namespaces, cgroups and a loop \
          device: run as root"
     );
-    install_interrupt()?;
-    if !args.no_setup {
-        setup::run()?;
-    }
+    let tuneprobe = prepare(args.no_setup, args.tuneprobe.as_ref())?;
     let root = workspace_root();
-    let tuneprobe = match &args.tuneprobe {
-        Some(path) => path.clone(),
-        None => {
-            crate::build::release()?;
-            root.join("target/release/tuneprobe")
-        }
-    };
-    ensure!(
-        tuneprobe.exists(),
-        "no tuneprobe at {}",
-        tuneprobe.display()
-    );
     let out = if args.out.is_absolute() {
         args.out.clone()
     } else {

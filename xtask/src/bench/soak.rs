@@ -24,7 +24,7 @@ use super::{
     lab::{IPERF_LOSSY_PORT, Lab, Proc, sh},
     load,
 };
-use crate::{is_root, setup, workspace_root};
+use crate::{is_root, workspace_root};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -208,18 +208,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         args.duration >= args.interval * 3,
         "--for must be at least three --interval samples"
     );
-    super::install_interrupt()?;
-    if !args.no_setup {
-        setup::run()?;
-    }
+    let tuneprobe = super::prepare(args.no_setup, args.tuneprobe.as_ref())?;
     let root = workspace_root();
-    let tuneprobe = match &args.tuneprobe {
-        Some(path) => path.clone(),
-        None => {
-            crate::build::release()?;
-            root.join("target/release/tuneprobe")
-        }
-    };
     let id = format!("s{}", std::process::id() % 100_000);
     let mut lab = Lab::new(&id)?;
     lab.start_servers()?;
