@@ -160,6 +160,33 @@ fn wait_ready(lines: &mpsc::Receiver<String>, seen: &mut Vec<String>) {
     }
 }
 
+/// Runs a `tuneprobe snapshot` command: once it is ready, `n` datagrams go from A to a
+/// closed port in B (socketless drops for B's pod). Returns its output and every stderr
+/// line.
+fn snapshot_with_drops(
+    command: &mut Command,
+    pair: &NetnsPair,
+    n: u64,
+) -> (std::process::Output, Vec<String>) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tuneprobe");
+    let lines = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    wait_ready(&lines, &mut seen);
+    Workload::spawn(
+        &pair.a,
+        None,
+        &["udp-send", &format!("{ADDR_B}:9"), &n.to_string(), "50"],
+    )
+    .wait(Duration::from_secs(20));
+    let out = child.wait_with_output().expect("tuneprobe output");
+    seen.extend(lines.try_iter());
+    (out, seen)
+}
+
 /// A TCP server on loopback answering every connection with `answer`, until dropped.
 struct JunkServer {
     port: u16,
@@ -245,25 +272,14 @@ fn kube_api_unreachable_or_garbage_keeps_collecting_with_log_dir_names() {
         ),
     ];
     for (url, why) in cases {
-        let mut child = Command::new(tuneprobe_binary())
-            .args(["snapshot", "--for", "3s", "--json", "--kube-api", &url])
-            .arg("--pod-logs-dir")
-            .arg(logs.join("pods"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tuneprobe");
-        let lines = stderr_lines(&mut child);
-        let mut seen = Vec::new();
-        wait_ready(&lines, &mut seen);
-        Workload::spawn(
-            &pair.a,
-            None,
-            &["udp-send", &format!("{ADDR_B}:9"), &N.to_string(), "50"],
-        )
-        .wait(Duration::from_secs(20));
-        let out = child.wait_with_output().expect("tuneprobe output");
-        seen.extend(lines.try_iter());
+        let (out, seen) = snapshot_with_drops(
+            Command::new(tuneprobe_binary())
+                .args(["snapshot", "--for", "3s", "--json", "--kube-api", &url])
+                .arg("--pod-logs-dir")
+                .arg(logs.join("pods")),
+            &pair,
+            N,
+        );
         assert!(out.status.success(), "{url}: exit {}: {seen:?}", out.status);
 
         // It says what is wrong with the API, and what it does instead.
@@ -413,27 +429,16 @@ fn without_tracefs_every_signal_still_works_and_it_says_so() {
     std::fs::copy("/sys/kernel/btf/vmlinux", &btf).unwrap();
     let script = "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null; \
                   mount -t tmpfs -o ro none /sys/kernel && exec \"$@\"";
-    let mut child = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
-        .arg(tuneprobe_binary())
-        .args(["snapshot", "--for", "3s", "--json", "--kube-api", "none"])
-        .args(["--pod-logs-dir", "/nonexistent", "--btf"])
-        .arg(&btf)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tuneprobe in a mount namespace");
-    let lines = stderr_lines(&mut child);
-    let mut seen = Vec::new();
-    wait_ready(&lines, &mut seen);
-    Workload::spawn(
-        &pair.a,
-        None,
-        &["udp-send", &format!("{ADDR_B}:9"), &N.to_string(), "50"],
-    )
-    .wait(Duration::from_secs(20));
-    let out = child.wait_with_output().expect("tuneprobe output");
-    seen.extend(lines.try_iter());
+    let (out, seen) = snapshot_with_drops(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+            .arg(tuneprobe_binary())
+            .args(["snapshot", "--for", "3s", "--json", "--kube-api", "none"])
+            .args(["--pod-logs-dir", "/nonexistent", "--btf"])
+            .arg(&btf),
+        &pair,
+        N,
+    );
     assert!(out.status.success(), "exit {}: {seen:?}", out.status);
     let warning = seen
         .iter()
