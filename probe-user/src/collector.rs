@@ -333,6 +333,9 @@ impl Collector {
                 .collect()
         };
         let dead_netns = netns_dead_for(&self.netns_alive, grace);
+        // Their entries go below, so their totals start again from zero: a recycled
+        // inode's first count must read as movement, not as the old total again.
+        self.netns_activity.retain(|netns, _| !dead_netns.contains(netns));
         let unified: HashSet<u64> = self
             .paths_ref(Hierarchy::Unified)
             .dead_longer_than(grace)
