@@ -20,7 +20,7 @@
 //!                                             SIGUSR1 removes the delay
 //! testload dns-query ADDR:PORT NAME COUNT udp|tcp TIMEOUT_MS
 //!                                             COUNT sequential queries; prints
-//!                                             `answered N median_ms M` (M as the client saw it)
+//!                                             `answered N median_ms M min_ms F` (as the client saw it)
 //! testload dns-garbage ADDR:PORT COUNT        COUNT random-byte and COUNT truncated datagrams
 //! testload pause                              sleep until killed
 
@@ -323,7 +323,11 @@ mod dns {
         }
         latencies.sort_by(f64::total_cmp);
         let median = latencies.get(latencies.len() / 2).copied().unwrap_or(0.0);
-        println!("answered {} median_ms {median:.3}", latencies.len());
+        let fastest = latencies.first().copied().unwrap_or(0.0);
+        println!(
+            "answered {} median_ms {median:.3} min_ms {fastest:.3}",
+            latencies.len()
+        );
     }
 
     fn query_udp(server: SocketAddr, query: &[u8], timeout: Duration) -> bool {
