@@ -206,7 +206,7 @@ mod dns {
         io::{Read as _, Write as _},
         net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
         thread,
-        time::Duration,
+        time::{Duration, Instant},
     };
 
     /// A query for `name`, type A, class IN, recursion desired.
@@ -311,14 +311,13 @@ mod dns {
         for i in 0..count {
             let txid = 0x1000u16.wrapping_add(i as u16);
             let query = message(txid, name);
-            let started = std::time::Instant::now();
-            let ok = if tcp {
+            let took = if tcp {
                 query_tcp(server, &query, timeout)
             } else {
                 query_udp(server, &query, timeout)
             };
-            if ok {
-                latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+            if let Some(took) = took {
+                latencies.push(took.as_secs_f64() * 1000.0);
             }
         }
         latencies.sort_by(f64::total_cmp);
@@ -330,7 +329,9 @@ mod dns {
         );
     }
 
-    fn query_udp(server: SocketAddr, query: &[u8], timeout: Duration) -> bool {
+    /// One query; the time from just before it is sent to its answer (what the probe
+    /// measures too: socket setup and the TCP handshake are not part of it).
+    fn query_udp(server: SocketAddr, query: &[u8], timeout: Duration) -> Option<Duration> {
         let local: SocketAddr = if server.is_ipv6() {
             "[::]:0".parse().unwrap()
         } else {
@@ -338,28 +339,27 @@ mod dns {
         };
         let socket = UdpSocket::bind(local).expect("bind");
         socket.set_read_timeout(Some(timeout)).expect("timeout");
-        if socket.send_to(query, server).is_err() {
-            return false;
-        }
+        let started = Instant::now();
+        socket.send_to(query, server).ok()?;
         let mut buf = [0u8; 1500];
-        matches!(socket.recv_from(&mut buf), Ok((n, _)) if n >= 2 && buf[..2] == query[..2])
+        let answered =
+            matches!(socket.recv_from(&mut buf), Ok((n, _)) if n >= 2 && buf[..2] == query[..2]);
+        answered.then(|| started.elapsed())
     }
 
-    fn query_tcp(server: SocketAddr, query: &[u8], timeout: Duration) -> bool {
-        let Ok(mut stream) = TcpStream::connect_timeout(&server, timeout) else {
-            return false;
-        };
+    fn query_tcp(server: SocketAddr, query: &[u8], timeout: Duration) -> Option<Duration> {
+        let mut stream = TcpStream::connect_timeout(&server, timeout).ok()?;
         stream.set_read_timeout(Some(timeout)).expect("timeout");
         let mut framed = (query.len() as u16).to_be_bytes().to_vec();
         framed.extend_from_slice(query);
-        if stream.write_all(&framed).is_err() {
-            return false;
-        }
+        let started = Instant::now();
+        stream.write_all(&framed).ok()?;
         let mut len = [0u8; 2];
         let mut reply = [0u8; 2];
-        stream.read_exact(&mut len).is_ok()
+        let answered = stream.read_exact(&mut len).is_ok()
             && stream.read_exact(&mut reply).is_ok()
-            && reply == query[..2]
+            && reply == query[..2];
+        answered.then(|| started.elapsed())
     }
 
     /// Deterministic noise: a fixed-seed xorshift, so every run sends the same bytes.
