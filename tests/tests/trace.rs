@@ -532,13 +532,14 @@ fn slow_block_requests_of_the_throttled_container_only() {
         assert_eq!(field(event, "container_id"), throttled.container_id);
     }
     // The slow trace filtered in the kernel: the slow loop requests of the full trace.
-    // Two processes time the same request a few microseconds apart, so one that took
-    // almost exactly 20 ms may fall on either side: the bounds allow for that only.
+    // Two processes time the same request apart (microseconds, or an interrupt's worth
+    // on a busy machine), so one that took almost exactly 20 ms may fall on either
+    // side: the bounds allow for that only.
     let at_least = |ms: f64| on_loop.iter().filter(|e| block_ms(e) >= ms).count();
     let slow_on_loop = slow.iter().filter(|e| e["device"] == disk.name()).count();
     assert!(at_least(20.0) > 0, "the throttle delayed nothing");
     assert!(
-        (at_least(20.05)..=at_least(19.95)).contains(&slow_on_loop),
+        (at_least(20.5)..=at_least(19.5)).contains(&slow_on_loop),
         "{slow_on_loop} slow requests traced, the full trace has {} at 20 ms",
         at_least(20.0)
     );

@@ -713,13 +713,16 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel, boot_s: f64) -> Value {
     );
 
     // CPU: throttled switch-outs seen at sched_switch match cpu.stat's nr_throttled.
+    // The busy loop runs for a wall-clock time, and an emulated guest on a busy host
+    // gets its periods unevenly, so the workload itself is only held to "throttled in
+    // most periods"; the probe is held to the kernel's own count.
     let events = sum_workloads(&snapshot, by_cgroup("cpu"), "/cpu/throttle_events");
     let nr_throttled = guest.number("cpu_nr_throttled");
     let expected_periods = CPU_BUSY_MS * 1000 / CPU_PERIOD_US;
     add(
         "cpu_throttle_events_match_nr_throttled",
         nr_throttled.is_some_and(|n| {
-            n.abs_diff(expected_periods) <= expected_periods / 4 && events.abs_diff(n) <= 2
+            (expected_periods / 2..=expected_periods * 2).contains(&n) && events.abs_diff(n) <= 2
         }),
         json!(events),
         json!({"nr_throttled": nr_throttled, "about": expected_periods}),
