@@ -11,12 +11,16 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use probe_common::{
-    BlockKey, BlockStats, InFlightRequest, KernelLayout, OverflowSlot,
+    BlockKey, BlockStats, InFlightRequest, OverflowSlot,
     block_io::{BLOCK_IN_FLIGHT_MAX, BLOCK_IO_MAX_KEYS, MINOR_BITS},
     trace::{BlockEvent, TraceKind},
 };
 
-use crate::{aggregate, kernel, trace};
+use crate::{
+    aggregate,
+    kernel::{self, layout},
+    trace,
+};
 
 /// `probe_common::block_io::BLOCK_IO_MAP`
 #[map]
@@ -39,7 +43,7 @@ pub fn block_rq_insert(ctx: BtfTracePointContext) -> i32 {
     let state = InFlightRequest {
         insert_ns: now(),
         issue_ns: 0,
-        key: request_key(&kernel::layout(), rq),
+        key: request_key(rq),
     };
     let _ = BLOCK_IN_FLIGHT.insert(&(rq as u64), &state, 0);
     0
@@ -49,7 +53,7 @@ pub fn block_rq_insert(ctx: BtfTracePointContext) -> i32 {
 pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
     let rq: *const u8 = ctx.arg(0);
     let now = now();
-    let key = request_key(&kernel::layout(), rq);
+    let key = request_key(rq);
     // SAFETY: copied out at once.
     let inserted = (unsafe { BLOCK_IN_FLIGHT.get(&(rq as u64)) }).copied();
     // Only a fresh insert of this same request counts as its queueing; anything else
@@ -84,7 +88,6 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_block_rq_complete(ctx: &BtfTracePointContext) {
-    let layout = kernel::layout();
     let rq: *const u8 = ctx.arg(0);
     let error: u8 = ctx.arg(1);
     let nr_bytes: u32 = ctx.arg(2);
@@ -109,7 +112,7 @@ fn try_block_rq_complete(ctx: &BtfTracePointContext) {
     }
     // A partial completion (the driver finished part of the request, with or without
     // an error) is not the end: `__data_len` still holds what was left before it.
-    let remaining: u32 = kernel::read(rq, layout.request_data_len).unwrap_or(0);
+    let remaining: u32 = kernel::load(rq, layout!(request_data_len));
     if nr_bytes < remaining {
         return;
     }
@@ -155,28 +158,28 @@ fn now() -> u64 {
 
 /// Device, operation and owning cgroup of a request.
 #[inline(always)]
-fn request_key(layout: &KernelLayout, rq: *const u8) -> BlockKey {
-    let disk = kernel::follow(rq, [layout.request_queue, layout.queue_disk]);
+fn request_key(rq: *const u8) -> BlockKey {
+    let disk = kernel::follow(rq, [layout!(request_queue), layout!(queue_disk)]);
     let (major, minor) = if disk.is_null() {
         (0, 0)
     } else {
         (
-            kernel::read::<i32>(disk, layout.disk_major).unwrap_or(0) as u32,
-            kernel::read::<i32>(disk, layout.disk_first_minor).unwrap_or(0) as u32,
+            kernel::load::<i32>(disk, layout!(disk_major)) as u32,
+            kernel::load::<i32>(disk, layout!(disk_first_minor)) as u32,
         )
     };
-    let flags: u32 = kernel::read(rq, layout.request_cmd_flags).unwrap_or(0);
+    let flags: u32 = kernel::load(rq, layout!(request_cmd_flags));
     let cgroup = kernel::follow(
         rq,
         [
-            layout.request_bio,
-            layout.bio_blkg,
-            layout.blkg_blkcg,
-            layout.blkcg_cgroup,
+            layout!(request_bio),
+            layout!(bio_blkg),
+            layout!(blkg_blkcg),
+            layout!(blkcg_cgroup),
         ],
     );
     BlockKey {
-        cgroup_id: kernel::cgroup_id(layout, cgroup),
+        cgroup_id: kernel::cgroup_id(cgroup),
         dev: (major << MINOR_BITS) | minor,
         op: flags & REQ_OP_MASK,
     }

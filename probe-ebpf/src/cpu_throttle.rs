@@ -11,12 +11,16 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use probe_common::{
-    KernelLayout, OverflowSlot, ThrottleStats, ThrottledTask,
+    OverflowSlot, ThrottleStats, ThrottledTask,
     cpu_throttle::{CPU_THROTTLE_MAX_CGROUPS, THROTTLED_TASKS_MAX},
     trace::{ThrottleEvent, TraceKind},
 };
 
-use crate::{aggregate, kernel, trace};
+use crate::{
+    aggregate,
+    kernel::{self, layout},
+    trace,
+};
 
 /// `probe_common::cpu_throttle::CPU_THROTTLE_MAP`
 #[map]
@@ -34,17 +38,14 @@ static ZERO_STATS: ThrottleStats = ThrottleStats::ZERO;
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
-    let layout = kernel::layout();
     let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
     // The clock is read only on the rare paths that need it: this program runs on every
     // context switch, and a helper call is a large part of its cost (xtask bench).
-    if is_throttled(&layout, prev)
-        && (layout.throttle_per_task != 0 || still_runnable(&layout, &ctx))
-    {
-        switched_out_throttled(&layout, prev, now());
+    if is_throttled(prev) && (layout!(throttle_per_task) != 0 || still_runnable(&ctx)) {
+        switched_out_throttled(prev, now());
     }
-    switched_in(&layout, next);
+    switched_in(next);
     0
 }
 
@@ -57,8 +58,8 @@ fn now() -> u64 {
 /// With the cfs_rq flag, a task that blocked (sleep, IO) while its group was throttled
 /// was not switched out by the throttle. `prev_state` 0 is `TASK_RUNNING`.
 #[inline(always)]
-fn still_runnable(layout: &KernelLayout, ctx: &BtfTracePointContext) -> bool {
-    if layout.sched_switch_has_prev_state == 0 {
+fn still_runnable(ctx: &BtfTracePointContext) -> bool {
+    if layout!(sched_switch_has_prev_state) == 0 {
         return true;
     }
     let prev_state: u32 = ctx.arg(3);
@@ -66,30 +67,30 @@ fn still_runnable(layout: &KernelLayout, ctx: &BtfTracePointContext) -> bool {
 }
 
 #[inline(always)]
-fn is_throttled(layout: &KernelLayout, task: *const u8) -> bool {
-    let holder = if layout.throttle_per_task != 0 {
+fn is_throttled(task: *const u8) -> bool {
+    let holder = if layout!(throttle_per_task) != 0 {
         task
     } else {
-        kernel::follow(task, [layout.task_cfs_rq])
+        kernel::follow(task, [layout!(task_cfs_rq)])
     };
     if holder.is_null() {
         return false;
     }
-    let flag: u8 = kernel::read(holder, layout.throttled_byte).unwrap_or(0);
-    u32::from(flag) & layout.throttled_mask != 0
+    let flag: u8 = kernel::load(holder, layout!(throttled_byte));
+    u32::from(flag) & layout!(throttled_mask) != 0
 }
 
 #[inline(always)]
-fn switched_out_throttled(layout: &KernelLayout, task: *const u8, now: u64) {
+fn switched_out_throttled(task: *const u8, now: u64) {
     let cgroup = kernel::follow(
         task,
         [
-            layout.task_cgroups,
-            layout.css_set_cpu_css,
-            layout.css_cgroup,
+            layout!(task_cgroups),
+            layout!(css_set_cpu_css),
+            layout!(css_cgroup),
         ],
     );
-    let cgroup_id = kernel::cgroup_id(layout, cgroup);
+    let cgroup_id = kernel::cgroup_id(cgroup);
     let Some(stats) = aggregate::shared_entry(
         &CPU_THROTTLE,
         &cgroup_id,
@@ -108,7 +109,7 @@ fn switched_out_throttled(layout: &KernelLayout, task: *const u8, now: u64) {
 }
 
 #[inline(always)]
-fn switched_in(layout: &KernelLayout, task: *const u8) {
+fn switched_in(task: *const u8) {
     let id = task as u64;
     // SAFETY: copied out at once.
     let Some(waiting) = (unsafe { THROTTLED_TASKS.get(&id) }).copied() else {
@@ -118,7 +119,7 @@ fn switched_in(layout: &KernelLayout, task: *const u8) {
     let _ = THROTTLED_TASKS.remove(&id);
     let stall_ns = now.saturating_sub(waiting.since_ns);
     if trace::enabled(TraceKind::Throttle) {
-        let pid: u32 = kernel::read(task, layout.task_pid).unwrap_or(0);
+        let pid: u32 = kernel::load(task, layout!(task_pid));
         let event = ThrottleEvent {
             header: trace::header(TraceKind::Throttle, waiting.cgroup_id, 0, now),
             stall_ns,

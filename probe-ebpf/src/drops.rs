@@ -12,7 +12,11 @@ use probe_common::{
     trace::{DropEvent, TraceKind},
 };
 
-use crate::{aggregate, kernel, trace};
+use crate::{
+    aggregate,
+    kernel::{self, layout},
+    trace,
+};
 
 /// `probe_common::drops::DROPS_MAP`: (owner, reason) -> drops.
 #[map]
@@ -26,33 +30,32 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_kfree_skb(ctx: &BtfTracePointContext) {
-    let layout = kernel::layout();
     let skb: *const u8 = ctx.arg(0);
     let reason: u32 = ctx.arg(2);
-    if reason == layout.drop_reason_consumed {
+    if reason == layout!(drop_reason_consumed) {
         return;
     }
 
     // Transmit-side drops carry the socket in skb->sk; receive-side drops of 6.12+
     // kernels pass it as rx_sk (the skb is not yet owned there).
-    let mut sk: *const u8 = kernel::read(skb, layout.sk_buff_sk).unwrap_or(core::ptr::null());
-    if sk.is_null() && layout.kfree_skb_has_rx_sk != 0 {
+    let mut sk: *const u8 = kernel::load(skb, layout!(sk_buff_sk));
+    if sk.is_null() && layout!(kfree_skb_has_rx_sk) != 0 {
         sk = ctx.arg(3);
     }
 
     let key = if sk.is_null() {
         // No socket (closed port, firewall on input): the device's namespace tells whose
         // traffic it was.
-        let dev: *const u8 = kernel::read(skb, layout.sk_buff_dev).unwrap_or(core::ptr::null());
+        let dev: *const u8 = kernel::load(skb, layout!(sk_buff_dev));
         DropKey {
             cgroup_id: 0,
-            netns: kernel::device_netns(&layout, dev),
+            netns: kernel::device_netns(dev),
             reason,
         }
     } else {
         DropKey {
-            cgroup_id: kernel::sock_cgroup_id(&layout, sk),
-            netns: kernel::sock_netns(&layout, sk),
+            cgroup_id: kernel::sock_cgroup_id(sk),
+            netns: kernel::sock_netns(sk),
             reason,
         }
     };
@@ -66,7 +69,7 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) {
                 bpf_ktime_get_ns()
             }),
             location,
-            endpoints: trace::skb_endpoints(&layout, skb),
+            endpoints: trace::skb_endpoints(skb),
             reason,
             _pad: 0,
         };

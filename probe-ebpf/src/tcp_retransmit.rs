@@ -15,7 +15,11 @@ use probe_common::{
     trace::{RetransmitEvent, TraceKind},
 };
 
-use crate::{aggregate, kernel, trace};
+use crate::{
+    aggregate,
+    kernel::{self, layout},
+    trace,
+};
 
 /// `probe_common::tcp_retransmit::TCP_RETRANSMITS_MAP`: (cgroup id, netns) -> counters.
 #[map]
@@ -30,12 +34,11 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext) {
-    let layout = kernel::layout();
     let sk: *const u8 = ctx.arg(0);
     let skb: *const u8 = ctx.arg(1);
     // Branch on a read-only global: the verifier prunes the read of a third argument on
     // kernels whose tracepoint has none.
-    let err: i32 = if layout.tcp_retransmit_has_err != 0 {
+    let err: i32 = if layout!(tcp_retransmit_has_err) != 0 {
         ctx.arg(2)
     } else {
         0
@@ -43,7 +46,7 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext) {
 
     let sent = if err == 0 {
         // tcp_skb_pcount(): the segments this skb carries, as RetransSegs counts them.
-        let segments: u16 = kernel::read(skb, layout.sk_buff_tcp_gso_segs).unwrap_or(1);
+        let segments: u16 = kernel::load(skb, layout!(sk_buff_tcp_gso_segs));
         RetransmitCounters {
             retransmits: 1,
             segments: u64::from(segments.max(1)),
@@ -58,8 +61,8 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext) {
     };
 
     let key = RetransmitKey {
-        cgroup_id: kernel::sock_cgroup_id(&layout, sk),
-        netns: kernel::sock_netns(&layout, sk),
+        cgroup_id: kernel::sock_cgroup_id(sk),
+        netns: kernel::sock_netns(sk),
         _reserved: 0,
     };
     aggregate::add(
@@ -71,13 +74,13 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext) {
     );
 
     if trace::enabled(TraceKind::Retransmit) {
-        let state: u8 = kernel::read(sk, layout.sock_state).unwrap_or(0);
+        let state: u8 = kernel::load(sk, layout!(sock_state));
         let event = RetransmitEvent {
             // SAFETY: no preconditions.
             header: trace::header(TraceKind::Retransmit, key.cgroup_id, key.netns, unsafe {
                 bpf_ktime_get_ns()
             }),
-            endpoints: trace::sock_endpoints(&layout, sk, 6),
+            endpoints: trace::sock_endpoints(sk, 6),
             state: u32::from(state),
             failed: sent.failed as u32,
             segments: sent.segments as u32,

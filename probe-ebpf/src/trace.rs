@@ -9,12 +9,9 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use probe_common::{
-    KernelLayout,
-    trace::{Endpoints, TRACE_RING_IDLE_BYTES, TraceConfig, TraceHeader, TraceKind},
-};
+use probe_common::trace::{Endpoints, TRACE_RING_IDLE_BYTES, TraceConfig, TraceHeader, TraceKind};
 
-use crate::kernel;
+use crate::kernel::{self, layout};
 
 #[unsafe(no_mangle)]
 static TRACE_CONFIG: Global<TraceConfig> = Global::new(TraceConfig::OFF);
@@ -70,24 +67,26 @@ pub fn lost(kind: TraceKind) {
 
 /// A socket's addresses and ports, from its `sock_common`.
 #[inline(always)]
-pub fn sock_endpoints(layout: &KernelLayout, sk: *const u8, protocol: u8) -> Endpoints {
+pub fn sock_endpoints(sk: *const u8, protocol: u8) -> Endpoints {
     let mut out = Endpoints::default();
-    if layout.sock_addresses == 0 || sk.is_null() {
+    if layout!(sock_addresses) == 0 || sk.is_null() {
         return out;
     }
-    let family: u16 = kernel::read(sk, layout.sock_family).unwrap_or(0);
+    let family: u16 = kernel::load(sk, layout!(sock_family));
     out.family = family;
     out.protocol = protocol;
-    out.sport = kernel::read(sk, layout.sock_num).unwrap_or(0);
-    out.dport = u16::from_be(kernel::read(sk, layout.sock_dport).unwrap_or(0));
+    out.sport = kernel::load(sk, layout!(sock_num));
+    out.dport = u16::from_be(kernel::load(sk, layout!(sock_dport)));
+    // Addresses are copied whole: the helper takes any size, a direct load at most 8
+    // bytes, and this path only runs for `tuneprobe trace`.
     if family == AF_INET {
-        let s: [u8; 4] = kernel::read(sk, layout.sock_rcv_saddr).unwrap_or([0; 4]);
-        let d: [u8; 4] = kernel::read(sk, layout.sock_daddr).unwrap_or([0; 4]);
+        let s: [u8; 4] = kernel::read(sk, layout!(sock_rcv_saddr)).unwrap_or([0; 4]);
+        let d: [u8; 4] = kernel::read(sk, layout!(sock_daddr)).unwrap_or([0; 4]);
         out.saddr = mapped(s);
         out.daddr = mapped(d);
-    } else if family == AF_INET6 && layout.sock_has_v6 != 0 {
-        out.saddr = kernel::read(sk, layout.sock_v6_rcv_saddr).unwrap_or([0; 16]);
-        out.daddr = kernel::read(sk, layout.sock_v6_daddr).unwrap_or([0; 16]);
+    } else if family == AF_INET6 && layout!(sock_has_v6) != 0 {
+        out.saddr = kernel::read(sk, layout!(sock_v6_rcv_saddr)).unwrap_or([0; 16]);
+        out.daddr = kernel::read(sk, layout!(sock_v6_daddr)).unwrap_or([0; 16]);
     } else {
         out.family = 0;
     }
@@ -97,13 +96,14 @@ pub fn sock_endpoints(layout: &KernelLayout, sk: *const u8, protocol: u8) -> End
 /// A packet's addresses, protocol and ports, from its network header (IPv4, or IPv6
 /// without extension headers). Unknown parts stay zero.
 #[inline(always)]
-pub fn skb_endpoints(layout: &KernelLayout, skb: *const u8) -> Endpoints {
+pub fn skb_endpoints(skb: *const u8) -> Endpoints {
     let mut out = Endpoints::default();
-    if layout.skb_headers == 0 {
+    if layout!(skb_headers) == 0 {
         return out;
     }
-    let head: *const u8 = kernel::read(skb, layout.sk_buff_head).unwrap_or(core::ptr::null());
-    let network: u16 = kernel::read(skb, layout.sk_buff_network_header).unwrap_or(u16::MAX);
+    // `head` points at bytes the verifier has no type for: read behind it with the helper.
+    let head: *const u8 = kernel::load(skb, layout!(sk_buff_head));
+    let network: u16 = kernel::load(skb, layout!(sk_buff_network_header));
     // `~0` means unset; a header past 4 KiB of headroom is not one we trust.
     if head.is_null() || network >= 4096 {
         return out;
