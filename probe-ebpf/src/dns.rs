@@ -62,7 +62,8 @@ const DNS_HEADER: usize = 12;
 
 #[cgroup_skb]
 pub fn dns_egress(ctx: SkBuffContext) -> i32 {
-    if let Some(packet) = parse_packet(&ctx)
+    if may_be_dns(&ctx)
+        && let Some(packet) = parse_packet(&ctx)
         && packet.dport == DNS_PORT
         && packet.sport != DNS_PORT
     {
@@ -73,13 +74,69 @@ pub fn dns_egress(ctx: SkBuffContext) -> i32 {
 
 #[cgroup_skb]
 pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
-    if let Some(packet) = parse_packet(&ctx)
+    if may_be_dns(&ctx)
+        && let Some(packet) = parse_packet(&ctx)
         && packet.sport == DNS_PORT
         && packet.dport != DNS_PORT
     {
         on_response(&ctx, &packet);
     }
     PASS
+}
+
+/// The cheap test run on every packet a socket sends or receives: false if the packet
+/// cannot be DNS (not UDP or TCP, a later fragment, or neither port 53), read in place
+/// from the packet's linear head with no helper call. True when unsure (headers beyond
+/// the linear part): then the full parse, which copies with `bpf_skb_load_bytes`,
+/// decides.
+#[inline(always)]
+fn may_be_dns(ctx: &SkBuffContext) -> bool {
+    // SAFETY: the context is a valid `__sk_buff`; `data`/`data_end` bound the linear head.
+    let (data, end) = unsafe {
+        (
+            (*ctx.skb.skb).data as usize as *const u8,
+            (*ctx.skb.skb).data_end as usize as *const u8,
+        )
+    };
+    // SAFETY (all reads below): each is within `data..end`, checked just before it.
+    let (proto, l4) = match u16::from_be(ctx.skb.protocol() as u16) {
+        ETH_P_IP => {
+            if data.wrapping_add(Ipv4Hdr::LEN) > end {
+                return true;
+            }
+            let version_ihl = unsafe { *data };
+            let fragment = unsafe { [*data.wrapping_add(6), *data.wrapping_add(7)] };
+            if u16::from_be_bytes(fragment) & 0x1fff != 0 {
+                return false;
+            }
+            (
+                unsafe { *data.wrapping_add(9) },
+                usize::from(version_ihl & 0x0f) * 4,
+            )
+        }
+        ETH_P_IPV6 => {
+            if data.wrapping_add(Ipv6Hdr::LEN) > end {
+                return true;
+            }
+            (unsafe { *data.wrapping_add(6) }, Ipv6Hdr::LEN)
+        }
+        _ => return false,
+    };
+    if proto != PROTO_UDP && proto != PROTO_TCP {
+        return false;
+    }
+    // UDP and TCP both start with the source and destination ports.
+    let ports = data.wrapping_add(l4);
+    if ports.wrapping_add(4) > end {
+        return true;
+    }
+    let (sport, dport) = unsafe {
+        (
+            u16::from_be_bytes([*ports, *ports.wrapping_add(1)]),
+            u16::from_be_bytes([*ports.wrapping_add(2), *ports.wrapping_add(3)]),
+        )
+    };
+    sport == DNS_PORT || dport == DNS_PORT
 }
 
 /// Addresses, ports and where the DNS message starts.
