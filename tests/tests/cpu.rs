@@ -86,9 +86,15 @@ fn a_tight_quota_throttles_and_the_probe_agrees_with_cpu_stat() {
         "stalls {} ms vs throttled_time {throttled_ms} ms",
         cpu.stall_total_ms
     );
-    // The quota leaves 80 ms of every 100 ms period idle.
+    // The quota leaves at most 80 ms of a 100 ms period idle: all 80 on an idle
+    // machine, less when other work shares the CPU and the 20 ms take longer to use. The
+    // median stall sits with the kernel's own mean throttled time per period.
     let p50 = cpu.stall_ms.p50.unwrap();
-    assert!((60.0..=90.0).contains(&p50), "stall median {p50} ms");
+    let kernel_mean = throttled_ms / limited_delta.throttled_periods.max(1) as f64;
+    assert!(
+        p50 <= 90.0 && (p50 - kernel_mean).abs() <= 0.25 * kernel_mean,
+        "stall median {p50} ms, the kernel's mean {kernel_mean} ms"
+    );
     assert!(cpu.stall_ms.max.unwrap() < 200.0, "{:?}", cpu.stall_ms);
 
     // Negative control: the same loop without a quota.
