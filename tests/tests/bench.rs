@@ -146,8 +146,20 @@ fn smoke_run_reports_every_section_and_cleans_up() {
             let value = number(&row[mode], &format!("{} {mode}", row["workload"]));
             assert!(value > 0.0, "{} {mode}: {value}", row["workload"]);
             assert_eq!(row["samples"][mode].as_array().map(Vec::len), Some(1));
+            // The same work per busy CPU-second: above the rate, since two CPUs at
+            // most were busy for the whole run, at least a little of one.
+            let per_cpu = number(
+                &row["per_cpu_s"][mode],
+                &format!("{} {mode} per CPU-s", row["workload"]),
+            );
+            assert!(
+                (value / 2.0..value * 100.0).contains(&per_cpu),
+                "{} {mode}: {value}/s, {per_cpu} per busy CPU-s",
+                row["workload"]
+            );
         }
         assert!(number(&row["tuneprobe_ratio"], "ratio") > 0.0);
+        assert!(number(&row["per_cpu_s"]["tuneprobe_ratio"], "per-CPU ratio") > 0.0);
     }
 
     // The paced mix hits its rates (the generators are part of what is tested).

@@ -263,7 +263,7 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Value> {
 
     eprintln!("xtask bench: workload impact, {} rounds", plan.rounds);
     let workloads = ["tcp", "udp_drops", "dns", "block"];
-    let mut impact: BTreeMap<(&str, Mode), Vec<f64>> = BTreeMap::new();
+    let mut impact: BTreeMap<(&str, Mode), Vec<Rate>> = BTreeMap::new();
     for round in 0..plan.rounds {
         for k in 0..Mode::ALL.len() {
             let mode = Mode::ALL[(round + k) % Mode::ALL.len()];
@@ -273,34 +273,49 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Value> {
                 attach.entry(mode).or_default().push(ms(agent.attach));
             }
             let secs = plan.workload_secs;
-            let tcp = load::iperf3_result(
-                &mut load::iperf3(&lab, IPERF_PORT, secs, None)?,
-                wait_for(secs),
-            )?;
-            let before = lab.dropped_in_b()?;
-            let t0 = Instant::now();
-            join(load::udp_flood(&lab, f64::from(secs), None)?)?;
-            let udp = (lab.dropped_in_b()? - before) as f64 / t0.elapsed().as_secs_f64();
-            let t0 = Instant::now();
-            let answers: u64 = load::dns_load(&lab, f64::from(secs), 1, None)?
-                .into_iter()
-                .map(join)
-                .sum::<anyhow::Result<u64>>()?;
-            let dns = answers as f64 / t0.elapsed().as_secs_f64();
-            let block = load::fio_result(&mut load::fio(&device, secs, None)?, wait_for(secs))?;
+            let tcp = Rate::measure(|| {
+                let bits_per_s = load::iperf3_result(
+                    &mut load::iperf3(&lab, IPERF_PORT, secs, None)?,
+                    wait_for(secs),
+                )?;
+                Ok(bits_per_s / 1e6 * f64::from(secs))
+            })?;
+            let udp = Rate::measure(|| {
+                let before = lab.dropped_in_b()?;
+                join(load::udp_flood(&lab, f64::from(secs), None)?)?;
+                Ok((lab.dropped_in_b()? - before) as f64)
+            })?;
+            let dns = Rate::measure(|| {
+                let answers: u64 = load::dns_load(&lab, f64::from(secs), 1, None)?
+                    .into_iter()
+                    .map(join)
+                    .sum::<anyhow::Result<u64>>()?;
+                Ok(answers as f64)
+            })?;
+            let block = Rate::measure(|| {
+                let iops = load::fio_result(&mut load::fio(&device, secs, None)?, wait_for(secs))?;
+                Ok(iops * f64::from(secs))
+            })?;
             if let Some(agent) = agent {
                 agent.stop()?;
             }
-            for (workload, value) in workloads.iter().zip([tcp / 1e6, udp, dns, block]) {
-                impact.entry((workload, mode)).or_default().push(value);
-            }
             eprintln!(
-                "  round {} {:<9}: tcp {:.0} Mbit/s, udp drops {udp:.0}/s, dns {dns:.0}/s, \
-                 block {block:.0} IOPS",
+                "  round {} {:<9}: tcp {:.0} Mbit/s, udp drops {:.0}/s, dns {:.0}/s, \
+                 block {:.0} IOPS; per busy CPU-second {:.0}, {:.0}, {:.0}, {:.0}",
                 round + 1,
                 mode.name(),
-                tcp / 1e6
+                tcp.per_s,
+                udp.per_s,
+                dns.per_s,
+                block.per_s,
+                tcp.per_cpu_s,
+                udp.per_cpu_s,
+                dns.per_cpu_s,
+                block.per_cpu_s,
             );
+            for (workload, rate) in workloads.iter().zip([tcp, udp, dns, block]) {
+                impact.entry((workload, mode)).or_default().push(rate);
+            }
         }
     }
 
@@ -414,6 +429,54 @@ fn floor_stage(plan: &Plan, lab: &Lab, tools: &Tools, run_no: &mut usize) -> any
     Ok(Value::Object(floor))
 }
 
+/// One workload run: its rate, and its work per second of busy CPU.
+///
+/// Throughput alone cannot tell a 2% cost on a shared virtual machine: the hypervisor
+/// takes time away (steal) unevenly, and the bare runs spread by tens of percent. The
+/// same work per busy CPU-second of the whole machine (user, system, irq, softirq; not
+/// idle, iowait or steal, `/proc/stat`) counts everything an observer adds — its
+/// programs in softirq and syscalls, its agent — and not the time the machine was not
+/// ours. The bench runs alone, so nothing else is in it.
+#[derive(Clone, Copy, Debug)]
+struct Rate {
+    per_s: f64,
+    per_cpu_s: f64,
+}
+
+impl Rate {
+    /// Runs `work`, which returns how much it did (Mbit, packets, queries, IOs).
+    fn measure(work: impl FnOnce() -> anyhow::Result<f64>) -> anyhow::Result<Self> {
+        let cpu_before = busy_cpu_s()?;
+        let started = Instant::now();
+        let done = work()?;
+        let elapsed = started.elapsed().as_secs_f64();
+        let cpu = busy_cpu_s()? - cpu_before;
+        Ok(Self {
+            per_s: done / elapsed,
+            per_cpu_s: if cpu > 0.0 { done / cpu } else { 0.0 },
+        })
+    }
+}
+
+/// Busy CPU time of the whole machine since boot, in seconds (see [`Rate`]).
+fn busy_cpu_s() -> anyhow::Result<f64> {
+    let stat = fs::read_to_string("/proc/stat").context("/proc/stat")?;
+    let line = stat.lines().next().context("/proc/stat is empty")?;
+    // cpu user nice system idle iowait irq softirq steal guest guest_nice; guest time is
+    // already part of user.
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("/proc/stat's cpu line")?;
+    ensure!(ticks.len() >= 8, "/proc/stat's cpu line: {line}");
+    let busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6];
+    // SAFETY: no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(busy as f64 / hz)
+}
+
 /// Waiting time for a client that runs `secs`.
 fn wait_for(secs: u32) -> Duration {
     Duration::from_secs(u64::from(secs) + 30)
@@ -440,6 +503,8 @@ struct MixRun {
     bpf_cpu_percent: f64,
     /// Per program: (events, ns per event) over the window.
     programs: BTreeMap<String, (u64, f64)>,
+    /// DNS queries answered in the window (each one query out, one response in).
+    dns_answers: u64,
 }
 
 fn load_mix(
@@ -505,6 +570,7 @@ fn load_mix(
         block_iops,
         retransmits_per_s: retransmits as f64 / f64::from(secs),
         programs,
+        dns_answers: answers,
     })
 }
 
@@ -677,7 +743,7 @@ fn kernel_name(name: &str) -> &str {
 fn assemble(
     plan: &Plan,
     smoke: bool,
-    impact: &BTreeMap<(&str, Mode), Vec<f64>>,
+    impact: &BTreeMap<(&str, Mode), Vec<Rate>>,
     mix: &BTreeMap<Mode, Vec<MixRun>>,
     scale: &[Value],
     attach: &BTreeMap<Mode, Vec<f64>>,
@@ -696,6 +762,19 @@ fn assemble(
             .collect();
         (median(&per_event), median(&events))
     };
+    // All of a program's run time over the window, per DNS query answered in it.
+    let per_dns_message = |mode: Mode, name: &str| -> Option<f64> {
+        let per_message: Vec<f64> = runs(mode)
+            .iter()
+            .filter(|r| r.dns_answers > 0)
+            .filter_map(|r| {
+                r.programs
+                    .get(name)
+                    .map(|&(events, ns)| events as f64 * ns / r.dns_answers as f64)
+            })
+            .collect();
+        median(&per_message)
+    };
 
     let mut kernel_cost = Vec::new();
     for &(name, equivalent, count_only) in EQUIVALENTS {
@@ -706,7 +785,31 @@ fn assemble(
         };
         let (bt_ns, bt_events) = equivalent.map_or((None, None), |e| program(Mode::Bpftrace, e));
         let r = ratio(tp_ns, bt_ns);
-        if equivalent.is_some() {
+        // The DNS programs and their bpftrace equivalents run on different packets (a
+        // `cgroup_skb` program on packets a socket sends or receives; `net_dev_queue` and
+        // `netif_receive_skb` on every packet a device does, most of them returning at
+        // once), so per event they are not comparable: per DNS message they are.
+        let per_message = name.starts_with("dns_").then(|| {
+            let tp = per_dns_message(Mode::Tuneprobe, kernel_name(name))
+                .or_else(|| per_dns_message(Mode::Tuneprobe, name));
+            let bt = equivalent.and_then(|e| per_dns_message(Mode::Bpftrace, e));
+            (tp, bt)
+        });
+        if let (Some((tp, bt)), Some(equivalent)) = (per_message, equivalent) {
+            targets.push(Target::new(
+                &format!("{name} costs no more per DNS message than bpftrace's {equivalent}"),
+                ratio(tp, bt).map(|r| r <= 1.0),
+                format!(
+                    "{} ns vs {} ns (per event: {} ns vs {} ns, over {} vs {} events)",
+                    report::fmt(tp, 0),
+                    report::fmt(bt, 0),
+                    report::fmt(tp_ns, 0),
+                    report::fmt(bt_ns, 0),
+                    report::fmt(tp_events, 0),
+                    report::fmt(bt_events, 0)
+                ),
+            ));
+        } else if equivalent.is_some() {
             targets.push(Target::new(
                 &format!(
                     "{name} costs no more per event than bpftrace's {}",
@@ -736,6 +839,8 @@ fn assemble(
             "bpftrace_ns_per_event": bt_ns,
             "bpftrace_events": bt_events,
             "ratio": r,
+            "tuneprobe_ns_per_dns_message": per_message.and_then(|m| m.0),
+            "bpftrace_ns_per_dns_message": per_message.and_then(|m| m.1),
         }));
     }
 
@@ -747,40 +852,72 @@ fn assemble(
     ];
     let mut workload_impact = Vec::new();
     for (workload, unit) in units {
-        let samples = |mode: Mode| impact.get(&(workload, mode)).cloned().unwrap_or_default();
-        let med = |mode: Mode| median(&samples(mode));
-        let tp_ratio = ratio(med(Mode::Tuneprobe), med(Mode::Nothing));
+        let samples = |mode: Mode, of: fn(&Rate) -> f64| -> Vec<f64> {
+            impact
+                .get(&(workload, mode))
+                .map(|rates| rates.iter().map(of).collect())
+                .unwrap_or_default()
+        };
+        let throughput = |r: &Rate| r.per_s;
+        let per_cpu = |r: &Rate| r.per_cpu_s;
+        let med = |mode: Mode, of: fn(&Rate) -> f64| median(&samples(mode, of));
+        let ratio_of =
+            |mode: Mode, of: fn(&Rate) -> f64| ratio(med(mode, of), med(Mode::Nothing, of));
         // How far apart the bare runs themselves are: a ratio closer to 100% than this
         // is within the noise of this machine.
-        let bare = samples(Mode::Nothing);
-        let spread = median(&bare).filter(|m| *m > 0.0).map(|m| {
-            let (lo, hi) = bare
-                .iter()
-                .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-            (hi - lo) / m
-        });
+        let spread = |of: fn(&Rate) -> f64| {
+            let bare = samples(Mode::Nothing, of);
+            median(&bare).filter(|m| *m > 0.0).map(|m| {
+                let (lo, hi) = bare
+                    .iter()
+                    .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+                (hi - lo) / m
+            })
+        };
+        let (tp_ratio, tp_cpu_ratio) = (
+            ratio_of(Mode::Tuneprobe, throughput),
+            ratio_of(Mode::Tuneprobe, per_cpu),
+        );
+        let percent = |r: Option<f64>| report::fmt(r.map(|r| r * 100.0), 1);
+        // Judged on work per busy CPU-second, the measure this machine can resolve
+        // (see `Rate`); the throughput ratio is shown beside it.
         targets.push(Target::new(
-            &format!("{workload} with tuneprobe at least 98% of bare"),
-            tp_ratio.map(|r| r >= 0.98),
+            &format!("{workload} with tuneprobe at least 98% of bare (per busy CPU-second)"),
+            tp_cpu_ratio.map(|r| r >= 0.98),
             format!(
-                "{}% (bare runs spread {}%)",
-                report::fmt(tp_ratio.map(|r| r * 100.0), 1),
-                report::fmt(spread.map(|s| s * 100.0), 0)
+                "{}% (bare spread {}%); throughput {}% (bare spread {}%)",
+                percent(tp_cpu_ratio),
+                report::fmt(spread(per_cpu).map(|s| s * 100.0), 0),
+                percent(tp_ratio),
+                report::fmt(spread(throughput).map(|s| s * 100.0), 0)
             ),
         ));
         workload_impact.push(json!({
             "workload": workload,
             "unit": unit,
-            "nothing": med(Mode::Nothing),
-            "bpftrace": med(Mode::Bpftrace),
-            "tuneprobe": med(Mode::Tuneprobe),
-            "bpftrace_ratio": ratio(med(Mode::Bpftrace), med(Mode::Nothing)),
+            "nothing": med(Mode::Nothing, throughput),
+            "bpftrace": med(Mode::Bpftrace, throughput),
+            "tuneprobe": med(Mode::Tuneprobe, throughput),
+            "bpftrace_ratio": ratio_of(Mode::Bpftrace, throughput),
             "tuneprobe_ratio": tp_ratio,
-            "bare_spread": spread,
+            "bare_spread": spread(throughput),
+            "per_cpu_s": {
+                "nothing": med(Mode::Nothing, per_cpu),
+                "bpftrace": med(Mode::Bpftrace, per_cpu),
+                "tuneprobe": med(Mode::Tuneprobe, per_cpu),
+                "bpftrace_ratio": ratio_of(Mode::Bpftrace, per_cpu),
+                "tuneprobe_ratio": tp_cpu_ratio,
+                "bare_spread": spread(per_cpu),
+            },
             "samples": {
-                "nothing": samples(Mode::Nothing),
-                "bpftrace": samples(Mode::Bpftrace),
-                "tuneprobe": samples(Mode::Tuneprobe),
+                "nothing": samples(Mode::Nothing, throughput),
+                "bpftrace": samples(Mode::Bpftrace, throughput),
+                "tuneprobe": samples(Mode::Tuneprobe, throughput),
+            },
+            "per_cpu_s_samples": {
+                "nothing": samples(Mode::Nothing, per_cpu),
+                "bpftrace": samples(Mode::Bpftrace, per_cpu),
+                "tuneprobe": samples(Mode::Tuneprobe, per_cpu),
             },
         }));
     }

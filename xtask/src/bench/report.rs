@@ -77,6 +77,19 @@ pub fn table(report: &Value) -> String {
             num(&row["ratio"], 2),
         );
     }
+    for row in report["kernel_cost"].as_array().into_iter().flatten() {
+        if row["tuneprobe_ns_per_dns_message"].is_null() {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "Per DNS message (all runs' time / queries answered): {} {} ns, {} {} ns",
+            row["program"].as_str().unwrap_or_default(),
+            num(&row["tuneprobe_ns_per_dns_message"], 0),
+            row["bpftrace_probe"].as_str().unwrap_or("-"),
+            num(&row["bpftrace_ns_per_dns_message"], 0),
+        );
+    }
     let floor = &report["floor"];
     let _ = writeln!(
         out,
@@ -89,29 +102,41 @@ pub fn table(report: &Value) -> String {
     );
     let _ = writeln!(
         out,
-        "\nWorkload impact (median of {} interleaved rounds; ratio to nothing attached)",
+        "\nWorkload impact (median of {} interleaved rounds; ratio to nothing attached; \
+         spread: of the bare runs)",
         report["config"]["rounds"]
     );
     let _ = writeln!(
         out,
-        "{:<26} {:>12} {:>12} {:>12} {:>9} {:>9}",
-        "workload", "nothing", "bpftrace", "tuneprobe", "bpftrace", "tuneprobe"
+        "{:<30} {:>12} {:>12} {:>12} {:>9} {:>9} {:>7}",
+        "workload", "nothing", "bpftrace", "tuneprobe", "bpftrace", "tuneprobe", "spread"
     );
     for row in report["workload_impact"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            out,
-            "{:<26} {:>12} {:>12} {:>12} {:>8}% {:>8}%",
-            format!(
-                "{} ({})",
-                row["workload"].as_str().unwrap_or_default(),
-                row["unit"].as_str().unwrap_or_default()
+        let name = row["workload"].as_str().unwrap_or_default();
+        let unit = row["unit"].as_str().unwrap_or_default();
+        // Throughput, then the same work per busy CPU-second (see `Rate` in mod.rs).
+        for (label, values) in [
+            (format!("{name} ({unit})"), row),
+            (
+                format!(
+                    "  per busy CPU-s ({})",
+                    unit.strip_suffix("/s").unwrap_or("IOs")
+                ),
+                &row["per_cpu_s"],
             ),
-            num(&row["nothing"], 0),
-            num(&row["bpftrace"], 0),
-            num(&row["tuneprobe"], 0),
-            fmt(row["bpftrace_ratio"].as_f64().map(|r| r * 100.0), 1),
-            fmt(row["tuneprobe_ratio"].as_f64().map(|r| r * 100.0), 1),
-        );
+        ] {
+            let _ = writeln!(
+                out,
+                "{:<30} {:>12} {:>12} {:>12} {:>8}% {:>8}% {:>6}%",
+                label,
+                num(&values["nothing"], 0),
+                num(&values["bpftrace"], 0),
+                num(&values["tuneprobe"], 0),
+                fmt(values["bpftrace_ratio"].as_f64().map(|r| r * 100.0), 1),
+                fmt(values["tuneprobe_ratio"].as_f64().map(|r| r * 100.0), 1),
+                fmt(values["bare_spread"].as_f64().map(|r| r * 100.0), 0),
+            );
+        }
     }
     let mix = &report["agent_cost"]["load_mix"];
     let _ = writeln!(
