@@ -7,7 +7,7 @@ use crate::histogram::LatencyHistogram;
 /// below packet rates, and one shared value keeps memory at keys x 1.6 KiB, not x CPUs).
 pub const BLOCK_IO_MAP: &str = "BLOCK_IO";
 pub const BLOCK_IO_MAX_KEYS: u32 = 2048;
-/// LRU hash map: request address (`u64`) -> [`InFlightRequest`].
+/// Hash map: request address (`u64`) -> [`InFlightRequest`].
 pub const BLOCK_IN_FLIGHT_MAP: &str = "BLOCK_IN_FLIGHT";
 pub const BLOCK_IN_FLIGHT_MAX: u32 = 16_384;
 

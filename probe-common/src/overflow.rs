@@ -9,8 +9,8 @@ pub enum OverflowSlot {
     TcpRetransmits = 0,
     Drops = 1,
     BlockIo = 2,
-    /// Not a full map: completions whose request had no in-flight state (evicted from
-    /// the LRU map, or issued before the probe attached).
+    /// Not a full map: completions whose request had no in-flight state (the map was
+    /// full at its insert, or it was issued before the probe attached).
     BlockInFlight = 3,
     CpuThrottle = 4,
     DnsInFlight = 5,

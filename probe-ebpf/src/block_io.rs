@@ -7,7 +7,7 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map},
-    maps::{HashMap, LruHashMap},
+    maps::HashMap,
     programs::BtfTracePointContext,
 };
 use probe_common::{
@@ -27,9 +27,16 @@ use crate::{
 static BLOCK_IO: HashMap<BlockKey, BlockStats> = HashMap::with_max_entries(BLOCK_IO_MAX_KEYS, 0);
 
 /// `probe_common::block_io::BLOCK_IN_FLIGHT_MAP`: request address -> state.
+///
+/// A plain hash map, not an LRU one: an LRU update does more work (it keeps the eviction
+/// lists), and nothing here needs evicting. Entries live from insert or issue to
+/// completion or merge; a request that vanished without either leaves its entry behind
+/// only until its address is used again, because blk-mq preallocates its requests per
+/// tag and reuses them. So the map holds about the requests in flight, and if it ever
+/// fills, the completions that find no state are counted (`OverflowSlot::BlockInFlight`).
 #[map]
-static BLOCK_IN_FLIGHT: LruHashMap<u64, InFlightRequest> =
-    LruHashMap::with_max_entries(BLOCK_IN_FLIGHT_MAX, 0);
+static BLOCK_IN_FLIGHT: HashMap<u64, InFlightRequest> =
+    HashMap::with_max_entries(BLOCK_IN_FLIGHT_MAX, 0);
 
 /// Source for new map values: too large for the 512-byte BPF stack.
 static ZERO_STATS: BlockStats = BlockStats::ZERO;
@@ -54,21 +61,28 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
     let rq: *const u8 = ctx.arg(0);
     let now = now();
     let key = request_key(rq);
-    // SAFETY: copied out at once.
-    let inserted = (unsafe { BLOCK_IN_FLIGHT.get(&(rq as u64)) }).copied();
-    // Only a fresh insert of this same request counts as its queueing; anything else
-    // is state left from an earlier use of the request struct.
-    let insert_ns = match inserted {
-        Some(state) if state.issue_ns == 0 && state.key == key => state.insert_ns,
+    let issued = InFlightRequest {
         // Issued directly, without a scheduler insert: no queue time.
-        _ => 0,
-    };
-    let state = InFlightRequest {
-        insert_ns,
+        insert_ns: 0,
         issue_ns: now,
         key,
     };
-    let _ = BLOCK_IN_FLIGHT.insert(&(rq as u64), &state, 0);
+    match BLOCK_IN_FLIGHT.get_ptr_mut(&(rq as u64)) {
+        // SAFETY: a map value; only this request's programs touch it, one at a time.
+        Some(state) => unsafe {
+            // Only a fresh insert of this same request counts as its queueing; anything
+            // else is state left from an earlier use of the request struct. Updated in
+            // place: no second map update per request.
+            if (*state).issue_ns == 0 && (*state).key == key {
+                (*state).issue_ns = now;
+            } else {
+                *state = issued;
+            }
+        },
+        None => {
+            let _ = BLOCK_IN_FLIGHT.insert(&(rq as u64), &issued, 0);
+        }
+    }
     0
 }
 
@@ -92,7 +106,7 @@ fn try_block_rq_complete(ctx: &BtfTracePointContext) {
     let error: u8 = ctx.arg(1);
     let nr_bytes: u32 = ctx.arg(2);
     let id = rq as u64;
-    // SAFETY: copied out at once; the LRU map may reuse the slot later.
+    // SAFETY: copied out at once; the slot is freed below.
     let Some(state) = (unsafe { BLOCK_IN_FLIGHT.get(&id) }).copied() else {
         aggregate::count_overflow(OverflowSlot::BlockInFlight);
         return;

@@ -62,10 +62,9 @@ const DNS_HEADER: usize = 12;
 
 #[cgroup_skb]
 pub fn dns_egress(ctx: SkBuffContext) -> i32 {
-    if may_be_dns(&ctx)
+    if ports_in_place(&ctx).may_be(is_query)
         && let Some(packet) = parse_packet(&ctx)
-        && packet.dport == DNS_PORT
-        && packet.sport != DNS_PORT
+        && is_query(packet.sport, packet.dport)
     {
         on_query(&ctx, &packet);
     }
@@ -74,40 +73,86 @@ pub fn dns_egress(ctx: SkBuffContext) -> i32 {
 
 #[cgroup_skb]
 pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
-    if may_be_dns(&ctx)
+    if ports_in_place(&ctx).may_be(is_response)
         && let Some(packet) = parse_packet(&ctx)
-        && packet.sport == DNS_PORT
-        && packet.dport != DNS_PORT
+        && is_response(packet.sport, packet.dport)
     {
         on_response(&ctx, &packet);
     }
     PASS
 }
 
-/// The cheap test run on every packet a socket sends or receives: false if the packet
-/// cannot be DNS (not UDP or TCP, a later fragment, or neither port 53), read in place
-/// from the packet's linear head with no helper call. True when unsure (headers beyond
-/// the linear part): then the full parse, which copies with `bpf_skb_load_bytes`,
-/// decides.
+/// A client's query: to port 53 from another port. A server's own traffic (its queries
+/// in, its answers out) is neither a client query nor a client response.
 #[inline(always)]
-fn may_be_dns(ctx: &SkBuffContext) -> bool {
-    // SAFETY: the context is a valid `__sk_buff`; `data`/`data_end` bound the linear head.
-    let (data, end) = unsafe {
+fn is_query(sport: u16, dport: u16) -> bool {
+    dport == DNS_PORT && sport != DNS_PORT
+}
+
+#[inline(always)]
+fn is_response(sport: u16, dport: u16) -> bool {
+    sport == DNS_PORT && dport != DNS_PORT
+}
+
+/// What the packet's linear head says before any helper call: both programs run on
+/// every packet every socket sends or receives, and nearly all of them are not DNS.
+enum Gate {
+    /// Not UDP or TCP, or a later fragment (no ports).
+    NotDns,
+    Ports(u16, u16),
+    /// The headers reach past the linear part: the full parse decides.
+    Unknown,
+}
+
+impl Gate {
+    #[inline(always)]
+    fn may_be(&self, wanted: fn(u16, u16) -> bool) -> bool {
+        match *self {
+            Gate::NotDns => false,
+            Gate::Ports(sport, dport) => wanted(sport, dport),
+            Gate::Unknown => true,
+        }
+    }
+}
+
+/// The packet's linear head: `data..end`, where it may be read in place.
+#[inline(always)]
+fn linear(ctx: &SkBuffContext) -> (*const u8, *const u8) {
+    // SAFETY: the context is a valid `__sk_buff`.
+    unsafe {
         (
             (*ctx.skb.skb).data as usize as *const u8,
             (*ctx.skb.skb).data_end as usize as *const u8,
         )
-    };
+    }
+}
+
+/// A `T` at `offset` of the packet: read in place when the linear head holds it, else
+/// copied with `bpf_skb_load_bytes`.
+#[inline(always)]
+fn load<T: Copy>(ctx: &SkBuffContext, offset: usize) -> Option<T> {
+    let (data, end) = linear(ctx);
+    let at = data.wrapping_add(offset);
+    if at.wrapping_add(size_of::<T>()) <= end {
+        // SAFETY: within `data..end`, checked just above; any alignment.
+        return Some(unsafe { at.cast::<T>().read_unaligned() });
+    }
+    ctx.load(offset).ok()
+}
+
+#[inline(always)]
+fn ports_in_place(ctx: &SkBuffContext) -> Gate {
+    let (data, end) = linear(ctx);
     // SAFETY (all reads below): each is within `data..end`, checked just before it.
     let (proto, l4) = match u16::from_be(ctx.skb.protocol() as u16) {
         ETH_P_IP => {
             if data.wrapping_add(Ipv4Hdr::LEN) > end {
-                return true;
+                return Gate::Unknown;
             }
             let version_ihl = unsafe { *data };
             let fragment = unsafe { [*data.wrapping_add(6), *data.wrapping_add(7)] };
             if u16::from_be_bytes(fragment) & 0x1fff != 0 {
-                return false;
+                return Gate::NotDns;
             }
             (
                 unsafe { *data.wrapping_add(9) },
@@ -116,27 +161,26 @@ fn may_be_dns(ctx: &SkBuffContext) -> bool {
         }
         ETH_P_IPV6 => {
             if data.wrapping_add(Ipv6Hdr::LEN) > end {
-                return true;
+                return Gate::Unknown;
             }
             (unsafe { *data.wrapping_add(6) }, Ipv6Hdr::LEN)
         }
-        _ => return false,
+        _ => return Gate::NotDns,
     };
     if proto != PROTO_UDP && proto != PROTO_TCP {
-        return false;
+        return Gate::NotDns;
     }
     // UDP and TCP both start with the source and destination ports.
     let ports = data.wrapping_add(l4);
     if ports.wrapping_add(4) > end {
-        return true;
+        return Gate::Unknown;
     }
-    let (sport, dport) = unsafe {
-        (
+    unsafe {
+        Gate::Ports(
             u16::from_be_bytes([*ports, *ports.wrapping_add(1)]),
             u16::from_be_bytes([*ports.wrapping_add(2), *ports.wrapping_add(3)]),
         )
-    };
-    sport == DNS_PORT || dport == DNS_PORT
+    }
 }
 
 /// Addresses, ports and where the DNS message starts.
@@ -157,7 +201,7 @@ fn parse_packet(ctx: &SkBuffContext) -> Option<Packet> {
     let len = ctx.skb.len() as usize;
     let (proto, src, dst, l4) = match u16::from_be(ctx.skb.protocol() as u16) {
         ETH_P_IP => {
-            let ip: Ipv4Hdr = ctx.load(0).ok()?;
+            let ip: Ipv4Hdr = load(ctx, 0)?;
             // Only the first fragment carries the ports.
             if ip.frag_offset() != 0 {
                 return None;
@@ -171,18 +215,18 @@ fn parse_packet(ctx: &SkBuffContext) -> Option<Packet> {
         }
         ETH_P_IPV6 => {
             // Extension headers before the transport header are not followed.
-            let ip: Ipv6Hdr = ctx.load(0).ok()?;
+            let ip: Ipv6Hdr = load(ctx, 0)?;
             (ip.next_hdr, ip.src_addr, ip.dst_addr, Ipv6Hdr::LEN)
         }
         _ => return None,
     };
     let (sport, dport, message) = match proto {
         PROTO_UDP => {
-            let udp: UdpHdr = ctx.load(l4).ok()?;
+            let udp: UdpHdr = load(ctx, l4)?;
             (udp.src_port(), udp.dst_port(), l4 + UdpHdr::LEN)
         }
         PROTO_TCP => {
-            let tcp: TcpHdr = ctx.load(l4).ok()?;
+            let tcp: TcpHdr = load(ctx, l4)?;
             let ports = (u16::from_be_bytes(tcp.source), u16::from_be_bytes(tcp.dest));
             // Skip the two-byte length prefix of DNS over TCP.
             (ports.0, ports.1, l4 + usize::from(tcp.doff()) * 4 + 2)
@@ -225,7 +269,7 @@ fn header(ctx: &SkBuffContext, packet: &Packet) -> Option<Header> {
     if packet.message_len < DNS_HEADER {
         return None;
     }
-    let raw: [u8; 6] = ctx.load(packet.message).ok()?;
+    let raw: [u8; 6] = load(ctx, packet.message)?;
     let flags = u16::from_be_bytes([raw[2], raw[3]]);
     Some(Header {
         txid: u16::from_be_bytes([raw[0], raw[1]]),
