@@ -44,13 +44,19 @@ static ZERO_STATS: BlockStats = BlockStats::ZERO;
 /// `REQ_OP_MASK`: the low 8 bits of `cmd_flags` hold the operation.
 const REQ_OP_MASK: u32 = 0xff;
 
+/// Only the time and two fields of the request itself: the cgroup and device take a
+/// chain of pointers to find, and issue, which every request passes, finds them once.
 #[btf_tracepoint(function = "block_rq_insert")]
 pub fn block_rq_insert(ctx: BtfTracePointContext) -> i32 {
     let rq: *const u8 = ctx.arg(0);
+    let (sector, cmd_flags) = fingerprint(rq);
     let state = InFlightRequest {
         insert_ns: now(),
         issue_ns: 0,
-        key: request_key(rq),
+        key: BlockKey::default(),
+        sector,
+        cmd_flags,
+        _pad: 0,
     };
     let _ = BLOCK_IN_FLIGHT.insert(&(rq as u64), &state, 0);
     0
@@ -61,11 +67,15 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
     let rq: *const u8 = ctx.arg(0);
     let now = now();
     let key = request_key(rq);
+    let (sector, cmd_flags) = fingerprint(rq);
     let issued = InFlightRequest {
         // Issued directly, without a scheduler insert: no queue time.
         insert_ns: 0,
         issue_ns: now,
         key,
+        sector,
+        cmd_flags,
+        _pad: 0,
     };
     match BLOCK_IN_FLIGHT.get_ptr_mut(&(rq as u64)) {
         // SAFETY: a map value; only this request's programs touch it, one at a time.
@@ -73,8 +83,12 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
             // Only a fresh insert of this same request counts as its queueing; anything
             // else is state left from an earlier use of the request struct. Updated in
             // place: no second map update per request.
-            if (*state).issue_ns == 0 && (*state).key == key {
+            if (*state).issue_ns == 0
+                && (*state).sector == sector
+                && (*state).cmd_flags == cmd_flags
+            {
                 (*state).issue_ns = now;
+                (*state).key = key;
             } else {
                 *state = issued;
             }
@@ -111,8 +125,13 @@ fn try_block_rq_complete(ctx: &BtfTracePointContext) {
         aggregate::count_overflow(OverflowSlot::BlockInFlight);
         return;
     };
-    let Some(stats) =
-        aggregate::shared_entry(&BLOCK_IO, &state.key, &ZERO_STATS, OverflowSlot::BlockIo)
+    // Completed without an issue (failed in the scheduler): its key is found now.
+    let key = if state.issue_ns == 0 {
+        request_key(rq)
+    } else {
+        state.key
+    };
+    let Some(stats) = aggregate::shared_entry(&BLOCK_IO, &key, &ZERO_STATS, OverflowSlot::BlockIo)
     else {
         let _ = BLOCK_IN_FLIGHT.remove(&id);
         return;
@@ -150,9 +169,9 @@ fn try_block_rq_complete(ctx: &BtfTracePointContext) {
     }
     if trace::enabled(TraceKind::Block) && service_ns + queue_ns >= trace::min_block_ns() {
         let event = BlockEvent {
-            header: trace::header(TraceKind::Block, state.key.cgroup_id, 0, now),
-            dev: state.key.dev,
-            op: state.key.op,
+            header: trace::header(TraceKind::Block, key.cgroup_id, 0, now),
+            dev: key.dev,
+            op: key.op,
             // The final completion's bytes: the whole request unless it completed in parts.
             bytes: u64::from(nr_bytes),
             service_ns,
@@ -168,6 +187,15 @@ fn try_block_rq_complete(ctx: &BtfTracePointContext) {
 fn now() -> u64 {
     // SAFETY: no preconditions.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// Start sector and flags: which use of the request struct this is.
+#[inline(always)]
+fn fingerprint(rq: *const u8) -> (u64, u32) {
+    (
+        kernel::load(rq, layout!(request_sector)),
+        kernel::load(rq, layout!(request_cmd_flags)),
+    )
 }
 
 /// Device, operation and owning cgroup of a request.
