@@ -762,6 +762,11 @@ impl Watcher {
         self
     }
 
+    /// The inventory of the latest interval observed.
+    pub fn inventory(&self) -> Option<&tuning::Inventory> {
+        self.previous.as_ref().map(|(_, inventory)| inventory)
+    }
+
     /// Takes one interval's snapshot and inventory; returns the reports that are new:
     /// interim ones every few intervals while an after window fills, and final ones.
     pub fn observe(

@@ -312,19 +312,23 @@ fn render(state: &State) -> anyhow::Result<String> {
             log::warn!("rendering: {err:#}");
             lock(&state.exporter).count_error("render");
         })?;
-    // The knobs are re-read on every scrape: scrapes are seconds apart, and a changed
-    // knob should show at the next one.
-    let inventory = tuneprobe::tuning::this_node()
-        .map_err(|err| {
-            log::warn!("tuning inventory: {err}");
-            lock(&state.exporter).count_error("tuning_inventory");
-        })
-        .ok();
     let previous = *lock(&state.last_scrape_seconds);
-    let body = {
-        let watcher = lock(&state.watcher);
-        lock(&state.exporter).render_with(&snapshot, inventory.as_ref(), Some(&watcher), previous)
+    let watcher = lock(&state.watcher);
+    // The knobs as the ticker read them within the last second (walking every cgroup
+    // and process again was most of a scrape's time at 1,000 workloads); read here only
+    // before its first tick.
+    let fresh = match watcher.inventory() {
+        Some(_) => None,
+        None => tuneprobe::tuning::this_node()
+            .map_err(|err| {
+                log::warn!("tuning inventory: {err}");
+                lock(&state.exporter).count_error("tuning_inventory");
+            })
+            .ok(),
     };
+    let inventory = watcher.inventory().or(fresh.as_ref());
+    let body = lock(&state.exporter).render_with(&snapshot, inventory, Some(&watcher), previous);
+    drop(watcher);
     *lock(&state.last_scrape_seconds) = started.elapsed().as_secs_f64();
     Ok(body)
 }
