@@ -7,9 +7,13 @@ use crate::histogram::LatencyHistogram;
 /// [`ThrottleStats`].
 pub const CPU_THROTTLE_MAP: &str = "CPU_THROTTLE";
 pub const CPU_THROTTLE_MAX_CGROUPS: u32 = 4096;
-/// LRU hash map: thread id (`u32`) -> [`ThrottledTask`], tasks waiting out a throttle.
+/// LRU hash map: task (its `task_struct` address, `u64`) -> [`ThrottledTask`], tasks
+/// waiting out a throttle.
 pub const THROTTLED_TASKS_MAP: &str = "THROTTLED_TASKS";
 pub const THROTTLED_TASKS_MAX: u32 = 16_384;
+/// Array of one `u64`: how many entries `THROTTLED_TASKS` holds (an upper bound: an
+/// entry the LRU evicts is never subtracted).
+pub const THROTTLED_WAITING_MAP: &str = "THROTTLED_WAITING";
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

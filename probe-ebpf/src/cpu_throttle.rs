@@ -7,7 +7,7 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map},
-    maps::{HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap},
     programs::BtfTracePointContext,
 };
 use probe_common::{
@@ -33,6 +33,13 @@ static CPU_THROTTLE: HashMap<u64, ThrottleStats> =
 #[map]
 static THROTTLED_TASKS: LruHashMap<u64, ThrottledTask> =
     LruHashMap::with_max_entries(THROTTLED_TASKS_MAX, 0);
+
+/// `probe_common::cpu_throttle::THROTTLED_WAITING_MAP`: how many tasks
+/// `THROTTLED_TASKS` holds. Most context switches happen while no task of the node is
+/// throttled; an array read (which the verifier inlines) tells them so, and they skip
+/// the hash lookup, a helper call and the larger part of this program's cost.
+#[map]
+static THROTTLED_WAITING: Array<u64> = Array::with_max_entries(1, 0);
 
 static ZERO_STATS: ThrottleStats = ThrottleStats::ZERO;
 
@@ -105,18 +112,42 @@ fn switched_out_throttled(task: *const u8, now: u64) {
         since_ns: now,
         cgroup_id,
     };
-    let _ = THROTTLED_TASKS.insert(&(task as u64), &waiting, 0);
+    if THROTTLED_TASKS.insert(&(task as u64), &waiting, 0).is_ok() {
+        add_waiting(1);
+    }
+}
+
+/// Adds to the waiting count (`u64::MAX` subtracts one). A task is switched out and in
+/// again on any CPU, so the count is shared; it changes only at throttle events.
+#[inline(always)]
+fn add_waiting(delta: u64) {
+    if let Some(count) = THROTTLED_WAITING.get_ptr_mut(0) {
+        aggregate::atomic_add(count, delta);
+    }
+}
+
+/// Whether any task may be waiting out a throttle. The count is raised before a
+/// throttled task can run again anywhere (its switch-out finishes first, and unthrottling
+/// takes run-queue locks), so a switch-in never misses its own task's entry.
+#[inline(always)]
+fn any_waiting() -> bool {
+    THROTTLED_WAITING.get(0).is_none_or(|&count| count != 0)
 }
 
 #[inline(always)]
 fn switched_in(task: *const u8) {
+    if !any_waiting() {
+        return;
+    }
     let id = task as u64;
     // SAFETY: copied out at once.
     let Some(waiting) = (unsafe { THROTTLED_TASKS.get(&id) }).copied() else {
         return;
     };
     let now = now();
-    let _ = THROTTLED_TASKS.remove(&id);
+    if THROTTLED_TASKS.remove(&id).is_ok() {
+        add_waiting(u64::MAX);
+    }
     let stall_ns = now.saturating_sub(waiting.since_ns);
     if trace::enabled(TraceKind::Throttle) {
         let pid: u32 = kernel::load(task, layout!(task_pid));
