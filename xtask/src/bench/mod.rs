@@ -383,15 +383,26 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Value> {
 /// Every per-cgroup program pays at least this, plus the reads that find its cgroup.
 fn floor_stage(plan: &Plan, lab: &Lab, tools: &Tools, run_no: &mut usize) -> anyhow::Result<Value> {
     eprintln!("xtask bench: floor (empty and count-only bpftrace programs)");
+    // The cheapest programs there are on the hottest hooks and on a rare one: empty;
+    // one count; a count per value of a field the tracepoint hands over (a per-CPU hash
+    // lookup and nothing else: the least any count per workload or reason does).
     let programs = [
         (
             "empty",
-            "tracepoint:skb:kfree_skb { }\ntracepoint:sched:sched_switch { }\n",
+            "tracepoint:skb:kfree_skb { }\ntracepoint:sched:sched_switch { }\n\
+             tracepoint:tcp:tcp_retransmit_skb { }\n",
         ),
         (
             "count",
             "tracepoint:skb:kfree_skb { @drops = count(); }\n\
-             tracepoint:sched:sched_switch { @switches = count(); }\n",
+             tracepoint:sched:sched_switch { @switches = count(); }\n\
+             tracepoint:tcp:tcp_retransmit_skb { @retransmits = count(); }\n",
+        ),
+        (
+            "keyed_count",
+            "tracepoint:skb:kfree_skb { @drops[args->reason] = count(); }\n\
+             tracepoint:sched:sched_switch { @switches[args->next_pid] = count(); }\n\
+             tracepoint:tcp:tcp_retransmit_skb { @retransmits[args->sport] = count(); }\n",
         ),
     ];
     let mut agents = Vec::new();
@@ -407,16 +418,28 @@ fn floor_stage(plan: &Plan, lab: &Lab, tools: &Tools, run_no: &mut usize) -> any
         .iter()
         .map(|(_, a)| prog_stats(a.pid()))
         .collect::<anyhow::Result<_>>()?;
-    let secs = f64::from(plan.mix_secs.min(5));
-    join(load::udp_flood(lab, secs, Some(plan.drops_per_s))?)?;
+    let secs = plan.mix_secs.min(5);
+    // The mix's drop rate, and retransmits as in the mix (rare: ~100/s).
+    let mut lossy = load::iperf3(lab, IPERF_LOSSY_PORT, secs, Some("20M"))?;
+    join(load::udp_flood(
+        lab,
+        f64::from(secs),
+        Some(plan.drops_per_s),
+    )?)?;
+    load::iperf3_result(&mut lossy, wait_for(secs))?;
     let mut floor = serde_json::Map::new();
     for ((label, agent), before) in agents.into_iter().zip(before) {
         let after = prog_stats(agent.pid())?;
         agent.stop()?;
-        for hook in ["kfree_skb", "sched_switch"] {
+        for (hook, name) in [
+            ("kfree_skb", "kfree_skb"),
+            ("sched_switch", "sched_switch"),
+            // bpftrace's program names are cut at 15 characters.
+            ("tcp_retransmit_skb", "tcp_retransmit_"),
+        ] {
             let (Some(a), b) = (
-                after.get(hook),
-                before.get(hook).copied().unwrap_or_default(),
+                after.get(name),
+                before.get(name).copied().unwrap_or_default(),
             ) else {
                 bail!("no {hook} program in the {label} floor run");
             };
@@ -424,6 +447,7 @@ fn floor_stage(plan: &Plan, lab: &Lab, tools: &Tools, run_no: &mut usize) -> any
             let per_event =
                 (runs > 0).then(|| (a.run_time_ns - b.run_time_ns) as f64 / runs as f64);
             floor.insert(format!("{hook}_{label}_ns_per_event"), json!(per_event));
+            floor.insert(format!("{hook}_{label}_events"), json!(runs));
         }
     }
     Ok(Value::Object(floor))

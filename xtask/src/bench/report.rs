@@ -93,13 +93,21 @@ pub fn table(report: &Value) -> String {
     let floor = &report["floor"];
     let _ = writeln!(
         out,
-        "Floor here: an empty program costs {} ns per event on kfree_skb and {} ns on \
-         sched_switch; a bare count() {} ns and {} ns",
-        num(&floor["kfree_skb_empty_ns_per_event"], 0),
-        num(&floor["sched_switch_empty_ns_per_event"], 0),
-        num(&floor["kfree_skb_count_ns_per_event"], 0),
-        num(&floor["sched_switch_count_ns_per_event"], 0),
+        "Floor here (bpftrace, ns per event): {:<19} {:>6} {:>6} {:>12}",
+        "hook", "empty", "count", "keyed count"
     );
+    for hook in ["kfree_skb", "sched_switch", "tcp_retransmit_skb"] {
+        let cell = |label: &str| num(&floor[format!("{hook}_{label}_ns_per_event")], 0);
+        let _ = writeln!(
+            out,
+            "{:<36} {:<19} {:>6} {:>6} {:>12}",
+            "",
+            hook,
+            cell("empty"),
+            cell("count"),
+            cell("keyed_count"),
+        );
+    }
     let _ = writeln!(
         out,
         "\nWorkload impact (median of {} interleaved rounds; ratio to nothing attached; \
