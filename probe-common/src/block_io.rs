@@ -53,12 +53,10 @@ pub struct InFlightRequest {
     pub insert_ns: u64,
     /// 0 until it is issued.
     pub issue_ns: u64,
-    /// Set at issue (the insert only takes the time and the fingerprint).
+    /// Set at issue (the insert only takes the times).
     pub key: BlockKey,
-    /// Which use of the request struct this is: its start sector and `cmd_flags` at
-    /// insert, checked at issue, so state left by an earlier use is not taken for this
-    /// one's queueing.
-    pub sector: u64,
-    pub cmd_flags: u32,
-    pub _pad: u32,
+    /// Which use of the request struct this is (`request.start_time_ns`, its allocation
+    /// time), taken at insert and checked at issue, so state left by an earlier use is
+    /// not taken for this one's queueing.
+    pub allocated_ns: u64,
 }

@@ -53,8 +53,8 @@ pub struct KernelLayout {
     pub request_cmd_flags: u32,
     /// `request.__data_len`: bytes still to complete.
     pub request_data_len: u32,
-    /// `request.__sector`: with `cmd_flags`, tells one use of a request struct from the next.
-    pub request_sector: u32,
+    /// `request.start_time_ns`: when the request struct was allocated for this IO.
+    pub request_start_time_ns: u32,
     /// `request.bio`
     pub request_bio: u32,
     /// `bio.bi_blkg`
@@ -130,7 +130,7 @@ impl KernelLayout {
         disk_first_minor: 0,
         request_cmd_flags: 0,
         request_data_len: 0,
-        request_sector: 0,
+        request_start_time_ns: 0,
         request_bio: 0,
         bio_blkg: 0,
         blkg_blkcg: 0,

@@ -49,14 +49,11 @@ const REQ_OP_MASK: u32 = 0xff;
 #[btf_tracepoint(function = "block_rq_insert")]
 pub fn block_rq_insert(ctx: BtfTracePointContext) -> i32 {
     let rq: *const u8 = ctx.arg(0);
-    let (sector, cmd_flags) = fingerprint(rq);
     let state = InFlightRequest {
         insert_ns: now(),
         issue_ns: 0,
         key: BlockKey::default(),
-        sector,
-        cmd_flags,
-        _pad: 0,
+        allocated_ns: allocated_ns(rq),
     };
     let _ = BLOCK_IN_FLIGHT.insert(&(rq as u64), &state, 0);
     0
@@ -67,15 +64,13 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
     let rq: *const u8 = ctx.arg(0);
     let now = now();
     let key = request_key(rq);
-    let (sector, cmd_flags) = fingerprint(rq);
+    let allocated_ns = allocated_ns(rq);
     let issued = InFlightRequest {
         // Issued directly, without a scheduler insert: no queue time.
         insert_ns: 0,
         issue_ns: now,
         key,
-        sector,
-        cmd_flags,
-        _pad: 0,
+        allocated_ns,
     };
     match BLOCK_IN_FLIGHT.get_ptr_mut(&(rq as u64)) {
         // SAFETY: a map value; only this request's programs touch it, one at a time.
@@ -83,10 +78,7 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
             // Only a fresh insert of this same request counts as its queueing; anything
             // else is state left from an earlier use of the request struct. Updated in
             // place: no second map update per request.
-            if (*state).issue_ns == 0
-                && (*state).sector == sector
-                && (*state).cmd_flags == cmd_flags
-            {
+            if (*state).issue_ns == 0 && (*state).allocated_ns == allocated_ns {
                 (*state).issue_ns = now;
                 (*state).key = key;
             } else {
@@ -189,13 +181,12 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// Start sector and flags: which use of the request struct this is.
+/// When the request struct was allocated for this IO: which use of it this is. Set for
+/// every request that goes through a scheduler (the ones with an insert), and it stays
+/// put while the request waits, merges included.
 #[inline(always)]
-fn fingerprint(rq: *const u8) -> (u64, u32) {
-    (
-        kernel::load(rq, layout!(request_sector)),
-        kernel::load(rq, layout!(request_cmd_flags)),
-    )
+fn allocated_ns(rq: *const u8) -> u64 {
+    kernel::load(rq, layout!(request_start_time_ns))
 }
 
 /// Device, operation and owning cgroup of a request.

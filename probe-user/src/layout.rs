@@ -27,7 +27,7 @@ pub const DISK_MAJOR: FieldPath = ("gendisk", "major");
 pub const DISK_FIRST_MINOR: FieldPath = ("gendisk", "first_minor");
 pub const REQUEST_CMD_FLAGS: FieldPath = ("request", "cmd_flags");
 pub const REQUEST_DATA_LEN: FieldPath = ("request", "__data_len");
-pub const REQUEST_SECTOR: FieldPath = ("request", "__sector");
+pub const REQUEST_START_TIME: FieldPath = ("request", "start_time_ns");
 pub const REQUEST_BIO: FieldPath = ("request", "bio");
 pub const BIO_BLKG: FieldPath = ("bio", "bi_blkg");
 pub const BLKG_BLKCG: FieldPath = ("blkcg_gq", "blkcg");
@@ -121,7 +121,7 @@ pub fn resolve(btf: &Btf) -> ResolvedLayout {
         disk_first_minor: offset(DISK_FIRST_MINOR),
         request_cmd_flags: offset(REQUEST_CMD_FLAGS),
         request_data_len: offset(REQUEST_DATA_LEN),
-        request_sector: offset(REQUEST_SECTOR),
+        request_start_time_ns: offset(REQUEST_START_TIME),
         request_bio: offset(REQUEST_BIO),
         bio_blkg: offset(BIO_BLKG),
         blkg_blkcg: offset(BLKG_BLKCG),

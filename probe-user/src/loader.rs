@@ -185,7 +185,7 @@ const BLOCK_REQUEST_FIELDS: &[FieldPath] = &[
     layout::DISK_FIRST_MINOR,
     layout::REQUEST_CMD_FLAGS,
     layout::REQUEST_DATA_LEN,
-    layout::REQUEST_SECTOR,
+    layout::REQUEST_START_TIME,
     layout::REQUEST_BIO,
     layout::BIO_BLKG,
     layout::BLKG_BLKCG,
