@@ -28,10 +28,11 @@ use crate::{run_checked, setup, workspace_root};
 const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio"];
 /// The Debian metapackage that names the current 6.1 kernel package of Debian 12.
 const KERNEL_METAPACKAGE: &str = "linux-image-amd64";
-/// Modules the guest workloads need (nft rules); `depends=` dependencies are added.
+/// Modules the guest workloads need (nft rules, a loop device); `depends=` dependencies
+/// are added.
 /// `crc32c_generic` is libcrc32c's soft dependency (`softdep=pre: crc32c`, an alias
 /// that only modprobe resolves): without it nf_tables misses the `crc32c` symbol.
-const MODULES: &[&str] = &["crc32c_generic", "nf_tables", "nft_limit"];
+const MODULES: &[&str] = &["crc32c_generic", "nf_tables", "nft_limit", "loop"];
 
 /// Workload sizes, shared with the guest through `/vm.env`.
 const DROPS_COUNT: u64 = 50;
@@ -40,6 +41,7 @@ const DNS_COUNT: u64 = 20;
 const CPU_QUOTA_US: u64 = 20_000;
 const CPU_PERIOD_US: u64 = 100_000;
 const CPU_BUSY_MS: u64 = 2_000;
+const BLOCK_READS: u64 = 200;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -337,7 +339,8 @@ fn build_initramfs(
             format!(
                 "SNAPSHOT_FOR={snapshot_for}\nDROPS_COUNT={DROPS_COUNT}\nRETRANS_BYTES={RETRANS_BYTES}\n\
                  DNS_COUNT={DNS_COUNT}\nDNS_DELAY_MS=0\nCPU_QUOTA_US={CPU_QUOTA_US}\n\
-                 CPU_PERIOD_US={CPU_PERIOD_US}\nCPU_BUSY_MS={CPU_BUSY_MS}\n"
+                 CPU_PERIOD_US={CPU_PERIOD_US}\nCPU_BUSY_MS={CPU_BUSY_MS}\n\
+                 BLOCK_READS={BLOCK_READS}\n"
             ),
         )?;
         let archive = cache.join("initramfs.cpio");
@@ -710,6 +713,37 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel, boot_s: f64) -> Value {
             && in_datagrams == Some(queries + responses),
         json!({"queries": queries, "responses": responses, "timeouts": timeouts}),
         json!({"sent": DNS_COUNT, "answered": answered, "udp_indatagrams": in_datagrams}),
+    );
+
+    // Block IO: every direct read from the loop device, as the cgroup's io.stat counts
+    // it, with its time in mq-deadline's queue (insert to issue) and at the device.
+    let device = guest
+        .values
+        .get("block_device")
+        .cloned()
+        .unwrap_or_default();
+    let in_block_cgroup = by_cgroup("block");
+    let reads = snapshot["workloads"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|w| in_block_cgroup(w))
+        .flat_map(|w| w["block"].as_array().into_iter().flatten())
+        .find(|b| b["device"] == device.as_str() && b["op"] == "read");
+    let count = |path: &str| reads.and_then(|r| r.pointer(path)).and_then(Value::as_u64);
+    let rios = guest.number("block_rios");
+    let requests = count("/requests");
+    add(
+        "block_reads_equal_io_stat_rios_with_queue_time",
+        rios == Some(BLOCK_READS)
+            && requests == rios
+            && count("/bytes") == rios.map(|n| n * 4096)
+            && reads.and_then(|r| r["queue_ms"]["mean"].as_f64()).is_some()
+            && reads
+                .and_then(|r| r["service_ms"]["mean"].as_f64())
+                .is_some_and(|ms| ms > 0.0),
+        json!(reads),
+        json!({"device": device, "io_stat_rios": rios, "reads": BLOCK_READS}),
     );
 
     // CPU: throttled switch-outs seen at sched_switch match cpu.stat's nr_throttled.

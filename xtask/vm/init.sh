@@ -42,7 +42,8 @@ cg() { mkdir -p "/sys/fs/cgroup/$1"; out "cgroup_$1=$(stat -c %i /sys/fs/cgroup/
 netns_of() { readlink "$1" | tr -cd 0-9; }
 
 echo "+cpu" > /sys/fs/cgroup/cgroup.subtree_control || out "cpu_controller=unavailable"
-for c in drops retrans dns dnsserver cpu cpufree; do cg $c; done
+echo "+io" > /sys/fs/cgroup/cgroup.subtree_control || out "io_controller=unavailable"
+for c in drops retrans dns dnsserver cpu cpufree block; do cg $c; done
 echo "$CPU_QUOTA_US $CPU_PERIOD_US" > /sys/fs/cgroup/cpu/cpu.max
 
 /bin/tuneprobe snapshot --for "$SNAPSHOT_FOR" --json --kube-api none \
@@ -115,6 +116,19 @@ unshare -n sh -c '
     out "dns_in_datagrams=$(( $(counter /proc/net/snmp Udp InDatagrams) - before ))"
     kill $server
 '
+# Block IO: direct 4 KiB reads, one at a time, from a loop device under mq-deadline (so
+# each request is inserted, then issued), in their own cgroup; the kernel counts them
+# in the cgroup's io.stat.
+dd if=/dev/zero of=/tmp/disk.img bs=1M count=4 2>/dev/null
+loop=$(losetup -f)
+losetup "$loop" /tmp/disk.img || out "block_losetup=failed"
+dev=${loop#/dev/}
+out "block_device=$dev"
+echo mq-deadline > "/sys/block/$dev/queue/scheduler" || out "block_scheduler=unavailable"
+majmin=$(cat "/sys/block/$dev/dev")
+sh -c "echo \$\$ > /sys/fs/cgroup/block/cgroup.procs; exec dd if=$loop of=/dev/null bs=4096 count=$BLOCK_READS iflag=direct" 2>/dev/null
+rios=$(awk -v d="$majmin" '$1 == d { for (i = 2; i <= NF; i++) if ($i ~ /^rios=/) { sub("rios=", "", $i); print $i } }' /sys/fs/cgroup/block/io.stat)
+out "block_rios=${rios:-0}"
 echo $$ > /sys/fs/cgroup/cgroup.procs
 
 wait $CPU; wait $CPUFREE
