@@ -44,8 +44,8 @@ static ZERO_STATS: BlockStats = BlockStats::ZERO;
 /// `REQ_OP_MASK`: the low 8 bits of `cmd_flags` hold the operation.
 const REQ_OP_MASK: u32 = 0xff;
 
-/// Only the time and two fields of the request itself: the cgroup and device take a
-/// chain of pointers to find, and issue, which every request passes, finds them once.
+/// Only the time and the request's allocation time: the cgroup and device take a chain
+/// of pointers to find, and issue, which every request passes, finds them once.
 #[btf_tracepoint(function = "block_rq_insert")]
 pub fn block_rq_insert(ctx: BtfTracePointContext) -> i32 {
     let rq: *const u8 = ctx.arg(0);
