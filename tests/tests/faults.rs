@@ -710,12 +710,28 @@ fn a_cgroup_removed_with_requests_in_flight() {
             })
             .count();
         if series == 0.0 && entries == 0 {
-            assert!(
+            // The deletions are counted: in this scrape, or (if the map was read after a
+            // tick that this scrape did not see) in the next one.
+            let deleted = |body: &str| {
                 sum_series(
-                    &body,
+                    body,
                     "tuneprobe_gc_deleted_entries_total",
-                    &["map=\"BLOCK_IO\""]
-                ) >= 1.0
+                    &["map=\"BLOCK_IO\""],
+                )
+            };
+            let mut body = body;
+            let counted_by = Instant::now() + Duration::from_secs(5);
+            while deleted(&body) < 1.0 && Instant::now() < counted_by {
+                thread::sleep(Duration::from_millis(300));
+                body = http_get(port, "/metrics").expect("metrics").1;
+            }
+            let gc_lines: Vec<&str> = body
+                .lines()
+                .filter(|l| l.starts_with("tuneprobe_gc_deleted_entries_total"))
+                .collect();
+            assert!(
+                deleted(&body) >= 1.0,
+                "entries gone but no deletion counted: {gc_lines:?}"
             );
             break;
         }
