@@ -709,6 +709,40 @@ impl Drop for Running {
     }
 }
 
+/// `tuneprobe serve` on 127.0.0.1:`port` without a Kubernetes API or pod logs (cgroup
+/// paths name the workloads), plus `extra` flags; its output is discarded.
+pub fn spawn_serve(port: u16, extra: &[&str]) -> Running {
+    Running(
+        Command::new(tuneprobe_binary())
+            .args([
+                "serve",
+                "--kube-api",
+                "none",
+                "--pod-logs-dir",
+                "/nonexistent",
+            ])
+            .args(extra)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tuneprobe serve"),
+    )
+}
+
+/// Waits (up to 30 s) until `/metrics` on `port` contains `marker`.
+pub fn wait_for_metrics(port: u16, marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http_get(port, "/metrics").is_some_and(|(_, body)| body.contains(marker)) {
+        assert!(
+            Instant::now() < deadline,
+            "serve never answered with {marker}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A TCP port on loopback that nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -12,12 +12,11 @@ use std::{
     net::UdpSocket,
     os::unix::fs::MetadataExt as _,
     path::PathBuf,
-    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use tuneprobe_tests::{PodCgroup, Running, free_port, http_get, sh, tuneprobe_binary};
+use tuneprobe_tests::{PodCgroup, free_port, http_get, sh, spawn_serve, wait_for_metrics};
 
 const GRACE: Duration = Duration::from_secs(3);
 const ROUNDS: usize = 10;
@@ -258,34 +257,19 @@ fn short_lived_netns() -> u32 {
 fn churn_leaves_no_state_behind() {
     let home = own_v2_cgroup();
     let port = free_port();
-    let serve = Running(
-        Command::new(tuneprobe_binary())
-            .args([
-                "serve",
-                "--kube-api",
-                "none",
-                "--pod-logs-dir",
-                "/nonexistent",
-            ])
-            .args(["--pod-grace", &format!("{}s", GRACE.as_secs())])
+    let serve = spawn_serve(
+        port,
+        &[
+            "--pod-grace",
+            &format!("{}s", GRACE.as_secs()),
             // Tuning verdicts keep a minute of per-workload samples by default: bounded
             // by time, but longer than this test. A short window lets RSS show the rest.
-            .args(["--verify-window", "3s"])
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tuneprobe serve"),
+            "--verify-window",
+            "3s",
+        ],
     );
     let pid = serve.0.id();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !metrics(port)
-        .is_some_and(|m| m.contains("tuneprobe_probe_attached{probe=\"dns_egress\""))
-    {
-        assert!(Instant::now() < deadline, "serve never answered");
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_metrics(port, "tuneprobe_probe_attached{probe=\"dns_egress\"");
     let maps = agent_maps(pid);
 
     // A pod that lives through the churn: its counts must survive every collection.

@@ -16,8 +16,8 @@ use std::{
 };
 
 use tuneprobe_tests::{
-    ADDR_B, LoopDevice, NetnsPair, PodCgroup, Running, Workload, free_port, http_get,
-    tuneprobe_binary, unique,
+    ADDR_B, LoopDevice, NetnsPair, PodCgroup, Running, Workload, free_port, http_get, spawn_serve,
+    tuneprobe_binary, unique, wait_for_metrics,
 };
 
 #[test]
@@ -341,22 +341,7 @@ fn sigterm_during_attach_leaves_nothing_attached() {
     // Stop after the first program, the fifth, and once all nine are in.
     let mut interrupted_mid_attach = false;
     for stage in [1, 5, 9] {
-        let mut serve = Running(
-            Command::new(tuneprobe_binary())
-                .args([
-                    "serve",
-                    "--kube-api",
-                    "none",
-                    "--pod-logs-dir",
-                    "/nonexistent",
-                ])
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{}", free_port()))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start tuneprobe serve"),
-        );
+        let mut serve = spawn_serve(free_port(), &[]);
         let pid = serve.0.id();
         let mut seen: [HashSet<u32>; 3] = Default::default();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -547,30 +532,9 @@ fn a_cgroup_removed_with_requests_in_flight() {
         .unwrap(),
     }
     let port = free_port();
-    let serve = Running(
-        Command::new(tuneprobe_binary())
-            .args([
-                "serve",
-                "--kube-api",
-                "none",
-                "--pod-logs-dir",
-                "/nonexistent",
-            ])
-            .args(["--pod-grace", "2s", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tuneprobe serve"),
-    );
+    let serve = spawn_serve(port, &["--pod-grace", "2s"]);
     let pid = serve.0.id();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !http_get(port, "/metrics")
-        .is_some_and(|(_, b)| b.contains("probe=\"block_rq_complete\""))
-    {
-        assert!(Instant::now() < deadline, "serve never answered");
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_metrics(port, "probe=\"block_rq_complete\"");
     let (reads_before, _) = disk_reads(&name);
 
     // The throttle is on the disk holding fio itself too: load it into the page cache
