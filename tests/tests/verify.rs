@@ -354,8 +354,10 @@ fn removing_a_dns_server_delay_improves_dns_latency() {
     for signal in ["dns_latency_ms", "dns_latency_p99_ms"] {
         let v = verdict_for(&report, &client.path, signal);
         assert_eq!(v["verdict"], "improved", "{v:#}");
+        // Every answer waits the server's 20 ms; the tests running beside this one
+        // (busy loops among them) can only add to that.
         assert!(
-            (19.0..25.0).contains(&v["before"].as_f64().unwrap()),
+            (19.0..60.0).contains(&v["before"].as_f64().unwrap()),
             "the 20 ms delay: {v}"
         );
         assert!(v["after"].as_f64().unwrap() < 5.0, "{v}");
