@@ -21,6 +21,7 @@ use std::{
 
 use tuneprobe::procfs::parse_netstat;
 
+pub mod cri;
 /// Address of side A (the client side) of a [`NetnsPair`].
 pub const ADDR_A: &str = "10.200.0.1";
 /// Address of side B (the server side).

@@ -1,0 +1,604 @@
+//! Real pods: a private containerd driven through CRI as the kubelet drives it
+//! ([`tuneprobe_tests::cri`]), with the kubelet's cgroupfs layout, pod network
+//! namespaces from a CNI bridge and the kubelet's pod log directories. Drops, CPU
+//! throttling and pod deletion are checked against the kernel's own counters and named
+//! by namespace, pod and container.
+//!
+//! Each test starts its own containerd; only the test's own pods are looked at.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use k8s_cri::v1::LinuxContainerResources;
+use tuneprobe::{
+    Collector, LoadOptions, Probe, Snapshot,
+    cgroup::{Hierarchies, QosClass, parse_kube_path},
+    collector::CollectorOptions,
+    cpustat::CpuAccounting,
+    pods::{ContainerName, PodName, PodNames},
+    procfs::parse_netstat,
+    report::Workload as Report,
+};
+use tuneprobe_tests::{
+    Running,
+    cri::{Cri, Pod, PodContainer, Qos, dns_name, inode, pod_uid},
+    free_port, http_get, sh, tuneprobe_binary, wait_for_metrics,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A container that only waits: gives a pod a process of its own besides the sandbox.
+const SLEEP: &[&str] = &["/bin/sleep", "3600"];
+
+/// The collector, as `snapshot` runs it, naming pods from the fixture's log directory.
+fn start(cri: &Cri) -> Collector {
+    let probe = Probe::load(&LoadOptions::default()).unwrap_or_else(|e| panic!("load: {e:#}"));
+    for status in probe.statuses() {
+        assert!(
+            status.attached,
+            "{} did not attach: {:?}",
+            status.name, status.error
+        );
+    }
+    let options = CollectorOptions {
+        pod_logs_dir: cri.pod_logs_dir().to_path_buf(),
+        kube_api: None,
+        ..CollectorOptions::default()
+    };
+    Collector::start_with(probe, options).unwrap_or_else(|e| panic!("collector: {e:#}"))
+}
+
+/// The report for a pod (`container: None`: the pod's own cgroup) or one container of
+/// it, found by its names only.
+fn by_name<'a>(
+    snapshot: &'a Snapshot,
+    pod: &Pod<'_>,
+    container: Option<&str>,
+) -> Option<&'a Report> {
+    snapshot.workloads.iter().find(|w| {
+        w.namespace.as_deref() == Some(pod.namespace.as_str())
+            && w.pod.as_deref() == Some(pod.name.as_str())
+            && w.container.as_deref() == container
+    })
+}
+
+/// Every report of a pod: its own cgroup and all its containers'.
+fn all_of<'a>(snapshot: &'a Snapshot, pod: &Pod<'_>) -> Vec<&'a Report> {
+    snapshot
+        .workloads
+        .iter()
+        .filter(|w| w.pod_uid.as_deref() == Some(pod.uid.as_str()))
+        .collect()
+}
+
+/// A counter of the network namespace `pid` lives in (`/proc/PID/net/snmp`).
+fn snmp(pid: u32, group: &str, name: &str) -> u64 {
+    let text = fs::read_to_string(format!("/proc/{pid}/net/snmp")).expect("net/snmp");
+    parse_netstat(&text)
+        .get(group)
+        .and_then(|g| g.get(name))
+        .copied()
+        .unwrap_or_else(|| panic!("no {group}:{name} in {text}"))
+}
+
+fn no_limits() -> LinuxContainerResources {
+    LinuxContainerResources::default()
+}
+
+#[test]
+fn pods_run_kubelet_style_and_leave_nothing_behind() {
+    let cri = Cri::start();
+    let namespace = dns_name("shop");
+    let name = dns_name("web-");
+    let uid = pod_uid();
+    let pod = cri.run_pod(&namespace, &name, &uid, Qos::Burstable);
+    let app = pod.create_container("app", SLEEP, no_limits());
+
+    // The cgroupfs driver's layout, below the fixture's prefix, as tuneprobe reads it.
+    assert_eq!(
+        pod.cgroup_parent,
+        format!("{}/kubepods/burstable/pod{uid}", cri.cgroup_prefix())
+    );
+    assert_eq!(app.cgroup_path, format!("{}/{}", pod.cgroup_parent, app.id));
+    let identity = parse_kube_path(&app.cgroup_path);
+    assert_eq!(identity.pod_uid.as_deref(), Some(uid.as_str()));
+    assert_eq!(identity.container_id.as_deref(), Some(app.id.as_str()));
+    assert_eq!(identity.qos, Some(QosClass::Burstable));
+    assert_eq!(
+        identity.pod_cgroup.as_deref(),
+        Some(pod.cgroup_parent.as_str())
+    );
+    // The same path in the v1 cpu hierarchy, where quotas live on this node.
+    let hierarchies = Hierarchies::of_this_node();
+    let cpu_mount = hierarchies.cpu.clone().expect("a cpu hierarchy");
+    assert!(
+        under(&cpu_mount, &app.cgroup_path)
+            .join("cpu.cfs_quota_us")
+            .exists()
+            || under(&cpu_mount, &app.cgroup_path).join("cpu.max").exists()
+    );
+
+    // The pod's own network namespace, not the host's, with the address CNI gave it.
+    let pod_netns = inode(&PathBuf::from(format!("/proc/{}/ns/net", app.pid)));
+    assert_ne!(pod_netns, inode(Path::new("/proc/self/ns/net")));
+    assert_eq!(pod_netns, inode(&pod.netns));
+    assert!(pod.ip.starts_with("10.89."), "{}", pod.ip);
+
+    // The log directories name the pod and the container as the kubelet's do.
+    let names = PodNames::new(cri.pod_logs_dir(), Duration::from_secs(60));
+    assert_eq!(
+        names.pod(&uid),
+        Some(PodName {
+            namespace: namespace.clone(),
+            pod: name.clone()
+        })
+    );
+    assert_eq!(
+        names.container(&app.id),
+        Some(ContainerName {
+            namespace: namespace.clone(),
+            pod: name.clone(),
+            container: "app".into()
+        })
+    );
+
+    // Deleted through CRI: processes, cgroups, the namespace and the logs go.
+    let pod_dirs: Vec<PathBuf> = [hierarchies.unified.clone(), Some(cpu_mount)]
+        .into_iter()
+        .flatten()
+        .map(|m| under(&m, &pod.cgroup_parent))
+        .collect();
+    assert!(pod_dirs.iter().all(|d| d.exists()), "{pod_dirs:?}");
+    let (netns, logs) = (pod.netns.clone(), pod.log_directory.clone());
+    pod.stop_and_remove();
+    assert!(!Path::new(&format!("/proc/{}", app.pid)).exists());
+    for dir in &pod_dirs {
+        assert!(!dir.exists(), "{} is left", dir.display());
+    }
+    assert!(!netns.exists(), "{} is left", netns.display());
+    assert!(!logs.exists());
+
+    // The fixture itself: no mount, cgroup, bridge or directory survives it.
+    let (dir, prefix, bridge) = (
+        cri.dir().to_path_buf(),
+        cri.cgroup_prefix().to_string(),
+        cri.bridge().to_string(),
+    );
+    assert!(link_exists(&bridge), "CNI made no bridge {bridge}");
+    drop(cri);
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(&dir.display().to_string()),
+        "mounts left under {}",
+        dir.display()
+    );
+    assert!(!dir.exists(), "{} is left", dir.display());
+    for mount in [hierarchies.unified, hierarchies.cpu].into_iter().flatten() {
+        assert!(
+            !under(&mount, &prefix).exists(),
+            "{prefix} left in {mount:?}"
+        );
+    }
+    assert!(!link_exists(&bridge), "bridge {bridge} is left");
+}
+
+fn under(mount: &Path, path: &str) -> PathBuf {
+    mount.join(path.trim_start_matches('/'))
+}
+
+fn link_exists(name: &str) -> bool {
+    Command::new("ip")
+        .args(["link", "show", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn udp_to_a_closed_port_of_a_pod_is_no_socket_for_that_pod_by_name() {
+    const N: u64 = 40;
+    let cri = Cri::start();
+    let namespace = dns_name("shop");
+    let receiver = cri.run_pod(&namespace, &dns_name("db-"), &pod_uid(), Qos::Burstable);
+    let sender = cri.run_pod(&namespace, &dns_name("web-"), &pod_uid(), Qos::Burstable);
+    // Negative control: a pod on the same bridge that nobody sends to.
+    let idle = cri.run_pod(&namespace, &dns_name("idle-"), &pod_uid(), Qos::BestEffort);
+    let db = receiver.create_container("db", SLEEP, no_limits());
+    idle.create_container("app", SLEEP, no_limits());
+
+    let collector = start(&cri);
+    let before = snmp(db.pid, "Udp", "NoPorts");
+    // Nothing listens on port 9 in the receiving pod.
+    let client = sender.create_container(
+        "client",
+        &[
+            "/bin/testload",
+            "udp-send",
+            &format!("{}:9", receiver.ip),
+            &N.to_string(),
+            "100",
+        ],
+        no_limits(),
+    );
+    assert_eq!(sender.wait_exit(&client, WAIT), 0);
+    let no_ports = snmp(db.pid, "Udp", "NoPorts") - before;
+    let snapshot = collector
+        .finish()
+        .unwrap_or_else(|e| panic!("finish: {e:#}"));
+
+    // CRI's log of the sender: every datagram went out.
+    let log = fs::read_to_string(&client.log_path).expect("the client's log");
+    assert!(log.contains(&format!(" stdout F sent {N}")), "{log}");
+    eprintln!(
+        "NO_SOCKET for {}/{}: {:?}; its Udp NoPorts +{no_ports}",
+        receiver.namespace,
+        receiver.name,
+        by_name(&snapshot, &receiver, None).map(|w| &w.drops.by_reason)
+    );
+    assert_eq!(no_ports, N, "the receiving pod's Udp NoPorts");
+    let pod = by_name(&snapshot, &receiver, None).unwrap_or_else(|| {
+        panic!(
+            "no report named {}/{}: {:#?}",
+            receiver.namespace, receiver.name, snapshot.workloads
+        )
+    });
+    // No socket: the drop belongs to the pod whose namespace it happened in.
+    assert_eq!(
+        pod.drops.by_reason.get("NO_SOCKET"),
+        Some(&no_ports),
+        "{pod:#?}"
+    );
+    assert_eq!(pod.pod_uid.as_deref(), Some(receiver.uid.as_str()));
+    assert_eq!(pod.container_id, None);
+    assert_eq!(
+        pod.cgroup_path.as_deref(),
+        Some(receiver.cgroup_parent.as_str())
+    );
+    assert_eq!(pod.netns, Some(inode(&receiver.netns) as u32));
+
+    // Negative controls: the sender and the idle pod dropped nothing.
+    for report in all_of(&snapshot, &sender) {
+        assert_eq!(report.drops.by_reason.get("NO_SOCKET"), None, "{report:#?}");
+    }
+    for report in all_of(&snapshot, &idle) {
+        assert_eq!(report.drops.total, 0, "{report:#?}");
+    }
+}
+
+/// Waits for a trigger file, runs `testload busy 2000` (2 s of spinning), then sleeps:
+/// the container outlives the load, so its cgroup can be read after it.
+const GATED_BUSY: &str =
+    "while [ ! -e /tmp/go ]; do sleep 0.05; done; /bin/testload busy 2000; exec sleep 3600";
+
+/// The container's directory in the cpu hierarchy (runc uses the same path in all).
+fn cpu_dir(container: &PodContainer) -> PathBuf {
+    let mount = Hierarchies::of_this_node().cpu.expect("a cpu hierarchy");
+    under(&mount, &container.cgroup_path)
+}
+
+/// Waits until the gated load is done: the container's only process is the final sleep.
+fn wait_for_sleep(container: &PodContainer) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let procs = fs::read_to_string(cpu_dir(container).join("cgroup.procs")).unwrap();
+        let pids: Vec<&str> = procs.lines().collect();
+        if let [pid] = pids.as_slice()
+            && fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} still busy: {procs}",
+            container.name
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_cpu_quota_set_through_cri_throttles_the_container_by_name() {
+    let cri = Cri::start();
+    let namespace = dns_name("batch");
+    let pod = cri.run_pod(&namespace, &dns_name("job-"), &pod_uid(), Qos::Burstable);
+    // As the kubelet derives them from `limits.cpu: 200m` and `requests.cpu: 200m`.
+    let limited = pod.create_container(
+        "limited",
+        &["/bin/sh", "-c", GATED_BUSY],
+        LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 20_000,
+            cpu_shares: 204,
+            ..Default::default()
+        },
+    );
+    // Negative control: the same load without a quota, run after the limited one (in
+    // the same pod and on the same CPU, the two would share it by cpu.shares and the
+    // limited one would never use up its quota).
+    let free = pod.create_container(
+        "free",
+        &["/bin/sh", "-c", GATED_BUSY],
+        LinuxContainerResources {
+            cpu_shares: 1024,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        fs::read_to_string(cpu_dir(&limited).join("cpu.cfs_quota_us"))
+            .unwrap()
+            .trim(),
+        "20000",
+        "runc applied the quota"
+    );
+
+    let collector = start(&cri);
+    let limited_before = CpuAccounting::read(&cpu_dir(&limited)).expect("cpu.stat");
+    let free_before = CpuAccounting::read(&cpu_dir(&free)).expect("cpu.stat");
+    // The trigger, written into each container's root filesystem from the host.
+    for container in [&limited, &free] {
+        fs::write(format!("/proc/{}/root/tmp/go", container.pid), "").unwrap();
+        wait_for_sleep(container);
+    }
+    let limited_delta = CpuAccounting::read(&cpu_dir(&limited))
+        .unwrap()
+        .since(&limited_before);
+    let free_delta = CpuAccounting::read(&cpu_dir(&free))
+        .unwrap()
+        .since(&free_before);
+    let snapshot = collector
+        .finish()
+        .unwrap_or_else(|e| panic!("finish: {e:#}"));
+
+    eprintln!(
+        "cpu.stat of limited: {limited_delta:?}; the probe: {:?}",
+        by_name(&snapshot, &pod, Some("limited")).and_then(|w| w.cpu.as_ref())
+    );
+    assert!(
+        (15..=25).contains(&limited_delta.throttled_periods),
+        "2 s at 20% should throttle ~20 periods: {limited_delta:?}"
+    );
+    let report = by_name(&snapshot, &pod, Some("limited")).unwrap_or_else(|| {
+        panic!(
+            "no report named {}/{}/limited: {:#?}",
+            pod.namespace, pod.name, snapshot.workloads
+        )
+    });
+    assert_eq!(report.pod_uid.as_deref(), Some(pod.uid.as_str()));
+    assert_eq!(report.container_id.as_deref(), Some(limited.id.as_str()));
+    let cpu = report.cpu.as_ref().expect("cpu report");
+    assert_eq!(cpu.quota_ms, Some(20.0));
+    assert_eq!(cpu.period_ms, Some(100.0));
+    assert!(
+        cpu.throttled_periods
+            .abs_diff(limited_delta.throttled_periods)
+            <= 1,
+        "{cpu:?} vs {limited_delta:?}"
+    );
+    assert!(
+        cpu.throttle_events
+            .abs_diff(limited_delta.throttled_periods)
+            <= 2,
+        "events {} vs nr_throttled +{}",
+        cpu.throttle_events,
+        limited_delta.throttled_periods
+    );
+
+    assert_eq!(free_delta.throttled_periods, 0, "{free_delta:?}");
+    let free_events = by_name(&snapshot, &pod, Some("free"))
+        .and_then(|w| w.cpu.as_ref())
+        .map_or(0, |c| c.throttle_events);
+    assert_eq!(free_events, 0);
+}
+
+/// The agent's kernel maps by name: the maps behind its own file descriptors.
+fn agent_maps(pid: u32) -> HashMap<String, u32> {
+    let mut maps = HashMap::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(info) = fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let Some(id) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("map_id:"))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let show: serde_json::Value = serde_json::from_str(&sh(&[
+            "bpftool",
+            "-j",
+            "map",
+            "show",
+            "id",
+            &id.to_string(),
+        ]))
+        .unwrap();
+        if let Some(name) = show["name"].as_str() {
+            maps.insert(name.to_string(), id);
+        }
+    }
+    maps
+}
+
+/// Keys of the agent's drop map that belong to the given cgroups or network namespace.
+/// Keys start with the cgroup id (u64), the namespace inode (u32) follows.
+fn own_drop_entries(maps: &HashMap<String, u32>, cgroups: &HashSet<u64>, netns: u32) -> usize {
+    let dump: serde_json::Value = serde_json::from_str(&sh(&[
+        "bpftool",
+        "-j",
+        "map",
+        "dump",
+        "id",
+        &maps["DROPS"].to_string(),
+    ]))
+    .unwrap();
+    dump.as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            entry["key"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .unwrap()
+        })
+        .filter(|k| {
+            cgroups.contains(&u64::from_ne_bytes(k[0..8].try_into().unwrap()))
+                || u32::from_ne_bytes(k[8..12].try_into().unwrap()) == netns
+        })
+        .count()
+}
+
+/// The value of the NO_SOCKET drop series of a pod, by name, if `/metrics` has it.
+fn no_socket_series(body: &str, namespace: &str, pod: &str) -> Option<f64> {
+    let labels = [
+        format!("namespace=\"{namespace}\""),
+        format!("pod=\"{pod}\""),
+        "reason=\"NO_SOCKET\"".to_string(),
+    ];
+    body.lines()
+        .filter(|l| l.starts_with("tuneprobe_packet_drops_total{"))
+        .find(|l| labels.iter().all(|want| l.contains(want.as_str())))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn metrics(port: u16) -> String {
+    match http_get(port, "/metrics") {
+        Some((200, body)) => body,
+        other => panic!("scrape failed: {other:?}"),
+    }
+}
+
+#[test]
+fn a_pod_deleted_through_cri_leaves_metrics_after_the_grace_and_the_maps_too() {
+    const N: u64 = 25;
+    const GRACE: Duration = Duration::from_secs(2);
+    let cri = Cri::start();
+    let namespace = dns_name("shop");
+    let gone = cri.run_pod(&namespace, &dns_name("gone-"), &pod_uid(), Qos::Burstable);
+    // Negative control: a pod that stays, with the same drops.
+    let stays = cri.run_pod(&namespace, &dns_name("stays-"), &pod_uid(), Qos::Burstable);
+    let sender = cri.run_pod(&namespace, &dns_name("web-"), &pod_uid(), Qos::BestEffort);
+    let gone_app = gone.create_container("db", SLEEP, no_limits());
+    stays.create_container("db", SLEEP, no_limits());
+
+    let port = free_port();
+    let serve = Running(
+        Command::new(tuneprobe_binary())
+            .args(["serve", "--kube-api", "none", "--pod-grace", "2s"])
+            .arg("--pod-logs-dir")
+            .arg(cri.pod_logs_dir())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tuneprobe serve"),
+    );
+    wait_for_metrics(port, "tuneprobe_probe_attached");
+    for (i, target) in [&gone, &stays].into_iter().enumerate() {
+        let client = sender.create_container(
+            &format!("client{i}"),
+            &[
+                "/bin/testload",
+                "udp-send",
+                &format!("{}:9", target.ip),
+                &N.to_string(),
+                "64",
+            ],
+            no_limits(),
+        );
+        assert_eq!(sender.wait_exit(&client, WAIT), 0);
+    }
+    let deadline = Instant::now() + WAIT;
+    while [&gone, &stays]
+        .iter()
+        .any(|p| no_socket_series(&metrics(port), &p.namespace, &p.name) != Some(N as f64))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no NO_SOCKET series of {N} for both pods:\n{}",
+            metrics(port)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    // What the kernel maps may hold for the deleted pod: its cgroups' v2 ids (the pod,
+    // the sandbox, the container) and its network namespace.
+    let unified = Hierarchies::of_this_node().unified.expect("cgroup v2");
+    let pod_dir = under(&unified, &gone.cgroup_parent);
+    let mut cgroups: HashSet<u64> = fs::read_dir(&pod_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| inode(&e.path()))
+        .collect();
+    cgroups.insert(inode(&pod_dir));
+    assert!(cgroups.contains(&inode(&under(&unified, &gone_app.cgroup_path))));
+    let netns = inode(&gone.netns) as u32;
+    let maps = agent_maps(serve.0.id());
+    assert!(
+        own_drop_entries(&maps, &cgroups, netns) > 0,
+        "the drops are in the map"
+    );
+
+    let gone_name = gone.name.clone();
+    let removed = Instant::now();
+    gone.stop_and_remove();
+    // Within the grace the series stays: the agent notices the deletion at its next
+    // tick and keeps the pod for 2 s from then.
+    assert_eq!(
+        no_socket_series(&metrics(port), &namespace, &gone_name),
+        Some(N as f64)
+    );
+    let deadline = removed + GRACE + Duration::from_secs(15);
+    let mut body = metrics(port);
+    let pod_label = format!("pod=\"{gone_name}\"");
+    while body.contains(&pod_label) {
+        assert!(
+            Instant::now() < deadline,
+            "{gone_name} still in /metrics {:?} after its deletion",
+            removed.elapsed()
+        );
+        thread::sleep(Duration::from_millis(100));
+        body = metrics(port);
+    }
+    eprintln!(
+        "{gone_name} left /metrics {:?} after RemovePodSandbox (grace {GRACE:?})",
+        removed.elapsed()
+    );
+    assert!(
+        removed.elapsed() >= GRACE,
+        "gone after {:?}, before the grace",
+        removed.elapsed()
+    );
+    // Nothing leaks: the pod's kernel map entries are deleted with its series.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while own_drop_entries(&maps, &cgroups, netns) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the deleted pod's drop entries stayed in the map"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    // The pod that stays keeps its series and its count.
+    assert_eq!(
+        no_socket_series(&body, &stays.namespace, &stays.name),
+        Some(N as f64),
+        "{body}"
+    );
+    drop(serve);
+}
