@@ -12,25 +12,161 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// Finds the cgroup v2 mount: `/sys/fs/cgroup` on unified nodes, `/sys/fs/cgroup/unified`
-/// on hybrid ones.
+/// Finds the node's cgroup v2 mount: `/sys/fs/cgroup` on unified nodes,
+/// `/sys/fs/cgroup/unified` on hybrid ones (below `--host-root` when one is set).
 pub fn cgroup2_mount() -> Option<PathBuf> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
     cgroup2_mount_in(&mountinfo)
 }
 
 fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
+    cgroup2_mount_entry(mountinfo).map(|(mountpoint, _)| mountpoint)
+}
+
+/// The node's cgroup v2 mount, and its root as mountinfo shows it: relative to this
+/// process's cgroup namespace, so `/../../..` where the node's hierarchy is mounted into
+/// a container with a namespace of its own.
+fn cgroup2_mount_entry(mountinfo: &str) -> Option<(PathBuf, String)> {
     mountinfo
         .lines()
         .filter_map(|line| {
             // `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS... - FSTYPE SOURCE SUPEROPTS`
             let (left, right) = line.split_once(" - ")?;
             let fstype = right.split_whitespace().next()?;
-            let mountpoint = left.split_whitespace().nth(4)?;
-            (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount(mountpoint)))
+            let mut fields = left.split_whitespace();
+            let root = fields.nth(3)?;
+            let mountpoint = PathBuf::from(unescape_mount(fields.next()?));
+            (fstype == "cgroup2" && crate::host::is_under_root(&mountpoint))
+                .then(|| (mountpoint, unescape_mount(root)))
         })
         // Prefer the shortest: a container may also see nested cgroup2 mounts.
-        .min_by_key(|p| p.as_os_str().len())
+        .min_by_key(|(p, _)| p.as_os_str().len())
+}
+
+/// This process's cgroup namespace root, as a path of the node's v2 hierarchy: `/`
+/// unless tuneprobe runs in a cgroup namespace of its own (a non-privileged container
+/// on a cgroup v2 node, `kubectl debug`). Found once.
+pub fn namespace_root() -> &'static str {
+    static ROOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let own = crate::procfs::cgroup_v2_path(&own).unwrap_or_else(|| "/".into());
+        match find_namespace_root(&mountinfo, &own, std::process::id()) {
+            Ok(root) => {
+                if root != "/" {
+                    log::info!("in a cgroup namespace rooted at {root} of the node's hierarchy");
+                }
+                root
+            }
+            Err(err) => {
+                log::warn!("{err}");
+                "/".to_string()
+            }
+        }
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceRootError {
+    #[error(
+        "tuneprobe runs in a cgroup namespace of its own, and no cgroup at depth {depth} \
+         of {mount} holds this process: other processes' cgroups (/proc/PID/cgroup) \
+         cannot be placed in the node's hierarchy, so network namespaces are not \
+         attributed to pods"
+    )]
+    NotFound { mount: String, depth: usize },
+    #[error(
+        "the cgroup v2 mount at {mount} (root {root}) is not the node's hierarchy: mount \
+         the node's /sys/fs/cgroup there (or use --host-root)"
+    )]
+    NotTheNodes { mount: String, root: String },
+}
+
+/// Where this process's cgroup namespace root sits in the node's hierarchy.
+///
+/// The kernel shows a mount's root relative to the reader's namespace root: a node's
+/// hierarchy mounted into a container whose namespace root is `/a/b/c` shows as
+/// `/../../..`, three levels. The namespace root is then the cgroup three levels down
+/// (plus this process's own path inside its namespace, `own`) whose `cgroup.procs`
+/// lists this process.
+fn find_namespace_root(mountinfo: &str, own: &str, pid: u32) -> Result<String, NamespaceRootError> {
+    let Some((mount, root)) = cgroup2_mount_entry(mountinfo) else {
+        return Ok("/".into());
+    };
+    let components: Vec<&str> = root.split('/').filter(|c| !c.is_empty()).collect();
+    let depth = components.iter().take_while(|c| **c == "..").count();
+    if depth == 0 {
+        // No namespace of our own, or a mount of our namespace's own view (then only
+        // its subtree is visible, and every path in it is relative to it alike).
+        return Ok("/".into());
+    }
+    if depth != components.len() {
+        return Err(NamespaceRootError::NotTheNodes {
+            mount: mount.display().to_string(),
+            root,
+        });
+    }
+    let own: Vec<&str> = own
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != "..")
+        .collect();
+    let pid = pid.to_string();
+    // Breadth first, to the namespace root's depth plus our own depth below it.
+    let mut level = vec![(mount.clone(), Vec::<String>::new())];
+    for _ in 0..depth + own.len() {
+        level = level
+            .into_iter()
+            .flat_map(|(dir, path)| {
+                fs::read_dir(&dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(move |e| {
+                        let mut path = path.clone();
+                        path.push(e.file_name().to_string_lossy().into_owned());
+                        (e.path(), path)
+                    })
+            })
+            .collect();
+    }
+    level
+        .into_iter()
+        .filter(|(_, path)| {
+            path[depth..]
+                .iter()
+                .map(String::as_str)
+                .eq(own.iter().copied())
+        })
+        .find(|(dir, _)| {
+            fs::read_to_string(dir.join("cgroup.procs"))
+                .is_ok_and(|procs| procs.lines().any(|line| line.trim() == pid))
+        })
+        .map(|(_, path)| format!("/{}", path[..depth].join("/")))
+        .ok_or(NamespaceRootError::NotFound {
+            mount: mount.display().to_string(),
+            depth,
+        })
+}
+
+/// A path from `/proc/PID/cgroup` (relative to this process's cgroup namespace, such as
+/// `/../../kubepods.slice/...`) as a path of the node's hierarchy.
+pub fn node_path(namespace_root: &str, path: &str) -> String {
+    if namespace_root == "/" && !path.starts_with("/..") {
+        return path.to_string();
+    }
+    let mut out: Vec<&str> = Vec::new();
+    for component in namespace_root.split('/').chain(path.split('/')) {
+        match component {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    format!("/{}", out.join("/"))
 }
 
 /// The hierarchies whose ids the programs report: the v2 one (sockets), and the ones
@@ -56,9 +192,11 @@ impl Hierarchies {
                 let (left, right) = line.split_once(" - ")?;
                 let mut fields = right.split_whitespace();
                 let (fstype, _source, options) = (fields.next()?, fields.next()?, fields.next()?);
-                let mountpoint = left.split_whitespace().nth(4)?;
-                (fstype == "cgroup" && options.split(',').any(|o| o == controller))
-                    .then(|| PathBuf::from(unescape_mount(mountpoint)))
+                let mountpoint = PathBuf::from(unescape_mount(left.split_whitespace().nth(4)?));
+                (fstype == "cgroup"
+                    && options.split(',').any(|o| o == controller)
+                    && crate::host::is_under_root(&mountpoint))
+                .then_some(mountpoint)
             })
         };
         Self {
@@ -451,6 +589,64 @@ mod tests {
         );
         assert_eq!(cgroup2_mount_in("1 2 0:3 / /proc rw - proc proc rw"), None);
         assert_eq!(unescape_mount("/a\\040b"), "/a b");
+    }
+
+    #[test]
+    fn proc_paths_relative_to_a_cgroup_namespace_become_node_paths() {
+        let ns = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podx.slice/cri-containerd-a.scope";
+        assert_eq!(
+            node_path(
+                ns,
+                "/../../../kubepods-burstable.slice/kubepods-burstable-pody.slice"
+            ),
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pody.slice"
+        );
+        assert_eq!(node_path(ns, "/"), ns);
+        assert_eq!(node_path(ns, "/sub"), format!("{ns}/sub"));
+        assert_eq!(node_path(ns, "/../../../../../init.scope"), "/init.scope");
+        // Outside a namespace of our own, paths are the node's already.
+        assert_eq!(
+            node_path("/", "/system.slice/a.service"),
+            "/system.slice/a.service"
+        );
+    }
+
+    #[test]
+    fn finds_the_namespace_root_from_the_mounts_root_and_cgroup_procs() {
+        let mount = std::env::temp_dir().join(format!("tuneprobe-nsroot-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&mount);
+        for dir in ["a/b/c", "a/b/d", "x/y/z"] {
+            fs::create_dir_all(mount.join(dir)).unwrap();
+        }
+        fs::write(mount.join("a/b/d/cgroup.procs"), "7\n4242\n").unwrap();
+        fs::write(mount.join("a/b/c/cgroup.procs"), "42\n").unwrap();
+        let line = |root: &str| {
+            format!(
+                "31 30 0:27 {root} {} rw,nosuid - cgroup2 cgroup2 rw\n",
+                mount.display()
+            )
+        };
+        assert_eq!(
+            find_namespace_root(&line("/../../.."), "/", 4242).unwrap(),
+            "/a/b/d"
+        );
+        // This process in a child of its namespace root.
+        fs::create_dir_all(mount.join("x/y/z/w")).unwrap();
+        fs::write(mount.join("x/y/z/w/cgroup.procs"), "4242\n").unwrap();
+        assert_eq!(
+            find_namespace_root(&line("/../../.."), "/w", 4242).unwrap(),
+            "/x/y/z"
+        );
+        assert_eq!(find_namespace_root(&line("/"), "/", 4242).unwrap(), "/");
+        assert!(matches!(
+            find_namespace_root(&line("/../../.."), "/", 99),
+            Err(NamespaceRootError::NotFound { depth: 3, .. })
+        ));
+        assert!(matches!(
+            find_namespace_root(&line("/../other"), "/", 4242),
+            Err(NamespaceRootError::NotTheNodes { .. })
+        ));
+        fs::remove_dir_all(&mount).unwrap();
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod cpustat;
 pub mod devices;
 pub mod dnswire;
 pub mod histogram;
+pub mod host;
 pub mod kube;
 pub mod layout;
 pub mod loader;

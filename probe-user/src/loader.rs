@@ -265,7 +265,12 @@ impl Probe {
         let btf_path = options
             .btf_path
             .clone()
-            .unwrap_or_else(|| PathBuf::from(VMLINUX_BTF));
+            .unwrap_or_else(|| {
+                // The node's own, where a debug container's /sys may not show it.
+                Some(crate::host::path(VMLINUX_BTF))
+                    .filter(|path| path.exists())
+                    .unwrap_or_else(|| PathBuf::from(VMLINUX_BTF))
+            });
         let btf_error = |source| LoadError::Btf {
             path: btf_path.clone(),
             source,

@@ -9,12 +9,15 @@ pub struct Process {
     pub pid: u32,
     /// Inode of `/proc/PID/ns/net`.
     pub netns: u32,
-    /// Its cgroup v2 path (`0::/path` in `/proc/PID/cgroup`); `/` on a v1-only process.
+    /// Its cgroup v2 path in the node's hierarchy (`0::/path` in `/proc/PID/cgroup`,
+    /// resolved against our cgroup namespace); `/` on a v1-only process.
     pub cgroup: String,
 }
 
-/// Every process still readable (processes exit while we scan: skipped, not an error).
+/// Every process still readable (processes exit while we scan: skipped, not an error),
+/// with its cgroup as a path of the node's hierarchy.
 pub fn processes(proc_root: &Path) -> Vec<Process> {
+    let namespace_root = crate::cgroup::namespace_root();
     let Ok(entries) = fs::read_dir(proc_root) else {
         return Vec::new();
     };
@@ -28,7 +31,8 @@ pub fn processes(proc_root: &Path) -> Vec<Process> {
             Some(Process {
                 pid,
                 netns,
-                cgroup: cgroup_v2_path(&cgroup)?,
+                // The kernel writes it relative to our cgroup namespace.
+                cgroup: crate::cgroup::node_path(namespace_root, &cgroup_v2_path(&cgroup)?),
             })
         })
         .collect()

@@ -28,6 +28,14 @@ pub struct Cli {
     #[arg(long, global = true)]
     bpf_stats: bool,
 
+    /// Where the node's filesystem is mounted, when tuneprobe runs in a container that
+    /// has its own: `kubectl debug node/NAME --profile=sysadmin` mounts it at `/host`.
+    /// The cgroup hierarchies, kernel BTF, pod log directory and runtime socket are then
+    /// taken from below it (`--pod-logs-dir` and `--cri-socket` still name paths as
+    /// they are on the node).
+    #[arg(long, global = true, value_name = "DIR")]
+    host_root: Option<PathBuf>,
+
     /// More log output on stderr (-v: info, -vv: debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -112,7 +120,7 @@ impl CollectorArgs {
         Ok(tuneprobe::collector::CollectorOptions {
             dns_timeout: self.dns_timeout,
             pod_grace: self.pod_grace,
-            pod_logs_dir: self.pod_logs_dir.clone(),
+            pod_logs_dir: tuneprobe::host::path(&self.pod_logs_dir),
             kube_api,
             node_name: self
                 .node_name
@@ -150,6 +158,9 @@ impl Cli {
     }
 
     pub fn run(&self) -> anyhow::Result<()> {
+        if let Some(root) = &self.host_root {
+            tuneprobe::host::set_root(root)?;
+        }
         match &self.command {
             Command::Snapshot(args) => snapshot::run(args, &self.load_options()),
             Command::Serve(args) => serve::run(args, &self.load_options()),
