@@ -17,6 +17,10 @@ pub struct Dropped {
     pub kept: Vec<Capability>,
     /// Capabilities given up.
     pub dropped: Vec<Capability>,
+    /// What stays in the bounding set: only `kept` with CAP_SETPCAP, else all it held.
+    /// Nothing there can be used or regained: the other sets are empty of it and
+    /// `no_new_privs` is set.
+    pub bounding: Vec<Capability>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,16 +50,26 @@ pub fn keep_only(keep: &[Capability]) -> Result<Dropped, PrivilegeError> {
         .copied()
         .filter(|c| permitted.contains(c))
         .collect();
-    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes next.
+    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes next. A
+    // container with a short capability list (the DaemonSet keeps four) has no
+    // CAP_SETPCAP: its bounding set then stays, and that is no way back in, because
+    // every other set is cleared below and `no_new_privs` stops an exec from gaining
+    // file capabilities or a set-uid.
     let bounding = caps::read(None, CapSet::Bounding).map_err(PrivilegeError::Read)?;
-    for capability in bounding.difference(&keep) {
-        caps::drop(None, CapSet::Bounding, *capability).map_err(|source| {
-            PrivilegeError::Bounding {
-                capability: *capability,
-                source,
-            }
-        })?;
+    let mut bounding_kept: Vec<Capability> = keep.iter().copied().collect();
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        for capability in bounding.difference(&keep) {
+            caps::drop(None, CapSet::Bounding, *capability).map_err(|source| {
+                PrivilegeError::Bounding {
+                    capability: *capability,
+                    source,
+                }
+            })?;
+        }
+    } else {
+        bounding_kept = bounding.iter().copied().collect();
     }
+    bounding_kept.sort_by_key(|c| c.index());
     caps::clear(None, CapSet::Ambient).map_err(|source| PrivilegeError::Set {
         set: CapSet::Ambient,
         source,
@@ -79,7 +93,11 @@ pub fn keep_only(keep: &[Capability]) -> Result<Dropped, PrivilegeError> {
         .filter(|c| !kept.contains(c))
         .collect();
     dropped.sort_by_key(|c| c.index());
-    Ok(Dropped { kept, dropped })
+    Ok(Dropped {
+        kept,
+        dropped,
+        bounding: bounding_kept,
+    })
 }
 
 /// What each long-running mode still needs after attaching.
@@ -107,9 +125,10 @@ pub mod needs {
 pub fn after_attach(keep: &[Capability]) {
     match keep_only(keep) {
         Ok(done) => log::info!(
-            "capabilities kept: {:?}; dropped: {:?}",
+            "capabilities kept: {:?}; dropped: {:?}; bounding set: {:?}",
             done.kept,
-            done.dropped
+            done.dropped,
+            done.bounding
         ),
         Err(err) => log::warn!("could not drop capabilities: {err}"),
     }
@@ -118,6 +137,50 @@ pub fn after_attach(keep: &[Capability]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_setpcap_every_set_but_the_bounding_one_is_cleared() {
+        use Capability::*;
+        let outcome = std::thread::spawn(|| {
+            let before = caps::read(None, CapSet::Permitted).unwrap();
+            if !before.contains(&CAP_SETPCAP) {
+                return None;
+            }
+            // The DaemonSet's four, as the container runtime hands them over.
+            let four: HashSet<Capability> = [CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_PTRACE]
+                .into_iter()
+                .collect();
+            for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+                caps::set(None, set, &four).unwrap();
+            }
+            let done = keep_only(&[CAP_SYS_PTRACE, CAP_SYS_ADMIN]).unwrap();
+            let sets: Vec<HashSet<Capability>> = [
+                CapSet::Effective,
+                CapSet::Permitted,
+                CapSet::Inheritable,
+                CapSet::Ambient,
+            ]
+            .into_iter()
+            .map(|set| caps::read(None, set).unwrap())
+            .collect();
+            Some((done, sets))
+        })
+        .join()
+        .unwrap();
+        let Some((done, sets)) = outcome else {
+            return; // not root: nothing to give up
+        };
+        assert_eq!(done.kept, vec![CAP_SYS_PTRACE]);
+        assert_eq!(done.dropped, vec![CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF]);
+        assert_eq!(sets[0], HashSet::from([CAP_SYS_PTRACE]), "effective");
+        assert_eq!(sets[1], HashSet::from([CAP_SYS_PTRACE]), "permitted");
+        assert!(
+            sets[2].is_empty() && sets[3].is_empty(),
+            "inheritable, ambient"
+        );
+        // Without CAP_SETPCAP the bounding set is left as it was.
+        assert!(done.bounding.contains(&CAP_BPF));
+    }
 
     #[test]
     fn a_thread_keeps_only_what_it_asked_for() {
