@@ -360,9 +360,11 @@ fn a_cpu_quota_set_through_cri_throttles_the_container_by_name() {
         "cpu.stat of limited: {limited_delta:?}; the probe: {:?}",
         by_name(&snapshot, &pod, Some("limited")).and_then(|w| w.cpu.as_ref())
     );
+    // 2 s at 20% of a CPU throttles ~20 periods on an idle machine; fewer when the
+    // tests beside it take the CPU and the 20 ms take longer than a period to use.
     assert!(
-        (15..=25).contains(&limited_delta.throttled_periods),
-        "2 s at 20% should throttle ~20 periods: {limited_delta:?}"
+        (5..=25).contains(&limited_delta.throttled_periods),
+        "2 s at 20% should throttle up to ~20 periods: {limited_delta:?}"
     );
     let report = by_name(&snapshot, &pod, Some("limited")).unwrap_or_else(|| {
         panic!(
@@ -555,7 +557,7 @@ fn a_pod_deleted_through_cri_leaves_metrics_after_the_grace_and_the_maps_too() {
         "the drops are in the map"
     );
 
-    let gone_name = gone.name.clone();
+    let (gone_name, gone_uid) = (gone.name.clone(), gone.uid.clone());
     let removed = Instant::now();
     gone.stop_and_remove();
     // Within the grace the series stays: the agent notices the deletion at its next
@@ -564,20 +566,27 @@ fn a_pod_deleted_through_cri_leaves_metrics_after_the_grace_and_the_maps_too() {
         no_socket_series(&metrics(port), &namespace, &gone_name),
         Some(N as f64)
     );
+    // Gone means gone under any label: by name, or by UID once the name is forgotten
+    // (pod names are kept for the grace from the last time the log directory was seen).
     let deadline = removed + GRACE + Duration::from_secs(15);
-    let mut body = metrics(port);
     let pod_label = format!("pod=\"{gone_name}\"");
-    while body.contains(&pod_label) {
+    let mut named_until = None;
+    let mut body = metrics(port);
+    while body.contains(&pod_label) || body.contains(&gone_uid) {
         assert!(
             Instant::now() < deadline,
-            "{gone_name} still in /metrics {:?} after its deletion",
+            "{gone_name} ({gone_uid}) still in /metrics {:?} after its deletion",
             removed.elapsed()
         );
+        if body.contains(&pod_label) {
+            named_until = Some(removed.elapsed());
+        }
         thread::sleep(Duration::from_millis(100));
         body = metrics(port);
     }
     eprintln!(
-        "{gone_name} left /metrics {:?} after RemovePodSandbox (grace {GRACE:?})",
+        "{gone_name} left /metrics {:?} after RemovePodSandbox (grace {GRACE:?}; named \
+         until {named_until:?})",
         removed.elapsed()
     );
     assert!(
