@@ -26,10 +26,9 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// The capabilities `deploy/daemonset.yaml` adds (it drops ALL first).
 fn daemonset_capabilities() -> Vec<u32> {
-    let manifest = fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/daemonset.yaml"),
-    )
-    .expect("deploy/daemonset.yaml");
+    let manifest =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/daemonset.yaml"))
+            .expect("deploy/daemonset.yaml");
     let names: Vec<String> = manifest
         .lines()
         .find_map(|line| line.trim().strip_prefix("add:"))
@@ -59,10 +58,28 @@ struct Agent {
     cgroup: PathBuf,
     stderr: mpsc::Receiver<String>,
     logs: PathBuf,
+    /// Where a `kubectl debug` layout mounted the node's root.
+    host: Option<PathBuf>,
+}
+
+/// How the container around tuneprobe is laid out.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// `deploy/daemonset.yaml`: the node's cgroup hierarchy and pod logs mounted at
+    /// their own paths, four capabilities, its own network namespace, read-only root.
+    DaemonSet,
+    /// `kubectl debug node/N --profile=sysadmin`: privileged, the node's network, the
+    /// node's root at `/host`, and a `/sys/fs/cgroup` of the container's own (its
+    /// cgroup namespace's view); the node's pod logs only under `/host`.
+    DebugNode,
 }
 
 impl Agent {
     fn start(args: &[&str]) -> Self {
+        Self::start_as(Layout::DaemonSet, args)
+    }
+
+    fn start_as(layout: Layout, args: &[&str]) -> Self {
         let unified = tuneprobe::cgroup::cgroup2_mount().expect("cgroup v2 mounted");
         let cgroup = unified.join(unique("tuneprobe-agent-"));
         fs::create_dir(&cgroup).expect("the agent's cgroup");
@@ -76,10 +93,32 @@ impl Agent {
             .parse()
             .unwrap();
         // Prepared before the fork: the child only makes system calls.
-        let procs = CString::new(cgroup.join("cgroup.procs").into_os_string().into_encoded_bytes())
-            .unwrap();
+        let procs = CString::new(
+            cgroup
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
         let root = CString::new("/").unwrap();
+        let host = (layout == Layout::DebugNode).then(|| {
+            let dir = PathBuf::from("/run").join(unique("tuneprobe-host-"));
+            fs::create_dir(&dir).unwrap();
+            dir
+        });
+        let cstr = |p: &Path| CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        let host_c = host.as_deref().map(cstr);
+        let logs_c = cstr(&logs);
+        let cgroup_dir = cstr(Path::new("/sys/fs/cgroup"));
+        let own_unified = cstr(Path::new("/sys/fs/cgroup/unified"));
+        let (tmpfs, cgroup2) = (
+            CString::new("tmpfs").unwrap(),
+            CString::new("cgroup2").unwrap(),
+        );
         let mut command = Command::new(tuneprobe_tests::tuneprobe_binary());
+        if let Some(host) = &host {
+            command.arg("--host-root").arg(host);
+        }
         command
             .args(args)
             .arg("--pod-logs-dir")
@@ -103,10 +142,14 @@ impl Agent {
                 check(fd)?;
                 check(libc::write(fd, b"0".as_ptr().cast(), 1) as libc::c_int)?;
                 libc::close(fd);
+                let net = if host_c.is_some() {
+                    0
+                } else {
+                    libc::CLONE_NEWNET
+                };
                 check(libc::unshare(
-                    libc::CLONE_NEWCGROUP | libc::CLONE_NEWNET | libc::CLONE_NEWNS,
+                    libc::CLONE_NEWCGROUP | libc::CLONE_NEWNS | net,
                 ))?;
-                // A read-only root in a mount namespace of its own.
                 check(libc::mount(
                     std::ptr::null(),
                     root.as_ptr(),
@@ -114,6 +157,42 @@ impl Agent {
                     libc::MS_REC | libc::MS_PRIVATE,
                     std::ptr::null(),
                 ))?;
+                let null = std::ptr::null::<libc::c_void>();
+                if let Some(host) = &host_c {
+                    // The node's root at /host, then the container's own views on top of
+                    // the usual paths: its namespace's cgroup2, an empty pod log dir.
+                    check(libc::mount(
+                        root.as_ptr(),
+                        host.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REC,
+                        null,
+                    ))?;
+                    check(libc::mount(
+                        tmpfs.as_ptr(),
+                        cgroup_dir.as_ptr(),
+                        tmpfs.as_ptr(),
+                        0,
+                        null,
+                    ))?;
+                    check(libc::mkdir(own_unified.as_ptr(), 0o755))?;
+                    check(libc::mount(
+                        cgroup2.as_ptr(),
+                        own_unified.as_ptr(),
+                        cgroup2.as_ptr(),
+                        0,
+                        null,
+                    ))?;
+                    check(libc::mount(
+                        tmpfs.as_ptr(),
+                        logs_c.as_ptr(),
+                        tmpfs.as_ptr(),
+                        0,
+                        null,
+                    ))?;
+                    return Ok(());
+                }
+                // A read-only root in a mount namespace of its own.
                 check(libc::mount(
                     std::ptr::null(),
                     root.as_ptr(),
@@ -124,7 +203,13 @@ impl Agent {
                 // The bounding set: the exec as uid 0 then grants exactly these four.
                 for cap in 0..=last_cap {
                     if !keep.contains(&cap) {
-                        check(libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0))?;
+                        check(libc::prctl(
+                            libc::PR_CAPBSET_DROP,
+                            cap as libc::c_ulong,
+                            0,
+                            0,
+                            0,
+                        ))?;
                     }
                 }
                 // allowPrivilegeEscalation: false.
@@ -145,6 +230,7 @@ impl Agent {
             cgroup,
             stderr: rx,
             logs,
+            host,
         };
         agent.wait_ready();
         agent
@@ -169,14 +255,23 @@ impl Agent {
     }
 
     /// Names a pod and its containers the way the kubelet's log directories do.
-    fn name_pod(&self, pod: &PodCgroup, namespace: &str, name: &str, containers: &[(&Container, &str)]) {
+    fn name_pod(
+        &self,
+        pod: &PodCgroup,
+        namespace: &str,
+        name: &str,
+        containers: &[(&Container, &str)],
+    ) {
         for (container, container_name) in containers {
-            fs::create_dir_all(
-                self.logs
-                    .join(format!("pods/{namespace}_{name}_{}/{container_name}", pod.uid)),
-            )
+            fs::create_dir_all(self.logs.join(format!(
+                "pods/{namespace}_{name}_{}/{container_name}",
+                pod.uid
+            )))
             .unwrap();
-            let log = format!("{name}_{namespace}_{container_name}-{}.log", container.container_id);
+            let log = format!(
+                "{name}_{namespace}_{container_name}-{}.log",
+                container.container_id
+            );
             fs::write(self.logs.join("containers").join(log), "").unwrap();
         }
     }
@@ -226,6 +321,9 @@ impl Drop for Agent {
             thread::sleep(Duration::from_millis(20));
         }
         let _ = fs::remove_dir_all(&self.logs);
+        if let Some(host) = &self.host {
+            let _ = fs::remove_dir(host);
+        }
     }
 }
 
@@ -251,6 +349,16 @@ fn by_path<'a>(json: &'a Value, path: &str) -> Option<&'a Value> {
 /// what the agent holds once attached.
 #[test]
 fn drops_are_the_receiving_pods_and_the_agent_keeps_one_capability() {
+    drops_are_the_receiving_pods(Layout::DaemonSet);
+}
+
+/// The same from a `kubectl debug node` session with `--host-root /host`.
+#[test]
+fn drops_are_the_receiving_pods_in_a_kubectl_debug_layout() {
+    drops_are_the_receiving_pods(Layout::DebugNode);
+}
+
+fn drops_are_the_receiving_pods(layout: Layout) {
     const N: u64 = 37;
     let pair = NetnsPair::new();
     let mut pod = PodCgroup::new();
@@ -268,7 +376,7 @@ fn drops_are_the_receiving_pods_and_the_agent_keeps_one_capability() {
     let mut quiet = Workload::spawn(&pair.a, Some(&idle), &["pause"]);
     assert_eq!(quiet.read_line(), "ready");
 
-    let agent = Agent::start(&["snapshot", "--for", "4s", "--json"]);
+    let agent = Agent::start_as(layout, &["snapshot", "--for", "4s", "--json"]);
     agent.name_pod(&pod, "shop", "api-7f9c4", &[(&app, "server")]);
     agent.name_pod(&idle_pod, "shop", "idle-1", &[(&idle, "idle")]);
     let (eff, prm, inh, amb, bnd, nnp) = agent.status();
@@ -291,22 +399,43 @@ fn drops_are_the_receiving_pods_and_the_agent_keeps_one_capability() {
     // Attached with four, `snapshot` then keeps CAP_SYS_PTRACE (19) alone in every set
     // it can change; the bounding set stays at the four (no CAP_SETPCAP to drop them),
     // which no_new_privs makes unreachable.
-    assert_eq!((eff, prm, inh, amb), (1 << 19, 1 << 19, 0, 0), "CapEff, CapPrm, CapInh, CapAmb");
-    let four: u64 = daemonset_capabilities().iter().map(|c| 1u64 << c).sum();
-    assert_eq!(bnd, four, "CapBnd");
+    assert_eq!(
+        (eff, prm, inh, amb),
+        (1 << 19, 1 << 19, 0, 0),
+        "CapEff, CapPrm, CapInh, CapAmb"
+    );
     assert!(nnp, "no_new_privs");
+    if layout == Layout::DaemonSet {
+        let four: u64 = daemonset_capabilities().iter().map(|c| 1u64 << c).sum();
+        assert_eq!(bnd, four, "CapBnd");
+    } else {
+        // Privileged: with CAP_SETPCAP the bounding set goes too.
+        assert_eq!(bnd, 1 << 19, "CapBnd");
+    }
 
     assert_eq!(no_ports, N, "the kernel's own count");
     let receiving = workload(&json, pod.pod_id());
-    assert_eq!(receiving["cgroup_path"], pod.pod_path.as_str(), "{receiving:#}");
+    assert_eq!(
+        receiving["cgroup_path"],
+        pod.pod_path.as_str(),
+        "{receiving:#}"
+    );
     assert_eq!(receiving["pod_uid"], pod.uid.as_str());
     assert_eq!(receiving["netns"], NetnsPair::inode(&pair.b));
     assert_eq!(receiving["drops"]["by_reason"]["NO_SOCKET"], N);
-    assert_eq!((&receiving["namespace"], &receiving["pod"]), (&Value::from("shop"), &Value::from("api-7f9c4")));
+    assert_eq!(
+        (&receiving["namespace"], &receiving["pod"]),
+        (&Value::from("shop"), &Value::from("api-7f9c4"))
+    );
     let container = workload(&json, app.cgroup_id);
     assert_eq!(container["cgroup_path"], app.path.as_str());
     assert_eq!(container["container"], "server");
-    assert!(container["drops"]["by_reason"]["SOCKET_RCVBUFF"].as_u64().unwrap() > 50);
+    assert!(
+        container["drops"]["by_reason"]["SOCKET_RCVBUFF"]
+            .as_u64()
+            .unwrap()
+            > 50
+    );
     // Nothing for the idle pod, nor anything under a path the node does not have.
     assert!(
         by_path(&json, &idle_pod.pod_path).is_none_or(|w| w["drops"]["total"] == 0),
@@ -314,7 +443,10 @@ fn drops_are_the_receiving_pods_and_the_agent_keeps_one_capability() {
     );
     for w in json["workloads"].as_array().unwrap() {
         let path = w["cgroup_path"].as_str().unwrap_or("/");
-        assert!(!path.contains(".."), "a namespace-relative path leaked: {w:#}");
+        assert!(
+            !path.contains(".."),
+            "a namespace-relative path leaked: {w:#}"
+        );
     }
 }
 
@@ -346,7 +478,10 @@ fn retransmits_are_the_senders_under_the_daemonsets_conditions() {
     assert_eq!(sender["cgroup_path"], lossy.path.as_str());
     assert_eq!(sender["container_id"], lossy.container_id.as_str());
     assert_eq!(sender["netns"], NetnsPair::inode(&pair.a));
-    assert_eq!(sender["tcp"]["retransmitted_segments"], segments, "RetransSegs +{segments}");
+    assert_eq!(
+        sender["tcp"]["retransmitted_segments"], segments,
+        "RetransSegs +{segments}"
+    );
     assert!(sender["tcp"]["retransmits"].as_u64().unwrap() >= 1);
 }
 
@@ -366,19 +501,36 @@ fn dns_latency_is_the_clients_under_the_daemonsets_conditions() {
     Workload::spawn(
         &pair.a,
         Some(&client),
-        &["dns-query", &resolver, "shop.test", &N.to_string(), "udp", "2000"],
+        &[
+            "dns-query",
+            &resolver,
+            "shop.test",
+            &N.to_string(),
+            "udp",
+            "2000",
+        ],
     )
     .wait(WAIT);
     let json = agent.report();
     let dns = &workload(&json, client.cgroup_id)["dns"];
-    assert_eq!((&dns["queries"], &dns["responses"]), (&Value::from(N), &Value::from(N)), "{dns:#}");
+    assert_eq!(
+        (&dns["queries"], &dns["responses"]),
+        (&Value::from(N), &Value::from(N)),
+        "{dns:#}"
+    );
     assert_eq!(dns["by_rcode"]["NOERROR"], N);
     assert_eq!(dns["by_resolver"][ADDR_B]["queries"], N);
     // The server answers after 20 ms: no sample can be faster.
     let p50 = dns["latency_ms"]["p50"].as_f64().unwrap();
-    assert!((19.0..200.0).contains(&p50), "median {p50} ms for a 20 ms server");
+    assert!(
+        (19.0..200.0).contains(&p50),
+        "median {p50} ms for a 20 ms server"
+    );
     let quiet_dns = by_path(&json, &quiet.path).map(|w| w["dns"]["queries"].clone());
-    assert!(quiet_dns.as_ref().is_none_or(|q| q.is_null() || *q == 0), "{quiet_dns:?}");
+    assert!(
+        quiet_dns.as_ref().is_none_or(|q| q.is_null() || *q == 0),
+        "{quiet_dns:?}"
+    );
 }
 
 #[test]
@@ -414,7 +566,8 @@ fn cpu_throttling_matches_cpu_stat_under_the_daemonsets_conditions() {
         limited_delta.throttled_periods
     );
     assert_eq!(free_delta.throttled_periods, 0);
-    let free_events = by_path(&json, &free.path).map_or(0, |w| w["cpu"]["throttle_events"].as_u64().unwrap_or(0));
+    let free_events =
+        by_path(&json, &free.path).map_or(0, |w| w["cpu"]["throttle_events"].as_u64().unwrap_or(0));
     assert_eq!(free_events, 0);
 }
 
@@ -448,8 +601,17 @@ fn block_io_is_the_readers_under_the_daemonsets_conditions() {
     let json = agent.report();
     let entry = by_path(&json, &reader.path)
         .and_then(|w| w["block"].as_array())
-        .and_then(|b| b.iter().find(|e| e["device"] == disk.name() && e["op"] == "read"))
-        .unwrap_or_else(|| panic!("no reads on {} for {} in {json:#}", disk.name(), reader.path));
+        .and_then(|b| {
+            b.iter()
+                .find(|e| e["device"] == disk.name() && e["op"] == "read")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no reads on {} for {} in {json:#}",
+                disk.name(),
+                reader.path
+            )
+        });
     assert_eq!(entry["requests"], ios, "fio completed {ios} reads");
     assert_eq!(entry["bytes"], ios * 4096);
     let idle_reads = by_path(&json, &idle.path)
