@@ -3,8 +3,11 @@
 //! - the pinned nightly with `rust-src` (the bpf target is built with `-Z build-std`);
 //! - bpf-linker, built against the nightly's own libLLVM (same LLVM major, no distro
 //!   LLVM needed);
-//! - the Debian packages the integration tests drive, and one PyPI package (the
-//!   Kubernetes schemas for the offline manifest check).
+//! - the rustup target `x86_64-unknown-linux-musl` (the container image's static binary);
+//! - the Debian package of every program a test, the benchmark, vm-test or a README
+//!   command starts ([`DEBIAN_PACKAGES`]; `cargo xtask test` checks for each program
+//!   before it runs a test), and one PyPI package (the Kubernetes schemas for the
+//!   offline manifest check).
 //!
 //! Each step checks first and does nothing when its result is already in place.
 
@@ -20,23 +23,75 @@ use crate::run_checked;
 /// Kept in step with `probe-user/build.rs`.
 pub const NIGHTLY: &str = "nightly-2026-05-19";
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// What the integration tests run: nft, ip/tc, fio, losetup (util-linux), dnsmasq, dig,
-/// Prometheus and promtool, and bpftool for a BTF cross-check.
-const DEBIAN_PACKAGES: &[&str] = &[
-    "nftables",
-    "iproute2",
-    "fio",
-    "util-linux",
-    "dnsmasq-base",
-    "bind9-dnsutils",
-    "prometheus",
-    "bpftool",
+/// A Debian package setup installs, and the programs of it that something run from
+/// this repository (a test, the benchmark, vm-test, a README command) starts.
+/// `cargo xtask test` checks for every program before it runs a test.
+#[derive(Debug, Clone, Copy)]
+pub struct DebianPackage {
+    pub name: &'static str,
+    /// Program names looked up in PATH, or absolute paths for programs outside it.
+    pub programs: &'static [&'static str],
+}
+
+const fn package(name: &'static str, programs: &'static [&'static str]) -> DebianPackage {
+    DebianPackage { name, programs }
+}
+
+/// Every Debian package anything here runs a program of. Keep one entry per package:
+/// the preflight of `cargo xtask test` reads the same table, so a program added to a
+/// test without its package here fails there with the package named.
+pub const DEBIAN_PACKAGES: &[DebianPackage] = &[
+    // The integration tests' namespaces, traffic control, drop rules and loop devices.
+    package("nftables", &["nft"]),
+    package("iproute2", &["ip", "tc", "ss"]),
+    package("util-linux", &["unshare", "nsenter", "setpriv", "findmnt"]),
+    package("mount", &["losetup"]),
+    package("fio", &["fio"]),
+    package("dnsmasq-base", &["dnsmasq"]),
+    package("bind9-dnsutils", &["dig"]),
+    package("prometheus", &["prometheus", "promtool"]),
+    // The BTF cross-check, and the benchmark's program names and SKB_CONSUMED.
+    package("bpftool", &["bpftool"]),
     // `top`'s terminal test drives the view through tmux.
-    "tmux",
+    package("tmux", &["tmux"]),
     // `serve`'s TLS test makes its certificates and talks HTTPS with these.
-    "openssl",
-    "curl",
+    package("openssl", &["openssl"]),
+    package("curl", &["curl"]),
+    // The benchmark (and its smoke test): the bpftrace baseline and the TCP load.
+    package("bpftrace", &["bpftrace"]),
+    package("iperf3", &["iperf3"]),
+    // Containers without a registry: a private containerd runs locally built images
+    // (`cargo xtask image`), runc puts them at kubelet-style cgroup paths, the CNI
+    // plugins give them a network namespace, and busybox is their static shell.
+    package(
+        "containerd",
+        &["containerd", "ctr", "containerd-shim-runc-v2"],
+    ),
+    package("runc", &["runc"]),
+    package(
+        "containernetworking-plugins",
+        &["/usr/lib/cni/bridge", "/usr/lib/cni/loopback"],
+    ),
+    package("busybox-static", &["busybox"]),
+    // The CRI client crate (k8s-cri) compiles its protobuf definitions with protoc.
+    package("protobuf-compiler", &["protoc"]),
+    // A container's capability list, reproduced with `capsh --drop=...`.
+    package("libcap2-bin", &["capsh"]),
+    // vm-test builds an initramfs (busybox, cpio) and boots it under QEMU; it installs
+    // these itself too, but `cargo xtask test` runs it, so they belong here.
+    package("qemu-system-x86", &["qemu-system-x86_64"]),
+    package("cpio", &["cpio"]),
+    // `cargo xtask image` builds the static musl binary; ring's C and assembly are
+    // compiled for musl with musl-gcc.
+    package("musl-tools", &["musl-gcc"]),
+    // The deploy/ test's offline schema check (pip comes below, if it is missing).
+    package("python3", &["python3"]),
+    // The README filters `snapshot --json` with jq.
+    package("jq", &["jq"]),
 ];
+
+/// The static binary in the container image (`cargo xtask image`) is built for this.
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// The Kubernetes schemas the deploy/ test validates against, offline.
 const PYTHON_PACKAGES: &[(&str, &str)] = &[("kubernetes_validate", "kubernetes-validate==1.37.0")];
@@ -44,6 +99,7 @@ const PYTHON_PACKAGES: &[(&str, &str)] = &[("kubernetes_validate", "kubernetes-v
 /// Everything: what a build needs and what the tests drive.
 pub fn run() -> anyhow::Result<()> {
     toolchain()?;
+    musl_target()?;
     debian_packages()?;
     python_packages()?;
     Ok(())
@@ -53,6 +109,29 @@ pub fn run() -> anyhow::Result<()> {
 pub fn toolchain() -> anyhow::Result<()> {
     nightly()?;
     bpf_linker()
+}
+
+/// The rustup target of the static image binary, for the toolchain cargo uses here.
+pub fn musl_target() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .is_ok_and(|out| {
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .any(|line| line.trim() == MUSL_TARGET)
+        });
+    if installed {
+        return Ok(());
+    }
+    eprintln!("xtask setup: adding the rustup target {MUSL_TARGET}");
+    run_checked(Command::new("rustup").args(["target", "add", MUSL_TARGET]))
+}
+
+/// The Python modules the tests import, with the pip requirement that provides each.
+pub fn python_modules() -> impl Iterator<Item = (&'static str, &'static str)> {
+    PYTHON_PACKAGES.iter().copied()
 }
 
 fn python_packages() -> anyhow::Result<()> {
@@ -186,15 +265,12 @@ fn llvm_prefix(llvm_major: u32) -> anyhow::Result<PathBuf> {
 }
 
 fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
-        .iter()
-        .copied()
-        .filter(|package| !debian_package_installed(package))
-        .collect();
-    install_debian(&missing)
+    let names: Vec<&str> = DEBIAN_PACKAGES.iter().map(|p| p.name).collect();
+    ensure_debian(&names)
 }
 
-/// Installs those of `packages` that are not installed yet (vm-test's QEMU and busybox).
+/// Installs those of `packages` that are not installed yet. vm-test calls this for its
+/// own packages; they are in [`DEBIAN_PACKAGES`] as well, so after setup it does nothing.
 pub fn ensure_debian(packages: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages
         .iter()
