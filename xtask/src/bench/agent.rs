@@ -59,6 +59,9 @@ pub struct Agent {
     /// tuneprobe serve's listen address.
     pub listen: Option<String>,
     output: PathBuf,
+    /// Where bpftrace's stderr goes (tuneprobe's is `output` itself): quoted whenever
+    /// the agent fails, since that is where it says why.
+    errors: Option<PathBuf>,
 }
 
 impl Agent {
@@ -75,9 +78,14 @@ impl Agent {
     ) -> anyhow::Result<Option<Self>> {
         let output = tools.out_dir.join(format!("{}-{run}.out", mode.name()));
         let file = fs::File::create(&output)?;
+        let mut errors = None;
         let (mut cmd, listen) = match mode {
             Mode::Nothing => return Ok(None),
             Mode::Bpftrace => {
+                mount_tracefs_if_absent()?;
+                let stderr_path = tools.out_dir.join(format!("{}-{run}.err", mode.name()));
+                let stderr = fs::File::create(&stderr_path)?;
+                errors = Some(stderr_path);
                 let mut cmd = Command::new("bpftrace");
                 // Line-buffered, so `ready` (printed from BEGIN, after every probe is
                 // attached) shows at once.
@@ -85,7 +93,7 @@ impl Agent {
                     .arg(bpftrace_program)
                     .arg(tools.skb_consumed.to_string())
                     .stdout(file)
-                    .stderr(Stdio::null());
+                    .stderr(stderr);
                 (cmd, None)
             }
             Mode::Tuneprobe => {
@@ -107,8 +115,9 @@ impl Agent {
             }
             if let Some(status) = proc.try_wait() {
                 bail!(
-                    "{} exited ({status}) before it was ready: {text:.1000}",
-                    mode.name()
+                    "{} exited ({status}) before it was ready: {}",
+                    mode.name(),
+                    failure_text(&output, errors.as_deref())
                 );
             }
             ensure!(
@@ -124,6 +133,7 @@ impl Agent {
             proc,
             listen,
             output,
+            errors,
         }))
     }
 
@@ -144,14 +154,92 @@ impl Agent {
         }
         ensure!(
             status.is_some_and(|s| s.success() || s.signal_is(libc::SIGINT)),
-            "{} ended with {status:?}: {text:.1000}",
-            self.mode.name()
+            "{} ended with {status:?}: {}",
+            self.mode.name(),
+            failure_text(&self.output, self.errors.as_deref())
         );
         Ok(Some(text))
     }
 
     pub fn usage(&self) -> anyhow::Result<Usage> {
         Usage::of(self.pid())
+    }
+}
+
+/// bpftrace reads its tracepoints' formats from tracefs; without it (unmounted at boot
+/// on these machines until something mounts it) every tracepoint is "not found" and
+/// it exits before BEGIN. That was a fresh machine's first bench run failing while
+/// later runs, after tuneprobe (which mounts it) had run, passed.
+fn mount_tracefs_if_absent() -> anyhow::Result<()> {
+    const TRACING: &str = "/sys/kernel/tracing";
+    let mountinfo = read_text(Path::new("/proc/self/mountinfo"))?;
+    if tracefs_mounted(&mountinfo) {
+        return Ok(());
+    }
+    let path = std::ffi::CString::new(TRACING)?;
+    // SAFETY: NUL-terminated strings that outlive the call; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            path.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    ensure!(
+        rc == 0,
+        "tracefs is not mounted and mounting it at {TRACING} failed ({}): bpftrace cannot \
+         find tracepoints without it",
+        std::io::Error::last_os_error()
+    );
+    eprintln!("xtask bench: mounted tracefs at {TRACING} (bpftrace needs it)");
+    Ok(())
+}
+
+/// Whether tracefs is mounted where bpftrace looks: /sys/kernel/tracing, or under
+/// debugfs at /sys/kernel/debug/tracing.
+fn tracefs_mounted(mountinfo: &str) -> bool {
+    mountinfo.lines().any(|line| {
+        let Some((left, right)) = line.split_once(" - ") else {
+            return false;
+        };
+        let mount_point = left.split_whitespace().nth(4).unwrap_or_default();
+        right.starts_with("tracefs ")
+            && matches!(
+                mount_point,
+                "/sys/kernel/tracing" | "/sys/kernel/debug/tracing"
+            )
+    })
+}
+
+/// What a failed agent printed: its stderr first (bpftrace's reason for exiting is
+/// there, its stdout is usually empty then), then its stdout; each cut to its last
+/// 2000 bytes, which hold the error.
+fn failure_text(output: &Path, errors: Option<&Path>) -> String {
+    let tail = |path: &Path| -> String {
+        let text = fs::read_to_string(path).unwrap_or_default();
+        let text = text.trim();
+        let start = text.len().saturating_sub(2000);
+        let start = (start..=text.len())
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(text.len());
+        text[start..].to_string()
+    };
+    let stdout = tail(output);
+    let Some(errors) = errors else {
+        return if stdout.is_empty() {
+            "(it printed nothing)".to_string()
+        } else {
+            stdout
+        };
+    };
+    let stderr = tail(errors);
+    match (stderr.is_empty(), stdout.is_empty()) {
+        (true, true) => "(it printed nothing on stdout or stderr)".to_string(),
+        (false, true) => format!("stderr: {stderr}"),
+        (true, false) => format!("stdout: {stdout}"),
+        (false, false) => format!("stderr: {stderr}\nstdout: {stdout}"),
     }
 }
 
@@ -318,4 +406,59 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(String, Duration)> {
         head.lines().next().unwrap_or_default()
     );
     Ok((body.to_string(), elapsed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracefs_is_found_at_either_place() {
+        let debugfs_only = "30 23 0:7 / /sys/kernel/debug rw,relatime - debugfs debugfs rw\n";
+        assert!(!tracefs_mounted(debugfs_only));
+        assert!(tracefs_mounted(
+            "45 23 0:13 / /sys/kernel/tracing rw,relatime - tracefs tracefs rw\n"
+        ));
+        assert!(tracefs_mounted(&format!(
+            "{debugfs_only}31 30 0:13 / /sys/kernel/debug/tracing rw - tracefs tracefs rw\n"
+        )));
+        // A tracefs elsewhere (a container's) is not where bpftrace looks.
+        assert!(!tracefs_mounted(
+            "45 23 0:13 / /mnt/tracing rw,relatime - tracefs tracefs rw\n"
+        ));
+    }
+
+    /// The error of an agent that exits early quotes its stderr (bpftrace's reason),
+    /// and says so when it printed nothing at all.
+    #[test]
+    fn failure_text_quotes_stderr() {
+        let dir = std::env::temp_dir().join(format!("xtask-agent-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("bpftrace-0.out");
+        let err = dir.join("bpftrace-0.err");
+        fs::write(&out, "").unwrap();
+        fs::write(&err, "").unwrap();
+        let silent = failure_text(&out, Some(&err));
+        fs::write(
+            &err,
+            "equivalent.bt:1-4: ERROR: tracepoint not found: skb:kfree_skb\n",
+        )
+        .unwrap();
+        let quoted = failure_text(&out, Some(&err));
+        fs::write(&out, "Attaching 9 probes...\n").unwrap();
+        fs::write(&err, "x".repeat(5000) + "the reason").unwrap();
+        let both = failure_text(&out, Some(&err));
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(silent, "(it printed nothing on stdout or stderr)");
+        assert_eq!(
+            quoted,
+            "stderr: equivalent.bt:1-4: ERROR: tracepoint not found: skb:kfree_skb"
+        );
+        assert!(both.starts_with("stderr: xxx"), "{both:.50}");
+        assert!(
+            both.ends_with("the reason\nstdout: Attaching 9 probes..."),
+            "{both}"
+        );
+        assert!(both.len() < 2100, "{}", both.len());
+    }
 }

@@ -170,6 +170,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
          device: run as root"
     );
     let tuneprobe = prepare(args.no_setup, args.tuneprobe.as_ref())?;
+    // With --no-setup (the smoke test) nothing installed them: name all that are
+    // missing before a namespace is made.
+    crate::test::preflight(&bench_tools(), [])?;
     let root = workspace_root();
     let out = if args.out.is_absolute() {
         args.out.clone()
@@ -209,6 +212,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The programs the benchmark starts (lab.rs, load.rs, agent.rs, `machine`).
+fn bench_tools() -> Vec<crate::test::Tool> {
+    const PROGRAMS: &[&str] = &[
+        "bpftrace", "iperf3", "fio", "dnsmasq", "nft", "ip", "ss", "bpftool", "losetup",
+    ];
+    crate::test::required_tools()
+        .into_iter()
+        .filter(|tool| PROGRAMS.contains(&tool.program.as_str()))
+        .collect()
 }
 
 struct RemoveOnDrop(PathBuf);
