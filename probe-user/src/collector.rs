@@ -57,6 +57,18 @@ pub struct CollectorOptions {
     pub kube_api: Option<ApiConfig>,
     /// This node's name (`spec.nodeName` of its pods).
     pub node_name: String,
+    /// The container runtime's CRI socket, for pod and container names.
+    pub cri_socket: CriSocket,
+}
+
+/// Where to ask the container runtime for names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CriSocket {
+    /// The first of the usual containerd and CRI-O sockets that exists.
+    Auto,
+    None,
+    /// This one; failing to reach it is an error.
+    Path(PathBuf),
 }
 
 impl Default for CollectorOptions {
@@ -67,6 +79,7 @@ impl Default for CollectorOptions {
             pod_grace: Duration::from_secs(300),
             kube_api: None,
             node_name: node_name(),
+            cri_socket: CriSocket::Auto,
         }
     }
 }
@@ -335,7 +348,8 @@ impl Collector {
         let dead_netns = netns_dead_for(&self.netns_alive, grace);
         // Their entries go below, so their totals start again from zero: a recycled
         // inode's first count must read as movement, not as the old total again.
-        self.netns_activity.retain(|netns, _| !dead_netns.contains(netns));
+        self.netns_activity
+            .retain(|netns, _| !dead_netns.contains(netns));
         let unified: HashSet<u64> = self
             .paths_ref(Hierarchy::Unified)
             .dead_longer_than(grace)
@@ -726,14 +740,28 @@ pub fn node_name() -> String {
 }
 
 /// Names from the log directories, and from the API when one is configured.
+/// Names from the API first, the container runtime next, the log directories last.
 fn pod_names(options: &CollectorOptions) -> anyhow::Result<PodNames> {
-    let names = PodNames::new(&options.pod_logs_dir, options.pod_grace);
-    let Some(api) = options.kube_api.clone() else {
-        return Ok(names);
+    let mut names = PodNames::new(&options.pod_logs_dir, options.pod_grace);
+    if let Some(api) = options.kube_api.clone() {
+        let watcher = PodWatcher::start(api, options.node_name.clone(), options.pod_grace)
+            .context("starting the pod watcher")?;
+        names = names.with_store(watcher.store());
+    }
+    let socket = match &options.cri_socket {
+        CriSocket::None => None,
+        CriSocket::Path(path) => Some((path.clone(), true)),
+        CriSocket::Auto => crate::cri::find_socket().map(|path| (path, false)),
     };
-    let watcher = PodWatcher::start(api, options.node_name.clone(), options.pod_grace)
-        .context("starting the pod watcher")?;
-    Ok(names.with_api(watcher.store()))
+    if let Some((path, asked_for)) = socket {
+        match crate::cri::CriWatcher::start(&path, options.pod_grace) {
+            Ok(watcher) => names = names.with_store(watcher.store()),
+            Err(err) if asked_for => return Err(err).context("--cri-socket"),
+            // Found by looking: names still come from the other sources.
+            Err(err) => log::warn!("no pod names from the container runtime: {err}"),
+        }
+    }
+    Ok(names)
 }
 
 /// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns()`.

@@ -235,7 +235,7 @@ impl PodStore {
     }
 
     /// After a fresh list: pods missing from it count as deleted now.
-    fn replace(&mut self, listed: HashMap<String, PodMeta>) {
+    pub(crate) fn replace(&mut self, listed: HashMap<String, PodMeta>) {
         let now = Instant::now();
         for (uid, (_, deleted)) in &mut self.pods {
             if !listed.contains_key(uid) {
@@ -247,7 +247,7 @@ impl PodStore {
         }
     }
 
-    fn forget_deleted(&mut self, grace: Duration) {
+    pub(crate) fn forget_deleted(&mut self, grace: Duration) {
         self.pods
             .retain(|_, (_, deleted)| deleted.is_none_or(|at| at.elapsed() <= grace));
     }

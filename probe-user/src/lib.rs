@@ -7,6 +7,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod collector;
 pub mod cpustat;
+pub mod cri;
 pub mod devices;
 pub mod dnswire;
 pub mod histogram;

@@ -85,8 +85,9 @@ pub struct PodNames {
     grace: Duration,
     pods: HashMap<String, (PodName, Instant)>,
     containers: HashMap<String, (ContainerName, Instant)>,
-    /// The Kubernetes API's view, when it is reachable: asked first.
-    api: Option<Arc<Mutex<PodStore>>>,
+    /// The Kubernetes API's view and the container runtime's (CRI), where they are
+    /// reachable, asked in this order before the log directories.
+    stores: Vec<Arc<Mutex<PodStore>>>,
 }
 
 impl PodNames {
@@ -103,23 +104,27 @@ impl PodNames {
             grace,
             pods: HashMap::new(),
             containers: HashMap::new(),
-            api: None,
+            stores: Vec::new(),
         };
         names.refresh();
         names
     }
 
-    /// Asks the API's pod store first, the log directories after.
-    pub fn with_api(mut self, store: Arc<Mutex<PodStore>>) -> Self {
-        self.api = Some(store);
+    /// Asks `store` (the API's pods, then the runtime's) before the log directories;
+    /// stores added earlier are asked first.
+    pub fn with_store(mut self, store: Arc<Mutex<PodStore>>) -> Self {
+        self.stores.push(store);
         self
     }
 
-    fn api(&self) -> Option<std::sync::MutexGuard<'_, PodStore>> {
-        self.api.as_ref().map(|store| {
-            store
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The first store's answer.
+    fn ask<T>(&self, question: impl Fn(&PodStore) -> Option<T>) -> Option<T> {
+        self.stores.iter().find_map(|store| {
+            question(
+                &store
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            )
         })
     }
 
@@ -144,36 +149,33 @@ impl PodNames {
     }
 
     pub fn pod(&self, uid: &str) -> Option<PodName> {
-        if let Some(pod) = self.api().and_then(|api| {
-            api.pod(uid).map(|p| PodName {
+        self.ask(|store| {
+            store.pod(uid).map(|p| PodName {
                 namespace: p.namespace.clone(),
                 pod: p.name.clone(),
             })
-        }) {
-            return Some(pod);
-        }
-        self.pods.get(uid).map(|(pod, _)| pod.clone())
+        })
+        .or_else(|| self.pods.get(uid).map(|(pod, _)| pod.clone()))
     }
 
     pub fn container(&self, id: &str) -> Option<ContainerName> {
-        if let Some(container) = self.api().and_then(|api| {
-            api.container(id).map(|(p, name)| ContainerName {
+        self.ask(|store| {
+            store.container(id).map(|(p, name)| ContainerName {
                 namespace: p.namespace.clone(),
                 pod: p.name.clone(),
                 container: name.to_string(),
             })
-        }) {
-            return Some(container);
-        }
-        self.containers
-            .get(id)
-            .map(|(container, _)| container.clone())
+        })
+        .or_else(|| {
+            self.containers
+                .get(id)
+                .map(|(container, _)| container.clone())
+        })
     }
 
-    /// The pod's labels, from the API (the log directories have none).
+    /// The pod's labels, from the API or the runtime (the log directories have none).
     pub fn labels(&self, uid: &str) -> BTreeMap<String, String> {
-        self.api()
-            .and_then(|api| api.pod(uid).map(|p| p.labels.clone()))
+        self.ask(|store| store.pod(uid).map(|p| p.labels.clone()))
             .unwrap_or_default()
     }
 }

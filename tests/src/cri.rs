@@ -280,6 +280,8 @@ impl Cri {
                 namespace.to_string(),
             ),
             ("io.kubernetes.pod.uid".to_string(), uid.to_string()),
+            // The kubelet copies the pod's own labels onto its sandbox.
+            ("app.kubernetes.io/name".to_string(), name.to_string()),
         ]);
         let config = PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {

@@ -19,7 +19,7 @@ use k8s_cri::v1::LinuxContainerResources;
 use tuneprobe::{
     Collector, LoadOptions, Probe, Snapshot,
     cgroup::{Hierarchies, QosClass, parse_kube_path},
-    collector::CollectorOptions,
+    collector::{CollectorOptions, CriSocket},
     cpustat::CpuAccounting,
     pods::{ContainerName, PodName, PodNames},
     procfs::parse_netstat,
@@ -28,7 +28,7 @@ use tuneprobe::{
 use tuneprobe_tests::{
     Running,
     cri::{Cri, Pod, PodContainer, Qos, dns_name, inode, pod_uid},
-    free_port, http_get, sh, tuneprobe_binary, wait_for_metrics,
+    free_port, http_get, sh, tuneprobe_binary, unique, wait_for_metrics,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -38,6 +38,15 @@ const SLEEP: &[&str] = &["/bin/sleep", "3600"];
 
 /// The collector, as `snapshot` runs it, naming pods from the fixture's log directory.
 fn start(cri: &Cri) -> Collector {
+    start_with(CollectorOptions {
+        pod_logs_dir: cri.pod_logs_dir().to_path_buf(),
+        kube_api: None,
+        cri_socket: CriSocket::None,
+        ..CollectorOptions::default()
+    })
+}
+
+fn start_with(options: CollectorOptions) -> Collector {
     let probe = Probe::load(&LoadOptions::default()).unwrap_or_else(|e| panic!("load: {e:#}"));
     for status in probe.statuses() {
         assert!(
@@ -46,11 +55,6 @@ fn start(cri: &Cri) -> Collector {
             status.name, status.error
         );
     }
-    let options = CollectorOptions {
-        pod_logs_dir: cri.pod_logs_dir().to_path_buf(),
-        kube_api: None,
-        ..CollectorOptions::default()
-    };
     Collector::start_with(probe, options).unwrap_or_else(|e| panic!("collector: {e:#}"))
 }
 
@@ -612,4 +616,114 @@ fn a_pod_deleted_through_cri_leaves_metrics_after_the_grace_and_the_maps_too() {
         "{body}"
     );
     drop(serve);
+}
+
+/// Without log directories, names and labels come from the runtime itself: the
+/// `--cri-socket` source asks containerd's `ListPodSandbox` and `ListContainers`.
+#[test]
+fn names_and_labels_come_from_the_runtime_through_cri() {
+    let cri = Cri::start();
+    let namespace = dns_name("shop");
+    let receiver = cri.run_pod(&namespace, &dns_name("db-"), &pod_uid(), Qos::Burstable);
+    let sender = cri.run_pod(&namespace, &dns_name("web-"), &pod_uid(), Qos::Burstable);
+    // A receiver with a 4 KiB buffer that never reads: its own socket drops.
+    let db = receiver.create_container(
+        "db",
+        &[
+            "/bin/testload",
+            "udp-sink",
+            &format!("{}:7001", receiver.ip),
+            "4096",
+        ],
+        no_limits(),
+    );
+    wait_for_log(&db.log_path, "ready");
+    let nowhere = std::env::temp_dir().join(unique("tuneprobe-no-logs-"));
+    let from_cri = start_with(CollectorOptions {
+        pod_logs_dir: nowhere.clone(),
+        kube_api: None,
+        cri_socket: CriSocket::Path(cri.socket().to_path_buf()),
+        ..CollectorOptions::default()
+    });
+    // Negative control: the same window with no name source at all.
+    let unnamed = start_with(CollectorOptions {
+        pod_logs_dir: nowhere,
+        kube_api: None,
+        cri_socket: CriSocket::None,
+        ..CollectorOptions::default()
+    });
+    let client = sender.create_container(
+        "client",
+        &[
+            "/bin/testload",
+            "udp-send",
+            &format!("{}:7001", receiver.ip),
+            "200",
+            "1000",
+        ],
+        no_limits(),
+    );
+    assert_eq!(sender.wait_exit(&client, WAIT), 0);
+    let named = from_cri
+        .finish()
+        .unwrap_or_else(|e| panic!("finish: {e:#}"));
+    let bare = unnamed.finish().unwrap_or_else(|e| panic!("finish: {e:#}"));
+
+    let container = by_name(&named, &receiver, Some("db")).unwrap_or_else(|| {
+        panic!(
+            "no report named {}/{}/db: {:#?}",
+            receiver.namespace, receiver.name, named.workloads
+        )
+    });
+    assert_eq!(container.container_id.as_deref(), Some(db.id.as_str()));
+    let rcvbuf = container
+        .drops
+        .by_reason
+        .get("SOCKET_RCVBUFF")
+        .copied()
+        .unwrap_or(0);
+    assert!(rcvbuf > 0, "{container:#?}");
+    assert_eq!(
+        container.pod_labels.get("app.kubernetes.io/name"),
+        Some(&receiver.name),
+        "the pod's own labels, without the kubelet's io.kubernetes.*"
+    );
+    assert!(
+        container
+            .pod_labels
+            .keys()
+            .all(|k| !k.starts_with("io.kubernetes."))
+    );
+    let same = bare
+        .workloads
+        .iter()
+        .find(|w| w.container_id.as_deref() == Some(db.id.as_str()))
+        .unwrap_or_else(|| {
+            panic!(
+                "the unnamed window missed the container: {:#?}",
+                bare.workloads
+            )
+        });
+    assert_eq!(
+        (
+            same.namespace.as_deref(),
+            same.pod.as_deref(),
+            same.container.as_deref()
+        ),
+        (None, None, None)
+    );
+    assert_eq!(same.drops.by_reason.get("SOCKET_RCVBUFF"), Some(&rcvbuf));
+}
+
+/// Waits until a container's CRI log has a line containing `marker`.
+fn wait_for_log(path: &Path, marker: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !fs::read_to_string(path).is_ok_and(|log| log.contains(marker)) {
+        assert!(
+            Instant::now() < deadline,
+            "no {marker} in {}",
+            path.display()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -79,6 +79,12 @@ pub struct CollectorArgs {
     #[arg(long, value_name = "FILE")]
     kube_ca_file: Option<PathBuf>,
 
+    /// The container runtime's CRI socket, for pod and container names and labels where
+    /// the Kubernetes API is not used: `auto` (the first of containerd's and CRI-O's
+    /// usual sockets that exists), `none`, or a path on the node.
+    #[arg(long, value_name = "auto|none|PATH", default_value = "auto")]
+    cri_socket: String,
+
     /// This node's name, to watch only its pods (default: $NODE_NAME, else the hostname).
     #[arg(long, value_name = "NAME")]
     node_name: Option<String>,
@@ -102,7 +108,7 @@ fn parse_kube_api(text: &str) -> Result<String, String> {
 
 impl CollectorArgs {
     pub fn options(&self) -> anyhow::Result<tuneprobe::collector::CollectorOptions> {
-        use tuneprobe::kube::ApiConfig;
+        use tuneprobe::{collector::CriSocket, kube::ApiConfig};
         let kube_api = match self.kube_api.as_str() {
             "none" => None,
             "auto" => match (ApiConfig::in_cluster(), &self.kubeconfig) {
@@ -122,6 +128,11 @@ impl CollectorArgs {
             pod_grace: self.pod_grace,
             pod_logs_dir: tuneprobe::host::path(&self.pod_logs_dir),
             kube_api,
+            cri_socket: match self.cri_socket.as_str() {
+                "auto" => CriSocket::Auto,
+                "none" => CriSocket::None,
+                path => CriSocket::Path(tuneprobe::host::path(path)),
+            },
             node_name: self
                 .node_name
                 .clone()
