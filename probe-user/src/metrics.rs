@@ -553,6 +553,40 @@ fn add_workload(f: &mut Families, w: &Workload, labels: &Labels) {
 /// Every knob as `tuneprobe_tuning_value` (numeric values) and
 /// `tuneprobe_tuning_deviation` (1 when it differs from the guides' recommendation).
 fn add_tuning(f: &mut Families, inventory: &Inventory) {
+    // What could not be read is said as plainly as what was: a DaemonSet without
+    // CAP_SYS_ADMIN sees no pod's sysctls, and from its own network namespace not the
+    // node's global net ones either.
+    let netns_knobs = crate::tuning::KNOBS
+        .iter()
+        .filter(|k| k.scope == crate::tuning::Scope::Netns)
+        .count();
+    let unreadable = [(
+        "node".to_string(),
+        String::new(),
+        inventory.node_unreadable.len(),
+    )]
+    .into_iter()
+    .chain(
+        inventory
+            .netns
+            .iter()
+            .filter(|ns| ns.error.is_some())
+            .map(|ns| {
+                (
+                    format!("netns:{}", ns.netns),
+                    ns.owner.clone().unwrap_or_default(),
+                    netns_knobs,
+                )
+            }),
+    );
+    for (scope, owner, count) in unreadable {
+        f.gauge(
+            "tuneprobe_tuning_unreadable",
+            "Tuning knobs of a scope that could not be read here (`tuneprobe tuning` says why).",
+            vec![("scope", scope), ("owner", owner)],
+            count as f64,
+        );
+    }
     let mut put = |scope: String, owner: &str, settings: &[Setting]| {
         for s in settings {
             let labels = vec![

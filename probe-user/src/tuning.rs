@@ -299,6 +299,16 @@ pub struct NetnsSettings {
     /// The cgroup path of the namespace's owner (the pod's cgroup, `/` for the host).
     pub owner: Option<String>,
     pub settings: Vec<Setting>,
+    /// Why the namespace's sysctls could not be read (entering it needs
+    /// `CAP_SYS_ADMIN`); `settings` is empty then.
+    pub error: Option<String>,
+}
+
+/// A node knob that exists in the guides but could not be read here, and why.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Unreadable {
+    pub knob: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -325,6 +335,8 @@ pub struct CgroupSettings {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
 pub struct Inventory {
     pub node: Vec<Setting>,
+    /// Node knobs that could not be read, with the reason.
+    pub node_unreadable: Vec<Unreadable>,
     pub netns: Vec<NetnsSettings>,
     pub devices: Vec<DeviceSettings>,
     pub mounts: Vec<MountSettings>,
@@ -341,11 +353,45 @@ fn sysctl(name: &str) -> Option<String> {
     fs::read_to_string(path).ok().map(|v| v.trim().to_string())
 }
 
-/// The node's global sysctls.
-pub fn node_settings() -> Vec<Setting> {
-    knobs(Scope::Node)
-        .filter_map(|k| sysctl(k.name).map(|v| Setting::new(k, v)))
-        .collect()
+/// The node's global sysctls: the ones read, and the ones that could not be.
+///
+/// Global `net.core` sysctls exist only in the node's own network namespace: from a
+/// pod's (the DaemonSet's) they are absent, which is said, not hidden.
+pub fn node_settings() -> (Vec<Setting>, Vec<Unreadable>) {
+    let own_netns = !in_host_netns();
+    let mut settings = Vec::new();
+    let mut unreadable = Vec::new();
+    for knob in knobs(Scope::Node) {
+        let path = Path::new("/proc/sys").join(knob.name.replace('.', "/"));
+        match fs::read_to_string(&path) {
+            Ok(value) => settings.push(Setting::new(knob, value.trim().to_string())),
+            Err(err) => unreadable.push(Unreadable {
+                knob: knob.name.to_string(),
+                reason: match err.kind() {
+                    std::io::ErrorKind::NotFound if own_netns && knob.name.starts_with("net.") => {
+                        "visible only from the node's network namespace, and tuneprobe runs \
+                         in a network namespace of its own"
+                            .to_string()
+                    }
+                    std::io::ErrorKind::NotFound => "not on this kernel".to_string(),
+                    _ => err.to_string(),
+                },
+            }),
+        }
+    }
+    (settings, unreadable)
+}
+
+/// Whether this process shares the network namespace of PID 1 (the node's init, with
+/// the host PID namespace). Where PID 1 cannot be looked at, the kernel tells anyway:
+/// `net.core.netdev_max_backlog` is registered in the initial namespace only.
+fn in_host_netns() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = |p: &str| fs::metadata(p).map(|m| m.ino()).ok();
+    match (inode("/proc/self/ns/net"), inode("/proc/1/ns/net")) {
+        (Some(own), Some(init)) => own == init,
+        _ => Path::new("/proc/sys/net/core/netdev_max_backlog").exists(),
+    }
 }
 
 /// The per-namespace sysctls of the namespace that `pid` lives in, read from a thread
@@ -467,19 +513,33 @@ pub fn inventory(
         if by_netns.contains_key(inode) {
             continue;
         }
-        if let Ok(settings) = netns_settings(proc_root, *pid) {
-            by_netns.insert(
-                *inode,
-                NetnsSettings {
-                    netns: *inode,
-                    owner: owner.clone(),
-                    settings,
-                },
-            );
-        }
+        let (settings, error) = match netns_settings(proc_root, *pid) {
+            Ok(settings) => (settings, None),
+            Err(err) if err.raw_os_error() == Some(libc::EPERM) => (
+                Vec::new(),
+                Some(format!(
+                    "cannot enter the namespace to read its sysctls: setns needs \
+                     CAP_SYS_ADMIN ({err})"
+                )),
+            ),
+            // The process ended between the scan and now: nothing to say.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => (Vec::new(), Some(err.to_string())),
+        };
+        by_netns.insert(
+            *inode,
+            NetnsSettings {
+                netns: *inode,
+                owner: owner.clone(),
+                settings,
+                error,
+            },
+        );
     }
+    let (node, node_unreadable) = node_settings();
     Inventory {
-        node: node_settings(),
+        node,
+        node_unreadable,
         netns: by_netns.into_values().collect(),
         devices: device_settings(sys),
         mounts: mount_settings(&mountinfo),
@@ -683,6 +743,7 @@ mod tests {
             netns: inode,
             owner: Some(format!("/pod{inode}")),
             settings: vec![Setting::new(somaxconn, value.into())],
+            error: None,
         };
         let before = Inventory {
             netns: vec![ns(1, "4096"), ns(2, "4096")],
@@ -724,7 +785,12 @@ mod tests {
 
     #[test]
     fn reads_this_node() {
-        let node = node_settings();
+        let (node, unreadable) = node_settings();
+        // In the node's own network namespace every global net sysctl is there.
+        assert!(
+            unreadable.iter().all(|u| !u.knob.starts_with("net.core")),
+            "{unreadable:?}"
+        );
         let backlog = node
             .iter()
             .find(|s| s.knob == "net.core.netdev_max_backlog")

@@ -80,13 +80,22 @@ impl Agent {
     }
 
     fn start_as(layout: Layout, args: &[&str]) -> Self {
+        let mut agent = Self::spawn(layout, &[], args);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Starts it without waiting for `ready`; `extra` capabilities are added to the
+    /// DaemonSet's (as the kustomize components do).
+    fn spawn(layout: Layout, extra: &[u32], args: &[&str]) -> Self {
         let unified = tuneprobe::cgroup::cgroup2_mount().expect("cgroup v2 mounted");
         let cgroup = unified.join(unique("tuneprobe-agent-"));
         fs::create_dir(&cgroup).expect("the agent's cgroup");
         let logs = std::env::temp_dir().join(unique("tuneprobe-ds-logs-"));
         fs::create_dir_all(logs.join("pods")).unwrap();
         fs::create_dir_all(logs.join("containers")).unwrap();
-        let keep = daemonset_capabilities();
+        let mut keep = daemonset_capabilities();
+        keep.extend(extra);
         let last_cap: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
             .unwrap()
             .trim()
@@ -119,13 +128,15 @@ impl Agent {
         if let Some(host) = &host {
             command.arg("--host-root").arg(host);
         }
-        command
-            .args(args)
-            .arg("--pod-logs-dir")
-            .arg(logs.join("pods"))
-            .args(["--kube-api", "none"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        command.args(args);
+        // Where workloads are named: the test's own log directories, no API.
+        if args.first() != Some(&"tuning") {
+            command
+                .arg("--pod-logs-dir")
+                .arg(logs.join("pods"))
+                .args(["--kube-api", "none"]);
+        }
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
         // SAFETY: between fork and exec the closure makes async-signal-safe system calls
         // on memory prepared before the fork.
         unsafe {
@@ -225,15 +236,13 @@ impl Agent {
                 let _ = tx.send(line);
             }
         });
-        let mut agent = Self {
+        Self {
             child,
             cgroup,
             stderr: rx,
             logs,
             host,
-        };
-        agent.wait_ready();
-        agent
+        }
     }
 
     fn wait_ready(&mut self) {
@@ -299,7 +308,7 @@ impl Agent {
         )
     }
 
-    /// Waits for a `snapshot` to end and parses its JSON.
+    /// Waits for a `snapshot` or `tuning` to end and parses its JSON.
     fn report(mut self) -> Value {
         let mut stdout = self.child.stdout.take().unwrap();
         let mut out = Vec::new();
@@ -618,4 +627,74 @@ fn block_io_is_the_readers_under_the_daemonsets_conditions() {
         .and_then(|w| w["block"].as_array().map(|b| b.len()))
         .unwrap_or(0);
     assert_eq!(idle_reads, 0);
+}
+
+/// The tuning inventory under the DaemonSet's conditions says what it cannot read
+/// instead of hiding it: pods' sysctls need CAP_SYS_ADMIN (the `pod-sysctls` kustomize
+/// component), the node's global net sysctls the node's network namespace. With
+/// CAP_SYS_ADMIN added, the pod's own value is read and attributed to it.
+#[test]
+fn the_tuning_inventory_says_what_it_cannot_read() {
+    let pair = NetnsPair::new();
+    let mut pod = PodCgroup::new();
+    let app = pod.container();
+    pair.exec(&pair.b, &["sysctl", "-qw", "net.core.somaxconn=77"]);
+    let mut server = Workload::spawn(&pair.b, Some(&app), &["pause"]);
+    assert_eq!(server.read_line(), "ready");
+    let inventory = |extra: &[u32]| {
+        let agent = Agent::spawn(Layout::DaemonSet, extra, &["tuning", "--json"]);
+        agent.report()
+    };
+    let owned = |json: &Value| {
+        json["netns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|ns| ns["netns"] == NetnsPair::inode(&pair.b))
+            .cloned()
+            .unwrap_or_else(|| panic!("no entry for the pod's namespace in {json:#}"))
+    };
+
+    let four = inventory(&[]);
+    let ns = owned(&four);
+    assert_eq!(ns["owner"], pod.pod_path.as_str(), "{ns:#}");
+    assert!(ns["settings"].as_array().unwrap().is_empty());
+    assert!(
+        ns["error"].as_str().unwrap().contains("CAP_SYS_ADMIN"),
+        "{ns:#}"
+    );
+    let backlog = four["node_unreadable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["knob"] == "net.core.netdev_max_backlog")
+        .unwrap_or_else(|| panic!("netdev_max_backlog neither read nor said unreadable: {four:#}"));
+    assert!(
+        backlog["reason"]
+            .as_str()
+            .unwrap()
+            .contains("network namespace"),
+        "{backlog}"
+    );
+    // What a namespace of its own does not hide is still read.
+    assert!(
+        four["node"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["knob"] == "vm.dirty_ratio")
+    );
+
+    // With the component's CAP_SYS_ADMIN (21).
+    let five = inventory(&[21]);
+    let ns = owned(&five);
+    assert!(ns["error"].is_null(), "{ns:#}");
+    let somaxconn = ns["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["knob"] == "net.core.somaxconn")
+        .unwrap_or_else(|| panic!("{ns:#}"));
+    assert_eq!(somaxconn["value"], "77");
+    assert_eq!(somaxconn["deviates"], true);
 }

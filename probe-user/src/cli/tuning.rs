@@ -34,7 +34,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
 fn table(inventory: &Inventory) -> String {
     let mut out = String::new();
-    let mut section = |title: String, settings: &[Setting]| {
+    let section = |out: &mut String, title: String, settings: &[Setting]| {
         let _ = writeln!(out, "{title}");
         for s in settings {
             let mark = match s.deviates {
@@ -50,16 +50,34 @@ fn table(inventory: &Inventory) -> String {
         }
         let _ = writeln!(out);
     };
-    section("node".into(), &inventory.node);
+    section(&mut out, "node".into(), &inventory.node);
+    if !inventory.node_unreadable.is_empty() {
+        let _ = writeln!(out, "node, unreadable here");
+        for unreadable in &inventory.node_unreadable {
+            let _ = writeln!(out, "  {:<38} {}", unreadable.knob, unreadable.reason);
+        }
+        let _ = writeln!(out);
+    }
     for ns in &inventory.netns {
         let owner = ns.owner.as_deref().unwrap_or("unknown owner");
-        section(format!("netns {} ({owner})", ns.netns), &ns.settings);
+        let title = format!("netns {} ({owner})", ns.netns);
+        match &ns.error {
+            Some(error) => {
+                let _ = writeln!(out, "{title}\n  unreadable: {error}\n");
+            }
+            None => section(&mut out, title, &ns.settings),
+        }
     }
     for device in &inventory.devices {
-        section(format!("device {}", device.device), &device.settings);
+        section(
+            &mut out,
+            format!("device {}", device.device),
+            &device.settings,
+        );
     }
     for mount in &inventory.mounts {
         section(
+            &mut out,
             format!(
                 "mount {} ({} {})",
                 mount.mountpoint, mount.source, mount.fstype
@@ -68,7 +86,11 @@ fn table(inventory: &Inventory) -> String {
         );
     }
     for cgroup in &inventory.cgroups {
-        section(format!("cgroup {}", cgroup.cgroup_path), &cgroup.settings);
+        section(
+            &mut out,
+            format!("cgroup {}", cgroup.cgroup_path),
+            &cgroup.settings,
+        );
     }
     out
 }
