@@ -742,9 +742,13 @@ pub fn node_name() -> String {
 /// Names from the log directories, and from the API when one is configured.
 /// Names from the API first, the container runtime next, the log directories last.
 fn pod_names(options: &CollectorOptions) -> anyhow::Result<PodNames> {
-    let mut names = PodNames::new(&options.pod_logs_dir, options.pod_grace);
+    // A pod's series go `pod_grace` after its cgroup does, and its name is seen gone
+    // at a different moment (log directory, API, runtime): names are kept twice as
+    // long, so a series never loses its name in its last seconds.
+    let grace = options.pod_grace * 2;
+    let mut names = PodNames::new(&options.pod_logs_dir, grace);
     if let Some(api) = options.kube_api.clone() {
-        let watcher = PodWatcher::start(api, options.node_name.clone(), options.pod_grace)
+        let watcher = PodWatcher::start(api, options.node_name.clone(), grace)
             .context("starting the pod watcher")?;
         names = names.with_store(watcher.store());
     }
@@ -754,7 +758,7 @@ fn pod_names(options: &CollectorOptions) -> anyhow::Result<PodNames> {
         CriSocket::Auto => crate::cri::find_socket().map(|path| (path, false)),
     };
     if let Some((path, asked_for)) = socket {
-        match crate::cri::CriWatcher::start(&path, options.pod_grace) {
+        match crate::cri::CriWatcher::start(&path, grace) {
             Ok(watcher) => names = names.with_store(watcher.store()),
             Err(err) if asked_for => return Err(err).context("--cri-socket"),
             // Found by looking: names still come from the other sources.
