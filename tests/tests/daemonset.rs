@@ -336,7 +336,7 @@ impl Drop for Agent {
     }
 }
 
-fn workload<'a>(json: &'a Value, cgroup_id: u64) -> &'a Value {
+fn workload(json: &Value, cgroup_id: u64) -> &Value {
     json["workloads"]
         .as_array()
         .unwrap()
