@@ -25,12 +25,13 @@ use std::{
 
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
-    LinuxContainerConfig, LinuxContainerResources, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListPodSandboxRequest, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest, VersionRequest, image_service_client::ImageServiceClient,
+    ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest, Device,
+    ImageSpec, KeyValue, LinuxContainerConfig, LinuxContainerResources,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    ListPodSandboxRequest, Mount, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    VersionRequest, image_service_client::ImageServiceClient,
     runtime_service_client::RuntimeServiceClient,
 };
 use sha2::{Digest as _, Sha256};
@@ -205,8 +206,16 @@ impl Cri {
         }
     }
 
-    /// Imports an image archive into the `k8s.io` namespace, where CRI finds images.
+    /// Imports an image archive holding [`IMAGE`] into the `k8s.io` namespace, where CRI
+    /// finds images.
     pub fn import_image(&self, archive: &Path) {
+        self.import_image_named(archive, IMAGE);
+    }
+
+    /// Imports an image archive into the `k8s.io` namespace and waits until CRI lists
+    /// `image` (a fully qualified reference, `docker.io/library/NAME:TAG`): an archive
+    /// that does not carry that name fails here, not at CreateContainer.
+    pub fn import_image_named(&self, archive: &Path, image: &str) {
         let out = Command::new("ctr")
             .arg("--address")
             .arg(self.socket())
@@ -226,14 +235,18 @@ impl Cri {
         loop {
             let status = self.rt.block_on(self.images.clone().image_status(
                 k8s_cri::v1::ImageStatusRequest {
-                    image: Some(image_spec()),
+                    image: Some(image_spec(image)),
                     verbose: false,
                 },
             ));
             if status.is_ok_and(|s| s.into_inner().image.is_some()) {
                 return;
             }
-            assert!(Instant::now() < deadline, "CRI never saw {IMAGE}");
+            assert!(
+                Instant::now() < deadline,
+                "CRI never saw {image} after importing {}",
+                archive.display()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -261,6 +274,23 @@ impl Cri {
     /// Runs a pod sandbox as the kubelet does (metadata, labels, log directory, cgroup
     /// parent of the cgroupfs driver, its own network namespace from CNI).
     pub fn run_pod(&self, namespace: &str, name: &str, uid: &str, qos: Qos) -> Pod<'_> {
+        let options = PodOptions {
+            labels: HashMap::from([("app.kubernetes.io/name".to_string(), name.to_string())]),
+            ..PodOptions::default()
+        };
+        self.run_pod_with(namespace, name, uid, qos, &options)
+    }
+
+    /// [`run_pod`](Self::run_pod) with the pod spec's own labels, annotations and
+    /// `hostPID`.
+    pub fn run_pod_with(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        qos: Qos,
+        options: &PodOptions,
+    ) -> Pod<'_> {
         let log_directory = self.logs.join(format!("{namespace}_{name}_{uid}"));
         // The kubelet creates the pod's log directory before RunPodSandbox.
         fs::create_dir_all(&log_directory).expect("create the pod log directory");
@@ -273,16 +303,22 @@ impl Cri {
             "{}/kubepods/{qos_dir}pod{uid}",
             self.leftovers.cgroup_prefix
         );
-        let labels = HashMap::from([
+        // The kubelet copies the pod's own labels onto its sandbox, then adds its own.
+        let mut labels = options.labels.clone();
+        labels.extend([
             ("io.kubernetes.pod.name".to_string(), name.to_string()),
             (
                 "io.kubernetes.pod.namespace".to_string(),
                 namespace.to_string(),
             ),
             ("io.kubernetes.pod.uid".to_string(), uid.to_string()),
-            // The kubelet copies the pod's own labels onto its sandbox.
-            ("app.kubernetes.io/name".to_string(), name.to_string()),
         ]);
+        let namespace_options = NamespaceOption {
+            network: NamespaceMode::Pod as i32,
+            pid: pid_mode(options.host_pid) as i32,
+            ipc: NamespaceMode::Pod as i32,
+            ..Default::default()
+        };
         let config = PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: name.to_string(),
@@ -293,17 +329,13 @@ impl Cri {
             hostname: name.to_string(),
             log_directory: log_directory.display().to_string(),
             labels,
+            annotations: options.annotations.clone(),
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: cgroup_parent.clone(),
                 security_context: Some(LinuxSandboxSecurityContext {
                     // The kubelet's defaults: the pod's own network and IPC namespaces,
-                    // a PID namespace per container.
-                    namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Pod as i32,
-                        pid: NamespaceMode::Container as i32,
-                        ipc: NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
+                    // a PID namespace per container (the node's with hostPID).
+                    namespace_options: Some(namespace_options),
                     ..Default::default()
                 }),
                 // No IPv6 on the pod's interface: no router solicitations or MLD reports
@@ -351,6 +383,7 @@ impl Cri {
             config,
             ip: String::new(),
             netns: PathBuf::new(),
+            host_pid: options.host_pid,
             removed: false,
         };
         let status = self.call(
@@ -509,7 +542,39 @@ pub struct Pod<'a> {
     pub ip: String,
     /// The pod's network namespace (`/var/run/netns/cni-…`).
     pub netns: PathBuf,
+    /// `hostPID`: its containers join the node's PID namespace too.
+    host_pid: bool,
     removed: bool,
+}
+
+/// What a pod spec sets on its sandbox beyond names and QoS.
+#[derive(Debug, Clone, Default)]
+pub struct PodOptions {
+    /// The pod's own labels (`metadata.labels`).
+    pub labels: HashMap<String, String>,
+    /// The pod's annotations (`metadata.annotations`).
+    pub annotations: HashMap<String, String>,
+    /// `hostPID: true`: the sandbox and its containers in the node's PID namespace.
+    pub host_pid: bool,
+}
+
+/// One container as the kubelet hands it to CRI, for [`Pod::create_container_with`].
+#[derive(Debug, Clone, Default)]
+pub struct ContainerSpec {
+    pub name: String,
+    /// A fully qualified image reference that the runtime has (see
+    /// [`Cri::import_image_named`]).
+    pub image: String,
+    /// Replaces the image's entrypoint when not empty (`command:` of the pod spec).
+    pub command: Vec<String>,
+    /// Replaces the image's default command (`args:` of the pod spec).
+    pub args: Vec<String>,
+    pub envs: Vec<(String, String)>,
+    pub mounts: Vec<Mount>,
+    pub resources: LinuxContainerResources,
+    /// Capabilities, user, read-only root, no_new_privs, seccomp... Its namespace
+    /// options are the pod's (as the kubelet sets them), whatever is given here.
+    pub security_context: LinuxContainerSecurityContext,
 }
 
 /// One started container of a [`Pod`].
@@ -534,6 +599,51 @@ impl Pod<'_> {
         argv: &[&str],
         resources: LinuxContainerResources,
     ) -> PodContainer {
+        self.create_container_with(ContainerSpec {
+            name: name.to_string(),
+            image: IMAGE.to_string(),
+            command: argv.iter().map(|a| a.to_string()).collect(),
+            resources,
+            ..ContainerSpec::default()
+        })
+    }
+
+    /// [`create_container`](Self::create_container) with host block or character
+    /// devices (a pod spec's `volumeDevices`, or a device plugin's allocation): each at
+    /// the same path inside the container, readable, writable and creatable (`rwm`), in
+    /// the container's device cgroup allow list.
+    pub fn create_container_with_devices(
+        &self,
+        name: &str,
+        argv: &[&str],
+        resources: LinuxContainerResources,
+        devices: &[&str],
+    ) -> PodContainer {
+        let spec = ContainerSpec {
+            name: name.to_string(),
+            image: IMAGE.to_string(),
+            command: argv.iter().map(|a| a.to_string()).collect(),
+            resources,
+            ..ContainerSpec::default()
+        };
+        let devices = devices
+            .iter()
+            .map(|path| Device {
+                container_path: path.to_string(),
+                host_path: path.to_string(),
+                permissions: "rwm".to_string(),
+            })
+            .collect();
+        self.create(spec, devices)
+    }
+
+    /// Creates and starts a container as the kubelet does from a full container spec.
+    pub fn create_container_with(&self, spec: ContainerSpec) -> PodContainer {
+        self.create(spec, Vec::new())
+    }
+
+    fn create(&self, spec: ContainerSpec, devices: Vec<Device>) -> PodContainer {
+        let name = spec.name.as_str();
         // The kubelet creates `<pod log dir>/<container>/` and names the file by restart
         // count.
         fs::create_dir_all(self.log_directory.join(name)).expect("container log directory");
@@ -552,13 +662,30 @@ impl Pod<'_> {
                 name: name.to_string(),
                 attempt: 0,
             }),
-            image: Some(image_spec()),
-            command: argv.iter().map(|a| a.to_string()).collect(),
+            image: Some(image_spec(&spec.image)),
+            command: spec.command,
+            args: spec.args,
+            envs: spec
+                .envs
+                .into_iter()
+                .map(|(key, value)| KeyValue { key, value })
+                .collect(),
+            mounts: spec.mounts,
+            devices,
             labels,
             log_path: log_path.clone(),
             linux: Some(LinuxContainerConfig {
-                resources: Some(resources),
-                ..Default::default()
+                resources: Some(spec.resources),
+                security_context: Some(LinuxContainerSecurityContext {
+                    // The kubelet gives every container the pod's namespaces.
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Pod as i32,
+                        pid: pid_mode(self.host_pid) as i32,
+                        ipc: NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..spec.security_context
+                }),
             }),
             ..Default::default()
         };
@@ -635,26 +762,32 @@ impl Pod<'_> {
         (pid, cgroup)
     }
 
+    /// The container's exit code once it has exited; `None` while it runs.
+    pub fn exit_code(&self, container: &PodContainer) -> Option<i32> {
+        let status = self
+            .cri
+            .call(
+                "ContainerStatus",
+                self.cri
+                    .runtime
+                    .clone()
+                    .container_status(ContainerStatusRequest {
+                        container_id: container.id.clone(),
+                        verbose: false,
+                    }),
+            )
+            .status
+            .expect("a container status");
+        (status.state == k8s_cri::v1::ContainerState::ContainerExited as i32)
+            .then_some(status.exit_code)
+    }
+
     /// Waits until the container has exited; returns its exit code.
     pub fn wait_exit(&self, container: &PodContainer, timeout: Duration) -> i32 {
         let deadline = Instant::now() + timeout;
         loop {
-            let status = self
-                .cri
-                .call(
-                    "ContainerStatus",
-                    self.cri
-                        .runtime
-                        .clone()
-                        .container_status(ContainerStatusRequest {
-                            container_id: container.id.clone(),
-                            verbose: false,
-                        }),
-                )
-                .status
-                .expect("a container status");
-            if status.state == k8s_cri::v1::ContainerState::ContainerExited as i32 {
-                return status.exit_code;
+            if let Some(code) = self.exit_code(container) {
+                return code;
             }
             assert!(
                 Instant::now() < deadline,
@@ -663,6 +796,24 @@ impl Pod<'_> {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Runs a host command in the pod's network namespace (`nsenter --net=`; mounts,
+    /// `/sys` and cgroups stay the host's) and returns its stdout; panics if it fails.
+    pub fn netns_exec(&self, args: &[&str]) -> String {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("nsenter {args:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "nsenter --net={} {args:?}: {}{}",
+            self.netns.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Stops and removes one container (SIGKILL at once: a timeout of 0).
@@ -759,10 +910,19 @@ pub fn dns_name(prefix: &str) -> String {
     unique(prefix).to_ascii_lowercase()
 }
 
-fn image_spec() -> ImageSpec {
+fn image_spec(image: &str) -> ImageSpec {
     ImageSpec {
-        image: IMAGE.to_string(),
+        image: image.to_string(),
         ..Default::default()
+    }
+}
+
+/// The PID namespace of a pod's sandbox and containers: the node's with `hostPID`.
+fn pid_mode(host_pid: bool) -> NamespaceMode {
+    if host_pid {
+        NamespaceMode::Node
+    } else {
+        NamespaceMode::Container
     }
 }
 
