@@ -1,14 +1,16 @@
 //! Real pods: a private containerd driven through CRI as the kubelet drives it
 //! ([`tuneprobe_tests::cri`]), with the kubelet's cgroupfs layout, pod network
-//! namespaces from a CNI bridge and the kubelet's pod log directories. Drops, CPU
-//! throttling and pod deletion are checked against the kernel's own counters and named
-//! by namespace, pod and container.
+//! namespaces from a CNI bridge and the kubelet's pod log directories. Drops, TCP
+//! retransmits, DNS lookups, block IO on a device given to a container, CPU throttling
+//! and pod deletion are checked against the kernel's own counters (or the client's own
+//! view) and named by namespace, pod and container.
 //!
 //! Each test starts its own containerd; only the test's own pods are looked at.
 
 use std::{
     collections::{HashMap, HashSet},
     fs,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
@@ -26,7 +28,7 @@ use tuneprobe::{
     report::Workload as Report,
 };
 use tuneprobe_tests::{
-    Running,
+    LoopDevice, Running,
     cri::{Cri, Pod, PodContainer, Qos, dns_name, inode, pod_uid},
     free_port, http_get, sh, tuneprobe_binary, unique, wait_for_metrics,
 };
@@ -436,9 +438,13 @@ fn agent_maps(pid: u32) -> HashMap<String, u32> {
     maps
 }
 
-/// Keys of the agent's drop map that belong to the given cgroups or network namespace.
-/// Keys start with the cgroup id (u64), the namespace inode (u32) follows.
-fn own_drop_entries(maps: &HashMap<String, u32>, cgroups: &HashSet<u64>, netns: u32) -> usize {
+/// Keys of the agent's drop map that belong to the given cgroups or (if given) network
+/// namespace. Keys start with the cgroup id (u64), the namespace inode (u32) follows.
+fn own_drop_entries(
+    maps: &HashMap<String, u32>,
+    cgroups: &HashSet<u64>,
+    netns: Option<u32>,
+) -> usize {
     let dump: serde_json::Value = serde_json::from_str(&sh(&[
         "bpftool",
         "-j",
@@ -462,9 +468,18 @@ fn own_drop_entries(maps: &HashMap<String, u32>, cgroups: &HashSet<u64>, netns: 
         })
         .filter(|k| {
             cgroups.contains(&u64::from_ne_bytes(k[0..8].try_into().unwrap()))
-                || u32::from_ne_bytes(k[8..12].try_into().unwrap()) == netns
+                || Some(u32::from_ne_bytes(k[8..12].try_into().unwrap())) == netns
         })
         .count()
+}
+
+/// Whether a network namespace with inode `netns` exists now: a process in it, or a
+/// bind mount under /run/netns (CNI's, `ip netns add`).
+fn netns_alive(netns: u32) -> bool {
+    let is_it = |path: PathBuf| fs::metadata(path).is_ok_and(|m| m.ino() == u64::from(netns));
+    let entries = |dir: &str| fs::read_dir(dir).into_iter().flatten().flatten();
+    entries("/proc").any(|e| is_it(e.path().join("ns/net")))
+        || entries("/run/netns").any(|e| is_it(e.path()))
 }
 
 /// The value of the NO_SOCKET drop series of a pod, by name, if `/metrics` has it.
@@ -557,7 +572,7 @@ fn a_pod_deleted_through_cri_leaves_metrics_after_the_grace_and_the_maps_too() {
     let netns = inode(&gone.netns) as u32;
     let maps = agent_maps(serve.0.id());
     assert!(
-        own_drop_entries(&maps, &cgroups, netns) > 0,
+        own_drop_entries(&maps, &cgroups, Some(netns)) > 0,
         "the drops are in the map"
     );
 
@@ -600,12 +615,28 @@ fn a_pod_deleted_through_cri_leaves_metrics_after_the_grace_and_the_maps_too() {
         "gone after {:?}, before the grace",
         removed.elapsed()
     );
-    // Nothing leaks: the pod's kernel map entries are deleted with its series.
+    // Nothing leaks: the pod's kernel map entries are deleted with its series. The
+    // kernel reuses a namespace's inode as soon as it is gone: once a namespace of a test
+    // running beside this one has the deleted pod's, entries under that inode are the
+    // new namespace's (the agent rightly keeps them), and only the pod's cgroups still
+    // tell its own entries apart.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while own_drop_entries(&maps, &cgroups, netns) > 0 {
+    loop {
+        let reused = netns_alive(netns);
+        let left = own_drop_entries(&maps, &cgroups, (!reused).then_some(netns));
+        if reused {
+            eprintln!(
+                "the deleted pod's netns inode {netns} is in use again; entries under it: {}",
+                own_drop_entries(&maps, &HashSet::new(), Some(netns))
+            );
+        }
+        if left == 0 {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
-            "the deleted pod's drop entries stayed in the map"
+            "{left} drop entries of the deleted pod stayed in the map (its netns inode \
+             {netns} in use again: {reused})"
         );
         thread::sleep(Duration::from_millis(200));
     }
@@ -726,4 +757,351 @@ fn wait_for_log(path: &Path, marker: &str) {
         );
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A counter of a pod's network namespace, read from its bind mount (`nsenter --net`):
+/// the namespace outlives containers that have exited.
+fn netns_snmp(pod: &Pod<'_>, group: &str, name: &str) -> u64 {
+    let text = pod.netns_exec(&["cat", "/proc/net/snmp"]);
+    parse_netstat(&text)
+        .get(group)
+        .and_then(|g| g.get(name))
+        .copied()
+        .unwrap_or_else(|| panic!("no {group}:{name} in {text}"))
+}
+
+/// An nftables table of a test in a pod's network namespace: a unique name, deleted on
+/// drop (a failed test included; the namespace's removal would take it too).
+struct PodNftTable {
+    netns: PathBuf,
+    name: String,
+}
+
+impl PodNftTable {
+    /// Table `inet NAME`, chain `c` on the input hook, with `rule` in it.
+    fn input_rule(pod: &Pod<'_>, rule: &str) -> Self {
+        let table = Self {
+            netns: pod.netns.clone(),
+            name: unique("tp"),
+        };
+        pod.netns_exec(&["nft", "add", "table", "inet", &table.name]);
+        pod.netns_exec(&[
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            &table.name,
+            "c",
+            "{ type filter hook input priority 0; policy accept; }",
+        ]);
+        pod.netns_exec(&["nft", "add", "rule", "inet", &table.name, "c", rule]);
+        table
+    }
+
+    /// Packets counted by the rule's `counter`.
+    fn packets(&self, pod: &Pod<'_>) -> u64 {
+        let out = pod.netns_exec(&["nft", "list", "table", "inet", &self.name]);
+        out.split("counter packets ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter in {out}"))
+    }
+}
+
+impl Drop for PodNftTable {
+    fn drop(&mut self) {
+        let _ = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .args(["nft", "delete", "table", "inet", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Runs `command` in a new container of `pod` (with host `devices`), waits until it has
+/// finished and checks that it succeeded. The container stays, asleep: CRI removes an
+/// exited container's cgroups at once, before a collector that names cgroups when it
+/// ticks (once a second) may have seen them, and the load would go unnamed.
+fn run_and_stay(pod: &Pod<'_>, name: &str, command: &str, devices: &[&str]) -> PodContainer {
+    let script = format!("{command}; echo exit $?; exec sleep 3600");
+    let container =
+        pod.create_container_with_devices(name, &["/bin/sh", "-c", &script], no_limits(), devices);
+    wait_for_log(&container.log_path, " stdout F exit ");
+    let log = fs::read_to_string(&container.log_path).unwrap();
+    assert!(log.contains(" stdout F exit 0\n"), "{name} failed: {log}");
+    container
+}
+
+/// `testload tcp-send` of 1 MB to `addr`, from a new container of `pod`.
+fn tcp_send(pod: &Pod<'_>, name: &str, addr: &str) -> PodContainer {
+    run_and_stay(
+        pod,
+        name,
+        &format!("/bin/testload tcp-send {addr} 1000000"),
+        &[],
+    )
+}
+
+#[test]
+fn a_dropped_first_segment_is_retransmitted_by_the_sending_container_by_name() {
+    let cri = Cri::start();
+    let namespace = dns_name("shop");
+    let receiver = cri.run_pod(&namespace, &dns_name("db-"), &pod_uid(), Qos::Burstable);
+    let sender = cri.run_pod(&namespace, &dns_name("web-"), &pod_uid(), Qos::Burstable);
+    let (lossy_addr, clean_addr) = (
+        format!("{}:5001", receiver.ip),
+        format!("{}:5002", receiver.ip),
+    );
+    for (name, addr) in [("sink", &lossy_addr), ("sink2", &clean_addr)] {
+        let sink =
+            receiver.create_container(name, &["/bin/testload", "tcp-sink", addr], no_limits());
+        wait_for_log(&sink.log_path, "ready");
+    }
+    // In the receiving pod's namespace: drops exactly one packet, the first data
+    // segment (or GSO skb) to port 5001.
+    let nft = PodNftTable::input_rule(
+        &receiver,
+        "tcp dport 5001 meta length > 200 limit rate 1/hour burst 1 packets counter drop",
+    );
+
+    let collector = start(&cri);
+    let before = netns_snmp(&sender, "Tcp", "RetransSegs");
+    tcp_send(&sender, "lossy", &lossy_addr);
+    let lossy_segs = netns_snmp(&sender, "Tcp", "RetransSegs") - before;
+    // Negative control: the same send from another container of the pod, to a port
+    // nothing drops.
+    tcp_send(&sender, "clean", &clean_addr);
+    let total_segs = netns_snmp(&sender, "Tcp", "RetransSegs") - before;
+    let snapshot = collector
+        .finish()
+        .unwrap_or_else(|e| panic!("finish: {e:#}"));
+
+    let dropped = nft.packets(&receiver);
+    eprintln!(
+        "nft dropped {dropped}; RetransSegs of {}/{} +{lossy_segs} (+{total_segs} with the \
+         clean send); the probe: {:?}",
+        sender.namespace,
+        sender.name,
+        by_name(&snapshot, &sender, Some("lossy")).map(|w| w.tcp)
+    );
+    assert_eq!(dropped, 1, "the rule drops exactly one packet");
+    assert!(lossy_segs >= 1, "the kernel retransmitted nothing?");
+    let lossy = by_name(&snapshot, &sender, Some("lossy")).unwrap_or_else(|| {
+        panic!(
+            "no report named {}/{}/lossy: {:#?}",
+            sender.namespace, sender.name, snapshot.workloads
+        )
+    });
+    assert_eq!(lossy.pod_uid.as_deref(), Some(sender.uid.as_str()));
+    assert_eq!(lossy.netns, Some(inode(&sender.netns) as u32));
+    let tcp = lossy.tcp;
+    assert!(tcp.retransmits >= 1, "{tcp:?}");
+    assert!(tcp.retransmits <= lossy_segs, "{tcp:?} vs +{lossy_segs}");
+    // Every retransmitted segment of the sending pod's namespace is the container's.
+    assert_eq!(tcp.retransmitted_segments, lossy_segs, "{tcp:?}");
+    assert_eq!(tcp.failed_retransmits, 0, "{tcp:?}");
+
+    // The clean send retransmitted nothing, in the kernel's count and the probe's.
+    assert_eq!(total_segs, lossy_segs, "the clean send retransmitted");
+    let clean = by_name(&snapshot, &sender, Some("clean")).map_or_else(Default::default, |w| w.tcp);
+    assert_eq!(clean.retransmits + clean.failed_retransmits, 0, "{clean:?}");
+    assert_eq!(clean.retransmitted_segments, 0, "{clean:?}");
+    // The receiving pod only acknowledged: nothing of its own was retransmitted.
+    for report in all_of(&snapshot, &receiver) {
+        assert_eq!(report.tcp.retransmits, 0, "{report:#?}");
+    }
+}
+
+#[test]
+fn dns_lookups_of_a_container_are_counted_and_timed_by_name() {
+    const N: u64 = 15;
+    const DELAY_MS: f64 = 20.0;
+    let cri = Cri::start();
+    let namespace = dns_name("shop");
+    let dns = cri.run_pod(
+        &dns_name("kube-system-"),
+        &dns_name("coredns-"),
+        &pod_uid(),
+        Qos::Burstable,
+    );
+    let web = cri.run_pod(&namespace, &dns_name("web-"), &pod_uid(), Qos::Burstable);
+    let resolver = format!("{}:53", dns.ip);
+    // Answers every query with NOERROR, 20 ms after it arrived.
+    let server = dns.create_container(
+        "coredns",
+        &["/bin/testload", "dns-server", &resolver, "20", "0"],
+        no_limits(),
+    );
+    wait_for_log(&server.log_path, "ready");
+    // Negative control: a container of the same pod that looks nothing up.
+    web.create_container("idle", SLEEP, no_limits());
+
+    let collector = start(&cri);
+    let client = run_and_stay(
+        &web,
+        "client",
+        &format!("/bin/testload dns-query {resolver} svc.test {N} udp 2000"),
+        &[],
+    );
+    let snapshot = collector
+        .finish()
+        .unwrap_or_else(|e| panic!("finish: {e:#}"));
+
+    // What the client saw: `answered N median_ms M min_ms F`, in CRI's log format.
+    let log = fs::read_to_string(&client.log_path).expect("the client's log");
+    let printed = log
+        .lines()
+        .find_map(|l| l.split_once(" stdout F answered "))
+        .map(|(_, rest)| rest.split_whitespace().collect::<Vec<_>>())
+        .unwrap_or_else(|| panic!("no answer count in {log}"));
+    let (answered, client_median): (u64, f64) = match printed.as_slice() {
+        [n, "median_ms", m, "min_ms", _] => (n.parse().unwrap(), m.parse().unwrap()),
+        _ => panic!("dns-query printed {printed:?}"),
+    };
+    let report = by_name(&snapshot, &web, Some("client")).unwrap_or_else(|| {
+        panic!(
+            "no report named {}/{}/client: {:#?}",
+            web.namespace, web.name, snapshot.workloads
+        )
+    });
+    let lookups = report
+        .dns
+        .as_ref()
+        .unwrap_or_else(|| panic!("no DNS: {report:#?}"));
+    eprintln!(
+        "client printed answered {answered} median {client_median} ms; the probe: {} \
+         queries, {} responses, {:?}, median {:?} ms",
+        lookups.queries, lookups.responses, lookups.by_rcode, lookups.latency_ms.p50
+    );
+    assert_eq!(answered, N, "{log}");
+    assert_eq!(report.container_id.as_deref(), Some(client.id.as_str()));
+    assert_eq!(lookups.queries, N, "{lookups:?}");
+    assert_eq!(lookups.responses, N, "{lookups:?}");
+    assert_eq!(lookups.by_rcode.get("NOERROR"), Some(&N), "{lookups:?}");
+    assert_eq!(lookups.by_rcode.values().sum::<u64>(), N, "{lookups:?}");
+    assert_eq!((lookups.timeouts, lookups.malformed), (0, 0), "{lookups:?}");
+    assert_eq!(
+        lookups.by_resolver.keys().collect::<Vec<_>>(),
+        [&dns.ip],
+        "{lookups:?}"
+    );
+    // No answer comes before the server's delay; the kernel sees each answer before the
+    // client does (the median is estimated from buckets at most ~3% wide).
+    let p50 = lookups.latency_ms.p50.expect("a median");
+    assert!(
+        p50 >= DELAY_MS - 1.0 && p50 <= client_median * 1.03 + 0.01 && p50 < 200.0,
+        "probe median {p50} ms: server delay {DELAY_MS} ms, client median {client_median} ms"
+    );
+
+    let idle = by_name(&snapshot, &web, Some("idle")).and_then(|w| w.dns.as_ref());
+    assert!(idle.is_none_or(|d| d.queries == 0), "{idle:?}");
+}
+
+/// `MAJ:MIN` of a block device (`loop3`), as the kernel's cgroup files name it.
+fn dev_number(name: &str) -> String {
+    fs::read_to_string(format!("/sys/block/{name}/dev"))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .trim()
+        .to_string()
+}
+
+/// The kernel's count of `op` (`Read`, `Write`) IOs a v1 blkio cgroup issued to a
+/// device (`blkio.throttle.io_serviced`: counted per bio, whatever the limits).
+fn io_serviced(container: &PodContainer, device: &str, op: &str) -> u64 {
+    let mount = Hierarchies::of_this_node()
+        .blkio
+        .expect("a v1 blkio hierarchy");
+    let file = under(&mount, &container.cgroup_path).join("blkio.throttle.io_serviced");
+    let text = fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    text.lines()
+        .find_map(
+            |line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                [dev, o, n] if dev == device && o == op => n.parse().ok(),
+                _ => None,
+            },
+        )
+        .unwrap_or(0)
+}
+
+#[test]
+fn direct_reads_of_a_device_given_to_a_container_are_its_block_io_by_name() {
+    const N: u64 = 200;
+    let disk = LoopDevice::new(8);
+    let cri = Cri::start();
+    let namespace = dns_name("data");
+    let pod = cri.run_pod(&namespace, &dns_name("db-"), &pod_uid(), Qos::Burstable);
+    // Negative control: a container of the same pod that does no IO.
+    pod.create_container("idle", SLEEP, no_limits());
+    // The kernel counts a cgroup's IOs (`blkio.throttle.io_serviced`) only on a device
+    // with blk-throttle active, which a first limit on it activates: a limit on the pod
+    // that no test comes near.
+    let device = dev_number(disk.name());
+    let blkio = Hierarchies::of_this_node()
+        .blkio
+        .expect("a v1 blkio hierarchy");
+    fs::write(
+        under(&blkio, &pod.cgroup_parent).join("blkio.throttle.read_iops_device"),
+        format!("{device} 1000000"),
+    )
+    .expect("a read IOPS limit on the pod");
+
+    let collector = start(&cri);
+    // The device as CRI hands it to runc (a pod's `volumeDevices`): a node in the
+    // container's /dev and an entry in its device cgroup. busybox dd reads it with
+    // O_DIRECT, 4 KiB at a time.
+    let reader = run_and_stay(
+        &pod,
+        "reader",
+        &format!(
+            "/bin/busybox dd if={} of=/dev/null bs=4096 count={N} iflag=direct",
+            disk.device
+        ),
+        &[&disk.device],
+    );
+    let log = fs::read_to_string(&reader.log_path).unwrap();
+    assert!(
+        log.contains(&format!(" stderr F {N}+0 records in")),
+        "{log}"
+    );
+    let kernel = io_serviced(&reader, &device, "Read");
+    let snapshot = collector
+        .finish()
+        .unwrap_or_else(|e| panic!("finish: {e:#}"));
+
+    let report = by_name(&snapshot, &pod, Some("reader")).unwrap_or_else(|| {
+        panic!(
+            "no report named {}/{}/reader: {:#?}",
+            pod.namespace, pod.name, snapshot.workloads
+        )
+    });
+    let reads: Vec<_> = report
+        .block
+        .iter()
+        .filter(|b| b.device == disk.name() && b.op == "read")
+        .collect();
+    eprintln!(
+        "{} of {}/{}/reader: blkio io_serviced Read {kernel}; the probe: {reads:?}",
+        disk.name(),
+        pod.namespace,
+        pod.name
+    );
+    assert_eq!(kernel, N, "the reader's blkio cgroup issued {kernel} reads");
+    let [read] = reads.as_slice() else {
+        panic!("one read entry for {}: {report:#?}", disk.name())
+    };
+    assert_eq!(read.requests, kernel, "{read:?}");
+    assert_eq!(read.bytes, read.requests * 4096, "{read:?}");
+    assert_eq!(read.errors, 0, "{read:?}");
+    assert_eq!(report.container_id.as_deref(), Some(reader.id.as_str()));
+    assert!(
+        !report
+            .block
+            .iter()
+            .any(|b| b.device == disk.name() && b.op != "read"),
+        "{report:#?}"
+    );
+
+    let idle = by_name(&snapshot, &pod, Some("idle")).map(|w| &w.block);
+    assert!(idle.is_none_or(Vec::is_empty), "{idle:?}");
 }
