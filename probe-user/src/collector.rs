@@ -144,6 +144,10 @@ pub struct Collector {
     netns_last: HashMap<u32, NetnsTcpCounters>,
     /// cpu cgroups with a quota, by path.
     cpu_watch: HashMap<String, CpuWatch>,
+    /// `cpu.stat` at the window's start of the cpu cgroups that had no quota then
+    /// (`None` before the first scan): a quota set later counts from there, and a
+    /// cgroup created since counts from zero, as its counters do.
+    cpu_at_start: Option<HashMap<String, CpuAccounting>>,
     pod_names: PodNames,
     options: CollectorOptions,
     /// DNS queries that timed out during the window, per (workload, resolver).
@@ -191,6 +195,7 @@ impl Collector {
             netns_first: HashMap::new(),
             netns_last: HashMap::new(),
             cpu_watch: HashMap::new(),
+            cpu_at_start: None,
             pod_names: pod_names(&options)?,
             options,
             dns_timeouts: HashMap::new(),
@@ -493,6 +498,9 @@ impl Collector {
                 }
                 if self.paths_ref(hierarchy).root() == self.paths_ref(Hierarchy::Cpu).root() {
                     self.cpu_watch.remove(&path);
+                    if let Some(at_start) = self.cpu_at_start.as_mut() {
+                        at_start.remove(&path);
+                    }
                 }
             }
         }
@@ -518,6 +526,8 @@ impl Collector {
         paths.refresh();
         let root = paths.root().to_path_buf();
         let known: Vec<String> = paths.known().map(|(_, p)| p.to_string()).collect();
+        let first_scan = self.cpu_at_start.is_none();
+        let at_start = self.cpu_at_start.get_or_insert_with(HashMap::new);
         for path in known {
             let dir = join(&root, &path);
             if let Some(watch) = self.cpu_watch.get_mut(&path) {
@@ -528,20 +538,31 @@ impl Collector {
             }
             // Checked again every tick: a quota may be set after the cgroup appears
             // (runtimes create, then configure) or changed later (in-place resize).
-            let (Some(limit), Some(first)) = (CpuLimit::read(&dir), CpuAccounting::read(&dir))
+            let (Some(limit), Some(now)) = (CpuLimit::read(&dir), CpuAccounting::read(&dir))
             else {
                 continue;
             };
-            if limit.quota_us.is_some() {
-                self.cpu_watch.insert(
-                    path,
-                    CpuWatch {
-                        first,
-                        last: first,
-                        limit,
-                    },
-                );
+            if limit.quota_us.is_none() {
+                if first_scan {
+                    at_start.insert(path, now);
+                }
+                continue;
             }
+            // Counted from the window's start, not from the tick that noticed the quota:
+            // a container is throttled hardest in its first second, before that tick.
+            let first = if first_scan {
+                now
+            } else {
+                at_start.remove(&path).unwrap_or_default()
+            };
+            self.cpu_watch.insert(
+                path,
+                CpuWatch {
+                    first,
+                    last: now,
+                    limit,
+                },
+            );
         }
     }
 
