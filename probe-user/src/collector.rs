@@ -538,8 +538,7 @@ impl Collector {
             }
             // Checked again every tick: a quota may be set after the cgroup appears
             // (runtimes create, then configure) or changed later (in-place resize).
-            let (Some(limit), Some(now)) = (CpuLimit::read(&dir), CpuAccounting::read(&dir))
-            else {
+            let (Some(limit), Some(now)) = (CpuLimit::read(&dir), CpuAccounting::read(&dir)) else {
                 continue;
             };
             if limit.quota_us.is_none() {
@@ -961,13 +960,31 @@ impl<'a> Builder<'a> {
         }
         let workload = match self.collector.paths(hierarchy).path(id) {
             Some(path) => self.by_path(hierarchy, &path),
-            None => self
-                .workloads
-                .entry(Key::UnknownCgroup(hierarchy, id))
-                .or_insert_with(|| Workload {
-                    cgroup_id: Some(id),
-                    ..Default::default()
-                }),
+            None => {
+                // A cgroup created and removed between two scans: a container that lived
+                // less than a second. Its network namespace still says whose pod it was.
+                let pod = netns
+                    .and_then(|ns| self.collector.attributor.netns_owner(ns))
+                    .map(parse_kube_path)
+                    .filter(|identity| identity.is_pod());
+                let names = &self.collector.pod_names;
+                let uid = pod.and_then(|identity| identity.pod_uid);
+                let name = uid.as_deref().and_then(|uid| names.pod(uid));
+                let pod_labels = uid
+                    .as_deref()
+                    .map(|uid| names.labels(uid))
+                    .unwrap_or_default();
+                self.workloads
+                    .entry(Key::UnknownCgroup(hierarchy, id))
+                    .or_insert_with(|| Workload {
+                        cgroup_id: Some(id),
+                        namespace: name.as_ref().map(|p| p.namespace.clone()),
+                        pod: name.map(|p| p.pod),
+                        pod_labels,
+                        pod_uid: uid,
+                        ..Default::default()
+                    })
+            }
         };
         if workload.netns.is_none() {
             workload.netns = netns;

@@ -409,3 +409,73 @@ fn a_deleted_pod_leaves_the_report_after_the_grace_period() {
         after.workloads
     );
 }
+
+/// A container that lives less than a scan (created and removed between two of them):
+/// its cgroup can no longer be named, but its network namespace still says whose pod it
+/// was, so its retransmits go to that pod (names included), not to a bare cgroup id.
+#[test]
+fn a_container_gone_before_any_scan_is_still_its_pods() {
+    let pair = NetnsPair::new();
+    let mut pod = PodCgroup::new();
+    let keeper = pod.container();
+    let mut pause = Workload::spawn(&pair.a, Some(&keeper), &["pause"]);
+    assert_eq!(pause.read_line(), "ready");
+    let mut sink = Workload::spawn(&pair.b, None, &["tcp-sink", &format!("{ADDR_B}:5003")]);
+    assert_eq!(sink.read_line(), "ready");
+    let nft = NftTable::with_rule(
+        &pair,
+        &pair.b,
+        "input",
+        "tcp dport 5003 meta length > 200 limit rate 1/hour burst 1 packets counter drop",
+    );
+    let logs = std::env::temp_dir().join(tuneprobe_tests::unique("tuneprobe-logs-"));
+    std::fs::create_dir_all(logs.join(format!("pods/shop_batch-1_{}/job", pod.uid))).unwrap();
+    let options = tuneprobe::collector::CollectorOptions {
+        pod_logs_dir: logs.join("pods"),
+        kube_api: None,
+        cri_socket: tuneprobe::collector::CriSocket::None,
+        ..Default::default()
+    };
+    let probe = Probe::load(&LoadOptions::default()).unwrap_or_else(|e| panic!("load: {e:#}"));
+    let collector = Collector::start_with(probe, options).unwrap();
+
+    // The short-lived container: created after the collector's scan, gone before the next.
+    let job = pod.container();
+    let before = pair.counter(&pair.a, "snmp", "Tcp", "RetransSegs");
+    Workload::spawn(
+        &pair.a,
+        Some(&job),
+        &["tcp-send", &format!("{ADDR_B}:5003"), "1000000"],
+    )
+    .wait(WAIT);
+    let segments = pair.counter(&pair.a, "snmp", "Tcp", "RetransSegs") - before;
+    for dir in job.dirs.iter().rev() {
+        std::fs::remove_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    }
+    let snapshot = finish(collector);
+    let _ = std::fs::remove_dir_all(&logs);
+
+    assert_eq!(nft.packets(), 1);
+    let entry = by_cgroup(&snapshot, job.cgroup_id)
+        .unwrap_or_else(|| panic!("no entry for the gone container: {:#?}", snapshot.workloads));
+    assert_eq!(entry.cgroup_path, None, "its path was never seen");
+    assert_eq!(
+        entry.tcp.retransmitted_segments, segments,
+        "RetransSegs +{segments}"
+    );
+    assert_eq!(entry.pod_uid.as_deref(), Some(pod.uid.as_str()));
+    assert_eq!(
+        (
+            entry.namespace.as_deref(),
+            entry.pod.as_deref(),
+            entry.container.as_deref()
+        ),
+        (Some("shop"), Some("batch-1"), None)
+    );
+    assert_eq!(entry.netns, Some(NetnsPair::inode(&pair.a)));
+    // Negative control: the pod's live container sent nothing.
+    let keeper_tcp = by_cgroup(&snapshot, keeper.cgroup_id)
+        .map(|w| w.tcp)
+        .unwrap_or_default();
+    assert_eq!(keeper_tcp.retransmits, 0);
+}
