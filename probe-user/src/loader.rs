@@ -700,7 +700,9 @@ fn mount_tracefs_if_absent() {
         )
     };
     if rc != 0 {
-        warn!(
+        // Expected in the DaemonSet (no CAP_SYS_ADMIN, no tracefs mount): not a warning
+        // on every start, since nothing of tuneprobe's own depends on it.
+        log::info!(
             "tracefs is not mounted and mounting it failed: {}; every signal still works (its programs attach through BTF tracepoints and cgroups, not tracefs)",
             io::Error::last_os_error()
         );

@@ -418,7 +418,9 @@ fn without_tracefs_every_signal_still_works_and_it_says_so() {
         Command::new("unshare")
             .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
             .arg(tuneprobe_binary())
-            .args(["snapshot", "--for", "3s", "--json", "--kube-api", "none"])
+            // The word about tracefs is information (`-v`), not a warning: nothing
+            // of tuneprobe's needs it, and the DaemonSet never can mount it.
+            .args(["-v", "snapshot", "--for", "3s", "--json", "--kube-api", "none"])
             .args(["--pod-logs-dir", "/nonexistent", "--btf"])
             .arg(&btf),
         &pair,
