@@ -63,6 +63,23 @@ pub fn find_socket() -> Option<PathBuf> {
         .find(|path| path.exists())
 }
 
+/// A gRPC channel to a unix socket, connected on first use, each call bounded by
+/// `timeout`. Must be called inside a tokio runtime (the channel's worker starts there).
+pub fn unix_channel(path: &Path, timeout: Duration) -> Channel {
+    let socket = path.to_path_buf();
+    // The URI is a placeholder: the connector dials the unix socket.
+    Endpoint::from_static("http://localhost")
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        }))
+}
+
 /// A CRI client over a unix socket, with its own single-threaded runtime (the callers
 /// are plain threads).
 pub struct Client {
@@ -82,20 +99,7 @@ impl Client {
             .enable_all()
             .build()
             .map_err(|e| connect_error(e.to_string()))?;
-        let socket = path.to_path_buf();
-        let channel = rt.block_on(async {
-            // The URI is a placeholder: the connector dials the unix socket.
-            Endpoint::from_static("http://localhost")
-                .connect_timeout(CALL_TIMEOUT)
-                .timeout(CALL_TIMEOUT)
-                .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-                    let socket = socket.clone();
-                    async move {
-                        let stream = tokio::net::UnixStream::connect(socket).await?;
-                        Ok::<_, std::io::Error>(TokioIo::new(stream))
-                    }
-                }))
-        });
+        let channel = rt.block_on(async { unix_channel(path, CALL_TIMEOUT) });
         let client = Self {
             path: path.to_path_buf(),
             rt,

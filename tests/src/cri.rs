@@ -23,7 +23,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest, Device,
     ImageSpec, KeyValue, LinuxContainerConfig, LinuxContainerResources,
@@ -35,7 +34,7 @@ use k8s_cri::v1::{
     runtime_service_client::RuntimeServiceClient,
 };
 use sha2::{Digest as _, Sha256};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 use crate::{random_hex, unique};
 
@@ -127,20 +126,9 @@ impl Cri {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let channel = rt.block_on(async {
-            let socket = leftovers.socket.clone();
-            // The URI is a placeholder: the connector dials the unix socket.
-            Endpoint::from_static("http://localhost")
-                .connect_timeout(Duration::from_secs(5))
-                .timeout(CALL_TIMEOUT)
-                .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-                    let socket = socket.clone();
-                    async move {
-                        let stream = tokio::net::UnixStream::connect(socket).await?;
-                        Ok::<_, std::io::Error>(TokioIo::new(stream))
-                    }
-                }))
-        });
+        // The agent's own CRI channel (`--cri-socket`): the fixture dials as it does.
+        let channel =
+            rt.block_on(async { tuneprobe::cri::unix_channel(&leftovers.socket, CALL_TIMEOUT) });
         let cri = Self {
             rt,
             runtime: RuntimeServiceClient::new(channel.clone()),

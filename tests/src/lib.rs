@@ -789,3 +789,63 @@ pub fn dns_with_a_20ms_server(pair: &NetnsPair, client: &Container) -> (Workload
     );
     (server, queries)
 }
+
+/// An agent's kernel maps by name: the maps behind its own file descriptors
+/// (`/proc/PID/fdinfo`, then `bpftool map show`).
+pub fn agent_maps(pid: u32) -> HashMap<String, u32> {
+    let mut maps = HashMap::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(info) = fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let Some(id) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("map_id:"))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let show: serde_json::Value = serde_json::from_str(&sh(&[
+            "bpftool",
+            "-j",
+            "map",
+            "show",
+            "id",
+            &id.to_string(),
+        ]))
+        .unwrap();
+        if let Some(name) = show["name"].as_str() {
+            maps.insert(name.to_string(), id);
+        }
+    }
+    maps
+}
+
+/// Every key of the kernel map `id`, as bytes (`bpftool map dump`).
+pub fn map_keys(id: u32) -> Vec<Vec<u8>> {
+    let dump: serde_json::Value = serde_json::from_str(&sh(&[
+        "bpftool",
+        "-j",
+        "map",
+        "dump",
+        "id",
+        &id.to_string(),
+    ]))
+    .unwrap();
+    dump.as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            entry["key"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .unwrap()
+        })
+        .collect()
+}

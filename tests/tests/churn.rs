@@ -16,7 +16,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tuneprobe_tests::{PodCgroup, free_port, http_get, sh, spawn_serve, wait_for_metrics};
+use tuneprobe_tests::{
+    PodCgroup, agent_maps, free_port, http_get, map_keys, spawn_serve, wait_for_metrics,
+};
 
 const GRACE: Duration = Duration::from_secs(3);
 const ROUNDS: usize = 10;
@@ -50,65 +52,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS")
-}
-
-/// The agent's kernel maps by name: the maps behind its own file descriptors.
-fn agent_maps(pid: u32) -> HashMap<String, u32> {
-    let mut maps = HashMap::new();
-    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .flatten()
-    {
-        let Ok(info) = fs::read_to_string(entry.path()) else {
-            continue;
-        };
-        let Some(id) = info
-            .lines()
-            .find_map(|l| l.strip_prefix("map_id:"))
-            .and_then(|v| v.trim().parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let show: serde_json::Value = serde_json::from_str(&sh(&[
-            "bpftool",
-            "-j",
-            "map",
-            "show",
-            "id",
-            &id.to_string(),
-        ]))
-        .unwrap();
-        if let Some(name) = show["name"].as_str() {
-            maps.insert(name.to_string(), id);
-        }
-    }
-    maps
-}
-
-/// Every key of the map `id`, as bytes.
-fn map_keys(id: u32) -> Vec<Vec<u8>> {
-    let dump: serde_json::Value = serde_json::from_str(&sh(&[
-        "bpftool",
-        "-j",
-        "map",
-        "dump",
-        "id",
-        &id.to_string(),
-    ]))
-    .unwrap();
-    dump.as_array()
-        .unwrap()
-        .iter()
-        .map(|entry| {
-            entry["key"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16))
-                .collect::<Result<Vec<u8>, _>>()
-                .unwrap()
-        })
-        .collect()
 }
 
 fn u64_at(key: &[u8], at: usize) -> u64 {

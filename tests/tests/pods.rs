@@ -28,9 +28,9 @@ use tuneprobe::{
     report::Workload as Report,
 };
 use tuneprobe_tests::{
-    LoopDevice, Running,
+    LoopDevice, Running, agent_maps,
     cri::{Cri, Pod, PodContainer, Qos, dns_name, inode, pod_uid},
-    free_port, http_get, sh, tuneprobe_binary, unique, wait_for_metrics,
+    free_port, http_get, map_keys, tuneprobe_binary, unique, wait_for_metrics,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -405,39 +405,6 @@ fn a_cpu_quota_set_through_cri_throttles_the_container_by_name() {
     assert_eq!(free_events, 0);
 }
 
-/// The agent's kernel maps by name: the maps behind its own file descriptors.
-fn agent_maps(pid: u32) -> HashMap<String, u32> {
-    let mut maps = HashMap::new();
-    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .flatten()
-    {
-        let Ok(info) = fs::read_to_string(entry.path()) else {
-            continue;
-        };
-        let Some(id) = info
-            .lines()
-            .find_map(|l| l.strip_prefix("map_id:"))
-            .and_then(|v| v.trim().parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let show: serde_json::Value = serde_json::from_str(&sh(&[
-            "bpftool",
-            "-j",
-            "map",
-            "show",
-            "id",
-            &id.to_string(),
-        ]))
-        .unwrap();
-        if let Some(name) = show["name"].as_str() {
-            maps.insert(name.to_string(), id);
-        }
-    }
-    maps
-}
-
 /// Keys of the agent's drop map that belong to the given cgroups or (if given) network
 /// namespace. Keys start with the cgroup id (u64), the namespace inode (u32) follows.
 fn own_drop_entries(
@@ -445,27 +412,8 @@ fn own_drop_entries(
     cgroups: &HashSet<u64>,
     netns: Option<u32>,
 ) -> usize {
-    let dump: serde_json::Value = serde_json::from_str(&sh(&[
-        "bpftool",
-        "-j",
-        "map",
-        "dump",
-        "id",
-        &maps["DROPS"].to_string(),
-    ]))
-    .unwrap();
-    dump.as_array()
-        .unwrap()
-        .iter()
-        .map(|entry| {
-            entry["key"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16))
-                .collect::<Result<Vec<u8>, _>>()
-                .unwrap()
-        })
+    map_keys(maps["DROPS"])
+        .into_iter()
         .filter(|k| {
             cgroups.contains(&u64::from_ne_bytes(k[0..8].try_into().unwrap()))
                 || Some(u32::from_ne_bytes(k[8..12].try_into().unwrap())) == netns
