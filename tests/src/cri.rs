@@ -578,6 +578,38 @@ pub struct PodContainer {
     pub log_path: PathBuf,
 }
 
+impl PodContainer {
+    /// The container's directory in the cpu hierarchy (runc uses the same path in all).
+    pub fn cpu_dir(&self) -> PathBuf {
+        let mount = tuneprobe::cgroup::Hierarchies::of_this_node()
+            .cpu
+            .expect("a cpu hierarchy");
+        mount.join(self.cgroup_path.trim_start_matches('/'))
+    }
+
+    /// Waits (up to `timeout`) until a load that ends in `exec sleep` is done: the
+    /// container's only process is that sleep.
+    pub fn wait_for_sleep(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let procs = fs::read_to_string(self.cpu_dir().join("cgroup.procs")).unwrap();
+            let pids: Vec<&str> = procs.lines().collect();
+            if let [pid] = pids.as_slice()
+                && fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "sleep")
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still busy: {procs}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 impl Pod<'_> {
     /// Creates and starts a container running `argv` in [`IMAGE`], with `resources`
     /// (quota, shares, ...) as the kubelet derives them from the pod spec.

@@ -849,3 +849,14 @@ pub fn map_keys(id: u32) -> Vec<Vec<u8>> {
         })
         .collect()
 }
+
+/// `query` percent-encoded for a URL's query string (PromQL in Prometheus's API).
+pub fn url_encode(query: &str) -> String {
+    query
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}

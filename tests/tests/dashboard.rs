@@ -29,16 +29,6 @@ const WAIT: Duration = Duration::from_secs(60);
 /// from which Grafana derives `$__interval` and `$__rate_interval`.
 const SCRAPE_S: u64 = 1;
 
-fn encode(query: &str) -> String {
-    query
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
-
 fn now_s() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -388,11 +378,14 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         for q in &queries {
             let promql = expand(&q.expr, &vars);
             let path = if q.instant {
-                format!("/api/v1/query?query={}&time={end}", encode(&promql))
+                format!(
+                    "/api/v1/query?query={}&time={end}",
+                    tuneprobe_tests::url_encode(&promql)
+                )
             } else {
                 format!(
                     "/api/v1/query_range?query={}&start={start}&end={end}&step={SCRAPE_S}",
-                    encode(&promql)
+                    tuneprobe_tests::url_encode(&promql)
                 )
             };
             match prometheus_api(prometheus_port, &path) {
@@ -446,7 +439,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         prometheus_port,
         &format!(
             "/api/v1/query?query={}",
-            encode(&expand(&verdicts.expr, &variable_values(60)))
+            tuneprobe_tests::url_encode(&expand(&verdicts.expr, &variable_values(60)))
         ),
     )
     .expect("the verdict query");
@@ -481,7 +474,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
             prometheus_port,
             &format!(
                 "/api/v1/label/{label}/values?match[]={}&start={start}",
-                encode(&selector)
+                tuneprobe_tests::url_encode(&selector)
             ),
         )
         .unwrap_or_else(|e| panic!("variable {}: {e}", variable["name"]));

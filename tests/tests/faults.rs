@@ -420,7 +420,15 @@ fn without_tracefs_every_signal_still_works_and_it_says_so() {
             .arg(tuneprobe_binary())
             // The word about tracefs is information (`-v`), not a warning: nothing
             // of tuneprobe's needs it, and the DaemonSet never can mount it.
-            .args(["-v", "snapshot", "--for", "3s", "--json", "--kube-api", "none"])
+            .args([
+                "-v",
+                "snapshot",
+                "--for",
+                "3s",
+                "--json",
+                "--kube-api",
+                "none",
+            ])
             .args(["--pod-logs-dir", "/nonexistent", "--btf"])
             .arg(&btf),
         &pair,

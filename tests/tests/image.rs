@@ -27,7 +27,7 @@ use k8s_cri::v1::{
     MountPropagation, SecurityProfile, security_profile::ProfileType,
 };
 use serde::{Deserialize, de::IgnoredAny};
-use tuneprobe::{cgroup::Hierarchies, cpustat::CpuAccounting, procfs::parse_netstat};
+use tuneprobe::{cpustat::CpuAccounting, procfs::parse_netstat};
 use tuneprobe_tests::{
     cri::{ContainerSpec, Cri, Pod, PodContainer, PodOptions, Qos, dns_name, inode, pod_uid},
     http_get, unique,
@@ -684,7 +684,10 @@ impl Prometheus {
 
     /// The one value of an instant query, if it has exactly one result.
     fn query(&self, promql: &str) -> Option<f64> {
-        let path = format!("/api/v1/query?query={}", encode(promql));
+        let path = format!(
+            "/api/v1/query?query={}",
+            tuneprobe_tests::url_encode(promql)
+        );
         let (status, body) = in_netns(&self.netns, || http_get(self.port, &path))?;
         let json: serde_json::Value = serde_json::from_str(&body).ok()?;
         let result = json["data"]["result"].as_array()?;
@@ -721,16 +724,6 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-fn encode(query: &str) -> String {
-    query
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 /// A directory of the test's own, removed on drop.
@@ -803,28 +796,6 @@ fn mount_options(pid: u32, path: &str) -> Option<String> {
 /// read after it. The agent is already running: every throttled period of this cgroup
 /// falls within its lifetime.
 const BUSY_FROM_START: &str = "/bin/testload busy 2000; exec sleep 3600";
-
-/// The container's directory in the v1 cpu hierarchy (runc uses the same path in all).
-fn cpu_dir(container: &PodContainer) -> PathBuf {
-    let mount = Hierarchies::of_this_node().cpu.expect("a cpu hierarchy");
-    mount.join(container.cgroup_path.trim_start_matches('/'))
-}
-
-/// Waits until the gated load is done: the container's only process is the final sleep.
-fn wait_for_sleep(container: &PodContainer) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let procs = fs::read_to_string(cpu_dir(container).join("cgroup.procs")).unwrap();
-        let pids: Vec<&str> = procs.lines().collect();
-        if let [pid] = pids.as_slice()
-            && fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "still busy: {procs}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn the_shipped_image_runs_as_the_daemonset_names_real_pods_and_prometheus_scrapes_it() {
@@ -946,8 +917,8 @@ fn the_shipped_image_runs_as_the_daemonset_names_real_pods_and_prometheus_scrape
     let no_ports = snmp(db.pid, "Udp", "NoPorts") - before;
     assert_eq!(no_ports, N, "the receiving pod's Udp NoPorts");
 
-    wait_for_sleep(&limited);
-    let throttled = CpuAccounting::read(&cpu_dir(&limited))
+    limited.wait_for_sleep(WAIT);
+    let throttled = CpuAccounting::read(&limited.cpu_dir())
         .expect("cpu.stat")
         .throttled_periods;
     assert!(

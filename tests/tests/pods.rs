@@ -283,32 +283,6 @@ fn udp_to_a_closed_port_of_a_pod_is_no_socket_for_that_pod_by_name() {
 const GATED_BUSY: &str =
     "while [ ! -e /tmp/go ]; do sleep 0.05; done; /bin/testload busy 2000; exec sleep 3600";
 
-/// The container's directory in the cpu hierarchy (runc uses the same path in all).
-fn cpu_dir(container: &PodContainer) -> PathBuf {
-    let mount = Hierarchies::of_this_node().cpu.expect("a cpu hierarchy");
-    under(&mount, &container.cgroup_path)
-}
-
-/// Waits until the gated load is done: the container's only process is the final sleep.
-fn wait_for_sleep(container: &PodContainer) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let procs = fs::read_to_string(cpu_dir(container).join("cgroup.procs")).unwrap();
-        let pids: Vec<&str> = procs.lines().collect();
-        if let [pid] = pids.as_slice()
-            && fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} still busy: {procs}",
-            container.name
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_cpu_quota_set_through_cri_throttles_the_container_by_name() {
     let cri = Cri::start();
@@ -337,7 +311,7 @@ fn a_cpu_quota_set_through_cri_throttles_the_container_by_name() {
         },
     );
     assert_eq!(
-        fs::read_to_string(cpu_dir(&limited).join("cpu.cfs_quota_us"))
+        fs::read_to_string(limited.cpu_dir().join("cpu.cfs_quota_us"))
             .unwrap()
             .trim(),
         "20000",
@@ -345,17 +319,17 @@ fn a_cpu_quota_set_through_cri_throttles_the_container_by_name() {
     );
 
     let collector = start(&cri);
-    let limited_before = CpuAccounting::read(&cpu_dir(&limited)).expect("cpu.stat");
-    let free_before = CpuAccounting::read(&cpu_dir(&free)).expect("cpu.stat");
+    let limited_before = CpuAccounting::read(&limited.cpu_dir()).expect("cpu.stat");
+    let free_before = CpuAccounting::read(&free.cpu_dir()).expect("cpu.stat");
     // The trigger, written into each container's root filesystem from the host.
     for container in [&limited, &free] {
         fs::write(format!("/proc/{}/root/tmp/go", container.pid), "").unwrap();
-        wait_for_sleep(container);
+        container.wait_for_sleep(WAIT);
     }
-    let limited_delta = CpuAccounting::read(&cpu_dir(&limited))
+    let limited_delta = CpuAccounting::read(&limited.cpu_dir())
         .unwrap()
         .since(&limited_before);
-    let free_delta = CpuAccounting::read(&cpu_dir(&free))
+    let free_delta = CpuAccounting::read(&free.cpu_dir())
         .unwrap()
         .since(&free_before);
     let snapshot = collector

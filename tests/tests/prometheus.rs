@@ -20,16 +20,6 @@ use tuneprobe_tests::{
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn encode(query: &str) -> String {
-    query
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
-
 /// `promtool check metrics` finds no problem in an exposition.
 fn promtool_check(exposition: &str) {
     let mut promtool = Command::new("promtool")
@@ -59,9 +49,13 @@ fn query_until(port: u16, promql: &str, accept: impl Fn(f64) -> bool) -> f64 {
     let deadline = Instant::now() + WAIT;
     let mut last = None;
     while Instant::now() < deadline {
-        if let Some((200, body)) =
-            http_get(port, &format!("/api/v1/query?query={}", encode(promql)))
-        {
+        if let Some((200, body)) = http_get(
+            port,
+            &format!(
+                "/api/v1/query?query={}",
+                tuneprobe_tests::url_encode(promql)
+            ),
+        ) {
             let json: Value = serde_json::from_str(&body).unwrap_or_default();
             let value = json["data"]["result"][0]["value"][1]
                 .as_str()
