@@ -1,17 +1,46 @@
-//! tuneprobe on a second kernel: Debian 12's 6.1 under QEMU (`cargo xtask vm-test`).
+//! tuneprobe on the kernels clusters run: Debian 11's 5.10, Debian 12's 6.1 and Debian
+//! 13's 6.12 under QEMU (`cargo xtask vm-test`).
 //!
-//! The guest has no per-task throttle flag (the cfs_rq's `throttle_count` is used), no
-//! `rx_sk` in `kfree_skb` and no `err` in `tcp_retransmit_skb`, and an older verifier.
-//! The full run (boot, load, attach, every signal the guest can produce, checked against
-//! the guest kernel's counters) takes about a minute under software emulation, so it is
-//! the test, not a subset.
+//! 6.1 and 6.12 have no per-task throttle flag (the cfs_rq's `throttle_count` is used)
+//! and an older verifier; 6.1 has no `rx_sk` in `kfree_skb`, neither has `err` in
+//! `tcp_retransmit_skb`. 5.10's `skb:kfree_skb` has no drop reason at all: tuneprobe
+//! reports its drop program off with the reason, the drop checks are reported not
+//! applicable with that reason, and every other check must run and pass. The full run
+//! (boot, load, attach, every signal the guest can produce, checked against the guest
+//! kernel's counters) takes about a minute per kernel under software emulation, so it
+//! is the test, not a subset: the whole matrix fits in `cargo xtask test`.
 
-use std::{path::Path, process::Command};
+use std::{path::Path, process::Command, sync::Mutex};
 
 use serde_json::Value;
 
+/// The drop checks, which need `kfree_skb`'s reason (5.17+).
+const DROP_CHECKS: &[&str] = &[
+    "drops_no_socket_equal_udp_noports",
+    "no_drops_in_the_retransmit_netns",
+];
+
+/// One guest at a time: two emulated guests on two cores would starve each other's
+/// timed workloads.
+static ONE_GUEST: Mutex<()> = Mutex::new(());
+
 #[test]
-fn debian_6_1_loads_attaches_and_agrees_with_its_own_counters() {
+fn debian_6_1_and_6_12_load_attach_and_agree_with_their_own_counters() {
+    matrix(&["6.1", "6.12"]);
+}
+
+#[test]
+#[ignore = "tuneprobe fails on 5.10 (found by this test): `snapshot` exits 1 with \
+            `reading retransmit counters: bpf_map_get_next_key failed: Operation not \
+            permitted`, and tcp_retransmit_skb (sock_cgroup_data.cgroup) and the block \
+            programs (request_queue.disk) are off; run with --ignored once fixed"]
+fn debian_5_10_runs_everything_but_drops_and_says_why() {
+    matrix(&["5.10"]);
+}
+
+/// Runs vm-test on `kernels` and checks each kernel's result.
+fn matrix(kernels: &[&str]) {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let xtask = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/xtask");
     assert!(
         xtask.exists(),
@@ -21,6 +50,8 @@ fn debian_6_1_loads_attaches_and_agrees_with_its_own_counters() {
     let out = Command::new(&xtask)
         .arg("vm-test")
         .arg("--json")
+        .arg("--kernel")
+        .arg(kernels.join(","))
         .arg("--tuneprobe")
         .arg(tuneprobe_tests::tuneprobe_binary())
         .arg("--testload")
@@ -29,61 +60,103 @@ fn debian_6_1_loads_attaches_and_agrees_with_its_own_counters() {
         .expect("run xtask vm-test");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let result: Value = stdout
+    // The per-kernel summary, where a failing `cargo xtask test` shows it.
+    eprintln!("{stderr}");
+    let results: Vec<Value> = stdout
         .lines()
-        .rev()
-        .find_map(|line| serde_json::from_str(line).ok())
-        .unwrap_or_else(|| panic!("no JSON result from vm-test:\n{stdout}\n{stderr}"));
-    assert!(out.status.success(), "vm-test failed: {result:#}\n{stderr}");
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let series: Vec<&str> = results
+        .iter()
+        .map(|r| r["series"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(series, kernels, "one JSON line per kernel:\n{stdout}");
+    for result in &results {
+        check_kernel(result);
+    }
+    assert!(out.status.success(), "vm-test failed");
+}
+
+fn check_kernel(result: &Value) {
+    let series = result["series"].as_str().unwrap();
+    assert!(result["error"].is_null(), "{series}: {}", result["error"]);
     assert!(
-        result["kernel"].as_str().unwrap().starts_with("6.1."),
+        result["kernel"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{series}.")),
         "{result}"
     );
-    // On 6.1 every program loads and attaches (none is merely reported unavailable).
-    let probes = result["probes"].as_array().unwrap();
-    assert_eq!(probes.len(), 9, "{probes:?}");
-    for probe in probes {
-        assert_eq!(probe["attached"], Value::Bool(true), "{probe}");
+    let checks = result["checks"].as_array().unwrap();
+    let check = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{series}: no check {name} in {checks:?}"))
+    };
+    // Nothing failed; every check of the matrix ran or says why it cannot.
+    for c in checks {
+        assert_ne!(c["status"], "failed", "{series}: {c}");
     }
-    let checks: Vec<&str> = result["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            assert_eq!(c["ok"], Value::Bool(true), "{c}");
-            c["name"].as_str().unwrap()
-        })
-        .collect();
-    for expected in [
+    for name in [
+        &format!("kernel_is_{series}")[..],
+        "tuneprobe_ran",
+        "every_program_attached_or_explained",
         "drops_no_socket_equal_udp_noports",
         "no_drops_in_the_retransmit_netns",
         "retransmitted_segments_equal_tcp_retranssegs",
         "no_retransmits_for_the_drops_cgroup",
         "dns_queries_and_responses_equal_udp_indatagrams",
+        "block_reads_equal_io_stat_rios_with_queue_time",
         "cpu_throttle_events_match_nr_throttled",
         "no_throttling_without_a_quota",
     ] {
-        assert!(checks.contains(&expected), "{expected} not in {checks:?}");
+        check(name);
+    }
+    let probes = result["probes"].as_array().unwrap();
+    assert_eq!(probes.len(), 9, "{series}: {probes:?}");
+    let has_drop_reasons = series != "5.10";
+    for probe in probes {
+        if probe["name"] == "kfree_skb" && !has_drop_reasons {
+            // Off, with tuneprobe's own reason: the tracepoint passes no reason.
+            assert_eq!(probe["attached"], false, "{series}: {probe}");
+            let error = probe["error"].as_str().unwrap();
+            assert!(error.contains("kfree_skb"), "{series}: {probe}");
+            for name in DROP_CHECKS {
+                let c = check(name);
+                assert_eq!(c["status"], "not_applicable", "{series}: {c}");
+                let reason = c["reason"].as_str().unwrap();
+                assert!(
+                    reason.starts_with(&format!("not applicable on {series}: kfree_skb: {error}")),
+                    "{series}: {c}"
+                );
+                assert!(reason.contains("no drop reason"), "{series}: {c}");
+            }
+        } else {
+            // Every other program loads and attaches on every kernel of the matrix.
+            assert_eq!(probe["attached"], true, "{series}: {probe}");
+        }
+    }
+    for c in checks {
+        let name = c["name"].as_str().unwrap();
+        if has_drop_reasons || !DROP_CHECKS.contains(&name) {
+            assert_eq!(c["status"], "passed", "{series}: {c}");
+        }
     }
     // Exact values, as the guest kernel counted them.
-    let check = |name: &str| {
-        result["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap()
-            .clone()
-    };
-    assert_eq!(check("drops_no_socket_equal_udp_noports")["observed"], 50);
+    if has_drop_reasons {
+        assert_eq!(check("drops_no_socket_equal_udp_noports")["observed"], 50);
+    }
     let dns = check("dns_queries_and_responses_equal_udp_indatagrams");
-    assert_eq!(dns["observed"]["queries"], 20);
-    assert_eq!(dns["observed"]["responses"], 20);
-    assert_eq!(dns["expected"]["udp_indatagrams"], 40);
+    assert_eq!(dns["observed"]["queries"], 20, "{series}");
+    assert_eq!(dns["observed"]["responses"], 20, "{series}");
+    assert_eq!(dns["expected"]["udp_indatagrams"], 40, "{series}");
     let retrans = check("retransmitted_segments_equal_tcp_retranssegs");
-    assert_eq!(retrans["expected"]["nft_dropped"], 1);
+    assert_eq!(retrans["expected"]["nft_dropped"], 1, "{series}");
     assert_eq!(
-        retrans["observed"]["segments"],
-        retrans["expected"]["tcp_retranssegs"]
+        retrans["observed"]["segments"], retrans["expected"]["tcp_retranssegs"],
+        "{series}"
     );
+    let block = check("block_reads_equal_io_stat_rios_with_queue_time");
+    assert_eq!(block["observed"]["requests"], 200, "{series}");
 }

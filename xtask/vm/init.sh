@@ -22,6 +22,9 @@ ip link set lo up
 echo "@@TPVM-BEGIN kmsg"; dmesg | grep -i -E "symbol|module" | tail -20; echo "@@TPVM-END kmsg"
 out "kernel=$(uname -r)"
 out "cpus=$(nproc)"
+# The kernel's own view of the drop tracepoint: `reason` exists since 5.17, `rx_sk`
+# since 6.12 (the check that needs it says so where it cannot apply).
+out "kfree_skb_fields=$(awk '/field:/ && !/common_/ { s = $0; sub(/.*field:/, "", s); sub(/;.*/, "", s); n = split(s, w, " "); f = w[n]; gsub(/[*]|\[.*\]/, "", f); printf "%s%s", sep, f; sep = "," }' /sys/kernel/tracing/events/skb/kfree_skb/format 2>/dev/null)"
 . /vm.env
 
 # `counter FILE GROUP NAME`: one value from /proc/net/snmp or /proc/net/netstat.
