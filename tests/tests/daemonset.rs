@@ -385,7 +385,7 @@ fn drops_are_the_receiving_pods(layout: Layout) {
     let mut quiet = Workload::spawn(&pair.a, Some(&idle), &["pause"]);
     assert_eq!(quiet.read_line(), "ready");
 
-    let agent = Agent::start_as(layout, &["snapshot", "--for", "4s", "--json"]);
+    let agent = Agent::start_as(layout, &["snapshot", "--for", "8s", "--json"]);
     agent.name_pod(&pod, "shop", "api-7f9c4", &[(&app, "server")]);
     agent.name_pod(&idle_pod, "shop", "idle-1", &[(&idle, "idle")]);
     let (eff, prm, inh, amb, bnd, nnp) = agent.status();
@@ -472,7 +472,7 @@ fn retransmits_are_the_senders_under_the_daemonsets_conditions() {
         "input",
         "tcp dport 5001 meta length > 200 limit rate 1/hour burst 1 packets counter drop",
     );
-    let agent = Agent::start(&["snapshot", "--for", "4s", "--json"]);
+    let agent = Agent::start(&["snapshot", "--for", "8s", "--json"]);
     let before = pair.counter(&pair.a, "snmp", "Tcp", "RetransSegs");
     Workload::spawn(
         &pair.a,
@@ -504,7 +504,7 @@ fn dns_latency_is_the_clients_under_the_daemonsets_conditions() {
     let resolver = format!("{ADDR_B}:53");
     let mut server = Workload::spawn(&pair.b, None, &["dns-server", &resolver, "20", "0"]);
     assert_eq!(server.read_line(), "ready");
-    let agent = Agent::start(&["snapshot", "--for", "4s", "--json"]);
+    let agent = Agent::start(&["snapshot", "--for", "8s", "--json"]);
     let mut idle = Workload::spawn(&pair.a, Some(&quiet), &["pause"]);
     assert_eq!(idle.read_line(), "ready");
     Workload::spawn(
@@ -555,7 +555,7 @@ fn cpu_throttling_matches_cpu_stat_under_the_daemonsets_conditions() {
         fs::write(dir.join("cpu.cfs_quota_us"), "20000").unwrap();
     }
     let stat = |c: &Container| tuneprobe::cpustat::CpuAccounting::read(c.cpu_dir()).unwrap();
-    let agent = Agent::start(&["snapshot", "--for", "4s", "--json"]);
+    let agent = Agent::start(&["snapshot", "--for", "8s", "--json"]);
     let (limited_before, free_before) = (stat(&limited), stat(&free));
     let a = Workload::spawn_program(None, Some(&limited), &testload(), &["busy", "2000"]);
     let b = Workload::spawn_program(None, Some(&free), &testload(), &["busy", "2000"]);
@@ -586,7 +586,10 @@ fn block_io_is_the_readers_under_the_daemonsets_conditions() {
     let mut pod = PodCgroup::with_controllers(&["blkio"]);
     let reader = pod.container();
     let idle = pod.container();
-    let agent = Agent::start(&["snapshot", "--for", "4s", "--json"]);
+    // A window long enough for fio on a loaded machine (CI once saw 299 of 300 reads
+    // in a 4 s window: the last one came after it).
+    let agent = Agent::start(&["snapshot", "--for", "12s", "--json"]);
+    let started = std::time::Instant::now();
     let out = Workload::spawn_program(
         None,
         Some(&reader),
@@ -607,6 +610,11 @@ fn block_io_is_the_readers_under_the_daemonsets_conditions() {
     .wait(WAIT);
     let fio: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("fio JSON: {e}: {out}"));
     let ios = fio["jobs"][0]["read"]["total_ios"].as_u64().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(11),
+        "fio outlasted the agent's window: {:?}",
+        started.elapsed()
+    );
     let json = agent.report();
     let entry = by_path(&json, &reader.path)
         .and_then(|w| w["block"].as_array())
