@@ -120,10 +120,41 @@ pub mod needs {
     ];
 }
 
+/// Whether reading the maps of programs already loaded still needs `CAP_BPF` (or
+/// `CAP_SYS_ADMIN`): before 5.19, `kernel.unprivileged_bpf_disabled` refused every
+/// `bpf()` call of a process without it, reads of its own maps included; since 5.19 it
+/// only guards creating maps and loading programs.
+pub fn map_reads_need_cap_bpf(release: &str, unprivileged_bpf_disabled: &str) -> bool {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    version < (5, 19) && unprivileged_bpf_disabled.trim() != "0"
+}
+
+/// `keep`, plus what reading the maps needs on this kernel.
+fn with_map_reads(keep: &[Capability]) -> Vec<Capability> {
+    let mut keep = keep.to_vec();
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    if map_reads_need_cap_bpf(
+        &read("/proc/sys/kernel/osrelease"),
+        &read("/proc/sys/kernel/unprivileged_bpf_disabled"),
+    ) {
+        // CAP_BPF exists since 5.8; before it, CAP_SYS_ADMIN is what bpf() asks for.
+        // Only what the process holds is kept.
+        keep.extend([Capability::CAP_BPF, Capability::CAP_SYS_ADMIN]);
+        log::info!(
+            "this kernel (before 5.19, unprivileged BPF disabled) refuses map reads \
+             without CAP_BPF: keeping it"
+        );
+    }
+    keep
+}
+
 /// Drops what a mode no longer needs; a failure is reported, not fatal (tuneprobe keeps
 /// working with what it has).
 pub fn after_attach(keep: &[Capability]) {
-    match keep_only(keep) {
+    match keep_only(&with_map_reads(keep)) {
         Ok(done) => log::info!(
             "capabilities kept: {:?}; dropped: {:?}; bounding set: {:?}",
             done.kept,
@@ -180,6 +211,16 @@ mod tests {
         );
         // Without CAP_SETPCAP the bounding set is left as it was.
         assert!(done.bounding.contains(&CAP_BPF));
+    }
+
+    #[test]
+    fn map_reads_need_cap_bpf_only_before_5_19_with_unprivileged_bpf_off() {
+        assert!(map_reads_need_cap_bpf("5.10.0-32-amd64\n", "2\n"));
+        assert!(map_reads_need_cap_bpf("5.15.0-1050-aws", "1"));
+        assert!(!map_reads_need_cap_bpf("5.10.0-32-amd64", "0"));
+        assert!(!map_reads_need_cap_bpf("5.19.0", "2"));
+        assert!(!map_reads_need_cap_bpf("6.1.0-57-amd64", "2"));
+        assert!(!map_reads_need_cap_bpf("6.18.0", "2"));
     }
 
     #[test]
