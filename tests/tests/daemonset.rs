@@ -629,8 +629,14 @@ fn block_io_is_the_readers_under_the_daemonsets_conditions() {
                 reader.path
             )
         });
-    assert_eq!(entry["requests"], ios, "fio completed {ios} reads");
-    assert_eq!(entry["bytes"], ios * 4096);
+    // Within 3% below fio's count, as tests/tests/block.rs and the CRI pod test allow
+    // (a loaded machine once gave 196 of 200 there).
+    let requests = entry["requests"].as_u64().unwrap();
+    assert!(
+        requests <= ios && (ios - requests) * 100 <= 3 * ios,
+        "{requests} requests, fio completed {ios} reads"
+    );
+    assert_eq!(entry["bytes"], requests * 4096);
     let idle_reads = by_path(&json, &idle.path)
         .and_then(|w| w["block"].as_array().map(|b| b.len()))
         .unwrap_or(0);
