@@ -1,34 +1,29 @@
 //! tuneprobe's userspace agent: loads the kernel programs, reads their per-cgroup maps
 //! and attributes the counts to pods, containers and services.
+//!
+//! - [`kernel`]: BTF, the layout read from it, loading and attaching the programs,
+//!   reading and deleting map entries; the kernel's other interfaces (sysfs block
+//!   devices, sock_diag);
+//! - [`workloads`]: who a count belongs to: cgroups, pods (Kubernetes API, container
+//!   runtime, log directories), processes and network namespaces;
+//! - [`signals`]: one module per signal;
+//! - [`window`]: an observation window over every signal (baselines, ticks, garbage
+//!   collection);
+//! - [`report`]: the snapshot of a window, as `snapshot --json` prints it;
+//! - [`views`]: the table, the Prometheus exposition, `top`, `trace` and plots;
+//! - [`tuning`] and [`verify`]: the knobs, and judging their changes.
 
 pub mod access;
-pub mod attribution;
-pub mod btf;
-pub mod cgroup;
-pub mod collector;
-pub mod cpustat;
-pub mod cri;
-pub mod devices;
-pub mod dnswire;
-pub mod histogram;
-pub mod host;
-pub mod kube;
-pub mod layout;
-pub mod loader;
-pub mod metrics;
-pub mod netns;
-pub mod plot;
-pub mod pods;
+pub mod kernel;
 pub mod privileges;
-pub mod procfs;
 pub mod report;
-pub mod sockdiag;
-pub mod stats;
-pub mod top;
-pub mod trace;
+pub mod signals;
 pub mod tuning;
 pub mod verify;
+pub mod views;
+pub mod window;
+pub mod workloads;
 
-pub use collector::Collector;
-pub use loader::{LoadOptions, Probe, ProbeStatus, Signal};
+pub use kernel::loader::{LoadOptions, Probe, ProbeStatus, Signal};
 pub use report::Snapshot;
+pub use window::Collector;

@@ -6,8 +6,8 @@ use probe_common::{DnsHistogram, LatencyHistogram};
 use serde::Serialize;
 
 use crate::{
-    histogram::LatencySummary,
-    loader::{ProbeStatus, ProgramStats},
+    signals::histogram::LatencySummary,
+    kernel::loader::{ProbeStatus, ProgramStats},
 };
 
 /// The name a unit enum has in the JSON (`tcp_retransmit`, `no significant change`), for
@@ -400,7 +400,7 @@ fn truncate_left(s: &str, width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loader::Signal;
+    use crate::kernel::loader::Signal;
 
     fn sample() -> Snapshot {
         let mut drops = DropStats::default();

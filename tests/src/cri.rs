@@ -128,7 +128,7 @@ impl Cri {
             .expect("tokio runtime");
         // The agent's own CRI channel (`--cri-socket`): the fixture dials as it does.
         let channel =
-            rt.block_on(async { tuneprobe::cri::unix_channel(&leftovers.socket, CALL_TIMEOUT) });
+            rt.block_on(async { tuneprobe::workloads::cri::unix_channel(&leftovers.socket, CALL_TIMEOUT) });
         let cri = Self {
             rt,
             runtime: RuntimeServiceClient::new(channel.clone()),
@@ -581,7 +581,7 @@ pub struct PodContainer {
 impl PodContainer {
     /// The container's directory in the cpu hierarchy (runc uses the same path in all).
     pub fn cpu_dir(&self) -> PathBuf {
-        let mount = tuneprobe::cgroup::Hierarchies::of_this_node()
+        let mount = tuneprobe::workloads::cgroup::Hierarchies::of_this_node()
             .cpu
             .expect("a cpu hierarchy");
         mount.join(self.cgroup_path.trim_start_matches('/'))

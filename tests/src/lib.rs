@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tuneprobe::procfs::parse_netstat;
+use tuneprobe::workloads::procfs::parse_netstat;
 
 pub mod cri;
 /// Address of side A (the client side) of a [`NetnsPair`].
@@ -255,7 +255,7 @@ impl PodCgroup {
 
     /// A pod in the v2 hierarchy and in the hierarchies of `controllers` (`cpu`, `blkio`).
     pub fn with_controllers(controllers: &[&str]) -> Self {
-        let hierarchies = tuneprobe::cgroup::Hierarchies::of_this_node();
+        let hierarchies = tuneprobe::workloads::cgroup::Hierarchies::of_this_node();
         let unified = hierarchies.unified.clone().expect("cgroup v2 mounted");
         let mut mounts = vec![unified.clone()];
         for controller in controllers {
@@ -668,7 +668,7 @@ impl LoopDevice {
     /// Sets the IO scheduler; the drop puts the old one back.
     pub fn set_scheduler(&mut self, scheduler: &str) {
         let current = fs::read_to_string(self.scheduler_file()).unwrap();
-        let active = tuneprobe::devices::active_scheduler(&current).expect("a scheduler");
+        let active = tuneprobe::kernel::devices::active_scheduler(&current).expect("a scheduler");
         self.original_scheduler.get_or_insert(active);
         fs::write(self.scheduler_file(), scheduler).unwrap();
     }

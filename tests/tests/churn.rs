@@ -126,7 +126,7 @@ fn dns_query(id: u16) -> Vec<u8> {
 
 /// The v2 directory this process lives in, to come back to.
 fn own_v2_cgroup() -> PathBuf {
-    let unified = tuneprobe::cgroup::cgroup2_mount().expect("cgroup v2");
+    let unified = tuneprobe::workloads::cgroup::cgroup2_mount().expect("cgroup v2");
     let line = fs::read_to_string("/proc/self/cgroup").unwrap();
     let path = line
         .lines()

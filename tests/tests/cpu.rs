@@ -4,7 +4,7 @@
 use std::{fs, time::Duration};
 
 use tuneprobe::{
-    Collector, LoadOptions, Probe, cpustat::CpuAccounting, report::Workload as Report,
+    Collector, LoadOptions, Probe, signals::cpustat::CpuAccounting, report::Workload as Report,
 };
 use tuneprobe_tests::{Container, PodCgroup, Workload, testload};
 

@@ -88,7 +88,7 @@ impl Agent {
     /// Starts it without waiting for `ready`; `extra` capabilities are added to the
     /// DaemonSet's (as the kustomize components do).
     fn spawn(layout: Layout, extra: &[u32], args: &[&str]) -> Self {
-        let unified = tuneprobe::cgroup::cgroup2_mount().expect("cgroup v2 mounted");
+        let unified = tuneprobe::workloads::cgroup::cgroup2_mount().expect("cgroup v2 mounted");
         let cgroup = unified.join(unique("tuneprobe-agent-"));
         fs::create_dir(&cgroup).expect("the agent's cgroup");
         let logs = std::env::temp_dir().join(unique("tuneprobe-ds-logs-"));
@@ -554,7 +554,7 @@ fn cpu_throttling_matches_cpu_stat_under_the_daemonsets_conditions() {
         fs::write(dir.join("cpu.cfs_period_us"), "100000").unwrap();
         fs::write(dir.join("cpu.cfs_quota_us"), "20000").unwrap();
     }
-    let stat = |c: &Container| tuneprobe::cpustat::CpuAccounting::read(c.cpu_dir()).unwrap();
+    let stat = |c: &Container| tuneprobe::signals::cpustat::CpuAccounting::read(c.cpu_dir()).unwrap();
     let agent = Agent::start(&["snapshot", "--for", "8s", "--json"]);
     let (limited_before, free_before) = (stat(&limited), stat(&free));
     let a = Workload::spawn_program(None, Some(&limited), &testload(), &["busy", "2000"]);

@@ -5,7 +5,7 @@ use std::{path::Path, time::Duration};
 
 use tuneprobe::{
     Collector, LoadOptions, Probe, Snapshot,
-    collector::CollectorOptions,
+    window::CollectorOptions,
     report::{DnsReport, Workload as Report},
 };
 use tuneprobe_tests::{ADDR_B, Container, NetnsPair, PodCgroup, Workload};

@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde_json::json;
-use tuneprobe::kube::{ApiConfig, PodStore, PodWatcher};
+use tuneprobe::workloads::kube::{ApiConfig, PodStore, PodWatcher};
 
 const NODE: &str = "node-7";
 const TOKEN: &str = "s3cret-token";

@@ -378,7 +378,7 @@ fn a_deleted_pod_leaves_the_report_after_the_grace_period() {
 
     let grace = Duration::from_secs(1);
     let probe = Probe::load(&LoadOptions::default()).unwrap_or_else(|e| panic!("load: {e:#}"));
-    let options = tuneprobe::collector::CollectorOptions {
+    let options = tuneprobe::window::CollectorOptions {
         pod_grace: grace,
         ..Default::default()
     };
@@ -430,10 +430,10 @@ fn a_container_gone_before_any_scan_is_still_its_pods() {
     );
     let logs = std::env::temp_dir().join(tuneprobe_tests::unique("tuneprobe-logs-"));
     std::fs::create_dir_all(logs.join(format!("pods/shop_batch-1_{}/job", pod.uid))).unwrap();
-    let options = tuneprobe::collector::CollectorOptions {
+    let options = tuneprobe::window::CollectorOptions {
         pod_logs_dir: logs.join("pods"),
         kube_api: None,
-        cri_socket: tuneprobe::collector::CriSocket::None,
+        cri_socket: tuneprobe::window::CriSocket::None,
         ..Default::default()
     };
     let probe = Probe::load(&LoadOptions::default()).unwrap_or_else(|e| panic!("load: {e:#}"));

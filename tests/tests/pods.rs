@@ -20,11 +20,11 @@ use std::{
 use k8s_cri::v1::LinuxContainerResources;
 use tuneprobe::{
     Collector, LoadOptions, Probe, Snapshot,
-    cgroup::{Hierarchies, QosClass, parse_kube_path},
-    collector::{CollectorOptions, CriSocket},
-    cpustat::CpuAccounting,
-    pods::{ContainerName, PodName, PodNames},
-    procfs::parse_netstat,
+    workloads::cgroup::{Hierarchies, QosClass, parse_kube_path},
+    window::{CollectorOptions, CriSocket},
+    signals::cpustat::CpuAccounting,
+    workloads::pods::{ContainerName, PodName, PodNames},
+    workloads::procfs::parse_netstat,
     report::Workload as Report,
 };
 use tuneprobe_tests::{

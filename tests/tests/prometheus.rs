@@ -238,7 +238,7 @@ fn prometheus_scrapes_per_pod_values_by_name() {
 #[test]
 fn promtool_accepts_escaped_label_values_and_the_folded_series() {
     use tuneprobe::{
-        metrics::Exporter,
+        views::metrics::Exporter,
         report::{DropStats, Snapshot, Workload as Report},
     };
     let workload = |path: &str| {

@@ -1351,13 +1351,13 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
     })
 }
 
-/// `NAME: REASON` of tuneprobe's `[WARN  tuneprobe::loader] NAME (Signal) is off: REASON`
+/// `NAME: REASON` of tuneprobe's `[WARN  tuneprobe::kernel::loader] NAME (Signal) is off: REASON`
 /// lines.
 fn off_per_stderr(stderr: &str) -> Vec<String> {
     stderr
         .lines()
         .filter_map(|line| {
-            let (_, rest) = line.split_once("tuneprobe::loader] ")?;
+            let (_, rest) = line.split_once("tuneprobe::kernel::loader] ")?;
             let (program, reason) = rest.split_once(" is off: ")?;
             let name = program.split_whitespace().next()?;
             Some(format!("{name}: {reason}"))
@@ -1532,8 +1532,8 @@ mod tests {
 
     #[test]
     fn programs_off_are_read_from_tuneprobes_warnings() {
-        let stderr = "[WARN  tuneprobe::loader] drop reasons will show as numbers: x\n\
-                      [WARN  tuneprobe::loader] kfree_skb (Drops) is off: tracepoint kfree_skb \
+        let stderr = "[WARN  tuneprobe::kernel::loader] drop reasons will show as numbers: x\n\
+                      [WARN  tuneprobe::kernel::loader] kfree_skb (Drops) is off: tracepoint kfree_skb \
                       passes 2 arguments on this kernel, the program needs 3\n\
                       tuneprobe: error: reading retransmit counters: EPERM\n";
         assert_eq!(

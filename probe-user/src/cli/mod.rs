@@ -58,7 +58,7 @@ pub struct CollectorArgs {
 
     /// The kubelet's pod log directory, for pod and container names when the API is not
     /// reachable (its sibling `containers` directory names containers).
-    #[arg(long, value_name = "DIR", default_value = tuneprobe::pods::DEFAULT_POD_LOGS_DIR)]
+    #[arg(long, value_name = "DIR", default_value = tuneprobe::workloads::pods::DEFAULT_POD_LOGS_DIR)]
     pod_logs_dir: PathBuf,
 
     /// The Kubernetes API for pod names and labels: `auto` (in-cluster when running in a
@@ -107,8 +107,8 @@ fn parse_kube_api(text: &str) -> Result<String, String> {
 }
 
 impl CollectorArgs {
-    pub fn options(&self) -> anyhow::Result<tuneprobe::collector::CollectorOptions> {
-        use tuneprobe::{collector::CriSocket, kube::ApiConfig};
+    pub fn options(&self) -> anyhow::Result<tuneprobe::window::CollectorOptions> {
+        use tuneprobe::{window::CriSocket, workloads::kube::ApiConfig};
         let kube_api = match self.kube_api.as_str() {
             "none" => None,
             "auto" => match (ApiConfig::in_cluster(), &self.kubeconfig) {
@@ -123,20 +123,20 @@ impl CollectorArgs {
                 ..ApiConfig::default()
             }),
         };
-        Ok(tuneprobe::collector::CollectorOptions {
+        Ok(tuneprobe::window::CollectorOptions {
             dns_timeout: self.dns_timeout,
             pod_grace: self.pod_grace,
-            pod_logs_dir: tuneprobe::host::path(&self.pod_logs_dir),
+            pod_logs_dir: tuneprobe::workloads::host::path(&self.pod_logs_dir),
             kube_api,
             cri_socket: match self.cri_socket.as_str() {
                 "auto" => CriSocket::Auto,
                 "none" => CriSocket::None,
-                path => CriSocket::Path(tuneprobe::host::path(path)),
+                path => CriSocket::Path(tuneprobe::workloads::host::path(path)),
             },
             node_name: self
                 .node_name
                 .clone()
-                .unwrap_or_else(tuneprobe::collector::node_name),
+                .unwrap_or_else(tuneprobe::window::node_name),
         })
     }
 }
@@ -170,7 +170,7 @@ impl Cli {
 
     pub fn run(&self) -> anyhow::Result<()> {
         if let Some(root) = &self.host_root {
-            tuneprobe::host::set_root(root)?;
+            tuneprobe::workloads::host::set_root(root)?;
         }
         match &self.command {
             Command::Snapshot(args) => snapshot::run(args, &self.load_options()),

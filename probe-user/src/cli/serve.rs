@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use tuneprobe::{
     Collector, LoadOptions, Probe,
     access::{BearerToken, tls_config},
-    metrics::Exporter,
+    views::metrics::Exporter,
     tuning,
     verify::{Watcher, Windows},
 };

@@ -21,7 +21,7 @@ use ratatui::{
 };
 use tuneprobe::{
     Collector, LoadOptions, Probe,
-    top::{self, Column, Detail, Rates, Row},
+    views::top::{self, Column, Detail, Rates, Row},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use probe_common::trace::{TRACE_RING_BYTES, TraceConfig, TraceKind};
 use tuneprobe::{
     Collector, LoadOptions, Probe,
-    trace::{Decoder, Record, Symbols, TraceEvent, signal_name},
+    views::trace::{Decoder, Record, Symbols, TraceEvent, signal_name},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -19,10 +19,10 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 use tuneprobe::{
     Collector, LoadOptions, Probe, Snapshot,
-    cgroup::{CgroupPaths, Hierarchies, parse_kube_path},
-    plot,
+    workloads::cgroup::{CgroupPaths, Hierarchies, parse_kube_path},
+    views::plot,
     report::serde_name,
-    sockdiag, tuning,
+    kernel::sockdiag, tuning,
     verify::{
         self, Affected, ChangeRecord, ChangeReport, Knob, Samples, Signal, Target, Watcher,
         Windows, WorkloadVerdict,
@@ -452,7 +452,7 @@ fn target(args: &Args, knob: &str) -> anyhow::Result<(Target, Affected)> {
         })?;
         if sysctl {
             // The pod's namespace, through any of its processes.
-            let process = tuneprobe::procfs::processes(Path::new("/proc"))
+            let process = tuneprobe::workloads::procfs::processes(Path::new("/proc"))
                 .into_iter()
                 .find(|p| parse_kube_path(&p.cgroup).pod_uid.as_deref() == Some(uid))
                 .with_context(|| format!("no running process of pod {uid}"))?;

@@ -7,7 +7,7 @@ use std::{cmp::Ordering, collections::HashMap, fmt::Write as _};
 use probe_common::{DnsHistogram, LatencyHistogram};
 
 use crate::{
-    histogram::{self, quantile_ms},
+    signals::histogram::{self, quantile_ms},
     report::{Snapshot, Workload},
 };
 

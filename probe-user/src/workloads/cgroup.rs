@@ -36,7 +36,7 @@ fn cgroup2_mount_entry(mountinfo: &str) -> Option<(PathBuf, String)> {
             let mut fields = left.split_whitespace();
             let root = fields.nth(3)?;
             let mountpoint = PathBuf::from(unescape_mount(fields.next()?));
-            (fstype == "cgroup2" && crate::host::is_under_root(&mountpoint))
+            (fstype == "cgroup2" && crate::workloads::host::is_under_root(&mountpoint))
                 .then(|| (mountpoint, unescape_mount(root)))
         })
         // Prefer the shortest: a container may also see nested cgroup2 mounts.
@@ -51,7 +51,7 @@ pub fn namespace_root() -> &'static str {
     ROOT.get_or_init(|| {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        let own = crate::procfs::cgroup_v2_path(&own).unwrap_or_else(|| "/".into());
+        let own = crate::workloads::procfs::cgroup_v2_path(&own).unwrap_or_else(|| "/".into());
         match find_namespace_root(&mountinfo, &own, std::process::id()) {
             Ok(root) => {
                 if root != "/" {
@@ -195,7 +195,7 @@ impl Hierarchies {
                 let mountpoint = PathBuf::from(unescape_mount(left.split_whitespace().nth(4)?));
                 (fstype == "cgroup"
                     && options.split(',').any(|o| o == controller)
-                    && crate::host::is_under_root(&mountpoint))
+                    && crate::workloads::host::is_under_root(&mountpoint))
                 .then_some(mountpoint)
             })
         };

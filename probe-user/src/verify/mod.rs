@@ -5,6 +5,8 @@
 //! Which signals each knob should move is a table (data), as in the tuning guides; each
 //! signal knows its own load denominator.
 
+pub mod stats;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs, io,
@@ -16,11 +18,11 @@ use probe_common::LatencyHistogram;
 use serde::Serialize;
 
 use crate::{
-    attribution::is_within,
-    histogram,
+    workloads::attribution::is_within,
+    signals::histogram,
     report::{Snapshot, Workload},
-    sockdiag::{self, Listener},
-    stats::{self, Comparison, Verdict},
+    kernel::sockdiag::{self, Listener},
+    verify::stats::{Comparison, Verdict},
     tuning,
 };
 
@@ -308,7 +310,7 @@ impl Knob {
 
     fn in_namespace<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
         match &self.target {
-            Target::Netns(ns) => crate::netns::run_in(ns, f),
+            Target::Netns(ns) => crate::workloads::netns::run_in(ns, f),
             _ => f(),
         }
     }
@@ -318,7 +320,7 @@ impl Knob {
         self.in_namespace(move || {
             let raw = fs::read_to_string(&path)?;
             // `queue/scheduler` lists every scheduler with the active one in brackets.
-            Ok(crate::devices::active_scheduler(&raw).unwrap_or_else(|| raw.trim().to_string()))
+            Ok(crate::kernel::devices::active_scheduler(&raw).unwrap_or_else(|| raw.trim().to_string()))
         })
     }
 
@@ -655,7 +657,7 @@ pub fn explain_listen_backlogs(
 
 /// Reads listeners of a namespace through any live process in it.
 pub fn listeners_by_netns(proc_root: &Path) -> impl FnMut(u32) -> Option<Vec<Listener>> + '_ {
-    let processes = crate::procfs::processes(proc_root);
+    let processes = crate::workloads::procfs::processes(proc_root);
     move |inode| {
         let process = processes.iter().find(|p| p.netns == inode)?;
         sockdiag::tcp_listeners_in(&sockdiag::netns_of_pid(proc_root, process.pid)).ok()

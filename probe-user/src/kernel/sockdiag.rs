@@ -79,7 +79,7 @@ pub fn tcp_listeners() -> io::Result<Vec<Listener>> {
 
 /// The listeners of the network namespace at `netns` (`/proc/PID/ns/net`, `/run/netns/X`).
 pub fn tcp_listeners_in(netns: &Path) -> io::Result<Vec<Listener>> {
-    crate::netns::run_in(netns, tcp_listeners)
+    crate::workloads::netns::run_in(netns, tcp_listeners)
 }
 
 fn dump(family: u8) -> io::Result<Vec<Listener>> {

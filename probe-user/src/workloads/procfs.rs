@@ -17,7 +17,7 @@ pub struct Process {
 /// Every process still readable (processes exit while we scan: skipped, not an error),
 /// with its cgroup as a path of the node's hierarchy.
 pub fn processes(proc_root: &Path) -> Vec<Process> {
-    let namespace_root = crate::cgroup::namespace_root();
+    let namespace_root = crate::workloads::cgroup::namespace_root();
     let Ok(entries) = fs::read_dir(proc_root) else {
         return Vec::new();
     };
@@ -32,7 +32,7 @@ pub fn processes(proc_root: &Path) -> Vec<Process> {
                 pid,
                 netns,
                 // The kernel writes it relative to our cgroup namespace.
-                cgroup: crate::cgroup::node_path(namespace_root, &cgroup_v2_path(&cgroup)?),
+                cgroup: crate::workloads::cgroup::node_path(namespace_root, &cgroup_v2_path(&cgroup)?),
             })
         })
         .collect()

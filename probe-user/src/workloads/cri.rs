@@ -23,7 +23,7 @@ use k8s_cri::v1::{
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::kube::{PodMeta, PodStore};
+use crate::workloads::kube::{PodMeta, PodStore};
 
 /// Where containerd and CRI-O listen on a standard node.
 pub const DEFAULT_SOCKETS: &[&str] = &[
@@ -59,7 +59,7 @@ pub enum CriError {
 pub fn find_socket() -> Option<PathBuf> {
     DEFAULT_SOCKETS
         .iter()
-        .map(crate::host::path)
+        .map(crate::workloads::host::path)
         .find(|path| path.exists())
 }
 

@@ -14,7 +14,7 @@ use prometheus::{
 };
 
 use crate::{
-    loader::ProbeStatus,
+    kernel::loader::ProbeStatus,
     report::{Snapshot, Workload, serde_name},
     tuning::{Inventory, Setting},
     verify::Watcher,

@@ -220,7 +220,7 @@ pub fn svg(title: &str, verdicts: &[(String, &WorkloadVerdict)]) -> String {
 mod tests {
     use super::*;
     use crate::{
-        stats,
+        verify::stats,
         verify::{SampleValues, Signal},
     };
 

@@ -26,15 +26,15 @@ use probe_common::{
 };
 
 use crate::{
-    attribution::Attributor,
-    cgroup::{CgroupPaths, Hierarchies, parse_kube_path},
-    cpustat::{CpuAccounting, CpuLimit},
-    devices,
-    histogram::{self, LatencySummary},
-    kube::{ApiConfig, PodWatcher},
-    loader::Probe,
-    pods::{self, PodNames},
-    procfs::{self, NetnsTcpCounters},
+    workloads::attribution::Attributor,
+    workloads::cgroup::{CgroupPaths, Hierarchies, parse_kube_path},
+    signals::cpustat::{CpuAccounting, CpuLimit},
+    kernel::devices,
+    signals::histogram::{self, LatencySummary},
+    workloads::kube::{ApiConfig, PodWatcher},
+    kernel::loader::Probe,
+    workloads::pods::{self, PodNames},
+    workloads::procfs::{self, NetnsTcpCounters},
     report::{
         BlockReport, CpuReport, DnsLatencySeries, DnsReport, Percentiles, Snapshot,
         TCP_LISTEN_OVERFLOW, Workload, rcode_name,
@@ -775,10 +775,10 @@ fn pod_names(options: &CollectorOptions) -> anyhow::Result<PodNames> {
     let socket = match &options.cri_socket {
         CriSocket::None => None,
         CriSocket::Path(path) => Some((path.clone(), true)),
-        CriSocket::Auto => crate::cri::find_socket().map(|path| (path, false)),
+        CriSocket::Auto => crate::workloads::cri::find_socket().map(|path| (path, false)),
     };
     if let Some((path, asked_for)) = socket {
-        match crate::cri::CriWatcher::start(&path, grace) {
+        match crate::workloads::cri::CriWatcher::start(&path, grace) {
             Ok(watcher) => names = names.with_store(watcher.store()),
             Err(err) if asked_for => return Err(err).context("--cri-socket"),
             // Found by looking: names still come from the other sources.

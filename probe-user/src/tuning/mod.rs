@@ -14,7 +14,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::cpustat::CpuLimit;
+use crate::signals::cpustat::CpuLimit;
 
 /// Where a knob lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -427,7 +427,7 @@ pub fn device_settings(sys: &Path) -> Vec<DeviceSettings> {
                 .filter_map(|k| {
                     let raw = fs::read_to_string(entry.path().join(k.name)).ok()?;
                     let value = if k.name == "queue/scheduler" {
-                        crate::devices::active_scheduler(&raw)?
+                        crate::kernel::devices::active_scheduler(&raw)?
                     } else {
                         raw.trim().to_string()
                     };
@@ -484,7 +484,7 @@ pub fn cgroup_settings(
     let mut out: Vec<CgroupSettings> = paths
         .filter_map(|path| {
             let limit = CpuLimit::read(&cpu_root.join(path.trim_start_matches('/')))?;
-            let container = crate::cgroup::parse_kube_path(&path).container_id.is_some();
+            let container = crate::workloads::cgroup::parse_kube_path(&path).container_id.is_some();
             let quota = match limit.quota_us {
                 Some(quota) => quota.to_string(),
                 None if container => "max".to_string(),
@@ -553,9 +553,9 @@ pub fn inventory(
 /// owners, cpu cgroups from the cpu hierarchy.
 pub fn this_node() -> Result<Inventory, std::io::Error> {
     use crate::{
-        attribution::Attributor,
-        cgroup::{CgroupPaths, Hierarchies},
-        procfs,
+        workloads::attribution::Attributor,
+        workloads::cgroup::{CgroupPaths, Hierarchies},
+        workloads::procfs,
     };
     let proc_root = Path::new("/proc");
     let hierarchies = Hierarchies::of_this_node();

@@ -23,8 +23,8 @@ use probe_common::{
 use serde::Serialize;
 
 use crate::{
-    btf::{Btf, BtfError, VMLINUX_BTF},
-    layout::{self, BlockOps, DropReasons, FieldPath},
+    kernel::btf::{Btf, BtfError, VMLINUX_BTF},
+    kernel::layout::{self, BlockOps, DropReasons, FieldPath},
 };
 
 /// The object `probe-user/build.rs` built from `probe-ebpf`.
@@ -267,7 +267,7 @@ impl Probe {
             .clone()
             .unwrap_or_else(|| {
                 // The node's own, where a debug container's /sys may not show it.
-                Some(crate::host::path(VMLINUX_BTF))
+                Some(crate::workloads::host::path(VMLINUX_BTF))
                     .filter(|path| path.exists())
                     .unwrap_or_else(|| PathBuf::from(VMLINUX_BTF))
             });
@@ -562,7 +562,7 @@ fn unsupported(spec: &ProgramSpec, btf: &Btf, resolved: &layout::ResolvedLayout)
             Ok(_) => {}
         },
         Hook::CgroupSkb(_) => {
-            if crate::cgroup::cgroup2_mount().is_none() {
+            if crate::workloads::cgroup::cgroup2_mount().is_none() {
                 return Some("cgroup v2 is not mounted".to_string());
             }
         }
@@ -586,7 +586,7 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<(), Str
             debug!("attached {} to tp_btf/{tracepoint}", spec.name);
         }
         Hook::CgroupSkb(attach_type) => {
-            let root = crate::cgroup::cgroup2_mount().ok_or("cgroup v2 is not mounted")?;
+            let root = crate::workloads::cgroup::cgroup2_mount().ok_or("cgroup v2 is not mounted")?;
             let cgroup =
                 std::fs::File::open(&root).map_err(|e| format!("open {}: {e}", root.display()))?;
             let program: &mut CgroupSkb = program.try_into().map_err(|e| error_chain(&e))?;

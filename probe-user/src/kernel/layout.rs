@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use probe_common::KernelLayout;
 
-use crate::btf::{Btf, BtfError};
+use crate::kernel::btf::{Btf, BtfError};
 
 /// One kernel field a program reads: `(struct, dotted path)`.
 pub type FieldPath = (&'static str, &'static str);

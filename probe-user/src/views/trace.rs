@@ -18,8 +18,8 @@ use probe_common::trace::{
 use serde::Serialize;
 
 use crate::{
-    collector::{Collector, Hierarchy},
-    devices, dnswire,
+    window::{Collector, Hierarchy},
+    kernel::devices, signals::dnswire,
     report::{Workload, rcode_name},
 };
 

@@ -7,8 +7,8 @@ use std::{
 };
 
 use crate::{
-    cgroup::{CgroupPaths, parse_kube_path},
-    procfs::Process,
+    workloads::cgroup::{CgroupPaths, parse_kube_path},
+    workloads::procfs::Process,
 };
 
 /// What the agent knows about the node's processes, kept across scans so that a
@@ -162,7 +162,7 @@ mod tests {
     fn a_namespace_belongs_to_the_pod_living_in_it() {
         let pause = format!("{POD}/cri-containerd-{}.scope", "a".repeat(64));
         let app = format!("{POD}/cri-containerd-{}.scope", "b".repeat(64));
-        let root = crate::cgroup::cgroup2_mount().unwrap();
+        let root = crate::workloads::cgroup::cgroup2_mount().unwrap();
         let mut attributor = Attributor::new(CgroupPaths::new(root), Some(1));
         attributor.observe(&[
             process(10, 7, &pause),

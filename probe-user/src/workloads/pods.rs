@@ -1,4 +1,4 @@
-//! Pod names from the Kubernetes API when it is there ([`crate::kube`]), and from the
+//! Pod names from the Kubernetes API when it is there ([`crate::workloads::kube`]), and from the
 //! kubelet's log directories when it is not:
 //!
 //! - `/var/log/pods/<namespace>_<pod>_<uid>/<container>/` names every pod by UID;
@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::kube::PodStore;
+use crate::workloads::kube::PodStore;
 
 /// Where the kubelet keeps pod logs on a standard node.
 pub const DEFAULT_POD_LOGS_DIR: &str = "/var/log/pods";

@@ -1,0 +1,6 @@
+//! Ways to show a window: the Prometheus exposition, `top`, `trace` and plots.
+
+pub mod metrics;
+pub mod plot;
+pub mod top;
+pub mod trace;
