@@ -24,6 +24,7 @@ pub mod views;
 pub mod window;
 pub mod workloads;
 
-pub use kernel::loader::{LoadOptions, Probe, ProbeStatus, Signal};
+pub use kernel::loader::{LoadOptions, Probe, ProbeStatus};
+pub use signals::Signal;
 pub use report::Snapshot;
 pub use window::Collector;

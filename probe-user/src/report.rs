@@ -1,13 +1,13 @@
-//! The per-workload report that `snapshot` prints, as JSON or as a table.
+//! The snapshot of a window: every workload with its signals, as `snapshot --json`
+//! prints it.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::collections::BTreeMap;
 
-use probe_common::{DnsHistogram, LatencyHistogram};
 use serde::Serialize;
 
 use crate::{
-    signals::histogram::LatencySummary,
     kernel::loader::{ProbeStatus, ProgramStats},
+    signals::Sections,
 };
 
 /// The name a unit enum has in the JSON (`tcp_retransmit`, `no significant change`), for
@@ -18,10 +18,6 @@ pub fn serde_name<T: Serialize>(value: &T) -> String {
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
 }
-
-/// The reason under which listen-queue overflows appear: the kernel counts them in
-/// `TcpExtListenOverflows` but does not report them through `kfree_skb`.
-pub const TCP_LISTEN_OVERFLOW: &str = "TCP_LISTEN_OVERFLOW";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
@@ -53,145 +49,9 @@ pub struct Workload {
     /// The pod's labels (from the API), for the exporter's opt-in label copies.
     #[serde(skip)]
     pub pod_labels: BTreeMap<String, String>,
-    pub tcp: TcpStats,
-    pub drops: DropStats,
-    /// Block requests per (device, operation) issued by this workload.
-    pub block: Vec<BlockReport>,
-    /// CFS bandwidth: the cgroup's limit and accounting, and what the probe saw.
-    pub cpu: Option<CpuReport>,
-    /// DNS lookups this workload's sockets made.
-    pub dns: Option<DnsReport>,
-}
-
-/// Response code names (RFC 1035, 2136, 6895); others as `RCODE<n>`.
-pub fn rcode_name(rcode: u8) -> String {
-    match rcode {
-        0 => "NOERROR",
-        1 => "FORMERR",
-        2 => "SERVFAIL",
-        3 => "NXDOMAIN",
-        4 => "NOTIMP",
-        5 => "REFUSED",
-        6 => "YXDOMAIN",
-        7 => "YXRRSET",
-        8 => "NXRRSET",
-        9 => "NOTAUTH",
-        10 => "NOTZONE",
-        other => return format!("RCODE{other}"),
-    }
-    .to_string()
-}
-
-/// `{ "p50", "p90", "p99", "max" }` in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
-pub struct Percentiles {
-    pub p50: Option<f64>,
-    pub p90: Option<f64>,
-    pub p99: Option<f64>,
-    pub max: Option<f64>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct DnsReport {
-    pub queries: u64,
-    pub responses: u64,
-    /// Queries with no response within the timeout (`--dns-timeout`).
-    pub timeouts: u64,
-    /// Packets to or from port 53 that are not a parsable DNS message.
-    pub malformed: u64,
-    /// Responses that matched no query in flight (late after a timeout, or to a query
-    /// sent before the probe attached).
-    pub unmatched_responses: u64,
-    pub by_rcode: BTreeMap<String, u64>,
-    /// `A`, `AAAA`, `SRV`, `PTR`, `OTHER`, over answered queries.
-    pub by_qtype: BTreeMap<String, u64>,
-    pub latency_ms: Percentiles,
-    /// By resolver address as the client addressed it (a Service IP stays a Service IP).
-    pub by_resolver: BTreeMap<String, ResolverReport>,
-    /// Latency distributions per (resolver, response code), for the exporter.
-    #[serde(skip)]
-    pub latency_series: Vec<DnsLatencySeries>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct DnsLatencySeries {
-    pub resolver: String,
-    pub rcode: String,
-    pub histogram: DnsHistogram,
-}
-
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct ResolverReport {
-    pub queries: u64,
-    pub responses: u64,
-    pub timeouts: u64,
-    pub latency_ms: Percentiles,
-}
-
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct BlockReport {
-    pub device: String,
-    /// `read`, `write`, `flush`, `discard` or `other`.
-    pub op: String,
-    /// The device's IO scheduler now (`none`, `mq-deadline`, ...), if it has one.
-    pub scheduler: Option<String>,
-    pub requests: u64,
-    pub bytes: u64,
-    pub errors: u64,
-    /// Issue -> complete.
-    pub service_ms: LatencySummary,
-    /// Insert -> issue, over the requests that went through a scheduler queue.
-    pub queue_ms: LatencySummary,
-    /// The distributions behind the summaries, for the exporter.
-    #[serde(skip)]
-    pub service_histogram: LatencyHistogram,
-    #[serde(skip)]
-    pub queue_histogram: LatencyHistogram,
-}
-
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct CpuReport {
-    /// `null` without a quota.
-    pub quota_ms: Option<f64>,
-    pub period_ms: Option<f64>,
-    /// From the cgroup's `cpu.stat`, over the window.
-    pub periods: u64,
-    pub throttled_periods: u64,
-    pub throttled_ms: f64,
-    /// Throttled switch-outs seen at `sched_switch`.
-    pub throttle_events: u64,
-    /// How long throttled tasks waited to run again.
-    pub stall_ms: LatencySummary,
-    pub stall_total_ms: f64,
-    #[serde(skip)]
-    pub stall_histogram: LatencyHistogram,
-}
-
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
-pub struct TcpStats {
-    pub retransmits: u64,
-    pub retransmitted_segments: u64,
-    pub failed_retransmits: u64,
-    /// Connections accepted in the workload's network namespace (`PassiveOpens`), the
-    /// load that listen overflows are normalised by. A namespace total: every workload
-    /// in the namespace (a pod and its containers) shows the same number.
-    pub passive_opens: u64,
-    /// Segments sent from its network namespace (`OutSegs`), the load for retransmits;
-    /// a namespace total too.
-    pub sent_segments: u64,
-}
-
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct DropStats {
-    pub total: u64,
-    pub by_reason: BTreeMap<String, u64>,
-}
-
-impl DropStats {
-    pub fn add(&mut self, reason: &str, count: u64) {
-        self.total += count;
-        *self.by_reason.entry(reason.to_string()).or_default() += count;
-    }
+    /// Every signal's section: `tcp`, `drops`, `block`, `cpu`, `dns`.
+    #[serde(flatten)]
+    pub signals: Sections,
 }
 
 impl Workload {
@@ -216,193 +76,21 @@ impl Workload {
     }
 }
 
-impl Snapshot {
-    /// A readable table: probes first, then one row per workload.
-    pub fn to_table(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "tuneprobe snapshot over {:.1}s", self.duration_s);
-        for probe in &self.probes {
-            let state = match (&probe.attached, &probe.error) {
-                (true, _) => "attached".to_string(),
-                (false, Some(err)) => format!("OFF: {err}"),
-                (false, None) => "OFF".to_string(),
-            };
-            let signal = serde_name(&probe.signal);
-            let _ = writeln!(out, "  probe {:<20} {:<15} {state}", probe.name, signal);
-        }
-        for (map, lost) in self.map_overflows.iter().filter(|(_, n)| **n > 0) {
-            let _ = writeln!(out, "  WARNING: map {map} was full, {lost} updates lost");
-        }
-        let _ = writeln!(out);
-        if self.workloads.is_empty() {
-            let _ = writeln!(
-                out,
-                "no retransmits, drops, DNS, block IO or CPU throttling seen"
-            );
-            return out;
-        }
-        self.network_table(&mut out);
-        self.dns_table(&mut out);
-        self.block_table(&mut out);
-        self.cpu_table(&mut out);
-        out
-    }
-
-    fn network_table(&self, out: &mut String) {
-        let rows: Vec<&Workload> = self
-            .workloads
-            .iter()
-            .filter(|w| w.tcp != TcpStats::default() || w.drops.total > 0)
-            .collect();
-        if rows.is_empty() {
-            return;
-        }
-        let _ = writeln!(
-            out,
-            "{:<60} {:>10} {:>8} {:>8} {:>6} {:>8}  TOP DROP REASON",
-            "WORKLOAD", "NETNS", "RETRANS", "SEGS", "FAILED", "DROPS"
-        );
-        for w in rows {
-            let top = w
-                .drops
-                .by_reason
-                .iter()
-                .max_by_key(|(_, n)| **n)
-                .map(|(reason, n)| format!("{reason} ({n})"))
-                .unwrap_or_default();
-            let netns = w.netns.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
-            let _ = writeln!(
-                out,
-                "{:<60} {:>10} {:>8} {:>8} {:>6} {:>8}  {top}",
-                truncate_left(&w.display_name(), 60),
-                netns,
-                w.tcp.retransmits,
-                w.tcp.retransmitted_segments,
-                w.tcp.failed_retransmits,
-                w.drops.total,
-            );
-        }
-    }
-
-    fn block_table(&self, out: &mut String) {
-        let rows: Vec<(&Workload, &BlockReport)> = self
-            .workloads
-            .iter()
-            .flat_map(|w| w.block.iter().map(move |b| (w, b)))
-            .collect();
-        if rows.is_empty() {
-            return;
-        }
-        let _ = writeln!(
-            out,
-            "\n{:<50} {:<10} {:<7} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9}",
-            "WORKLOAD", "DEVICE", "OP", "REQS", "MB", "MEAN ms", "P50 ms", "P99 ms", "QUEUE ms"
-        );
-        let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
-        for (w, b) in rows {
-            let _ = writeln!(
-                out,
-                "{:<50} {:<10} {:<7} {:>8} {:>10.1} {:>9} {:>9} {:>9} {:>9}",
-                truncate_left(&w.display_name(), 50),
-                b.device,
-                b.op,
-                b.requests,
-                b.bytes as f64 / 1e6,
-                ms(b.service_ms.mean),
-                ms(b.service_ms.p50),
-                ms(b.service_ms.p99),
-                ms(b.queue_ms.mean),
-            );
-        }
-    }
-
-    fn dns_table(&self, out: &mut String) {
-        let rows: Vec<(&Workload, &DnsReport)> = self
-            .workloads
-            .iter()
-            .filter_map(|w| w.dns.as_ref().map(|d| (w, d)))
-            .collect();
-        if rows.is_empty() {
-            return;
-        }
-        let _ = writeln!(
-            out,
-            "\n{:<50} {:>8} {:>9} {:>8} {:>9} {:>8} {:>8}  RESOLVERS",
-            "WORKLOAD", "QUERIES", "RESPONSES", "TIMEOUTS", "MALFORMED", "P50 ms", "P99 ms"
-        );
-        let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
-        for (w, d) in rows {
-            let resolvers: Vec<&str> = d.by_resolver.keys().map(String::as_str).collect();
-            let _ = writeln!(
-                out,
-                "{:<50} {:>8} {:>9} {:>8} {:>9} {:>8} {:>8}  {}",
-                truncate_left(&w.display_name(), 50),
-                d.queries,
-                d.responses,
-                d.timeouts,
-                d.malformed,
-                ms(d.latency_ms.p50),
-                ms(d.latency_ms.p99),
-                resolvers.join(" "),
-            );
-        }
-    }
-
-    fn cpu_table(&self, out: &mut String) {
-        let rows: Vec<(&Workload, &CpuReport)> = self
-            .workloads
-            .iter()
-            .filter_map(|w| w.cpu.as_ref().map(|c| (w, c)))
-            .collect();
-        if rows.is_empty() {
-            return;
-        }
-        let _ = writeln!(
-            out,
-            "\n{:<50} {:>9} {:>8} {:>9} {:>11} {:>8} {:>11} {:>11}",
-            "WORKLOAD",
-            "QUOTA ms",
-            "PERIODS",
-            "THROTTLED",
-            "THROTTLE ms",
-            "EVENTS",
-            "STALL p50",
-            "STALL p99"
-        );
-        let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
-        for (w, c) in rows {
-            let _ = writeln!(
-                out,
-                "{:<50} {:>9} {:>8} {:>9} {:>11.1} {:>8} {:>11} {:>11}",
-                truncate_left(&w.display_name(), 50),
-                ms(c.quota_ms),
-                c.periods,
-                c.throttled_periods,
-                c.throttled_ms,
-                c.throttle_events,
-                ms(c.stall_ms.p50),
-                ms(c.stall_ms.p99),
-            );
-        }
-    }
-}
-
-/// Keeps the end of long cgroup paths, where the distinguishing part is.
-fn truncate_left(s: &str, width: usize) -> String {
-    let count = s.chars().count();
-    if count <= width {
-        return s.to_string();
-    }
-    let tail: String = s.chars().skip(count - (width - 1)).collect();
-    format!("…{tail}")
-}
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::kernel::loader::Signal;
+    use crate::signals::{
+        Sections, Signal,
+        block_io::BlockReport,
+        cpu_throttle::CpuReport,
+        dns::{DnsReport, ResolverReport},
+        drops::{DropStats, TCP_LISTEN_OVERFLOW},
+        histogram::{LatencySummary, Percentiles},
+        tcp_retransmit::TcpStats,
+    };
 
-    fn sample() -> Snapshot {
+    pub fn sample() -> Snapshot {
         let mut drops = DropStats::default();
         drops.add("NO_SOCKET", 3);
         drops.add(TCP_LISTEN_OVERFLOW, 2);
@@ -436,6 +124,7 @@ mod tests {
                     pod: None,
                     container: None,
                     pod_labels: BTreeMap::new(),
+                    signals: Sections {
                     tcp: TcpStats {
                         retransmits: 1,
                         retransmitted_segments: 4,
@@ -500,11 +189,15 @@ mod tests {
                         stall_total_ms: 1600.0,
                         ..CpuReport::default()
                     }),
+                    },
                 },
                 Workload {
-                    drops: DropStats {
-                        total: 1,
-                        by_reason: BTreeMap::from([("NO_SOCKET".to_string(), 1)]),
+                    signals: Sections {
+                        drops: DropStats {
+                            total: 1,
+                            by_reason: BTreeMap::from([("NO_SOCKET".to_string(), 1)]),
+                        },
+                        ..Sections::default()
                     },
                     ..Workload::default()
                 },
@@ -612,30 +305,5 @@ mod tests {
                 && resolver["latency_ms"].get("p99").is_some()
         );
         assert_eq!(empty["block"], serde_json::json!([]));
-    }
-
-    #[test]
-    fn table_is_readable() {
-        let table = sample().to_table();
-        assert!(table.contains("WORKLOAD"), "{table}");
-        assert!(table.contains("pod uid / cccccccccccc"), "{table}");
-        assert!(table.contains("NO_SOCKET (3)"), "{table}");
-        assert!(table.contains("OFF: no such tracepoint"), "{table}");
-        assert!(table.contains("(unattributed)"), "{table}");
-        assert!(
-            table.contains("loop0") && table.contains("98.000"),
-            "{table}"
-        );
-        assert!(
-            table.contains("THROTTLE ms") && table.contains("1600.0"),
-            "{table}"
-        );
-        assert!(
-            table.contains("TIMEOUTS") && table.contains("10.96.0.10"),
-            "{table}"
-        );
-        assert_eq!(rcode_name(3), "NXDOMAIN");
-        assert_eq!(rcode_name(15), "RCODE15");
-        assert_eq!(truncate_left("abcdef", 4), "…def");
     }
 }

@@ -5,7 +5,7 @@ use std::io::Write as _;
 
 use proptest::prelude::*;
 use serde_json::Value;
-use tuneprobe::{kernel::btf::Btf, workloads::cgroup, signals::cpustat::CpuAccounting, kernel::devices, workloads::kube, workloads::pods, workloads::procfs};
+use tuneprobe::{kernel::btf::Btf, workloads::cgroup, signals::cpu_throttle::cpustat::CpuAccounting, kernel::devices, workloads::kube, workloads::pods, workloads::procfs};
 
 /// Text that looks like the real thing often enough to reach the deep branches:
 /// kubelet cgroup path pieces, numbers, separators and odd bytes.
@@ -105,9 +105,9 @@ proptest! {
     #[test]
     fn cpu_files(text in table(), quota in "\\PC{0,24}", period in "[0-9-]{0,24}") {
         let _ = CpuAccounting::parse(&text);
-        let _ = tuneprobe::signals::cpustat::CpuLimit::parse_v2(&quota);
-        let _ = tuneprobe::signals::cpustat::CpuLimit::parse_v1(&quota, &period);
-        let _ = tuneprobe::signals::cpustat::CpuLimit::parse_v2(&format!("{quota} {period}"));
+        let _ = tuneprobe::signals::cpu_throttle::cpustat::CpuLimit::parse_v2(&quota);
+        let _ = tuneprobe::signals::cpu_throttle::cpustat::CpuLimit::parse_v1(&quota, &period);
+        let _ = tuneprobe::signals::cpu_throttle::cpustat::CpuLimit::parse_v2(&format!("{quota} {period}"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::{fs, path::Path, time::Duration};
 
 use serde_json::Value;
-use tuneprobe::{Collector, LoadOptions, Probe, report::BlockReport};
+use tuneprobe::{Collector, LoadOptions, Probe, signals::block_io::BlockReport};
 use tuneprobe_tests::{Container, LoopDevice, PodCgroup, Workload};
 
 fn throttle_reads(container: &Container, device: &str, iops: u32) {
@@ -63,7 +63,7 @@ fn entry<'a>(
         .workloads
         .iter()
         .filter(|w| w.cgroup_path.as_deref() == Some(container.path.as_str()))
-        .flat_map(|w| &w.block)
+        .flat_map(|w| &w.signals.block)
         .find(|b| b.device == device && b.op == op)
         .unwrap_or_else(|| {
             panic!(
@@ -147,7 +147,7 @@ fn throttled_reads_show_in_the_loop_devices_service_time_for_that_cgroup_only() 
         .workloads
         .iter()
         .filter(|w| w.cgroup_path.as_deref() == Some(writer.path.as_str()))
-        .flat_map(|w| &w.block)
+        .flat_map(|w| &w.signals.block)
         .filter(|b| b.device == disk.name() && b.op == "read")
         .map(|b| b.requests)
         .sum::<u64>();

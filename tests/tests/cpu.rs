@@ -4,7 +4,7 @@
 use std::{fs, time::Duration};
 
 use tuneprobe::{
-    Collector, LoadOptions, Probe, signals::cpustat::CpuAccounting, report::Workload as Report,
+    Collector, LoadOptions, Probe, signals::cpu_throttle::cpustat::CpuAccounting, report::Workload as Report,
 };
 use tuneprobe_tests::{Container, PodCgroup, Workload, testload};
 
@@ -63,7 +63,7 @@ fn a_tight_quota_throttles_and_the_probe_agrees_with_cpu_stat() {
         workload.container_id.as_deref(),
         Some(limited.container_id.as_str())
     );
-    let cpu = workload.cpu.as_ref().expect("cpu report");
+    let cpu = workload.signals.cpu.as_ref().expect("cpu report");
     assert_eq!(cpu.quota_ms, Some(20.0));
     assert_eq!(cpu.period_ms, Some(100.0));
     assert!(
@@ -100,7 +100,7 @@ fn a_tight_quota_throttles_and_the_probe_agrees_with_cpu_stat() {
     // Negative control: the same loop without a quota.
     assert_eq!(free_delta.throttled_periods, 0, "{free_delta:?}");
     let free_events = by_path(&snapshot.workloads, &free.path)
-        .and_then(|w| w.cpu.as_ref())
+        .and_then(|w| w.signals.cpu.as_ref())
         .map_or(0, |c| c.throttle_events);
     assert_eq!(free_events, 0);
 }

@@ -554,7 +554,7 @@ fn cpu_throttling_matches_cpu_stat_under_the_daemonsets_conditions() {
         fs::write(dir.join("cpu.cfs_period_us"), "100000").unwrap();
         fs::write(dir.join("cpu.cfs_quota_us"), "20000").unwrap();
     }
-    let stat = |c: &Container| tuneprobe::signals::cpustat::CpuAccounting::read(c.cpu_dir()).unwrap();
+    let stat = |c: &Container| tuneprobe::signals::cpu_throttle::cpustat::CpuAccounting::read(c.cpu_dir()).unwrap();
     let agent = Agent::start(&["snapshot", "--for", "8s", "--json"]);
     let (limited_before, free_before) = (stat(&limited), stat(&free));
     let a = Workload::spawn_program(None, Some(&limited), &testload(), &["busy", "2000"]);

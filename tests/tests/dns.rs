@@ -6,7 +6,8 @@ use std::{path::Path, time::Duration};
 use tuneprobe::{
     Collector, LoadOptions, Probe, Snapshot,
     window::CollectorOptions,
-    report::{DnsReport, Workload as Report},
+    report::Workload as Report,
+    signals::dns::DnsReport,
 };
 use tuneprobe_tests::{ADDR_B, Container, NetnsPair, PodCgroup, Workload};
 
@@ -47,7 +48,7 @@ fn start(dns_timeout: Duration) -> Collector {
 
 fn dns_of<'a>(snapshot: &'a Snapshot, container: &Container) -> &'a DnsReport {
     workload(snapshot, container)
-        .and_then(|w| w.dns.as_ref())
+        .and_then(|w| w.signals.dns.as_ref())
         .unwrap_or_else(|| panic!("no DNS for {}: {:#?}", container.path, snapshot.workloads))
 }
 

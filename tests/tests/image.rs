@@ -27,7 +27,7 @@ use k8s_cri::v1::{
     MountPropagation, SecurityProfile, security_profile::ProfileType,
 };
 use serde::{Deserialize, de::IgnoredAny};
-use tuneprobe::{signals::cpustat::CpuAccounting, workloads::procfs::parse_netstat};
+use tuneprobe::{signals::cpu_throttle::cpustat::CpuAccounting, workloads::procfs::parse_netstat};
 use tuneprobe_tests::{
     cri::{ContainerSpec, Cri, Pod, PodContainer, PodOptions, Qos, dns_name, inode, pod_uid},
     http_get, unique,

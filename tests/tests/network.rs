@@ -37,7 +37,7 @@ fn by_cgroup(snapshot: &Snapshot, cgroup_id: u64) -> Option<&Report> {
 
 fn drops(snapshot: &Snapshot, cgroup_id: u64, reason: &str) -> u64 {
     by_cgroup(snapshot, cgroup_id)
-        .and_then(|w| w.drops.by_reason.get(reason).copied())
+        .and_then(|w| w.signals.drops.by_reason.get(reason).copied())
         .unwrap_or(0)
 }
 
@@ -82,6 +82,7 @@ fn first_data_packet_dropped_gives_retransmits_to_the_sending_container() {
     assert!(segs_lossy >= 1, "the kernel retransmitted nothing?");
     let tcp = by_cgroup(&snapshot, lossy.cgroup_id)
         .unwrap_or_else(|| panic!("no workload for the sender: {:#?}", snapshot.workloads))
+        .signals
         .tcp;
     assert!(tcp.retransmits >= 1, "{tcp:?}");
     assert!(
@@ -101,7 +102,7 @@ fn first_data_packet_dropped_gives_retransmits_to_the_sending_container() {
 
     assert_eq!(segs_total, segs_lossy, "the clean send retransmitted");
     let clean_tcp = by_cgroup(&snapshot, clean.cgroup_id)
-        .map(|w| w.tcp)
+        .map(|w| w.signals.tcp)
         .unwrap_or_default();
     assert_eq!(
         clean_tcp.retransmits + clean_tcp.failed_retransmits,
@@ -138,7 +139,7 @@ fn udp_to_a_closed_port_is_no_socket_for_the_pod_in_the_receiving_netns() {
             snapshot.workloads
         )
     });
-    assert_eq!(pod.drops.by_reason.get("NO_SOCKET"), Some(&N), "{pod:#?}");
+    assert_eq!(pod.signals.drops.by_reason.get("NO_SOCKET"), Some(&N), "{pod:#?}");
     assert_eq!(pod.pod_uid.as_deref(), Some(receiver.uid.as_str()));
     assert_eq!(
         pod.container_id, None,
@@ -460,7 +461,7 @@ fn a_container_gone_before_any_scan_is_still_its_pods() {
         .unwrap_or_else(|| panic!("no entry for the gone container: {:#?}", snapshot.workloads));
     assert_eq!(entry.cgroup_path, None, "its path was never seen");
     assert_eq!(
-        entry.tcp.retransmitted_segments, segments,
+        entry.signals.tcp.retransmitted_segments, segments,
         "RetransSegs +{segments}"
     );
     assert_eq!(entry.pod_uid.as_deref(), Some(pod.uid.as_str()));
@@ -475,7 +476,7 @@ fn a_container_gone_before_any_scan_is_still_its_pods() {
     assert_eq!(entry.netns, Some(NetnsPair::inode(&pair.a)));
     // Negative control: the pod's live container sent nothing.
     let keeper_tcp = by_cgroup(&snapshot, keeper.cgroup_id)
-        .map(|w| w.tcp)
+        .map(|w| w.signals.tcp)
         .unwrap_or_default();
     assert_eq!(keeper_tcp.retransmits, 0);
 }

@@ -22,7 +22,7 @@ use tuneprobe::{
     Collector, LoadOptions, Probe, Snapshot,
     workloads::cgroup::{Hierarchies, QosClass, parse_kube_path},
     window::{CollectorOptions, CriSocket},
-    signals::cpustat::CpuAccounting,
+    signals::cpu_throttle::cpustat::CpuAccounting,
     workloads::pods::{ContainerName, PodName, PodNames},
     workloads::procfs::parse_netstat,
     report::Workload as Report,
@@ -246,7 +246,7 @@ fn udp_to_a_closed_port_of_a_pod_is_no_socket_for_that_pod_by_name() {
         "NO_SOCKET for {}/{}: {:?}; its Udp NoPorts +{no_ports}",
         receiver.namespace,
         receiver.name,
-        by_name(&snapshot, &receiver, None).map(|w| &w.drops.by_reason)
+        by_name(&snapshot, &receiver, None).map(|w| &w.signals.drops.by_reason)
     );
     assert_eq!(no_ports, N, "the receiving pod's Udp NoPorts");
     let pod = by_name(&snapshot, &receiver, None).unwrap_or_else(|| {
@@ -257,7 +257,7 @@ fn udp_to_a_closed_port_of_a_pod_is_no_socket_for_that_pod_by_name() {
     });
     // No socket: the drop belongs to the pod whose namespace it happened in.
     assert_eq!(
-        pod.drops.by_reason.get("NO_SOCKET"),
+        pod.signals.drops.by_reason.get("NO_SOCKET"),
         Some(&no_ports),
         "{pod:#?}"
     );
@@ -271,10 +271,10 @@ fn udp_to_a_closed_port_of_a_pod_is_no_socket_for_that_pod_by_name() {
 
     // Negative controls: the sender and the idle pod dropped nothing.
     for report in all_of(&snapshot, &sender) {
-        assert_eq!(report.drops.by_reason.get("NO_SOCKET"), None, "{report:#?}");
+        assert_eq!(report.signals.drops.by_reason.get("NO_SOCKET"), None, "{report:#?}");
     }
     for report in all_of(&snapshot, &idle) {
-        assert_eq!(report.drops.total, 0, "{report:#?}");
+        assert_eq!(report.signals.drops.total, 0, "{report:#?}");
     }
 }
 
@@ -338,7 +338,7 @@ fn a_cpu_quota_set_through_cri_throttles_the_container_by_name() {
 
     eprintln!(
         "cpu.stat of limited: {limited_delta:?}; the probe: {:?}",
-        by_name(&snapshot, &pod, Some("limited")).and_then(|w| w.cpu.as_ref())
+        by_name(&snapshot, &pod, Some("limited")).and_then(|w| w.signals.cpu.as_ref())
     );
     // 2 s at 20% of a CPU throttles ~20 periods on an idle machine; fewer when the
     // tests beside it take the CPU and the 20 ms take longer than a period to use.
@@ -354,7 +354,7 @@ fn a_cpu_quota_set_through_cri_throttles_the_container_by_name() {
     });
     assert_eq!(report.pod_uid.as_deref(), Some(pod.uid.as_str()));
     assert_eq!(report.container_id.as_deref(), Some(limited.id.as_str()));
-    let cpu = report.cpu.as_ref().expect("cpu report");
+    let cpu = report.signals.cpu.as_ref().expect("cpu report");
     assert_eq!(cpu.quota_ms, Some(20.0));
     assert_eq!(cpu.period_ms, Some(100.0));
     assert!(
@@ -374,7 +374,7 @@ fn a_cpu_quota_set_through_cri_throttles_the_container_by_name() {
 
     assert_eq!(free_delta.throttled_periods, 0, "{free_delta:?}");
     let free_events = by_name(&snapshot, &pod, Some("free"))
-        .and_then(|w| w.cpu.as_ref())
+        .and_then(|w| w.signals.cpu.as_ref())
         .map_or(0, |c| c.throttle_events);
     assert_eq!(free_events, 0);
 }
@@ -630,6 +630,7 @@ fn names_and_labels_come_from_the_runtime_through_cri() {
     });
     assert_eq!(container.container_id.as_deref(), Some(db.id.as_str()));
     let rcvbuf = container
+        .signals
         .drops
         .by_reason
         .get("SOCKET_RCVBUFF")
@@ -665,7 +666,7 @@ fn names_and_labels_come_from_the_runtime_through_cri() {
         ),
         (None, None, None)
     );
-    assert_eq!(same.drops.by_reason.get("SOCKET_RCVBUFF"), Some(&rcvbuf));
+    assert_eq!(same.signals.drops.by_reason.get("SOCKET_RCVBUFF"), Some(&rcvbuf));
 }
 
 /// Waits until a container's CRI log has a line containing `marker`.
@@ -805,7 +806,7 @@ fn a_dropped_first_segment_is_retransmitted_by_the_sending_container_by_name() {
          clean send); the probe: {:?}",
         sender.namespace,
         sender.name,
-        by_name(&snapshot, &sender, Some("lossy")).map(|w| w.tcp)
+        by_name(&snapshot, &sender, Some("lossy")).map(|w| w.signals.tcp)
     );
     assert_eq!(dropped, 1, "the rule drops exactly one packet");
     assert!(lossy_segs >= 1, "the kernel retransmitted nothing?");
@@ -817,7 +818,7 @@ fn a_dropped_first_segment_is_retransmitted_by_the_sending_container_by_name() {
     });
     assert_eq!(lossy.pod_uid.as_deref(), Some(sender.uid.as_str()));
     assert_eq!(lossy.netns, Some(inode(&sender.netns) as u32));
-    let tcp = lossy.tcp;
+    let tcp = lossy.signals.tcp;
     assert!(tcp.retransmits >= 1, "{tcp:?}");
     assert!(tcp.retransmits <= lossy_segs, "{tcp:?} vs +{lossy_segs}");
     // Every retransmitted segment of the sending pod's namespace is the container's.
@@ -826,12 +827,12 @@ fn a_dropped_first_segment_is_retransmitted_by_the_sending_container_by_name() {
 
     // The clean send retransmitted nothing, in the kernel's count and the probe's.
     assert_eq!(total_segs, lossy_segs, "the clean send retransmitted");
-    let clean = by_name(&snapshot, &sender, Some("clean")).map_or_else(Default::default, |w| w.tcp);
+    let clean = by_name(&snapshot, &sender, Some("clean")).map_or_else(Default::default, |w| w.signals.tcp);
     assert_eq!(clean.retransmits + clean.failed_retransmits, 0, "{clean:?}");
     assert_eq!(clean.retransmitted_segments, 0, "{clean:?}");
     // The receiving pod only acknowledged: nothing of its own was retransmitted.
     for report in all_of(&snapshot, &receiver) {
-        assert_eq!(report.tcp.retransmits, 0, "{report:#?}");
+        assert_eq!(report.signals.tcp.retransmits, 0, "{report:#?}");
     }
 }
 
@@ -888,6 +889,7 @@ fn dns_lookups_of_a_container_are_counted_and_timed_by_name() {
         )
     });
     let lookups = report
+        .signals
         .dns
         .as_ref()
         .unwrap_or_else(|| panic!("no DNS: {report:#?}"));
@@ -916,7 +918,7 @@ fn dns_lookups_of_a_container_are_counted_and_timed_by_name() {
         "probe median {p50} ms: server delay {DELAY_MS} ms, client median {client_median} ms"
     );
 
-    let idle = by_name(&snapshot, &web, Some("idle")).and_then(|w| w.dns.as_ref());
+    let idle = by_name(&snapshot, &web, Some("idle")).and_then(|w| w.signals.dns.as_ref());
     assert!(idle.is_none_or(|d| d.queries == 0), "{idle:?}");
 }
 
@@ -998,6 +1000,7 @@ fn direct_reads_of_a_device_given_to_a_container_are_its_block_io_by_name() {
         )
     });
     let reads: Vec<_> = report
+        .signals
         .block
         .iter()
         .filter(|b| b.device == disk.name() && b.op == "read")
@@ -1024,12 +1027,13 @@ fn direct_reads_of_a_device_given_to_a_container_are_its_block_io_by_name() {
     assert_eq!(report.container_id.as_deref(), Some(reader.id.as_str()));
     assert!(
         !report
+            .signals
             .block
             .iter()
             .any(|b| b.device == disk.name() && b.op != "read"),
         "{report:#?}"
     );
 
-    let idle = by_name(&snapshot, &pod, Some("idle")).map(|w| &w.block);
+    let idle = by_name(&snapshot, &pod, Some("idle")).map(|w| &w.signals.block);
     assert!(idle.is_none_or(Vec::is_empty), "{idle:?}");
 }

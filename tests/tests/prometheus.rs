@@ -238,17 +238,16 @@ fn prometheus_scrapes_per_pod_values_by_name() {
 #[test]
 fn promtool_accepts_escaped_label_values_and_the_folded_series() {
     use tuneprobe::{
+        report::{Snapshot, Workload as Report},
         views::metrics::Exporter,
-        report::{DropStats, Snapshot, Workload as Report},
     };
     let workload = |path: &str| {
-        let mut drops = DropStats::default();
-        drops.add("NO_SOCKET", 1);
-        Report {
+        let mut report = Report {
             cgroup_path: Some(path.to_string()),
-            drops,
             ..Report::default()
-        }
+        };
+        report.signals.drops.add("NO_SOCKET", 1);
+        report
     };
     let snapshot = Snapshot {
         duration_s: 1.0,

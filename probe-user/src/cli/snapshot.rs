@@ -70,7 +70,7 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         serde_json::to_writer_pretty(&mut stdout, &snapshot)?;
         writeln!(stdout)?;
     } else {
-        write!(stdout, "{}", snapshot.to_table())?;
+        write!(stdout, "{}", tuneprobe::views::table::render(&snapshot))?;
     }
     stdout.flush().context("writing the report")
 }

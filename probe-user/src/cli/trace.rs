@@ -15,7 +15,8 @@ use anyhow::Context as _;
 use probe_common::trace::{TRACE_RING_BYTES, TraceConfig, TraceKind};
 use tuneprobe::{
     Collector, LoadOptions, Probe,
-    views::trace::{Decoder, Record, Symbols, TraceEvent, signal_name},
+    Signal,
+    views::trace::{Decoder, Record, Symbols, TraceEvent},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -30,12 +31,13 @@ pub enum SignalArg {
 
 impl SignalArg {
     fn kinds(self) -> Vec<TraceKind> {
+        let one = |signal: Signal| vec![signal.trace_kind()];
         match self {
-            Self::Retransmits => vec![TraceKind::Retransmit],
-            Self::Drops => vec![TraceKind::Drop],
-            Self::Dns => vec![TraceKind::Dns],
-            Self::Block => vec![TraceKind::Block],
-            Self::Throttle => vec![TraceKind::Throttle],
+            Self::Retransmits => one(Signal::TcpRetransmit),
+            Self::Drops => one(Signal::Drops),
+            Self::Dns => one(Signal::Dns),
+            Self::Block => one(Signal::BlockIo),
+            Self::Throttle => one(Signal::CpuThrottle),
             Self::All => TraceKind::ALL.to_vec(),
         }
     }
@@ -191,7 +193,10 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("installing the Ctrl-C handler")?;
     }
-    let names: Vec<&str> = kinds.iter().map(|&k| signal_name(k)).collect();
+    let names: Vec<&str> = kinds
+        .iter()
+        .map(|&k| Signal::of_trace_kind(k).trace_name())
+        .collect();
     let attached: Vec<&str> = collector
         .probe()
         .statuses()
@@ -272,7 +277,7 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     let by_kind: Vec<String> = lost
         .iter()
         .filter(|(_, n)| *n > 0)
-        .map(|(k, n)| format!("{} {n}", signal_name(*k)))
+        .map(|(k, n)| format!("{} {n}", Signal::of_trace_kind(*k).trace_name()))
         .collect();
     eprintln!(
         "lost {total} events{}{}",

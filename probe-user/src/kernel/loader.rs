@@ -10,36 +10,20 @@ use aya::{
 };
 use log::{debug, warn};
 use probe_common::{
-    BlockKey, BlockStats, DnsCounters, DnsFlow, DnsHistogram, DnsLatencyKey, DnsQuery,
-    DnsResolverKey, DropKey, OverflowSlot, RetransmitCounters, RetransmitKey, ThrottleStats,
-    block_io::BLOCK_IO_MAP,
-    cpu_throttle::CPU_THROTTLE_MAP,
-    dns::{DNS_COUNTERS_MAP, DNS_IN_FLIGHT_MAP, DNS_LATENCY_MAP},
-    drops::DROPS_MAP,
-    layout::KERNEL_LAYOUT_GLOBAL,
-    overflow::MAP_OVERFLOWS_MAP,
-    tcp_retransmit::TCP_RETRANSMITS_MAP,
+    OverflowSlot, layout::KERNEL_LAYOUT_GLOBAL, overflow::MAP_OVERFLOWS_MAP,
 };
 use serde::Serialize;
 
 use crate::{
-    kernel::btf::{Btf, BtfError, VMLINUX_BTF},
-    kernel::layout::{self, BlockOps, DropReasons, FieldPath},
+    kernel::{
+        btf::{Btf, BtfError, VMLINUX_BTF},
+        layout::{self, BlockOps, DropReasons, FieldPath},
+    },
+    signals::signal::Signal,
 };
 
 /// The object `probe-user/build.rs` built from `probe-ebpf`.
 static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
-
-/// The signals tuneprobe measures; each program feeds one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Signal {
-    TcpRetransmit,
-    Drops,
-    Dns,
-    BlockIo,
-    CpuThrottle,
-}
 
 /// One kernel program: where it hooks, and what it needs from this kernel.
 #[derive(Debug)]
@@ -65,134 +49,6 @@ pub enum Hook {
     /// packets of every socket on the node.
     CgroupSkb(CgroupSkbAttachType),
 }
-
-/// The compatibility table: every program, its hook and its kernel requirements.
-pub const PROGRAMS: &[ProgramSpec] = &[
-    ProgramSpec {
-        name: "tcp_retransmit_skb",
-        signal: Signal::TcpRetransmit,
-        // (sk, skb); `err` is read only where the kernel passes it (6.11+).
-        hook: Hook::BtfTracePoint {
-            tracepoint: "tcp_retransmit_skb",
-            min_args: 2,
-        },
-        needs: &[
-            layout::SK_BUFF_CB,
-            layout::TCP_SKB_CB_GSO_SEGS,
-            layout::SOCK_STATE,
-            layout::SOCK_NET,
-            layout::SOCK_CGROUP,
-            layout::CGROUP_KN,
-            layout::KERNFS_NODE_ID,
-            layout::NET_INUM,
-        ],
-    },
-    ProgramSpec {
-        name: "kfree_skb",
-        signal: Signal::Drops,
-        // (skb, location, reason): the reason argument exists since 5.17.
-        hook: Hook::BtfTracePoint {
-            tracepoint: "kfree_skb",
-            min_args: 3,
-        },
-        needs: &[
-            layout::SK_BUFF_SK,
-            layout::SK_BUFF_DEV,
-            layout::SOCK_STATE,
-            layout::SOCK_NET,
-            layout::SOCK_CGROUP,
-            layout::CGROUP_KN,
-            layout::KERNFS_NODE_ID,
-            layout::NET_DEVICE_NET,
-            layout::NET_INUM,
-        ],
-    },
-    ProgramSpec {
-        name: "block_rq_insert",
-        signal: Signal::BlockIo,
-        hook: Hook::BtfTracePoint {
-            tracepoint: "block_rq_insert",
-            min_args: 1,
-        },
-        needs: BLOCK_REQUEST_FIELDS,
-    },
-    ProgramSpec {
-        name: "block_rq_issue",
-        signal: Signal::BlockIo,
-        hook: Hook::BtfTracePoint {
-            tracepoint: "block_rq_issue",
-            min_args: 1,
-        },
-        needs: BLOCK_REQUEST_FIELDS,
-    },
-    ProgramSpec {
-        name: "block_rq_merge",
-        signal: Signal::BlockIo,
-        hook: Hook::BtfTracePoint {
-            tracepoint: "block_rq_merge",
-            min_args: 1,
-        },
-        needs: &[],
-    },
-    ProgramSpec {
-        name: "block_rq_complete",
-        signal: Signal::BlockIo,
-        // (rq, error, nr_bytes)
-        hook: Hook::BtfTracePoint {
-            tracepoint: "block_rq_complete",
-            min_args: 3,
-        },
-        needs: BLOCK_REQUEST_FIELDS,
-    },
-    ProgramSpec {
-        name: "sched_switch",
-        signal: Signal::CpuThrottle,
-        // (preempt, prev, next[, prev_state])
-        hook: Hook::BtfTracePoint {
-            tracepoint: "sched_switch",
-            min_args: 3,
-        },
-        needs: &[
-            layout::TASK_PID,
-            layout::TASK_CGROUPS,
-            layout::CSS_SET_SUBSYS,
-            layout::CPU_CGRP_ID,
-            layout::CSS_CGROUP,
-            layout::TASK_THROTTLED,
-            layout::CGROUP_KN,
-            layout::KERNFS_NODE_ID,
-        ],
-    },
-    ProgramSpec {
-        name: "dns_egress",
-        signal: Signal::Dns,
-        hook: Hook::CgroupSkb(CgroupSkbAttachType::Egress),
-        needs: &[],
-    },
-    ProgramSpec {
-        name: "dns_ingress",
-        signal: Signal::Dns,
-        hook: Hook::CgroupSkb(CgroupSkbAttachType::Ingress),
-        needs: &[],
-    },
-];
-
-/// What the block programs read to key a request by device, operation and cgroup.
-const BLOCK_REQUEST_FIELDS: &[FieldPath] = &[
-    layout::REQUEST_QUEUE,
-    layout::QUEUE_DISK,
-    layout::DISK_MAJOR,
-    layout::DISK_FIRST_MINOR,
-    layout::REQUEST_CMD_FLAGS,
-    layout::REQUEST_DATA_LEN,
-    layout::REQUEST_START_TIME,
-    layout::REQUEST_BIO,
-    layout::BIO_BLKG,
-    layout::BLKG_BLKCG,
-    layout::BLKCG_CGROUP,
-    layout::CGROUP_KN,
-    layout::KERNFS_NODE_ID,
-];
 
 /// Whether one program runs, and if not, why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -257,8 +113,11 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Loads the programs into the kernel and attaches every one this kernel supports.
-    pub fn load(options: &LoadOptions) -> Result<Self, LoadError> {
+    /// Loads `programs` into the kernel and attaches every one this kernel supports.
+    pub fn load_programs(
+        options: &LoadOptions,
+        programs: &[&'static ProgramSpec],
+    ) -> Result<Self, LoadError> {
         raise_memlock_rlimit();
         mount_tracefs_if_absent();
 
@@ -282,7 +141,7 @@ impl Probe {
             DropReasons::default()
         });
         let block_ops = BlockOps::from_btf(&btf);
-        let unsupported_reasons: Vec<Option<String>> = PROGRAMS
+        let unsupported_reasons: Vec<Option<String>> = programs
             .iter()
             .map(|spec| unsupported(spec, &btf, &resolved))
             .collect();
@@ -308,7 +167,7 @@ impl Probe {
             .load(PROGRAMS_OBJECT)
             .map_err(|err| classify(&err, LoadError::Object))?;
 
-        let statuses: Vec<ProbeStatus> = PROGRAMS
+        let statuses: Vec<ProbeStatus> = programs
             .iter()
             .zip(unsupported_reasons)
             .map(|(spec, unsupported)| {
@@ -381,68 +240,11 @@ impl Probe {
         &self.block_ops
     }
 
-    /// Cumulative retransmit counters per (cgroup v2 id, netns), summed over CPUs.
-    pub fn retransmits(&self) -> anyhow::Result<HashMap<RetransmitKey, RetransmitCounters>> {
-        self.sum_per_cpu(TCP_RETRANSMITS_MAP, |total: &mut RetransmitCounters, v| {
-            total.add(v)
-        })
-    }
-
-    /// Cumulative block IO statistics per (cgroup, device, operation).
-    pub fn block_io(&self) -> anyhow::Result<HashMap<BlockKey, BlockStats>> {
-        self.shared(BLOCK_IO_MAP)
-    }
-
-    /// Cumulative throttle statistics per cpu cgroup id.
-    pub fn cpu_throttle(&self) -> anyhow::Result<HashMap<u64, ThrottleStats>> {
-        self.shared(CPU_THROTTLE_MAP)
-    }
-
-    /// Cumulative DNS counters per (workload, resolver), summed over CPUs.
-    pub fn dns_counters(&self) -> anyhow::Result<HashMap<DnsResolverKey, DnsCounters>> {
-        self.sum_per_cpu(DNS_COUNTERS_MAP, |total: &mut DnsCounters, v| total.add(v))
-    }
-
-    /// Cumulative DNS latency per (workload, resolver, response code, query type).
-    pub fn dns_latency(&self) -> anyhow::Result<HashMap<DnsLatencyKey, DnsHistogram>> {
-        self.shared(DNS_LATENCY_MAP)
-    }
-
-    /// The DNS queries still waiting for a response.
-    pub fn dns_in_flight(&self) -> anyhow::Result<Vec<DnsFlow>> {
-        Ok(self
-            .shared::<DnsFlow, DnsQuery>(DNS_IN_FLIGHT_MAP)?
-            .into_keys()
-            .collect())
-    }
-
-    /// Removes the DNS queries sent before `deadline_ns` (CLOCK_MONOTONIC) that are still
-    /// waiting for a response, and returns them: they timed out.
-    pub fn expire_dns_queries(&mut self, deadline_ns: u64) -> anyhow::Result<Vec<DnsFlow>> {
-        let map = self
-            .ebpf
-            .map_mut(DNS_IN_FLIGHT_MAP)
-            .ok_or_else(|| anyhow::anyhow!("map {DNS_IN_FLIGHT_MAP} missing from the object"))?;
-        let mut in_flight = aya::maps::HashMap::<&mut MapData, DnsFlow, DnsQuery>::try_from(map)?;
-        let expired: Vec<DnsFlow> = in_flight
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, query)| query.sent_ns < deadline_ns)
-            .map(|(flow, _)| flow)
-            .collect();
-        let mut timed_out = Vec::with_capacity(expired.len());
-        for flow in expired {
-            // A response may have removed it meanwhile: then it did not time out.
-            if in_flight.remove(&flow).is_ok() {
-                timed_out.push(flow);
-            }
-        }
-        Ok(timed_out)
-    }
-
-    /// Cumulative drop counts per (owner, reason), summed over CPUs.
-    pub fn drops(&self) -> anyhow::Result<HashMap<DropKey, u64>> {
-        self.sum_per_cpu(DROPS_MAP, |total: &mut u64, v| *total += v)
+    /// A kernel map by name, to read or change it.
+    pub fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow::anyhow!("map {name} missing from the object"))
     }
 
     /// The trace ring buffer, handed over to its reader (once).
@@ -507,7 +309,8 @@ impl Probe {
         Ok(removed as u64)
     }
 
-    fn shared<K, V>(&self, name: &str) -> anyhow::Result<HashMap<K, V>>
+    /// Every entry of the hash map `name` (values shared by all CPUs).
+    pub fn read_hash<K, V>(&self, name: &str) -> anyhow::Result<HashMap<K, V>>
     where
         K: aya::Pod + Eq + Hash,
         V: aya::Pod,
@@ -520,7 +323,8 @@ impl Probe {
         map.iter().map(|entry| Ok(entry?)).collect()
     }
 
-    fn sum_per_cpu<K, V>(
+    /// Every entry of the per-CPU hash map `name`, its CPUs' values summed by `add`.
+    pub fn read_per_cpu<K, V>(
         &self,
         name: &str,
         add: impl Fn(&mut V, &V),
@@ -655,6 +459,16 @@ fn classify(err: &aya::EbpfError, otherwise: fn(String) -> LoadError) -> LoadErr
     otherwise(text)
 }
 
+/// The names of the programs in the embedded object, parsed without loading it (no
+/// privileges needed).
+pub fn object_programs() -> Result<Vec<String>, LoadError> {
+    let ebpf = EbpfLoader::new()
+        .btf(None)
+        .load(PROGRAMS_OBJECT)
+        .map_err(|err| LoadError::Object(error_chain(&err)))?;
+    Ok(ebpf.programs().map(|(name, _)| name.to_string()).collect())
+}
+
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Later ones use memcg, and
 /// root without CAP_SYS_RESOURCE cannot raise the limit: that is fine, not an error.
 fn raise_memlock_rlimit() {
@@ -712,27 +526,6 @@ fn mount_tracefs_if_absent() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_program_in_the_table_exists_in_the_object() {
-        let object = aya_obj_names();
-        for spec in PROGRAMS {
-            assert!(
-                object.contains(&spec.name.to_string()),
-                "{} not in {object:?}",
-                spec.name
-            );
-        }
-    }
-
-    fn aya_obj_names() -> Vec<String> {
-        // Parse without loading: works without privileges.
-        let ebpf = EbpfLoader::new().btf(None).load(PROGRAMS_OBJECT);
-        match ebpf {
-            Ok(ebpf) => ebpf.programs().map(|(n, _)| n.to_string()).collect(),
-            Err(err) => panic!("embedded object does not parse: {}", error_chain(&err)),
-        }
-    }
 
     #[test]
     fn long_errors_are_trimmed_but_keep_both_ends() {

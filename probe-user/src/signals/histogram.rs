@@ -100,7 +100,16 @@ impl LatencySummary {
     }
 }
 
-impl crate::report::Percentiles {
+/// `{ "p50", "p90", "p99", "max" }` in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl Percentiles {
     pub fn of<const N: usize, const S: u32>(h: &LatencyHistogram<N, S>) -> Self {
         Self {
             p50: quantile_ms(h, 0.5).map(round_ms),

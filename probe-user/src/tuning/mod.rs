@@ -14,7 +14,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::signals::cpustat::CpuLimit;
+use crate::signals::cpu_throttle::cpustat::CpuLimit;
 
 /// Where a knob lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -14,12 +14,15 @@ use std::{
     time::Duration,
 };
 
-use probe_common::LatencyHistogram;
+use probe_common::{DnsHistogram, LatencyHistogram};
 use serde::Serialize;
 
 use crate::{
     workloads::attribution::is_within,
-    signals::histogram,
+    signals::{
+        block_io, cpu_throttle::CpuReport, dns::DnsReport, drops::DropStats, histogram,
+        tcp_retransmit::TcpStats,
+    },
     report::{Snapshot, Workload},
     kernel::sockdiag::{self, Listener},
     verify::stats::{Comparison, Verdict},
@@ -100,92 +103,43 @@ impl Signal {
     }
 
     /// The signal's value over one interval and the load it was measured under; `None`
-    /// when the interval had no load to judge by. `device` narrows block signals.
+    /// when the interval had no load to judge by. `device` narrows block signals. Each
+    /// signal module computes its own.
     pub fn sample(
         self,
         before: &Workload,
         after: &Workload,
         device: Option<&str>,
     ) -> Option<(f64, Option<f64>)> {
-        let ratio = |part: u64, whole: u64| {
-            (whole > 0).then(|| (part as f64 / whole as f64, Some(whole as f64)))
-        };
+        let (b, a) = (&before.signals, &after.signals);
+        let with_load = |(value, load): (f64, f64)| (value, Some(load));
         match self {
-            Self::CpuThrottledRatio => {
-                let (b, a) = (before.cpu.as_ref()?, after.cpu.as_ref()?);
-                let periods = a.periods.checked_sub(b.periods)?;
-                let throttled = a.throttled_periods.checked_sub(b.throttled_periods)?;
-                ratio(throttled, periods)
-            }
+            Self::CpuThrottledRatio => CpuReport::throttled_ratio(b.cpu.as_ref()?, a.cpu.as_ref()?)
+                .map(with_load),
             Self::ListenOverflowRatio => {
-                let overflows = listen_overflows(after).checked_sub(listen_overflows(before))?;
-                let opens = after
-                    .tcp
-                    .passive_opens
-                    .checked_sub(before.tcp.passive_opens)?;
-                ratio(overflows, overflows + opens)
+                DropStats::listen_overflow_ratio((&b.drops, &b.tcp), (&a.drops, &a.tcp))
+                    .map(with_load)
             }
-            Self::Drops => Some((
-                after.drops.total.checked_sub(before.drops.total)? as f64,
-                None,
-            )),
-            Self::RetransmitRatio => {
-                let retransmitted = after
-                    .tcp
-                    .retransmitted_segments
-                    .checked_sub(before.tcp.retransmitted_segments)?;
-                let sent = after
-                    .tcp
-                    .sent_segments
-                    .checked_sub(before.tcp.sent_segments)?;
-                ratio(retransmitted, sent)
-            }
+            Self::Drops => Some((a.drops.total.checked_sub(b.drops.total)? as f64, None)),
+            Self::RetransmitRatio => TcpStats::retransmit_ratio(&b.tcp, &a.tcp).map(with_load),
             Self::BlockServiceMs | Self::BlockServiceP99Ms | Self::BlockQueueMs => {
                 let queue = self == Self::BlockQueueMs;
-                let interval =
-                    histogram::since(&block(after, device, queue), &block(before, device, queue));
+                let interval = histogram::since(
+                    &block_io::total(&a.block, device, queue),
+                    &block_io::total(&b.block, device, queue),
+                );
                 latency(&interval, self == Self::BlockServiceP99Ms)
             }
             Self::DnsLatencyMs | Self::DnsLatencyP99Ms => {
-                let interval = histogram::since(&dns(after), &dns(before));
+                let total = |d: &Option<DnsReport>| d.as_ref().map(DnsReport::latency);
+                let interval = histogram::since(
+                    &total(&a.dns).unwrap_or(DnsHistogram::ZERO),
+                    &total(&b.dns).unwrap_or(DnsHistogram::ZERO),
+                );
                 latency(&interval, self == Self::DnsLatencyP99Ms)
             }
         }
     }
-}
-
-fn listen_overflows(w: &Workload) -> u64 {
-    w.drops
-        .by_reason
-        .get(crate::report::TCP_LISTEN_OVERFLOW)
-        .copied()
-        .unwrap_or(0)
-}
-
-/// A workload's block service (or queue) histograms summed over devices and operations.
-fn block(w: &Workload, device: Option<&str>, queue: bool) -> LatencyHistogram {
-    let mut total = LatencyHistogram::ZERO;
-    for b in w
-        .block
-        .iter()
-        .filter(|b| device.is_none_or(|d| d == b.device))
-    {
-        let h = if queue {
-            &b.queue_histogram
-        } else {
-            &b.service_histogram
-        };
-        histogram::add(&mut total, h);
-    }
-    total
-}
-
-fn dns(w: &Workload) -> probe_common::DnsHistogram {
-    let mut total = probe_common::DnsHistogram::ZERO;
-    for series in w.dns.iter().flat_map(|d| &d.latency_series) {
-        histogram::add(&mut total, &series.histogram);
-    }
-    total
 }
 
 /// The mean or p99 of an interval's histogram, with its count as the load.
@@ -371,7 +325,7 @@ impl Affected {
             .filter_map(|w| {
                 let path = w.cgroup_path.as_deref()?;
                 let included = match self {
-                    Self::Device(device) => w.block.iter().any(|b| &b.device == device),
+                    Self::Device(device) => w.signals.block.iter().any(|b| &b.device == device),
                     Self::Node => true,
                     Self::Cgroup(prefix) => is_within(path, prefix),
                     Self::Netns { inode, owner } => {
@@ -469,7 +423,7 @@ pub fn interval_samples(
         // A workload first seen now had nothing before: compare with an empty one.
         let empty = Workload::default();
         let before = earlier.get(path).copied().unwrap_or(&empty);
-        let devices: BTreeSet<&str> = now.block.iter().map(|b| b.device.as_str()).collect();
+        let devices: BTreeSet<&str> = now.signals.block.iter().map(|b| b.device.as_str()).collect();
         for signal in Signal::ALL {
             let mut put = |device: Option<&str>| {
                 if let Some((value, load)) = signal.sample(before, now, device) {
@@ -917,7 +871,7 @@ pub fn is_effect(verdict: &WorkloadVerdict) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::CpuReport;
+    use crate::signals::{Sections, cpu_throttle::CpuReport};
 
     fn snapshot(periods: u64, throttled: u64) -> Snapshot {
         Snapshot {
@@ -928,11 +882,14 @@ mod tests {
             program_stats: vec![],
             workloads: vec![Workload {
                 cgroup_path: Some("/pod/c".into()),
-                cpu: Some(CpuReport {
-                    periods,
-                    throttled_periods: throttled,
-                    ..CpuReport::default()
-                }),
+                signals: Sections {
+                    cpu: Some(CpuReport {
+                        periods,
+                        throttled_periods: throttled,
+                        ..CpuReport::default()
+                    }),
+                    ..Sections::default()
+                },
                 ..Workload::default()
             }],
         }

@@ -1,5 +1,6 @@
 //! The Prometheus exposition: a [`Snapshot`] (cumulative since the probe started) turned
-//! into metric families, with a cap on how many workloads get series of their own.
+//! into metric families (each signal adds its own), with a cap on how many workloads get
+//! series of their own; plus the agent's health, the tuning inventory and verdicts.
 //!
 //! Counters are set from the kernel's cumulative counts rather than incremented, so the
 //! families are built per scrape and encoded with the `prometheus` crate's text encoder
@@ -7,196 +8,18 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use probe_common::LatencyHistogram;
-use prometheus::{
-    Encoder as _, TextEncoder,
-    proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
-};
+use prometheus::{Encoder as _, TextEncoder};
 
 use crate::{
+    views::families::{Families, Labels},
     kernel::loader::ProbeStatus,
     report::{Snapshot, Workload, serde_name},
     tuning::{Inventory, Setting},
     verify::Watcher,
 };
 
-/// `le` bounds, seconds, for block IO and throttle stalls.
-const IO_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
-/// `le` bounds, seconds, for DNS.
-const DNS_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
-
 /// The label set that folded workloads share.
 pub const OTHER: &str = "other";
-
-type Labels = Vec<(&'static str, String)>;
-
-#[derive(Debug, Clone)]
-enum Value {
-    Counter(f64),
-    Gauge(f64),
-    /// Sample count, sum in seconds, cumulative counts per bound.
-    Histogram {
-        count: u64,
-        sum: f64,
-        buckets: Vec<(f64, u64)>,
-    },
-}
-
-impl Value {
-    fn merge(&mut self, other: Value) {
-        match (self, other) {
-            (Value::Counter(a), Value::Counter(b)) | (Value::Gauge(a), Value::Gauge(b)) => *a += b,
-            (
-                Value::Histogram {
-                    count,
-                    sum,
-                    buckets,
-                },
-                Value::Histogram {
-                    count: c,
-                    sum: s,
-                    buckets: b,
-                },
-            ) => {
-                *count += c;
-                *sum += s;
-                for ((_, total), (_, more)) in buckets.iter_mut().zip(b) {
-                    *total += more;
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Metric families being built: name -> (help, series by labels).
-#[derive(Default)]
-struct Families {
-    families: BTreeMap<&'static str, (&'static str, BTreeMap<Labels, Value>)>,
-}
-
-impl Families {
-    fn add(&mut self, name: &'static str, help: &'static str, labels: Labels, value: Value) {
-        let (_, series) = self
-            .families
-            .entry(name)
-            .or_insert_with(|| (help, BTreeMap::new()));
-        match series.get_mut(&labels) {
-            Some(existing) => existing.merge(value),
-            None => {
-                series.insert(labels, value);
-            }
-        }
-    }
-
-    fn counter(&mut self, name: &'static str, help: &'static str, labels: Labels, value: f64) {
-        self.add(name, help, labels, Value::Counter(value));
-    }
-
-    fn gauge(&mut self, name: &'static str, help: &'static str, labels: Labels, value: f64) {
-        self.add(name, help, labels, Value::Gauge(value));
-    }
-
-    fn encode(self) -> Vec<MetricFamily> {
-        self.families
-            .into_iter()
-            .map(|(name, (help, series))| {
-                let mut family = MetricFamily::default();
-                family.set_name(name.to_string());
-                family.set_help(help.to_string());
-                let mut kind = MetricType::GAUGE;
-                let metrics = series
-                    .into_iter()
-                    .map(|(labels, value)| {
-                        let mut metric = Metric::default();
-                        metric.set_label(
-                            labels
-                                .into_iter()
-                                .map(|(k, v)| {
-                                    let mut pair = LabelPair::default();
-                                    pair.set_name(k.to_string());
-                                    pair.set_value(v);
-                                    pair
-                                })
-                                .collect(),
-                        );
-                        match value {
-                            Value::Counter(v) => {
-                                kind = MetricType::COUNTER;
-                                let mut counter = Counter::default();
-                                counter.set_value(v);
-                                metric.set_counter(counter);
-                            }
-                            Value::Gauge(v) => {
-                                let mut gauge = Gauge::default();
-                                gauge.set_value(v);
-                                metric.set_gauge(gauge);
-                            }
-                            Value::Histogram {
-                                count,
-                                sum,
-                                buckets,
-                            } => {
-                                kind = MetricType::HISTOGRAM;
-                                let mut histogram = Histogram::default();
-                                histogram.set_sample_count(count);
-                                histogram.set_sample_sum(sum);
-                                histogram.set_bucket(
-                                    buckets
-                                        .into_iter()
-                                        .map(|(le, cumulative)| {
-                                            let mut bucket = Bucket::default();
-                                            bucket.set_upper_bound(le);
-                                            bucket.set_cumulative_count(cumulative);
-                                            bucket
-                                        })
-                                        .collect(),
-                                );
-                                metric.set_histogram(histogram);
-                            }
-                        }
-                        metric
-                    })
-                    .collect();
-                family.set_field_type(kind);
-                family.set_metric(metrics);
-                family
-            })
-            .collect()
-    }
-}
-
-/// A Prometheus histogram from a kernel histogram. The `le` count of a bound counts the
-/// kernel buckets that end at or below it, so it never includes a sample above the
-/// bound (a sample in a kernel bucket that straddles the bound counts in the next one).
-fn prometheus_histogram<const N: usize, const S: u32>(
-    h: &LatencyHistogram<N, S>,
-    bounds: &[f64],
-) -> Value {
-    let mut buckets: Vec<(f64, u64)> = bounds.iter().map(|&le| (le, 0)).collect();
-    for (index, &count) in h.buckets.iter().enumerate() {
-        if count == 0 {
-            continue;
-        }
-        let (_, upper_us) = LatencyHistogram::<N, S>::bounds_us(index);
-        let upper = upper_us as f64 / 1e6;
-        for (le, cumulative) in &mut buckets {
-            if upper <= *le {
-                *cumulative += count;
-            }
-        }
-    }
-    Value::Histogram {
-        count: h.count,
-        sum: h.sum_ns as f64 / 1e9,
-        buckets,
-    }
-}
 
 /// Renders snapshots as Prometheus text, keeping at most `max_workloads` workloads with
 /// labels of their own; the rest are folded into `cgroup="other"`, and
@@ -317,7 +140,7 @@ impl Exporter {
         self.folded.retain(|labels| present.contains(labels));
         for workload in &snapshot.workloads {
             let labels = self.labels(workload);
-            add_workload(&mut f, workload, &labels);
+            workload.signals.metrics(&labels, &mut f);
         }
         add_probe_health(&mut f, &snapshot.probes, &snapshot.map_overflows);
         for (map, &deleted) in &snapshot.gc_deleted_entries {
@@ -402,152 +225,6 @@ fn workload_labels(w: &Workload) -> Labels {
         ),
         ("cgroup", cgroup),
     ]
-}
-
-fn with(labels: &Labels, more: &[(&'static str, &str)]) -> Labels {
-    let mut out = labels.clone();
-    out.extend(more.iter().map(|(k, v)| (*k, v.to_string())));
-    out
-}
-
-fn add_workload(f: &mut Families, w: &Workload, labels: &Labels) {
-    if w.tcp.retransmits + w.tcp.failed_retransmits > 0 {
-        f.counter(
-            "tuneprobe_tcp_retransmits_total",
-            "TCP retransmitted skbs that went out (tcp:tcp_retransmit_skb, err == 0).",
-            labels.clone(),
-            w.tcp.retransmits as f64,
-        );
-        f.counter(
-            "tuneprobe_tcp_retransmitted_segments_total",
-            "TCP segments in retransmitted skbs, as RetransSegs counts them.",
-            labels.clone(),
-            w.tcp.retransmitted_segments as f64,
-        );
-        f.counter(
-            "tuneprobe_tcp_failed_retransmits_total",
-            "TCP retransmit attempts that did not go out (err != 0).",
-            labels.clone(),
-            w.tcp.failed_retransmits as f64,
-        );
-    }
-    for (reason, &count) in &w.drops.by_reason {
-        f.counter(
-            "tuneprobe_packet_drops_total",
-            "Packets the kernel dropped, by drop reason (skb:kfree_skb), plus TCP_LISTEN_OVERFLOW.",
-            with(labels, &[("reason", reason)]),
-            count as f64,
-        );
-    }
-    if let Some(dns) = &w.dns {
-        for (resolver, r) in &dns.by_resolver {
-            let l = with(labels, &[("resolver", resolver)]);
-            f.counter(
-                "tuneprobe_dns_queries_total",
-                "DNS queries sent to port 53 (UDP and TCP).",
-                l.clone(),
-                r.queries as f64,
-            );
-            f.counter(
-                "tuneprobe_dns_timeouts_total",
-                "DNS queries without a response within the timeout.",
-                l,
-                r.timeouts as f64,
-            );
-        }
-        for series in &dns.latency_series {
-            f.add(
-                "tuneprobe_dns_latency_seconds",
-                "Query to response, per resolver and response code; the count is the responses.",
-                with(
-                    labels,
-                    &[("resolver", &series.resolver), ("rcode", &series.rcode)],
-                ),
-                prometheus_histogram(&series.histogram, DNS_BUCKETS),
-            );
-        }
-        f.counter(
-            "tuneprobe_dns_malformed_total",
-            "Packets to or from port 53 that are not a parsable DNS message.",
-            labels.clone(),
-            dns.malformed as f64,
-        );
-    }
-    for b in &w.block {
-        let l = with(labels, &[("device", &b.device), ("op", &b.op)]);
-        f.add(
-            "tuneprobe_block_service_seconds",
-            "Block request issue to complete; the count is the completed requests.",
-            l.clone(),
-            prometheus_histogram(&b.service_histogram, IO_BUCKETS),
-        );
-        f.add(
-            "tuneprobe_block_queue_seconds",
-            "Block request insert to issue, for requests that went through a scheduler queue.",
-            l.clone(),
-            prometheus_histogram(&b.queue_histogram, IO_BUCKETS),
-        );
-        f.counter(
-            "tuneprobe_block_bytes_total",
-            "Bytes completed by block requests.",
-            l.clone(),
-            b.bytes as f64,
-        );
-        f.counter(
-            "tuneprobe_block_errors_total",
-            "Block requests completed with an error.",
-            l,
-            b.errors as f64,
-        );
-    }
-    if let Some(cpu) = &w.cpu {
-        if let Some(quota) = cpu.quota_ms {
-            f.gauge(
-                "tuneprobe_cpu_quota_seconds",
-                "CFS quota per period (cpu.max, cpu.cfs_quota_us).",
-                labels.clone(),
-                quota / 1000.0,
-            );
-        }
-        if let Some(period) = cpu.period_ms {
-            f.gauge(
-                "tuneprobe_cpu_period_seconds",
-                "CFS period (cpu.max, cpu.cfs_period_us).",
-                labels.clone(),
-                period / 1000.0,
-            );
-        }
-        f.counter(
-            "tuneprobe_cpu_periods_total",
-            "CFS periods with activity (cpu.stat nr_periods).",
-            labels.clone(),
-            cpu.periods as f64,
-        );
-        f.counter(
-            "tuneprobe_cpu_throttled_periods_total",
-            "CFS periods in which the group was throttled (cpu.stat nr_throttled).",
-            labels.clone(),
-            cpu.throttled_periods as f64,
-        );
-        f.counter(
-            "tuneprobe_cpu_throttled_seconds_total",
-            "Time the group was throttled (cpu.stat throttled_time/throttled_usec).",
-            labels.clone(),
-            cpu.throttled_ms / 1000.0,
-        );
-        f.counter(
-            "tuneprobe_cpu_throttle_events_total",
-            "Tasks switched out because the group's quota ran out (sched_switch).",
-            labels.clone(),
-            cpu.throttle_events as f64,
-        );
-        f.add(
-            "tuneprobe_cpu_throttle_stall_seconds",
-            "How long a throttled task waited until it ran again.",
-            labels.clone(),
-            prometheus_histogram(&cpu.stall_histogram, IO_BUCKETS),
-        );
-    }
 }
 
 /// Every knob as `tuneprobe_tuning_value` (numeric values) and
@@ -715,7 +392,12 @@ fn add_probe_health(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{DropStats, TcpStats};
+    use probe_common::LatencyHistogram;
+
+    use crate::{
+        signals::{Sections, drops::DropStats, tcp_retransmit::TcpStats},
+        views::families::{IO_BUCKETS, Value, prometheus_histogram},
+    };
 
     fn workload(pod: &str) -> Workload {
         let mut drops = DropStats::default();
@@ -727,13 +409,16 @@ mod tests {
             namespace: Some("shop".into()),
             pod: Some(pod.into()),
             container: Some("app".into()),
-            tcp: TcpStats {
-                retransmits: 2,
-                retransmitted_segments: 5,
-                failed_retransmits: 0,
-                ..TcpStats::default()
+            signals: Sections {
+                tcp: TcpStats {
+                    retransmits: 2,
+                    retransmitted_segments: 5,
+                    failed_retransmits: 0,
+                    ..TcpStats::default()
+                },
+                drops,
+                ..Sections::default()
             },
-            drops,
             ..Workload::default()
         }
     }

@@ -7,8 +7,13 @@ use std::{cmp::Ordering, collections::HashMap, fmt::Write as _};
 use probe_common::{DnsHistogram, LatencyHistogram};
 
 use crate::{
-    signals::histogram::{self, quantile_ms},
     report::{Snapshot, Workload},
+    signals::{
+        block_io,
+        cpu_throttle::CpuReport,
+        dns::DnsReport,
+        histogram::{self, quantile_ms},
+    },
 };
 
 /// One workload's line.
@@ -196,71 +201,43 @@ impl Rates {
     /// Totals and distributions since `top` started, for one workload.
     pub fn detail(&self, key: &str) -> Option<Detail> {
         let w = self.latest.get(key)?;
-        let mut drops: Vec<(String, u64)> = w
+        let signals = &w.signals;
+        let mut drops: Vec<(String, u64)> = signals
             .drops
             .by_reason
             .iter()
             .map(|(r, n)| (r.clone(), *n))
             .collect();
         drops.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let dns = w.dns.as_ref().map(|d| {
-            let mut total = DnsHistogram::ZERO;
-            for series in &d.latency_series {
-                histogram::add(&mut total, &series.histogram);
-            }
-            total
-        });
-        let mut block: HashMap<String, LatencyHistogram> = HashMap::new();
-        for b in &w.block {
-            histogram::add(
-                block.entry(b.device.clone()).or_default(),
-                &b.service_histogram,
-            );
-        }
-        let mut block: Vec<(String, LatencyHistogram)> = block.into_iter().collect();
-        block.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut devices: Vec<&str> = signals.block.iter().map(|b| b.device.as_str()).collect();
+        devices.sort_unstable();
+        devices.dedup();
+        let block = devices
+            .into_iter()
+            .map(|d| (d.to_string(), block_io::total(&signals.block, Some(d), false)))
+            .collect();
         Some(Detail {
             name: w.display_name(),
             cgroup_path: w.cgroup_path.clone(),
             drops_by_reason: drops,
-            retransmits: w.tcp.retransmits,
-            dns_queries: w.dns.as_ref().map_or(0, |d| d.queries),
-            dns,
+            retransmits: signals.tcp.retransmits,
+            dns_queries: signals.dns.as_ref().map_or(0, |d| d.queries),
+            dns: signals.dns.as_ref().map(DnsReport::latency),
             block,
-            stall: w.cpu.as_ref().map(|c| c.stall_histogram),
+            stall: signals.cpu.as_ref().map(|c| c.stall_histogram),
         })
     }
 }
 
 fn row(key: &str, now: &Workload, before: &Workload, seconds: f64) -> Row {
     let per_s = |now: u64, before: u64| now.saturating_sub(before) as f64 / seconds;
-    let top_drop = now
-        .drops
-        .by_reason
-        .iter()
-        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-        .map(|(reason, _)| reason.clone());
-    let dns_now = now.dns.as_ref();
-    let dns_before = before.dns.as_ref();
-    let dns_p99_ms = dns_now.and_then(|d| {
-        let mut interval = DnsHistogram::ZERO;
-        for series in &d.latency_series {
-            let earlier = dns_before.and_then(|b| {
-                b.latency_series
-                    .iter()
-                    .find(|s| s.resolver == series.resolver && s.rcode == series.rcode)
-            });
-            let delta = match earlier {
-                Some(e) => histogram::since(&series.histogram, &e.histogram),
-                None => series.histogram,
-            };
-            histogram::add(&mut interval, &delta);
-        }
-        quantile_ms(&interval, 0.99)
+    let (now_s, before_s) = (&now.signals, &before.signals);
+    let dns_p99_ms = now_s.dns.as_ref().and_then(|d| {
+        quantile_ms(&DnsReport::latency_since(before_s.dns.as_ref(), d), 0.99)
     });
     let mut worst: Option<(String, f64)> = None;
-    for b in &now.block {
-        let earlier = before
+    for b in &now_s.block {
+        let earlier = before_s
             .block
             .iter()
             .find(|e| e.device == b.device && e.op == b.op);
@@ -274,14 +251,8 @@ fn row(key: &str, now: &Workload, before: &Workload, seconds: f64) -> Row {
             worst = Some((b.device.clone(), p99));
         }
     }
-    let throttled_pct = now.cpu.as_ref().and_then(|c| {
-        let (periods, throttled) = match before.cpu.as_ref() {
-            Some(b) => (
-                c.periods.saturating_sub(b.periods),
-                c.throttled_periods.saturating_sub(b.throttled_periods),
-            ),
-            None => (c.periods, c.throttled_periods),
-        };
+    let throttled_pct = now_s.cpu.as_ref().and_then(|c| {
+        let (periods, throttled) = CpuReport::periods_since(before_s.cpu.as_ref(), c);
         c.quota_ms?;
         Some(if periods == 0 {
             0.0
@@ -295,12 +266,12 @@ fn row(key: &str, now: &Workload, before: &Workload, seconds: f64) -> Row {
         namespace: now.namespace.clone(),
         pod: now.pod.clone(),
         pod_uid: now.pod_uid.clone(),
-        retransmits_per_s: per_s(now.tcp.retransmits, before.tcp.retransmits),
-        drops_per_s: per_s(now.drops.total, before.drops.total),
-        top_drop,
+        retransmits_per_s: per_s(now_s.tcp.retransmits, before_s.tcp.retransmits),
+        drops_per_s: per_s(now_s.drops.total, before_s.drops.total),
+        top_drop: now_s.drops.top_reason().map(|(reason, _)| reason.to_string()),
         dns_per_s: per_s(
-            dns_now.map_or(0, |d| d.queries),
-            dns_before.map_or(0, |d| d.queries),
+            now_s.dns.as_ref().map_or(0, |d| d.queries),
+            before_s.dns.as_ref().map_or(0, |d| d.queries),
         ),
         dns_p99_ms,
         block_p99: worst,
@@ -382,17 +353,16 @@ fn duration_label(us: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{CpuReport, DropStats};
+    use crate::signals::cpu_throttle::CpuReport;
 
     fn workload(path: &str, pod: &str, drops: u64, reason: &str) -> Workload {
         let mut w = Workload {
             cgroup_path: Some(path.to_string()),
             namespace: Some("shop".to_string()),
             pod: Some(pod.to_string()),
-            drops: DropStats::default(),
             ..Default::default()
         };
-        w.drops.add(reason, drops);
+        w.signals.drops.add(reason, drops);
         w
     }
 
@@ -413,7 +383,7 @@ mod tests {
         let first = rates.update(&snapshot(vec![workload("/a", "api", 10, "NO_SOCKET")]), 1.0);
         assert_eq!(first[0].drops_per_s, 10.0);
         let mut later = workload("/a", "api", 30, "NO_SOCKET");
-        later.cpu = Some(CpuReport {
+        later.signals.cpu = Some(CpuReport {
             quota_ms: Some(20.0),
             periods: 10,
             throttled_periods: 5,

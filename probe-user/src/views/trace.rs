@@ -18,9 +18,14 @@ use probe_common::trace::{
 use serde::Serialize;
 
 use crate::{
-    window::{Collector, Hierarchy},
-    kernel::devices, signals::dnswire,
-    report::{Workload, rcode_name},
+    window::Collector,
+    workloads::cgroup::Hierarchy,
+    kernel::devices,
+    report::Workload,
+    signals::{
+        Signal,
+        dns::{rcode_name, wire as dnswire},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -86,17 +91,6 @@ fn read<T: aya::Pod>(kind: TraceKind, bytes: &[u8]) -> Result<T, RecordError> {
     // SAFETY: the length matches, `T` is plain old data (any bit pattern is valid), and
     // the read tolerates any alignment.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
-}
-
-/// `trace`'s signal names, as on the command line and in JSON `signal`.
-pub fn signal_name(kind: TraceKind) -> &'static str {
-    match kind {
-        TraceKind::Retransmit => "retransmits",
-        TraceKind::Drop => "drops",
-        TraceKind::Dns => "dns",
-        TraceKind::Block => "block",
-        TraceKind::Throttle => "throttle",
-    }
 }
 
 /// Kernel text symbols from `/proc/kallsyms`, to name the function that dropped a packet.
@@ -462,7 +456,7 @@ impl Decoder {
         };
         let kind = TraceKind::from_u32(header.kind).unwrap_or(TraceKind::Drop);
         TraceEvent {
-            signal: signal_name(kind),
+            signal: Signal::of_trace_kind(kind).trace_name(),
             time: self.wall_time(header.time_ns),
             cgroup_id: workload
                 .cgroup_id

@@ -169,6 +169,15 @@ pub fn node_path(namespace_root: &str, path: &str) -> String {
     format!("/{}", out.join("/"))
 }
 
+/// Which hierarchy a kernel cgroup id comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Hierarchy {
+    /// cgroup v2: sockets, and netns owners.
+    Unified,
+    Cpu,
+    Blkio,
+}
+
 /// The hierarchies whose ids the programs report: the v2 one (sockets), and the ones
 /// holding the cpu and blkio controllers (on hybrid nodes, v1 hierarchies with ids of
 /// their own; on unified nodes, the v2 one again).

@@ -1,0 +1,220 @@
+//! Block IO per workload: the block request tracepoints time each request from insert
+//! to issue (queue) and issue to complete (service) per (blkio cgroup, device,
+//! operation), as log-linear histograms.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use probe_common::{BlockKey, BlockStats, LatencyHistogram, block_io::BLOCK_IO_MAP};
+use serde::Serialize;
+
+use super::{
+    histogram::{self, LatencySummary},
+    signal::Signal,
+    source::{Attribution, Dead, Owner, Settings, Shared, Source},
+};
+use crate::{
+    kernel::{
+        devices, layout,
+        layout::FieldPath,
+        loader::{Hook, Probe, ProgramSpec},
+    },
+    views::families::{Families, IO_BUCKETS, Labels, prometheus_histogram, with},
+    workloads::cgroup::Hierarchy,
+};
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct BlockReport {
+    pub device: String,
+    /// `read`, `write`, `flush`, `discard` or `other`.
+    pub op: String,
+    /// The device's IO scheduler now (`none`, `mq-deadline`, ...), if it has one.
+    pub scheduler: Option<String>,
+    pub requests: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    /// Issue -> complete.
+    pub service_ms: LatencySummary,
+    /// Insert -> issue, over the requests that went through a scheduler queue.
+    pub queue_ms: LatencySummary,
+    /// The distributions behind the summaries, for the exporter.
+    #[serde(skip)]
+    pub service_histogram: LatencyHistogram,
+    #[serde(skip)]
+    pub queue_histogram: LatencyHistogram,
+}
+
+/// A workload's service (or queue) histograms summed over operations, on one device or
+/// on all.
+pub fn total(reports: &[BlockReport], device: Option<&str>, queue: bool) -> LatencyHistogram {
+    let mut total = LatencyHistogram::ZERO;
+    for b in reports
+        .iter()
+        .filter(|b| device.is_none_or(|d| d == b.device))
+    {
+        let h = if queue {
+            &b.queue_histogram
+        } else {
+            &b.service_histogram
+        };
+        histogram::add(&mut total, h);
+    }
+    total
+}
+
+/// What the block programs read to key a request by device, operation and cgroup.
+const REQUEST_FIELDS: &[FieldPath] = &[
+    layout::REQUEST_QUEUE,
+    layout::QUEUE_DISK,
+    layout::DISK_MAJOR,
+    layout::DISK_FIRST_MINOR,
+    layout::REQUEST_CMD_FLAGS,
+    layout::REQUEST_DATA_LEN,
+    layout::REQUEST_START_TIME,
+    layout::REQUEST_BIO,
+    layout::BIO_BLKG,
+    layout::BLKG_BLKCG,
+    layout::BLKCG_CGROUP,
+    layout::CGROUP_KN,
+    layout::KERNFS_NODE_ID,
+];
+
+const fn program(
+    name: &'static str,
+    min_args: u32,
+    needs: &'static [FieldPath],
+) -> ProgramSpec {
+    ProgramSpec {
+        name,
+        signal: Signal::BlockIo,
+        hook: Hook::BtfTracePoint {
+            tracepoint: name,
+            min_args,
+        },
+        needs,
+    }
+}
+
+pub struct BlockIo {
+    sys_root: PathBuf,
+}
+
+impl Source for BlockIo {
+    const SIGNAL: Signal = Signal::BlockIo;
+    const PROGRAMS: &'static [ProgramSpec] = &[
+        program("block_rq_insert", 1, REQUEST_FIELDS),
+        program("block_rq_issue", 1, REQUEST_FIELDS),
+        program("block_rq_merge", 1, &[]),
+        // (rq, error, nr_bytes)
+        program("block_rq_complete", 3, REQUEST_FIELDS),
+    ];
+    type Counters = HashMap<BlockKey, BlockStats>;
+    type Section = Vec<BlockReport>;
+
+    fn new(settings: &Settings) -> Self {
+        Self {
+            sys_root: settings.sys_root.clone(),
+        }
+    }
+
+    fn read(probe: &Probe) -> anyhow::Result<Self::Counters> {
+        probe.read_hash(BLOCK_IO_MAP)
+    }
+
+    fn cgroups(counters: &Self::Counters) -> Vec<(Hierarchy, u64)> {
+        counters
+            .keys()
+            .map(|k| (Hierarchy::Blkio, k.cgroup_id))
+            .collect()
+    }
+
+    fn collect_garbage(
+        &mut self,
+        probe: &mut Probe,
+        now: &Self::Counters,
+        baseline: &mut Self::Counters,
+        dead: &Dead,
+    ) -> anyhow::Result<Vec<(&'static str, u64)>> {
+        let keys: Vec<BlockKey> = now
+            .keys()
+            .filter(|k| dead.cgroup_gone(Hierarchy::Blkio, k.cgroup_id))
+            .copied()
+            .collect();
+        for key in &keys {
+            baseline.remove(key);
+        }
+        let deleted = probe.remove_entries::<_, BlockStats>(BLOCK_IO_MAP, &keys)?;
+        Ok(vec![(BLOCK_IO_MAP, deleted)])
+    }
+
+    fn report(
+        &self,
+        probe: &Probe,
+        now: &Self::Counters,
+        baseline: &Self::Counters,
+        _shared: &Shared,
+        out: &mut dyn Attribution<Vec<BlockReport>>,
+    ) {
+        let block_ops = probe.block_ops();
+        let mut keys: Vec<&BlockKey> = now.keys().collect();
+        keys.sort_by_key(|k| (k.cgroup_id, k.dev, k.op));
+        for key in keys {
+            let stats = &now[key];
+            let before = baseline.get(key).copied().unwrap_or(BlockStats::ZERO);
+            let service = histogram::since(&stats.service, &before.service);
+            if service.count == 0 {
+                continue;
+            }
+            let queue = histogram::since(&stats.queue, &before.queue);
+            let device = devices::name(&self.sys_root, key.dev);
+            let report = BlockReport {
+                scheduler: devices::scheduler(&self.sys_root, &device),
+                device,
+                op: block_ops.name(key.op).to_string(),
+                requests: service.count,
+                // Shared values are read while the kernel adds to them: never underflow.
+                bytes: stats.bytes.saturating_sub(before.bytes),
+                errors: stats.errors.saturating_sub(before.errors),
+                service_ms: LatencySummary::of(&service),
+                queue_ms: LatencySummary::of(&queue),
+                service_histogram: service,
+                queue_histogram: queue,
+            };
+            let owner = Owner::Cgroup {
+                hierarchy: Hierarchy::Blkio,
+                id: key.cgroup_id,
+                netns: None,
+            };
+            out.slot(owner).section.push(report);
+        }
+    }
+
+    fn metrics(block: &Vec<BlockReport>, labels: &Labels, f: &mut Families) {
+        for b in block {
+            let l = with(labels, &[("device", &b.device), ("op", &b.op)]);
+            f.add(
+                "tuneprobe_block_service_seconds",
+                "Block request issue to complete; the count is the completed requests.",
+                l.clone(),
+                prometheus_histogram(&b.service_histogram, IO_BUCKETS),
+            );
+            f.add(
+                "tuneprobe_block_queue_seconds",
+                "Block request insert to issue, for requests that went through a scheduler queue.",
+                l.clone(),
+                prometheus_histogram(&b.queue_histogram, IO_BUCKETS),
+            );
+            f.counter(
+                "tuneprobe_block_bytes_total",
+                "Bytes completed by block requests.",
+                l.clone(),
+                b.bytes as f64,
+            );
+            f.counter(
+                "tuneprobe_block_errors_total",
+                "Block requests completed with an error.",
+                l,
+                b.errors as f64,
+            );
+        }
+    }
+}

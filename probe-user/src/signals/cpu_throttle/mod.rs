@@ -1,0 +1,303 @@
+//! CPU throttling per workload: `sched_switch` sees tasks switched out because their
+//! group's CFS quota ran out and how long they wait to run again; the group's own
+//! `cpu.stat` gives its periods and throttled periods, the load it is judged by.
+
+pub mod cpustat;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::{Path, PathBuf},
+};
+
+use probe_common::{LatencyHistogram, ThrottleStats, cpu_throttle::CPU_THROTTLE_MAP};
+use serde::Serialize;
+
+use self::cpustat::{CpuAccounting, CpuLimit};
+use super::{
+    histogram::{self, LatencySummary},
+    signal::Signal,
+    source::{Attribution, Dead, Owner, Settings, Shared, Source},
+};
+use crate::{
+    kernel::{
+        layout,
+        loader::{Hook, Probe, ProgramSpec},
+    },
+    views::families::{Families, IO_BUCKETS, Labels, prometheus_histogram},
+    workloads::cgroup::{CgroupPaths, Hierarchy},
+};
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CpuReport {
+    /// `null` without a quota.
+    pub quota_ms: Option<f64>,
+    pub period_ms: Option<f64>,
+    /// From the cgroup's `cpu.stat`, over the window.
+    pub periods: u64,
+    pub throttled_periods: u64,
+    pub throttled_ms: f64,
+    /// Throttled switch-outs seen at `sched_switch`.
+    pub throttle_events: u64,
+    /// How long throttled tasks waited to run again.
+    pub stall_ms: LatencySummary,
+    pub stall_total_ms: f64,
+    #[serde(skip)]
+    pub stall_histogram: LatencyHistogram,
+}
+
+impl CpuReport {
+    /// Throttled periods per period between two cumulative reports, with the periods;
+    /// `None` without any.
+    pub fn throttled_ratio(before: &Self, after: &Self) -> Option<(f64, f64)> {
+        let periods = after.periods.checked_sub(before.periods)?;
+        let throttled = after.throttled_periods.checked_sub(before.throttled_periods)?;
+        (periods > 0).then(|| (throttled as f64 / periods as f64, periods as f64))
+    }
+
+    /// Periods and throttled periods between two cumulative reports (all of `after`'s
+    /// without an earlier one).
+    pub fn periods_since(before: Option<&Self>, after: &Self) -> (u64, u64) {
+        match before {
+            Some(b) => (
+                after.periods.saturating_sub(b.periods),
+                after.throttled_periods.saturating_sub(b.throttled_periods),
+            ),
+            None => (after.periods, after.throttled_periods),
+        }
+    }
+}
+
+/// The cpu hierarchy's view of one cgroup with a CFS quota.
+#[derive(Debug, Clone, Copy)]
+struct CpuWatch {
+    first: CpuAccounting,
+    last: CpuAccounting,
+    limit: CpuLimit,
+}
+
+#[derive(Default)]
+pub struct CpuThrottle {
+    /// cpu cgroups with a quota, by path.
+    watch: HashMap<String, CpuWatch>,
+    /// `cpu.stat` at the window's start of the cpu cgroups that had no quota then
+    /// (`None` before the first scan): a quota set later counts from there, and a
+    /// cgroup created since counts from zero, as its counters do.
+    at_start: Option<HashMap<String, CpuAccounting>>,
+}
+
+impl Source for CpuThrottle {
+    const SIGNAL: Signal = Signal::CpuThrottle;
+    const PROGRAMS: &'static [ProgramSpec] = &[ProgramSpec {
+        name: "sched_switch",
+        signal: Signal::CpuThrottle,
+        // (preempt, prev, next[, prev_state])
+        hook: Hook::BtfTracePoint {
+            tracepoint: "sched_switch",
+            min_args: 3,
+        },
+        needs: &[
+            layout::TASK_PID,
+            layout::TASK_CGROUPS,
+            layout::CSS_SET_SUBSYS,
+            layout::CPU_CGRP_ID,
+            layout::CSS_CGROUP,
+            layout::TASK_THROTTLED,
+            layout::CGROUP_KN,
+            layout::KERNFS_NODE_ID,
+        ],
+    }];
+    type Counters = HashMap<u64, ThrottleStats>;
+    type Section = Option<CpuReport>;
+
+    fn new(_settings: &Settings) -> Self {
+        Self::default()
+    }
+
+    fn read(probe: &Probe) -> anyhow::Result<Self::Counters> {
+        probe.read_hash(CPU_THROTTLE_MAP)
+    }
+
+    fn cgroups(counters: &Self::Counters) -> Vec<(Hierarchy, u64)> {
+        counters.keys().map(|&id| (Hierarchy::Cpu, id)).collect()
+    }
+
+    /// Starts following `cpu.stat` of cgroups with a quota as they appear.
+    fn tick(&mut self, _probe: &mut Probe, paths: &mut CgroupPaths) -> anyhow::Result<()> {
+        paths.refresh();
+        let root = paths.root().to_path_buf();
+        let known: Vec<String> = paths.known().map(|(_, p)| p.to_string()).collect();
+        let first_scan = self.at_start.is_none();
+        let at_start = self.at_start.get_or_insert_with(HashMap::new);
+        for path in known {
+            let dir = join(&root, &path);
+            if let Some(watch) = self.watch.get_mut(&path) {
+                if let Some(now) = CpuAccounting::read(&dir) {
+                    watch.last = now;
+                }
+                continue;
+            }
+            // Checked again every tick: a quota may be set after the cgroup appears
+            // (runtimes create, then configure) or changed later (in-place resize).
+            let (Some(limit), Some(now)) = (CpuLimit::read(&dir), CpuAccounting::read(&dir)) else {
+                continue;
+            };
+            if limit.quota_us.is_none() {
+                if first_scan {
+                    at_start.insert(path, now);
+                }
+                continue;
+            }
+            // Counted from the window's start, not from the tick that noticed the quota:
+            // a container is throttled hardest in its first second, before that tick.
+            let first = if first_scan {
+                now
+            } else {
+                at_start.remove(&path).unwrap_or_default()
+            };
+            self.watch.insert(
+                path,
+                CpuWatch {
+                    first,
+                    last: now,
+                    limit,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn collect_garbage(
+        &mut self,
+        probe: &mut Probe,
+        now: &Self::Counters,
+        baseline: &mut Self::Counters,
+        dead: &Dead,
+    ) -> anyhow::Result<Vec<(&'static str, u64)>> {
+        let keys: Vec<u64> = now
+            .keys()
+            .filter(|&&id| dead.cgroup_gone(Hierarchy::Cpu, id))
+            .copied()
+            .collect();
+        for id in &keys {
+            baseline.remove(id);
+        }
+        let deleted = probe.remove_entries::<_, ThrottleStats>(CPU_THROTTLE_MAP, &keys)?;
+        Ok(vec![(CPU_THROTTLE_MAP, deleted)])
+    }
+
+    fn forget(&mut self, hierarchy: Hierarchy, path: &str) {
+        if hierarchy == Hierarchy::Cpu {
+            self.watch.remove(path);
+            if let Some(at_start) = self.at_start.as_mut() {
+                at_start.remove(path);
+            }
+        }
+    }
+
+    fn report(
+        &self,
+        _probe: &Probe,
+        now: &Self::Counters,
+        baseline: &Self::Counters,
+        _shared: &Shared,
+        out: &mut dyn Attribution<Option<CpuReport>>,
+    ) {
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        for (&id, stats) in now {
+            let before = baseline.get(&id).copied().unwrap_or(ThrottleStats::ZERO);
+            let events = stats.events.saturating_sub(before.events);
+            if events == 0 {
+                continue;
+            }
+            let stall = histogram::since(&stats.stall, &before.stall);
+            let slot = out.slot(Owner::Cgroup {
+                hierarchy: Hierarchy::Cpu,
+                id,
+                netns: None,
+            });
+            let cpu = slot.section.get_or_insert_with(CpuReport::default);
+            cpu.throttle_events += events;
+            cpu.stall_ms = LatencySummary::of(&stall);
+            cpu.stall_total_ms = histogram::round_ms(stall.sum_ns as f64 / 1e6);
+            cpu.stall_histogram = stall;
+            if let Some(path) = slot.path {
+                seen.insert(path.to_string());
+            }
+        }
+        for (path, watch) in &self.watch {
+            let window = watch.last.since(&watch.first);
+            if window.periods == 0 && !seen.contains(path) {
+                continue;
+            }
+            let owner = Owner::Path {
+                hierarchy: Hierarchy::Cpu,
+                path: path.clone(),
+            };
+            let cpu = out
+                .slot(owner)
+                .section
+                .get_or_insert_with(CpuReport::default);
+            cpu.quota_ms = watch.limit.quota_us.map(|us| us as f64 / 1000.0);
+            cpu.period_ms = Some(watch.limit.period_us as f64 / 1000.0);
+            cpu.periods = window.periods;
+            cpu.throttled_periods = window.throttled_periods;
+            cpu.throttled_ms = histogram::round_ms(window.throttled_ns as f64 / 1e6);
+        }
+    }
+
+    fn metrics(cpu: &Option<CpuReport>, labels: &Labels, f: &mut Families) {
+        let Some(cpu) = cpu else {
+            return;
+        };
+        if let Some(quota) = cpu.quota_ms {
+            f.gauge(
+                "tuneprobe_cpu_quota_seconds",
+                "CFS quota per period (cpu.max, cpu.cfs_quota_us).",
+                labels.clone(),
+                quota / 1000.0,
+            );
+        }
+        if let Some(period) = cpu.period_ms {
+            f.gauge(
+                "tuneprobe_cpu_period_seconds",
+                "CFS period (cpu.max, cpu.cfs_period_us).",
+                labels.clone(),
+                period / 1000.0,
+            );
+        }
+        f.counter(
+            "tuneprobe_cpu_periods_total",
+            "CFS periods with activity (cpu.stat nr_periods).",
+            labels.clone(),
+            cpu.periods as f64,
+        );
+        f.counter(
+            "tuneprobe_cpu_throttled_periods_total",
+            "CFS periods in which the group was throttled (cpu.stat nr_throttled).",
+            labels.clone(),
+            cpu.throttled_periods as f64,
+        );
+        f.counter(
+            "tuneprobe_cpu_throttled_seconds_total",
+            "Time the group was throttled (cpu.stat throttled_time/throttled_usec).",
+            labels.clone(),
+            cpu.throttled_ms / 1000.0,
+        );
+        f.counter(
+            "tuneprobe_cpu_throttle_events_total",
+            "Tasks switched out because the group's quota ran out (sched_switch).",
+            labels.clone(),
+            cpu.throttle_events as f64,
+        );
+        f.add(
+            "tuneprobe_cpu_throttle_stall_seconds",
+            "How long a throttled task waited until it ran again.",
+            labels.clone(),
+            prometheus_histogram(&cpu.stall_histogram, IO_BUCKETS),
+        );
+    }
+}
+
+fn join(root: &Path, path: &str) -> PathBuf {
+    root.join(path.trim_start_matches('/'))
+}

@@ -1,0 +1,440 @@
+//! DNS per workload: `cgroup_skb` programs on the root cgroup see queries leave and
+//! responses arrive, match them per flow and transaction id, and count them and their
+//! latency per (socket cgroup, resolver, response code, query type). Queries still
+//! unanswered after `--dns-timeout` are expired here and counted as timeouts.
+
+pub mod wire;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv6Addr},
+    time::Duration,
+};
+
+use aya::maps::MapData;
+use probe_common::{
+    DnsCounters, DnsFlow, DnsHistogram, DnsLatencyKey, DnsQuery, DnsResolverKey, dns,
+    dns::{DNS_COUNTERS_MAP, DNS_IN_FLIGHT_MAP, DNS_LATENCY_MAP},
+};
+use serde::Serialize;
+
+use super::{
+    histogram::{self, Percentiles},
+    signal::Signal,
+    source::{Attribution, Dead, Owner, Settings, Shared, Source},
+};
+use crate::{
+    kernel::loader::{Hook, Probe, ProgramSpec},
+    views::families::{DNS_BUCKETS, Families, Labels, prometheus_histogram, with},
+    workloads::cgroup::{CgroupPaths, Hierarchy},
+};
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct DnsReport {
+    pub queries: u64,
+    pub responses: u64,
+    /// Queries with no response within the timeout (`--dns-timeout`).
+    pub timeouts: u64,
+    /// Packets to or from port 53 that are not a parsable DNS message.
+    pub malformed: u64,
+    /// Responses that matched no query in flight (late after a timeout, or to a query
+    /// sent before the probe attached).
+    pub unmatched_responses: u64,
+    pub by_rcode: BTreeMap<String, u64>,
+    /// `A`, `AAAA`, `SRV`, `PTR`, `OTHER`, over answered queries.
+    pub by_qtype: BTreeMap<String, u64>,
+    pub latency_ms: Percentiles,
+    /// By resolver address as the client addressed it (a Service IP stays a Service IP).
+    pub by_resolver: BTreeMap<String, ResolverReport>,
+    /// Latency distributions per (resolver, response code), for the exporter.
+    #[serde(skip)]
+    pub latency_series: Vec<DnsLatencySeries>,
+}
+
+impl DnsReport {
+    /// The latency distribution over every resolver and response code.
+    pub fn latency(&self) -> DnsHistogram {
+        let mut total = DnsHistogram::ZERO;
+        for series in &self.latency_series {
+            histogram::add(&mut total, &series.histogram);
+        }
+        total
+    }
+
+    /// The latency distribution between two cumulative reports (all of `after`'s
+    /// without an earlier one).
+    pub fn latency_since(before: Option<&Self>, after: &Self) -> DnsHistogram {
+        let mut interval = DnsHistogram::ZERO;
+        for series in &after.latency_series {
+            let earlier = before.and_then(|b| {
+                b.latency_series
+                    .iter()
+                    .find(|s| s.resolver == series.resolver && s.rcode == series.rcode)
+            });
+            let delta = match earlier {
+                Some(e) => histogram::since(&series.histogram, &e.histogram),
+                None => series.histogram,
+            };
+            histogram::add(&mut interval, &delta);
+        }
+        interval
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsLatencySeries {
+    pub resolver: String,
+    pub rcode: String,
+    pub histogram: DnsHistogram,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ResolverReport {
+    pub queries: u64,
+    pub responses: u64,
+    pub timeouts: u64,
+    pub latency_ms: Percentiles,
+}
+
+/// Response code names (RFC 1035, 2136, 6895); others as `RCODE<n>`.
+pub fn rcode_name(rcode: u8) -> String {
+    match rcode {
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        6 => "YXDOMAIN",
+        7 => "YXRRSET",
+        8 => "NXRRSET",
+        9 => "NOTAUTH",
+        10 => "NOTZONE",
+        other => return format!("RCODE{other}"),
+    }
+    .to_string()
+}
+
+/// The kernel's counts and latencies at one instant.
+#[derive(Debug, Clone, Default)]
+pub struct DnsCounts {
+    counters: HashMap<DnsResolverKey, DnsCounters>,
+    latency: HashMap<DnsLatencyKey, DnsHistogram>,
+}
+
+pub struct Dns {
+    timeout: Duration,
+    /// Queries that timed out during the window, per (workload, resolver).
+    timeouts: HashMap<DnsResolverKey, u64>,
+}
+
+impl Source for Dns {
+    const SIGNAL: Signal = Signal::Dns;
+    const PROGRAMS: &'static [ProgramSpec] = &[
+        ProgramSpec {
+            name: "dns_egress",
+            signal: Signal::Dns,
+            hook: Hook::CgroupSkb(aya::programs::CgroupSkbAttachType::Egress),
+            needs: &[],
+        },
+        ProgramSpec {
+            name: "dns_ingress",
+            signal: Signal::Dns,
+            hook: Hook::CgroupSkb(aya::programs::CgroupSkbAttachType::Ingress),
+            needs: &[],
+        },
+    ];
+    type Counters = DnsCounts;
+    type Section = Option<DnsReport>;
+
+    fn new(settings: &Settings) -> Self {
+        Self {
+            timeout: settings.dns_timeout,
+            timeouts: HashMap::new(),
+        }
+    }
+
+    fn read(probe: &Probe) -> anyhow::Result<DnsCounts> {
+        Ok(DnsCounts {
+            counters: probe.read_per_cpu(DNS_COUNTERS_MAP, |total: &mut DnsCounters, v| {
+                total.add(v);
+            })?,
+            latency: probe.read_hash(DNS_LATENCY_MAP)?,
+        })
+    }
+
+    fn cgroups(counts: &DnsCounts) -> Vec<(Hierarchy, u64)> {
+        counts
+            .counters
+            .keys()
+            .map(|k| (Hierarchy::Unified, k.cgroup_id))
+            .collect()
+    }
+
+    /// Counts and forgets the queries older than the timeout.
+    fn tick(&mut self, probe: &mut Probe, _cpu_paths: &mut CgroupPaths) -> anyhow::Result<()> {
+        let deadline = monotonic_ns().saturating_sub(self.timeout.as_nanos() as u64);
+        let mut in_flight =
+            aya::maps::HashMap::<&mut MapData, DnsFlow, DnsQuery>::try_from(
+                probe.map_mut(DNS_IN_FLIGHT_MAP)?,
+            )?;
+        let expired: Vec<DnsFlow> = in_flight
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, query)| query.sent_ns < deadline)
+            .map(|(flow, _)| flow)
+            .collect();
+        for flow in expired {
+            // A response may have removed it meanwhile: then it did not time out.
+            if in_flight.remove(&flow).is_ok() {
+                let key = DnsResolverKey {
+                    cgroup_id: flow.cgroup_id,
+                    resolver: flow.server,
+                };
+                *self.timeouts.entry(key).or_default() += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn collect_garbage(
+        &mut self,
+        probe: &mut Probe,
+        now: &DnsCounts,
+        baseline: &mut DnsCounts,
+        dead: &Dead,
+    ) -> anyhow::Result<Vec<(&'static str, u64)>> {
+        let gone = |cgroup_id: u64| dead.gone(cgroup_id, 0);
+        let counters: Vec<DnsResolverKey> = now
+            .counters
+            .keys()
+            .filter(|k| gone(k.cgroup_id))
+            .copied()
+            .collect();
+        let latency: Vec<DnsLatencyKey> = now
+            .latency
+            .keys()
+            .filter(|k| gone(k.cgroup_id))
+            .copied()
+            .collect();
+        // Queries of a dead workload still waiting: they would time out later and
+        // bring it back.
+        let in_flight: Vec<DnsFlow> = probe
+            .read_hash::<DnsFlow, DnsQuery>(DNS_IN_FLIGHT_MAP)?
+            .into_keys()
+            .filter(|flow| gone(flow.cgroup_id))
+            .collect();
+        for key in &counters {
+            baseline.counters.remove(key);
+        }
+        for key in &latency {
+            baseline.latency.remove(key);
+        }
+        self.timeouts.retain(|k, _| !gone(k.cgroup_id));
+        Ok(vec![
+            (
+                DNS_COUNTERS_MAP,
+                probe.remove_entries::<_, DnsCounters>(DNS_COUNTERS_MAP, &counters)?,
+            ),
+            (
+                DNS_LATENCY_MAP,
+                probe.remove_entries::<_, DnsHistogram>(DNS_LATENCY_MAP, &latency)?,
+            ),
+            (
+                DNS_IN_FLIGHT_MAP,
+                probe.remove_entries::<_, DnsQuery>(DNS_IN_FLIGHT_MAP, &in_flight)?,
+            ),
+        ])
+    }
+
+    fn report(
+        &self,
+        _probe: &Probe,
+        now: &DnsCounts,
+        baseline: &DnsCounts,
+        _shared: &Shared,
+        out: &mut dyn Attribution<Option<DnsReport>>,
+    ) {
+        for (cgroup_id, report) in reports(now, baseline, &self.timeouts) {
+            let owner = Owner::Cgroup {
+                hierarchy: Hierarchy::Unified,
+                id: cgroup_id,
+                netns: None,
+            };
+            *out.slot(owner).section = Some(report);
+        }
+    }
+
+    fn metrics(dns: &Option<DnsReport>, labels: &Labels, f: &mut Families) {
+        let Some(dns) = dns else {
+            return;
+        };
+        for (resolver, r) in &dns.by_resolver {
+            let l = with(labels, &[("resolver", resolver)]);
+            f.counter(
+                "tuneprobe_dns_queries_total",
+                "DNS queries sent to port 53 (UDP and TCP).",
+                l.clone(),
+                r.queries as f64,
+            );
+            f.counter(
+                "tuneprobe_dns_timeouts_total",
+                "DNS queries without a response within the timeout.",
+                l,
+                r.timeouts as f64,
+            );
+        }
+        for series in &dns.latency_series {
+            f.add(
+                "tuneprobe_dns_latency_seconds",
+                "Query to response, per resolver and response code; the count is the responses.",
+                with(
+                    labels,
+                    &[("resolver", &series.resolver), ("rcode", &series.rcode)],
+                ),
+                prometheus_histogram(&series.histogram, DNS_BUCKETS),
+            );
+        }
+        f.counter(
+            "tuneprobe_dns_malformed_total",
+            "Packets to or from port 53 that are not a parsable DNS message.",
+            labels.clone(),
+            dns.malformed as f64,
+        );
+    }
+}
+
+/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns()`.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// `1.2.3.4` for IPv4-mapped addresses, the IPv6 form otherwise.
+fn resolver_name(address: [u8; 16]) -> String {
+    let v6 = Ipv6Addr::from(address);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4).to_string(),
+        None => IpAddr::V6(v6).to_string(),
+    }
+}
+
+fn qtype_name(class: u8) -> &'static str {
+    match class {
+        dns::QTYPE_A => "A",
+        dns::QTYPE_AAAA => "AAAA",
+        dns::QTYPE_SRV => "SRV",
+        dns::QTYPE_PTR => "PTR",
+        _ => "OTHER",
+    }
+}
+
+/// Per workload (cgroup v2 id): the window's DNS counts, latency and timeouts.
+fn reports(
+    now: &DnsCounts,
+    baseline: &DnsCounts,
+    timeouts: &HashMap<DnsResolverKey, u64>,
+) -> BTreeMap<u64, DnsReport> {
+    let mut reports: BTreeMap<u64, DnsReport> = BTreeMap::new();
+    let mut latency: BTreeMap<u64, DnsHistogram> = BTreeMap::new();
+    let mut resolver_latency: BTreeMap<(u64, String), DnsHistogram> = BTreeMap::new();
+
+    for (key, counters) in &now.counters {
+        let before = baseline.counters.get(key).copied().unwrap_or_default();
+        let delta = counters.since(&before);
+        if delta == DnsCounters::default() {
+            continue;
+        }
+        let report = reports.entry(key.cgroup_id).or_default();
+        report.queries += delta.queries;
+        report.responses += delta.responses;
+        report.unmatched_responses += delta.unmatched;
+        report.malformed += delta.malformed;
+        if delta.queries + delta.responses > 0 {
+            let resolver = report
+                .by_resolver
+                .entry(resolver_name(key.resolver))
+                .or_default();
+            resolver.queries += delta.queries;
+            resolver.responses += delta.responses;
+        }
+    }
+    for (key, &count) in timeouts {
+        let report = reports.entry(key.cgroup_id).or_default();
+        report.timeouts += count;
+        report
+            .by_resolver
+            .entry(resolver_name(key.resolver))
+            .or_default()
+            .timeouts += count;
+    }
+    for (key, histogram) in &now.latency {
+        let before = baseline
+            .latency
+            .get(key)
+            .copied()
+            .unwrap_or(DnsHistogram::ZERO);
+        let window = histogram::since(histogram, &before);
+        if window.count == 0 {
+            continue;
+        }
+        let report = reports.entry(key.cgroup_id).or_default();
+        *report.by_rcode.entry(rcode_name(key.rcode)).or_default() += window.count;
+        *report
+            .by_qtype
+            .entry(qtype_name(key.qtype).to_string())
+            .or_default() += window.count;
+        histogram::add(
+            latency.entry(key.cgroup_id).or_insert(DnsHistogram::ZERO),
+            &window,
+        );
+        histogram::add(
+            resolver_latency
+                .entry((key.cgroup_id, resolver_name(key.resolver)))
+                .or_insert(DnsHistogram::ZERO),
+            &window,
+        );
+        let series = DnsLatencySeries {
+            resolver: resolver_name(key.resolver),
+            rcode: rcode_name(key.rcode),
+            histogram: window,
+        };
+        match report
+            .latency_series
+            .iter_mut()
+            .find(|s| s.resolver == series.resolver && s.rcode == series.rcode)
+        {
+            // Query types are kept apart in the kernel; the exporter does not label them.
+            Some(existing) => histogram::add(&mut existing.histogram, &series.histogram),
+            None => report.latency_series.push(series),
+        }
+    }
+    for (cgroup_id, histogram) in latency {
+        if let Some(report) = reports.get_mut(&cgroup_id) {
+            report.latency_ms = Percentiles::of(&histogram);
+        }
+    }
+    for ((cgroup_id, resolver), histogram) in resolver_latency {
+        if let Some(report) = reports.get_mut(&cgroup_id) {
+            report.by_resolver.entry(resolver).or_default().latency_ms =
+                Percentiles::of(&histogram);
+        }
+    }
+    reports
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_codes_have_names() {
+        assert_eq!(rcode_name(3), "NXDOMAIN");
+        assert_eq!(rcode_name(15), "RCODE15");
+    }
+}

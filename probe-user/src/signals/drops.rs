@@ -1,0 +1,183 @@
+//! Packet drops per workload by the kernel's drop reason (`skb:kfree_skb`), plus the
+//! listen-queue overflows that the kernel counts per namespace but does not report
+//! through `kfree_skb`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use probe_common::{DropKey, drops::DROPS_MAP};
+use serde::Serialize;
+
+use super::{
+    signal::Signal,
+    source::{Attribution, Dead, Owner, Settings, Shared, Source},
+    tcp_retransmit::TcpStats,
+};
+use crate::{
+    kernel::{
+        layout,
+        loader::{Hook, Probe, ProgramSpec},
+    },
+    views::families::{Families, Labels, with},
+    workloads::cgroup::Hierarchy,
+};
+
+/// The reason under which listen-queue overflows appear: the kernel counts them in
+/// `TcpExtListenOverflows` but does not report them through `kfree_skb`.
+pub const TCP_LISTEN_OVERFLOW: &str = "TCP_LISTEN_OVERFLOW";
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct DropStats {
+    pub total: u64,
+    pub by_reason: BTreeMap<String, u64>,
+}
+
+impl DropStats {
+    pub fn add(&mut self, reason: &str, count: u64) {
+        self.total += count;
+        *self.by_reason.entry(reason.to_string()).or_default() += count;
+    }
+
+    pub fn listen_overflows(&self) -> u64 {
+        self.by_reason
+            .get(TCP_LISTEN_OVERFLOW)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The most frequent reason.
+    pub fn top_reason(&self) -> Option<(&str, u64)> {
+        self.by_reason
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+            .map(|(reason, n)| (reason.as_str(), *n))
+    }
+
+    /// Listen overflows per connection attempt (overflows and accepted connections)
+    /// between two cumulative reports, with the attempts; `None` without any.
+    pub fn listen_overflow_ratio(
+        (before, before_tcp): (&Self, &TcpStats),
+        (after, after_tcp): (&Self, &TcpStats),
+    ) -> Option<(f64, f64)> {
+        let overflows = after
+            .listen_overflows()
+            .checked_sub(before.listen_overflows())?;
+        let opens = after_tcp
+            .passive_opens
+            .checked_sub(before_tcp.passive_opens)?;
+        let attempts = overflows + opens;
+        (attempts > 0).then(|| (overflows as f64 / attempts as f64, attempts as f64))
+    }
+}
+
+pub struct Drops;
+
+impl Source for Drops {
+    const SIGNAL: Signal = Signal::Drops;
+    const PROGRAMS: &'static [ProgramSpec] = &[ProgramSpec {
+        name: "kfree_skb",
+        signal: Signal::Drops,
+        // (skb, location, reason): the reason argument exists since 5.17.
+        hook: Hook::BtfTracePoint {
+            tracepoint: "kfree_skb",
+            min_args: 3,
+        },
+        needs: &[
+            layout::SK_BUFF_SK,
+            layout::SK_BUFF_DEV,
+            layout::SOCK_STATE,
+            layout::SOCK_NET,
+            layout::SOCK_CGROUP,
+            layout::CGROUP_KN,
+            layout::KERNFS_NODE_ID,
+            layout::NET_DEVICE_NET,
+            layout::NET_INUM,
+        ],
+    }];
+    type Counters = HashMap<DropKey, u64>;
+    type Section = DropStats;
+
+    fn new(_settings: &Settings) -> Self {
+        Self
+    }
+
+    fn read(probe: &Probe) -> anyhow::Result<Self::Counters> {
+        probe.read_per_cpu(DROPS_MAP, |total: &mut u64, v| *total += v)
+    }
+
+    fn cgroups(counters: &Self::Counters) -> Vec<(Hierarchy, u64)> {
+        counters
+            .keys()
+            .map(|k| (Hierarchy::Unified, k.cgroup_id))
+            .collect()
+    }
+
+    fn netns_counts(counters: &Self::Counters) -> Vec<(u32, u64)> {
+        counters.iter().map(|(k, &n)| (k.netns, n)).collect()
+    }
+
+    fn collect_garbage(
+        &mut self,
+        probe: &mut Probe,
+        now: &Self::Counters,
+        baseline: &mut Self::Counters,
+        dead: &Dead,
+    ) -> anyhow::Result<Vec<(&'static str, u64)>> {
+        let keys: Vec<DropKey> = now
+            .keys()
+            .filter(|k| dead.gone(k.cgroup_id, k.netns))
+            .copied()
+            .collect();
+        for key in &keys {
+            baseline.remove(key);
+        }
+        Ok(vec![(DROPS_MAP, probe.remove_entries::<_, u64>(DROPS_MAP, &keys)?)])
+    }
+
+    fn report(
+        &self,
+        probe: &Probe,
+        now: &Self::Counters,
+        baseline: &Self::Counters,
+        shared: &Shared,
+        out: &mut dyn Attribution<DropStats>,
+    ) {
+        let reasons = probe.drop_reasons();
+        for (key, &count) in now {
+            let delta = count.saturating_sub(baseline.get(key).copied().unwrap_or(0));
+            if delta == 0 {
+                continue;
+            }
+            let owner = Owner::Cgroup {
+                hierarchy: Hierarchy::Unified,
+                id: key.cgroup_id,
+                netns: (key.netns != 0).then_some(key.netns),
+            };
+            out.slot(owner).section.add(&reasons.name(key.reason), delta);
+        }
+        // The namespaces' own counters: listen overflows for the pod living there, and
+        // that pod reported at all when its namespace had TCP load (the load its
+        // signals are normalised by). The host namespace always has traffic; its load
+        // alone would add a workload for `/` to every report.
+        for (&netns, load) in &shared.netns_tcp {
+            let tcp = load.tcp;
+            if tcp == Default::default() || (load.host && tcp.listen_overflows == 0) {
+                continue;
+            }
+            let drops = out.slot(Owner::Netns(netns)).section;
+            if tcp.listen_overflows > 0 {
+                drops.add(TCP_LISTEN_OVERFLOW, tcp.listen_overflows);
+            }
+        }
+    }
+
+    fn metrics(drops: &DropStats, labels: &Labels, f: &mut Families) {
+        for (reason, &count) in &drops.by_reason {
+            f.counter(
+                "tuneprobe_packet_drops_total",
+                "Packets the kernel dropped, by drop reason (skb:kfree_skb), plus TCP_LISTEN_OVERFLOW.",
+                with(labels, &[("reason", reason)]),
+                count as f64,
+            );
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! TCP retransmits per workload: `tcp:tcp_retransmit_skb` counts retransmitted skbs,
+//! their segments and failed attempts per (socket cgroup, network namespace); the load
+//! they are judged by is the namespace's own `OutSegs`.
+
+use std::collections::HashMap;
+
+use probe_common::{RetransmitCounters, RetransmitKey, tcp_retransmit::TCP_RETRANSMITS_MAP};
+use serde::Serialize;
+
+use super::{
+    signal::Signal,
+    source::{Attribution, Dead, Owner, Settings, Shared, Source},
+};
+use crate::{
+    kernel::{
+        layout,
+        loader::{Hook, Probe, ProgramSpec},
+    },
+    views::families::{Families, Labels},
+    workloads::cgroup::Hierarchy,
+};
+
+/// A workload's retransmits over the window, and its namespace's TCP load.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct TcpStats {
+    pub retransmits: u64,
+    pub retransmitted_segments: u64,
+    pub failed_retransmits: u64,
+    /// Connections accepted in the workload's network namespace (`PassiveOpens`), the
+    /// load that listen overflows are normalised by. A namespace total: every workload
+    /// in the namespace (a pod and its containers) shows the same number.
+    pub passive_opens: u64,
+    /// Segments sent from its network namespace (`OutSegs`), the load for retransmits;
+    /// a namespace total too.
+    pub sent_segments: u64,
+}
+
+impl TcpStats {
+    /// Retransmitted segments per sent segment between two cumulative reports, with the
+    /// sent segments; `None` without any.
+    pub fn retransmit_ratio(before: &Self, after: &Self) -> Option<(f64, f64)> {
+        let retransmitted = after
+            .retransmitted_segments
+            .checked_sub(before.retransmitted_segments)?;
+        let sent = after.sent_segments.checked_sub(before.sent_segments)?;
+        (sent > 0).then(|| (retransmitted as f64 / sent as f64, sent as f64))
+    }
+}
+
+pub struct TcpRetransmit;
+
+impl Source for TcpRetransmit {
+    const SIGNAL: Signal = Signal::TcpRetransmit;
+    const PROGRAMS: &'static [ProgramSpec] = &[ProgramSpec {
+        name: "tcp_retransmit_skb",
+        signal: Signal::TcpRetransmit,
+        // (sk, skb); `err` is read only where the kernel passes it (6.11+).
+        hook: Hook::BtfTracePoint {
+            tracepoint: "tcp_retransmit_skb",
+            min_args: 2,
+        },
+        needs: &[
+            layout::SK_BUFF_CB,
+            layout::TCP_SKB_CB_GSO_SEGS,
+            layout::SOCK_STATE,
+            layout::SOCK_NET,
+            layout::SOCK_CGROUP,
+            layout::CGROUP_KN,
+            layout::KERNFS_NODE_ID,
+            layout::NET_INUM,
+        ],
+    }];
+    type Counters = HashMap<RetransmitKey, RetransmitCounters>;
+    type Section = TcpStats;
+
+    fn new(_settings: &Settings) -> Self {
+        Self
+    }
+
+    fn read(probe: &Probe) -> anyhow::Result<Self::Counters> {
+        probe.read_per_cpu(TCP_RETRANSMITS_MAP, |total: &mut RetransmitCounters, v| {
+            total.add(v);
+        })
+    }
+
+    fn cgroups(counters: &Self::Counters) -> Vec<(Hierarchy, u64)> {
+        counters
+            .keys()
+            .map(|k| (Hierarchy::Unified, k.cgroup_id))
+            .collect()
+    }
+
+    fn netns_counts(counters: &Self::Counters) -> Vec<(u32, u64)> {
+        counters
+            .iter()
+            .map(|(k, c)| (k.netns, c.retransmits))
+            .collect()
+    }
+
+    fn collect_garbage(
+        &mut self,
+        probe: &mut Probe,
+        now: &Self::Counters,
+        baseline: &mut Self::Counters,
+        dead: &Dead,
+    ) -> anyhow::Result<Vec<(&'static str, u64)>> {
+        let keys: Vec<RetransmitKey> = now
+            .keys()
+            .filter(|k| dead.gone(k.cgroup_id, k.netns))
+            .copied()
+            .collect();
+        for key in &keys {
+            baseline.remove(key);
+        }
+        let deleted =
+            probe.remove_entries::<_, RetransmitCounters>(TCP_RETRANSMITS_MAP, &keys)?;
+        Ok(vec![(TCP_RETRANSMITS_MAP, deleted)])
+    }
+
+    fn report(
+        &self,
+        _probe: &Probe,
+        now: &Self::Counters,
+        baseline: &Self::Counters,
+        _shared: &Shared,
+        out: &mut dyn Attribution<TcpStats>,
+    ) {
+        for (key, counters) in now {
+            let before = baseline.get(key).copied().unwrap_or_default();
+            let delta = counters.since(&before);
+            if delta == RetransmitCounters::default() {
+                continue;
+            }
+            let owner = Owner::Cgroup {
+                hierarchy: Hierarchy::Unified,
+                id: key.cgroup_id,
+                netns: (key.netns != 0).then_some(key.netns),
+            };
+            let tcp = out.slot(owner).section;
+            tcp.retransmits += delta.retransmits;
+            tcp.retransmitted_segments += delta.segments;
+            tcp.failed_retransmits += delta.failed;
+        }
+    }
+
+    /// The load that network signals are normalised by belongs to the namespace: every
+    /// workload living there (the pod, each container) gets its totals.
+    fn complete(shared: &Shared, netns: Option<u32>, tcp: &mut TcpStats) {
+        if let Some(load) = netns.and_then(|n| shared.netns_tcp.get(&n)) {
+            tcp.passive_opens = load.tcp.passive_opens;
+            tcp.sent_segments = load.tcp.sent_segments;
+        }
+    }
+
+    fn metrics(tcp: &TcpStats, labels: &Labels, f: &mut Families) {
+        if tcp.retransmits + tcp.failed_retransmits == 0 {
+            return;
+        }
+        f.counter(
+            "tuneprobe_tcp_retransmits_total",
+            "TCP retransmitted skbs that went out (tcp:tcp_retransmit_skb, err == 0).",
+            labels.clone(),
+            tcp.retransmits as f64,
+        );
+        f.counter(
+            "tuneprobe_tcp_retransmitted_segments_total",
+            "TCP segments in retransmitted skbs, as RetransSegs counts them.",
+            labels.clone(),
+            tcp.retransmitted_segments as f64,
+        );
+        f.counter(
+            "tuneprobe_tcp_failed_retransmits_total",
+            "TCP retransmit attempts that did not go out (err != 0).",
+            labels.clone(),
+            tcp.failed_retransmits as f64,
+        );
+    }
+}
