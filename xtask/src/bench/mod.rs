@@ -25,20 +25,18 @@ use std::{
     fs,
     path::PathBuf,
     process::{Command, Stdio},
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::AtomicBool},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
 use serde_json::{Value, json};
+use tuneprobe_lab::{Proc, sh};
 
 use self::{
     agent::{Agent, Mode, StatsEnabled, Tools, Usage, http_get, prog_stats},
-    lab::{IPERF_LOSSY_PORT, IPERF_PORT, Lab, Proc},
+    lab::{IPERF_LOSSY_PORT, IPERF_PORT, Lab},
     report::{Target, median, ratio},
 };
 use crate::{is_root, setup, workspace_root};
@@ -107,11 +105,9 @@ impl Plan {
     }
 }
 
-static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-
 /// Ctrl-C or SIGTERM arrived: stages stop at their next check and cleanup runs.
 fn interrupted() -> bool {
-    INTERRUPTED.get().is_some_and(|f| f.load(Ordering::Relaxed))
+    tuneprobe_lab::interrupted()
 }
 
 /// What the benchmark and the soak do first: Ctrl-C handling, setup (unless told not
@@ -142,7 +138,7 @@ fn install_interrupt() -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&flag))?;
     }
-    let _ = INTERRUPTED.set(flag);
+    tuneprobe_lab::stop_waiting_on(flag);
     Ok(())
 }
 
@@ -251,7 +247,7 @@ fn write_bpftrace_program(out_dir: &std::path::Path) -> anyhow::Result<PathBuf> 
 
 /// `SKB_CONSUMED` from the kernel's BTF (enum values move between kernels).
 fn skb_consumed() -> anyhow::Result<u32> {
-    let out = lab::sh(&[
+    let out = sh(&[
         "bpftool",
         "btf",
         "dump",
@@ -554,7 +550,7 @@ fn load_mix(
 ) -> anyhow::Result<MixRun> {
     let secs = plan.mix_secs;
     let _busy = load::busy_loop(cpu_cgroup)?;
-    let retransmits_before = netstat(&lab.ns_a, "Tcp:", "RetransSegs")?;
+    let retransmits_before = netstat(&lab.net.a, "Tcp:", "RetransSegs")?;
     let drops_before = lab.dropped_in_b()?;
     let usage_before = agent.usage()?;
     let progs_before = prog_stats(agent.pid())?;
@@ -576,7 +572,7 @@ fn load_mix(
     let usage_after: Usage = agent.usage()?;
     let progs_after = prog_stats(agent.pid())?;
     let drops = lab.dropped_in_b()? - drops_before;
-    let retransmits = netstat(&lab.ns_a, "Tcp:", "RetransSegs")? - retransmits_before;
+    let retransmits = netstat(&lab.net.a, "Tcp:", "RetransSegs")? - retransmits_before;
     let bpf_ns: u64 = progs_after
         .iter()
         .map(|(name, after)| {
@@ -614,7 +610,7 @@ fn load_mix(
 
 /// A counter from a namespace's /proc/net/snmp (`group` like "Tcp:").
 fn netstat(ns: &str, group: &str, name: &str) -> anyhow::Result<u64> {
-    let text = lab::sh(&["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"])?;
+    let text = sh(&["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"])?;
     let mut lines = text.lines().filter(|l| l.starts_with(group));
     let (header, values) = (lines.next(), lines.next());
     let (Some(header), Some(values)) = (header, values) else {
@@ -1060,7 +1056,7 @@ fn machine() -> Value {
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
     let version = |cmd: &[&str]| {
-        lab::sh(cmd)
+        sh(cmd)
             .ok()
             .and_then(|o| o.lines().next().map(str::to_string))
     };
