@@ -3,7 +3,9 @@
 //! processes placed in both.
 //!
 //! Every fixture gets a unique name, so tests run in parallel and never touch what they
-//! did not create.
+//! did not create. The kernel objects come from `tuneprobe-lab` (the lab the benchmark
+//! builds too); these fixtures give them the tests' names and addresses, and panic where
+//! the lab returns an error.
 
 use std::{
     collections::HashMap,
@@ -15,11 +17,12 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
 use tuneprobe::workloads::procfs::parse_netstat;
+pub use tuneprobe_lab::unique;
+use tuneprobe_lab::{CgroupTree, Leftovers, PairSpec, random_hex};
 
 pub mod cri;
 /// Address of side A (the client side) of a [`NetnsPair`].
@@ -27,179 +30,48 @@ pub const ADDR_A: &str = "10.200.0.1";
 /// Address of side B (the server side).
 pub const ADDR_B: &str = "10.200.0.2";
 
-/// A short name unique to this call: a random part (a killed earlier run may have left
-/// names behind) and a counter (calls within this run).
-pub fn unique(prefix: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}{}x{n}", random_hex(6))
-}
-
-fn random_hex(len: usize) -> String {
-    let mut out = String::new();
-    while out.len() < len {
-        let uuid = fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap_or_default();
-        out.extend(uuid.chars().filter(char::is_ascii_hexdigit));
-    }
-    out.truncate(len);
-    out
+/// The fixtures' errors become panics that name what failed and why.
+fn or_panic<T>(result: anyhow::Result<T>) -> T {
+    result.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Runs a command to completion; panics with its output if it fails.
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    or_panic(tuneprobe_lab::sh(args))
 }
 
 /// Two network namespaces, `a` (10.200.0.1) and `b` (10.200.0.2), joined by a veth
-/// pair, IPv6 off and neighbours static so that no packet but the test's own crosses.
-pub struct NetnsPair {
-    pub a: String,
-    pub b: String,
-    pub dev_a: String,
-    pub dev_b: String,
-}
+/// pair, IPv6 off and neighbours static so that no packet but the test's own crosses
+/// ([`tuneprobe_lab::NetnsPair`], whose fields `a`, `b`, `dev_a` and `dev_b` it shows).
+pub struct NetnsPair(tuneprobe_lab::NetnsPair);
 
 impl NetnsPair {
     pub fn new() -> Self {
         let id = unique("");
-        let pair = Self {
-            a: format!("tpa{id}"),
-            b: format!("tpb{id}"),
-            dev_a: format!("va{id}"),
-            dev_b: format!("vb{id}"),
-        };
-        // Assigned before any step can fail: Drop removes what exists.
-        sh(&["ip", "netns", "add", &pair.a]);
-        sh(&["ip", "netns", "add", &pair.b]);
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &pair.dev_a,
-            "netns",
-            &pair.a,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &pair.dev_b,
-            "netns",
-            &pair.b,
-        ]);
-        for (ns, dev, addr) in [
-            (&pair.a, &pair.dev_a, ADDR_A),
-            (&pair.b, &pair.dev_b, ADDR_B),
-        ] {
-            // No IPv6 on the veth (no router solicitations, no MLD): only the test's own
-            // packets cross it. Loopback keeps ::1 for the IPv6 tests.
-            let disable = format!("echo 1 > /proc/sys/net/ipv6/conf/{dev}/disable_ipv6");
-            pair.exec(ns, &["sh", "-c", &disable]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                dev,
-            ]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
-        let mac_a = pair.mac(&pair.a, &pair.dev_a);
-        let mac_b = pair.mac(&pair.b, &pair.dev_b);
-        sh(&[
-            "ip",
-            "-n",
-            &pair.a,
-            "neigh",
-            "replace",
-            ADDR_B,
-            "lladdr",
-            &mac_b,
-            "dev",
-            &pair.dev_a,
-            "nud",
-            "permanent",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &pair.b,
-            "neigh",
-            "replace",
-            ADDR_A,
-            "lladdr",
-            &mac_a,
-            "dev",
-            &pair.dev_b,
-            "nud",
-            "permanent",
-        ]);
-        pair
-    }
-
-    fn mac(&self, ns: &str, dev: &str) -> String {
-        let out = sh(&["ip", "-n", ns, "-o", "link", "show", dev]);
-        out.split("link/ether ")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no MAC in {out}"))
-            .to_string()
+        Self(or_panic(tuneprobe_lab::NetnsPair::create(&PairSpec {
+            ns_a: &format!("tpa{id}"),
+            ns_b: &format!("tpb{id}"),
+            dev_a: &format!("va{id}"),
+            dev_b: &format!("vb{id}"),
+            addr_a: ADDR_A,
+            addr_b: ADDR_B,
+            quiet: true,
+        })))
     }
 
     /// Adds another address to side B (a second resolver, say), reachable from A.
     pub fn add_address_b(&self, addr: &str) {
-        sh(&[
-            "ip",
-            "-n",
-            &self.b,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            &self.dev_b,
-        ]);
-        let mac_b = self.mac(&self.b, &self.dev_b);
-        sh(&[
-            "ip",
-            "-n",
-            &self.a,
-            "neigh",
-            "replace",
-            addr,
-            "lladdr",
-            &mac_b,
-            "dev",
-            &self.dev_a,
-            "nud",
-            "permanent",
-        ]);
+        or_panic(self.0.add_address_b(addr));
     }
 
     /// Runs a command inside namespace `ns` and returns its stdout.
     pub fn exec(&self, ns: &str, args: &[&str]) -> String {
-        let mut full = vec!["ip", "netns", "exec", ns];
-        full.extend_from_slice(args);
-        sh(&full)
+        or_panic(self.0.exec(ns, args))
     }
 
     /// Inode number of a namespace, as the kernel programs report it.
     pub fn inode(ns: &str) -> u32 {
-        fs::metadata(format!("/run/netns/{ns}"))
-            .unwrap_or_else(|e| panic!("netns {ns}: {e}"))
-            .ino() as u32
+        or_panic(tuneprobe_lab::NetnsPair::inode(ns))
     }
 
     /// `/proc/net/snmp` (or `netstat`) of a namespace, as `group -> name -> value`.
@@ -222,12 +94,11 @@ impl Default for NetnsPair {
     }
 }
 
-impl Drop for NetnsPair {
-    fn drop(&mut self) {
-        // Deleting a namespace removes its veth end, and the peer with it.
-        for ns in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+impl std::ops::Deref for NetnsPair {
+    type Target = tuneprobe_lab::NetnsPair;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
@@ -237,14 +108,14 @@ impl Drop for NetnsPair {
 /// below a root private to the test. Containers are added with
 /// [`container`](Self::container).
 pub struct PodCgroup {
-    /// The test's private root directory name; removed on drop in every hierarchy.
-    root: PathBuf,
     /// The v2 mount first, then the v1 mounts of the requested controllers.
     mounts: Vec<PathBuf>,
     pub uid: String,
     /// The pod's own cgroup path relative to the mounts (`/tuneprobe-test-…/kubepods.slice/…pod….slice`).
     pub pod_path: String,
-    containers: Vec<String>,
+    /// The test's private root directory in every hierarchy: on drop, what is left
+    /// inside is killed and the directories are removed.
+    roots: Vec<CgroupTree>,
 }
 
 impl PodCgroup {
@@ -286,14 +157,17 @@ impl PodCgroup {
             root.display(),
             uid.replace('-', "_")
         );
-        let pod = Self {
-            root,
+        let mut pod = Self {
             mounts,
             uid,
             pod_path,
-            containers: Vec::new(),
+            roots: Vec::new(),
         };
         for mount in &pod.mounts {
+            pod.roots.push(or_panic(CgroupTree::create(
+                mount.join(&root),
+                Leftovers::Kill,
+            )));
             fs::create_dir_all(join(mount, &pod.pod_path)).expect("create pod cgroup");
         }
         // On a unified node the controllers must be enabled down to the containers.
@@ -334,7 +208,6 @@ impl PodCgroup {
         for dir in &dirs {
             fs::create_dir_all(dir).expect("create container cgroup");
         }
-        self.containers.push(path.clone());
         Container {
             cgroup_id: fs::metadata(&dirs[0]).unwrap().ino(),
             container_id: id,
@@ -351,50 +224,6 @@ fn join(mount: &Path, path: &str) -> PathBuf {
 impl Default for PodCgroup {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for PodCgroup {
-    fn drop(&mut self) {
-        for mount in &self.mounts {
-            // Kill whatever is left inside, again until nothing is (a process may fork
-            // while we kill), then remove directories deepest first.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            for container in &self.containers {
-                let procs = join(mount, container).join("cgroup.procs");
-                while let Ok(pids) = fs::read_to_string(&procs) {
-                    let pids: Vec<i32> = pids.lines().filter_map(|p| p.parse().ok()).collect();
-                    if pids.is_empty() || Instant::now() > deadline {
-                        break;
-                    }
-                    for pid in pids {
-                        // SAFETY: plain syscall.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-            let mut dirs: Vec<PathBuf> = Vec::new();
-            let mut stack = vec![mount.join(&self.root)];
-            while let Some(dir) = stack.pop() {
-                if let Ok(entries) = fs::read_dir(&dir) {
-                    stack.extend(
-                        entries
-                            .flatten()
-                            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                            .map(|e| e.path()),
-                    );
-                }
-                dirs.push(dir);
-            }
-            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-            for dir in dirs {
-                // A killed process leaves its cgroup a moment later.
-                while fs::remove_dir(&dir).is_err() && dir.exists() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        }
     }
 }
 
@@ -542,57 +371,41 @@ impl Workload {
 
 impl Drop for Workload {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        tuneprobe_lab::kill_and_reap(&mut self.child);
     }
 }
 
-/// An nftables table private to a test inside a namespace; the namespace's removal
-/// removes it too, but it is deleted explicitly for tests that reuse a namespace.
+/// An nftables table private to a test inside a namespace of `pair`; the namespace's
+/// removal removes it too, but it is deleted explicitly for tests that reuse a namespace.
 pub struct NftTable<'a> {
-    pair: &'a NetnsPair,
-    ns: String,
-    pub name: String,
+    table: tuneprobe_lab::NftTable,
+    /// The table lives in the pair's namespace: it goes first.
+    _pair: std::marker::PhantomData<&'a NetnsPair>,
 }
 
 impl<'a> NftTable<'a> {
-    /// Creates table `inet NAME` with chain `CHAIN` on `hook` and the given rule in it.
-    pub fn with_rule(pair: &'a NetnsPair, ns: &str, hook: &str, rule: &str) -> Self {
-        let table = Self {
-            pair,
-            ns: ns.to_string(),
-            name: unique("tp"),
-        };
-        let chain = format!("{{ type filter hook {hook} priority 0; policy accept; }}");
-        pair.exec(ns, &["nft", "add", "table", "inet", &table.name]);
-        pair.exec(
-            ns,
-            &["nft", "add", "chain", "inet", &table.name, "c", &chain],
-        );
-        pair.exec(ns, &["nft", "add", "rule", "inet", &table.name, "c", rule]);
-        table
+    /// Creates table `inet NAME` with chain `c` on `hook` and the given rule in it.
+    pub fn with_rule(_pair: &'a NetnsPair, ns: &str, hook: &str, rule: &str) -> Self {
+        let table = or_panic(tuneprobe_lab::NftTable::create(ns, &unique("tp")));
+        or_panic(table.add_chain("c", hook));
+        or_panic(table.add_rule("c", rule));
+        Self {
+            table,
+            _pair: std::marker::PhantomData,
+        }
     }
 
     /// Packets counted by the rule's `counter`.
     pub fn packets(&self) -> u64 {
-        let out = self
-            .pair
-            .exec(&self.ns, &["nft", "list", "table", "inet", &self.name]);
-        out.split("counter packets ")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no counter in {out}"))
+        or_panic(self.table.packets())
     }
 }
 
-impl Drop for NftTable<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args([
-                "netns", "exec", &self.ns, "nft", "delete", "table", "inet", &self.name,
-            ])
-            .status();
+impl std::ops::Deref for NftTable<'_> {
+    type Target = tuneprobe_lab::NftTable;
+
+    fn deref(&self) -> &Self::Target {
+        &self.table
     }
 }
 
@@ -626,77 +439,52 @@ pub fn tuneprobe_binary() -> PathBuf {
 }
 
 /// A loop device with direct IO over a file full of data (holes would be read without
-/// any IO reaching the backing disk). Detached and deleted on drop.
+/// any IO reaching the backing disk). Detached and deleted on drop
+/// ([`tuneprobe_lab::LoopDevice`], whose `device` and `name()` it shows).
 pub struct LoopDevice {
-    file: PathBuf,
-    /// `/dev/loopN`.
-    pub device: String,
     /// The scheduler to put back: loop devices outlive their binding.
     original_scheduler: Option<String>,
+    /// Dropped after the scheduler is put back.
+    device: tuneprobe_lab::LoopDevice,
 }
 
 impl LoopDevice {
     pub fn new(megabytes: usize) -> Self {
         let file = PathBuf::from("/var/tmp").join(unique("tuneprobe-loop-"));
-        fs::write(&file, vec![0x5au8; megabytes << 20]).expect("write backing file");
-        let mut device = Self {
-            file,
-            device: String::new(),
+        Self {
             original_scheduler: None,
-        };
-        device.device = sh(&[
-            "losetup",
-            "--find",
-            "--show",
-            "--direct-io=on",
-            device.file.to_str().unwrap(),
-        ])
-        .trim()
-        .to_string();
-        device
-    }
-
-    /// `loop3` for `/dev/loop3`.
-    pub fn name(&self) -> &str {
-        self.device.trim_start_matches("/dev/")
-    }
-
-    fn scheduler_file(&self) -> PathBuf {
-        PathBuf::from(format!("/sys/block/{}/queue/scheduler", self.name()))
+            device: or_panic(tuneprobe_lab::LoopDevice::create(file, megabytes)),
+        }
     }
 
     /// Sets the IO scheduler; the drop puts the old one back.
     pub fn set_scheduler(&mut self, scheduler: &str) {
-        let current = fs::read_to_string(self.scheduler_file()).unwrap();
+        let file = self.device.scheduler_file();
+        let current = fs::read_to_string(&file).unwrap();
         let active = tuneprobe::kernel::devices::active_scheduler(&current).expect("a scheduler");
         self.original_scheduler.get_or_insert(active);
-        fs::write(self.scheduler_file(), scheduler).unwrap();
+        fs::write(file, scheduler).unwrap();
     }
 
     /// `MAJ:MIN` of the disk holding the backing file: what a throttle must limit.
     pub fn backing_device(&self) -> String {
-        sh(&[
-            "findmnt",
-            "-n",
-            "-o",
-            "MAJ:MIN",
-            "-T",
-            self.file.to_str().unwrap(),
-        ])
-        .trim()
-        .to_string()
+        or_panic(self.device.backing_device())
+    }
+}
+
+impl std::ops::Deref for LoopDevice {
+    type Target = tuneprobe_lab::LoopDevice;
+
+    fn deref(&self) -> &Self::Target {
+        &self.device
     }
 }
 
 impl Drop for LoopDevice {
     fn drop(&mut self) {
         if let Some(scheduler) = &self.original_scheduler {
-            let _ = fs::write(self.scheduler_file(), scheduler);
+            let _ = fs::write(self.device.scheduler_file(), scheduler);
         }
-        if !self.device.is_empty() {
-            let _ = Command::new("losetup").args(["-d", &self.device]).status();
-        }
-        let _ = fs::remove_file(&self.file);
     }
 }
 
@@ -705,8 +493,7 @@ pub struct Running(pub Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        tuneprobe_lab::kill_and_reap(&mut self.0);
     }
 }
 

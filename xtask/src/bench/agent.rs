@@ -14,11 +14,9 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
+use tuneprobe_lab::{Proc, sh};
 
-use super::{
-    lab::{Proc, read_text, sh},
-    pause,
-};
+use super::pause;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mode {
@@ -406,6 +404,15 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(String, Duration)> {
         head.lines().next().unwrap_or_default()
     );
     Ok((body.to_string(), elapsed))
+}
+
+/// Reads a whole small file from /proc or /sys.
+fn read_text(path: &Path) -> anyhow::Result<String> {
+    let mut text = String::new();
+    fs::File::open(path)
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(text)
 }
 
 #[cfg(test)]

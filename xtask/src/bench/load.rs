@@ -14,7 +14,9 @@ use std::{
 use anyhow::{Context as _, ensure};
 use serde_json::Value;
 
-use super::lab::{ADDR_A, ADDR_B, DNS_NAME, DROP_PORT, EGRESS_DROP_PORT, Lab, Proc, sh};
+use tuneprobe_lab::{Proc, sh};
+
+use super::lab::{ADDR_A, ADDR_B, DNS_NAME, DROP_PORT, EGRESS_DROP_PORT, Lab};
 
 /// Runs `f` on a new thread that has entered network namespace `ns`, and waits for it.
 pub fn in_netns<T: Send + 'static>(
@@ -61,7 +63,7 @@ pub fn udp_flood(
     secs: f64,
     rate: Option<f64>,
 ) -> anyhow::Result<thread::JoinHandle<anyhow::Result<u64>>> {
-    spawn_in_netns(&lab.ns_a, move || {
+    spawn_in_netns(&lab.net.a, move || {
         let socket = UdpSocket::bind((ADDR_A, 0))?;
         socket.connect((ADDR_B, DROP_PORT))?;
         let payload = [0u8; 64];
@@ -85,7 +87,7 @@ pub fn dns_load(
     const WINDOW: u16 = 16;
     (0..threads)
         .map(|t| {
-            spawn_in_netns(&lab.ns_a, move || {
+            spawn_in_netns(&lab.net.a, move || {
                 let socket = UdpSocket::bind((ADDR_A, 0))?;
                 socket.connect((ADDR_B, 53))?;
                 socket.set_read_timeout(Some(Duration::from_millis(200)))?;
@@ -169,7 +171,7 @@ fn paced(
 /// iperf3 from A to B's server on `port` for `secs`; returns received bits per second.
 pub fn iperf3(lab: &Lab, port: u16, secs: u32, bitrate: Option<&str>) -> anyhow::Result<Proc> {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &lab.ns_a, "iperf3", "-c", ADDR_B, "-J"])
+    cmd.args(["netns", "exec", &lab.net.a, "iperf3", "-c", ADDR_B, "-J"])
         .args(["-p", &port.to_string(), "-t", &secs.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -289,7 +291,7 @@ pub fn run_fill(lab: &Lab, parent: &Path) -> anyhow::Result<u64> {
         "--fill-cgroups",
         parent.to_str().unwrap_or_default(),
         "--fill-netns",
-        &lab.ns_a,
+        &lab.net.a,
     ])?;
     out.trim()
         .parse()

@@ -25,21 +25,22 @@ use std::{
     fs,
     path::PathBuf,
     process::{Command, Stdio},
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::AtomicBool},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
-use serde_json::{Value, json};
+use serde_json::Value;
+use tuneprobe_lab::{Proc, sh};
 
 use self::{
     agent::{Agent, Mode, StatsEnabled, Tools, Usage, http_get, prog_stats},
-    lab::{IPERF_LOSSY_PORT, IPERF_PORT, Lab, Proc},
-    report::{Target, median, ratio},
+    lab::{IPERF_LOSSY_PORT, IPERF_PORT, Lab},
+    report::{
+        AgentCost, AgentCosts, Attach, AttachTimes, BySample, Comparison, Config, FloorValue,
+        KernelCost, LoadMix, Machine, Report, ScaleRun, Target, WorkloadImpact, median, ratio,
+    },
 };
 use crate::{is_root, setup, workspace_root};
 
@@ -107,11 +108,9 @@ impl Plan {
     }
 }
 
-static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-
 /// Ctrl-C or SIGTERM arrived: stages stop at their next check and cleanup runs.
 fn interrupted() -> bool {
-    INTERRUPTED.get().is_some_and(|f| f.load(Ordering::Relaxed))
+    tuneprobe_lab::interrupted()
 }
 
 /// What the benchmark and the soak do first: Ctrl-C handling, setup (unless told not
@@ -142,7 +141,7 @@ fn install_interrupt() -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&flag))?;
     }
-    let _ = INTERRUPTED.set(flag);
+    tuneprobe_lab::stop_waiting_on(flag);
     Ok(())
 }
 
@@ -200,9 +199,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         Plan::full()
     };
     let started = Instant::now();
-    let report = bench(&plan, &tools, args.smoke)?;
-    let mut report = report;
-    report["duration_s"] = json!(started.elapsed().as_secs_f64());
+    let mut report = bench(&plan, &tools, args.smoke)?;
+    report.duration_s = started.elapsed().as_secs_f64();
+    // The table reads the JSON, so that the two always agree.
+    let report = serde_json::to_value(report)?;
     fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", out.display()))?;
     println!("{}", report::table(&report));
@@ -251,7 +251,7 @@ fn write_bpftrace_program(out_dir: &std::path::Path) -> anyhow::Result<PathBuf> 
 
 /// `SKB_CONSUMED` from the kernel's BTF (enum values move between kernels).
 fn skb_consumed() -> anyhow::Result<u32> {
-    let out = lab::sh(&[
+    let out = sh(&[
         "bpftool",
         "btf",
         "dump",
@@ -266,7 +266,7 @@ fn skb_consumed() -> anyhow::Result<u32> {
         .context("no SKB_CONSUMED in the kernel's BTF")
 }
 
-fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Value> {
+fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Report> {
     let id = std::process::id().to_string();
     let mut lab = Lab::new(&id)?;
     lab.start_servers()?;
@@ -387,15 +387,18 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Value> {
     }
     drop(lab);
 
-    let mut report = assemble(plan, smoke, &impact, &mix, &scale, &attach);
-    report["floor"] = floor;
-    Ok(report)
+    Ok(assemble(plan, smoke, &impact, &mix, scale, &attach, floor))
 }
 
 /// What the cheapest possible programs cost per event on this machine, under the mix's
 /// drop rate: an empty bpftrace program and a bare `count()` on the two hottest hooks.
 /// Every per-cgroup program pays at least this, plus the reads that find its cgroup.
-fn floor_stage(plan: &Plan, lab: &Lab, tools: &Tools, run_no: &mut usize) -> anyhow::Result<Value> {
+fn floor_stage(
+    plan: &Plan,
+    lab: &Lab,
+    tools: &Tools,
+    run_no: &mut usize,
+) -> anyhow::Result<BTreeMap<String, FloorValue>> {
     eprintln!("xtask bench: floor (empty and count-only bpftrace programs)");
     // The cheapest programs there are on the hottest hooks and on a rare one: empty;
     // one count; a count per value of a field the tracepoint hands over (a per-CPU hash
@@ -441,7 +444,7 @@ fn floor_stage(plan: &Plan, lab: &Lab, tools: &Tools, run_no: &mut usize) -> any
         Some(plan.drops_per_s),
     )?)?;
     load::iperf3_result(&mut lossy, wait_for(secs))?;
-    let mut floor = serde_json::Map::new();
+    let mut floor = BTreeMap::new();
     for ((label, agent), before) in agents.into_iter().zip(before) {
         let after = prog_stats(agent.pid())?;
         agent.stop()?;
@@ -460,11 +463,14 @@ fn floor_stage(plan: &Plan, lab: &Lab, tools: &Tools, run_no: &mut usize) -> any
             let runs = a.run_cnt - b.run_cnt;
             let per_event =
                 (runs > 0).then(|| (a.run_time_ns - b.run_time_ns) as f64 / runs as f64);
-            floor.insert(format!("{hook}_{label}_ns_per_event"), json!(per_event));
-            floor.insert(format!("{hook}_{label}_events"), json!(runs));
+            floor.insert(
+                format!("{hook}_{label}_ns_per_event"),
+                FloorValue::NsPerEvent(per_event),
+            );
+            floor.insert(format!("{hook}_{label}_events"), FloorValue::Events(runs));
         }
     }
-    Ok(Value::Object(floor))
+    Ok(floor)
 }
 
 /// One workload run: its rate, and its work per second of busy CPU.
@@ -554,7 +560,7 @@ fn load_mix(
 ) -> anyhow::Result<MixRun> {
     let secs = plan.mix_secs;
     let _busy = load::busy_loop(cpu_cgroup)?;
-    let retransmits_before = netstat(&lab.ns_a, "Tcp:", "RetransSegs")?;
+    let retransmits_before = netstat(&lab.net.a, "Tcp:", "RetransSegs")?;
     let drops_before = lab.dropped_in_b()?;
     let usage_before = agent.usage()?;
     let progs_before = prog_stats(agent.pid())?;
@@ -576,7 +582,7 @@ fn load_mix(
     let usage_after: Usage = agent.usage()?;
     let progs_after = prog_stats(agent.pid())?;
     let drops = lab.dropped_in_b()? - drops_before;
-    let retransmits = netstat(&lab.ns_a, "Tcp:", "RetransSegs")? - retransmits_before;
+    let retransmits = netstat(&lab.net.a, "Tcp:", "RetransSegs")? - retransmits_before;
     let bpf_ns: u64 = progs_after
         .iter()
         .map(|(name, after)| {
@@ -614,7 +620,7 @@ fn load_mix(
 
 /// A counter from a namespace's /proc/net/snmp (`group` like "Tcp:").
 fn netstat(ns: &str, group: &str, name: &str) -> anyhow::Result<u64> {
-    let text = lab::sh(&["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"])?;
+    let text = sh(&["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"])?;
     let mut lines = text.lines().filter(|l| l.starts_with(group));
     let (header, values) = (lines.next(), lines.next());
     let (Some(header), Some(values)) = (header, values) else {
@@ -635,7 +641,7 @@ fn scale_run(
     count: usize,
     run_no: usize,
     attach: &mut BTreeMap<Mode, Vec<f64>>,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<ScaleRun> {
     let parent = lab.create_scale_cgroups(&format!("{id}-{count}"), count)?;
     let marker = parent
         .file_name()
@@ -746,18 +752,18 @@ fn scale_run(
         usage.rss_kib as f64 / 1024.0,
         median(&times).unwrap_or_default(),
     );
-    Ok(json!({
-        "workloads": count,
-        "rss_mib": usage.rss_kib as f64 / 1024.0,
-        "peak_rss_mib": usage.peak_rss_kib as f64 / 1024.0,
-        "metrics_ms": median(&times),
-        "metrics_ms_samples": times,
-        "metrics_bytes": bytes,
-        "drop_series": last,
-        "snapshot_ms": snapshot_ms,
-        "snapshot_workloads": in_json,
-        "attach_ms": attach_ms,
-    }))
+    Ok(ScaleRun {
+        workloads: count,
+        rss_mib: usage.rss_kib as f64 / 1024.0,
+        peak_rss_mib: usage.peak_rss_kib as f64 / 1024.0,
+        metrics_ms: median(&times),
+        metrics_ms_samples: times,
+        metrics_bytes: bytes,
+        drop_series: last,
+        snapshot_ms,
+        snapshot_workloads: in_json,
+        attach_ms,
+    })
 }
 
 /// tuneprobe's programs, the bpftrace probes that do the same job (their kernel names
@@ -783,9 +789,10 @@ fn assemble(
     smoke: bool,
     impact: &BTreeMap<(&str, Mode), Vec<Rate>>,
     mix: &BTreeMap<Mode, Vec<MixRun>>,
-    scale: &[Value],
+    scale: Vec<ScaleRun>,
     attach: &BTreeMap<Mode, Vec<f64>>,
-) -> Value {
+    floor: BTreeMap<String, FloorValue>,
+) -> Report {
     let mut targets = Vec::new();
     let empty = Vec::new();
     let runs = |mode: Mode| mix.get(&mode).unwrap_or(&empty);
@@ -868,18 +875,18 @@ fn assemble(
                 format!("{} ns", report::fmt(tp_ns, 0)),
             ));
         }
-        kernel_cost.push(json!({
-            "program": name,
-            "count_only": count_only,
-            "tuneprobe_ns_per_event": tp_ns,
-            "tuneprobe_events": tp_events,
-            "bpftrace_probe": equivalent,
-            "bpftrace_ns_per_event": bt_ns,
-            "bpftrace_events": bt_events,
-            "ratio": r,
-            "tuneprobe_ns_per_dns_message": per_message.and_then(|m| m.0),
-            "bpftrace_ns_per_dns_message": per_message.and_then(|m| m.1),
-        }));
+        kernel_cost.push(KernelCost {
+            program: name,
+            count_only,
+            tuneprobe_ns_per_event: tp_ns,
+            tuneprobe_events: tp_events,
+            bpftrace_probe: equivalent,
+            bpftrace_ns_per_event: bt_ns,
+            bpftrace_events: bt_events,
+            ratio: r,
+            tuneprobe_ns_per_dns_message: per_message.and_then(|m| m.0),
+            bpftrace_ns_per_dns_message: per_message.and_then(|m| m.1),
+        });
     }
 
     let units = [
@@ -930,50 +937,43 @@ fn assemble(
                 report::fmt(spread(throughput).map(|s| s * 100.0), 0)
             ),
         ));
-        workload_impact.push(json!({
-            "workload": workload,
-            "unit": unit,
-            "nothing": med(Mode::Nothing, throughput),
-            "bpftrace": med(Mode::Bpftrace, throughput),
-            "tuneprobe": med(Mode::Tuneprobe, throughput),
-            "bpftrace_ratio": ratio_of(Mode::Bpftrace, throughput),
-            "tuneprobe_ratio": tp_ratio,
-            "bare_spread": spread(throughput),
-            "per_cpu_s": {
-                "nothing": med(Mode::Nothing, per_cpu),
-                "bpftrace": med(Mode::Bpftrace, per_cpu),
-                "tuneprobe": med(Mode::Tuneprobe, per_cpu),
-                "bpftrace_ratio": ratio_of(Mode::Bpftrace, per_cpu),
-                "tuneprobe_ratio": tp_cpu_ratio,
-                "bare_spread": spread(per_cpu),
-            },
-            "samples": {
-                "nothing": samples(Mode::Nothing, throughput),
-                "bpftrace": samples(Mode::Bpftrace, throughput),
-                "tuneprobe": samples(Mode::Tuneprobe, throughput),
-            },
-            "per_cpu_s_samples": {
-                "nothing": samples(Mode::Nothing, per_cpu),
-                "bpftrace": samples(Mode::Bpftrace, per_cpu),
-                "tuneprobe": samples(Mode::Tuneprobe, per_cpu),
-            },
-        }));
+        let comparison = |of: fn(&Rate) -> f64| Comparison {
+            nothing: med(Mode::Nothing, of),
+            bpftrace: med(Mode::Bpftrace, of),
+            tuneprobe: med(Mode::Tuneprobe, of),
+            bpftrace_ratio: ratio_of(Mode::Bpftrace, of),
+            tuneprobe_ratio: ratio_of(Mode::Tuneprobe, of),
+            bare_spread: spread(of),
+        };
+        let by_sample = |of: fn(&Rate) -> f64| BySample {
+            nothing: samples(Mode::Nothing, of),
+            bpftrace: samples(Mode::Bpftrace, of),
+            tuneprobe: samples(Mode::Tuneprobe, of),
+        };
+        workload_impact.push(WorkloadImpact {
+            workload,
+            unit,
+            throughput: comparison(throughput),
+            per_cpu_s: comparison(per_cpu),
+            samples: by_sample(throughput),
+            per_cpu_s_samples: by_sample(per_cpu),
+        });
     }
 
-    let agent_json = |mode: Mode| {
+    let agent_cost = |mode: Mode| {
         let cpu: Vec<f64> = runs(mode).iter().map(|r| r.cpu_percent).collect();
         let bpf: Vec<f64> = runs(mode).iter().map(|r| r.bpf_cpu_percent).collect();
         let rss: Vec<f64> = runs(mode)
             .iter()
             .map(|r| r.peak_rss_kib as f64 / 1024.0)
             .collect();
-        json!({
-            "cpu_percent": median(&cpu),
-            "cpu_percent_samples": cpu,
-            "bpf_cpu_percent": median(&bpf),
-            "bpf_cpu_percent_samples": bpf,
-            "peak_rss_mib": median(&rss),
-        })
+        AgentCost {
+            cpu_percent: median(&cpu),
+            cpu_percent_samples: cpu,
+            bpf_cpu_percent: median(&bpf),
+            bpf_cpu_percent_samples: bpf,
+            peak_rss_mib: median(&rss),
+        }
     };
     let all_runs = || mix.values().flatten();
     let achieved = |f: fn(&MixRun) -> f64| median(&all_runs().map(f).collect::<Vec<_>>());
@@ -988,19 +988,14 @@ fn assemble(
         tp_cpu.map(|c| c < 2.0),
         format!("{}%", report::fmt(tp_cpu, 2)),
     ));
-    let at = |count: usize, key: &str| {
-        scale
-            .iter()
-            .find(|s| s["workloads"].as_u64() == Some(count as u64))
-            .and_then(|s| s[key].as_f64())
-    };
-    let rss_1k = at(1000, "rss_mib");
+    let at_1k = scale.iter().find(|s| s.workloads == 1000);
+    let rss_1k = at_1k.map(|s| s.rss_mib);
     targets.push(Target::new(
         "RSS under 50 MiB at 1,000 workloads",
         rss_1k.map(|r| r < 50.0),
         format!("{} MiB", report::fmt(rss_1k, 1)),
     ));
-    let metrics_1k = at(1000, "metrics_ms");
+    let metrics_1k = at_1k.and_then(|s| s.metrics_ms);
     targets.push(Target::new(
         "/metrics under 50 ms at 1,000 workloads",
         metrics_1k.map(|m| m < 50.0),
@@ -1014,41 +1009,50 @@ fn assemble(
         format!("{} ms (median)", report::fmt(tp_attach, 0)),
     ));
 
-    json!({
-        "smoke": smoke,
-        "machine": machine(),
-        "config": {
-            "rounds": plan.rounds,
-            "workload_secs": plan.workload_secs,
-            "mix_rounds": plan.mix_rounds,
-            "mix_secs": plan.mix_secs,
-            "target_drops_per_s": plan.drops_per_s,
-            "target_dns_qps": plan.dns_qps,
-            "target_block_iops": plan.block_iops,
-            "scale": plan.scale,
+    Report {
+        smoke,
+        machine: machine(),
+        config: Config {
+            rounds: plan.rounds,
+            workload_secs: plan.workload_secs,
+            mix_rounds: plan.mix_rounds,
+            mix_secs: plan.mix_secs,
+            target_drops_per_s: plan.drops_per_s,
+            target_dns_qps: plan.dns_qps,
+            target_block_iops: plan.block_iops,
+            scale: plan.scale.clone(),
         },
-        "kernel_cost": kernel_cost,
-        "workload_impact": workload_impact,
-        "agent_cost": {
-            "load_mix": {
-                "drops_per_s": achieved(|r| r.drops_per_s),
-                "dns_qps": achieved(|r| r.dns_qps),
-                "block_iops": achieved(|r| r.block_iops),
-                "retransmits_per_s": achieved(|r| r.retransmits_per_s),
+        kernel_cost,
+        workload_impact,
+        agent_cost: AgentCosts {
+            load_mix: LoadMix {
+                drops_per_s: achieved(|r| r.drops_per_s),
+                dns_qps: achieved(|r| r.dns_qps),
+                block_iops: achieved(|r| r.block_iops),
+                retransmits_per_s: achieved(|r| r.retransmits_per_s),
             },
-            "bpftrace": agent_json(Mode::Bpftrace),
-            "tuneprobe": agent_json(Mode::Tuneprobe),
+            bpftrace: agent_cost(Mode::Bpftrace),
+            tuneprobe: agent_cost(Mode::Tuneprobe),
         },
-        "scale": scale,
-        "attach": {
-            "bpftrace": { "median_ms": median(&attach_samples(Mode::Bpftrace)), "samples_ms": attach_samples(Mode::Bpftrace) },
-            "tuneprobe": { "median_ms": tp_attach, "samples_ms": attach_samples(Mode::Tuneprobe) },
+        scale,
+        attach: Attach {
+            bpftrace: AttachTimes {
+                median_ms: median(&attach_samples(Mode::Bpftrace)),
+                samples_ms: attach_samples(Mode::Bpftrace),
+            },
+            tuneprobe: AttachTimes {
+                median_ms: tp_attach,
+                samples_ms: attach_samples(Mode::Tuneprobe),
+            },
         },
-        "targets": targets.iter().map(Target::json).collect::<Vec<_>>(),
-    })
+        targets,
+        floor,
+        // Set by `run` at the end.
+        duration_s: 0.0,
+    }
 }
 
-fn machine() -> Value {
+fn machine() -> Machine {
     let cpu_model = fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -1060,17 +1064,17 @@ fn machine() -> Value {
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
     let version = |cmd: &[&str]| {
-        lab::sh(cmd)
+        sh(cmd)
             .ok()
             .and_then(|o| o.lines().next().map(str::to_string))
     };
-    json!({
-        "kernel": version(&["uname", "-r"]),
-        "cpus": thread::available_parallelism().map(|n| n.get()).ok(),
-        "cpu_model": cpu_model,
-        "memory_mib": mem_kib.map(|k| k / 1024),
-        "bpftrace": version(&["bpftrace", "--version"]),
-        "iperf3": version(&["iperf3", "--version"]),
-        "fio": version(&["fio", "--version"]),
-    })
+    Machine {
+        kernel: version(&["uname", "-r"]),
+        cpus: thread::available_parallelism().map(|n| n.get()).ok(),
+        cpu_model,
+        memory_mib: mem_kib.map(|k| k / 1024),
+        bpftrace: version(&["bpftrace", "--version"]),
+        iperf3: version(&["iperf3", "--version"]),
+        fio: version(&["fio", "--version"]),
+    }
 }

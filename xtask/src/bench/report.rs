@@ -1,8 +1,9 @@
 //! Medians, ratios, targets, the printed table and the JSON report.
 
-use std::fmt::Write as _;
+use std::{collections::BTreeMap, fmt::Write as _};
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 pub fn median(samples: &[f64]) -> Option<f64> {
     let mut sorted: Vec<f64> = samples.iter().copied().filter(|v| v.is_finite()).collect();
@@ -25,10 +26,163 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
+/// The JSON report (`target/bench/report.json`); its consumers are [`table`],
+/// `tests/tests/bench.rs` and BENCHMARKS.md.
+#[derive(Serialize)]
+pub struct Report {
+    pub smoke: bool,
+    pub machine: Machine,
+    pub config: Config,
+    /// Per tuneprobe program, next to its bpftrace equivalent.
+    pub kernel_cost: Vec<KernelCost>,
+    pub workload_impact: Vec<WorkloadImpact>,
+    pub agent_cost: AgentCosts,
+    pub scale: Vec<ScaleRun>,
+    pub attach: Attach,
+    pub targets: Vec<Target>,
+    /// `{hook}_{program}_ns_per_event` and `{hook}_{program}_events` of the cheapest
+    /// bpftrace programs (`floor_stage` in mod.rs).
+    pub floor: BTreeMap<String, FloorValue>,
+    pub duration_s: f64,
+}
+
+#[derive(Serialize)]
+pub struct Machine {
+    pub kernel: Option<String>,
+    pub cpus: Option<usize>,
+    pub cpu_model: Option<String>,
+    pub memory_mib: Option<u64>,
+    pub bpftrace: Option<String>,
+    pub iperf3: Option<String>,
+    pub fio: Option<String>,
+}
+
+/// The run's plan.
+#[derive(Serialize)]
+pub struct Config {
+    pub rounds: usize,
+    pub workload_secs: u32,
+    pub mix_rounds: usize,
+    pub mix_secs: u32,
+    pub target_drops_per_s: f64,
+    pub target_dns_qps: f64,
+    pub target_block_iops: u32,
+    pub scale: Vec<usize>,
+}
+
+/// Medians over the load-mix runs.
+#[derive(Serialize)]
+pub struct KernelCost {
+    pub program: &'static str,
+    pub count_only: bool,
+    pub tuneprobe_ns_per_event: Option<f64>,
+    pub tuneprobe_events: Option<f64>,
+    pub bpftrace_probe: Option<&'static str>,
+    pub bpftrace_ns_per_event: Option<f64>,
+    pub bpftrace_events: Option<f64>,
+    pub ratio: Option<f64>,
+    /// The DNS programs only.
+    pub tuneprobe_ns_per_dns_message: Option<f64>,
+    pub bpftrace_ns_per_dns_message: Option<f64>,
+}
+
+/// One workload under the three modes: throughput, and work per busy CPU-second.
+#[derive(Serialize)]
+pub struct WorkloadImpact {
+    pub workload: &'static str,
+    pub unit: &'static str,
+    #[serde(flatten)]
+    pub throughput: Comparison,
+    pub per_cpu_s: Comparison,
+    pub samples: BySample,
+    pub per_cpu_s_samples: BySample,
+}
+
+/// Medians per mode, ratios to nothing attached, and how far apart the bare runs are.
+#[derive(Serialize)]
+pub struct Comparison {
+    pub nothing: Option<f64>,
+    pub bpftrace: Option<f64>,
+    pub tuneprobe: Option<f64>,
+    pub bpftrace_ratio: Option<f64>,
+    pub tuneprobe_ratio: Option<f64>,
+    pub bare_spread: Option<f64>,
+}
+
+#[derive(Serialize)]
+pub struct BySample {
+    pub nothing: Vec<f64>,
+    pub bpftrace: Vec<f64>,
+    pub tuneprobe: Vec<f64>,
+}
+
+#[derive(Serialize)]
+pub struct AgentCosts {
+    /// The rates the mix achieved (medians over all its runs).
+    pub load_mix: LoadMix,
+    pub bpftrace: AgentCost,
+    pub tuneprobe: AgentCost,
+}
+
+#[derive(Serialize)]
+pub struct LoadMix {
+    pub drops_per_s: Option<f64>,
+    pub dns_qps: Option<f64>,
+    pub block_iops: Option<f64>,
+    pub retransmits_per_s: Option<f64>,
+}
+
+#[derive(Serialize)]
+pub struct AgentCost {
+    pub cpu_percent: Option<f64>,
+    pub cpu_percent_samples: Vec<f64>,
+    pub bpf_cpu_percent: Option<f64>,
+    pub bpf_cpu_percent_samples: Vec<f64>,
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// One size of the scale stage.
+#[derive(Serialize)]
+pub struct ScaleRun {
+    pub workloads: usize,
+    pub rss_mib: f64,
+    pub peak_rss_mib: f64,
+    pub metrics_ms: Option<f64>,
+    pub metrics_ms_samples: Vec<f64>,
+    pub metrics_bytes: usize,
+    pub drop_series: usize,
+    pub snapshot_ms: f64,
+    pub snapshot_workloads: usize,
+    pub attach_ms: f64,
+}
+
+#[derive(Serialize)]
+pub struct Attach {
+    pub bpftrace: AttachTimes,
+    pub tuneprobe: AttachTimes,
+}
+
+#[derive(Serialize)]
+pub struct AttachTimes {
+    pub median_ms: Option<f64>,
+    pub samples_ms: Vec<f64>,
+}
+
+/// A value of the floor: an event count, or nanoseconds per event (none without events).
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum FloorValue {
+    Events(u64),
+    NsPerEvent(Option<f64>),
+}
+
 /// One target of the issue, checked against this run's numbers.
+#[derive(Serialize)]
 pub struct Target {
+    #[serde(rename = "target")]
     pub name: String,
     pub met: Option<bool>,
+    #[serde(rename = "measured")]
     pub detail: String,
 }
 
@@ -39,10 +193,6 @@ impl Target {
             met,
             detail,
         }
-    }
-
-    pub fn json(&self) -> Value {
-        json!({ "target": self.name, "met": self.met, "measured": self.detail })
     }
 }
 

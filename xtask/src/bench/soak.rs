@@ -18,10 +18,11 @@ use std::{
 
 use anyhow::ensure;
 use serde_json::{Value, json};
+use tuneprobe_lab::{Proc, sh};
 
 use super::{
     agent::{Usage, http_get},
-    lab::{IPERF_LOSSY_PORT, Lab, Proc, sh},
+    lab::{IPERF_LOSSY_PORT, Lab},
     load,
 };
 use crate::{is_root, workspace_root};
