@@ -22,6 +22,7 @@ pub mod pods;
 pub mod privileges;
 pub mod procfs;
 pub mod report;
+pub mod scope;
 pub mod sockdiag;
 pub mod stats;
 pub mod top;
