@@ -10,6 +10,7 @@ pub mod cpustat;
 pub mod cri;
 pub mod devices;
 pub mod dnswire;
+pub mod fleet;
 pub mod histogram;
 pub mod host;
 pub mod kube;
