@@ -561,6 +561,7 @@ fn two_scoped_agents_a_raised_quota_on_one_node() {
         v["control"]["after"],
         v["control"]["shift"]["verdict"]
     );
+    eprintln!("{}", serde_json::to_string(&report).unwrap());
     assert_eq!(v["pod"], canary.pod_name.as_str());
     assert_eq!(v["workload"], "busy");
     assert_eq!(v["container"], "worker");
@@ -591,6 +592,7 @@ fn two_scoped_agents_a_raised_quota_on_one_node() {
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{table}");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         table.lines().any(|l| l.starts_with(&format!("{namespace}/{}/worker@", canary.pod_name)) && l.ends_with("improved")),

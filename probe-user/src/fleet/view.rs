@@ -23,10 +23,11 @@ fn row(out: &mut String, v: &FleetVerdict) {
     } else {
         "-".into()
     };
-    let p = if c.p_value.is_finite() {
-        format!("{:.4}", c.p_value)
-    } else {
-        "-".into()
+    // Four decimals as `verify` prints them; smaller p-values are not 0.
+    let p = match c.p_value {
+        p if !p.is_finite() => "-".into(),
+        p if p < 0.0001 => "<0.0001".into(),
+        p => format!("{p:.4}"),
     };
     let load = v
         .relative_load_change
@@ -79,7 +80,7 @@ pub fn table(report: &FleetReport) -> String {
     let _ = writeln!(
         out,
         "\n{:<44} {:<20} {:>8} {:>8} {:>8} {:>8} {:>9} {:>20} {:>7} {:>6}  VERDICT",
-        "GROUP", "SIGNAL", "CANARY", "→AFTER", "CONTROL", "→AFTER", "DiD", "95% CI", "P", "LOAD"
+        "GROUP", "SIGNAL", "CANARY", "AFTER", "CONTROL", "AFTER", "DiD", "95% CI", "P", "LOAD"
     );
     for v in report.verdicts.iter().chain(&report.overall) {
         row(&mut out, v);
@@ -205,4 +206,105 @@ pub fn svg(report: &FleetReport) -> String {
     }
     out.push_str("</svg>\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        fleet::{
+            By, CanaryNode, SideSamples, VerdictSamples, WindowLengths,
+            did::{self, Paired},
+        },
+        verify::Signal,
+    };
+
+    fn report() -> FleetReport {
+        let paired = |canary: f64| Paired {
+            canary,
+            control: 0.8,
+            canary_load: Some(100.0),
+            control_load: Some(100.0),
+        };
+        let windows = did::Windows {
+            before: vec![paired(0.8); 6],
+            after: vec![paired(0.1); 6],
+        };
+        let j = did::judge(&windows, true, Some("cfs_periods"));
+        let column = |w: &[Paired]| w.iter().map(|p| p.canary).collect::<Vec<_>>();
+        let verdict = |group: &str| FleetVerdict {
+            group: group.into(),
+            node: Some("n<1>".into()),
+            namespace: None,
+            workload: None,
+            pod: None,
+            container: None,
+            signal: Signal::CpuThrottledRatio,
+            load: Some("cfs_periods"),
+            canary_pods: 1,
+            control_pods: 1,
+            control_nodes: vec!["n2".into()],
+            did: j.did,
+            canary: j.canary.clone(),
+            control: j.control.clone(),
+            relative_load_change: j.relative_load_change,
+            load_changed: false,
+            control_moved: false,
+            notes: vec!["a note".into()],
+            samples: VerdictSamples {
+                canary: SideSamples {
+                    before: column(&windows.before),
+                    after: column(&windows.after),
+                },
+                control: SideSamples {
+                    before: vec![0.8; 6],
+                    after: vec![0.8; 6],
+                },
+                difference: SideSamples::default(),
+            },
+        };
+        FleetReport {
+            prometheus: "http://p:9090".into(),
+            knob: Some("cpu.max".into()),
+            at: None,
+            windows: WindowLengths {
+                before_s: 60.0,
+                after_s: 60.0,
+                interval_s: 10.0,
+            },
+            by: By::Pod,
+            signals: vec![Signal::CpuThrottledRatio],
+            canary: vec![CanaryNode {
+                node: "n<1>".into(),
+                changed_at: 1_796_000_000.0,
+                changes: Some(1),
+            }],
+            control: vec!["n2".into()],
+            notes: vec![],
+            overall: vec![verdict("overall")],
+            verdicts: vec![verdict("shop/api-1/server@n<1>")],
+        }
+    }
+
+    #[test]
+    fn table_rows_and_notes() {
+        let text = table(&report());
+        assert!(text.starts_with("fleet verify: cpu.max on 1 canary node(s): n<1> at 2026-"), "{text}");
+        let rows: Vec<&str> = text.lines().filter(|l| l.ends_with("improved")).collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert!(rows[0].starts_with("shop/api-1/server@n<1>") && rows[1].starts_with("overall"));
+        assert!(rows[0].contains("-0.70") && rows[0].contains("x1.00"), "{text}");
+        assert!(text.contains("note: overall cpu_throttled_ratio: a note"), "{text}");
+    }
+
+    #[test]
+    fn svg_has_four_rows_per_panel_and_escapes() {
+        let svg = svg(&report());
+        assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("n&lt;1&gt;") && !svg.contains("n<1>"));
+        // Two panels of 4 x 6 points.
+        assert_eq!(svg.matches("<circle").count(), 2 * 4 * 6);
+        assert_eq!(svg.matches(">control after<").count(), 2);
+        assert_eq!(svg.matches('<').count(), svg.matches('>').count());
+    }
 }
