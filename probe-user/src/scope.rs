@@ -133,7 +133,10 @@ mod tests {
         };
         scope.retain_knobs(&mut inventory);
         assert_eq!(inventory.cgroups.len(), 1);
-        assert_eq!(inventory.cgroups[0].cgroup_path, "/tp-a/kubepods.slice/pod1/c1");
+        assert_eq!(
+            inventory.cgroups[0].cgroup_path,
+            "/tp-a/kubepods.slice/pod1/c1"
+        );
         assert_eq!(
             inventory.netns.iter().map(|n| n.netns).collect::<Vec<_>>(),
             [1]

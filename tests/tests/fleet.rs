@@ -55,7 +55,10 @@ fn prometheus(dir: &Path, config: &str) -> (Running, u16) {
     let running = Running(
         Command::new("prometheus")
             .arg(format!("--config.file={}", config_file.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--storage.tsdb.retention.time=30d")
             .stdout(Stdio::null())
@@ -144,20 +147,32 @@ fn openmetrics(scenarios: &[Scenario], start: i64) -> String {
         let mut noise = Noise(s.seed);
         for i in 0..s.canary + s.control {
             let canary = i < s.canary;
-            let shift = if canary { s.canary_shift } else { s.control_shift };
+            let shift = if canary {
+                s.canary_shift
+            } else {
+                s.control_shift
+            };
             let (mut periods, mut throttled) = (0u64, 0u64);
             let mut node = Node {
-                name: format!("{}-{}-{i}", s.prefix, if canary { "canary" } else { "control" }),
+                name: format!(
+                    "{}-{}-{i}",
+                    s.prefix,
+                    if canary { "canary" } else { "control" }
+                ),
                 canary,
                 periods: Vec::new(),
                 throttled: Vec::new(),
                 // A Deployment's pods: the same template hash, their own suffixes.
-                pod: format!("api-5d8f7c9b6-{}", ["bxq2z", "k7mnp", "w4rts", "zz9vb"][i % 4]),
+                pod: format!(
+                    "api-5d8f7c9b6-{}",
+                    ["bxq2z", "k7mnp", "w4rts", "zz9vb"][i % 4]
+                ),
             };
             for step in 0..POINTS {
                 if step > 0 {
                     let after = step * STEP_S > CHANGE_S;
-                    let share = s.base + if after { shift } else { 0.0 } + 0.2 * (noise.next() - 0.5);
+                    let share =
+                        s.base + if after { shift } else { 0.0 } + 0.2 * (noise.next() - 0.5);
                     periods += 100;
                     throttled += (share.clamp(0.0, 1.0) * 100.0).round() as u64;
                 }
@@ -186,7 +201,10 @@ fn openmetrics(scenarios: &[Scenario], start: i64) -> String {
         }
     }
     for (family, pick) in [
-        ("tuneprobe_cpu_periods", (|n: &Node| &n.periods) as fn(&Node) -> &Vec<u64>),
+        (
+            "tuneprobe_cpu_periods",
+            (|n: &Node| &n.periods) as fn(&Node) -> &Vec<u64>,
+        ),
         ("tuneprobe_cpu_throttled_periods", |n: &Node| &n.throttled),
     ] {
         let _ = writeln!(out, "# TYPE {family} counter");
@@ -290,7 +308,13 @@ fn known_effects_written_into_the_tsdb() {
     let (_prometheus, port) = prometheus(&dir.0, "global:\n  scrape_interval: 10s\n");
 
     // The canary's throttled share falls by 0.4, the control's stays: improved, by 0.4.
-    let report = fleet_verify(port, &scenario_args("only").iter().map(String::as_str).collect::<Vec<_>>());
+    let report = fleet_verify(
+        port,
+        &scenario_args("only")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     let nodes: Vec<&str> = report["canary"]
         .as_array()
         .unwrap()
@@ -298,7 +322,10 @@ fn known_effects_written_into_the_tsdb() {
         .map(|c| c["node"].as_str().unwrap())
         .collect();
     assert_eq!(nodes, ["only-canary-0", "only-canary-1"], "{report:#}");
-    assert_eq!(report["control"], serde_json::json!(["only-control-2", "only-control-3"]));
+    assert_eq!(
+        report["control"],
+        serde_json::json!(["only-control-2", "only-control-3"])
+    );
     for c in report["canary"].as_array().unwrap() {
         // Found within one step of the change.
         let at = num(&c["changed_at"]);
@@ -312,14 +339,24 @@ fn known_effects_written_into_the_tsdb() {
     let effect = num(&all["effect"]);
     eprintln!(
         "canary only: effect {effect:.4} ci95 {} p {:.2e} canary {} -> {}, control {} -> {}",
-        all["ci95"], num(&all["p_value"]),
-        all["canary"]["before"], all["canary"]["after"], all["control"]["before"], all["control"]["after"]
+        all["ci95"],
+        num(&all["p_value"]),
+        all["canary"]["before"],
+        all["canary"]["after"],
+        all["control"]["before"],
+        all["control"]["after"]
     );
     assert_eq!(all["verdict"], "improved", "{all:#}");
     assert!((effect + 0.4).abs() < 0.05, "{all:#}");
-    assert!(num(&all["ci95"][0]) < -0.4 && -0.4 < num(&all["ci95"][1]), "{all:#}");
+    assert!(
+        num(&all["ci95"][0]) < -0.4 && -0.4 < num(&all["ci95"][1]),
+        "{all:#}"
+    );
     assert!(num(&all["p_value"]) < 0.001, "{all:#}");
-    assert_eq!(all["control"]["shift"]["verdict"], "no significant change", "{all:#}");
+    assert_eq!(
+        all["control"]["shift"]["verdict"], "no significant change",
+        "{all:#}"
+    );
     assert_eq!(all["control_moved"], false);
     assert_eq!(all["canary_pods"], 2);
     assert_eq!(all["control_pods"], 2);
@@ -329,14 +366,20 @@ fn known_effects_written_into_the_tsdb() {
     for v in verdicts {
         assert_eq!(v["workload"], "api");
         assert_eq!(v["verdict"], "improved", "{v:#}");
-        assert_eq!(v["control_nodes"], serde_json::json!(["only-control-2", "only-control-3"]));
+        assert_eq!(
+            v["control_nodes"],
+            serde_json::json!(["only-control-2", "only-control-3"])
+        );
     }
 
     // Every node's share falls by 0.4: the canary alone would say improved, the fleet
     // verdict says the load changed everywhere.
     let report = fleet_verify(
         port,
-        &scenario_args("everywhere").iter().map(String::as_str).collect::<Vec<_>>(),
+        &scenario_args("everywhere")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
     );
     let all = overall(&report);
     eprintln!(
@@ -363,7 +406,13 @@ fn known_effects_written_into_the_tsdb() {
     let mut claims = Vec::new();
     for repeat in 0..20 {
         let prefix = format!("null{repeat:02}");
-        let report = fleet_verify(port, &scenario_args(&prefix).iter().map(String::as_str).collect::<Vec<_>>());
+        let report = fleet_verify(
+            port,
+            &scenario_args(&prefix)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
         let all = overall(&report);
         eprintln!(
             "{prefix}: {} effect {:.4} p {:.3}",
@@ -376,7 +425,12 @@ fn known_effects_written_into_the_tsdb() {
         }
     }
     eprintln!("no shift: {} claims in 20 repeats", claims.len());
-    assert!(claims.len() <= 2, "{} claims:\n{}", claims.len(), claims.join("\n"));
+    assert!(
+        claims.len() <= 2,
+        "{} claims:\n{}",
+        claims.len(),
+        claims.join("\n")
+    );
 }
 
 fn set_quota(container: &Container, quota_us: u64, period_us: u64) {
@@ -406,7 +460,8 @@ fn fake_node(dir: &Path, name: &str, namespace: &str, suffix: &str) -> FakeNode 
     let container = pod.container();
     let pod_name = format!("busy-7c9f6d8b5-{suffix}");
     let logs = dir.join(name);
-    fs::create_dir_all(logs.join(format!("pods/{namespace}_{pod_name}_{}/worker", pod.uid))).unwrap();
+    fs::create_dir_all(logs.join(format!("pods/{namespace}_{pod_name}_{}/worker", pod.uid)))
+        .unwrap();
     fs::create_dir_all(logs.join("containers")).unwrap();
     fs::write(
         logs.join(format!(
@@ -449,11 +504,17 @@ fn fake_node(dir: &Path, name: &str, namespace: &str, suffix: &str) -> FakeNode 
 fn query(port: u16, promql: &str) -> Vec<Value> {
     let (_, body) = http_get(
         port,
-        &format!("/api/v1/query?query={}", tuneprobe_tests::url_encode(promql)),
+        &format!(
+            "/api/v1/query?query={}",
+            tuneprobe_tests::url_encode(promql)
+        ),
     )
     .expect("prometheus answers");
     let json: Value = serde_json::from_str(&body).unwrap();
-    json["data"]["result"].as_array().cloned().unwrap_or_default()
+    json["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[test]
@@ -543,9 +604,17 @@ fn two_scoped_agents_a_raised_quota_on_one_node() {
             "10m",
         ],
     );
-    assert_eq!(report["canary"][0]["node"], canary.name.as_str(), "{report:#}");
+    assert_eq!(
+        report["canary"][0]["node"],
+        canary.name.as_str(),
+        "{report:#}"
+    );
     assert_eq!(report["canary"].as_array().unwrap().len(), 1, "{report:#}");
-    assert_eq!(report["control"], serde_json::json!([control.name]), "{report:#}");
+    assert_eq!(
+        report["control"],
+        serde_json::json!([control.name]),
+        "{report:#}"
+    );
     let verdicts = report["verdicts"].as_array().unwrap();
     assert_eq!(verdicts.len(), 1, "{report:#}");
     let v = &verdicts[0];
@@ -571,7 +640,10 @@ fn two_scoped_agents_a_raised_quota_on_one_node() {
     assert_eq!(num(&v["canary"]["after"]), 0.0, "{v:#}");
     assert!(num(&v["effect"]) < -0.5, "{v:#}");
     // The control's identical pod: no change.
-    assert_eq!(v["control"]["shift"]["verdict"], "no significant change", "{v:#}");
+    assert_eq!(
+        v["control"]["shift"]["verdict"], "no significant change",
+        "{v:#}"
+    );
     assert!(num(&v["control"]["before"]) > 0.5, "{v:#}");
     assert_eq!(v["control_nodes"], serde_json::json!([control.name]));
     for window in ["before", "after"] {
@@ -585,20 +657,48 @@ fn two_scoped_agents_a_raised_quota_on_one_node() {
     let out = Command::new(tuneprobe_binary())
         .args(["fleet", "verify", "--prometheus"])
         .arg(format!("http://127.0.0.1:{port}"))
-        .args(["--knob", "cpu.max", "--canary", &selector, "--control", &selector])
-        .args(["--before", "20s", "--after", "20s", "--interval", "2s", "--since", "10m"])
+        .args([
+            "--knob",
+            "cpu.max",
+            "--canary",
+            &selector,
+            "--control",
+            &selector,
+        ])
+        .args([
+            "--before",
+            "20s",
+            "--after",
+            "20s",
+            "--interval",
+            "2s",
+            "--since",
+            "10m",
+        ])
         .arg("--plot")
         .arg(&svg)
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     eprintln!("{table}");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        table.lines().any(|l| l.starts_with(&format!("{namespace}/{}/worker@", canary.pod_name)) && l.ends_with("improved")),
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.lines().any(
+            |l| l.starts_with(&format!("{namespace}/{}/worker@", canary.pod_name))
+                && l.ends_with("improved")
+        ),
         "{table}"
     );
-    assert!(table.lines().any(|l| l.starts_with("overall") && l.ends_with("improved")), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("overall") && l.ends_with("improved")),
+        "{table}"
+    );
     let picture = fs::read_to_string(&svg).unwrap();
     assert!(picture.starts_with("<svg ") && picture.contains("control after"));
     // Canary and control, before and after, a point per interval, in two panels.

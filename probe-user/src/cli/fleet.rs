@@ -55,7 +55,12 @@ pub struct VerifyArgs {
 
     /// The knob whose change is judged (`cpu.max`, `net.core.somaxconn`, ...): each
     /// node's change time is found in its metrics.
-    #[arg(long, value_name = "KNOB", required_unless_present = "at", conflicts_with = "at")]
+    #[arg(
+        long,
+        value_name = "KNOB",
+        required_unless_present = "at",
+        conflicts_with = "at"
+    )]
     knob: Option<String>,
 
     /// The change time of every canary node: RFC 3339 (`2026-12-01T10:00:00Z`) or unix
@@ -124,8 +129,9 @@ fn parse_time(text: &str) -> Result<f64, String> {
     if let Ok(seconds) = text.parse::<f64>() {
         return Ok(seconds);
     }
-    let at = humantime::parse_rfc3339_weak(text)
-        .map_err(|e| format!("{e} (expected RFC 3339 such as 2026-12-01T10:00:00Z, or unix seconds)"))?;
+    let at = humantime::parse_rfc3339_weak(text).map_err(|e| {
+        format!("{e} (expected RFC 3339 such as 2026-12-01T10:00:00Z, or unix seconds)")
+    })?;
     at.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .map_err(|e| e.to_string())

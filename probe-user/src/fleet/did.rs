@@ -75,7 +75,11 @@ fn median(values: &[f64]) -> Option<f64> {
     (!values.is_empty()).then(|| stats::median(values))
 }
 
-fn load_change(before: &[Paired], after: &[Paired], pick: fn(&Paired) -> Option<f64>) -> Option<f64> {
+fn load_change(
+    before: &[Paired],
+    after: &[Paired],
+    pick: fn(&Paired) -> Option<f64>,
+) -> Option<f64> {
     let loads = |w: &[Paired]| w.iter().filter_map(pick).collect::<Vec<_>>();
     let (b, a) = (mean(&loads(before))?, mean(&loads(after))?);
     (b > 0.0).then(|| a / b)
@@ -198,10 +202,8 @@ pub fn workload_name(pod: &str) -> &str {
     }
     if let Some((head, suffix)) = split(pod) {
         if generated(suffix, 5..=5) {
-            if let Some((name, hash)) = split(head) {
-                if generated(hash, 6..=10) {
-                    return name;
-                }
+            if let Some((name, _)) = split(head).filter(|(_, hash)| generated(hash, 6..=10)) {
+                return name;
             }
             return head;
         }
@@ -252,7 +254,11 @@ mod tests {
 
     #[test]
     fn a_canary_only_shift_is_a_verdict_with_its_size() {
-        let j = judge(&windows(1, -0.5, 0.0, (100.0, 100.0)), true, Some("cfs_periods"));
+        let j = judge(
+            &windows(1, -0.5, 0.0, (100.0, 100.0)),
+            true,
+            Some("cfs_periods"),
+        );
         assert_eq!(j.did.verdict, Verdict::Improved, "{j:?}");
         assert!((j.did.effect + 0.5).abs() < 0.05, "{j:?}");
         assert!(j.did.ci95[0] < -0.5 && -0.5 < j.did.ci95[1], "{j:?}");
@@ -267,21 +273,35 @@ mod tests {
 
     #[test]
     fn a_shift_everywhere_is_no_change_with_the_note() {
-        let j = judge(&windows(3, -0.5, -0.5, (100.0, 100.0)), true, Some("cfs_periods"));
+        let j = judge(
+            &windows(3, -0.5, -0.5, (100.0, 100.0)),
+            true,
+            Some("cfs_periods"),
+        );
         assert_eq!(j.did.verdict, Verdict::NoSignificantChange, "{j:?}");
         // A node verdict on the canary alone would have claimed it.
         assert_eq!(j.canary.shift.verdict, Verdict::Improved);
         assert!(j.control_moved);
-        assert!(j.notes[0].contains("the load changed everywhere"), "{:?}", j.notes);
+        assert!(
+            j.notes[0].contains("the load changed everywhere"),
+            "{:?}",
+            j.notes
+        );
     }
 
     #[test]
     fn a_canary_load_change_is_noted() {
-        let j = judge(&windows(4, 0.0, 0.0, (100.0, 200.0)), true, Some("cfs_periods"));
+        let j = judge(
+            &windows(4, 0.0, 0.0, (100.0, 200.0)),
+            true,
+            Some("cfs_periods"),
+        );
         assert_eq!(j.relative_load_change, Some(2.0));
         assert!(j.load_changed);
         assert!(
-            j.notes.iter().any(|n| n.contains("cfs_periods) changed x2.00")),
+            j.notes
+                .iter()
+                .any(|n| n.contains("cfs_periods) changed x2.00")),
             "{:?}",
             j.notes
         );

@@ -24,9 +24,7 @@ use series::{Instance, NODE_LABEL, Sample, Samples};
 pub enum FleetError {
     #[error(transparent)]
     Prometheus(#[from] PromError),
-    #[error(
-        "{0} has no signal of tuneprobe's to judge it by; name one with --signal ({1})"
-    )]
+    #[error("{0} has no signal of tuneprobe's to judge it by; name one with --signal ({1})")]
     NoSignal(String, String),
     #[error("signal {0} cannot be judged from Prometheus: {1}")]
     Unavailable(String, &'static str),
@@ -207,7 +205,11 @@ fn nodes(
 /// When each node's knob changed: the grid points at which its change counter rose or
 /// appeared (it is exported from the first change on), or its numeric value differed
 /// from the step before.
-pub fn change_times(changes: &[Series], values: &[Series], start: f64) -> BTreeMap<String, Vec<f64>> {
+pub fn change_times(
+    changes: &[Series],
+    values: &[Series],
+    start: f64,
+) -> BTreeMap<String, Vec<f64>> {
     let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for s in changes {
         let times = out.entry(s.label(NODE_LABEL).to_string()).or_default();
@@ -370,7 +372,8 @@ fn pair(
         let mut pairs = Pairs::default();
         for (&at, sample) in samples {
             let t = at as f64 / 1000.0;
-            let Some((after, index)) = window.place(t, options.before, options.after, options.interval)
+            let Some((after, index)) =
+                window.place(t, options.before, options.after, options.interval)
             else {
                 continue;
             };
@@ -398,7 +401,10 @@ fn pair(
 /// A group's windows: per index from the change, the median over its members.
 fn combine(members: &[&Pairs]) -> did::Windows {
     let side = |pick: fn(&Pairs) -> &BTreeMap<i64, Paired>| {
-        let indices: BTreeSet<i64> = members.iter().flat_map(|m| pick(m).keys().copied()).collect();
+        let indices: BTreeSet<i64> = members
+            .iter()
+            .flat_map(|m| pick(m).keys().copied())
+            .collect();
         indices
             .into_iter()
             .filter_map(|i| {
@@ -616,7 +622,10 @@ pub fn verify(prometheus: &Prometheus, options: &Options) -> Result<FleetReport,
         .collect();
     let step = options.interval;
     let first = windows.values().map(|w| w.lo).fold(f64::INFINITY, f64::min);
-    let last = windows.values().map(|w| w.hi).fold(f64::NEG_INFINITY, f64::max);
+    let last = windows
+        .values()
+        .map(|w| w.hi)
+        .fold(f64::NEG_INFINITY, f64::max);
     let start = ((first - options.before - 2.0 * step) / step).floor() * step;
     let wanted_end = last + options.after + 3.0 * step;
     let end = wanted_end.min(options.now);
@@ -645,7 +654,8 @@ pub fn verify(prometheus: &Prometheus, options: &Options) -> Result<FleetReport,
     let mut overall = Vec::new();
     let mut verdicts = Vec::new();
     for &signal in &signals {
-        let source = series::source(signal).map_err(|r| FleetError::Unavailable(signal.name(), r))?;
+        let source =
+            series::source(signal).map_err(|r| FleetError::Unavailable(signal.name(), r))?;
         let mut answers = BTreeMap::new();
         for (role, query) in series::queries(source, &node_selector.to_string()) {
             answers.insert(role, prometheus.query_range(&query, start, end, step)?);
@@ -703,7 +713,10 @@ mod tests {
 
     #[test]
     fn windows_leave_the_change_out() {
-        let w = ChangeWindow { lo: 100.0, hi: 120.0 };
+        let w = ChangeWindow {
+            lo: 100.0,
+            hi: 120.0,
+        };
         // Before: (lo - 30, lo].
         assert_eq!(w.place(100.0, 30.0, 30.0, 10.0), Some((false, 0)));
         assert_eq!(w.place(80.0, 30.0, 30.0, 10.0), Some((false, 2)));
@@ -804,18 +817,33 @@ mod tests {
         assert_eq!(overall.control_pods, 2);
         assert_eq!(overall.control_nodes, ["b", "c"]);
         assert_eq!(overall.control.shift.verdict, Verdict::NoSignificantChange);
-        assert!(overall.notes.iter().any(|n| n.contains("1 canary pod(s)")), "{:?}", overall.notes);
+        assert!(
+            overall.notes.iter().any(|n| n.contains("1 canary pod(s)")),
+            "{:?}",
+            overall.notes
+        );
         // 10 before (110..=200), 10 after (220..=310).
         assert_eq!(overall.samples.difference.before.len(), 10);
         assert_eq!(overall.samples.difference.after.len(), 10);
         assert_eq!(verdicts.len(), 2);
-        let api = verdicts.iter().find(|v| v.pod.as_deref() == Some("api-7f9c4b6d8-xk2pq")).unwrap();
+        let api = verdicts
+            .iter()
+            .find(|v| v.pod.as_deref() == Some("api-7f9c4b6d8-xk2pq"))
+            .unwrap();
         assert_eq!(api.workload.as_deref(), Some("api"));
         assert_eq!(api.group, "shop/api-7f9c4b6d8-xk2pq/server@a");
         assert_eq!(api.did.verdict, Verdict::Improved);
-        let lonely = verdicts.iter().find(|v| v.pod.as_deref() == Some("lonely")).unwrap();
+        let lonely = verdicts
+            .iter()
+            .find(|v| v.pod.as_deref() == Some("lonely"))
+            .unwrap();
         assert_eq!(lonely.did.verdict, Verdict::InsufficientData);
-        assert!(lonely.notes.iter().any(|n| n.contains("no pod of the same workload")));
+        assert!(
+            lonely
+                .notes
+                .iter()
+                .any(|n| n.contains("no pod of the same workload"))
+        );
     }
 
     #[test]

@@ -143,8 +143,8 @@ impl Prometheus {
             })?;
             request = request.header("Authorization", &format!("Bearer {}", token.trim()));
         }
-        let form = std::iter::once(("query", query))
-            .chain(params.iter().map(|(k, v)| (*k, v.as_str())));
+        let form =
+            std::iter::once(("query", query)).chain(params.iter().map(|(k, v)| (*k, v.as_str())));
         let response = request.send_form(form).map_err(|e| PromError::Http {
             url: url.clone(),
             message: e.to_string(),
@@ -179,8 +179,12 @@ pub fn parse_response(query: &str, body: &str) -> Result<Vec<Series>, PromError>
         query: query.to_string(),
         reason,
     };
-    let json: Value = serde_json::from_str(body)
-        .map_err(|e| garbage(format!("{e}: {}", body.chars().take(200).collect::<String>())))?;
+    let json: Value = serde_json::from_str(body).map_err(|e| {
+        garbage(format!(
+            "{e}: {}",
+            body.chars().take(200).collect::<String>()
+        ))
+    })?;
     if json["status"] != "success" {
         return Err(PromError::Refused {
             query: query.to_string(),
@@ -418,7 +422,8 @@ mod tests {
         let series = parse_response("q", body).unwrap();
         assert_eq!(series[0].points, vec![(1_700_000_000.123, 42.0)]);
 
-        let refused = r#"{"status":"error","errorType":"bad_data","error":"parse error at char 5"}"#;
+        let refused =
+            r#"{"status":"error","errorType":"bad_data","error":"parse error at char 5"}"#;
         let err = parse_response("sum(", refused).unwrap_err();
         assert!(
             matches!(&err, PromError::Refused { error_type, .. } if error_type == "bad_data"),

@@ -141,7 +141,9 @@ fn increases(points: &[(f64, f64)], step: f64) -> BTreeMap<i64, f64> {
     for pair in points.windows(2) {
         let ((t0, v0), (t1, v1)) = (pair[0], pair[1]);
         // A gap (the series was absent for a step) spans more than one interval.
-        if (millis(t1) - millis(t0) - step_ms).abs() > step_ms / 10 || !v0.is_finite() || !v1.is_finite()
+        if (millis(t1) - millis(t0) - step_ms).abs() > step_ms / 10
+            || !v0.is_finite()
+            || !v1.is_finite()
         {
             continue;
         }
@@ -220,7 +222,8 @@ pub fn samples(source: Source, answers: &BTreeMap<&str, Vec<Series>>, step: f64)
         }
         Source::Histogram { quantile, .. } => {
             let (count, sum) = (get("count"), get("sum"));
-            let buckets = quantile.map(|_| buckets(answers.get("bucket").map_or(&[][..], Vec::as_slice), step));
+            let buckets = quantile
+                .map(|_| buckets(answers.get("bucket").map_or(&[][..], Vec::as_slice), step));
             for (instance, counts) in &count {
                 let series = out.entry(instance.clone()).or_default();
                 for (&at, &n) in counts.iter().filter(|(_, n)| **n > 0.0) {
@@ -229,10 +232,7 @@ pub fn samples(source: Source, answers: &BTreeMap<&str, Vec<Series>>, step: f64)
                             .get(instance)
                             .and_then(|b| b.get(&at))
                             .and_then(|b| bucket_quantile(q, b)),
-                        _ => sum
-                            .get(instance)
-                            .and_then(|s| s.get(&at))
-                            .map(|s| s / n),
+                        _ => sum.get(instance).and_then(|s| s.get(&at)).map(|s| s / n),
                     };
                     if let Some(seconds) = value {
                         series.insert(
@@ -327,10 +327,19 @@ mod tests {
     fn ratios_from_counter_increases_with_gaps_and_restarts() {
         let whole = series(
             &POD,
-            &[(0.0, 100.0), (10.0, 200.0), (20.0, 300.0), (40.0, 500.0), (50.0, 20.0)],
+            &[
+                (0.0, 100.0),
+                (10.0, 200.0),
+                (20.0, 300.0),
+                (40.0, 500.0),
+                (50.0, 20.0),
+            ],
         );
         // The part appears late (its first non-zero value), after the first interval.
-        let part = series(&POD, &[(10.0, 50.0), (20.0, 60.0), (40.0, 60.0), (50.0, 5.0)]);
+        let part = series(
+            &POD,
+            &[(10.0, 50.0), (20.0, 60.0), (40.0, 60.0), (50.0, 5.0)],
+        );
         let answers = BTreeMap::from([("part", vec![part]), ("whole", vec![whole])]);
         let source = source(Signal::CpuThrottledRatio).unwrap();
         let got = samples(source, &answers, 10.0);
@@ -378,7 +387,11 @@ mod tests {
 
         let p99 = samples(
             source(Signal::DnsLatencyP99Ms).unwrap(),
-            &BTreeMap::from([("count", vec![count]), ("sum", vec![sum]), ("bucket", buckets)]),
+            &BTreeMap::from([
+                ("count", vec![count]),
+                ("sum", vec![sum]),
+                ("bucket", buckets),
+            ]),
             1.0,
         );
         // Rank 9.9 of 10 lies in (0.01, 0.05]: 0.01 + 0.04 * 7.9 / 8.
@@ -395,7 +408,10 @@ mod tests {
         // Above every finite bound: the highest finite bound.
         let b = [(0.1, 1.0), (f64::INFINITY, 10.0)];
         assert_eq!(bucket_quantile(0.99, &b), Some(0.1));
-        assert_eq!(bucket_quantile(0.5, &[(0.1, 0.0), (f64::INFINITY, 0.0)]), None);
+        assert_eq!(
+            bucket_quantile(0.5, &[(0.1, 0.0), (f64::INFINITY, 0.0)]),
+            None
+        );
         assert_eq!(bucket_quantile(0.5, &[(0.1, 3.0)]), None);
     }
 

@@ -41,7 +41,11 @@ fn row(out: &mut String, v: &FleetVerdict) {
         opt(v.canary.after),
         opt(v.control.before),
         opt(v.control.after),
-        if c.effect.is_finite() { number(c.effect) } else { "-".into() },
+        if c.effect.is_finite() {
+            number(c.effect)
+        } else {
+            "-".into()
+        },
         ci,
         p,
         load,
@@ -89,13 +93,11 @@ pub fn table(report: &FleetReport) -> String {
         .notes
         .iter()
         .cloned()
-        .chain(
-            report
-                .verdicts
+        .chain(report.verdicts.iter().chain(&report.overall).flat_map(|v| {
+            v.notes
                 .iter()
-                .chain(&report.overall)
-                .flat_map(|v| v.notes.iter().map(move |n| format!("{} {}: {n}", v.group, v.signal.name()))),
-        )
+                .map(move |n| format!("{} {}: {n}", v.group, v.signal.name()))
+        }))
         .collect();
     if !notes.is_empty() {
         out.push('\n');
@@ -123,7 +125,12 @@ pub fn svg(report: &FleetReport) -> String {
     let title = format!(
         "fleet verify: {} — canary {} against control {}",
         report.knob.as_deref().unwrap_or("change"),
-        report.canary.iter().map(|c| c.node.as_str()).collect::<Vec<_>>().join(", "),
+        report
+            .canary
+            .iter()
+            .map(|c| c.node.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         report.control.join(", ")
     );
     let _ = writeln!(
@@ -132,7 +139,10 @@ pub fn svg(report: &FleetReport) -> String {
         escape(&title)
     );
     if verdicts.is_empty() {
-        let _ = writeln!(out, r#"<text x="10" y="60">no canary pod had samples</text>"#);
+        let _ = writeln!(
+            out,
+            r#"<text x="10" y="60">no canary pod had samples</text>"#
+        );
     }
     for (i, v) in verdicts.iter().enumerate() {
         let top = 40.0 + PANEL * i as f64;
@@ -289,12 +299,21 @@ mod tests {
     #[test]
     fn table_rows_and_notes() {
         let text = table(&report());
-        assert!(text.starts_with("fleet verify: cpu.max on 1 canary node(s): n<1> at 2026-"), "{text}");
+        assert!(
+            text.starts_with("fleet verify: cpu.max on 1 canary node(s): n<1> at 2026-"),
+            "{text}"
+        );
         let rows: Vec<&str> = text.lines().filter(|l| l.ends_with("improved")).collect();
         assert_eq!(rows.len(), 2, "{text}");
         assert!(rows[0].starts_with("shop/api-1/server@n<1>") && rows[1].starts_with("overall"));
-        assert!(rows[0].contains("-0.70") && rows[0].contains("x1.00"), "{text}");
-        assert!(text.contains("note: overall cpu_throttled_ratio: a note"), "{text}");
+        assert!(
+            rows[0].contains("-0.70") && rows[0].contains("x1.00"),
+            "{text}"
+        );
+        assert!(
+            text.contains("note: overall cpu_throttled_ratio: a note"),
+            "{text}"
+        );
     }
 
     #[test]
