@@ -275,7 +275,9 @@ fn groups(
             Ok((canary, control, 0.0))
         }
         (Some(knob), None) => {
-            let start = options.now - options.since;
+            // On the step grid (from the epoch), so that the same data gives the same
+            // change times, and so the same windows, whenever it is asked.
+            let start = ((options.now - options.since) / step).floor() * step;
             let knob_matcher = Matchers::equal("knob", knob)
                 .and(&Matchers::parse(&format!("{NODE_LABEL}!=\"\"")).expect("valid"));
             let changes = prometheus.query_range(
