@@ -11,9 +11,11 @@
 //!   collection);
 //! - [`report`]: the snapshot of a window, as `snapshot --json` prints it;
 //! - [`views`]: the table, the Prometheus exposition, `top`, `trace` and plots;
-//! - [`tuning`] and [`verify`]: the knobs, and judging their changes.
+//! - [`tuning`] and [`verify`]: the knobs, and judging their changes;
+//! - [`fleet`]: judging a change across nodes, from Prometheus.
 
 pub mod access;
+pub mod fleet;
 pub mod kernel;
 pub mod privileges;
 pub mod report;

@@ -1,5 +1,6 @@
 //! Command line: global options, then one module per subcommand.
 
+mod fleet;
 mod serve;
 mod snapshot;
 mod top;
@@ -149,6 +150,8 @@ enum Command {
     Verify(verify::Args),
     Trace(trace::Args),
     Top(top::Args),
+    /// Verdicts across nodes, through Prometheus.
+    Fleet(fleet::Args),
 }
 
 impl Cli {
@@ -179,6 +182,7 @@ impl Cli {
             Command::Verify(args) => verify::run(args, &self.load_options()),
             Command::Trace(args) => trace::run(args, &self.load_options()),
             Command::Top(args) => top::run(args, &self.load_options()),
+            Command::Fleet(args) => fleet::run(args),
         }
     }
 }

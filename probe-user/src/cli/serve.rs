@@ -21,6 +21,7 @@ use tuneprobe::{
     Collector, LoadOptions, Probe,
     access::{BearerToken, tls_config},
     views::metrics::Exporter,
+    workloads::scope::CgroupScope,
     tuning,
     verify::{Watcher, Windows},
 };
@@ -73,6 +74,12 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", value_parser = super::snapshot::parse_duration, default_value = "60s")]
     verify_window: Duration,
 
+    /// Export only the workloads at or below this cgroup path (as in `cgroup_path`), and
+    /// only the tuning knobs of their cgroups and network namespaces; the node's own
+    /// knobs stay. For shared nodes, and for several agents on one machine.
+    #[arg(long, value_name = "PATH")]
+    cgroup_scope: Option<String>,
+
     #[command(flatten)]
     collector: super::CollectorArgs,
 }
@@ -85,6 +92,8 @@ struct State {
     last_scrape_seconds: Mutex<f64>,
     /// Tuning changes and their verdicts, fed once per tick.
     watcher: Mutex<Watcher>,
+    /// `--cgroup-scope`, applied to every snapshot and inventory before use.
+    scope: Option<CgroupScope>,
 }
 
 /// How often processes, namespaces and DNS timeouts are scanned between scrapes.
@@ -158,6 +167,7 @@ async fn serve(
             after: args.verify_window,
             interval: TICK,
         })),
+        scope: args.cgroup_scope.as_deref().map(CgroupScope::new),
     });
     let listener = TcpListener::from_std(listener).context("listening")?;
     let server = tokio::spawn(accept(listener, access.tls, Arc::clone(&state)));
@@ -182,7 +192,7 @@ async fn tick(state: Arc<State>) {
         interval.tick().await;
         let state = Arc::clone(&state);
         let _ = tokio::task::spawn_blocking(move || {
-            let snapshot = match lock(&state.collector).report() {
+            let mut snapshot = match lock(&state.collector).report() {
                 Ok(snapshot) => snapshot,
                 Err(err) => {
                     log::warn!("collecting: {err:#}");
@@ -191,7 +201,11 @@ async fn tick(state: Arc<State>) {
                 }
             };
             match tuning::this_node() {
-                Ok(inventory) => {
+                Ok(mut inventory) => {
+                    if let Some(scope) = &state.scope {
+                        scope.retain_workloads(&mut snapshot);
+                        scope.retain_knobs(&mut inventory);
+                    }
                     let at = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map(|d| d.as_secs_f64())
@@ -306,12 +320,15 @@ async fn handle(
 fn render(state: &State) -> anyhow::Result<String> {
     let started = Instant::now();
     // The ticker rescanned processes and cgroups within the last second: read the maps.
-    let snapshot = lock(&state.collector)
+    let mut snapshot = lock(&state.collector)
         .report_recent(TICK)
         .inspect_err(|err| {
             log::warn!("rendering: {err:#}");
             lock(&state.exporter).count_error("render");
         })?;
+    if let Some(scope) = &state.scope {
+        scope.retain_workloads(&mut snapshot);
+    }
     let previous = *lock(&state.last_scrape_seconds);
     let watcher = lock(&state.watcher);
     // The knobs as the ticker read them within the last second (walking every cgroup
@@ -324,7 +341,13 @@ fn render(state: &State) -> anyhow::Result<String> {
                 log::warn!("tuning inventory: {err}");
                 lock(&state.exporter).count_error("tuning_inventory");
             })
-            .ok(),
+            .ok()
+            .map(|mut inventory| {
+                if let Some(scope) = &state.scope {
+                    scope.retain_knobs(&mut inventory);
+                }
+                inventory
+            }),
     };
     let inventory = watcher.inventory().or(fresh.as_ref());
     let body = lock(&state.exporter).render_with(&snapshot, inventory, Some(&watcher), previous);

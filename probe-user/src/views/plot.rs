@@ -7,16 +7,16 @@ use crate::verify::WorkloadVerdict;
 
 /// Five-number summary: minimum, quartiles, median, maximum.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Summary {
-    min: f64,
-    q1: f64,
-    median: f64,
-    q3: f64,
-    max: f64,
+pub(crate) struct Summary {
+    pub(crate) min: f64,
+    pub(crate) q1: f64,
+    pub(crate) median: f64,
+    pub(crate) q3: f64,
+    pub(crate) max: f64,
 }
 
 impl Summary {
-    fn of(values: &[f64]) -> Option<Self> {
+    pub(crate) fn of(values: &[f64]) -> Option<Self> {
         let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
         if v.is_empty() {
             return None;
@@ -51,7 +51,7 @@ fn axis(verdict: &WorkloadVerdict) -> (f64, f64) {
     if hi > lo { (lo, hi) } else { (lo, lo + 1.0) }
 }
 
-fn number(v: f64) -> String {
+pub(crate) fn number(v: f64) -> String {
     if v == 0.0 {
         "0".into()
     } else if v.abs() >= 100.0 {
@@ -116,7 +116,7 @@ pub fn terminal(verdict: &WorkloadVerdict, width: usize) -> String {
     out
 }
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

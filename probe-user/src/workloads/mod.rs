@@ -10,3 +10,4 @@ pub mod kube;
 pub mod netns;
 pub mod pods;
 pub mod procfs;
+pub mod scope;

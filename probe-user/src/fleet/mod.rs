@@ -1,0 +1,870 @@
+//! `tuneprobe fleet verify`: did a tuning rollout help across nodes? The canary nodes'
+//! shift after the change against the control nodes' shift over the same intervals
+//! (difference in differences), from the series every agent already exports, through
+//! Prometheus's query API.
+
+pub mod did;
+pub mod prom;
+pub mod series;
+pub mod view;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::{
+    verify::stats::{self, Comparison},
+    verify::{self, Signal},
+};
+use did::{Paired, Side};
+use prom::{Matchers, PromError, Prometheus, Series};
+use series::{Instance, NODE_LABEL, Sample, Samples};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error(transparent)]
+    Prometheus(#[from] PromError),
+    #[error("{0} has no signal of tuneprobe's to judge it by; name one with --signal ({1})")]
+    NoSignal(String, String),
+    #[error("signal {0} cannot be judged from Prometheus: {1}")]
+    Unavailable(String, &'static str),
+    #[error("no canary node: {0}")]
+    NoCanary(String),
+    #[error("no control node: {0}")]
+    NoControl(String),
+    #[error(
+        "{points} points per series from {start:.0} to {end:.0} every {step}s are more than \
+         Prometheus answers (11,000): use a longer --interval or shorter windows"
+    )]
+    TooManyPoints {
+        points: u64,
+        start: f64,
+        end: f64,
+        step: f64,
+    },
+}
+
+/// How verdicts are grouped besides the overall one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum By {
+    /// Each canary pod's container against the control's pods of the same workload.
+    Pod,
+    /// A workload's canary pods together against its control pods.
+    Workload,
+    /// Each canary node's matched pods together.
+    Node,
+}
+
+/// What to judge.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The knob whose change is judged; its change time per node comes from the metrics.
+    pub knob: Option<String>,
+    /// A change time shared by every canary node (unix seconds).
+    pub at: Option<f64>,
+    pub canary: Matchers,
+    pub control: Matchers,
+    pub before: f64,
+    pub after: f64,
+    pub interval: f64,
+    /// With `knob`: how far back from `now` its changes are looked for.
+    pub since: f64,
+    pub signals: Vec<Signal>,
+    pub by: By,
+    pub now: f64,
+}
+
+/// A canary node and when its change happened.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CanaryNode {
+    pub node: String,
+    /// The change time used: `--at`, or the first step at which the node's metrics show
+    /// the knob changed.
+    pub changed_at: f64,
+    /// Changes of the knob seen on the node in the searched range (`null` with `--at`);
+    /// only the first is judged.
+    pub changes: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowLengths {
+    pub before_s: f64,
+    pub after_s: f64,
+    pub interval_s: f64,
+}
+
+/// Per-interval values of one side of a verdict.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SideSamples {
+    pub before: Vec<f64>,
+    pub after: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerdictSamples {
+    pub canary: SideSamples,
+    pub control: SideSamples,
+    /// `canary - control` per interval: what the verdict's rank test compares.
+    pub difference: SideSamples,
+}
+
+/// The fleet verdict of one group (or overall) on one signal.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetVerdict {
+    /// How the table names it: `namespace/pod/container@node`, `namespace/workload/
+    /// container`, `node`, or `overall`.
+    pub group: String,
+    pub node: Option<String>,
+    pub namespace: Option<String>,
+    pub workload: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
+    pub signal: Signal,
+    pub load: Option<&'static str>,
+    /// Canary pods (containers) judged, and the control's pods they were matched with.
+    pub canary_pods: usize,
+    pub control_pods: usize,
+    pub control_nodes: Vec<String>,
+    #[serde(flatten)]
+    pub did: Comparison,
+    pub canary: Side,
+    pub control: Side,
+    pub relative_load_change: Option<f64>,
+    pub load_changed: bool,
+    pub control_moved: bool,
+    pub notes: Vec<String>,
+    pub samples: VerdictSamples,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetReport {
+    pub prometheus: String,
+    pub knob: Option<String>,
+    pub at: Option<f64>,
+    pub windows: WindowLengths,
+    pub by: By,
+    pub signals: Vec<Signal>,
+    pub canary: Vec<CanaryNode>,
+    pub control: Vec<String>,
+    pub notes: Vec<String>,
+    /// One per signal: every matched canary pod against its control.
+    pub overall: Vec<FleetVerdict>,
+    pub verdicts: Vec<FleetVerdict>,
+}
+
+/// The signals to judge: those asked for, else the knob's own; each must be one the
+/// exported metrics can rebuild.
+pub fn signals(knob: Option<&str>, asked: &[Signal]) -> Result<Vec<Signal>, FleetError> {
+    let chosen: Vec<Signal> = match (asked, knob) {
+        ([], Some(knob)) => verify::signals_for(knob).to_vec(),
+        (asked, _) => asked.to_vec(),
+    };
+    if chosen.is_empty() {
+        let names: Vec<String> = Signal::ALL
+            .into_iter()
+            .filter(|s| series::source(*s).is_ok())
+            .map(Signal::name)
+            .collect();
+        return Err(FleetError::NoSignal(
+            knob.unwrap_or("the change").to_string(),
+            names.join(", "),
+        ));
+    }
+    for signal in &chosen {
+        if let Err(reason) = series::source(*signal) {
+            return Err(FleetError::Unavailable(signal.name(), reason));
+        }
+    }
+    Ok(chosen)
+}
+
+/// Nodes with an agent reporting at some point of `[end - range, end]` that match the
+/// matchers.
+fn nodes(
+    prometheus: &Prometheus,
+    matchers: &Matchers,
+    end: f64,
+    range: f64,
+) -> Result<BTreeSet<String>, PromError> {
+    let selector = Matchers::parse(&format!("{NODE_LABEL}!=\"\""))
+        .expect("a valid matcher")
+        .and(matchers);
+    let query = format!(
+        "count by ({NODE_LABEL}) (count_over_time({}[{}s]))",
+        selector.select("tuneprobe_probe_attached"),
+        range.ceil() as u64
+    );
+    Ok(prometheus
+        .query(&query, end)?
+        .iter()
+        .map(|s| s.label(NODE_LABEL).to_string())
+        .collect())
+}
+
+/// When each node's knob changed: the grid points at which its change counter rose or
+/// appeared (it is exported from the first change on), or its numeric value differed
+/// from the step before.
+pub fn change_times(
+    changes: &[Series],
+    values: &[Series],
+    start: f64,
+) -> BTreeMap<String, Vec<f64>> {
+    let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for s in changes {
+        let times = out.entry(s.label(NODE_LABEL).to_string()).or_default();
+        for (i, &(t, v)) in s.points.iter().enumerate() {
+            let changed = match i {
+                // A series there from the range's start holds changes made before it.
+                0 => t > start + 1e-6 && v > 0.0,
+                _ => v > s.points[i - 1].1,
+            };
+            if changed {
+                times.push(t);
+            }
+        }
+    }
+    for s in values {
+        let times = out.entry(s.label(NODE_LABEL).to_string()).or_default();
+        for pair in s.points.windows(2) {
+            if pair[1].1 != pair[0].1 {
+                times.push(pair[1].0);
+            }
+        }
+    }
+    for times in out.values_mut() {
+        times.sort_by(f64::total_cmp);
+        times.dedup();
+    }
+    out.retain(|_, times| !times.is_empty());
+    out
+}
+
+/// The canary nodes with their change time, and the control nodes.
+fn groups(
+    prometheus: &Prometheus,
+    options: &Options,
+    notes: &mut Vec<String>,
+) -> Result<(Vec<CanaryNode>, Vec<String>, f64), FleetError> {
+    let step = options.interval.max(options.since / 10_000.0);
+    let canary_set = nodes(prometheus, &options.canary, options.now, options.since)?;
+    let control_set = nodes(prometheus, &options.control, options.now, options.since)?;
+    match (&options.knob, options.at) {
+        (_, Some(at)) => {
+            let canary: Vec<CanaryNode> = canary_set
+                .iter()
+                .map(|node| CanaryNode {
+                    node: node.clone(),
+                    changed_at: at,
+                    changes: None,
+                })
+                .collect();
+            let overlap: Vec<&String> = control_set.intersection(&canary_set).collect();
+            if !overlap.is_empty() {
+                notes.push(format!(
+                    "{} node(s) match both --canary and --control and count as canary only: {}",
+                    overlap.len(),
+                    overlap
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            let control: Vec<String> = control_set.difference(&canary_set).cloned().collect();
+            Ok((canary, control, 0.0))
+        }
+        (Some(knob), None) => {
+            // On the step grid (from the epoch), so that the same data gives the same
+            // change times, and so the same windows, whenever it is asked.
+            let start = ((options.now - options.since) / step).floor() * step;
+            let knob_matcher = Matchers::equal("knob", knob)
+                .and(&Matchers::parse(&format!("{NODE_LABEL}!=\"\"")).expect("valid"));
+            let changes = prometheus.query_range(
+                &format!(
+                    "sum by ({NODE_LABEL}) ({})",
+                    knob_matcher.select("tuneprobe_tuning_changes_total")
+                ),
+                start,
+                options.now,
+                step,
+            )?;
+            let values = prometheus.query_range(
+                &format!(
+                    "max by ({NODE_LABEL}, scope) ({})",
+                    knob_matcher.select("tuneprobe_tuning_value")
+                ),
+                start,
+                options.now,
+                step,
+            )?;
+            let times = change_times(&changes, &values, start);
+            let canary: Vec<CanaryNode> = times
+                .iter()
+                .filter(|(node, _)| canary_set.contains(*node))
+                .map(|(node, times)| CanaryNode {
+                    node: node.clone(),
+                    changed_at: times[0],
+                    changes: Some(times.len()),
+                })
+                .collect();
+            for c in canary.iter().filter(|c| c.changes > Some(1)) {
+                notes.push(format!(
+                    "{} changed {knob} {} times in the searched range; the first change is judged",
+                    c.node,
+                    c.changes.unwrap_or(0)
+                ));
+            }
+            let control: Vec<String> = control_set
+                .iter()
+                .filter(|node| !times.contains_key(*node))
+                .cloned()
+                .collect();
+            Ok((canary, control, step))
+        }
+        (None, None) => unreachable!("the command line requires --knob or --at"),
+    }
+}
+
+/// One canary pod's paired intervals, by window and index from the change.
+#[derive(Debug, Clone, Default)]
+struct Pairs {
+    before: BTreeMap<i64, Paired>,
+    after: BTreeMap<i64, Paired>,
+}
+
+/// Where the windows are for a change known to lie in `(lo, hi]`, on a grid of `step`:
+/// before, intervals ending at or before `lo`; after, intervals starting at least one
+/// step after `hi` (a step's value is the last scrape before it, which may be that much
+/// older).
+#[derive(Debug, Clone, Copy)]
+pub struct ChangeWindow {
+    pub lo: f64,
+    pub hi: f64,
+}
+
+impl ChangeWindow {
+    /// `Some((after, index))` for an interval ending at `t` inside a window.
+    pub fn place(&self, t: f64, before: f64, after: f64, step: f64) -> Option<(bool, i64)> {
+        let eps = step / 10.0;
+        if t <= self.lo + eps && t > self.lo - before + eps {
+            Some((false, ((self.lo - t) / step).round() as i64))
+        } else if t >= self.hi + 2.0 * step - eps && t <= self.hi + step + after + eps {
+            Some((true, ((t - self.hi) / step).round() as i64))
+        } else {
+            None
+        }
+    }
+}
+
+fn median_of(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let v: Vec<f64> = values.collect();
+    (!v.is_empty()).then(|| stats::median(&v))
+}
+
+/// Pairs each canary instance's intervals with the control's same intervals.
+fn pair(
+    canary: &Samples,
+    control: &[(&Instance, &BTreeMap<i64, Sample>)],
+    window: ChangeWindow,
+    options: &Options,
+) -> BTreeMap<Instance, Pairs> {
+    let mut out = BTreeMap::new();
+    for (instance, samples) in canary {
+        let mut pairs = Pairs::default();
+        for (&at, sample) in samples {
+            let t = at as f64 / 1000.0;
+            let Some((after, index)) =
+                window.place(t, options.before, options.after, options.interval)
+            else {
+                continue;
+            };
+            let matched: Vec<&Sample> = control.iter().filter_map(|(_, s)| s.get(&at)).collect();
+            let Some(control_value) = median_of(matched.iter().map(|s| s.value)) else {
+                continue;
+            };
+            let paired = Paired {
+                canary: sample.value,
+                control: control_value,
+                canary_load: sample.load,
+                control_load: median_of(matched.iter().filter_map(|s| s.load)),
+            };
+            if after {
+                pairs.after.insert(index, paired);
+            } else {
+                pairs.before.insert(index, paired);
+            }
+        }
+        out.insert(instance.clone(), pairs);
+    }
+    out
+}
+
+/// A group's windows: per index from the change, the median over its members.
+fn combine(members: &[&Pairs]) -> did::Windows {
+    let side = |pick: fn(&Pairs) -> &BTreeMap<i64, Paired>| {
+        let indices: BTreeSet<i64> = members
+            .iter()
+            .flat_map(|m| pick(m).keys().copied())
+            .collect();
+        indices
+            .into_iter()
+            .filter_map(|i| {
+                let at: Vec<&Paired> = members.iter().filter_map(|m| pick(m).get(&i)).collect();
+                Some(Paired {
+                    canary: median_of(at.iter().map(|p| p.canary))?,
+                    control: median_of(at.iter().map(|p| p.control))?,
+                    canary_load: median_of(at.iter().filter_map(|p| p.canary_load)),
+                    control_load: median_of(at.iter().filter_map(|p| p.control_load)),
+                })
+            })
+            .collect()
+    };
+    did::Windows {
+        before: side(|p| &p.before),
+        after: side(|p| &p.after),
+    }
+}
+
+/// The workload key pods are matched by across nodes.
+fn key(instance: &Instance) -> (String, String, String) {
+    (
+        instance.namespace.clone(),
+        did::workload_name(&instance.pod).to_string(),
+        instance.container.clone(),
+    )
+}
+
+/// One group's verdict with its labels filled in by the caller.
+#[allow(clippy::too_many_arguments)]
+fn verdict(
+    group: String,
+    members: &[(&Instance, &Pairs)],
+    controls: &BTreeMap<(String, String, String), Vec<&Instance>>,
+    signal: Signal,
+) -> FleetVerdict {
+    let pairs: Vec<&Pairs> = members.iter().map(|(_, p)| *p).collect();
+    let windows = combine(&pairs);
+    let judgement = did::judge(&windows, signal.lower_is_better(), signal.load());
+    let matched: BTreeSet<&Instance> = members
+        .iter()
+        .flat_map(|(i, _)| controls.get(&key(i)).into_iter().flatten().copied())
+        .collect();
+    let mut notes = judgement.notes;
+    let unmatched: Vec<String> = members
+        .iter()
+        .filter(|(i, _)| !controls.contains_key(&key(i)))
+        .map(|(i, _)| format!("{}/{}/{}@{}", i.namespace, i.pod, i.container, i.node))
+        .collect();
+    if !unmatched.is_empty() {
+        notes.push(format!(
+            "no pod of the same workload on a control node for {}",
+            unmatched.join(", ")
+        ));
+    }
+    let column = |w: &[Paired], f: fn(&Paired) -> f64| w.iter().map(f).collect::<Vec<f64>>();
+    // A label shared by every member, else none.
+    let one = |f: fn(&Instance) -> &str| {
+        let values: BTreeSet<&str> = members.iter().map(|(i, _)| f(i)).collect();
+        (values.len() == 1)
+            .then(|| values.into_iter().next().map(str::to_string))
+            .flatten()
+    };
+    FleetVerdict {
+        group,
+        node: one(|i| &i.node),
+        namespace: one(|i| &i.namespace),
+        workload: one(|i| did::workload_name(&i.pod)),
+        pod: one(|i| &i.pod),
+        container: one(|i| &i.container),
+        signal,
+        load: signal.load(),
+        canary_pods: members.len(),
+        control_pods: matched.len(),
+        control_nodes: matched
+            .iter()
+            .map(|i| i.node.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+        did: judgement.did,
+        canary: judgement.canary,
+        control: judgement.control,
+        relative_load_change: judgement.relative_load_change,
+        load_changed: judgement.load_changed,
+        control_moved: judgement.control_moved,
+        notes,
+        samples: VerdictSamples {
+            canary: SideSamples {
+                before: column(&windows.before, |p| p.canary),
+                after: column(&windows.after, |p| p.canary),
+            },
+            control: SideSamples {
+                before: column(&windows.before, |p| p.control),
+                after: column(&windows.after, |p| p.control),
+            },
+            difference: SideSamples {
+                before: column(&windows.before, Paired::difference),
+                after: column(&windows.after, Paired::difference),
+            },
+        },
+    }
+}
+
+/// The verdicts of one signal from its samples: per group as asked, and overall.
+pub fn judge_signal(
+    signal: Signal,
+    samples: &Samples,
+    canary: &[CanaryNode],
+    control: &[String],
+    windows: &BTreeMap<String, ChangeWindow>,
+    options: &Options,
+) -> (FleetVerdict, Vec<FleetVerdict>) {
+    let control_nodes: BTreeSet<&String> = control.iter().collect();
+    let mut controls: BTreeMap<(String, String, String), Vec<&Instance>> = BTreeMap::new();
+    for instance in samples.keys().filter(|i| control_nodes.contains(&i.node)) {
+        controls.entry(key(instance)).or_default().push(instance);
+    }
+    let mut paired: BTreeMap<Instance, Pairs> = BTreeMap::new();
+    for node in canary {
+        let Some(window) = windows.get(&node.node) else {
+            continue;
+        };
+        let own: Samples = samples
+            .iter()
+            .filter(|(i, _)| i.node == node.node)
+            .map(|(i, s)| (i.clone(), s.clone()))
+            .collect();
+        for (instance, own_samples) in own {
+            let matched: Vec<(&Instance, &BTreeMap<i64, Sample>)> = controls
+                .get(&key(&instance))
+                .into_iter()
+                .flatten()
+                .map(|i| (*i, &samples[*i]))
+                .collect();
+            let one = Samples::from([(instance, own_samples)]);
+            paired.extend(pair(&one, &matched, *window, options));
+        }
+    }
+    let all: Vec<(&Instance, &Pairs)> = paired.iter().collect();
+    // Overall: the pods that have a control, since the others cannot say anything.
+    let with_control: Vec<(&Instance, &Pairs)> = all
+        .iter()
+        .filter(|(i, _)| controls.contains_key(&key(i)))
+        .copied()
+        .collect();
+    let mut overall = verdict("overall".into(), &with_control, &controls, signal);
+    let unmatched = all.len() - with_control.len();
+    if unmatched > 0 {
+        overall.notes.push(format!(
+            "{unmatched} canary pod(s) without a pod of the same workload on a control node are left out"
+        ));
+    }
+    let mut grouped: BTreeMap<String, Vec<(&Instance, &Pairs)>> = BTreeMap::new();
+    for (instance, pairs) in &all {
+        let group = match options.by {
+            By::Pod => format!(
+                "{}/{}/{}@{}",
+                instance.namespace, instance.pod, instance.container, instance.node
+            ),
+            By::Workload => {
+                let (ns, workload, container) = key(instance);
+                format!("{ns}/{workload}/{container}")
+            }
+            By::Node => instance.node.clone(),
+        };
+        grouped.entry(group).or_default().push((instance, pairs));
+    }
+    let verdicts = grouped
+        .into_iter()
+        .map(|(group, members)| verdict(group, &members, &controls, signal))
+        .collect();
+    (overall, verdicts)
+}
+
+/// Runs the whole query: groups, change times, samples, verdicts.
+pub fn verify(prometheus: &Prometheus, options: &Options) -> Result<FleetReport, FleetError> {
+    let signals = signals(options.knob.as_deref(), &options.signals)?;
+    let mut notes = Vec::new();
+    let (canary, control, search_step) = groups(prometheus, options, &mut notes)?;
+    let what = options
+        .knob
+        .as_deref()
+        .map_or_else(|| "--canary".to_string(), |k| format!("a change of {k}"));
+    if canary.is_empty() {
+        return Err(FleetError::NoCanary(format!(
+            "no node with {what} matching --canary {{{}}} reported within the last {:.0}s",
+            options.canary, options.since
+        )));
+    }
+    if control.is_empty() {
+        return Err(FleetError::NoControl(format!(
+            "every node matching --control {{{}}} is a canary (or none reported)",
+            options.control
+        )));
+    }
+    // With a detected time the change lies in the step before it, plus the agent's
+    // one-second inventory tick.
+    let windows: BTreeMap<String, ChangeWindow> = canary
+        .iter()
+        .map(|c| {
+            let lo = if options.at.is_some() {
+                c.changed_at
+            } else {
+                c.changed_at - 2.0 * search_step - 1.0
+            };
+            (
+                c.node.clone(),
+                ChangeWindow {
+                    lo,
+                    hi: c.changed_at,
+                },
+            )
+        })
+        .collect();
+    let step = options.interval;
+    let first = windows.values().map(|w| w.lo).fold(f64::INFINITY, f64::min);
+    let last = windows
+        .values()
+        .map(|w| w.hi)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let start = ((first - options.before - 2.0 * step) / step).floor() * step;
+    let wanted_end = last + options.after + 3.0 * step;
+    let end = wanted_end.min(options.now);
+    if wanted_end > options.now {
+        notes.push(format!(
+            "the after window is not over yet: {:.0}s of it are still to come",
+            wanted_end - 3.0 * step - options.now
+        ));
+    }
+    let points = ((end - start) / step).ceil() as u64 + 1;
+    if points > 11_000 {
+        return Err(FleetError::TooManyPoints {
+            points,
+            start,
+            end,
+            step,
+        });
+    }
+    let node_selector = Matchers::one_of(
+        NODE_LABEL,
+        canary
+            .iter()
+            .map(|c| c.node.as_str())
+            .chain(control.iter().map(String::as_str)),
+    );
+    let mut overall = Vec::new();
+    let mut verdicts = Vec::new();
+    for &signal in &signals {
+        let source =
+            series::source(signal).map_err(|r| FleetError::Unavailable(signal.name(), r))?;
+        let mut answers = BTreeMap::new();
+        for (role, query) in series::queries(source, &node_selector.to_string()) {
+            answers.insert(role, prometheus.query_range(&query, start, end, step)?);
+        }
+        let samples = series::samples(source, &answers, step);
+        let (all, groups) = judge_signal(signal, &samples, &canary, &control, &windows, options);
+        overall.push(all);
+        verdicts.extend(groups);
+    }
+    Ok(FleetReport {
+        prometheus: prometheus.base_url().to_string(),
+        knob: options.knob.clone(),
+        at: options.at,
+        windows: WindowLengths {
+            before_s: options.before,
+            after_s: options.after,
+            interval_s: options.interval,
+        },
+        by: options.by,
+        signals,
+        canary,
+        control,
+        notes,
+        overall,
+        verdicts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::stats::Verdict;
+
+    fn series(node: &str, points: &[(f64, f64)]) -> Series {
+        Series {
+            labels: BTreeMap::from([(NODE_LABEL.to_string(), node.to_string())]),
+            points: points.to_vec(),
+        }
+    }
+
+    #[test]
+    fn change_times_from_counters_and_values() {
+        let changes = [
+            // Exported from the first change: appears at 30.
+            series("a", &[(30.0, 1.0), (40.0, 1.0), (50.0, 2.0)]),
+            // There since the range's start: earlier changes, none now.
+            series("b", &[(0.0, 3.0), (10.0, 3.0)]),
+        ];
+        let values = [series("c", &[(0.0, 128.0), (10.0, 128.0), (20.0, 4096.0)])];
+        let times = change_times(&changes, &values, 0.0);
+        assert_eq!(times["a"], vec![30.0, 50.0]);
+        assert!(!times.contains_key("b"));
+        assert_eq!(times["c"], vec![20.0]);
+    }
+
+    #[test]
+    fn windows_leave_the_change_out() {
+        let w = ChangeWindow {
+            lo: 100.0,
+            hi: 120.0,
+        };
+        // Before: (lo - 30, lo].
+        assert_eq!(w.place(100.0, 30.0, 30.0, 10.0), Some((false, 0)));
+        assert_eq!(w.place(80.0, 30.0, 30.0, 10.0), Some((false, 2)));
+        assert_eq!(w.place(70.0, 30.0, 30.0, 10.0), None);
+        // The change and one step after it: nothing.
+        for t in [110.0, 120.0, 130.0] {
+            assert_eq!(w.place(t, 30.0, 30.0, 10.0), None, "{t}");
+        }
+        // After: from hi + 2 steps to hi + step + after.
+        assert_eq!(w.place(140.0, 30.0, 30.0, 10.0), Some((true, 2)));
+        assert_eq!(w.place(160.0, 30.0, 30.0, 10.0), Some((true, 4)));
+        assert_eq!(w.place(170.0, 30.0, 30.0, 10.0), None);
+    }
+
+    fn instance(node: &str, pod: &str) -> Instance {
+        Instance {
+            node: node.into(),
+            namespace: "shop".into(),
+            pod: pod.into(),
+            container: "server".into(),
+        }
+    }
+
+    /// Samples every 10 s from 0 to 400 s; `value(t)` gives each.
+    fn samples_of(value: impl Fn(f64) -> f64) -> BTreeMap<i64, Sample> {
+        (0..=40)
+            .map(|i| {
+                let t = f64::from(i) * 10.0;
+                (
+                    (t * 1000.0) as i64,
+                    Sample {
+                        value: value(t),
+                        load: Some(100.0),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pods_are_matched_by_workload_across_nodes() {
+        let options = Options {
+            knob: None,
+            at: Some(200.0),
+            canary: Matchers::default(),
+            control: Matchers::default(),
+            before: 100.0,
+            after: 100.0,
+            interval: 10.0,
+            since: 3600.0,
+            signals: vec![],
+            by: By::Pod,
+            now: 1000.0,
+        };
+        let wobble = |t: f64| 0.02 * ((t / 10.0) as i64 % 3) as f64;
+        let samples: Samples = [
+            (
+                instance("a", "api-7f9c4b6d8-xk2pq"),
+                samples_of(|t| if t > 200.0 { 0.2 } else { 0.8 } + wobble(t)),
+            ),
+            (
+                instance("b", "api-7f9c4b6d8-bbbbb"),
+                samples_of(|t| 0.8 + wobble(t + 10.0)),
+            ),
+            (
+                instance("c", "api-7f9c4b6d8-ccccc"),
+                samples_of(|t| 0.8 + wobble(t + 20.0)),
+            ),
+            // A workload only the canary runs: no control for it.
+            (instance("a", "lonely"), samples_of(|_| 0.5)),
+        ]
+        .into_iter()
+        .collect();
+        let canary = [CanaryNode {
+            node: "a".into(),
+            changed_at: 200.0,
+            changes: None,
+        }];
+        let control = ["b".to_string(), "c".to_string()];
+        let windows = BTreeMap::from([(
+            "a".to_string(),
+            ChangeWindow {
+                lo: 200.0,
+                hi: 200.0,
+            },
+        )]);
+        let (overall, verdicts) = judge_signal(
+            Signal::CpuThrottledRatio,
+            &samples,
+            &canary,
+            &control,
+            &windows,
+            &options,
+        );
+        assert_eq!(overall.did.verdict, Verdict::Improved, "{overall:?}");
+        assert!((overall.did.effect + 0.6).abs() < 0.05, "{overall:?}");
+        assert_eq!(overall.canary_pods, 1);
+        assert_eq!(overall.control_pods, 2);
+        assert_eq!(overall.control_nodes, ["b", "c"]);
+        assert_eq!(overall.control.shift.verdict, Verdict::NoSignificantChange);
+        assert!(
+            overall.notes.iter().any(|n| n.contains("1 canary pod(s)")),
+            "{:?}",
+            overall.notes
+        );
+        // 10 before (110..=200), 10 after (220..=310).
+        assert_eq!(overall.samples.difference.before.len(), 10);
+        assert_eq!(overall.samples.difference.after.len(), 10);
+        assert_eq!(verdicts.len(), 2);
+        let api = verdicts
+            .iter()
+            .find(|v| v.pod.as_deref() == Some("api-7f9c4b6d8-xk2pq"))
+            .unwrap();
+        assert_eq!(api.workload.as_deref(), Some("api"));
+        assert_eq!(api.group, "shop/api-7f9c4b6d8-xk2pq/server@a");
+        assert_eq!(api.did.verdict, Verdict::Improved);
+        let lonely = verdicts
+            .iter()
+            .find(|v| v.pod.as_deref() == Some("lonely"))
+            .unwrap();
+        assert_eq!(lonely.did.verdict, Verdict::InsufficientData);
+        assert!(
+            lonely
+                .notes
+                .iter()
+                .any(|n| n.contains("no pod of the same workload"))
+        );
+    }
+
+    #[test]
+    fn signals_come_from_the_knob_table_unless_named() {
+        assert_eq!(
+            signals(Some("cpu.max"), &[]).unwrap(),
+            [Signal::CpuThrottledRatio]
+        );
+        assert_eq!(
+            signals(Some("cpu.max"), &[Signal::Drops]).unwrap(),
+            [Signal::Drops]
+        );
+        assert!(matches!(
+            signals(Some("vm.swappiness"), &[]),
+            Err(FleetError::NoSignal(..))
+        ));
+        assert!(matches!(
+            signals(Some("net.ipv4.tcp_rmem"), &[]),
+            Err(FleetError::Unavailable(..))
+        ));
+    }
+}

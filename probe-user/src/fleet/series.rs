@@ -1,0 +1,431 @@
+//! The per-interval samples `verify` judges, rebuilt from the series every agent exports:
+//! raw counters and histogram buckets are fetched at each step and differenced here, so
+//! an interval's sample is the exact count between two scrapes, as `verify`'s is between
+//! two snapshots (no `rate()` extrapolation, which would distort small counts).
+
+use std::collections::BTreeMap;
+
+use crate::verify::Signal;
+
+use super::prom::Series;
+
+/// The label the scrape configuration puts the agent's node name in (the
+/// ServiceMonitor's relabeling and the shipped plain-Prometheus job both name it so).
+pub const NODE_LABEL: &str = "node";
+
+/// The workload labels every per-workload series carries, and the node.
+const BY: &str = "node, namespace, pod, container";
+
+/// Where a signal's samples come from in the exported metrics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Source {
+    /// `part` per `whole`, both counters; the whole is the load.
+    Ratio {
+        part: &'static str,
+        whole: &'static str,
+    },
+    /// A counter's increase per interval; no load.
+    Count(&'static str),
+    /// A histogram in seconds: the interval's mean (`_sum` / `_count`) or a quantile of
+    /// its bucket increases, in milliseconds; the `_count` increase is the load.
+    Histogram {
+        name: &'static str,
+        quantile: Option<f64>,
+    },
+}
+
+/// The metric source of a signal, or why it has none: `verify` reads two loads from the
+/// node's own `/proc` that the agent does not export (a namespace's sent segments and
+/// passive opens), so those ratios cannot be rebuilt from Prometheus.
+pub fn source(signal: Signal) -> Result<Source, &'static str> {
+    match signal {
+        Signal::CpuThrottledRatio => Ok(Source::Ratio {
+            part: "tuneprobe_cpu_throttled_periods_total",
+            whole: "tuneprobe_cpu_periods_total",
+        }),
+        Signal::Drops => Ok(Source::Count("tuneprobe_packet_drops_total")),
+        Signal::BlockServiceMs => Ok(Source::Histogram {
+            name: "tuneprobe_block_service_seconds",
+            quantile: None,
+        }),
+        Signal::BlockServiceP99Ms => Ok(Source::Histogram {
+            name: "tuneprobe_block_service_seconds",
+            quantile: Some(0.99),
+        }),
+        Signal::BlockQueueMs => Ok(Source::Histogram {
+            name: "tuneprobe_block_queue_seconds",
+            quantile: None,
+        }),
+        Signal::DnsLatencyMs => Ok(Source::Histogram {
+            name: "tuneprobe_dns_latency_seconds",
+            quantile: None,
+        }),
+        Signal::DnsLatencyP99Ms => Ok(Source::Histogram {
+            name: "tuneprobe_dns_latency_seconds",
+            quantile: Some(0.99),
+        }),
+        Signal::RetransmitRatio => Err(
+            "its load, the sent segments of the pod's network namespace, is not exported to \
+             Prometheus (use --signal drops, or `tuneprobe verify` on the node)",
+        ),
+        Signal::ListenOverflowRatio => Err(
+            "its load, the passive opens of the pod's network namespace, is not exported to \
+             Prometheus (use --signal drops, or `tuneprobe verify` on the node)",
+        ),
+    }
+}
+
+/// The PromQL of each raw input of a source, by role: the counters summed per pod and
+/// container (over reasons, devices, resolvers and codes, as `verify` sums them), for
+/// pods only (non-pod workloads have no names to match across nodes).
+pub fn queries(source: Source, selector: &str) -> Vec<(&'static str, String)> {
+    let sum = |metric: &str, extra: &str| {
+        format!("sum by ({BY}{extra}) ({metric}{{pod!=\"\",{selector}}})")
+    };
+    match source {
+        Source::Ratio { part, whole } => vec![("part", sum(part, "")), ("whole", sum(whole, ""))],
+        Source::Count(counter) => vec![("count", sum(counter, ""))],
+        Source::Histogram { name, quantile } => {
+            let mut out = vec![
+                ("count", sum(&format!("{name}_count"), "")),
+                ("sum", sum(&format!("{name}_sum"), "")),
+            ];
+            if quantile.is_some() {
+                out.push(("bucket", sum(&format!("{name}_bucket"), ", le")));
+            }
+            out
+        }
+    }
+}
+
+/// A pod's container on a node.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Instance {
+    pub node: String,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+}
+
+impl Instance {
+    fn of(series: &Series) -> Self {
+        Self {
+            node: series.label(NODE_LABEL).to_string(),
+            namespace: series.label("namespace").to_string(),
+            pod: series.label("pod").to_string(),
+            container: series.label("container").to_string(),
+        }
+    }
+}
+
+/// One interval's sample: the value and the load it was measured under.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub value: f64,
+    pub load: Option<f64>,
+}
+
+/// Samples of every instance, by the interval's end (milliseconds since the epoch, the
+/// step's grid point).
+pub type Samples = BTreeMap<Instance, BTreeMap<i64, Sample>>;
+
+fn millis(t: f64) -> i64 {
+    (t * 1000.0).round() as i64
+}
+
+/// Increases of a counter between consecutive grid points `step` apart; a decrease is a
+/// restart of the agent, after which the counter counts from zero again.
+fn increases(points: &[(f64, f64)], step: f64) -> BTreeMap<i64, f64> {
+    let step_ms = millis(step);
+    let mut out = BTreeMap::new();
+    for pair in points.windows(2) {
+        let ((t0, v0), (t1, v1)) = (pair[0], pair[1]);
+        // A gap (the series was absent for a step) spans more than one interval.
+        if (millis(t1) - millis(t0) - step_ms).abs() > step_ms / 10
+            || !v0.is_finite()
+            || !v1.is_finite()
+        {
+            continue;
+        }
+        out.insert(millis(t1), if v1 >= v0 { v1 - v0 } else { v1 });
+    }
+    out
+}
+
+/// Raw values per instance and grid point.
+fn raw(series: &[Series]) -> BTreeMap<Instance, BTreeMap<i64, f64>> {
+    series
+        .iter()
+        .map(|s| {
+            (
+                Instance::of(s),
+                s.points
+                    .iter()
+                    .filter(|(_, v)| v.is_finite())
+                    .map(|&(t, v)| (millis(t), v))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn by_instance(series: &[Series], step: f64) -> BTreeMap<Instance, BTreeMap<i64, f64>> {
+    series
+        .iter()
+        .map(|s| (Instance::of(s), increases(&s.points, step)))
+        .collect()
+}
+
+/// Per-interval samples of a source from the answers to its queries (by role, as
+/// [`queries`] names them).
+pub fn samples(source: Source, answers: &BTreeMap<&str, Vec<Series>>, step: f64) -> Samples {
+    let get = |role: &str| by_instance(answers.get(role).map_or(&[][..], Vec::as_slice), step);
+    let mut out = Samples::new();
+    match source {
+        Source::Ratio { .. } => {
+            let whole = get("whole");
+            let part = raw(answers.get("part").map_or(&[][..], Vec::as_slice));
+            let step_ms = millis(step);
+            for (instance, wholes) in &whole {
+                let parts = part.get(instance);
+                let series = out.entry(instance.clone()).or_default();
+                for (&at, &w) in wholes.iter().filter(|(_, w)| **w > 0.0) {
+                    // Per-workload counters are exported from their first non-zero value
+                    // on: a part absent while its whole counts is zero so far.
+                    let value = |t: i64| parts.and_then(|p| p.get(&t)).copied();
+                    let p = match (value(at - step_ms), value(at)) {
+                        (_, None) => 0.0,
+                        (None, Some(now)) => now,
+                        (Some(before), Some(now)) if now >= before => now - before,
+                        (Some(_), Some(now)) => now,
+                    };
+                    series.insert(
+                        at,
+                        Sample {
+                            value: p / w,
+                            load: Some(w),
+                        },
+                    );
+                }
+            }
+        }
+        Source::Count(_) => {
+            for (instance, counts) in get("count") {
+                out.insert(
+                    instance,
+                    counts
+                        .into_iter()
+                        .map(|(at, value)| (at, Sample { value, load: None }))
+                        .collect(),
+                );
+            }
+        }
+        Source::Histogram { quantile, .. } => {
+            let (count, sum) = (get("count"), get("sum"));
+            let buckets = quantile
+                .map(|_| buckets(answers.get("bucket").map_or(&[][..], Vec::as_slice), step));
+            for (instance, counts) in &count {
+                let series = out.entry(instance.clone()).or_default();
+                for (&at, &n) in counts.iter().filter(|(_, n)| **n > 0.0) {
+                    let value = match (quantile, &buckets) {
+                        (Some(q), Some(buckets)) => buckets
+                            .get(instance)
+                            .and_then(|b| b.get(&at))
+                            .and_then(|b| bucket_quantile(q, b)),
+                        _ => sum.get(instance).and_then(|s| s.get(&at)).map(|s| s / n),
+                    };
+                    if let Some(seconds) = value {
+                        series.insert(
+                            at,
+                            Sample {
+                                value: seconds * 1000.0,
+                                load: Some(n),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+    out.retain(|_, s| !s.is_empty());
+    out
+}
+
+/// Bucket increases per instance and interval: `(le, cumulative count)` in `le` order.
+fn buckets(series: &[Series], step: f64) -> BTreeMap<Instance, BTreeMap<i64, Vec<(f64, f64)>>> {
+    let mut out: BTreeMap<Instance, BTreeMap<i64, Vec<(f64, f64)>>> = BTreeMap::new();
+    for s in series {
+        let Some(le) = s.labels.get("le").and_then(|le| match le.as_str() {
+            "+Inf" => Some(f64::INFINITY),
+            le => le.parse().ok(),
+        }) else {
+            continue;
+        };
+        let per_interval = out.entry(Instance::of(s)).or_default();
+        for (at, increase) in increases(&s.points, step) {
+            per_interval.entry(at).or_default().push((le, increase));
+        }
+    }
+    for per_interval in out.values_mut() {
+        for b in per_interval.values_mut() {
+            b.sort_by(|x, y| x.0.total_cmp(&y.0));
+        }
+    }
+    out
+}
+
+/// `histogram_quantile`'s estimate from cumulative buckets: linear inside the bucket
+/// holding the rank, from 0 for the first; in the `+Inf` bucket, the highest finite
+/// bound (a quantile above every bound is only known to exceed it).
+pub fn bucket_quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
+    let &(last_le, total) = buckets.last()?;
+    if !last_le.is_infinite() || total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut previous = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(previous.0);
+            }
+            let (lo, below) = previous;
+            let inside = count - below;
+            return Some(if inside > 0.0 {
+                lo + (le - lo) * (rank - below) / inside
+            } else {
+                le
+            });
+        }
+        previous = (le, count);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(labels: &[(&str, &str)], points: &[(f64, f64)]) -> Series {
+        Series {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            points: points.to_vec(),
+        }
+    }
+
+    const POD: [(&str, &str); 4] = [
+        ("node", "n1"),
+        ("namespace", "shop"),
+        ("pod", "api-1"),
+        ("container", "server"),
+    ];
+
+    #[test]
+    fn ratios_from_counter_increases_with_gaps_and_restarts() {
+        let whole = series(
+            &POD,
+            &[
+                (0.0, 100.0),
+                (10.0, 200.0),
+                (20.0, 300.0),
+                (40.0, 500.0),
+                (50.0, 20.0),
+            ],
+        );
+        // The part appears late (its first non-zero value), after the first interval.
+        let part = series(
+            &POD,
+            &[(10.0, 50.0), (20.0, 60.0), (40.0, 60.0), (50.0, 5.0)],
+        );
+        let answers = BTreeMap::from([("part", vec![part]), ("whole", vec![whole])]);
+        let source = source(Signal::CpuThrottledRatio).unwrap();
+        let got = samples(source, &answers, 10.0);
+        let s = &got.values().next().unwrap();
+        // 10 s: the part's first point, absent before while the whole counted: 50 of
+        // 100; 20 s: 10 of 100; 30 s missing, 40 s spans a gap -> nothing;
+        // 50 s: restart, 5 of 20.
+        let values: Vec<(i64, f64, Option<f64>)> =
+            s.iter().map(|(t, s)| (*t, s.value, s.load)).collect();
+        assert_eq!(
+            values,
+            vec![
+                (10_000, 0.5, Some(100.0)),
+                (20_000, 0.1, Some(100.0)),
+                (50_000, 0.25, Some(20.0))
+            ]
+        );
+        assert_eq!(got.keys().next().unwrap().pod, "api-1");
+    }
+
+    #[test]
+    fn histogram_means_and_quantiles() {
+        let count = series(&POD, &[(0.0, 0.0), (1.0, 10.0), (2.0, 10.0)]);
+        let sum = series(&POD, &[(0.0, 0.0), (1.0, 0.25), (2.0, 0.25)]);
+        let bucket = |le: &str, points: &[(f64, f64)]| {
+            let mut labels = POD.to_vec();
+            labels.push(("le", le));
+            series(&labels, points)
+        };
+        let buckets = vec![
+            bucket("0.01", &[(0.0, 0.0), (1.0, 2.0), (2.0, 2.0)]),
+            bucket("0.05", &[(0.0, 0.0), (1.0, 10.0), (2.0, 10.0)]),
+            bucket("+Inf", &[(0.0, 0.0), (1.0, 10.0), (2.0, 10.0)]),
+        ];
+        let mean = samples(
+            source(Signal::DnsLatencyMs).unwrap(),
+            &BTreeMap::from([("count", vec![count.clone()]), ("sum", vec![sum.clone()])]),
+            1.0,
+        );
+        let s = mean.values().next().unwrap();
+        // The second interval has no responses: no sample, as in `verify`.
+        assert_eq!(s.len(), 1);
+        assert!((s[&1000].value - 25.0).abs() < 1e-9);
+        assert_eq!(s[&1000].load, Some(10.0));
+
+        let p99 = samples(
+            source(Signal::DnsLatencyP99Ms).unwrap(),
+            &BTreeMap::from([
+                ("count", vec![count]),
+                ("sum", vec![sum]),
+                ("bucket", buckets),
+            ]),
+            1.0,
+        );
+        // Rank 9.9 of 10 lies in (0.01, 0.05]: 0.01 + 0.04 * 7.9 / 8.
+        let expected = (0.01 + 0.04 * 7.9 / 8.0) * 1000.0;
+        let got = p99.values().next().unwrap()[&1000].value;
+        assert!((got - expected).abs() < 1e-9, "{got} vs {expected}");
+    }
+
+    #[test]
+    fn quantiles_as_prometheus_computes_them() {
+        let b = [(0.1, 50.0), (0.2, 100.0), (f64::INFINITY, 100.0)];
+        assert_eq!(bucket_quantile(0.5, &b), Some(0.1));
+        assert!((bucket_quantile(0.75, &b).unwrap() - 0.15).abs() < 1e-12);
+        // Above every finite bound: the highest finite bound.
+        let b = [(0.1, 1.0), (f64::INFINITY, 10.0)];
+        assert_eq!(bucket_quantile(0.99, &b), Some(0.1));
+        assert_eq!(
+            bucket_quantile(0.5, &[(0.1, 0.0), (f64::INFINITY, 0.0)]),
+            None
+        );
+        assert_eq!(bucket_quantile(0.5, &[(0.1, 3.0)]), None);
+    }
+
+    #[test]
+    fn queries_sum_per_pod_and_container() {
+        let q = queries(source(Signal::BlockServiceP99Ms).unwrap(), "node=~\"a|b\"");
+        let roles: Vec<&str> = q.iter().map(|(r, _)| *r).collect();
+        assert_eq!(roles, ["count", "sum", "bucket"]);
+        assert_eq!(
+            q[2].1,
+            "sum by (node, namespace, pod, container, le) \
+             (tuneprobe_block_service_seconds_bucket{pod!=\"\",node=~\"a|b\"})"
+        );
+        assert!(source(Signal::RetransmitRatio).is_err());
+        assert!(source(Signal::ListenOverflowRatio).is_err());
+    }
+}

@@ -1,0 +1,751 @@
+//! `tuneprobe fleet verify` against a real Prometheus (Debian's `prometheus`):
+//!
+//! - statistics on series written into Prometheus's TSDB with `promtool tsdb
+//!   create-blocks-from openmetrics`, with known effects: a throttling shift on the canary
+//!   nodes only, a shift on every node, and twenty repeats without any shift;
+//! - end to end: two `tuneprobe serve` agents with their own `--node-name`, each scoped
+//!   with `--cgroup-scope` to its own pod, scraped by Prometheus; one "node"'s pod gets a
+//!   raised cpu quota.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::Value;
+use tuneprobe_tests::{
+    Container, PodCgroup, Running, Workload, free_port, http_get, testload, tuneprobe_binary,
+    unique,
+};
+
+/// Removes a directory on drop, also when the test fails.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique(prefix));
+        fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// A private Prometheus on a free port over `tsdb`, with `config` (YAML); waits until it
+/// answers `/-/ready`.
+fn prometheus(dir: &Path, config: &str) -> (Running, u16) {
+    let port = free_port();
+    let config_file = dir.join("prometheus.yml");
+    fs::write(&config_file, config).unwrap();
+    let running = Running(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config_file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--storage.tsdb.retention.time=30d")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http_get(port, "/-/ready").is_some_and(|(status, _)| status == 200) {
+        assert!(Instant::now() < deadline, "prometheus never got ready");
+        thread::sleep(Duration::from_millis(200));
+    }
+    (running, port)
+}
+
+/// `tuneprobe fleet verify ARGS --json` against the Prometheus on `port`.
+fn fleet_verify(port: u16, args: &[&str]) -> Value {
+    let out = Command::new(tuneprobe_binary())
+        .args(["fleet", "verify", "--prometheus"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run tuneprobe fleet verify");
+    assert!(
+        out.status.success(),
+        "fleet verify {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("fleet verify printed JSON")
+}
+
+fn overall(report: &Value) -> &Value {
+    &report["overall"][0]
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// A fixed LCG in [0, 1): the same noise on every run.
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The synthetic fleet's time line: samples every `STEP_S` over `POINTS` steps from
+/// `start`, the canary's knob changing at `start + CHANGE_S`.
+const STEP_S: i64 = 10;
+const POINTS: i64 = 240;
+const CHANGE_S: i64 = 1200;
+
+/// One scenario's nodes: `canary` of them change `cpu.max`, all run the same workload.
+struct Scenario {
+    prefix: String,
+    canary: usize,
+    control: usize,
+    /// Throttled share before, and its shift after the change on canary and control.
+    base: f64,
+    canary_shift: f64,
+    control_shift: f64,
+    seed: u64,
+}
+
+/// OpenMetrics for every scenario, one metric family at a time (as the format wants):
+/// each node's agent up for the whole range, cumulative CFS periods (100 per 10 s) and
+/// throttled periods (the share plus uniform noise of +-0.1), and the change counter
+/// appearing on canary nodes at the change, as `serve` exports it.
+fn openmetrics(scenarios: &[Scenario], start: i64) -> String {
+    struct Node {
+        name: String,
+        canary: bool,
+        periods: Vec<u64>,
+        throttled: Vec<u64>,
+        pod: String,
+    }
+    let mut nodes = Vec::new();
+    for s in scenarios {
+        let mut noise = Noise(s.seed);
+        for i in 0..s.canary + s.control {
+            let canary = i < s.canary;
+            let shift = if canary {
+                s.canary_shift
+            } else {
+                s.control_shift
+            };
+            let (mut periods, mut throttled) = (0u64, 0u64);
+            let mut node = Node {
+                name: format!(
+                    "{}-{}-{i}",
+                    s.prefix,
+                    if canary { "canary" } else { "control" }
+                ),
+                canary,
+                periods: Vec::new(),
+                throttled: Vec::new(),
+                // A Deployment's pods: the same template hash, their own suffixes.
+                pod: format!(
+                    "api-5d8f7c9b6-{}",
+                    ["bxq2z", "k7mnp", "w4rts", "zz9vb"][i % 4]
+                ),
+            };
+            for step in 0..POINTS {
+                if step > 0 {
+                    let after = step * STEP_S > CHANGE_S;
+                    let share =
+                        s.base + if after { shift } else { 0.0 } + 0.2 * (noise.next() - 0.5);
+                    periods += 100;
+                    throttled += (share.clamp(0.0, 1.0) * 100.0).round() as u64;
+                }
+                node.periods.push(periods);
+                node.throttled.push(throttled);
+            }
+            nodes.push(node);
+        }
+    }
+    let mut out = String::new();
+    let labels = |n: &Node| {
+        format!(
+            "node=\"{}\",namespace=\"shop\",pod=\"{}\",container=\"server\",cgroup=\"\"",
+            n.name, n.pod
+        )
+    };
+    out.push_str("# TYPE tuneprobe_probe_attached gauge\n");
+    for n in &nodes {
+        for step in 0..POINTS {
+            let _ = writeln!(
+                out,
+                "tuneprobe_probe_attached{{node=\"{}\",probe=\"sched_switch\",signal=\"cpu_throttle\"}} 1 {}",
+                n.name,
+                start + step * STEP_S
+            );
+        }
+    }
+    for (family, pick) in [
+        (
+            "tuneprobe_cpu_periods",
+            (|n: &Node| &n.periods) as fn(&Node) -> &Vec<u64>,
+        ),
+        ("tuneprobe_cpu_throttled_periods", |n: &Node| &n.throttled),
+    ] {
+        let _ = writeln!(out, "# TYPE {family} counter");
+        for n in &nodes {
+            for (step, value) in pick(n).iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{family}_total{{{}}} {value} {}",
+                    labels(n),
+                    start + step as i64 * STEP_S
+                );
+            }
+        }
+    }
+    out.push_str("# TYPE tuneprobe_tuning_changes counter\n");
+    for n in nodes.iter().filter(|n| n.canary) {
+        for step in (CHANGE_S / STEP_S)..POINTS {
+            let _ = writeln!(
+                out,
+                "tuneprobe_tuning_changes_total{{node=\"{}\",knob=\"cpu.max\",scope=\"cgroup\"}} 1 {}",
+                n.name,
+                start + step * STEP_S
+            );
+        }
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+fn scenario_args(prefix: &str) -> Vec<String> {
+    let selector = format!("node=~\"{prefix}-.*\"");
+    [
+        "--knob",
+        "cpu.max",
+        "--canary",
+        &selector,
+        "--control",
+        &selector,
+        "--before",
+        "15m",
+        "--after",
+        "15m",
+        "--interval",
+        "10s",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect()
+}
+
+#[test]
+fn known_effects_written_into_the_tsdb() {
+    let dir = TempDir::new("tuneprobe-fleet-tsdb-");
+    // Two hours ago, on the step grid: old enough to be plain blocks, inside the
+    // default --since of 6 h.
+    let start = ((now_s() as i64 - 3 * 3600) / 3600) * 3600;
+    let mut scenarios = vec![
+        Scenario {
+            prefix: "only".into(),
+            canary: 2,
+            control: 2,
+            base: 0.6,
+            canary_shift: -0.4,
+            control_shift: 0.0,
+            seed: 1,
+        },
+        Scenario {
+            prefix: "everywhere".into(),
+            canary: 2,
+            control: 2,
+            base: 0.6,
+            canary_shift: -0.4,
+            control_shift: -0.4,
+            seed: 2,
+        },
+    ];
+    for repeat in 0..20 {
+        scenarios.push(Scenario {
+            prefix: format!("null{repeat:02}"),
+            canary: 2,
+            control: 2,
+            base: 0.6,
+            canary_shift: 0.0,
+            control_shift: 0.0,
+            seed: 1000 + repeat,
+        });
+    }
+    let input = dir.0.join("fleet.om");
+    fs::write(&input, openmetrics(&scenarios, start)).unwrap();
+    let out = Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
+        .arg(&input)
+        .arg(dir.0.join("tsdb"))
+        .output()
+        .expect("run promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_prometheus, port) = prometheus(&dir.0, "global:\n  scrape_interval: 10s\n");
+
+    // The canary's throttled share falls by 0.4, the control's stays: improved, by 0.4.
+    let report = fleet_verify(
+        port,
+        &scenario_args("only")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let nodes: Vec<&str> = report["canary"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["only-canary-0", "only-canary-1"], "{report:#}");
+    assert_eq!(
+        report["control"],
+        serde_json::json!(["only-control-2", "only-control-3"])
+    );
+    for c in report["canary"].as_array().unwrap() {
+        // Found within one step of the change.
+        let at = num(&c["changed_at"]);
+        assert!(
+            (at - (start + CHANGE_S) as f64).abs() <= STEP_S as f64,
+            "change at {at}, made at {}",
+            start + CHANGE_S
+        );
+    }
+    let all = overall(&report);
+    let effect = num(&all["effect"]);
+    eprintln!(
+        "canary only: effect {effect:.4} ci95 {} p {:.2e} canary {} -> {}, control {} -> {}",
+        all["ci95"],
+        num(&all["p_value"]),
+        all["canary"]["before"],
+        all["canary"]["after"],
+        all["control"]["before"],
+        all["control"]["after"]
+    );
+    assert_eq!(all["verdict"], "improved", "{all:#}");
+    assert!((effect + 0.4).abs() < 0.05, "{all:#}");
+    assert!(
+        num(&all["ci95"][0]) < -0.4 && -0.4 < num(&all["ci95"][1]),
+        "{all:#}"
+    );
+    assert!(num(&all["p_value"]) < 0.001, "{all:#}");
+    assert_eq!(
+        all["control"]["shift"]["verdict"], "no significant change",
+        "{all:#}"
+    );
+    assert_eq!(all["control_moved"], false);
+    assert_eq!(all["canary_pods"], 2);
+    assert_eq!(all["control_pods"], 2);
+    // Per pod, matched across nodes by namespace, workload and container.
+    let verdicts = report["verdicts"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 2, "{report:#}");
+    for v in verdicts {
+        assert_eq!(v["workload"], "api");
+        assert_eq!(v["verdict"], "improved", "{v:#}");
+        assert_eq!(
+            v["control_nodes"],
+            serde_json::json!(["only-control-2", "only-control-3"])
+        );
+    }
+
+    // Every node's share falls by 0.4: the canary alone would say improved, the fleet
+    // verdict says the load changed everywhere.
+    let report = fleet_verify(
+        port,
+        &scenario_args("everywhere")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let all = overall(&report);
+    eprintln!(
+        "everywhere: effect {:.4} p {:.3} canary shift {} control shift {}",
+        num(&all["effect"]),
+        num(&all["p_value"]),
+        all["canary"]["shift"]["effect"],
+        all["control"]["shift"]["effect"]
+    );
+    assert_eq!(all["verdict"], "no significant change", "{all:#}");
+    assert_eq!(all["canary"]["shift"]["verdict"], "improved", "{all:#}");
+    assert_eq!(all["control_moved"], true, "{all:#}");
+    assert!(
+        all["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("the load changed everywhere")),
+        "{all:#}"
+    );
+
+    // No shift anywhere: at most 2 claims in 20 repeats (fixed seeds, so the count is
+    // the same on every run).
+    let mut claims = Vec::new();
+    for repeat in 0..20 {
+        let prefix = format!("null{repeat:02}");
+        let report = fleet_verify(
+            port,
+            &scenario_args(&prefix)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        let all = overall(&report);
+        eprintln!(
+            "{prefix}: {} effect {:.4} p {:.3}",
+            all["verdict"],
+            num(&all["effect"]),
+            num(&all["p_value"])
+        );
+        if all["verdict"] != "no significant change" {
+            claims.push(format!("{prefix}: {all}"));
+        }
+    }
+    eprintln!("no shift: {} claims in 20 repeats", claims.len());
+    assert!(
+        claims.len() <= 2,
+        "{} claims:\n{}",
+        claims.len(),
+        claims.join("\n")
+    );
+}
+
+fn set_quota(container: &Container, quota_us: u64, period_us: u64) {
+    let dir = container.cpu_dir();
+    if dir.join("cpu.max").exists() {
+        fs::write(dir.join("cpu.max"), format!("{quota_us} {period_us}")).unwrap();
+    } else {
+        fs::write(dir.join("cpu.cfs_period_us"), period_us.to_string()).unwrap();
+        fs::write(dir.join("cpu.cfs_quota_us"), quota_us.to_string()).unwrap();
+    }
+}
+
+/// One "node": a pod with a busy container under a 20 ms / 100 ms quota, named through
+/// its own pod log directory, and an agent scoped to it.
+struct FakeNode {
+    name: String,
+    pod_name: String,
+    container: Container,
+    _busy: Workload,
+    _serve: Running,
+    port: u16,
+    _pod: PodCgroup,
+}
+
+fn fake_node(dir: &Path, name: &str, namespace: &str, suffix: &str) -> FakeNode {
+    let mut pod = PodCgroup::with_controllers(&["cpu"]);
+    let container = pod.container();
+    let pod_name = format!("busy-7c9f6d8b5-{suffix}");
+    let logs = dir.join(name);
+    fs::create_dir_all(logs.join(format!("pods/{namespace}_{pod_name}_{}/worker", pod.uid)))
+        .unwrap();
+    fs::create_dir_all(logs.join("containers")).unwrap();
+    fs::write(
+        logs.join(format!(
+            "containers/{pod_name}_{namespace}_worker-{}.log",
+            container.container_id
+        )),
+        "",
+    )
+    .unwrap();
+    set_quota(&container, 20_000, 100_000);
+    let busy = Workload::spawn_program(None, Some(&container), &testload(), &["busy", "600000"]);
+    let port = free_port();
+    let serve = Running(
+        Command::new(tuneprobe_binary())
+            .args(["serve", "--kube-api", "none", "--cri-socket", "none"])
+            .args(["--verify-window", "5s", "--node-name", name])
+            .arg("--cgroup-scope")
+            .arg(&pod.pod_path)
+            .arg("--pod-logs-dir")
+            .arg(logs.join("pods"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tuneprobe serve"),
+    );
+    FakeNode {
+        name: name.to_string(),
+        pod_name,
+        container,
+        _busy: busy,
+        _serve: serve,
+        port,
+        _pod: pod,
+    }
+}
+
+/// An instant query's result.
+fn query(port: u16, promql: &str) -> Vec<Value> {
+    let (_, body) = http_get(
+        port,
+        &format!(
+            "/api/v1/query?query={}",
+            tuneprobe_tests::url_encode(promql)
+        ),
+    )
+    .expect("prometheus answers");
+    let json: Value = serde_json::from_str(&body).unwrap();
+    json["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn two_scoped_agents_a_raised_quota_on_one_node() {
+    let dir = TempDir::new("tuneprobe-fleet-e2e-");
+    let namespace = unique("fleet");
+    let canary = fake_node(&dir.0, &unique("fleet-a-"), &namespace, "bxq2z");
+    let control = fake_node(&dir.0, &unique("fleet-b-"), &namespace, "k7mnp");
+    let mut config =
+        String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n");
+    for node in [&canary, &control] {
+        let _ = write!(
+            config,
+            "  - job_name: {name}\n    honor_labels: true\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n        labels:\n          node: {name}\n",
+            name = node.name,
+            port = node.port
+        );
+    }
+    let (_prometheus, port) = prometheus(&dir.0, &config);
+
+    // Both pods' throttling in Prometheus, by name, each from its own agent only.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let series = query(
+            port,
+            &format!("tuneprobe_cpu_throttled_periods_total{{namespace=\"{namespace}\"}}"),
+        );
+        let found: Vec<(String, String)> = series
+            .iter()
+            .map(|s| {
+                (
+                    s["metric"]["node"].as_str().unwrap_or("").to_string(),
+                    s["metric"]["pod"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        if found.len() == 2 {
+            let mut expected = vec![
+                (canary.name.clone(), canary.pod_name.clone()),
+                (control.name.clone(), control.pod_name.clone()),
+            ];
+            expected.sort();
+            let mut found = found;
+            found.sort();
+            assert_eq!(found, expected, "each agent exports its own pod only");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pods' throttling never reached Prometheus: {series:?}"
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    // Nothing of any other workload on this machine: the scope holds.
+    let others = query(
+        port,
+        &format!(
+            "count(tuneprobe_cpu_periods_total{{node=~\"{}|{}\",namespace!=\"{namespace}\"}}) or count(tuneprobe_packet_drops_total{{node=~\"{}|{}\"}})",
+            canary.name, control.name, canary.name, control.name
+        ),
+    );
+    assert!(others.is_empty(), "series outside the scopes: {others:?}");
+
+    // A before window, the change on the canary only, an after window and a margin for
+    // the last scrapes.
+    thread::sleep(Duration::from_secs(28));
+    set_quota(&canary.container, 200_000, 100_000);
+    thread::sleep(Duration::from_secs(30));
+
+    let selector = format!("node=~\"{}|{}\"", canary.name, control.name);
+    let report = fleet_verify(
+        port,
+        &[
+            "--knob",
+            "cpu.max",
+            "--canary",
+            &selector,
+            "--control",
+            &selector,
+            "--before",
+            "20s",
+            "--after",
+            "20s",
+            "--interval",
+            "2s",
+            "--since",
+            "10m",
+        ],
+    );
+    assert_eq!(
+        report["canary"][0]["node"],
+        canary.name.as_str(),
+        "{report:#}"
+    );
+    assert_eq!(report["canary"].as_array().unwrap().len(), 1, "{report:#}");
+    assert_eq!(
+        report["control"],
+        serde_json::json!([control.name]),
+        "{report:#}"
+    );
+    let verdicts = report["verdicts"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 1, "{report:#}");
+    let v = &verdicts[0];
+    eprintln!(
+        "end to end: {} effect {:.4} ci95 {} p {:.2e}; canary {} -> {}; control {} -> {} ({})",
+        v["verdict"],
+        num(&v["effect"]),
+        v["ci95"],
+        num(&v["p_value"]),
+        v["canary"]["before"],
+        v["canary"]["after"],
+        v["control"]["before"],
+        v["control"]["after"],
+        v["control"]["shift"]["verdict"]
+    );
+    eprintln!("{}", serde_json::to_string(&report).unwrap());
+    assert_eq!(v["pod"], canary.pod_name.as_str());
+    assert_eq!(v["workload"], "busy");
+    assert_eq!(v["container"], "worker");
+    assert_eq!(v["verdict"], "improved", "{v:#}");
+    // Throttled in most periods before, never after (two CPUs' quota).
+    assert!(num(&v["canary"]["before"]) > 0.5, "{v:#}");
+    assert_eq!(num(&v["canary"]["after"]), 0.0, "{v:#}");
+    assert!(num(&v["effect"]) < -0.5, "{v:#}");
+    // The control's identical pod: no change.
+    assert_eq!(
+        v["control"]["shift"]["verdict"], "no significant change",
+        "{v:#}"
+    );
+    assert!(num(&v["control"]["before"]) > 0.5, "{v:#}");
+    assert_eq!(v["control_nodes"], serde_json::json!([control.name]));
+    for window in ["before", "after"] {
+        let n = v["samples"]["difference"][window].as_array().unwrap().len();
+        assert!(n >= 8, "{n} intervals {window}: {v:#}");
+    }
+    assert_eq!(overall(&report)["verdict"], "improved");
+
+    // The table and the picture.
+    let svg = dir.0.join("fleet.svg");
+    let out = Command::new(tuneprobe_binary())
+        .args(["fleet", "verify", "--prometheus"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args([
+            "--knob",
+            "cpu.max",
+            "--canary",
+            &selector,
+            "--control",
+            &selector,
+        ])
+        .args([
+            "--before",
+            "20s",
+            "--after",
+            "20s",
+            "--interval",
+            "2s",
+            "--since",
+            "10m",
+        ])
+        .arg("--plot")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{table}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.lines().any(
+            |l| l.starts_with(&format!("{namespace}/{}/worker@", canary.pod_name))
+                && l.ends_with("improved")
+        ),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("overall") && l.ends_with("improved")),
+        "{table}"
+    );
+    let picture = fs::read_to_string(&svg).unwrap();
+    assert!(picture.starts_with("<svg ") && picture.contains("control after"));
+    // Canary and control, before and after, a point per interval, in two panels.
+    assert!(picture.matches("<circle").count() >= 4 * 8 * 2, "{picture}");
+}
+
+/// deploy/prometheus/fleet-rules.yaml, run by `promtool test rules`: the recorded
+/// samples carry the workload name fleet verify matches pods by.
+#[test]
+fn recording_rules_name_workloads_as_fleet_verify_does() {
+    let dir = TempDir::new("tuneprobe-fleet-rules-");
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/fleet-rules.yaml");
+    let pods = [
+        "api-5d8f7c9b6-bxq2z",
+        "node-exporter-zx7vb",
+        "web-0",
+        "cache-redis",
+    ];
+    let mut input = String::new();
+    let mut expected = String::new();
+    for pod in pods {
+        let labels = format!("node=\"n1\",namespace=\"shop\",pod=\"{pod}\",container=\"c\"");
+        let _ = write!(
+            input,
+            "      - series: 'tuneprobe_cpu_periods_total{{{labels}}}'\n        values: '0+300x20'\n      - series: 'tuneprobe_cpu_throttled_periods_total{{{labels}}}'\n        values: '0+150x20'\n"
+        );
+        let workload = tuneprobe::fleet::did::workload_name(pod);
+        let _ = write!(
+            expected,
+            "          - labels: 'tuneprobe:cpu_throttled_ratio:1m{{{labels},workload=\"{workload}\"}}'\n            value: 0.5\n"
+        );
+    }
+    let test = format!(
+        "rule_files:\n  - {}\nevaluation_interval: 30s\ntests:\n  - interval: 30s\n    input_series:\n{input}    promql_expr_test:\n      - expr: tuneprobe:cpu_throttled_ratio:1m\n        eval_time: 5m\n        exp_samples:\n{expected}      - expr: node_workload:tuneprobe_cpu_throttled_ratio:median1m{{workload=\"api\"}}\n        eval_time: 5m\n        exp_samples:\n          - labels: 'node_workload:tuneprobe_cpu_throttled_ratio:median1m{{node=\"n1\",namespace=\"shop\",workload=\"api\",container=\"c\"}}'\n            value: 0.5\n",
+        rules.display()
+    );
+    let file = dir.0.join("rules-test.yaml");
+    fs::write(&file, &test).unwrap();
+    let out = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(&file)
+        .output()
+        .expect("run promtool");
+    assert!(
+        out.status.success(),
+        "promtool test rules: {}{}\n{test}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
