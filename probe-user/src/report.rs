@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::{
     kernel::loader::{ProbeStatus, ProgramStats},
     signals::Sections,
+    views::families::Labels,
 };
 
 /// The name a unit enum has in the JSON (`tcp_retransmit`, `no significant change`), for
@@ -55,6 +56,40 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// `namespace`, `pod`, `container` for pods; `cgroup` (the path) for everything else,
+    /// which is bounded by the number of cgroups on the node and by the workload cap.
+    pub fn labels(&self) -> Labels {
+        let is_pod = self.pod_uid.is_some();
+        let cgroup = match (&self.cgroup_path, self.netns) {
+            _ if is_pod => String::new(),
+            (Some(path), _) => path.clone(),
+            (None, Some(netns)) => format!("netns:{netns}"),
+            (None, None) => "unattributed".to_string(),
+        };
+        vec![
+            ("namespace", self.namespace.clone().unwrap_or_default()),
+            (
+                "pod",
+                self.pod
+                    .clone()
+                    .or_else(|| self.pod_uid.clone())
+                    .unwrap_or_default(),
+            ),
+            (
+                "container",
+                self.container
+                    .clone()
+                    .or_else(|| {
+                        self.container_id
+                            .as_ref()
+                            .map(|id| id[..12.min(id.len())].to_string())
+                    })
+                    .unwrap_or_default(),
+            ),
+            ("cgroup", cgroup),
+        ]
+    }
+
     /// A short name for tables: `namespace/pod/container` when known, else
     /// `pod <uid>/<container id>`, the cgroup path, or the netns.
     pub fn display_name(&self) -> String {

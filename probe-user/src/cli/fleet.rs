@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use tuneprobe::{
     fleet::{self, By, Options, prom::Matchers},
-    verify::Signal,
+    signals::measure::Measure,
 };
 
 #[derive(Debug, clap::Args)]
@@ -98,7 +98,7 @@ pub struct VerifyArgs {
     /// drops, block_service_ms, block_service_p99_ms, block_queue_ms, dns_latency_ms,
     /// dns_latency_p99_ms.
     #[arg(long = "signal", value_name = "SIGNAL", value_parser = parse_signal)]
-    signals: Vec<Signal>,
+    signals: Vec<Measure>,
 
     /// Verdicts per canary pod, per workload, or per canary node (and always overall).
     #[arg(long, value_enum, default_value = "pod")]
@@ -141,9 +141,9 @@ fn parse_matchers(text: &str) -> Result<Matchers, String> {
     Matchers::parse(text).map_err(|e| e.to_string())
 }
 
-fn parse_signal(text: &str) -> Result<Signal, String> {
-    Signal::parse(text).ok_or_else(|| {
-        let names: Vec<String> = Signal::ALL.into_iter().map(Signal::name).collect();
+fn parse_signal(text: &str) -> Result<Measure, String> {
+    Measure::parse(text).ok_or_else(|| {
+        let names: Vec<String> = Measure::ALL.into_iter().map(Measure::name).collect();
         format!("unknown signal; one of {}", names.join(", "))
     })
 }

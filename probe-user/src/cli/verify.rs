@@ -19,14 +19,16 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 use tuneprobe::{
     Collector, LoadOptions, Probe, Snapshot,
-    workloads::cgroup::{CgroupPaths, Hierarchies, parse_kube_path},
-    views::plot,
+    kernel::sockdiag,
     report::serde_name,
-    kernel::sockdiag, tuning,
+    signals::measure::Measure,
+    tuning,
     verify::{
-        self, Affected, ChangeRecord, ChangeReport, Knob, Samples, Signal, Target, Watcher,
-        Windows, WorkloadVerdict,
+        self, Affected, ChangeRecord, ChangeReport, Knob, Samples, Target, Watcher, Windows,
+        WorkloadVerdict,
     },
+    views::plot,
+    workloads::cgroup::{CgroupPaths, Hierarchies, parse_kube_path},
 };
 
 use super::snapshot::parse_duration;
@@ -72,7 +74,7 @@ pub struct Args {
     /// listen_overflow_ratio, drops, retransmit_ratio, block_service_ms,
     /// block_service_p99_ms, block_queue_ms, dns_latency_ms, dns_latency_p99_ms.
     #[arg(long = "signal", id = "signals", value_name = "SIGNAL", value_parser = parse_signal)]
-    signals: Vec<Signal>,
+    signals: Vec<Measure>,
 
     /// Run until stopped (or --for), judging every change anyone makes to a known knob;
     /// interim verdicts while each after window fills.
@@ -127,9 +129,9 @@ pub struct Args {
     collector: super::CollectorArgs,
 }
 
-fn parse_signal(name: &str) -> Result<Signal, String> {
-    Signal::parse(name).ok_or_else(|| {
-        let names: Vec<String> = Signal::ALL.iter().map(|s| s.name()).collect();
+fn parse_signal(name: &str) -> Result<Measure, String> {
+    Measure::parse(name).ok_or_else(|| {
+        let names: Vec<String> = Measure::ALL.iter().map(|s| s.name()).collect();
         format!("unknown signal {name:?}; one of {}", names.join(", "))
     })
 }
@@ -359,7 +361,7 @@ fn unix_now() -> f64 {
 }
 
 /// The change, the signals to judge and the workloads it affects.
-fn plan(args: &Args) -> anyhow::Result<(Change, Vec<Signal>, Affected)> {
+fn plan(args: &Args) -> anyhow::Result<(Change, Vec<Measure>, Affected)> {
     let (change, name) = match (&args.apply, &args.exec) {
         (Some(apply), _) => {
             let (name, value) = apply.split_once('=').context("--apply takes KNOB=VALUE")?;
@@ -384,11 +386,11 @@ fn plan(args: &Args) -> anyhow::Result<(Change, Vec<Signal>, Affected)> {
     };
     let signals = if args.signals.is_empty() {
         let name = name.unwrap_or_default();
-        let signals = verify::signals_for(name);
+        let signals = tuning::measures_for(name);
         if signals.is_empty() {
             bail!(
                 "no signal is known for {name}: choose one with --signal (known knobs: {})",
-                verify::knob_table()
+                tuning::judged_knobs()
                     .map(|(k, _)| k)
                     .collect::<Vec<_>>()
                     .join(", ")

@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::{
     verify::stats::{self, Comparison},
-    verify::{self, Signal},
+    signals::measure::Measure,
+    tuning,
 };
 use did::{Paired, Side};
 use prom::{Matchers, PromError, Prometheus, Series};
@@ -70,7 +71,7 @@ pub struct Options {
     pub interval: f64,
     /// With `knob`: how far back from `now` its changes are looked for.
     pub since: f64,
-    pub signals: Vec<Signal>,
+    pub signals: Vec<Measure>,
     pub by: By,
     pub now: f64,
 }
@@ -120,7 +121,7 @@ pub struct FleetVerdict {
     pub workload: Option<String>,
     pub pod: Option<String>,
     pub container: Option<String>,
-    pub signal: Signal,
+    pub signal: Measure,
     pub load: Option<&'static str>,
     /// Canary pods (containers) judged, and the control's pods they were matched with.
     pub canary_pods: usize,
@@ -144,7 +145,7 @@ pub struct FleetReport {
     pub at: Option<f64>,
     pub windows: WindowLengths,
     pub by: By,
-    pub signals: Vec<Signal>,
+    pub signals: Vec<Measure>,
     pub canary: Vec<CanaryNode>,
     pub control: Vec<String>,
     pub notes: Vec<String>,
@@ -155,16 +156,16 @@ pub struct FleetReport {
 
 /// The signals to judge: those asked for, else the knob's own; each must be one the
 /// exported metrics can rebuild.
-pub fn signals(knob: Option<&str>, asked: &[Signal]) -> Result<Vec<Signal>, FleetError> {
-    let chosen: Vec<Signal> = match (asked, knob) {
-        ([], Some(knob)) => verify::signals_for(knob).to_vec(),
+pub fn signals(knob: Option<&str>, asked: &[Measure]) -> Result<Vec<Measure>, FleetError> {
+    let chosen: Vec<Measure> = match (asked, knob) {
+        ([], Some(knob)) => tuning::measures_for(knob).to_vec(),
         (asked, _) => asked.to_vec(),
     };
     if chosen.is_empty() {
-        let names: Vec<String> = Signal::ALL
+        let names: Vec<String> = Measure::ALL
             .into_iter()
             .filter(|s| series::source(*s).is_ok())
-            .map(Signal::name)
+            .map(Measure::name)
             .collect();
         return Err(FleetError::NoSignal(
             knob.unwrap_or("the change").to_string(),
@@ -441,7 +442,7 @@ fn verdict(
     group: String,
     members: &[(&Instance, &Pairs)],
     controls: &BTreeMap<(String, String, String), Vec<&Instance>>,
-    signal: Signal,
+    signal: Measure,
 ) -> FleetVerdict {
     let pairs: Vec<&Pairs> = members.iter().map(|(_, p)| *p).collect();
     let windows = combine(&pairs);
@@ -513,7 +514,7 @@ fn verdict(
 
 /// The verdicts of one signal from its samples: per group as asked, and overall.
 pub fn judge_signal(
-    signal: Signal,
+    signal: Measure,
     samples: &Samples,
     canary: &[CanaryNode],
     control: &[String],
@@ -806,7 +807,7 @@ mod tests {
             },
         )]);
         let (overall, verdicts) = judge_signal(
-            Signal::CpuThrottledRatio,
+            Measure::CpuThrottledRatio,
             &samples,
             &canary,
             &control,
@@ -852,11 +853,11 @@ mod tests {
     fn signals_come_from_the_knob_table_unless_named() {
         assert_eq!(
             signals(Some("cpu.max"), &[]).unwrap(),
-            [Signal::CpuThrottledRatio]
+            [Measure::CpuThrottledRatio]
         );
         assert_eq!(
-            signals(Some("cpu.max"), &[Signal::Drops]).unwrap(),
-            [Signal::Drops]
+            signals(Some("cpu.max"), &[Measure::Drops]).unwrap(),
+            [Measure::Drops]
         );
         assert!(matches!(
             signals(Some("vm.swappiness"), &[]),

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::verify::Signal;
+use crate::signals::measure::Measure;
 
 use super::prom::Series;
 
@@ -37,38 +37,38 @@ pub enum Source {
 /// The metric source of a signal, or why it has none: `verify` reads two loads from the
 /// node's own `/proc` that the agent does not export (a namespace's sent segments and
 /// passive opens), so those ratios cannot be rebuilt from Prometheus.
-pub fn source(signal: Signal) -> Result<Source, &'static str> {
+pub fn source(signal: Measure) -> Result<Source, &'static str> {
     match signal {
-        Signal::CpuThrottledRatio => Ok(Source::Ratio {
+        Measure::CpuThrottledRatio => Ok(Source::Ratio {
             part: "tuneprobe_cpu_throttled_periods_total",
             whole: "tuneprobe_cpu_periods_total",
         }),
-        Signal::Drops => Ok(Source::Count("tuneprobe_packet_drops_total")),
-        Signal::BlockServiceMs => Ok(Source::Histogram {
+        Measure::Drops => Ok(Source::Count("tuneprobe_packet_drops_total")),
+        Measure::BlockServiceMs => Ok(Source::Histogram {
             name: "tuneprobe_block_service_seconds",
             quantile: None,
         }),
-        Signal::BlockServiceP99Ms => Ok(Source::Histogram {
+        Measure::BlockServiceP99Ms => Ok(Source::Histogram {
             name: "tuneprobe_block_service_seconds",
             quantile: Some(0.99),
         }),
-        Signal::BlockQueueMs => Ok(Source::Histogram {
+        Measure::BlockQueueMs => Ok(Source::Histogram {
             name: "tuneprobe_block_queue_seconds",
             quantile: None,
         }),
-        Signal::DnsLatencyMs => Ok(Source::Histogram {
+        Measure::DnsLatencyMs => Ok(Source::Histogram {
             name: "tuneprobe_dns_latency_seconds",
             quantile: None,
         }),
-        Signal::DnsLatencyP99Ms => Ok(Source::Histogram {
+        Measure::DnsLatencyP99Ms => Ok(Source::Histogram {
             name: "tuneprobe_dns_latency_seconds",
             quantile: Some(0.99),
         }),
-        Signal::RetransmitRatio => Err(
+        Measure::RetransmitRatio => Err(
             "its load, the sent segments of the pod's network namespace, is not exported to \
              Prometheus (use --signal drops, or `tuneprobe verify` on the node)",
         ),
-        Signal::ListenOverflowRatio => Err(
+        Measure::ListenOverflowRatio => Err(
             "its load, the passive opens of the pod's network namespace, is not exported to \
              Prometheus (use --signal drops, or `tuneprobe verify` on the node)",
         ),
@@ -341,7 +341,7 @@ mod tests {
             &[(10.0, 50.0), (20.0, 60.0), (40.0, 60.0), (50.0, 5.0)],
         );
         let answers = BTreeMap::from([("part", vec![part]), ("whole", vec![whole])]);
-        let source = source(Signal::CpuThrottledRatio).unwrap();
+        let source = source(Measure::CpuThrottledRatio).unwrap();
         let got = samples(source, &answers, 10.0);
         let s = &got.values().next().unwrap();
         // 10 s: the part's first point, absent before while the whole counted: 50 of
@@ -375,7 +375,7 @@ mod tests {
             bucket("+Inf", &[(0.0, 0.0), (1.0, 10.0), (2.0, 10.0)]),
         ];
         let mean = samples(
-            source(Signal::DnsLatencyMs).unwrap(),
+            source(Measure::DnsLatencyMs).unwrap(),
             &BTreeMap::from([("count", vec![count.clone()]), ("sum", vec![sum.clone()])]),
             1.0,
         );
@@ -386,7 +386,7 @@ mod tests {
         assert_eq!(s[&1000].load, Some(10.0));
 
         let p99 = samples(
-            source(Signal::DnsLatencyP99Ms).unwrap(),
+            source(Measure::DnsLatencyP99Ms).unwrap(),
             &BTreeMap::from([
                 ("count", vec![count]),
                 ("sum", vec![sum]),
@@ -417,7 +417,7 @@ mod tests {
 
     #[test]
     fn queries_sum_per_pod_and_container() {
-        let q = queries(source(Signal::BlockServiceP99Ms).unwrap(), "node=~\"a|b\"");
+        let q = queries(source(Measure::BlockServiceP99Ms).unwrap(), "node=~\"a|b\"");
         let roles: Vec<&str> = q.iter().map(|(r, _)| *r).collect();
         assert_eq!(roles, ["count", "sum", "bucket"]);
         assert_eq!(
@@ -425,7 +425,7 @@ mod tests {
             "sum by (node, namespace, pod, container, le) \
              (tuneprobe_block_service_seconds_bucket{pod!=\"\",node=~\"a|b\"})"
         );
-        assert!(source(Signal::RetransmitRatio).is_err());
-        assert!(source(Signal::ListenOverflowRatio).is_err());
+        assert!(source(Measure::RetransmitRatio).is_err());
+        assert!(source(Measure::ListenOverflowRatio).is_err());
     }
 }

@@ -226,7 +226,7 @@ mod tests {
             By, CanaryNode, SideSamples, VerdictSamples, WindowLengths,
             did::{self, Paired},
         },
-        verify::Signal,
+        signals::measure::Measure,
     };
 
     fn report() -> FleetReport {
@@ -249,7 +249,7 @@ mod tests {
             workload: None,
             pod: None,
             container: None,
-            signal: Signal::CpuThrottledRatio,
+            signal: Measure::CpuThrottledRatio,
             load: Some("cfs_periods"),
             canary_pods: 1,
             control_pods: 1,
@@ -283,7 +283,7 @@ mod tests {
                 interval_s: 10.0,
             },
             by: By::Pod,
-            signals: vec![Signal::CpuThrottledRatio],
+            signals: vec![Measure::CpuThrottledRatio],
             canary: vec![CanaryNode {
                 node: "n<1>".into(),
                 changed_at: 1_796_000_000.0,

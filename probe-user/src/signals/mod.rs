@@ -12,6 +12,7 @@ pub mod cpu_throttle;
 pub mod dns;
 pub mod drops;
 pub mod histogram;
+pub mod measure;
 pub mod signal;
 pub mod source;
 pub mod tcp_retransmit;

@@ -1,4 +1,4 @@
-//! The tuning inventory: every knob of `shared/TUNING.md` that can be read on this node,
+//! The tuning inventory: every knob of the tuning guides that can be read on this node,
 //! at its scope (the node, each pod's network namespace, each block device, each mount,
 //! each cpu cgroup), next to what the tuning guides recommend.
 //!
@@ -14,7 +14,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::signals::cpu_throttle::cpustat::CpuLimit;
+use crate::signals::{cpu_throttle::cpustat::CpuLimit, measure::Measure};
 
 /// Where a knob lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -76,15 +76,24 @@ impl Recommendation {
     }
 }
 
-/// One knob of the guides.
+/// One knob of the guides: where it lives, what the guides recommend, and what it
+/// should move.
 #[derive(Debug, Clone, Copy)]
 pub struct Knob {
     /// As users name it: `net.core.somaxconn`, `queue/scheduler`, `noatime`, `cpu.max`.
     pub name: &'static str,
+    /// The same knob under other names: the cgroup v1 files of a v2 one.
+    pub aliases: &'static [&'static str],
     pub scope: Scope,
     pub recommendation: Recommendation,
-    /// The signal it should move, and what that signal is normalised by.
+    /// The signal it should move, and what that signal is normalised by, in words (the
+    /// inventory's `signal` field).
     pub signal: &'static str,
+    /// The measures `verify` judges it on; empty where tuneprobe has no signal it moves.
+    pub judged_by: &'static [Measure],
+    /// Read by the inventory (`tuneprobe tuning`); a cgroup file that only `verify`
+    /// changes is not.
+    pub inventoried: bool,
 }
 
 const fn knob(
@@ -95,47 +104,99 @@ const fn knob(
 ) -> Knob {
     Knob {
         name,
+        aliases: &[],
         scope,
         recommendation,
         signal,
+        judged_by: &[],
+        inventoried: true,
     }
+}
+
+impl Knob {
+    const fn judged_by(mut self, measures: &'static [Measure]) -> Self {
+        self.judged_by = measures;
+        self
+    }
+
+    const fn aliases(mut self, names: &'static [&'static str]) -> Self {
+        self.aliases = names;
+        self
+    }
+
+    const fn not_inventoried(mut self) -> Self {
+        self.inventoried = false;
+        self
+    }
+}
+
+/// The measures a knob should move, by its name or an alias; empty for a knob
+/// tuneprobe cannot judge.
+pub fn measures_for(name: &str) -> &'static [Measure] {
+    knob_named(name).map_or(&[], |k| k.judged_by)
+}
+
+/// Every judged knob name (aliases included) with the measures it should move, for
+/// documentation and `--help`.
+pub fn judged_knobs() -> impl Iterator<Item = (&'static str, &'static [Measure])> {
+    KNOBS
+        .iter()
+        .filter(|k| !k.judged_by.is_empty())
+        .flat_map(|k| {
+            std::iter::once(k.name)
+                .chain(k.aliases.iter().copied())
+                .map(move |name| (name, k.judged_by))
+        })
+}
+
+/// The knob named `name`, or having it as an alias.
+pub fn knob_named(name: &str) -> Option<&'static Knob> {
+    KNOBS
+        .iter()
+        .find(|k| k.name == name || k.aliases.contains(&name))
 }
 
 use Recommendation::{AtLeast, Between, Exactly, OneOf, Set};
 use Scope::{Cgroup, Device, Mount, Netns, Node};
 
-/// The knobs of `shared/TUNING.md`.
+/// The one knob table: the knobs of the tuning guides (listed in the README) and the
+/// cgroup files `verify` can change.
 pub const KNOBS: &[Knob] = &[
     knob(
         "net.core.somaxconn",
         Netns,
         AtLeast(65535),
         "listen overflows per passive open",
-    ),
+    )
+    .judged_by(&[Measure::ListenOverflowRatio]),
     knob(
         "net.ipv4.tcp_max_syn_backlog",
         Netns,
         AtLeast(8096),
         "SYN drops per passive open",
-    ),
+    )
+    .judged_by(&[Measure::ListenOverflowRatio]),
     knob(
         "net.ipv4.tcp_rmem",
         Netns,
         Exactly("4096 87380 16777216"),
         "retransmits, receive-buffer drops per segment",
-    ),
+    )
+    .judged_by(&[Measure::RetransmitRatio]),
     knob(
         "net.ipv4.tcp_wmem",
         Netns,
         Exactly("4096 65536 16777216"),
         "retransmits per sent segment",
-    ),
+    )
+    .judged_by(&[Measure::RetransmitRatio]),
     knob(
         "net.ipv4.tcp_congestion_control",
         Netns,
         Exactly("bbr"),
         "retransmits and latency per sent segment",
-    ),
+    )
+    .judged_by(&[Measure::RetransmitRatio]),
     knob(
         "net.ipv4.tcp_tw_reuse",
         Netns,
@@ -165,43 +226,50 @@ pub const KNOBS: &[Knob] = &[
         Netns,
         Exactly("1"),
         "SYN drops per passive open",
-    ),
+    )
+    .judged_by(&[Measure::ListenOverflowRatio]),
     knob(
         "net.ipv4.ip_forward",
         Netns,
         Exactly("1"),
         "NETFILTER_DROP per packet",
-    ),
+    )
+    .judged_by(&[Measure::Drops]),
     knob(
         "net.core.netdev_max_backlog",
         Node,
         AtLeast(5000),
         "CPU_BACKLOG drops per received packet",
-    ),
+    )
+    .judged_by(&[Measure::Drops]),
     knob(
         "net.core.rmem_max",
         Node,
         AtLeast(16_777_216),
         "SOCKET_RCVBUFF drops per received packet",
-    ),
+    )
+    .judged_by(&[Measure::Drops]),
     knob(
         "net.core.wmem_max",
         Node,
         AtLeast(16_777_216),
         "retransmits per sent segment",
-    ),
+    )
+    .judged_by(&[Measure::RetransmitRatio]),
     knob(
         "net.core.rmem_default",
         Node,
         Recommendation::None,
         "SOCKET_RCVBUFF drops per received packet",
-    ),
+    )
+    .judged_by(&[Measure::Drops]),
     knob(
         "net.bridge.bridge-nf-call-iptables",
         Node,
         Exactly("1"),
         "NETFILTER_DROP per packet",
-    ),
+    )
+    .judged_by(&[Measure::Drops]),
     knob(
         "vm.swappiness",
         Node,
@@ -238,19 +306,22 @@ pub const KNOBS: &[Knob] = &[
         Device,
         OneOf(&["none", "mq-deadline"]),
         "request latency p99, queue time",
-    ),
+    )
+    .judged_by(&[Measure::BlockServiceMs, Measure::BlockServiceP99Ms]),
     knob(
         "queue/nr_requests",
         Device,
         Recommendation::None,
         "queue time",
-    ),
+    )
+    .judged_by(&[Measure::BlockQueueMs, Measure::BlockServiceMs]),
     knob(
         "queue/read_ahead_kb",
         Device,
         Recommendation::None,
         "request size, sequential throughput",
-    ),
+    )
+    .judged_by(&[Measure::BlockQueueMs, Measure::BlockServiceMs]),
     knob(
         "queue/rotational",
         Device,
@@ -264,7 +335,24 @@ pub const KNOBS: &[Knob] = &[
         Cgroup,
         Recommendation::None,
         "throttled periods per period, stall time",
-    ),
+    )
+    .aliases(&["cpu.cfs_quota_us", "cpu.cfs_period_us"])
+    .judged_by(&[Measure::CpuThrottledRatio]),
+    // Block throttles: cgroup files `verify` changes and judges, not inventoried.
+    knob(
+        "io.max",
+        Cgroup,
+        Recommendation::None,
+        "block service time per request",
+    )
+    .aliases(&[
+        "blkio.throttle.read_iops_device",
+        "blkio.throttle.write_iops_device",
+        "blkio.throttle.read_bps_device",
+        "blkio.throttle.write_bps_device",
+    ])
+    .judged_by(&[Measure::BlockServiceMs, Measure::BlockServiceP99Ms])
+    .not_inventoried(),
 ];
 
 /// One knob's current value somewhere.
@@ -344,7 +432,9 @@ pub struct Inventory {
 }
 
 fn knobs(scope: Scope) -> impl Iterator<Item = &'static Knob> {
-    KNOBS.iter().filter(move |k| k.scope == scope)
+    KNOBS
+        .iter()
+        .filter(move |k| k.scope == scope && k.inventoried)
 }
 
 /// Reads a sysctl through `/proc/sys` of the calling thread's network namespace.
@@ -478,7 +568,7 @@ pub fn cgroup_settings(
     cpu_root: &Path,
     paths: impl Iterator<Item = String>,
 ) -> Vec<CgroupSettings> {
-    let Some(knob) = knobs(Scope::Cgroup).next() else {
+    let Some(knob) = knob_named("cpu.max") else {
         return Vec::new();
     };
     let mut out: Vec<CgroupSettings> = paths

@@ -99,7 +99,7 @@ impl Exporter {
 
     /// The workload's own label set.
     fn own_labels(&self, workload: &Workload) -> Labels {
-        let mut own = workload_labels(workload);
+        let mut own = workload.labels();
         for (key, name) in &self.pod_labels {
             own.push((
                 *name,
@@ -127,7 +127,7 @@ impl Exporter {
             add_tuning(&mut f, inventory);
         }
         if let Some(watcher) = changes {
-            add_changes(&mut f, watcher);
+            watcher.metrics(&mut f);
         }
         // Workloads gone from the snapshot (deleted pods past their grace period) give
         // their place back: with pod churn the cap would otherwise fill with the dead.
@@ -193,39 +193,6 @@ impl Exporter {
     }
 }
 
-/// `namespace`, `pod`, `container` for pods; `cgroup` (the path) for everything else,
-/// which is bounded by the number of cgroups on the node and by the workload cap.
-fn workload_labels(w: &Workload) -> Labels {
-    let is_pod = w.pod_uid.is_some();
-    let cgroup = match (&w.cgroup_path, w.netns) {
-        _ if is_pod => String::new(),
-        (Some(path), _) => path.clone(),
-        (None, Some(netns)) => format!("netns:{netns}"),
-        (None, None) => "unattributed".to_string(),
-    };
-    vec![
-        ("namespace", w.namespace.clone().unwrap_or_default()),
-        (
-            "pod",
-            w.pod
-                .clone()
-                .or_else(|| w.pod_uid.clone())
-                .unwrap_or_default(),
-        ),
-        (
-            "container",
-            w.container
-                .clone()
-                .or_else(|| {
-                    w.container_id
-                        .as_ref()
-                        .map(|id| id[..12.min(id.len())].to_string())
-                })
-                .unwrap_or_default(),
-        ),
-        ("cgroup", cgroup),
-    ]
-}
 
 /// Every knob as `tuneprobe_tuning_value` (numeric values) and
 /// `tuneprobe_tuning_deviation` (1 when it differs from the guides' recommendation).
@@ -309,59 +276,6 @@ fn add_tuning(f: &mut Families, inventory: &Inventory) {
             &c.cgroup_path,
             &c.settings,
         );
-    }
-}
-
-/// At most this many `tuneprobe_tuning_verdict` series.
-const MAX_VERDICT_SERIES: usize = 1000;
-
-/// `tuneprobe_tuning_changes_total` per knob and scope kind, and the latest verdict of
-/// each recent change as `tuneprobe_tuning_verdict` (1 on the verdict's label).
-fn add_changes(f: &mut Families, watcher: &Watcher) {
-    for ((knob, scope), &count) in &watcher.changes_total {
-        f.counter(
-            "tuneprobe_tuning_changes_total",
-            "Changes of tuning knobs seen, by knob and scope kind (node, netns, device, mount, cgroup).",
-            vec![("knob", knob.clone()), ("scope", scope.clone())],
-            count as f64,
-        );
-    }
-    // Newest changes first, bounded: a node-wide change judged on every workload must
-    // not flood Prometheus with series.
-    let verdicts = watcher
-        .recent
-        .iter()
-        .rev()
-        .flat_map(|report| report.verdicts.iter().map(move |v| (report, v)))
-        .take(MAX_VERDICT_SERIES);
-    {
-        for (report, v) in verdicts {
-            // The same workload labels as the workload's own series.
-            let workload = Workload {
-                cgroup_path: v.cgroup_path.clone(),
-                netns: v.netns,
-                pod_uid: v.pod_uid.clone(),
-                container_id: v.container_id.clone(),
-                namespace: v.namespace.clone(),
-                pod: v.pod.clone(),
-                container: v.container.clone(),
-                ..Workload::default()
-            };
-            let mut labels = workload_labels(&workload);
-            labels.extend([
-                ("knob", report.change.knob.clone()),
-                ("scope", report.change.scope.clone()),
-                ("signal", v.signal.name()),
-                ("verdict", crate::report::serde_name(&v.comparison.verdict)),
-                ("final", report.is_final.to_string()),
-            ]);
-            f.gauge(
-                "tuneprobe_tuning_verdict",
-                "1 for the latest verdict on a recent tuning change, per affected workload and signal.",
-                labels,
-                1.0,
-            );
-        }
     }
 }
 

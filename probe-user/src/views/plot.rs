@@ -221,7 +221,8 @@ mod tests {
     use super::*;
     use crate::{
         verify::stats,
-        verify::{SampleValues, Signal},
+        signals::measure::Measure,
+        verify::SampleValues,
     };
 
     fn verdict(before: Vec<f64>, after: Vec<f64>) -> WorkloadVerdict {
@@ -233,9 +234,9 @@ mod tests {
             pod: None,
             container: None,
             netns: None,
-            signal: Signal::CpuThrottledRatio,
+            signal: Measure::CpuThrottledRatio,
             device: None,
-            load: Signal::CpuThrottledRatio.load(),
+            load: Measure::CpuThrottledRatio.load(),
             before: None,
             after: None,
             comparison: stats::compare(&before, &after, true),

@@ -1,0 +1,143 @@
+//! What `verify` judges: per-interval measures of the signals, each normalised by the
+//! load it was measured under. Published as the `signal` of a verdict (`--signal`,
+//! `retransmit_ratio`, ...); each signal module computes its own.
+
+use probe_common::{DnsHistogram, LatencyHistogram};
+use serde::Serialize;
+
+use super::{
+    block_io, cpu_throttle::CpuReport, dns::DnsReport, drops::DropStats, histogram,
+    tcp_retransmit::TcpStats,
+};
+use crate::report::Workload;
+
+/// A per-interval measure of a signal, computed from two consecutive cumulative
+/// snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Measure {
+    /// Throttled periods per CFS period.
+    CpuThrottledRatio,
+    /// Listen-queue overflows per connection attempt (overflows + passive opens).
+    ListenOverflowRatio,
+    /// Dropped packets per interval.
+    Drops,
+    /// Retransmitted segments per sent segment.
+    RetransmitRatio,
+    /// Mean block request service time (issue to complete), ms.
+    BlockServiceMs,
+    /// p99 of the block service time within the interval, ms.
+    BlockServiceP99Ms,
+    /// Mean time requests waited in the scheduler queue (insert to issue), ms.
+    BlockQueueMs,
+    /// Mean DNS latency, ms.
+    DnsLatencyMs,
+    /// p99 of the DNS latency within the interval, ms.
+    DnsLatencyP99Ms,
+}
+
+impl Measure {
+    pub const ALL: [Self; 9] = [
+        Self::CpuThrottledRatio,
+        Self::ListenOverflowRatio,
+        Self::Drops,
+        Self::RetransmitRatio,
+        Self::BlockServiceMs,
+        Self::BlockServiceP99Ms,
+        Self::BlockQueueMs,
+        Self::DnsLatencyMs,
+        Self::DnsLatencyP99Ms,
+    ];
+
+    /// Every signal here is better lower.
+    pub const fn lower_is_better(self) -> bool {
+        true
+    }
+
+    /// What the signal is normalised by (its per-interval load).
+    pub const fn load(self) -> Option<&'static str> {
+        match self {
+            Self::CpuThrottledRatio => Some("cfs_periods"),
+            Self::ListenOverflowRatio => Some("connection_attempts"),
+            Self::Drops => None,
+            Self::RetransmitRatio => Some("sent_segments"),
+            Self::BlockServiceMs | Self::BlockServiceP99Ms | Self::BlockQueueMs => {
+                Some("block_requests")
+            }
+            Self::DnsLatencyMs | Self::DnsLatencyP99Ms => Some("dns_responses"),
+        }
+    }
+
+    /// Block signals are kept per device too, for device-scoped knobs.
+    pub const fn per_device(self) -> bool {
+        matches!(
+            self,
+            Self::BlockServiceMs | Self::BlockServiceP99Ms | Self::BlockQueueMs
+        )
+    }
+
+    pub fn name(self) -> String {
+        crate::report::serde_name(&self)
+    }
+
+    /// Parses a signal by its JSON name (`retransmit_ratio`, `dns_latency_ms`, ...).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The signal's value over one interval and the load it was measured under; `None`
+    /// when the interval had no load to judge by. `device` narrows block signals. Each
+    /// signal module computes its own.
+    pub fn sample(
+        self,
+        before: &Workload,
+        after: &Workload,
+        device: Option<&str>,
+    ) -> Option<(f64, Option<f64>)> {
+        let (b, a) = (&before.signals, &after.signals);
+        let with_load = |(value, load): (f64, f64)| (value, Some(load));
+        match self {
+            Self::CpuThrottledRatio => CpuReport::throttled_ratio(b.cpu.as_ref()?, a.cpu.as_ref()?)
+                .map(with_load),
+            Self::ListenOverflowRatio => {
+                DropStats::listen_overflow_ratio((&b.drops, &b.tcp), (&a.drops, &a.tcp))
+                    .map(with_load)
+            }
+            Self::Drops => Some((a.drops.total.checked_sub(b.drops.total)? as f64, None)),
+            Self::RetransmitRatio => TcpStats::retransmit_ratio(&b.tcp, &a.tcp).map(with_load),
+            Self::BlockServiceMs | Self::BlockServiceP99Ms | Self::BlockQueueMs => {
+                let queue = self == Self::BlockQueueMs;
+                let interval = histogram::since(
+                    &block_io::total(&a.block, device, queue),
+                    &block_io::total(&b.block, device, queue),
+                );
+                latency(&interval, self == Self::BlockServiceP99Ms)
+            }
+            Self::DnsLatencyMs | Self::DnsLatencyP99Ms => {
+                let total = |d: &Option<DnsReport>| d.as_ref().map(DnsReport::latency);
+                let interval = histogram::since(
+                    &total(&a.dns).unwrap_or(DnsHistogram::ZERO),
+                    &total(&b.dns).unwrap_or(DnsHistogram::ZERO),
+                );
+                latency(&interval, self == Self::DnsLatencyP99Ms)
+            }
+        }
+    }
+}
+
+/// The mean or p99 of an interval's histogram, with its count as the load.
+fn latency<const N: usize, const S: u32>(
+    interval: &LatencyHistogram<N, S>,
+    p99: bool,
+) -> Option<(f64, Option<f64>)> {
+    if interval.count == 0 {
+        return None;
+    }
+    let value = if p99 {
+        histogram::quantile_ms(interval, 0.99)?
+    } else {
+        histogram::mean_ms(interval)?
+    };
+    Some((value, Some(interval.count as f64)))
+}
+

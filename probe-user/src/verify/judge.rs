@@ -1,0 +1,292 @@
+//! Per-interval samples of every measure of every workload, and the before/after
+//! judgement of the affected ones.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::{
+    kernel::sockdiag::Listener,
+    report::{Snapshot, Workload},
+    signals::measure::Measure,
+    tuning,
+    verify::stats::{self, Comparison},
+    workloads::attribution::is_within,
+};
+
+/// The workloads a change can affect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Affected {
+    /// Every workload on the node.
+    Node,
+    /// Workloads at or below a cgroup path.
+    Cgroup(String),
+    /// Workloads living in a network namespace (or below the cgroup that owns it).
+    Netns { inode: u32, owner: Option<String> },
+    /// Every workload's block requests on one device.
+    Device(String),
+}
+
+impl Affected {
+    /// From an inventory change's scope (`node`, `netns:<inode>`, `cgroup:<path>`, ...).
+    pub fn of_change(change: &tuning::Change) -> Self {
+        let (kind, rest) = change.scope.split_once(':').unwrap_or((&change.scope, ""));
+        match kind {
+            "netns" => match rest.parse() {
+                Ok(inode) => Self::Netns {
+                    inode,
+                    owner: change.owner.clone().filter(|o| o != "/"),
+                },
+                Err(_) => Self::Node,
+            },
+            "cgroup" => Self::Cgroup(rest.to_string()),
+            "device" => Self::Device(rest.to_string()),
+            _ => Self::Node,
+        }
+    }
+
+    /// The workloads of `snapshot` the change can affect, by cgroup path.
+    pub fn workloads_in(&self, snapshot: &Snapshot) -> Vec<String> {
+        snapshot
+            .workloads
+            .iter()
+            .filter_map(|w| {
+                let path = w.cgroup_path.as_deref()?;
+                let included = match self {
+                    Self::Device(device) => w.signals.block.iter().any(|b| &b.device == device),
+                    Self::Node => true,
+                    Self::Cgroup(prefix) => is_within(path, prefix),
+                    Self::Netns { inode, owner } => {
+                        w.netns == Some(*inode)
+                            || owner.as_ref().is_some_and(|o| is_within(path, o))
+                    }
+                };
+                included.then(|| path.to_string())
+            })
+            .collect()
+    }
+
+    fn includes(&self, key: &SeriesKey, workload: Option<&Workload>) -> bool {
+        match self {
+            Self::Device(device) => key.device.as_deref() == Some(device.as_str()),
+            _ if key.device.is_some() => false,
+            Self::Node => true,
+            Self::Cgroup(prefix) => is_within(&key.path, prefix),
+            Self::Netns { inode, owner } => {
+                workload.and_then(|w| w.netns) == Some(*inode)
+                    || owner.as_ref().is_some_and(|o| is_within(&key.path, o))
+            }
+        }
+    }
+}
+
+/// One series: a signal of one workload (per device for block signals).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub path: String,
+    pub signal: Measure,
+    pub device: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// End of the interval, seconds since the Unix epoch.
+    pub at: f64,
+    pub value: f64,
+    pub load: Option<f64>,
+}
+
+/// Per-interval samples of every signal of every workload.
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    series: BTreeMap<SeriesKey, Vec<Sample>>,
+}
+
+impl Samples {
+    /// Adds the interval between two consecutive cumulative snapshots, ending at `at`.
+    pub fn add(&mut self, previous: &Snapshot, current: &Snapshot, at: f64) {
+        for (key, sample) in interval_samples(previous, current, at) {
+            self.series.entry(key).or_default().push(sample);
+        }
+    }
+
+    pub fn push(&mut self, key: SeriesKey, sample: Sample) {
+        self.series.entry(key).or_default().push(sample);
+    }
+
+    /// Forgets samples that ended before `at`.
+    pub fn forget_before(&mut self, at: f64) {
+        self.series.retain(|_, samples| {
+            samples.retain(|s| s.at >= at);
+            !samples.is_empty()
+        });
+    }
+
+    /// The longest series' length.
+    pub fn intervals(&self) -> usize {
+        self.series.values().map(Vec::len).max().unwrap_or(0)
+    }
+}
+
+/// The samples of one interval for every workload present in both snapshots.
+pub fn interval_samples(
+    previous: &Snapshot,
+    current: &Snapshot,
+    at: f64,
+) -> Vec<(SeriesKey, Sample)> {
+    let earlier: BTreeMap<&str, &Workload> = previous
+        .workloads
+        .iter()
+        .filter_map(|w| Some((w.cgroup_path.as_deref()?, w)))
+        .collect();
+    let mut out = Vec::new();
+    for now in &current.workloads {
+        let Some(path) = now.cgroup_path.as_deref() else {
+            continue;
+        };
+        // A workload first seen now had nothing before: compare with an empty one.
+        let empty = Workload::default();
+        let before = earlier.get(path).copied().unwrap_or(&empty);
+        let devices: BTreeSet<&str> = now.signals.block.iter().map(|b| b.device.as_str()).collect();
+        for signal in Measure::ALL {
+            let mut put = |device: Option<&str>| {
+                if let Some((value, load)) = signal.sample(before, now, device) {
+                    let key = SeriesKey {
+                        path: path.to_string(),
+                        signal,
+                        device: device.map(str::to_string),
+                    };
+                    out.push((key, Sample { at, value, load }));
+                }
+            };
+            put(None);
+            if signal.per_device() {
+                for device in &devices {
+                    put(Some(device));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The judgement for one signal of one workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadVerdict {
+    pub cgroup_path: Option<String>,
+    pub pod_uid: Option<String>,
+    pub container_id: Option<String>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
+    pub netns: Option<u32>,
+    pub signal: Measure,
+    /// The block device, for block signals of a device-scoped change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// What the signal is normalised by.
+    pub load: Option<&'static str>,
+    /// Median of the per-interval samples.
+    pub before: Option<f64>,
+    pub after: Option<f64>,
+    #[serde(flatten)]
+    pub comparison: Comparison,
+    /// After's mean load over before's (periods, attempts, segments, requests per
+    /// interval); far from 1 means the load itself changed, the main confounder.
+    pub load_change: Option<f64>,
+    /// The load changed by more than half or a third between the windows.
+    pub load_changed: bool,
+    /// Why the verdict may not mean what it says (a load shift, a knob that applies
+    /// only after a restart).
+    pub notes: Vec<String>,
+    /// The namespace's listening sockets, for knobs applied at `listen()`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<Listener>,
+    /// The per-interval values behind the verdict.
+    pub samples: SampleValues,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SampleValues {
+    pub before: Vec<f64>,
+    pub after: Vec<f64>,
+}
+
+fn mean(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+/// A load ratio outside these bounds is reported as a load change.
+const LOAD_CHANGE_BOUNDS: (f64, f64) = (2.0 / 3.0, 1.5);
+
+/// Compares the windows for every affected workload that has samples on both sides,
+/// for the given signals.
+pub fn judge(
+    before: &Samples,
+    after: &Samples,
+    signals: &[Measure],
+    affected: &Affected,
+    last: &Snapshot,
+) -> Vec<WorkloadVerdict> {
+    let workloads: BTreeMap<&str, &Workload> = last
+        .workloads
+        .iter()
+        .filter_map(|w| Some((w.cgroup_path.as_deref()?, w)))
+        .collect();
+    let mut verdicts = Vec::new();
+    for (key, samples_before) in &before.series {
+        let workload = workloads.get(key.path.as_str()).copied();
+        if !signals.contains(&key.signal) || !affected.includes(key, workload) {
+            continue;
+        }
+        let Some(samples_after) = after.series.get(key) else {
+            continue;
+        };
+        let values = |s: &[Sample]| s.iter().map(|s| s.value).collect::<Vec<f64>>();
+        let loads = |s: &[Sample]| s.iter().filter_map(|s| s.load).collect::<Vec<f64>>();
+        let (values_before, values_after) = (values(samples_before), values(samples_after));
+        let comparison =
+            stats::compare(&values_before, &values_after, key.signal.lower_is_better());
+        let load_change = mean(&loads(samples_after))
+            .zip(mean(&loads(samples_before)))
+            .filter(|(_, b)| *b > 0.0)
+            .map(|(a, b)| a / b);
+        let load_changed = load_change
+            .is_some_and(|r| !(LOAD_CHANGE_BOUNDS.0..=LOAD_CHANGE_BOUNDS.1).contains(&r));
+        let mut notes = Vec::new();
+        if let (true, Some(ratio)) = (load_changed, load_change) {
+            notes.push(format!(
+                "the load ({}) changed x{ratio:.2} between the windows: the verdict may \
+                 reflect the load, not the knob",
+                key.signal.load().unwrap_or("load")
+            ));
+        }
+        let median = |v: &[f64]| (!v.is_empty()).then(|| stats::median(v));
+        verdicts.push(WorkloadVerdict {
+            cgroup_path: Some(key.path.clone()),
+            pod_uid: workload.and_then(|w| w.pod_uid.clone()),
+            container_id: workload.and_then(|w| w.container_id.clone()),
+            namespace: workload.and_then(|w| w.namespace.clone()),
+            pod: workload.and_then(|w| w.pod.clone()),
+            container: workload.and_then(|w| w.container.clone()),
+            netns: workload.and_then(|w| w.netns),
+            signal: key.signal,
+            device: key.device.clone(),
+            load: key.signal.load(),
+            before: median(&values_before),
+            after: median(&values_after),
+            comparison,
+            load_change,
+            load_changed,
+            notes,
+            listeners: Vec::new(),
+            samples: SampleValues {
+                before: values_before,
+                after: values_after,
+            },
+        });
+    }
+    verdicts
+}
+

@@ -1,0 +1,318 @@
+//! Watching: every change anyone makes is noticed between two inventories and judged
+//! with a rolling before window and an after window of its own.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    time::Duration,
+};
+
+use serde::Serialize;
+
+use crate::{
+    report::{Snapshot, Workload, serde_name},
+    signals::measure::Measure,
+    tuning,
+    verify::stats,
+    views::families::Families,
+};
+
+use super::{
+    judge::{Affected, Samples, WorkloadVerdict, interval_samples, judge},
+    listen::{explain_listen_backlogs, listeners_by_netns},
+};
+
+/// A change as it is reported: what, where, when.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeRecord {
+    pub knob: String,
+    /// `node`, `netns:<inode>`, `device:<name>`, `mount:<path>`, `cgroup:<path>`.
+    pub scope: String,
+    /// The scope's owner (the pod cgroup of a namespace), when it has one.
+    pub owner: Option<String>,
+    pub old: Option<String>,
+    pub new: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub at: f64,
+    /// The workloads (cgroup paths) the change can affect, as seen when it happened.
+    pub affected: Vec<String>,
+}
+
+/// A change with its verdicts so far.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeReport {
+    pub change: ChangeRecord,
+    /// `false` while the after window is still filling.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    /// Intervals of the after window seen so far.
+    pub after_intervals: usize,
+    pub signals: Vec<Measure>,
+    pub verdicts: Vec<WorkloadVerdict>,
+    pub notes: Vec<String>,
+}
+
+/// Window lengths for watching.
+#[derive(Debug, Clone, Copy)]
+pub struct Windows {
+    pub before: Duration,
+    pub after: Duration,
+    pub interval: Duration,
+}
+
+impl Windows {
+    fn intervals(length: Duration, interval: Duration) -> usize {
+        (length.as_secs_f64() / interval.as_secs_f64())
+            .round()
+            .max(1.0) as usize
+    }
+
+    pub fn after_intervals(&self) -> usize {
+        Self::intervals(self.after, self.interval)
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    change: ChangeRecord,
+    signals: Vec<Measure>,
+    affected: Affected,
+    before: Samples,
+    after: Samples,
+    intervals: usize,
+}
+
+/// Judges every change anyone makes, as it happens: keeps a rolling before window of
+/// samples, notices changes between consecutive inventories, and fills an after window
+/// for each, with interim verdicts on the way.
+#[derive(Debug)]
+pub struct Watcher {
+    windows: Windows,
+    history: Samples,
+    previous: Option<(Snapshot, tuning::Inventory)>,
+    pending: Vec<Pending>,
+    /// Judge every change on these instead of its knob's own signals.
+    signals: Option<Vec<Measure>>,
+    /// Changes seen, by (knob, scope kind).
+    pub changes_total: BTreeMap<(String, String), u64>,
+    /// The latest report of each recent change (interim or final), newest last.
+    pub recent: Vec<ChangeReport>,
+}
+
+/// How many changes `recent` keeps.
+const RECENT_CHANGES: usize = 100;
+
+impl Watcher {
+    pub fn new(windows: Windows) -> Self {
+        Self {
+            windows,
+            history: Samples::default(),
+            previous: None,
+            pending: Vec::new(),
+            signals: None,
+            changes_total: BTreeMap::new(),
+            recent: Vec::new(),
+        }
+    }
+
+    /// Judges every change on `signals` instead of each knob's own (for knobs whose
+    /// effect shows in a signal the table does not name, or a controlled experiment).
+    pub fn judging(mut self, signals: Vec<Measure>) -> Self {
+        self.signals = (!signals.is_empty()).then_some(signals);
+        self
+    }
+
+    /// The inventory of the latest interval observed.
+    pub fn inventory(&self) -> Option<&tuning::Inventory> {
+        self.previous.as_ref().map(|(_, inventory)| inventory)
+    }
+
+    /// Takes one interval's snapshot and inventory; returns the reports that are new:
+    /// interim ones every few intervals while an after window fills, and final ones.
+    pub fn observe(
+        &mut self,
+        snapshot: Snapshot,
+        inventory: tuning::Inventory,
+        at: f64,
+    ) -> Vec<ChangeReport> {
+        let Some((previous, previous_inventory)) = self.previous.take() else {
+            self.previous = Some((snapshot, inventory));
+            return Vec::new();
+        };
+        let samples = interval_samples(&previous, &snapshot, at);
+        // Changes first: the interval in which a knob changed belongs to neither window.
+        let mut reports = Vec::new();
+        for change in inventory.changes_since(&previous_inventory) {
+            let scope_kind = change.scope.split(':').next().unwrap_or("").to_string();
+            *self
+                .changes_total
+                .entry((change.knob.clone(), scope_kind))
+                .or_default() += 1;
+            let signals = self
+                .signals
+                .clone()
+                .unwrap_or_else(|| tuning::measures_for(&change.knob).to_vec());
+            let affected = Affected::of_change(&change);
+            let record = ChangeRecord {
+                knob: change.knob,
+                scope: change.scope,
+                owner: change.owner,
+                old: change.old,
+                new: change.new,
+                at,
+                affected: affected.workloads_in(&snapshot),
+            };
+            if signals.is_empty() {
+                let report = ChangeReport {
+                    change: record,
+                    is_final: true,
+                    after_intervals: 0,
+                    signals: Vec::new(),
+                    verdicts: Vec::new(),
+                    notes: vec!["no signal of tuneprobe's is known for this knob".into()],
+                };
+                self.remember(&report);
+                reports.push(report);
+                continue;
+            }
+            self.pending.push(Pending {
+                change: record,
+                signals,
+                affected,
+                before: self.history.clone(),
+                after: Samples::default(),
+                intervals: 0,
+            });
+        }
+        for pending in &mut self.pending {
+            if pending.change.at < at {
+                for (key, sample) in &samples {
+                    pending.after.push(key.clone(), *sample);
+                }
+                pending.intervals += 1;
+            }
+        }
+        for (key, sample) in samples {
+            self.history.push(key, sample);
+        }
+        self.history
+            .forget_before(at - self.windows.before.as_secs_f64() - 1e-3);
+
+        let needed = self.windows.after_intervals();
+        // Interim verdicts about four times per window, once there is enough to test.
+        let every = (needed / 4).max(1);
+        let mut still = Vec::new();
+        for pending in std::mem::take(&mut self.pending) {
+            let done = pending.intervals >= needed;
+            let interim = pending.intervals >= stats::MIN_SAMPLES && pending.intervals % every == 0;
+            if done || interim {
+                let report = judge_pending(&pending, &snapshot, done);
+                self.remember(&report);
+                reports.push(report);
+            }
+            if !done {
+                still.push(pending);
+            }
+        }
+        self.pending = still;
+        self.previous = Some((snapshot, inventory));
+        reports
+    }
+
+    fn remember(&mut self, report: &ChangeReport) {
+        self.recent.retain(|r| {
+            !(r.change.knob == report.change.knob
+                && r.change.scope == report.change.scope
+                && r.change.at == report.change.at)
+        });
+        self.recent.push(report.clone());
+        if self.recent.len() > RECENT_CHANGES {
+            self.recent.remove(0);
+        }
+    }
+}
+
+fn judge_pending(pending: &Pending, last: &Snapshot, is_final: bool) -> ChangeReport {
+    let mut verdicts = judge(
+        &pending.before,
+        &pending.after,
+        &pending.signals,
+        &pending.affected,
+        last,
+    );
+    let change = &pending.change;
+    if let (Some(old), Some(new)) = (&change.old, &change.new) {
+        explain_listen_backlogs(
+            &change.knob,
+            old,
+            new,
+            &mut verdicts,
+            listeners_by_netns(Path::new("/proc")),
+        );
+    }
+    let mut notes = Vec::new();
+    if verdicts.is_empty() {
+        notes.push("no affected workload had load on both sides of the change".into());
+    }
+    ChangeReport {
+        change: change.clone(),
+        is_final,
+        after_intervals: pending.intervals,
+        signals: pending.signals.clone(),
+        verdicts,
+        notes,
+    }
+}
+
+/// At most this many `tuneprobe_tuning_verdict` series.
+const MAX_VERDICT_SERIES: usize = 1000;
+
+impl Watcher {
+    /// `tuneprobe_tuning_changes_total` per knob and scope kind, and the latest verdict of
+    /// each recent change as `tuneprobe_tuning_verdict` (1 on the verdict's label).
+    pub fn metrics(&self, f: &mut Families) {
+        for ((knob, scope), &count) in &self.changes_total {
+            f.counter(
+                "tuneprobe_tuning_changes_total",
+                "Changes of tuning knobs seen, by knob and scope kind (node, netns, device, mount, cgroup).",
+                vec![("knob", knob.clone()), ("scope", scope.clone())],
+                count as f64,
+            );
+        }
+        // Newest changes first, bounded: a node-wide change judged on every workload must
+        // not flood Prometheus with series.
+        let verdicts = self
+            .recent
+            .iter()
+            .rev()
+            .flat_map(|report| report.verdicts.iter().map(move |v| (report, v)))
+            .take(MAX_VERDICT_SERIES);
+        for (report, v) in verdicts {
+            // The same workload labels as the workload's own series.
+            let workload = Workload {
+                cgroup_path: v.cgroup_path.clone(),
+                netns: v.netns,
+                pod_uid: v.pod_uid.clone(),
+                container_id: v.container_id.clone(),
+                namespace: v.namespace.clone(),
+                pod: v.pod.clone(),
+                container: v.container.clone(),
+                ..Workload::default()
+            };
+            let mut labels = workload.labels();
+            labels.extend([
+                ("knob", report.change.knob.clone()),
+                ("scope", report.change.scope.clone()),
+                ("signal", v.signal.name()),
+                ("verdict", serde_name(&v.comparison.verdict)),
+                ("final", report.is_final.to_string()),
+            ]);
+            f.gauge(
+                "tuneprobe_tuning_verdict",
+                "1 for the latest verdict on a recent tuning change, per affected workload and signal.",
+                labels,
+                1.0,
+            );
+        }
+    }
+}
