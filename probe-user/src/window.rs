@@ -73,29 +73,173 @@ impl Default for CollectorOptions {
 pub struct Collector {
     probe: Probe,
     proc_root: PathBuf,
-    attributor: Attributor,
-    /// `None` where the controller lives on the v2 hierarchy (ids resolve there).
-    cpu_paths: Option<CgroupPaths>,
-    blkio_paths: Option<CgroupPaths>,
+    naming: Naming,
+    namespaces: Namespaces,
+    /// Every signal's state over the window.
+    sources: Sources,
+    /// Every signal's maps when the window started (less deleted entries).
+    baseline: Counters,
+    options: CollectorOptions,
     started: Instant,
     /// When processes and cgroups were last rescanned.
     last_tick: Instant,
-    baseline: Counters,
-    /// First and latest listen counters of every namespace seen during the window.
-    netns_first: HashMap<u32, NetnsTcpCounters>,
-    netns_last: HashMap<u32, NetnsTcpCounters>,
-    /// Every signal's state over the window.
-    sources: Sources,
-    pod_names: PodNames,
-    options: CollectorOptions,
-    /// When each network namespace was last seen alive (or first seen in a key).
-    netns_alive: HashMap<u32, Instant>,
-    /// Sum of each namespace's kernel counts at the last tick: a change shows it alive.
-    netns_activity: HashMap<u32, u64>,
     last_gc: Option<Instant>,
     /// Kernel map entries deleted because their cgroup or namespace was gone for longer
     /// than the grace period, per map.
     gc_deleted: BTreeMap<String, u64>,
+}
+
+/// Who a count belongs to: each hierarchy's cgroup names, processes and their
+/// namespaces, pod and container names.
+struct Naming {
+    attributor: Attributor,
+    /// `None` where the controller lives on the v2 hierarchy (ids resolve there).
+    cpu_paths: Option<CgroupPaths>,
+    blkio_paths: Option<CgroupPaths>,
+    pod_names: PodNames,
+}
+
+impl Naming {
+    fn paths(&mut self, hierarchy: Hierarchy) -> &mut CgroupPaths {
+        match hierarchy {
+            Hierarchy::Cpu => self.cpu_paths.as_mut(),
+            Hierarchy::Blkio => self.blkio_paths.as_mut(),
+            Hierarchy::Unified => None,
+        }
+        .unwrap_or(&mut self.attributor.cgroups)
+    }
+
+    fn paths_ref(&self, hierarchy: Hierarchy) -> &CgroupPaths {
+        match hierarchy {
+            Hierarchy::Cpu => self.cpu_paths.as_ref(),
+            Hierarchy::Blkio => self.blkio_paths.as_ref(),
+            Hierarchy::Unified => None,
+        }
+        .unwrap_or(&self.attributor.cgroups)
+    }
+
+    fn dead_cgroups(&self, hierarchy: Hierarchy, grace: Duration) -> HashSet<u64> {
+        self.paths_ref(hierarchy)
+            .dead_longer_than(grace)
+            .into_iter()
+            .collect()
+    }
+
+    /// Forgets the names of cgroups gone for longer than `after`; `forgotten` hears of
+    /// each cpu cgroup path.
+    fn forget_cgroups(&mut self, after: Duration, mut forgotten: impl FnMut(&str)) {
+        for hierarchy in [Hierarchy::Unified, Hierarchy::Cpu, Hierarchy::Blkio] {
+            let dead = self.paths_ref(hierarchy).dead_longer_than(after);
+            for id in dead {
+                let Some(path) = self.paths(hierarchy).forget(id) else {
+                    continue;
+                };
+                if self.paths_ref(hierarchy).root() == self.attributor.cgroups.root() {
+                    self.attributor.forget_cgroup(&path);
+                }
+                if self.paths_ref(hierarchy).root() == self.paths_ref(Hierarchy::Cpu).root() {
+                    forgotten(&path);
+                }
+            }
+        }
+    }
+
+    /// Attributes keys to workloads for one report.
+    fn builder(&mut self, grace: Duration) -> Builder<'_> {
+        Builder {
+            naming: self,
+            grace,
+            workloads: BTreeMap::new(),
+        }
+    }
+}
+
+/// What the window knows of each network namespace.
+#[derive(Default)]
+struct Namespaces {
+    /// First and latest TCP counters of every namespace seen during the window.
+    first: HashMap<u32, NetnsTcpCounters>,
+    last: HashMap<u32, NetnsTcpCounters>,
+    /// When each was last seen alive (or first seen in a key).
+    alive: HashMap<u32, Instant>,
+    /// Sum of each one's kernel counts at the last collection: a change shows it alive.
+    activity: HashMap<u32, u64>,
+}
+
+impl Namespaces {
+    /// Reads the TCP counters of the namespaces that have a live process.
+    fn observe(&mut self, proc_root: &Path, live: impl Iterator<Item = (u32, u32)>) {
+        for (netns, pid) in live {
+            if let Some(counters) = NetnsTcpCounters::of_pid(proc_root, pid) {
+                self.first.entry(netns).or_insert(counters);
+                self.last.insert(netns, counters);
+            }
+        }
+    }
+
+    /// Notes which namespaces live now: `live` ones (a process is in them or a bind
+    /// mount holds them), and those whose kernel `counts` moved. One only ever seen in
+    /// keys is alive from then on until its grace period passes.
+    fn mark_alive(&mut self, live: impl Iterator<Item = u32>, counts: &[(u32, u64)], now: Instant) {
+        for netns in live {
+            self.alive.insert(netns, now);
+        }
+        for &(netns, _) in counts {
+            if netns != 0 {
+                self.alive.entry(netns).or_insert(now);
+            }
+        }
+        // The kernel recycles namespace inodes: counts that still move mean a namespace
+        // lives under that inode (one without processes or mounts, or a new one).
+        let mut activity: HashMap<u32, u64> = HashMap::new();
+        for &(netns, count) in counts {
+            *activity.entry(netns).or_default() += count;
+        }
+        activity.remove(&0);
+        for (netns, total) in &activity {
+            // Also a first entry after its earlier ones were deleted: a new namespace.
+            if self.activity.get(netns) != Some(total) {
+                self.alive.insert(*netns, now);
+            }
+        }
+        self.activity = activity;
+    }
+
+    /// The namespaces not seen alive for longer than `after`.
+    fn dead_for(&self, after: Duration, now: Instant) -> HashSet<u32> {
+        self.alive
+            .iter()
+            .filter(|(_, seen)| now.duration_since(**seen) > after)
+            .map(|(&netns, _)| netns)
+            .collect()
+    }
+
+    /// Their entries are deleted, so their totals start again from zero: a recycled
+    /// inode's first count must read as movement, not as the old total again.
+    fn entries_deleted(&mut self, dead: &HashSet<u32>) {
+        self.activity.retain(|netns, _| !dead.contains(netns));
+    }
+
+    fn forget(&mut self, netns: u32) {
+        self.alive.remove(&netns);
+        self.first.remove(&netns);
+        self.last.remove(&netns);
+    }
+
+    /// Every namespace's TCP counters over the window; `is_host` tells the host's.
+    fn loads(&self, is_host: impl Fn(u32) -> bool) -> HashMap<u32, NetnsLoad> {
+        self.last
+            .iter()
+            .map(|(&netns, last)| {
+                let first = self.first.get(&netns).copied().unwrap_or(*last);
+                let load = NetnsLoad {
+                    tcp: last.since(&first),
+                    host: is_host(netns),
+                };
+                (netns, load)
+            })
+            .collect()
+    }
 }
 
 impl Collector {
@@ -122,22 +266,22 @@ impl Collector {
             dns_timeout: options.dns_timeout,
             sys_root: PathBuf::from("/sys"),
         });
-        let mut collector = Self {
+        let naming = Naming {
             cpu_paths: separate(&hierarchies.cpu),
             blkio_paths: separate(&hierarchies.blkio),
             attributor: Attributor::new(CgroupPaths::new(unified), host_netns),
+            pod_names: pod_names(&options)?,
+        };
+        let mut collector = Self {
             baseline: Sources::read(&probe)?,
             probe,
             proc_root,
+            naming,
+            namespaces: Namespaces::default(),
+            sources,
+            options,
             started: Instant::now(),
             last_tick: Instant::now(),
-            netns_first: HashMap::new(),
-            netns_last: HashMap::new(),
-            sources,
-            pod_names: pod_names(&options)?,
-            options,
-            netns_alive: HashMap::new(),
-            netns_activity: HashMap::new(),
             last_gc: None,
             gc_deleted: BTreeMap::new(),
         };
@@ -152,65 +296,35 @@ impl Collector {
     /// Names one kernel key the way the report does (for `trace` events): a cgroup id
     /// of `hierarchy`, or for id 0 the owner of namespace `netns`. No counts.
     pub fn workload_of(&mut self, hierarchy: Hierarchy, id: u64, netns: Option<u32>) -> Workload {
-        let mut builder = Builder {
-            attributor: &mut self.attributor,
-            cpu_paths: &mut self.cpu_paths,
-            blkio_paths: &mut self.blkio_paths,
-            pod_names: &self.pod_names,
-            grace: self.options.pod_grace,
-            workloads: BTreeMap::new(),
-        };
-        builder.by_cgroup(hierarchy, id, netns).clone()
-    }
-
-    fn paths(&mut self, hierarchy: Hierarchy) -> &mut CgroupPaths {
-        match hierarchy {
-            Hierarchy::Cpu => self.cpu_paths.as_mut(),
-            Hierarchy::Blkio => self.blkio_paths.as_mut(),
-            Hierarchy::Unified => None,
-        }
-        .unwrap_or(&mut self.attributor.cgroups)
-    }
-
-    fn paths_ref(&self, hierarchy: Hierarchy) -> &CgroupPaths {
-        match hierarchy {
-            Hierarchy::Cpu => self.cpu_paths.as_ref(),
-            Hierarchy::Blkio => self.blkio_paths.as_ref(),
-            Hierarchy::Unified => None,
-        }
-        .unwrap_or(&self.attributor.cgroups)
+        self.naming
+            .builder(self.options.pod_grace)
+            .by_cgroup(hierarchy, id, netns)
+            .clone()
     }
 
     /// Rescans processes, namespaces and cpu quotas, and names any new cgroup ids. Call
     /// about once a second.
     pub fn tick(&mut self) -> anyhow::Result<()> {
         self.last_tick = Instant::now();
+        let naming = &mut self.naming;
         let processes = procfs::processes(&self.proc_root);
-        self.attributor.observe(&processes);
-        self.pod_names.refresh();
+        naming.attributor.observe(&processes);
+        naming.pod_names.refresh();
         // New cgroups get named, removed ones start their grace period.
-        self.attributor.cgroups.refresh();
-        if let Some(blkio) = self.blkio_paths.as_mut() {
+        naming.attributor.cgroups.refresh();
+        if let Some(blkio) = naming.blkio_paths.as_mut() {
             blkio.refresh();
         }
-        let live: Vec<(u32, u32)> = self.attributor.live_netns().collect();
-        for (netns, pid) in live {
-            if let Some(counters) = NetnsTcpCounters::of_pid(&self.proc_root, pid) {
-                self.netns_first.entry(netns).or_insert(counters);
-                self.netns_last.insert(netns, counters);
-            }
-        }
+        self.namespaces
+            .observe(&self.proc_root, naming.attributor.live_netns());
         // Name the cgroups behind new keys now, before they can disappear.
         let counters = Sources::read(&self.probe)?;
         for (hierarchy, id) in Sources::cgroups(&counters) {
             if id != 0 {
-                let _ = self.paths(hierarchy).path(id);
+                let _ = naming.paths(hierarchy).path(id);
             }
         }
-        let cpu_paths = match self.cpu_paths.as_mut() {
-            Some(paths) => paths,
-            None => &mut self.attributor.cgroups,
-        };
+        let cpu_paths = naming.paths(Hierarchy::Cpu);
         self.sources.tick(&mut self.probe, cpu_paths)?;
         // Scrapes tick too, and may come in bursts: collecting once a second is enough.
         if self.last_gc.is_none_or(|at| at.elapsed() >= GC_INTERVAL) {
@@ -229,58 +343,19 @@ impl Collector {
         let counters = &Sources::read(&self.probe)?;
         let grace = self.options.pod_grace;
         let now = Instant::now();
-
-        // A namespace lives while a process is in it or a bind mount (`ip netns add`,
-        // CNI plugins) holds it. One only ever seen in keys is dead from then on.
-        let live: Vec<u32> = self
+        let live = self
+            .naming
             .attributor
             .live_netns()
             .map(|(netns, _)| netns)
-            .chain(mounted_netns(&self.proc_root))
-            .collect();
-        for netns in live {
-            self.netns_alive.insert(netns, now);
-        }
-        let counts = Sources::netns_counts(counters);
-        let keyed: Vec<u32> = counts
-            .iter()
-            .map(|&(netns, _)| netns)
-            .filter(|&netns| netns != 0)
-            .collect();
-        for netns in keyed {
-            self.netns_alive.entry(netns).or_insert(now);
-        }
-        // The kernel recycles namespace inodes: counts that still move mean a namespace
-        // lives under that inode (one without processes or mounts, or a new one).
-        let mut activity: HashMap<u32, u64> = HashMap::new();
-        for (netns, count) in counts {
-            *activity.entry(netns).or_default() += count;
-        }
-        activity.remove(&0);
-        for (netns, total) in &activity {
-            // Also a first entry after its earlier ones were deleted: a new namespace.
-            if self.netns_activity.get(netns) != Some(total) {
-                self.netns_alive.insert(*netns, now);
-            }
-        }
-        self.netns_activity = activity;
-        let netns_dead_for = |alive: &HashMap<u32, Instant>, after: Duration| -> HashSet<u32> {
-            alive
-                .iter()
-                .filter(|(_, seen)| now.duration_since(**seen) > after)
-                .map(|(&netns, _)| netns)
-                .collect()
-        };
-        let dead_netns = netns_dead_for(&self.netns_alive, grace);
-        // Their entries go below, so their totals start again from zero: a recycled
-        // inode's first count must read as movement, not as the old total again.
-        self.netns_activity
-            .retain(|netns, _| !dead_netns.contains(netns));
+            .chain(mounted_netns(&self.proc_root));
+        self.namespaces
+            .mark_alive(live, &Sources::netns_counts(counters), now);
         let dead = Dead {
-            unified: self.dead_cgroups(Hierarchy::Unified, grace),
-            cpu: self.dead_cgroups(Hierarchy::Cpu, grace),
-            blkio: self.dead_cgroups(Hierarchy::Blkio, grace),
-            netns: dead_netns,
+            unified: self.naming.dead_cgroups(Hierarchy::Unified, grace),
+            cpu: self.naming.dead_cgroups(Hierarchy::Cpu, grace),
+            blkio: self.naming.dead_cgroups(Hierarchy::Blkio, grace),
+            netns: self.namespaces.dead_for(grace, now),
         };
         let deleted =
             self.sources
@@ -288,38 +363,19 @@ impl Collector {
         for (map, count) in deleted {
             *self.gc_deleted.entry(map.to_string()).or_default() += count;
         }
+        self.namespaces.entries_deleted(&dead.netns);
 
         // Names are kept a grace period longer: a late kernel entry (a request still in
         // flight when its cgroup went) is still known as expired, not as a new unknown.
         let forget_after = grace * 2;
-        for netns in netns_dead_for(&self.netns_alive, forget_after) {
-            self.netns_alive.remove(&netns);
-            self.netns_first.remove(&netns);
-            self.netns_last.remove(&netns);
-            self.attributor.forget_netns(netns);
+        for netns in self.namespaces.dead_for(forget_after, now) {
+            self.namespaces.forget(netns);
+            self.naming.attributor.forget_netns(netns);
         }
-        for hierarchy in [Hierarchy::Unified, Hierarchy::Cpu, Hierarchy::Blkio] {
-            let dead = self.paths_ref(hierarchy).dead_longer_than(forget_after);
-            for id in dead {
-                let Some(path) = self.paths(hierarchy).forget(id) else {
-                    continue;
-                };
-                if self.paths_ref(hierarchy).root() == self.attributor.cgroups.root() {
-                    self.attributor.forget_cgroup(&path);
-                }
-                if self.paths_ref(hierarchy).root() == self.paths_ref(Hierarchy::Cpu).root() {
-                    self.sources.forget(Hierarchy::Cpu, &path);
-                }
-            }
-        }
+        let sources = &mut self.sources;
+        self.naming
+            .forget_cgroups(forget_after, |path| sources.forget(Hierarchy::Cpu, path));
         Ok(())
-    }
-
-    fn dead_cgroups(&self, hierarchy: Hierarchy, grace: Duration) -> HashSet<u64> {
-        self.paths_ref(hierarchy)
-            .dead_longer_than(grace)
-            .into_iter()
-            .collect()
     }
 
     /// Ends the window: counter deltas since [`start`](Self::start), per workload.
@@ -345,27 +401,13 @@ impl Collector {
 
     fn build_report(&mut self) -> anyhow::Result<Snapshot> {
         let now = Sources::read(&self.probe)?;
-        let netns_tcp: HashMap<u32, NetnsLoad> = self
-            .netns_last
-            .iter()
-            .map(|(&netns, last)| {
-                let first = self.netns_first.get(&netns).copied().unwrap_or(*last);
-                let load = NetnsLoad {
-                    tcp: last.since(&first),
-                    host: self.attributor.netns_owner(netns) == Some("/"),
-                };
-                (netns, load)
-            })
-            .collect();
-        let shared = Shared { netns_tcp };
-        let mut builder = Builder {
-            attributor: &mut self.attributor,
-            cpu_paths: &mut self.cpu_paths,
-            blkio_paths: &mut self.blkio_paths,
-            pod_names: &self.pod_names,
-            grace: self.options.pod_grace,
-            workloads: BTreeMap::new(),
+        let attributor = &self.naming.attributor;
+        let shared = Shared {
+            netns_tcp: self
+                .namespaces
+                .loads(|netns| attributor.netns_owner(netns) == Some("/")),
         };
+        let mut builder = self.naming.builder(self.options.pod_grace);
         self.sources
             .report(&self.probe, &now, &self.baseline, &shared, &mut builder);
         let mut workloads = builder.finish();
@@ -455,13 +497,9 @@ enum Key {
     Unattributed,
 }
 
-/// Accumulates counts per workload while attributing keys: the collector's naming
-/// state, borrowed for one report.
+/// Accumulates counts per workload while attributing keys, for one report.
 struct Builder<'a> {
-    attributor: &'a mut Attributor,
-    cpu_paths: &'a mut Option<CgroupPaths>,
-    blkio_paths: &'a mut Option<CgroupPaths>,
-    pod_names: &'a PodNames,
+    naming: &'a mut Naming,
     grace: Duration,
     workloads: BTreeMap<Key, Workload>,
 }
@@ -482,29 +520,20 @@ impl Workloads for Builder<'_> {
 }
 
 impl Builder<'_> {
-    fn paths(&mut self, hierarchy: Hierarchy) -> &mut CgroupPaths {
-        match hierarchy {
-            Hierarchy::Cpu => self.cpu_paths.as_mut(),
-            Hierarchy::Blkio => self.blkio_paths.as_mut(),
-            Hierarchy::Unified => None,
-        }
-        .unwrap_or(&mut self.attributor.cgroups)
-    }
-
     fn by_cgroup(&mut self, hierarchy: Hierarchy, id: u64, netns: Option<u32>) -> &mut Workload {
         if id == 0 {
             return self.by_netns(netns);
         }
-        let workload = match self.paths(hierarchy).path(id) {
+        let workload = match self.naming.paths(hierarchy).path(id) {
             Some(path) => self.by_path(hierarchy, &path),
             None => {
                 // A cgroup created and removed between two scans: a container that lived
                 // less than a second. Its network namespace still says whose pod it was.
                 let pod = netns
-                    .and_then(|ns| self.attributor.netns_owner(ns))
+                    .and_then(|ns| self.naming.attributor.netns_owner(ns))
                     .map(parse_kube_path)
                     .filter(|identity| identity.is_pod());
-                let names = &self.pod_names;
+                let names = &self.naming.pod_names;
                 let uid = pod.and_then(|identity| identity.pod_uid);
                 let name = uid.as_deref().and_then(|uid| names.pod(uid));
                 let pod_labels = uid
@@ -531,7 +560,7 @@ impl Builder<'_> {
 
     /// The workload of a cgroup path (the same path in every hierarchy).
     fn by_path(&mut self, hierarchy: Hierarchy, path: &str) -> &mut Workload {
-        let attributor = &self.attributor;
+        let attributor = &self.naming.attributor;
         // Report the v2 id where the path exists there: it is what sockets carry.
         let id = attributor.cgroups.id_of(path);
         let identity = parse_kube_path(path);
@@ -542,9 +571,9 @@ impl Builder<'_> {
         };
         let fallback_id = match hierarchy {
             Hierarchy::Unified => None,
-            other => self.paths(other).id_of(path),
+            other => self.naming.paths(other).id_of(path),
         };
-        let names = &self.pod_names;
+        let names = &self.naming.pod_names;
         let pod = identity.pod_uid.as_deref().and_then(|uid| names.pod(uid));
         let container = identity
             .container_id
@@ -578,6 +607,7 @@ impl Builder<'_> {
             return self.workloads.entry(Key::Unattributed).or_default();
         };
         match self
+            .naming
             .attributor
             .netns_owner(netns)
             .map(str::to_string)
@@ -602,9 +632,9 @@ impl Builder<'_> {
     fn finish(self) -> Vec<Workload> {
         let grace = self.grace;
         let expired = |path: &str| {
-            let mut views = vec![&self.attributor.cgroups];
-            views.extend(self.cpu_paths.as_ref());
-            views.extend(self.blkio_paths.as_ref());
+            let mut views = vec![&self.naming.attributor.cgroups];
+            views.extend(self.naming.cpu_paths.as_ref());
+            views.extend(self.naming.blkio_paths.as_ref());
             let known: Vec<Option<Duration>> = views
                 .iter()
                 .filter(|paths| paths.knows(path))
