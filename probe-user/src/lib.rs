@@ -27,6 +27,6 @@ pub mod window;
 pub mod workloads;
 
 pub use kernel::loader::{LoadOptions, Probe, ProbeStatus};
-pub use signals::Signal;
 pub use report::Snapshot;
+pub use signals::Signal;
 pub use window::Collector;

@@ -69,7 +69,7 @@ pub fn keep_only(keep: &[Capability]) -> Result<Dropped, PrivilegeError> {
     } else {
         bounding_kept = bounding.iter().copied().collect();
     }
-    bounding_kept.sort_by_key(|c| c.index());
+    bounding_kept.sort_by_key(caps::Capability::index);
     caps::clear(None, CapSet::Ambient).map_err(|source| PrivilegeError::Set {
         set: CapSet::Ambient,
         source,
@@ -87,12 +87,12 @@ pub fn keep_only(keep: &[Capability]) -> Result<Dropped, PrivilegeError> {
         return Err(PrivilegeError::NoNewPrivs(std::io::Error::last_os_error()));
     }
     let mut kept: Vec<Capability> = keep.into_iter().collect();
-    kept.sort_by_key(|c| c.index());
+    kept.sort_by_key(caps::Capability::index);
     let mut dropped: Vec<Capability> = permitted
         .into_iter()
         .filter(|c| !kept.contains(c))
         .collect();
-    dropped.sort_by_key(|c| c.index());
+    dropped.sort_by_key(caps::Capability::index);
     Ok(Dropped {
         kept,
         dropped,

@@ -111,7 +111,6 @@ impl Workload {
     }
 }
 
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -160,70 +159,73 @@ pub(crate) mod tests {
                     container: None,
                     pod_labels: BTreeMap::new(),
                     signals: Sections {
-                    tcp: TcpStats {
-                        retransmits: 1,
-                        retransmitted_segments: 4,
-                        failed_retransmits: 0,
-                        ..TcpStats::default()
-                    },
-                    drops,
-                    dns: Some(DnsReport {
-                        queries: 4,
-                        responses: 3,
-                        timeouts: 1,
-                        malformed: 2,
-                        unmatched_responses: 0,
-                        by_rcode: BTreeMap::from([("NOERROR".into(), 2), ("NXDOMAIN".into(), 1)]),
-                        by_qtype: BTreeMap::from([("A".into(), 3)]),
-                        latency_ms: Percentiles {
-                            p50: Some(25.1),
-                            p90: Some(25.3),
-                            p99: Some(25.3),
-                            max: Some(25.3),
+                        tcp: TcpStats {
+                            retransmits: 1,
+                            retransmitted_segments: 4,
+                            failed_retransmits: 0,
+                            ..TcpStats::default()
                         },
-                        by_resolver: BTreeMap::from([(
-                            "10.96.0.10".into(),
-                            ResolverReport {
-                                queries: 4,
-                                responses: 3,
-                                timeouts: 1,
-                                latency_ms: Percentiles::default(),
+                        drops,
+                        dns: Some(DnsReport {
+                            queries: 4,
+                            responses: 3,
+                            timeouts: 1,
+                            malformed: 2,
+                            unmatched_responses: 0,
+                            by_rcode: BTreeMap::from([
+                                ("NOERROR".into(), 2),
+                                ("NXDOMAIN".into(), 1),
+                            ]),
+                            by_qtype: BTreeMap::from([("A".into(), 3)]),
+                            latency_ms: Percentiles {
+                                p50: Some(25.1),
+                                p90: Some(25.3),
+                                p99: Some(25.3),
+                                max: Some(25.3),
                             },
-                        )]),
-                        latency_series: Vec::new(),
-                    }),
-                    block: vec![BlockReport {
-                        device: "loop0".into(),
-                        op: "read".into(),
-                        scheduler: Some("none".into()),
-                        requests: 10,
-                        bytes: 40960,
-                        errors: 0,
-                        service_ms: LatencySummary {
-                            mean: Some(10.5),
-                            p50: Some(1.1),
-                            p99: Some(98.0),
-                            max: Some(101.0),
-                        },
-                        queue_ms: LatencySummary::default(),
-                        ..BlockReport::default()
-                    }],
-                    cpu: Some(CpuReport {
-                        quota_ms: Some(20.0),
-                        period_ms: Some(100.0),
-                        periods: 21,
-                        throttled_periods: 20,
-                        throttled_ms: 1600.0,
-                        throttle_events: 20,
-                        stall_ms: LatencySummary {
-                            mean: Some(80.0),
-                            p50: Some(80.0),
-                            p99: Some(81.0),
-                            max: Some(81.5),
-                        },
-                        stall_total_ms: 1600.0,
-                        ..CpuReport::default()
-                    }),
+                            by_resolver: BTreeMap::from([(
+                                "10.96.0.10".into(),
+                                ResolverReport {
+                                    queries: 4,
+                                    responses: 3,
+                                    timeouts: 1,
+                                    latency_ms: Percentiles::default(),
+                                },
+                            )]),
+                            latency_series: Vec::new(),
+                        }),
+                        block: vec![BlockReport {
+                            device: "loop0".into(),
+                            op: "read".into(),
+                            scheduler: Some("none".into()),
+                            requests: 10,
+                            bytes: 40960,
+                            errors: 0,
+                            service_ms: LatencySummary {
+                                mean: Some(10.5),
+                                p50: Some(1.1),
+                                p99: Some(98.0),
+                                max: Some(101.0),
+                            },
+                            queue_ms: LatencySummary::default(),
+                            ..BlockReport::default()
+                        }],
+                        cpu: Some(CpuReport {
+                            quota_ms: Some(20.0),
+                            period_ms: Some(100.0),
+                            periods: 21,
+                            throttled_periods: 20,
+                            throttled_ms: 1600.0,
+                            throttle_events: 20,
+                            stall_ms: LatencySummary {
+                                mean: Some(80.0),
+                                p50: Some(80.0),
+                                p99: Some(81.0),
+                                max: Some(81.5),
+                            },
+                            stall_total_ms: 1600.0,
+                            ..CpuReport::default()
+                        }),
                     },
                 },
                 Workload {

@@ -485,7 +485,6 @@ fn mounted_netns(proc_root: &Path) -> Vec<u32> {
         .collect()
 }
 
-
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Key {
     Path(String),
@@ -532,7 +531,7 @@ impl Builder<'_> {
                 let pod = netns
                     .and_then(|ns| self.naming.attributor.netns_owner(ns))
                     .map(parse_kube_path)
-                    .filter(|identity| identity.is_pod());
+                    .filter(super::workloads::cgroup::KubeIdentity::is_pod);
                 let names = &self.naming.pod_names;
                 let uid = pod.and_then(|identity| identity.pod_uid);
                 let name = uid.as_deref().and_then(|uid| names.pod(uid));

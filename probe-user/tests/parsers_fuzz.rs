@@ -5,7 +5,10 @@ use std::io::Write as _;
 
 use proptest::prelude::*;
 use serde_json::Value;
-use tuneprobe::{kernel::btf::Btf, workloads::cgroup, signals::cpu_throttle::cpustat::CpuAccounting, kernel::devices, workloads::kube, workloads::pods, workloads::procfs};
+use tuneprobe::{
+    kernel::btf::Btf, kernel::devices, signals::cpu_throttle::cpustat::CpuAccounting,
+    workloads::cgroup, workloads::kube, workloads::pods, workloads::procfs,
+};
 
 /// Text that looks like the real thing often enough to reach the deep branches:
 /// kubelet cgroup path pieces, numbers, separators and odd bytes.
@@ -113,7 +116,7 @@ proptest! {
     #[test]
     fn scheduler_file(text in "[a-z\\[\\] -]{0,40}|\\PC{0,40}") {
         if let Some(active) = devices::active_scheduler(&text) {
-            let bracketed = format!("[{}]", active);
+            let bracketed = format!("[{active}]");
             prop_assert!(text.contains(&bracketed), "{} not in {:?}", bracketed, text);
         }
     }

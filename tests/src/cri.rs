@@ -127,8 +127,9 @@ impl Cri {
             .build()
             .expect("tokio runtime");
         // The agent's own CRI channel (`--cri-socket`): the fixture dials as it does.
-        let channel =
-            rt.block_on(async { tuneprobe::workloads::cri::unix_channel(&leftovers.socket, CALL_TIMEOUT) });
+        let channel = rt.block_on(async {
+            tuneprobe::workloads::cri::unix_channel(&leftovers.socket, CALL_TIMEOUT)
+        });
         let cri = Self {
             rt,
             runtime: RuntimeServiceClient::new(channel.clone()),
@@ -406,8 +407,10 @@ impl Cri {
                     .find(|n| n["type"] == "network")
                     .and_then(|n| n["path"].as_str())
             })
-            .map(PathBuf::from)
-            .unwrap_or_else(|| panic!("no network namespace path in {info}"));
+            .map_or_else(
+                || panic!("no network namespace path in {info}"),
+                PathBuf::from,
+            );
         self.leftovers.netns.lock().unwrap().push(pod.netns.clone());
         pod
     }
@@ -622,7 +625,7 @@ impl Pod<'_> {
         self.create_container_with(ContainerSpec {
             name: name.to_string(),
             image: IMAGE.to_string(),
-            command: argv.iter().map(|a| a.to_string()).collect(),
+            command: argv.iter().map(std::string::ToString::to_string).collect(),
             resources,
             ..ContainerSpec::default()
         })
@@ -642,7 +645,7 @@ impl Pod<'_> {
         let spec = ContainerSpec {
             name: name.to_string(),
             image: IMAGE.to_string(),
-            command: argv.iter().map(|a| a.to_string()).collect(),
+            command: argv.iter().map(std::string::ToString::to_string).collect(),
             resources,
             ..ContainerSpec::default()
         };

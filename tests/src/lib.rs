@@ -11,10 +11,7 @@ use std::{
     collections::HashMap,
     fs,
     io::{BufRead as _, BufReader},
-    os::{
-        fd::AsRawFd as _,
-        unix::{fs::MetadataExt as _, process::CommandExt as _},
-    },
+    os::unix::{fs::MetadataExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
     time::{Duration, Instant},
@@ -306,8 +303,8 @@ impl Workload {
                     .collect()
             })
             .unwrap_or_default();
-        let netns_fd = netns.as_ref().map(|f| f.as_raw_fd());
-        let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
+        let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        let procs_fds: Vec<i32> = procs.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
         let mut cmd = Command::new(program);
         cmd.args(args)
             .stdout(Stdio::piped())

@@ -162,7 +162,8 @@ fn smoke_run_reports_every_section_and_cleans_up() {
                 &row["per_cpu_s"][mode],
                 &format!("{} {mode} per CPU-s", row["workload"]),
             );
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            let cpus =
+                std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
             assert!(
                 (value / (cpus * 1.05)..value * 100.0).contains(&per_cpu),
                 "{} {mode}: {value}/s, {per_cpu} per busy CPU-s",

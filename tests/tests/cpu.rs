@@ -4,7 +4,8 @@
 use std::{fs, time::Duration};
 
 use tuneprobe::{
-    Collector, LoadOptions, Probe, signals::cpu_throttle::cpustat::CpuAccounting, report::Workload as Report,
+    Collector, LoadOptions, Probe, report::Workload as Report,
+    signals::cpu_throttle::cpustat::CpuAccounting,
 };
 use tuneprobe_tests::{Container, PodCgroup, Workload, testload};
 

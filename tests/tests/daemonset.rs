@@ -554,7 +554,9 @@ fn cpu_throttling_matches_cpu_stat_under_the_daemonsets_conditions() {
         fs::write(dir.join("cpu.cfs_period_us"), "100000").unwrap();
         fs::write(dir.join("cpu.cfs_quota_us"), "20000").unwrap();
     }
-    let stat = |c: &Container| tuneprobe::signals::cpu_throttle::cpustat::CpuAccounting::read(c.cpu_dir()).unwrap();
+    let stat = |c: &Container| {
+        tuneprobe::signals::cpu_throttle::cpustat::CpuAccounting::read(c.cpu_dir()).unwrap()
+    };
     let agent = Agent::start(&["snapshot", "--for", "8s", "--json"]);
     let (limited_before, free_before) = (stat(&limited), stat(&free));
     let a = Workload::spawn_program(None, Some(&limited), &testload(), &["busy", "2000"]);
@@ -638,7 +640,7 @@ fn block_io_is_the_readers_under_the_daemonsets_conditions() {
     );
     assert_eq!(entry["bytes"], requests * 4096);
     let idle_reads = by_path(&json, &idle.path)
-        .and_then(|w| w["block"].as_array().map(|b| b.len()))
+        .and_then(|w| w["block"].as_array().map(std::vec::Vec::len))
         .unwrap_or(0);
     assert_eq!(idle_reads, 0);
 }

@@ -4,10 +4,8 @@
 use std::{path::Path, time::Duration};
 
 use tuneprobe::{
-    Collector, LoadOptions, Probe, Snapshot,
+    Collector, LoadOptions, Probe, Snapshot, report::Workload as Report, signals::dns::DnsReport,
     window::CollectorOptions,
-    report::Workload as Report,
-    signals::dns::DnsReport,
 };
 use tuneprobe_tests::{ADDR_B, Container, NetnsPair, PodCgroup, Workload};
 

@@ -19,8 +19,8 @@ use std::{
 
 use serde_json::Value;
 use tuneprobe_tests::{
-    ADDR_B, Container, LoopDevice, NetnsPair, NftTable, PodCgroup, Running, Workload, free_port, http_get,
-    testload, tuneprobe_binary, wait_for_metrics,
+    ADDR_B, Container, LoopDevice, NetnsPair, NftTable, PodCgroup, Running, Workload, free_port,
+    http_get, testload, tuneprobe_binary, wait_for_metrics,
 };
 
 /// Object keys that are data, not format.
@@ -247,7 +247,10 @@ fn snapshot_trace_and_metrics_keep_their_shape() {
     for line in trace.lines() {
         let event: Value = serde_json::from_str(line).unwrap();
         let signal = event["signal"].as_str().unwrap().to_string();
-        by_signal.entry(signal).or_default().extend(shape_of(&event));
+        by_signal
+            .entry(signal)
+            .or_default()
+            .extend(shape_of(&event));
     }
     for (signal, expected) in TRACE {
         let actual = by_signal
@@ -295,7 +298,10 @@ fn snapshot_trace_and_metrics_keep_their_shape() {
         .keys()
         .filter(|f| !pinned.contains(f.as_str()))
         .collect();
-    assert!(unpinned.is_empty(), "families not pinned here: {unpinned:?}");
+    assert!(
+        unpinned.is_empty(),
+        "families not pinned here: {unpinned:?}"
+    );
 }
 
 /// Label names of one sample line's `{...}` part (`le` of histogram buckets included).
@@ -601,35 +607,161 @@ const TRACE: &[(&str, &[&str])] = &[
 /// (family, type, label names)
 const METRICS: &[(&str, &str, &[&str])] = &[
     ("tuneprobe_agent_errors_total", "counter", &["stage"]),
-    ("tuneprobe_block_bytes_total", "counter", &["cgroup", "container", "device", "namespace", "op", "pod"]),
-    ("tuneprobe_block_errors_total", "counter", &["cgroup", "container", "device", "namespace", "op", "pod"]),
-    ("tuneprobe_block_queue_seconds", "histogram", &["cgroup", "container", "device", "le", "namespace", "op", "pod"]),
-    ("tuneprobe_block_service_seconds", "histogram", &["cgroup", "container", "device", "le", "namespace", "op", "pod"]),
-    ("tuneprobe_cpu_period_seconds", "gauge", &["cgroup", "container", "namespace", "pod"]),
-    ("tuneprobe_cpu_periods_total", "counter", &["cgroup", "container", "namespace", "pod"]),
-    ("tuneprobe_cpu_quota_seconds", "gauge", &["cgroup", "container", "namespace", "pod"]),
-    ("tuneprobe_cpu_throttle_events_total", "counter", &["cgroup", "container", "namespace", "pod"]),
-    ("tuneprobe_cpu_throttle_stall_seconds", "histogram", &["cgroup", "container", "le", "namespace", "pod"]),
-    ("tuneprobe_cpu_throttled_periods_total", "counter", &["cgroup", "container", "namespace", "pod"]),
-    ("tuneprobe_cpu_throttled_seconds_total", "counter", &["cgroup", "container", "namespace", "pod"]),
-    ("tuneprobe_dns_latency_seconds", "histogram", &["cgroup", "container", "le", "namespace", "pod", "rcode", "resolver"]),
-    ("tuneprobe_dns_malformed_total", "counter", &["cgroup", "container", "namespace", "pod"]),
-    ("tuneprobe_dns_queries_total", "counter", &["cgroup", "container", "namespace", "pod", "resolver"]),
-    ("tuneprobe_dns_timeouts_total", "counter", &["cgroup", "container", "namespace", "pod", "resolver"]),
+    (
+        "tuneprobe_block_bytes_total",
+        "counter",
+        &["cgroup", "container", "device", "namespace", "op", "pod"],
+    ),
+    (
+        "tuneprobe_block_errors_total",
+        "counter",
+        &["cgroup", "container", "device", "namespace", "op", "pod"],
+    ),
+    (
+        "tuneprobe_block_queue_seconds",
+        "histogram",
+        &[
+            "cgroup",
+            "container",
+            "device",
+            "le",
+            "namespace",
+            "op",
+            "pod",
+        ],
+    ),
+    (
+        "tuneprobe_block_service_seconds",
+        "histogram",
+        &[
+            "cgroup",
+            "container",
+            "device",
+            "le",
+            "namespace",
+            "op",
+            "pod",
+        ],
+    ),
+    (
+        "tuneprobe_cpu_period_seconds",
+        "gauge",
+        &["cgroup", "container", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_cpu_periods_total",
+        "counter",
+        &["cgroup", "container", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_cpu_quota_seconds",
+        "gauge",
+        &["cgroup", "container", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_cpu_throttle_events_total",
+        "counter",
+        &["cgroup", "container", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_cpu_throttle_stall_seconds",
+        "histogram",
+        &["cgroup", "container", "le", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_cpu_throttled_periods_total",
+        "counter",
+        &["cgroup", "container", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_cpu_throttled_seconds_total",
+        "counter",
+        &["cgroup", "container", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_dns_latency_seconds",
+        "histogram",
+        &[
+            "cgroup",
+            "container",
+            "le",
+            "namespace",
+            "pod",
+            "rcode",
+            "resolver",
+        ],
+    ),
+    (
+        "tuneprobe_dns_malformed_total",
+        "counter",
+        &["cgroup", "container", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_dns_queries_total",
+        "counter",
+        &["cgroup", "container", "namespace", "pod", "resolver"],
+    ),
+    (
+        "tuneprobe_dns_timeouts_total",
+        "counter",
+        &["cgroup", "container", "namespace", "pod", "resolver"],
+    ),
     ("tuneprobe_folded_workloads", "gauge", &[]),
     ("tuneprobe_gc_deleted_entries_total", "counter", &["map"]),
     ("tuneprobe_map_overflows_total", "counter", &["map"]),
-    ("tuneprobe_packet_drops_total", "counter", &["cgroup", "container", "namespace", "pod", "reason"]),
+    (
+        "tuneprobe_packet_drops_total",
+        "counter",
+        &["cgroup", "container", "namespace", "pod", "reason"],
+    ),
     ("tuneprobe_probe_attached", "gauge", &["probe", "signal"]),
     ("tuneprobe_program_run_seconds_total", "counter", &["probe"]),
     ("tuneprobe_program_runs_total", "counter", &["probe"]),
     ("tuneprobe_scrape_duration_seconds", "gauge", &[]),
-    ("tuneprobe_tcp_failed_retransmits_total", "counter", &["cgroup", "container", "namespace", "pod"]),
-    ("tuneprobe_tcp_retransmits_total", "counter", &["cgroup", "container", "namespace", "pod"]),
-    ("tuneprobe_tcp_retransmitted_segments_total", "counter", &["cgroup", "container", "namespace", "pod"]),
-    ("tuneprobe_tuning_changes_total", "counter", &["knob", "scope"]),
-    ("tuneprobe_tuning_deviation", "gauge", &["knob", "owner", "scope"]),
+    (
+        "tuneprobe_tcp_failed_retransmits_total",
+        "counter",
+        &["cgroup", "container", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_tcp_retransmits_total",
+        "counter",
+        &["cgroup", "container", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_tcp_retransmitted_segments_total",
+        "counter",
+        &["cgroup", "container", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_tuning_changes_total",
+        "counter",
+        &["knob", "scope"],
+    ),
+    (
+        "tuneprobe_tuning_deviation",
+        "gauge",
+        &["knob", "owner", "scope"],
+    ),
     ("tuneprobe_tuning_unreadable", "gauge", &["owner", "scope"]),
-    ("tuneprobe_tuning_value", "gauge", &["knob", "owner", "scope"]),
-    ("tuneprobe_tuning_verdict", "gauge", &["cgroup", "container", "final", "knob", "namespace", "pod", "scope", "signal", "verdict"]),
+    (
+        "tuneprobe_tuning_value",
+        "gauge",
+        &["knob", "owner", "scope"],
+    ),
+    (
+        "tuneprobe_tuning_verdict",
+        "gauge",
+        &[
+            "cgroup",
+            "container",
+            "final",
+            "knob",
+            "namespace",
+            "pod",
+            "scope",
+            "signal",
+            "verdict",
+        ],
+    ),
 ];

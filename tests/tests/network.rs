@@ -139,7 +139,11 @@ fn udp_to_a_closed_port_is_no_socket_for_the_pod_in_the_receiving_netns() {
             snapshot.workloads
         )
     });
-    assert_eq!(pod.signals.drops.by_reason.get("NO_SOCKET"), Some(&N), "{pod:#?}");
+    assert_eq!(
+        pod.signals.drops.by_reason.get("NO_SOCKET"),
+        Some(&N),
+        "{pod:#?}"
+    );
     assert_eq!(pod.pod_uid.as_deref(), Some(receiver.uid.as_str()));
     assert_eq!(
         pod.container_id, None,

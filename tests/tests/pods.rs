@@ -20,12 +20,12 @@ use std::{
 use k8s_cri::v1::LinuxContainerResources;
 use tuneprobe::{
     Collector, LoadOptions, Probe, Snapshot,
-    workloads::cgroup::{Hierarchies, QosClass, parse_kube_path},
-    window::{CollectorOptions, CriSocket},
+    report::Workload as Report,
     signals::cpu_throttle::cpustat::CpuAccounting,
+    window::{CollectorOptions, CriSocket},
+    workloads::cgroup::{Hierarchies, QosClass, parse_kube_path},
     workloads::pods::{ContainerName, PodName, PodNames},
     workloads::procfs::parse_netstat,
-    report::Workload as Report,
 };
 use tuneprobe_tests::{
     LoopDevice, Running, agent_maps,
@@ -271,7 +271,11 @@ fn udp_to_a_closed_port_of_a_pod_is_no_socket_for_that_pod_by_name() {
 
     // Negative controls: the sender and the idle pod dropped nothing.
     for report in all_of(&snapshot, &sender) {
-        assert_eq!(report.signals.drops.by_reason.get("NO_SOCKET"), None, "{report:#?}");
+        assert_eq!(
+            report.signals.drops.by_reason.get("NO_SOCKET"),
+            None,
+            "{report:#?}"
+        );
     }
     for report in all_of(&snapshot, &idle) {
         assert_eq!(report.signals.drops.total, 0, "{report:#?}");
@@ -666,7 +670,10 @@ fn names_and_labels_come_from_the_runtime_through_cri() {
         ),
         (None, None, None)
     );
-    assert_eq!(same.signals.drops.by_reason.get("SOCKET_RCVBUFF"), Some(&rcvbuf));
+    assert_eq!(
+        same.signals.drops.by_reason.get("SOCKET_RCVBUFF"),
+        Some(&rcvbuf)
+    );
 }
 
 /// Waits until a container's CRI log has a line containing `marker`.
@@ -827,7 +834,8 @@ fn a_dropped_first_segment_is_retransmitted_by_the_sending_container_by_name() {
 
     // The clean send retransmitted nothing, in the kernel's count and the probe's.
     assert_eq!(total_segs, lossy_segs, "the clean send retransmitted");
-    let clean = by_name(&snapshot, &sender, Some("clean")).map_or_else(Default::default, |w| w.signals.tcp);
+    let clean =
+        by_name(&snapshot, &sender, Some("clean")).map_or_else(Default::default, |w| w.signals.tcp);
     assert_eq!(clean.retransmits + clean.failed_retransmits, 0, "{clean:?}");
     assert_eq!(clean.retransmitted_segments, 0, "{clean:?}");
     // The receiving pod only acknowledged: nothing of its own was retransmitted.
@@ -876,8 +884,10 @@ fn dns_lookups_of_a_container_are_counted_and_timed_by_name() {
     let printed = log
         .lines()
         .find_map(|l| l.split_once(" stdout F answered "))
-        .map(|(_, rest)| rest.split_whitespace().collect::<Vec<_>>())
-        .unwrap_or_else(|| panic!("no answer count in {log}"));
+        .map_or_else(
+            || panic!("no answer count in {log}"),
+            |(_, rest)| rest.split_whitespace().collect::<Vec<_>>(),
+        );
     let (answered, client_median): (u64, f64) = match printed.as_slice() {
         [n, "median_ms", m, "min_ms", _] => (n.parse().unwrap(), m.parse().unwrap()),
         _ => panic!("dns-query printed {printed:?}"),

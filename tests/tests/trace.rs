@@ -568,7 +568,8 @@ fn throttle_stalls_match_cpu_stat() {
         std::fs::write(dir.join("cpu.cfs_period_us"), "100000").unwrap();
         std::fs::write(dir.join("cpu.cfs_quota_us"), "20000").unwrap();
     }
-    let stat = || tuneprobe::signals::cpu_throttle::cpustat::CpuAccounting::read(&dir).expect("cpu.stat");
+    let stat =
+        || tuneprobe::signals::cpu_throttle::cpustat::CpuAccounting::read(&dir).expect("cpu.stat");
 
     let ours = Trace::start(&["throttle", "--pod", "cruncher"], &logs);
     let free_trace = Trace::start(&["throttle", "--cgroup", &free.path], &logs);

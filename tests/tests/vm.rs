@@ -65,7 +65,9 @@ fn debian_5_10_runs_dns_and_cpu_and_says_why_the_rest_is_off() {
 
 /// Runs vm-test on `kernels` and checks each kernel's result.
 fn matrix(kernels: &[&str]) {
-    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_GUEST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let xtask = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/xtask");
     assert!(
         xtask.exists(),

@@ -1111,7 +1111,7 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
             ),
         );
     }
-    let stderr = guest.blocks.get("stderr").map(String::as_str).unwrap_or("");
+    let stderr = guest.blocks.get("stderr").map_or("", String::as_str);
     let no_snapshot = (!snapshot.is_object()).then(|| {
         stderr
             .lines()

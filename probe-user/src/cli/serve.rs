@@ -20,10 +20,10 @@ use tokio_rustls::TlsAcceptor;
 use tuneprobe::{
     Collector, LoadOptions, Probe,
     access::{BearerToken, tls_config},
-    views::metrics::Exporter,
-    workloads::scope::CgroupScope,
     tuning,
     verify::{Watcher, Windows},
+    views::metrics::Exporter,
+    workloads::scope::CgroupScope,
 };
 
 #[derive(Debug, clap::Args)]
@@ -277,7 +277,7 @@ async fn handle(
     let authorization = request
         .headers()
         .get(hyper::header::AUTHORIZATION)
-        .map(|v| v.as_bytes());
+        .map(hyper::http::HeaderValue::as_bytes);
     if !open && !state.token.allows(authorization) {
         let mut response = Response::new(Full::new(Bytes::from("unauthorized\n")));
         *response.status_mut() = StatusCode::UNAUTHORIZED;

@@ -14,8 +14,7 @@ use std::{
 use anyhow::Context as _;
 use probe_common::trace::{TRACE_RING_BYTES, TraceConfig, TraceKind};
 use tuneprobe::{
-    Collector, LoadOptions, Probe,
-    Signal,
+    Collector, LoadOptions, Probe, Signal,
     views::trace::{Decoder, Record, Symbols, TraceEvent},
 };
 
@@ -265,8 +264,7 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
             let lost = total_lost(&collector)?;
             if lost > reported_lost {
                 eprintln!(
-                    "lost: {} events did not fit in the ring buffer so far (raise --buffer-size)",
-                    lost
+                    "lost: {lost} events did not fit in the ring buffer so far (raise --buffer-size)"
                 );
                 reported_lost = lost;
             }

@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::{
-    verify::stats::{self, Comparison},
     signals::measure::Measure,
     tuning,
+    verify::stats::{self, Comparison},
 };
 use did::{Paired, Side};
 use prom::{Matchers, PromError, Prometheus, Series};

@@ -237,11 +237,10 @@ impl Btf {
 
         let mut by_name: HashMap<String, Vec<u32>> = HashMap::new();
         for (id, ty) in types.iter().enumerate() {
-            let name = match ty {
-                Type::Composite { name, .. }
-                | Type::Enum { name, .. }
-                | Type::Alias { name, .. } => name,
-                _ => continue,
+            let (Type::Composite { name, .. } | Type::Enum { name, .. } | Type::Alias { name, .. }) =
+                ty
+            else {
+                continue;
             };
             if !name.is_empty() {
                 by_name.entry(name.clone()).or_default().push(id as u32);

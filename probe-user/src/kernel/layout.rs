@@ -112,9 +112,7 @@ pub fn resolve(btf: &Btf) -> ResolvedLayout {
         kfree_skb_has_rx_sk: u32::from(btf.tracepoint_args("kfree_skb").unwrap_or(0) >= 4),
         drop_reason_consumed: btf
             .enum_value("skb_drop_reason", "SKB_CONSUMED")
-            .map(|v| v as u32)
-            // Kernels before 6.0 had no SKB_CONSUMED; no real reason uses u32::MAX.
-            .unwrap_or(u32::MAX),
+            .map_or(u32::MAX, |v| v as u32),
         request_queue: offset(REQUEST_QUEUE),
         queue_disk: offset(QUEUE_DISK),
         disk_major: offset(DISK_MAJOR),

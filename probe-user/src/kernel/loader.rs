@@ -9,9 +9,7 @@ use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 use log::{debug, warn};
-use probe_common::{
-    OverflowSlot, layout::KERNEL_LAYOUT_GLOBAL, overflow::MAP_OVERFLOWS_MAP,
-};
+use probe_common::{OverflowSlot, layout::KERNEL_LAYOUT_GLOBAL, overflow::MAP_OVERFLOWS_MAP};
 use serde::Serialize;
 
 use crate::{
@@ -121,15 +119,12 @@ impl Probe {
         raise_memlock_rlimit();
         mount_tracefs_if_absent();
 
-        let btf_path = options
-            .btf_path
-            .clone()
-            .unwrap_or_else(|| {
-                // The node's own, where a debug container's /sys may not show it.
-                Some(crate::workloads::host::path(VMLINUX_BTF))
-                    .filter(|path| path.exists())
-                    .unwrap_or_else(|| PathBuf::from(VMLINUX_BTF))
-            });
+        let btf_path = options.btf_path.clone().unwrap_or_else(|| {
+            // The node's own, where a debug container's /sys may not show it.
+            Some(crate::workloads::host::path(VMLINUX_BTF))
+                .filter(|path| path.exists())
+                .unwrap_or_else(|| PathBuf::from(VMLINUX_BTF))
+        });
         let btf_error = |source| LoadError::Btf {
             path: btf_path.clone(),
             source,
@@ -339,7 +334,7 @@ impl Probe {
             .ok_or_else(|| anyhow::anyhow!("map {name} missing from the object"))?;
         let map = PerCpuHashMap::<&MapData, K, V>::try_from(map)?;
         let mut out = HashMap::new();
-        for entry in map.iter() {
+        for entry in &map {
             let (key, per_cpu) = entry?;
             let total = out.entry(key).or_insert_with(V::default);
             for value in per_cpu.iter() {
@@ -390,7 +385,8 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<(), Str
             debug!("attached {} to tp_btf/{tracepoint}", spec.name);
         }
         Hook::CgroupSkb(attach_type) => {
-            let root = crate::workloads::cgroup::cgroup2_mount().ok_or("cgroup v2 is not mounted")?;
+            let root =
+                crate::workloads::cgroup::cgroup2_mount().ok_or("cgroup v2 is not mounted")?;
             let cgroup =
                 std::fs::File::open(&root).map_err(|e| format!("open {}: {e}", root.display()))?;
             let program: &mut CgroupSkb = program.try_into().map_err(|e| error_chain(&e))?;

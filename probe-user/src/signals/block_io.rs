@@ -78,11 +78,7 @@ const REQUEST_FIELDS: &[FieldPath] = &[
     layout::KERNFS_NODE_ID,
 ];
 
-const fn program(
-    name: &'static str,
-    min_args: u32,
-    needs: &'static [FieldPath],
-) -> ProgramSpec {
+const fn program(name: &'static str, min_args: u32, needs: &'static [FieldPath]) -> ProgramSpec {
     ProgramSpec {
         name,
         signal: Signal::BlockIo,

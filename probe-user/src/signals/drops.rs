@@ -130,7 +130,10 @@ impl Source for Drops {
         for key in &keys {
             baseline.remove(key);
         }
-        Ok(vec![(DROPS_MAP, probe.remove_entries::<_, u64>(DROPS_MAP, &keys)?)])
+        Ok(vec![(
+            DROPS_MAP,
+            probe.remove_entries::<_, u64>(DROPS_MAP, &keys)?,
+        )])
     }
 
     fn report(
@@ -152,7 +155,9 @@ impl Source for Drops {
                 id: key.cgroup_id,
                 netns: (key.netns != 0).then_some(key.netns),
             };
-            out.slot(owner).section.add(&reasons.name(key.reason), delta);
+            out.slot(owner)
+                .section
+                .add(&reasons.name(key.reason), delta);
         }
         // The namespaces' own counters: listen overflows for the pod living there, and
         // that pod reported at all when its namespace had TCP load (the load its

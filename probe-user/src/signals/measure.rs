@@ -97,8 +97,9 @@ impl Measure {
         let (b, a) = (&before.signals, &after.signals);
         let with_load = |(value, load): (f64, f64)| (value, Some(load));
         match self {
-            Self::CpuThrottledRatio => CpuReport::throttled_ratio(b.cpu.as_ref()?, a.cpu.as_ref()?)
-                .map(with_load),
+            Self::CpuThrottledRatio => {
+                CpuReport::throttled_ratio(b.cpu.as_ref()?, a.cpu.as_ref()?).map(with_load)
+            }
             Self::ListenOverflowRatio => {
                 DropStats::listen_overflow_ratio((&b.drops, &b.tcp), (&a.drops, &a.tcp))
                     .map(with_load)
@@ -140,4 +141,3 @@ fn latency<const N: usize, const S: u32>(
     };
     Some((value, Some(interval.count as f64)))
 }
-

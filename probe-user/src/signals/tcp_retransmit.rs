@@ -112,8 +112,7 @@ impl Source for TcpRetransmit {
         for key in &keys {
             baseline.remove(key);
         }
-        let deleted =
-            probe.remove_entries::<_, RetransmitCounters>(TCP_RETRANSMITS_MAP, &keys)?;
+        let deleted = probe.remove_entries::<_, RetransmitCounters>(TCP_RETRANSMITS_MAP, &keys)?;
         Ok(vec![(TCP_RETRANSMITS_MAP, deleted)])
     }
 

@@ -574,7 +574,9 @@ pub fn cgroup_settings(
     let mut out: Vec<CgroupSettings> = paths
         .filter_map(|path| {
             let limit = CpuLimit::read(&cpu_root.join(path.trim_start_matches('/')))?;
-            let container = crate::workloads::cgroup::parse_kube_path(&path).container_id.is_some();
+            let container = crate::workloads::cgroup::parse_kube_path(&path)
+                .container_id
+                .is_some();
             let quota = match limit.quota_us {
                 Some(quota) => quota.to_string(),
                 None if container => "max".to_string(),

@@ -148,7 +148,12 @@ pub fn interval_samples(
         // A workload first seen now had nothing before: compare with an empty one.
         let empty = Workload::default();
         let before = earlier.get(path).copied().unwrap_or(&empty);
-        let devices: BTreeSet<&str> = now.signals.block.iter().map(|b| b.device.as_str()).collect();
+        let devices: BTreeSet<&str> = now
+            .signals
+            .block
+            .iter()
+            .map(|b| b.device.as_str())
+            .collect();
         for signal in Measure::ALL {
             let mut put = |device: Option<&str>| {
                 if let Some((value, load)) = signal.sample(before, now, device) {
@@ -289,4 +294,3 @@ pub fn judge(
     }
     verdicts
 }
-

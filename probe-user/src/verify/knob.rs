@@ -8,7 +8,6 @@ use std::{
 
 use serde::Serialize;
 
-
 /// Where a knob is changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -54,7 +53,8 @@ impl Knob {
         self.in_namespace(move || {
             let raw = fs::read_to_string(&path)?;
             // `queue/scheduler` lists every scheduler with the active one in brackets.
-            Ok(crate::kernel::devices::active_scheduler(&raw).unwrap_or_else(|| raw.trim().to_string()))
+            Ok(crate::kernel::devices::active_scheduler(&raw)
+                .unwrap_or_else(|| raw.trim().to_string()))
         })
     }
 
@@ -64,4 +64,3 @@ impl Knob {
         self.in_namespace(move || fs::write(&path, value))
     }
 }
-

@@ -2,7 +2,6 @@
 
 use std::path::Path;
 
-
 use crate::kernel::sockdiag::{self, Listener};
 
 use super::judge::WorkloadVerdict;
@@ -63,4 +62,3 @@ pub fn listeners_by_netns(proc_root: &Path) -> impl FnMut(u32) -> Option<Vec<Lis
         sockdiag::tcp_listeners_in(&sockdiag::netns_of_pid(proc_root, process.pid)).ok()
     }
 }
-

@@ -120,7 +120,10 @@ mod tests {
             tuning::measures_for("net.core.somaxconn"),
             &[Measure::ListenOverflowRatio]
         );
-        assert_eq!(tuning::measures_for("net.ipv4.tcp_wmem"), &[Measure::RetransmitRatio]);
+        assert_eq!(
+            tuning::measures_for("net.ipv4.tcp_wmem"),
+            &[Measure::RetransmitRatio]
+        );
         assert!(tuning::measures_for("queue/scheduler").contains(&Measure::BlockServiceMs));
         assert!(tuning::measures_for("no.such.knob").is_empty());
         assert_eq!(

@@ -1,11 +1,7 @@
 //! Watching: every change anyone makes is noticed between two inventories and judged
 //! with a rolling before window and an after window of its own.
 
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use serde::Serialize;
 

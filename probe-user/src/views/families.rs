@@ -188,4 +188,3 @@ pub fn with(labels: &Labels, more: &[(&'static str, &str)]) -> Labels {
     out.extend(more.iter().map(|(k, v)| (*k, v.to_string())));
     out
 }
-

@@ -11,11 +11,11 @@ use std::collections::{BTreeMap, HashSet};
 use prometheus::{Encoder as _, TextEncoder};
 
 use crate::{
-    views::families::{Families, Labels},
     kernel::loader::ProbeStatus,
     report::{Snapshot, Workload, serde_name},
     tuning::{Inventory, Setting},
     verify::Watcher,
+    views::families::{Families, Labels},
 };
 
 /// The label set that folded workloads share.
@@ -192,7 +192,6 @@ impl Exporter {
         String::from_utf8_lossy(&out).into_owned()
     }
 }
-
 
 /// Every knob as `tuneprobe_tuning_value` (numeric values) and
 /// `tuneprobe_tuning_deviation` (1 when it differs from the guides' recommendation).

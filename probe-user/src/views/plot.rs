@@ -219,11 +219,7 @@ pub fn svg(title: &str, verdicts: &[(String, &WorkloadVerdict)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        verify::stats,
-        signals::measure::Measure,
-        verify::SampleValues,
-    };
+    use crate::{signals::measure::Measure, verify::SampleValues, verify::stats};
 
     fn verdict(before: Vec<f64>, after: Vec<f64>) -> WorkloadVerdict {
         WorkloadVerdict {

@@ -63,7 +63,7 @@ fn network(snapshot: &Snapshot, out: &mut String) {
             .max_by_key(|(_, n)| **n)
             .map(|(reason, n)| format!("{reason} ({n})"))
             .unwrap_or_default();
-        let netns = w.netns.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+        let netns = w.netns.map_or_else(|| "-".into(), |n| n.to_string());
         let _ = writeln!(
             out,
             "{:<60} {:>10} {:>8} {:>8} {:>6} {:>8}  {top}",

@@ -214,7 +214,12 @@ impl Rates {
         devices.dedup();
         let block = devices
             .into_iter()
-            .map(|d| (d.to_string(), block_io::total(&signals.block, Some(d), false)))
+            .map(|d| {
+                (
+                    d.to_string(),
+                    block_io::total(&signals.block, Some(d), false),
+                )
+            })
             .collect();
         Some(Detail {
             name: w.display_name(),
@@ -232,9 +237,10 @@ impl Rates {
 fn row(key: &str, now: &Workload, before: &Workload, seconds: f64) -> Row {
     let per_s = |now: u64, before: u64| now.saturating_sub(before) as f64 / seconds;
     let (now_s, before_s) = (&now.signals, &before.signals);
-    let dns_p99_ms = now_s.dns.as_ref().and_then(|d| {
-        quantile_ms(&DnsReport::latency_since(before_s.dns.as_ref(), d), 0.99)
-    });
+    let dns_p99_ms = now_s
+        .dns
+        .as_ref()
+        .and_then(|d| quantile_ms(&DnsReport::latency_since(before_s.dns.as_ref(), d), 0.99));
     let mut worst: Option<(String, f64)> = None;
     for b in &now_s.block {
         let earlier = before_s
@@ -268,7 +274,10 @@ fn row(key: &str, now: &Workload, before: &Workload, seconds: f64) -> Row {
         pod_uid: now.pod_uid.clone(),
         retransmits_per_s: per_s(now_s.tcp.retransmits, before_s.tcp.retransmits),
         drops_per_s: per_s(now_s.drops.total, before_s.drops.total),
-        top_drop: now_s.drops.top_reason().map(|(reason, _)| reason.to_string()),
+        top_drop: now_s
+            .drops
+            .top_reason()
+            .map(|(reason, _)| reason.to_string()),
         dns_per_s: per_s(
             now_s.dns.as_ref().map_or(0, |d| d.queries),
             before_s.dns.as_ref().map_or(0, |d| d.queries),
@@ -445,6 +454,6 @@ mod tests {
         let bars = bars(&h);
         assert_eq!(bars.len(), 1);
         assert_eq!(bars[0].1, 3);
-        assert!(bars[0].0.contains("ms"), "{:?}", bars);
+        assert!(bars[0].0.contains("ms"), "{bars:?}");
     }
 }

@@ -18,14 +18,14 @@ use probe_common::trace::{
 use serde::Serialize;
 
 use crate::{
-    window::Collector,
-    workloads::cgroup::Hierarchy,
     kernel::devices,
     report::Workload,
     signals::{
         Signal,
         dns::{rcode_name, wire as dnswire},
     },
+    window::Collector,
+    workloads::cgroup::Hierarchy,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -283,8 +283,7 @@ impl CgroupPaths {
             };
             let relative = dir
                 .strip_prefix(&self.root)
-                .map(|p| format!("/{}", p.display()))
-                .unwrap_or_else(|_| "/".to_string());
+                .map_or_else(|_| "/".to_string(), |p| format!("/{}", p.display()));
             seen.insert(meta.ino());
             self.by_path.insert(relative.clone(), meta.ino());
             self.by_id.insert(meta.ino(), relative);

@@ -32,7 +32,10 @@ pub fn processes(proc_root: &Path) -> Vec<Process> {
                 pid,
                 netns,
                 // The kernel writes it relative to our cgroup namespace.
-                cgroup: crate::workloads::cgroup::node_path(namespace_root, &cgroup_v2_path(&cgroup)?),
+                cgroup: crate::workloads::cgroup::node_path(
+                    namespace_root,
+                    &cgroup_v2_path(&cgroup)?,
+                ),
             })
         })
         .collect()

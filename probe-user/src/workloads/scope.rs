@@ -6,7 +6,7 @@
 //! The scope is applied to what leaves the agent, after attribution, so every count of a
 //! workload inside the scope is exactly what an unscoped agent would report.
 
-use crate::{workloads::attribution::is_within, report::Snapshot, tuning::Inventory};
+use crate::{report::Snapshot, tuning::Inventory, workloads::attribution::is_within};
 
 /// A cgroup path (relative to the cgroup mount, as in `cgroup_path`) and everything
 /// below it.

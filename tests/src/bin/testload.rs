@@ -36,10 +36,13 @@ use socket2::{Domain, Protocol, Socket, Type};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| -> &str {
-        args.get(i).map(String::as_str).unwrap_or_else(|| {
-            eprintln!("testload: missing argument {i} in {args:?}");
-            std::process::exit(2)
-        })
+        args.get(i).map_or_else(
+            || {
+                eprintln!("testload: missing argument {i} in {args:?}");
+                std::process::exit(2)
+            },
+            String::as_str,
+        )
     };
     let addr = || -> SocketAddr { arg(1).parse().expect("ADDR:PORT") };
     let num = |i: usize| -> usize { arg(i).parse().expect("number") };

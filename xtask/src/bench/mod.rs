@@ -1070,7 +1070,9 @@ fn machine() -> Machine {
     };
     Machine {
         kernel: version(&["uname", "-r"]),
-        cpus: thread::available_parallelism().map(|n| n.get()).ok(),
+        cpus: thread::available_parallelism()
+            .map(std::num::NonZero::get)
+            .ok(),
         cpu_model,
         memory_mib: mem_kib.map(|k| k / 1024),
         bpftrace: version(&["bpftrace", "--version"]),

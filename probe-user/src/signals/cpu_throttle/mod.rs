@@ -50,7 +50,9 @@ impl CpuReport {
     /// `None` without any.
     pub fn throttled_ratio(before: &Self, after: &Self) -> Option<(f64, f64)> {
         let periods = after.periods.checked_sub(before.periods)?;
-        let throttled = after.throttled_periods.checked_sub(before.throttled_periods)?;
+        let throttled = after
+            .throttled_periods
+            .checked_sub(before.throttled_periods)?;
         (periods > 0).then(|| (throttled as f64 / periods as f64, periods as f64))
     }
 

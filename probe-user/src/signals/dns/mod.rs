@@ -174,10 +174,9 @@ impl Source for Dns {
     /// Counts and forgets the queries older than the timeout.
     fn tick(&mut self, probe: &mut Probe, _cpu_paths: &mut CgroupPaths) -> anyhow::Result<()> {
         let deadline = monotonic_ns().saturating_sub(self.timeout.as_nanos() as u64);
-        let mut in_flight =
-            aya::maps::HashMap::<&mut MapData, DnsFlow, DnsQuery>::try_from(
-                probe.map_mut(DNS_IN_FLIGHT_MAP)?,
-            )?;
+        let mut in_flight = aya::maps::HashMap::<&mut MapData, DnsFlow, DnsQuery>::try_from(
+            probe.map_mut(DNS_IN_FLIGHT_MAP)?,
+        )?;
         let expired: Vec<DnsFlow> = in_flight
             .iter()
             .filter_map(Result::ok)

@@ -251,7 +251,7 @@ mod tests {
             qtype in any::<u16>(),
             rcode in 0u16..16,
         ) {
-            let raw: Vec<&[u8]> = labels.iter().map(|l| l.as_bytes()).collect();
+            let raw: Vec<&[u8]> = labels.iter().map(std::string::String::as_bytes).collect();
             let m = message(0x8000 | rcode, &raw, qtype);
             let q = decode(&m).unwrap();
             prop_assert_eq!(q.qname, labels.join("."));
