@@ -19,7 +19,7 @@ use std::{
 
 use serde_json::Value;
 use tuneprobe_tests::{
-    ADDR_B, Container, LoopDevice, NetnsPair, NftTable, PodCgroup, Running, Workload, free_port, http_get,
+    ADDR_A, ADDR_B, Container, LoopDevice, NetnsPair, NftTable, PodCgroup, Running, Workload, free_port, http_get,
     testload, tuneprobe_binary, wait_for_metrics,
 };
 
@@ -112,6 +112,18 @@ fn load(s: &Scenario) {
     );
     let mut sink = Workload::spawn(&pair.b, None, &["tcp-sink", &format!("{ADDR_B}:7400")]);
     assert_eq!(sink.read_line(), "ready");
+    // A connection the container accepts, for `tuneprobe_tcp_passive_opens_total`. A
+    // namespace's TCP load counts from serve's first reading of it (its one-second
+    // tick, once a process lives there), so the connection comes well after that.
+    let mut accepting = Workload::spawn(
+        &pair.a,
+        Some(container),
+        &["tcp-sink", &format!("{ADDR_A}:7401")],
+    );
+    assert_eq!(accepting.read_line(), "ready");
+    thread::sleep(Duration::from_millis(2500));
+    Workload::spawn(&pair.b, None, &["tcp-send", &format!("{ADDR_A}:7401"), "100000"])
+        .wait(Duration::from_secs(10));
     let flow = Workload::spawn(
         &pair.a,
         Some(container),
