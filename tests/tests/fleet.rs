@@ -2,7 +2,9 @@
 //!
 //! - statistics on series written into Prometheus's TSDB with `promtool tsdb
 //!   create-blocks-from openmetrics`, with known effects: a throttling shift on the canary
-//!   nodes only, a shift on every node, and twenty repeats without any shift;
+//!   nodes only, a shift on every node, and twenty repeats without any shift; the
+//!   network knobs judged by `--knob` alone, by retransmitted segments per sent segment
+//!   and listen overflows per connection attempt over the exported loads;
 //! - end to end: two `tuneprobe serve` agents with their own `--node-name`, each scoped
 //!   with `--cgroup-scope` to its own pod, scraped by Prometheus; one "node"'s pod gets a
 //!   raised cpu quota.
@@ -67,7 +69,7 @@ fn prometheus(dir: &Path, config: &str) -> (Running, u16) {
             .expect("start prometheus"),
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !http_get(port, "/-/ready").is_some_and(|(status, _)| status == 200) {
+    while http_get(port, "/-/ready").is_none_or(|(status, _)| status != 200) {
         assert!(Instant::now() < deadline, "prometheus never got ready");
         thread::sleep(Duration::from_millis(200));
     }
@@ -431,6 +433,255 @@ fn known_effects_written_into_the_tsdb() {
         claims.len(),
         claims.join("\n")
     );
+}
+
+/// The network knobs' scenarios, written into one TSDB: on `rtx-*` nodes the canary's
+/// loss goes away when `net.ipv4.tcp_rmem` changes (retransmitted segments per sent
+/// segment from about 0.02 to 0), on `lst-*` nodes the canary's listen overflows go away
+/// when `net.core.somaxconn` changes (from about 0.3 of the connection attempts to 0);
+/// the control nodes stay as they were. The series are what `serve` exports: the loads
+/// on every step, the retransmitted segments and the overflows (a drop reason, beside
+/// other reasons the ratio must leave out) from their first non-zero value on.
+fn network_openmetrics(start: i64) -> String {
+    struct Node {
+        name: String,
+        canary: bool,
+        listen: bool,
+        pod: String,
+        /// (the load, the part) cumulative per step; a part of 0 is not exported.
+        counts: Vec<(u64, u64)>,
+    }
+    let mut nodes = Vec::new();
+    let mut noise = Noise(7);
+    for listen in [false, true] {
+        for i in 0..4 {
+            let canary = i < 2;
+            let (mut load, mut part) = (0u64, 0u64);
+            let mut counts = Vec::new();
+            for step in 0..POINTS {
+                if step > 0 {
+                    let after = step * STEP_S > CHANGE_S;
+                    if listen {
+                        // 200 connection attempts a step, overflowing or accepted.
+                        let share = if canary && after {
+                            0.0
+                        } else {
+                            0.3 + 0.1 * (noise.next() - 0.5)
+                        };
+                        let overflows = (share * 200.0).round() as u64;
+                        part += overflows;
+                        load += 200 - overflows;
+                    } else {
+                        // 5000 sent segments a step.
+                        let share = if canary && after {
+                            0.0
+                        } else {
+                            0.02 + 0.01 * (noise.next() - 0.5)
+                        };
+                        part += (share * 5000.0).round() as u64;
+                        load += 5000;
+                    }
+                }
+                counts.push((load, part));
+            }
+            nodes.push(Node {
+                name: format!(
+                    "{}-{}-{i}",
+                    if listen { "lst" } else { "rtx" },
+                    if canary { "canary" } else { "control" }
+                ),
+                canary,
+                listen,
+                pod: format!("api-5d8f7c9b6-{}", ["bxq2z", "k7mnp", "w4rts", "zz9vb"][i]),
+                counts,
+            });
+        }
+    }
+    let labels = |n: &Node| {
+        format!(
+            "node=\"{}\",namespace=\"shop\",pod=\"{}\",container=\"server\",cgroup=\"\"",
+            n.name, n.pod
+        )
+    };
+    let at = |step: usize| start + step as i64 * STEP_S;
+    let mut out = String::from("# TYPE tuneprobe_probe_attached gauge\n");
+    for n in &nodes {
+        for step in 0..POINTS as usize {
+            let _ = writeln!(
+                out,
+                "tuneprobe_probe_attached{{node=\"{}\",probe=\"tcp_retransmit_skb\",signal=\"tcp_retransmit\"}} 1 {}",
+                n.name,
+                at(step)
+            );
+        }
+    }
+    // (family, the listen nodes' or the retransmit nodes', the load or the part, extra
+    // labels)
+    let families: [(&str, bool, bool, &str); 4] = [
+        ("tuneprobe_tcp_sent_segments", false, false, ""),
+        ("tuneprobe_tcp_retransmitted_segments", false, true, ""),
+        ("tuneprobe_tcp_passive_opens", true, false, ""),
+        (
+            "tuneprobe_packet_drops",
+            true,
+            true,
+            ",reason=\"TCP_LISTEN_OVERFLOW\"",
+        ),
+    ];
+    for (family, listen, part, extra) in families {
+        let _ = writeln!(out, "# TYPE {family} counter");
+        for n in nodes.iter().filter(|n| n.listen == listen) {
+            for (step, &(load, p)) in n.counts.iter().enumerate() {
+                let value = if part { p } else { load };
+                if value > 0 {
+                    let _ = writeln!(
+                        out,
+                        "{family}_total{{{}{extra}}} {value} {}",
+                        labels(n),
+                        at(step)
+                    );
+                }
+            }
+            if family == "tuneprobe_packet_drops" {
+                // Another reason, many times the overflows, on every node alike.
+                for step in 0..POINTS as usize {
+                    let _ = writeln!(
+                        out,
+                        "{family}_total{{{},reason=\"NO_SOCKET\"}} {} {}",
+                        labels(n),
+                        step * 1000,
+                        at(step)
+                    );
+                }
+            }
+        }
+    }
+    out.push_str("# TYPE tuneprobe_tuning_changes counter\n");
+    for n in nodes.iter().filter(|n| n.canary) {
+        let knob = if n.listen {
+            "net.core.somaxconn"
+        } else {
+            "net.ipv4.tcp_rmem"
+        };
+        for step in (CHANGE_S / STEP_S)..POINTS {
+            let _ = writeln!(
+                out,
+                "tuneprobe_tuning_changes_total{{node=\"{}\",knob=\"{knob}\",scope=\"node\"}} 1 {}",
+                n.name,
+                start + step * STEP_S
+            );
+        }
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+/// `--knob` alone judges the network knobs by their own ratios, over the exported loads.
+#[test]
+fn network_knobs_judged_by_their_ratios_from_the_tsdb() {
+    let dir = TempDir::new("tuneprobe-fleet-net-");
+    let start = ((now_s() as i64 - 3 * 3600) / 3600) * 3600;
+    let input = dir.0.join("net.om");
+    fs::write(&input, network_openmetrics(start)).unwrap();
+    let out = Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
+        .arg(&input)
+        .arg(dir.0.join("tsdb"))
+        .output()
+        .expect("run promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_prometheus, port) = prometheus(&dir.0, "global:\n  scrape_interval: 10s\n");
+
+    for (prefix, knob, signal, load, before, tolerance) in [
+        (
+            "rtx",
+            "net.ipv4.tcp_rmem",
+            "retransmit_ratio",
+            "sent_segments",
+            0.02,
+            0.003,
+        ),
+        (
+            "lst",
+            "net.core.somaxconn",
+            "listen_overflow_ratio",
+            "connection_attempts",
+            0.3,
+            0.03,
+        ),
+    ] {
+        let selector = format!("node=~\"{prefix}-.*\"");
+        let report = fleet_verify(
+            port,
+            &[
+                "--knob",
+                knob,
+                "--canary",
+                &selector,
+                "--control",
+                &selector,
+                "--before",
+                "15m",
+                "--after",
+                "15m",
+                "--interval",
+                "10s",
+            ],
+        );
+        assert_eq!(report["signals"], serde_json::json!([signal]), "{report:#}");
+        assert_eq!(
+            report["control"],
+            serde_json::json!([format!("{prefix}-control-2"), format!("{prefix}-control-3")]),
+            "{report:#}"
+        );
+        let all = overall(&report);
+        let effect = num(&all["effect"]);
+        eprintln!(
+            "{knob}: {signal} {} effect {effect:.4} ci95 {} p {:.2e} canary {} -> {}, control {} -> {} (shift {})",
+            all["verdict"],
+            all["ci95"],
+            num(&all["p_value"]),
+            all["canary"]["before"],
+            all["canary"]["after"],
+            all["control"]["before"],
+            all["control"]["after"],
+            all["control"]["shift"]["verdict"]
+        );
+        assert_eq!(all["signal"], signal, "{all:#}");
+        assert_eq!(all["load"], load, "{all:#}");
+        assert_eq!(all["verdict"], "improved", "{all:#}");
+        // The canary's ratio fell from about `before` to 0 (the counter flat, its load
+        // going on), the control's stayed: the difference in differences is -before.
+        assert!((effect + before).abs() < tolerance, "{all:#}");
+        assert!(
+            num(&all["ci95"][0]) <= -before + tolerance
+                && -before - tolerance <= num(&all["ci95"][1]),
+            "{all:#}"
+        );
+        assert!(num(&all["p_value"]) < 0.001, "{all:#}");
+        assert!(
+            (num(&all["canary"]["before"]) - before).abs() < tolerance,
+            "{all:#}"
+        );
+        assert_eq!(num(&all["canary"]["after"]), 0.0, "{all:#}");
+        assert!(
+            (num(&all["control"]["after"]) - before).abs() < tolerance,
+            "{all:#}"
+        );
+        assert_eq!(
+            all["control"]["shift"]["verdict"], "no significant change",
+            "{all:#}"
+        );
+        assert_eq!(all["control_moved"], false, "{all:#}");
+        assert_eq!(all["load_changed"], false, "{all:#}");
+        assert_eq!(all["canary_pods"], 2, "{all:#}");
+        assert_eq!(all["control_pods"], 2, "{all:#}");
+        assert_eq!(report["notes"], serde_json::json!([]), "{report:#}");
+    }
 }
 
 fn set_quota(container: &Container, quota_us: u64, period_us: u64) {

@@ -19,8 +19,8 @@ use std::{
 
 use serde_json::Value;
 use tuneprobe_tests::{
-    ADDR_B, Container, LoopDevice, NetnsPair, NftTable, PodCgroup, Running, Workload, free_port,
-    http_get, testload, tuneprobe_binary, wait_for_metrics,
+    ADDR_A, ADDR_B, Container, LoopDevice, NetnsPair, NftTable, PodCgroup, Running, Workload,
+    free_port, http_get, testload, tuneprobe_binary, wait_for_metrics,
 };
 
 /// Object keys that are data, not format.
@@ -58,7 +58,7 @@ fn shape_of(value: &Value) -> BTreeSet<String> {
 }
 
 fn assert_same(name: &str, actual: &BTreeSet<String>, expected: &[&str]) {
-    let expected: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
+    let expected: BTreeSet<String> = expected.iter().map(std::string::ToString::to_string).collect();
     let missing: Vec<&String> = expected.difference(actual).collect();
     let extra: Vec<&String> = actual.difference(&expected).collect();
     assert!(
@@ -112,6 +112,22 @@ fn load(s: &Scenario) {
     );
     let mut sink = Workload::spawn(&pair.b, None, &["tcp-sink", &format!("{ADDR_B}:7400")]);
     assert_eq!(sink.read_line(), "ready");
+    // A connection the container accepts, for `tuneprobe_tcp_passive_opens_total`. A
+    // namespace's TCP load counts from serve's first reading of it (its one-second
+    // tick, once a process lives there), so the connection comes well after that.
+    let mut accepting = Workload::spawn(
+        &pair.a,
+        Some(container),
+        &["tcp-sink", &format!("{ADDR_A}:7401")],
+    );
+    assert_eq!(accepting.read_line(), "ready");
+    thread::sleep(Duration::from_millis(2500));
+    Workload::spawn(
+        &pair.b,
+        None,
+        &["tcp-send", &format!("{ADDR_A}:7401"), "100000"],
+    )
+    .wait(Duration::from_secs(10));
     let flow = Workload::spawn(
         &pair.a,
         Some(container),
@@ -291,7 +307,7 @@ fn snapshot_trace_and_metrics_keep_their_shape() {
             .get(*name)
             .unwrap_or_else(|| panic!("no {name} in /metrics:\n{metrics}"));
         assert_eq!(actual_kind, kind, "{name}");
-        let expected: BTreeSet<String> = labels.iter().map(|s| s.to_string()).collect();
+        let expected: BTreeSet<String> = labels.iter().map(std::string::ToString::to_string).collect();
         assert_eq!(actual_labels, &expected, "labels of {name}");
     }
     let unpinned: Vec<&String> = families
@@ -724,12 +740,22 @@ const METRICS: &[(&str, &str, &[&str])] = &[
         &["cgroup", "container", "namespace", "pod"],
     ),
     (
+        "tuneprobe_tcp_passive_opens_total",
+        "counter",
+        &["cgroup", "container", "namespace", "pod"],
+    ),
+    (
         "tuneprobe_tcp_retransmits_total",
         "counter",
         &["cgroup", "container", "namespace", "pod"],
     ),
     (
         "tuneprobe_tcp_retransmitted_segments_total",
+        "counter",
+        &["cgroup", "container", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_tcp_sent_segments_total",
         "counter",
         &["cgroup", "container", "namespace", "pod"],
     ),

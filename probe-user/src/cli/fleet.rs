@@ -95,8 +95,8 @@ pub struct VerifyArgs {
     since: Duration,
 
     /// Judge this signal instead of the knob's own (repeatable): cpu_throttled_ratio,
-    /// drops, block_service_ms, block_service_p99_ms, block_queue_ms, dns_latency_ms,
-    /// dns_latency_p99_ms.
+    /// retransmit_ratio, listen_overflow_ratio, drops, block_service_ms,
+    /// block_service_p99_ms, block_queue_ms, dns_latency_ms, dns_latency_p99_ms.
     #[arg(long = "signal", value_name = "SIGNAL", value_parser = parse_signal)]
     signals: Vec<Measure>,
 

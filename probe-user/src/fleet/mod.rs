@@ -27,8 +27,6 @@ pub enum FleetError {
     Prometheus(#[from] PromError),
     #[error("{0} has no signal of tuneprobe's to judge it by; name one with --signal ({1})")]
     NoSignal(String, String),
-    #[error("signal {0} cannot be judged from Prometheus: {1}")]
-    Unavailable(String, &'static str),
     #[error("no canary node: {0}")]
     NoCanary(String),
     #[error("no control node: {0}")]
@@ -154,28 +152,19 @@ pub struct FleetReport {
     pub verdicts: Vec<FleetVerdict>,
 }
 
-/// The signals to judge: those asked for, else the knob's own; each must be one the
-/// exported metrics can rebuild.
+/// The signals to judge: those asked for, else the knob's own (every signal `verify`
+/// judges is rebuilt from the exported metrics; a knob without one needs --signal).
 pub fn signals(knob: Option<&str>, asked: &[Measure]) -> Result<Vec<Measure>, FleetError> {
     let chosen: Vec<Measure> = match (asked, knob) {
         ([], Some(knob)) => tuning::measures_for(knob).to_vec(),
         (asked, _) => asked.to_vec(),
     };
     if chosen.is_empty() {
-        let names: Vec<String> = Measure::ALL
-            .into_iter()
-            .filter(|s| series::source(*s).is_ok())
-            .map(Measure::name)
-            .collect();
+        let names: Vec<String> = Measure::ALL.into_iter().map(Measure::name).collect();
         return Err(FleetError::NoSignal(
             knob.unwrap_or("the change").to_string(),
             names.join(", "),
         ));
-    }
-    for signal in &chosen {
-        if let Err(reason) = series::source(*signal) {
-            return Err(FleetError::Unavailable(signal.name(), reason));
-        }
     }
     Ok(chosen)
 }
@@ -583,6 +572,28 @@ pub fn judge_signal(
     (overall, verdicts)
 }
 
+/// Why a ratio has no samples at all: no node exports its load. Agents before the
+/// network loads were exported (`tuneprobe_tcp_sent_segments_total`,
+/// `tuneprobe_tcp_passive_opens_total`) have the counts but not what they are divided by.
+fn missing_load(
+    signal: Measure,
+    source: series::Source,
+    answers: &BTreeMap<&str, Vec<Series>>,
+) -> Option<String> {
+    let series::Source::Ratio { whole, .. } = source else {
+        return None;
+    };
+    let none = |role: &str| answers.get(role).is_none_or(Vec::is_empty);
+    (none("whole") && !none("part")).then(|| {
+        format!(
+            "{}: no canary or control node exports its load, {} (agents older than that \
+             metric), so there are no samples to judge",
+            signal.name(),
+            whole.name
+        )
+    })
+}
+
 /// Runs the whole query: groups, change times, samples, verdicts.
 pub fn verify(prometheus: &Prometheus, options: &Options) -> Result<FleetReport, FleetError> {
     let signals = signals(options.knob.as_deref(), &options.signals)?;
@@ -657,11 +668,13 @@ pub fn verify(prometheus: &Prometheus, options: &Options) -> Result<FleetReport,
     let mut overall = Vec::new();
     let mut verdicts = Vec::new();
     for &signal in &signals {
-        let source =
-            series::source(signal).map_err(|r| FleetError::Unavailable(signal.name(), r))?;
+        let source = series::source(signal);
         let mut answers = BTreeMap::new();
         for (role, query) in series::queries(source, &node_selector.to_string()) {
             answers.insert(role, prometheus.query_range(&query, start, end, step)?);
+        }
+        if let Some(note) = missing_load(signal, source, &answers) {
+            notes.push(note);
         }
         let samples = series::samples(source, &answers, step);
         let (all, groups) = judge_signal(signal, &samples, &canary, &control, &windows, options);
@@ -850,6 +863,26 @@ mod tests {
     }
 
     #[test]
+    fn a_ratio_without_its_exported_load_says_so() {
+        let retransmitted = vec![series("a", &[(0.0, 1.0)])];
+        let source = series::source(Measure::RetransmitRatio);
+        let answers = BTreeMap::from([("part", retransmitted.clone()), ("whole", vec![])]);
+        let note = missing_load(Measure::RetransmitRatio, source, &answers).unwrap();
+        assert!(note.contains("tuneprobe_tcp_sent_segments_total"), "{note}");
+        let answers = BTreeMap::from([("part", retransmitted.clone()), ("whole", retransmitted)]);
+        assert_eq!(
+            missing_load(Measure::RetransmitRatio, source, &answers),
+            None
+        );
+        // Nothing at all is no data, not an old agent.
+        let answers = BTreeMap::from([("part", vec![]), ("whole", vec![])]);
+        assert_eq!(
+            missing_load(Measure::RetransmitRatio, source, &answers),
+            None
+        );
+    }
+
+    #[test]
     fn signals_come_from_the_knob_table_unless_named() {
         assert_eq!(
             signals(Some("cpu.max"), &[]).unwrap(),
@@ -863,9 +896,18 @@ mod tests {
             signals(Some("vm.swappiness"), &[]),
             Err(FleetError::NoSignal(..))
         ));
-        assert!(matches!(
-            signals(Some("net.ipv4.tcp_rmem"), &[]),
-            Err(FleetError::Unavailable(..))
-        ));
+        // The network knobs are judged by their own ratios, with the loads the agents
+        // export.
+        for (knob, signal) in [
+            ("net.ipv4.tcp_rmem", Measure::RetransmitRatio),
+            ("net.ipv4.tcp_wmem", Measure::RetransmitRatio),
+            ("net.core.wmem_max", Measure::RetransmitRatio),
+            ("net.ipv4.tcp_congestion_control", Measure::RetransmitRatio),
+            ("net.core.somaxconn", Measure::ListenOverflowRatio),
+            ("net.ipv4.tcp_max_syn_backlog", Measure::ListenOverflowRatio),
+            ("net.ipv4.tcp_syncookies", Measure::ListenOverflowRatio),
+        ] {
+            assert_eq!(signals(Some(knob), &[]).unwrap(), [signal], "{knob}");
+        }
     }
 }

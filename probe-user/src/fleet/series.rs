@@ -3,7 +3,7 @@
 //! an interval's sample is the exact count between two scrapes, as `verify`'s is between
 //! two snapshots (no `rate()` extrapolation, which would distort small counts).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::signals::measure::Measure;
 
@@ -16,16 +16,32 @@ pub const NODE_LABEL: &str = "node";
 /// The workload labels every per-workload series carries, and the node.
 const BY: &str = "node, namespace, pod, container";
 
+/// A counter family, narrowed by label matchers of its own (`reason="..."`) or none.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Counter {
+    pub name: &'static str,
+    pub matchers: &'static str,
+}
+
+impl Counter {
+    const fn of(name: &'static str) -> Self {
+        Self { name, matchers: "" }
+    }
+}
+
 /// Where a signal's samples come from in the exported metrics.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Source {
-    /// `part` per `whole`, both counters; the whole is the load.
+    /// `part` per load, both counters. The load is `whole`, or with `whole_adds_part`
+    /// `part + whole`: listen overflows per connection attempt, the attempts being the
+    /// overflows and the accepted connections (`verify`'s `listen_overflow_ratio`).
     Ratio {
-        part: &'static str,
-        whole: &'static str,
+        part: Counter,
+        whole: Counter,
+        whole_adds_part: bool,
     },
     /// A counter's increase per interval; no load.
-    Count(&'static str),
+    Count(Counter),
     /// A histogram in seconds: the interval's mean (`_sum` / `_count`) or a quantile of
     /// its bucket increases, in milliseconds; the `_count` increase is the load.
     Histogram {
@@ -34,44 +50,51 @@ pub enum Source {
     },
 }
 
-/// The metric source of a signal, or why it has none: `verify` reads two loads from the
-/// node's own `/proc` that the agent does not export (a namespace's sent segments and
-/// passive opens), so those ratios cannot be rebuilt from Prometheus.
-pub fn source(signal: Measure) -> Result<Source, &'static str> {
+/// The metric source of every signal `verify` judges, with the same load. The network
+/// loads (`tuneprobe_tcp_sent_segments_total`, `tuneprobe_tcp_passive_opens_total`) are
+/// namespace totals every workload of the namespace exports, as `verify` divides each
+/// workload's count by its namespace's.
+pub fn source(signal: Measure) -> Source {
     match signal {
-        Measure::CpuThrottledRatio => Ok(Source::Ratio {
-            part: "tuneprobe_cpu_throttled_periods_total",
-            whole: "tuneprobe_cpu_periods_total",
-        }),
-        Measure::Drops => Ok(Source::Count("tuneprobe_packet_drops_total")),
-        Measure::BlockServiceMs => Ok(Source::Histogram {
+        Measure::CpuThrottledRatio => Source::Ratio {
+            part: Counter::of("tuneprobe_cpu_throttled_periods_total"),
+            whole: Counter::of("tuneprobe_cpu_periods_total"),
+            whole_adds_part: false,
+        },
+        Measure::RetransmitRatio => Source::Ratio {
+            part: Counter::of("tuneprobe_tcp_retransmitted_segments_total"),
+            whole: Counter::of("tuneprobe_tcp_sent_segments_total"),
+            whole_adds_part: false,
+        },
+        Measure::ListenOverflowRatio => Source::Ratio {
+            part: Counter {
+                name: "tuneprobe_packet_drops_total",
+                matchers: "reason=\"TCP_LISTEN_OVERFLOW\",",
+            },
+            whole: Counter::of("tuneprobe_tcp_passive_opens_total"),
+            whole_adds_part: true,
+        },
+        Measure::Drops => Source::Count(Counter::of("tuneprobe_packet_drops_total")),
+        Measure::BlockServiceMs => Source::Histogram {
             name: "tuneprobe_block_service_seconds",
             quantile: None,
-        }),
-        Measure::BlockServiceP99Ms => Ok(Source::Histogram {
+        },
+        Measure::BlockServiceP99Ms => Source::Histogram {
             name: "tuneprobe_block_service_seconds",
             quantile: Some(0.99),
-        }),
-        Measure::BlockQueueMs => Ok(Source::Histogram {
+        },
+        Measure::BlockQueueMs => Source::Histogram {
             name: "tuneprobe_block_queue_seconds",
             quantile: None,
-        }),
-        Measure::DnsLatencyMs => Ok(Source::Histogram {
+        },
+        Measure::DnsLatencyMs => Source::Histogram {
             name: "tuneprobe_dns_latency_seconds",
             quantile: None,
-        }),
-        Measure::DnsLatencyP99Ms => Ok(Source::Histogram {
+        },
+        Measure::DnsLatencyP99Ms => Source::Histogram {
             name: "tuneprobe_dns_latency_seconds",
             quantile: Some(0.99),
-        }),
-        Measure::RetransmitRatio => Err(
-            "its load, the sent segments of the pod's network namespace, is not exported to \
-             Prometheus (use --signal drops, or `tuneprobe verify` on the node)",
-        ),
-        Measure::ListenOverflowRatio => Err(
-            "its load, the passive opens of the pod's network namespace, is not exported to \
-             Prometheus (use --signal drops, or `tuneprobe verify` on the node)",
-        ),
+        },
     }
 }
 
@@ -79,19 +102,22 @@ pub fn source(signal: Measure) -> Result<Source, &'static str> {
 /// container (over reasons, devices, resolvers and codes, as `verify` sums them), for
 /// pods only (non-pod workloads have no names to match across nodes).
 pub fn queries(source: Source, selector: &str) -> Vec<(&'static str, String)> {
-    let sum = |metric: &str, extra: &str| {
-        format!("sum by ({BY}{extra}) ({metric}{{pod!=\"\",{selector}}})")
+    let sum = |metric: &str, matchers: &str, extra: &str| {
+        format!("sum by ({BY}{extra}) ({metric}{{pod!=\"\",{matchers}{selector}}})")
     };
+    let counter = |c: Counter| sum(c.name, c.matchers, "");
     match source {
-        Source::Ratio { part, whole } => vec![("part", sum(part, "")), ("whole", sum(whole, ""))],
-        Source::Count(counter) => vec![("count", sum(counter, ""))],
+        Source::Ratio { part, whole, .. } => {
+            vec![("part", counter(part)), ("whole", counter(whole))]
+        }
+        Source::Count(c) => vec![("count", counter(c))],
         Source::Histogram { name, quantile } => {
             let mut out = vec![
-                ("count", sum(&format!("{name}_count"), "")),
-                ("sum", sum(&format!("{name}_sum"), "")),
+                ("count", sum(&format!("{name}_count"), "", "")),
+                ("sum", sum(&format!("{name}_sum"), "", "")),
             ];
             if quantile.is_some() {
-                out.push(("bucket", sum(&format!("{name}_bucket"), ", le")));
+                out.push(("bucket", sum(&format!("{name}_bucket"), "", ", le")));
             }
             out
         }
@@ -136,20 +162,49 @@ fn millis(t: f64) -> i64 {
 /// Increases of a counter between consecutive grid points `step` apart; a decrease is a
 /// restart of the agent, after which the counter counts from zero again.
 fn increases(points: &[(f64, f64)], step: f64) -> BTreeMap<i64, f64> {
-    let step_ms = millis(step);
+    let points: Vec<(i64, f64)> = points.iter().map(|&(t, v)| (millis(t), v)).collect();
+    increases_ms(&points, millis(step))
+}
+
+/// [`increases`] on points in milliseconds.
+fn increases_ms(points: &[(i64, f64)], step_ms: i64) -> BTreeMap<i64, f64> {
     let mut out = BTreeMap::new();
     for pair in points.windows(2) {
         let ((t0, v0), (t1, v1)) = (pair[0], pair[1]);
         // A gap (the series was absent for a step) spans more than one interval.
-        if (millis(t1) - millis(t0) - step_ms).abs() > step_ms / 10
-            || !v0.is_finite()
-            || !v1.is_finite()
-        {
+        if (t1 - t0 - step_ms).abs() > step_ms / 10 || !v0.is_finite() || !v1.is_finite() {
             continue;
         }
-        out.insert(millis(t1), if v1 >= v0 { v1 - v0 } else { v1 });
+        out.insert(t1, if v1 >= v0 { v1 - v0 } else { v1 });
     }
     out
+}
+
+/// The increases of `part + whole` per instance, each counter absent at a point counting
+/// as 0 there (per-workload counters are exported from their first non-zero value on);
+/// a point where both are absent is a gap.
+fn sum_increases(
+    part: &BTreeMap<Instance, BTreeMap<i64, f64>>,
+    whole: &BTreeMap<Instance, BTreeMap<i64, f64>>,
+    step_ms: i64,
+) -> BTreeMap<Instance, BTreeMap<i64, f64>> {
+    let instances: BTreeSet<&Instance> = part.keys().chain(whole.keys()).collect();
+    instances
+        .into_iter()
+        .map(|instance| {
+            let mut sums: BTreeMap<i64, f64> = BTreeMap::new();
+            for points in [part.get(instance), whole.get(instance)]
+                .into_iter()
+                .flatten()
+            {
+                for (&at, &v) in points {
+                    *sums.entry(at).or_default() += v;
+                }
+            }
+            let points: Vec<(i64, f64)> = sums.into_iter().collect();
+            (instance.clone(), increases_ms(&points, step_ms))
+        })
+        .collect()
 }
 
 /// Raw values per instance and grid point.
@@ -182,10 +237,17 @@ pub fn samples(source: Source, answers: &BTreeMap<&str, Vec<Series>>, step: f64)
     let get = |role: &str| by_instance(answers.get(role).map_or(&[][..], Vec::as_slice), step);
     let mut out = Samples::new();
     match source {
-        Source::Ratio { .. } => {
-            let whole = get("whole");
+        Source::Ratio {
+            whole_adds_part, ..
+        } => {
             let part = raw(answers.get("part").map_or(&[][..], Vec::as_slice));
             let step_ms = millis(step);
+            let whole = if whole_adds_part {
+                let whole = raw(answers.get("whole").map_or(&[][..], Vec::as_slice));
+                sum_increases(&part, &whole, step_ms)
+            } else {
+                get("whole")
+            };
             for (instance, wholes) in &whole {
                 let parts = part.get(instance);
                 let series = out.entry(instance.clone()).or_default();
@@ -341,7 +403,7 @@ mod tests {
             &[(10.0, 50.0), (20.0, 60.0), (40.0, 60.0), (50.0, 5.0)],
         );
         let answers = BTreeMap::from([("part", vec![part]), ("whole", vec![whole])]);
-        let source = source(Measure::CpuThrottledRatio).unwrap();
+        let source = source(Measure::CpuThrottledRatio);
         let got = samples(source, &answers, 10.0);
         let s = &got.values().next().unwrap();
         // 10 s: the part's first point, absent before while the whole counted: 50 of
@@ -375,7 +437,7 @@ mod tests {
             bucket("+Inf", &[(0.0, 0.0), (1.0, 10.0), (2.0, 10.0)]),
         ];
         let mean = samples(
-            source(Measure::DnsLatencyMs).unwrap(),
+            source(Measure::DnsLatencyMs),
             &BTreeMap::from([("count", vec![count.clone()]), ("sum", vec![sum.clone()])]),
             1.0,
         );
@@ -386,7 +448,7 @@ mod tests {
         assert_eq!(s[&1000].load, Some(10.0));
 
         let p99 = samples(
-            source(Measure::DnsLatencyP99Ms).unwrap(),
+            source(Measure::DnsLatencyP99Ms),
             &BTreeMap::from([
                 ("count", vec![count]),
                 ("sum", vec![sum]),
@@ -417,7 +479,7 @@ mod tests {
 
     #[test]
     fn queries_sum_per_pod_and_container() {
-        let q = queries(source(Measure::BlockServiceP99Ms).unwrap(), "node=~\"a|b\"");
+        let q = queries(source(Measure::BlockServiceP99Ms), "node=~\"a|b\"");
         let roles: Vec<&str> = q.iter().map(|(r, _)| *r).collect();
         assert_eq!(roles, ["count", "sum", "bucket"]);
         assert_eq!(
@@ -425,7 +487,107 @@ mod tests {
             "sum by (node, namespace, pod, container, le) \
              (tuneprobe_block_service_seconds_bucket{pod!=\"\",node=~\"a|b\"})"
         );
-        assert!(source(Measure::RetransmitRatio).is_err());
-        assert!(source(Measure::ListenOverflowRatio).is_err());
+        let q = queries(source(Measure::ListenOverflowRatio), "node=\"a\"");
+        assert_eq!(
+            q,
+            [
+                (
+                    "part",
+                    "sum by (node, namespace, pod, container) (tuneprobe_packet_drops_total\
+                     {pod!=\"\",reason=\"TCP_LISTEN_OVERFLOW\",node=\"a\"})"
+                        .to_string()
+                ),
+                (
+                    "whole",
+                    "sum by (node, namespace, pod, container) \
+                     (tuneprobe_tcp_passive_opens_total{pod!=\"\",node=\"a\"})"
+                        .to_string()
+                ),
+            ]
+        );
+        let q = queries(source(Measure::RetransmitRatio), "node=\"a\"");
+        assert_eq!(
+            q[1].1,
+            "sum by (node, namespace, pod, container) \
+             (tuneprobe_tcp_sent_segments_total{pod!=\"\",node=\"a\"})"
+        );
+    }
+
+    fn values(got: &Samples) -> Vec<(i64, f64, Option<f64>)> {
+        got.values()
+            .next()
+            .unwrap()
+            .iter()
+            .map(|(t, s)| (*t, s.value, s.load))
+            .collect()
+    }
+
+    #[test]
+    fn retransmit_ratios_per_sent_segment_zero_without_retransmits() {
+        // The namespace's sent segments, exported whether or not anything retransmitted.
+        let sent = series(
+            &POD,
+            &[
+                (0.0, 1000.0),
+                (10.0, 2000.0),
+                (20.0, 2500.0),
+                (30.0, 2500.0),
+                (40.0, 4500.0),
+            ],
+        );
+        // The first retransmits at 20 s; none in the interval to 40 s.
+        let retransmitted = series(&POD, &[(20.0, 25.0), (30.0, 25.0), (40.0, 25.0)]);
+        let answers = BTreeMap::from([("part", vec![retransmitted]), ("whole", vec![sent])]);
+        let got = samples(source(Measure::RetransmitRatio), &answers, 10.0);
+        // 10 s: none of 1000; 20 s: 25 of 500; 30 s: nothing sent, no sample; 40 s: 0 of
+        // 2000.
+        assert_eq!(
+            values(&got),
+            [
+                (10_000, 0.0, Some(1000.0)),
+                (20_000, 0.05, Some(500.0)),
+                (40_000, 0.0, Some(2000.0)),
+            ]
+        );
+    }
+
+    #[test]
+    fn listen_overflows_per_connection_attempt() {
+        // Passive opens of the namespace, and the listen overflows exported as a drop
+        // reason from the first overflow on.
+        let opens = series(
+            &POD,
+            &[
+                (0.0, 10.0),
+                (10.0, 40.0),
+                (20.0, 60.0),
+                (30.0, 60.0),
+                (40.0, 60.0),
+                (50.0, 5.0),
+            ],
+        );
+        let overflows = series(
+            &POD,
+            &[(20.0, 20.0), (30.0, 20.0), (40.0, 30.0), (50.0, 1.0)],
+        );
+        let answers = BTreeMap::from([("part", vec![overflows]), ("whole", vec![opens])]);
+        let got = samples(source(Measure::ListenOverflowRatio), &answers, 10.0);
+        // 10 s: 0 of 30 attempts; 20 s: 20 overflows, 20 opens: 20 of 40; 30 s: no
+        // attempts, no sample; 40 s: every one of 10 attempts overflowed (no opens);
+        // 50 s: the agent restarted, 1 of 6.
+        assert_eq!(
+            values(&got),
+            [
+                (10_000, 0.0, Some(30.0)),
+                (20_000, 0.5, Some(40.0)),
+                (40_000, 1.0, Some(10.0)),
+                (50_000, 1.0 / 6.0, Some(6.0)),
+            ]
+        );
+        // A namespace whose listener never accepted: overflows alone are attempts.
+        let overflows = series(&POD, &[(0.0, 3.0), (10.0, 7.0)]);
+        let answers = BTreeMap::from([("part", vec![overflows]), ("whole", vec![])]);
+        let got = samples(source(Measure::ListenOverflowRatio), &answers, 10.0);
+        assert_eq!(values(&got), [(10_000, 1.0, Some(4.0))]);
     }
 }

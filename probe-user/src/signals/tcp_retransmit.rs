@@ -152,6 +152,25 @@ impl Source for TcpRetransmit {
     }
 
     fn metrics(tcp: &TcpStats, labels: &Labels, f: &mut Families) {
+        // The loads, each from its first non-zero value on and independently of the
+        // retransmits, so that a ratio's denominator exists when its numerator is 0.
+        // Namespace totals: every workload in the namespace shows the same value.
+        if tcp.sent_segments > 0 {
+            f.counter(
+                "tuneprobe_tcp_sent_segments_total",
+                "TCP segments sent from the workload's network namespace (OutSegs), a namespace total.",
+                labels.clone(),
+                tcp.sent_segments as f64,
+            );
+        }
+        if tcp.passive_opens > 0 {
+            f.counter(
+                "tuneprobe_tcp_passive_opens_total",
+                "TCP connections accepted in the workload's network namespace (PassiveOpens), a namespace total.",
+                labels.clone(),
+                tcp.passive_opens as f64,
+            );
+        }
         if tcp.retransmits + tcp.failed_retransmits == 0 {
             return;
         }
@@ -173,5 +192,86 @@ impl Source for TcpRetransmit {
             labels.clone(),
             tcp.failed_retransmits as f64,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every family's series as (name, value) pairs, in name order.
+    fn rendered(tcp: &TcpStats) -> Vec<(String, f64)> {
+        let mut f = Families::default();
+        let labels: Labels = vec![("namespace", "shop".into()), ("pod", "api".into())];
+        TcpRetransmit::metrics(tcp, &labels, &mut f);
+        f.encode()
+            .iter()
+            .flat_map(|family| {
+                family.get_metric().iter().map(move |m| {
+                    let labels: Vec<(&str, &str)> = m
+                        .get_label()
+                        .iter()
+                        .map(|l| (l.name(), l.value()))
+                        .collect();
+                    assert_eq!(labels, [("namespace", "shop"), ("pod", "api")]);
+                    (family.name().to_string(), m.get_counter().get_value())
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn loads_are_exported_without_retransmits() {
+        let tcp = TcpStats {
+            sent_segments: 1200,
+            passive_opens: 7,
+            ..TcpStats::default()
+        };
+        assert_eq!(
+            rendered(&tcp),
+            [
+                ("tuneprobe_tcp_passive_opens_total".to_string(), 7.0),
+                ("tuneprobe_tcp_sent_segments_total".to_string(), 1200.0),
+            ]
+        );
+        // Each on its own: a sender that accepts nothing, and nothing at all.
+        let sender = TcpStats {
+            sent_segments: 5,
+            ..TcpStats::default()
+        };
+        assert_eq!(
+            rendered(&sender),
+            [("tuneprobe_tcp_sent_segments_total".to_string(), 5.0)]
+        );
+        assert!(rendered(&TcpStats::default()).is_empty());
+    }
+
+    #[test]
+    fn retransmits_keep_their_families() {
+        let tcp = TcpStats {
+            retransmits: 2,
+            retransmitted_segments: 3,
+            failed_retransmits: 1,
+            passive_opens: 0,
+            sent_segments: 100,
+        };
+        assert_eq!(
+            rendered(&tcp),
+            [
+                ("tuneprobe_tcp_failed_retransmits_total".to_string(), 1.0),
+                ("tuneprobe_tcp_retransmits_total".to_string(), 2.0),
+                (
+                    "tuneprobe_tcp_retransmitted_segments_total".to_string(),
+                    3.0
+                ),
+                ("tuneprobe_tcp_sent_segments_total".to_string(), 100.0),
+            ]
+        );
+        // Failed attempts alone still export all three, as before.
+        let failed = TcpStats {
+            failed_retransmits: 1,
+            ..TcpStats::default()
+        };
+        assert_eq!(rendered(&failed).len(), 3);
     }
 }
