@@ -4,10 +4,13 @@
 
 use std::{collections::HashMap, path::PathBuf};
 
-use probe_common::{BlockKey, BlockStats, LatencyHistogram, block_io::BLOCK_IO_MAP};
+use probe_common::{
+    BlockKey, BlockStats, LatencyHistogram, block_io::BLOCK_IO_MAP, trace::BlockEvent,
+};
 use serde::Serialize;
 
 use super::{
+    endpoints,
     histogram::{self, LatencySummary},
     signal::Signal,
     source::{Attribution, Dead, Owner, Settings, Shared, Source},
@@ -212,5 +215,42 @@ impl Source for BlockIo {
                 b.errors as f64,
             );
         }
+    }
+}
+
+/// A completed request as `trace` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TraceFields {
+    pub device: String,
+    pub op: &'static str,
+    pub bytes: u64,
+    pub service_ms: f64,
+    pub queue_ms: f64,
+    pub error: bool,
+}
+
+impl TraceFields {
+    /// `device` named from sysfs, `op` from the kernel's BTF.
+    pub fn of(e: &BlockEvent, device: String, op: &'static str) -> Self {
+        Self {
+            device,
+            op,
+            bytes: e.bytes,
+            service_ms: endpoints::ms(e.service_ns),
+            queue_ms: endpoints::ms(e.queue_ns),
+            error: e.error != 0,
+        }
+    }
+
+    pub fn detail(&self) -> String {
+        format!(
+            "{} {} {}B service={:.3}ms queue={:.3}ms{}",
+            self.device,
+            self.op,
+            self.bytes,
+            self.service_ms,
+            self.queue_ms,
+            if self.error { " ERROR" } else { "" }
+        )
     }
 }

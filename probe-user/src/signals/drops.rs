@@ -4,10 +4,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use probe_common::{DropKey, drops::DROPS_MAP};
+use probe_common::{DropKey, drops::DROPS_MAP, trace::DropEvent};
 use serde::Serialize;
 
 use super::{
+    endpoints,
     signal::Signal,
     source::{Attribution, Dead, Owner, Settings, Shared, Source},
     tcp_retransmit::TcpStats,
@@ -184,5 +185,45 @@ impl Source for Drops {
                 count as f64,
             );
         }
+    }
+}
+
+/// A drop as `trace` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TraceFields {
+    pub reason: String,
+    pub location: String,
+    pub protocol: Option<String>,
+    pub saddr: Option<String>,
+    pub daddr: Option<String>,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+}
+
+impl TraceFields {
+    /// `reason` named from the kernel's BTF, `location` from its symbols.
+    pub fn of(e: &DropEvent, reason: String, location: String) -> Self {
+        let known = endpoints::known(&e.endpoints);
+        let ports = known && matches!(e.endpoints.protocol, 6 | 17);
+        Self {
+            reason,
+            location,
+            protocol: known.then(|| endpoints::protocol_name(e.endpoints.protocol)),
+            saddr: known.then(|| endpoints::address(e.endpoints.saddr)),
+            daddr: known.then(|| endpoints::address(e.endpoints.daddr)),
+            sport: ports.then_some(e.endpoints.sport),
+            dport: ports.then_some(e.endpoints.dport),
+        }
+    }
+
+    pub fn detail(&self) -> String {
+        format!(
+            "{} at {} {} {} -> {}",
+            self.reason,
+            self.location,
+            self.protocol.as_deref().unwrap_or("-"),
+            endpoints::endpoint(self.saddr.as_ref(), self.sport),
+            endpoints::endpoint(self.daddr.as_ref(), self.dport)
+        )
     }
 }

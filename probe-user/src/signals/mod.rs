@@ -11,6 +11,7 @@ pub mod block_io;
 pub mod cpu_throttle;
 pub mod dns;
 pub mod drops;
+pub mod endpoints;
 pub mod histogram;
 pub mod measure;
 pub mod signal;

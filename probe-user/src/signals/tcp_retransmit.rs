@@ -4,10 +4,13 @@
 
 use std::collections::HashMap;
 
-use probe_common::{RetransmitCounters, RetransmitKey, tcp_retransmit::TCP_RETRANSMITS_MAP};
+use probe_common::{
+    RetransmitCounters, RetransmitKey, tcp_retransmit::TCP_RETRANSMITS_MAP, trace::RetransmitEvent,
+};
 use serde::Serialize;
 
 use super::{
+    endpoints,
     signal::Signal,
     source::{Attribution, Dead, Owner, Settings, Shared, Source},
 };
@@ -274,4 +277,62 @@ mod tests {
         };
         assert_eq!(rendered(&failed).len(), 3);
     }
+}
+
+/// A retransmit as `trace` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TraceFields {
+    pub saddr: Option<String>,
+    pub daddr: Option<String>,
+    pub sport: u16,
+    pub dport: u16,
+    pub state: String,
+    pub failed: bool,
+    pub segments: u32,
+}
+
+impl TraceFields {
+    pub fn of(e: &RetransmitEvent) -> Self {
+        let known = endpoints::known(&e.endpoints);
+        Self {
+            saddr: known.then(|| endpoints::address(e.endpoints.saddr)),
+            daddr: known.then(|| endpoints::address(e.endpoints.daddr)),
+            sport: e.endpoints.sport,
+            dport: e.endpoints.dport,
+            state: tcp_state_name(e.state),
+            failed: e.failed != 0,
+            segments: e.segments,
+        }
+    }
+
+    pub fn detail(&self) -> String {
+        format!(
+            "{} -> {} {} segs={}{}",
+            endpoints::endpoint(self.saddr.as_ref(), Some(self.sport)),
+            endpoints::endpoint(self.daddr.as_ref(), Some(self.dport)),
+            self.state,
+            self.segments,
+            if self.failed { " FAILED" } else { "" }
+        )
+    }
+}
+
+/// TCP states (`include/net/tcp_states.h`, part of the user ABI).
+pub fn tcp_state_name(state: u32) -> String {
+    match state {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        other => return format!("STATE{other}"),
+    }
+    .to_string()
 }

@@ -1,29 +1,25 @@
 //! `tuneprobe trace`: turns the programs' ring-buffer records into named events.
 //!
-//! Records are decoded here (never trusted to be well formed: a short or unknown record
+//! Records are checked here (never trusted to be well formed: a short or unknown record
 //! is an error that is counted, not a crash), attributed to workloads through the
-//! collector, as `snapshot` does, and rendered as JSON or one text line.
+//! collector, as `snapshot` does, decoded by their signal's module, and rendered as JSON
+//! or one text line.
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv6Addr},
     path::Path,
     time::{Duration, SystemTime},
 };
 
 use probe_common::trace::{
-    BlockEvent, DnsEvent, DropEvent, Endpoints, RetransmitEvent, ThrottleEvent, TraceHeader,
-    TraceKind,
+    BlockEvent, DnsEvent, DropEvent, RetransmitEvent, ThrottleEvent, TraceHeader, TraceKind,
 };
 use serde::Serialize;
 
 use crate::{
     kernel::devices,
     report::Workload,
-    signals::{
-        Signal,
-        dns::{rcode_name, wire as dnswire},
-    },
+    signals::{Signal, block_io, cpu_throttle, dns, drops, tcp_retransmit},
     window::Collector,
     workloads::cgroup::Hierarchy,
 };
@@ -154,63 +150,37 @@ pub struct TraceEvent {
     pub fields: Fields,
 }
 
+/// The signal's own fields (each signal module defines its own).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum Fields {
-    Retransmit {
-        saddr: Option<String>,
-        daddr: Option<String>,
-        sport: u16,
-        dport: u16,
-        state: String,
-        failed: bool,
-        segments: u32,
-    },
-    Drop {
-        reason: String,
-        location: String,
-        protocol: Option<String>,
-        saddr: Option<String>,
-        daddr: Option<String>,
-        sport: Option<u16>,
-        dport: Option<u16>,
-    },
-    Dns {
-        qname: Option<String>,
-        qtype: Option<String>,
-        rcode: Option<String>,
-        latency_ms: f64,
-        resolver: String,
-        transport: &'static str,
-        /// Why the captured message could not be decoded (then the names are null).
-        decode_error: Option<String>,
-    },
-    Block {
-        device: String,
-        op: &'static str,
-        bytes: u64,
-        service_ms: f64,
-        queue_ms: f64,
-        error: bool,
-    },
-    Throttle {
-        stall_ms: f64,
-        tid: u32,
-    },
+    Retransmit(tcp_retransmit::TraceFields),
+    Drop(drops::TraceFields),
+    Dns(dns::TraceFields),
+    Block(block_io::TraceFields),
+    Throttle(cpu_throttle::TraceFields),
+}
+
+impl Fields {
+    fn detail(&self) -> String {
+        match self {
+            Self::Retransmit(f) => f.detail(),
+            Self::Drop(f) => f.detail(),
+            Self::Dns(f) => f.detail(),
+            Self::Block(f) => f.detail(),
+            Self::Throttle(f) => f.detail(),
+        }
+    }
 }
 
 impl TraceEvent {
     /// Latency-like value of the event in milliseconds, for `--min-latency`.
     pub fn latency_ms(&self) -> Option<f64> {
         match &self.fields {
-            Fields::Dns { latency_ms, .. } => Some(*latency_ms),
-            Fields::Block {
-                service_ms,
-                queue_ms,
-                ..
-            } => Some(service_ms + queue_ms),
-            Fields::Throttle { stall_ms, .. } => Some(*stall_ms),
-            _ => None,
+            Fields::Dns(f) => Some(f.latency_ms),
+            Fields::Block(f) => Some(f.service_ms + f.queue_ms),
+            Fields::Throttle(f) => Some(f.stall_ms),
+            Fields::Retransmit(_) | Fields::Drop(_) => None,
         }
     }
 
@@ -233,122 +203,13 @@ impl TraceEvent {
     /// One line for people: time, signal, workload, details.
     pub fn to_line(&self) -> String {
         let time = self.time.get(11..23).unwrap_or(&self.time);
-        let detail = match &self.fields {
-            Fields::Retransmit {
-                saddr,
-                daddr,
-                sport,
-                dport,
-                state,
-                failed,
-                segments,
-            } => format!(
-                "{} -> {} {state} segs={segments}{}",
-                endpoint(saddr, Some(*sport)),
-                endpoint(daddr, Some(*dport)),
-                if *failed { " FAILED" } else { "" }
-            ),
-            Fields::Drop {
-                reason,
-                location,
-                protocol,
-                saddr,
-                daddr,
-                sport,
-                dport,
-            } => format!(
-                "{reason} at {location} {} {} -> {}",
-                protocol.as_deref().unwrap_or("-"),
-                endpoint(saddr, *sport),
-                endpoint(daddr, *dport)
-            ),
-            Fields::Dns {
-                qname,
-                qtype,
-                rcode,
-                latency_ms,
-                resolver,
-                transport,
-                decode_error,
-            } => match decode_error {
-                None => format!(
-                    "{} {} {} {latency_ms:.3}ms via {resolver}/{transport}",
-                    qname.as_deref().unwrap_or("-"),
-                    qtype.as_deref().unwrap_or("-"),
-                    rcode.as_deref().unwrap_or("-"),
-                ),
-                Some(err) => format!("(undecodable: {err}) {latency_ms:.3}ms via {resolver}"),
-            },
-            Fields::Block {
-                device,
-                op,
-                bytes,
-                service_ms,
-                queue_ms,
-                error,
-            } => format!(
-                "{device} {op} {bytes}B service={service_ms:.3}ms queue={queue_ms:.3}ms{}",
-                if *error { " ERROR" } else { "" }
-            ),
-            Fields::Throttle { stall_ms, tid } => format!("tid {tid} stalled {stall_ms:.3}ms"),
-        };
         format!(
-            "{time} {:<11} {} {detail}",
+            "{time} {:<11} {} {}",
             self.signal,
-            self.workload_label()
+            self.workload_label(),
+            self.fields.detail()
         )
     }
-}
-
-fn endpoint(address: &Option<String>, port: Option<u16>) -> String {
-    match (address, port) {
-        (Some(a), Some(p)) if a.contains(':') => format!("[{a}]:{p}"),
-        (Some(a), Some(p)) => format!("{a}:{p}"),
-        (Some(a), None) => a.clone(),
-        (None, _) => "?".to_string(),
-    }
-}
-
-/// TCP states (`include/net/tcp_states.h`, part of the user ABI).
-pub fn tcp_state_name(state: u32) -> String {
-    match state {
-        1 => "ESTABLISHED",
-        2 => "SYN_SENT",
-        3 => "SYN_RECV",
-        4 => "FIN_WAIT1",
-        5 => "FIN_WAIT2",
-        6 => "TIME_WAIT",
-        7 => "CLOSE",
-        8 => "CLOSE_WAIT",
-        9 => "LAST_ACK",
-        10 => "LISTEN",
-        11 => "CLOSING",
-        12 => "NEW_SYN_RECV",
-        other => return format!("STATE{other}"),
-    }
-    .to_string()
-}
-
-fn protocol_name(protocol: u8) -> String {
-    match protocol {
-        1 => "icmp".to_string(),
-        6 => "tcp".to_string(),
-        17 => "udp".to_string(),
-        58 => "icmpv6".to_string(),
-        other => other.to_string(),
-    }
-}
-
-fn address(bytes: [u8; 16]) -> String {
-    let v6 = Ipv6Addr::from(bytes);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4).to_string(),
-        None => IpAddr::V6(v6).to_string(),
-    }
-}
-
-fn ms(ns: u64) -> f64 {
-    ns as f64 / 1e6
 }
 
 /// Names and renders records. Workload names are cached per cgroup for a second, so a
@@ -393,66 +254,23 @@ impl Decoder {
             .or_insert_with(|| collector.workload_of(hierarchy, header.cgroup_id, netns))
             .clone();
         let fields = match record {
-            Record::Retransmit(e) => Fields::Retransmit {
-                saddr: known(&e.endpoints).then(|| address(e.endpoints.saddr)),
-                daddr: known(&e.endpoints).then(|| address(e.endpoints.daddr)),
-                sport: e.endpoints.sport,
-                dport: e.endpoints.dport,
-                state: tcp_state_name(e.state),
-                failed: e.failed != 0,
-                segments: e.segments,
-            },
-            Record::Drop(e) => {
-                let has = known(&e.endpoints);
-                let ports = has && matches!(e.endpoints.protocol, 6 | 17);
-                Fields::Drop {
-                    reason: collector.probe().drop_reasons().name(e.reason),
-                    location: self.symbols.name(e.location),
-                    protocol: has.then(|| protocol_name(e.endpoints.protocol)),
-                    saddr: has.then(|| address(e.endpoints.saddr)),
-                    daddr: has.then(|| address(e.endpoints.daddr)),
-                    sport: ports.then_some(e.endpoints.sport),
-                    dport: ports.then_some(e.endpoints.dport),
-                }
-            }
-            Record::Dns(e) => {
-                let captured = (e.captured as usize).min(e.message.len());
-                let decoded = dnswire::decode(&e.message[..captured]);
-                let (qname, qtype, rcode, decode_error) = match decoded {
-                    Ok(q) => (
-                        Some(q.qname),
-                        Some(dnswire::qtype_name(q.qtype)),
-                        Some(rcode_name(q.rcode)),
-                        None,
-                    ),
-                    Err(err) => (None, None, None, Some(err.to_string())),
-                };
-                Fields::Dns {
-                    qname,
-                    qtype,
-                    rcode,
-                    latency_ms: ms(e.latency_ns),
-                    resolver: address(e.resolver),
-                    transport: if e.proto == 6 { "tcp" } else { "udp" },
-                    decode_error,
-                }
-            }
-            Record::Block(e) => Fields::Block {
-                device: self
+            Record::Retransmit(e) => Fields::Retransmit(tcp_retransmit::TraceFields::of(e)),
+            Record::Drop(e) => Fields::Drop(drops::TraceFields::of(
+                e,
+                collector.probe().drop_reasons().name(e.reason),
+                self.symbols.name(e.location),
+            )),
+            Record::Dns(e) => Fields::Dns(dns::TraceFields::of(e)),
+            Record::Block(e) => {
+                let device = self
                     .devices
                     .entry(e.dev)
                     .or_insert_with(|| devices::name(&self.sys_root, e.dev))
-                    .clone(),
-                op: collector.probe().block_ops().name(e.op),
-                bytes: e.bytes,
-                service_ms: ms(e.service_ns),
-                queue_ms: ms(e.queue_ns),
-                error: e.error != 0,
-            },
-            Record::Throttle(e) => Fields::Throttle {
-                stall_ms: ms(e.stall_ns),
-                tid: e.pid,
-            },
+                    .clone();
+                let op = collector.probe().block_ops().name(e.op);
+                Fields::Block(block_io::TraceFields::of(e, device, op))
+            }
+            Record::Throttle(e) => Fields::Throttle(cpu_throttle::TraceFields::of(e)),
         };
         let kind = TraceKind::from_u32(header.kind).unwrap_or(TraceKind::Drop);
         TraceEvent {
@@ -477,10 +295,6 @@ impl Decoder {
         let time = SystemTime::UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64);
         humantime::format_rfc3339_micros(time).to_string()
     }
-}
-
-fn known(endpoints: &Endpoints) -> bool {
-    endpoints.family != 0
 }
 
 fn realtime_offset_ns() -> i128 {
@@ -545,7 +359,7 @@ mod tests {
             namespace: Some("shop".to_string()),
             pod: Some("api".to_string()),
             container: None,
-            fields: Fields::Dns {
+            fields: Fields::Dns(dns::TraceFields {
                 qname: Some("a.test".to_string()),
                 qtype: Some("A".to_string()),
                 rcode: Some("NOERROR".to_string()),
@@ -553,7 +367,7 @@ mod tests {
                 resolver: "10.0.0.1".to_string(),
                 transport: "udp",
                 decode_error: None,
-            },
+            }),
         };
         let json = serde_json::to_value(&event).unwrap();
         for field in [

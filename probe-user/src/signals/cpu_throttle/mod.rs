@@ -9,11 +9,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use probe_common::{LatencyHistogram, ThrottleStats, cpu_throttle::CPU_THROTTLE_MAP};
+use probe_common::{
+    LatencyHistogram, ThrottleStats, cpu_throttle::CPU_THROTTLE_MAP, trace::ThrottleEvent,
+};
 use serde::Serialize;
 
 use self::cpustat::{CpuAccounting, CpuLimit};
 use super::{
+    endpoints,
     histogram::{self, LatencySummary},
     signal::Signal,
     source::{Attribution, Dead, Owner, Settings, Shared, Source},
@@ -297,6 +300,26 @@ impl Source for CpuThrottle {
             labels.clone(),
             prometheus_histogram(&cpu.stall_histogram, IO_BUCKETS),
         );
+    }
+}
+
+/// A stall as `trace` shows it: a throttled task running again.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TraceFields {
+    pub stall_ms: f64,
+    pub tid: u32,
+}
+
+impl TraceFields {
+    pub fn of(e: &ThrottleEvent) -> Self {
+        Self {
+            stall_ms: endpoints::ms(e.stall_ns),
+            tid: e.pid,
+        }
+    }
+
+    pub fn detail(&self) -> String {
+        format!("tid {} stalled {:.3}ms", self.tid, self.stall_ms)
     }
 }
 

@@ -15,10 +15,12 @@ use aya::maps::MapData;
 use probe_common::{
     DnsCounters, DnsFlow, DnsHistogram, DnsLatencyKey, DnsQuery, DnsResolverKey, dns,
     dns::{DNS_COUNTERS_MAP, DNS_IN_FLIGHT_MAP, DNS_LATENCY_MAP},
+    trace::DnsEvent,
 };
 use serde::Serialize;
 
 use super::{
+    endpoints,
     histogram::{self, Percentiles},
     signal::Signal,
     source::{Attribution, Dead, Owner, Settings, Shared, Source},
@@ -425,6 +427,58 @@ fn reports(
         }
     }
     reports
+}
+
+/// An answered query as `trace` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TraceFields {
+    pub qname: Option<String>,
+    pub qtype: Option<String>,
+    pub rcode: Option<String>,
+    pub latency_ms: f64,
+    pub resolver: String,
+    pub transport: &'static str,
+    /// Why the captured message could not be decoded (then the names are null).
+    pub decode_error: Option<String>,
+}
+
+impl TraceFields {
+    /// Decodes the captured response; every read is bounds-checked (`wire`).
+    pub fn of(e: &DnsEvent) -> Self {
+        let captured = (e.captured as usize).min(e.message.len());
+        let (qname, qtype, rcode, decode_error) = match wire::decode(&e.message[..captured]) {
+            Ok(q) => (
+                Some(q.qname),
+                Some(wire::qtype_name(q.qtype)),
+                Some(rcode_name(q.rcode)),
+                None,
+            ),
+            Err(err) => (None, None, None, Some(err.to_string())),
+        };
+        Self {
+            qname,
+            qtype,
+            rcode,
+            latency_ms: endpoints::ms(e.latency_ns),
+            resolver: endpoints::address(e.resolver),
+            transport: if e.proto == 6 { "tcp" } else { "udp" },
+            decode_error,
+        }
+    }
+
+    pub fn detail(&self) -> String {
+        let (latency_ms, resolver) = (self.latency_ms, &self.resolver);
+        match &self.decode_error {
+            None => format!(
+                "{} {} {} {latency_ms:.3}ms via {resolver}/{}",
+                self.qname.as_deref().unwrap_or("-"),
+                self.qtype.as_deref().unwrap_or("-"),
+                self.rcode.as_deref().unwrap_or("-"),
+                self.transport,
+            ),
+            Some(err) => format!("(undecodable: {err}) {latency_ms:.3}ms via {resolver}"),
+        }
+    }
 }
 
 #[cfg(test)]
