@@ -181,19 +181,7 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         bail!("interrupted before the change; nothing was touched");
     }
 
-    let (knob_name, new) = match &change {
-        Change::Knob { knob, value } => {
-            knob.write(value)
-                .with_context(|| format!("writing {}={value}", knob.name))?;
-            eprintln!("changed {}: {old} -> {value}", knob.name);
-            (knob.name.clone(), value.clone())
-        }
-        Change::Command { run, .. } => {
-            shell(run)?;
-            eprintln!("changed: ran {run}");
-            ("exec".to_string(), run.clone())
-        }
-    };
+    let (knob_name, new) = apply(&change, &old)?;
     let at = unix_now();
     let affected_workloads = affected.workloads_in(&previous);
     eprintln!(
@@ -220,22 +208,7 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         verify::listeners_by_netns(Path::new("/proc")),
     );
     if args.revert {
-        match &change {
-            Change::Knob { knob, .. } => {
-                knob.write(&old)
-                    .with_context(|| format!("reverting {} to {old}", knob.name))?;
-                eprintln!("reverted {} to {old}", knob.name);
-            }
-            Change::Command {
-                undo: Some(undo), ..
-            } => {
-                shell(undo)?;
-                eprintln!("reverted: ran {undo}");
-            }
-            Change::Command { undo: None, .. } => {
-                eprintln!("--revert without --revert-with: nothing to run");
-            }
-        }
+        revert(&change, &old)?;
     }
     result?;
     if interrupted.load(Ordering::Relaxed) {
@@ -266,6 +239,49 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         },
         verdicts,
     };
+    print_report(args, report)
+}
+
+/// Makes the change; returns the knob's name (`exec` for a command) and its new value.
+fn apply(change: &Change, old: &str) -> anyhow::Result<(String, String)> {
+    Ok(match change {
+        Change::Knob { knob, value } => {
+            knob.write(value)
+                .with_context(|| format!("writing {}={value}", knob.name))?;
+            eprintln!("changed {}: {old} -> {value}", knob.name);
+            (knob.name.clone(), value.clone())
+        }
+        Change::Command { run, .. } => {
+            shell(run)?;
+            eprintln!("changed: ran {run}");
+            ("exec".to_string(), run.clone())
+        }
+    })
+}
+
+/// `--revert`: the old value back, or the `--revert-with` command.
+fn revert(change: &Change, old: &str) -> anyhow::Result<()> {
+    match change {
+        Change::Knob { knob, .. } => {
+            knob.write(old)
+                .with_context(|| format!("reverting {} to {old}", knob.name))?;
+            eprintln!("reverted {} to {old}", knob.name);
+        }
+        Change::Command {
+            undo: Some(undo), ..
+        } => {
+            shell(undo)?;
+            eprintln!("reverted: ran {undo}");
+        }
+        Change::Command { undo: None, .. } => {
+            eprintln!("--revert without --revert-with: nothing to run");
+        }
+    }
+    Ok(())
+}
+
+/// The report as JSON (with `reverted`) or as the table, and the plot if asked for.
+fn print_report(args: &Args, report: ChangeReport) -> anyhow::Result<()> {
     let reverted = args.revert;
     if args.json {
         #[derive(Serialize)]
