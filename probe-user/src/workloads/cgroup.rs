@@ -51,7 +51,7 @@ pub fn namespace_root() -> &'static str {
     ROOT.get_or_init(|| {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        let own = crate::workloads::procfs::cgroup_v2_path(&own).unwrap_or_else(|| "/".into());
+        let own = cgroup_v2_path(&own).unwrap_or_else(|| "/".into());
         match find_namespace_root(&mountinfo, &own, std::process::id()) {
             Ok(root) => {
                 if root != "/" {
@@ -176,6 +176,14 @@ pub enum Hierarchy {
     Unified,
     Cpu,
     Blkio,
+}
+
+/// The v2 entry (`0::/path`) of a `/proc/PID/cgroup` file.
+pub fn cgroup_v2_path(contents: &str) -> Option<String> {
+    contents
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(|path| path.trim_end().to_string())
 }
 
 /// The hierarchies whose ids the programs report: the v2 one (sockets), and the ones

@@ -34,19 +34,11 @@ pub fn processes(proc_root: &Path) -> Vec<Process> {
                 // The kernel writes it relative to our cgroup namespace.
                 cgroup: crate::workloads::cgroup::node_path(
                     namespace_root,
-                    &cgroup_v2_path(&cgroup)?,
+                    &crate::workloads::cgroup::cgroup_v2_path(&cgroup)?,
                 ),
             })
         })
         .collect()
-}
-
-/// The v2 entry (`0::/path`) of a `/proc/PID/cgroup` file.
-pub fn cgroup_v2_path(contents: &str) -> Option<String> {
-    contents
-        .lines()
-        .find_map(|line| line.strip_prefix("0::"))
-        .map(|path| path.trim_end().to_string())
 }
 
 /// The TCP counters of one network namespace that tuning verdicts need: listen-queue
@@ -138,10 +130,10 @@ mod tests {
     fn reads_v2_path_from_proc_cgroup() {
         let hybrid = "12:cpu:/k\n1:name=systemd:/x\n0::/kubepods.slice/pod.slice\n";
         assert_eq!(
-            cgroup_v2_path(hybrid).as_deref(),
+            crate::workloads::cgroup::cgroup_v2_path(hybrid).as_deref(),
             Some("/kubepods.slice/pod.slice")
         );
-        assert_eq!(cgroup_v2_path("12:cpu:/k\n"), None);
+        assert_eq!(crate::workloads::cgroup::cgroup_v2_path("12:cpu:/k\n"), None);
     }
 
     #[test]
