@@ -60,11 +60,16 @@ fn every_signal_is_ok_on_this_kernel() {
 
     let (code, table, stderr) = check(&[]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(table.starts_with(&format!("kernel  {}", release.trim())), "{table}");
+    assert!(
+        table.starts_with(&format!("kernel  {}", release.trim())),
+        "{table}"
+    );
     assert!(table.contains("/sys/kernel/btf/vmlinux"), "{table}");
     for name in SIGNALS {
         assert!(
-            table.lines().any(|l| l.starts_with(name) && l.contains(" ok ")),
+            table
+                .lines()
+                .any(|l| l.starts_with(name) && l.contains(" ok ")),
             "{name}: {table}"
         );
     }
@@ -93,7 +98,10 @@ fn a_btf_without_a_tracepoint_turns_its_programs_off_with_the_reason() {
     // block_io keeps three of its four programs; tcp_retransmit has only the one.
     let btf = btf_without(&[
         ("btf_trace_block_rq_complete", "btf_trace_block_rq_complexe"),
-        ("btf_trace_tcp_retransmit_skb", "btf_trace_tcp_retransmit_skX"),
+        (
+            "btf_trace_tcp_retransmit_skb",
+            "btf_trace_tcp_retransmit_skX",
+        ),
     ]);
     let btf_arg = btf.to_str().unwrap();
     let (code, stdout, stderr) = check(&["--json", "--btf", btf_arg]);
@@ -110,7 +118,10 @@ fn a_btf_without_a_tracepoint_turns_its_programs_off_with_the_reason() {
         if p["name"] == "block_rq_complete" {
             assert_eq!(p["attached"], false);
             let reason = p["error"].as_str().unwrap();
-            assert!(reason.contains("no tracepoint named `block_rq_complete`"), "{reason}");
+            assert!(
+                reason.contains("no tracepoint named `block_rq_complete`"),
+                "{reason}"
+            );
         } else {
             assert_eq!(p["attached"], true, "{p:#}");
         }
@@ -126,7 +137,9 @@ fn a_btf_without_a_tracepoint_turns_its_programs_off_with_the_reason() {
     assert_eq!(table_code, Some(0));
     assert!(table.contains("(--btf)"), "{table}");
     assert!(
-        table.lines().any(|l| l.starts_with("block_io") && l.contains("partial")),
+        table
+            .lines()
+            .any(|l| l.starts_with("block_io") && l.contains("partial")),
         "{table}"
     );
     assert!(

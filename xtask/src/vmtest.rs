@@ -1384,7 +1384,10 @@ fn check_agrees_with_probes(check: &Value, probes: &[Value]) -> (bool, Vec<Strin
     }
     for signal in signals {
         let programs = signal["programs"].as_array().map_or(&[][..], Vec::as_slice);
-        let attached = programs.iter().filter(|p| p["attached"] == json!(true)).count();
+        let attached = programs
+            .iter()
+            .filter(|p| p["attached"] == json!(true))
+            .count();
         let expected = match attached {
             0 => "off",
             n if n == programs.len() => "ok",
@@ -1649,8 +1652,7 @@ mod tests {
             check_agrees_with_probes(&check("off", "partial", "2 arguments"), &probes),
             (true, vec![])
         );
-        let (agrees, wrong) =
-            check_agrees_with_probes(&check("off", "partial", "other"), &probes);
+        let (agrees, wrong) = check_agrees_with_probes(&check("off", "partial", "other"), &probes);
         assert!(!agrees);
         assert!(wrong[0].starts_with("kfree_skb: off"), "{wrong:?}");
         let (agrees, wrong) = check_agrees_with_probes(&check("off", "ok", "2 arguments"), &probes);

@@ -204,10 +204,8 @@ mod tests {
             status("block_rq_complete", Signal::BlockIo, Some("no tracepoint")),
             status("kfree_skb", Signal::Drops, Some("too few arguments")),
         ]);
-        let by_name: Vec<(&str, Status)> = checks
-            .iter()
-            .map(|c| (c.signal.name(), c.status))
-            .collect();
+        let by_name: Vec<(&str, Status)> =
+            checks.iter().map(|c| (c.signal.name(), c.status)).collect();
         assert_eq!(
             by_name,
             [
