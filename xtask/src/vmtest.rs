@@ -1152,6 +1152,25 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
         json!(probes),
         json!("attached, or an error"),
     );
+    // `check`, run before the snapshot, says the same per signal as the snapshot's probes.
+    let check_report: Value = guest
+        .blocks
+        .get("check")
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or(Value::Null);
+    let (agrees, disagreements) = check_agrees_with_probes(&check_report, &probes);
+    let check_exit = guest.values.get("check_exit").map(String::as_str);
+    checks.add(
+        "check_agrees_with_the_snapshot",
+        check_exit == Some("0") && agrees,
+        json!({
+            "exit": check_exit,
+            "signals": check_report["signals"],
+            "disagreements": disagreements,
+            "stderr": guest.blocks.get("check_stderr"),
+        }),
+        json!("exit 0; every program off in the snapshot off with the same reason in a partial or off signal"),
+    );
     let by_cgroup = |key: &str| {
         let id = guest.number(&format!("cgroup_{key}"));
         move |w: &Value| id.is_some() && w["cgroup_id"].as_u64() == id
@@ -1351,6 +1370,75 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
     })
 }
 
+/// Whether `tuneprobe check --json`'s per-signal verdicts agree with a snapshot's
+/// `probes`: every program the snapshot reports is in `check` under its signal, attached
+/// alike, an off one with the same reason in a signal that is `off` or `partial`; and
+/// every signal's status is what its programs make it. The disagreements, if any.
+fn check_agrees_with_probes(check: &Value, probes: &[Value]) -> (bool, Vec<String>) {
+    let mut wrong = Vec::new();
+    let Some(signals) = check["signals"].as_array() else {
+        return (false, vec!["no check JSON with signals".to_string()]);
+    };
+    if probes.is_empty() {
+        wrong.push("no snapshot probes to compare with".to_string());
+    }
+    for signal in signals {
+        let programs = signal["programs"].as_array().map_or(&[][..], Vec::as_slice);
+        let attached = programs
+            .iter()
+            .filter(|p| p["attached"] == json!(true))
+            .count();
+        let expected = match attached {
+            0 => "off",
+            n if n == programs.len() => "ok",
+            _ => "partial",
+        };
+        if programs.is_empty() || signal["status"] != expected {
+            wrong.push(format!(
+                "{}: status {} for {attached} of {} programs attached",
+                signal["signal"],
+                signal["status"],
+                programs.len()
+            ));
+        }
+    }
+    for probe in probes {
+        let name = probe["name"].as_str().unwrap_or("?");
+        let found = signals.iter().find_map(|s| {
+            let program = s["programs"]
+                .as_array()?
+                .iter()
+                .find(|p| p["name"] == name)?;
+            Some((s, program))
+        });
+        let Some((signal, program)) = found else {
+            wrong.push(format!("{name}: not in check"));
+            continue;
+        };
+        if signal["signal"] != probe["signal"] {
+            wrong.push(format!(
+                "{name}: signal {} in check, {} in the snapshot",
+                signal["signal"], probe["signal"]
+            ));
+        }
+        if program["attached"] != probe["attached"] {
+            wrong.push(format!(
+                "{name}: attached {} in check, {} in the snapshot",
+                program["attached"], probe["attached"]
+            ));
+        } else if probe["attached"] != json!(true)
+            && (program["error"] != probe["error"]
+                || !matches!(signal["status"].as_str(), Some("off" | "partial")))
+        {
+            wrong.push(format!(
+                "{name}: off in a {} signal because {} in check, because {} in the snapshot",
+                signal["status"], program["error"], probe["error"]
+            ));
+        }
+    }
+    (wrong.is_empty(), wrong)
+}
+
 /// `NAME: REASON` of tuneprobe's `[WARN  tuneprobe::kernel::loader] NAME (Signal) is off: REASON`
 /// lines.
 fn off_per_stderr(stderr: &str) -> Vec<String> {
@@ -1542,6 +1630,36 @@ mod tests {
                 "kfree_skb: tracepoint kfree_skb passes 2 arguments on this kernel, the program needs 3"
             ]
         );
+    }
+
+    #[test]
+    fn check_and_snapshot_agree_per_signal() {
+        let probes = [
+            json!({"name": "kfree_skb", "signal": "drops", "attached": false, "error": "2 arguments"}),
+            json!({"name": "block_rq_issue", "signal": "block_io", "attached": true, "error": null}),
+            json!({"name": "block_rq_merge", "signal": "block_io", "attached": false, "error": "no field"}),
+        ];
+        let check = |drops: &str, block: &str, reason: &str| {
+            json!({"signals": [
+                {"signal": "drops", "status": drops, "programs": [
+                    {"name": "kfree_skb", "attached": false, "error": reason}]},
+                {"signal": "block_io", "status": block, "programs": [
+                    {"name": "block_rq_issue", "attached": true, "error": null},
+                    {"name": "block_rq_merge", "attached": false, "error": "no field"}]},
+            ]})
+        };
+        assert_eq!(
+            check_agrees_with_probes(&check("off", "partial", "2 arguments"), &probes),
+            (true, vec![])
+        );
+        let (agrees, wrong) = check_agrees_with_probes(&check("off", "partial", "other"), &probes);
+        assert!(!agrees);
+        assert!(wrong[0].starts_with("kfree_skb: off"), "{wrong:?}");
+        let (agrees, wrong) = check_agrees_with_probes(&check("off", "ok", "2 arguments"), &probes);
+        assert!(!agrees);
+        assert!(wrong[0].contains("status \"ok\" for 1 of 2"), "{wrong:?}");
+        assert!(!check_agrees_with_probes(&Value::Null, &probes).0);
+        assert!(!check_agrees_with_probes(&check("off", "partial", "2 arguments"), &[]).0);
     }
 
     fn probe(name: &str, error: Option<&str>) -> Value {

@@ -49,6 +49,13 @@ echo "+io" > /sys/fs/cgroup/cgroup.subtree_control || out "io_controller=unavail
 for c in drops retrans dns dnsserver cpu cpufree block; do cg $c; done
 echo "$CPU_QUOTA_US $CPU_PERIOD_US" > /sys/fs/cgroup/cpu/cpu.max
 
+# What tuneprobe says up front works on this kernel; checked against the snapshot's
+# probes on the host.
+/bin/tuneprobe check --json >/tmp/check.json 2>/tmp/check.err
+out "check_exit=$?"
+echo "@@TPVM-BEGIN check"; cat /tmp/check.json; echo "@@TPVM-END check"
+echo "@@TPVM-BEGIN check_stderr"; cat /tmp/check.err; echo "@@TPVM-END check_stderr"
+
 /bin/tuneprobe snapshot --for "$SNAPSHOT_FOR" --json --kube-api none \
     --pod-logs-dir /nonexistent >/tmp/snapshot.json 2>/tmp/snapshot.err &
 TP=$!

@@ -1,5 +1,6 @@
 //! Command line: global options, then one module per subcommand.
 
+mod check;
 mod fleet;
 mod serve;
 mod snapshot;
@@ -150,6 +151,7 @@ enum Command {
     Verify(verify::Args),
     Trace(trace::Args),
     Top(top::Args),
+    Check(check::Args),
     /// Verdicts across nodes, through Prometheus.
     Fleet(fleet::Args),
 }
@@ -182,6 +184,7 @@ impl Cli {
             Command::Verify(args) => verify::run(args, &self.load_options()),
             Command::Trace(args) => trace::run(args, &self.load_options()),
             Command::Top(args) => top::run(args, &self.load_options()),
+            Command::Check(args) => check::run(args, &self.load_options()),
             Command::Fleet(args) => fleet::run(args),
         }
     }
