@@ -58,7 +58,10 @@ fn shape_of(value: &Value) -> BTreeSet<String> {
 }
 
 fn assert_same(name: &str, actual: &BTreeSet<String>, expected: &[&str]) {
-    let expected: BTreeSet<String> = expected.iter().map(std::string::ToString::to_string).collect();
+    let expected: BTreeSet<String> = expected
+        .iter()
+        .map(std::string::ToString::to_string)
+        .collect();
     let missing: Vec<&String> = expected.difference(actual).collect();
     let extra: Vec<&String> = actual.difference(&expected).collect();
     assert!(
@@ -307,7 +310,10 @@ fn snapshot_trace_and_metrics_keep_their_shape() {
             .get(*name)
             .unwrap_or_else(|| panic!("no {name} in /metrics:\n{metrics}"));
         assert_eq!(actual_kind, kind, "{name}");
-        let expected: BTreeSet<String> = labels.iter().map(std::string::ToString::to_string).collect();
+        let expected: BTreeSet<String> = labels
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect();
         assert_eq!(actual_labels, &expected, "labels of {name}");
     }
     let unpinned: Vec<&String> = families

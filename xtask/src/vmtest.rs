@@ -1300,7 +1300,15 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
     // CPU: throttled switch-outs seen at sched_switch match cpu.stat's nr_throttled.
     // The busy loop runs for a wall-clock time, and an emulated guest on a busy host
     // gets its periods unevenly, so the workload itself is only held to "throttled in
-    // most periods"; the probe is held to the kernel's own count.
+    // most periods"; the probe is held to the kernel's own count: within 2, as on the
+    // host, under KVM. Under TCG on a loaded host the guest's timer interrupts come
+    // late and in bursts, and a group is then sometimes throttled while its task is
+    // already off the CPU, with no throttled switch-out to see: loaded runs counted
+    // 18 of 21 and 23 of 26, so TCG allows a fifth.
+    let tolerance = |nr_throttled: u64| match accel {
+        Accel::Kvm => 2,
+        Accel::Tcg => (nr_throttled / 5).max(2),
+    };
     checks.gated(
         "cpu_throttle_events_match_nr_throttled",
         CPU_PROGRAMS,
@@ -1311,10 +1319,14 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
             (
                 nr_throttled.is_some_and(|n| {
                     (expected_periods / 2..=expected_periods * 2).contains(&n)
-                        && events.abs_diff(n) <= 2
+                        && events.abs_diff(n) <= tolerance(n)
                 }),
                 json!(events),
-                json!({"nr_throttled": nr_throttled, "about": expected_periods}),
+                json!({
+                    "nr_throttled": nr_throttled,
+                    "about": expected_periods,
+                    "within": nr_throttled.map(tolerance),
+                }),
             )
         },
     );
