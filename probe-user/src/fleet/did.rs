@@ -11,10 +11,7 @@
 
 use serde::Serialize;
 
-use crate::verify::stats::{self, ALPHA, Comparison, MIN_RELATIVE_EFFECT, MIN_SAMPLES, Verdict};
-
-/// A load ratio outside these bounds is reported, as `verify` reports it.
-pub const LOAD_CHANGE_BOUNDS: (f64, f64) = (2.0 / 3.0, 1.5);
+use crate::verify::stats::{self, Comparison, Verdict};
 
 /// One interval of one canary pod, with its control: the canary's sample, the control's
 /// (median over its matching pods), and their loads.
@@ -95,30 +92,7 @@ pub fn difference_in_differences(
     canary_before_median: f64,
     lower_is_better: bool,
 ) -> Comparison {
-    if before.len() < MIN_SAMPLES || after.len() < MIN_SAMPLES {
-        return Comparison {
-            effect: f64::NAN,
-            ci95: [f64::NAN, f64::NAN],
-            p_value: f64::NAN,
-            verdict: Verdict::InsufficientData,
-        };
-    }
-    let p_value = stats::mann_whitney_p(before, after);
-    let (effect, ci95) = stats::hodges_lehmann(before, after);
-    let floor = MIN_RELATIVE_EFFECT * canary_before_median.abs();
-    let verdict = if p_value >= ALPHA || effect == 0.0 || effect.abs() < floor {
-        Verdict::NoSignificantChange
-    } else if (effect < 0.0) == lower_is_better {
-        Verdict::Improved
-    } else {
-        Verdict::Regressed
-    };
-    Comparison {
-        effect,
-        ci95,
-        p_value,
-        verdict,
-    }
+    stats::compare_against(before, after, canary_before_median, lower_is_better)
 }
 
 /// Judges one group's windows. `load` names the signal's load for the notes (`None`:
@@ -152,8 +126,7 @@ pub fn judge(windows: &Windows, lower_is_better: bool, load: Option<&str>) -> Ju
         .zip(control.load_change)
         .filter(|(_, control)| *control > 0.0)
         .map(|(canary, control)| canary / control);
-    let load_changed = relative_load_change
-        .is_some_and(|r| !(LOAD_CHANGE_BOUNDS.0..=LOAD_CHANGE_BOUNDS.1).contains(&r));
+    let load_changed = relative_load_change.is_some_and(stats::load_changed);
     let control_moved = matches!(
         control.shift.verdict,
         Verdict::Improved | Verdict::Regressed

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::views::plot::{Summary, escape, number};
+use crate::views::plot::{box_row, escape, number};
 
 use super::{FleetReport, FleetVerdict};
 
@@ -186,32 +186,7 @@ pub fn svg(report: &FleetReport) -> String {
         );
         for (row, (name, values, colour)) in rows.into_iter().enumerate() {
             let y = top + 56.0 + 36.0 * row as f64;
-            let _ = writeln!(out, r#"<text x="10" y="{}">{name}</text>"#, y + 4.0);
-            if let Some(s) = Summary::of(values) {
-                let _ = writeln!(
-                    out,
-                    r#"<line x1="{}" y1="{y}" x2="{}" y2="{y}" stroke="{colour}"/><rect x="{}" y="{}" width="{}" height="20" fill="{colour}" fill-opacity="0.25" stroke="{colour}"/><line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{colour}" stroke-width="3"/>"#,
-                    x(s.min),
-                    x(s.max),
-                    x(s.q1),
-                    y - 10.0,
-                    (x(s.q3) - x(s.q1)).max(1.0),
-                    x(s.median),
-                    y - 10.0,
-                    x(s.median),
-                    y + 10.0
-                );
-            }
-            for (j, value) in values.iter().enumerate().filter(|(_, v)| v.is_finite()) {
-                // Spread the points vertically a little so equal values stay visible.
-                let jitter = ((j * 7) % 11) as f64 - 5.0;
-                let _ = writeln!(
-                    out,
-                    r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{colour}"/>"#,
-                    x(*value),
-                    y + jitter
-                );
-            }
+            box_row(&mut out, y, name, values, colour, x);
         }
     }
     out.push_str("</svg>\n");

@@ -13,7 +13,7 @@ use super::{
     endpoints,
     histogram::{self, LatencySummary},
     signal::Signal,
-    source::{Attribution, Dead, Owner, Settings, Shared, Source},
+    source::{Attribution, Dead, Owner, Settings, Shared, Source, delete_entries},
 };
 use crate::{
     kernel::{
@@ -133,16 +133,13 @@ impl Source for BlockIo {
         baseline: &mut Self::Counters,
         dead: &Dead,
     ) -> anyhow::Result<Vec<(&'static str, u64)>> {
-        let keys: Vec<BlockKey> = now
-            .keys()
-            .filter(|k| dead.cgroup_gone(Hierarchy::Blkio, k.cgroup_id))
-            .copied()
-            .collect();
-        for key in &keys {
-            baseline.remove(key);
-        }
-        let deleted = probe.remove_entries::<_, BlockStats>(BLOCK_IO_MAP, &keys)?;
-        Ok(vec![(BLOCK_IO_MAP, deleted)])
+        Ok(vec![delete_entries::<_, BlockStats, _>(
+            probe,
+            BLOCK_IO_MAP,
+            now,
+            baseline,
+            |k| dead.cgroup_gone(Hierarchy::Blkio, k.cgroup_id),
+        )?])
     }
 
     fn report(

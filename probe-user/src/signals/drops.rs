@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{
     endpoints,
     signal::Signal,
-    source::{Attribution, Dead, Owner, Settings, Shared, Source},
+    source::{Attribution, Dead, Owner, Settings, Shared, Source, delete_entries},
     tcp_retransmit::TcpStats,
 };
 use crate::{
@@ -123,18 +123,13 @@ impl Source for Drops {
         baseline: &mut Self::Counters,
         dead: &Dead,
     ) -> anyhow::Result<Vec<(&'static str, u64)>> {
-        let keys: Vec<DropKey> = now
-            .keys()
-            .filter(|k| dead.gone(k.cgroup_id, k.netns))
-            .copied()
-            .collect();
-        for key in &keys {
-            baseline.remove(key);
-        }
-        Ok(vec![(
+        Ok(vec![delete_entries::<_, u64, _>(
+            probe,
             DROPS_MAP,
-            probe.remove_entries::<_, u64>(DROPS_MAP, &keys)?,
-        )])
+            now,
+            baseline,
+            |k| dead.gone(k.cgroup_id, k.netns),
+        )?])
     }
 
     fn report(

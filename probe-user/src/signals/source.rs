@@ -90,6 +90,27 @@ impl Dead {
     }
 }
 
+/// Deletes the entries of the kernel map `map` (values of type `V`) whose keys in `now`
+/// are `gone`, and their baselines, so that an entry the kernel makes again counts from
+/// zero as the kernel does. Returns the map and how many entries went.
+pub fn delete_entries<K, V, C>(
+    probe: &mut Probe,
+    map: &'static str,
+    now: &HashMap<K, C>,
+    baseline: &mut HashMap<K, C>,
+    gone: impl Fn(&K) -> bool,
+) -> anyhow::Result<(&'static str, u64)>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod,
+{
+    let keys: Vec<K> = now.keys().filter(|k| gone(k)).copied().collect();
+    for key in &keys {
+        baseline.remove(key);
+    }
+    Ok((map, probe.remove_entries::<K, V>(map, &keys)?))
+}
+
 /// How the signals are set up for a window.
 #[derive(Debug, Clone)]
 pub struct Settings {

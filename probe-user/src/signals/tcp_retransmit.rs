@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::{
     endpoints,
     signal::Signal,
-    source::{Attribution, Dead, Owner, Settings, Shared, Source},
+    source::{Attribution, Dead, Owner, Settings, Shared, Source, delete_entries},
 };
 use crate::{
     kernel::{
@@ -107,16 +107,13 @@ impl Source for TcpRetransmit {
         baseline: &mut Self::Counters,
         dead: &Dead,
     ) -> anyhow::Result<Vec<(&'static str, u64)>> {
-        let keys: Vec<RetransmitKey> = now
-            .keys()
-            .filter(|k| dead.gone(k.cgroup_id, k.netns))
-            .copied()
-            .collect();
-        for key in &keys {
-            baseline.remove(key);
-        }
-        let deleted = probe.remove_entries::<_, RetransmitCounters>(TCP_RETRANSMITS_MAP, &keys)?;
-        Ok(vec![(TCP_RETRANSMITS_MAP, deleted)])
+        Ok(vec![delete_entries::<_, RetransmitCounters, _>(
+            probe,
+            TCP_RETRANSMITS_MAP,
+            now,
+            baseline,
+            |k| dead.gone(k.cgroup_id, k.netns),
+        )?])
     }
 
     fn report(

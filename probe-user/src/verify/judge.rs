@@ -222,9 +222,6 @@ fn mean(values: &[f64]) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
 
-/// A load ratio outside these bounds is reported as a load change.
-const LOAD_CHANGE_BOUNDS: (f64, f64) = (2.0 / 3.0, 1.5);
-
 /// Compares the windows for every affected workload that has samples on both sides,
 /// for the given signals.
 pub fn judge(
@@ -257,8 +254,7 @@ pub fn judge(
             .zip(mean(&loads(samples_before)))
             .filter(|(_, b)| *b > 0.0)
             .map(|(a, b)| a / b);
-        let load_changed = load_change
-            .is_some_and(|r| !(LOAD_CHANGE_BOUNDS.0..=LOAD_CHANGE_BOUNDS.1).contains(&r));
+        let load_changed = load_change.is_some_and(stats::load_changed);
         let mut notes = Vec::new();
         if let (true, Some(ratio)) = (load_changed, load_change) {
             notes.push(format!(

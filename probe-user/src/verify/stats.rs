@@ -9,6 +9,15 @@ use serde::Serialize;
 pub const MIN_SAMPLES: usize = 5;
 /// Two-sided significance level.
 pub const ALPHA: f64 = 0.05;
+
+/// A load ratio (after over before) outside these bounds is a load change, the main
+/// confounder of a verdict.
+const LOAD_CHANGE_BOUNDS: (f64, f64) = (2.0 / 3.0, 1.5);
+
+/// Whether the load changed by more than half or a third between the windows.
+pub fn load_changed(ratio: f64) -> bool {
+    !(LOAD_CHANGE_BOUNDS.0..=LOAD_CHANGE_BOUNDS.1).contains(&ratio)
+}
 /// The smallest shift worth a verdict, relative to the before window's median: a
 /// significant but tiny shift (drift over a long window, a 2% wobble in a latency) is
 /// reported as no significant change. It also keeps the false-positive rate of many
@@ -44,6 +53,18 @@ pub struct Comparison {
 /// Compares `after` with `before` for a signal where lower is better (drops, latency,
 /// throttling) or, with `lower_is_better = false`, where higher is better (throughput).
 pub fn compare(before: &[f64], after: &[f64], lower_is_better: bool) -> Comparison {
+    compare_against(before, after, median(before), lower_is_better)
+}
+
+/// As [`compare`], with the minimum relevant effect taken relative to `reference`
+/// rather than to `before`'s median (the fleet view compares differences, whose median
+/// says nothing about the signal's scale).
+pub fn compare_against(
+    before: &[f64],
+    after: &[f64],
+    reference: f64,
+    lower_is_better: bool,
+) -> Comparison {
     if before.len() < MIN_SAMPLES || after.len() < MIN_SAMPLES {
         return Comparison {
             effect: f64::NAN,
@@ -54,7 +75,7 @@ pub fn compare(before: &[f64], after: &[f64], lower_is_better: bool) -> Comparis
     }
     let p_value = mann_whitney_p(before, after);
     let (effect, ci95) = hodges_lehmann(before, after);
-    let floor = MIN_RELATIVE_EFFECT * median(before).abs();
+    let floor = MIN_RELATIVE_EFFECT * reference.abs();
     let verdict = if p_value >= ALPHA || effect == 0.0 || effect.abs() < floor {
         Verdict::NoSignificantChange
     } else if (effect < 0.0) == lower_is_better {

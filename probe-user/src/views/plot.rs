@@ -184,36 +184,50 @@ pub fn svg(title: &str, verdicts: &[(String, &WorkloadVerdict)]) -> String {
         .enumerate()
         {
             let y = top + 60.0 + 38.0 * row as f64;
-            let _ = writeln!(out, r#"<text x="10" y="{}">{name}</text>"#, y + 4.0);
-            if let Some(s) = Summary::of(values) {
-                let _ = writeln!(
-                    out,
-                    r#"<line x1="{}" y1="{y}" x2="{}" y2="{y}" stroke="{colour}"/><rect x="{}" y="{}" width="{}" height="20" fill="{colour}" fill-opacity="0.25" stroke="{colour}"/><line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{colour}" stroke-width="3"/>"#,
-                    x(s.min),
-                    x(s.max),
-                    x(s.q1),
-                    y - 10.0,
-                    (x(s.q3) - x(s.q1)).max(1.0),
-                    x(s.median),
-                    y - 10.0,
-                    x(s.median),
-                    y + 10.0
-                );
-            }
-            for (j, v) in values.iter().enumerate().filter(|(_, v)| v.is_finite()) {
-                // Spread the points vertically a little so equal values stay visible.
-                let jitter = ((j * 7) % 11) as f64 - 5.0;
-                let _ = writeln!(
-                    out,
-                    r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{colour}"/>"#,
-                    x(*v),
-                    y + jitter
-                );
-            }
+            box_row(&mut out, y, name, values, colour, x);
         }
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// One row of a box plot: the name, the box (quartiles, median, whiskers to the
+/// extremes) and every finite value as a point, at height `y`, with `x` mapping values to
+/// the shared axis.
+pub(crate) fn box_row(
+    out: &mut String,
+    y: f64,
+    name: &str,
+    values: &[f64],
+    colour: &str,
+    x: impl Fn(f64) -> f64,
+) {
+    let _ = writeln!(out, r#"<text x="10" y="{}">{name}</text>"#, y + 4.0);
+    if let Some(s) = Summary::of(values) {
+        let _ = writeln!(
+            out,
+            r#"<line x1="{}" y1="{y}" x2="{}" y2="{y}" stroke="{colour}"/><rect x="{}" y="{}" width="{}" height="20" fill="{colour}" fill-opacity="0.25" stroke="{colour}"/><line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{colour}" stroke-width="3"/>"#,
+            x(s.min),
+            x(s.max),
+            x(s.q1),
+            y - 10.0,
+            (x(s.q3) - x(s.q1)).max(1.0),
+            x(s.median),
+            y - 10.0,
+            x(s.median),
+            y + 10.0
+        );
+    }
+    for (j, v) in values.iter().enumerate().filter(|(_, v)| v.is_finite()) {
+        // Spread the points vertically a little so equal values stay visible.
+        let jitter = ((j * 7) % 11) as f64 - 5.0;
+        let _ = writeln!(
+            out,
+            r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{colour}"/>"#,
+            x(*v),
+            y + jitter
+        );
+    }
 }
 
 #[cfg(test)]

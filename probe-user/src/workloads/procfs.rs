@@ -133,7 +133,10 @@ mod tests {
             crate::workloads::cgroup::cgroup_v2_path(hybrid).as_deref(),
             Some("/kubepods.slice/pod.slice")
         );
-        assert_eq!(crate::workloads::cgroup::cgroup_v2_path("12:cpu:/k\n"), None);
+        assert_eq!(
+            crate::workloads::cgroup::cgroup_v2_path("12:cpu:/k\n"),
+            None
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use super::{
     endpoints,
     histogram::{self, LatencySummary},
     signal::Signal,
-    source::{Attribution, Dead, Owner, Settings, Shared, Source},
+    source::{Attribution, Dead, Owner, Settings, Shared, Source, delete_entries},
 };
 use crate::{
     kernel::{
@@ -178,16 +178,13 @@ impl Source for CpuThrottle {
         baseline: &mut Self::Counters,
         dead: &Dead,
     ) -> anyhow::Result<Vec<(&'static str, u64)>> {
-        let keys: Vec<u64> = now
-            .keys()
-            .filter(|&&id| dead.cgroup_gone(Hierarchy::Cpu, id))
-            .copied()
-            .collect();
-        for id in &keys {
-            baseline.remove(id);
-        }
-        let deleted = probe.remove_entries::<_, ThrottleStats>(CPU_THROTTLE_MAP, &keys)?;
-        Ok(vec![(CPU_THROTTLE_MAP, deleted)])
+        Ok(vec![delete_entries::<_, ThrottleStats, _>(
+            probe,
+            CPU_THROTTLE_MAP,
+            now,
+            baseline,
+            |&id| dead.cgroup_gone(Hierarchy::Cpu, id),
+        )?])
     }
 
     fn forget(&mut self, hierarchy: Hierarchy, path: &str) {

@@ -23,7 +23,7 @@ use super::{
     endpoints,
     histogram::{self, Percentiles},
     signal::Signal,
-    source::{Attribution, Dead, Owner, Settings, Shared, Source},
+    source::{Attribution, Dead, Owner, Settings, Shared, Source, delete_entries},
 };
 use crate::{
     kernel::loader::{Hook, Probe, ProgramSpec},
@@ -206,18 +206,6 @@ impl Source for Dns {
         dead: &Dead,
     ) -> anyhow::Result<Vec<(&'static str, u64)>> {
         let gone = |cgroup_id: u64| dead.gone(cgroup_id, 0);
-        let counters: Vec<DnsResolverKey> = now
-            .counters
-            .keys()
-            .filter(|k| gone(k.cgroup_id))
-            .copied()
-            .collect();
-        let latency: Vec<DnsLatencyKey> = now
-            .latency
-            .keys()
-            .filter(|k| gone(k.cgroup_id))
-            .copied()
-            .collect();
         // Queries of a dead workload still waiting: they would time out later and
         // bring it back.
         let in_flight: Vec<DnsFlow> = probe
@@ -225,22 +213,22 @@ impl Source for Dns {
             .into_keys()
             .filter(|flow| gone(flow.cgroup_id))
             .collect();
-        for key in &counters {
-            baseline.counters.remove(key);
-        }
-        for key in &latency {
-            baseline.latency.remove(key);
-        }
         self.timeouts.retain(|k, _| !gone(k.cgroup_id));
         Ok(vec![
-            (
+            delete_entries::<_, DnsCounters, _>(
+                probe,
                 DNS_COUNTERS_MAP,
-                probe.remove_entries::<_, DnsCounters>(DNS_COUNTERS_MAP, &counters)?,
-            ),
-            (
+                &now.counters,
+                &mut baseline.counters,
+                |k| gone(k.cgroup_id),
+            )?,
+            delete_entries::<_, DnsHistogram, _>(
+                probe,
                 DNS_LATENCY_MAP,
-                probe.remove_entries::<_, DnsHistogram>(DNS_LATENCY_MAP, &latency)?,
-            ),
+                &now.latency,
+                &mut baseline.latency,
+                |k| gone(k.cgroup_id),
+            )?,
             (
                 DNS_IN_FLIGHT_MAP,
                 probe.remove_entries::<_, DnsQuery>(DNS_IN_FLIGHT_MAP, &in_flight)?,
