@@ -60,9 +60,10 @@ pub struct ProbeStatus {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
-        "no BTF at {path} ({source}); the kernel needs CONFIG_DEBUG_INFO_BTF, or pass --btf PATH"
+        "no BTF at {path} ({cause}); the kernel needs CONFIG_DEBUG_INFO_BTF, or pass --btf PATH"
     )]
-    Btf { path: PathBuf, source: BtfError },
+    // Not `source`: the message already says it, and an error chain would say it twice.
+    Btf { path: PathBuf, cause: BtfError },
     #[error(
         "permission denied loading eBPF programs: run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN ({0})"
     )]
@@ -125,9 +126,9 @@ impl Probe {
                 .filter(|path| path.exists())
                 .unwrap_or_else(|| PathBuf::from(VMLINUX_BTF))
         });
-        let btf_error = |source| LoadError::Btf {
+        let btf_error = |cause| LoadError::Btf {
             path: btf_path.clone(),
-            source,
+            cause,
         };
         let btf = Btf::from_file(&btf_path).map_err(btf_error)?;
         let resolved = layout::resolve(&btf);
