@@ -133,13 +133,13 @@ pub(crate) mod tests {
             probes: vec![
                 ProbeStatus {
                     name: "kfree_skb".into(),
-                    signal: Signal::Drops,
+                    signal: Signal::Drops.name(),
                     attached: true,
                     error: None,
                 },
                 ProbeStatus {
                     name: "tcp_retransmit_skb".into(),
-                    signal: Signal::TcpRetransmit,
+                    signal: Signal::TcpRetransmit.name(),
                     attached: false,
                     error: Some("no such tracepoint".into()),
                 },

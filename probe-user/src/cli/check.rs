@@ -122,11 +122,11 @@ fn kernel_release() -> String {
 /// The programs' statuses grouped by signal, in the signals' order.
 fn signals(statuses: &[ProbeStatus]) -> Vec<SignalCheck> {
     Signal::ALL
-        .into_iter()
-        .filter_map(|signal| {
+        .iter()
+        .filter_map(|&signal| {
             let programs: Vec<ProgramCheck> = statuses
                 .iter()
-                .filter(|s| s.signal == signal)
+                .filter(|s| s.signal == signal.name())
                 .map(|s| ProgramCheck {
                     name: s.name.clone(),
                     attached: s.attached,
@@ -188,6 +188,7 @@ mod tests {
     use super::*;
 
     fn status(name: &str, signal: Signal, error: Option<&str>) -> ProbeStatus {
+        let signal = signal.name();
         ProbeStatus {
             name: name.to_string(),
             signal,

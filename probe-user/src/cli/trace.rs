@@ -12,34 +12,23 @@ use std::{
 };
 
 use anyhow::Context as _;
-use probe_common::trace::{TRACE_RING_BYTES, TraceConfig, TraceKind};
+use probe_common::trace::{TRACE_RING_BYTES, TraceConfig};
 use tuneprobe::{
     Collector, LoadOptions, Probe, Signal,
-    views::trace::{Decoder, Record, Symbols, TraceEvent},
+    kernel::kallsyms::Symbols,
+    views::trace::{Decoder, Record, TraceEvent},
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SignalArg {
-    Retransmits,
-    Drops,
-    Dns,
-    Block,
-    Throttle,
-    All,
+/// `trace`'s first argument: a signal's trace name, or `all`.
+fn signal_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Signal::ALL.iter().map(|s| s.trace_name()).collect();
+    names.push("all");
+    names
 }
 
-impl SignalArg {
-    fn kinds(self) -> Vec<TraceKind> {
-        let one = |signal: Signal| vec![signal.trace_kind()];
-        match self {
-            Self::Retransmits => one(Signal::TcpRetransmit),
-            Self::Drops => one(Signal::Drops),
-            Self::Dns => one(Signal::Dns),
-            Self::Block => one(Signal::BlockIo),
-            Self::Throttle => one(Signal::CpuThrottle),
-            Self::All => TraceKind::ALL.to_vec(),
-        }
-    }
+/// The signals `name` selects.
+fn selected(name: &str) -> Vec<Signal> {
+    Signal::of_trace_name(name).map_or_else(|| Signal::ALL.to_vec(), |s| vec![s])
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,8 +52,8 @@ impl SignalArg {
 )]
 pub struct Args {
     /// What to trace.
-    #[arg(value_enum)]
-    signal: SignalArg,
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(signal_names()))]
+    signal: String,
 
     /// Only events of pods in this Kubernetes namespace.
     #[arg(long, value_name = "NAMESPACE")]
@@ -164,9 +153,11 @@ fn cgroup_matches(wanted: &str, event: &TraceEvent) -> bool {
 const TICK: Duration = Duration::from_secs(1);
 
 pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
-    let kinds = args.signal.kinds();
+    let signals = selected(&args.signal);
     let config = TraceConfig {
-        kinds: kinds.iter().fold(0, |bits, k| bits | k.bit()),
+        kinds: signals
+            .iter()
+            .fold(0, |bits, s| bits | s.trace_kind().bit()),
         _pad: 0,
         min_block_ns: args.min_latency.map_or(0, |d| d.as_nanos() as u64),
     };
@@ -192,10 +183,7 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("installing the Ctrl-C handler")?;
     }
-    let names: Vec<&str> = kinds
-        .iter()
-        .map(|&k| Signal::of_trace_kind(k).trace_name())
-        .collect();
+    let names: Vec<&str> = signals.iter().map(|s| s.trace_name()).collect();
     let attached: Vec<&str> = collector
         .probe()
         .statuses()
@@ -275,7 +263,7 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     let by_kind: Vec<String> = lost
         .iter()
         .filter(|(_, n)| *n > 0)
-        .map(|(k, n)| format!("{} {n}", Signal::of_trace_kind(*k).trace_name()))
+        .filter_map(|(k, n)| Some(format!("{} {n}", Signal::of_trace_kind(*k)?.trace_name())))
         .collect();
     eprintln!(
         "lost {total} events{}{}",

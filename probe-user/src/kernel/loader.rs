@@ -12,12 +12,9 @@ use log::{debug, warn};
 use probe_common::{OverflowSlot, layout::KERNEL_LAYOUT_GLOBAL, overflow::MAP_OVERFLOWS_MAP};
 use serde::Serialize;
 
-use crate::{
-    kernel::{
-        btf::{Btf, BtfError, VMLINUX_BTF},
-        layout::{self, BlockOps, DropReasons, FieldPath},
-    },
-    signals::signal::Signal,
+use crate::kernel::{
+    btf::{Btf, BtfError, VMLINUX_BTF},
+    layout::{self, BlockOps, DropReasons, FieldPath},
 };
 
 /// The object `probe-user/build.rs` built from `probe-ebpf`.
@@ -28,7 +25,9 @@ static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub struct ProgramSpec {
     /// The program's function name in `probe-ebpf`.
     pub name: &'static str,
-    pub signal: Signal,
+    /// The signal it feeds, by name (the loader loads any program; the signals know
+    /// which are theirs).
+    pub signal: &'static str,
     pub hook: Hook,
     /// Kernel fields it reads.
     pub needs: &'static [FieldPath],
@@ -52,7 +51,7 @@ pub enum Hook {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProbeStatus {
     pub name: String,
-    pub signal: Signal,
+    pub signal: &'static str,
     pub attached: bool,
     pub error: Option<String>,
 }

@@ -4,6 +4,7 @@
 
 pub mod btf;
 pub mod devices;
+pub mod kallsyms;
 pub mod layout;
 pub mod loader;
 pub mod sockdiag;

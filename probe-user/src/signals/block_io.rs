@@ -5,14 +5,14 @@
 use std::{collections::HashMap, path::PathBuf};
 
 use probe_common::{
-    BlockKey, BlockStats, LatencyHistogram, block_io::BLOCK_IO_MAP, trace::BlockEvent,
+    BlockKey, BlockStats, LatencyHistogram, block_io::BLOCK_IO_MAP, trace::{BlockEvent, TraceKind},
 };
 use serde::Serialize;
 
 use super::{
     endpoints,
     histogram::{self, LatencySummary},
-    signal::Signal,
+    record::TraceContext,
     source::{Attribution, Dead, Owner, Settings, Shared, Source, delete_entries},
 };
 use crate::{
@@ -84,7 +84,7 @@ const REQUEST_FIELDS: &[FieldPath] = &[
 const fn program(name: &'static str, min_args: u32, needs: &'static [FieldPath]) -> ProgramSpec {
     ProgramSpec {
         name,
-        signal: Signal::BlockIo,
+        signal: <BlockIo as Source>::NAME,
         hook: Hook::BtfTracePoint {
             tracepoint: name,
             min_args,
@@ -98,7 +98,8 @@ pub struct BlockIo {
 }
 
 impl Source for BlockIo {
-    const SIGNAL: Signal = Signal::BlockIo;
+    const NAME: &'static str = "block_io";
+    const TRACE_NAME: &'static str = "block";
     const PROGRAMS: &'static [ProgramSpec] = &[
         program("block_rq_insert", 1, REQUEST_FIELDS),
         program("block_rq_issue", 1, REQUEST_FIELDS),
@@ -212,6 +213,24 @@ impl Source for BlockIo {
                 b.errors as f64,
             );
         }
+    }
+
+    const TRACE_KIND: TraceKind = TraceKind::Block;
+    const TRACE_HIERARCHY: Hierarchy = Hierarchy::Blkio;
+    type Event = BlockEvent;
+    type TraceFields = TraceFields;
+
+    fn trace_fields(event: &BlockEvent, context: &mut TraceContext<'_>) -> TraceFields {
+        let device = context.device(event.dev);
+        TraceFields::of(event, device, context.probe.block_ops().name(event.op))
+    }
+
+    fn trace_detail(fields: &TraceFields) -> String {
+        fields.detail()
+    }
+
+    fn trace_latency_ms(fields: &TraceFields) -> Option<f64> {
+        Some(fields.service_ms + fields.queue_ms)
     }
 }
 

@@ -4,12 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use probe_common::{DropKey, drops::DROPS_MAP, trace::DropEvent};
+use probe_common::{DropKey, drops::DROPS_MAP, trace::{DropEvent, TraceKind}};
 use serde::Serialize;
 
 use super::{
     endpoints,
-    signal::Signal,
+    record::TraceContext,
     source::{Attribution, Dead, Owner, Settings, Shared, Source, delete_entries},
     tcp_retransmit::TcpStats,
 };
@@ -73,10 +73,11 @@ impl DropStats {
 pub struct Drops;
 
 impl Source for Drops {
-    const SIGNAL: Signal = Signal::Drops;
+    const NAME: &'static str = "drops";
+    const TRACE_NAME: &'static str = "drops";
     const PROGRAMS: &'static [ProgramSpec] = &[ProgramSpec {
         name: "kfree_skb",
-        signal: Signal::Drops,
+        signal: Self::NAME,
         // (skb, location, reason): the reason argument exists since 5.17.
         hook: Hook::BtfTracePoint {
             tracepoint: "kfree_skb",
@@ -180,6 +181,22 @@ impl Source for Drops {
                 count as f64,
             );
         }
+    }
+
+    const TRACE_KIND: TraceKind = TraceKind::Drop;
+    type Event = DropEvent;
+    type TraceFields = TraceFields;
+
+    fn trace_fields(event: &DropEvent, context: &mut TraceContext<'_>) -> TraceFields {
+        TraceFields::of(
+            event,
+            context.probe.drop_reasons().name(event.reason),
+            context.symbols.name(event.location),
+        )
+    }
+
+    fn trace_detail(fields: &TraceFields) -> String {
+        fields.detail()
     }
 }
 

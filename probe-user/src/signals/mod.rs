@@ -14,17 +14,16 @@ pub mod drops;
 pub mod endpoints;
 pub mod histogram;
 pub mod measure;
-pub mod signal;
+pub mod record;
 pub mod source;
 pub mod tcp_retransmit;
 
 use anyhow::Context as _;
-use serde::Serialize;
+use probe_common::trace::{TraceHeader, TraceKind};
+use serde::{Serialize, Serializer};
 
-pub use self::{
-    signal::Signal,
-    source::{Attribution, Dead, NetnsLoad, Owner, Settings, Shared, Slot, Source},
-};
+use self::record::{RecordError, TraceContext};
+pub use self::source::{Attribution, Dead, NetnsLoad, Owner, Settings, Shared, Slot, Source};
 use crate::{
     kernel::loader::{LoadError, LoadOptions, Probe, ProgramSpec},
     views::families::{Families, Labels},
@@ -54,7 +53,109 @@ impl<W: Workloads + ?Sized, S> Attribution<S> for Field<'_, W, S> {
 }
 
 macro_rules! registry {
-    ($($field:ident: $source:ty),+ $(,)?) => {
+    ($($field:ident: $source:ty => $variant:ident),+ $(,)?) => {
+        /// The signals tuneprobe measures; each kernel program feeds one. Its names are
+        /// its module's ([`Source::NAME`], [`Source::TRACE_NAME`]).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Signal {
+            $($variant,)+
+        }
+
+        impl Signal {
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)+];
+
+            /// The name in `probes[].signal`, `check` and the `signal` label of
+            /// `tuneprobe_probe_attached`.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => <$source as Source>::NAME,)+
+                }
+            }
+
+            /// The name `trace` takes on its command line and prints in its events.
+            pub const fn trace_name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => <$source as Source>::TRACE_NAME,)+
+                }
+            }
+
+            /// The kind of its `trace` records.
+            pub const fn trace_kind(self) -> TraceKind {
+                match self {
+                    $(Self::$variant => <$source as Source>::TRACE_KIND,)+
+                }
+            }
+        }
+
+        /// One checked ring-buffer record.
+        #[derive(Debug, Clone)]
+        pub struct Record {
+            pub header: TraceHeader,
+            event: Event,
+        }
+
+        #[derive(Debug, Clone)]
+        enum Event {
+            $($variant(Box<<$source as Source>::Event>),)+
+        }
+
+        /// A signal's own fields of a `trace` event.
+        #[derive(Debug, Clone, Serialize, PartialEq)]
+        #[serde(untagged)]
+        pub enum Fields {
+            $($variant(<$source as Source>::TraceFields),)+
+        }
+
+        impl Record {
+            /// Checks and copies a record: never trusted to be well formed, a short or
+            /// unknown record is an error, not a crash.
+            pub fn parse(bytes: &[u8]) -> Result<Self, RecordError> {
+                let header = record::header(bytes)?;
+                let kind = TraceKind::from_u32(header.kind)
+                    .ok_or(RecordError::UnknownKind(header.kind))?;
+                let event = match Signal::of_trace_kind(kind) {
+                    $(Some(Signal::$variant) => Event::$variant(record::read(kind, bytes)?),)+
+                    None => return Err(RecordError::UnknownKind(header.kind)),
+                };
+                Ok(Self { header, event })
+            }
+
+            pub const fn signal(&self) -> Signal {
+                match self.event {
+                    $(Event::$variant(_) => Signal::$variant,)+
+                }
+            }
+
+            /// The hierarchy of the header's cgroup id.
+            pub const fn hierarchy(&self) -> Hierarchy {
+                match self.event {
+                    $(Event::$variant(_) => <$source as Source>::TRACE_HIERARCHY,)+
+                }
+            }
+
+            pub fn fields(&self, context: &mut TraceContext<'_>) -> Fields {
+                match &self.event {
+                    $(Event::$variant(event) => {
+                        Fields::$variant(<$source as Source>::trace_fields(event, context))
+                    })+
+                }
+            }
+        }
+
+        impl Fields {
+            pub fn detail(&self) -> String {
+                match self {
+                    $(Self::$variant(fields) => <$source as Source>::trace_detail(fields),)+
+                }
+            }
+
+            pub fn latency_ms(&self) -> Option<f64> {
+                match self {
+                    $(Self::$variant(fields) => <$source as Source>::trace_latency_ms(fields),)+
+                }
+            }
+        }
+
         /// Every signal's section of one workload (`tcp`, `drops`, ... in the JSON).
         #[derive(Debug, Clone, Default, PartialEq, Serialize)]
         pub struct Sections {
@@ -106,7 +207,7 @@ macro_rules! registry {
             pub fn read(probe: &Probe) -> anyhow::Result<Counters> {
                 Ok(Counters {
                     $($field: <$source as Source>::read(probe).with_context(|| {
-                        format!("reading the {} maps", <$source as Source>::SIGNAL.name())
+                        format!("reading the {} maps", <$source as Source>::NAME)
                     })?,)+
                 })
             }
@@ -168,14 +269,37 @@ macro_rules! registry {
     };
 }
 
-// The signals, in the order of a workload's JSON and of the probe list. Adding one is
-// its module and a line here.
+// The signals, in the order of a workload's JSON and of the probe list: the section's
+// name, the module's source, the signal's name in Rust. Adding one is its module and a
+// line here.
 registry! {
-    tcp: tcp_retransmit::TcpRetransmit,
-    drops: drops::Drops,
-    block: block_io::BlockIo,
-    cpu: cpu_throttle::CpuThrottle,
-    dns: dns::Dns,
+    tcp: tcp_retransmit::TcpRetransmit => TcpRetransmit,
+    drops: drops::Drops => Drops,
+    block: block_io::BlockIo => BlockIo,
+    cpu: cpu_throttle::CpuThrottle => CpuThrottle,
+    dns: dns::Dns => Dns,
+}
+
+impl Signal {
+    pub fn of_trace_kind(kind: TraceKind) -> Option<Self> {
+        Self::ALL.iter().copied().find(|s| s.trace_kind() == kind)
+    }
+
+    /// The signal `trace` calls `name`.
+    pub fn of_trace_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|s| s.trace_name() == name)
+    }
+
+    /// The signal called `name` in the JSON.
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|s| s.name() == name)
+    }
+}
+
+impl Serialize for Signal {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
 }
 
 impl Probe {
@@ -190,6 +314,25 @@ impl Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_distinct_and_match_the_json() {
+        for (i, signal) in Signal::ALL.iter().enumerate() {
+            assert_eq!(serde_json::to_value(signal).unwrap(), signal.name());
+            assert_eq!(Signal::of_trace_kind(signal.trace_kind()), Some(*signal));
+            assert_eq!(Signal::of_trace_name(signal.trace_name()), Some(*signal));
+            assert_eq!(Signal::named(signal.name()), Some(*signal));
+            for other in &Signal::ALL[i + 1..] {
+                assert_ne!(signal.name(), other.name());
+                assert_ne!(signal.trace_name(), other.trace_name());
+                assert_ne!(signal.trace_kind(), other.trace_kind());
+            }
+        }
+        // Every record kind the kernel side writes belongs to a signal.
+        for kind in TraceKind::ALL {
+            assert!(Signal::of_trace_kind(kind).is_some(), "{kind:?}");
+        }
+    }
 
     #[test]
     fn every_program_of_every_signal_is_in_the_object() {

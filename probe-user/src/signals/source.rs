@@ -7,9 +7,10 @@ use std::{
     time::Duration,
 };
 
+use probe_common::trace::TraceKind;
 use serde::Serialize;
 
-use super::signal::Signal;
+use super::record::TraceContext;
 use crate::{
     kernel::loader::{Probe, ProgramSpec},
     views::families::{Families, Labels},
@@ -123,7 +124,12 @@ pub struct Settings {
 /// One signal's user side: its programs, reading and windowing its maps, naming and
 /// garbage-collecting its keys, its section of a workload and how that is shown.
 pub trait Source: Sized {
-    const SIGNAL: Signal;
+    /// Its name in `probes[].signal`, in `check` and in the `signal` label of
+    /// `tuneprobe_probe_attached`.
+    const NAME: &'static str;
+    /// Its name on `trace`'s command line and in its events' `signal` (published before
+    /// the names above, and kept).
+    const TRACE_NAME: &'static str;
     /// Its kernel programs.
     const PROGRAMS: &'static [ProgramSpec];
     /// Its kernel maps at one instant (cumulative counts).
@@ -178,4 +184,23 @@ pub trait Source: Sized {
 
     /// Its metric families for one workload with `labels`.
     fn metrics(section: &Self::Section, labels: &Labels, families: &mut Families);
+
+    /// The kind of its `trace` records.
+    const TRACE_KIND: TraceKind;
+    /// The cgroup hierarchy of its records' cgroup ids.
+    const TRACE_HIERARCHY: Hierarchy = Hierarchy::Unified;
+    /// Its `trace` record, as the kernel writes it (header first).
+    type Event: aya::Pod;
+    /// Its fields of a `trace` event (`trace --json`).
+    type TraceFields: Clone + Debug + PartialEq + Serialize;
+
+    fn trace_fields(event: &Self::Event, context: &mut TraceContext<'_>) -> Self::TraceFields;
+
+    /// Its part of a `trace` line.
+    fn trace_detail(fields: &Self::TraceFields) -> String;
+
+    /// The event's latency in milliseconds, for `trace --min-latency`.
+    fn trace_latency_ms(_fields: &Self::TraceFields) -> Option<f64> {
+        None
+    }
 }

@@ -5,13 +5,13 @@
 use std::collections::HashMap;
 
 use probe_common::{
-    RetransmitCounters, RetransmitKey, tcp_retransmit::TCP_RETRANSMITS_MAP, trace::RetransmitEvent,
+    RetransmitCounters, RetransmitKey, tcp_retransmit::TCP_RETRANSMITS_MAP, trace::{RetransmitEvent, TraceKind},
 };
 use serde::Serialize;
 
 use super::{
     endpoints,
-    signal::Signal,
+    record::TraceContext,
     source::{Attribution, Dead, Owner, Settings, Shared, Source, delete_entries},
 };
 use crate::{
@@ -53,10 +53,11 @@ impl TcpStats {
 pub struct TcpRetransmit;
 
 impl Source for TcpRetransmit {
-    const SIGNAL: Signal = Signal::TcpRetransmit;
+    const NAME: &'static str = "tcp_retransmit";
+    const TRACE_NAME: &'static str = "retransmits";
     const PROGRAMS: &'static [ProgramSpec] = &[ProgramSpec {
         name: "tcp_retransmit_skb",
-        signal: Signal::TcpRetransmit,
+        signal: Self::NAME,
         // (sk, skb); `err` is read only where the kernel passes it (6.11+).
         hook: Hook::BtfTracePoint {
             tracepoint: "tcp_retransmit_skb",
@@ -192,6 +193,18 @@ impl Source for TcpRetransmit {
             labels.clone(),
             tcp.failed_retransmits as f64,
         );
+    }
+
+    const TRACE_KIND: TraceKind = TraceKind::Retransmit;
+    type Event = RetransmitEvent;
+    type TraceFields = TraceFields;
+
+    fn trace_fields(event: &RetransmitEvent, _context: &mut TraceContext<'_>) -> TraceFields {
+        TraceFields::of(event)
+    }
+
+    fn trace_detail(fields: &TraceFields) -> String {
+        fields.detail()
     }
 }
 

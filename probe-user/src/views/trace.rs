@@ -7,130 +7,19 @@
 
 use std::{
     collections::HashMap,
-    path::Path,
     time::{Duration, SystemTime},
 };
 
-use probe_common::trace::{
-    BlockEvent, DnsEvent, DropEvent, RetransmitEvent, ThrottleEvent, TraceHeader, TraceKind,
-};
 use serde::Serialize;
 
+pub use crate::signals::{Fields, Record, record::RecordError};
 use crate::{
-    kernel::devices,
+    kernel::kallsyms::Symbols,
     report::Workload,
-    signals::{Signal, block_io, cpu_throttle, dns, drops, tcp_retransmit},
+    signals::record::TraceContext,
     window::Collector,
     workloads::cgroup::Hierarchy,
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum RecordError {
-    #[error("record of {0} bytes is shorter than its header")]
-    Short(usize),
-    #[error("unknown record kind {0}")]
-    UnknownKind(u32),
-    #[error("{kind:?} record of {len} bytes, expected {expected}")]
-    Size {
-        kind: TraceKind,
-        len: usize,
-        expected: usize,
-    },
-}
-
-/// One ring-buffer record.
-#[derive(Debug, Clone)]
-pub enum Record {
-    Retransmit(RetransmitEvent),
-    Drop(DropEvent),
-    Dns(Box<DnsEvent>),
-    Block(BlockEvent),
-    Throttle(ThrottleEvent),
-}
-
-impl Record {
-    pub fn parse(bytes: &[u8]) -> Result<Self, RecordError> {
-        if bytes.len() < size_of::<TraceHeader>() {
-            return Err(RecordError::Short(bytes.len()));
-        }
-        let kind = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        let kind = TraceKind::from_u32(kind).ok_or(RecordError::UnknownKind(kind))?;
-        Ok(match kind {
-            TraceKind::Retransmit => Self::Retransmit(read(kind, bytes)?),
-            TraceKind::Drop => Self::Drop(read(kind, bytes)?),
-            TraceKind::Dns => Self::Dns(Box::new(read(kind, bytes)?)),
-            TraceKind::Block => Self::Block(read(kind, bytes)?),
-            TraceKind::Throttle => Self::Throttle(read(kind, bytes)?),
-        })
-    }
-
-    pub fn header(&self) -> &TraceHeader {
-        match self {
-            Self::Retransmit(e) => &e.header,
-            Self::Drop(e) => &e.header,
-            Self::Dns(e) => &e.header,
-            Self::Block(e) => &e.header,
-            Self::Throttle(e) => &e.header,
-        }
-    }
-}
-
-/// Copies a `#[repr(C)]` integer-only struct out of the record.
-fn read<T: aya::Pod>(kind: TraceKind, bytes: &[u8]) -> Result<T, RecordError> {
-    if bytes.len() != size_of::<T>() {
-        return Err(RecordError::Size {
-            kind,
-            len: bytes.len(),
-            expected: size_of::<T>(),
-        });
-    }
-    // SAFETY: the length matches, `T` is plain old data (any bit pattern is valid), and
-    // the read tolerates any alignment.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
-}
-
-/// Kernel text symbols from `/proc/kallsyms`, to name the function that dropped a packet.
-#[derive(Debug, Default)]
-pub struct Symbols {
-    /// (address, name), sorted by address.
-    sorted: Vec<(u64, String)>,
-}
-
-impl Symbols {
-    /// Reads `path`; empty when unreadable or when the kernel hides addresses
-    /// (`kptr_restrict`): locations are then shown as bare addresses.
-    pub fn load(path: &Path) -> Self {
-        let Ok(text) = std::fs::read_to_string(path) else {
-            return Self::default();
-        };
-        Self::parse(&text)
-    }
-
-    pub fn parse(text: &str) -> Self {
-        let mut sorted: Vec<(u64, String)> = text
-            .lines()
-            .filter_map(|line| {
-                let mut fields = line.split_whitespace();
-                let address = u64::from_str_radix(fields.next()?, 16).ok()?;
-                let kind = fields.next()?;
-                let name = fields.next()?;
-                // Text symbols only: a drop location is a return address in code.
-                (address != 0 && matches!(kind, "t" | "T")).then(|| (address, name.to_string()))
-            })
-            .collect();
-        sorted.sort_unstable();
-        Self { sorted }
-    }
-
-    /// `function+0xoffset`, or the address in hex if no symbol covers it.
-    pub fn name(&self, address: u64) -> String {
-        let index = self.sorted.partition_point(|(a, _)| *a <= address);
-        match index.checked_sub(1).map(|i| &self.sorted[i]) {
-            Some((start, name)) if address > 0 => format!("{name}+0x{:x}", address - start),
-            _ => format!("0x{address:x}"),
-        }
-    }
-}
 
 /// One event as `trace --json` prints it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -150,38 +39,10 @@ pub struct TraceEvent {
     pub fields: Fields,
 }
 
-/// The signal's own fields (each signal module defines its own).
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(untagged)]
-pub enum Fields {
-    Retransmit(tcp_retransmit::TraceFields),
-    Drop(drops::TraceFields),
-    Dns(dns::TraceFields),
-    Block(block_io::TraceFields),
-    Throttle(cpu_throttle::TraceFields),
-}
-
-impl Fields {
-    fn detail(&self) -> String {
-        match self {
-            Self::Retransmit(f) => f.detail(),
-            Self::Drop(f) => f.detail(),
-            Self::Dns(f) => f.detail(),
-            Self::Block(f) => f.detail(),
-            Self::Throttle(f) => f.detail(),
-        }
-    }
-}
-
 impl TraceEvent {
     /// Latency-like value of the event in milliseconds, for `--min-latency`.
     pub fn latency_ms(&self) -> Option<f64> {
-        match &self.fields {
-            Fields::Dns(f) => Some(f.latency_ms),
-            Fields::Block(f) => Some(f.service_ms + f.queue_ms),
-            Fields::Throttle(f) => Some(f.stall_ms),
-            Fields::Retransmit(_) | Fields::Drop(_) => None,
-        }
+        self.fields.latency_ms()
     }
 
     /// The workload as one word: `namespace/pod/container`, else the cgroup path, else
@@ -241,40 +102,22 @@ impl Decoder {
     }
 
     pub fn event(&mut self, collector: &mut Collector, record: &Record) -> TraceEvent {
-        let header = *record.header();
-        let hierarchy = match record {
-            Record::Block(_) => Hierarchy::Blkio,
-            Record::Throttle(_) => Hierarchy::Cpu,
-            _ => Hierarchy::Unified,
-        };
+        let header = record.header;
+        let hierarchy = record.hierarchy();
         let netns = (header.netns != 0).then_some(header.netns);
         let workload = self
             .names
             .entry((hierarchy, header.cgroup_id, header.netns))
             .or_insert_with(|| collector.workload_of(hierarchy, header.cgroup_id, netns))
             .clone();
-        let fields = match record {
-            Record::Retransmit(e) => Fields::Retransmit(tcp_retransmit::TraceFields::of(e)),
-            Record::Drop(e) => Fields::Drop(drops::TraceFields::of(
-                e,
-                collector.probe().drop_reasons().name(e.reason),
-                self.symbols.name(e.location),
-            )),
-            Record::Dns(e) => Fields::Dns(dns::TraceFields::of(e)),
-            Record::Block(e) => {
-                let device = self
-                    .devices
-                    .entry(e.dev)
-                    .or_insert_with(|| devices::name(&self.sys_root, e.dev))
-                    .clone();
-                let op = collector.probe().block_ops().name(e.op);
-                Fields::Block(block_io::TraceFields::of(e, device, op))
-            }
-            Record::Throttle(e) => Fields::Throttle(cpu_throttle::TraceFields::of(e)),
-        };
-        let kind = TraceKind::from_u32(header.kind).unwrap_or(TraceKind::Drop);
+        let fields = record.fields(&mut TraceContext {
+            probe: collector.probe(),
+            symbols: &self.symbols,
+            sys_root: &self.sys_root,
+            devices: &mut self.devices,
+        });
         TraceEvent {
-            signal: Signal::of_trace_kind(kind).trace_name(),
+            signal: record.signal().trace_name(),
             time: self.wall_time(header.time_ns),
             cgroup_id: workload
                 .cgroup_id
@@ -315,21 +158,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn symbols_name_the_enclosing_function() {
-        let symbols = Symbols::parse(
-            "ffffffff81000000 T _stext\nffffffff81a00000 t tcp_v4_rcv\n\
-             ffffffff81a00800 T udp_rcv\nffffffff81b00000 D some_data\n",
-        );
-        assert_eq!(symbols.name(0xffffffff81a00010), "tcp_v4_rcv+0x10");
-        assert_eq!(symbols.name(0xffffffff81a00800), "udp_rcv+0x0");
-        assert_eq!(symbols.name(0x10), "0x10");
-        // Hidden addresses (kptr_restrict) give no symbols: bare addresses remain.
-        let hidden = Symbols::parse("0000000000000000 T _stext\n");
-        assert_eq!(hidden.name(0xffffffff81a00010), "0xffffffff81a00010");
-    }
-
-    #[test]
     fn records_are_checked_before_use() {
+        use probe_common::trace::{ThrottleEvent, TraceKind};
+
         assert!(matches!(Record::parse(&[0; 8]), Err(RecordError::Short(8))));
         let mut bytes = vec![0u8; size_of::<ThrottleEvent>()];
         bytes[0] = 9;
@@ -338,7 +169,10 @@ mod tests {
             Err(RecordError::UnknownKind(9))
         ));
         bytes[0] = TraceKind::Throttle as u8;
-        assert!(matches!(Record::parse(&bytes), Ok(Record::Throttle(_))));
+        assert_eq!(
+            Record::parse(&bytes).unwrap().signal(),
+            crate::signals::Signal::CpuThrottle
+        );
         bytes[0] = TraceKind::Dns as u8;
         assert!(matches!(
             Record::parse(&bytes),
@@ -359,7 +193,7 @@ mod tests {
             namespace: Some("shop".to_string()),
             pod: Some("api".to_string()),
             container: None,
-            fields: Fields::Dns(dns::TraceFields {
+            fields: Fields::Dns(crate::signals::dns::TraceFields {
                 qname: Some("a.test".to_string()),
                 qtype: Some("A".to_string()),
                 rcode: Some("NOERROR".to_string()),

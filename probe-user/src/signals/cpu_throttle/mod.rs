@@ -10,7 +10,7 @@ use std::{
 };
 
 use probe_common::{
-    LatencyHistogram, ThrottleStats, cpu_throttle::CPU_THROTTLE_MAP, trace::ThrottleEvent,
+    LatencyHistogram, ThrottleStats, cpu_throttle::CPU_THROTTLE_MAP, trace::{ThrottleEvent, TraceKind},
 };
 use serde::Serialize;
 
@@ -18,7 +18,7 @@ use self::cpustat::{CpuAccounting, CpuLimit};
 use super::{
     endpoints,
     histogram::{self, LatencySummary},
-    signal::Signal,
+    record::TraceContext,
     source::{Attribution, Dead, Owner, Settings, Shared, Source, delete_entries},
 };
 use crate::{
@@ -91,10 +91,11 @@ pub struct CpuThrottle {
 }
 
 impl Source for CpuThrottle {
-    const SIGNAL: Signal = Signal::CpuThrottle;
+    const NAME: &'static str = "cpu_throttle";
+    const TRACE_NAME: &'static str = "throttle";
     const PROGRAMS: &'static [ProgramSpec] = &[ProgramSpec {
         name: "sched_switch",
-        signal: Signal::CpuThrottle,
+        signal: Self::NAME,
         // (preempt, prev, next[, prev_state])
         hook: Hook::BtfTracePoint {
             tracepoint: "sched_switch",
@@ -297,6 +298,23 @@ impl Source for CpuThrottle {
             labels.clone(),
             prometheus_histogram(&cpu.stall_histogram, IO_BUCKETS),
         );
+    }
+
+    const TRACE_KIND: TraceKind = TraceKind::Throttle;
+    const TRACE_HIERARCHY: Hierarchy = Hierarchy::Cpu;
+    type Event = ThrottleEvent;
+    type TraceFields = TraceFields;
+
+    fn trace_fields(event: &ThrottleEvent, _context: &mut TraceContext<'_>) -> TraceFields {
+        TraceFields::of(event)
+    }
+
+    fn trace_detail(fields: &TraceFields) -> String {
+        fields.detail()
+    }
+
+    fn trace_latency_ms(fields: &TraceFields) -> Option<f64> {
+        Some(fields.stall_ms)
     }
 }
 

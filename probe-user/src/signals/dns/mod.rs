@@ -15,14 +15,14 @@ use aya::maps::MapData;
 use probe_common::{
     DnsCounters, DnsFlow, DnsHistogram, DnsLatencyKey, DnsQuery, DnsResolverKey, dns,
     dns::{DNS_COUNTERS_MAP, DNS_IN_FLIGHT_MAP, DNS_LATENCY_MAP},
-    trace::DnsEvent,
+    trace::{DnsEvent, TraceKind},
 };
 use serde::Serialize;
 
 use super::{
     endpoints,
     histogram::{self, Percentiles},
-    signal::Signal,
+    record::TraceContext,
     source::{Attribution, Dead, Owner, Settings, Shared, Source, delete_entries},
 };
 use crate::{
@@ -131,17 +131,18 @@ pub struct Dns {
 }
 
 impl Source for Dns {
-    const SIGNAL: Signal = Signal::Dns;
+    const NAME: &'static str = "dns";
+    const TRACE_NAME: &'static str = "dns";
     const PROGRAMS: &'static [ProgramSpec] = &[
         ProgramSpec {
             name: "dns_egress",
-            signal: Signal::Dns,
+            signal: Self::NAME,
             hook: Hook::CgroupSkb(aya::programs::CgroupSkbAttachType::Egress),
             needs: &[],
         },
         ProgramSpec {
             name: "dns_ingress",
-            signal: Signal::Dns,
+            signal: Self::NAME,
             hook: Hook::CgroupSkb(aya::programs::CgroupSkbAttachType::Ingress),
             needs: &[],
         },
@@ -290,6 +291,22 @@ impl Source for Dns {
             labels.clone(),
             dns.malformed as f64,
         );
+    }
+
+    const TRACE_KIND: TraceKind = TraceKind::Dns;
+    type Event = DnsEvent;
+    type TraceFields = TraceFields;
+
+    fn trace_fields(event: &DnsEvent, _context: &mut TraceContext<'_>) -> TraceFields {
+        TraceFields::of(event)
+    }
+
+    fn trace_detail(fields: &TraceFields) -> String {
+        fields.detail()
+    }
+
+    fn trace_latency_ms(fields: &TraceFields) -> Option<f64> {
+        Some(fields.latency_ms)
     }
 }
 
