@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::{
     kernel::loader::{ProbeStatus, ProgramStats},
     signals::Sections,
-    views::families::Labels,
+    workloads::identity::Identity,
 };
 
 /// The name a unit enum has in the JSON (`tcp_retransmit`, `no significant change`), for
@@ -38,77 +38,15 @@ pub struct Snapshot {
 /// namespace whose owner is unknown, or the unattributable rest.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Workload {
-    pub cgroup_id: Option<u64>,
-    pub cgroup_path: Option<String>,
-    pub netns: Option<u32>,
-    pub pod_uid: Option<String>,
-    pub container_id: Option<String>,
-    /// Names from the kubelet's log directories (or the API): `null` when unknown.
-    pub namespace: Option<String>,
-    pub pod: Option<String>,
-    pub container: Option<String>,
+    /// Who it is: ids, cgroup path, network namespace, pod and container names.
+    #[serde(flatten)]
+    pub identity: Identity,
     /// The pod's labels (from the API), for the exporter's opt-in label copies.
     #[serde(skip)]
     pub pod_labels: BTreeMap<String, String>,
     /// Every signal's section: `tcp`, `drops`, `block`, `cpu`, `dns`.
     #[serde(flatten)]
     pub signals: Sections,
-}
-
-impl Workload {
-    /// `namespace`, `pod`, `container` for pods; `cgroup` (the path) for everything else,
-    /// which is bounded by the number of cgroups on the node and by the workload cap.
-    pub fn labels(&self) -> Labels {
-        let is_pod = self.pod_uid.is_some();
-        let cgroup = match (&self.cgroup_path, self.netns) {
-            _ if is_pod => String::new(),
-            (Some(path), _) => path.clone(),
-            (None, Some(netns)) => format!("netns:{netns}"),
-            (None, None) => "unattributed".to_string(),
-        };
-        vec![
-            ("namespace", self.namespace.clone().unwrap_or_default()),
-            (
-                "pod",
-                self.pod
-                    .clone()
-                    .or_else(|| self.pod_uid.clone())
-                    .unwrap_or_default(),
-            ),
-            (
-                "container",
-                self.container
-                    .clone()
-                    .or_else(|| {
-                        self.container_id
-                            .as_ref()
-                            .map(|id| id[..12.min(id.len())].to_string())
-                    })
-                    .unwrap_or_default(),
-            ),
-            ("cgroup", cgroup),
-        ]
-    }
-
-    /// A short name for tables: `namespace/pod/container` when known, else
-    /// `pod <uid>/<container id>`, the cgroup path, or the netns.
-    pub fn display_name(&self) -> String {
-        if let (Some(namespace), Some(pod)) = (&self.namespace, &self.pod) {
-            return match &self.container {
-                Some(container) => format!("{namespace}/{pod}/{container}"),
-                None => format!("{namespace}/{pod}"),
-            };
-        }
-        match (&self.pod_uid, &self.container_id, &self.cgroup_path) {
-            (Some(pod), Some(container), _) => format!("pod {pod} / {}", &container[..12]),
-            (Some(pod), None, _) => format!("pod {pod}"),
-            (None, _, Some(path)) => path.clone(),
-            (None, _, None) => match self.netns {
-                Some(netns) => format!("netns {netns}"),
-                None => "(unattributed)".to_string(),
-            },
-        }
-    }
 }
 
 #[cfg(test)]
@@ -149,14 +87,16 @@ pub(crate) mod tests {
             program_stats: vec![],
             workloads: vec![
                 Workload {
-                    cgroup_id: Some(42),
-                    cgroup_path: Some("/kubepods/pod1/c".into()),
-                    netns: Some(4026531840),
-                    pod_uid: Some("uid".into()),
-                    container_id: Some("c".repeat(64)),
-                    namespace: None,
-                    pod: None,
-                    container: None,
+                    identity: Identity {
+                        cgroup_id: Some(42),
+                        cgroup_path: Some("/kubepods/pod1/c".into()),
+                        netns: Some(4026531840),
+                        pod_uid: Some("uid".into()),
+                        container_id: Some("c".repeat(64)),
+                        namespace: None,
+                        pod: None,
+                        container: None,
+                    },
                     pod_labels: BTreeMap::new(),
                     signals: Sections {
                         tcp: TcpStats {

@@ -21,6 +21,7 @@ use crate::{
     workloads::{
         attribution::Attributor,
         cgroup::{CgroupPaths, Hierarchies, Hierarchy, parse_kube_path},
+        identity::Identity,
         kube::{ApiConfig, PodWatcher},
         pods::{self, PodNames},
         procfs::{self, NetnsTcpCounters},
@@ -412,7 +413,7 @@ impl Collector {
             .report(&self.probe, &now, &self.baseline, &shared, &mut builder);
         let mut workloads = builder.finish();
         for workload in &mut workloads {
-            workload.signals.complete(&shared, workload.netns);
+            workload.signals.complete(&shared, workload.identity.netns);
         }
         let map_overflows: BTreeMap<String, u64> = self
             .probe
@@ -514,7 +515,10 @@ impl Workloads for Builder<'_> {
             Owner::Path { hierarchy, path } => self.by_path(hierarchy, &path),
             Owner::Netns(netns) => self.by_netns(Some(netns)),
         };
-        (&mut workload.signals, workload.cgroup_path.as_deref())
+        (
+            &mut workload.signals,
+            workload.identity.cgroup_path.as_deref(),
+        )
     }
 }
 
@@ -542,17 +546,20 @@ impl Builder<'_> {
                 self.workloads
                     .entry(Key::UnknownCgroup(hierarchy, id))
                     .or_insert_with(|| Workload {
-                        cgroup_id: Some(id),
-                        namespace: name.as_ref().map(|p| p.namespace.clone()),
-                        pod: name.map(|p| p.pod),
+                        identity: Identity {
+                            cgroup_id: Some(id),
+                            namespace: name.as_ref().map(|p| p.namespace.clone()),
+                            pod: name.map(|p| p.pod),
+                            pod_uid: uid,
+                            ..Identity::default()
+                        },
                         pod_labels,
-                        pod_uid: uid,
                         ..Default::default()
                     })
             }
         };
-        if workload.netns.is_none() {
-            workload.netns = netns;
+        if workload.identity.netns.is_none() {
+            workload.identity.netns = netns;
         }
         workload
     }
@@ -584,15 +591,17 @@ impl Builder<'_> {
             .map(|uid| names.labels(uid))
             .unwrap_or_default();
         let workload = Workload {
-            cgroup_id: id.or(fallback_id),
-            cgroup_path: Some(path.to_string()),
-            netns,
-            namespace: pod.as_ref().map(|p| p.namespace.clone()),
-            pod: pod.map(|p| p.pod),
-            container: container.map(|c| c.container),
+            identity: Identity {
+                cgroup_id: id.or(fallback_id),
+                cgroup_path: Some(path.to_string()),
+                netns,
+                pod_uid: identity.pod_uid,
+                container_id: identity.container_id,
+                namespace: pod.as_ref().map(|p| p.namespace.clone()),
+                pod: pod.map(|p| p.pod),
+                container: container.map(|c| c.container),
+            },
             pod_labels,
-            pod_uid: identity.pod_uid,
-            container_id: identity.container_id,
             ..Default::default()
         };
         self.workloads
@@ -613,14 +622,17 @@ impl Builder<'_> {
         {
             Some(path) => {
                 let workload = self.by_path(Hierarchy::Unified, &path);
-                workload.netns.get_or_insert(netns);
+                workload.identity.netns.get_or_insert(netns);
                 workload
             }
             None => self
                 .workloads
                 .entry(Key::Netns(netns))
                 .or_insert_with(|| Workload {
-                    netns: Some(netns),
+                    identity: Identity {
+                        netns: Some(netns),
+                        ..Identity::default()
+                    },
                     ..Default::default()
                 }),
         }
@@ -643,7 +655,7 @@ impl Builder<'_> {
         };
         self.workloads
             .into_values()
-            .filter(|w| !w.cgroup_path.as_deref().is_some_and(expired))
+            .filter(|w| !w.identity.cgroup_path.as_deref().is_some_and(expired))
             .collect()
     }
 }

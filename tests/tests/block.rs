@@ -62,7 +62,7 @@ fn entry<'a>(
     snapshot
         .workloads
         .iter()
-        .filter(|w| w.cgroup_path.as_deref() == Some(container.path.as_str()))
+        .filter(|w| w.identity.cgroup_path.as_deref() == Some(container.path.as_str()))
         .flat_map(|w| &w.signals.block)
         .find(|b| b.device == device && b.op == op)
         .unwrap_or_else(|| {
@@ -146,7 +146,7 @@ fn throttled_reads_show_in_the_loop_devices_service_time_for_that_cgroup_only() 
     let writer_reads = snapshot
         .workloads
         .iter()
-        .filter(|w| w.cgroup_path.as_deref() == Some(writer.path.as_str()))
+        .filter(|w| w.identity.cgroup_path.as_deref() == Some(writer.path.as_str()))
         .flat_map(|w| &w.signals.block)
         .filter(|b| b.device == disk.name() && b.op == "read")
         .map(|b| b.requests)
@@ -158,11 +158,11 @@ fn throttled_reads_show_in_the_loop_devices_service_time_for_that_cgroup_only() 
     let workload = snapshot
         .workloads
         .iter()
-        .find(|w| w.cgroup_path.as_deref() == Some(throttled.path.as_str()))
+        .find(|w| w.identity.cgroup_path.as_deref() == Some(throttled.path.as_str()))
         .unwrap();
-    assert_eq!(workload.pod_uid.as_deref(), Some(pod.uid.as_str()));
+    assert_eq!(workload.identity.pod_uid.as_deref(), Some(pod.uid.as_str()));
     assert_eq!(
-        workload.container_id.as_deref(),
+        workload.identity.container_id.as_deref(),
         Some(throttled.container_id.as_str())
     );
 }

@@ -26,7 +26,7 @@ fn accounting(container: &Container) -> CpuAccounting {
 fn by_path<'a>(workloads: &'a [Report], path: &str) -> Option<&'a Report> {
     workloads
         .iter()
-        .find(|w| w.cgroup_path.as_deref() == Some(path))
+        .find(|w| w.identity.cgroup_path.as_deref() == Some(path))
 }
 
 #[test]
@@ -59,9 +59,9 @@ fn a_tight_quota_throttles_and_the_probe_agrees_with_cpu_stat() {
             snapshot.workloads
         )
     });
-    assert_eq!(workload.pod_uid.as_deref(), Some(pod.uid.as_str()));
+    assert_eq!(workload.identity.pod_uid.as_deref(), Some(pod.uid.as_str()));
     assert_eq!(
-        workload.container_id.as_deref(),
+        workload.identity.container_id.as_deref(),
         Some(limited.container_id.as_str())
     );
     let cpu = workload.signals.cpu.as_ref().expect("cpu report");

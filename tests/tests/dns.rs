@@ -54,7 +54,7 @@ fn workload<'a>(snapshot: &'a Snapshot, container: &Container) -> Option<&'a Rep
     snapshot
         .workloads
         .iter()
-        .find(|w| w.cgroup_id == Some(container.cgroup_id))
+        .find(|w| w.identity.cgroup_id == Some(container.cgroup_id))
 }
 
 /// Starts `testload dns-server` on `addr`:53 in namespace B.
@@ -487,6 +487,7 @@ fn two_workloads_on_two_resolvers_are_kept_apart() {
     assert_eq!(
         workload(&snapshot, &slow_client)
             .unwrap()
+            .identity
             .pod_uid
             .as_deref(),
         Some(pod_b.uid.as_str())

@@ -32,7 +32,7 @@ fn by_cgroup(snapshot: &Snapshot, cgroup_id: u64) -> Option<&Report> {
     snapshot
         .workloads
         .iter()
-        .find(|w| w.cgroup_id == Some(cgroup_id))
+        .find(|w| w.identity.cgroup_id == Some(cgroup_id))
 }
 
 fn drops(snapshot: &Snapshot, cgroup_id: u64, reason: &str) -> u64 {
@@ -93,12 +93,12 @@ fn first_data_packet_dropped_gives_retransmits_to_the_sending_container() {
     assert_eq!(tcp.retransmitted_segments, segs_lossy, "{tcp:?}");
     assert_eq!(tcp.failed_retransmits, 0);
     let sender = by_cgroup(&snapshot, lossy.cgroup_id).unwrap();
-    assert_eq!(sender.pod_uid.as_deref(), Some(pod.uid.as_str()));
+    assert_eq!(sender.identity.pod_uid.as_deref(), Some(pod.uid.as_str()));
     assert_eq!(
-        sender.container_id.as_deref(),
+        sender.identity.container_id.as_deref(),
         Some(lossy.container_id.as_str())
     );
-    assert_eq!(sender.netns, Some(NetnsPair::inode(&pair.a)));
+    assert_eq!(sender.identity.netns, Some(NetnsPair::inode(&pair.a)));
 
     assert_eq!(segs_total, segs_lossy, "the clean send retransmitted");
     let clean_tcp = by_cgroup(&snapshot, clean.cgroup_id)
@@ -144,13 +144,16 @@ fn udp_to_a_closed_port_is_no_socket_for_the_pod_in_the_receiving_netns() {
         Some(&N),
         "{pod:#?}"
     );
-    assert_eq!(pod.pod_uid.as_deref(), Some(receiver.uid.as_str()));
+    assert_eq!(pod.identity.pod_uid.as_deref(), Some(receiver.uid.as_str()));
     assert_eq!(
-        pod.container_id, None,
+        pod.identity.container_id, None,
         "attributed to the pod, not a container"
     );
-    assert_eq!(pod.netns, Some(NetnsPair::inode(&pair.b)));
-    assert_eq!(pod.cgroup_path.as_deref(), Some(receiver.pod_path.as_str()));
+    assert_eq!(pod.identity.netns, Some(NetnsPair::inode(&pair.b)));
+    assert_eq!(
+        pod.identity.cgroup_path.as_deref(),
+        Some(receiver.pod_path.as_str())
+    );
     // Negative control: the sender saw no drops of its own.
     assert_eq!(drops(&snapshot, sender_app.cgroup_id, "NO_SOCKET"), 0);
     assert_eq!(drops(&snapshot, sender.pod_id(), "NO_SOCKET"), 0);
@@ -463,21 +466,21 @@ fn a_container_gone_before_any_scan_is_still_its_pods() {
     assert_eq!(nft.packets(), 1);
     let entry = by_cgroup(&snapshot, job.cgroup_id)
         .unwrap_or_else(|| panic!("no entry for the gone container: {:#?}", snapshot.workloads));
-    assert_eq!(entry.cgroup_path, None, "its path was never seen");
+    assert_eq!(entry.identity.cgroup_path, None, "its path was never seen");
     assert_eq!(
         entry.signals.tcp.retransmitted_segments, segments,
         "RetransSegs +{segments}"
     );
-    assert_eq!(entry.pod_uid.as_deref(), Some(pod.uid.as_str()));
+    assert_eq!(entry.identity.pod_uid.as_deref(), Some(pod.uid.as_str()));
     assert_eq!(
         (
-            entry.namespace.as_deref(),
-            entry.pod.as_deref(),
-            entry.container.as_deref()
+            entry.identity.namespace.as_deref(),
+            entry.identity.pod.as_deref(),
+            entry.identity.container.as_deref()
         ),
         (Some("shop"), Some("batch-1"), None)
     );
-    assert_eq!(entry.netns, Some(NetnsPair::inode(&pair.a)));
+    assert_eq!(entry.identity.netns, Some(NetnsPair::inode(&pair.a)));
     // Negative control: the pod's live container sent nothing.
     let keeper_tcp = by_cgroup(&snapshot, keeper.cgroup_id)
         .map(|w| w.signals.tcp)

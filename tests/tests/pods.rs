@@ -68,9 +68,9 @@ fn by_name<'a>(
     container: Option<&str>,
 ) -> Option<&'a Report> {
     snapshot.workloads.iter().find(|w| {
-        w.namespace.as_deref() == Some(pod.namespace.as_str())
-            && w.pod.as_deref() == Some(pod.name.as_str())
-            && w.container.as_deref() == container
+        w.identity.namespace.as_deref() == Some(pod.namespace.as_str())
+            && w.identity.pod.as_deref() == Some(pod.name.as_str())
+            && w.identity.container.as_deref() == container
     })
 }
 
@@ -79,7 +79,7 @@ fn all_of<'a>(snapshot: &'a Snapshot, pod: &Pod<'_>) -> Vec<&'a Report> {
     snapshot
         .workloads
         .iter()
-        .filter(|w| w.pod_uid.as_deref() == Some(pod.uid.as_str()))
+        .filter(|w| w.identity.pod_uid.as_deref() == Some(pod.uid.as_str()))
         .collect()
 }
 
@@ -261,13 +261,13 @@ fn udp_to_a_closed_port_of_a_pod_is_no_socket_for_that_pod_by_name() {
         Some(&no_ports),
         "{pod:#?}"
     );
-    assert_eq!(pod.pod_uid.as_deref(), Some(receiver.uid.as_str()));
-    assert_eq!(pod.container_id, None);
+    assert_eq!(pod.identity.pod_uid.as_deref(), Some(receiver.uid.as_str()));
+    assert_eq!(pod.identity.container_id, None);
     assert_eq!(
-        pod.cgroup_path.as_deref(),
+        pod.identity.cgroup_path.as_deref(),
         Some(receiver.cgroup_parent.as_str())
     );
-    assert_eq!(pod.netns, Some(inode(&receiver.netns) as u32));
+    assert_eq!(pod.identity.netns, Some(inode(&receiver.netns) as u32));
 
     // Negative controls: the sender and the idle pod dropped nothing.
     for report in all_of(&snapshot, &sender) {
@@ -356,8 +356,11 @@ fn a_cpu_quota_set_through_cri_throttles_the_container_by_name() {
             pod.namespace, pod.name, snapshot.workloads
         )
     });
-    assert_eq!(report.pod_uid.as_deref(), Some(pod.uid.as_str()));
-    assert_eq!(report.container_id.as_deref(), Some(limited.id.as_str()));
+    assert_eq!(report.identity.pod_uid.as_deref(), Some(pod.uid.as_str()));
+    assert_eq!(
+        report.identity.container_id.as_deref(),
+        Some(limited.id.as_str())
+    );
     let cpu = report.signals.cpu.as_ref().expect("cpu report");
     assert_eq!(cpu.quota_ms, Some(20.0));
     assert_eq!(cpu.period_ms, Some(100.0));
@@ -632,7 +635,10 @@ fn names_and_labels_come_from_the_runtime_through_cri() {
             receiver.namespace, receiver.name, named.workloads
         )
     });
-    assert_eq!(container.container_id.as_deref(), Some(db.id.as_str()));
+    assert_eq!(
+        container.identity.container_id.as_deref(),
+        Some(db.id.as_str())
+    );
     let rcvbuf = container
         .signals
         .drops
@@ -655,7 +661,7 @@ fn names_and_labels_come_from_the_runtime_through_cri() {
     let same = bare
         .workloads
         .iter()
-        .find(|w| w.container_id.as_deref() == Some(db.id.as_str()))
+        .find(|w| w.identity.container_id.as_deref() == Some(db.id.as_str()))
         .unwrap_or_else(|| {
             panic!(
                 "the unnamed window missed the container: {:#?}",
@@ -664,9 +670,9 @@ fn names_and_labels_come_from_the_runtime_through_cri() {
         });
     assert_eq!(
         (
-            same.namespace.as_deref(),
-            same.pod.as_deref(),
-            same.container.as_deref()
+            same.identity.namespace.as_deref(),
+            same.identity.pod.as_deref(),
+            same.identity.container.as_deref()
         ),
         (None, None, None)
     );
@@ -823,8 +829,8 @@ fn a_dropped_first_segment_is_retransmitted_by_the_sending_container_by_name() {
             sender.namespace, sender.name, snapshot.workloads
         )
     });
-    assert_eq!(lossy.pod_uid.as_deref(), Some(sender.uid.as_str()));
-    assert_eq!(lossy.netns, Some(inode(&sender.netns) as u32));
+    assert_eq!(lossy.identity.pod_uid.as_deref(), Some(sender.uid.as_str()));
+    assert_eq!(lossy.identity.netns, Some(inode(&sender.netns) as u32));
     let tcp = lossy.signals.tcp;
     assert!(tcp.retransmits >= 1, "{tcp:?}");
     assert!(tcp.retransmits <= lossy_segs, "{tcp:?} vs +{lossy_segs}");
@@ -909,7 +915,10 @@ fn dns_lookups_of_a_container_are_counted_and_timed_by_name() {
         lookups.queries, lookups.responses, lookups.by_rcode, lookups.latency_ms.p50
     );
     assert_eq!(answered, N, "{log}");
-    assert_eq!(report.container_id.as_deref(), Some(client.id.as_str()));
+    assert_eq!(
+        report.identity.container_id.as_deref(),
+        Some(client.id.as_str())
+    );
     assert_eq!(lookups.queries, N, "{lookups:?}");
     assert_eq!(lookups.responses, N, "{lookups:?}");
     assert_eq!(lookups.by_rcode.get("NOERROR"), Some(&N), "{lookups:?}");
@@ -1034,7 +1043,10 @@ fn direct_reads_of_a_device_given_to_a_container_are_its_block_io_by_name() {
     );
     assert_eq!(read.bytes, read.requests * 4096, "{read:?}");
     assert_eq!(read.errors, 0, "{read:?}");
-    assert_eq!(report.container_id.as_deref(), Some(reader.id.as_str()));
+    assert_eq!(
+        report.identity.container_id.as_deref(),
+        Some(reader.id.as_str())
+    );
     assert!(
         !report
             .signals

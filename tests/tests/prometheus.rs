@@ -242,10 +242,8 @@ fn promtool_accepts_escaped_label_values_and_the_folded_series() {
         views::metrics::Exporter,
     };
     let workload = |path: &str| {
-        let mut report = Report {
-            cgroup_path: Some(path.to_string()),
-            ..Report::default()
-        };
+        let mut report = Report::default();
+        report.identity.cgroup_path = Some(path.to_string());
         report.signals.drops.add("NO_SOCKET", 1);
         report
     };

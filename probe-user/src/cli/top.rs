@@ -21,32 +21,12 @@ use ratatui::{
 };
 use tuneprobe::{
     Collector, LoadOptions, Probe,
-    views::top::{self, Column, Detail, Rates, Row},
+    views::top::{self, Detail, Rates, Row},
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SortArg {
-    Workload,
-    Retransmits,
-    Drops,
-    Dns,
-    DnsP99,
-    BlockP99,
-    Throttled,
-}
-
-impl SortArg {
-    fn column(self) -> Column {
-        match self {
-            Self::Workload => Column::Workload,
-            Self::Retransmits => Column::Retransmits,
-            Self::Drops => Column::Drops,
-            Self::Dns => Column::Dns,
-            Self::DnsP99 => Column::DnsP99,
-            Self::BlockP99 => Column::BlockP99,
-            Self::Throttled => Column::Throttled,
-        }
-    }
+/// `top --sort`'s values: the columns' names.
+fn column_names() -> Vec<&'static str> {
+    top::columns().iter().map(|c| c.name).collect()
 }
 
 #[derive(Debug, clap::Args)]
@@ -74,8 +54,8 @@ pub struct Args {
     once: bool,
 
     /// Column to sort by (the worst first).
-    #[arg(long, value_enum, default_value = "drops")]
-    sort: SortArg,
+    #[arg(long, default_value = "drops", value_parser = clap::builder::PossibleValuesParser::new(column_names()))]
+    sort: String,
 
     /// Only pods in this namespace.
     #[arg(long, value_name = "NAMESPACE")]
@@ -137,7 +117,7 @@ fn plain(args: &Args, mut collector: Collector, filter: &str) -> anyhow::Result<
         let seconds = last.elapsed().as_secs_f64();
         last = Instant::now();
         let mut rows = rates.update(&snapshot, seconds);
-        top::arrange(&mut rows, args.sort.column(), false, filter);
+        top::arrange(&mut rows, sort_column(args), false, filter);
         keep(args, &mut rows);
         let mut stdout = std::io::stdout().lock();
         let written = write!(stdout, "{}", top::table(&rows, seconds))
@@ -153,6 +133,11 @@ fn plain(args: &Args, mut collector: Collector, filter: &str) -> anyhow::Result<
     }
 }
 
+fn sort_column(args: &Args) -> usize {
+    // The parser admits column names only.
+    top::column_named(&args.sort).unwrap_or(0)
+}
+
 fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -164,7 +149,9 @@ fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
 /// The interactive view's state.
 struct App {
     rows: Vec<Row>,
-    sort: Column,
+    /// The column sorted by, an index into `columns`.
+    sort: usize,
+    columns: Vec<top::TopColumn>,
     reverse: bool,
     filter: String,
     /// The filter being typed after `/`.
@@ -190,7 +177,8 @@ fn interactive(args: &Args, mut collector: Collector, filter: String) -> anyhow:
     rates.update(&collector.report()?, 1.0);
     let mut app = App {
         rows: Vec::new(),
-        sort: args.sort.column(),
+        sort: sort_column(args),
+        columns: top::columns(),
         reverse: false,
         filter,
         editing: None,
@@ -249,7 +237,7 @@ fn handle_key(app: &mut App, code: KeyCode, modifiers: KeyModifiers) {
         }
         return;
     }
-    let column = |app: &App| Column::ALL.iter().position(|c| *c == app.sort).unwrap_or(0);
+    let count = app.columns.len();
     match code {
         KeyCode::Char('q') => app.quit = true,
         KeyCode::Char('c') if modifiers.contains(KeyModifiers::CONTROL) => app.quit = true,
@@ -259,13 +247,13 @@ fn handle_key(app: &mut App, code: KeyCode, modifiers: KeyModifiers) {
         KeyCode::Down | KeyCode::Char('j') => app.table.select_next(),
         KeyCode::Up | KeyCode::Char('k') => app.table.select_previous(),
         KeyCode::Right | KeyCode::Char('>') => {
-            app.sort = Column::ALL[(column(app) + 1) % Column::ALL.len()];
+            app.sort = (app.sort + 1) % count;
         }
         KeyCode::Left | KeyCode::Char('<') => {
-            app.sort = Column::ALL[(column(app) + Column::ALL.len() - 1) % Column::ALL.len()];
+            app.sort = (app.sort + count - 1) % count;
         }
-        KeyCode::Char(c @ '1'..='8') => {
-            app.sort = Column::ALL[usize::from(c as u8 - b'1')];
+        KeyCode::Char(c @ '1'..='9') if usize::from(c as u8 - b'1') < count => {
+            app.sort = usize::from(c as u8 - b'1');
         }
         KeyCode::Char('r') => app.reverse = !app.reverse,
         KeyCode::Enter => {
@@ -297,7 +285,7 @@ fn draw(
             let title = format!(
                 "tuneprobe top  every {:.1}s  sort: {}{}  {filter}  {} workloads  probes {}/{}",
                 app.seconds,
-                app.sort.title(),
+                app.columns[app.sort].title,
                 if app.reverse { " (reversed)" } else { "" },
                 app.rows.len(),
                 app.attached.0,
@@ -315,9 +303,9 @@ fn draw(
 }
 
 fn draw_table(frame: &mut Frame, area: ratatui::layout::Rect, app: &mut App) {
-    let header = TableRow::new(Column::ALL.iter().enumerate().map(|(i, c)| {
-        let title = format!("{}:{}", i + 1, c.title());
-        if *c == app.sort {
+    let header = TableRow::new(app.columns.iter().enumerate().map(|(i, c)| {
+        let title = format!("{}:{}", i + 1, c.title);
+        if i == app.sort {
             Span::styled(
                 title,
                 Style::new().add_modifier(Modifier::UNDERLINED | Modifier::BOLD),
@@ -327,18 +315,18 @@ fn draw_table(frame: &mut Frame, area: ratatui::layout::Rect, app: &mut App) {
         }
     }));
     let rows = app.rows.iter().map(|row| {
-        TableRow::new(Column::ALL.iter().map(|c| {
-            let text = c.cell(row);
-            if *c == Column::Workload {
+        TableRow::new((0..app.columns.len()).map(|i| {
+            let text = row.cell(i);
+            if i == 0 {
                 Line::from(text)
             } else {
                 Line::from(text).right_aligned()
             }
         }))
     });
-    let widths = Column::ALL.map(|c| match c {
-        Column::Workload => Constraint::Min(24),
-        other => Constraint::Length(other.width() as u16 + 2),
+    let widths = app.columns.iter().enumerate().map(|(i, c)| match i {
+        0 => Constraint::Min(24),
+        _ => Constraint::Length(c.width as u16 + 2),
     });
     let table = Table::new(rows, widths)
         .header(header)
@@ -357,21 +345,7 @@ fn draw_detail(frame: &mut Frame, area: ratatui::layout::Rect, detail: &Detail) 
             "cgroup {}",
             detail.cgroup_path.as_deref().unwrap_or("-")
         )),
-        Line::from(format!(
-            "since top started: {} retransmits, {} DNS queries, drops: {}",
-            detail.retransmits,
-            detail.dns_queries,
-            if detail.drops_by_reason.is_empty() {
-                "none".to_string()
-            } else {
-                detail
-                    .drops_by_reason
-                    .iter()
-                    .map(|(r, n)| format!("{r} {n}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        )),
+        Line::from(format!("since top started: {}", detail.totals.join(", "))),
     ];
     let width = usize::from(area.width).saturating_sub(40).clamp(10, 60);
     let mut section = |title: String, bars: Vec<(String, u64)>| {
@@ -386,14 +360,8 @@ fn draw_detail(frame: &mut Frame, area: ratatui::layout::Rect, detail: &Detail) 
             lines.push(Line::from(format!("  {label:>17} {} {n}", "█".repeat(len))));
         }
     };
-    if let Some(h) = &detail.dns {
-        section("DNS latency".to_string(), top::bars(h));
-    }
-    for (device, h) in &detail.block {
-        section(format!("block service time on {device}"), top::bars(h));
-    }
-    if let Some(h) = &detail.stall {
-        section("CPU throttle stalls".to_string(), top::bars(h));
+    for (title, bars) in &detail.histograms {
+        section(title.clone(), bars.clone());
     }
     frame.render_widget(
         Paragraph::new(lines).block(Block::bordered().title(" details (Esc: back) ")),

@@ -111,13 +111,13 @@ struct Filter {
 impl Filter {
     fn matches(&self, event: &TraceEvent) -> bool {
         if let Some(ns) = &self.namespace
-            && event.namespace.as_deref() != Some(ns.as_str())
+            && event.workload.namespace.as_deref() != Some(ns.as_str())
         {
             return false;
         }
         if let Some(pod) = &self.pod
-            && event.pod.as_deref() != Some(pod.as_str())
-            && event.pod_uid.as_deref() != Some(pod.as_str())
+            && event.workload.pod.as_deref() != Some(pod.as_str())
+            && event.workload.pod_uid.as_deref() != Some(pod.as_str())
         {
             return false;
         }
@@ -137,10 +137,10 @@ impl Filter {
 
 fn cgroup_matches(wanted: &str, event: &TraceEvent) -> bool {
     if let Ok(id) = wanted.parse::<u64>() {
-        return event.cgroup_id == Some(id);
+        return event.workload.cgroup_id == Some(id);
     }
     let wanted = format!("/{}", wanted.trim_matches('/'));
-    event.cgroup_path.as_deref().is_some_and(|path| {
+    event.workload.cgroup_path.as_deref().is_some_and(|path| {
         wanted == "/"
             || path == wanted
             || path

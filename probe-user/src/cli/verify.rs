@@ -561,10 +561,7 @@ fn window(
 }
 
 fn workload_name(v: &WorkloadVerdict) -> String {
-    let name = match (&v.namespace, &v.pod) {
-        (Some(ns), Some(pod)) => format!("{ns}/{pod}/{}", v.container.as_deref().unwrap_or("")),
-        _ => v.cgroup_path.clone().unwrap_or_default(),
-    };
+    let name = v.workload.display_name();
     match &v.device {
         Some(device) => format!("{name} on {device}"),
         None => name,

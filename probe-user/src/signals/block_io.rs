@@ -2,10 +2,12 @@
 //! to issue (queue) and issue to complete (service) per (blkio cgroup, device,
 //! operation), as log-linear histograms.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{collections::HashMap, fmt::Write as _, path::PathBuf};
 
 use probe_common::{
-    BlockKey, BlockStats, LatencyHistogram, block_io::BLOCK_IO_MAP, trace::{BlockEvent, TraceKind},
+    BlockKey, BlockStats, LatencyHistogram,
+    block_io::BLOCK_IO_MAP,
+    trace::{BlockEvent, TraceKind},
 };
 use serde::Serialize;
 
@@ -21,8 +23,11 @@ use crate::{
         layout::FieldPath,
         loader::{Hook, Probe, ProgramSpec},
     },
-    views::families::{Families, IO_BUCKETS, Labels, prometheus_histogram, with},
-    workloads::cgroup::Hierarchy,
+    views::{
+        families::{Families, IO_BUCKETS, Labels, prometheus_histogram, with},
+        parts::{Cell, Detail, TopColumn, bars, or_dash, truncate_left},
+    },
+    workloads::{cgroup::Hierarchy, identity::Identity},
 };
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -231,6 +236,78 @@ impl Source for BlockIo {
 
     fn trace_latency_ms(fields: &TraceFields) -> Option<f64> {
         Some(fields.service_ms + fields.queue_ms)
+    }
+
+    const TOP_COLUMNS: &'static [TopColumn] = &[TopColumn {
+        name: "block-p99",
+        title: "BLOCK p99",
+        width: 16,
+    }];
+
+    /// The device with the slowest p99 service time over the interval, and that p99.
+    fn top_cells(now: &Vec<BlockReport>, before: &Vec<BlockReport>, _seconds: f64) -> Vec<Cell> {
+        let mut worst: Option<(&str, f64)> = None;
+        for b in now {
+            let earlier = before.iter().find(|e| e.device == b.device && e.op == b.op);
+            let delta = match earlier {
+                Some(e) => histogram::since(&b.service_histogram, &e.service_histogram),
+                None => b.service_histogram,
+            };
+            if let Some(p99) = histogram::quantile_ms(&delta, 0.99)
+                && worst.is_none_or(|(_, w)| p99 > w)
+            {
+                worst = Some((&b.device, p99));
+            }
+        }
+        vec![Cell::ms(worst.map(|(d, _)| d), worst.map(|(_, p99)| p99))]
+    }
+
+    fn top_detail(section: &Vec<BlockReport>, detail: &mut Detail) {
+        let mut devices: Vec<&str> = section.iter().map(|b| b.device.as_str()).collect();
+        devices.sort_unstable();
+        devices.dedup();
+        for device in devices {
+            detail.histograms.push((
+                format!("block service time on {device}"),
+                bars(&total(section, Some(device), false)),
+            ));
+        }
+    }
+
+    fn table(rows: &[(&Identity, &Vec<BlockReport>)]) -> String {
+        let mut out = String::new();
+        let rows = rows.iter().flat_map(|(w, b)| b.iter().map(move |b| (w, b)));
+        for (i, (workload, b)) in rows.enumerate() {
+            if i == 0 {
+                let _ = writeln!(
+                    out,
+                    "{:<50} {:<10} {:<7} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9}",
+                    "WORKLOAD",
+                    "DEVICE",
+                    "OP",
+                    "REQS",
+                    "MB",
+                    "MEAN ms",
+                    "P50 ms",
+                    "P99 ms",
+                    "QUEUE ms"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{:<50} {:<10} {:<7} {:>8} {:>10.1} {:>9} {:>9} {:>9} {:>9}",
+                truncate_left(&workload.display_name(), 50),
+                b.device,
+                b.op,
+                b.requests,
+                b.bytes as f64 / 1e6,
+                or_dash(b.service_ms.mean, 3),
+                or_dash(b.service_ms.p50, 3),
+                or_dash(b.service_ms.p99, 3),
+                or_dash(b.queue_ms.mean, 3),
+            );
+        }
+        out
     }
 }
 

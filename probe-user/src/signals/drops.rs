@@ -2,9 +2,16 @@
 //! listen-queue overflows that the kernel counts per namespace but does not report
 //! through `kfree_skb`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+};
 
-use probe_common::{DropKey, drops::DROPS_MAP, trace::{DropEvent, TraceKind}};
+use probe_common::{
+    DropKey,
+    drops::DROPS_MAP,
+    trace::{DropEvent, TraceKind},
+};
 use serde::Serialize;
 
 use super::{
@@ -18,8 +25,11 @@ use crate::{
         layout,
         loader::{Hook, Probe, ProgramSpec},
     },
-    views::families::{Families, Labels, with},
-    workloads::cgroup::Hierarchy,
+    views::{
+        families::{Families, Labels, with},
+        parts::{Cell, Detail, TopColumn, truncate_left},
+    },
+    workloads::{cgroup::Hierarchy, identity::Identity},
 };
 
 /// The reason under which listen-queue overflows appear: the kernel counts them in
@@ -197,6 +207,64 @@ impl Source for Drops {
 
     fn trace_detail(fields: &TraceFields) -> String {
         fields.detail()
+    }
+
+    const TOP_COLUMNS: &'static [TopColumn] = &[
+        TopColumn {
+            name: "drops",
+            title: "DROPS/s",
+            width: 9,
+        },
+        TopColumn {
+            name: "top-drop",
+            title: "TOP DROP",
+            width: 18,
+        },
+    ];
+
+    fn top_cells(now: &DropStats, before: &DropStats, seconds: f64) -> Vec<Cell> {
+        vec![
+            Cell::rate(now.total.saturating_sub(before.total) as f64 / seconds),
+            // Since `top` started: a reason that stops is still the one to look at.
+            Cell::Text(now.top_reason().map(|(reason, _)| reason.to_string())),
+        ]
+    }
+
+    fn top_detail(section: &DropStats, detail: &mut Detail) {
+        let mut reasons: Vec<(&String, &u64)> = section.by_reason.iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let reasons: Vec<String> = reasons.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        detail.totals.push(if reasons.is_empty() {
+            "drops: none".to_string()
+        } else {
+            format!("drops: {}", reasons.join(", "))
+        });
+    }
+
+    fn table(rows: &[(&Identity, &DropStats)]) -> String {
+        let mut out = String::new();
+        for (i, (workload, d)) in rows.iter().filter(|(_, d)| d.total > 0).enumerate() {
+            if i == 0 {
+                let _ = writeln!(
+                    out,
+                    "{:<60} {:>10} {:>8}  TOP DROP REASON",
+                    "WORKLOAD", "NETNS", "DROPS"
+                );
+            }
+            let top = d
+                .top_reason()
+                .map(|(reason, n)| format!("{reason} ({n})"))
+                .unwrap_or_default();
+            let netns = workload.netns.map_or_else(|| "-".into(), |n| n.to_string());
+            let _ = writeln!(
+                out,
+                "{:<60} {:>10} {:>8}  {top}",
+                truncate_left(&workload.display_name(), 60),
+                netns,
+                d.total,
+            );
+        }
+        out
     }
 }
 

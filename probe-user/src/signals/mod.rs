@@ -26,8 +26,14 @@ use self::record::{RecordError, TraceContext};
 pub use self::source::{Attribution, Dead, NetnsLoad, Owner, Settings, Shared, Slot, Source};
 use crate::{
     kernel::loader::{LoadError, LoadOptions, Probe, ProgramSpec},
-    views::families::{Families, Labels},
-    workloads::cgroup::{CgroupPaths, Hierarchy},
+    views::{
+        families::{Families, Labels},
+        parts::{Cell, Detail, TopColumn},
+    },
+    workloads::{
+        cgroup::{CgroupPaths, Hierarchy},
+        identity::Identity,
+    },
 };
 
 /// Resolves owners to workloads: implemented by the window, which names them.
@@ -180,6 +186,20 @@ macro_rules! registry {
             })+
         }
 
+        /// `top`'s columns after the workload's, signal by signal.
+        pub fn top_columns() -> Vec<TopColumn> {
+            let mut all = Vec::new();
+            $(all.extend(<$source as Source>::TOP_COLUMNS);)+
+            all
+        }
+
+        /// `snapshot`'s tables, signal by signal (empty where a signal saw nothing).
+        pub fn tables(workloads: &[(&Identity, &Sections)]) -> Vec<String> {
+            vec![$(<$source as Source>::table(
+                &workloads.iter().map(|(w, s)| (*w, &s.$field)).collect::<Vec<_>>(),
+            ),)+]
+        }
+
         /// Every kernel program, signal by signal.
         pub fn programs() -> Vec<&'static ProgramSpec> {
             let mut all = Vec::new();
@@ -191,6 +211,18 @@ macro_rules! registry {
             /// Last touches once every workload is known (namespace totals).
             pub fn complete(&mut self, shared: &Shared, netns: Option<u32>) {
                 $(<$source as Source>::complete(shared, netns, &mut self.$field);)+
+            }
+
+            /// Every signal's `top` cells over an interval, in [`top_columns`]' order.
+            pub fn top_cells(&self, before: &Self, seconds: f64) -> Vec<Cell> {
+                let mut all = Vec::new();
+                $(all.extend(<$source as Source>::top_cells(&self.$field, &before.$field, seconds));)+
+                all
+            }
+
+            /// Every signal's part of `top`'s detail view.
+            pub fn top_detail(&self, detail: &mut Detail) {
+                $(<$source as Source>::top_detail(&self.$field, detail);)+
             }
 
             /// Every signal's metric families for this workload.
@@ -269,15 +301,16 @@ macro_rules! registry {
     };
 }
 
-// The signals, in the order of a workload's JSON and of the probe list: the section's
+// The signals, in the order of a workload's JSON, the probe list, `snapshot`'s tables and
+// `top`'s columns: the section's
 // name, the module's source, the signal's name in Rust. Adding one is its module and a
 // line here.
 registry! {
     tcp: tcp_retransmit::TcpRetransmit => TcpRetransmit,
     drops: drops::Drops => Drops,
+    dns: dns::Dns => Dns,
     block: block_io::BlockIo => BlockIo,
     cpu: cpu_throttle::CpuThrottle => CpuThrottle,
-    dns: dns::Dns => Dns,
 }
 
 impl Signal {

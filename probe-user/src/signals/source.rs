@@ -13,9 +13,13 @@ use serde::Serialize;
 use super::record::TraceContext;
 use crate::{
     kernel::loader::{Probe, ProgramSpec},
-    views::families::{Families, Labels},
+    views::{
+        families::{Families, Labels},
+        parts::{Cell, Detail, TopColumn},
+    },
     workloads::{
         cgroup::{CgroupPaths, Hierarchy},
+        identity::Identity,
         procfs::NetnsTcpCounters,
     },
 };
@@ -202,5 +206,23 @@ pub trait Source: Sized {
     /// The event's latency in milliseconds, for `trace --min-latency`.
     fn trace_latency_ms(_fields: &Self::TraceFields) -> Option<f64> {
         None
+    }
+
+    /// Its columns in `top`.
+    const TOP_COLUMNS: &'static [TopColumn] = &[];
+
+    /// Its `top` cells over an interval, one per column; `now` and `before` are
+    /// cumulative (`before` is empty for a workload new in this interval).
+    fn top_cells(_now: &Self::Section, _before: &Self::Section, _seconds: f64) -> Vec<Cell> {
+        Vec::new()
+    }
+
+    /// Its part of a workload's detail view in `top` (totals since `top` started).
+    fn top_detail(_section: &Self::Section, _detail: &mut Detail) {}
+
+    /// Its table in `snapshot`: a header and a row per workload with activity, or
+    /// nothing.
+    fn table(_rows: &[(&Identity, &Self::Section)]) -> String {
+        String::new()
     }
 }

@@ -2,10 +2,12 @@
 //! their segments and failed attempts per (socket cgroup, network namespace); the load
 //! they are judged by is the namespace's own `OutSegs`.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, fmt::Write as _};
 
 use probe_common::{
-    RetransmitCounters, RetransmitKey, tcp_retransmit::TCP_RETRANSMITS_MAP, trace::{RetransmitEvent, TraceKind},
+    RetransmitCounters, RetransmitKey,
+    tcp_retransmit::TCP_RETRANSMITS_MAP,
+    trace::{RetransmitEvent, TraceKind},
 };
 use serde::Serialize;
 
@@ -19,8 +21,11 @@ use crate::{
         layout,
         loader::{Hook, Probe, ProgramSpec},
     },
-    views::families::{Families, Labels},
-    workloads::cgroup::Hierarchy,
+    views::{
+        families::{Families, Labels},
+        parts::{Cell, Detail, TopColumn, truncate_left},
+    },
+    workloads::{cgroup::Hierarchy, identity::Identity},
 };
 
 /// A workload's retransmits over the window, and its namespace's TCP load.
@@ -205,6 +210,51 @@ impl Source for TcpRetransmit {
 
     fn trace_detail(fields: &TraceFields) -> String {
         fields.detail()
+    }
+
+    const TOP_COLUMNS: &'static [TopColumn] = &[TopColumn {
+        name: "retransmits",
+        title: "RETX/s",
+        width: 9,
+    }];
+
+    fn top_cells(now: &TcpStats, before: &TcpStats, seconds: f64) -> Vec<Cell> {
+        vec![Cell::rate(
+            now.retransmits.saturating_sub(before.retransmits) as f64 / seconds,
+        )]
+    }
+
+    fn top_detail(section: &TcpStats, detail: &mut Detail) {
+        detail
+            .totals
+            .push(format!("{} retransmits", section.retransmits));
+    }
+
+    fn table(rows: &[(&Identity, &TcpStats)]) -> String {
+        let mut out = String::new();
+        let rows = rows.iter().filter(|(_, t)| {
+            t.retransmits > 0 || t.retransmitted_segments > 0 || t.failed_retransmits > 0
+        });
+        for (i, (workload, t)) in rows.enumerate() {
+            if i == 0 {
+                let _ = writeln!(
+                    out,
+                    "{:<60} {:>10} {:>8} {:>8} {:>6}",
+                    "WORKLOAD", "NETNS", "RETRANS", "SEGS", "FAILED"
+                );
+            }
+            let netns = workload.netns.map_or_else(|| "-".into(), |n| n.to_string());
+            let _ = writeln!(
+                out,
+                "{:<60} {:>10} {:>8} {:>8} {:>6}",
+                truncate_left(&workload.display_name(), 60),
+                netns,
+                t.retransmits,
+                t.retransmitted_segments,
+                t.failed_retransmits,
+            );
+        }
+        out
     }
 }
 

@@ -11,7 +11,7 @@ use crate::{
     signals::measure::Measure,
     tuning,
     verify::stats::{self, Comparison},
-    workloads::attribution::is_within,
+    workloads::{attribution::is_within, identity::Identity},
 };
 
 /// The workloads a change can affect.
@@ -52,13 +52,13 @@ impl Affected {
             .workloads
             .iter()
             .filter_map(|w| {
-                let path = w.cgroup_path.as_deref()?;
+                let path = w.identity.cgroup_path.as_deref()?;
                 let included = match self {
                     Self::Device(device) => w.signals.block.iter().any(|b| &b.device == device),
                     Self::Node => true,
                     Self::Cgroup(prefix) => is_within(path, prefix),
                     Self::Netns { inode, owner } => {
-                        w.netns == Some(*inode)
+                        w.identity.netns == Some(*inode)
                             || owner.as_ref().is_some_and(|o| is_within(path, o))
                     }
                 };
@@ -74,7 +74,7 @@ impl Affected {
             Self::Node => true,
             Self::Cgroup(prefix) => is_within(&key.path, prefix),
             Self::Netns { inode, owner } => {
-                workload.and_then(|w| w.netns) == Some(*inode)
+                workload.and_then(|w| w.identity.netns) == Some(*inode)
                     || owner.as_ref().is_some_and(|o| is_within(&key.path, o))
             }
         }
@@ -138,11 +138,11 @@ pub fn interval_samples(
     let earlier: BTreeMap<&str, &Workload> = previous
         .workloads
         .iter()
-        .filter_map(|w| Some((w.cgroup_path.as_deref()?, w)))
+        .filter_map(|w| Some((w.identity.cgroup_path.as_deref()?, w)))
         .collect();
     let mut out = Vec::new();
     for now in &current.workloads {
-        let Some(path) = now.cgroup_path.as_deref() else {
+        let Some(path) = now.identity.cgroup_path.as_deref() else {
             continue;
         };
         // A workload first seen now had nothing before: compare with an empty one.
@@ -179,13 +179,8 @@ pub fn interval_samples(
 /// The judgement for one signal of one workload.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkloadVerdict {
-    pub cgroup_path: Option<String>,
-    pub pod_uid: Option<String>,
-    pub container_id: Option<String>,
-    pub namespace: Option<String>,
-    pub pod: Option<String>,
-    pub container: Option<String>,
-    pub netns: Option<u32>,
+    #[serde(flatten)]
+    pub workload: Identity,
     pub signal: Measure,
     /// The block device, for block signals of a device-scoped change.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -234,7 +229,7 @@ pub fn judge(
     let workloads: BTreeMap<&str, &Workload> = last
         .workloads
         .iter()
-        .filter_map(|w| Some((w.cgroup_path.as_deref()?, w)))
+        .filter_map(|w| Some((w.identity.cgroup_path.as_deref()?, w)))
         .collect();
     let mut verdicts = Vec::new();
     for (key, samples_before) in &before.series {
@@ -265,13 +260,10 @@ pub fn judge(
         }
         let median = |v: &[f64]| (!v.is_empty()).then(|| stats::median(v));
         verdicts.push(WorkloadVerdict {
-            cgroup_path: Some(key.path.clone()),
-            pod_uid: workload.and_then(|w| w.pod_uid.clone()),
-            container_id: workload.and_then(|w| w.container_id.clone()),
-            namespace: workload.and_then(|w| w.namespace.clone()),
-            pod: workload.and_then(|w| w.pod.clone()),
-            container: workload.and_then(|w| w.container.clone()),
-            netns: workload.and_then(|w| w.netns),
+            workload: Identity {
+                cgroup_path: Some(key.path.clone()),
+                ..workload.map(|w| w.identity.clone()).unwrap_or_default()
+            },
             signal: key.signal,
             device: key.device.clone(),
             load: key.signal.load(),

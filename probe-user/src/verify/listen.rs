@@ -27,7 +27,7 @@ pub fn explain_listen_backlogs(
         return;
     };
     for verdict in verdicts {
-        let Some(listeners) = verdict.netns.and_then(&mut listeners_of) else {
+        let Some(listeners) = verdict.workload.netns.and_then(&mut listeners_of) else {
             continue;
         };
         // Capped by the old value: exactly the old cap while the new one is higher, or

@@ -49,7 +49,10 @@ mod tests {
             gc_deleted_entries: Default::default(),
             program_stats: vec![],
             workloads: vec![Workload {
-                cgroup_path: Some("/pod/c".into()),
+                identity: crate::workloads::identity::Identity {
+                    cgroup_path: Some("/pod/c".into()),
+                    ..Default::default()
+                },
                 signals: Sections {
                     cpu: Some(CpuReport {
                         periods,
@@ -146,7 +149,7 @@ mod tests {
     #[test]
     fn a_listener_with_the_old_backlog_needs_a_restart() {
         let (before, after, mut last) = throttling_then_none();
-        last.workloads[0].netns = Some(7);
+        last.workloads[0].identity.netns = Some(7);
         let mut verdicts = judge(
             &before,
             &after,

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 use serde::Serialize;
 
 use crate::{
-    report::{Snapshot, Workload, serde_name},
+    report::{Snapshot, serde_name},
     signals::measure::Measure,
     tuning,
     verify::stats,
@@ -285,17 +285,7 @@ impl Watcher {
             .take(MAX_VERDICT_SERIES);
         for (report, v) in verdicts {
             // The same workload labels as the workload's own series.
-            let workload = Workload {
-                cgroup_path: v.cgroup_path.clone(),
-                netns: v.netns,
-                pod_uid: v.pod_uid.clone(),
-                container_id: v.container_id.clone(),
-                namespace: v.namespace.clone(),
-                pod: v.pod.clone(),
-                container: v.container.clone(),
-                ..Workload::default()
-            };
-            let mut labels = workload.labels();
+            let mut labels = v.workload.labels();
             labels.extend([
                 ("knob", report.change.knob.clone()),
                 ("scope", report.change.scope.clone()),

@@ -12,7 +12,7 @@ use prometheus::{Encoder as _, TextEncoder};
 
 use crate::{
     kernel::loader::ProbeStatus,
-    report::{Snapshot, Workload, serde_name},
+    report::{Snapshot, Workload},
     tuning::{Inventory, Setting},
     verify::Watcher,
     views::families::{Families, Labels},
@@ -99,7 +99,7 @@ impl Exporter {
 
     /// The workload's own label set.
     fn own_labels(&self, workload: &Workload) -> Labels {
-        let mut own = workload.labels();
+        let mut own = workload.identity.labels();
         for (key, name) in &self.pod_labels {
             own.push((
                 *name,
@@ -284,7 +284,7 @@ fn add_probe_health(
     map_overflows: &BTreeMap<String, u64>,
 ) {
     for probe in probes {
-        let signal = serde_name(&probe.signal);
+        let signal = probe.signal.to_string();
         f.gauge(
             "tuneprobe_probe_attached",
             "1 if the kernel program is attached, 0 if this kernel cannot run it.",
@@ -310,18 +310,22 @@ mod tests {
     use crate::{
         signals::{Sections, drops::DropStats, tcp_retransmit::TcpStats},
         views::families::{IO_BUCKETS, Value, prometheus_histogram},
+        workloads::identity::Identity,
     };
 
     fn workload(pod: &str) -> Workload {
         let mut drops = DropStats::default();
         drops.add("NO_SOCKET", 3);
         Workload {
-            cgroup_id: Some(7),
-            cgroup_path: Some(format!("/kubepods/{pod}")),
-            pod_uid: Some(format!("uid-{pod}")),
-            namespace: Some("shop".into()),
-            pod: Some(pod.into()),
-            container: Some("app".into()),
+            identity: Identity {
+                cgroup_id: Some(7),
+                cgroup_path: Some(format!("/kubepods/{pod}")),
+                pod_uid: Some(format!("uid-{pod}")),
+                namespace: Some("shop".into()),
+                pod: Some(pod.into()),
+                container: Some("app".into()),
+                ..Identity::default()
+            },
             signals: Sections {
                 tcp: TcpStats {
                     retransmits: 2,
@@ -422,11 +426,11 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         let mut odd = workload("x");
-        odd.pod_uid = None;
-        odd.namespace = None;
-        odd.pod = None;
-        odd.container = None;
-        odd.cgroup_path = Some("/system.slice/a\\x2db \"q\"\nline.service".into());
+        odd.identity.pod_uid = None;
+        odd.identity.namespace = None;
+        odd.identity.pod = None;
+        odd.identity.container = None;
+        odd.identity.cgroup_path = Some("/system.slice/a\\x2db \"q\"\nline.service".into());
         let text = Exporter::new(10, &[]).render(&snapshot(vec![odd]), 0.0);
         assert!(
             text.contains(r#"cgroup="/system.slice/a\\x2db \"q\"\nline.service""#),

@@ -2,6 +2,7 @@
 
 pub mod families;
 pub mod metrics;
+pub mod parts;
 pub mod plot;
 pub mod table;
 pub mod top;

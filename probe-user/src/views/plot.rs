@@ -233,17 +233,17 @@ pub(crate) fn box_row(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{signals::measure::Measure, verify::SampleValues, verify::stats};
+    use crate::{
+        signals::measure::Measure, verify::SampleValues, verify::stats,
+        workloads::identity::Identity,
+    };
 
     fn verdict(before: Vec<f64>, after: Vec<f64>) -> WorkloadVerdict {
         WorkloadVerdict {
-            cgroup_path: Some("/pod/c".into()),
-            pod_uid: None,
-            container_id: None,
-            namespace: None,
-            pod: None,
-            container: None,
-            netns: None,
+            workload: Identity {
+                cgroup_path: Some("/pod/c".into()),
+                ..Identity::default()
+            },
             signal: Measure::CpuThrottledRatio,
             device: None,
             load: Measure::CpuThrottledRatio.load(),

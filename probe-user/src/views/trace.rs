@@ -15,10 +15,9 @@ use serde::Serialize;
 pub use crate::signals::{Fields, Record, record::RecordError};
 use crate::{
     kernel::kallsyms::Symbols,
-    report::Workload,
     signals::record::TraceContext,
     window::Collector,
-    workloads::cgroup::Hierarchy,
+    workloads::{cgroup::Hierarchy, identity::Identity},
 };
 
 /// One event as `trace --json` prints it.
@@ -27,14 +26,8 @@ pub struct TraceEvent {
     pub signal: &'static str,
     /// RFC 3339, microseconds, UTC.
     pub time: String,
-    pub cgroup_id: Option<u64>,
-    pub cgroup_path: Option<String>,
-    pub netns: Option<u32>,
-    pub pod_uid: Option<String>,
-    pub container_id: Option<String>,
-    pub namespace: Option<String>,
-    pub pod: Option<String>,
-    pub container: Option<String>,
+    #[serde(flatten)]
+    pub workload: Identity,
     #[serde(flatten)]
     pub fields: Fields,
 }
@@ -45,29 +38,13 @@ impl TraceEvent {
         self.fields.latency_ms()
     }
 
-    /// The workload as one word: `namespace/pod/container`, else the cgroup path, else
-    /// the network namespace.
-    pub fn workload_label(&self) -> String {
-        match (&self.namespace, &self.pod) {
-            (Some(ns), Some(pod)) => match &self.container {
-                Some(c) => format!("{ns}/{pod}/{c}"),
-                None => format!("{ns}/{pod}"),
-            },
-            _ => match (&self.cgroup_path, self.netns) {
-                (Some(path), _) => path.clone(),
-                (None, Some(netns)) => format!("netns:{netns}"),
-                (None, None) => "-".to_string(),
-            },
-        }
-    }
-
     /// One line for people: time, signal, workload, details.
     pub fn to_line(&self) -> String {
         let time = self.time.get(11..23).unwrap_or(&self.time);
         format!(
             "{time} {:<11} {} {}",
             self.signal,
-            self.workload_label(),
+            self.workload.display_name(),
             self.fields.detail()
         )
     }
@@ -80,7 +57,7 @@ pub struct Decoder {
     sys_root: std::path::PathBuf,
     /// CLOCK_REALTIME minus CLOCK_MONOTONIC, to date kernel timestamps.
     realtime_offset_ns: i128,
-    names: HashMap<(Hierarchy, u64, u32), Workload>,
+    names: HashMap<(Hierarchy, u64, u32), Identity>,
     devices: HashMap<u32, String>,
 }
 
@@ -105,11 +82,20 @@ impl Decoder {
         let header = record.header;
         let hierarchy = record.hierarchy();
         let netns = (header.netns != 0).then_some(header.netns);
-        let workload = self
+        let mut workload = self
             .names
             .entry((hierarchy, header.cgroup_id, header.netns))
-            .or_insert_with(|| collector.workload_of(hierarchy, header.cgroup_id, netns))
+            .or_insert_with(|| {
+                collector
+                    .workload_of(hierarchy, header.cgroup_id, netns)
+                    .identity
+            })
             .clone();
+        // What the kernel said, where naming found nothing more.
+        workload.cgroup_id = workload
+            .cgroup_id
+            .or((header.cgroup_id != 0).then_some(header.cgroup_id));
+        workload.netns = workload.netns.or(netns);
         let fields = record.fields(&mut TraceContext {
             probe: collector.probe(),
             symbols: &self.symbols,
@@ -119,16 +105,7 @@ impl Decoder {
         TraceEvent {
             signal: record.signal().trace_name(),
             time: self.wall_time(header.time_ns),
-            cgroup_id: workload
-                .cgroup_id
-                .or((header.cgroup_id != 0).then_some(header.cgroup_id)),
-            cgroup_path: workload.cgroup_path,
-            netns: workload.netns.or(netns),
-            pod_uid: workload.pod_uid,
-            container_id: workload.container_id,
-            namespace: workload.namespace,
-            pod: workload.pod,
-            container: workload.container,
+            workload,
             fields,
         }
     }
@@ -185,14 +162,12 @@ mod tests {
         let event = TraceEvent {
             signal: "dns",
             time: "2026-01-01T00:00:00.000000Z".to_string(),
-            cgroup_id: Some(7),
-            cgroup_path: None,
-            netns: None,
-            pod_uid: None,
-            container_id: None,
-            namespace: Some("shop".to_string()),
-            pod: Some("api".to_string()),
-            container: None,
+            workload: Identity {
+                cgroup_id: Some(7),
+                namespace: Some("shop".to_string()),
+                pod: Some("api".to_string()),
+                ..Identity::default()
+            },
             fields: Fields::Dns(crate::signals::dns::TraceFields {
                 qname: Some("a.test".to_string()),
                 qtype: Some("A".to_string()),

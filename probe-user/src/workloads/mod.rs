@@ -6,6 +6,7 @@ pub mod attribution;
 pub mod cgroup;
 pub mod cri;
 pub mod host;
+pub mod identity;
 pub mod kube;
 pub mod netns;
 pub mod pods;

@@ -39,9 +39,12 @@ impl CgroupScope {
     /// network namespace with no known owner, the unattributable rest) cannot be shown
     /// to be inside it and are dropped.
     pub fn retain_workloads(&self, snapshot: &mut Snapshot) {
-        snapshot
-            .workloads
-            .retain(|w| w.cgroup_path.as_deref().is_some_and(|p| self.contains(p)));
+        snapshot.workloads.retain(|w| {
+            w.identity
+                .cgroup_path
+                .as_deref()
+                .is_some_and(|p| self.contains(p))
+        });
     }
 
     /// Keeps the knobs whose scope belongs to the workloads in scope: cgroups at or
@@ -68,7 +71,10 @@ mod tests {
         let scope = CgroupScope::new("tp-a/kubepods.slice/");
         assert_eq!(scope.path(), "/tp-a/kubepods.slice");
         let workload = |path: Option<&str>| Workload {
-            cgroup_path: path.map(str::to_string),
+            identity: crate::workloads::identity::Identity {
+                cgroup_path: path.map(str::to_string),
+                ..Default::default()
+            },
             ..Workload::default()
         };
         let mut snapshot = Snapshot {
@@ -91,7 +97,7 @@ mod tests {
         let kept: Vec<_> = snapshot
             .workloads
             .iter()
-            .map(|w| w.cgroup_path.clone().unwrap())
+            .map(|w| w.identity.cgroup_path.clone().unwrap())
             .collect();
         assert_eq!(
             kept,

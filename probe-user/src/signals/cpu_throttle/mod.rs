@@ -6,11 +6,14 @@ pub mod cpustat;
 
 use std::{
     collections::{BTreeSet, HashMap},
+    fmt::Write as _,
     path::{Path, PathBuf},
 };
 
 use probe_common::{
-    LatencyHistogram, ThrottleStats, cpu_throttle::CPU_THROTTLE_MAP, trace::{ThrottleEvent, TraceKind},
+    LatencyHistogram, ThrottleStats,
+    cpu_throttle::CPU_THROTTLE_MAP,
+    trace::{ThrottleEvent, TraceKind},
 };
 use serde::Serialize;
 
@@ -26,8 +29,14 @@ use crate::{
         layout,
         loader::{Hook, Probe, ProgramSpec},
     },
-    views::families::{Families, IO_BUCKETS, Labels, prometheus_histogram},
-    workloads::cgroup::{CgroupPaths, Hierarchy},
+    views::{
+        families::{Families, IO_BUCKETS, Labels, prometheus_histogram},
+        parts::{Cell, Detail, TopColumn, bars, or_dash, truncate_left},
+    },
+    workloads::{
+        cgroup::{CgroupPaths, Hierarchy},
+        identity::Identity,
+    },
 };
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -315,6 +324,69 @@ impl Source for CpuThrottle {
 
     fn trace_latency_ms(fields: &TraceFields) -> Option<f64> {
         Some(fields.stall_ms)
+    }
+
+    const TOP_COLUMNS: &'static [TopColumn] = &[TopColumn {
+        name: "throttled",
+        title: "THROTTLED",
+        width: 9,
+    }];
+
+    /// Throttled periods over periods in the interval, from `cpu.stat`; `-` without a
+    /// quota.
+    fn top_cells(now: &Option<CpuReport>, before: &Option<CpuReport>, _seconds: f64) -> Vec<Cell> {
+        let pct = now.as_ref().and_then(|c| {
+            c.quota_ms?;
+            let (periods, throttled) = CpuReport::periods_since(before.as_ref(), c);
+            Some(if periods == 0 {
+                0.0
+            } else {
+                100.0 * throttled as f64 / periods as f64
+            })
+        });
+        vec![Cell::percent(pct)]
+    }
+
+    fn top_detail(section: &Option<CpuReport>, detail: &mut Detail) {
+        if let Some(c) = section {
+            detail
+                .histograms
+                .push(("CPU throttle stalls".to_string(), bars(&c.stall_histogram)));
+        }
+    }
+
+    fn table(rows: &[(&Identity, &Option<CpuReport>)]) -> String {
+        let mut out = String::new();
+        let rows = rows.iter().filter_map(|(w, c)| Some((w, c.as_ref()?)));
+        for (i, (workload, c)) in rows.enumerate() {
+            if i == 0 {
+                let _ = writeln!(
+                    out,
+                    "{:<50} {:>9} {:>8} {:>9} {:>11} {:>8} {:>11} {:>11}",
+                    "WORKLOAD",
+                    "QUOTA ms",
+                    "PERIODS",
+                    "THROTTLED",
+                    "THROTTLE ms",
+                    "EVENTS",
+                    "STALL p50",
+                    "STALL p99"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{:<50} {:>9} {:>8} {:>9} {:>11.1} {:>8} {:>11} {:>11}",
+                truncate_left(&workload.display_name(), 50),
+                or_dash(c.quota_ms, 1),
+                c.periods,
+                c.throttled_periods,
+                c.throttled_ms,
+                c.throttle_events,
+                or_dash(c.stall_ms.p50, 1),
+                or_dash(c.stall_ms.p99, 1),
+            );
+        }
+        out
     }
 }
 

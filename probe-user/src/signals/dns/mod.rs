@@ -7,6 +7,7 @@ pub mod wire;
 
 use std::{
     collections::{BTreeMap, HashMap},
+    fmt::Write as _,
     net::{IpAddr, Ipv6Addr},
     time::Duration,
 };
@@ -27,8 +28,14 @@ use super::{
 };
 use crate::{
     kernel::loader::{Hook, Probe, ProgramSpec},
-    views::families::{DNS_BUCKETS, Families, Labels, prometheus_histogram, with},
-    workloads::cgroup::{CgroupPaths, Hierarchy},
+    views::{
+        families::{DNS_BUCKETS, Families, Labels, prometheus_histogram, with},
+        parts::{Cell, Detail, TopColumn, bars, or_dash, truncate_left},
+    },
+    workloads::{
+        cgroup::{CgroupPaths, Hierarchy},
+        identity::Identity,
+    },
 };
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -307,6 +314,68 @@ impl Source for Dns {
 
     fn trace_latency_ms(fields: &TraceFields) -> Option<f64> {
         Some(fields.latency_ms)
+    }
+
+    const TOP_COLUMNS: &'static [TopColumn] = &[
+        TopColumn {
+            name: "dns",
+            title: "DNS/s",
+            width: 9,
+        },
+        TopColumn {
+            name: "dns-p99",
+            title: "DNS p99",
+            width: 9,
+        },
+    ];
+
+    fn top_cells(now: &Option<DnsReport>, before: &Option<DnsReport>, seconds: f64) -> Vec<Cell> {
+        let queries = |d: &Option<DnsReport>| d.as_ref().map_or(0, |d| d.queries);
+        let p99 = now.as_ref().and_then(|d| {
+            histogram::quantile_ms(&DnsReport::latency_since(before.as_ref(), d), 0.99)
+        });
+        vec![
+            Cell::rate(queries(now).saturating_sub(queries(before)) as f64 / seconds),
+            Cell::ms(None, p99),
+        ]
+    }
+
+    fn top_detail(section: &Option<DnsReport>, detail: &mut Detail) {
+        let queries = section.as_ref().map_or(0, |d| d.queries);
+        detail.totals.push(format!("{queries} DNS queries"));
+        if let Some(d) = section {
+            detail
+                .histograms
+                .push(("DNS latency".to_string(), bars(&d.latency())));
+        }
+    }
+
+    fn table(rows: &[(&Identity, &Option<DnsReport>)]) -> String {
+        let mut out = String::new();
+        let rows = rows.iter().filter_map(|(w, d)| Some((w, d.as_ref()?)));
+        for (i, (workload, d)) in rows.enumerate() {
+            if i == 0 {
+                let _ = writeln!(
+                    out,
+                    "{:<50} {:>8} {:>9} {:>8} {:>9} {:>8} {:>8}  RESOLVERS",
+                    "WORKLOAD", "QUERIES", "RESPONSES", "TIMEOUTS", "MALFORMED", "P50 ms", "P99 ms"
+                );
+            }
+            let resolvers: Vec<&str> = d.by_resolver.keys().map(String::as_str).collect();
+            let _ = writeln!(
+                out,
+                "{:<50} {:>8} {:>9} {:>8} {:>9} {:>8} {:>8}  {}",
+                truncate_left(&workload.display_name(), 50),
+                d.queries,
+                d.responses,
+                d.timeouts,
+                d.malformed,
+                or_dash(d.latency_ms.p50, 2),
+                or_dash(d.latency_ms.p99, 2),
+                resolvers.join(" "),
+            );
+        }
+        out
     }
 }
 

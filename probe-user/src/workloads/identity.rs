@@ -1,0 +1,119 @@
+//! Who a workload is, in one type: the JSON of `snapshot`, `trace` and `verify` carries
+//! it flattened, tables and `top` name it with [`Identity::display_name`], metrics label
+//! it with [`Identity::labels`].
+
+use serde::Serialize;
+
+use crate::views::families::Labels;
+
+/// A cgroup (a container, a pod, a system service, the host), a network namespace whose
+/// owner is unknown, or the unattributable rest (everything `None`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Identity {
+    pub cgroup_id: Option<u64>,
+    pub cgroup_path: Option<String>,
+    pub netns: Option<u32>,
+    pub pod_uid: Option<String>,
+    pub container_id: Option<String>,
+    /// Names from the kubelet's log directories (or the API): `null` when unknown.
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
+}
+
+impl Identity {
+    /// `namespace`, `pod`, `container` for pods; `cgroup` (the path) for everything else,
+    /// which is bounded by the number of cgroups on the node and by the workload cap.
+    pub fn labels(&self) -> Labels {
+        let is_pod = self.pod_uid.is_some();
+        let cgroup = match (&self.cgroup_path, self.netns) {
+            _ if is_pod => String::new(),
+            (Some(path), _) => path.clone(),
+            (None, Some(netns)) => format!("netns:{netns}"),
+            (None, None) => "unattributed".to_string(),
+        };
+        vec![
+            ("namespace", self.namespace.clone().unwrap_or_default()),
+            (
+                "pod",
+                self.pod
+                    .clone()
+                    .or_else(|| self.pod_uid.clone())
+                    .unwrap_or_default(),
+            ),
+            (
+                "container",
+                self.container
+                    .clone()
+                    .or_else(|| {
+                        self.container_id
+                            .as_ref()
+                            .map(|id| id[..12.min(id.len())].to_string())
+                    })
+                    .unwrap_or_default(),
+            ),
+            ("cgroup", cgroup),
+        ]
+    }
+
+    /// Its name in tables, `top` and `trace` lines, one word (they stay parseable by
+    /// splitting on whitespace): `namespace/pod/container` when known, else
+    /// `pod:<uid>/<container id>`, the cgroup path, `netns:<inode>` (as in the metrics'
+    /// `cgroup` label), or `(unattributed)`.
+    pub fn display_name(&self) -> String {
+        if let (Some(namespace), Some(pod)) = (&self.namespace, &self.pod) {
+            return match &self.container {
+                Some(container) => format!("{namespace}/{pod}/{container}"),
+                None => format!("{namespace}/{pod}"),
+            };
+        }
+        match (&self.pod_uid, &self.container_id, &self.cgroup_path) {
+            (Some(pod), Some(container), _) => {
+                format!("pod:{pod}/{}", &container[..12.min(container.len())])
+            }
+            (Some(pod), None, _) => format!("pod:{pod}"),
+            (None, _, Some(path)) => path.clone(),
+            (None, _, None) => match self.netns {
+                Some(netns) => format!("netns:{netns}"),
+                None => "(unattributed)".to_string(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_are_one_word() {
+        let pod = Identity {
+            pod_uid: Some("uid-1".into()),
+            container_id: Some("abcdef0123456789".into()),
+            cgroup_path: Some("/kubepods/pod-uid-1/abc".into()),
+            ..Identity::default()
+        };
+        assert_eq!(pod.display_name(), "pod:uid-1/abcdef012345");
+        let named = Identity {
+            namespace: Some("shop".into()),
+            pod: Some("api".into()),
+            container: Some("app".into()),
+            ..pod.clone()
+        };
+        assert_eq!(named.display_name(), "shop/api/app");
+        let short_id = Identity {
+            container_id: Some("abc".into()),
+            ..pod
+        };
+        assert_eq!(short_id.display_name(), "pod:uid-1/abc");
+        let netns = Identity {
+            netns: Some(4026531840),
+            ..Identity::default()
+        };
+        assert_eq!(netns.display_name(), "netns:4026531840");
+        assert_eq!(Identity::default().display_name(), "(unattributed)");
+        for name in [named.display_name(), netns.display_name()] {
+            assert!(!name.contains(char::is_whitespace), "{name}");
+        }
+    }
+}
