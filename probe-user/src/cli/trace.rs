@@ -1,7 +1,7 @@
 //! `tuneprobe trace SIGNAL`: one line per event as it happens, with the pod.
 
 use std::{
-    io::Write as _,
+    io::Write,
     os::fd::AsRawFd as _,
     path::Path,
     sync::{
@@ -212,34 +212,19 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         if !stopping {
             wait_readable(ring.as_raw_fd(), wait);
         }
-        while let Some(item) = ring.next() {
-            let record = match Record::parse(&item) {
-                Ok(record) => record,
-                Err(err) => {
-                    bad_records += 1;
-                    log::warn!("skipping a trace record: {err}");
-                    continue;
-                }
-            };
-            drop(item);
-            let event = decoder.event(&mut collector, &record);
-            if !filter.matches(&event) {
-                continue;
-            }
-            let written = if args.json {
-                serde_json::to_writer(&mut stdout, &event)
-                    .map_err(std::io::Error::from)
-                    .and_then(|()| writeln!(stdout))
-            } else {
-                writeln!(stdout, "{}", event.to_line())
-            };
-            if let Err(err) = written {
-                // A closed pipe (`| head`) ends the trace, quietly.
-                if err.kind() == std::io::ErrorKind::BrokenPipe {
-                    return Ok(());
-                }
-                return Err(err).context("writing events");
-            }
+        let output = Output {
+            json: args.json,
+            filter: &filter,
+        };
+        if !output.drain(
+            &mut ring,
+            &mut decoder,
+            &mut collector,
+            &mut stdout,
+            &mut bad_records,
+        )? {
+            // A closed pipe (`| head`) ends the trace, quietly.
+            return Ok(());
         }
         stdout.flush().context("writing events")?;
         if stopping {
@@ -258,6 +243,57 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
             }
         }
     }
+    print_lost(&collector, bad_records)
+}
+
+/// Where events go: `--json` or lines, through the filter.
+struct Output<'a> {
+    json: bool,
+    filter: &'a Filter,
+}
+
+impl Output<'_> {
+    /// Writes every record the ring holds; `false` once stdout is a closed pipe.
+    fn drain(
+        &self,
+        ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+        decoder: &mut Decoder,
+        collector: &mut Collector,
+        stdout: &mut impl Write,
+        bad_records: &mut u64,
+    ) -> anyhow::Result<bool> {
+        while let Some(item) = ring.next() {
+            let record = match Record::parse(&item) {
+                Ok(record) => record,
+                Err(err) => {
+                    *bad_records += 1;
+                    log::warn!("skipping a trace record: {err}");
+                    continue;
+                }
+            };
+            drop(item);
+            let event = decoder.event(collector, &record);
+            if !self.filter.matches(&event) {
+                continue;
+            }
+            let written = if self.json {
+                serde_json::to_writer(&mut *stdout, &event)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| writeln!(stdout))
+            } else {
+                writeln!(stdout, "{}", event.to_line())
+            };
+            match written {
+                Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => return Ok(false),
+                other => other.context("writing events")?,
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// What did not fit in the ring buffer, by signal, and the malformed records skipped.
+fn print_lost(collector: &Collector, bad_records: u64) -> anyhow::Result<()> {
     let lost = collector.probe().trace_lost()?;
     let total: u64 = lost.iter().map(|(_, n)| n).sum();
     let by_kind: Vec<String> = lost

@@ -110,25 +110,19 @@ impl Btf {
     }
 
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
-        let malformed = |what: &str| BtfError::Malformed(what.to_string());
-        let u16_at = |off: usize| -> Result<u16, BtfError> {
-            data.get(off..off + 2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                .ok_or_else(|| malformed("truncated header"))
+        let header = Reader {
+            data,
+            strings: &[],
+            pos: 0,
         };
-        let u32_at = |off: usize| -> Result<u32, BtfError> {
-            data.get(off..off + 4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .ok_or_else(|| malformed("truncated data"))
-        };
-        if u16_at(0)? != MAGIC {
+        if header.u16_at(0)? != MAGIC {
             return Err(malformed("bad magic (not little-endian BTF)"));
         }
-        let hdr_len = u32_at(4)? as usize;
-        let type_off = u32_at(8)? as usize;
-        let type_len = u32_at(12)? as usize;
-        let str_off = u32_at(16)? as usize;
-        let str_len = u32_at(20)? as usize;
+        let hdr_len = header.u32_at(4)? as usize;
+        let type_off = header.u32_at(8)? as usize;
+        let type_len = header.u32_at(12)? as usize;
+        let str_off = header.u32_at(16)? as usize;
+        let str_len = header.u32_at(20)? as usize;
         let types_start = hdr_len + type_off;
         let types_end = types_start + type_len;
         let strings = data
@@ -137,102 +131,16 @@ impl Btf {
         if types_end > data.len() {
             return Err(malformed("type section out of bounds"));
         }
-        let name_at = |off: u32| -> Result<String, BtfError> {
-            let rest = strings
-                .get(off as usize..)
-                .ok_or_else(|| malformed("name offset out of bounds"))?;
-            let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-            Ok(String::from_utf8_lossy(&rest[..end]).into_owned())
-        };
 
         // Type id 0 is `void`.
         let mut types = vec![Type::Other];
-        let mut pos = types_start;
-        while pos < types_end {
-            let name = name_at(u32_at(pos)?)?;
-            let info = u32_at(pos + 4)?;
-            let size_or_type = u32_at(pos + 8)?;
-            pos += 12;
-            let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            let ty = match kind {
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => {
-                    pos += 4;
-                    Type::Other
-                }
-                KIND_ARRAY => {
-                    pos += 12;
-                    Type::Other
-                }
-                KIND_STRUCT | KIND_UNION => {
-                    let mut members = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let offset = u32_at(pos + 8)?;
-                        let (bit_offset, bitfield_size) = if kind_flag {
-                            (offset & 0xff_ffff, offset >> 24)
-                        } else {
-                            (offset, 0)
-                        };
-                        members.push(Member {
-                            name: name_at(u32_at(pos)?)?,
-                            type_id: u32_at(pos + 4)?,
-                            bit_offset,
-                            bitfield_size,
-                        });
-                        pos += 12;
-                    }
-                    Type::Composite { name, members }
-                }
-                KIND_ENUM => {
-                    let signed = kind_flag;
-                    let mut values = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let raw = u32_at(pos + 4)?;
-                        let value = if signed {
-                            i64::from(raw as i32)
-                        } else {
-                            i64::from(raw)
-                        };
-                        values.push((name_at(u32_at(pos)?)?, value));
-                        pos += 8;
-                    }
-                    Type::Enum { name, values }
-                }
-                KIND_ENUM64 => {
-                    let mut values = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let lo = u64::from(u32_at(pos + 4)?);
-                        let hi = u64::from(u32_at(pos + 8)?);
-                        values.push((name_at(u32_at(pos)?)?, ((hi << 32) | lo) as i64));
-                        pos += 12;
-                    }
-                    Type::Enum { name, values }
-                }
-                KIND_FUNC_PROTO => {
-                    pos += 8 * vlen;
-                    Type::FuncProto {
-                        params: vlen as u32,
-                    }
-                }
-                KIND_DATASEC => {
-                    pos += 12 * vlen;
-                    Type::Other
-                }
-                KIND_PTR => Type::Pointer {
-                    type_id: size_or_type,
-                },
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    Type::Alias {
-                        name,
-                        type_id: size_or_type,
-                    }
-                }
-                // FWD, FUNC, FLOAT: no trailing data.
-                _ if kind <= KIND_ENUM64 => Type::Other,
-                _ => return Err(BtfError::Malformed(format!("unknown BTF kind {kind}"))),
-            };
-            types.push(ty);
+        let mut reader = Reader {
+            data,
+            strings,
+            pos: types_start,
+        };
+        while reader.pos < types_end {
+            types.push(reader.next_type()?);
         }
 
         let mut by_name: HashMap<String, Vec<u32>> = HashMap::new();
@@ -403,6 +311,150 @@ impl Btf {
             },
             _ => Err(missing()),
         }
+    }
+}
+
+fn malformed(what: &str) -> BtfError {
+    BtfError::Malformed(what.to_string())
+}
+
+/// A bounds-checked cursor over the type section: every read of a malformed file is an
+/// error, never a panic.
+struct Reader<'a> {
+    data: &'a [u8],
+    strings: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn u16_at(&self, off: usize) -> Result<u16, BtfError> {
+        self.data
+            .get(off..off + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .ok_or_else(|| malformed("truncated header"))
+    }
+
+    fn u32_at(&self, off: usize) -> Result<u32, BtfError> {
+        self.data
+            .get(off..off + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(|| malformed("truncated data"))
+    }
+
+    fn name_at(&self, off: u32) -> Result<String, BtfError> {
+        let rest = self
+            .strings
+            .get(off as usize..)
+            .ok_or_else(|| malformed("name offset out of bounds"))?;
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        Ok(String::from_utf8_lossy(&rest[..end]).into_owned())
+    }
+
+    /// One type and its trailing data; what tuneprobe does not look into is `Other`.
+    fn next_type(&mut self) -> Result<Type, BtfError> {
+        let name = self.name_at(self.u32_at(self.pos)?)?;
+        let info = self.u32_at(self.pos + 4)?;
+        let size_or_type = self.u32_at(self.pos + 8)?;
+        self.pos += 12;
+        let vlen = (info & 0xffff) as usize;
+        let kind = (info >> 24) & 0x1f;
+        let kind_flag = info >> 31 == 1;
+        Ok(match kind {
+            KIND_INT | KIND_VAR | KIND_DECL_TAG => {
+                self.pos += 4;
+                Type::Other
+            }
+            KIND_ARRAY => {
+                self.pos += 12;
+                Type::Other
+            }
+            KIND_STRUCT | KIND_UNION => Type::Composite {
+                name,
+                members: self.members(vlen, kind_flag)?,
+            },
+            KIND_ENUM => Type::Enum {
+                name,
+                values: self.enum_values(vlen, kind_flag)?,
+            },
+            KIND_ENUM64 => Type::Enum {
+                name,
+                values: self.enum64_values(vlen)?,
+            },
+            KIND_FUNC_PROTO => {
+                self.pos += 8 * vlen;
+                Type::FuncProto {
+                    params: vlen as u32,
+                }
+            }
+            KIND_DATASEC => {
+                self.pos += 12 * vlen;
+                Type::Other
+            }
+            KIND_PTR => Type::Pointer {
+                type_id: size_or_type,
+            },
+            KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                Type::Alias {
+                    name,
+                    type_id: size_or_type,
+                }
+            }
+            // FWD, FUNC, FLOAT: no trailing data.
+            _ if kind <= KIND_ENUM64 => Type::Other,
+            _ => return Err(BtfError::Malformed(format!("unknown BTF kind {kind}"))),
+        })
+    }
+
+    /// A struct's or union's members; with `kind_flag` the offset word also holds the
+    /// bitfield size.
+    fn members(&mut self, vlen: usize, kind_flag: bool) -> Result<Vec<Member>, BtfError> {
+        let mut members = Vec::with_capacity(vlen);
+        for _ in 0..vlen {
+            let offset = self.u32_at(self.pos + 8)?;
+            let (bit_offset, bitfield_size) = if kind_flag {
+                (offset & 0xff_ffff, offset >> 24)
+            } else {
+                (offset, 0)
+            };
+            members.push(Member {
+                name: self.name_at(self.u32_at(self.pos)?)?,
+                type_id: self.u32_at(self.pos + 4)?,
+                bit_offset,
+                bitfield_size,
+            });
+            self.pos += 12;
+        }
+        Ok(members)
+    }
+
+    /// 32-bit enum values, signed when `kind_flag` says so.
+    fn enum_values(&mut self, vlen: usize, signed: bool) -> Result<Vec<(String, i64)>, BtfError> {
+        let mut values = Vec::with_capacity(vlen);
+        for _ in 0..vlen {
+            let raw = self.u32_at(self.pos + 4)?;
+            let value = if signed {
+                i64::from(raw as i32)
+            } else {
+                i64::from(raw)
+            };
+            values.push((self.name_at(self.u32_at(self.pos)?)?, value));
+            self.pos += 8;
+        }
+        Ok(values)
+    }
+
+    fn enum64_values(&mut self, vlen: usize) -> Result<Vec<(String, i64)>, BtfError> {
+        let mut values = Vec::with_capacity(vlen);
+        for _ in 0..vlen {
+            let lo = u64::from(self.u32_at(self.pos + 4)?);
+            let hi = u64::from(self.u32_at(self.pos + 8)?);
+            values.push((
+                self.name_at(self.u32_at(self.pos)?)?,
+                ((hi << 32) | lo) as i64,
+            ));
+            self.pos += 12;
+        }
+        Ok(values)
     }
 }
 
