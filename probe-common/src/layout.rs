@@ -106,6 +106,17 @@ pub struct KernelLayout {
     pub skb_headers: u32,
     pub sk_buff_head: u32,
     pub sk_buff_network_header: u32,
+
+    /// `sock.sk_protocol` (a `u16` since 5.6)
+    pub sock_protocol: u32,
+    /// `sock.sk_err`: why a connect failed.
+    pub sock_err: u32,
+    /// `tcp_sock.srtt_us` (smoothed RTT in µs, shifted left by 3)
+    pub tcp_srtt_us: u32,
+    /// `tcp_sock.rtt_min` + `minmax_sample.v`: the windowed minimum's best sample (µs).
+    pub tcp_min_rtt_us: u32,
+    /// `tcp_sock.segs_out`: 0 while not even a SYN went out.
+    pub tcp_segs_out: u32,
 }
 
 impl KernelLayout {
@@ -156,5 +167,10 @@ impl KernelLayout {
         skb_headers: 0,
         sk_buff_head: 0,
         sk_buff_network_header: 0,
+        sock_protocol: 0,
+        sock_err: 0,
+        tcp_srtt_us: 0,
+        tcp_min_rtt_us: 0,
+        tcp_segs_out: 0,
     };
 }

@@ -11,6 +11,7 @@ pub mod drops;
 pub mod histogram;
 pub mod layout;
 pub mod overflow;
+pub mod tcp_connections;
 pub mod tcp_retransmit;
 pub mod trace;
 
@@ -21,6 +22,7 @@ pub use drops::DropKey;
 pub use histogram::{DnsHistogram, LatencyHistogram};
 pub use layout::KernelLayout;
 pub use overflow::OverflowSlot;
+pub use tcp_connections::{ConnectionCounters, ConnectionKey, ConnectionTimes};
 pub use tcp_retransmit::{RetransmitCounters, RetransmitKey};
 
 /// Marks a type as plain old data for aya's map accessors.
@@ -42,6 +44,9 @@ unsafe impl<const N: usize, const SUB: u32> aya::Pod for LatencyHistogram<N, SUB
 user_pod!(
     BlockKey,
     BlockStats,
+    ConnectionCounters,
+    ConnectionKey,
+    ConnectionTimes,
     DnsCounters,
     DnsFlow,
     DnsLatencyKey,
@@ -61,4 +66,5 @@ user_pod!(
     trace::DnsEvent,
     trace::BlockEvent,
     trace::ThrottleEvent,
+    trace::ConnectionEvent,
 );

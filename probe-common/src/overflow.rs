@@ -16,10 +16,12 @@ pub enum OverflowSlot {
     DnsInFlight = 5,
     DnsLatency = 6,
     DnsCounters = 7,
+    TcpConnections = 8,
+    TcpConnectionTimes = 9,
 }
 
 impl OverflowSlot {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 10] = [
         Self::TcpRetransmits,
         Self::Drops,
         Self::BlockIo,
@@ -28,6 +30,8 @@ impl OverflowSlot {
         Self::DnsInFlight,
         Self::DnsLatency,
         Self::DnsCounters,
+        Self::TcpConnections,
+        Self::TcpConnectionTimes,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -42,6 +46,8 @@ impl OverflowSlot {
             Self::DnsInFlight => crate::dns::DNS_IN_FLIGHT_MAP,
             Self::DnsLatency => crate::dns::DNS_LATENCY_MAP,
             Self::DnsCounters => crate::dns::DNS_COUNTERS_MAP,
+            Self::TcpConnections => crate::tcp_connections::TCP_CONNECTIONS_MAP,
+            Self::TcpConnectionTimes => crate::tcp_connections::TCP_CONNECTION_TIMES_MAP,
         }
     }
 }

@@ -29,15 +29,17 @@ pub enum TraceKind {
     Dns = 2,
     Block = 3,
     Throttle = 4,
+    Connection = 5,
 }
 
 impl TraceKind {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Retransmit,
         Self::Drop,
         Self::Dns,
         Self::Block,
         Self::Throttle,
+        Self::Connection,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -163,4 +165,24 @@ pub struct ThrottleEvent {
     /// Thread id of the stalled task.
     pub pid: u32,
     pub _pad: u32,
+}
+
+/// The end of a connection: a failed connect, or an established connection closing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionEvent {
+    pub header: TraceHeader,
+    pub endpoints: Endpoints,
+    /// The state it left (`SYN_SENT` for a failed connect, `ESTABLISHED` for a close).
+    pub old_state: u32,
+    pub new_state: u32,
+    /// The socket's error (`sk_err`, an errno; 0 for none).
+    pub error: u32,
+    /// 1 if it was opened by `connect()`, 0 if accepted on a listener.
+    pub active: u32,
+    /// Since `connect()` or the SYN's arrival; 0 if the start was not seen.
+    pub duration_us: u64,
+    /// Smoothed and minimum round-trip times at close; 0 for a failed connect.
+    pub srtt_us: u32,
+    pub min_rtt_us: u32,
 }

@@ -20,6 +20,8 @@ mod drops;
 #[cfg(target_arch = "bpf")]
 mod kernel;
 #[cfg(target_arch = "bpf")]
+mod tcp_connections;
+#[cfg(target_arch = "bpf")]
 mod tcp_retransmit;
 #[cfg(target_arch = "bpf")]
 mod trace;

@@ -59,6 +59,7 @@ pub(crate) mod tests {
         dns::{DnsReport, ResolverReport},
         drops::{DropStats, TCP_LISTEN_OVERFLOW},
         histogram::{LatencySummary, Percentiles},
+        tcp_connections::{ConnectFailures, ConnectionReport},
         tcp_retransmit::TcpStats,
     };
 
@@ -165,6 +166,16 @@ pub(crate) mod tests {
                             },
                             stall_total_ms: 1600.0,
                             ..CpuReport::default()
+                        }),
+                        connections: Some(ConnectionReport {
+                            connect_attempts: 12,
+                            connected: 10,
+                            failed: ConnectFailures {
+                                refused: 2,
+                                ..ConnectFailures::default()
+                            },
+                            closed: 10,
+                            ..ConnectionReport::default()
                         }),
                     },
                 },

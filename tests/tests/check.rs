@@ -7,7 +7,15 @@ use std::{path::PathBuf, process::Command};
 use serde_json::Value;
 use tuneprobe_tests::{tuneprobe_binary, unique};
 
-const SIGNALS: [&str; 5] = ["tcp_retransmit", "drops", "block_io", "cpu_throttle", "dns"];
+/// In the registry's order (`probe-user/src/signals/mod.rs`).
+const SIGNALS: [&str; 6] = [
+    "tcp_retransmit",
+    "drops",
+    "dns",
+    "block_io",
+    "cpu_throttle",
+    "tcp_connections",
+];
 
 fn check(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(tuneprobe_binary())

@@ -493,6 +493,7 @@ const CHANGE: &[&str] = &[
     ".verdicts[].ci95: array",
     ".verdicts[].ci95[]",
     ".verdicts[].container",
+    ".verdicts[].cgroup_id",
     ".verdicts[].container_id",
     ".verdicts[].effect",
     ".verdicts[].load",

@@ -258,9 +258,9 @@ fn top_shows_the_pods_rates_then_sorts_filters_and_details_under_tmux() {
     );
     assert!(screen.contains("sort: DROPS/s"), "{screen}");
     let busy_row = row(&screen, "shop/busy-pod").unwrap();
-    // No retransmits, DNS, block IO or quota for this pod.
+    // No retransmits, DNS, block IO, quota or TCP connections for this pod.
     assert_eq!(busy_row[1], "0");
-    assert_eq!(&busy_row[4..], ["0", "-", "-", "-"]);
+    assert_eq!(&busy_row[4..], ["0", "-", "-", "-", "0", "0", "-"]);
     assert!(
         position(&screen, "shop/busy-pod") < position(&screen, "backend/quiet-pod"),
         "sorted by drops/s, the busier pod first:\n{screen}"

@@ -107,6 +107,7 @@ fn matrix(kernels: &[&str]) {
 fn check_kernel(result: &Value) {
     let series = result["series"].as_str().unwrap();
     assert!(result["error"].is_null(), "{series}: {}", result["error"]);
+    agrees_with_its_record(series, result);
     assert!(
         result["kernel"]
             .as_str()
@@ -190,4 +191,42 @@ fn check_kernel(result: &Value) {
         let block = check("block_reads_equal_io_stat_rios_with_queue_time");
         assert_eq!(block["observed"]["requests"], 200, "{series}");
     }
+}
+
+/// The README's kernel table is generated from `tests/kernels/<series>.json`
+/// (`cargo xtask kernel-table`): this run must measure what the record says, the same
+/// programs attached and off, and every check with the same outcome.
+fn agrees_with_its_record(series: &str, result: &Value) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("kernels/{series}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|err| {
+        panic!(
+            "{}: {err}; record it with `cargo xtask vm-test --kernel {series} --record`",
+            path.display()
+        )
+    });
+    let record: Value = serde_json::from_str(&text).unwrap();
+    let fix = format!(
+        "{series} measured differently from {}: re-record with `cargo xtask vm-test --kernel {series} --record` and `cargo xtask kernel-table`",
+        path.display()
+    );
+    assert_eq!(result["summary"]["attached"], record["attached"], "{fix}");
+    let off = |v: &Value| -> Vec<String> {
+        v.as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(off(&result["summary"]["off"]), off(&record["off"]), "{fix}");
+    let outcomes = |checks: &Value| -> Vec<(String, String)> {
+        checks
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| (c["name"].to_string(), c["status"].to_string()))
+            .collect()
+    };
+    assert_eq!(
+        outcomes(&result["checks"]),
+        outcomes(&record["checks"]),
+        "{fix}"
+    );
 }

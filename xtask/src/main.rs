@@ -13,6 +13,7 @@
 mod bench;
 mod build;
 mod image;
+mod kernels;
 mod run;
 mod setup;
 mod test;
@@ -48,6 +49,9 @@ enum Command {
     /// Boot Debian's 5.10, 6.1 and 6.12 kernels under QEMU (`--kernel VERSION` for one)
     /// and check every signal each can produce.
     VmTest(vmtest::Args),
+    /// Write the README's supported-kernels table from vm-test's records
+    /// (`tests/kernels/*.json`); `--check` only compares.
+    KernelTable(kernels::Args),
     /// Drive every signal and cgroup churn for a long time under `tuneprobe serve`;
     /// sample memory, CPU, map occupancy, lost updates and errors; fail on growth.
     Soak(bench::soak::Args),
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::VmTest(args) => vmtest::run(&args),
+        Command::KernelTable(args) => kernels::run(&args),
         Command::Soak(args) => bench::soak::run(&args),
         Command::Image(args) => image::run(&args),
     };

@@ -104,6 +104,10 @@ pub struct Args {
     /// to stderr).
     #[arg(long)]
     json: bool,
+    /// Keep each passing kernel's result in `tests/kernels/<series>.json`, which the
+    /// README's kernel table is generated from (`cargo xtask kernel-table`).
+    #[arg(long)]
+    record: bool,
     /// Give up on a guest after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
@@ -169,6 +173,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             println!("{result}");
         } else {
             print_report(&result);
+        }
+        if args.record
+            && result["error"].is_null()
+            && checks_with(&result, "failed").next().is_none()
+        {
+            let path = crate::kernels::record(&result)?;
+            eprintln!("xtask vm-test: recorded {}", path.display());
         }
         results.push(result);
     }

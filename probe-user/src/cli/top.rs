@@ -164,7 +164,7 @@ struct App {
     quit: bool,
 }
 
-const KEYS: &str = "q quit  ↑↓ select  Enter details  ←→ or 1-8 sort column  r reverse  \
+const KEYS: &str = "q quit  ↑↓ select  Enter details  ←→ or 1-9 sort column  r reverse  \
                     / filter (pod, or ns/ for a namespace)  Esc back/clear";
 
 fn interactive(args: &Args, mut collector: Collector, filter: String) -> anyhow::Result<()> {

@@ -52,6 +52,13 @@ pub const SOCK_V6_DADDR: FieldPath = ("sock", "__sk_common.skc_v6_daddr");
 pub const SOCK_V6_RCV_SADDR: FieldPath = ("sock", "__sk_common.skc_v6_rcv_saddr");
 pub const SK_BUFF_HEAD: FieldPath = ("sk_buff", "head");
 pub const SK_BUFF_NETWORK_HEADER: FieldPath = ("sk_buff", "network_header");
+pub const SOCK_PROTOCOL: FieldPath = ("sock", "sk_protocol");
+pub const SOCK_ERR: FieldPath = ("sock", "sk_err");
+pub const TCP_SRTT_US: FieldPath = ("tcp_sock", "srtt_us");
+/// A windowed minimum (`struct minmax`): its first sample is the current minimum.
+pub const TCP_RTT_MIN: FieldPath = ("tcp_sock", "rtt_min");
+pub const MINMAX_SAMPLE_V: FieldPath = ("minmax_sample", "v");
+pub const TCP_SEGS_OUT: FieldPath = ("tcp_sock", "segs_out");
 /// Not a field: the `cpu_cgrp_id` value of `enum cgroup_subsys_id`.
 pub const CPU_CGRP_ID: FieldPath = ("cgroup_subsys_id", "cpu_cgrp_id");
 
@@ -95,6 +102,8 @@ pub fn resolve(btf: &Btf) -> ResolvedLayout {
     let gso_segs = offset(TCP_SKB_CB_GSO_SEGS);
     let blkcg_cgroup = offset(BLKCG_CGROUP);
     let css_set_subsys = offset(CSS_SET_SUBSYS);
+    let rtt_min = offset(TCP_RTT_MIN);
+    let minmax_v = offset(MINMAX_SAMPLE_V);
     let mut layout = KernelLayout {
         sk_buff_sk: offset(SK_BUFF_SK),
         sk_buff_dev: offset(SK_BUFF_DEV),
@@ -136,6 +145,12 @@ pub fn resolve(btf: &Btf) -> ResolvedLayout {
         sched_switch_has_prev_state: u32::from(
             btf.tracepoint_args("sched_switch").unwrap_or(0) >= 4,
         ),
+        sock_num: offset(SOCK_NUM),
+        sock_protocol: offset(SOCK_PROTOCOL),
+        sock_err: offset(SOCK_ERR),
+        tcp_srtt_us: offset(TCP_SRTT_US),
+        tcp_min_rtt_us: rtt_min.saturating_add(minmax_v),
+        tcp_segs_out: offset(TCP_SEGS_OUT),
         ..KernelLayout::UNRESOLVED
     };
     trace_fields(btf, &mut layout);

@@ -16,6 +16,7 @@ pub mod histogram;
 pub mod measure;
 pub mod record;
 pub mod source;
+pub mod tcp_connections;
 pub mod tcp_retransmit;
 
 use anyhow::Context as _;
@@ -311,6 +312,7 @@ registry! {
     dns: dns::Dns => Dns,
     block: block_io::BlockIo => BlockIo,
     cpu: cpu_throttle::CpuThrottle => CpuThrottle,
+    connections: tcp_connections::TcpConnections => TcpConnections,
 }
 
 impl Signal {

@@ -284,7 +284,19 @@ mod tests {
         let cells: Vec<&str> = lines[2].split_whitespace().collect();
         assert_eq!(
             cells,
-            ["shop/api", "0", "7.0", "NO_SOCKET", "0", "-", "-", "-"]
+            [
+                "shop/api",
+                "0",
+                "7.0",
+                "NO_SOCKET",
+                "0",
+                "-",
+                "-",
+                "-",
+                "0",
+                "0",
+                "-"
+            ]
         );
     }
 
@@ -301,7 +313,10 @@ mod tests {
                 "DNS/s",
                 "DNS p99",
                 "BLOCK p99",
-                "THROTTLED"
+                "THROTTLED",
+                "CONN/s",
+                "CONNFAIL/s",
+                "SRTT p50"
             ]
         );
         let mut names: Vec<&str> = columns().iter().map(|c| c.name).collect();

@@ -22,6 +22,10 @@
 //!                                             COUNT sequential queries; prints
 //!                                             `answered N median_ms M min_ms F` (as the client saw it)
 //! testload dns-garbage ADDR:PORT COUNT        COUNT random-byte and COUNT truncated datagrams
+//! testload tcp-connects ADDR:PORT COUNT HOLD  COUNT sequential blocking connects; HOLD=1
+//!                                             keeps the connected ones open to the end;
+//!                                             prints `connected C refused R noport P other O`
+//! testload tcp-reset-server ADDR:PORT         accept, then reset each connection (SO_LINGER 0)
 //! testload pause                              sleep until killed
 
 use std::{
@@ -68,6 +72,8 @@ fn main() {
             Duration::from_millis(num(5) as u64),
         ),
         "dns-garbage" => dns::garbage(addr(), num(2)),
+        "tcp-connects" => tcp_connects(addr(), num(2), num(3) == 1),
+        "tcp-reset-server" => tcp_reset_server(addr()),
         "pause" => pause(),
         other => {
             eprintln!("testload: unknown mode {other}");
@@ -190,6 +196,50 @@ fn tcp_slow_accept(addr: SocketAddr, backlog: i32, drain_ms: u64, relisten_ms: u
             socket.listen(backlog).expect("listen again");
             last_listen = std::time::Instant::now();
         }
+    }
+}
+
+fn tcp_connects(addr: SocketAddr, count: usize, hold: bool) {
+    let (mut connected, mut refused, mut noport, mut other) = (0, 0, 0, 0);
+    let mut held = Vec::new();
+    for _ in 0..count {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(stream) => {
+                connected += 1;
+                if hold {
+                    held.push(stream);
+                }
+            }
+            Err(err) => match err.raw_os_error() {
+                Some(libc::ECONNREFUSED) => refused += 1,
+                Some(libc::EADDRNOTAVAIL) => noport += 1,
+                _ => other += 1,
+            },
+        }
+    }
+    println!("connected {connected} refused {refused} noport {noport} other {other}");
+    std::io::stdout().flush().expect("stdout");
+    if hold {
+        // Whatever the peer does to them (a reset) happens while they are open.
+        thread::sleep(Duration::from_millis(1000));
+    }
+    drop(held);
+}
+
+/// Accepts and resets every connection: `SO_LINGER` with a zero timeout makes close()
+/// send a RST instead of a FIN. The reset comes 50 ms after the accept, so that it never
+/// races the client's connect() returning.
+fn tcp_reset_server(addr: SocketAddr) -> ! {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    socket.bind(&addr.into()).expect("bind");
+    socket.listen(128).expect("listen");
+    ready();
+    loop {
+        let (conn, _) = socket.accept().expect("accept");
+        conn.set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
+        thread::sleep(Duration::from_millis(50));
+        drop(conn);
     }
 }
 

@@ -1,0 +1,204 @@
+//! TCP connections per workload (`sock:inet_sock_set_state`, `tcp:tcp_send_reset`,
+//! `tcp:tcp_receive_reset`), produced in the test's own namespaces and cgroups and
+//! checked against the kernel's own counters and what the client itself saw, each with
+//! a negative control: another container of the same pod doing nothing of the kind.
+
+use std::time::Duration;
+
+use tuneprobe::{
+    Collector, LoadOptions, Probe, Snapshot, signals::tcp_connections::ConnectionReport,
+};
+use tuneprobe_tests::{ADDR_B, NetnsPair, PodCgroup, Workload};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn start() -> Collector {
+    let probe = Probe::load(&LoadOptions::default()).unwrap_or_else(|e| panic!("load: {e:#}"));
+    for status in probe.statuses() {
+        assert!(
+            status.attached,
+            "{} did not attach: {:?}",
+            status.name, status.error
+        );
+    }
+    Collector::start(probe).unwrap_or_else(|e| panic!("collector: {e:#}"))
+}
+
+fn finish(collector: Collector) -> Snapshot {
+    collector
+        .finish()
+        .unwrap_or_else(|e| panic!("finish: {e:#}"))
+}
+
+/// The connections section of the workload with `cgroup_id`; empty if it has none.
+fn connections(snapshot: &Snapshot, cgroup_id: u64) -> ConnectionReport {
+    snapshot
+        .workloads
+        .iter()
+        .find(|w| w.identity.cgroup_id == Some(cgroup_id))
+        .and_then(|w| w.signals.connections.clone())
+        .unwrap_or_default()
+}
+
+/// `connected C refused R noport P other O`, as testload prints it.
+fn outcome(line: &str) -> [u64; 4] {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words.len(), 8, "{line}");
+    [1, 3, 5, 7].map(|i| words[i].parse().unwrap())
+}
+
+#[test]
+fn connects_to_a_closed_port_are_refused_for_the_pod_as_tcp_attempt_fails_counts_them() {
+    const N: u64 = 25;
+    let pair = NetnsPair::new();
+    let mut pod = PodCgroup::new();
+    let client = pod.container();
+    let idle = pod.container();
+    let mut pause = Workload::spawn(&pair.a, Some(&idle), &["pause"]);
+    assert_eq!(pause.read_line(), "ready");
+
+    let collector = start();
+    let fails_before = pair.counter(&pair.a, "snmp", "Tcp", "AttemptFails");
+    let out = Workload::spawn(
+        &pair.a,
+        Some(&client),
+        &[
+            "tcp-connects",
+            &format!("{ADDR_B}:6100"),
+            &N.to_string(),
+            "0",
+        ],
+    )
+    .wait(WAIT);
+    let attempt_fails = pair.counter(&pair.a, "snmp", "Tcp", "AttemptFails") - fails_before;
+    let snapshot = finish(collector);
+
+    assert_eq!(outcome(&out), [0, N, 0, 0], "the client's own view: {out}");
+    assert_eq!(attempt_fails, N, "the kernel's TcpAttemptFails");
+    let c = connections(&snapshot, client.cgroup_id);
+    assert_eq!(c.failed.refused, attempt_fails, "{c:#?}");
+    assert_eq!(c.connect_attempts, N, "{c:#?}");
+    assert_eq!(
+        c.connected + c.failed.timed_out + c.failed.port_exhaustion,
+        0
+    );
+    // The RST that refused each SYN reached the socket.
+    assert_eq!(c.resets_received, N, "{c:#?}");
+    // Negative control: the pod's other container connected nowhere.
+    assert_eq!(
+        connections(&snapshot, idle.cgroup_id),
+        ConnectionReport::default()
+    );
+}
+
+#[test]
+fn a_narrow_local_port_range_with_its_ports_held_is_port_exhaustion_as_the_client_saw_it() {
+    const N: u64 = 30;
+    let pair = NetnsPair::new();
+    let mut pod = PodCgroup::new();
+    let client = pod.container();
+    let control = pod.container();
+    // Per namespace: the host's range is untouched.
+    pair.exec(
+        &pair.a,
+        &["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40009"],
+    );
+    let mut sink = Workload::spawn(&pair.b, None, &["tcp-sink", &format!("{ADDR_B}:6200")]);
+    assert_eq!(sink.read_line(), "ready");
+    let mut other_sink = Workload::spawn(&pair.b, None, &["tcp-sink", &format!("{ADDR_B}:6201")]);
+    assert_eq!(other_sink.read_line(), "ready");
+
+    let collector = start();
+    let out = Workload::spawn(
+        &pair.a,
+        Some(&client),
+        &[
+            "tcp-connects",
+            &format!("{ADDR_B}:6200"),
+            &N.to_string(),
+            "1",
+        ],
+    )
+    .wait(WAIT);
+    // Negative control: a few connects from the same range to another destination, where
+    // the kernel may reuse the busy local ports (a connection is its four-tuple).
+    let control_out = Workload::spawn(
+        &pair.a,
+        Some(&control),
+        &["tcp-connects", &format!("{ADDR_B}:6201"), "5", "0"],
+    )
+    .wait(WAIT);
+    let snapshot = finish(collector);
+
+    let [connected, refused, noport, other] = outcome(&out);
+    assert_eq!((refused, other), (0, 0), "{out}");
+    assert!(noport > 0 && connected > 0, "{out}");
+    assert_eq!(connected + noport, N);
+    let c = connections(&snapshot, client.cgroup_id);
+    assert_eq!(
+        c.failed.port_exhaustion, noport,
+        "EADDRNOTAVAIL as the client saw it: {c:#?}"
+    );
+    assert_eq!(c.connected, connected, "{c:#?}");
+    assert_eq!(c.connect_attempts, N, "{c:#?}");
+    assert_eq!(c.failed.refused + c.failed.timed_out + c.failed.other, 0);
+    assert_eq!(outcome(&control_out), [5, 0, 0, 0]);
+    let control = connections(&snapshot, control.cgroup_id);
+    assert_eq!(control.failed.port_exhaustion, 0, "{control:#?}");
+    assert_eq!(control.connected, 5, "{control:#?}");
+}
+
+#[test]
+fn a_server_that_resets_gives_resets_sent_to_it_and_received_to_its_client() {
+    const N: u64 = 12;
+    let pair = NetnsPair::new();
+    let mut client_pod = PodCgroup::new();
+    let client = client_pod.container();
+    let mut server_pod = PodCgroup::new();
+    let server = server_pod.container();
+    let bystander = server_pod.container();
+    let mut pause = Workload::spawn(&pair.b, Some(&bystander), &["pause"]);
+    assert_eq!(pause.read_line(), "ready");
+    let mut resetter = Workload::spawn(
+        &pair.b,
+        Some(&server),
+        &["tcp-reset-server", &format!("{ADDR_B}:6300")],
+    );
+    assert_eq!(resetter.read_line(), "ready");
+
+    let collector = start();
+    let rsts_before = pair.counter(&pair.b, "snmp", "Tcp", "OutRsts");
+    let out = Workload::spawn(
+        &pair.a,
+        Some(&client),
+        &[
+            "tcp-connects",
+            &format!("{ADDR_B}:6300"),
+            &N.to_string(),
+            "1",
+        ],
+    )
+    .wait(WAIT);
+    // Let the last resets arrive.
+    std::thread::sleep(Duration::from_millis(500));
+    let out_rsts = pair.counter(&pair.b, "snmp", "Tcp", "OutRsts") - rsts_before;
+    let snapshot = finish(collector);
+
+    assert_eq!(outcome(&out), [N, 0, 0, 0], "{out}");
+    assert_eq!(out_rsts, N, "the server namespace's OutRsts");
+    let s = connections(&snapshot, server.cgroup_id);
+    assert_eq!(s.resets_sent, out_rsts, "{s:#?}");
+    assert_eq!(s.accepted, N, "{s:#?}");
+    let c = connections(&snapshot, client.cgroup_id);
+    assert_eq!(c.resets_received, N, "{c:#?}");
+    assert_eq!(c.connected, N, "{c:#?}");
+    assert_eq!(
+        c.closed, N,
+        "every reset ends an established connection: {c:#?}"
+    );
+    assert_eq!(c.resets_sent, 0, "{c:#?}");
+    assert_eq!(
+        connections(&snapshot, bystander.cgroup_id),
+        ConnectionReport::default()
+    );
+}
