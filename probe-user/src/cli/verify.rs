@@ -232,11 +232,7 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
             interval: args.interval,
         }),
         signals,
-        notes: if verdicts.is_empty() {
-            vec!["no affected workload had load on both sides of the change".into()]
-        } else {
-            Vec::new()
-        },
+        notes: verify::report_notes(&verdicts),
         verdicts,
     };
     print_report(args, report)

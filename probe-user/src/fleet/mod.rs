@@ -898,16 +898,29 @@ mod tests {
         ));
         // The network knobs are judged by their own ratios, with the loads the agents
         // export.
-        for (knob, signal) in [
-            ("net.ipv4.tcp_rmem", Measure::RetransmitRatio),
-            ("net.ipv4.tcp_wmem", Measure::RetransmitRatio),
-            ("net.core.wmem_max", Measure::RetransmitRatio),
-            ("net.ipv4.tcp_congestion_control", Measure::RetransmitRatio),
-            ("net.core.somaxconn", Measure::ListenOverflowRatio),
-            ("net.ipv4.tcp_max_syn_backlog", Measure::ListenOverflowRatio),
-            ("net.ipv4.tcp_syncookies", Measure::ListenOverflowRatio),
+        for (knob, judged) in [
+            ("net.ipv4.tcp_rmem", &[Measure::RetransmitRatio][..]),
+            ("net.ipv4.tcp_wmem", &[Measure::RetransmitRatio]),
+            ("net.core.wmem_max", &[Measure::RetransmitRatio]),
+            (
+                "net.ipv4.tcp_congestion_control",
+                &[Measure::RetransmitRatio, Measure::SrttMs],
+            ),
+            ("net.core.somaxconn", &[Measure::ListenOverflowRatio]),
+            (
+                "net.ipv4.tcp_max_syn_backlog",
+                &[Measure::ListenOverflowRatio],
+            ),
+            ("net.ipv4.tcp_syncookies", &[Measure::ListenOverflowRatio]),
+            (
+                "net.ipv4.ip_local_port_range",
+                &[Measure::ConnectFailureRatio],
+            ),
+            ("net.ipv4.tcp_tw_reuse", &[Measure::ConnectFailureRatio]),
+            ("net.ipv4.tcp_fin_timeout", &[Measure::ConnectFailureRatio]),
+            ("net.ipv4.tcp_keepalive_time", &[Measure::ResetRatio]),
         ] {
-            assert_eq!(signals(Some(knob), &[]).unwrap(), [signal], "{knob}");
+            assert_eq!(signals(Some(knob), &[]).unwrap(), judged, "{knob}");
         }
     }
 }

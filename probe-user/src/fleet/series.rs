@@ -95,6 +95,23 @@ pub fn source(signal: Measure) -> Source {
             name: "tuneprobe_dns_latency_seconds",
             quantile: Some(0.99),
         },
+        Measure::ConnectFailureRatio => Source::Ratio {
+            part: Counter::of("tuneprobe_tcp_connect_failures_total"),
+            whole: Counter::of("tuneprobe_tcp_connect_attempts_total"),
+            whole_adds_part: false,
+        },
+        Measure::SrttMs => Source::Histogram {
+            name: "tuneprobe_tcp_srtt_seconds",
+            quantile: None,
+        },
+        Measure::ResetRatio => Source::Ratio {
+            part: Counter {
+                name: "tuneprobe_tcp_resets_total",
+                matchers: "direction=\"received\",",
+            },
+            whole: Counter::of("tuneprobe_tcp_connections_closed_total"),
+            whole_adds_part: false,
+        },
     }
 }
 

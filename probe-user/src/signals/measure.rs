@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{
     block_io, cpu_throttle::CpuReport, dns::DnsReport, drops::DropStats, histogram,
-    tcp_retransmit::TcpStats,
+    tcp_connections::ConnectionReport, tcp_retransmit::TcpStats,
 };
 use crate::report::Workload;
 
@@ -34,10 +34,16 @@ pub enum Measure {
     DnsLatencyMs,
     /// p99 of the DNS latency within the interval, ms.
     DnsLatencyP99Ms,
+    /// Failed connects (every cause, no free local port included) per connect attempt.
+    ConnectFailureRatio,
+    /// Mean smoothed round-trip time of the connections that ended, ms.
+    SrttMs,
+    /// Resets received per established connection that ended.
+    ResetRatio,
 }
 
 impl Measure {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 12] = [
         Self::CpuThrottledRatio,
         Self::ListenOverflowRatio,
         Self::Drops,
@@ -47,6 +53,9 @@ impl Measure {
         Self::BlockQueueMs,
         Self::DnsLatencyMs,
         Self::DnsLatencyP99Ms,
+        Self::ConnectFailureRatio,
+        Self::SrttMs,
+        Self::ResetRatio,
     ];
 
     /// Every signal here is better lower.
@@ -65,6 +74,8 @@ impl Measure {
                 Some("block_requests")
             }
             Self::DnsLatencyMs | Self::DnsLatencyP99Ms => Some("dns_responses"),
+            Self::ConnectFailureRatio => Some("connect_attempts"),
+            Self::SrttMs | Self::ResetRatio => Some("closed_connections"),
         }
     }
 
@@ -121,6 +132,18 @@ impl Measure {
                     &total(&b.dns).unwrap_or(DnsHistogram::ZERO),
                 );
                 latency(&interval, self == Self::DnsLatencyP99Ms)
+            }
+            Self::ConnectFailureRatio => {
+                ConnectionReport::failure_ratio(b.connections.as_ref(), a.connections.as_ref()?)
+                    .map(with_load)
+            }
+            Self::SrttMs => latency(
+                &ConnectionReport::srtt_since(b.connections.as_ref(), a.connections.as_ref()?),
+                false,
+            ),
+            Self::ResetRatio => {
+                ConnectionReport::reset_ratio(b.connections.as_ref(), a.connections.as_ref()?)
+                    .map(with_load)
             }
         }
     }

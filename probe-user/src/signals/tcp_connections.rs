@@ -89,14 +89,23 @@ impl ConnectionReport {
         f.refused + f.timed_out + f.reset + f.other + f.port_exhaustion
     }
 
-    /// Connects that found no local port per connect attempt between two cumulative
-    /// reports, with the attempts.
-    pub fn port_exhaustion_ratio(before: Option<&Self>, after: &Self) -> Option<(f64, f64)> {
-        let (attempts_before, exhausted_before) =
-            before.map_or((0, 0), |b| (b.connect_attempts, b.failed.port_exhaustion));
+    /// Failed connects of every cause per connect attempt between two cumulative
+    /// reports, with the attempts; `None` without any.
+    pub fn failure_ratio(before: Option<&Self>, after: &Self) -> Option<(f64, f64)> {
+        let (attempts_before, failed_before) =
+            before.map_or((0, 0), |b| (b.connect_attempts, b.failures()));
         let attempts = after.connect_attempts.checked_sub(attempts_before)?;
-        let exhausted = after.failed.port_exhaustion.checked_sub(exhausted_before)?;
-        (attempts > 0).then(|| (exhausted as f64 / attempts as f64, attempts as f64))
+        let failed = after.failures().checked_sub(failed_before)?;
+        (attempts > 0).then(|| (failed as f64 / attempts as f64, attempts as f64))
+    }
+
+    /// Resets received per established connection that ended, with the closes.
+    pub fn reset_ratio(before: Option<&Self>, after: &Self) -> Option<(f64, f64)> {
+        let (closed_before, resets_before) =
+            before.map_or((0, 0), |b| (b.closed, b.resets_received));
+        let closed = after.closed.checked_sub(closed_before)?;
+        let resets = after.resets_received.checked_sub(resets_before)?;
+        (closed > 0).then(|| (resets as f64 / closed as f64, closed as f64))
     }
 
     /// The smoothed RTTs at close between two cumulative reports.

@@ -194,33 +194,37 @@ pub const KNOBS: &[Knob] = &[
         "net.ipv4.tcp_congestion_control",
         Netns,
         Exactly("bbr"),
-        "retransmits and latency per sent segment",
+        "retransmits per sent segment and round-trip time per closed connection",
     )
-    .judged_by(&[Measure::RetransmitRatio]),
+    .judged_by(&[Measure::RetransmitRatio, Measure::SrttMs]),
     knob(
         "net.ipv4.tcp_tw_reuse",
         Netns,
         Exactly("1"),
-        "connect failures per connect",
-    ),
+        "connect failures (no free local port included) per connect attempt",
+    )
+    .judged_by(&[Measure::ConnectFailureRatio]),
     knob(
         "net.ipv4.tcp_fin_timeout",
         Netns,
         Exactly("30"),
-        "connect failures per connect",
-    ),
+        "connect failures (no free local port included) per connect attempt",
+    )
+    .judged_by(&[Measure::ConnectFailureRatio]),
     knob(
         "net.ipv4.ip_local_port_range",
         Netns,
         Exactly("1024 65535"),
-        "connect failures per connect",
-    ),
+        "connect failures (no free local port included) per connect attempt",
+    )
+    .judged_by(&[Measure::ConnectFailureRatio]),
     knob(
         "net.ipv4.tcp_keepalive_time",
         Netns,
         Exactly("1200"),
-        "idle connection resets",
-    ),
+        "resets received per closed connection",
+    )
+    .judged_by(&[Measure::ResetRatio]),
     knob(
         "net.ipv4.tcp_syncookies",
         Netns,

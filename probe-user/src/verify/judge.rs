@@ -10,7 +10,7 @@ use crate::{
     report::{Snapshot, Workload},
     signals::measure::Measure,
     tuning,
-    verify::stats::{self, Comparison},
+    verify::stats::{self, Comparison, Verdict},
     workloads::{attribution::is_within, identity::Identity},
 };
 
@@ -281,4 +281,45 @@ pub fn judge(
         });
     }
     verdicts
+}
+
+/// The notes of a change's report: no verdict at all, or a workload whose signals moved
+/// in opposite directions (a congestion control that retransmits more while it cuts
+/// round-trip time): "retransmit_ratio regressed, srtt_ms improved".
+pub fn report_notes(verdicts: &[WorkloadVerdict]) -> Vec<String> {
+    if verdicts.is_empty() {
+        return vec!["no affected workload had load on both sides of the change".into()];
+    }
+    let mut by_workload: BTreeMap<(String, Option<&str>), Vec<&WorkloadVerdict>> = BTreeMap::new();
+    for v in verdicts {
+        by_workload
+            .entry((v.workload.display_name(), v.device.as_deref()))
+            .or_default()
+            .push(v);
+    }
+    let mut notes = Vec::new();
+    for ((name, _), group) in by_workload {
+        let with = |verdict: Verdict| -> Vec<String> {
+            group
+                .iter()
+                .filter(|v| v.comparison.verdict == verdict)
+                .map(|v| {
+                    format!(
+                        "{} {}",
+                        v.signal.name(),
+                        crate::report::serde_name(&verdict)
+                    )
+                })
+                .collect()
+        };
+        let (regressed, improved) = (with(Verdict::Regressed), with(Verdict::Improved));
+        if !regressed.is_empty() && !improved.is_empty() {
+            notes.push(format!(
+                "{name}: the signals disagree: {}, {}",
+                regressed.join(", "),
+                improved.join(", ")
+            ));
+        }
+    }
+    notes
 }

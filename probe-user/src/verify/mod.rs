@@ -21,7 +21,7 @@ mod watch;
 pub use self::{
     judge::{
         Affected, Sample, SampleValues, Samples, SeriesKey, WorkloadVerdict, interval_samples,
-        judge,
+        judge, report_notes,
     },
     knob::{Knob, Target},
     listen::{explain_listen_backlogs, listeners_by_netns},
@@ -78,6 +78,47 @@ mod tests {
             previous = current;
         }
         (before, after, previous)
+    }
+
+    #[test]
+    fn signals_that_move_in_opposite_directions_are_said_to_disagree() {
+        let verdict = |signal: Measure, before: &[f64], after: &[f64]| WorkloadVerdict {
+            workload: crate::workloads::identity::Identity {
+                namespace: Some("shop".into()),
+                pod: Some("api".into()),
+                ..Default::default()
+            },
+            signal,
+            device: None,
+            load: signal.load(),
+            before: None,
+            after: None,
+            comparison: stats::compare(before, after, true),
+            load_change: None,
+            load_changed: false,
+            notes: vec![],
+            listeners: vec![],
+            samples: SampleValues {
+                before: before.to_vec(),
+                after: after.to_vec(),
+            },
+        };
+        let low = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0, 1.02, 0.98, 1.0];
+        let high = low.map(|v| v * 3.0);
+        let more_retransmits = verdict(Measure::RetransmitRatio, &low, &high);
+        let lower_rtt = verdict(Measure::SrttMs, &high, &low);
+        assert_eq!(more_retransmits.comparison.verdict, Verdict::Regressed);
+        assert_eq!(lower_rtt.comparison.verdict, Verdict::Improved);
+        assert_eq!(
+            report_notes(&[more_retransmits.clone(), lower_rtt]),
+            ["shop/api: the signals disagree: retransmit_ratio regressed, srtt_ms improved"]
+        );
+        // Alone, or agreeing: nothing to say.
+        assert!(report_notes(std::slice::from_ref(&more_retransmits)).is_empty());
+        assert_eq!(
+            report_notes(&[]),
+            ["no affected workload had load on both sides of the change"]
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::{
 };
 
 use super::{
-    judge::{Affected, Samples, WorkloadVerdict, interval_samples, judge},
+    judge::{Affected, Samples, WorkloadVerdict, interval_samples, judge, report_notes},
     listen::{explain_listen_backlogs, listeners_by_netns},
 };
 
@@ -246,10 +246,7 @@ fn judge_pending(pending: &Pending, last: &Snapshot, is_final: bool) -> ChangeRe
             listeners_by_netns(Path::new("/proc")),
         );
     }
-    let mut notes = Vec::new();
-    if verdicts.is_empty() {
-        notes.push("no affected workload had load on both sides of the change".into());
-    }
+    let notes = report_notes(&verdicts);
     ChangeReport {
         change: change.clone(),
         is_final,
