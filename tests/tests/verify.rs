@@ -308,6 +308,137 @@ fn raising_somaxconn_without_a_new_listen_changes_nothing_and_says_restart_neede
     assert_eq!(v["listeners"][0]["backlog"], 8, "the old backlog is shown");
 }
 
+/// A pod in namespace A connecting to B every 20 ms, each connection closed at once (its
+/// port then waits in TIME_WAIT for a minute), through a local port range of `range`.
+fn connecting_pod(range: &str) -> (NetnsPair, PodCgroup, Workload, Workload) {
+    let pair = NetnsPair::new();
+    let mut pod = PodCgroup::new();
+    let client = pod.container();
+    pair.exec(
+        &pair.a,
+        &[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.ip_local_port_range={range}"),
+        ],
+    );
+    let mut sink = Workload::spawn(&pair.b, None, &["tcp-sink", "10.200.0.2:7200"]);
+    assert_eq!(sink.read_line(), "ready");
+    let connects = Workload::spawn(
+        &pair.a,
+        Some(&client),
+        &["tcp-connect-loop", "10.200.0.2:7200", "20"],
+    );
+    (pair, pod, sink, connects)
+}
+
+#[test]
+fn widening_an_exhausted_local_port_range_improves_connect_failures() {
+    // Four ports, each held a minute in TIME_WAIT: after the first four connects every
+    // one fails with EADDRNOTAVAIL.
+    let (pair, _pod, _sink, _connects) = connecting_pod("40000 40003");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let netns = format!("/run/netns/{}", pair.a);
+    let report = verify_with(&[
+        "--apply",
+        "net.ipv4.ip_local_port_range=40000 60000",
+        "--netns",
+        &netns,
+        "--revert",
+    ]);
+    let range = pair.exec(&pair.a, &["cat", "/proc/sys/net/ipv4/ip_local_port_range"]);
+    assert_eq!(
+        range.split_whitespace().collect::<Vec<_>>(),
+        ["40000", "40003"],
+        "--revert"
+    );
+    let v = verdict_in_netns(&report, NetnsPair::inode(&pair.a), "connect_failure_ratio");
+    assert_eq!(v["verdict"], "improved", "{v:#}");
+    assert_eq!(v["load"], "connect_attempts");
+    assert!(v["before"].as_f64().unwrap() > 0.9, "{v}");
+    assert!(v["after"].as_f64().unwrap() < 0.05, "{v}");
+}
+
+#[test]
+fn a_keepalive_change_on_a_link_without_idle_connections_changes_nothing() {
+    // Negative control: connections that close at once never idle long enough for a
+    // keepalive, and nothing resets them.
+    let (pair, _pod, _sink, _connects) = connecting_pod("40000 60000");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let netns = format!("/run/netns/{}", pair.a);
+    let report = verify_with(&[
+        "--apply",
+        "net.ipv4.tcp_keepalive_time=60",
+        "--netns",
+        &netns,
+        "--revert",
+    ]);
+    let v = verdict_in_netns(&report, NetnsPair::inode(&pair.a), "reset_ratio");
+    assert_eq!(v["verdict"], "no significant change", "{v:#}");
+    assert_eq!(v["load"], "closed_connections");
+    assert_eq!(v["before"], 0.0, "{v}");
+    assert_eq!(v["after"], 0.0, "{v}");
+}
+
+#[test]
+fn switching_congestion_control_under_random_loss_is_judged_on_retransmits_and_rtt() {
+    let pair = NetnsPair::new();
+    let mut pod = PodCgroup::new();
+    let client = pod.container();
+    let _loss = NftTable::with_rule(
+        &pair,
+        &pair.b,
+        "input",
+        "tcp dport 7300 numgen random mod 50 == 0 drop",
+    );
+    let mut sink = Workload::spawn(&pair.b, None, &["tcp-sink", "10.200.0.2:7300"]);
+    assert_eq!(sink.read_line(), "ready");
+    // Short transfers, each on its own connection: every interval has closed
+    // connections (the RTT's load) and sent segments (the retransmits').
+    let _sends = Workload::spawn(
+        &pair.a,
+        Some(&client),
+        &["tcp-send-loop", "10.200.0.2:7300", "200000", "20"],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let netns = format!("/run/netns/{}", pair.a);
+    let report = verify_with(&[
+        "--apply",
+        "net.ipv4.tcp_congestion_control=bbr",
+        "--netns",
+        &netns,
+        "--revert",
+    ]);
+    assert_eq!(
+        report["signals"],
+        serde_json::json!(["retransmit_ratio", "srtt_ms"]),
+        "{report:#}"
+    );
+    // The sending container's own verdicts (the pod shares its namespace's load).
+    for signal in ["retransmit_ratio", "srtt_ms"] {
+        let v = verdict_for(&report, &client.path, signal);
+        assert_ne!(v["verdict"], "insufficient data", "{v:#}");
+        assert!(v["samples"]["before"].as_array().unwrap().len() >= 5, "{v}");
+        assert!(v["before"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    // If the two moved apart, the report says so.
+    let verdicts: Vec<&str> = ["retransmit_ratio", "srtt_ms"]
+        .iter()
+        .map(|s| {
+            verdict_for(&report, &client.path, s)["verdict"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    let disagree = verdicts.contains(&"improved") && verdicts.contains(&"regressed");
+    let noted = report["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n.as_str().unwrap().contains("the signals disagree"));
+    assert_eq!(disagree, noted, "{verdicts:?}: {:#}", report["notes"]);
+}
+
 #[test]
 fn removing_a_random_drop_rule_improves_retransmits_per_sent_segment() {
     let pair = NetnsPair::new();

@@ -25,6 +25,11 @@
 //! testload tcp-connects ADDR:PORT COUNT HOLD  COUNT sequential blocking connects; HOLD=1
 //!                                             keeps the connected ones open to the end;
 //!                                             prints `connected C refused R noport P other O`
+//! testload tcp-connect-loop ADDR:PORT EVERY_MS one connect every EVERY_MS, closed at once
+//!                                             (whatever the outcome), forever
+//! testload tcp-send-loop ADDR:PORT BYTES EVERY_MS
+//!                                             tcp-send BYTES on a new connection every
+//!                                             EVERY_MS, forever
 //! testload tcp-reset-server ADDR:PORT         accept, then reset each connection (SO_LINGER 0)
 //! testload pause                              sleep until killed
 
@@ -74,6 +79,14 @@ fn main() {
         "dns-garbage" => dns::garbage(addr(), num(2)),
         "tcp-connects" => tcp_connects(addr(), num(2), num(3) == 1),
         "tcp-reset-server" => tcp_reset_server(addr()),
+        "tcp-send-loop" => loop {
+            tcp_send(addr(), num(2));
+            thread::sleep(Duration::from_millis(num(3) as u64));
+        },
+        "tcp-connect-loop" => loop {
+            let _ = TcpStream::connect_timeout(&addr(), Duration::from_secs(1));
+            thread::sleep(Duration::from_millis(num(2) as u64));
+        },
         "pause" => pause(),
         other => {
             eprintln!("testload: unknown mode {other}");
