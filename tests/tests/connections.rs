@@ -8,7 +8,7 @@ use std::time::Duration;
 use tuneprobe::{
     Collector, LoadOptions, Probe, Snapshot, signals::tcp_connections::ConnectionReport,
 };
-use tuneprobe_tests::{ADDR_B, NetnsPair, PodCgroup, Workload};
+use tuneprobe_tests::{ADDR_B, NetnsPair, PodCgroup, Workload, sh};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -201,4 +201,132 @@ fn a_server_that_resets_gives_resets_sent_to_it_and_received_to_its_client() {
         connections(&snapshot, bystander.cgroup_id),
         ConnectionReport::default()
     );
+}
+
+/// Three namespaces in a row, `a` - `middle` - `b`, with `testload delay-bridge` in the
+/// middle holding every frame `DELAY_MS` each way: a link whose round trip is known
+/// (netem is absent here). Deleted, with its links, on drop (the bridge first).
+struct DelayedLink {
+    _bridge: Workload,
+    namespaces: Namespaces,
+}
+
+/// Network namespaces deleted on drop.
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}
+
+const DELAY_MS: f64 = 20.0;
+const DELAYED_B: &str = "10.209.0.2";
+
+fn shell(command: &str) {
+    sh(&["sh", "-c", command]);
+}
+
+impl DelayedLink {
+    fn new() -> Self {
+        let id = tuneprobe_lab::unique("");
+        let (a, middle, b) = (format!("tda{id}"), format!("tdm{id}"), format!("tdb{id}"));
+        let mut namespaces = Namespaces(Vec::new());
+        for ns in [&a, &middle, &b] {
+            shell(&format!("ip netns add {ns} && ip -n {ns} link set lo up"));
+            namespaces.0.push(ns.clone());
+        }
+        shell(&format!(
+            "ip link add xa{id} netns {a} type veth peer name xm{id} netns {middle} && \
+             ip link add xn{id} netns {middle} type veth peer name xb{id} netns {b} && \
+             ip -n {a} addr add 10.209.0.1/24 dev xa{id} && \
+             ip -n {b} addr add {DELAYED_B}/24 dev xb{id} && \
+             ip -n {a} link set xa{id} up && ip -n {b} link set xb{id} up && \
+             ip -n {middle} link set xm{id} up && ip -n {middle} link set xn{id} up"
+        ));
+        let mut bridge = Workload::spawn(
+            &middle,
+            None,
+            &[
+                "delay-bridge",
+                &format!("xm{id}"),
+                &format!("xn{id}"),
+                &DELAY_MS.to_string(),
+            ],
+        );
+        assert_eq!(bridge.read_line(), "ready");
+        Self {
+            _bridge: bridge,
+            namespaces,
+        }
+    }
+
+    fn a(&self) -> &str {
+        &self.namespaces.0[0]
+    }
+
+    fn b(&self) -> &str {
+        &self.namespaces.0[2]
+    }
+}
+
+#[test]
+fn rtt_through_a_link_with_a_known_delay_is_measured_within_10_percent() {
+    let link = DelayedLink::new();
+    let direct = NetnsPair::new();
+    let mut pod = PodCgroup::new();
+    let delayed_client = pod.container();
+    let direct_client = pod.container();
+    let mut sink = Workload::spawn(link.b(), None, &["tcp-sink", &format!("{DELAYED_B}:7500")]);
+    assert_eq!(sink.read_line(), "ready");
+    let mut direct_sink =
+        Workload::spawn(&direct.b, None, &["tcp-sink", &format!("{ADDR_B}:7500")]);
+    assert_eq!(direct_sink.read_line(), "ready");
+
+    let collector = start();
+    let delayed = Workload::spawn(
+        link.a(),
+        Some(&delayed_client),
+        &[
+            "tcp-send-loop",
+            &format!("{DELAYED_B}:7500"),
+            "300000",
+            "50",
+        ],
+    );
+    // Negative control: the same transfers over a link without delay.
+    let undelayed = Workload::spawn(
+        &direct.a,
+        Some(&direct_client),
+        &["tcp-send-loop", &format!("{ADDR_B}:7500"), "300000", "50"],
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    drop((delayed, undelayed));
+    let snapshot = finish(collector);
+
+    let rtt = 2.0 * DELAY_MS;
+    let c = connections(&snapshot, delayed_client.cgroup_id);
+    assert!(c.closed >= 10, "{c:#?}");
+    let srtt = c.srtt_ms.p50.unwrap();
+    assert!(
+        (srtt - rtt).abs() <= 0.1 * rtt,
+        "srtt p50 {srtt} ms for a {rtt} ms link: {c:#?}"
+    );
+    let min_rtt = c.min_rtt_ms.p50.unwrap();
+    assert!(
+        (min_rtt - rtt).abs() <= 0.1 * rtt,
+        "min rtt p50 {min_rtt} ms for a {rtt} ms link: {c:#?}"
+    );
+    let d = connections(&snapshot, direct_client.cgroup_id);
+    eprintln!(
+        "{rtt} ms link: srtt p50 {srtt} ms, min rtt p50 {min_rtt} ms over {} connections; \
+         direct: srtt p50 {:?} ms over {}",
+        c.closed, d.srtt_ms.p50, d.closed
+    );
+    assert!(d.closed >= 10, "{d:#?}");
+    assert!(d.srtt_ms.p50.unwrap() < 0.1 * rtt, "{d:#?}");
 }

@@ -30,6 +30,9 @@
 //! testload tcp-send-loop ADDR:PORT BYTES EVERY_MS
 //!                                             tcp-send BYTES on a new connection every
 //!                                             EVERY_MS, forever
+//! testload delay-bridge IF_A IF_B MS         forward every frame between two interfaces,
+//!                                             each after MS milliseconds (a link with a
+//!                                             known delay, where netem is absent)
 //! testload tcp-reset-server ADDR:PORT         accept, then reset each connection (SO_LINGER 0)
 //! testload pause                              sleep until killed
 
@@ -79,6 +82,7 @@ fn main() {
         "dns-garbage" => dns::garbage(addr(), num(2)),
         "tcp-connects" => tcp_connects(addr(), num(2), num(3) == 1),
         "tcp-reset-server" => tcp_reset_server(addr()),
+        "delay-bridge" => delay_bridge::run(arg(1), arg(2), Duration::from_millis(num(3) as u64)),
         "tcp-send-loop" => loop {
             tcp_send(addr(), num(2));
             thread::sleep(Duration::from_millis(num(3) as u64));
@@ -457,5 +461,118 @@ mod dns {
             sent += usize::from(socket.send_to(short, server).is_ok());
         }
         println!("sent {sent}");
+    }
+}
+
+/// A userspace link with a fixed delay: raw packet sockets on two interfaces that carry
+/// no addresses, each frame sent on the other side after the delay. With
+/// `PACKET_VNET_HDR` the kernel hands over offload metadata with each frame (a segment
+/// with its checksum still to compute, a TSO super-frame) and takes it back on send, so
+/// veth's offloads need not be turned off.
+mod delay_bridge {
+    use std::{
+        ffi::CString,
+        sync::mpsc,
+        thread,
+        time::{Duration, Instant},
+    };
+
+    const ETH_P_ALL: u16 = 0x0003;
+    const SOL_PACKET: i32 = 263;
+    const PACKET_VNET_HDR: i32 = 15;
+    const PACKET_OUTGOING: u8 = 4;
+
+    fn socket(interface: &str) -> i32 {
+        let name = CString::new(interface).expect("interface name");
+        // SAFETY: plain libc calls with valid arguments; failures are checked.
+        unsafe {
+            let index = libc::if_nametoindex(name.as_ptr());
+            assert!(index != 0, "no interface {interface}");
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                i32::from(ETH_P_ALL.to_be()),
+            );
+            assert!(
+                fd >= 0,
+                "packet socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let on: i32 = 1;
+            let rc = libc::setsockopt(
+                fd,
+                SOL_PACKET,
+                PACKET_VNET_HDR,
+                (&raw const on).cast(),
+                size_of::<i32>() as u32,
+            );
+            assert!(
+                rc == 0,
+                "PACKET_VNET_HDR: {}",
+                std::io::Error::last_os_error()
+            );
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_protocol = ETH_P_ALL.to_be();
+            addr.sll_ifindex = index as i32;
+            let rc = libc::bind(
+                fd,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert!(
+                rc == 0,
+                "bind {interface}: {}",
+                std::io::Error::last_os_error()
+            );
+            fd
+        }
+    }
+
+    /// Frames arriving on `from` go out on `to` after `delay`, in order.
+    fn forward(from: i32, to: i32, delay: Duration) {
+        let (queue, due) = mpsc::channel::<(Instant, Vec<u8>)>();
+        thread::spawn(move || {
+            for (at, frame) in due {
+                thread::sleep(at.saturating_duration_since(Instant::now()));
+                // SAFETY: a valid buffer; a failed send is a lost frame, as on a wire.
+                unsafe { libc::send(to, frame.as_ptr().cast(), frame.len(), 0) };
+            }
+        });
+        let mut buf = vec![0u8; 70_000];
+        loop {
+            // SAFETY: zeroed sockaddr_ll and a buffer of the length given.
+            let (n, kind) = unsafe {
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                let mut len = size_of::<libc::sockaddr_ll>() as u32;
+                let n = libc::recvfrom(
+                    from,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&raw mut addr).cast(),
+                    &raw mut len,
+                );
+                (n, addr.sll_pkttype)
+            };
+            if n <= 0 {
+                continue;
+            }
+            // Our own sends on this interface come back as outgoing: not for the peer.
+            if kind == PACKET_OUTGOING {
+                continue;
+            }
+            let frame = buf[..n as usize].to_vec();
+            if queue.send((Instant::now() + delay, frame)).is_err() {
+                return;
+            }
+        }
+    }
+
+    pub fn run(a: &str, b: &str, delay: Duration) {
+        let (fa, fb) = (socket(a), socket(b));
+        super::ready();
+        thread::spawn(move || forward(fb, fa, delay));
+        forward(fa, fb, delay);
     }
 }
