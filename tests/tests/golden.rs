@@ -367,6 +367,8 @@ const SNAPSHOT: &[&str] = &[
     ".gc_deleted_entries.DNS_IN_FLIGHT",
     ".gc_deleted_entries.DNS_LATENCY",
     ".gc_deleted_entries.DROPS",
+    ".gc_deleted_entries.TCP_CONNECTIONS",
+    ".gc_deleted_entries.TCP_CONNECTION_TIMES",
     ".gc_deleted_entries.TCP_RETRANSMITS",
     ".gc_deleted_entries: object",
     ".map_overflows.BLOCK_IN_FLIGHT",
@@ -376,6 +378,8 @@ const SNAPSHOT: &[&str] = &[
     ".map_overflows.DNS_IN_FLIGHT",
     ".map_overflows.DNS_LATENCY",
     ".map_overflows.DROPS",
+    ".map_overflows.TCP_CONNECTIONS",
+    ".map_overflows.TCP_CONNECTION_TIMES",
     ".map_overflows.TCP_RETRANSMITS",
     ".map_overflows: object",
     ".probes: array",
@@ -394,6 +398,34 @@ const SNAPSHOT: &[&str] = &[
 ];
 /// One workload of `snapshot --json` with every signal.
 const WORKLOAD: &[&str] = &[
+    ".connections.accepted",
+    ".connections.closed",
+    ".connections.connect_attempts",
+    ".connections.connected",
+    ".connections.duration_ms.max",
+    ".connections.duration_ms.mean",
+    ".connections.duration_ms.p50",
+    ".connections.duration_ms.p99",
+    ".connections.duration_ms: object",
+    ".connections.failed.other",
+    ".connections.failed.port_exhaustion",
+    ".connections.failed.refused",
+    ".connections.failed.reset",
+    ".connections.failed.timed_out",
+    ".connections.failed: object",
+    ".connections.min_rtt_ms.max",
+    ".connections.min_rtt_ms.mean",
+    ".connections.min_rtt_ms.p50",
+    ".connections.min_rtt_ms.p99",
+    ".connections.min_rtt_ms: object",
+    ".connections.resets_received",
+    ".connections.resets_sent",
+    ".connections.srtt_ms.max",
+    ".connections.srtt_ms.mean",
+    ".connections.srtt_ms.p50",
+    ".connections.srtt_ms.p99",
+    ".connections.srtt_ms: object",
+    ".connections: object",
     ".block: array",
     ".block[].bytes",
     ".block[].device",
@@ -518,6 +550,32 @@ const CHANGE: &[&str] = &[
 /// `trace all --json`, per signal.
 const TRACE: &[(&str, &[&str])] = &[
     (
+        "connections",
+        &[
+            ".cgroup_id",
+            ".cgroup_path",
+            ".container",
+            ".container_id",
+            ".daddr",
+            ".direction",
+            ".dport",
+            ".duration_ms",
+            ".min_rtt_ms",
+            ".namespace",
+            ".netns",
+            ".outcome",
+            ".pod",
+            ".pod_uid",
+            ".saddr",
+            ".signal",
+            ".sport",
+            ".srtt_ms",
+            ".state",
+            ".time",
+            ": object",
+        ],
+    ),
+    (
         "block",
         &[
             ".bytes",
@@ -629,6 +687,46 @@ const TRACE: &[(&str, &[&str])] = &[
 ];
 /// (family, type, label names)
 const METRICS: &[(&str, &str, &[&str])] = &[
+    (
+        "tuneprobe_tcp_connect_attempts_total",
+        "counter",
+        &["cgroup", "container", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_tcp_connect_failures_total",
+        "counter",
+        &["cause", "cgroup", "container", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_tcp_connection_duration_seconds",
+        "histogram",
+        &["cgroup", "container", "le", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_tcp_connections_closed_total",
+        "counter",
+        &["cgroup", "container", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_tcp_connections_opened_total",
+        "counter",
+        &["cgroup", "container", "direction", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_tcp_min_rtt_seconds",
+        "histogram",
+        &["cgroup", "container", "le", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_tcp_resets_total",
+        "counter",
+        &["cgroup", "container", "direction", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_tcp_srtt_seconds",
+        "histogram",
+        &["cgroup", "container", "le", "namespace", "pod"],
+    ),
     ("tuneprobe_agent_errors_total", "counter", &["stage"]),
     (
         "tuneprobe_block_bytes_total",
