@@ -619,3 +619,70 @@ fn throttle_stalls_match_cpu_stat() {
     }
     assert!(free_events.is_empty(), "{free_events:#?}");
 }
+
+#[test]
+fn connections_end_with_their_outcome_and_the_closed_ones_with_their_rtt() {
+    const REFUSED: u64 = 7;
+    const SENDS: u64 = 3;
+    let pair = NetnsPair::new();
+    let mut pod = PodCgroup::new();
+    let client = pod.container();
+    let logs = PodLogs::new();
+    logs.name(&pod, "shop", "api", &client, "client");
+    let mut sink = Workload::spawn(&pair.b, None, &["tcp-sink", &format!("{ADDR_B}:5400")]);
+    assert_eq!(sink.read_line(), "ready");
+
+    let ours = Trace::start(&["connections", "--pod", "api"], &logs);
+    let elsewhere = Trace::start(&["connections", "--pod", "not-api"], &logs);
+    let refused = Workload::spawn(
+        &pair.a,
+        Some(&client),
+        &[
+            "tcp-connects",
+            &format!("{ADDR_B}:5401"),
+            &REFUSED.to_string(),
+            "0",
+        ],
+    )
+    .wait(WAIT);
+    assert!(
+        refused.starts_with(&format!("connected 0 refused {REFUSED} ")),
+        "{refused}"
+    );
+    for _ in 0..SENDS {
+        Workload::spawn(
+            &pair.a,
+            Some(&client),
+            &["tcp-send", &format!("{ADDR_B}:5400"), "100000"],
+        )
+        .wait(WAIT);
+    }
+    let (events, lost) = ours.stop();
+    let (other, _) = elsewhere.stop();
+
+    assert_eq!(lost, 0);
+    assert!(other.is_empty(), "{other:#?}");
+    let with = |outcome: &str| -> Vec<&Value> {
+        events.iter().filter(|e| e["outcome"] == outcome).collect()
+    };
+    assert_eq!(with("refused").len() as u64, REFUSED, "{events:#?}");
+    for event in with("refused") {
+        assert_eq!(field(event, "signal"), "connections");
+        assert_eq!(field(event, "container"), "client");
+        assert_eq!(event["cgroup_id"], client.cgroup_id);
+        assert_eq!(field(event, "direction"), "active");
+        assert_eq!(event["dport"], 5401);
+        assert_eq!(field(event, "state"), "CLOSE");
+        assert!(event["srtt_ms"].is_null(), "{event}");
+    }
+    let closed = with("closed");
+    assert_eq!(closed.len() as u64, SENDS, "{events:#?}");
+    for event in closed {
+        assert_eq!(event["dport"], 5400);
+        assert_eq!(field(event, "saddr"), ADDR_A);
+        assert_eq!(field(event, "daddr"), ADDR_B);
+        assert!(event["srtt_ms"].as_f64().unwrap() > 0.0, "{event}");
+        assert!(event["duration_ms"].as_f64().unwrap() > 0.0, "{event}");
+    }
+    assert_eq!(events.len() as u64, REFUSED + SENDS, "{events:#?}");
+}
