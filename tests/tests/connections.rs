@@ -107,6 +107,10 @@ fn a_narrow_local_port_range_with_its_ports_held_is_port_exhaustion_as_the_clien
     assert_eq!(sink.read_line(), "ready");
     let mut other_sink = Workload::spawn(&pair.b, None, &["tcp-sink", &format!("{ADDR_B}:6201")]);
     assert_eq!(other_sink.read_line(), "ready");
+    // The client container lives on in its namespace (its connects come and go), so
+    // that the namespace is known as its and its counters are read through it.
+    let mut pause = Workload::spawn(&pair.a, Some(&client), &["pause"]);
+    assert_eq!(pause.read_line(), "ready");
 
     let collector = start();
     let out = Workload::spawn(
@@ -128,7 +132,17 @@ fn a_narrow_local_port_range_with_its_ports_held_is_port_exhaustion_as_the_clien
         &["tcp-connects", &format!("{ADDR_B}:6201"), "5", "0"],
     )
     .wait(WAIT);
+    // Let the last closes finish their handshakes (FIN_WAIT to TIME_WAIT).
+    std::thread::sleep(Duration::from_millis(300));
     let snapshot = finish(collector);
+    // Every connection either client closed waits in TIME_WAIT for a minute.
+    let sockstat = pair.exec(&pair.a, &["cat", "/proc/net/sockstat"]);
+    let time_wait: u64 = sockstat
+        .lines()
+        .find_map(|l| l.strip_prefix("TCP:"))
+        .and_then(|l| l.split_whitespace().skip_while(|w| *w != "tw").nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no tw in {sockstat}"));
 
     let [connected, refused, noport, other] = outcome(&out);
     assert_eq!((refused, other), (0, 0), "{out}");
@@ -142,6 +156,12 @@ fn a_narrow_local_port_range_with_its_ports_held_is_port_exhaustion_as_the_clien
     assert_eq!(c.connected, connected, "{c:#?}");
     assert_eq!(c.connect_attempts, N, "{c:#?}");
     assert_eq!(c.failed.refused + c.failed.timed_out + c.failed.other, 0);
+    assert_eq!(time_wait, connected + 5, "{sockstat}");
+    assert_eq!(
+        c.time_wait,
+        Some(time_wait),
+        "the namespace's TIME_WAIT sockets"
+    );
     assert_eq!(outcome(&control_out), [5, 0, 0, 0]);
     let control = connections(&snapshot, control.cgroup_id);
     assert_eq!(control.failed.port_exhaustion, 0, "{control:#?}");

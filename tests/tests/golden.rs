@@ -425,6 +425,7 @@ const WORKLOAD: &[&str] = &[
     ".connections.srtt_ms.p50",
     ".connections.srtt_ms.p99",
     ".connections.srtt_ms: object",
+    ".connections.time_wait",
     ".connections: object",
     ".block: array",
     ".block[].bytes",
@@ -721,6 +722,11 @@ const METRICS: &[(&str, &str, &[&str])] = &[
         "tuneprobe_tcp_resets_total",
         "counter",
         &["cgroup", "container", "direction", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_tcp_time_wait_sockets",
+        "gauge",
+        &["cgroup", "container", "namespace", "pod"],
     ),
     (
         "tuneprobe_tcp_srtt_seconds",

@@ -69,6 +69,10 @@ pub struct ConnectionReport {
     pub closed: u64,
     pub resets_sent: u64,
     pub resets_received: u64,
+    /// Sockets in TIME_WAIT in the workload's network namespace at the end of the window
+    /// (a namespace total, `null` when unknown): ports that closed connections still
+    /// hold.
+    pub time_wait: Option<u64>,
     /// Of the connections that ended: how long they lasted, their smoothed round-trip
     /// time at the end and the lowest round-trip time they saw.
     pub duration_ms: LatencySummary,
@@ -305,6 +309,16 @@ impl Source for TcpConnections {
         }
     }
 
+    /// TIME_WAIT belongs to the namespace: every workload there with connections gets it.
+    fn complete(shared: &Shared, netns: Option<u32>, report: &mut Option<ConnectionReport>) {
+        if let (Some(report), Some(load)) = (
+            report.as_mut(),
+            netns.and_then(|n| shared.netns_tcp.get(&n)),
+        ) {
+            report.time_wait = Some(load.tcp.time_wait);
+        }
+    }
+
     fn metrics(report: &Option<ConnectionReport>, labels: &Labels, f: &mut Families) {
         let Some(c) = report else {
             return;
@@ -350,6 +364,14 @@ impl Source for TcpConnections {
                 "TCP resets sent for and received on the workload's sockets.",
                 with(labels, &[("direction", direction)]),
                 n as f64,
+            );
+        }
+        if let Some(time_wait) = c.time_wait {
+            f.gauge(
+                "tuneprobe_tcp_time_wait_sockets",
+                "Sockets in TIME_WAIT in the workload's network namespace, a namespace total.",
+                labels.clone(),
+                time_wait as f64,
             );
         }
         f.add(

@@ -51,6 +51,8 @@ pub struct NetnsTcpCounters {
     pub passive_opens: u64,
     /// `OutSegs`: segments sent, retransmissions excluded.
     pub sent_segments: u64,
+    /// Sockets in TIME_WAIT now (`tw` in `/proc/net/sockstat`, IPv4 and IPv6): a gauge.
+    pub time_wait: u64,
 }
 
 impl NetnsTcpCounters {
@@ -65,6 +67,10 @@ impl NetnsTcpCounters {
             listen_drops: *tcp_ext.get("ListenDrops")?,
             passive_opens: *tcp.get("PassiveOpens")?,
             sent_segments: *tcp.get("OutSegs")?,
+            time_wait: fs::read_to_string(net.join("sockstat"))
+                .ok()
+                .and_then(|s| sockstat_time_wait(&s))
+                .unwrap_or(0),
         })
     }
 
@@ -76,8 +82,19 @@ impl NetnsTcpCounters {
             listen_drops: self.listen_drops.saturating_sub(earlier.listen_drops),
             passive_opens: self.passive_opens.saturating_sub(earlier.passive_opens),
             sent_segments: self.sent_segments.saturating_sub(earlier.sent_segments),
+            // A gauge: its latest value.
+            time_wait: self.time_wait,
         }
     }
+}
+
+/// `tw` of the `TCP:` line of `/proc/net/sockstat`
+/// (`TCP: inuse 3 orphan 0 tw 2 alloc 4 mem 1`).
+fn sockstat_time_wait(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "tw")?;
+    words.next()?.parse().ok()
 }
 
 /// Parses the header/value line pairs of `/proc/net/netstat` or `/proc/net/snmp`:
@@ -108,6 +125,14 @@ pub fn parse_netstat(text: &str) -> HashMap<String, HashMap<String, u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_wait_comes_from_sockstat() {
+        let text =
+            "sockets: used 190\nTCP: inuse 3 orphan 0 tw 27 alloc 4 mem 1\nUDP: inuse 1 mem 0\n";
+        assert_eq!(sockstat_time_wait(text), Some(27));
+        assert_eq!(sockstat_time_wait("UDP: inuse 1\n"), None);
+    }
 
     #[test]
     fn parses_netstat_pairs() {
