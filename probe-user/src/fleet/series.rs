@@ -46,6 +46,8 @@ pub enum Source {
     /// its bucket increases, in milliseconds; the `_count` increase is the load.
     Histogram {
         name: &'static str,
+        /// Label matchers narrowing it (`op="write",`), or empty.
+        matchers: &'static str,
         quantile: Option<f64>,
     },
 }
@@ -77,22 +79,27 @@ pub fn source(signal: Measure) -> Source {
         Measure::Drops => Source::Count(Counter::of("tuneprobe_packet_drops_total")),
         Measure::BlockServiceMs => Source::Histogram {
             name: "tuneprobe_block_service_seconds",
+            matchers: "",
             quantile: None,
         },
         Measure::BlockServiceP99Ms => Source::Histogram {
             name: "tuneprobe_block_service_seconds",
+            matchers: "",
             quantile: Some(0.99),
         },
         Measure::BlockQueueMs => Source::Histogram {
             name: "tuneprobe_block_queue_seconds",
+            matchers: "",
             quantile: None,
         },
         Measure::DnsLatencyMs => Source::Histogram {
             name: "tuneprobe_dns_latency_seconds",
+            matchers: "",
             quantile: None,
         },
         Measure::DnsLatencyP99Ms => Source::Histogram {
             name: "tuneprobe_dns_latency_seconds",
+            matchers: "",
             quantile: Some(0.99),
         },
         Measure::ConnectFailureRatio => Source::Ratio {
@@ -102,7 +109,29 @@ pub fn source(signal: Measure) -> Source {
         },
         Measure::SrttMs => Source::Histogram {
             name: "tuneprobe_tcp_srtt_seconds",
+            matchers: "",
             quantile: None,
+        },
+        Measure::BlockWriteMs => Source::Histogram {
+            name: "tuneprobe_block_service_seconds",
+            matchers: "op=\"write\",",
+            quantile: None,
+        },
+        Measure::BlockWriteP99Ms => Source::Histogram {
+            name: "tuneprobe_block_service_seconds",
+            matchers: "op=\"write\",",
+            quantile: Some(0.99),
+        },
+        Measure::WritesPerRead => Source::Ratio {
+            part: Counter {
+                name: "tuneprobe_block_service_seconds_count",
+                matchers: "op=\"write\",",
+            },
+            whole: Counter {
+                name: "tuneprobe_block_service_seconds_count",
+                matchers: "op=\"read\",",
+            },
+            whole_adds_part: false,
         },
         Measure::ResetRatio => Source::Ratio {
             part: Counter {
@@ -128,13 +157,17 @@ pub fn queries(source: Source, selector: &str) -> Vec<(&'static str, String)> {
             vec![("part", counter(part)), ("whole", counter(whole))]
         }
         Source::Count(c) => vec![("count", counter(c))],
-        Source::Histogram { name, quantile } => {
+        Source::Histogram {
+            name,
+            matchers,
+            quantile,
+        } => {
             let mut out = vec![
-                ("count", sum(&format!("{name}_count"), "", "")),
-                ("sum", sum(&format!("{name}_sum"), "", "")),
+                ("count", sum(&format!("{name}_count"), matchers, "")),
+                ("sum", sum(&format!("{name}_sum"), matchers, "")),
             ];
             if quantile.is_some() {
-                out.push(("bucket", sum(&format!("{name}_bucket"), "", ", le")));
+                out.push(("bucket", sum(&format!("{name}_bucket"), matchers, ", le")));
             }
             out
         }

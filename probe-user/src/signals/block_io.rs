@@ -54,10 +54,20 @@ pub struct BlockReport {
 /// A workload's service (or queue) histograms summed over operations, on one device or
 /// on all.
 pub fn total(reports: &[BlockReport], device: Option<&str>, queue: bool) -> LatencyHistogram {
+    total_of(reports, device, None, queue)
+}
+
+/// As [`total`], of one operation (`write`) or of all.
+pub fn total_of(
+    reports: &[BlockReport],
+    device: Option<&str>,
+    op: Option<&str>,
+    queue: bool,
+) -> LatencyHistogram {
     let mut total = LatencyHistogram::ZERO;
     for b in reports
         .iter()
-        .filter(|b| device.is_none_or(|d| d == b.device))
+        .filter(|b| device.is_none_or(|d| d == b.device) && op.is_none_or(|o| o == b.op))
     {
         let h = if queue {
             &b.queue_histogram
@@ -67,6 +77,15 @@ pub fn total(reports: &[BlockReport], device: Option<&str>, queue: bool) -> Late
         histogram::add(&mut total, h);
     }
     total
+}
+
+/// Requests of `op` on one device or on all.
+pub fn requests_of(reports: &[BlockReport], device: Option<&str>, op: &str) -> u64 {
+    reports
+        .iter()
+        .filter(|b| device.is_none_or(|d| d == b.device) && b.op == op)
+        .map(|b| b.requests)
+        .sum()
 }
 
 /// What the block programs read to key a request by device, operation and cgroup.

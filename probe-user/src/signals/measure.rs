@@ -40,10 +40,18 @@ pub enum Measure {
     SrttMs,
     /// Resets received per established connection that ended.
     ResetRatio,
+    /// Mean service time of block write requests, ms.
+    BlockWriteMs,
+    /// p99 of the block write service time within the interval, ms: the writeback
+    /// bursts that dirty-page limits shape.
+    BlockWriteP99Ms,
+    /// Block write requests per read request: metadata writes that reads cause
+    /// (access times).
+    WritesPerRead,
 }
 
 impl Measure {
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 15] = [
         Self::CpuThrottledRatio,
         Self::ListenOverflowRatio,
         Self::Drops,
@@ -56,6 +64,9 @@ impl Measure {
         Self::ConnectFailureRatio,
         Self::SrttMs,
         Self::ResetRatio,
+        Self::BlockWriteMs,
+        Self::BlockWriteP99Ms,
+        Self::WritesPerRead,
     ];
 
     /// Every signal here is better lower.
@@ -76,6 +87,8 @@ impl Measure {
             Self::DnsLatencyMs | Self::DnsLatencyP99Ms => Some("dns_responses"),
             Self::ConnectFailureRatio => Some("connect_attempts"),
             Self::SrttMs | Self::ResetRatio => Some("closed_connections"),
+            Self::BlockWriteMs | Self::BlockWriteP99Ms => Some("block_writes"),
+            Self::WritesPerRead => Some("block_reads"),
         }
     }
 
@@ -83,7 +96,12 @@ impl Measure {
     pub const fn per_device(self) -> bool {
         matches!(
             self,
-            Self::BlockServiceMs | Self::BlockServiceP99Ms | Self::BlockQueueMs
+            Self::BlockServiceMs
+                | Self::BlockServiceP99Ms
+                | Self::BlockQueueMs
+                | Self::BlockWriteMs
+                | Self::BlockWriteP99Ms
+                | Self::WritesPerRead
         )
     }
 
@@ -144,6 +162,21 @@ impl Measure {
             Self::ResetRatio => {
                 ConnectionReport::reset_ratio(b.connections.as_ref(), a.connections.as_ref()?)
                     .map(with_load)
+            }
+            Self::BlockWriteMs | Self::BlockWriteP99Ms => {
+                let interval = histogram::since(
+                    &block_io::total_of(&a.block, device, Some("write"), false),
+                    &block_io::total_of(&b.block, device, Some("write"), false),
+                );
+                latency(&interval, self == Self::BlockWriteP99Ms)
+            }
+            Self::WritesPerRead => {
+                let count = |reports: &[block_io::BlockReport], op| {
+                    block_io::requests_of(reports, device, op)
+                };
+                let reads = count(&a.block, "read").checked_sub(count(&b.block, "read"))?;
+                let writes = count(&a.block, "write").checked_sub(count(&b.block, "write"))?;
+                (reads > 0).then(|| (writes as f64 / reads as f64, Some(reads as f64)))
             }
         }
     }

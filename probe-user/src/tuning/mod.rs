@@ -284,14 +284,16 @@ pub const KNOBS: &[Knob] = &[
         "vm.dirty_ratio",
         Node,
         Between(15, 60),
-        "block write latency per request",
-    ),
+        "block write latency per write request, and its p99 (writeback bursts)",
+    )
+    .judged_by(&[Measure::BlockWriteMs, Measure::BlockWriteP99Ms]),
     knob(
         "vm.dirty_background_ratio",
         Node,
         Between(5, 30),
-        "block write latency per request",
-    ),
+        "block write latency per write request, and its p99 (writeback bursts)",
+    )
+    .judged_by(&[Measure::BlockWriteMs, Measure::BlockWriteP99Ms]),
     knob("fs.file-max", Node, AtLeast(2_097_152), "EMFILE/ENFILE"),
     knob(
         "fs.inotify.max_user_watches",
@@ -332,8 +334,10 @@ pub const KNOBS: &[Knob] = &[
         Recommendation::None,
         "request latency",
     ),
-    knob("noatime", Mount, Set, "metadata write IOs per read"),
-    knob("nodiratime", Mount, Set, "metadata write IOs per read"),
+    knob("noatime", Mount, Set, "block write requests per read request")
+        .judged_by(&[Measure::WritesPerRead]),
+    knob("nodiratime", Mount, Set, "block write requests per read request")
+        .judged_by(&[Measure::WritesPerRead]),
     knob(
         "cpu.max",
         Cgroup,
