@@ -1,8 +1,10 @@
 //! `cargo xtask vm-test`: tuneprobe on the kernels clusters run, under QEMU: Debian 11's
-//! 5.10, Debian 12's 6.1 and Debian 13's 6.12 (`--kernel VERSION`, repeatable; default
-//! all of them, one after the other).
+//! 5.10, Debian 12's 6.1 and Debian 13's 6.12, and Debian 12's 6.1 on arm64
+//! (`arm64-6.1`: `qemu-system-aarch64 -machine virt -cpu max`, emulated, tuneprobe and
+//! testload cross-built, busybox and nft from the suite's arm64 packages)
+//! (`--kernel VERSION`, repeatable; default all of them, one after the other).
 //!
-//! Each kernel is the package the suite's `linux-image-amd64` points at, fetched with a
+//! Each kernel is the package the suite's `linux-image-ARCH` points at, fetched with a
 //! private apt configuration (its own sources list, lists and cache under
 //! `~/.cache/tuneprobe/vm/kernels/VERSION/apt`, the Debian mirror the machine's own apt
 //! sources use; the machine's apt sources are never touched), and cached extracted under
