@@ -82,6 +82,9 @@ pub const DEBIAN_PACKAGES: &[DebianPackage] = &[
     // these itself too, but `cargo xtask test` runs it, so they belong here.
     package("qemu-system-x86", &["qemu-system-x86_64"]),
     package("cpio", &["cpio"]),
+    // Debian 13's kernel modules are `.ko.xz`, decompressed on the host (priority
+    // standard: not on every minimal install).
+    package("xz-utils", &["xz"]),
     // The arm64 build (`--target aarch64-unknown-linux-gnu`, linked by the cross gcc,
     // which also compiles ring's C, against the cross glibc) and vm-test's arm64 guest:
     // `-machine virt` boots the kernel directly (no firmware), and readelf names the
