@@ -153,7 +153,7 @@ pub const SERIES: &[Series] = &[
         version: "6.1",
         suite: "bookworm",
         arch: Arch::Arm64,
-        // 67 to 84 s under emulation (four runs), next to 53 to 60 s for each amd64 kernel.
+        // 67 to 84 s under emulation (five runs), next to 53 to 60 s for each amd64 kernel.
         default: true,
     },
 ];
