@@ -5,7 +5,8 @@
 //! - `test`: setup, then every unit and integration test (as root).
 //! - `run -- ARGS`: setup, build, run tuneprobe as root.
 //! - `bench`: what tuneprobe costs next to bpftrace and nothing (see `bench/mod.rs`).
-//! - `vm-test`: tuneprobe on Debian's 5.10, 6.1 and 6.12 kernels under QEMU (see `vmtest.rs`).
+//! - `vm-test`: tuneprobe on Debian's 5.10, 6.1 and 6.12 kernels, and 6.1 on arm64, under
+//!   QEMU (see `vmtest.rs`).
 //! - `soak --for DURATION`: every signal and cgroup churn for a long time; fails on growth.
 //! - `image`: the static binary in a scratch container image, as an OCI archive (no
 //!   registry, no container engine).
@@ -46,8 +47,8 @@ enum Command {
     Run(run::Args),
     /// Measure tuneprobe's overhead against bpftrace and nothing attached (needs root).
     Bench(bench::Args),
-    /// Boot Debian's 5.10, 6.1 and 6.12 kernels under QEMU (`--kernel VERSION` for one)
-    /// and check every signal each can produce.
+    /// Boot Debian's 5.10, 6.1 and 6.12 kernels and arm64 6.1 under QEMU (`--kernel
+    /// VERSION` for one) and check every signal each can produce.
     VmTest(vmtest::Args),
     /// Write the README's supported-kernels table from vm-test's records
     /// (`tests/kernels/*.json`); `--check` only compares.

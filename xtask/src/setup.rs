@@ -3,7 +3,8 @@
 //! - the pinned nightly with `rust-src` (the bpf target is built with `-Z build-std`);
 //! - bpf-linker, built against the nightly's own libLLVM (same LLVM major, no distro
 //!   LLVM needed);
-//! - the rustup target `x86_64-unknown-linux-musl` (the container image's static binary);
+//! - the rustup targets `x86_64-unknown-linux-musl` (the container image's static binary)
+//!   and `aarch64-unknown-linux-gnu` (arm64 nodes, and vm-test's arm64 guest);
 //! - the Debian package of every program a test, the benchmark, vm-test or a README
 //!   command starts ([`DEBIAN_PACKAGES`]; `cargo xtask test` checks for each program
 //!   before it runs a test), and one PyPI package (the Kubernetes schemas for the
@@ -81,6 +82,17 @@ pub const DEBIAN_PACKAGES: &[DebianPackage] = &[
     // these itself too, but `cargo xtask test` runs it, so they belong here.
     package("qemu-system-x86", &["qemu-system-x86_64"]),
     package("cpio", &["cpio"]),
+    // Debian 13's kernel modules are `.ko.xz`, decompressed on the host (priority
+    // standard: not on every minimal install).
+    package("xz-utils", &["xz"]),
+    // The arm64 build (`--target aarch64-unknown-linux-gnu`, linked by the cross gcc,
+    // which also compiles ring's C, against the cross glibc) and vm-test's arm64 guest:
+    // `-machine virt` boots the kernel directly (no firmware), and readelf names the
+    // shared libraries of aarch64 binaries.
+    package("gcc-aarch64-linux-gnu", &["aarch64-linux-gnu-gcc"]),
+    package("libc6-dev-arm64-cross", &[]),
+    package("binutils-aarch64-linux-gnu", &["aarch64-linux-gnu-readelf"]),
+    package("qemu-system-arm", &["qemu-system-aarch64"]),
     // `cargo xtask image` builds the static musl binary; ring's C and assembly are
     // compiled for musl with musl-gcc.
     package("musl-tools", &["musl-gcc"]),
@@ -92,6 +104,9 @@ pub const DEBIAN_PACKAGES: &[DebianPackage] = &[
 
 /// The static binary in the container image (`cargo xtask image`) is built for this.
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+/// arm64 nodes (and vm-test's arm64 guest), linked with Debian's cross gcc
+/// (`.cargo/config.toml`).
+pub const AARCH64_TARGET: &str = "aarch64-unknown-linux-gnu";
 
 /// The Kubernetes schemas the deploy/ test validates against, offline.
 const PYTHON_PACKAGES: &[(&str, &str)] = &[("kubernetes_validate", "kubernetes-validate==1.37.0")];
@@ -100,6 +115,7 @@ const PYTHON_PACKAGES: &[(&str, &str)] = &[("kubernetes_validate", "kubernetes-v
 pub fn run() -> anyhow::Result<()> {
     toolchain()?;
     musl_target()?;
+    aarch64_target()?;
     debian_packages()?;
     python_packages()?;
     Ok(())
@@ -113,6 +129,15 @@ pub fn toolchain() -> anyhow::Result<()> {
 
 /// The rustup target of the static image binary, for the toolchain cargo uses here.
 pub fn musl_target() -> anyhow::Result<()> {
+    rustup_target(MUSL_TARGET)
+}
+
+/// The rustup target of the arm64 binary, for the toolchain cargo uses here.
+pub fn aarch64_target() -> anyhow::Result<()> {
+    rustup_target(AARCH64_TARGET)
+}
+
+fn rustup_target(target: &str) -> anyhow::Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
@@ -120,13 +145,13 @@ pub fn musl_target() -> anyhow::Result<()> {
             out.status.success()
                 && String::from_utf8_lossy(&out.stdout)
                     .lines()
-                    .any(|line| line.trim() == MUSL_TARGET)
+                    .any(|line| line.trim() == target)
         });
     if installed {
         return Ok(());
     }
-    eprintln!("xtask setup: adding the rustup target {MUSL_TARGET}");
-    run_checked(Command::new("rustup").args(["target", "add", MUSL_TARGET]))
+    eprintln!("xtask setup: adding the rustup target {target}");
+    run_checked(Command::new("rustup").args(["target", "add", target]))
 }
 
 /// The Python modules the tests import, with the pip requirement that provides each.

@@ -279,6 +279,9 @@ mod tests {
             ("capsh", "libcap2-bin"),
             ("nsenter", "util-linux"),
             ("qemu-system-x86_64", "qemu-system-x86"),
+            ("qemu-system-aarch64", "qemu-system-arm"),
+            ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+            ("aarch64-linux-gnu-readelf", "binutils-aarch64-linux-gnu"),
         ] {
             assert!(
                 tools.contains(&tool(program, package)),

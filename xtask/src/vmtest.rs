@@ -1,8 +1,10 @@
 //! `cargo xtask vm-test`: tuneprobe on the kernels clusters run, under QEMU: Debian 11's
-//! 5.10, Debian 12's 6.1 and Debian 13's 6.12 (`--kernel VERSION`, repeatable; default
-//! all of them, one after the other).
+//! 5.10, Debian 12's 6.1 and Debian 13's 6.12, and Debian 12's 6.1 on arm64
+//! (`arm64-6.1`: `qemu-system-aarch64 -machine virt -cpu max`, emulated, tuneprobe and
+//! testload cross-built, busybox and nft from the suite's arm64 packages)
+//! (`--kernel VERSION`, repeatable; default all of them, one after the other).
 //!
-//! Each kernel is the package the suite's `linux-image-amd64` points at, fetched with a
+//! Each kernel is the package the suite's `linux-image-ARCH` points at, fetched with a
 //! private apt configuration (its own sources list, lists and cache under
 //! `~/.cache/tuneprobe/vm/kernels/VERSION/apt`, the Debian mirror the machine's own apt
 //! sources use; the machine's apt sources are never touched), and cached extracted under
@@ -42,8 +44,18 @@ const VM_PACKAGES: &[&str] = &[
     "xz-utils",
     "debian-archive-keyring",
 ];
-/// The Debian metapackage that names a suite's current kernel package.
-const KERNEL_METAPACKAGE: &str = "linux-image-amd64";
+/// What an arm64 guest needs besides: the emulator, the cross linker and C compiler
+/// (tuneprobe and testload are built for aarch64; ring has C), and readelf to find the
+/// shared libraries of aarch64 binaries (`ldd` cannot run them).
+const ARM64_PACKAGES: &[&str] = &[
+    "qemu-system-arm",
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    "binutils-aarch64-linux-gnu",
+];
+/// The guest's own programs on a foreign architecture, from the suite's packages for
+/// it (with their dependencies): the host's busybox and nft cannot run there.
+const FOREIGN_GUEST_PACKAGES: &[&str] = &["busybox-static", "nftables"];
 /// Debian's archive keys (bullseye's, bookworm's and trixie's Release files verify).
 const ARCHIVE_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// Where kernels come from when the machine's apt sources name no Debian mirror.
@@ -54,27 +66,95 @@ const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// that only modprobe resolves): without it nf_tables misses the `crc32c` symbol.
 const MODULES: &[&str] = &["crc32c_generic", "nf_tables", "nft_limit", "loop"];
 
+/// The machine a guest kernel runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Arch {
+    /// This machine's own: KVM when it works, the host's busybox, nft and libraries.
+    Amd64,
+    /// Emulated (TCG) on `-machine virt -cpu max`; tuneprobe and testload cross-built
+    /// for aarch64, busybox and nft from the suite's arm64 packages.
+    Arm64,
+}
+
+impl Arch {
+    /// Debian's name, as in `linux-image-amd64` and apt's `APT::Architecture`.
+    pub fn debian(self) -> &'static str {
+        match self {
+            Self::Amd64 => "amd64",
+            Self::Arm64 => "arm64",
+        }
+    }
+
+    /// `uname -m` in the guest.
+    fn machine(self) -> &'static str {
+        match self {
+            Self::Amd64 => "x86_64",
+            Self::Arm64 => "aarch64",
+        }
+    }
+
+    /// The Rust target tuneprobe and testload are built for (`None`: the host's).
+    fn rust_target(self) -> Option<&'static str> {
+        match self {
+            Self::Amd64 => None,
+            Self::Arm64 => Some(setup::AARCH64_TARGET),
+        }
+    }
+
+    /// Whether this is the host's own architecture: the host's programs run there.
+    fn is_host(self) -> bool {
+        self.rust_target().is_none()
+    }
+
+    /// The Debian metapackage that names a suite's current kernel package.
+    fn kernel_metapackage(self) -> String {
+        format!("linux-image-{}", self.debian())
+    }
+}
+
 /// A kernel series of the matrix and the Debian suite that ships it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Series {
+    /// What `--kernel` names it and the results call it: `6.1`, `arm64-6.1`.
+    pub name: &'static str,
     /// `5.10`: the release starts with this and a dot.
     pub version: &'static str,
     pub suite: &'static str,
+    pub arch: Arch,
+    /// Part of a run without `--kernel`.
+    pub default: bool,
 }
 
-/// The matrix, oldest first.
+/// The matrix, oldest first; then the other architectures.
 pub const SERIES: &[Series] = &[
     Series {
+        name: "5.10",
         version: "5.10",
         suite: "bullseye",
+        arch: Arch::Amd64,
+        default: true,
     },
     Series {
+        name: "6.1",
         version: "6.1",
         suite: "bookworm",
+        arch: Arch::Amd64,
+        default: true,
     },
     Series {
+        name: "6.12",
         version: "6.12",
         suite: "trixie",
+        arch: Arch::Amd64,
+        default: true,
+    },
+    Series {
+        name: "arm64-6.1",
+        version: "6.1",
+        suite: "bookworm",
+        arch: Arch::Arm64,
+        // 67 to 84 s under emulation (five runs), next to 53 to 60 s for each amd64 kernel.
+        default: true,
     },
 ];
 
@@ -89,15 +169,17 @@ const BLOCK_READS: u64 = 200;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The kernel series to boot: 5.10 (Debian 11), 6.1 (Debian 12), 6.12 (Debian 13);
-    /// repeat it or separate with commas (default: all, oldest first).
+    /// The kernel series to boot: 5.10 (Debian 11), 6.1 (Debian 12), 6.12 (Debian 13),
+    /// arm64-6.1 (Debian 12's arm64 kernel, emulated); repeat it or separate with commas
+    /// (default: all, the amd64 kernels oldest first, then arm64).
     #[arg(long = "kernel", value_name = "VERSION", value_delimiter = ',',
-          value_parser = clap::builder::PossibleValuesParser::new(["5.10", "6.1", "6.12"]))]
+          value_parser = clap::builder::PossibleValuesParser::new(SERIES.iter().map(|s| s.name)))]
     kernels: Vec<String>,
-    /// The tuneprobe binary to test (default: build target/release/tuneprobe).
+    /// The tuneprobe binary to test on amd64 kernels (default: build
+    /// target/release/tuneprobe); arm64 kernels always get a fresh aarch64 build.
     #[arg(long, value_name = "PATH")]
     tuneprobe: Option<PathBuf>,
-    /// The testload binary (default: build it, release).
+    /// The testload binary for amd64 kernels (default: build it, release).
     #[arg(long, value_name = "PATH")]
     testload: Option<PathBuf>,
     /// Print each kernel's checked result as one JSON line on stdout (the summary goes
@@ -116,59 +198,45 @@ pub struct Args {
 pub fn run(args: &Args) -> anyhow::Result<()> {
     setup::ensure_debian(VM_PACKAGES)?;
     let series: Vec<Series> = if args.kernels.is_empty() {
-        SERIES.to_vec()
+        SERIES.iter().filter(|s| s.default).copied().collect()
     } else {
         SERIES
             .iter()
-            .filter(|s| args.kernels.iter().any(|k| k == s.version))
+            .filter(|s| args.kernels.iter().any(|k| k == s.name))
             .copied()
             .collect()
     };
-    let root = workspace_root();
-    let tuneprobe = match &args.tuneprobe {
-        Some(path) => path.clone(),
-        None => {
-            run_checked(Command::new(env!("CARGO")).current_dir(&root).args([
-                "build",
-                "--release",
-                "--package",
-                "probe-user",
-            ]))?;
-            root.join("target/release/tuneprobe")
+    if series.iter().any(|s| s.arch == Arch::Arm64) {
+        setup::ensure_debian(ARM64_PACKAGES)?;
+        setup::aarch64_target()?;
+    }
+    let mut binaries: HashMap<Arch, Binaries> = HashMap::new();
+    for arch in [Arch::Amd64, Arch::Arm64] {
+        if series.iter().any(|s| s.arch == arch) {
+            binaries.insert(arch, Binaries::build(arch, args)?);
         }
-    };
-    let testload = match &args.testload {
-        Some(path) => path.clone(),
-        None => {
-            run_checked(Command::new(env!("CARGO")).current_dir(&root).args([
-                "build",
-                "--release",
-                "--package",
-                "tuneprobe-tests",
-                "--bin",
-                "testload",
-            ]))?;
-            root.join("target/release/testload")
-        }
-    };
+    }
     let cache = cache_dir();
     fs::create_dir_all(&cache)?;
-    let binaries = Binaries {
-        tuneprobe,
-        testload,
-    };
     let timeout = Duration::from_secs(args.timeout_secs);
     let mut accel = Accel::detect(&cache);
     let mut results = Vec::new();
     for series in series {
-        let result =
-            test_kernel(series, &cache, &binaries, &mut accel, timeout).unwrap_or_else(|err| {
-                json!({
-                    "series": series.version,
-                    "suite": series.suite,
-                    "error": format!("{err:#}"),
-                })
-            });
+        let binaries = &binaries[&series.arch];
+        let mut result = match series.arch {
+            Arch::Amd64 => test_kernel(series, &cache, binaries, &mut accel, timeout),
+            // No KVM for another architecture: always emulated.
+            Arch::Arm64 => test_kernel(series, &cache, binaries, &mut Accel::Tcg, timeout),
+        }
+        .unwrap_or_else(|err| {
+            json!({
+                "series": series.name,
+                "suite": series.suite,
+                "error": format!("{err:#}"),
+            })
+        });
+        result["arch"] = json!(series.arch.debian());
+        result["build_s"] = json!(binaries.build_s.map(|s| (s * 10.0).round() / 10.0));
         if args.json {
             println!("{result}");
         } else {
@@ -208,9 +276,65 @@ fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
 }
 
+/// The guest's two binaries of one architecture.
 struct Binaries {
     tuneprobe: PathBuf,
     testload: PathBuf,
+    /// How long building them took here (`None`: given with `--tuneprobe`/`--testload`).
+    build_s: Option<f64>,
+}
+
+impl Binaries {
+    /// Release builds of tuneprobe and testload for `arch` (amd64: unless given).
+    fn build(arch: Arch, args: &Args) -> anyhow::Result<Self> {
+        let root = workspace_root();
+        let out = match arch.rust_target() {
+            Some(target) => root.join("target").join(target).join("release"),
+            None => root.join("target/release"),
+        };
+        let started = Instant::now();
+        let mut built = false;
+        let mut build = |package: &str, bin: Option<&str>| {
+            built = true;
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.current_dir(&root)
+                .args(["build", "--release", "--package", package]);
+            if let Some(bin) = bin {
+                cmd.args(["--bin", bin]);
+            }
+            if let Some(target) = arch.rust_target() {
+                cmd.args(["--target", target]);
+            }
+            run_checked(&mut cmd)
+        };
+        let (given_tuneprobe, given_testload) = match arch {
+            Arch::Amd64 => (args.tuneprobe.clone(), args.testload.clone()),
+            Arch::Arm64 => (None, None),
+        };
+        let tuneprobe = match given_tuneprobe {
+            Some(path) => path,
+            None => {
+                build("probe-user", None)?;
+                out.join("tuneprobe")
+            }
+        };
+        let testload = match given_testload {
+            Some(path) => path,
+            None => {
+                build("tuneprobe-tests", Some("testload"))?;
+                out.join("testload")
+            }
+        };
+        let build_s = built.then(|| started.elapsed().as_secs_f64());
+        if let (Some(s), Some(target)) = (build_s, arch.rust_target()) {
+            eprintln!("xtask vm-test: tuneprobe and testload for {target} built in {s:.1} s");
+        }
+        Ok(Self {
+            tuneprobe,
+            testload,
+            build_s,
+        })
+    }
 }
 
 /// Fetches, boots and checks one kernel; the result JSON, whose failed checks say what
@@ -299,58 +423,90 @@ struct Kernel {
     release: String,
     vmlinuz: PathBuf,
     modules: PathBuf,
+    /// On a foreign architecture, the suite's busybox and nft with their libraries,
+    /// extracted (see [`FOREIGN_GUEST_PACKAGES`]); `None` on the host's own.
+    userland: Option<PathBuf>,
 }
 
 impl Kernel {
-    /// The cached kernel of `series`, or the one its suite's `linux-image-amd64` names,
-    /// downloaded with a private apt configuration and extracted.
+    /// The cached kernel of `series`, or the one its suite's `linux-image-ARCH` names,
+    /// downloaded with a private apt configuration and extracted; on a foreign
+    /// architecture also the guest's userland packages.
     fn fetch(cache: &Path, series: Series) -> anyhow::Result<Self> {
-        let dir = cache.join("kernels").join(series.version);
+        let dir = cache.join("kernels").join(series.name);
         fs::create_dir_all(&dir)?;
-        if let Some(kernel) = Self::cached(&dir, series)? {
+        let userland = (!series.arch.is_host()).then(|| dir.join("userland"));
+        let userland_ready = userland
+            .as_ref()
+            .is_none_or(|u| u.join(".extracted").exists());
+        if userland_ready && let Some(kernel) = Self::cached(&dir, series, userland.clone())? {
             return Ok(kernel);
         }
         // Earlier versions kept Debian 12's kernel directly in the cache directory.
-        for entry in fs::read_dir(cache)?.flatten() {
-            let path = entry.path();
-            if is_package_dir(&path, series) {
-                fs::rename(&path, dir.join(entry.file_name()))?;
+        if series.arch == Arch::Amd64 {
+            for entry in fs::read_dir(cache)?.flatten() {
+                let path = entry.path();
+                if is_package_dir(&path, series) {
+                    fs::rename(&path, dir.join(entry.file_name()))?;
+                }
             }
         }
-        if let Some(kernel) = Self::cached(&dir, series)? {
+        let cached = Self::cached(&dir, series, userland.clone())?;
+        if userland_ready && let Some(kernel) = cached {
             return Ok(kernel);
         }
-        let apt = PrivateApt::new(&dir.join("apt"), series.suite, &debian_mirror())?;
+        let apt = PrivateApt::new(
+            &dir.join("apt"),
+            series.suite,
+            &debian_mirror(),
+            series.arch,
+        )?;
         eprintln!(
-            "xtask vm-test: reading the package lists of {} from {}",
-            series.suite, apt.mirror
+            "xtask vm-test: reading the package lists of {} ({}) from {}",
+            series.suite,
+            series.arch.debian(),
+            apt.mirror
         );
         apt.update()?;
-        let package = apt.kernel_package(series)?;
-        eprintln!("xtask vm-test: downloading {package} ({})", series.suite);
-        apt.download(&package, &dir)?;
-        let deb = fs::read_dir(&dir)?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
-            })
-            .with_context(|| format!("apt-get download left no {package}_*.deb"))?;
-        let target = dir.join(&package);
-        let _ = fs::remove_dir_all(&target);
-        run_checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&target))?;
-        fs::write(target.join(".extracted"), b"")?;
-        fs::remove_file(&deb)?;
+        if cached.is_none() {
+            let package = apt.kernel_package(series)?;
+            eprintln!("xtask vm-test: downloading {package} ({})", series.suite);
+            apt.download(&[package.as_str()], &dir)?;
+            let target = dir.join(&package);
+            let _ = fs::remove_dir_all(&target);
+            extract_debs(&dir, &[package.as_str()], &target)?;
+        }
+        if let Some(userland) = &userland
+            && !userland_ready
+        {
+            let packages = apt.with_dependencies(FOREIGN_GUEST_PACKAGES)?;
+            let names: Vec<&str> = packages.iter().map(String::as_str).collect();
+            eprintln!(
+                "xtask vm-test: downloading the guest's {} packages ({}): {}",
+                series.arch.debian(),
+                series.suite,
+                names.join(" ")
+            );
+            let debs = dir.join("debs");
+            let _ = fs::remove_dir_all(&debs);
+            fs::create_dir_all(&debs)?;
+            apt.download(&names, &debs)?;
+            let _ = fs::remove_dir_all(userland);
+            extract_debs(&debs, &names, userland)?;
+            let _ = fs::remove_dir_all(&debs);
+        }
         // The lists are read again before the next download (they age); 30 MB less.
         let _ = fs::remove_dir_all(dir.join("apt"));
-        Self::cached(&dir, series)?.context("the extracted kernel package has no vmlinuz")
+        Self::cached(&dir, series, userland)?.context("the extracted kernel package has no vmlinuz")
     }
 
     /// The completely extracted `linux-image-VERSION.*` in `dir` (the newest by name,
     /// should there be several).
-    fn cached(dir: &Path, series: Series) -> anyhow::Result<Option<Self>> {
+    fn cached(
+        dir: &Path,
+        series: Series,
+        userland: Option<PathBuf>,
+    ) -> anyhow::Result<Option<Self>> {
         let mut dirs: Vec<PathBuf> = fs::read_dir(dir)?
             .flatten()
             .map(|e| e.path())
@@ -392,16 +548,38 @@ impl Kernel {
             release,
             vmlinuz,
             modules,
+            userland,
         }))
     }
 }
 
+/// Extracts the `.deb` of each of `packages` in `dir` (downloaded there as
+/// `NAME_VERSION_ARCH.deb`) into `target`, deletes the files, and marks `target` done.
+fn extract_debs(dir: &Path, packages: &[&str], target: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(target)?;
+    for package in packages {
+        let deb = fs::read_dir(dir)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+            })
+            .with_context(|| format!("apt-get download left no {package}_*.deb"))?;
+        run_checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(target))?;
+        fs::remove_file(&deb)?;
+    }
+    fs::write(target.join(".extracted"), b"")?;
+    Ok(())
+}
+
 /// An extracted `linux-image-VERSION.*` package directory.
 fn is_package_dir(path: &Path, series: Series) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with(&format!("linux-image-{}.", series.version)))
-        && path.join(".extracted").exists()
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+        n.starts_with(&format!("linux-image-{}.", series.version))
+            && n.ends_with(&format!("-{}", series.arch.debian()))
+    }) && path.join(".extracted").exists()
 }
 
 /// apt-get and apt-cache reading one suite through their own sources list, lists and
@@ -409,10 +587,11 @@ fn is_package_dir(path: &Path, series: Series) -> bool {
 struct PrivateApt {
     dir: PathBuf,
     mirror: String,
+    arch: Arch,
 }
 
 impl PrivateApt {
-    fn new(dir: &Path, suite: &str, mirror: &str) -> anyhow::Result<Self> {
+    fn new(dir: &Path, suite: &str, mirror: &str, arch: Arch) -> anyhow::Result<Self> {
         for sub in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
             fs::create_dir_all(dir.join(sub))?;
         }
@@ -420,9 +599,12 @@ impl PrivateApt {
             dir.join("sources.list"),
             format!("deb [signed-by={ARCHIVE_KEYRING}] {mirror} {suite} main\n"),
         )?;
+        // A foreign architecture's packages are resolved against nothing installed.
+        fs::write(dir.join("status"), b"")?;
         Ok(Self {
             dir: dir.to_path_buf(),
             mirror: mirror.to_string(),
+            arch,
         })
     }
 
@@ -438,6 +620,18 @@ impl PrivateApt {
             "Acquire::Languages=none".to_string(),
         ] {
             cmd.arg("-o").arg(setting);
+        }
+        if !self.arch.is_host() {
+            // This configuration alone reads the other architecture, as its only one,
+            // with an empty dpkg status: the machine's dpkg architectures, its installed
+            // packages and its own apt configuration stay as they are.
+            for setting in [
+                format!("APT::Architecture={}", self.arch.debian()),
+                format!("APT::Architectures={}", self.arch.debian()),
+                option("Dir::State::status", &self.dir.join("status")),
+            ] {
+                cmd.arg("-o").arg(setting);
+            }
         }
         if crate::is_root() {
             // apt's download user cannot enter root's home directory.
@@ -458,9 +652,10 @@ impl PrivateApt {
 
     /// `linux-image-5.10.0-32-amd64`: what the suite's kernel metapackage depends on.
     fn kernel_package(&self, series: Series) -> anyhow::Result<String> {
+        let metapackage = series.arch.kernel_metapackage();
         let out = self
             .command("apt-cache")
-            .args(["depends", KERNEL_METAPACKAGE])
+            .args(["depends", &metapackage])
             .stdout(Stdio::piped())
             .output()
             .context("running apt-cache")?;
@@ -472,7 +667,7 @@ impl PrivateApt {
             .map(str::to_string)
             .with_context(|| {
                 format!(
-                    "{KERNEL_METAPACKAGE} of {} does not depend on a {} kernel: {text}{}",
+                    "{metapackage} of {} does not depend on a {} kernel: {text}{}",
                     series.suite,
                     series.version,
                     String::from_utf8_lossy(&out.stderr)
@@ -480,13 +675,55 @@ impl PrivateApt {
             })
     }
 
-    fn download(&self, package: &str, into: &Path) -> anyhow::Result<()> {
+    /// `packages` and every package they depend on (pre-depends included; no
+    /// recommends), as `apt-cache depends --recurse` lists them.
+    fn with_dependencies(&self, packages: &[&str]) -> anyhow::Result<Vec<String>> {
+        let out = self
+            .command("apt-cache")
+            .args([
+                "depends",
+                "--recurse",
+                "--no-recommends",
+                "--no-suggests",
+                "--no-conflicts",
+                "--no-breaks",
+                "--no-replaces",
+                "--no-enhances",
+            ])
+            .args(packages)
+            .stdout(Stdio::piped())
+            .output()
+            .context("running apt-cache")?;
+        ensure!(
+            out.status.success(),
+            "apt-cache depends --recurse {} failed: {}",
+            packages.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(recursive_depends(&String::from_utf8_lossy(&out.stdout)))
+    }
+
+    fn download(&self, packages: &[&str], into: &Path) -> anyhow::Result<()> {
         run_checked(
             self.command("apt-get")
-                .args(["download", "-qq", package])
+                .args(["download", "-qq"])
+                .args(packages)
                 .current_dir(into),
         )
     }
+}
+
+/// The packages of `apt-cache depends --recurse` output: its unindented lines, without
+/// virtual packages (`<name>`), each once.
+fn recursive_depends(text: &str) -> Vec<String> {
+    let mut seen = HashSet::new();
+    text.lines()
+        .filter(|l| !l.starts_with(char::is_whitespace) && !l.trim().is_empty())
+        .map(str::trim)
+        .filter(|name| !name.starts_with('<'))
+        .filter(|name| seen.insert(name.to_string()))
+        .map(str::to_string)
+        .collect()
 }
 
 /// The Debian archive mirror the machine's own apt sources use (a `deb` source of a
@@ -626,17 +863,32 @@ fn build_initramfs(
         for dir in ["bin", "sbin", "proc", "sys", "dev", "tmp", "run", "modules"] {
             fs::create_dir_all(stage.join(dir))?;
         }
-        let busybox = PathBuf::from("/bin/busybox");
-        ensure!(busybox.exists(), "busybox-static is not installed");
+        let (busybox, nft) = match &kernel.userland {
+            None => (
+                PathBuf::from("/bin/busybox"),
+                which("nft").context("nft (package nftables) is not installed")?,
+            ),
+            Some(userland) => (userland.join("bin/busybox"), userland.join("usr/sbin/nft")),
+        };
+        ensure!(
+            busybox.exists(),
+            "no busybox-static at {}",
+            busybox.display()
+        );
         copy_file(&busybox, &stage.join("bin/busybox"))?;
-        let applets = Command::new(&busybox).arg("--list").output()?;
-        for applet in String::from_utf8_lossy(&applets.stdout).split_whitespace() {
-            let link = stage.join("bin").join(applet);
-            if !link.exists() {
-                std::os::unix::fs::symlink("busybox", &link)?;
+        if kernel.userland.is_none() {
+            let applets = Command::new(&busybox).arg("--list").output()?;
+            for applet in String::from_utf8_lossy(&applets.stdout).split_whitespace() {
+                let link = stage.join("bin").join(applet);
+                if !link.exists() {
+                    std::os::unix::fs::symlink("busybox", &link)?;
+                }
             }
+        } else {
+            // This busybox cannot run here to list its applets: the guest's init links
+            // them itself (`busybox --install -s`), which needs only its shell.
+            std::os::unix::fs::symlink("busybox", stage.join("bin/sh"))?;
         }
-        let nft = which("nft").context("nft (package nftables) is not installed")?;
         for (binary, name) in [
             (&binaries.tuneprobe, "tuneprobe"),
             (&binaries.testload, "testload"),
@@ -644,7 +896,10 @@ fn build_initramfs(
         ] {
             ensure!(binary.exists(), "{} is missing", binary.display());
             copy_file(binary, &stage.join("bin").join(name))?;
-            copy_shared_libraries(binary, &stage)?;
+            match &kernel.userland {
+                None => copy_shared_libraries(binary, &stage)?,
+                Some(userland) => copy_foreign_libraries(binary, userland, &stage)?,
+            }
         }
         let mut names = Vec::new();
         for module in module_load_order(&kernel.modules, MODULES)? {
@@ -672,7 +927,7 @@ fn build_initramfs(
         )?;
         let archive = cache.join(format!(
             "initramfs-{}-{}.cpio",
-            kernel.series.version,
+            kernel.series.name,
             std::process::id()
         ));
         let status = Command::new("sh")
@@ -732,6 +987,76 @@ fn copy_shared_libraries(binary: &Path, stage: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Copies the program interpreter and the shared libraries (`DT_NEEDED`, recursively)
+/// of a foreign-architecture `binary`, found in the extracted packages at `sysroot`,
+/// to the same paths in `stage`. `ldd` runs the binary's own loader, which cannot run
+/// here, so readelf reads them.
+fn copy_foreign_libraries(binary: &Path, sysroot: &Path, stage: &Path) -> anyhow::Result<()> {
+    const LIBRARY_DIRS: &[&str] = &[
+        "lib/aarch64-linux-gnu",
+        "usr/lib/aarch64-linux-gnu",
+        "lib",
+        "usr/lib",
+    ];
+    let readelf = |args: &[&str], file: &Path| -> anyhow::Result<String> {
+        let out = Command::new(READELF)
+            .args(args)
+            .arg(file)
+            .output()
+            .with_context(|| format!("running {READELF}"))?;
+        ensure!(
+            out.status.success(),
+            "{READELF} {} {} failed: {}",
+            args.join(" "),
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let program_headers = readelf(&["--program-headers", "--wide"], binary)?;
+    if let Some(interpreter) = program_headers.lines().find_map(|l| {
+        let (_, rest) = l.split_once("[Requesting program interpreter: ")?;
+        rest.strip_suffix(']')
+    }) {
+        let relative = interpreter.trim_start_matches('/');
+        let target = stage.join(relative);
+        if !target.exists() {
+            copy_file(&sysroot.join(relative), &target)?;
+        }
+    }
+    let mut pending = vec![binary.to_path_buf()];
+    let mut seen = HashSet::new();
+    while let Some(file) = pending.pop() {
+        let dynamic = readelf(&["--dynamic", "--wide"], &file)?;
+        for name in dynamic.lines().filter_map(|l| {
+            let (_, rest) = l.split_once("(NEEDED)")?;
+            let (_, rest) = rest.split_once('[')?;
+            rest.strip_suffix(']')
+        }) {
+            if !seen.insert(name.to_string()) {
+                continue;
+            }
+            let (dir, path) = LIBRARY_DIRS
+                .iter()
+                .map(|dir| (dir, sysroot.join(dir).join(name)))
+                .find(|(_, path)| path.exists())
+                .with_context(|| {
+                    format!(
+                        "{} needs {name}, which is in none of the guest's packages ({})",
+                        file.display(),
+                        sysroot.display()
+                    )
+                })?;
+            copy_file(&path, &stage.join(dir).join(name))?;
+            pending.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Reads aarch64 ELF files (package binutils-aarch64-linux-gnu).
+const READELF: &str = "aarch64-linux-gnu-readelf";
 
 /// A kernel module file of the package, possibly compressed (Debian 13: `.ko.xz`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -868,17 +1193,27 @@ fn boot(
     accel: Accel,
     timeout: Duration,
 ) -> anyhow::Result<Option<String>> {
-    let mut cmd = Command::new("qemu-system-x86_64");
+    let (qemu, console) = match kernel.series.arch {
+        Arch::Amd64 => ("qemu-system-x86_64", "ttyS0"),
+        Arch::Arm64 => ("qemu-system-aarch64", "ttyAMA0"),
+    };
+    let mut cmd = Command::new(qemu);
     cmd.args(["-m", "1024", "-smp", "2", "-nographic", "-no-reboot"])
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initramfs)
         // loglevel=1: kernel messages would interleave with the results on the console.
-        .args(["-append", "console=ttyS0 loglevel=1 panic=-1 rdinit=/init"]);
-    match accel {
-        Accel::Kvm => cmd.args(["-enable-kvm", "-cpu", "host"]),
-        Accel::Tcg => cmd.args(["-accel", "tcg", "-cpu", "max"]),
+        .arg("-append")
+        .arg(format!(
+            "console={console} loglevel=1 panic=-1 rdinit=/init"
+        ));
+    match (kernel.series.arch, accel) {
+        (Arch::Amd64, Accel::Kvm) => cmd.args(["-enable-kvm", "-cpu", "host"]),
+        (Arch::Amd64, Accel::Tcg) => cmd.args(["-accel", "tcg", "-cpu", "max"]),
+        // The generic board: the kernel is loaded directly with a device tree QEMU
+        // writes (no firmware), PL011 serial console, PSCI power-off.
+        (Arch::Arm64, _) => cmd.args(["-machine", "virt", "-accel", "tcg", "-cpu", "max"]),
     };
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -888,7 +1223,7 @@ fn boot(
         kernel.release,
         accel.name()
     );
-    let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
+    let mut child = cmd.spawn().with_context(|| format!("starting {qemu}"))?;
     let stdout = child.stdout.take().context("qemu stdout")?;
     let (tx, rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
@@ -1103,7 +1438,7 @@ impl Checks<'_> {
 
 /// Compares what tuneprobe saw in the guest with what the guest kernel counted.
 fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
-    let series = kernel.series.version;
+    let series = kernel.series.name;
     let release = guest.values.get("kernel").cloned().unwrap_or_default();
     let snapshot: Value = guest
         .blocks
@@ -1139,11 +1474,16 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
         no_snapshot,
         list: Vec::new(),
     };
+    // The kernel booted, on the machine it was built for (`uname -m`).
+    let machine = guest.values.get("machine").cloned().unwrap_or_default();
+    let arch = kernel.series.arch.machine();
     checks.add(
         &format!("kernel_is_{series}"),
-        release.starts_with(&format!("{series}.")) && release == kernel.release,
-        json!(release),
-        json!(kernel.release),
+        release.starts_with(&format!("{}.", kernel.series.version))
+            && release == kernel.release
+            && machine == arch,
+        json!(format!("{release} on {machine}")),
+        json!(format!("{} on {arch}", kernel.release)),
     );
     checks.add(
         "tuneprobe_ran",
@@ -1530,10 +1870,17 @@ fn print_report(result: &Value) {
 fn summary_table(results: &[Value]) -> String {
     use std::fmt::Write as _;
     let mut out = String::from("vm-test summary:\n");
+    // `5.10` and `arm64-6.1` in one column.
+    let width = results
+        .iter()
+        .filter_map(|r| r["series"].as_str().map(str::len))
+        .max()
+        .unwrap_or(0)
+        .max(5);
     for result in results {
         let series = result["series"].as_str().unwrap_or("?");
         if let Some(err) = result["error"].as_str() {
-            let _ = writeln!(out, "  {series:<5} ERROR: {}", first_line(err));
+            let _ = writeln!(out, "  {series:<width$} ERROR: {}", first_line(err));
             continue;
         }
         let summary = &result["summary"];
@@ -1546,7 +1893,7 @@ fn summary_table(results: &[Value]) -> String {
         };
         let _ = writeln!(
             out,
-            "  {series:<5} {} ({}, {} s): programs {} of {} attached; checks {} passed, {} not applicable, {} failed",
+            "  {series:<width$} {} ({}, {} s): programs {} of {} attached; checks {} passed, {} not applicable, {} failed",
             result["kernel"].as_str().unwrap_or("?"),
             result["accel"].as_str().unwrap_or("?"),
             result["boot_s"],
@@ -1589,6 +1936,32 @@ fn summary_table(results: &[Value]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recursive_depends_lists_real_packages_once() {
+        let text = "nftables\n  Depends: libc6\n  Depends: libnftables1\nbusybox-static\n\
+                    libnftables1\n  Depends: libc6\nlibc6\n  PreDepends: <libgcc1>\n<libgcc1>\n\
+                    libc6\n";
+        assert_eq!(
+            recursive_depends(text),
+            ["nftables", "busybox-static", "libnftables1", "libc6"]
+        );
+    }
+
+    #[test]
+    fn the_default_matrix_and_the_names_of_the_kernels() {
+        let names: Vec<&str> = SERIES
+            .iter()
+            .filter(|s| s.default)
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["5.10", "6.1", "6.12", "arm64-6.1"]);
+        let arm64 = SERIES.iter().find(|s| s.name == "arm64-6.1").unwrap();
+        assert_eq!((arm64.version, arm64.suite), ("6.1", "bookworm"));
+        assert_eq!(arm64.arch.kernel_metapackage(), "linux-image-arm64");
+        assert_eq!(arm64.arch.rust_target(), Some("aarch64-unknown-linux-gnu"));
+        assert!(Arch::Amd64.is_host() && !Arch::Arm64.is_host());
+    }
 
     #[test]
     fn modinfo_depends_lists_the_names() {

@@ -5,6 +5,9 @@
 # console as `@@TPVM key=value` lines and `@@TPVM-BEGIN name` ... `@@TPVM-END name`
 # blocks, which `cargo xtask vm-test` parses. Then power off.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+# A foreign architecture's busybox (arm64) comes with its shell link only: link the
+# other applets here, where it runs.
+[ -e /bin/mount ] || /bin/busybox --install -s /bin
 out() { echo "@@TPVM $*"; }
 
 mount -t proc proc /proc
@@ -21,6 +24,7 @@ done
 ip link set lo up
 echo "@@TPVM-BEGIN kmsg"; dmesg | grep -i -E "symbol|module" | tail -20; echo "@@TPVM-END kmsg"
 out "kernel=$(uname -r)"
+out "machine=$(uname -m)"
 out "cpus=$(nproc)"
 # The kernel's own view of the drop tracepoint: `reason` exists since 5.17, `rx_sk`
 # since 6.12 (the check that needs it says so where it cannot apply).
