@@ -197,3 +197,89 @@ fn latency<const N: usize, const S: u32>(
     };
     Some((value, Some(interval.count as f64)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signals::{
+        block_io::BlockReport,
+        tcp_connections::{ConnectFailures, ConnectionReport},
+    };
+
+    fn block(op: &str, requests: u64, ms: u64) -> BlockReport {
+        let mut h = LatencyHistogram::ZERO;
+        h.count = requests;
+        h.sum_ns = requests * ms * 1_000_000;
+        h.buckets[LatencyHistogram::<100, 2>::bucket(ms * 1_000_000)] = requests;
+        BlockReport {
+            device: "loop0".into(),
+            op: op.into(),
+            requests,
+            service_histogram: h,
+            ..BlockReport::default()
+        }
+    }
+
+    fn with_block(reports: Vec<BlockReport>) -> Workload {
+        let mut w = Workload::default();
+        w.signals.block = reports;
+        w
+    }
+
+    #[test]
+    fn block_writes_and_writes_per_read_are_per_operation() {
+        let before = with_block(vec![block("read", 10, 1), block("write", 5, 8)]);
+        let after = with_block(vec![block("read", 30, 1), block("write", 15, 8)]);
+        let sample = |m: Measure| m.sample(&before, &after, None).unwrap();
+        // Reads do not dilute the write latency.
+        let (write_ms, writes) = sample(Measure::BlockWriteMs);
+        assert!((write_ms - 8.0).abs() < 0.01, "{write_ms}");
+        assert_eq!(writes, Some(10.0));
+        let (ratio, reads) = sample(Measure::WritesPerRead);
+        assert_eq!((ratio, reads), (0.5, Some(20.0)));
+        // Another device, or no read in the interval: nothing to judge.
+        assert!(
+            Measure::WritesPerRead
+                .sample(&before, &after, Some("sda"))
+                .is_none()
+        );
+        assert!(
+            Measure::WritesPerRead
+                .sample(&after, &after, None)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn connect_failures_count_every_cause_per_attempt() {
+        let report = |attempts, refused, noport, closed, resets| {
+            let mut w = Workload::default();
+            w.signals.connections = Some(ConnectionReport {
+                connect_attempts: attempts,
+                failed: ConnectFailures {
+                    refused,
+                    port_exhaustion: noport,
+                    ..ConnectFailures::default()
+                },
+                closed,
+                resets_received: resets,
+                ..ConnectionReport::default()
+            });
+            w
+        };
+        let (before, after) = (report(10, 1, 1, 4, 0), report(30, 6, 11, 14, 5));
+        assert_eq!(
+            Measure::ConnectFailureRatio.sample(&before, &after, None),
+            Some((0.75, Some(20.0)))
+        );
+        assert_eq!(
+            Measure::ResetRatio.sample(&before, &after, None),
+            Some((0.5, Some(10.0)))
+        );
+        // A workload that started connecting in this interval counts from zero.
+        assert_eq!(
+            Measure::ConnectFailureRatio.sample(&Workload::default(), &before, None),
+            Some((0.2, Some(10.0)))
+        );
+    }
+}

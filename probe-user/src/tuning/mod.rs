@@ -334,10 +334,20 @@ pub const KNOBS: &[Knob] = &[
         Recommendation::None,
         "request latency",
     ),
-    knob("noatime", Mount, Set, "block write requests per read request")
-        .judged_by(&[Measure::WritesPerRead]),
-    knob("nodiratime", Mount, Set, "block write requests per read request")
-        .judged_by(&[Measure::WritesPerRead]),
+    knob(
+        "noatime",
+        Mount,
+        Set,
+        "block write requests per read request",
+    )
+    .judged_by(&[Measure::WritesPerRead]),
+    knob(
+        "nodiratime",
+        Mount,
+        Set,
+        "block write requests per read request",
+    )
+    .judged_by(&[Measure::WritesPerRead]),
     knob(
         "cpu.max",
         Cgroup,
