@@ -439,6 +439,67 @@ fn switching_congestion_control_under_random_loss_is_judged_on_retransmits_and_r
     assert_eq!(disagree, noted, "{verdicts:?}: {:#}", report["notes"]);
 }
 
+/// A filesystem on the test's own loop device (ext4 without a journal, so that an
+/// inode's write is issued by the task that syncs it), mounted with `strictatime` at a
+/// directory of its own; unmounted on drop.
+struct TestMount {
+    dir: std::path::PathBuf,
+}
+
+impl TestMount {
+    fn new(device: &str) -> Self {
+        let dir = std::env::temp_dir().join(tuneprobe_tests::unique("tuneprobe-mnt-"));
+        fs::create_dir_all(&dir).unwrap();
+        tuneprobe_tests::sh(&["mkfs.ext4", "-q", "-F", "-O", "^has_journal", device]);
+        tuneprobe_tests::sh(&[
+            "mount",
+            "-o",
+            "strictatime",
+            device,
+            &dir.display().to_string(),
+        ]);
+        let mount = Self { dir };
+        fs::write(mount.file(), vec![0x5a; 1 << 20]).unwrap();
+        tuneprobe_tests::sh(&["sync"]);
+        mount
+    }
+
+    fn file(&self) -> std::path::PathBuf {
+        self.dir.join("data")
+    }
+}
+
+impl Drop for TestMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn remounting_with_noatime_improves_writes_per_read() {
+    let disk = tuneprobe_tests::LoopDevice::new(64);
+    let mount = TestMount::new(&disk.device);
+    let mut pod = PodCgroup::with_controllers(&["blkio"]);
+    let reader = pod.container();
+    // Every read changes the atime (strictatime), and the fsync after it writes the
+    // inode: one write per read, until noatime.
+    let mut reads = Workload::spawn_program(
+        None,
+        Some(&reader),
+        &testload(),
+        &["read-fsync", &mount.file().display().to_string(), "50"],
+    );
+    assert_eq!(reads.read_line(), "ready");
+    let remount = format!("mount -o remount,noatime {}", mount.dir.display());
+    let report = verify_with(&["--exec", &remount, "--signal", "writes_per_read"]);
+    let v = verdict_for(&report, &reader.path, "writes_per_read");
+    assert_eq!(v["verdict"], "improved", "{v:#}");
+    assert_eq!(v["load"], "block_reads");
+    assert!(v["before"].as_f64().unwrap() >= 0.9, "{v}");
+    assert_eq!(v["after"], 0.0, "{v}");
+}
+
 #[test]
 fn removing_a_random_drop_rule_improves_retransmits_per_sent_segment() {
     let pair = NetnsPair::new();

@@ -46,7 +46,9 @@ pub const DEBIAN_PACKAGES: &[DebianPackage] = &[
     package("nftables", &["nft"]),
     package("iproute2", &["ip", "tc", "ss"]),
     package("util-linux", &["unshare", "nsenter", "setpriv", "findmnt"]),
-    package("mount", &["losetup"]),
+    package("mount", &["losetup", "mount", "umount"]),
+    // verify's noatime test makes a filesystem on a loop device.
+    package("e2fsprogs", &["mkfs.ext4"]),
     package("fio", &["fio"]),
     package("dnsmasq-base", &["dnsmasq"]),
     package("bind9-dnsutils", &["dig"]),

@@ -33,6 +33,9 @@
 //! testload delay-bridge IF_A IF_B MS         forward every frame between two interfaces,
 //!                                             each after MS milliseconds (a link with a
 //!                                             known delay, where netem is absent)
+//! testload read-fsync PATH EVERY_MS           read PATH's first 4 KiB with O_DIRECT, then
+//!                                             fsync it (writing what the read changed in
+//!                                             its inode: atime), every EVERY_MS, forever
 //! testload tcp-reset-server ADDR:PORT         accept, then reset each connection (SO_LINGER 0)
 //! testload pause                              sleep until killed
 
@@ -82,6 +85,7 @@ fn main() {
         "dns-garbage" => dns::garbage(addr(), num(2)),
         "tcp-connects" => tcp_connects(addr(), num(2), num(3) == 1),
         "tcp-reset-server" => tcp_reset_server(addr()),
+        "read-fsync" => read_fsync(arg(1), Duration::from_millis(num(2) as u64)),
         "delay-bridge" => delay_bridge::run(arg(1), arg(2), Duration::from_millis(num(3) as u64)),
         "tcp-send-loop" => loop {
             tcp_send(addr(), num(2));
@@ -257,6 +261,27 @@ fn tcp_reset_server(addr: SocketAddr) -> ! {
         conn.set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
         thread::sleep(Duration::from_millis(50));
         drop(conn);
+    }
+}
+
+fn read_fsync(path: &str, every: Duration) -> ! {
+    use std::os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .expect("open");
+    // O_DIRECT wants a buffer aligned to the logical block size.
+    let layout = std::alloc::Layout::from_size_align(4096, 4096).expect("layout");
+    // SAFETY: a non-zero size; freed never (the process runs until killed).
+    let buf = unsafe { std::alloc::alloc(layout) };
+    ready();
+    loop {
+        // SAFETY: `buf` holds 4096 bytes.
+        let n = unsafe { libc::pread(file.as_raw_fd(), buf.cast(), 4096, 0) };
+        assert_eq!(n, 4096, "read: {}", std::io::Error::last_os_error());
+        file.sync_all().expect("fsync");
+        thread::sleep(every);
     }
 }
 
