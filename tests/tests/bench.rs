@@ -12,6 +12,7 @@ use tuneprobe_tests::{tuneprobe_binary, unique};
 const MIX_DROPS_PER_S: f64 = 5_000.0;
 const MIX_DNS_QPS: f64 = 500.0;
 const MIX_IOPS: f64 = 200.0;
+const MIX_CONNECTS_PER_S: f64 = 100.0;
 const SCALE_WORKLOADS: u64 = 50;
 
 const PROGRAMS: &[&str] = &[
@@ -24,6 +25,9 @@ const PROGRAMS: &[&str] = &[
     "sched_switch",
     "dns_egress",
     "dns_ingress",
+    "inet_sock_set_state",
+    "tcp_send_reset",
+    "tcp_receive_reset",
 ];
 
 fn number(value: &Value, what: &str) -> f64 {
@@ -138,7 +142,7 @@ fn smoke_run_reports_every_section_and_cleans_up() {
         }
     }
 
-    // Workload impact: four workloads, each measured in all three modes.
+    // Workload impact: five workloads, each measured in all three modes.
     let impact = report["workload_impact"]
         .as_array()
         .expect("workload_impact");
@@ -146,7 +150,7 @@ fn smoke_run_reports_every_section_and_cleans_up() {
         .iter()
         .filter_map(|w| w["workload"].as_str())
         .collect();
-    assert_eq!(workloads, ["tcp", "udp_drops", "dns", "block"]);
+    assert_eq!(workloads, ["tcp", "udp_drops", "dns", "block", "connect"]);
     for row in impact {
         for mode in ["nothing", "bpftrace", "tuneprobe"] {
             let value = number(&row[mode], &format!("{} {mode}", row["workload"]));
@@ -185,6 +189,11 @@ fn smoke_run_reports_every_section_and_cleans_up() {
     assert!(
         (0.8 * MIX_DNS_QPS..=1.02 * MIX_DNS_QPS).contains(&dns),
         "DNS qps {dns}"
+    );
+    let connects = number(&mix["connects_per_s"], "connects/s");
+    assert!(
+        (0.8 * MIX_CONNECTS_PER_S..=1.05 * MIX_CONNECTS_PER_S).contains(&connects),
+        "connections/s {connects}"
     );
     let iops = number(&mix["block_iops"], "iops");
     assert!(

@@ -29,6 +29,8 @@ pub const EGRESS_DROP_PORT: u16 = 9998;
 /// iperf3 servers: plain, and one behind 5% random loss (retransmits for the load mix).
 pub const IPERF_PORT: u16 = 5201;
 pub const IPERF_LOSSY_PORT: u16 = 5202;
+/// TCP port of the connection-rate load's server (see `load::connect_load`).
+pub const CONNECT_PORT: u16 = 5203;
 pub const DNS_NAME: &str = "bench.local";
 
 /// Dropped in this order: servers first (see `Drop`), then what they use.

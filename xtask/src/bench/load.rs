@@ -1,9 +1,11 @@
-//! The loads: UDP into a dropping port and DNS queries from threads that entered
-//! namespace A (a network namespace is per thread), iperf3 and fio as child processes.
+//! The loads: UDP into a dropping port, DNS queries and TCP connections from threads
+//! that entered namespace A (a network namespace is per thread), iperf3 and fio as
+//! child processes.
 
 use std::{
     fs,
-    net::UdpSocket,
+    io::Read as _,
+    net::{TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
     path::Path,
     process::{Command, Stdio},
@@ -16,7 +18,7 @@ use serde_json::Value;
 
 use tuneprobe_lab::{Proc, sh};
 
-use super::lab::{ADDR_A, ADDR_B, DNS_NAME, DROP_PORT, EGRESS_DROP_PORT, Lab};
+use super::lab::{ADDR_A, ADDR_B, CONNECT_PORT, DNS_NAME, DROP_PORT, EGRESS_DROP_PORT, Lab};
 
 /// Runs `f` on a new thread that has entered network namespace `ns`, and waits for it.
 pub fn in_netns<T: Send + 'static>(
@@ -131,6 +133,68 @@ pub fn dns_load(
             })
         })
         .collect()
+}
+
+/// TCP connections from namespace A to a server in B for `secs`, at `rate` per second
+/// or as fast as one thread can; returns the connections made. The server closes first
+/// (its side waits in TIME_WAIT, so the client's ports never run out); every other
+/// connection the client resets instead (`SO_LINGER` 0), so resets are sent and
+/// received too.
+pub fn connect_load(
+    lab: &Lab,
+    secs: f64,
+    rate: Option<f64>,
+) -> anyhow::Result<thread::JoinHandle<anyhow::Result<u64>>> {
+    let server = spawn_in_netns(&lab.net.b, move || {
+        let listener = TcpListener::bind((ADDR_B, CONNECT_PORT))?;
+        listener.set_nonblocking(true)?;
+        let end = Instant::now() + Duration::from_secs_f64(secs + 2.0);
+        while Instant::now() < end && !super::interrupted() {
+            match listener.accept() {
+                Ok((stream, _)) => drop(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    thread::sleep(Duration::from_micros(200));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    })?;
+    // The listener first: a connect before it would be refused.
+    thread::sleep(Duration::from_millis(100));
+    spawn_in_netns(&lab.net.a, move || {
+        let mut n = 0u64;
+        let made = paced(secs, rate, || {
+            let Ok(mut stream) = TcpStream::connect((ADDR_B, CONNECT_PORT)) else {
+                return Ok(false);
+            };
+            n += 1;
+            if n % 2 == 0 {
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                // SAFETY: a valid socket and option value; a failure only means a FIN.
+                unsafe {
+                    libc::setsockopt(
+                        stream.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&raw const linger).cast(),
+                        size_of::<libc::linger>() as u32,
+                    )
+                };
+            } else {
+                // The server's FIN: it closed first.
+                let _ = stream.read(&mut [0u8; 1]);
+            }
+            Ok(true)
+        })?;
+        server
+            .join()
+            .map_err(|_| anyhow::anyhow!("connection server panicked"))??;
+        Ok(made)
+    })
 }
 
 /// Calls `step` until `secs` have passed, no faster than `rate` per second if given;

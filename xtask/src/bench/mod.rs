@@ -2,10 +2,11 @@
 //! to nothing attached, measured in one run on this machine.
 //!
 //! 1. Workload impact: iperf3 TCP between two namespaces, UDP into a port that drops,
-//!    DNS against dnsmasq, direct-IO reads from a loop device; rounds interleave the
+//!    DNS against dnsmasq, direct-IO reads from a loop device, TCP connections opened
+//!    and closed as fast as one thread can; rounds interleave the
 //!    three modes (A B C, B C A, C A B) so drift cancels, and medians are compared.
-//! 2. Load mix (about 100k drops/s, 10k DNS queries/s, 5k IOPS, retransmits, a
-//!    throttled busy loop) under bpftrace and tuneprobe, with the kernel's run-time
+//! 2. Load mix (about 100k drops/s, 10k DNS queries/s, 5k IOPS, 2k TCP connections/s,
+//!    retransmits, a throttled busy loop) under bpftrace and tuneprobe, with the kernel's run-time
 //!    statistics on: kernel cost per event of every program, agent CPU and peak RSS.
 //! 3. Scale: 1,000 and 10,000 cgroups with a drop each: RSS, `/metrics` time, snapshot
 //!    time, attach time.
@@ -77,6 +78,7 @@ struct Plan {
     drops_per_s: f64,
     dns_qps: f64,
     block_iops: u32,
+    connects_per_s: f64,
     scale: Vec<usize>,
 }
 
@@ -90,6 +92,7 @@ impl Plan {
             drops_per_s: 100_000.0,
             dns_qps: 10_000.0,
             block_iops: 5_000,
+            connects_per_s: 2_000.0,
             scale: vec![1_000, 10_000],
         }
     }
@@ -103,6 +106,7 @@ impl Plan {
             drops_per_s: 5_000.0,
             dns_qps: 500.0,
             block_iops: 200,
+            connects_per_s: 100.0,
             scale: vec![50],
         }
     }
@@ -238,7 +242,7 @@ impl Drop for RemoveOnDrop {
 fn write_bpftrace_program(out_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     let dir = workspace_root().join("xtask/bench");
     let mut program = String::from("BEGIN { printf(\"ready\\n\"); }\n");
-    for script in ["drops", "retransmit", "block", "cpu", "dns"] {
+    for script in ["drops", "retransmit", "block", "cpu", "dns", "connections"] {
         let path = dir.join(format!("{script}.bt"));
         program
             .push_str(&fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?);
@@ -276,7 +280,7 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Report> {
     let mut run_no = 0;
 
     eprintln!("xtask bench: workload impact, {} rounds", plan.rounds);
-    let workloads = ["tcp", "udp_drops", "dns", "block"];
+    let workloads = ["tcp", "udp_drops", "dns", "block", "connect"];
     let mut impact: BTreeMap<(&str, Mode), Vec<Rate>> = BTreeMap::new();
     for round in 0..plan.rounds {
         for k in 0..Mode::ALL.len() {
@@ -310,24 +314,30 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Report> {
                 let iops = load::fio_result(&mut load::fio(&device, secs, None)?, wait_for(secs))?;
                 Ok(iops * f64::from(secs))
             })?;
+            let connect = Rate::measure(|| {
+                Ok(join(load::connect_load(&lab, f64::from(secs), None)?)? as f64)
+            })?;
             if let Some(agent) = agent {
                 agent.stop()?;
             }
             eprintln!(
                 "  round {} {:<9}: tcp {:.0} Mbit/s, udp drops {:.0}/s, dns {:.0}/s, \
-                 block {:.0} IOPS; per busy CPU-second {:.0}, {:.0}, {:.0}, {:.0}",
+                 block {:.0} IOPS, connect {:.0}/s; per busy CPU-second {:.0}, {:.0}, {:.0}, \
+                 {:.0}, {:.0}",
                 round + 1,
                 mode.name(),
                 tcp.per_s,
                 udp.per_s,
                 dns.per_s,
                 block.per_s,
+                connect.per_s,
                 tcp.per_cpu_s,
                 udp.per_cpu_s,
                 dns.per_cpu_s,
                 block.per_cpu_s,
+                connect.per_cpu_s,
             );
-            for (workload, rate) in workloads.iter().zip([tcp, udp, dns, block]) {
+            for (workload, rate) in workloads.iter().zip([tcp, udp, dns, block, connect]) {
                 impact.entry((workload, mode)).or_default().push(rate);
             }
         }
@@ -353,6 +363,7 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Report> {
                     "@throttled[",
                     "@latency_us[",
                     "@retransmits[",
+                    "@connect_attempts[",
                 ] {
                     ensure!(
                         output.contains(map),
@@ -362,7 +373,7 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Report> {
             }
             eprintln!(
                 "  round {} {:<9}: cpu {:.2}% of a core (programs {:.2}%), peak RSS {:.1} MiB; achieved {:.0} \
-                 drops/s, {:.0} DNS/s, {:.0} IOPS, {:.0} retransmits/s",
+                 drops/s, {:.0} DNS/s, {:.0} IOPS, {:.0} retransmits/s, {:.0} connections/s",
                 round + 1,
                 mode.name(),
                 run.cpu_percent,
@@ -372,6 +383,7 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Report> {
                 run.dns_qps,
                 run.block_iops,
                 run.retransmits_per_s,
+                run.connects_per_s,
             );
             mix.entry(mode).or_default().push(run);
         }
@@ -543,6 +555,7 @@ struct MixRun {
     dns_qps: f64,
     block_iops: f64,
     retransmits_per_s: f64,
+    connects_per_s: f64,
     /// Kernel time of all its programs, in percent of one core.
     bpf_cpu_percent: f64,
     /// Per program: (events, ns per event) over the window.
@@ -569,6 +582,7 @@ fn load_mix(
     let mut fio = load::fio(device, secs, Some(plan.block_iops))?;
     let flood = load::udp_flood(lab, f64::from(secs), Some(plan.drops_per_s))?;
     let dns = load::dns_load(lab, f64::from(secs), 2, Some(plan.dns_qps))?;
+    let connects = load::connect_load(lab, f64::from(secs), Some(plan.connects_per_s))?;
     if let Some(listen) = &agent.listen {
         // As Prometheus would, once in the window.
         pause(Duration::from_secs(u64::from(secs) / 2))?;
@@ -576,6 +590,7 @@ fn load_mix(
     }
     join(flood)?;
     let answers: u64 = dns.into_iter().map(join).sum::<anyhow::Result<u64>>()?;
+    let connections = join(connects)?;
     let block_iops = load::fio_result(&mut fio, wait_for(secs))?;
     load::iperf3_result(&mut iperf, wait_for(secs))?;
     let elapsed = t0.elapsed().as_secs_f64();
@@ -613,6 +628,7 @@ fn load_mix(
         dns_qps: answers as f64 / f64::from(secs),
         block_iops,
         retransmits_per_s: retransmits as f64 / f64::from(secs),
+        connects_per_s: connections as f64 / f64::from(secs),
         programs,
         dns_answers: answers,
     })
@@ -778,6 +794,9 @@ const EQUIVALENTS: &[(&str, Option<&str>, bool)] = &[
     ("sched_switch", Some("sched_switch"), false),
     ("dns_egress", Some("net_dev_queue"), false),
     ("dns_ingress", Some("netif_receive_s"), false),
+    ("inet_sock_set_state", Some("inet_sock_set_s"), false),
+    ("tcp_send_reset", Some("tcp_send_reset"), false),
+    ("tcp_receive_reset", Some("tcp_receive_res"), false),
 ];
 
 fn kernel_name(name: &str) -> &str {
@@ -894,6 +913,7 @@ fn assemble(
         ("udp_drops", "drops/s"),
         ("dns", "queries/s"),
         ("block", "IOPS"),
+        ("connect", "connections/s"),
     ];
     let mut workload_impact = Vec::new();
     for (workload, unit) in units {
@@ -1030,6 +1050,7 @@ fn assemble(
                 dns_qps: achieved(|r| r.dns_qps),
                 block_iops: achieved(|r| r.block_iops),
                 retransmits_per_s: achieved(|r| r.retransmits_per_s),
+                connects_per_s: achieved(|r| r.connects_per_s),
             },
             bpftrace: agent_cost(Mode::Bpftrace),
             tuneprobe: agent_cost(Mode::Tuneprobe),

@@ -130,6 +130,7 @@ pub struct LoadMix {
     pub dns_qps: Option<f64>,
     pub block_iops: Option<f64>,
     pub retransmits_per_s: Option<f64>,
+    pub connects_per_s: Option<f64>,
 }
 
 #[derive(Serialize)]
