@@ -38,6 +38,9 @@ pub struct KernelLayout {
     pub tcp_retransmit_has_err: u32,
     /// 1 if `kfree_skb` passes `rx_sk` (kernel 6.12+), so receive-side drops keep their socket.
     pub kfree_skb_has_rx_sk: u32,
+    /// 1 if `kfree_skb` passes a drop reason (kernel 5.17+); without it drops are keyed by
+    /// `location`, the code address that dropped the packet.
+    pub kfree_skb_has_reason: u32,
     /// `SKB_CONSUMED`: not a drop; older kernels report it through `kfree_skb`.
     pub drop_reason_consumed: u32,
 
@@ -123,6 +126,7 @@ impl KernelLayout {
         net_inum: 0,
         tcp_retransmit_has_err: 0,
         kfree_skb_has_rx_sk: 0,
+        kfree_skb_has_reason: 0,
         drop_reason_consumed: 0,
         request_queue: 0,
         queue_disk: 0,

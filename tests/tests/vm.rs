@@ -3,8 +3,9 @@
 //!
 //! 6.1 and 6.12 have no per-task throttle flag (the cfs_rq's `throttle_count` is used)
 //! and an older verifier; 6.1 has no `rx_sk` in `kfree_skb`, neither has `err` in
-//! `tcp_retransmit_skb`. On 5.10 tuneprobe reports its drop, retransmit and block
-//! programs off with the reason (see [`OFF_ON_5_10`]), their checks are reported not
+//! `tcp_retransmit_skb`. On 5.10 tuneprobe reports its drop (which would key drops by
+//! location there, but reads the socket's cgroup), retransmit and block programs off
+//! with the reason (see [`OFF_ON_5_10`]), their checks are reported not
 //! applicable with that reason, and every other check must run and pass. The full run
 //! (boot, load, attach, every signal the guest can produce, checked against the guest
 //! kernel's counters) takes about a minute per kernel under software emulation, so it
@@ -16,11 +17,14 @@ use serde_json::Value;
 
 /// Programs off on 5.10, a word of tuneprobe's reason, and the checks that need them.
 const OFF_ON_5_10: &[(&str, &str, &[&str])] = &[
+    // The tracepoint has no drop reason there (drops are keyed by location), but the
+    // program reads the socket's cgroup as the retransmit program does.
     (
         "kfree_skb",
-        "kfree_skb passes 2 arguments",
+        "`sock_cgroup_data` has no field `cgroup`",
         &[
             "drops_no_socket_equal_udp_noports",
+            "drops_netfilter_equal_the_nft_rule_counter",
             "no_drops_in_the_retransmit_netns",
         ],
     ),
@@ -54,10 +58,10 @@ fn debian_6_1_and_6_12_load_attach_and_agree_with_their_own_counters() {
     matrix(&["6.1", "6.12"]);
 }
 
-/// What 5.10 runs today: DNS and CPU throttling, exact; drops (no drop reason before
-/// 5.17), retransmits (the socket's cgroup is `sock_cgroup_data.val` there, not
-/// `.cgroup`) and block IO (the disk is `request.rq_disk`, not `request_queue.disk`) off
-/// with tuneprobe's reasons, and their checks not applicable with those reasons.
+/// What 5.10 runs today: DNS and CPU throttling, exact; drops and retransmits (the
+/// socket's cgroup is `sock_cgroup_data.val` there, not `.cgroup`) and block IO (the
+/// disk is `request.rq_disk`, not `request_queue.disk`) off with tuneprobe's reasons,
+/// and their checks not applicable with those reasons.
 #[test]
 fn debian_5_10_runs_dns_and_cpu_and_says_why_the_rest_is_off() {
     matrix(&["5.10"]);
@@ -130,6 +134,7 @@ fn check_kernel(result: &Value) {
         "tuneprobe_ran",
         "every_program_attached_or_explained",
         "drops_no_socket_equal_udp_noports",
+        "drops_netfilter_equal_the_nft_rule_counter",
         "no_drops_in_the_retransmit_netns",
         "retransmitted_segments_equal_tcp_retranssegs",
         "no_retransmits_for_the_drops_cgroup",
@@ -181,6 +186,12 @@ fn check_kernel(result: &Value) {
     assert_eq!(dns["expected"]["udp_indatagrams"], 40, "{series}");
     if off.is_empty() {
         assert_eq!(check("drops_no_socket_equal_udp_noports")["observed"], 50);
+        let nft_drops = check("drops_netfilter_equal_the_nft_rule_counter");
+        assert_eq!(nft_drops["observed"], 30, "{series}");
+        assert_eq!(
+            nft_drops["expected"]["reason"], "NETFILTER_DROP",
+            "{series}"
+        );
         let retrans = check("retransmitted_segments_equal_tcp_retranssegs");
         assert_eq!(retrans["expected"]["nft_dropped"], 1, "{series}");
         assert_eq!(

@@ -5,7 +5,10 @@ use std::collections::HashMap;
 
 use probe_common::KernelLayout;
 
-use crate::kernel::btf::{Btf, BtfError};
+use crate::kernel::{
+    btf::{Btf, BtfError},
+    symbols::Symbols,
+};
 
 /// One kernel field a program reads: `(struct, dotted path)`.
 pub type FieldPath = (&'static str, &'static str);
@@ -110,6 +113,7 @@ pub fn resolve(btf: &Btf) -> ResolvedLayout {
             btf.tracepoint_args("tcp_retransmit_skb").unwrap_or(0) >= 3,
         ),
         kfree_skb_has_rx_sk: u32::from(btf.tracepoint_args("kfree_skb").unwrap_or(0) >= 4),
+        kfree_skb_has_reason: u32::from(btf.tracepoint_args("kfree_skb").unwrap_or(0) >= 3),
         drop_reason_consumed: btf
             .enum_value("skb_drop_reason", "SKB_CONSUMED")
             .map_or(u32::MAX, |v| v as u32),
@@ -221,10 +225,13 @@ fn throttle_flag(btf: &Btf, missing: &mut HashMap<FieldPath, String>) -> Throttl
 }
 
 /// Names of the kernel's `enum skb_drop_reason` values, prefix stripped
-/// (`SKB_DROP_REASON_NO_SOCKET` -> `NO_SOCKET`).
+/// (`SKB_DROP_REASON_NO_SOCKET` -> `NO_SOCKET`); on kernels without drop reasons (before
+/// 5.17), the function that dropped the packet, `at:FUNCTION`.
 #[derive(Debug, Clone, Default)]
 pub struct DropReasons {
     names: HashMap<u32, String>,
+    /// Set where `kfree_skb` passes no reason: drops are named by their location.
+    by_location: Option<Symbols>,
 }
 
 impl DropReasons {
@@ -238,7 +245,35 @@ impl DropReasons {
                 (*value as u32, short.to_string())
             })
             .collect();
-        Ok(Self { names })
+        Ok(Self {
+            names,
+            by_location: None,
+        })
+    }
+
+    /// For kernels whose `kfree_skb` passes no reason: drops are named by the kernel
+    /// function that dropped them, from `symbols`.
+    pub fn by_location(symbols: Symbols) -> Self {
+        Self {
+            names: HashMap::new(),
+            by_location: Some(symbols),
+        }
+    }
+
+    /// Whether drops are named by location (`at:FUNCTION`) rather than by reason.
+    pub fn named_by_location(&self) -> bool {
+        self.by_location.is_some()
+    }
+
+    /// The name of a drop: its reason, or on kernels without drop reasons `at:` and the
+    /// function its `location` (a return address into that function) is in, without
+    /// the offset, so that one place in the code is one name (`at:__udp4_lib_rcv`). An
+    /// address no symbol covers (the kernel hides them) stays a number, `at:0xffff...`.
+    pub fn name_of(&self, reason: u32, location: u64) -> String {
+        match &self.by_location {
+            Some(symbols) => format!("at:{}", symbols.caller(location)),
+            None => self.name(reason),
+        }
     }
 
     /// The reason's name; values this kernel's BTF does not list (subsystem reasons)
@@ -379,5 +414,34 @@ mod tests {
         assert!(reasons.value("SOCKET_RCVBUFF").is_some());
         assert!(reasons.value("QDISC_DROP").is_some());
         assert_eq!(reasons.name(0x7fff_0000), "UNKNOWN_2147418112");
+        // 5.17+: the reason names a drop, whatever its location.
+        assert!(!reasons.named_by_location());
+        assert_eq!(reasons.name_of(no_socket, 0), "NO_SOCKET");
+        assert_eq!(
+            reasons.name_of(no_socket, 0xffff_ffff_81a0_0010),
+            "NO_SOCKET"
+        );
+    }
+
+    #[test]
+    fn without_drop_reasons_the_dropping_function_names_a_drop() {
+        let symbols = Symbols::parse(
+            "ffffffff81a00000 t __udp4_lib_rcv
+ffffffff81a00800 T nf_hook_slow
+             ffffffff81b00000 T udp_rcv
+",
+        );
+        let reasons = DropReasons::by_location(symbols);
+        assert!(reasons.named_by_location());
+        assert_eq!(
+            reasons.name_of(0, 0xffff_ffff_81a0_0123),
+            "at:__udp4_lib_rcv"
+        );
+        assert_eq!(reasons.name_of(0, 0xffff_ffff_81a0_0900), "at:nf_hook_slow");
+        let hidden = DropReasons::by_location(Symbols::default());
+        assert_eq!(
+            hidden.name_of(0, 0xffff_ffff_81a0_0123),
+            "at:0xffffffff81a00123"
+        );
     }
 }
