@@ -24,8 +24,13 @@ pub struct KernelLayout {
     pub sock_state: u32,
     /// `sock.__sk_common.skc_net.net`
     pub sock_net: u32,
-    /// `sock.sk_cgrp_data.cgroup`
+    /// `sock.sk_cgrp_data.cgroup`, or `sock.sk_cgrp_data.val` where `sock_cgroup_in_val`.
     pub sock_cgroup: u32,
+    /// 1 where `sock_cgroup_data` is the union of kernels before 5.15: `val` holds the
+    /// `struct cgroup *` unless one of the bits in `sock_cgroup_val_tags` is set.
+    pub sock_cgroup_in_val: u32,
+    /// The tag bits of `val` (`is_data`, and `no_refcnt` where present), from BTF.
+    pub sock_cgroup_val_tags: u32,
     /// `cgroup.kn`
     pub cgroup_kn: u32,
     /// `kernfs_node.id`: the cgroup id userspace sees as the directory's inode number.
@@ -120,6 +125,8 @@ impl KernelLayout {
         sock_state: 0,
         sock_net: 0,
         sock_cgroup: 0,
+        sock_cgroup_in_val: 0,
+        sock_cgroup_val_tags: 0,
         cgroup_kn: 0,
         kernfs_node_id: 0,
         net_device_net: 0,

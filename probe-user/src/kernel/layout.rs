@@ -20,6 +20,10 @@ pub const TCP_SKB_CB_GSO_SEGS: FieldPath = ("tcp_skb_cb", "tcp_gso_segs");
 pub const SOCK_STATE: FieldPath = ("sock", "__sk_common.skc_state");
 pub const SOCK_NET: FieldPath = ("sock", "__sk_common.skc_net.net");
 pub const SOCK_CGROUP: FieldPath = ("sock", "sk_cgrp_data.cgroup");
+/// Before 5.15 the cgroup pointer is in a union, `val`, tagged by `is_data`/`no_refcnt`.
+pub const SOCK_CGROUP_VAL: FieldPath = ("sock", "sk_cgrp_data.val");
+pub const SOCK_CGROUP_IS_DATA: FieldPath = ("sock_cgroup_data", "is_data");
+pub const SOCK_CGROUP_NO_REFCNT: FieldPath = ("sock_cgroup_data", "no_refcnt");
 pub const CGROUP_KN: FieldPath = ("cgroup", "kn");
 pub const KERNFS_NODE_ID: FieldPath = ("kernfs_node", "id");
 pub const NET_DEVICE_NET: FieldPath = ("net_device", "nd_net.net");
@@ -87,6 +91,7 @@ pub fn resolve(btf: &Btf) -> ResolvedLayout {
         }
     };
     let throttle = throttle_flag(btf, &mut missing);
+    let sock_cgroup = sock_cgroup(btf, &mut missing);
     let mut offset = |field: FieldPath| match btf.field_offset(field.0, field.1) {
         Ok(offset) => offset.bytes,
         Err(err) => {
@@ -104,7 +109,9 @@ pub fn resolve(btf: &Btf) -> ResolvedLayout {
         sk_buff_tcp_gso_segs: sk_buff_cb.saturating_add(gso_segs),
         sock_state: offset(SOCK_STATE),
         sock_net: offset(SOCK_NET),
-        sock_cgroup: offset(SOCK_CGROUP),
+        sock_cgroup: sock_cgroup.offset,
+        sock_cgroup_in_val: sock_cgroup.in_val,
+        sock_cgroup_val_tags: sock_cgroup.tags,
         cgroup_kn: offset(CGROUP_KN),
         kernfs_node_id: offset(KERNFS_NODE_ID),
         net_device_net: offset(NET_DEVICE_NET),
@@ -179,6 +186,60 @@ fn trace_fields(btf: &Btf, layout: &mut KernelLayout) {
         layout.skb_headers = 1;
         layout.sk_buff_head = o[0];
         layout.sk_buff_network_header = o[1];
+    }
+}
+
+struct SockCgroup {
+    offset: u32,
+    in_val: u32,
+    tags: u32,
+}
+
+/// Where a socket's cgroup is: `sock_cgroup_data.cgroup` (5.15+), or before that in the
+/// union's `val`, a `struct cgroup *` unless its tag bits (`is_data`, and `no_refcnt`
+/// where the kernel has it, as 5.10 does; their positions from BTF) are set.
+fn sock_cgroup(btf: &Btf, missing: &mut HashMap<FieldPath, String>) -> SockCgroup {
+    let pointer_err = match btf.field_offset(SOCK_CGROUP.0, SOCK_CGROUP.1) {
+        Ok(offset) => {
+            return SockCgroup {
+                offset: offset.bytes,
+                in_val: 0,
+                tags: 0,
+            };
+        }
+        Err(err) => err,
+    };
+    let val = btf.field_offset(SOCK_CGROUP_VAL.0, SOCK_CGROUP_VAL.1);
+    let is_data = btf.flag_location(SOCK_CGROUP_IS_DATA.0, SOCK_CGROUP_IS_DATA.1);
+    match (val, is_data) {
+        // The tags must be in `val`'s low byte (x86-64 and arm64 are little-endian).
+        (Ok(val), Ok((0, is_data))) => {
+            let no_refcnt = btf
+                .flag_location(SOCK_CGROUP_NO_REFCNT.0, SOCK_CGROUP_NO_REFCNT.1)
+                .ok()
+                .filter(|&(byte, _)| byte == 0)
+                .map_or(0, |(_, mask)| mask);
+            SockCgroup {
+                offset: val.bytes,
+                in_val: 1,
+                tags: u32::from(is_data | no_refcnt),
+            }
+        }
+        (val, is_data) => {
+            let why = match (val, is_data) {
+                (Err(err), _) | (_, Err(err)) => err.to_string(),
+                _ => "`sock_cgroup_data.is_data` is not in the low byte of `val`".to_string(),
+            };
+            missing.insert(
+                SOCK_CGROUP,
+                format!("{pointer_err}; nor the older `val` layout: {why}"),
+            );
+            SockCgroup {
+                offset: 0,
+                in_val: 0,
+                tags: 0,
+            }
+        }
     }
 }
 
@@ -341,6 +402,14 @@ mod tests {
             btf.field_offset("sk_buff", "cb").unwrap().bytes + 8
         );
         assert_eq!(l.drop_reason_consumed, 1);
+        // 6.18: the socket's cgroup is a pointer of its own, not the older union.
+        assert_eq!(l.sock_cgroup_in_val, 0);
+        assert_eq!(
+            l.sock_cgroup,
+            btf.field_offset("sock", "sk_cgrp_data.cgroup")
+                .unwrap()
+                .bytes
+        );
         // This machine's kernel (6.18) has rx_sk and err, and throttles per task.
         assert_eq!(l.kfree_skb_has_rx_sk, 1);
         assert_eq!(l.tcp_retransmit_has_err, 1);
