@@ -51,8 +51,11 @@ pub struct KernelLayout {
 
     /// `request.q`
     pub request_queue: u32,
-    /// `request_queue.disk`
+    /// `request_queue.disk`, or `request.rq_disk` where `request_has_rq_disk`.
     pub queue_disk: u32,
+    /// 1 where the request names its disk itself, `request.rq_disk` (older kernels such as
+    /// 5.10, whose `request_queue` has no `disk`): `queue_disk` is then that field's offset.
+    pub request_has_rq_disk: u32,
     /// `gendisk.major`
     pub disk_major: u32,
     /// `gendisk.first_minor`
@@ -137,6 +140,7 @@ impl KernelLayout {
         drop_reason_consumed: 0,
         request_queue: 0,
         queue_disk: 0,
+        request_has_rq_disk: 0,
         disk_major: 0,
         disk_first_minor: 0,
         request_cmd_flags: 0,

@@ -133,14 +133,16 @@ unshare -n sh -c '
     kill $server
 '
 # Block IO: direct 4 KiB reads, one at a time, from a loop device under mq-deadline (so
-# each request is inserted, then issued), in their own cgroup; the kernel counts them
-# in the cgroup's io.stat.
+# each request is inserted, then issued; where the kernel takes the scheduler), in their
+# own cgroup; the kernel counts them in the cgroup's io.stat.
 dd if=/dev/zero of=/tmp/disk.img bs=1M count=4 2>/dev/null
 loop=$(losetup -f)
 losetup "$loop" /tmp/disk.img || out "block_losetup=failed"
 dev=${loop#/dev/}
 out "block_device=$dev"
 echo mq-deadline > "/sys/block/$dev/queue/scheduler" || out "block_scheduler=unavailable"
+# What the device runs: 5.10's loop devices take no scheduler (the write is ignored).
+out "block_scheduler_now=$(tr ' ' _ < "/sys/block/$dev/queue/scheduler")"
 majmin=$(cat "/sys/block/$dev/dev")
 sh -c "echo \$\$ > /sys/fs/cgroup/block/cgroup.procs; exec dd if=$loop of=/dev/null bs=4096 count=$BLOCK_READS iflag=direct" 2>/dev/null
 rios=$(awk -v d="$majmin" '$1 == d { for (i = 2; i <= NF; i++) if ($i ~ /^rios=/) { sub("rios=", "", $i); print $i } }' /sys/fs/cgroup/block/io.stat)

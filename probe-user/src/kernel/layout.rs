@@ -30,6 +30,8 @@ pub const NET_DEVICE_NET: FieldPath = ("net_device", "nd_net.net");
 pub const NET_INUM: FieldPath = ("net", "ns.inum");
 pub const REQUEST_QUEUE: FieldPath = ("request", "q");
 pub const QUEUE_DISK: FieldPath = ("request_queue", "disk");
+/// Older kernels (5.10), whose `request_queue` has no `disk`: the request names its disk.
+pub const REQUEST_RQ_DISK: FieldPath = ("request", "rq_disk");
 pub const DISK_MAJOR: FieldPath = ("gendisk", "major");
 pub const DISK_FIRST_MINOR: FieldPath = ("gendisk", "first_minor");
 pub const REQUEST_CMD_FLAGS: FieldPath = ("request", "cmd_flags");
@@ -92,6 +94,7 @@ pub fn resolve(btf: &Btf) -> ResolvedLayout {
     };
     let throttle = throttle_flag(btf, &mut missing);
     let sock_cgroup = sock_cgroup(btf, &mut missing);
+    let (queue_disk, request_has_rq_disk) = request_disk(btf, &mut missing);
     let mut offset = |field: FieldPath| match btf.field_offset(field.0, field.1) {
         Ok(offset) => offset.bytes,
         Err(err) => {
@@ -125,7 +128,8 @@ pub fn resolve(btf: &Btf) -> ResolvedLayout {
             .enum_value("skb_drop_reason", "SKB_CONSUMED")
             .map_or(u32::MAX, |v| v as u32),
         request_queue: offset(REQUEST_QUEUE),
-        queue_disk: offset(QUEUE_DISK),
+        queue_disk,
+        request_has_rq_disk,
         disk_major: offset(DISK_MAJOR),
         disk_first_minor: offset(DISK_FIRST_MINOR),
         request_cmd_flags: offset(REQUEST_CMD_FLAGS),
@@ -186,6 +190,21 @@ fn trace_fields(btf: &Btf, layout: &mut KernelLayout) {
         layout.skb_headers = 1;
         layout.sk_buff_head = o[0];
         layout.sk_buff_network_header = o[1];
+    }
+}
+
+/// Where a request's disk is: `request.q->disk` where BTF has it, else `request.rq_disk`
+/// (5.10). Returns the offset of the last field read, and 1 if it is `rq_disk`.
+fn request_disk(btf: &Btf, missing: &mut HashMap<FieldPath, String>) -> (u32, u32) {
+    match btf.field_offset(QUEUE_DISK.0, QUEUE_DISK.1) {
+        Ok(offset) => (offset.bytes, 0),
+        Err(queue_err) => match btf.field_offset(REQUEST_RQ_DISK.0, REQUEST_RQ_DISK.1) {
+            Ok(offset) => (offset.bytes, 1),
+            Err(err) => {
+                missing.insert(QUEUE_DISK, format!("{queue_err}; nor {err}"));
+                (0, 0)
+            }
+        },
     }
 }
 
@@ -362,6 +381,11 @@ pub struct BlockOps {
 
 impl BlockOps {
     pub fn from_btf(btf: &Btf) -> Self {
+        // `enum req_op` since 6.0; `enum req_opf` before (5.10).
+        let ty = ["req_op", "req_opf"]
+            .into_iter()
+            .find(|ty| btf.enum_values(ty).is_ok())
+            .unwrap_or("req_op");
         let names = [
             ("REQ_OP_READ", "read"),
             ("REQ_OP_WRITE", "write"),
@@ -370,7 +394,7 @@ impl BlockOps {
         ]
         .into_iter()
         .filter_map(|(enumerator, name)| {
-            let value = btf.enum_value("req_op", enumerator).ok()?;
+            let value = btf.enum_value(ty, enumerator).ok()?;
             Some((value as u32, name))
         })
         .collect();
@@ -402,7 +426,13 @@ mod tests {
             btf.field_offset("sk_buff", "cb").unwrap().bytes + 8
         );
         assert_eq!(l.drop_reason_consumed, 1);
-        // 6.18: the socket's cgroup is a pointer of its own, not the older union.
+        // 6.18: the disk is the request queue's, and the socket's cgroup a pointer of
+        // its own, not the older union.
+        assert_eq!(l.request_has_rq_disk, 0);
+        assert_eq!(
+            l.queue_disk,
+            btf.field_offset("request_queue", "disk").unwrap().bytes
+        );
         assert_eq!(l.sock_cgroup_in_val, 0);
         assert_eq!(
             l.sock_cgroup,
