@@ -11,6 +11,11 @@ pub const DROPS_MAX_KEYS: u32 = 32_768;
 /// network namespace. Without one (a packet to a closed port, a firewall drop on input),
 /// `cgroup_id` is 0 and `netns` is the namespace of the device the packet was on; the
 /// agent attributes it to the pod that lives in that namespace.
+///
+/// Kernels whose `kfree_skb` passes a drop reason (5.17+) key by `reason`, and
+/// `location` is 0. Older ones pass none: there `reason` is 0 and `location` is the
+/// kernel code address that dropped the packet (the return address into the function
+/// that called `kfree_skb`), which the agent names from `/proc/kallsyms`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DropKey {
@@ -19,4 +24,6 @@ pub struct DropKey {
     pub netns: u32,
     /// The kernel's `enum skb_drop_reason` value; its name comes from BTF.
     pub reason: u32,
+    /// Where the kernel dropped it, on kernels without drop reasons; else 0.
+    pub location: u64,
 }

@@ -24,8 +24,13 @@ pub struct KernelLayout {
     pub sock_state: u32,
     /// `sock.__sk_common.skc_net.net`
     pub sock_net: u32,
-    /// `sock.sk_cgrp_data.cgroup`
+    /// `sock.sk_cgrp_data.cgroup`, or `sock.sk_cgrp_data.val` where `sock_cgroup_in_val`.
     pub sock_cgroup: u32,
+    /// 1 where `sock_cgroup_data` is the union of kernels before 5.15: `val` holds the
+    /// `struct cgroup *` unless one of the bits in `sock_cgroup_val_tags` is set.
+    pub sock_cgroup_in_val: u32,
+    /// The tag bits of `val` (`is_data`, and `no_refcnt` where present), from BTF.
+    pub sock_cgroup_val_tags: u32,
     /// `cgroup.kn`
     pub cgroup_kn: u32,
     /// `kernfs_node.id`: the cgroup id userspace sees as the directory's inode number.
@@ -38,13 +43,19 @@ pub struct KernelLayout {
     pub tcp_retransmit_has_err: u32,
     /// 1 if `kfree_skb` passes `rx_sk` (kernel 6.12+), so receive-side drops keep their socket.
     pub kfree_skb_has_rx_sk: u32,
+    /// 1 if `kfree_skb` passes a drop reason (kernel 5.17+); without it drops are keyed by
+    /// `location`, the code address that dropped the packet.
+    pub kfree_skb_has_reason: u32,
     /// `SKB_CONSUMED`: not a drop; older kernels report it through `kfree_skb`.
     pub drop_reason_consumed: u32,
 
     /// `request.q`
     pub request_queue: u32,
-    /// `request_queue.disk`
+    /// `request_queue.disk`, or `request.rq_disk` where `request_has_rq_disk`.
     pub queue_disk: u32,
+    /// 1 where the request names its disk itself, `request.rq_disk` (older kernels such as
+    /// 5.10, whose `request_queue` has no `disk`): `queue_disk` is then that field's offset.
+    pub request_has_rq_disk: u32,
     /// `gendisk.major`
     pub disk_major: u32,
     /// `gendisk.first_minor`
@@ -128,15 +139,19 @@ impl KernelLayout {
         sock_state: 0,
         sock_net: 0,
         sock_cgroup: 0,
+        sock_cgroup_in_val: 0,
+        sock_cgroup_val_tags: 0,
         cgroup_kn: 0,
         kernfs_node_id: 0,
         net_device_net: 0,
         net_inum: 0,
         tcp_retransmit_has_err: 0,
         kfree_skb_has_rx_sk: 0,
+        kfree_skb_has_reason: 0,
         drop_reason_consumed: 0,
         request_queue: 0,
         queue_disk: 0,
+        request_has_rq_disk: 0,
         disk_major: 0,
         disk_first_minor: 0,
         request_cmd_flags: 0,

@@ -192,7 +192,13 @@ fn allocated_ns(rq: *const u8) -> u64 {
 /// Device, operation and owning cgroup of a request.
 #[inline(always)]
 fn request_key(rq: *const u8) -> BlockKey {
-    let disk = kernel::follow(rq, [layout!(request_queue), layout!(queue_disk)]);
+    // Which layout comes from BTF at load time (a verifier constant): 5.10's request
+    // names its disk itself, newer kernels' through the request queue.
+    let disk = if layout!(request_has_rq_disk) != 0 {
+        kernel::load(rq, layout!(queue_disk))
+    } else {
+        kernel::follow(rq, [layout!(request_queue), layout!(queue_disk)])
+    };
     let (major, minor) = if disk.is_null() {
         (0, 0)
     } else {

@@ -1,4 +1,9 @@
 //! Packet drops with the kernel's drop reason, per socket cgroup or network namespace.
+//!
+//! Kernels before 5.17 pass no reason (`kfree_skb(skb, location)`): there a drop is
+//! keyed by its location, the code address that called `kfree_skb`, which the agent
+//! names from `/proc/kallsyms`. Which kind of kernel this is comes from BTF at load time
+//! (`kfree_skb_has_reason`), a verifier constant: the other branch is pruned.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
@@ -31,10 +36,18 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn try_kfree_skb(ctx: &BtfTracePointContext) {
     let skb: *const u8 = ctx.arg(0);
-    let reason: u32 = ctx.arg(2);
-    if reason == layout!(drop_reason_consumed) {
-        return;
-    }
+    let location: u64 = ctx.arg(1);
+    let (reason, key_location) = if layout!(kfree_skb_has_reason) != 0 {
+        let reason: u32 = ctx.arg(2);
+        if reason == layout!(drop_reason_consumed) {
+            return;
+        }
+        (reason, 0)
+    } else {
+        // These kernels free a consumed skb through `consume_skb`, which has its own
+        // tracepoint: there is nothing to filter out here.
+        (0, location)
+    };
 
     // Transmit-side drops carry the socket in skb->sk; receive-side drops of 6.12+
     // kernels pass it as rx_sk (the skb is not yet owned there).
@@ -51,18 +64,19 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) {
             cgroup_id: 0,
             netns: kernel::device_netns(dev),
             reason,
+            location: key_location,
         }
     } else {
         DropKey {
             cgroup_id: kernel::sock_cgroup_id(sk),
             netns: kernel::sock_netns(sk),
             reason,
+            location: key_location,
         }
     };
     aggregate::add(&DROPS, &key, &1, OverflowSlot::Drops, |count| *count += 1);
 
     if trace::enabled(TraceKind::Drop) {
-        let location: u64 = ctx.arg(1);
         let event = DropEvent {
             // SAFETY: no preconditions.
             header: trace::header(TraceKind::Drop, key.cgroup_id, key.netns, unsafe {

@@ -67,7 +67,32 @@ pub fn sock_cgroup_id(sk: *const u8) -> u64 {
     if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
         return 0;
     }
+    if layout!(sock_cgroup_in_val) != 0 {
+        return sock_cgroup_val_id(load(sk, layout!(sock_cgroup)));
+    }
     cgroup_id(load(sk, layout!(sock_cgroup)))
+}
+
+/// Cgroup v2 id from `sock_cgroup_data.val` (kernels before 5.15, e.g. 5.10), where the
+/// socket's `struct cgroup *` shares a `u64` with the cgroup v1 net_prio/net_cls data.
+///
+/// As the kernel's own `sock_cgroup_ptr()` reads it: with a tag bit set (`is_data`: the
+/// socket carries a prioidx and classid instead, once net_prio or net_cls was used on a
+/// v1 hierarchy; `no_refcnt`) or a null pointer, the kernel counts the socket in the root
+/// cgroup. That names no workload, so such sockets get 0, unattributed: their counts go
+/// to the owner of the socket's network namespace, as for time-wait sockets.
+#[inline(always)]
+fn sock_cgroup_val_id(val: u64) -> u64 {
+    if val == 0 || val & u64::from(layout!(sock_cgroup_val_tags)) != 0 {
+        return 0;
+    }
+    // A number to the verifier, not a typed pointer: read through the helper.
+    let cgroup = val as *const u8;
+    let kn: *const u8 = read(cgroup, layout!(cgroup_kn)).unwrap_or(core::ptr::null());
+    if kn.is_null() {
+        return 0;
+    }
+    read(kn, layout!(kernfs_node_id)).unwrap_or(0)
 }
 
 /// Id of a `struct cgroup` (its kernfs node id, the directory's inode number); 0 if null.

@@ -65,6 +65,9 @@ const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// `crc32c_generic` is libcrc32c's soft dependency (`softdep=pre: crc32c`, an alias
 /// that only modprobe resolves): without it nf_tables misses the `crc32c` symbol.
 const MODULES: &[&str] = &["crc32c_generic", "nf_tables", "nft_limit", "loop"];
+/// Modules some kernels build into another one (`nft_counter` is part of `nf_tables` in
+/// 6.1 and 6.12, a module of its own in 5.10): loaded where the package has them.
+const MODULES_IF_SEPARATE: &[&str] = &["nft_counter"];
 
 /// The machine a guest kernel runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -160,6 +163,7 @@ pub const SERIES: &[Series] = &[
 
 /// Workload sizes, shared with the guest through `/vm.env`.
 const DROPS_COUNT: u64 = 50;
+const DROPS_NFT_COUNT: u64 = 30;
 const RETRANS_BYTES: u64 = 2_000_000;
 const DNS_COUNT: u64 = 20;
 const CPU_QUOTA_US: u64 = 20_000;
@@ -902,7 +906,7 @@ fn build_initramfs(
             }
         }
         let mut names = Vec::new();
-        for module in module_load_order(&kernel.modules, MODULES)? {
+        for module in module_load_order(&kernel.modules, MODULES, MODULES_IF_SEPARATE)? {
             // Plain `.ko`: busybox insmod reads no compressed module.
             let name = format!("{}.ko", module.name);
             fs::write(stage.join("modules").join(&name), module.read()?)?;
@@ -912,6 +916,7 @@ fn build_initramfs(
         let vm_dir = workspace_root().join("xtask/vm");
         copy_file(&vm_dir.join("init.sh"), &stage.join("init"))?;
         copy_file(&vm_dir.join("retrans.nft"), &stage.join("retrans.nft"))?;
+        copy_file(&vm_dir.join("drops.nft"), &stage.join("drops.nft"))?;
         use std::os::unix::fs::PermissionsExt as _;
         fs::set_permissions(stage.join("init"), fs::Permissions::from_mode(0o755))?;
         // Software emulation is several times slower: give the workloads more room.
@@ -919,7 +924,8 @@ fn build_initramfs(
         fs::write(
             stage.join("vm.env"),
             format!(
-                "SNAPSHOT_FOR={snapshot_for}\nDROPS_COUNT={DROPS_COUNT}\nRETRANS_BYTES={RETRANS_BYTES}\n\
+                "SNAPSHOT_FOR={snapshot_for}\nDROPS_COUNT={DROPS_COUNT}\n\
+                 DROPS_NFT_COUNT={DROPS_NFT_COUNT}\nRETRANS_BYTES={RETRANS_BYTES}\n\
                  DNS_COUNT={DNS_COUNT}\nDNS_DELAY_MS=0\nCPU_QUOTA_US={CPU_QUOTA_US}\n\
                  CPU_PERIOD_US={CPU_PERIOD_US}\nCPU_BUSY_MS={CPU_BUSY_MS}\n\
                  BLOCK_READS={BLOCK_READS}\n"
@@ -1113,8 +1119,13 @@ impl ModuleFile {
 
 /// The module files for `wanted`, dependencies first, read from each module's
 /// `.modinfo` `depends=` entry (no depmod output ships in the package). Modules the
-/// kernel has built in (`modules.builtin`) need no file and are left out.
-fn module_load_order(modules_dir: &Path, wanted: &[&str]) -> anyhow::Result<Vec<ModuleFile>> {
+/// kernel has built in (`modules.builtin`) need no file and are left out, as are the
+/// `if_separate` ones the package has no file for (part of another module there).
+fn module_load_order(
+    modules_dir: &Path,
+    wanted: &[&str],
+    if_separate: &[&str],
+) -> anyhow::Result<Vec<ModuleFile>> {
     let mut index = HashMap::new();
     let mut stack = vec![modules_dir.join("kernel")];
     while let Some(dir) = stack.pop() {
@@ -1160,6 +1171,11 @@ fn module_load_order(modules_dir: &Path, wanted: &[&str]) -> anyhow::Result<Vec<
     let mut order = Vec::new();
     for name in wanted {
         visit(name, &index, &builtin, &mut seen, &mut order)?;
+    }
+    for name in if_separate {
+        if index.contains_key(&name.replace('-', "_")) {
+            visit(name, &index, &builtin, &mut seen, &mut order)?;
+        }
     }
     Ok(order)
 }
@@ -1327,6 +1343,25 @@ fn sum_workloads(snapshot: &Value, matches: impl Fn(&Value) -> bool, field: &str
         .sum()
 }
 
+/// The drop reasons of the guest's two drop workloads, by kernel: with drop reasons
+/// (5.17+), and named by the function that dropped the packet before (`at:FUNCTION`,
+/// what tuneprobe reports there; as 5.10 reports them).
+struct DropNames {
+    /// UDP to a closed port.
+    closed_port: &'static str,
+    /// A datagram an nft rule drops on input.
+    nft: &'static str,
+}
+
+const DROP_REASONS: DropNames = DropNames {
+    closed_port: "NO_SOCKET",
+    nft: "NETFILTER_DROP",
+};
+const DROP_LOCATIONS: DropNames = DropNames {
+    closed_port: "at:__udp4_lib_rcv",
+    nft: "at:nf_hook_slow",
+};
+
 /// The programs (tuneprobe's names) each group of checks reads from.
 const DROP_PROGRAMS: &[&str] = &["kfree_skb"];
 const RETRANSMIT_PROGRAMS: &[&str] = &["tcp_retransmit_skb"];
@@ -1447,6 +1482,11 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
         .unwrap_or(Value::Null);
     let probes = snapshot["probes"].as_array().cloned().unwrap_or_default();
     let mut kernel_says = BTreeMap::new();
+    // The tracepoint's fields as the guest kernel lists them: no `reason` before 5.17.
+    let drop_names = match guest.values.get("kfree_skb_fields") {
+        Some(fields) if !fields.split(',').any(|f| f == "reason") => &DROP_LOCATIONS,
+        _ => &DROP_REASONS,
+    };
     if let Some(fields) = guest.values.get("kfree_skb_fields") {
         let reason = fields.split(',').any(|f| f == "reason");
         kernel_says.insert(
@@ -1531,26 +1571,44 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
         move |w: &Value| inode.is_some() && w["netns"].as_u64() == inode
     };
 
-    // Drops: NO_SOCKET per datagram, the same as the kernel's Udp NoPorts.
+    // Drops: NO_SOCKET per datagram, the same as the kernel's Udp NoPorts (before 5.17:
+    // as many at the function that drops them).
+    let closed_port = format!("/drops/by_reason/{}", drop_names.closed_port);
     checks.gated("drops_no_socket_equal_udp_noports", DROP_PROGRAMS, || {
-        let no_socket = sum_workloads(
-            &snapshot,
-            by_netns("drops_netns"),
-            "/drops/by_reason/NO_SOCKET",
-        );
+        let no_socket = sum_workloads(&snapshot, by_netns("drops_netns"), &closed_port);
         let no_ports = guest.number("drops_noports");
         (
             no_ports == Some(DROPS_COUNT) && no_socket == DROPS_COUNT,
             json!(no_socket),
-            json!({"udp_noports": no_ports, "sent": DROPS_COUNT}),
+            json!({
+                "reason": drop_names.closed_port,
+                "udp_noports": no_ports,
+                "sent": DROPS_COUNT,
+            }),
         )
     });
+    // NETFILTER_DROP (before 5.17: at nf_hook_slow) per datagram an nft rule dropped, as
+    // many as the rule's counter.
+    checks.gated(
+        "drops_netfilter_equal_the_nft_rule_counter",
+        DROP_PROGRAMS,
+        || {
+            let path = format!("/drops/by_reason/{}", drop_names.nft);
+            let netfilter = sum_workloads(&snapshot, by_netns("drops_netns"), &path);
+            let dropped = guest.number("drops_nft_dropped");
+            (
+                dropped == Some(DROPS_NFT_COUNT) && netfilter == DROPS_NFT_COUNT,
+                json!(netfilter),
+                json!({
+                    "reason": drop_names.nft,
+                    "nft_rule_counter": dropped,
+                    "sent": DROPS_NFT_COUNT,
+                }),
+            )
+        },
+    );
     checks.gated("no_drops_in_the_retransmit_netns", DROP_PROGRAMS, || {
-        let stray = sum_workloads(
-            &snapshot,
-            by_netns("retrans_netns"),
-            "/drops/by_reason/NO_SOCKET",
-        );
+        let stray = sum_workloads(&snapshot, by_netns("retrans_netns"), &closed_port);
         (stray == 0, json!(stray), json!(0))
     });
 
@@ -1613,7 +1671,9 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
     );
 
     // Block IO: every direct read from the loop device, as the cgroup's io.stat counts
-    // it, with its time in mq-deadline's queue (insert to issue) and at the device.
+    // it, with its time in mq-deadline's queue (insert to issue) and at the device. 5.10's
+    // loop devices take no scheduler: there requests go to the device without an insert,
+    // and no queue time is the right answer.
     checks.gated(
         "block_reads_equal_io_stat_rios_with_queue_time",
         BLOCK_PROGRAMS,
@@ -1634,16 +1694,25 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
             let count = |path: &str| reads.and_then(|r| r.pointer(path)).and_then(Value::as_u64);
             let rios = guest.number("block_rios");
             let requests = count("/requests");
+            // `[mq-deadline]_none`, or `none` where the device takes no scheduler.
+            let scheduler = guest.values.get("block_scheduler_now");
+            let queued = scheduler.is_some_and(|s| s.contains("[mq-deadline]"));
             (
                 rios == Some(BLOCK_READS)
                     && requests == rios
                     && count("/bytes") == rios.map(|n| n * 4096)
-                    && reads.and_then(|r| r["queue_ms"]["mean"].as_f64()).is_some()
+                    && reads.and_then(|r| r["queue_ms"]["mean"].as_f64()).is_some() == queued
                     && reads
                         .and_then(|r| r["service_ms"]["mean"].as_f64())
                         .is_some_and(|ms| ms > 0.0),
                 json!(reads),
-                json!({"device": device, "io_stat_rios": rios, "reads": BLOCK_READS}),
+                json!({
+                    "device": device,
+                    "scheduler": scheduler,
+                    "queue_time": queued,
+                    "io_stat_rios": rios,
+                    "reads": BLOCK_READS,
+                }),
             )
         },
     );

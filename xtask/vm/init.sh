@@ -76,7 +76,9 @@ sh -c "echo \$\$ > /sys/fs/cgroup/cpufree/cgroup.procs; exec /bin/testload busy 
 CPUFREE=$!
 
 # Drops: UDP to a closed port in a fresh network namespace is NO_SOCKET, one per
-# datagram; the kernel counts the same datagrams as Udp NoPorts.
+# datagram; the kernel counts the same datagrams as Udp NoPorts. Then datagrams an nft
+# rule drops, NETFILTER_DROP, as many as the rule's counter. (Before 5.17 there are no
+# reasons: the same drops are at __udp4_lib_rcv and nf_hook_slow.)
 echo $$ > /sys/fs/cgroup/drops/cgroup.procs
 unshare -n sh -c '
     . /vm.env; out() { echo "@@TPVM $*"; }
@@ -88,6 +90,10 @@ unshare -n sh -c '
     before=$(counter /proc/net/snmp Udp NoPorts)
     out "drops_testload=$(/bin/testload udp-send 127.0.0.1:9 $DROPS_COUNT 64 | tr " " _)"
     out "drops_noports=$(( $(counter /proc/net/snmp Udp NoPorts) - before ))"
+    # An nft rule drops every datagram to port 7 on input: its counter is the count.
+    nft -f /drops.nft || out "drops_nft=failed"
+    out "drops_nft_testload=$(/bin/testload udp-send 127.0.0.1:7 $DROPS_NFT_COUNT 64 | tr " " _)"
+    out "drops_nft_dropped=$(nft list table inet vmdrops | awk "/counter packets/ { for (i = 1; i < NF; i++) if (\$i == \"counter\") print \$(i + 2) }")"
 '
 
 # Retransmits: nft drops the first data packet of a bulk send over loopback; the kernel
@@ -131,14 +137,16 @@ unshare -n sh -c '
     kill $server
 '
 # Block IO: direct 4 KiB reads, one at a time, from a loop device under mq-deadline (so
-# each request is inserted, then issued), in their own cgroup; the kernel counts them
-# in the cgroup's io.stat.
+# each request is inserted, then issued; where the kernel takes the scheduler), in their
+# own cgroup; the kernel counts them in the cgroup's io.stat.
 dd if=/dev/zero of=/tmp/disk.img bs=1M count=4 2>/dev/null
 loop=$(losetup -f)
 losetup "$loop" /tmp/disk.img || out "block_losetup=failed"
 dev=${loop#/dev/}
 out "block_device=$dev"
 echo mq-deadline > "/sys/block/$dev/queue/scheduler" || out "block_scheduler=unavailable"
+# What the device runs: 5.10's loop devices take no scheduler (the write is ignored).
+out "block_scheduler_now=$(tr ' ' _ < "/sys/block/$dev/queue/scheduler")"
 majmin=$(cat "/sys/block/$dev/dev")
 sh -c "echo \$\$ > /sys/fs/cgroup/block/cgroup.procs; exec dd if=$loop of=/dev/null bs=4096 count=$BLOCK_READS iflag=direct" 2>/dev/null
 rios=$(awk -v d="$majmin" '$1 == d { for (i = 2; i <= NF; i++) if ($i ~ /^rios=/) { sub("rios=", "", $i); print $i } }' /sys/fs/cgroup/block/io.stat)

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use probe_common::trace::{TRACE_RING_BYTES, TraceConfig};
 use tuneprobe::{
     Collector, LoadOptions, Probe, Signal,
-    kernel::kallsyms::Symbols,
+    kernel::symbols::Symbols,
     views::trace::{Decoder, Record, TraceEvent},
 };
 

@@ -5,7 +5,10 @@ use std::collections::HashMap;
 
 use probe_common::KernelLayout;
 
-use crate::kernel::btf::{Btf, BtfError};
+use crate::kernel::{
+    btf::{Btf, BtfError},
+    symbols::Symbols,
+};
 
 /// One kernel field a program reads: `(struct, dotted path)`.
 pub type FieldPath = (&'static str, &'static str);
@@ -17,12 +20,18 @@ pub const TCP_SKB_CB_GSO_SEGS: FieldPath = ("tcp_skb_cb", "tcp_gso_segs");
 pub const SOCK_STATE: FieldPath = ("sock", "__sk_common.skc_state");
 pub const SOCK_NET: FieldPath = ("sock", "__sk_common.skc_net.net");
 pub const SOCK_CGROUP: FieldPath = ("sock", "sk_cgrp_data.cgroup");
+/// Before 5.15 the cgroup pointer is in a union, `val`, tagged by `is_data`/`no_refcnt`.
+pub const SOCK_CGROUP_VAL: FieldPath = ("sock", "sk_cgrp_data.val");
+pub const SOCK_CGROUP_IS_DATA: FieldPath = ("sock_cgroup_data", "is_data");
+pub const SOCK_CGROUP_NO_REFCNT: FieldPath = ("sock_cgroup_data", "no_refcnt");
 pub const CGROUP_KN: FieldPath = ("cgroup", "kn");
 pub const KERNFS_NODE_ID: FieldPath = ("kernfs_node", "id");
 pub const NET_DEVICE_NET: FieldPath = ("net_device", "nd_net.net");
 pub const NET_INUM: FieldPath = ("net", "ns.inum");
 pub const REQUEST_QUEUE: FieldPath = ("request", "q");
 pub const QUEUE_DISK: FieldPath = ("request_queue", "disk");
+/// Older kernels (5.10), whose `request_queue` has no `disk`: the request names its disk.
+pub const REQUEST_RQ_DISK: FieldPath = ("request", "rq_disk");
 pub const DISK_MAJOR: FieldPath = ("gendisk", "major");
 pub const DISK_FIRST_MINOR: FieldPath = ("gendisk", "first_minor");
 pub const REQUEST_CMD_FLAGS: FieldPath = ("request", "cmd_flags");
@@ -91,6 +100,8 @@ pub fn resolve(btf: &Btf) -> ResolvedLayout {
         }
     };
     let throttle = throttle_flag(btf, &mut missing);
+    let sock_cgroup = sock_cgroup(btf, &mut missing);
+    let (queue_disk, request_has_rq_disk) = request_disk(btf, &mut missing);
     let mut offset = |field: FieldPath| match btf.field_offset(field.0, field.1) {
         Ok(offset) => offset.bytes,
         Err(err) => {
@@ -110,7 +121,9 @@ pub fn resolve(btf: &Btf) -> ResolvedLayout {
         sk_buff_tcp_gso_segs: sk_buff_cb.saturating_add(gso_segs),
         sock_state: offset(SOCK_STATE),
         sock_net: offset(SOCK_NET),
-        sock_cgroup: offset(SOCK_CGROUP),
+        sock_cgroup: sock_cgroup.offset,
+        sock_cgroup_in_val: sock_cgroup.in_val,
+        sock_cgroup_val_tags: sock_cgroup.tags,
         cgroup_kn: offset(CGROUP_KN),
         kernfs_node_id: offset(KERNFS_NODE_ID),
         net_device_net: offset(NET_DEVICE_NET),
@@ -119,11 +132,13 @@ pub fn resolve(btf: &Btf) -> ResolvedLayout {
             btf.tracepoint_args("tcp_retransmit_skb").unwrap_or(0) >= 3,
         ),
         kfree_skb_has_rx_sk: u32::from(btf.tracepoint_args("kfree_skb").unwrap_or(0) >= 4),
+        kfree_skb_has_reason: u32::from(btf.tracepoint_args("kfree_skb").unwrap_or(0) >= 3),
         drop_reason_consumed: btf
             .enum_value("skb_drop_reason", "SKB_CONSUMED")
             .map_or(u32::MAX, |v| v as u32),
         request_queue: offset(REQUEST_QUEUE),
-        queue_disk: offset(QUEUE_DISK),
+        queue_disk,
+        request_has_rq_disk,
         disk_major: offset(DISK_MAJOR),
         disk_first_minor: offset(DISK_FIRST_MINOR),
         request_cmd_flags: offset(REQUEST_CMD_FLAGS),
@@ -193,6 +208,75 @@ fn trace_fields(btf: &Btf, layout: &mut KernelLayout) {
     }
 }
 
+/// Where a request's disk is: `request.q->disk` where BTF has it, else `request.rq_disk`
+/// (5.10). Returns the offset of the last field read, and 1 if it is `rq_disk`.
+fn request_disk(btf: &Btf, missing: &mut HashMap<FieldPath, String>) -> (u32, u32) {
+    match btf.field_offset(QUEUE_DISK.0, QUEUE_DISK.1) {
+        Ok(offset) => (offset.bytes, 0),
+        Err(queue_err) => match btf.field_offset(REQUEST_RQ_DISK.0, REQUEST_RQ_DISK.1) {
+            Ok(offset) => (offset.bytes, 1),
+            Err(err) => {
+                missing.insert(QUEUE_DISK, format!("{queue_err}; nor {err}"));
+                (0, 0)
+            }
+        },
+    }
+}
+
+struct SockCgroup {
+    offset: u32,
+    in_val: u32,
+    tags: u32,
+}
+
+/// Where a socket's cgroup is: `sock_cgroup_data.cgroup` (5.15+), or before that in the
+/// union's `val`, a `struct cgroup *` unless its tag bits (`is_data`, and `no_refcnt`
+/// where the kernel has it, as 5.10 does; their positions from BTF) are set.
+fn sock_cgroup(btf: &Btf, missing: &mut HashMap<FieldPath, String>) -> SockCgroup {
+    let pointer_err = match btf.field_offset(SOCK_CGROUP.0, SOCK_CGROUP.1) {
+        Ok(offset) => {
+            return SockCgroup {
+                offset: offset.bytes,
+                in_val: 0,
+                tags: 0,
+            };
+        }
+        Err(err) => err,
+    };
+    let val = btf.field_offset(SOCK_CGROUP_VAL.0, SOCK_CGROUP_VAL.1);
+    let is_data = btf.flag_location(SOCK_CGROUP_IS_DATA.0, SOCK_CGROUP_IS_DATA.1);
+    match (val, is_data) {
+        // The tags must be in `val`'s low byte (x86-64 and arm64 are little-endian).
+        (Ok(val), Ok((0, is_data))) => {
+            let no_refcnt = btf
+                .flag_location(SOCK_CGROUP_NO_REFCNT.0, SOCK_CGROUP_NO_REFCNT.1)
+                .ok()
+                .filter(|&(byte, _)| byte == 0)
+                .map_or(0, |(_, mask)| mask);
+            SockCgroup {
+                offset: val.bytes,
+                in_val: 1,
+                tags: u32::from(is_data | no_refcnt),
+            }
+        }
+        (val, is_data) => {
+            let why = match (val, is_data) {
+                (Err(err), _) | (_, Err(err)) => err.to_string(),
+                _ => "`sock_cgroup_data.is_data` is not in the low byte of `val`".to_string(),
+            };
+            missing.insert(
+                SOCK_CGROUP,
+                format!("{pointer_err}; nor the older `val` layout: {why}"),
+            );
+            SockCgroup {
+                offset: 0,
+                in_val: 0,
+                tags: 0,
+            }
+        }
+    }
+}
+
 struct ThrottleFlag {
     per_task: u32,
     byte: u32,
@@ -236,10 +320,13 @@ fn throttle_flag(btf: &Btf, missing: &mut HashMap<FieldPath, String>) -> Throttl
 }
 
 /// Names of the kernel's `enum skb_drop_reason` values, prefix stripped
-/// (`SKB_DROP_REASON_NO_SOCKET` -> `NO_SOCKET`).
+/// (`SKB_DROP_REASON_NO_SOCKET` -> `NO_SOCKET`); on kernels without drop reasons (before
+/// 5.17), the function that dropped the packet, `at:FUNCTION`.
 #[derive(Debug, Clone, Default)]
 pub struct DropReasons {
     names: HashMap<u32, String>,
+    /// Set where `kfree_skb` passes no reason: drops are named by their location.
+    by_location: Option<Symbols>,
 }
 
 impl DropReasons {
@@ -253,7 +340,35 @@ impl DropReasons {
                 (*value as u32, short.to_string())
             })
             .collect();
-        Ok(Self { names })
+        Ok(Self {
+            names,
+            by_location: None,
+        })
+    }
+
+    /// For kernels whose `kfree_skb` passes no reason: drops are named by the kernel
+    /// function that dropped them, from `symbols`.
+    pub fn by_location(symbols: Symbols) -> Self {
+        Self {
+            names: HashMap::new(),
+            by_location: Some(symbols),
+        }
+    }
+
+    /// Whether drops are named by location (`at:FUNCTION`) rather than by reason.
+    pub fn named_by_location(&self) -> bool {
+        self.by_location.is_some()
+    }
+
+    /// The name of a drop: its reason, or on kernels without drop reasons `at:` and the
+    /// function its `location` (a return address into that function) is in, without
+    /// the offset, so that one place in the code is one name (`at:__udp4_lib_rcv`). An
+    /// address no symbol covers (the kernel hides them) stays a number, `at:0xffff...`.
+    pub fn name_of(&self, reason: u32, location: u64) -> String {
+        match &self.by_location {
+            Some(symbols) => format!("at:{}", symbols.caller(location)),
+            None => self.name(reason),
+        }
     }
 
     /// The reason's name; values this kernel's BTF does not list (subsystem reasons)
@@ -281,6 +396,11 @@ pub struct BlockOps {
 
 impl BlockOps {
     pub fn from_btf(btf: &Btf) -> Self {
+        // `enum req_op` since 6.0; `enum req_opf` before (5.10).
+        let ty = ["req_op", "req_opf"]
+            .into_iter()
+            .find(|ty| btf.enum_values(ty).is_ok())
+            .unwrap_or("req_op");
         let names = [
             ("REQ_OP_READ", "read"),
             ("REQ_OP_WRITE", "write"),
@@ -289,7 +409,7 @@ impl BlockOps {
         ]
         .into_iter()
         .filter_map(|(enumerator, name)| {
-            let value = btf.enum_value("req_op", enumerator).ok()?;
+            let value = btf.enum_value(ty, enumerator).ok()?;
             Some((value as u32, name))
         })
         .collect();
@@ -321,6 +441,20 @@ mod tests {
             btf.field_offset("sk_buff", "cb").unwrap().bytes + 8
         );
         assert_eq!(l.drop_reason_consumed, 1);
+        // 6.18: the disk is the request queue's, and the socket's cgroup a pointer of
+        // its own, not the older union.
+        assert_eq!(l.request_has_rq_disk, 0);
+        assert_eq!(
+            l.queue_disk,
+            btf.field_offset("request_queue", "disk").unwrap().bytes
+        );
+        assert_eq!(l.sock_cgroup_in_val, 0);
+        assert_eq!(
+            l.sock_cgroup,
+            btf.field_offset("sock", "sk_cgrp_data.cgroup")
+                .unwrap()
+                .bytes
+        );
         // This machine's kernel (6.18) has rx_sk and err, and throttles per task.
         assert_eq!(l.kfree_skb_has_rx_sk, 1);
         assert_eq!(l.tcp_retransmit_has_err, 1);
@@ -394,5 +528,34 @@ mod tests {
         assert!(reasons.value("SOCKET_RCVBUFF").is_some());
         assert!(reasons.value("QDISC_DROP").is_some());
         assert_eq!(reasons.name(0x7fff_0000), "UNKNOWN_2147418112");
+        // 5.17+: the reason names a drop, whatever its location.
+        assert!(!reasons.named_by_location());
+        assert_eq!(reasons.name_of(no_socket, 0), "NO_SOCKET");
+        assert_eq!(
+            reasons.name_of(no_socket, 0xffff_ffff_81a0_0010),
+            "NO_SOCKET"
+        );
+    }
+
+    #[test]
+    fn without_drop_reasons_the_dropping_function_names_a_drop() {
+        let symbols = Symbols::parse(
+            "ffffffff81a00000 t __udp4_lib_rcv
+ffffffff81a00800 T nf_hook_slow
+             ffffffff81b00000 T udp_rcv
+",
+        );
+        let reasons = DropReasons::by_location(symbols);
+        assert!(reasons.named_by_location());
+        assert_eq!(
+            reasons.name_of(0, 0xffff_ffff_81a0_0123),
+            "at:__udp4_lib_rcv"
+        );
+        assert_eq!(reasons.name_of(0, 0xffff_ffff_81a0_0900), "at:nf_hook_slow");
+        let hidden = DropReasons::by_location(Symbols::default());
+        assert_eq!(
+            hidden.name_of(0, 0xffff_ffff_81a0_0123),
+            "at:0xffffffff81a00123"
+        );
     }
 }

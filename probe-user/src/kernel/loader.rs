@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::kernel::{
     btf::{Btf, BtfError, VMLINUX_BTF},
     layout::{self, BlockOps, DropReasons, FieldPath},
+    symbols::{KALLSYMS, Symbols},
 };
 
 /// The object `probe-user/build.rs` built from `probe-ebpf`.
@@ -131,10 +132,14 @@ impl Probe {
         };
         let btf = Btf::from_file(&btf_path).map_err(btf_error)?;
         let resolved = layout::resolve(&btf);
-        let drop_reasons = DropReasons::from_btf(&btf).unwrap_or_else(|err| {
-            warn!("drop reasons will show as numbers: {err}");
-            DropReasons::default()
-        });
+        let drop_reasons = if resolved.layout.kfree_skb_has_reason == 0 {
+            drop_locations(programs)
+        } else {
+            DropReasons::from_btf(&btf).unwrap_or_else(|err| {
+                warn!("drop reasons will show as numbers: {err}");
+                DropReasons::default()
+            })
+        };
         let block_ops = BlockOps::from_btf(&btf);
         let unsupported_reasons: Vec<Option<String>> = programs
             .iter()
@@ -343,6 +348,32 @@ impl Probe {
         }
         Ok(out)
     }
+}
+
+/// Drop names on a kernel whose `kfree_skb` passes no reason (before 5.17): the
+/// function that dropped the packet, from `/proc/kallsyms`. Read now, while tuneprobe
+/// still holds `CAP_SYSLOG` (the kernel shows addresses to readers that had it at
+/// `open`), and only when the drops program is loaded.
+fn drop_locations(programs: &[&'static ProgramSpec]) -> DropReasons {
+    let hooks_kfree_skb = |spec: &&&ProgramSpec| {
+        matches!(
+            spec.hook,
+            Hook::BtfTracePoint {
+                tracepoint: "kfree_skb",
+                ..
+            }
+        )
+    };
+    if !programs.iter().any(|spec| hooks_kfree_skb(&spec)) {
+        return DropReasons::default();
+    }
+    let symbols = Symbols::load(std::path::Path::new(KALLSYMS));
+    if symbols.is_empty() {
+        warn!(
+            "this kernel's kfree_skb passes no drop reason and {KALLSYMS} shows no addresses (kptr_restrict, or no CAP_SYSLOG): drops are named by code address"
+        );
+    }
+    DropReasons::by_location(symbols)
 }
 
 /// Why `spec` cannot run on this kernel, judged from BTF before trying.

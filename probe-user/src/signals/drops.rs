@@ -1,6 +1,7 @@
 //! Packet drops per workload by the kernel's drop reason (`skb:kfree_skb`), plus the
 //! listen-queue overflows that the kernel counts per namespace but does not report
-//! through `kfree_skb`.
+//! through `kfree_skb`. Kernels before 5.17 give no reason: there a drop is named by the
+//! kernel function that dropped it, `at:FUNCTION` (see `DropReasons::name_of`).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -88,10 +89,11 @@ impl Source for Drops {
     const PROGRAMS: &'static [ProgramSpec] = &[ProgramSpec {
         name: "kfree_skb",
         signal: Self::NAME,
-        // (skb, location, reason): the reason argument exists since 5.17.
+        // (skb, location[, reason]): the reason argument exists since 5.17; before,
+        // drops are keyed by location.
         hook: Hook::BtfTracePoint {
             tracepoint: "kfree_skb",
-            min_args: 3,
+            min_args: 2,
         },
         needs: &[
             layout::SK_BUFF_SK,
@@ -164,7 +166,7 @@ impl Source for Drops {
             };
             out.slot(owner)
                 .section
-                .add(&reasons.name(key.reason), delta);
+                .add(&reasons.name_of(key.reason, key.location), delta);
         }
         // The namespaces' own counters: listen overflows for the pod living there, and
         // that pod reported at all when its namespace had TCP load (the load its
@@ -186,7 +188,7 @@ impl Source for Drops {
         for (reason, &count) in &drops.by_reason {
             f.counter(
                 "tuneprobe_packet_drops_total",
-                "Packets the kernel dropped, by drop reason (skb:kfree_skb), plus TCP_LISTEN_OVERFLOW.",
+                "Packets the kernel dropped, by drop reason (skb:kfree_skb; before kernel 5.17 at:FUNCTION, where it was dropped), plus TCP_LISTEN_OVERFLOW.",
                 with(labels, &[("reason", reason)]),
                 count as f64,
             );
@@ -200,7 +202,10 @@ impl Source for Drops {
     fn trace_fields(event: &DropEvent, context: &mut TraceContext<'_>) -> TraceFields {
         TraceFields::of(
             event,
-            context.probe.drop_reasons().name(event.reason),
+            context
+                .probe
+                .drop_reasons()
+                .name_of(event.reason, event.location),
             context.symbols.name(event.location),
         )
     }
@@ -281,7 +286,8 @@ pub struct TraceFields {
 }
 
 impl TraceFields {
-    /// `reason` named from the kernel's BTF, `location` from its symbols.
+    /// `reason` named from the kernel's BTF (or, before 5.17, `at:FUNCTION`), `location`
+    /// from its symbols.
     pub fn of(e: &DropEvent, reason: String, location: String) -> Self {
         let known = endpoints::known(&e.endpoints);
         let ports = known && matches!(e.endpoints.protocol, 6 | 17);

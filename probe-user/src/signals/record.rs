@@ -5,7 +5,7 @@ use std::{collections::HashMap, path::Path};
 
 use probe_common::trace::{TraceHeader, TraceKind};
 
-use crate::kernel::{devices, kallsyms::Symbols, loader::Probe};
+use crate::kernel::{devices, loader::Probe, symbols::Symbols};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {

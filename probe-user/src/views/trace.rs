@@ -14,7 +14,7 @@ use serde::Serialize;
 
 pub use crate::signals::{Fields, Record, record::RecordError};
 use crate::{
-    kernel::kallsyms::Symbols,
+    kernel::symbols::Symbols,
     signals::record::TraceContext,
     window::Collector,
     workloads::{cgroup::Hierarchy, identity::Identity},

@@ -169,7 +169,7 @@ pub fn connect_load(
                 return Ok(false);
             };
             n += 1;
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 let linger = libc::linger {
                     l_onoff: 1,
                     l_linger: 0,
