@@ -108,12 +108,14 @@ fn check_kernel(result: &Value) {
         "block_reads_equal_io_stat_rios_with_queue_time",
         "cpu_throttle_events_match_nr_throttled",
         "no_throttling_without_a_quota",
+        "refused_connects_equal_tcp_attempt_fails",
+        "no_connects_for_the_drops_cgroup",
     ] {
         check(name);
     }
     // Every program loads and attaches on every kernel of the matrix.
     let probes = result["probes"].as_array().unwrap();
-    assert_eq!(probes.len(), 9, "{series}: {probes:?}");
+    assert_eq!(probes.len(), 12, "{series}: {probes:?}");
     for probe in probes {
         assert_eq!(probe["attached"], true, "{series}: {probe}");
     }

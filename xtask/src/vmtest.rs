@@ -166,6 +166,8 @@ const DROPS_COUNT: u64 = 50;
 const DROPS_NFT_COUNT: u64 = 30;
 const RETRANS_BYTES: u64 = 2_000_000;
 const DNS_COUNT: u64 = 20;
+/// Connects to a closed port (refused: the kernel's Tcp AttemptFails).
+const CONNECTS_COUNT: u64 = 10;
 const CPU_QUOTA_US: u64 = 20_000;
 const CPU_PERIOD_US: u64 = 100_000;
 const CPU_BUSY_MS: u64 = 2_000;
@@ -928,7 +930,7 @@ fn build_initramfs(
                  DROPS_NFT_COUNT={DROPS_NFT_COUNT}\nRETRANS_BYTES={RETRANS_BYTES}\n\
                  DNS_COUNT={DNS_COUNT}\nDNS_DELAY_MS=0\nCPU_QUOTA_US={CPU_QUOTA_US}\n\
                  CPU_PERIOD_US={CPU_PERIOD_US}\nCPU_BUSY_MS={CPU_BUSY_MS}\n\
-                 BLOCK_READS={BLOCK_READS}\n"
+                 BLOCK_READS={BLOCK_READS}\nCONNECTS_COUNT={CONNECTS_COUNT}\n"
             ),
         )?;
         let archive = cache.join(format!(
@@ -1368,6 +1370,7 @@ const RETRANSMIT_PROGRAMS: &[&str] = &["tcp_retransmit_skb"];
 const DNS_PROGRAMS: &[&str] = &["dns_egress", "dns_ingress"];
 const BLOCK_PROGRAMS: &[&str] = &["block_rq_insert", "block_rq_issue", "block_rq_complete"];
 const CPU_PROGRAMS: &[&str] = &["sched_switch"];
+const CONNECTION_PROGRAMS: &[&str] = &["inet_sock_set_state"];
 
 /// Whether a check can run on this kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1639,6 +1642,39 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
         RETRANSMIT_PROGRAMS,
         || {
             let n = sum_workloads(&snapshot, by_cgroup("drops"), "/tcp/retransmits");
+            (n == 0, json!(n), json!(0))
+        },
+    );
+
+    // Connections: connects to a closed port, each refused by a RST; the kernel counts
+    // them as Tcp AttemptFails.
+    checks.gated(
+        "refused_connects_equal_tcp_attempt_fails",
+        CONNECTION_PROGRAMS,
+        || {
+            let refused = sum_workloads(
+                &snapshot,
+                by_cgroup("retrans"),
+                "/connections/failed/refused",
+            );
+            let attempt_fails = guest.number("connects_attempt_fails");
+            let client = guest.values.get("connects_client").cloned();
+            (
+                attempt_fails == Some(CONNECTS_COUNT) && refused == CONNECTS_COUNT,
+                json!(refused),
+                json!({"tcp_attempt_fails": attempt_fails, "client": client}),
+            )
+        },
+    );
+    checks.gated(
+        "no_connects_for_the_drops_cgroup",
+        CONNECTION_PROGRAMS,
+        || {
+            let n = sum_workloads(
+                &snapshot,
+                by_cgroup("drops"),
+                "/connections/connect_attempts",
+            );
             (n == 0, json!(n), json!(0))
         },
     );

@@ -114,6 +114,10 @@ unshare -n sh -c '
     /bin/testload tcp-send 127.0.0.1:5001 $RETRANS_BYTES > /dev/null
     out "retrans_segs=$(( $(counter /proc/net/snmp Tcp RetransSegs) - before ))"
     out "retrans_nft_dropped=$(nft list ruleset | awk "/counter packets/ { for (i = 1; i < NF; i++) if (\$i == \"counter\") print \$(i + 2) }")"
+    # Connects to a port nothing listens on: each refused, one Tcp AttemptFails each.
+    before=$(counter /proc/net/snmp Tcp AttemptFails)
+    out "connects_client=$(/bin/testload tcp-connects 127.0.0.1:5002 $CONNECTS_COUNT 0 | tr " " _)"
+    out "connects_attempt_fails=$(( $(counter /proc/net/snmp Tcp AttemptFails) - before ))"
     kill $sink
 '
 
