@@ -644,3 +644,25 @@ pub fn url_encode(query: &str) -> String {
         })
         .collect()
 }
+
+/// The real programs loaded in-process, every one attached (the test fails otherwise),
+/// and a collector window over them from now.
+pub fn start_collector() -> tuneprobe::Collector {
+    let probe = tuneprobe::Probe::load(&tuneprobe::LoadOptions::default())
+        .unwrap_or_else(|e| panic!("load: {e:#}"));
+    for status in probe.statuses() {
+        assert!(
+            status.attached,
+            "{} did not attach: {:?}",
+            status.name, status.error
+        );
+    }
+    tuneprobe::Collector::start(probe).unwrap_or_else(|e| panic!("collector: {e:#}"))
+}
+
+/// The window's snapshot.
+pub fn finish_collector(collector: tuneprobe::Collector) -> tuneprobe::Snapshot {
+    collector
+        .finish()
+        .unwrap_or_else(|e| panic!("finish: {e:#}"))
+}

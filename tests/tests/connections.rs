@@ -5,30 +5,13 @@
 
 use std::time::Duration;
 
-use tuneprobe::{
-    Collector, LoadOptions, Probe, Snapshot, signals::tcp_connections::ConnectionReport,
+use tuneprobe::{Snapshot, signals::tcp_connections::ConnectionReport};
+use tuneprobe_tests::{
+    ADDR_B, NetnsPair, PodCgroup, Workload, finish_collector as finish, sh,
+    start_collector as start,
 };
-use tuneprobe_tests::{ADDR_B, NetnsPair, PodCgroup, Workload, sh};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn start() -> Collector {
-    let probe = Probe::load(&LoadOptions::default()).unwrap_or_else(|e| panic!("load: {e:#}"));
-    for status in probe.statuses() {
-        assert!(
-            status.attached,
-            "{} did not attach: {:?}",
-            status.name, status.error
-        );
-    }
-    Collector::start(probe).unwrap_or_else(|e| panic!("collector: {e:#}"))
-}
-
-fn finish(collector: Collector) -> Snapshot {
-    collector
-        .finish()
-        .unwrap_or_else(|e| panic!("finish: {e:#}"))
-}
 
 /// The connections section of the workload with `cgroup_id`; empty if it has none.
 fn connections(snapshot: &Snapshot, cgroup_id: u64) -> ConnectionReport {

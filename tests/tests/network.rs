@@ -6,27 +6,12 @@
 use std::time::Duration;
 
 use tuneprobe::{Collector, LoadOptions, Probe, Snapshot, report::Workload as Report};
-use tuneprobe_tests::{ADDR_B, NetnsPair, NftTable, PodCgroup, Workload, sh};
+use tuneprobe_tests::{
+    ADDR_B, NetnsPair, NftTable, PodCgroup, Workload, finish_collector as finish, sh,
+    start_collector as start,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn start() -> Collector {
-    let probe = Probe::load(&LoadOptions::default()).unwrap_or_else(|e| panic!("load: {e:#}"));
-    for status in probe.statuses() {
-        assert!(
-            status.attached,
-            "{} did not attach: {:?}",
-            status.name, status.error
-        );
-    }
-    Collector::start(probe).unwrap_or_else(|e| panic!("collector: {e:#}"))
-}
-
-fn finish(collector: Collector) -> Snapshot {
-    collector
-        .finish()
-        .unwrap_or_else(|e| panic!("finish: {e:#}"))
-}
 
 fn by_cgroup(snapshot: &Snapshot, cgroup_id: u64) -> Option<&Report> {
     snapshot
