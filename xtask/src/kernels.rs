@@ -141,6 +141,24 @@ pub fn table(records: &[Value]) -> String {
     out
 }
 
+/// What differs on a recorded kernel although every program runs and every check passes
+/// (how tuneprobe adapts there, from the kernel's BTF), by series.
+const ADAPTED: &[(&str, &str)] = &[
+    (
+        "5.10",
+        "drops are named by the function that dropped them (`at:__udp4_lib_rcv`: no drop reason before 5.17); the socket's cgroup comes from `sock_cgroup_data.val`, the request's disk from `request.rq_disk`; its loop devices take no IO scheduler, so no queue time was measured",
+    ),
+    (
+        "6.1",
+        "`kfree_skb` has no `rx_sk` (a receive-side drop not yet owned by a socket is attributed by the device's namespace), `tcp_retransmit_skb` no `err`; the throttle flag is read from the task's `cfs_rq`",
+    ),
+    ("arm64-6.1", "as 6.1 on amd64"),
+    (
+        "6.12",
+        "the throttle flag is read from the task's `cfs_rq` (per-task since 6.18)",
+    ),
+];
+
 /// Kernels no record covers: what is known from their BTF and features.
 const UNTESTED: &[(&str, &str)] = &[
     (
@@ -187,6 +205,10 @@ fn row(record: &Value) -> String {
             .filter(|c| c["status"] == "not_applicable")
             .map(|c| format!("`{}` not applicable", text(&c["name"]))),
     );
+    let series = text(&record["series"]);
+    if let Some((_, adapted)) = ADAPTED.iter().find(|(s, _)| *s == series) {
+        degrades.push((*adapted).to_string());
+    }
     format!(
         "| {}, {} (`{}`, Debian {}) | {measured} | {} |",
         text(&record["kernel"]),
@@ -245,13 +267,13 @@ mod tests {
 
     #[test]
     fn records_keep_no_timings_and_rows_say_what_is_off() {
-        let full = result("6.1", json!({}), false);
+        let full = result("7.0", json!({}), false);
         let record = record_of(&full);
         assert!(record.get("boot_s").is_none() && record.get("accel").is_none());
         assert!(record["checks"][0].get("observed").is_none());
         assert_eq!(
             row(&record),
-            "| 6.1.0-1, x86_64 (`linux-image-x`, Debian bookworm) | `vm-test --kernel 6.1`: 2 of 2 programs attached; 1 of 1 checks passed | nothing |"
+            "| 7.0.0-1, x86_64 (`linux-image-x`, Debian bookworm) | `vm-test --kernel 7.0`: 2 of 2 programs attached; 1 of 1 checks passed | nothing |"
         );
         let degraded = record_of(&result("5.10", json!({"c": "no\nfield"}), true));
         let row = row(&degraded);

@@ -1654,7 +1654,7 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
         || {
             let refused = sum_workloads(
                 &snapshot,
-                by_cgroup("retrans"),
+                by_cgroup("connects"),
                 "/connections/failed/refused",
             );
             let attempt_fails = guest.number("connects_attempt_fails");

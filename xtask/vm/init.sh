@@ -50,7 +50,7 @@ netns_of() { readlink "$1" | tr -cd 0-9; }
 
 echo "+cpu" > /sys/fs/cgroup/cgroup.subtree_control || out "cpu_controller=unavailable"
 echo "+io" > /sys/fs/cgroup/cgroup.subtree_control || out "io_controller=unavailable"
-for c in drops retrans dns dnsserver cpu cpufree block; do cg $c; done
+for c in drops retrans connects dns dnsserver cpu cpufree block; do cg $c; done
 echo "$CPU_QUOTA_US $CPU_PERIOD_US" > /sys/fs/cgroup/cpu/cpu.max
 
 # What tuneprobe says up front works on this kernel; checked against the snapshot's
@@ -114,11 +114,21 @@ unshare -n sh -c '
     /bin/testload tcp-send 127.0.0.1:5001 $RETRANS_BYTES > /dev/null
     out "retrans_segs=$(( $(counter /proc/net/snmp Tcp RetransSegs) - before ))"
     out "retrans_nft_dropped=$(nft list ruleset | awk "/counter packets/ { for (i = 1; i < NF; i++) if (\$i == \"counter\") print \$(i + 2) }")"
-    # Connects to a port nothing listens on: each refused, one Tcp AttemptFails each.
+    kill $sink
+'
+
+# Connections: connects to a port nothing listens on, in their own cgroup and namespace
+# (each SYN's refusal is also a NO_SOCKET drop there): each refused, one Tcp AttemptFails
+# each.
+echo $$ > /sys/fs/cgroup/connects/cgroup.procs
+unshare -n sh -c '
+    . /vm.env; out() { echo "@@TPVM $*"; }
+    counter() { awk -v g="$2:" -v n="$3" '"'"'$1 == g { if (!h) { for (i = 2; i <= NF; i++) if ($i == n) c = i; h = 1 } else { print $c; exit } }'"'"' "$1"; }
+    ip link set lo up
+    sleep 100000 &
     before=$(counter /proc/net/snmp Tcp AttemptFails)
     out "connects_client=$(/bin/testload tcp-connects 127.0.0.1:5002 $CONNECTS_COUNT 0 | tr " " _)"
     out "connects_attempt_fails=$(( $(counter /proc/net/snmp Tcp AttemptFails) - before ))"
-    kill $sink
 '
 
 # DNS over loopback: the server in its own cgroup, the client in another; the kernel
