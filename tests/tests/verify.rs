@@ -353,6 +353,7 @@ fn widening_an_exhausted_local_port_range_improves_connect_failures() {
         "--revert"
     );
     let v = verdict_in_netns(&report, NetnsPair::inode(&pair.a), "connect_failure_ratio");
+    eprintln!("ip_local_port_range: {v}");
     assert_eq!(v["verdict"], "improved", "{v:#}");
     assert_eq!(v["load"], "connect_attempts");
     assert!(v["before"].as_f64().unwrap() > 0.9, "{v}");
@@ -374,6 +375,7 @@ fn a_keepalive_change_on_a_link_without_idle_connections_changes_nothing() {
         "--revert",
     ]);
     let v = verdict_in_netns(&report, NetnsPair::inode(&pair.a), "reset_ratio");
+    eprintln!("tcp_keepalive_time: {v}");
     assert_eq!(v["verdict"], "no significant change", "{v:#}");
     assert_eq!(v["load"], "closed_connections");
     assert_eq!(v["before"], 0.0, "{v}");
@@ -437,6 +439,7 @@ fn switching_congestion_control_under_random_loss_is_judged_on_retransmits_and_r
         .iter()
         .any(|n| n.as_str().unwrap().contains("the signals disagree"));
     assert_eq!(disagree, noted, "{verdicts:?}: {:#}", report["notes"]);
+    eprintln!("bbr: {verdicts:?}, notes {}", report["notes"]);
 }
 
 /// A filesystem on the test's own loop device (ext4 without a journal, so that an
@@ -494,6 +497,7 @@ fn remounting_with_noatime_improves_writes_per_read() {
     let remount = format!("mount -o remount,noatime {}", mount.dir.display());
     let report = verify_with(&["--exec", &remount, "--signal", "writes_per_read"]);
     let v = verdict_for(&report, &reader.path, "writes_per_read");
+    eprintln!("noatime: {v}");
     assert_eq!(v["verdict"], "improved", "{v:#}");
     assert_eq!(v["load"], "block_reads");
     assert!(v["before"].as_f64().unwrap() >= 0.9, "{v}");
