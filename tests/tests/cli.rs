@@ -73,7 +73,14 @@ fn snapshot_json_reports_probes_and_the_pod_that_dropped() {
     let duration = json["duration_s"].as_f64().unwrap();
     assert!((3.0..6.0).contains(&duration), "{duration}");
     let probes = json["probes"].as_array().unwrap();
-    let signals = ["tcp_retransmit", "drops", "dns", "block_io", "cpu_throttle"];
+    let signals = [
+        "tcp_retransmit",
+        "drops",
+        "dns",
+        "block_io",
+        "cpu_throttle",
+        "tcp_connections",
+    ];
     for probe in probes {
         assert_eq!(probe["attached"], true, "{probe}");
         assert!(probe["error"].is_null());
