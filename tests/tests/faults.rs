@@ -445,7 +445,8 @@ fn without_tracefs_every_signal_still_works_and_it_says_so() {
         "{warning}"
     );
     assert!(
-        seen.iter().any(|l| l == "ready: 12 of 12 programs attached"),
+        seen.iter()
+            .any(|l| l == "ready: 12 of 12 programs attached"),
         "{seen:?}"
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");

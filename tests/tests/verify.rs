@@ -9,6 +9,16 @@ use tuneprobe_tests::{
     NetnsPair, NftTable, PodCgroup, Workload, testload, tuneprobe_binary, tuneprobe_json,
 };
 
+/// The tests whose verdict is a statistical judgement of a loaded link run one at a
+/// time: another's senders on the same 2 cores would move their samples.
+static STATISTICAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    STATISTICAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Short windows for the tests: 8 samples on each side.
 const WINDOWS: [&str; 6] = ["--before", "4s", "--after", "4s", "--interval", "500ms"];
 
@@ -384,6 +394,7 @@ fn a_keepalive_change_on_a_link_without_idle_connections_changes_nothing() {
 
 #[test]
 fn switching_congestion_control_under_random_loss_is_judged_on_retransmits_and_rtt() {
+    let _alone = one_at_a_time();
     let pair = NetnsPair::new();
     let mut pod = PodCgroup::new();
     let client = pod.container();
@@ -395,13 +406,18 @@ fn switching_congestion_control_under_random_loss_is_judged_on_retransmits_and_r
     );
     let mut sink = Workload::spawn(&pair.b, None, &["tcp-sink", "10.200.0.2:7300"]);
     assert_eq!(sink.read_line(), "ready");
-    // Short transfers, each on its own connection: every interval has closed
-    // connections (the RTT's load) and sent segments (the retransmits').
-    let _sends = Workload::spawn(
-        &pair.a,
-        Some(&client),
-        &["tcp-send-loop", "10.200.0.2:7300", "200000", "20"],
-    );
+    // Short transfers, each on its own connection, from three senders: every interval
+    // has closed connections (the RTT's load) and sent segments (the retransmits'),
+    // even when a loss costs one sender a retransmission timeout.
+    let _sends: Vec<Workload> = (0..3)
+        .map(|_| {
+            Workload::spawn(
+                &pair.a,
+                Some(&client),
+                &["tcp-send-loop", "10.200.0.2:7300", "100000", "10"],
+            )
+        })
+        .collect();
     std::thread::sleep(std::time::Duration::from_millis(500));
     let netns = format!("/run/netns/{}", pair.a);
     let report = verify_with(&[
@@ -506,6 +522,7 @@ fn remounting_with_noatime_improves_writes_per_read() {
 
 #[test]
 fn removing_a_random_drop_rule_improves_retransmits_per_sent_segment() {
+    let _alone = one_at_a_time();
     let pair = NetnsPair::new();
     let mut pod = PodCgroup::new();
     let sender = pod.container();
@@ -567,6 +584,7 @@ fn removing_a_dns_server_delay_improves_dns_latency() {
 
 #[test]
 fn a_halved_load_across_a_change_without_effect_is_reported_as_a_load_change() {
+    let _alone = one_at_a_time();
     use std::io::{BufRead as _, BufReader};
     // Two app-limited flows through a loss of every 100th segment; one stops as a knob
     // that cannot matter to a busy flow (the keepalive timer) changes in the sender's
