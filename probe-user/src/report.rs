@@ -184,6 +184,7 @@ pub(crate) mod tests {
                         drops: DropStats {
                             total: 1,
                             by_reason: BTreeMap::from([("NO_SOCKET".to_string(), 1)]),
+                            ..DropStats::default()
                         },
                         ..Sections::default()
                     },

@@ -24,7 +24,7 @@ use crate::{
         identity::Identity,
         kube::{ApiConfig, PodWatcher},
         pods::{self, PodNames},
-        procfs::{self, NetnsTcpCounters},
+        procfs::{self, NetnsCounters},
     },
 };
 
@@ -159,8 +159,8 @@ impl Naming {
 #[derive(Default)]
 struct Namespaces {
     /// First and latest TCP counters of every namespace seen during the window.
-    first: HashMap<u32, NetnsTcpCounters>,
-    last: HashMap<u32, NetnsTcpCounters>,
+    first: HashMap<u32, NetnsCounters>,
+    last: HashMap<u32, NetnsCounters>,
     /// When each was last seen alive (or first seen in a key).
     alive: HashMap<u32, Instant>,
     /// Sum of each one's kernel counts at the last collection: a change shows it alive.
@@ -171,7 +171,7 @@ impl Namespaces {
     /// Reads the TCP counters of the namespaces that have a live process.
     fn observe(&mut self, proc_root: &Path, live: impl Iterator<Item = (u32, u32)>) {
         for (netns, pid) in live {
-            if let Some(counters) = NetnsTcpCounters::of_pid(proc_root, pid) {
+            if let Some(counters) = NetnsCounters::of_pid(proc_root, pid) {
                 self.first.entry(netns).or_insert(counters);
                 self.last.insert(netns, counters);
             }
@@ -234,7 +234,7 @@ impl Namespaces {
             .map(|(&netns, last)| {
                 let first = self.first.get(&netns).copied().unwrap_or(*last);
                 let load = NetnsLoad {
-                    tcp: last.since(&first),
+                    counters: last.since(&first),
                     host: is_host(netns),
                 };
                 (netns, load)
@@ -404,7 +404,7 @@ impl Collector {
         let now = Sources::read(&self.probe)?;
         let attributor = &self.naming.attributor;
         let shared = Shared {
-            netns_tcp: self
+            netns: self
                 .namespaces
                 .loads(|netns| attributor.netns_owner(netns) == Some("/")),
         };

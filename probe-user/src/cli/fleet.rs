@@ -143,7 +143,7 @@ fn parse_matchers(text: &str) -> Result<Matchers, String> {
 
 fn parse_signal(text: &str) -> Result<Measure, String> {
     Measure::parse(text).ok_or_else(|| {
-        let names: Vec<String> = Measure::ALL.into_iter().map(Measure::name).collect();
+        let names: Vec<String> = Measure::judged().map(Measure::name).collect();
         format!("unknown signal; one of {}", names.join(", "))
     })
 }

@@ -70,9 +70,8 @@ pub struct Args {
     revert_with: Option<String>,
 
     /// Judge this signal instead of the knob's own (repeatable; with --watch, for every
-    /// change): cpu_throttled_ratio,
-    /// listen_overflow_ratio, drops, retransmit_ratio, block_service_ms,
-    /// block_service_p99_ms, block_queue_ms, dns_latency_ms, dns_latency_p99_ms.
+    /// change); the README's "What is judged" lists them all (retransmit_ratio,
+    /// cpu_throttled_ms_per_period, rcvbuf_drop_ratio, dns_latency_ms, ...).
     #[arg(long = "signal", id = "signals", value_name = "SIGNAL", value_parser = parse_signal)]
     signals: Vec<Measure>,
 
@@ -131,7 +130,7 @@ pub struct Args {
 
 fn parse_signal(name: &str) -> Result<Measure, String> {
     Measure::parse(name).ok_or_else(|| {
-        let names: Vec<String> = Measure::ALL.iter().map(|s| s.name()).collect();
+        let names: Vec<String> = Measure::judged().map(Measure::name).collect();
         format!("unknown signal {name:?}; one of {}", names.join(", "))
     })
 }
@@ -400,8 +399,13 @@ fn plan(args: &Args) -> anyhow::Result<(Change, Vec<Measure>, Affected)> {
         let name = name.unwrap_or_default();
         let signals = tuning::measures_for(name);
         if signals.is_empty() {
+            let why = tuning::knob_named(name).map_or_else(
+                || "it is not a knob of tuneprobe's table".to_string(),
+                |k| k.why.split_whitespace().collect::<Vec<_>>().join(" "),
+            );
             bail!(
-                "no signal is known for {name}: choose one with --signal (known knobs: {})",
+                "tuneprobe judges {name} on no signal ({why}); choose one with --signal \
+                 (judged knobs: {})",
                 tuning::judged_knobs()
                     .map(|(k, _)| k)
                     .collect::<Vec<_>>()

@@ -160,7 +160,7 @@ pub fn signals(knob: Option<&str>, asked: &[Measure]) -> Result<Vec<Measure>, Fl
         (asked, _) => asked.to_vec(),
     };
     if chosen.is_empty() {
-        let names: Vec<String> = Measure::ALL.into_iter().map(Measure::name).collect();
+        let names: Vec<String> = Measure::judged().map(Measure::name).collect();
         return Err(FleetError::NoSignal(
             knob.unwrap_or("the change").to_string(),
             names.join(", "),
@@ -886,22 +886,39 @@ mod tests {
     fn signals_come_from_the_knob_table_unless_named() {
         assert_eq!(
             signals(Some("cpu.max"), &[]).unwrap(),
-            [Measure::CpuThrottledRatio]
+            [
+                Measure::CpuThrottledRatio,
+                Measure::CpuThrottledMsPerPeriod,
+                Measure::CpuStallP99Ms
+            ]
         );
         assert_eq!(
             signals(Some("cpu.max"), &[Measure::Drops]).unwrap(),
             [Measure::Drops]
         );
-        assert!(matches!(
-            signals(Some("vm.swappiness"), &[]),
-            Err(FleetError::NoSignal(..))
-        ));
+        // Knobs judged on nothing (send buffers move nothing tuneprobe measures).
+        for knob in ["vm.swappiness", "net.ipv4.tcp_wmem", "net.core.wmem_max"] {
+            assert!(
+                matches!(signals(Some(knob), &[]), Err(FleetError::NoSignal(..))),
+                "{knob}"
+            );
+        }
         // The network knobs are judged by their own ratios, with the loads the agents
-        // export.
+        // export: the same measures as `verify` (issue "Verdicts a user can trust":
+        // receive buffers on receive-queue drops, drop-judged knobs on their own
+        // reasons per packet, no longer on retransmits or on every drop).
         for (knob, judged) in [
-            ("net.ipv4.tcp_rmem", &[Measure::RetransmitRatio][..]),
-            ("net.ipv4.tcp_wmem", &[Measure::RetransmitRatio]),
-            ("net.core.wmem_max", &[Measure::RetransmitRatio]),
+            (
+                "net.ipv4.tcp_rmem",
+                &[Measure::TcpRcvqDropRatio, Measure::TcpPruneRatio][..],
+            ),
+            (
+                "net.core.rmem_max",
+                &[Measure::RcvbufDropRatio, Measure::TcpRcvqDropRatio],
+            ),
+            ("net.core.rmem_default", &[Measure::RcvbufDropRatio]),
+            ("net.core.netdev_max_backlog", &[Measure::BacklogDropRatio]),
+            ("net.ipv4.ip_forward", &[Measure::ForwardDropRatio]),
             (
                 "net.ipv4.tcp_congestion_control",
                 &[Measure::RetransmitRatio, Measure::SrttMs],

@@ -5,7 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::signals::measure::Measure;
+use crate::signals::{
+    cpu_throttle as cpu, drops, measure::Measure, tcp_retransmit as tcp,
+};
 
 use super::prom::Series;
 
@@ -39,6 +41,8 @@ pub enum Source {
         part: Counter,
         whole: Counter,
         whole_adds_part: bool,
+        /// The ratio's unit: 1000 for seconds per period read as milliseconds.
+        scale: f64,
     },
     /// A counter's increase per interval; no load.
     Count(Counter),
@@ -62,11 +66,13 @@ pub fn source(signal: Measure) -> Source {
             part: Counter::of("tuneprobe_cpu_throttled_periods_total"),
             whole: Counter::of("tuneprobe_cpu_periods_total"),
             whole_adds_part: false,
+            scale: 1.0,
         },
         Measure::RetransmitRatio => Source::Ratio {
             part: Counter::of("tuneprobe_tcp_retransmitted_segments_total"),
             whole: Counter::of("tuneprobe_tcp_sent_segments_total"),
             whole_adds_part: false,
+            scale: 1.0,
         },
         Measure::ListenOverflowRatio => Source::Ratio {
             part: Counter {
@@ -75,8 +81,65 @@ pub fn source(signal: Measure) -> Source {
             },
             whole: Counter::of("tuneprobe_tcp_passive_opens_total"),
             whole_adds_part: true,
+            scale: 1.0,
         },
-        Measure::Drops => Source::Count(Counter::of("tuneprobe_packet_drops_total")),
+        Measure::Drops => Source::Count(Counter::of(drops::PACKET_DROPS)),
+        Measure::CpuThrottledMsPerPeriod => Source::Ratio {
+            part: Counter::of(cpu::THROTTLED_SECONDS),
+            whole: Counter::of(cpu::PERIODS),
+            whole_adds_part: false,
+            scale: 1000.0,
+        },
+        Measure::CpuUsageMsPerPeriod => Source::Ratio {
+            part: Counter::of(cpu::USAGE_SECONDS),
+            whole: Counter::of(cpu::PERIODS),
+            whole_adds_part: false,
+            scale: 1000.0,
+        },
+        Measure::CpuStallP99Ms => Source::Histogram {
+            name: cpu::STALL_SECONDS,
+            matchers: "",
+            quantile: Some(0.99),
+        },
+        Measure::RcvbufDropRatio => Source::Ratio {
+            part: Counter {
+                name: drops::PACKET_DROPS,
+                matchers: "reason=\"SOCKET_RCVBUFF\",",
+            },
+            whole: Counter::of(drops::RECEIVED_DATAGRAMS),
+            whole_adds_part: false,
+            scale: 1.0,
+        },
+        Measure::BacklogDropRatio => Source::Ratio {
+            part: Counter {
+                name: drops::PACKET_DROPS,
+                matchers: "reason=\"CPU_BACKLOG\",",
+            },
+            whole: Counter::of(drops::RECEIVED_PACKETS),
+            whole_adds_part: true,
+            scale: 1.0,
+        },
+        Measure::ForwardDropRatio => Source::Ratio {
+            part: Counter {
+                name: drops::PACKET_DROPS,
+                matchers: "reason=~\"IP_INADDRERRORS|IP_INNOROUTES|NETFILTER_DROP\",",
+            },
+            whole: Counter::of(drops::FORWARDED_PACKETS),
+            whole_adds_part: true,
+            scale: 1.0,
+        },
+        Measure::TcpRcvqDropRatio => Source::Ratio {
+            part: Counter::of(tcp::RCVQ_DROPS),
+            whole: Counter::of(tcp::RECEIVED_SEGMENTS),
+            whole_adds_part: false,
+            scale: 1.0,
+        },
+        Measure::TcpPruneRatio => Source::Ratio {
+            part: Counter::of(tcp::RCVQ_PRUNES),
+            whole: Counter::of(tcp::RECEIVED_SEGMENTS),
+            whole_adds_part: false,
+            scale: 1.0,
+        },
         Measure::BlockServiceMs => Source::Histogram {
             name: "tuneprobe_block_service_seconds",
             matchers: "",
@@ -106,6 +169,7 @@ pub fn source(signal: Measure) -> Source {
             part: Counter::of("tuneprobe_tcp_connect_failures_total"),
             whole: Counter::of("tuneprobe_tcp_connect_attempts_total"),
             whole_adds_part: false,
+            scale: 1.0,
         },
         Measure::SrttMs => Source::Histogram {
             name: "tuneprobe_tcp_srtt_seconds",
@@ -132,6 +196,7 @@ pub fn source(signal: Measure) -> Source {
                 matchers: "op=\"read\",",
             },
             whole_adds_part: false,
+            scale: 1.0,
         },
         Measure::ResetRatio => Source::Ratio {
             part: Counter {
@@ -140,6 +205,7 @@ pub fn source(signal: Measure) -> Source {
             },
             whole: Counter::of("tuneprobe_tcp_connections_closed_total"),
             whole_adds_part: false,
+            scale: 1.0,
         },
     }
 }
@@ -288,7 +354,9 @@ pub fn samples(source: Source, answers: &BTreeMap<&str, Vec<Series>>, step: f64)
     let mut out = Samples::new();
     match source {
         Source::Ratio {
-            whole_adds_part, ..
+            whole_adds_part,
+            scale,
+            ..
         } => {
             let part = raw(answers.get("part").map_or(&[][..], Vec::as_slice));
             let step_ms = millis(step);
@@ -314,7 +382,7 @@ pub fn samples(source: Source, answers: &BTreeMap<&str, Vec<Series>>, step: f64)
                     series.insert(
                         at,
                         Sample {
-                            value: p / w,
+                            value: p / w * scale,
                             load: Some(w),
                         },
                     );

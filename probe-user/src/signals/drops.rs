@@ -37,10 +37,24 @@ use crate::{
 /// `TcpExtListenOverflows` but does not report them through `kfree_skb`.
 pub const TCP_LISTEN_OVERFLOW: &str = "TCP_LISTEN_OVERFLOW";
 
+/// The drop reasons of a packet that needed forwarding: no route, or forwarding off
+/// (`IP_INADDRERRORS`), and the firewall's (which cannot tell the forward chain from
+/// the input chain).
+pub const FORWARDING_REASONS: &[&str] = &["IP_INADDRERRORS", "IP_INNOROUTES", "NETFILTER_DROP"];
+/// A full receive buffer of a datagram socket.
+pub const RCVBUF_REASONS: &[&str] = &["SOCKET_RCVBUFF"];
+/// A full per-CPU input backlog (`net.core.netdev_max_backlog`).
+pub const BACKLOG_REASONS: &[&str] = &["CPU_BACKLOG"];
+
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct DropStats {
     pub total: u64,
     pub by_reason: BTreeMap<String, u64>,
+    /// The namespace's packets that drop reasons are normalised by (namespace totals:
+    /// every workload living in the namespace shows the same numbers).
+    pub received_packets: u64,
+    pub forwarded_packets: u64,
+    pub received_datagrams: u64,
 }
 
 impl DropStats {
@@ -54,6 +68,32 @@ impl DropStats {
             .get(TCP_LISTEN_OVERFLOW)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Drops of these reasons.
+    pub fn of_reasons(&self, reasons: &[&str]) -> u64 {
+        reasons
+            .iter()
+            .filter_map(|r| self.by_reason.get(*r))
+            .sum()
+    }
+
+    /// Drops of `reasons` per packet they were taken from, between two cumulative
+    /// reports, with that load; `None` without any. The load is `load` of the
+    /// namespace, plus the drops themselves where `load` counts only packets that got
+    /// past them (`adds_drops`: the backlog drops a packet before IP counts it).
+    pub fn ratio_of(
+        before: &Self,
+        after: &Self,
+        reasons: &[&str],
+        load: fn(&Self) -> u64,
+        adds_drops: bool,
+    ) -> Option<(f64, f64)> {
+        let drops = after
+            .of_reasons(reasons)
+            .checked_sub(before.of_reasons(reasons))?;
+        let packets = load(after).checked_sub(load(before))? + if adds_drops { drops } else { 0 };
+        (packets > 0).then(|| (drops as f64 / packets as f64, packets as f64))
     }
 
     /// The most frequent reason.
@@ -80,6 +120,13 @@ impl DropStats {
         (attempts > 0).then(|| (overflows as f64 / attempts as f64, attempts as f64))
     }
 }
+
+/// The metric families of the namespace's packet loads.
+pub const RECEIVED_PACKETS: &str = "tuneprobe_ip_received_packets_total";
+pub const FORWARDED_PACKETS: &str = "tuneprobe_ip_forwarded_packets_total";
+pub const RECEIVED_DATAGRAMS: &str = "tuneprobe_udp_received_datagrams_total";
+/// The drops family, by `reason`.
+pub const PACKET_DROPS: &str = "tuneprobe_packet_drops_total";
 
 pub struct Drops;
 
@@ -172,9 +219,9 @@ impl Source for Drops {
         // that pod reported at all when its namespace had TCP load (the load its
         // signals are normalised by). The host namespace always has traffic; its load
         // alone would add a workload for `/` to every report.
-        for (&netns, load) in &shared.netns_tcp {
-            let tcp = load.tcp;
-            if tcp == Default::default() || (load.host && tcp.listen_overflows == 0) {
+        for (&netns, load) in &shared.netns {
+            let tcp = load.counters;
+            if !tcp.has_tcp_load() || (load.host && tcp.listen_overflows == 0) {
                 continue;
             }
             let drops = out.slot(Owner::Netns(netns)).section;
@@ -184,10 +231,43 @@ impl Source for Drops {
         }
     }
 
+    /// The packets drops are normalised by belong to the namespace: every workload
+    /// living there gets its totals.
+    fn complete(shared: &Shared, netns: Option<u32>, drops: &mut DropStats) {
+        if let Some(load) = netns.and_then(|n| shared.netns.get(&n)) {
+            drops.received_packets = load.counters.received_packets;
+            drops.forwarded_packets = load.counters.forwarded_packets;
+            drops.received_datagrams = load.counters.received_datagrams;
+        }
+    }
+
     fn metrics(drops: &DropStats, labels: &Labels, f: &mut Families) {
+        // The loads, from their first non-zero value on, so that a ratio's denominator
+        // exists when its numerator is 0. Namespace totals.
+        for (name, help, value) in [
+            (
+                RECEIVED_PACKETS,
+                "Packets received by the workload's network namespace (Ip InReceives + Ip6InReceives), a namespace total.",
+                drops.received_packets,
+            ),
+            (
+                FORWARDED_PACKETS,
+                "Packets forwarded by the workload's network namespace (ForwDatagrams + Ip6OutForwDatagrams), a namespace total.",
+                drops.forwarded_packets,
+            ),
+            (
+                RECEIVED_DATAGRAMS,
+                "UDP datagrams that reached a socket of the workload's network namespace, delivered or refused by a full buffer (InDatagrams + RcvbufErrors, IPv4 and IPv6), a namespace total.",
+                drops.received_datagrams,
+            ),
+        ] {
+            if value > 0 {
+                f.counter(name, help, labels.clone(), value as f64);
+            }
+        }
         for (reason, &count) in &drops.by_reason {
             f.counter(
-                "tuneprobe_packet_drops_total",
+                PACKET_DROPS,
                 "Packets the kernel dropped, by drop reason (skb:kfree_skb; before kernel 5.17 at:FUNCTION, where it was dropped), plus TCP_LISTEN_OVERFLOW.",
                 with(labels, &[("reason", reason)]),
                 count as f64,

@@ -1,13 +1,20 @@
 //! What `verify` judges: per-interval measures of the signals, each normalised by the
 //! load it was measured under. Published as the `signal` of a verdict (`--signal`,
-//! `retransmit_ratio`, ...); each signal module computes its own.
+//! `retransmit_ratio`, ...). Each measure is declared once here ([`Measure::declared`]:
+//! what it counts, its load, where both come from); the knob table, `--help`, the
+//! README's table and the fleet view take their words from that declaration.
 
 use probe_common::{DnsHistogram, LatencyHistogram};
 use serde::Serialize;
 
 use super::{
-    block_io, cpu_throttle::CpuReport, dns::DnsReport, drops::DropStats, histogram,
-    tcp_connections::ConnectionReport, tcp_retransmit::TcpStats,
+    block_io,
+    cpu_throttle::CpuReport,
+    dns::DnsReport,
+    drops::{BACKLOG_REASONS, DropStats, FORWARDING_REASONS, RCVBUF_REASONS},
+    histogram,
+    tcp_connections::ConnectionReport,
+    tcp_retransmit::TcpStats,
 };
 use crate::report::Workload;
 
@@ -16,46 +23,81 @@ use crate::report::Workload;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Measure {
-    /// Throttled periods per CFS period.
     CpuThrottledRatio,
-    /// Listen-queue overflows per connection attempt (overflows + passive opens).
+    CpuThrottledMsPerPeriod,
+    CpuStallP99Ms,
+    CpuUsageMsPerPeriod,
     ListenOverflowRatio,
-    /// Dropped packets per interval.
     Drops,
-    /// Retransmitted segments per sent segment.
+    RcvbufDropRatio,
+    BacklogDropRatio,
+    ForwardDropRatio,
     RetransmitRatio,
-    /// Mean block request service time (issue to complete), ms.
+    TcpRcvqDropRatio,
+    TcpPruneRatio,
     BlockServiceMs,
-    /// p99 of the block service time within the interval, ms.
     BlockServiceP99Ms,
-    /// Mean time requests waited in the scheduler queue (insert to issue), ms.
     BlockQueueMs,
-    /// Mean DNS latency, ms.
     DnsLatencyMs,
-    /// p99 of the DNS latency within the interval, ms.
     DnsLatencyP99Ms,
-    /// Failed connects (every cause, no free local port included) per connect attempt.
     ConnectFailureRatio,
-    /// Mean smoothed round-trip time of the connections that ended, ms.
     SrttMs,
-    /// Resets received per established connection that ended.
     ResetRatio,
-    /// Mean service time of block write requests, ms.
     BlockWriteMs,
-    /// p99 of the block write service time within the interval, ms: the writeback
-    /// bursts that dirty-page limits shape.
     BlockWriteP99Ms,
-    /// Block write requests per read request: metadata writes that reads cause
-    /// (access times).
     WritesPerRead,
 }
 
+/// What a measure is, in the words users read (`--help`, the knob table, the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Declaration {
+    /// What it counts, per what.
+    pub what: &'static str,
+    /// Its load's name in a verdict (`load`), `None` for a plain count.
+    pub load: Option<&'static str>,
+    /// Where the counts and the load come from.
+    pub source: &'static str,
+    /// Kept per block device too, for device-scoped knobs.
+    pub per_device: bool,
+    /// Judged (lower is better); `false` for context that notes quote.
+    pub judged: bool,
+}
+
+const fn judged(
+    what: &'static str,
+    load: Option<&'static str>,
+    source: &'static str,
+) -> Declaration {
+    Declaration {
+        what,
+        load,
+        source,
+        per_device: false,
+        judged: true,
+    }
+}
+
+const fn per_device(d: Declaration) -> Declaration {
+    Declaration {
+        per_device: true,
+        ..d
+    }
+}
+
 impl Measure {
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 23] = [
         Self::CpuThrottledRatio,
+        Self::CpuThrottledMsPerPeriod,
+        Self::CpuStallP99Ms,
+        Self::CpuUsageMsPerPeriod,
         Self::ListenOverflowRatio,
         Self::Drops,
+        Self::RcvbufDropRatio,
+        Self::BacklogDropRatio,
+        Self::ForwardDropRatio,
         Self::RetransmitRatio,
+        Self::TcpRcvqDropRatio,
+        Self::TcpPruneRatio,
         Self::BlockServiceMs,
         Self::BlockServiceP99Ms,
         Self::BlockQueueMs,
@@ -69,49 +111,158 @@ impl Measure {
         Self::WritesPerRead,
     ];
 
-    /// Every signal here is better lower.
+    /// The one declaration of each measure.
+    pub const fn declared(self) -> Declaration {
+        const BLOCK: &str = "block_rq_issue/complete per request, on the device";
+        match self {
+            Self::CpuThrottledRatio => judged(
+                "throttled CFS periods per period",
+                Some("cfs_periods"),
+                "the cgroup's cpu.stat (nr_throttled / nr_periods)",
+            ),
+            Self::CpuThrottledMsPerPeriod => judged(
+                "throttled time per CFS period, ms",
+                Some("cfs_periods"),
+                "the cgroup's cpu.stat (throttled_time or throttled_usec / nr_periods)",
+            ),
+            Self::CpuStallP99Ms => judged(
+                "p99 of how long a throttled task waited to run again, ms",
+                Some("throttle_events"),
+                "sched_switch of throttled tasks",
+            ),
+            Self::CpuUsageMsPerPeriod => Declaration {
+                judged: false,
+                ..judged(
+                    "CPU time used per CFS period, ms",
+                    Some("cfs_periods"),
+                    "cpu.stat usage_usec (v2) or cpuacct.usage (v1)",
+                )
+            },
+            Self::ListenOverflowRatio => judged(
+                "listen-queue overflows per connection attempt (overflows + accepted)",
+                Some("connection_attempts"),
+                "the namespace's TcpExt ListenOverflows and Tcp PassiveOpens",
+            ),
+            Self::Drops => judged(
+                "dropped packets of every reason per interval (no load: only for --signal)",
+                None,
+                "skb:kfree_skb",
+            ),
+            Self::RcvbufDropRatio => judged(
+                "SOCKET_RCVBUFF drops per datagram that reached a socket",
+                Some("received_datagrams"),
+                "kfree_skb drops by reason; the namespace's Udp/Udp6 InDatagrams + RcvbufErrors",
+            ),
+            Self::BacklogDropRatio => judged(
+                "CPU_BACKLOG drops per received packet (received + those drops)",
+                Some("received_packets"),
+                "kfree_skb drops by reason; the namespace's Ip/Ip6 InReceives",
+            ),
+            Self::ForwardDropRatio => judged(
+                "forwarding drops (IP_INADDRERRORS, IP_INNOROUTES, NETFILTER_DROP) per packet to forward (forwarded + those drops)",
+                Some("forwarded_packets"),
+                "kfree_skb drops by reason; the namespace's ForwDatagrams + Ip6OutForwDatagrams",
+            ),
+            Self::RetransmitRatio => judged(
+                "retransmitted segments per sent segment",
+                Some("sent_segments"),
+                "tcp_retransmit_skb; the namespace's Tcp OutSegs",
+            ),
+            Self::TcpRcvqDropRatio => judged(
+                "TCP segments dropped for want of receive buffer per received segment",
+                Some("received_segments"),
+                "the namespace's TcpExt TCPRcvQDrop + TCPOFODrop + RcvPruned, Tcp InSegs",
+            ),
+            Self::TcpPruneRatio => judged(
+                "TCP receive queues pruned or collapsed per received segment",
+                Some("received_segments"),
+                "the namespace's TcpExt PruneCalled, Tcp InSegs",
+            ),
+            Self::BlockServiceMs => per_device(judged(
+                "mean block request service time (issue to complete), ms",
+                Some("block_requests"),
+                BLOCK,
+            )),
+            Self::BlockServiceP99Ms => per_device(judged(
+                "p99 of the block service time, ms",
+                Some("block_requests"),
+                BLOCK,
+            )),
+            Self::BlockQueueMs => per_device(judged(
+                "mean time a block request waited in the scheduler (insert to issue), ms",
+                Some("block_requests"),
+                "block_rq_insert/issue per request, on the device",
+            )),
+            Self::DnsLatencyMs => judged(
+                "mean DNS latency, ms",
+                Some("dns_responses"),
+                "DNS queries and responses matched in cgroup_skb programs",
+            ),
+            Self::DnsLatencyP99Ms => judged(
+                "p99 of the DNS latency, ms",
+                Some("dns_responses"),
+                "DNS queries and responses matched in cgroup_skb programs",
+            ),
+            Self::ConnectFailureRatio => judged(
+                "failed connects (every cause, no free local port included) per connect attempt",
+                Some("connect_attempts"),
+                "inet_sock_set_state",
+            ),
+            Self::SrttMs => judged(
+                "mean smoothed round-trip time of the connections that ended, ms",
+                Some("closed_connections"),
+                "inet_sock_set_state at close",
+            ),
+            Self::ResetRatio => judged(
+                "resets received per connection that ended",
+                Some("closed_connections"),
+                "tcp_receive_reset, inet_sock_set_state",
+            ),
+            Self::BlockWriteMs => per_device(judged(
+                "mean service time of block write requests, ms",
+                Some("block_writes"),
+                BLOCK,
+            )),
+            Self::BlockWriteP99Ms => per_device(judged(
+                "p99 of the block write service time, ms (writeback bursts)",
+                Some("block_writes"),
+                BLOCK,
+            )),
+            Self::WritesPerRead => per_device(judged(
+                "block write requests per read request (access-time updates)",
+                Some("block_reads"),
+                BLOCK,
+            )),
+        }
+    }
+
+    /// Every measure here is better lower.
     pub const fn lower_is_better(self) -> bool {
         true
     }
 
     /// What the signal is normalised by (its per-interval load).
     pub const fn load(self) -> Option<&'static str> {
-        match self {
-            Self::CpuThrottledRatio => Some("cfs_periods"),
-            Self::ListenOverflowRatio => Some("connection_attempts"),
-            Self::Drops => None,
-            Self::RetransmitRatio => Some("sent_segments"),
-            Self::BlockServiceMs | Self::BlockServiceP99Ms | Self::BlockQueueMs => {
-                Some("block_requests")
-            }
-            Self::DnsLatencyMs | Self::DnsLatencyP99Ms => Some("dns_responses"),
-            Self::ConnectFailureRatio => Some("connect_attempts"),
-            Self::SrttMs | Self::ResetRatio => Some("closed_connections"),
-            Self::BlockWriteMs | Self::BlockWriteP99Ms => Some("block_writes"),
-            Self::WritesPerRead => Some("block_reads"),
-        }
+        self.declared().load
     }
 
     /// Block signals are kept per device too, for device-scoped knobs.
     pub const fn per_device(self) -> bool {
-        matches!(
-            self,
-            Self::BlockServiceMs
-                | Self::BlockServiceP99Ms
-                | Self::BlockQueueMs
-                | Self::BlockWriteMs
-                | Self::BlockWriteP99Ms
-                | Self::WritesPerRead
-        )
+        self.declared().per_device
+    }
+
+    /// The measures a verdict can be given on (`--signal`).
+    pub fn judged() -> impl Iterator<Item = Self> {
+        Self::ALL.into_iter().filter(|m| m.declared().judged)
     }
 
     pub fn name(self) -> String {
         crate::report::serde_name(&self)
     }
 
-    /// Parses a signal by its JSON name (`retransmit_ratio`, `dns_latency_ms`, ...).
+    /// Parses a judged measure by its JSON name (`retransmit_ratio`, ...).
     pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.name() == name)
+        Self::judged().find(|s| s.name() == name)
     }
 
     /// The signal's value over one interval and the load it was measured under; `None`
@@ -125,16 +276,37 @@ impl Measure {
     ) -> Option<(f64, Option<f64>)> {
         let (b, a) = (&before.signals, &after.signals);
         let with_load = |(value, load): (f64, f64)| (value, Some(load));
+        let cpu = |f: fn(&CpuReport, &CpuReport) -> Option<(f64, f64)>| {
+            f(b.cpu.as_ref()?, a.cpu.as_ref()?).map(with_load)
+        };
+        let drops = |reasons: &[&str], load: fn(&DropStats) -> u64, adds_drops| {
+            DropStats::ratio_of(&b.drops, &a.drops, reasons, load, adds_drops).map(with_load)
+        };
+        let tcp_received = |part: fn(&TcpStats) -> u64| {
+            TcpStats::per_received_segment(&b.tcp, &a.tcp, part).map(with_load)
+        };
         match self {
-            Self::CpuThrottledRatio => {
-                CpuReport::throttled_ratio(b.cpu.as_ref()?, a.cpu.as_ref()?).map(with_load)
+            Self::CpuThrottledRatio => cpu(CpuReport::throttled_ratio),
+            Self::CpuThrottledMsPerPeriod => cpu(CpuReport::throttled_ms_per_period),
+            Self::CpuUsageMsPerPeriod => cpu(CpuReport::usage_ms_per_period),
+            Self::CpuStallP99Ms => {
+                let stalls = |c: &Option<CpuReport>| {
+                    c.as_ref()
+                        .map_or(LatencyHistogram::ZERO, |c| c.stall_histogram)
+                };
+                latency(&histogram::since(&stalls(&a.cpu), &stalls(&b.cpu)), true)
             }
             Self::ListenOverflowRatio => {
                 DropStats::listen_overflow_ratio((&b.drops, &b.tcp), (&a.drops, &a.tcp))
                     .map(with_load)
             }
             Self::Drops => Some((a.drops.total.checked_sub(b.drops.total)? as f64, None)),
+            Self::RcvbufDropRatio => drops(RCVBUF_REASONS, |d| d.received_datagrams, false),
+            Self::BacklogDropRatio => drops(BACKLOG_REASONS, |d| d.received_packets, true),
+            Self::ForwardDropRatio => drops(FORWARDING_REASONS, |d| d.forwarded_packets, true),
             Self::RetransmitRatio => TcpStats::retransmit_ratio(&b.tcp, &a.tcp).map(with_load),
+            Self::TcpRcvqDropRatio => tcp_received(|t| t.rcvq_drops),
+            Self::TcpPruneRatio => tcp_received(|t| t.rcvq_prunes),
             Self::BlockServiceMs | Self::BlockServiceP99Ms | Self::BlockQueueMs => {
                 let queue = self == Self::BlockQueueMs;
                 let interval = histogram::since(

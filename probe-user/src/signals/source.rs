@@ -20,7 +20,7 @@ use crate::{
     workloads::{
         cgroup::{CgroupPaths, Hierarchy},
         identity::Identity,
-        procfs::NetnsTcpCounters,
+        procfs::NetnsCounters,
     },
 };
 
@@ -52,10 +52,10 @@ pub trait Attribution<S> {
     fn slot(&mut self, owner: Owner) -> Slot<'_, S>;
 }
 
-/// One network namespace's own TCP counters over the window.
+/// One network namespace's own counters over the window.
 #[derive(Debug, Clone, Copy)]
 pub struct NetnsLoad {
-    pub tcp: NetnsTcpCounters,
+    pub counters: NetnsCounters,
     /// The host's namespace: its load alone must not add a workload for `/`.
     pub host: bool,
 }
@@ -64,7 +64,7 @@ pub struct NetnsLoad {
 #[derive(Debug, Default)]
 pub struct Shared {
     /// By namespace inode, every namespace seen during the window.
-    pub netns_tcp: HashMap<u32, NetnsLoad>,
+    pub netns: HashMap<u32, NetnsLoad>,
 }
 
 /// Cgroups (by hierarchy) and network namespaces gone for longer than the grace period.

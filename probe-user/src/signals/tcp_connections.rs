@@ -313,9 +313,9 @@ impl Source for TcpConnections {
     fn complete(shared: &Shared, netns: Option<u32>, report: &mut Option<ConnectionReport>) {
         if let (Some(report), Some(load)) = (
             report.as_mut(),
-            netns.and_then(|n| shared.netns_tcp.get(&n)),
+            netns.and_then(|n| shared.netns.get(&n)),
         ) {
-            report.time_wait = Some(load.tcp.time_wait);
+            report.time_wait = Some(load.counters.time_wait);
         }
     }
 

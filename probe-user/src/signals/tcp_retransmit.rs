@@ -41,6 +41,13 @@ pub struct TcpStats {
     /// Segments sent from its network namespace (`OutSegs`), the load for retransmits;
     /// a namespace total too.
     pub sent_segments: u64,
+    /// Segments received by its namespace (`InSegs`), the load for receive-queue drops.
+    pub received_segments: u64,
+    /// Segments its namespace dropped for want of receive buffer (`TCPRcvQDrop`,
+    /// `TCPOFODrop`, `RcvPruned`).
+    pub rcvq_drops: u64,
+    /// Receive queues its namespace pruned or collapsed (`PruneCalled`).
+    pub rcvq_prunes: u64,
 }
 
 impl TcpStats {
@@ -53,7 +60,26 @@ impl TcpStats {
         let sent = after.sent_segments.checked_sub(before.sent_segments)?;
         (sent > 0).then(|| (retransmitted as f64 / sent as f64, sent as f64))
     }
+
+    /// `part` (receive-queue drops or prunes) per received segment between two
+    /// cumulative reports, with the received segments; `None` without any.
+    pub fn per_received_segment(
+        before: &Self,
+        after: &Self,
+        part: fn(&Self) -> u64,
+    ) -> Option<(f64, f64)> {
+        let n = part(after).checked_sub(part(before))?;
+        let received = after.received_segments.checked_sub(before.received_segments)?;
+        (received > 0).then(|| (n as f64 / received as f64, received as f64))
+    }
 }
+
+/// Metric families of the namespace's TCP counters.
+pub const SENT_SEGMENTS: &str = "tuneprobe_tcp_sent_segments_total";
+pub const RETRANSMITTED_SEGMENTS: &str = "tuneprobe_tcp_retransmitted_segments_total";
+pub const RECEIVED_SEGMENTS: &str = "tuneprobe_tcp_received_segments_total";
+pub const RCVQ_DROPS: &str = "tuneprobe_tcp_rcvq_drops_total";
+pub const RCVQ_PRUNES: &str = "tuneprobe_tcp_rcvq_prunes_total";
 
 pub struct TcpRetransmit;
 
@@ -151,9 +177,12 @@ impl Source for TcpRetransmit {
     /// The load that network signals are normalised by belongs to the namespace: every
     /// workload living there (the pod, each container) gets its totals.
     fn complete(shared: &Shared, netns: Option<u32>, tcp: &mut TcpStats) {
-        if let Some(load) = netns.and_then(|n| shared.netns_tcp.get(&n)) {
-            tcp.passive_opens = load.tcp.passive_opens;
-            tcp.sent_segments = load.tcp.sent_segments;
+        if let Some(load) = netns.and_then(|n| shared.netns.get(&n)) {
+            tcp.passive_opens = load.counters.passive_opens;
+            tcp.sent_segments = load.counters.sent_segments;
+            tcp.received_segments = load.counters.received_segments;
+            tcp.rcvq_drops = load.counters.rcvq_drops;
+            tcp.rcvq_prunes = load.counters.rcvq_prunes;
         }
     }
 
@@ -161,9 +190,30 @@ impl Source for TcpRetransmit {
         // The loads, each from its first non-zero value on and independently of the
         // retransmits, so that a ratio's denominator exists when its numerator is 0.
         // Namespace totals: every workload in the namespace shows the same value.
+        for (name, help, value) in [
+            (
+                RECEIVED_SEGMENTS,
+                "TCP segments received by the workload's network namespace (InSegs), a namespace total.",
+                tcp.received_segments,
+            ),
+            (
+                RCVQ_DROPS,
+                "TCP segments the workload's network namespace dropped for want of receive buffer (TCPRcvQDrop + TCPOFODrop + RcvPruned), a namespace total.",
+                tcp.rcvq_drops,
+            ),
+            (
+                RCVQ_PRUNES,
+                "TCP receive queues the workload's network namespace pruned or collapsed under buffer pressure (PruneCalled), a namespace total.",
+                tcp.rcvq_prunes,
+            ),
+        ] {
+            if value > 0 {
+                f.counter(name, help, labels.clone(), value as f64);
+            }
+        }
         if tcp.sent_segments > 0 {
             f.counter(
-                "tuneprobe_tcp_sent_segments_total",
+                SENT_SEGMENTS,
                 "TCP segments sent from the workload's network namespace (OutSegs), a namespace total.",
                 labels.clone(),
                 tcp.sent_segments as f64,
@@ -187,7 +237,7 @@ impl Source for TcpRetransmit {
             tcp.retransmits as f64,
         );
         f.counter(
-            "tuneprobe_tcp_retransmitted_segments_total",
+            RETRANSMITTED_SEGMENTS,
             "TCP segments in retransmitted skbs, as RetransSegs counts them.",
             labels.clone(),
             tcp.retransmitted_segments as f64,
@@ -317,6 +367,7 @@ mod tests {
             failed_retransmits: 1,
             passive_opens: 0,
             sent_segments: 100,
+            ..TcpStats::default()
         };
         assert_eq!(
             rendered(&tcp),

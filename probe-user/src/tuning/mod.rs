@@ -86,39 +86,53 @@ pub struct Knob {
     pub aliases: &'static [&'static str],
     pub scope: Scope,
     pub recommendation: Recommendation,
-    /// The signal it should move, and what that signal is normalised by, in words (the
-    /// inventory's `signal` field).
-    pub signal: &'static str,
-    /// The measures `verify` judges it on; empty where tuneprobe has no signal it moves.
+    /// The measures `verify` judges it on; empty where tuneprobe has no honest signal.
     pub judged_by: &'static [Measure],
+    /// Why those measures (or, with none, why it is judged on nothing).
+    pub why: &'static str,
+    /// For a knob judged on nothing: the signal the guides name, which tuneprobe does
+    /// not measure.
+    unmeasured: &'static str,
     /// Read by the inventory (`tuneprobe tuning`); a cgroup file that only `verify`
     /// changes is not.
     pub inventoried: bool,
 }
 
-const fn knob(
+/// A knob judged on `measures`, because `why`.
+const fn judged(
     name: &'static str,
     scope: Scope,
     recommendation: Recommendation,
-    signal: &'static str,
+    measures: &'static [Measure],
+    why: &'static str,
 ) -> Knob {
     Knob {
         name,
         aliases: &[],
         scope,
         recommendation,
-        signal,
-        judged_by: &[],
+        judged_by: measures,
+        why,
+        unmeasured: "",
         inventoried: true,
     }
 }
 
-impl Knob {
-    const fn judged_by(mut self, measures: &'static [Measure]) -> Self {
-        self.judged_by = measures;
-        self
+/// A knob tuneprobe cannot judge: the guides' `signal`, and `why` not.
+const fn unjudged(
+    name: &'static str,
+    scope: Scope,
+    recommendation: Recommendation,
+    signal: &'static str,
+    why: &'static str,
+) -> Knob {
+    Knob {
+        unmeasured: signal,
+        ..judged(name, scope, recommendation, &[], why)
     }
+}
 
+impl Knob {
     const fn aliases(mut self, names: &'static [&'static str]) -> Self {
         self.aliases = names;
         self
@@ -127,6 +141,19 @@ impl Knob {
     const fn not_inventoried(mut self) -> Self {
         self.inventoried = false;
         self
+    }
+
+    /// What it should move, in words: its measures' own declarations, or the guides'
+    /// signal that tuneprobe does not measure (the inventory's `signal` field).
+    pub fn signal(&self) -> String {
+        if self.judged_by.is_empty() {
+            return format!("{} (not measured)", self.unmeasured);
+        }
+        self.judged_by
+            .iter()
+            .map(|m| m.declared().what)
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
@@ -156,212 +183,226 @@ pub fn knob_named(name: &str) -> Option<&'static Knob> {
         .find(|k| k.name == name || k.aliases.contains(&name))
 }
 
+use Measure::{
+    BacklogDropRatio, BlockQueueMs, BlockServiceMs, BlockServiceP99Ms, BlockWriteMs,
+    BlockWriteP99Ms, ConnectFailureRatio, CpuStallP99Ms, CpuThrottledMsPerPeriod,
+    CpuThrottledRatio, ForwardDropRatio, ListenOverflowRatio, RcvbufDropRatio, ResetRatio,
+    RetransmitRatio, SrttMs, TcpPruneRatio, TcpRcvqDropRatio, WritesPerRead,
+};
 use Recommendation::{AtLeast, Between, Exactly, OneOf, Set};
 use Scope::{Cgroup, Device, Mount, Netns, Node};
+
+const SEND_BUFFER: &str = "a send buffer limits how much a sender keeps in flight, which \
+    shows as throughput on long paths; tuneprobe does not measure the time a socket is \
+    send-buffer limited (tcp_info's sndbuf_limited), and retransmits or drops do not \
+    depend on it, so it judges these on nothing rather than on something unrelated";
+const PORTS: &str = "a connect that finds no free local port fails (EADDRNOTAVAIL) \
+    before it sends anything; more ports, or TIME_WAIT ports reused or freed sooner, \
+    leave fewer such failures per attempt";
+const LISTEN: &str = "a full accept or SYN queue turns connection attempts away; the \
+    kernel counts them as listen overflows, per attempt (a listener takes a new \
+    limit when it calls listen() again)";
+const WRITEBACK: &str = "dirty-page limits decide when writeback starts and how much it \
+    writes at once: bursts of writes queue behind each other";
+const ATIME: &str = "a read updates the inode's access time, which the filesystem \
+    writes back: a write request per read, gone with noatime";
 
 /// The one knob table: the knobs of the tuning guides (listed in the README) and the
 /// cgroup files `verify` can change.
 pub const KNOBS: &[Knob] = &[
-    knob(
-        "net.core.somaxconn",
-        Netns,
-        AtLeast(65535),
-        "listen overflows per passive open",
-    )
-    .judged_by(&[Measure::ListenOverflowRatio]),
-    knob(
+    judged("net.core.somaxconn", Netns, AtLeast(65535), &[ListenOverflowRatio], LISTEN),
+    judged(
         "net.ipv4.tcp_max_syn_backlog",
         Netns,
         AtLeast(8096),
-        "SYN drops per passive open",
-    )
-    .judged_by(&[Measure::ListenOverflowRatio]),
-    knob(
+        &[ListenOverflowRatio],
+        LISTEN,
+    ),
+    judged(
         "net.ipv4.tcp_rmem",
         Netns,
         Exactly("4096 87380 16777216"),
-        "retransmits, receive-buffer drops per segment",
-    )
-    .judged_by(&[Measure::RetransmitRatio]),
-    knob(
+        &[TcpRcvqDropRatio, TcpPruneRatio],
+        "a receive buffer that fills makes the kernel collapse and prune the receive \
+         queue, then drop segments; received segments are the load",
+    ),
+    unjudged(
         "net.ipv4.tcp_wmem",
         Netns,
         Exactly("4096 65536 16777216"),
-        "retransmits per sent segment",
-    )
-    .judged_by(&[Measure::RetransmitRatio]),
-    knob(
+        "throughput of senders on long paths",
+        SEND_BUFFER,
+    ),
+    judged(
         "net.ipv4.tcp_congestion_control",
         Netns,
         Exactly("bbr"),
-        "retransmits per sent segment and round-trip time per closed connection",
-    )
-    .judged_by(&[Measure::RetransmitRatio, Measure::SrttMs]),
-    knob(
-        "net.ipv4.tcp_tw_reuse",
-        Netns,
-        Exactly("1"),
-        "connect failures (no free local port included) per connect attempt",
-    )
-    .judged_by(&[Measure::ConnectFailureRatio]),
-    knob(
-        "net.ipv4.tcp_fin_timeout",
-        Netns,
-        Exactly("30"),
-        "connect failures (no free local port included) per connect attempt",
-    )
-    .judged_by(&[Measure::ConnectFailureRatio]),
-    knob(
+        &[RetransmitRatio, SrttMs],
+        "congestion control decides how hard to push into loss and queues: retransmits \
+         and queueing delay (RTT) both move, often in opposite directions",
+    ),
+    judged("net.ipv4.tcp_tw_reuse", Netns, Exactly("1"), &[ConnectFailureRatio], PORTS),
+    judged("net.ipv4.tcp_fin_timeout", Netns, Exactly("30"), &[ConnectFailureRatio], PORTS),
+    judged(
         "net.ipv4.ip_local_port_range",
         Netns,
         Exactly("1024 65535"),
-        "connect failures (no free local port included) per connect attempt",
-    )
-    .judged_by(&[Measure::ConnectFailureRatio]),
-    knob(
+        &[ConnectFailureRatio],
+        PORTS,
+    ),
+    judged(
         "net.ipv4.tcp_keepalive_time",
         Netns,
         Exactly("1200"),
-        "resets received per closed connection",
-    )
-    .judged_by(&[Measure::ResetRatio]),
-    knob(
+        &[ResetRatio],
+        "idle connections that middleboxes forget are reset when used again; keepalives \
+         sent sooner keep them alive",
+    ),
+    judged(
         "net.ipv4.tcp_syncookies",
         Netns,
         Exactly("1"),
-        "SYN drops per passive open",
-    )
-    .judged_by(&[Measure::ListenOverflowRatio]),
-    knob(
+        &[ListenOverflowRatio],
+        "with cookies a full SYN queue answers instead of dropping the SYN",
+    ),
+    judged(
         "net.ipv4.ip_forward",
         Netns,
         Exactly("1"),
-        "NETFILTER_DROP per packet",
-    )
-    .judged_by(&[Measure::Drops]),
-    knob(
+        &[ForwardDropRatio],
+        "a packet for another host is forwarded, or dropped (IP_INADDRERRORS with \
+         forwarding off, or by the firewall); drops of other reasons and traffic to the \
+         namespace itself are not its load",
+    ),
+    judged(
         "net.core.netdev_max_backlog",
         Node,
         AtLeast(5000),
-        "CPU_BACKLOG drops per received packet",
-    )
-    .judged_by(&[Measure::Drops]),
-    knob(
+        &[BacklogDropRatio],
+        "the per-CPU input backlog drops packets (CPU_BACKLOG) once it holds this many; \
+         every received packet passes it",
+    ),
+    judged(
         "net.core.rmem_max",
         Node,
         AtLeast(16_777_216),
-        "SOCKET_RCVBUFF drops per received packet",
-    )
-    .judged_by(&[Measure::Drops]),
-    knob(
+        &[RcvbufDropRatio, TcpRcvqDropRatio],
+        "it caps the receive buffer an application can ask for (SO_RCVBUF): a datagram \
+         socket's full buffer drops (SOCKET_RCVBUFF), a TCP socket's prunes and drops",
+    ),
+    unjudged(
         "net.core.wmem_max",
         Node,
         AtLeast(16_777_216),
-        "retransmits per sent segment",
-    )
-    .judged_by(&[Measure::RetransmitRatio]),
-    knob(
+        "throughput of senders on long paths",
+        SEND_BUFFER,
+    ),
+    judged(
         "net.core.rmem_default",
         Node,
         Recommendation::None,
-        "SOCKET_RCVBUFF drops per received packet",
-    )
-    .judged_by(&[Measure::Drops]),
-    knob(
+        &[RcvbufDropRatio],
+        "the receive buffer of datagram sockets that set none: a full one drops \
+         (SOCKET_RCVBUFF); TCP sizes its own from tcp_rmem",
+    ),
+    unjudged(
         "net.bridge.bridge-nf-call-iptables",
         Node,
         Exactly("1"),
-        "NETFILTER_DROP per packet",
-    )
-    .judged_by(&[Measure::Drops]),
-    knob(
+        "NETFILTER_DROP of bridged packets",
+        "bridged frames pass no IP counter of the namespace (InReceives, ForwDatagrams), \
+         so its drops have no honest load; `verify --exec ... --signal drops` shows the \
+         count",
+    ),
+    unjudged(
         "vm.swappiness",
         Node,
         Between(1, 10),
-        "block write latency per request",
+        "swap IO and reclaim stalls",
+        "tuneprobe measures neither reclaim nor swap IO apart from other block IO",
     ),
-    knob(
+    judged(
         "vm.dirty_ratio",
         Node,
         Between(15, 60),
-        "block write latency per write request, and its p99 (writeback bursts)",
-    )
-    .judged_by(&[Measure::BlockWriteMs, Measure::BlockWriteP99Ms]),
-    knob(
+        &[BlockWriteMs, BlockWriteP99Ms],
+        WRITEBACK,
+    ),
+    judged(
         "vm.dirty_background_ratio",
         Node,
         Between(5, 30),
-        "block write latency per write request, and its p99 (writeback bursts)",
-    )
-    .judged_by(&[Measure::BlockWriteMs, Measure::BlockWriteP99Ms]),
-    knob("fs.file-max", Node, AtLeast(2_097_152), "EMFILE/ENFILE"),
-    knob(
+        &[BlockWriteMs, BlockWriteP99Ms],
+        WRITEBACK,
+    ),
+    unjudged(
+        "fs.file-max",
+        Node,
+        AtLeast(2_097_152),
+        "EMFILE/ENFILE",
+        "its signal is a failed system call, which tuneprobe does not trace",
+    ),
+    unjudged(
         "fs.inotify.max_user_watches",
         Node,
         AtLeast(1_048_576),
         "inotify failures",
+        "its signal is a failed system call, which tuneprobe does not trace",
     ),
-    knob(
+    unjudged(
         "fs.inotify.max_user_instances",
         Node,
         AtLeast(8192),
         "inotify failures",
+        "its signal is a failed system call, which tuneprobe does not trace",
     ),
-    knob(
+    judged(
         "queue/scheduler",
         Device,
         OneOf(&["none", "mq-deadline"]),
-        "request latency p99, queue time",
-    )
-    .judged_by(&[Measure::BlockServiceMs, Measure::BlockServiceP99Ms]),
-    knob(
+        &[BlockServiceMs, BlockServiceP99Ms],
+        "the scheduler orders and merges requests: their latency and its tail move",
+    ),
+    judged(
         "queue/nr_requests",
         Device,
         Recommendation::None,
-        "queue time",
-    )
-    .judged_by(&[Measure::BlockQueueMs, Measure::BlockServiceMs]),
-    knob(
+        &[BlockQueueMs, BlockServiceMs],
+        "the scheduler's queue depth: how long requests wait before the device",
+    ),
+    judged(
         "queue/read_ahead_kb",
         Device,
         Recommendation::None,
-        "request size, sequential throughput",
-    )
-    .judged_by(&[Measure::BlockQueueMs, Measure::BlockServiceMs]),
-    knob(
+        &[BlockQueueMs, BlockServiceMs],
+        "read-ahead changes request sizes, and with them queueing and service time",
+    ),
+    unjudged(
         "queue/rotational",
         Device,
         Recommendation::None,
         "request latency",
+        "it only tells the kernel what the device is; no signal of its own",
     ),
-    knob(
-        "noatime",
-        Mount,
-        Set,
-        "block write requests per read request",
-    )
-    .judged_by(&[Measure::WritesPerRead]),
-    knob(
-        "nodiratime",
-        Mount,
-        Set,
-        "block write requests per read request",
-    )
-    .judged_by(&[Measure::WritesPerRead]),
-    knob(
+    judged("noatime", Mount, Set, &[WritesPerRead], ATIME),
+    judged("nodiratime", Mount, Set, &[WritesPerRead], ATIME),
+    judged(
         "cpu.max",
         Cgroup,
         Recommendation::None,
-        "throttled periods per period, stall time",
+        &[CpuThrottledRatio, CpuThrottledMsPerPeriod, CpuStallP99Ms],
+        "a limit below demand throttles the container: a raise that stays below demand \
+         still throttles every period but for less time, so throttled time per period \
+         and the stall tail judge it beside the share of throttled periods",
     )
-    .aliases(&["cpu.cfs_quota_us", "cpu.cfs_period_us"])
-    .judged_by(&[Measure::CpuThrottledRatio]),
+    .aliases(&["cpu.cfs_quota_us", "cpu.cfs_period_us"]),
     // Block throttles: cgroup files `verify` changes and judges, not inventoried.
-    knob(
+    judged(
         "io.max",
         Cgroup,
         Recommendation::None,
-        "block service time per request",
+        &[BlockServiceMs, BlockServiceP99Ms],
+        "a throttle holds requests back: their service time and its tail",
     )
     .aliases(&[
         "blkio.throttle.read_iops_device",
@@ -369,7 +410,6 @@ pub const KNOBS: &[Knob] = &[
         "blkio.throttle.read_bps_device",
         "blkio.throttle.write_bps_device",
     ])
-    .judged_by(&[Measure::BlockServiceMs, Measure::BlockServiceP99Ms])
     .not_inventoried(),
 ];
 
@@ -393,7 +433,7 @@ impl Setting {
             recommended: knob.recommendation.describe(),
             deviates: knob.recommendation.followed_by(&value).map(|ok| !ok),
             value,
-            signal: knob.signal.to_string(),
+            signal: knob.signal(),
         }
     }
 }

@@ -280,7 +280,60 @@ pub fn judge(
             },
         });
     }
+    explain_cpu_demand(&mut verdicts, after, &workloads);
     verdicts
+}
+
+/// Throttled in at least this share of periods after a change: the limit is still
+/// below what the container asks for.
+const STILL_THROTTLED: f64 = 0.5;
+
+/// A CPU limit raised but still below demand: every period may still be throttled
+/// while each stalls for less. Its verdicts say so, with the usage per period measured
+/// after the change next to the quota.
+fn explain_cpu_demand(
+    verdicts: &mut [WorkloadVerdict],
+    after: &Samples,
+    workloads: &BTreeMap<&str, &Workload>,
+) {
+    const CPU: [Measure; 3] = [
+        Measure::CpuThrottledRatio,
+        Measure::CpuThrottledMsPerPeriod,
+        Measure::CpuStallP99Ms,
+    ];
+    let median_after = |path: &str, signal| {
+        let key = SeriesKey {
+            path: path.to_string(),
+            signal,
+            device: None,
+        };
+        let values: Vec<f64> = after.series.get(&key)?.iter().map(|s| s.value).collect();
+        (!values.is_empty()).then(|| stats::median(&values))
+    };
+    for v in verdicts.iter_mut().filter(|v| CPU.contains(&v.signal)) {
+        let Some(path) = v.workload.cgroup_path.clone() else {
+            continue;
+        };
+        let Some(share) = median_after(&path, Measure::CpuThrottledRatio)
+            .filter(|share| *share >= STILL_THROTTLED)
+        else {
+            continue;
+        };
+        let cpu = workloads.get(path.as_str()).and_then(|w| w.signals.cpu.as_ref());
+        let limit = match cpu.and_then(|c| c.quota_ms.zip(c.period_ms)) {
+            Some((quota, period)) => format!("a quota of {quota} ms per {period} ms period"),
+            None => "its limit".to_string(),
+        };
+        let usage = median_after(&path, Measure::CpuUsageMsPerPeriod).map_or_else(
+            || "used all of".to_string(),
+            |ms| format!("used {ms:.1} ms of CPU per period against"),
+        );
+        v.notes.push(format!(
+            "the limit is still below demand: after the change the container was \
+             throttled in {:.0}% of periods and {usage} {limit}",
+            share * 100.0
+        ));
+    }
 }
 
 /// The notes of a change's report: no verdict at all, or a workload whose signals moved

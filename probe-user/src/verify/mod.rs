@@ -132,8 +132,13 @@ mod tests {
             &Affected::Cgroup("/pod".into()),
             &last,
         );
-        assert_eq!(verdicts.len(), 1);
-        let v = &verdicts[0];
+        // The share of throttled periods, and the throttled time per period (none in
+        // this fixture: no stall histogram, no time).
+        assert_eq!(verdicts.len(), 2, "{verdicts:?}");
+        let v = verdicts
+            .iter()
+            .find(|v| v.signal == Measure::CpuThrottledRatio)
+            .unwrap();
         assert_eq!(v.comparison.verdict, Verdict::Improved, "{v:?}");
         assert_eq!((v.before, v.after), (Some(0.9), Some(0.0)));
         assert_eq!(v.load_change, Some(1.0));
@@ -158,15 +163,21 @@ mod tests {
     fn knobs_map_to_the_signals_the_guides_name() {
         assert_eq!(
             tuning::measures_for("cpu.cfs_quota_us"),
-            &[Measure::CpuThrottledRatio]
+            &[
+                Measure::CpuThrottledRatio,
+                Measure::CpuThrottledMsPerPeriod,
+                Measure::CpuStallP99Ms
+            ]
         );
         assert_eq!(
             tuning::measures_for("net.core.somaxconn"),
             &[Measure::ListenOverflowRatio]
         );
+        // A send buffer moves nothing tuneprobe measures: judged on nothing.
+        assert!(tuning::measures_for("net.ipv4.tcp_wmem").is_empty());
         assert_eq!(
-            tuning::measures_for("net.ipv4.tcp_wmem"),
-            &[Measure::RetransmitRatio]
+            tuning::measures_for("net.core.rmem_default"),
+            &[Measure::RcvbufDropRatio]
         );
         assert!(tuning::measures_for("queue/scheduler").contains(&Measure::BlockServiceMs));
         assert!(tuning::measures_for("no.such.knob").is_empty());
@@ -174,9 +185,11 @@ mod tests {
             tuning::measures_for("blkio.throttle.read_iops_device"),
             tuning::measures_for("io.max")
         );
-        for signal in Measure::ALL {
+        for signal in Measure::judged() {
             assert_eq!(Measure::parse(&signal.name()), Some(signal));
         }
+        // Context for notes, never a verdict.
+        assert_eq!(Measure::parse("cpu_usage_ms_per_period"), None);
     }
 
     fn listener(port: u16, backlog: u32) -> Listener {

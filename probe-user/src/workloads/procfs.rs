@@ -41,11 +41,13 @@ pub fn processes(proc_root: &Path) -> Vec<Process> {
         .collect()
 }
 
-/// The TCP counters of one network namespace that tuning verdicts need: listen-queue
-/// overflows (`TcpExt` in `/proc/net/netstat`) and the load they are normalised by,
-/// passive opens and sent segments (`Tcp` in `/proc/net/snmp`).
+/// The counters of one network namespace that tuning verdicts need, from the kernel's
+/// own MIBs: listen-queue overflows and TCP receive-queue drops (`TcpExt` in
+/// `/proc/net/netstat`), and the loads they are normalised by: passive opens, sent and
+/// received segments (`Tcp`), received and forwarded packets (`Ip`, `Ip6`) and datagrams
+/// that reached a UDP socket (`Udp`, `Udp6`, in `/proc/net/snmp` and `snmp6`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct NetnsTcpCounters {
+pub struct NetnsCounters {
     pub listen_overflows: u64,
     pub listen_drops: u64,
     pub passive_opens: u64,
@@ -53,39 +55,97 @@ pub struct NetnsTcpCounters {
     pub sent_segments: u64,
     /// Sockets in TIME_WAIT now (`tw` in `/proc/net/sockstat`, IPv4 and IPv6): a gauge.
     pub time_wait: u64,
+    /// `InSegs`: segments received.
+    pub received_segments: u64,
+    /// Segments dropped for want of receive buffer: `TCPRcvQDrop` (the queue was full
+    /// after pruning), `TCPOFODrop` (out-of-order queue) and `RcvPruned` (pruned from
+    /// the receive queue).
+    pub rcvq_drops: u64,
+    /// `PruneCalled`: receive queues collapsed or pruned because the socket's buffer
+    /// overran, the step before a drop.
+    pub rcvq_prunes: u64,
+    /// `InReceives` of IPv4 and IPv6: packets the namespace received, after the
+    /// per-CPU backlog.
+    pub received_packets: u64,
+    /// `ForwDatagrams` and `Ip6OutForwDatagrams`: packets forwarded.
+    pub forwarded_packets: u64,
+    /// `InDatagrams` + `RcvbufErrors` of UDP and UDP6: datagrams that reached a socket,
+    /// delivered or dropped because its receive buffer was full.
+    pub received_datagrams: u64,
 }
 
-impl NetnsTcpCounters {
-    /// Reads the namespace of `pid` through `/proc/PID/net/{netstat,snmp}`.
+impl NetnsCounters {
+    /// Reads the namespace of `pid` through `/proc/PID/net/{netstat,snmp,snmp6,sockstat}`.
     pub fn of_pid(proc_root: &Path, pid: u32) -> Option<Self> {
         let net = proc_root.join(pid.to_string()).join("net");
-        let tcp_ext =
-            parse_netstat(&fs::read_to_string(net.join("netstat")).ok()?).remove("TcpExt")?;
-        let tcp = parse_netstat(&fs::read_to_string(net.join("snmp")).ok()?).remove("Tcp")?;
+        let read = |name: &str| fs::read_to_string(net.join(name)).ok();
+        let mut netstat = parse_netstat(&read("netstat")?);
+        let tcp_ext = netstat.remove("TcpExt")?;
+        let mut snmp = parse_netstat(&read("snmp")?);
+        let tcp = snmp.remove("Tcp")?;
+        let (ip, udp) = (snmp.remove("Ip").unwrap_or_default(), snmp.remove("Udp"));
+        // IPv6 may be disabled: no snmp6, no IPv6 counts.
+        let snmp6 = read("snmp6").map(|t| parse_snmp6(&t)).unwrap_or_default();
+        let ext = |name: &str| tcp_ext.get(name).copied().unwrap_or(0);
+        let get = |group: &HashMap<String, u64>, name: &str| group.get(name).copied().unwrap_or(0);
+        let v6 = |name: &str| get(&snmp6, name);
+        let udp = udp.unwrap_or_default();
         Some(Self {
             listen_overflows: *tcp_ext.get("ListenOverflows")?,
             listen_drops: *tcp_ext.get("ListenDrops")?,
             passive_opens: *tcp.get("PassiveOpens")?,
             sent_segments: *tcp.get("OutSegs")?,
-            time_wait: fs::read_to_string(net.join("sockstat"))
-                .ok()
+            time_wait: read("sockstat")
                 .and_then(|s| sockstat_time_wait(&s))
                 .unwrap_or(0),
+            received_segments: get(&tcp, "InSegs"),
+            rcvq_drops: ext("TCPRcvQDrop") + ext("TCPOFODrop") + ext("RcvPruned"),
+            rcvq_prunes: ext("PruneCalled"),
+            received_packets: get(&ip, "InReceives") + v6("Ip6InReceives"),
+            forwarded_packets: get(&ip, "ForwDatagrams") + v6("Ip6OutForwDatagrams"),
+            received_datagrams: get(&udp, "InDatagrams")
+                + get(&udp, "RcvbufErrors")
+                + v6("Udp6InDatagrams")
+                + v6("Udp6RcvbufErrors"),
         })
     }
 
+    /// Whether anything of TCP moved: a namespace with TCP load gets a workload of its
+    /// own (its pod), the others only through their kernel counts.
+    pub fn has_tcp_load(&self) -> bool {
+        self.listen_overflows + self.listen_drops + self.passive_opens + self.sent_segments
+            + self.time_wait
+            > 0
+    }
+
     pub fn since(&self, earlier: &Self) -> Self {
+        let d = |now: u64, then: u64| now.saturating_sub(then);
         Self {
-            listen_overflows: self
-                .listen_overflows
-                .saturating_sub(earlier.listen_overflows),
-            listen_drops: self.listen_drops.saturating_sub(earlier.listen_drops),
-            passive_opens: self.passive_opens.saturating_sub(earlier.passive_opens),
-            sent_segments: self.sent_segments.saturating_sub(earlier.sent_segments),
+            listen_overflows: d(self.listen_overflows, earlier.listen_overflows),
+            listen_drops: d(self.listen_drops, earlier.listen_drops),
+            passive_opens: d(self.passive_opens, earlier.passive_opens),
+            sent_segments: d(self.sent_segments, earlier.sent_segments),
             // A gauge: its latest value.
             time_wait: self.time_wait,
+            received_segments: d(self.received_segments, earlier.received_segments),
+            rcvq_drops: d(self.rcvq_drops, earlier.rcvq_drops),
+            rcvq_prunes: d(self.rcvq_prunes, earlier.rcvq_prunes),
+            received_packets: d(self.received_packets, earlier.received_packets),
+            forwarded_packets: d(self.forwarded_packets, earlier.forwarded_packets),
+            received_datagrams: d(self.received_datagrams, earlier.received_datagrams),
         }
     }
+}
+
+/// Parses `/proc/net/snmp6`: one `Name value` pair per line.
+pub fn parse_snmp6(text: &str) -> HashMap<String, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let name = words.next()?;
+            Some((name.to_string(), words.next()?.parse().ok()?))
+        })
+        .collect()
 }
 
 /// `tw` of the `TCP:` line of `/proc/net/sockstat`
@@ -135,6 +195,15 @@ mod tests {
     }
 
     #[test]
+    fn parses_snmp6_pairs() {
+        let text = "Ip6InReceives                   \t12\nUdp6InDatagrams \t3\nbogus\n";
+        let parsed = parse_snmp6(text);
+        assert_eq!(parsed["Ip6InReceives"], 12);
+        assert_eq!(parsed["Udp6InDatagrams"], 3);
+        assert_eq!(parsed.len(), 2);
+    }
+
+    #[test]
     fn parses_netstat_pairs() {
         let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\n\
                     TcpExt: 0 7 9\n\
@@ -177,7 +246,7 @@ mod tests {
             mine.netns as u64,
             fs::metadata("/proc/self/ns/net").unwrap().ino()
         );
-        assert!(NetnsTcpCounters::of_pid(proc_root, me).is_some());
-        assert_eq!(NetnsTcpCounters::of_pid(proc_root, u32::MAX), None);
+        assert!(NetnsCounters::of_pid(proc_root, me).is_some());
+        assert_eq!(NetnsCounters::of_pid(proc_root, u32::MAX), None);
     }
 }

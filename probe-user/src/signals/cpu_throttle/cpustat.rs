@@ -8,12 +8,24 @@ pub struct CpuAccounting {
     pub periods: u64,
     pub throttled_periods: u64,
     pub throttled_ns: u64,
+    /// CPU time used: `usage_usec` of v2's `cpu.stat`, or v1's `cpuacct.usage` where
+    /// the cpuacct controller is found beside (`None` without either).
+    pub usage_ns: Option<u64>,
 }
 
 impl CpuAccounting {
-    /// Reads `DIR/cpu.stat`: `throttled_time` (ns) on v1, `throttled_usec` on v2.
-    pub fn read(dir: &Path) -> Option<Self> {
-        Self::parse(&fs::read_to_string(dir.join("cpu.stat")).ok()?)
+    /// Reads `DIR/cpu.stat`: `throttled_time` (ns) on v1, `throttled_usec` on v2; on v1
+    /// the usage from `cpuacct.usage` in `DIR` (`cpu,cpuacct` mounted together) or in
+    /// `cpuacct_dir` (the same cgroup in a hierarchy of its own).
+    pub fn read(dir: &Path, cpuacct_dir: Option<&Path>) -> Option<Self> {
+        let mut out = Self::parse(&fs::read_to_string(dir.join("cpu.stat")).ok()?)?;
+        if out.usage_ns.is_none() {
+            out.usage_ns = std::iter::once(dir)
+                .chain(cpuacct_dir)
+                .find_map(|d| fs::read_to_string(d.join("cpuacct.usage")).ok())
+                .and_then(|t| t.trim().parse().ok());
+        }
+        Some(out)
     }
 
     pub fn parse(text: &str) -> Option<Self> {
@@ -34,6 +46,7 @@ impl CpuAccounting {
                 "nr_throttled" => out.throttled_periods = value,
                 "throttled_time" => out.throttled_ns = value,
                 "throttled_usec" => out.throttled_ns = value * 1000,
+                "usage_usec" => out.usage_ns = Some(value * 1000),
                 _ => {}
             }
         }
@@ -47,6 +60,10 @@ impl CpuAccounting {
                 .throttled_periods
                 .saturating_sub(earlier.throttled_periods),
             throttled_ns: self.throttled_ns.saturating_sub(earlier.throttled_ns),
+            usage_ns: self
+                .usage_ns
+                .zip(earlier.usage_ns)
+                .map(|(now, then)| now.saturating_sub(then)),
         }
     }
 }
@@ -106,11 +123,13 @@ mod tests {
             Some(CpuAccounting {
                 periods: 21,
                 throttled_periods: 20,
-                throttled_ns: 1_600_000_000
+                throttled_ns: 1_600_000_000,
+                usage_ns: None,
             })
         );
         let v2 = "usage_usec 5\nuser_usec 3\nsystem_usec 2\nnr_periods 4\nnr_throttled 1\nthrottled_usec 80000\n";
         assert_eq!(CpuAccounting::parse(v2).unwrap().throttled_ns, 80_000_000);
+        assert_eq!(CpuAccounting::parse(v2).unwrap().usage_ns, Some(5_000));
         assert_eq!(CpuAccounting::parse("garbage\n"), None);
         // v2 without the cpu controller enabled has no nr_periods.
         assert_eq!(CpuAccounting::parse("usage_usec 5\n"), None);

@@ -39,6 +39,13 @@ use crate::{
     },
 };
 
+/// Metric families the fleet view judges from.
+pub const PERIODS: &str = "tuneprobe_cpu_periods_total";
+pub const THROTTLED_PERIODS: &str = "tuneprobe_cpu_throttled_periods_total";
+pub const THROTTLED_SECONDS: &str = "tuneprobe_cpu_throttled_seconds_total";
+pub const USAGE_SECONDS: &str = "tuneprobe_cpu_usage_seconds_total";
+pub const STALL_SECONDS: &str = "tuneprobe_cpu_throttle_stall_seconds";
+
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct CpuReport {
     /// `null` without a quota.
@@ -48,6 +55,9 @@ pub struct CpuReport {
     pub periods: u64,
     pub throttled_periods: u64,
     pub throttled_ms: f64,
+    /// CPU time the cgroup used over the window (`cpu.stat` `usage_usec` on v2,
+    /// `cpuacct.usage` on v1); `null` where neither is readable.
+    pub usage_ms: Option<f64>,
     /// Throttled switch-outs seen at `sched_switch`.
     pub throttle_events: u64,
     /// How long throttled tasks waited to run again.
@@ -66,6 +76,23 @@ impl CpuReport {
             .throttled_periods
             .checked_sub(before.throttled_periods)?;
         (periods > 0).then(|| (throttled as f64 / periods as f64, periods as f64))
+    }
+
+    /// Throttled time (`cpu.stat`) per CFS period between two cumulative reports, in
+    /// ms, with the periods; `None` without any.
+    pub fn throttled_ms_per_period(before: &Self, after: &Self) -> Option<(f64, f64)> {
+        let periods = after.periods.checked_sub(before.periods)?;
+        let throttled = after.throttled_ms - before.throttled_ms;
+        (periods > 0 && throttled >= 0.0)
+            .then(|| (throttled / periods as f64, periods as f64))
+    }
+
+    /// CPU time used per CFS period between two cumulative reports, in ms, with the
+    /// periods; `None` without any or without a usage.
+    pub fn usage_ms_per_period(before: &Self, after: &Self) -> Option<(f64, f64)> {
+        let periods = after.periods.checked_sub(before.periods)?;
+        let used = after.usage_ms? - before.usage_ms.unwrap_or(0.0);
+        (periods > 0 && used >= 0.0).then(|| (used / periods as f64, periods as f64))
     }
 
     /// Periods and throttled periods between two cumulative reports (all of `after`'s
@@ -140,20 +167,29 @@ impl Source for CpuThrottle {
     fn tick(&mut self, _probe: &mut Probe, paths: &mut CgroupPaths) -> anyhow::Result<()> {
         paths.refresh();
         let root = paths.root().to_path_buf();
+        // v1 keeps cpuacct in a hierarchy of its own beside cpu: the same path there.
+        let cpuacct_root = root.parent().map(|p| p.join("cpuacct"));
         let known: Vec<String> = paths.known().map(|(_, p)| p.to_string()).collect();
         let first_scan = self.at_start.is_none();
         let at_start = self.at_start.get_or_insert_with(HashMap::new);
         for path in known {
             let dir = join(&root, &path);
+            let cpuacct = cpuacct_root.as_ref().map(|r| join(r, &path));
+            let read = || CpuAccounting::read(&dir, cpuacct.as_deref());
             if let Some(watch) = self.watch.get_mut(&path) {
-                if let Some(now) = CpuAccounting::read(&dir) {
+                if let Some(now) = read() {
                     watch.last = now;
+                }
+                // A limit changes in place (a resize, `verify --apply`): report the
+                // current one.
+                if let Some(limit) = CpuLimit::read(&dir) {
+                    watch.limit = limit;
                 }
                 continue;
             }
             // Checked again every tick: a quota may be set after the cgroup appears
             // (runtimes create, then configure) or changed later (in-place resize).
-            let (Some(limit), Some(now)) = (CpuLimit::read(&dir), CpuAccounting::read(&dir)) else {
+            let (Some(limit), Some(now)) = (CpuLimit::read(&dir), read()) else {
                 continue;
             };
             if limit.quota_us.is_none() {
@@ -254,6 +290,9 @@ impl Source for CpuThrottle {
             cpu.periods = window.periods;
             cpu.throttled_periods = window.throttled_periods;
             cpu.throttled_ms = histogram::round_ms(window.throttled_ns as f64 / 1e6);
+            cpu.usage_ms = window
+                .usage_ns
+                .map(|ns| histogram::round_ms(ns as f64 / 1e6));
         }
     }
 
@@ -277,20 +316,28 @@ impl Source for CpuThrottle {
                 period / 1000.0,
             );
         }
+        if let Some(usage) = cpu.usage_ms {
+            f.counter(
+                USAGE_SECONDS,
+                "CPU time the group used (cpu.stat usage_usec, or cpuacct.usage on cgroup v1).",
+                labels.clone(),
+                usage / 1000.0,
+            );
+        }
         f.counter(
-            "tuneprobe_cpu_periods_total",
+            PERIODS,
             "CFS periods with activity (cpu.stat nr_periods).",
             labels.clone(),
             cpu.periods as f64,
         );
         f.counter(
-            "tuneprobe_cpu_throttled_periods_total",
+            THROTTLED_PERIODS,
             "CFS periods in which the group was throttled (cpu.stat nr_throttled).",
             labels.clone(),
             cpu.throttled_periods as f64,
         );
         f.counter(
-            "tuneprobe_cpu_throttled_seconds_total",
+            THROTTLED_SECONDS,
             "Time the group was throttled (cpu.stat throttled_time/throttled_usec).",
             labels.clone(),
             cpu.throttled_ms / 1000.0,
@@ -302,7 +349,7 @@ impl Source for CpuThrottle {
             cpu.throttle_events as f64,
         );
         f.add(
-            "tuneprobe_cpu_throttle_stall_seconds",
+            STALL_SECONDS,
             "How long a throttled task waited until it ran again.",
             labels.clone(),
             prometheus_histogram(&cpu.stall_histogram, IO_BUCKETS),
