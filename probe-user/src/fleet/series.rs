@@ -5,9 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::signals::{
-    cpu_throttle as cpu, drops, measure::Measure, tcp_retransmit as tcp,
-};
+use crate::signals::{cpu_throttle as cpu, drops, measure::Measure, tcp_retransmit as tcp};
 
 use super::prom::Series;
 

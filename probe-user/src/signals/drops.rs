@@ -72,10 +72,7 @@ impl DropStats {
 
     /// Drops of these reasons.
     pub fn of_reasons(&self, reasons: &[&str]) -> u64 {
-        reasons
-            .iter()
-            .filter_map(|r| self.by_reason.get(*r))
-            .sum()
+        reasons.iter().filter_map(|r| self.by_reason.get(*r)).sum()
     }
 
     /// Drops of `reasons` per packet they were taken from, between two cumulative

@@ -311,10 +311,9 @@ impl Source for TcpConnections {
 
     /// TIME_WAIT belongs to the namespace: every workload there with connections gets it.
     fn complete(shared: &Shared, netns: Option<u32>, report: &mut Option<ConnectionReport>) {
-        if let (Some(report), Some(load)) = (
-            report.as_mut(),
-            netns.and_then(|n| shared.netns.get(&n)),
-        ) {
+        if let (Some(report), Some(load)) =
+            (report.as_mut(), netns.and_then(|n| shared.netns.get(&n)))
+        {
             report.time_wait = Some(load.counters.time_wait);
         }
     }

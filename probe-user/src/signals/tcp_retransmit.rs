@@ -69,7 +69,9 @@ impl TcpStats {
         part: fn(&Self) -> u64,
     ) -> Option<(f64, f64)> {
         let n = part(after).checked_sub(part(before))?;
-        let received = after.received_segments.checked_sub(before.received_segments)?;
+        let received = after
+            .received_segments
+            .checked_sub(before.received_segments)?;
         (received > 0).then(|| (n as f64 / received as f64, received as f64))
     }
 }

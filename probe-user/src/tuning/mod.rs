@@ -210,7 +210,13 @@ const ATIME: &str = "a read updates the inode's access time, which the filesyste
 /// The one knob table: the knobs of the tuning guides (listed in the README) and the
 /// cgroup files `verify` can change.
 pub const KNOBS: &[Knob] = &[
-    judged("net.core.somaxconn", Netns, AtLeast(65535), &[ListenOverflowRatio], LISTEN),
+    judged(
+        "net.core.somaxconn",
+        Netns,
+        AtLeast(65535),
+        &[ListenOverflowRatio],
+        LISTEN,
+    ),
     judged(
         "net.ipv4.tcp_max_syn_backlog",
         Netns,
@@ -241,8 +247,20 @@ pub const KNOBS: &[Knob] = &[
         "congestion control decides how hard to push into loss and queues: retransmits \
          and queueing delay (RTT) both move, often in opposite directions",
     ),
-    judged("net.ipv4.tcp_tw_reuse", Netns, Exactly("1"), &[ConnectFailureRatio], PORTS),
-    judged("net.ipv4.tcp_fin_timeout", Netns, Exactly("30"), &[ConnectFailureRatio], PORTS),
+    judged(
+        "net.ipv4.tcp_tw_reuse",
+        Netns,
+        Exactly("1"),
+        &[ConnectFailureRatio],
+        PORTS,
+    ),
+    judged(
+        "net.ipv4.tcp_fin_timeout",
+        Netns,
+        Exactly("30"),
+        &[ConnectFailureRatio],
+        PORTS,
+    ),
     judged(
         "net.ipv4.ip_local_port_range",
         Netns,

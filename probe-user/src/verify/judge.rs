@@ -70,7 +70,10 @@ impl Affected {
     fn includes(&self, key: &SeriesKey, workload: Option<&Workload>) -> bool {
         match self {
             Self::Device(device) => key.device.as_deref() == Some(device.as_str()),
-            _ if key.device.is_some() => false,
+            // Block measures are judged per device, whatever the scope: a workload's
+            // requests on several devices would mix their latencies, and IO moving
+            // from one device to another would look like an effect.
+            _ if key.signal.per_device() != key.device.is_some() => false,
             Self::Node => true,
             Self::Cgroup(prefix) => is_within(&key.path, prefix),
             Self::Netns { inode, owner } => {
@@ -319,7 +322,9 @@ fn explain_cpu_demand(
         else {
             continue;
         };
-        let cpu = workloads.get(path.as_str()).and_then(|w| w.signals.cpu.as_ref());
+        let cpu = workloads
+            .get(path.as_str())
+            .and_then(|w| w.signals.cpu.as_ref());
         let limit = match cpu.and_then(|c| c.quota_ms.zip(c.period_ms)) {
             Some((quota, period)) => format!("a quota of {quota} ms per {period} ms period"),
             None => "its limit".to_string(),

@@ -15,6 +15,8 @@
 mod judge;
 mod knob;
 mod listen;
+#[cfg(test)]
+mod matrix;
 pub mod stats;
 mod watch;
 

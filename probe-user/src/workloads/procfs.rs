@@ -113,7 +113,10 @@ impl NetnsCounters {
     /// Whether anything of TCP moved: a namespace with TCP load gets a workload of its
     /// own (its pod), the others only through their kernel counts.
     pub fn has_tcp_load(&self) -> bool {
-        self.listen_overflows + self.listen_drops + self.passive_opens + self.sent_segments
+        self.listen_overflows
+            + self.listen_drops
+            + self.passive_opens
+            + self.sent_segments
             + self.time_wait
             > 0
     }

@@ -83,8 +83,7 @@ impl CpuReport {
     pub fn throttled_ms_per_period(before: &Self, after: &Self) -> Option<(f64, f64)> {
         let periods = after.periods.checked_sub(before.periods)?;
         let throttled = after.throttled_ms - before.throttled_ms;
-        (periods > 0 && throttled >= 0.0)
-            .then(|| (throttled / periods as f64, periods as f64))
+        (periods > 0 && throttled >= 0.0).then(|| (throttled / periods as f64, periods as f64))
     }
 
     /// CPU time used per CFS period between two cumulative reports, in ms, with the
