@@ -14,6 +14,8 @@ use std::{
 
 use serde::Serialize;
 
+pub mod docs;
+
 use crate::signals::{cpu_throttle::cpustat::CpuLimit, measure::Measure};
 
 /// Where a knob lives.
@@ -195,7 +197,7 @@ use Scope::{Cgroup, Device, Mount, Netns, Node};
 const SEND_BUFFER: &str = "a send buffer limits how much a sender keeps in flight, which \
     shows as throughput on long paths; tuneprobe does not measure the time a socket is \
     send-buffer limited (tcp_info's sndbuf_limited), and retransmits or drops do not \
-    depend on it, so it judges these on nothing rather than on something unrelated";
+    depend on it, so tuneprobe judges it on nothing rather than on something unrelated";
 const PORTS: &str = "a connect that finds no free local port fails (EADDRNOTAVAIL) \
     before it sends anything; more ports, or TIME_WAIT ports reused or freed sooner, \
     leave fewer such failures per attempt";

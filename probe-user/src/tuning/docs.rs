@@ -1,0 +1,91 @@
+//! The README's "What is judged" tables, generated from the one knob table and the
+//! measures' declarations (a test keeps the README equal to them).
+
+use std::fmt::Write as _;
+
+use super::KNOBS;
+use crate::signals::measure::Measure;
+
+/// Where the generated part of the README starts and ends.
+pub const BEGIN: &str = "<!-- judged-table:begin (generated from tuning::KNOBS and Measure::declared; TUNEPROBE_BLESS=1 cargo test -p probe-user readme rewrites it) -->";
+pub const END: &str = "<!-- judged-table:end -->";
+
+/// The knobs with their measures and why, then every measure with its load and source.
+pub fn judged_tables() -> String {
+    let mut out = String::from("| knob | judged on | why |\n|---|---|---|\n");
+    for knob in KNOBS {
+        let names: Vec<String> = std::iter::once(knob.name)
+            .chain(knob.aliases.iter().copied())
+            .map(|n| format!("`{n}`"))
+            .collect();
+        let measures = if knob.judged_by.is_empty() {
+            "nothing".to_string()
+        } else {
+            let names: Vec<String> = knob
+                .judged_by
+                .iter()
+                .map(|m| format!("`{}`", m.name()))
+                .collect();
+            names.join(", ")
+        };
+        let why = knob.why.split_whitespace().collect::<Vec<_>>().join(" ");
+        let _ = writeln!(out, "| {} | {measures} | {why} |", names.join(", "));
+    }
+    out.push_str("\n| measure | what it counts | load (per interval) | from |\n|---|---|---|---|\n");
+    for measure in Measure::ALL {
+        let d = measure.declared();
+        let what = if d.judged {
+            d.what.to_string()
+        } else {
+            format!("{} (context for notes, never judged)", d.what)
+        };
+        let load = d.load.map_or_else(|| "none".to_string(), |l| format!("`{l}`"));
+        let _ = writeln!(
+            out,
+            "| `{}` | {what} | {load} | {} |",
+            measure.name(),
+            d.source
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readme_judged_tables_are_generated_from_the_declarations() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let start = readme.find(BEGIN).expect("the README has the begin marker") + BEGIN.len();
+        let end = readme.find(END).expect("the README has the end marker");
+        let generated = format!("\n{}", judged_tables());
+        if std::env::var_os("TUNEPROBE_BLESS").is_some() {
+            let updated = format!("{}{generated}{}", &readme[..start], &readme[end..]);
+            std::fs::write(path, updated).unwrap();
+            return;
+        }
+        assert_eq!(
+            readme[start..end],
+            generated,
+            "the README's judged tables differ from the declarations: run \
+             TUNEPROBE_BLESS=1 cargo test -p probe-user readme"
+        );
+    }
+
+    #[test]
+    fn every_judged_knob_says_why_and_every_measure_is_described() {
+        for knob in KNOBS {
+            assert!(!knob.why.is_empty(), "{}", knob.name);
+            // The words the inventory shows are the measures' own.
+            for m in knob.judged_by {
+                assert!(knob.signal().contains(m.declared().what), "{}", knob.name);
+                assert!(m.declared().judged, "{} judged on context", knob.name);
+            }
+        }
+        for m in Measure::ALL {
+            assert!(!m.declared().what.is_empty() && !m.declared().source.is_empty());
+        }
+    }
+}
