@@ -121,7 +121,8 @@ impl PodCgroup {
         Self::with_controllers(&[])
     }
 
-    /// A pod in the v2 hierarchy and in the hierarchies of `controllers` (`cpu`, `blkio`).
+    /// A pod in the v2 hierarchy and in the hierarchies of `controllers` (`cpu`,
+    /// `cpuacct`, `blkio`).
     pub fn with_controllers(controllers: &[&str]) -> Self {
         let hierarchies = tuneprobe::workloads::cgroup::Hierarchies::of_this_node();
         let unified = hierarchies.unified.clone().expect("cgroup v2 mounted");
@@ -130,6 +131,14 @@ impl PodCgroup {
             let mount = match *controller {
                 "cpu" => hierarchies.cpu.clone(),
                 "blkio" => hierarchies.blkio.clone(),
+                // v1 keeps cpuacct (CPU usage) beside cpu, unless mounted with it; v2
+                // has usage in the cpu controller's cpu.stat.
+                "cpuacct" => hierarchies.cpu.clone().map(|cpu| {
+                    cpu.parent()
+                        .map(|p| p.join("cpuacct"))
+                        .filter(|d| d.join("cpuacct.usage").exists())
+                        .unwrap_or(cpu)
+                }),
                 other => panic!("unknown controller {other}"),
             }
             .unwrap_or_else(|| panic!("no {controller} hierarchy"));
@@ -172,6 +181,7 @@ impl PodCgroup {
             .iter()
             .filter(|c| match **c {
                 "cpu" => hierarchies.cpu == hierarchies.unified,
+                "cpuacct" => false,
                 _ => hierarchies.blkio == hierarchies.unified,
             })
             .map(|c| if *c == "blkio" { "io" } else { *c })

@@ -83,7 +83,7 @@ struct Scenario {
 
 fn scenario() -> Scenario {
     let pair = NetnsPair::new();
-    let mut pod = PodCgroup::with_controllers(&["cpu", "blkio"]);
+    let mut pod = PodCgroup::with_controllers(&["cpu", "cpuacct", "blkio"]);
     let container = pod.container();
     let dir = container.cpu_dir();
     if dir.join("cpu.max").exists() {
@@ -167,11 +167,15 @@ fn load(s: &Scenario) {
     reads.wait(wait);
     // A full before window of `--verify-window 3s`, then the change.
     thread::sleep(Duration::from_millis(4500).saturating_sub(started.elapsed()));
+    // Two CPUs' worth: the busy thread is never throttled after it, so no verdict
+    // carries the note of a limit still below demand (at exactly one CPU a loaded
+    // machine still throttled over half the periods now and then, and the shape then
+    // had `notes[]`).
     let dir = container.cpu_dir();
     if dir.join("cpu.max").exists() {
-        fs::write(dir.join("cpu.max"), "100000 100000").unwrap();
+        fs::write(dir.join("cpu.max"), "200000 100000").unwrap();
     } else {
-        fs::write(dir.join("cpu.cfs_quota_us"), "100000").unwrap();
+        fs::write(dir.join("cpu.cfs_quota_us"), "200000").unwrap();
     }
     busy.wait(wait);
     // A few answered queries more.
@@ -461,6 +465,8 @@ const WORKLOAD: &[&str] = &[
     ".cpu.throttle_events",
     ".cpu.throttled_ms",
     ".cpu.throttled_periods",
+    // Added with the verdicts by each knob's own load (issue 20).
+    ".cpu.usage_ms",
     ".cpu: object",
     ".dns.by_qtype.*",
     ".dns.by_qtype: object",
@@ -490,6 +496,9 @@ const WORKLOAD: &[&str] = &[
     ".drops.by_reason.*",
     ".drops.by_reason: object",
     ".drops.total",
+    ".drops.forwarded_packets",
+    ".drops.received_datagrams",
+    ".drops.received_packets",
     ".drops: object",
     ".namespace",
     ".netns",
@@ -500,6 +509,9 @@ const WORKLOAD: &[&str] = &[
     ".tcp.retransmits",
     ".tcp.retransmitted_segments",
     ".tcp.sent_segments",
+    ".tcp.rcvq_drops",
+    ".tcp.rcvq_prunes",
+    ".tcp.received_segments",
     ".tcp: object",
     ": object",
 ];
@@ -867,6 +879,29 @@ const METRICS: &[(&str, &str, &[&str])] = &[
     ),
     (
         "tuneprobe_tcp_sent_segments_total",
+        "counter",
+        &["cgroup", "container", "namespace", "pod"],
+    ),
+    // The loads each knob's own drops are divided by (issue 20); the receive-queue drop
+    // and prune counters and forwarded packets appear only once non-zero, which this
+    // scenario does not make.
+    (
+        "tuneprobe_tcp_received_segments_total",
+        "counter",
+        &["cgroup", "container", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_ip_received_packets_total",
+        "counter",
+        &["cgroup", "container", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_udp_received_datagrams_total",
+        "counter",
+        &["cgroup", "container", "namespace", "pod"],
+    ),
+    (
+        "tuneprobe_cpu_usage_seconds_total",
         "counter",
         &["cgroup", "container", "namespace", "pod"],
     ),

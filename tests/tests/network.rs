@@ -190,14 +190,16 @@ fn full_receive_buffer_is_socket_rcvbuff_for_the_receiving_container() {
     assert_eq!(sink.read_line(), "ready");
 
     let collector = start();
-    let before = pair.counter(&pair.b, "snmp", "Udp", "RcvbufErrors");
+    let udp = |name| pair.counter(&pair.b, "snmp", "Udp", name);
+    let (before, delivered_before) = (udp("RcvbufErrors"), udp("InDatagrams"));
     Workload::spawn(
         &pair.a,
         None,
         &["udp-send", &format!("{ADDR_B}:7001"), "200", "1000"],
     )
     .wait(WAIT);
-    let overflowed = pair.counter(&pair.b, "snmp", "Udp", "RcvbufErrors") - before;
+    let overflowed = udp("RcvbufErrors") - before;
+    let delivered = udp("InDatagrams") - delivered_before;
     let snapshot = finish(collector);
 
     assert!(
@@ -210,6 +212,22 @@ fn full_receive_buffer_is_socket_rcvbuff_for_the_receiving_container() {
         "{:#?}",
         snapshot.workloads
     );
+    // The load `rcvbuf_drop_ratio` divides by: the namespace's datagrams that reached a
+    // socket, delivered or refused, as the kernel counts them (the sink's buffer held a
+    // few; the rest overflowed; the first few of the 200 may wait on neighbour
+    // resolution and be lost before any socket).
+    let app_drops = &by_cgroup(&snapshot, app.cgroup_id)
+        .expect("the receiving container")
+        .signals
+        .drops;
+    assert_eq!(app_drops.received_datagrams, delivered + overflowed);
+    assert!(delivered + overflowed > 190 && delivered + overflowed <= 200);
+    // The receiving namespace's packets only: the sender's namespace is not its load.
+    assert!(
+        app_drops.received_packets >= delivered + overflowed,
+        "{app_drops:?}"
+    );
+    assert_eq!(app_drops.forwarded_packets, 0);
 }
 
 #[test]

@@ -734,3 +734,149 @@ fn a_pods_quota_changed_by_uid_is_judged_and_plotted() {
         "a point per sample"
     );
 }
+
+/// The first case: one busy thread under a 20 ms / 100 ms quota, raised to 95 ms
+/// (4.75x, still below its demand of a whole CPU). Every period stays throttled, so the
+/// share of throttled periods cannot show it; the throttled time per period (80 ms to
+/// about 5 ms here) and the stall tail do, and the verdict says the limit is still below
+/// demand with the usage measured per period.
+#[test]
+fn raising_a_quota_still_below_demand_improves_throttled_time_and_says_so() {
+    let _alone = one_at_a_time();
+    let mut pod = PodCgroup::with_controllers(&["cpu", "cpuacct"]);
+    let app = pod.container();
+    let dir = app.cpu_dir().to_path_buf();
+    fs::write(dir.join("cpu.cfs_period_us"), "100000").unwrap();
+    fs::write(dir.join("cpu.cfs_quota_us"), "20000").unwrap();
+    let _busy = Workload::spawn_program(None, Some(&app), &testload(), &["busy", "60000"]);
+
+    // The 4 s windows: 8 samples a side (3 s ones left 5 here, the least judged).
+    let dir_arg = dir.display().to_string();
+    let report = verify_with(&[
+        "--apply",
+        "cpu.cfs_quota_us=95000",
+        "--cgroup",
+        &dir_arg,
+        "--revert",
+    ]);
+    let time = verdict_for(&report, &app.path, "cpu_throttled_ms_per_period");
+    let share = verdict_for(&report, &app.path, "cpu_throttled_ratio");
+    println!("throttled ms per period: {time:#}\nthrottled share: {share:#}");
+    assert_eq!(time["verdict"], "improved", "{time:#}");
+    assert_eq!(time["load"], "cfs_periods");
+    let (before, after) = (time["before"].as_f64().unwrap(), time["after"].as_f64().unwrap());
+    assert!(before > 50.0, "a 20 ms quota stalls most of each period: {time}");
+    assert!(after < before / 3.0, "95 ms leaves a few ms of stall: {time}");
+    // Whether the share moved or not, the raise is not called a regression anywhere.
+    assert_ne!(share["verdict"], "regressed", "{share:#}");
+    let stall = report["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["cgroup_path"] == app.path.as_str() && v["signal"] == "cpu_stall_p99_ms");
+    if let Some(stall) = stall {
+        assert_ne!(stall["verdict"], "regressed", "{stall:#}");
+    }
+    // Still throttled in most periods after: the note says so, with the usage per
+    // period (from cpuacct) against the new quota.
+    let still_throttled = share["after"].as_f64().unwrap() >= 0.5;
+    let note = time["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|n| n.starts_with("the limit is still below demand"));
+    if still_throttled {
+        let note = note.unwrap_or_else(|| panic!("no below-demand note: {time:#}"));
+        assert!(
+            note.contains("ms of CPU per period against a quota of 95 ms per 100 ms period"),
+            "{note}"
+        );
+    } else {
+        assert!(note.is_none(), "throttled in under half the periods: {time:#}");
+    }
+    assert_eq!(
+        fs::read_to_string(dir.join("cpu.cfs_quota_us")).unwrap().trim(),
+        "20000",
+        "--revert"
+    );
+}
+
+/// The second case: a flood to a closed port (NO_SOCKET drops) in a pod's
+/// namespace triples at the moment `ip_forward` flips there. Forwarding is judged on its
+/// own drops per packet to forward: the flood is neither, so there is no claim, where
+/// judging every drop per interval called it `regressed`.
+#[test]
+fn a_flood_that_triples_as_ip_forward_flips_is_not_judged_on_ip_forward() {
+    use std::io::{BufRead as _, BufReader};
+    let _alone = one_at_a_time();
+    let pair = NetnsPair::new();
+    let mut pod = PodCgroup::new();
+    let app = pod.container();
+    // The pod lives in B: a listener on another port, so B is the pod's namespace.
+    let mut sink = Workload::spawn(&pair.b, Some(&app), &["tcp-sink", "10.200.0.2:7400"]);
+    assert_eq!(sink.read_line(), "ready");
+    let flood = || {
+        let mut f = Workload::spawn(&pair.a, None, &["udp-pace", "10.200.0.2:9", "200"]);
+        assert_eq!(f.read_line(), "ready");
+        f
+    };
+    let _steady = flood();
+    let mut extra = Vec::new();
+    let no_ports = || pair.counter(&pair.b, "snmp", "Udp", "NoPorts");
+    let netns = format!("/run/netns/{}", pair.b);
+    let mut child = Command::new(tuneprobe_binary())
+        .args([
+            "verify",
+            "--apply",
+            "net.ipv4.ip_forward=1",
+            "--netns",
+            &netns,
+            "--revert",
+            "--json",
+            "--kube-api",
+            "none",
+        ])
+        .args(WINDOWS)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (mut ready_at, mut changed_at) = (None, None);
+    for line in stderr.lines().map_while(Result::ok) {
+        if line.starts_with("ready") {
+            ready_at = Some((std::time::Instant::now(), no_ports()));
+        }
+        if line.starts_with("changed net.ipv4.ip_forward") {
+            changed_at = Some((std::time::Instant::now(), no_ports()));
+            extra.push(flood());
+            extra.push(flood());
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let ended = (std::time::Instant::now(), no_ports());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The negative control: the flood did triple.
+    let rate = |(t0, n0): (std::time::Instant, u64), (t1, n1): (std::time::Instant, u64)| {
+        (n1 - n0) as f64 / (t1 - t0).as_secs_f64()
+    };
+    let (ready, changed) = (ready_at.expect("ready"), changed_at.expect("changed"));
+    let (before, after) = (rate(ready, changed), rate(changed, ended));
+    println!("NO_SOCKET per second: {before:.0} before, {after:.0} after\n{report:#}");
+    assert!(after > 2.5 * before, "the flood tripled: {before} -> {after}");
+    assert_eq!(report["signals"], serde_json::json!(["forward_drop_ratio"]));
+    // Nothing was forwarded or dropped on the way: no sample, so no verdict at all.
+    for v in report["verdicts"].as_array().unwrap() {
+        assert!(
+            v["verdict"] != "improved" && v["verdict"] != "regressed",
+            "a claim from unrelated load: {v:#}"
+        );
+    }
+    assert_eq!(
+        pair.exec(&pair.b, &["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),
+        "0",
+        "--revert"
+    );
+}

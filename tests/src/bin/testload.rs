@@ -5,6 +5,8 @@
 //! testload tcp-send ADDR:PORT BYTES           send BYTES, wait until the peer has all of it
 //! testload udp-send ADDR:PORT COUNT SIZE      send COUNT datagrams of SIZE bytes
 //! testload udp-sink ADDR:PORT RCVBUF          bind with SO_RCVBUF=RCVBUF, never read
+//! testload udp-pace ADDR:PORT PER_SECOND      one small datagram every 1/PER_SECOND s,
+//!                                             forever (a flood of a known rate)
 //! testload tcp-listen ADDR:PORT BACKLOG       listen with BACKLOG, never accept
 //! testload tcp-connect-burst ADDR:PORT COUNT MS   start COUNT connects, exit after MS
 //! testload busy MS                            spin on the CPU for MS milliseconds
@@ -66,6 +68,7 @@ fn main() {
         "tcp-send" => tcp_send(addr(), num(2)),
         "udp-send" => udp_send(addr(), num(2), num(3)),
         "udp-sink" => udp_sink(addr(), num(2)),
+        "udp-pace" => udp_pace(addr(), num(2) as u64),
         "tcp-listen" => tcp_listen(addr(), num(2) as i32),
         "tcp-connect-burst" => tcp_connect_burst(addr(), num(2), num(3) as u64),
         "tcp-slow-accept" => tcp_slow_accept(addr(), num(2) as i32, num(3) as u64, num(4) as u64),
@@ -167,6 +170,21 @@ fn udp_send(addr: SocketAddr, count: usize, size: usize) {
         }
     }
     println!("sent {sent}");
+}
+
+fn udp_pace(addr: SocketAddr, per_second: u64) -> ! {
+    let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+    let every = Duration::from_nanos(1_000_000_000 / per_second.max(1));
+    ready();
+    // Paced against the clock, not by sleeps alone, so the rate holds on a busy machine.
+    let start = std::time::Instant::now();
+    for sent in 1u32.. {
+        let _ = socket.send_to(b"x", addr);
+        if let Some(wait) = (every * sent).checked_sub(start.elapsed()) {
+            thread::sleep(wait);
+        }
+    }
+    unreachable!()
 }
 
 fn udp_sink(addr: SocketAddr, rcvbuf: usize) -> ! {

@@ -14,10 +14,15 @@ pub struct CpuAccounting {
 }
 
 impl CpuAccounting {
-    /// Reads `DIR/cpu.stat`: `throttled_time` (ns) on v1, `throttled_usec` on v2; on v1
-    /// the usage from `cpuacct.usage` in `DIR` (`cpu,cpuacct` mounted together) or in
-    /// `cpuacct_dir` (the same cgroup in a hierarchy of its own).
-    pub fn read(dir: &Path, cpuacct_dir: Option<&Path>) -> Option<Self> {
+    /// Reads `DIR/cpu.stat`: `throttled_time` (ns) on v1, `throttled_usec` on v2.
+    pub fn read(dir: &Path) -> Option<Self> {
+        Self::read_with_usage(dir, None)
+    }
+
+    /// As [`read`](Self::read), with the usage on v1 from `cpuacct.usage` in `DIR`
+    /// (`cpu,cpuacct` mounted together) or in `cpuacct_dir` (the same cgroup in a
+    /// hierarchy of its own).
+    pub fn read_with_usage(dir: &Path, cpuacct_dir: Option<&Path>) -> Option<Self> {
         let mut out = Self::parse(&fs::read_to_string(dir.join("cpu.stat")).ok()?)?;
         if out.usage_ns.is_none() {
             out.usage_ns = std::iter::once(dir)

@@ -174,7 +174,7 @@ impl Source for CpuThrottle {
         for path in known {
             let dir = join(&root, &path);
             let cpuacct = cpuacct_root.as_ref().map(|r| join(r, &path));
-            let read = || CpuAccounting::read(&dir, cpuacct.as_deref());
+            let read = || CpuAccounting::read_with_usage(&dir, cpuacct.as_deref());
             if let Some(watch) = self.watch.get_mut(&path) {
                 if let Some(now) = read() {
                     watch.last = now;
