@@ -3,8 +3,8 @@
 //! - statistics on series written into Prometheus's TSDB with `promtool tsdb
 //!   create-blocks-from openmetrics`, with known effects: a throttling shift on the canary
 //!   nodes only, a shift on every node, and twenty repeats without any shift; the
-//!   network knobs judged by `--knob` alone, by retransmitted segments per sent segment
-//!   and listen overflows per connection attempt over the exported loads;
+//!   network knobs judged by `--knob` alone, by receive-buffer drops per datagram and
+//!   listen overflows per connection attempt over the exported loads;
 //! - end to end: two `tuneprobe serve` agents with their own `--node-name`, each scoped
 //!   with `--cgroup-scope` to its own pod, scraped by Prometheus; one "node"'s pod gets a
 //!   raised cpu quota.
@@ -238,9 +238,14 @@ fn openmetrics(scenarios: &[Scenario], start: i64) -> String {
 
 fn scenario_args(prefix: &str) -> Vec<String> {
     let selector = format!("node=~\"{prefix}-.*\"");
+    // The scenarios write the throttled share only (periods and throttled periods), so
+    // they are judged on it alone: `cpu.max` is also judged on throttled time per
+    // period and the stall p99, which the real agents of the end-to-end test export.
     [
         "--knob",
         "cpu.max",
+        "--signal",
+        "cpu_throttled_ratio",
         "--canary",
         &selector,
         "--control",
@@ -435,12 +440,12 @@ fn known_effects_written_into_the_tsdb() {
     );
 }
 
-/// The network knobs' scenarios, written into one TSDB: on `rtx-*` nodes the canary's
-/// loss goes away when `net.ipv4.tcp_rmem` changes (retransmitted segments per sent
-/// segment from about 0.02 to 0), on `lst-*` nodes the canary's listen overflows go away
+/// The network knobs' scenarios, written into one TSDB: on `rcv-*` nodes the canary's
+/// receive-buffer drops go away when `net.core.rmem_default` changes (`SOCKET_RCVBUFF`
+/// drops per datagram from about 0.02 to 0), on `lst-*` nodes the canary's listen overflows go away
 /// when `net.core.somaxconn` changes (from about 0.3 of the connection attempts to 0);
 /// the control nodes stay as they were. The series are what `serve` exports: the loads
-/// on every step, the retransmitted segments and the overflows (a drop reason, beside
+/// on every step, the buffer drops and the overflows (drop reasons, beside
 /// other reasons the ratio must leave out) from their first non-zero value on.
 fn network_openmetrics(start: i64) -> String {
     struct Node {
@@ -487,7 +492,7 @@ fn network_openmetrics(start: i64) -> String {
             nodes.push(Node {
                 name: format!(
                     "{}-{}-{i}",
-                    if listen { "lst" } else { "rtx" },
+                    if listen { "lst" } else { "rcv" },
                     if canary { "canary" } else { "control" }
                 ),
                 canary,
@@ -515,12 +520,19 @@ fn network_openmetrics(start: i64) -> String {
             );
         }
     }
-    // (family, the listen nodes' or the retransmit nodes', the load or the part, extra
+    // (family, the listen nodes' or the receive-buffer nodes', the load or the part, extra
     // labels)
+    // A family's samples must be contiguous in OpenMetrics: the two drop rows follow
+    // each other, and its TYPE line comes once.
     let families: [(&str, bool, bool, &str); 4] = [
-        ("tuneprobe_tcp_sent_segments", false, false, ""),
-        ("tuneprobe_tcp_retransmitted_segments", false, true, ""),
+        ("tuneprobe_udp_received_datagrams", false, false, ""),
         ("tuneprobe_tcp_passive_opens", true, false, ""),
+        (
+            "tuneprobe_packet_drops",
+            false,
+            true,
+            ",reason=\"SOCKET_RCVBUFF\"",
+        ),
         (
             "tuneprobe_packet_drops",
             true,
@@ -528,8 +540,11 @@ fn network_openmetrics(start: i64) -> String {
             ",reason=\"TCP_LISTEN_OVERFLOW\"",
         ),
     ];
+    let mut typed = std::collections::BTreeSet::new();
     for (family, listen, part, extra) in families {
-        let _ = writeln!(out, "# TYPE {family} counter");
+        if typed.insert(family) {
+            let _ = writeln!(out, "# TYPE {family} counter");
+        }
         for n in nodes.iter().filter(|n| n.listen == listen) {
             for (step, &(load, p)) in n.counts.iter().enumerate() {
                 let value = if part { p } else { load };
@@ -543,7 +558,8 @@ fn network_openmetrics(start: i64) -> String {
                 }
             }
             if family == "tuneprobe_packet_drops" {
-                // Another reason, many times the overflows, on every node alike.
+                // Another reason, many times the overflows or the buffer drops, on every
+                // node alike: neither ratio counts it.
                 for step in 0..POINTS as usize {
                     let _ = writeln!(
                         out,
@@ -561,7 +577,7 @@ fn network_openmetrics(start: i64) -> String {
         let knob = if n.listen {
             "net.core.somaxconn"
         } else {
-            "net.ipv4.tcp_rmem"
+            "net.core.rmem_default"
         };
         for step in (CHANGE_S / STEP_S)..POINTS {
             let _ = writeln!(
@@ -598,10 +614,10 @@ fn network_knobs_judged_by_their_ratios_from_the_tsdb() {
 
     for (prefix, knob, signal, load, before, tolerance) in [
         (
-            "rtx",
-            "net.ipv4.tcp_rmem",
-            "retransmit_ratio",
-            "sent_segments",
+            "rcv",
+            "net.core.rmem_default",
+            "rcvbuf_drop_ratio",
+            "received_datagrams",
             0.02,
             0.003,
         ),
@@ -866,9 +882,28 @@ fn two_scoped_agents_a_raised_quota_on_one_node() {
         serde_json::json!([control.name]),
         "{report:#}"
     );
+    // `cpu.max` is judged on the throttled share, the throttled time per period and the
+    // stall p99: one verdict each for the pod (the stall p99 only while stalls remain).
+    assert_eq!(
+        report["signals"],
+        serde_json::json!([
+            "cpu_throttled_ratio",
+            "cpu_throttled_ms_per_period",
+            "cpu_stall_p99_ms"
+        ]),
+        "{report:#}"
+    );
     let verdicts = report["verdicts"].as_array().unwrap();
-    assert_eq!(verdicts.len(), 1, "{report:#}");
-    let v = &verdicts[0];
+    let of = |signal: &str| {
+        verdicts
+            .iter()
+            .find(|v| v["signal"] == signal)
+            .unwrap_or_else(|| panic!("no {signal} verdict: {report:#}"))
+    };
+    let time = of("cpu_throttled_ms_per_period");
+    assert_eq!(time["verdict"], "improved", "{time:#}");
+    assert_eq!(num(&time["canary"]["after"]), 0.0, "{time:#}");
+    let v = of("cpu_throttled_ratio");
     eprintln!(
         "end to end: {} effect {:.4} ci95 {} p {:.2e}; canary {} -> {}; control {} -> {} ({})",
         v["verdict"],

@@ -764,9 +764,18 @@ fn raising_a_quota_still_below_demand_improves_throttled_time_and_says_so() {
     println!("throttled ms per period: {time:#}\nthrottled share: {share:#}");
     assert_eq!(time["verdict"], "improved", "{time:#}");
     assert_eq!(time["load"], "cfs_periods");
-    let (before, after) = (time["before"].as_f64().unwrap(), time["after"].as_f64().unwrap());
-    assert!(before > 50.0, "a 20 ms quota stalls most of each period: {time}");
-    assert!(after < before / 3.0, "95 ms leaves a few ms of stall: {time}");
+    let (before, after) = (
+        time["before"].as_f64().unwrap(),
+        time["after"].as_f64().unwrap(),
+    );
+    assert!(
+        before > 50.0,
+        "a 20 ms quota stalls most of each period: {time}"
+    );
+    assert!(
+        after < before / 3.0,
+        "95 ms leaves a few ms of stall: {time}"
+    );
     // Whether the share moved or not, the raise is not called a regression anywhere.
     assert_ne!(share["verdict"], "regressed", "{share:#}");
     let stall = report["verdicts"]
@@ -793,10 +802,15 @@ fn raising_a_quota_still_below_demand_improves_throttled_time_and_says_so() {
             "{note}"
         );
     } else {
-        assert!(note.is_none(), "throttled in under half the periods: {time:#}");
+        assert!(
+            note.is_none(),
+            "throttled in under half the periods: {time:#}"
+        );
     }
     assert_eq!(
-        fs::read_to_string(dir.join("cpu.cfs_quota_us")).unwrap().trim(),
+        fs::read_to_string(dir.join("cpu.cfs_quota_us"))
+            .unwrap()
+            .trim(),
         "20000",
         "--revert"
     );
@@ -856,7 +870,11 @@ fn a_flood_that_triples_as_ip_forward_flips_is_not_judged_on_ip_forward() {
     }
     let out = child.wait_with_output().unwrap();
     let ended = (std::time::Instant::now(), no_ports());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     // The negative control: the flood did triple.
     let rate = |(t0, n0): (std::time::Instant, u64), (t1, n1): (std::time::Instant, u64)| {
@@ -865,7 +883,10 @@ fn a_flood_that_triples_as_ip_forward_flips_is_not_judged_on_ip_forward() {
     let (ready, changed) = (ready_at.expect("ready"), changed_at.expect("changed"));
     let (before, after) = (rate(ready, changed), rate(changed, ended));
     println!("NO_SOCKET per second: {before:.0} before, {after:.0} after\n{report:#}");
-    assert!(after > 2.5 * before, "the flood tripled: {before} -> {after}");
+    assert!(
+        after > 2.5 * before,
+        "the flood tripled: {before} -> {after}"
+    );
     assert_eq!(report["signals"], serde_json::json!(["forward_drop_ratio"]));
     // Nothing was forwarded or dropped on the way: no sample, so no verdict at all.
     for v in report["verdicts"].as_array().unwrap() {
@@ -875,7 +896,8 @@ fn a_flood_that_triples_as_ip_forward_flips_is_not_judged_on_ip_forward() {
         );
     }
     assert_eq!(
-        pair.exec(&pair.b, &["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),
+        pair.exec(&pair.b, &["cat", "/proc/sys/net/ipv4/ip_forward"])
+            .trim(),
         "0",
         "--revert"
     );

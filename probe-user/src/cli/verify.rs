@@ -38,8 +38,10 @@ use super::snapshot::parse_duration;
     about = "Change one knob and judge, per workload, whether its signal improved",
     long_about = "Measure a baseline window, apply KNOB=VALUE (or run --exec CMD), measure an \
                   after window, and compare the signal the knob should move, normalised by \
-                  its load (throttled periods per period for a cpu quota, listen overflows \
-                  per connection attempt for somaxconn, ...), per workload: Mann-Whitney U \
+                  the load it acts on (throttled time and throttled periods per period for a \
+                  cpu quota, listen overflows per connection attempt for somaxconn, \
+                  SOCKET_RCVBUFF drops per datagram for rmem_default, ...), per workload: \
+                  Mann-Whitney U \
                   test and Hodges-Lehmann shift with a 95% interval; verdict improved, \
                   regressed, no significant change or insufficient data. With --watch, judge \
                   every change anyone makes to a knob of `tuneprobe tuning`.",

@@ -494,6 +494,40 @@ mod tests {
         }
     }
 
+    /// The fleet view judges a drop-reason ratio on exactly the reasons `verify` does,
+    /// and a CPU time per period in milliseconds as `verify` does.
+    #[test]
+    fn drop_ratios_name_the_declared_reasons_and_cpu_time_is_in_ms() {
+        for (measure, reasons) in [
+            (Measure::RcvbufDropRatio, drops::RCVBUF_REASONS),
+            (Measure::BacklogDropRatio, drops::BACKLOG_REASONS),
+            (Measure::ForwardDropRatio, drops::FORWARDING_REASONS),
+        ] {
+            let Source::Ratio { part, .. } = source(measure) else {
+                panic!("{measure:?} is a ratio");
+            };
+            let expected = match reasons {
+                [one] => format!("reason=\"{one}\","),
+                many => format!("reason=~\"{}\",", many.join("|")),
+            };
+            assert_eq!(part.matchers, expected, "{measure:?}");
+            assert_eq!(part.name, drops::PACKET_DROPS);
+        }
+        let Source::Ratio { scale, .. } = source(Measure::CpuThrottledMsPerPeriod) else {
+            panic!("a ratio");
+        };
+        assert_eq!(scale, 1000.0);
+        // 0.4 s throttled over 5 periods in a 10 s step: 80 ms per period.
+        let answers = BTreeMap::from([
+            ("part", vec![series(&POD, &[(0.0, 1.0), (10.0, 1.4)])]),
+            ("whole", vec![series(&POD, &[(0.0, 10.0), (10.0, 15.0)])]),
+        ]);
+        let got = samples(source(Measure::CpuThrottledMsPerPeriod), &answers, 10.0);
+        let sample = got.values().next().unwrap()[&10_000];
+        assert!((sample.value - 80.0).abs() < 1e-9, "{sample:?}");
+        assert_eq!(sample.load, Some(5.0));
+    }
+
     const POD: [(&str, &str); 4] = [
         ("node", "n1"),
         ("namespace", "shop"),

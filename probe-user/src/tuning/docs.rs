@@ -31,7 +31,9 @@ pub fn judged_tables() -> String {
         let why = knob.why.split_whitespace().collect::<Vec<_>>().join(" ");
         let _ = writeln!(out, "| {} | {measures} | {why} |", names.join(", "));
     }
-    out.push_str("\n| measure | what it counts | load (per interval) | from |\n|---|---|---|---|\n");
+    out.push_str(
+        "\n| measure | what it counts | load (per interval) | from |\n|---|---|---|---|\n",
+    );
     for measure in Measure::ALL {
         let d = measure.declared();
         let what = if d.judged {
@@ -39,7 +41,9 @@ pub fn judged_tables() -> String {
         } else {
             format!("{} (context for notes, never judged)", d.what)
         };
-        let load = d.load.map_or_else(|| "none".to_string(), |l| format!("`{l}`"));
+        let load = d
+            .load
+            .map_or_else(|| "none".to_string(), |l| format!("`{l}`"));
         let _ = writeln!(
             out,
             "| `{}` | {what} | {load} | {} |",
