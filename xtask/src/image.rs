@@ -23,7 +23,7 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use crate::{run_checked, setup, workspace_root};
+use crate::{run_to_stderr, setup, workspace_root};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -68,7 +68,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     setup::musl_target()?;
     setup::ensure_debian(&["musl-tools"])?;
     let root = workspace_root();
-    run_checked(Command::new(env!("CARGO")).current_dir(&root).args([
+    run_to_stderr(Command::new(env!("CARGO")).current_dir(&root).args([
         "build",
         "--release",
         "--package",

@@ -11,6 +11,7 @@
 //! - `image`: the static binary in a scratch container image, as an OCI archive (no
 //!   registry, no container engine).
 
+mod apt;
 mod bench;
 mod build;
 mod image;
@@ -129,6 +130,14 @@ const STDERR_TAIL: usize = 4096;
 /// Its stderr is still shown as it comes (apt-get's and cargo's progress).
 fn run_checked(cmd: &mut std::process::Command) -> anyhow::Result<()> {
     Ok(run_capturing(cmd)?)
+}
+
+/// [`run_checked`] for the tools of setup and of the build (apt-get, rustup, pip,
+/// cargo): their stdout goes to our stderr, because our stdout belongs to the command
+/// the user ran (`cargo xtask run -- snapshot --json | jq` must get JSON alone, on a
+/// new machine too).
+fn run_to_stderr(cmd: &mut std::process::Command) -> anyhow::Result<()> {
+    run_checked(cmd.stdout(std::process::Stdio::from(std::io::stderr())))
 }
 
 fn run_capturing(cmd: &mut std::process::Command) -> Result<(), CommandError> {

@@ -10,16 +10,46 @@
 //!   before it runs a test), and one PyPI package (the Kubernetes schemas for the
 //!   offline manifest check).
 //!
-//! Each step checks first and does nothing when its result is already in place.
+//! Each step checks first and does nothing when its result is already in place. Setup
+//! installs what is missing and never removes or downgrades what the machine has (see
+//! [`crate::apt`]). Everything it and the tools it runs print goes to stderr: stdout
+//! belongs to the command the user ran (`cargo xtask run -- snapshot --json | jq`).
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    sync::Mutex,
+    time::Instant,
 };
 
 use anyhow::Context as _;
 
-use crate::run_checked;
+use crate::{
+    apt::{self, Apt},
+    run_to_stderr as run_checked,
+};
+
+/// What this run installed, for the closing line.
+static INSTALLED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn record_installed(what: impl Into<String>) {
+    INSTALLED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(what.into());
+}
+
+/// Runs a step that takes long, saying when it started and how long it took.
+fn timed<T>(what: &str, step: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    eprintln!("xtask setup: {what} ...");
+    let started = Instant::now();
+    let out = step()?;
+    eprintln!(
+        "xtask setup: {what}: done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(out)
+}
 
 /// Kept in step with `probe-user/build.rs`.
 pub const NIGHTLY: &str = "nightly-2026-05-19";
@@ -120,7 +150,20 @@ pub fn run() -> anyhow::Result<()> {
     aarch64_target()?;
     debian_packages()?;
     python_packages()?;
+    summary();
     Ok(())
+}
+
+/// One line: what this run installed, or that everything was in place.
+pub fn summary() {
+    let done = INSTALLED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if done.is_empty() {
+        eprintln!("xtask setup: everything was in place; installed nothing");
+    } else {
+        eprintln!("xtask setup: installed {}", done.join(", "));
+    }
 }
 
 /// Only what building tuneprobe needs (the image recipe uses this).
@@ -152,8 +195,11 @@ fn rustup_target(target: &str) -> anyhow::Result<()> {
     if installed {
         return Ok(());
     }
-    eprintln!("xtask setup: adding the rustup target {target}");
-    run_checked(Command::new("rustup").args(["target", "add", target]))
+    timed(&format!("adding the rustup target {target}"), || {
+        run_checked(Command::new("rustup").args(["target", "add", target]))
+    })?;
+    record_installed(format!("the rustup target {target}"));
+    Ok(())
 }
 
 /// The Python modules the tests import, with the pip requirement that provides each.
@@ -195,6 +241,7 @@ fn python_packages() -> anyhow::Result<()> {
         if run_checked(&mut pip(&[])).is_err() {
             run_checked(&mut pip(&["--break-system-packages"]))?;
         }
+        record_installed(format!("{requirement} (PyPI)"));
     }
     Ok(())
 }
@@ -209,16 +256,22 @@ fn nightly() -> anyhow::Result<()> {
     if has_rust_src {
         return Ok(());
     }
-    eprintln!("xtask setup: installing {NIGHTLY} with rust-src");
-    run_checked(Command::new("rustup").args([
-        "toolchain",
-        "install",
-        NIGHTLY,
-        "--profile",
-        "minimal",
-        "--component",
-        "rust-src",
-    ]))
+    timed(
+        &format!("installing {NIGHTLY} with rust-src (a minute or two)"),
+        || {
+            run_checked(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                NIGHTLY,
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]))
+        },
+    )?;
+    record_installed(format!("{NIGHTLY} with rust-src"));
+    Ok(())
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
@@ -234,16 +287,22 @@ fn bpf_linker() -> anyhow::Result<()> {
     }
     let llvm_major = nightly_llvm_major()?;
     let prefix = llvm_prefix(llvm_major)?;
-    eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm_major}");
-    run_checked(Command::new("cargo").env("LLVM_PREFIX", &prefix).args([
-        "install",
-        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-        "--locked",
-        "--force",
-        "--no-default-features",
-        "--features",
-        &format!("llvm-{llvm_major}"),
-    ]))
+    let what = format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm_major} (about a minute)"
+    );
+    timed(&what, || {
+        run_checked(Command::new("cargo").env("LLVM_PREFIX", &prefix).args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--force",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{llvm_major}"),
+        ]))
+    })?;
+    record_installed(format!("bpf-linker {BPF_LINKER_VERSION}"));
+    Ok(())
 }
 
 /// The LLVM major version the nightly was built with: bpf-linker must match it.
@@ -311,24 +370,73 @@ fn install_debian(missing: &[&str]) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!(
-        "xtask setup: installing Debian packages {}",
+    let what = format!(
+        "installing Debian packages {} (apt-get: minutes on a new machine)",
         missing.join(" ")
     );
-    let apt = |args: &[&str]| {
-        let mut cmd = Command::new("apt-get");
-        cmd.env("DEBIAN_FRONTEND", "noninteractive").args(args);
-        if !crate::is_root() {
-            let mut sudo = Command::new("sudo");
-            sudo.arg("-E").arg("apt-get").args(args);
-            return sudo;
+    timed(&what, || {
+        let machine = Apt::machine();
+        machine.update()?;
+        if machine.removals(missing)?.is_empty() {
+            return machine.install(missing);
         }
-        cmd
+        // Something would go: find which package wants it, and install the rest.
+        let mut fits = Vec::new();
+        let mut conflicts = Vec::new();
+        for &package in missing {
+            match machine.removals(&[package])? {
+                removed if removed.is_empty() => fits.push(package),
+                removed => conflicts.push((package, removed)),
+            }
+        }
+        if !fits.is_empty() {
+            machine.install(&fits)?;
+        }
+        install_from_backports(&conflicts)
+    })?;
+    record_installed(format!("Debian packages {}", missing.join(" ")));
+    Ok(())
+}
+
+/// Packages whose install from the machine's sources would remove one it has: the same
+/// from the release's backports, where the present one often comes from (the machine
+/// image's `qemu-utils`), if that removes nothing; otherwise an error naming both.
+fn install_from_backports(conflicts: &[(&str, Vec<String>)]) -> anyhow::Result<()> {
+    if conflicts.is_empty() {
+        return Ok(());
+    }
+    let named: Vec<String> = conflicts
+        .iter()
+        .map(|(package, removed)| format!("{package} would remove {}", removed.join(", ")))
+        .collect();
+    let give_up = |why: String| {
+        anyhow::anyhow!(
+            "setup removes nothing this machine has, and installing from its sources: {}; \
+             {why}. Install versions that fit what is installed (or remove those packages \
+             yourself if you mean to), then run `cargo xtask setup` again",
+            named.join("; ")
+        )
     };
-    run_checked(&mut apt(&["update", "-qq"]))?;
-    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    install.extend(missing);
-    run_checked(&mut apt(&install))
+    let codename =
+        apt::codename().ok_or_else(|| give_up("no release in /etc/os-release".into()))?;
+    let suite = apt::backports(&codename);
+    eprintln!("xtask setup: {}; trying {suite}", named.join("; "));
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    let backports = Apt::with_backports(
+        &home.join(".local/share/tuneprobe/apt-backports"),
+        &codename,
+    )?;
+    backports.update()?;
+    let wanted: Vec<String> = conflicts
+        .iter()
+        .map(|(package, _)| format!("{package}/{suite}"))
+        .collect();
+    let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    match backports.removals(&wanted) {
+        Ok(removed) if removed.is_empty() => backports.install(&wanted),
+        Ok(removed) => Err(give_up(format!("from {suite} too: {}", removed.join(", ")))),
+        Err(e) => Err(give_up(format!("{suite} has no fitting version: {e:#}"))),
+    }
 }
 
 fn debian_package_installed(package: &str) -> bool {
