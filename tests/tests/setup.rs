@@ -30,11 +30,10 @@ impl Drop for Stubs {
 /// progress to stdout, and simulates: installing `qemu-system-x86` from the machine's
 /// sources removes `qemu-utils`, from backports (`REMOVES_FROM_BACKPORTS` unset) it
 /// removes nothing.
-fn stubs(removes_from_backports: bool) -> Stubs {
+fn stubs(test: &str, removes_from_backports: bool) -> Stubs {
     let dir = std::env::temp_dir().join(format!(
-        "tuneprobe-setup-stubs-{}-{}",
-        std::process::id(),
-        removes_from_backports
+        "tuneprobe-setup-stubs-{}-{test}",
+        std::process::id()
     ));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
@@ -118,7 +117,7 @@ fn apt_calls(stubs: &Stubs) -> Vec<String> {
 
 #[test]
 fn setup_prints_nothing_on_stdout_and_takes_a_conflicting_package_from_backports() {
-    let stubs = stubs(false);
+    let stubs = stubs("backports", false);
     let out = setup(&stubs);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
@@ -174,7 +173,7 @@ fn setup_prints_nothing_on_stdout_and_takes_a_conflicting_package_from_backports
 
 #[test]
 fn setup_stops_and_names_a_conflict_it_cannot_avoid() {
-    let stubs = stubs(true);
+    let stubs = stubs("conflict", true);
     let out = setup(&stubs);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
