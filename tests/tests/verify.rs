@@ -31,6 +31,31 @@ fn verify_with(args: &[&str]) -> Value {
     tuneprobe_json(all)
 }
 
+/// `tuneprobe verify ARGS --revert --json` with the test windows, handing every line it
+/// prints to stderr (`ready`, `changed KNOB: ...`) to `on_line` as it comes: a test
+/// changes its load at the moment the knob changes. Returns the report.
+fn verify_reading_stderr(args: &[&str], mut on_line: impl FnMut(&str)) -> Value {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = Command::new(tuneprobe_binary())
+        .arg("verify")
+        .args(args)
+        .args(["--revert", "--json", "--kube-api", "none"])
+        .args(WINDOWS)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in stderr.lines().map_while(Result::ok) {
+        on_line(&line);
+        seen.push(line);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{seen:#?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn verdict_in_netns<'a>(report: &'a Value, netns: u32, signal: &str) -> &'a Value {
     report["verdicts"]
         .as_array()
@@ -585,7 +610,6 @@ fn removing_a_dns_server_delay_improves_dns_latency() {
 #[test]
 fn a_halved_load_across_a_change_without_effect_is_reported_as_a_load_change() {
     let _alone = one_at_a_time();
-    use std::io::{BufRead as _, BufReader};
     // Two app-limited flows through a loss of every 100th segment; one stops as a knob
     // that cannot matter to a busy flow (the keepalive timer) changes in the sender's
     // namespace. Retransmits per sent segment stay where they were; the load halves.
@@ -623,35 +647,22 @@ fn a_halved_load_across_a_change_without_effect_is_reported_as_a_load_change() {
     let _steady = flow();
     let mut extra = Some(flow());
     let netns = format!("/run/netns/{}", pair.a);
-    let mut child = Command::new(tuneprobe_binary())
-        .args([
-            "verify",
+    let report = verify_reading_stderr(
+        &[
             "--apply",
             "net.ipv4.tcp_keepalive_time=600",
             "--netns",
             &netns,
             "--signal",
             "retransmit_ratio",
-            "--revert",
-            "--json",
-            "--kube-api",
-            "none",
-        ])
-        .args(WINDOWS)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    for line in stderr.lines().map_while(Result::ok) {
-        if line.starts_with("changed net.ipv4.tcp_keepalive_time") {
-            extra.take();
-        }
-    }
+        ],
+        |line| {
+            if line.starts_with("changed net.ipv4.tcp_keepalive_time") {
+                extra.take();
+            }
+        },
+    );
     assert!(extra.is_none(), "verify never applied the change");
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let v = verdict_for(&report, &sender.path, "retransmit_ratio");
     assert_eq!(v["verdict"], "no significant change", "{v:#}");
     let load = v["load_change"].as_f64().unwrap();
@@ -822,7 +833,6 @@ fn raising_a_quota_still_below_demand_improves_throttled_time_and_says_so() {
 /// judging every drop per interval called it `regressed`.
 #[test]
 fn a_flood_that_triples_as_ip_forward_flips_is_not_judged_on_ip_forward() {
-    use std::io::{BufRead as _, BufReader};
     let _alone = one_at_a_time();
     let pair = NetnsPair::new();
     let mut pod = PodCgroup::new();
@@ -839,43 +849,21 @@ fn a_flood_that_triples_as_ip_forward_flips_is_not_judged_on_ip_forward() {
     let mut extra = Vec::new();
     let no_ports = || pair.counter(&pair.b, "snmp", "Udp", "NoPorts");
     let netns = format!("/run/netns/{}", pair.b);
-    let mut child = Command::new(tuneprobe_binary())
-        .args([
-            "verify",
-            "--apply",
-            "net.ipv4.ip_forward=1",
-            "--netns",
-            &netns,
-            "--revert",
-            "--json",
-            "--kube-api",
-            "none",
-        ])
-        .args(WINDOWS)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
     let (mut ready_at, mut changed_at) = (None, None);
-    for line in stderr.lines().map_while(Result::ok) {
-        if line.starts_with("ready") {
-            ready_at = Some((std::time::Instant::now(), no_ports()));
-        }
-        if line.starts_with("changed net.ipv4.ip_forward") {
-            changed_at = Some((std::time::Instant::now(), no_ports()));
-            extra.push(flood());
-            extra.push(flood());
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    let ended = (std::time::Instant::now(), no_ports());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = verify_reading_stderr(
+        &["--apply", "net.ipv4.ip_forward=1", "--netns", &netns],
+        |line| {
+            if line.starts_with("ready") {
+                ready_at = Some((std::time::Instant::now(), no_ports()));
+            }
+            if line.starts_with("changed net.ipv4.ip_forward") {
+                changed_at = Some((std::time::Instant::now(), no_ports()));
+                extra.push(flood());
+                extra.push(flood());
+            }
+        },
     );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ended = (std::time::Instant::now(), no_ports());
     // The negative control: the flood did triple.
     let rate = |(t0, n0): (std::time::Instant, u64), (t1, n1): (std::time::Instant, u64)| {
         (n1 - n0) as f64 / (t1 - t0).as_secs_f64()

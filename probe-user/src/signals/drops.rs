@@ -241,7 +241,9 @@ impl Source for Drops {
     fn metrics(drops: &DropStats, labels: &Labels, f: &mut Families) {
         // The loads, from their first non-zero value on, so that a ratio's denominator
         // exists when its numerator is 0. Namespace totals.
-        for (name, help, value) in [
+        f.nonzero_counters(
+            labels,
+            &[
             (
                 RECEIVED_PACKETS,
                 "Packets received by the workload's network namespace (Ip InReceives + Ip6InReceives), a namespace total.",
@@ -257,11 +259,8 @@ impl Source for Drops {
                 "UDP datagrams that reached a socket of the workload's network namespace, delivered or refused by a full buffer (InDatagrams + RcvbufErrors, IPv4 and IPv6), a namespace total.",
                 drops.received_datagrams,
             ),
-        ] {
-            if value > 0 {
-                f.counter(name, help, labels.clone(), value as f64);
-            }
-        }
+            ],
+        );
         for (reason, &count) in &drops.by_reason {
             f.counter(
                 PACKET_DROPS,

@@ -192,7 +192,9 @@ impl Source for TcpRetransmit {
         // The loads, each from its first non-zero value on and independently of the
         // retransmits, so that a ratio's denominator exists when its numerator is 0.
         // Namespace totals: every workload in the namespace shows the same value.
-        for (name, help, value) in [
+        f.nonzero_counters(
+            labels,
+            &[
             (
                 RECEIVED_SEGMENTS,
                 "TCP segments received by the workload's network namespace (InSegs), a namespace total.",
@@ -208,11 +210,8 @@ impl Source for TcpRetransmit {
                 "TCP receive queues the workload's network namespace pruned or collapsed under buffer pressure (PruneCalled), a namespace total.",
                 tcp.rcvq_prunes,
             ),
-        ] {
-            if value > 0 {
-                f.counter(name, help, labels.clone(), value as f64);
-            }
-        }
+            ],
+        );
         if tcp.sent_segments > 0 {
             f.counter(
                 SENT_SEGMENTS,

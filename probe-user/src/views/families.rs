@@ -83,6 +83,20 @@ impl Families {
         self.add(name, help, labels, Value::Counter(value));
     }
 
+    /// Counters of one workload that exist from their first non-zero value on (a
+    /// namespace's loads: a ratio's denominator is there when its numerator is 0).
+    pub fn nonzero_counters(
+        &mut self,
+        labels: &Labels,
+        counters: &[(&'static str, &'static str, u64)],
+    ) {
+        for &(name, help, value) in counters {
+            if value > 0 {
+                self.counter(name, help, labels.clone(), value as f64);
+            }
+        }
+    }
+
     pub fn gauge(&mut self, name: &'static str, help: &'static str, labels: Labels, value: f64) {
         self.add(name, help, labels, Value::Gauge(value));
     }
