@@ -34,6 +34,21 @@ pub struct Snapshot {
     pub workloads: Vec<Workload>,
 }
 
+impl Snapshot {
+    /// A one-second snapshot of `workloads` alone, for tests.
+    #[cfg(test)]
+    pub(crate) fn of_workloads(workloads: Vec<Workload>) -> Self {
+        Self {
+            duration_s: 1.0,
+            probes: vec![],
+            map_overflows: BTreeMap::new(),
+            gc_deleted_entries: BTreeMap::new(),
+            program_stats: vec![],
+            workloads,
+        }
+    }
+}
+
 /// One cgroup (a container, a pod, a system service, the host), or a network
 /// namespace whose owner is unknown, or the unattributable rest.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]

@@ -91,6 +91,17 @@ fn verify(dir: &Path, apply: &str) -> Value {
     tuneprobe_json(args)
 }
 
+/// `--revert` left the v1 quota at `quota`.
+fn assert_quota(dir: &Path, quota: &str) {
+    assert_eq!(
+        fs::read_to_string(dir.join("cpu.cfs_quota_us"))
+            .unwrap()
+            .trim(),
+        quota,
+        "--revert"
+    );
+}
+
 fn verdict_for<'a>(report: &'a Value, path: &str, signal: &str) -> &'a Value {
     report["verdicts"]
         .as_array()
@@ -130,13 +141,7 @@ fn raising_a_tight_quota_improves_throttling_and_lowering_it_regresses() {
         ci[0].as_f64().unwrap() <= effect && effect <= ci[1].as_f64().unwrap(),
         "{v}"
     );
-    assert_eq!(
-        fs::read_to_string(dir.join("cpu.cfs_quota_us"))
-            .unwrap()
-            .trim(),
-        "20000",
-        "--revert"
-    );
+    assert_quota(&dir, "20000");
 
     // The other way: from a generous quota to a tight one.
     fs::write(dir.join("cpu.cfs_quota_us"), "200000").unwrap();
@@ -818,13 +823,7 @@ fn raising_a_quota_still_below_demand_improves_throttled_time_and_says_so() {
             "throttled in under half the periods: {time:#}"
         );
     }
-    assert_eq!(
-        fs::read_to_string(dir.join("cpu.cfs_quota_us"))
-            .unwrap()
-            .trim(),
-        "20000",
-        "--revert"
-    );
+    assert_quota(&dir, "20000");
 }
 
 /// The second case: a flood to a closed port (NO_SOCKET drops) in a pod's

@@ -229,13 +229,8 @@ fn affected(knob: &Knob) -> Affected {
 }
 
 fn snapshot(workloads: &[(&str, &Workload)]) -> Snapshot {
-    Snapshot {
-        duration_s: 1.0,
-        probes: vec![],
-        map_overflows: Default::default(),
-        gc_deleted_entries: Default::default(),
-        program_stats: vec![],
-        workloads: workloads
+    Snapshot::of_workloads(
+        workloads
             .iter()
             .map(|(path, w)| Workload {
                 identity: Identity {
@@ -245,7 +240,7 @@ fn snapshot(workloads: &[(&str, &Workload)]) -> Snapshot {
                 ..(*w).clone()
             })
             .collect(),
-    }
+    )
 }
 
 /// What a change made of a knob's measures: their verdicts and notes.

@@ -44,28 +44,21 @@ mod tests {
     };
 
     fn snapshot(periods: u64, throttled: u64) -> Snapshot {
-        Snapshot {
-            duration_s: 1.0,
-            probes: vec![],
-            map_overflows: Default::default(),
-            gc_deleted_entries: Default::default(),
-            program_stats: vec![],
-            workloads: vec![Workload {
-                identity: crate::workloads::identity::Identity {
-                    cgroup_path: Some("/pod/c".into()),
-                    ..Default::default()
-                },
-                signals: Sections {
-                    cpu: Some(CpuReport {
-                        periods,
-                        throttled_periods: throttled,
-                        ..CpuReport::default()
-                    }),
-                    ..Sections::default()
-                },
-                ..Workload::default()
-            }],
-        }
+        Snapshot::of_workloads(vec![Workload {
+            identity: crate::workloads::identity::Identity {
+                cgroup_path: Some("/pod/c".into()),
+                ..Default::default()
+            },
+            signals: Sections {
+                cpu: Some(CpuReport {
+                    periods,
+                    throttled_periods: throttled,
+                    ..CpuReport::default()
+                }),
+                ..Sections::default()
+            },
+            ..Workload::default()
+        }])
     }
 
     /// 10 intervals throttled in 9 of 10 periods, then 10 without throttling.
