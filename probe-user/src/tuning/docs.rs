@@ -12,7 +12,7 @@ pub const END: &str = "<!-- judged-table:end -->";
 
 /// The knobs with their measures and why, then every measure with its load and source.
 pub fn judged_tables() -> String {
-    let mut out = String::from("| knob | judged on | why |\n|---|---|---|\n");
+    let mut out = String::from("| knob | judged on (per load) | why |\n|---|---|---|\n");
     for knob in KNOBS {
         let names: Vec<String> = std::iter::once(knob.name)
             .chain(knob.aliases.iter().copied())
@@ -24,7 +24,10 @@ pub fn judged_tables() -> String {
             let names: Vec<String> = knob
                 .judged_by
                 .iter()
-                .map(|m| format!("`{}`", m.name()))
+                .map(|m| match m.load() {
+                    Some(load) => format!("`{}` per `{load}`", m.name()),
+                    None => format!("`{}`", m.name()),
+                })
                 .collect();
             names.join(", ")
         };
