@@ -265,21 +265,25 @@ fn removing_a_read_throttle_improves_block_service_time() {
     let report = verify_with(&["--apply", &apply, "--cgroup", &dir, "--revert"]);
     // Block measures are judged per device: the reader's loop device, and the backing
     // disk its requests reach through the loop (charged to the reader, throttled there).
-    let loop_name = disk.device.trim_start_matches("/dev/");
-    let on = |device: &str| {
-        report["verdicts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| {
-                v["cgroup_path"] == reader.path.as_str()
-                    && v["signal"] == "block_service_ms"
-                    && v["device"] == device
-            })
-            .unwrap_or_else(|| panic!("no block_service_ms verdict on {device}: {report:#}"))
-    };
-    let v = on(loop_name);
-    assert_eq!(v["verdict"], "improved", "{v:#}");
+    // Which of them carries the reader's requests depends on how the loop passed them
+    // on (a loaded suite once showed only the backing disk's): at least one improved,
+    // by more than half, and none regressed.
+    let ours: Vec<&Value> = report["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["cgroup_path"] == reader.path.as_str() && v["signal"] == "block_service_ms")
+        .collect();
+    println!("{ours:#?}");
+    assert!(
+        ours.iter()
+            .all(|v| v["device"].is_string() && v["verdict"] != "regressed"),
+        "{report:#}"
+    );
+    let v = ours
+        .iter()
+        .find(|v| v["verdict"] == "improved")
+        .unwrap_or_else(|| panic!("no block_service_ms verdict improved: {report:#}"));
     assert!(
         v["before"].as_f64().unwrap() > 2.0 * v["after"].as_f64().unwrap(),
         "{v}"
