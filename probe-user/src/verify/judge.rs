@@ -246,13 +246,23 @@ pub fn judge(
         let values = |s: &[Sample]| s.iter().map(|s| s.value).collect::<Vec<f64>>();
         let loads = |s: &[Sample]| s.iter().filter_map(|s| s.load).collect::<Vec<f64>>();
         let (values_before, values_after) = (values(samples_before), values(samples_after));
-        let comparison =
-            stats::compare(&values_before, &values_after, key.signal.lower_is_better());
         let load_change = mean(&loads(samples_after))
             .zip(mean(&loads(samples_before)))
             .filter(|(_, b)| *b > 0.0)
             .map(|(a, b)| a / b);
         let load_changed = load_change.is_some_and(stats::load_changed);
+        let min_relative = if load_changed {
+            stats::MIN_RELATIVE_EFFECT_UNDER_LOAD_CHANGE
+        } else {
+            stats::MIN_RELATIVE_EFFECT
+        };
+        let comparison = stats::compare_with_floor(
+            &values_before,
+            &values_after,
+            stats::median(&values_before),
+            min_relative,
+            key.signal.lower_is_better(),
+        );
         let mut notes = Vec::new();
         if let (true, Some(ratio)) = (load_changed, load_change) {
             notes.push(format!(

@@ -429,10 +429,8 @@ fn every_judged_knob_sees_partial_effects_and_ignores_what_is_not_its_own() {
         );
         // At most one claim in 20 (the test's own 5% level) where nothing happened.
         fail(r.unrelated_claims > 1, "unrelated load makes claims");
-        // A doubled load halves a ratio's spread, and the rank test's false-positive
-        // rate rises a little above its level when the spreads differ (writes per
-        // read: 2 of 20): at most 2, each with the load note.
-        fail(r.load_claims > 2, "its own load alone makes claims");
+        // Under a load change only a quarter of the before median is claimed.
+        fail(r.load_claims > 1, "its own load alone makes claims");
         fail(
             r.load_noted < RUNS as usize,
             "its own load doubled without a load note",

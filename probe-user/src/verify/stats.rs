@@ -23,6 +23,11 @@ pub fn load_changed(ratio: f64) -> bool {
 /// reported as no significant change. It also keeps the false-positive rate of many
 /// repeated no-effect changes well under `ALPHA`.
 pub const MIN_RELATIVE_EFFECT: f64 = 0.10;
+/// The smallest shift worth a verdict when the load itself changed between the windows
+/// (see [`load_changed`]): a ratio or a latency moves a little with its load alone (one
+/// flow instead of two retransmits a little more per segment), so under a load change
+/// only a shift of a quarter of the before median is claimed.
+pub const MIN_RELATIVE_EFFECT_UNDER_LOAD_CHANGE: f64 = 0.25;
 /// The 97.5% quantile of the standard normal distribution.
 const Z_975: f64 = 1.959_963_984_540_054;
 
@@ -65,6 +70,24 @@ pub fn compare_against(
     reference: f64,
     lower_is_better: bool,
 ) -> Comparison {
+    compare_with_floor(
+        before,
+        after,
+        reference,
+        MIN_RELATIVE_EFFECT,
+        lower_is_better,
+    )
+}
+
+/// As [`compare_against`], with the smallest relevant shift `min_relative` of
+/// `reference`.
+pub fn compare_with_floor(
+    before: &[f64],
+    after: &[f64],
+    reference: f64,
+    min_relative: f64,
+    lower_is_better: bool,
+) -> Comparison {
     if before.len() < MIN_SAMPLES || after.len() < MIN_SAMPLES {
         return Comparison {
             effect: f64::NAN,
@@ -75,7 +98,7 @@ pub fn compare_against(
     }
     let p_value = mann_whitney_p(before, after);
     let (effect, ci95) = hodges_lehmann(before, after);
-    let floor = MIN_RELATIVE_EFFECT * reference.abs();
+    let floor = min_relative * reference.abs();
     let verdict = if p_value >= ALPHA || effect == 0.0 || effect.abs() < floor {
         Verdict::NoSignificantChange
     } else if (effect < 0.0) == lower_is_better {
@@ -186,6 +209,19 @@ fn erfc(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_small_shift_is_claimed_only_while_the_load_holds() {
+        // 15% up, clearly apart: claimed at the usual floor, not at the load-change one.
+        let before = [1.0, 1.01, 0.99, 1.02, 0.98, 1.0, 1.01, 0.99];
+        let after = before.map(|v| v * 1.15);
+        let at = |floor| compare_with_floor(&before, &after, 1.0, floor, true).verdict;
+        assert_eq!(at(MIN_RELATIVE_EFFECT), Verdict::Regressed);
+        assert_eq!(
+            at(MIN_RELATIVE_EFFECT_UNDER_LOAD_CHANGE),
+            Verdict::NoSignificantChange
+        );
+    }
 
     #[test]
     fn normal_cdf_matches_tables() {
