@@ -148,6 +148,9 @@ pub fn run() -> anyhow::Result<()> {
     toolchain()?;
     musl_target()?;
     aarch64_target()?;
+    // The gates `cargo xtask test` runs first: formatting and lints.
+    rustup_component("rustfmt")?;
+    rustup_component("clippy")?;
     debian_packages()?;
     python_packages()?;
     summary();
@@ -180,6 +183,27 @@ pub fn musl_target() -> anyhow::Result<()> {
 /// The rustup target of the arm64 binary, for the toolchain cargo uses here.
 pub fn aarch64_target() -> anyhow::Result<()> {
     rustup_target(AARCH64_TARGET)
+}
+
+/// A component of the toolchain cargo uses here (`rustfmt`, `clippy`).
+fn rustup_component(component: &str) -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed"])
+        .output()
+        .is_ok_and(|out| {
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .any(|line| line.trim().starts_with(&format!("{component}-")))
+        });
+    if installed {
+        return Ok(());
+    }
+    timed(&format!("adding the rustup component {component}"), || {
+        run_checked(Command::new("rustup").args(["component", "add", component]))
+    })?;
+    record_installed(format!("the rustup component {component}"));
+    Ok(())
 }
 
 fn rustup_target(target: &str) -> anyhow::Result<()> {

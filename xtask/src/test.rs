@@ -34,6 +34,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // tool is named here, all of them at once, not as a panic twenty minutes in.
     preflight(&required_tools(), setup::python_modules())?;
     let root = workspace_root();
+    gates(&root)?;
     // The integration tests run the release binary end to end as well.
     run_checked(Command::new(env!("CARGO")).current_dir(&root).args([
         "build",
@@ -69,6 +70,30 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "cargo test failed: {status}");
     anyhow::ensure!(totals.passed > 0, "cargo test ran no test");
     Ok(())
+}
+
+/// Formatting and lints, before anything slow: `cargo fmt --check` and clippy with
+/// warnings denied (the eBPF crate is built for its own target by probe-user's build
+/// script, not linted here).
+fn gates(root: &Path) -> anyhow::Result<()> {
+    let cargo = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(root).args(args);
+        cmd
+    };
+    run_checked(&mut cargo(&["fmt", "--all", "--check"]))
+        .context("the tree is not formatted: run `cargo fmt --all`")?;
+    run_checked(&mut cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--exclude",
+        "probe-ebpf",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("clippy found warnings (denied)")
 }
 
 /// `cargo xtask image` without options: its own defaults, parsed as its command line

@@ -395,8 +395,8 @@ fn row(knob: &'static Knob) -> Row {
 #[test]
 fn every_judged_knob_sees_partial_effects_and_ignores_what_is_not_its_own() {
     let knobs: Vec<&'static Knob> = KNOBS.iter().filter(|k| !k.judged_by.is_empty()).collect();
-    let mut table = format!(
-        "| knob | measure | partial effect: improved | unrelated load x3: claims | own load x2: claims (load noted) | null change: claims |\n|---|---|---|---|---|---|\n"
+    let mut table = String::from(
+        "| knob | measure | partial effect: improved | unrelated load x3: claims | own load x2: claims (load noted) | null change: claims |\n|---|---|---|---|---|---|\n",
     );
     let mut failures = BTreeMap::new();
     for knob in knobs {
