@@ -86,7 +86,17 @@ impl Trace {
             .take()
             .and_then(|reader| reader.join().ok())
             .expect("stdout reader");
-        let stderr: Vec<String> = self.stderr.try_iter().collect();
+        // Everything it printed after `ready`, to the end of the pipe: right after
+        // wait() the reader thread may not have passed the last lines on yet (CI once
+        // found none, the `lost` line still in flight).
+        let mut stderr: Vec<String> = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        while let Ok(line) = self
+            .stderr
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            stderr.push(line);
+        }
         let last = stderr
             .iter()
             .rev()
