@@ -19,6 +19,7 @@ use std::{
         Arc, OnceLock,
         atomic::{AtomicBool, AtomicU32, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, ensure};
@@ -26,7 +27,10 @@ use anyhow::{Context as _, ensure};
 pub use self::{
     block::LoopDevice,
     cgroup::{CgroupTree, Leftovers},
-    netns::{NetnsPair, NftTable, PairSpec},
+    netns::{
+        NetnsPair, NftTable, PairSpec, enter as enter_netns, run_in as run_in_netns,
+        spawn_in as spawn_in_netns,
+    },
     process::{Proc, kill_and_reap},
 };
 
@@ -77,4 +81,17 @@ pub fn stop_waiting_on(flag: Arc<AtomicBool>) {
 /// Whether the flag given to [`stop_waiting_on`] is set.
 pub fn interrupted() -> bool {
     INTERRUPT.get().is_some_and(|f| f.load(Ordering::Relaxed))
+}
+
+/// Sleeps for `duration`, failing early once [`interrupted`].
+pub fn pause(duration: Duration) -> anyhow::Result<()> {
+    let end = Instant::now() + duration;
+    loop {
+        ensure!(!interrupted(), "interrupted");
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::{
     fs,
-    os::unix::fs::MetadataExt as _,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -11,6 +11,52 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 
 use crate::{interrupted, sh};
+
+/// Moves the calling thread into the named network namespace (`/run/netns/NS`). A
+/// network namespace is per thread: the rest of the process stays where it was. Not
+/// `ip netns exec`, which mounts a fresh /sys without the cgroup mounts.
+pub fn enter(ns: &str) -> anyhow::Result<()> {
+    enter_file(&open(ns)?, ns)
+}
+
+fn open(ns: &str) -> anyhow::Result<fs::File> {
+    let path = format!("/run/netns/{ns}");
+    fs::File::open(&path).with_context(|| format!("opening {path}"))
+}
+
+fn enter_file(file: &fs::File, ns: &str) -> anyhow::Result<()> {
+    // SAFETY: a valid namespace fd; CLONE_NEWNET only changes this thread's namespace.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    ensure!(
+        rc == 0,
+        "entering {ns}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// Starts `f` on a thread inside network namespace `ns`; fails at once when there is no
+/// such namespace.
+pub fn spawn_in<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<thread::JoinHandle<anyhow::Result<T>>> {
+    let (file, ns) = (open(ns)?, ns.to_string());
+    Ok(thread::spawn(move || {
+        enter_file(&file, &ns)?;
+        f()
+    }))
+}
+
+/// Runs `f` on a thread inside network namespace `ns` and waits for it.
+pub fn run_in<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    spawn_in(ns, f)?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread in {ns} panicked"))?
+}
 
 /// What a [`NetnsPair`] is called and addressed.
 #[derive(Clone, Copy, Debug)]

@@ -1,6 +1,8 @@
 //! tuneprobe's userspace agent: loads the kernel programs, reads their per-cgroup maps
 //! and attributes the counts to pods, containers and services.
 //!
+//! - [`output`]: the building blocks every output is made of (metric families, `top`'s
+//!   cells), below the signals that fill them in;
 //! - [`kernel`]: BTF, the layout read from it, loading and attaching the programs,
 //!   reading and deleting map entries; the kernel's other interfaces (sysfs block
 //!   devices, sock_diag);
@@ -12,11 +14,18 @@
 //! - [`report`]: the snapshot of a window, as `snapshot --json` prints it;
 //! - [`views`]: the table, the Prometheus exposition, `top`, `trace` and plots;
 //! - [`tuning`] and [`verify`]: the knobs, and judging their changes;
-//! - [`fleet`]: judging a change across nodes, from Prometheus.
+//! - [`fleet`]: judging a change across nodes, from Prometheus;
+//! - `cli`: the command line, one module per subcommand ([`main`] is the binary).
+//!
+//! Each module uses only the modules listed before it (`access` and `privileges`, the
+//! server's and the CLI's, sit just below `cli`); `xtask/src/layers.rs` declares the
+//! order and its test fails on an import against it.
 
 pub mod access;
+mod cli;
 pub mod fleet;
 pub mod kernel;
+pub mod output;
 pub mod privileges;
 pub mod report;
 pub mod signals;
@@ -26,6 +35,7 @@ pub mod views;
 pub mod window;
 pub mod workloads;
 
+pub use cli::main;
 pub use kernel::loader::{LoadOptions, Probe, ProbeStatus};
 pub use report::Snapshot;
 pub use signals::Signal;

@@ -11,15 +11,6 @@ use crate::{
     workloads::identity::Identity,
 };
 
-/// The name a unit enum has in the JSON (`tcp_retransmit`, `no significant change`), for
-/// tables and metric labels that should say the same.
-pub fn serde_name<T: Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
     pub duration_s: f64,

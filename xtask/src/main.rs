@@ -16,6 +16,8 @@ mod bench;
 mod build;
 mod image;
 mod kernels;
+#[cfg(test)]
+mod layers;
 mod run;
 mod setup;
 mod test;

@@ -3,9 +3,12 @@
 
 use std::{fmt::Write as _, io::Write as _, path::PathBuf};
 
+use crate::{
+    kernel::btf::VMLINUX_BTF, kernel::loader::LoadOptions, kernel::loader::Probe,
+    kernel::loader::ProbeStatus, signals::Signal,
+};
 use anyhow::Context as _;
 use serde::Serialize;
-use tuneprobe::{LoadOptions, Probe, ProbeStatus, Signal, kernel::btf::VMLINUX_BTF};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -107,7 +110,7 @@ fn btf_source(options: &LoadOptions) -> BtfSource {
         // As the loader picks it: the node's own under --host-root if there.
         None => BtfSource {
             source: "vmlinux",
-            path: Some(tuneprobe::workloads::host::path(VMLINUX_BTF))
+            path: Some(crate::workloads::host::path(VMLINUX_BTF))
                 .filter(|path| path.exists())
                 .unwrap_or_else(|| PathBuf::from(VMLINUX_BTF)),
         },

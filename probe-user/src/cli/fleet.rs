@@ -3,11 +3,11 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::Context as _;
-use tuneprobe::{
+use crate::{
     fleet::{self, By, Options, prom::Matchers},
     signals::measure::Measure,
 };
+use anyhow::Context as _;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

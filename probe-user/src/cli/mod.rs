@@ -12,7 +12,8 @@ mod verify;
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, error::ErrorKind};
-use tuneprobe::LoadOptions;
+
+use crate::kernel::loader::LoadOptions;
 
 /// Per-pod TCP retransmits, packet drops with kernel drop reasons, DNS, block IO and
 /// CPU throttling, measured in the kernel with eBPF.
@@ -60,7 +61,7 @@ pub struct CollectorArgs {
 
     /// The kubelet's pod log directory, for pod and container names when the API is not
     /// reachable (its sibling `containers` directory names containers).
-    #[arg(long, value_name = "DIR", default_value = tuneprobe::workloads::pods::DEFAULT_POD_LOGS_DIR)]
+    #[arg(long, value_name = "DIR", default_value = crate::workloads::pods::DEFAULT_POD_LOGS_DIR)]
     pod_logs_dir: PathBuf,
 
     /// The Kubernetes API for pod names and labels: `auto` (in-cluster when running in a
@@ -109,8 +110,8 @@ fn parse_kube_api(text: &str) -> Result<String, String> {
 }
 
 impl CollectorArgs {
-    pub fn options(&self) -> anyhow::Result<tuneprobe::window::CollectorOptions> {
-        use tuneprobe::{window::CriSocket, workloads::kube::ApiConfig};
+    pub fn options(&self) -> anyhow::Result<crate::window::CollectorOptions> {
+        use crate::{window::CriSocket, workloads::kube::ApiConfig};
         let kube_api = match self.kube_api.as_str() {
             "none" => None,
             "auto" => match (ApiConfig::in_cluster(), &self.kubeconfig) {
@@ -125,20 +126,20 @@ impl CollectorArgs {
                 ..ApiConfig::default()
             }),
         };
-        Ok(tuneprobe::window::CollectorOptions {
+        Ok(crate::window::CollectorOptions {
             dns_timeout: self.dns_timeout,
             pod_grace: self.pod_grace,
-            pod_logs_dir: tuneprobe::workloads::host::path(&self.pod_logs_dir),
+            pod_logs_dir: crate::workloads::host::path(&self.pod_logs_dir),
             kube_api,
             cri_socket: match self.cri_socket.as_str() {
                 "auto" => CriSocket::Auto,
                 "none" => CriSocket::None,
-                path => CriSocket::Path(tuneprobe::workloads::host::path(path)),
+                path => CriSocket::Path(crate::workloads::host::path(path)),
             },
             node_name: self
                 .node_name
                 .clone()
-                .unwrap_or_else(tuneprobe::window::node_name),
+                .unwrap_or_else(crate::window::node_name),
         })
     }
 }
@@ -175,7 +176,7 @@ impl Cli {
 
     pub fn run(&self) -> anyhow::Result<()> {
         if let Some(root) = &self.host_root {
-            tuneprobe::workloads::host::set_root(root)?;
+            crate::workloads::host::set_root(root)?;
         }
         match &self.command {
             Command::Snapshot(args) => snapshot::run(args, &self.load_options()),
@@ -190,9 +191,29 @@ impl Cli {
     }
 }
 
+/// The `tuneprobe` binary: parse the command line, log at its level, run the
+/// subcommand; errors are one line on stderr and exit code 1.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(&err),
+    };
+    env_logger::Builder::new()
+        .filter_level(cli.log_level())
+        .format_timestamp(None)
+        .init();
+    match cli.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("tuneprobe: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Help and version go to stdout with success; a bad argument is one line on stderr and
 /// exit code 2, so scripts can tell misuse from failure.
-pub fn usage_error(err: &clap::Error) -> ExitCode {
+fn usage_error(err: &clap::Error) -> ExitCode {
     match err.kind() {
         ErrorKind::DisplayHelp
         | ErrorKind::DisplayVersion

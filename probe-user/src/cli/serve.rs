@@ -8,6 +8,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::{
+    access::{BearerToken, tls_config},
+    kernel::loader::LoadOptions,
+    kernel::loader::Probe,
+    tuning,
+    verify::{Watcher, Windows},
+    views::metrics::Exporter,
+    views::scope::CgroupScope,
+    window::Collector,
+};
 use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -17,14 +27,6 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tuneprobe::{
-    Collector, LoadOptions, Probe,
-    access::{BearerToken, tls_config},
-    tuning,
-    verify::{Watcher, Windows},
-    views::metrics::Exporter,
-    workloads::scope::CgroupScope,
-};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -110,7 +112,7 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     // Load and attach on this thread before any other exists: capabilities are per
     // thread, and every later thread inherits the reduced set.
     let probe = Probe::load(options)?;
-    tuneprobe::privileges::after_attach(tuneprobe::privileges::needs::SERVE);
+    crate::privileges::after_attach(crate::privileges::needs::SERVE);
     let collector = Collector::start_with(probe, args.collector.options()?)?;
     let access = Access {
         tls: match (&args.tls_cert, &args.tls_key) {
@@ -336,7 +338,7 @@ fn render(state: &State) -> anyhow::Result<String> {
     // before its first tick.
     let fresh = match watcher.inventory() {
         Some(_) => None,
-        None => tuneprobe::tuning::this_node()
+        None => crate::tuning::this_node()
             .map_err(|err| {
                 log::warn!("tuning inventory: {err}");
                 lock(&state.exporter).count_error("tuning_inventory");

@@ -6,8 +6,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::{kernel::loader::LoadOptions, kernel::loader::Probe, window::Collector};
 use anyhow::Context as _;
-use tuneprobe::{Collector, LoadOptions, Probe};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -48,7 +48,7 @@ const TICK: Duration = Duration::from_secs(1);
 
 pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     let probe = Probe::load(options)?;
-    tuneprobe::privileges::after_attach(tuneprobe::privileges::needs::OBSERVE);
+    crate::privileges::after_attach(crate::privileges::needs::OBSERVE);
     let mut collector = Collector::start_with(probe, args.collector.options()?)?;
     let statuses = collector.probe().statuses();
     let attached = statuses.iter().filter(|s| s.attached).count();
@@ -70,7 +70,7 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         serde_json::to_writer_pretty(&mut stdout, &snapshot)?;
         writeln!(stdout)?;
     } else {
-        write!(stdout, "{}", tuneprobe::views::table::render(&snapshot))?;
+        write!(stdout, "{}", crate::views::table::render(&snapshot))?;
     }
     stdout.flush().context("writing the report")
 }

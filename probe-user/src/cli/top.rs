@@ -10,6 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::{
+    kernel::loader::LoadOptions,
+    kernel::loader::Probe,
+    views::top::{self, Detail, Rates, Row},
+    window::Collector,
+};
 use anyhow::Context as _;
 use ratatui::{
     DefaultTerminal, Frame,
@@ -18,10 +24,6 @@ use ratatui::{
     style::{Modifier, Style, Stylize as _},
     text::{Line, Span},
     widgets::{Block, Paragraph, Row as TableRow, Table, TableState},
-};
-use tuneprobe::{
-    Collector, LoadOptions, Probe,
-    views::top::{self, Detail, Rates, Row},
 };
 
 /// `top --sort`'s values: the columns' names.
@@ -71,7 +73,7 @@ pub struct Args {
 
 pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     let probe = Probe::load(options)?;
-    tuneprobe::privileges::after_attach(tuneprobe::privileges::needs::OBSERVE);
+    crate::privileges::after_attach(crate::privileges::needs::OBSERVE);
     let collector = Collector::start_with(probe, args.collector.options()?)?;
     let filter = match (&args.namespace, &args.pod) {
         // The view filters on one text; with both, the pod narrows further below.

@@ -11,13 +11,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::{
+    kernel::loader::LoadOptions,
+    kernel::loader::Probe,
+    kernel::symbols::Symbols,
+    signals::Signal,
+    views::trace::{Decoder, Record, TraceEvent},
+    window::Collector,
+};
 use anyhow::Context as _;
 use probe_common::trace::{TRACE_RING_BYTES, TraceConfig};
-use tuneprobe::{
-    Collector, LoadOptions, Probe, Signal,
-    kernel::symbols::Symbols,
-    views::trace::{Decoder, Record, TraceEvent},
-};
 
 /// `trace`'s first argument: a signal's trace name, or `all`.
 fn signal_names() -> Vec<&'static str> {
@@ -169,7 +172,7 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     let mut ring = probe.take_trace_events()?;
     // Kernel symbols need CAP_SYSLOG: read them before it goes.
     let mut decoder = Decoder::new(Symbols::load(Path::new("/proc/kallsyms")));
-    tuneprobe::privileges::after_attach(tuneprobe::privileges::needs::OBSERVE);
+    crate::privileges::after_attach(crate::privileges::needs::OBSERVE);
     let mut collector = Collector::start_with(probe, args.collector.options()?)?;
     let filter = Filter {
         namespace: args.namespace.clone(),

@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
+use crate::tuning::{self, Inventory, Setting};
 use anyhow::Context as _;
-use tuneprobe::tuning::{self, Inventory, Setting};
 
 #[derive(Debug, clap::Args)]
 #[command(

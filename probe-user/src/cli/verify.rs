@@ -15,12 +15,12 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{Context as _, bail};
-use serde::Serialize;
-use tuneprobe::{
-    Collector, LoadOptions, Probe, Snapshot,
+use crate::{
+    kernel::loader::LoadOptions,
+    kernel::loader::Probe,
     kernel::sockdiag,
-    report::serde_name,
+    output::serde_name,
+    report::Snapshot,
     signals::measure::Measure,
     tuning,
     verify::{
@@ -28,8 +28,11 @@ use tuneprobe::{
         WorkloadVerdict,
     },
     views::plot,
+    window::Collector,
     workloads::cgroup::{CgroupPaths, Hierarchies, parse_kube_path},
 };
+use anyhow::{Context as _, bail};
+use serde::Serialize;
 
 use super::snapshot::parse_duration;
 
@@ -165,7 +168,7 @@ pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     };
 
     let probe = Probe::load(options)?;
-    tuneprobe::privileges::after_attach(tuneprobe::privileges::needs::VERIFY);
+    crate::privileges::after_attach(crate::privileges::needs::VERIFY);
     let mut collector = Collector::start_with(probe, args.collector.options()?)?;
     eprintln!(
         "ready: measuring {} before the change",
@@ -306,7 +309,7 @@ fn print_report(args: &Args, report: ChangeReport) -> anyhow::Result<()> {
 /// `--watch`: a report whenever a change's verdicts move forward.
 fn watch(args: &Args, options: &LoadOptions, interrupted: &AtomicBool) -> anyhow::Result<()> {
     let probe = Probe::load(options)?;
-    tuneprobe::privileges::after_attach(tuneprobe::privileges::needs::VERIFY);
+    crate::privileges::after_attach(crate::privileges::needs::VERIFY);
     let mut collector = Collector::start_with(probe, args.collector.options()?)?;
     let mut watcher = Watcher::new(Windows {
         before: args.before,
@@ -472,7 +475,7 @@ fn target(args: &Args, knob: &str) -> anyhow::Result<(Target, Affected)> {
         })?;
         if sysctl {
             // The pod's namespace, through any of its processes.
-            let process = tuneprobe::workloads::procfs::processes(Path::new("/proc"))
+            let process = crate::workloads::procfs::processes(Path::new("/proc"))
                 .into_iter()
                 .find(|p| parse_kube_path(&p.cgroup).pod_uid.as_deref() == Some(uid))
                 .with_context(|| format!("no running process of pod {uid}"))?;

@@ -49,7 +49,7 @@ fn row(out: &mut String, v: &FleetVerdict) {
         ci,
         p,
         load,
-        crate::report::serde_name(&c.verdict)
+        crate::output::serde_name(&c.verdict)
     );
 }
 
@@ -167,7 +167,7 @@ pub fn svg(report: &FleetReport) -> String {
             escape(&v.group),
             top + 32.0,
             escape(&v.signal.name()),
-            escape(&crate::report::serde_name(&c.verdict)),
+            escape(&crate::output::serde_name(&c.verdict)),
             number(c.effect),
             number(c.ci95[0]),
             number(c.ci95[1]),

@@ -26,7 +26,7 @@ use crate::{
         layout,
         loader::{Hook, Probe, ProgramSpec},
     },
-    views::{
+    output::{
         families::{Families, Labels, with},
         parts::{Cell, Detail, TopColumn, truncate_left},
     },

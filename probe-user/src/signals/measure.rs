@@ -8,7 +8,7 @@ use probe_common::{DnsHistogram, LatencyHistogram};
 use serde::Serialize;
 
 use super::{
-    block_io,
+    Sections, block_io,
     cpu_throttle::CpuReport,
     dns::DnsReport,
     drops::{BACKLOG_REASONS, DropStats, FORWARDING_REASONS, RCVBUF_REASONS},
@@ -16,7 +16,6 @@ use super::{
     tcp_connections::ConnectionReport,
     tcp_retransmit::TcpStats,
 };
-use crate::report::Workload;
 
 /// A per-interval measure of a signal, computed from two consecutive cumulative
 /// snapshots.
@@ -257,7 +256,7 @@ impl Measure {
     }
 
     pub fn name(self) -> String {
-        crate::report::serde_name(&self)
+        crate::output::serde_name(&self)
     }
 
     /// Parses a judged measure by its JSON name (`retransmit_ratio`, ...).
@@ -270,11 +269,10 @@ impl Measure {
     /// signal module computes its own.
     pub fn sample(
         self,
-        before: &Workload,
-        after: &Workload,
+        b: &Sections,
+        a: &Sections,
         device: Option<&str>,
     ) -> Option<(f64, Option<f64>)> {
-        let (b, a) = (&before.signals, &after.signals);
         let with_load = |(value, load): (f64, f64)| (value, Some(load));
         let cpu = |f: fn(&CpuReport, &CpuReport) -> Option<(f64, f64)>| {
             f(b.cpu.as_ref()?, a.cpu.as_ref()?).map(with_load)
@@ -392,10 +390,11 @@ mod tests {
         }
     }
 
-    fn with_block(reports: Vec<BlockReport>) -> Workload {
-        let mut w = Workload::default();
-        w.signals.block = reports;
-        w
+    fn with_block(reports: Vec<BlockReport>) -> Sections {
+        Sections {
+            block: reports,
+            ..Sections::default()
+        }
     }
 
     #[test]
@@ -424,9 +423,8 @@ mod tests {
 
     #[test]
     fn connect_failures_count_every_cause_per_attempt() {
-        let report = |attempts, refused, noport, closed, resets| {
-            let mut w = Workload::default();
-            w.signals.connections = Some(ConnectionReport {
+        let report = |attempts, refused, noport, closed, resets| Sections {
+            connections: Some(ConnectionReport {
                 connect_attempts: attempts,
                 failed: ConnectFailures {
                     refused,
@@ -436,8 +434,8 @@ mod tests {
                 closed,
                 resets_received: resets,
                 ..ConnectionReport::default()
-            });
-            w
+            }),
+            ..Sections::default()
         };
         let (before, after) = (report(10, 1, 1, 4, 0), report(30, 6, 11, 14, 5));
         assert_eq!(
@@ -450,7 +448,7 @@ mod tests {
         );
         // A workload that started connecting in this interval counts from zero.
         assert_eq!(
-            Measure::ConnectFailureRatio.sample(&Workload::default(), &before, None),
+            Measure::ConnectFailureRatio.sample(&Sections::default(), &before, None),
             Some((0.2, Some(10.0)))
         );
     }

@@ -27,7 +27,7 @@ use self::record::{RecordError, TraceContext};
 pub use self::source::{Attribution, Dead, NetnsLoad, Owner, Settings, Shared, Slot, Source};
 use crate::{
     kernel::loader::{LoadError, LoadOptions, Probe, ProgramSpec},
-    views::{
+    output::{
         families::{Families, Labels},
         parts::{Cell, Detail, TopColumn},
     },

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::record::TraceContext;
 use crate::{
     kernel::loader::{Probe, ProgramSpec},
-    views::{
+    output::{
         families::{Families, Labels},
         parts::{Cell, Detail, TopColumn},
     },

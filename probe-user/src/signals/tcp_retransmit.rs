@@ -21,7 +21,7 @@ use crate::{
         layout,
         loader::{Hook, Probe, ProgramSpec},
     },
-    views::{
+    output::{
         families::{Families, Labels},
         parts::{Cell, Detail, TopColumn, truncate_left},
     },

@@ -159,7 +159,7 @@ pub fn interval_samples(
             .collect();
         for signal in Measure::ALL {
             let mut put = |device: Option<&str>| {
-                if let Some((value, load)) = signal.sample(before, now, device) {
+                if let Some((value, load)) = signal.sample(&before.signals, &now.signals, device) {
                     let key = SeriesKey {
                         path: path.to_string(),
                         signal,
@@ -375,7 +375,7 @@ pub fn report_notes(verdicts: &[WorkloadVerdict]) -> Vec<String> {
                     format!(
                         "{} {}",
                         v.signal.name(),
-                        crate::report::serde_name(&verdict)
+                        crate::output::serde_name(&verdict)
                     )
                 })
                 .collect()

@@ -6,11 +6,8 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 use serde::Serialize;
 
 use crate::{
-    report::{Snapshot, serde_name},
-    signals::measure::Measure,
-    tuning,
-    verify::stats,
-    views::families::Families,
+    output::families::Families, output::serde_name, report::Snapshot, signals::measure::Measure,
+    tuning, verify::stats,
 };
 
 use super::{

@@ -12,10 +12,10 @@ use prometheus::{Encoder as _, TextEncoder};
 
 use crate::{
     kernel::loader::ProbeStatus,
+    output::families::{Families, Labels},
     report::{Snapshot, Workload},
     tuning::{Inventory, Setting},
     verify::Watcher,
-    views::families::{Families, Labels},
 };
 
 /// The label set that folded workloads share.
@@ -308,8 +308,8 @@ mod tests {
     use probe_common::LatencyHistogram;
 
     use crate::{
+        output::families::{IO_BUCKETS, Value, prometheus_histogram},
         signals::{Sections, drops::DropStats, tcp_retransmit::TcpStats},
-        views::families::{IO_BUCKETS, Value, prometheus_histogram},
         workloads::identity::Identity,
     };
 

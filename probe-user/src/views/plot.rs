@@ -159,7 +159,7 @@ pub fn svg(title: &str, verdicts: &[(String, &WorkloadVerdict)]) -> String {
             escape(label),
             top + 32.0,
             escape(&verdict.signal.name()),
-            escape(&crate::report::serde_name(&c.verdict)),
+            escape(&crate::output::serde_name(&c.verdict)),
             number(c.effect),
             number(c.ci95[0]),
             number(c.ci95[1]),

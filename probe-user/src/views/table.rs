@@ -47,7 +47,7 @@ pub fn render(snapshot: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::views::parts::truncate_left;
+    use crate::output::parts::truncate_left;
 
     #[test]
     fn table_is_readable() {

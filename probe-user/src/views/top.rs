@@ -5,7 +5,7 @@
 
 use std::{cmp::Ordering, collections::HashMap, fmt::Write as _};
 
-pub use super::parts::{Cell, Detail, TopColumn, bars};
+pub use crate::output::parts::{Cell, Detail, TopColumn, bars};
 use crate::{
     report::{Snapshot, Workload},
     signals,

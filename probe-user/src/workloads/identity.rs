@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::views::families::Labels;
+use crate::output::families::Labels;
 
 /// A cgroup (a container, a pod, a system service, the host), a network namespace whose
 /// owner is unknown, or the unattributable rest (everything `None`).

@@ -11,4 +11,3 @@ pub mod kube;
 pub mod netns;
 pub mod pods;
 pub mod procfs;
-pub mod scope;

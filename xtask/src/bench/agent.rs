@@ -10,13 +10,16 @@ use std::{
     os::fd::{FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::{Arc, atomic::AtomicBool},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
 use tuneprobe_lab::{Proc, sh};
 
-use super::pause;
+use tuneprobe_lab::pause;
+
+use crate::{setup, workspace_root};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mode {
@@ -413,6 +416,38 @@ fn read_text(path: &Path) -> anyhow::Result<String> {
         .and_then(|mut f| f.read_to_string(&mut text))
         .with_context(|| format!("reading {}", path.display()))?;
     Ok(text)
+}
+
+/// What the benchmark and the soak do first: Ctrl-C handling, setup (unless told not
+/// to), and the tuneprobe binary to run (the given one, or a fresh release build).
+pub fn prepare(no_setup: bool, tuneprobe: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    install_interrupt()?;
+    if !no_setup {
+        setup::run()?;
+    }
+    let tuneprobe = match tuneprobe {
+        Some(path) => path.clone(),
+        None => {
+            crate::build::release()?;
+            workspace_root().join("target/release/tuneprobe")
+        }
+    };
+    ensure!(
+        tuneprobe.exists(),
+        "no tuneprobe at {}",
+        tuneprobe.display()
+    );
+    Ok(tuneprobe)
+}
+
+/// From now on Ctrl-C and SIGTERM set the flag that [`tuneprobe_lab::interrupted`] reads.
+fn install_interrupt() -> anyhow::Result<()> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&flag))?;
+    }
+    tuneprobe_lab::stop_waiting_on(flag);
+    Ok(())
 }
 
 #[cfg(test)]

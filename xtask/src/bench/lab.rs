@@ -13,10 +13,8 @@ use std::{
 
 use anyhow::{bail, ensure};
 use tuneprobe_lab::{
-    CgroupTree, Leftovers, LoopDevice, NetnsPair, NftTable, PairSpec, Proc, interrupted, sh,
+    CgroupTree, Leftovers, LoopDevice, NetnsPair, NftTable, PairSpec, Proc, interrupted, pause, sh,
 };
-
-use super::pause;
 
 /// Client side (namespace A) and server side (namespace B); private to the namespaces.
 pub const ADDR_A: &str = "10.231.0.1";
@@ -129,11 +127,11 @@ impl Lab {
         // Ready when dnsmasq answers and iperf3 listens.
         let deadline = Instant::now() + Duration::from_secs(10);
         let ns_a = self.net.a.clone();
-        let answered = super::load::in_netns(&ns_a, move || {
+        let answered = tuneprobe_lab::run_in_netns(&ns_a, move || {
             let socket = UdpSocket::bind((ADDR_A, 0))?;
             socket.connect((ADDR_B, 53))?;
             socket.set_read_timeout(Some(Duration::from_millis(100)))?;
-            let query = super::load::dns_query(1);
+            let query = dns_query(1);
             let mut buf = [0u8; 512];
             while Instant::now() < deadline {
                 socket.send(&query)?;
@@ -215,4 +213,17 @@ impl Drop for Lab {
             server.stop(libc::SIGTERM, Duration::from_secs(3));
         }
     }
+}
+
+/// A DNS query for `bench.local` (A, IN, recursion desired) with transaction id `txid`.
+pub fn dns_query(txid: u16) -> Vec<u8> {
+    let mut q = Vec::with_capacity(32);
+    q.extend_from_slice(&txid.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in DNS_NAME.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
 }

@@ -13,50 +13,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, ensure};
+use anyhow::Context as _;
 use serde_json::Value;
 
 use tuneprobe_lab::{Proc, sh};
 
-use super::lab::{ADDR_A, ADDR_B, CONNECT_PORT, DNS_NAME, DROP_PORT, EGRESS_DROP_PORT, Lab};
+use tuneprobe_lab::spawn_in_netns;
 
-/// Runs `f` on a new thread that has entered network namespace `ns`, and waits for it.
-pub fn in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
-    spawn_in_netns(ns, f)?
-        .join()
-        .map_err(|_| anyhow::anyhow!("load thread panicked"))?
-}
-
-/// Starts `f` on a thread inside network namespace `ns`.
-pub fn spawn_in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<thread::JoinHandle<anyhow::Result<T>>> {
-    let path = format!("/run/netns/{ns}");
-    let file = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-    Ok(thread::spawn(move || {
-        // SAFETY: a valid namespace fd; CLONE_NEWNET only changes this thread's namespace.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        ensure!(rc == 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    }))
-}
-
-/// A DNS query for `bench.local` (A, IN, recursion desired) with transaction id `txid`.
-pub fn dns_query(txid: u16) -> Vec<u8> {
-    let mut q = Vec::with_capacity(32);
-    q.extend_from_slice(&txid.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in DNS_NAME.split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
-}
+use super::lab::{ADDR_A, ADDR_B, CONNECT_PORT, DROP_PORT, EGRESS_DROP_PORT, Lab, dns_query};
 
 /// Sends UDP datagrams from namespace A to B's dropping port for `secs`, at `rate`
 /// packets per second or as fast as one thread can; returns the packets sent.
@@ -99,7 +63,7 @@ pub fn dns_load(
                     let end = Instant::now() + Duration::from_secs_f64(secs);
                     let mut answers = 0;
                     let mut in_flight = 0;
-                    while Instant::now() < end && !super::interrupted() {
+                    while Instant::now() < end && !tuneprobe_lab::interrupted() {
                         while in_flight < WINDOW {
                             txid = txid.wrapping_add(1);
                             socket.send(&dns_query(txid))?;
@@ -149,7 +113,7 @@ pub fn connect_load(
         let listener = TcpListener::bind((ADDR_B, CONNECT_PORT))?;
         listener.set_nonblocking(true)?;
         let end = Instant::now() + Duration::from_secs_f64(secs + 2.0);
-        while Instant::now() < end && !super::interrupted() {
+        while Instant::now() < end && !tuneprobe_lab::interrupted() {
             match listener.accept() {
                 Ok((stream, _)) => drop(stream),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -210,7 +174,7 @@ fn paced(
     let mut attempts = 0u64;
     loop {
         let now = Instant::now();
-        if now >= end || super::interrupted() {
+        if now >= end || tuneprobe_lab::interrupted() {
             return Ok(done);
         }
         if let Some(rate) = rate {
@@ -315,12 +279,7 @@ pub fn busy_loop(cgroup: &Path) -> anyhow::Result<Proc> {
 /// enters namespace A): moves itself through every cgroup under `parent` and sends one datagram from
 /// each to the port A drops on output, so each cgroup becomes a workload with a drop.
 pub fn fill_cgroups(parent: &Path, netns: &str) -> anyhow::Result<()> {
-    // Not `ip netns exec`: it mounts a fresh /sys, without the cgroup mounts.
-    let path = format!("/run/netns/{netns}");
-    let file = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-    // SAFETY: a valid namespace fd; this process is single-threaded.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    ensure!(rc == 0, "setns: {}", std::io::Error::last_os_error());
+    tuneprobe_lab::enter_netns(netns)?;
     let mut dirs: Vec<_> = fs::read_dir(parent)?
         .flatten()
         .map(|e| e.path())

@@ -26,24 +26,23 @@ use std::{
     fs,
     path::PathBuf,
     process::{Command, Stdio},
-    sync::{Arc, atomic::AtomicBool},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
 use serde_json::Value;
-use tuneprobe_lab::{Proc, sh};
+use tuneprobe_lab::{Proc, pause, sh};
 
 use self::{
-    agent::{Agent, Mode, StatsEnabled, Tools, Usage, http_get, prog_stats},
+    agent::{Agent, Mode, StatsEnabled, Tools, Usage, http_get, prepare, prog_stats},
     lab::{IPERF_LOSSY_PORT, IPERF_PORT, Lab},
     report::{
         AgentCost, AgentCosts, Attach, AttachTimes, BySample, Comparison, Config, FloorValue,
         KernelCost, LoadMix, Machine, Report, ScaleRun, Target, WorkloadImpact, median, ratio,
     },
 };
-use crate::{is_root, setup, workspace_root};
+use crate::{is_root, workspace_root};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -109,56 +108,6 @@ impl Plan {
             connects_per_s: 100.0,
             scale: vec![50],
         }
-    }
-}
-
-/// Ctrl-C or SIGTERM arrived: stages stop at their next check and cleanup runs.
-fn interrupted() -> bool {
-    tuneprobe_lab::interrupted()
-}
-
-/// What the benchmark and the soak do first: Ctrl-C handling, setup (unless told not
-/// to), and the tuneprobe binary to run (the given one, or a fresh release build).
-fn prepare(no_setup: bool, tuneprobe: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
-    install_interrupt()?;
-    if !no_setup {
-        setup::run()?;
-    }
-    let tuneprobe = match tuneprobe {
-        Some(path) => path.clone(),
-        None => {
-            crate::build::release()?;
-            workspace_root().join("target/release/tuneprobe")
-        }
-    };
-    ensure!(
-        tuneprobe.exists(),
-        "no tuneprobe at {}",
-        tuneprobe.display()
-    );
-    Ok(tuneprobe)
-}
-
-/// From now on Ctrl-C and SIGTERM set the flag that [`interrupted`] reads.
-fn install_interrupt() -> anyhow::Result<()> {
-    let flag = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&flag))?;
-    }
-    tuneprobe_lab::stop_waiting_on(flag);
-    Ok(())
-}
-
-/// Sleeps, failing early if interrupted.
-fn pause(duration: Duration) -> anyhow::Result<()> {
-    let end = Instant::now() + duration;
-    loop {
-        ensure!(!interrupted(), "interrupted");
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(());
-        }
-        thread::sleep(left.min(Duration::from_millis(50)));
     }
 }
 

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tuneprobe_lab::{Proc, sh};
 
 use super::{
-    agent::{Usage, http_get},
+    agent::{self, Usage, http_get},
     lab::{IPERF_LOSSY_PORT, Lab},
     load,
 };
@@ -209,7 +209,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         args.duration >= args.interval * 3,
         "--for must be at least three --interval samples"
     );
-    let tuneprobe = super::prepare(args.no_setup, args.tuneprobe.as_ref())?;
+    let tuneprobe = agent::prepare(args.no_setup, args.tuneprobe.as_ref())?;
     let root = workspace_root();
     let id = format!("s{}", std::process::id() % 100_000);
     let mut lab = Lab::new(&id)?;
@@ -233,7 +233,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while http_get(&addr, "/readyz").is_err() {
         ensure!(Instant::now() < deadline, "tuneprobe serve never got ready");
-        super::pause(Duration::from_millis(100))?;
+        tuneprobe_lab::pause(Duration::from_millis(100))?;
     }
 
     let secs = args.duration.as_secs_f64();
@@ -255,7 +255,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         churned += load::run_fill(&lab, &parent)?;
         lab.remove_scale_cgroups();
         round += 1;
-        super::pause(Duration::from_secs(2))?;
+        tuneprobe_lab::pause(Duration::from_secs(2))?;
         if Instant::now() >= next_sample {
             let s = sample(agent.pid(), &addr, started)?;
             if !args.json {

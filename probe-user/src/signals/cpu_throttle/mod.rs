@@ -29,7 +29,7 @@ use crate::{
         layout,
         loader::{Hook, Probe, ProgramSpec},
     },
-    views::{
+    output::{
         families::{Families, IO_BUCKETS, Labels, prometheus_histogram},
         parts::{Cell, Detail, TopColumn, bars, or_dash, truncate_left},
     },

@@ -28,7 +28,7 @@ use super::{
 };
 use crate::{
     kernel::loader::{Hook, Probe, ProgramSpec},
-    views::{
+    output::{
         families::{DNS_BUCKETS, Families, Labels, prometheus_histogram, with},
         parts::{Cell, Detail, TopColumn, bars, or_dash, truncate_left},
     },
