@@ -11,7 +11,7 @@ use rustls::{
 };
 
 #[derive(Debug, thiserror::Error)]
-pub enum AccessError {
+pub(crate) enum AccessError {
     #[error("reading {path}: {source}")]
     Read {
         path: String,
@@ -44,7 +44,7 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, AccessError
 
 /// A server configuration from PEM files; with `client_ca`, clients must present a
 /// certificate that it signed.
-pub fn tls_config(
+pub(crate) fn tls_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
@@ -86,12 +86,12 @@ pub fn tls_config(
 
 /// The bearer token requests must carry, if one is configured.
 #[derive(Debug, Clone, Default)]
-pub struct BearerToken(Option<String>);
+pub(crate) struct BearerToken(Option<String>);
 
 impl BearerToken {
     /// From a file (a Kubernetes secret mounted as a file, say); surrounding whitespace
     /// is not part of the token.
-    pub fn from_file(path: &Path) -> Result<Self, AccessError> {
+    pub(crate) fn from_file(path: &Path) -> Result<Self, AccessError> {
         let text = fs::read_to_string(path).map_err(|source| AccessError::Read {
             path: path.display().to_string(),
             source,
@@ -106,7 +106,7 @@ impl BearerToken {
     }
 
     /// Whether an `Authorization` header value is acceptable.
-    pub fn allows(&self, authorization: Option<&[u8]>) -> bool {
+    pub(crate) fn allows(&self, authorization: Option<&[u8]>) -> bool {
         let Some(expected) = &self.0 else {
             return true;
         };

@@ -21,16 +21,20 @@
 //! server's and the CLI's, sit just below `cli`); `xtask/src/layers.rs` declares the
 //! order and its test fails on an import against it.
 
-pub mod access;
+// The public surface is what the binary and the integration tests (`tests/`) use; the
+// rest is the crate's own, and `unreachable_pub` keeps it marked so.
+#![warn(unreachable_pub)]
+
+pub(crate) mod access;
 mod cli;
 pub mod fleet;
 pub mod kernel;
-pub mod output;
-pub mod privileges;
+pub(crate) mod output;
+pub(crate) mod privileges;
 pub mod report;
 pub mod signals;
-pub mod tuning;
-pub mod verify;
+pub(crate) mod tuning;
+pub(crate) mod verify;
 pub mod views;
 pub mod window;
 pub mod workloads;

@@ -12,7 +12,7 @@ use caps::{CapSet, Capability};
 
 /// What `keep_only` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dropped {
+pub(crate) struct Dropped {
     /// Capabilities kept (those asked for that the process had).
     pub kept: Vec<Capability>,
     /// Capabilities given up.
@@ -24,7 +24,7 @@ pub struct Dropped {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum PrivilegeError {
+pub(crate) enum PrivilegeError {
     #[error("reading capabilities: {0}")]
     Read(caps::errors::CapsError),
     #[error("dropping {capability} from the bounding set: {source}")]
@@ -43,7 +43,7 @@ pub enum PrivilegeError {
 
 /// Keeps `keep` (where held) and drops every other capability from this thread for
 /// good.
-pub fn keep_only(keep: &[Capability]) -> Result<Dropped, PrivilegeError> {
+pub(crate) fn keep_only(keep: &[Capability]) -> Result<Dropped, PrivilegeError> {
     let permitted = caps::read(None, CapSet::Permitted).map_err(PrivilegeError::Read)?;
     let keep: HashSet<Capability> = keep
         .iter()
@@ -101,18 +101,18 @@ pub fn keep_only(keep: &[Capability]) -> Result<Dropped, PrivilegeError> {
 }
 
 /// What each long-running mode still needs after attaching.
-pub mod needs {
+pub(crate) mod needs {
     use caps::Capability::{self, *};
 
     /// Reading other processes' `/proc/PID/ns/net` and `/proc/PID/net/*` (`snapshot`,
     /// `top`, and `trace`, which reads `/proc/kallsyms` before it drops CAP_SYSLOG).
-    pub const OBSERVE: &[Capability] = &[CAP_SYS_PTRACE];
+    pub(crate) const OBSERVE: &[Capability] = &[CAP_SYS_PTRACE];
     /// `serve` also reads each network namespace's sysctls and listeners (setns needs
     /// CAP_SYS_ADMIN; without it only the host namespace's are read).
-    pub const SERVE: &[Capability] = &[CAP_SYS_PTRACE, CAP_SYS_ADMIN];
+    pub(crate) const SERVE: &[Capability] = &[CAP_SYS_PTRACE, CAP_SYS_ADMIN];
     /// `verify` writes knobs: net sysctls need CAP_NET_ADMIN, others CAP_SYS_ADMIN, and
     /// cgroup and sysfs files may not be root's.
-    pub const VERIFY: &[Capability] = &[
+    pub(crate) const VERIFY: &[Capability] = &[
         CAP_SYS_PTRACE,
         CAP_SYS_ADMIN,
         CAP_NET_ADMIN,
@@ -124,7 +124,7 @@ pub mod needs {
 /// `CAP_SYS_ADMIN`): before 5.19, `kernel.unprivileged_bpf_disabled` refused every
 /// `bpf()` call of a process without it, reads of its own maps included; since 5.19 it
 /// only guards creating maps and loading programs.
-pub fn map_reads_need_cap_bpf(release: &str, unprivileged_bpf_disabled: &str) -> bool {
+pub(crate) fn map_reads_need_cap_bpf(release: &str, unprivileged_bpf_disabled: &str) -> bool {
     let mut numbers = release
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|n| n.parse::<u32>().ok());
@@ -153,7 +153,7 @@ fn with_map_reads(keep: &[Capability]) -> Vec<Capability> {
 
 /// Drops what a mode no longer needs; a failure is reported, not fatal (tuneprobe keeps
 /// working with what it has).
-pub fn after_attach(keep: &[Capability]) {
+pub(crate) fn after_attach(keep: &[Capability]) {
     match keep_only(&with_map_reads(keep)) {
         Ok(done) => log::info!(
             "capabilities kept: {:?}; dropped: {:?}; bounding set: {:?}",

@@ -69,7 +69,7 @@ pub(crate) mod tests {
         tcp_retransmit::TcpStats,
     };
 
-    pub fn sample() -> Snapshot {
+    pub(crate) fn sample() -> Snapshot {
         let mut drops = DropStats::default();
         drops.add("NO_SOCKET", 3);
         drops.add(TCP_LISTEN_OVERFLOW, 2);

@@ -25,7 +25,7 @@ use serde::Serialize;
                   tuneprobe check --json | jq '.signals[] | select(.status != \"ok\")'\n  \
                   tuneprobe check --btf /boot/vmlinux-btf"
 )]
-pub struct Args {
+pub(super) struct Args {
     /// Print JSON (documented in the README) instead of a table.
     #[arg(long)]
     json: bool,
@@ -81,7 +81,7 @@ struct ProgramCheck {
     error: Option<String>,
 }
 
-pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
+pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     let btf = btf_source(options);
     // Nothing attached, no BTF, no permission: the loader's own errors, exit 1.
     let probe = Probe::load(options)?;

@@ -10,7 +10,7 @@ use crate::{
 use anyhow::Context as _;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     #[command(subcommand)]
     command: Command,
 }
@@ -36,7 +36,7 @@ enum Command {
                   tuneprobe fleet verify --prometheus https://prom.example --bearer-token-file /var/run/secrets/token \\\n    \
                   --at 2026-12-01T10:00:00Z --canary 'node=~\"pool-b-.*\"' --control 'node=~\"pool-a-.*\"' --signal dns_latency_ms"
 )]
-pub struct VerifyArgs {
+pub(super) struct VerifyArgs {
     /// The query API's base URL (`http://prometheus:9090`, with a path prefix if any).
     #[arg(long, value_name = "URL", value_parser = parse_url)]
     prometheus: String,
@@ -148,7 +148,7 @@ fn parse_signal(text: &str) -> Result<Measure, String> {
     })
 }
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
+pub(super) fn run(args: &Args) -> anyhow::Result<()> {
     match &args.command {
         Command::Verify(args) => verify(args),
     }

@@ -19,7 +19,7 @@ use crate::kernel::loader::LoadOptions;
 /// CPU throttling, measured in the kernel with eBPF.
 #[derive(Debug, Parser)]
 #[command(name = "tuneprobe", version, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Kernel BTF to resolve struct layouts from, for kernels that do not publish
     /// /sys/kernel/btf/vmlinux.
     #[arg(long, global = true, value_name = "PATH")]
@@ -49,7 +49,7 @@ pub struct Cli {
 
 /// How workloads are observed and named: shared by `snapshot` and `serve`.
 #[derive(Debug, clap::Args)]
-pub struct CollectorArgs {
+pub(crate) struct CollectorArgs {
     /// A DNS query without a response after this long counts as a timeout.
     #[arg(long, value_name = "DURATION", value_parser = snapshot::parse_duration, default_value = "5s")]
     dns_timeout: std::time::Duration,
@@ -110,7 +110,7 @@ fn parse_kube_api(text: &str) -> Result<String, String> {
 }
 
 impl CollectorArgs {
-    pub fn options(&self) -> anyhow::Result<crate::window::CollectorOptions> {
+    pub(crate) fn options(&self) -> anyhow::Result<crate::window::CollectorOptions> {
         use crate::{window::CriSocket, workloads::kube::ApiConfig};
         let kube_api = match self.kube_api.as_str() {
             "none" => None,
@@ -158,7 +158,7 @@ enum Command {
 }
 
 impl Cli {
-    pub fn log_level(&self) -> log::LevelFilter {
+    pub(crate) fn log_level(&self) -> log::LevelFilter {
         match self.verbose {
             0 => log::LevelFilter::Warn,
             1 => log::LevelFilter::Info,
@@ -174,7 +174,7 @@ impl Cli {
         }
     }
 
-    pub fn run(&self) -> anyhow::Result<()> {
+    pub(crate) fn run(&self) -> anyhow::Result<()> {
         if let Some(root) = &self.host_root {
             crate::workloads::host::set_root(root)?;
         }

@@ -41,7 +41,7 @@ use tokio_rustls::TlsAcceptor;
                   tuneprobe serve\n  \
                   tuneprobe serve --listen 0.0.0.0:9464 --max-workloads 2000"
 )]
-pub struct Args {
+pub(super) struct Args {
     /// Address to listen on; localhost unless told otherwise.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
     listen: SocketAddr,
@@ -101,7 +101,7 @@ struct State {
 /// How often processes, namespaces and DNS timeouts are scanned between scrapes.
 const TICK: Duration = Duration::from_secs(1);
 
-pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
+pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     // Bind first: a taken port fails before anything is loaded. Connections made while
     // the programs load wait in the backlog.
     let listener = std::net::TcpListener::bind(args.listen)

@@ -21,7 +21,7 @@ use anyhow::Context as _;
                   tuneprobe snapshot --for 10s\n  \
                   tuneprobe snapshot --for 1m --json | jq '.workloads[] | select(.drops.total > 0)'"
 )]
-pub struct Args {
+pub(super) struct Args {
     /// How long to watch: 500ms, 10s, 2m, ...
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
     duration: Duration,
@@ -34,7 +34,7 @@ pub struct Args {
     collector: super::CollectorArgs,
 }
 
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text)
         .map_err(|err| format!("{err} (examples: 500ms, 10s, 2m)"))?;
     if duration.is_zero() {
@@ -46,7 +46,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// How often the window rescans processes and names new cgroups.
 const TICK: Duration = Duration::from_secs(1);
 
-pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
+pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     let probe = Probe::load(options)?;
     crate::privileges::after_attach(crate::privileges::needs::OBSERVE);
     let mut collector = Collector::start_with(probe, args.collector.options()?)?;

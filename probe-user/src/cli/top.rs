@@ -46,7 +46,7 @@ fn column_names() -> Vec<&'static str> {
                   tuneprobe top --namespace shop --sort dns-p99\n  \
                   tuneprobe top --once --interval 5s"
 )]
-pub struct Args {
+pub(super) struct Args {
     /// Refresh (and rate) interval.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = super::snapshot::parse_duration)]
     interval: Duration,
@@ -71,7 +71,7 @@ pub struct Args {
     collector: super::CollectorArgs,
 }
 
-pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
+pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     let probe = Probe::load(options)?;
     crate::privileges::after_attach(crate::privileges::needs::OBSERVE);
     let collector = Collector::start_with(probe, args.collector.options()?)?;

@@ -53,7 +53,7 @@ fn selected(name: &str) -> Vec<Signal> {
                   tuneprobe trace block --min-latency 20ms --for 1m\n  \
                   tuneprobe trace all --pod api-7f9c4"
 )]
-pub struct Args {
+pub(super) struct Args {
     /// What to trace.
     #[arg(value_parser = clap::builder::PossibleValuesParser::new(signal_names()))]
     signal: String,
@@ -155,7 +155,7 @@ fn cgroup_matches(wanted: &str, event: &TraceEvent) -> bool {
 /// How often names are refreshed and the lost count is checked.
 const TICK: Duration = Duration::from_secs(1);
 
-pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
+pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     let signals = selected(&args.signal);
     let config = TraceConfig {
         kinds: signals

@@ -16,13 +16,13 @@ use anyhow::Context as _;
                   do not follow the guides' recommendation are marked. Needs no eBPF.",
     after_help = "Examples:\n  tuneprobe tuning\n  tuneprobe tuning --json | jq '.netns[] | select(.settings[].deviates)'"
 )]
-pub struct Args {
+pub(super) struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
+pub(super) fn run(args: &Args) -> anyhow::Result<()> {
     let inventory = tuning::this_node().context("reading the tuning inventory")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&inventory)?);

@@ -54,7 +54,7 @@ use super::snapshot::parse_duration;
                   tuneprobe verify --exec 'nft delete table inet chaos' --signal retransmit_ratio --json\n  \
                   tuneprobe verify --watch --after 60s"
 )]
-pub struct Args {
+pub(super) struct Args {
     /// The change: a sysctl (`net.core.somaxconn=65535`), a cgroup file
     /// (`cpu.cfs_quota_us=100000`) or a block queue file (`queue/scheduler=none`).
     #[arg(long, value_name = "KNOB=VALUE", conflicts_with_all = ["exec", "watch"])]
@@ -146,7 +146,7 @@ enum Change {
     Command { run: String, undo: Option<String> },
 }
 
-pub fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
+pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     if args.interval.is_zero() {
         bail!("--interval must be longer than zero");
     }

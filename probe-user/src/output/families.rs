@@ -9,16 +9,16 @@ use prometheus::proto::{
 };
 
 /// `le` bounds, seconds, for block IO and throttle stalls.
-pub const IO_BUCKETS: &[f64] = &[
+pub(crate) const IO_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
 /// `le` bounds, seconds, for DNS.
-pub const DNS_BUCKETS: &[f64] = &[
+pub(crate) const DNS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-pub type Labels = Vec<(&'static str, String)>;
+pub(crate) type Labels = Vec<(&'static str, String)>;
 
 #[derive(Debug, Clone)]
 pub enum Value {
@@ -173,7 +173,7 @@ impl Families {
 /// A Prometheus histogram from a kernel histogram. The `le` count of a bound counts the
 /// kernel buckets that end at or below it, so it never includes a sample above the
 /// bound (a sample in a kernel bucket that straddles the bound counts in the next one).
-pub fn prometheus_histogram<const N: usize, const S: u32>(
+pub(crate) fn prometheus_histogram<const N: usize, const S: u32>(
     h: &LatencyHistogram<N, S>,
     bounds: &[f64],
 ) -> Value {
@@ -197,7 +197,7 @@ pub fn prometheus_histogram<const N: usize, const S: u32>(
     }
 }
 
-pub fn with(labels: &Labels, more: &[(&'static str, &str)]) -> Labels {
+pub(crate) fn with(labels: &Labels, more: &[(&'static str, &str)]) -> Labels {
     let mut out = labels.clone();
     out.extend(more.iter().map(|(k, v)| (*k, v.to_string())));
     out

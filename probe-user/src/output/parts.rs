@@ -91,7 +91,7 @@ pub struct Detail {
 
 /// Bars for the non-empty buckets of a histogram: `(label, count)` with the label as a
 /// microsecond/millisecond range.
-pub fn bars<const N: usize, const S: u32>(h: &LatencyHistogram<N, S>) -> Vec<(String, u64)> {
+pub(crate) fn bars<const N: usize, const S: u32>(h: &LatencyHistogram<N, S>) -> Vec<(String, u64)> {
     h.buckets
         .iter()
         .enumerate()
@@ -117,7 +117,7 @@ fn duration_label(us: u64) -> String {
 }
 
 /// Keeps the end of long cgroup paths, where the distinguishing part is.
-pub fn truncate_left(s: &str, width: usize) -> String {
+pub(crate) fn truncate_left(s: &str, width: usize) -> String {
     let count = s.chars().count();
     if count <= width {
         return s.to_string();
@@ -127,6 +127,6 @@ pub fn truncate_left(s: &str, width: usize) -> String {
 }
 
 /// `-` for an absent value, else the value with `decimals`.
-pub fn or_dash(value: Option<f64>, decimals: usize) -> String {
+pub(crate) fn or_dash(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "-".to_string(), |v| format!("{v:.decimals$}"))
 }

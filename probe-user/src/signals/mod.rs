@@ -182,7 +182,7 @@ macro_rules! registry {
 
         mod field {
             use super::*;
-            $(pub fn $field(s: &mut Sections) -> &mut <$source as Source>::Section {
+            $(pub(super) fn $field(s: &mut Sections) -> &mut <$source as Source>::Section {
                 &mut s.$field
             })+
         }

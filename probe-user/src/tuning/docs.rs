@@ -7,11 +7,11 @@ use super::KNOBS;
 use crate::signals::measure::Measure;
 
 /// Where the generated part of the README starts and ends.
-pub const BEGIN: &str = "<!-- judged-table:begin (generated from tuning::KNOBS and Measure::declared; TUNEPROBE_BLESS=1 cargo test -p probe-user readme rewrites it) -->";
-pub const END: &str = "<!-- judged-table:end -->";
+pub(crate) const BEGIN: &str = "<!-- judged-table:begin (generated from tuning::KNOBS and Measure::declared; TUNEPROBE_BLESS=1 cargo test -p probe-user readme rewrites it) -->";
+pub(crate) const END: &str = "<!-- judged-table:end -->";
 
 /// The knobs with their measures and why, then every measure with its load and source.
-pub fn judged_tables() -> String {
+pub(crate) fn judged_tables() -> String {
     let mut out = String::from("| knob | judged on (per load) | why |\n|---|---|---|\n");
     for knob in KNOBS {
         let names: Vec<String> = std::iter::once(knob.name)

@@ -14,14 +14,15 @@ use std::{
 
 use serde::Serialize;
 
-pub mod docs;
+#[cfg(test)]
+mod docs;
 
 use crate::signals::{cpu_throttle::cpustat::CpuLimit, measure::Measure};
 
 /// Where a knob lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Scope {
+pub(crate) enum Scope {
     /// A global sysctl.
     Node,
     /// A sysctl that each network namespace has its own copy of.
@@ -36,7 +37,7 @@ pub enum Scope {
 
 /// What the guides recommend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recommendation {
+pub(crate) enum Recommendation {
     /// Exactly this value (whitespace-normalised).
     Exactly(&'static str),
     /// At least this number.
@@ -53,7 +54,7 @@ pub enum Recommendation {
 
 impl Recommendation {
     /// Whether `value` follows the recommendation; `None` when there is nothing to check.
-    pub fn followed_by(&self, value: &str) -> Option<bool> {
+    pub(crate) fn followed_by(&self, value: &str) -> Option<bool> {
         let normalised = value.split_whitespace().collect::<Vec<_>>().join(" ");
         let number = normalised.parse::<u64>().ok();
         match *self {
@@ -66,7 +67,7 @@ impl Recommendation {
         }
     }
 
-    pub fn describe(&self) -> Option<String> {
+    pub(crate) fn describe(&self) -> Option<String> {
         match *self {
             Self::Exactly(want) => Some(want.to_string()),
             Self::AtLeast(min) => Some(format!(">= {min}")),
@@ -81,7 +82,7 @@ impl Recommendation {
 /// One knob of the guides: where it lives, what the guides recommend, and what it
 /// should move.
 #[derive(Debug, Clone, Copy)]
-pub struct Knob {
+pub(crate) struct Knob {
     /// As users name it: `net.core.somaxconn`, `queue/scheduler`, `noatime`, `cpu.max`.
     pub name: &'static str,
     /// The same knob under other names: the cgroup v1 files of a v2 one.
@@ -147,7 +148,7 @@ impl Knob {
 
     /// What it should move, in words: its measures' own declarations, or the guides'
     /// signal that tuneprobe does not measure (the inventory's `signal` field).
-    pub fn signal(&self) -> String {
+    pub(crate) fn signal(&self) -> String {
         if self.judged_by.is_empty() {
             return format!("{} (not measured)", self.unmeasured);
         }
@@ -161,13 +162,13 @@ impl Knob {
 
 /// The measures a knob should move, by its name or an alias; empty for a knob
 /// tuneprobe cannot judge.
-pub fn measures_for(name: &str) -> &'static [Measure] {
+pub(crate) fn measures_for(name: &str) -> &'static [Measure] {
     knob_named(name).map_or(&[], |k| k.judged_by)
 }
 
 /// Every judged knob name (aliases included) with the measures it should move, for
 /// documentation and `--help`.
-pub fn judged_knobs() -> impl Iterator<Item = (&'static str, &'static [Measure])> {
+pub(crate) fn judged_knobs() -> impl Iterator<Item = (&'static str, &'static [Measure])> {
     KNOBS
         .iter()
         .filter(|k| !k.judged_by.is_empty())
@@ -179,7 +180,7 @@ pub fn judged_knobs() -> impl Iterator<Item = (&'static str, &'static [Measure])
 }
 
 /// The knob named `name`, or having it as an alias.
-pub fn knob_named(name: &str) -> Option<&'static Knob> {
+pub(crate) fn knob_named(name: &str) -> Option<&'static Knob> {
     KNOBS
         .iter()
         .find(|k| k.name == name || k.aliases.contains(&name))
@@ -211,7 +212,7 @@ const ATIME: &str = "a read updates the inode's access time, which the filesyste
 
 /// The one knob table: the knobs of the tuning guides (listed in the README) and the
 /// cgroup files `verify` can change.
-pub const KNOBS: &[Knob] = &[
+pub(crate) const KNOBS: &[Knob] = &[
     judged(
         "net.core.somaxconn",
         Netns,
@@ -435,7 +436,7 @@ pub const KNOBS: &[Knob] = &[
 
 /// One knob's current value somewhere.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Setting {
+pub(crate) struct Setting {
     pub knob: String,
     pub value: String,
     pub recommended: Option<String>,
@@ -460,7 +461,7 @@ impl Setting {
 
 /// The settings of one network namespace.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct NetnsSettings {
+pub(crate) struct NetnsSettings {
     pub netns: u32,
     /// The cgroup path of the namespace's owner (the pod's cgroup, `/` for the host).
     pub owner: Option<String>,
@@ -472,19 +473,19 @@ pub struct NetnsSettings {
 
 /// A node knob that exists in the guides but could not be read here, and why.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Unreadable {
+pub(crate) struct Unreadable {
     pub knob: String,
     pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct DeviceSettings {
+pub(crate) struct DeviceSettings {
     pub device: String,
     pub settings: Vec<Setting>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct MountSettings {
+pub(crate) struct MountSettings {
     pub mountpoint: String,
     pub source: String,
     pub fstype: String,
@@ -492,14 +493,14 @@ pub struct MountSettings {
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct CgroupSettings {
+pub(crate) struct CgroupSettings {
     pub cgroup_path: String,
     pub settings: Vec<Setting>,
 }
 
 /// Everything the inventory found.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
-pub struct Inventory {
+pub(crate) struct Inventory {
     pub node: Vec<Setting>,
     /// Node knobs that could not be read, with the reason.
     pub node_unreadable: Vec<Unreadable>,
@@ -525,7 +526,7 @@ fn sysctl(name: &str) -> Option<String> {
 ///
 /// Global `net.core` sysctls exist only in the node's own network namespace: from a
 /// pod's (the DaemonSet's) they are absent, which is said, not hidden.
-pub fn node_settings() -> (Vec<Setting>, Vec<Unreadable>) {
+pub(crate) fn node_settings() -> (Vec<Setting>, Vec<Unreadable>) {
     let own_netns = !in_host_netns();
     let mut settings = Vec::new();
     let mut unreadable = Vec::new();
@@ -564,7 +565,7 @@ fn in_host_netns() -> bool {
 
 /// The per-namespace sysctls of the namespace that `pid` lives in, read from a thread
 /// that joins it (a network sysctl shows the reader's namespace).
-pub fn netns_settings(proc_root: &Path, pid: u32) -> std::io::Result<Vec<Setting>> {
+pub(crate) fn netns_settings(proc_root: &Path, pid: u32) -> std::io::Result<Vec<Setting>> {
     let ns = fs::File::open(proc_root.join(pid.to_string()).join("ns/net"))?;
     std::thread::scope(|scope| {
         scope
@@ -583,7 +584,7 @@ pub fn netns_settings(proc_root: &Path, pid: u32) -> std::io::Result<Vec<Setting
 }
 
 /// Queue settings of every whole block device (partitions share their disk's queue).
-pub fn device_settings(sys: &Path) -> Vec<DeviceSettings> {
+pub(crate) fn device_settings(sys: &Path) -> Vec<DeviceSettings> {
     let Ok(entries) = fs::read_dir(sys.join("block")) else {
         return Vec::new();
     };
@@ -610,7 +611,7 @@ pub fn device_settings(sys: &Path) -> Vec<DeviceSettings> {
 }
 
 /// Mount options of filesystems on block devices (`/dev/...`), from mountinfo.
-pub fn mount_settings(mountinfo: &str) -> Vec<MountSettings> {
+pub(crate) fn mount_settings(mountinfo: &str) -> Vec<MountSettings> {
     mountinfo
         .lines()
         .filter_map(|line| {
@@ -642,7 +643,7 @@ pub fn mount_settings(mountinfo: &str) -> Vec<MountSettings> {
 /// CPU limits, as `cpu.max` (`"QUOTA PERIOD"` in µs, `"max PERIOD"` without a quota), of
 /// every container cgroup and of any other cgroup that has a quota: a limit added to a
 /// running container is a change of its `cpu.max` from `max`.
-pub fn cgroup_settings(
+pub(crate) fn cgroup_settings(
     cpu_root: &Path,
     paths: impl Iterator<Item = String>,
 ) -> Vec<CgroupSettings> {
@@ -671,7 +672,7 @@ pub fn cgroup_settings(
 }
 
 /// Reads everything: `netns` lists (namespace inode, a pid in it, its owner path).
-pub fn inventory(
+pub(crate) fn inventory(
     proc_root: &Path,
     sys: &Path,
     cpu_root: Option<(PathBuf, Vec<String>)>,
@@ -721,7 +722,7 @@ pub fn inventory(
 
 /// The inventory of this node: namespaces found through `/proc` and attributed to their
 /// owners, cpu cgroups from the cpu hierarchy.
-pub fn this_node() -> Result<Inventory, std::io::Error> {
+pub(crate) fn this_node() -> Result<Inventory, std::io::Error> {
     use crate::{
         workloads::attribution::Attributor,
         workloads::cgroup::{CgroupPaths, Hierarchies},
@@ -756,7 +757,7 @@ pub fn this_node() -> Result<Inventory, std::io::Error> {
 
 /// A knob whose value changed between two inventories.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Change {
+pub(crate) struct Change {
     pub knob: String,
     /// `node`, `netns:<inode>`, `device:<name>`, `mount:<path>`, `cgroup:<path>`.
     pub scope: String,
@@ -809,7 +810,7 @@ impl Inventory {
     /// left out; a knob that appeared or disappeared within a scope that stayed is one.
     /// (Container cgroups are listed with or without a quota, so a limit added to a
     /// running container is a change; other cgroups only while they have a quota.)
-    pub fn changes_since(&self, earlier: &Inventory) -> Vec<Change> {
+    pub(crate) fn changes_since(&self, earlier: &Inventory) -> Vec<Change> {
         let (before, after) = (earlier.flatten(), self.flatten());
         let scopes = |map: &BTreeMap<(String, String), (Option<String>, String)>| {
             map.keys()

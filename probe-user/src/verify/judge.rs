@@ -17,7 +17,7 @@ use crate::{
 /// The workloads a change can affect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Affected {
+pub(crate) enum Affected {
     /// Every workload on the node.
     Node,
     /// Workloads at or below a cgroup path.
@@ -30,7 +30,7 @@ pub enum Affected {
 
 impl Affected {
     /// From an inventory change's scope (`node`, `netns:<inode>`, `cgroup:<path>`, ...).
-    pub fn of_change(change: &tuning::Change) -> Self {
+    pub(crate) fn of_change(change: &tuning::Change) -> Self {
         let (kind, rest) = change.scope.split_once(':').unwrap_or((&change.scope, ""));
         match kind {
             "netns" => match rest.parse() {
@@ -47,7 +47,7 @@ impl Affected {
     }
 
     /// The workloads of `snapshot` the change can affect, by cgroup path.
-    pub fn workloads_in(&self, snapshot: &Snapshot) -> Vec<String> {
+    pub(crate) fn workloads_in(&self, snapshot: &Snapshot) -> Vec<String> {
         snapshot
             .workloads
             .iter()
@@ -86,14 +86,14 @@ impl Affected {
 
 /// One series: a signal of one workload (per device for block signals).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct SeriesKey {
+pub(crate) struct SeriesKey {
     pub path: String,
     pub signal: Measure,
     pub device: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// End of the interval, seconds since the Unix epoch.
     pub at: f64,
     pub value: f64,
@@ -102,38 +102,33 @@ pub struct Sample {
 
 /// Per-interval samples of every signal of every workload.
 #[derive(Debug, Clone, Default)]
-pub struct Samples {
+pub(crate) struct Samples {
     series: BTreeMap<SeriesKey, Vec<Sample>>,
 }
 
 impl Samples {
     /// Adds the interval between two consecutive cumulative snapshots, ending at `at`.
-    pub fn add(&mut self, previous: &Snapshot, current: &Snapshot, at: f64) {
+    pub(crate) fn add(&mut self, previous: &Snapshot, current: &Snapshot, at: f64) {
         for (key, sample) in interval_samples(previous, current, at) {
             self.series.entry(key).or_default().push(sample);
         }
     }
 
-    pub fn push(&mut self, key: SeriesKey, sample: Sample) {
+    pub(crate) fn push(&mut self, key: SeriesKey, sample: Sample) {
         self.series.entry(key).or_default().push(sample);
     }
 
     /// Forgets samples that ended before `at`.
-    pub fn forget_before(&mut self, at: f64) {
+    pub(crate) fn forget_before(&mut self, at: f64) {
         self.series.retain(|_, samples| {
             samples.retain(|s| s.at >= at);
             !samples.is_empty()
         });
     }
-
-    /// The longest series' length.
-    pub fn intervals(&self) -> usize {
-        self.series.values().map(Vec::len).max().unwrap_or(0)
-    }
 }
 
 /// The samples of one interval for every workload present in both snapshots.
-pub fn interval_samples(
+pub(crate) fn interval_samples(
     previous: &Snapshot,
     current: &Snapshot,
     at: f64,
@@ -181,7 +176,7 @@ pub fn interval_samples(
 
 /// The judgement for one signal of one workload.
 #[derive(Debug, Clone, Serialize)]
-pub struct WorkloadVerdict {
+pub(crate) struct WorkloadVerdict {
     #[serde(flatten)]
     pub workload: Identity,
     pub signal: Measure,
@@ -211,7 +206,7 @@ pub struct WorkloadVerdict {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct SampleValues {
+pub(crate) struct SampleValues {
     pub before: Vec<f64>,
     pub after: Vec<f64>,
 }
@@ -222,7 +217,7 @@ fn mean(values: &[f64]) -> Option<f64> {
 
 /// Compares the windows for every affected workload that has samples on both sides,
 /// for the given signals.
-pub fn judge(
+pub(crate) fn judge(
     before: &Samples,
     after: &Samples,
     signals: &[Measure],
@@ -354,7 +349,7 @@ fn explain_cpu_demand(
 /// The notes of a change's report: no verdict at all, or a workload whose signals moved
 /// in opposite directions (a congestion control that retransmits more while it cuts
 /// round-trip time): "retransmit_ratio regressed, srtt_ms improved".
-pub fn report_notes(verdicts: &[WorkloadVerdict]) -> Vec<String> {
+pub(crate) fn report_notes(verdicts: &[WorkloadVerdict]) -> Vec<String> {
     if verdicts.is_empty() {
         return vec!["no affected workload had load on both sides of the change".into()];
     }

@@ -11,7 +11,7 @@ use serde::Serialize;
 /// Where a knob is changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Target {
+pub(crate) enum Target {
     /// A global sysctl.
     Node,
     /// A sysctl inside a network namespace (a file such as `/run/netns/NAME` or
@@ -25,7 +25,7 @@ pub enum Target {
 
 /// A knob at a target: read and write it as users name it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Knob {
+pub(crate) struct Knob {
     pub name: String,
     pub target: Target,
 }
@@ -48,7 +48,7 @@ impl Knob {
         }
     }
 
-    pub fn read(&self) -> io::Result<String> {
+    pub(crate) fn read(&self) -> io::Result<String> {
         let path = self.path();
         self.in_namespace(move || {
             let raw = fs::read_to_string(&path)?;
@@ -58,7 +58,7 @@ impl Knob {
         })
     }
 
-    pub fn write(&self, value: &str) -> io::Result<()> {
+    pub(crate) fn write(&self, value: &str) -> io::Result<()> {
         let path = self.path();
         let value = value.to_string();
         self.in_namespace(move || fs::write(&path, value))

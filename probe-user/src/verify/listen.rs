@@ -13,7 +13,7 @@ const APPLIED_AT_LISTEN: &[&str] = &["net.core.somaxconn"];
 /// For knobs applied at `listen()`: shows each verdict's listeners and says "restart
 /// needed" where a listener still has a backlog the new value would not give it.
 /// `listeners_of` reads the listeners of a network namespace (by inode).
-pub fn explain_listen_backlogs(
+pub(crate) fn explain_listen_backlogs(
     knob: &str,
     old: &str,
     new: &str,
@@ -55,7 +55,9 @@ pub fn explain_listen_backlogs(
 }
 
 /// Reads listeners of a namespace through any live process in it.
-pub fn listeners_by_netns(proc_root: &Path) -> impl FnMut(u32) -> Option<Vec<Listener>> + '_ {
+pub(crate) fn listeners_by_netns(
+    proc_root: &Path,
+) -> impl FnMut(u32) -> Option<Vec<Listener>> + '_ {
     let processes = crate::workloads::procfs::processes(proc_root);
     move |inode| {
         let process = processes.iter().find(|p| p.netns == inode)?;

@@ -17,14 +17,13 @@ mod knob;
 mod listen;
 #[cfg(test)]
 mod matrix;
-pub mod stats;
+pub(crate) mod stats;
 mod watch;
 
-pub use self::{
-    judge::{
-        Affected, Sample, SampleValues, Samples, SeriesKey, WorkloadVerdict, interval_samples,
-        judge, report_notes,
-    },
+#[cfg(test)]
+pub(crate) use self::judge::SampleValues;
+pub(crate) use self::{
+    judge::{Affected, Samples, WorkloadVerdict, judge, report_notes},
     knob::{Knob, Target},
     listen::{explain_listen_backlogs, listeners_by_netns},
     watch::{ChangeRecord, ChangeReport, Watcher, Windows},

@@ -6,28 +6,28 @@
 use serde::Serialize;
 
 /// Fewer samples than this on either side: no verdict.
-pub const MIN_SAMPLES: usize = 5;
+pub(crate) const MIN_SAMPLES: usize = 5;
 /// Two-sided significance level.
-pub const ALPHA: f64 = 0.05;
+pub(crate) const ALPHA: f64 = 0.05;
 
 /// A load ratio (after over before) outside these bounds is a load change, the main
 /// confounder of a verdict.
 const LOAD_CHANGE_BOUNDS: (f64, f64) = (2.0 / 3.0, 1.5);
 
 /// Whether the load changed by more than half or a third between the windows.
-pub fn load_changed(ratio: f64) -> bool {
+pub(crate) fn load_changed(ratio: f64) -> bool {
     !(LOAD_CHANGE_BOUNDS.0..=LOAD_CHANGE_BOUNDS.1).contains(&ratio)
 }
 /// The smallest shift worth a verdict, relative to the before window's median: a
 /// significant but tiny shift (drift over a long window, a 2% wobble in a latency) is
 /// reported as no significant change. It also keeps the false-positive rate of many
 /// repeated no-effect changes well under `ALPHA`.
-pub const MIN_RELATIVE_EFFECT: f64 = 0.10;
+pub(crate) const MIN_RELATIVE_EFFECT: f64 = 0.10;
 /// The smallest shift worth a verdict when the load itself changed between the windows
 /// (see [`load_changed`]): a ratio or a latency moves a little with its load alone (one
 /// flow instead of two retransmits a little more per segment), so under a load change
 /// only a shift of a quarter of the before median is claimed.
-pub const MIN_RELATIVE_EFFECT_UNDER_LOAD_CHANGE: f64 = 0.25;
+pub(crate) const MIN_RELATIVE_EFFECT_UNDER_LOAD_CHANGE: f64 = 0.25;
 /// The 97.5% quantile of the standard normal distribution.
 const Z_975: f64 = 1.959_963_984_540_054;
 
@@ -57,14 +57,14 @@ pub struct Comparison {
 
 /// Compares `after` with `before` for a signal where lower is better (drops, latency,
 /// throttling) or, with `lower_is_better = false`, where higher is better (throughput).
-pub fn compare(before: &[f64], after: &[f64], lower_is_better: bool) -> Comparison {
+pub(crate) fn compare(before: &[f64], after: &[f64], lower_is_better: bool) -> Comparison {
     compare_against(before, after, median(before), lower_is_better)
 }
 
 /// As [`compare`], with the minimum relevant effect taken relative to `reference`
 /// rather than to `before`'s median (the fleet view compares differences, whose median
 /// says nothing about the signal's scale).
-pub fn compare_against(
+pub(crate) fn compare_against(
     before: &[f64],
     after: &[f64],
     reference: f64,
@@ -81,7 +81,7 @@ pub fn compare_against(
 
 /// As [`compare_against`], with the smallest relevant shift `min_relative` of
 /// `reference`.
-pub fn compare_with_floor(
+pub(crate) fn compare_with_floor(
     before: &[f64],
     after: &[f64],
     reference: f64,
@@ -115,7 +115,7 @@ pub fn compare_with_floor(
 }
 
 /// The median (the mean of the middle two for an even count).
-pub fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let n = sorted.len();
@@ -128,7 +128,7 @@ pub fn median(values: &[f64]) -> f64 {
 
 /// Two-sided p-value of the Mann-Whitney U test (normal approximation with tie
 /// correction and continuity correction).
-pub fn mann_whitney_p(x: &[f64], y: &[f64]) -> f64 {
+pub(crate) fn mann_whitney_p(x: &[f64], y: &[f64]) -> f64 {
     let (n1, n2) = (x.len() as f64, y.len() as f64);
     let n = n1 + n2;
     let mut all: Vec<(f64, bool)> = x
@@ -165,7 +165,7 @@ pub fn mann_whitney_p(x: &[f64], y: &[f64]) -> f64 {
 
 /// Hodges-Lehmann estimate of `y - x` (the median of all pairwise differences) and its
 /// 95% confidence interval from the order statistics of those differences.
-pub fn hodges_lehmann(x: &[f64], y: &[f64]) -> (f64, [f64; 2]) {
+pub(crate) fn hodges_lehmann(x: &[f64], y: &[f64]) -> (f64, [f64; 2]) {
     let mut differences: Vec<f64> = y
         .iter()
         .flat_map(|&b| x.iter().map(move |&a| b - a))
@@ -185,7 +185,7 @@ pub fn hodges_lehmann(x: &[f64], y: &[f64]) -> (f64, [f64; 2]) {
 }
 
 /// Standard normal CDF, through the complementary error function.
-pub fn normal_cdf(z: f64) -> f64 {
+pub(crate) fn normal_cdf(z: f64) -> f64 {
     0.5 * erfc(-z / std::f64::consts::SQRT_2)
 }
 

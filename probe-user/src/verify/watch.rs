@@ -17,7 +17,7 @@ use super::{
 
 /// A change as it is reported: what, where, when.
 #[derive(Debug, Clone, Serialize)]
-pub struct ChangeRecord {
+pub(crate) struct ChangeRecord {
     pub knob: String,
     /// `node`, `netns:<inode>`, `device:<name>`, `mount:<path>`, `cgroup:<path>`.
     pub scope: String,
@@ -33,7 +33,7 @@ pub struct ChangeRecord {
 
 /// A change with its verdicts so far.
 #[derive(Debug, Clone, Serialize)]
-pub struct ChangeReport {
+pub(crate) struct ChangeReport {
     pub change: ChangeRecord,
     /// `false` while the after window is still filling.
     #[serde(rename = "final")]
@@ -47,7 +47,7 @@ pub struct ChangeReport {
 
 /// Window lengths for watching.
 #[derive(Debug, Clone, Copy)]
-pub struct Windows {
+pub(crate) struct Windows {
     pub before: Duration,
     pub after: Duration,
     pub interval: Duration,
@@ -60,7 +60,7 @@ impl Windows {
             .max(1.0) as usize
     }
 
-    pub fn after_intervals(&self) -> usize {
+    pub(crate) fn after_intervals(&self) -> usize {
         Self::intervals(self.after, self.interval)
     }
 }
@@ -79,7 +79,7 @@ struct Pending {
 /// samples, notices changes between consecutive inventories, and fills an after window
 /// for each, with interim verdicts on the way.
 #[derive(Debug)]
-pub struct Watcher {
+pub(crate) struct Watcher {
     windows: Windows,
     history: Samples,
     previous: Option<(Snapshot, tuning::Inventory)>,
@@ -96,7 +96,7 @@ pub struct Watcher {
 const RECENT_CHANGES: usize = 100;
 
 impl Watcher {
-    pub fn new(windows: Windows) -> Self {
+    pub(crate) fn new(windows: Windows) -> Self {
         Self {
             windows,
             history: Samples::default(),
@@ -110,19 +110,19 @@ impl Watcher {
 
     /// Judges every change on `signals` instead of each knob's own (for knobs whose
     /// effect shows in a signal the table does not name, or a controlled experiment).
-    pub fn judging(mut self, signals: Vec<Measure>) -> Self {
+    pub(crate) fn judging(mut self, signals: Vec<Measure>) -> Self {
         self.signals = (!signals.is_empty()).then_some(signals);
         self
     }
 
     /// The inventory of the latest interval observed.
-    pub fn inventory(&self) -> Option<&tuning::Inventory> {
+    pub(crate) fn inventory(&self) -> Option<&tuning::Inventory> {
         self.previous.as_ref().map(|(_, inventory)| inventory)
     }
 
     /// Takes one interval's snapshot and inventory; returns the reports that are new:
     /// interim ones every few intervals while an after window fills, and final ones.
-    pub fn observe(
+    pub(crate) fn observe(
         &mut self,
         snapshot: Snapshot,
         inventory: tuning::Inventory,
@@ -260,7 +260,7 @@ const MAX_VERDICT_SERIES: usize = 1000;
 impl Watcher {
     /// `tuneprobe_tuning_changes_total` per knob and scope kind, and the latest verdict of
     /// each recent change as `tuneprobe_tuning_verdict` (1 on the verdict's label).
-    pub fn metrics(&self, f: &mut Families) {
+    pub(crate) fn metrics(&self, f: &mut Families) {
         for ((knob, scope), &count) in &self.changes_total {
             f.counter(
                 "tuneprobe_tuning_changes_total",

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// The label set that folded workloads share.
-pub const OTHER: &str = "other";
+pub(crate) const OTHER: &str = "other";
 
 /// Renders snapshots as Prometheus text, keeping at most `max_workloads` workloads with
 /// labels of their own; the rest are folded into `cgroup="other"`, and
@@ -37,7 +37,7 @@ pub struct Exporter {
 }
 
 /// Stages whose failures `tuneprobe_agent_errors_total` counts, always exported.
-pub const ERROR_STAGES: &[&str] = &["collect", "tuning_inventory", "render"];
+pub(crate) const ERROR_STAGES: &[&str] = &["collect", "tuning_inventory", "render"];
 
 impl Exporter {
     /// `pod_labels`: pod label keys to copy into every workload's labels as
@@ -67,7 +67,7 @@ impl Exporter {
     }
 
     /// Counts a failure of the agent at `stage` (one of [`ERROR_STAGES`]).
-    pub fn count_error(&mut self, stage: &'static str) {
+    pub(crate) fn count_error(&mut self, stage: &'static str) {
         *self.errors.entry(stage).or_default() += 1;
     }
 
@@ -109,13 +109,14 @@ impl Exporter {
         own
     }
 
+    /// The exposition of `snapshot` alone (no inventory, no verdicts).
     pub fn render(&mut self, snapshot: &Snapshot, scrape_seconds: f64) -> String {
         self.render_with(snapshot, None, None, scrape_seconds)
     }
 
     /// As [`render`](Self::render), plus the tuning inventory, and the changes seen
     /// with their latest verdicts.
-    pub fn render_with(
+    pub(crate) fn render_with(
         &mut self,
         snapshot: &Snapshot,
         inventory: Option<&Inventory>,

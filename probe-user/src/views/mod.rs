@@ -1,8 +1,8 @@
 //! Ways to show a window: the Prometheus exposition, `top`, `trace` and plots.
 
 pub mod metrics;
-pub mod plot;
-pub mod scope;
-pub mod table;
-pub mod top;
-pub mod trace;
+pub(crate) mod plot;
+pub(crate) mod scope;
+pub(crate) mod table;
+pub(crate) mod top;
+pub(crate) mod trace;

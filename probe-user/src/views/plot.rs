@@ -70,7 +70,7 @@ pub(crate) fn number(v: f64) -> String {
 ///  before   |                         ├──────[███|████]──┤
 ///  after    ┃
 /// ```
-pub fn terminal(verdict: &WorkloadVerdict, width: usize) -> String {
+pub(crate) fn terminal(verdict: &WorkloadVerdict, width: usize) -> String {
     let width = width.max(20);
     let (lo, hi) = axis(verdict);
     let column = |x: f64| (((x - lo) / (hi - lo)) * (width - 1) as f64).round() as usize;
@@ -125,7 +125,7 @@ pub(crate) fn escape(text: &str) -> String {
 
 /// One panel per verdict: the before and after samples as points over box plots, the
 /// verdict, effect and p-value in the title.
-pub fn svg(title: &str, verdicts: &[(String, &WorkloadVerdict)]) -> String {
+pub(crate) fn svg(title: &str, verdicts: &[(String, &WorkloadVerdict)]) -> String {
     const WIDTH: f64 = 760.0;
     const PANEL: f64 = 150.0;
     const LEFT: f64 = 80.0;

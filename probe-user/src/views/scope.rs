@@ -11,13 +11,13 @@ use crate::{report::Snapshot, tuning::Inventory, workloads::attribution::is_with
 /// A cgroup path (relative to the cgroup mount, as in `cgroup_path`) and everything
 /// below it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CgroupScope {
+pub(crate) struct CgroupScope {
     path: String,
 }
 
 impl CgroupScope {
     /// `PATH` as given: leading slash optional, trailing slashes ignored.
-    pub fn new(path: &str) -> Self {
+    pub(crate) fn new(path: &str) -> Self {
         let trimmed = path.trim().trim_end_matches('/');
         let path = if trimmed.starts_with('/') {
             trimmed.to_string()
@@ -27,18 +27,14 @@ impl CgroupScope {
         Self { path }
     }
 
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
-    pub fn contains(&self, cgroup_path: &str) -> bool {
+    pub(crate) fn contains(&self, cgroup_path: &str) -> bool {
         is_within(cgroup_path, &self.path)
     }
 
     /// Keeps the workloads at or below the scope. Entries without a cgroup path (a
     /// network namespace with no known owner, the unattributable rest) cannot be shown
     /// to be inside it and are dropped.
-    pub fn retain_workloads(&self, snapshot: &mut Snapshot) {
+    pub(crate) fn retain_workloads(&self, snapshot: &mut Snapshot) {
         snapshot.workloads.retain(|w| {
             w.identity
                 .cgroup_path
@@ -50,7 +46,7 @@ impl CgroupScope {
     /// Keeps the knobs whose scope belongs to the workloads in scope: cgroups at or
     /// below it, network namespaces owned by a pod in it. Node, device and mount knobs
     /// are shared by everything on the node, the scoped workloads included, and stay.
-    pub fn retain_knobs(&self, inventory: &mut Inventory) {
+    pub(crate) fn retain_knobs(&self, inventory: &mut Inventory) {
         inventory.cgroups.retain(|c| self.contains(&c.cgroup_path));
         inventory
             .netns
@@ -69,7 +65,7 @@ mod tests {
     #[test]
     fn keeps_the_subtree_only() {
         let scope = CgroupScope::new("tp-a/kubepods.slice/");
-        assert_eq!(scope.path(), "/tp-a/kubepods.slice");
+        assert_eq!(scope, CgroupScope::new("/tp-a/kubepods.slice"));
         let workload = |path: Option<&str>| Workload {
             identity: crate::workloads::identity::Identity {
                 cgroup_path: path.map(str::to_string),

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use crate::{report::Snapshot, signals};
 
 /// `snapshot`'s table: probes first, then a section per signal with activity.
-pub fn render(snapshot: &Snapshot) -> String {
+pub(crate) fn render(snapshot: &Snapshot) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "tuneprobe snapshot over {:.1}s", snapshot.duration_s);
     for probe in &snapshot.probes {

@@ -5,7 +5,7 @@
 
 use std::{cmp::Ordering, collections::HashMap, fmt::Write as _};
 
-pub use crate::output::parts::{Cell, Detail, TopColumn, bars};
+pub(crate) use crate::output::parts::{Cell, Detail, TopColumn};
 use crate::{
     report::{Snapshot, Workload},
     signals,
@@ -14,7 +14,7 @@ use crate::{
 
 /// One workload's line.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Row {
+pub(crate) struct Row {
     /// Stable identity across refreshes: the cgroup path, else the display name.
     pub key: String,
     pub workload: Identity,
@@ -24,7 +24,7 @@ pub struct Row {
 }
 
 /// The workload's column.
-pub const WORKLOAD: TopColumn = TopColumn {
+pub(crate) const WORKLOAD: TopColumn = TopColumn {
     name: "workload",
     title: "WORKLOAD",
     width: 48,
@@ -32,20 +32,20 @@ pub const WORKLOAD: TopColumn = TopColumn {
 
 /// Every column, in display order: the workload's, then the signals'. A column is
 /// referred to by its index here.
-pub fn columns() -> Vec<TopColumn> {
+pub(crate) fn columns() -> Vec<TopColumn> {
     let mut all = vec![WORKLOAD];
     all.extend(signals::top_columns());
     all
 }
 
 /// The index of the column `top --sort` calls `name`.
-pub fn column_named(name: &str) -> Option<usize> {
+pub(crate) fn column_named(name: &str) -> Option<usize> {
     columns().iter().position(|c| c.name == name)
 }
 
 impl Row {
     /// Column `column`'s text.
-    pub fn cell(&self, column: usize) -> String {
+    pub(crate) fn cell(&self, column: usize) -> String {
         match column.checked_sub(1) {
             None => self.name.clone(),
             Some(i) => self
@@ -56,7 +56,7 @@ impl Row {
     }
 
     /// The worst first for numbers, ascending for names; then by name.
-    pub fn compare(&self, other: &Self, column: usize) -> Ordering {
+    pub(crate) fn compare(&self, other: &Self, column: usize) -> Ordering {
         match column.checked_sub(1) {
             None => self.name.cmp(&other.name),
             Some(i) => match (self.cells.get(i), other.cells.get(i)) {
@@ -70,7 +70,7 @@ impl Row {
 
 /// Matches `filter` against namespace, pod name, pod UID and the workload's name:
 /// `ns/` selects a namespace exactly, anything else is a substring.
-pub fn matches(row: &Row, filter: &str) -> bool {
+pub(crate) fn matches(row: &Row, filter: &str) -> bool {
     if filter.is_empty() {
         return true;
     }
@@ -86,7 +86,7 @@ pub fn matches(row: &Row, filter: &str) -> bool {
 
 /// Turns consecutive cumulative reports into rows.
 #[derive(Debug, Default)]
-pub struct Rates {
+pub(crate) struct Rates {
     previous: HashMap<String, Workload>,
     /// The latest cumulative report per key, for the detail view.
     latest: HashMap<String, Workload>,
@@ -102,7 +102,7 @@ fn key_of(workload: &Workload) -> String {
 
 impl Rates {
     /// Rows for the interval since the previous call, `seconds` long.
-    pub fn update(&mut self, snapshot: &Snapshot, seconds: f64) -> Vec<Row> {
+    pub(crate) fn update(&mut self, snapshot: &Snapshot, seconds: f64) -> Vec<Row> {
         let seconds = seconds.max(1e-3);
         let current: HashMap<String, Workload> = snapshot
             .workloads
@@ -128,7 +128,7 @@ impl Rates {
     }
 
     /// Totals and distributions since `top` started, for one workload.
-    pub fn detail(&self, key: &str) -> Option<Detail> {
+    pub(crate) fn detail(&self, key: &str) -> Option<Detail> {
         let w = self.latest.get(key)?;
         let mut detail = Detail {
             name: w.identity.display_name(),
@@ -141,7 +141,7 @@ impl Rates {
 }
 
 /// Sorts and filters rows for display.
-pub fn arrange(rows: &mut Vec<Row>, sort: usize, reverse: bool, filter: &str) {
+pub(crate) fn arrange(rows: &mut Vec<Row>, sort: usize, reverse: bool, filter: &str) {
     rows.retain(|r| matches(r, filter));
     rows.sort_by(|a, b| {
         let order = a.compare(b, sort);
@@ -150,7 +150,7 @@ pub fn arrange(rows: &mut Vec<Row>, sort: usize, reverse: bool, filter: &str) {
 }
 
 /// The plain table (`--once`, or when stdout is not a terminal).
-pub fn table(rows: &[Row], seconds: f64) -> String {
+pub(crate) fn table(rows: &[Row], seconds: f64) -> String {
     let columns = columns();
     let mut out = String::new();
     let _ = writeln!(out, "tuneprobe top: rates over the last {seconds:.1}s");
@@ -190,7 +190,9 @@ fn pad(text: &str, width: usize, left: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{signals::cpu_throttle::CpuReport, workloads::identity::Identity};
+    use crate::{
+        output::parts::bars, signals::cpu_throttle::CpuReport, workloads::identity::Identity,
+    };
 
     fn workload(path: &str, pod: &str, drops: u64, reason: &str) -> Workload {
         let mut w = Workload {

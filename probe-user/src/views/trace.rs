@@ -12,7 +12,7 @@ use std::{
 
 use serde::Serialize;
 
-pub use crate::signals::{Fields, Record, record::RecordError};
+pub(crate) use crate::signals::{Fields, Record};
 use crate::{
     kernel::symbols::Symbols,
     signals::record::TraceContext,
@@ -22,7 +22,7 @@ use crate::{
 
 /// One event as `trace --json` prints it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct TraceEvent {
+pub(crate) struct TraceEvent {
     pub signal: &'static str,
     /// RFC 3339, microseconds, UTC.
     pub time: String,
@@ -34,12 +34,12 @@ pub struct TraceEvent {
 
 impl TraceEvent {
     /// Latency-like value of the event in milliseconds, for `--min-latency`.
-    pub fn latency_ms(&self) -> Option<f64> {
+    pub(crate) fn latency_ms(&self) -> Option<f64> {
         self.fields.latency_ms()
     }
 
     /// One line for people: time, signal, workload, details.
-    pub fn to_line(&self) -> String {
+    pub(crate) fn to_line(&self) -> String {
         let time = self.time.get(11..23).unwrap_or(&self.time);
         format!(
             "{time} {:<11} {} {}",
@@ -52,7 +52,7 @@ impl TraceEvent {
 
 /// Names and renders records. Workload names are cached per cgroup for a second, so a
 /// burst of events costs one lookup.
-pub struct Decoder {
+pub(crate) struct Decoder {
     symbols: Symbols,
     sys_root: std::path::PathBuf,
     /// CLOCK_REALTIME minus CLOCK_MONOTONIC, to date kernel timestamps.
@@ -62,7 +62,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn new(symbols: Symbols) -> Self {
+    pub(crate) fn new(symbols: Symbols) -> Self {
         Self {
             symbols,
             sys_root: std::path::PathBuf::from("/sys"),
@@ -73,12 +73,12 @@ impl Decoder {
     }
 
     /// Forget cached names (call after the collector rescans).
-    pub fn refresh(&mut self) {
+    pub(crate) fn refresh(&mut self) {
         self.names.clear();
         self.realtime_offset_ns = realtime_offset_ns();
     }
 
-    pub fn event(&mut self, collector: &mut Collector, record: &Record) -> TraceEvent {
+    pub(crate) fn event(&mut self, collector: &mut Collector, record: &Record) -> TraceEvent {
         let header = record.header;
         let hierarchy = record.hierarchy();
         let netns = (header.netns != 0).then_some(header.netns);
@@ -133,6 +133,7 @@ fn realtime_offset_ns() -> i128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signals::record::RecordError;
 
     #[test]
     fn records_are_checked_before_use() {
