@@ -55,7 +55,7 @@ pub fn block_rq_insert(ctx: BtfTracePointContext) -> i32 {
         key: BlockKey::default(),
         allocated_ns: allocated_ns(rq),
     };
-    let _ = BLOCK_IN_FLIGHT.insert(&(rq as u64), &state, 0);
+    let _ = BLOCK_IN_FLIGHT.insert(rq as u64, state, 0);
     0
 }
 
@@ -72,7 +72,7 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
         key,
         allocated_ns,
     };
-    match BLOCK_IN_FLIGHT.get_ptr_mut(&(rq as u64)) {
+    match BLOCK_IN_FLIGHT.get_ptr_mut(rq as u64) {
         // SAFETY: a map value; only this request's programs touch it, one at a time.
         Some(state) => unsafe {
             // Only a fresh insert of this same request counts as its queueing; anything
@@ -86,7 +86,7 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
             }
         },
         None => {
-            let _ = BLOCK_IN_FLIGHT.insert(&(rq as u64), &issued, 0);
+            let _ = BLOCK_IN_FLIGHT.insert(rq as u64, issued, 0);
         }
     }
     0
@@ -96,7 +96,7 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "block_rq_merge")]
 pub fn block_rq_merge(ctx: BtfTracePointContext) -> i32 {
     let rq: *const u8 = ctx.arg(0);
-    let _ = BLOCK_IN_FLIGHT.remove(&(rq as u64));
+    let _ = BLOCK_IN_FLIGHT.remove(rq as u64);
     0
 }
 
@@ -113,7 +113,7 @@ fn try_block_rq_complete(ctx: &BtfTracePointContext) {
     let nr_bytes: u32 = ctx.arg(2);
     let id = rq as u64;
     // SAFETY: copied out at once; the slot is freed below.
-    let Some(state) = (unsafe { BLOCK_IN_FLIGHT.get(&id) }).copied() else {
+    let Some(state) = (unsafe { BLOCK_IN_FLIGHT.get(id) }).copied() else {
         aggregate::count_overflow(OverflowSlot::BlockInFlight);
         return;
     };
@@ -125,7 +125,7 @@ fn try_block_rq_complete(ctx: &BtfTracePointContext) {
     };
     let Some(stats) = aggregate::shared_entry(&BLOCK_IO, &key, &ZERO_STATS, OverflowSlot::BlockIo)
     else {
-        let _ = BLOCK_IN_FLIGHT.remove(&id);
+        let _ = BLOCK_IN_FLIGHT.remove(id);
         return;
     };
     // SAFETY: map value pointer.
@@ -141,7 +141,7 @@ fn try_block_rq_complete(ctx: &BtfTracePointContext) {
     if nr_bytes < remaining {
         return;
     }
-    let _ = BLOCK_IN_FLIGHT.remove(&id);
+    let _ = BLOCK_IN_FLIGHT.remove(id);
     if state.issue_ns == 0 {
         return;
     }

@@ -112,7 +112,7 @@ fn switched_out_throttled(task: *const u8, now: u64) {
         since_ns: now,
         cgroup_id,
     };
-    if THROTTLED_TASKS.insert(&(task as u64), &waiting, 0).is_ok() {
+    if THROTTLED_TASKS.insert(task as u64, waiting, 0).is_ok() {
         add_waiting(1);
     }
 }
@@ -141,11 +141,11 @@ fn switched_in(task: *const u8) {
     }
     let id = task as u64;
     // SAFETY: copied out at once.
-    let Some(waiting) = (unsafe { THROTTLED_TASKS.get(&id) }).copied() else {
+    let Some(waiting) = (unsafe { THROTTLED_TASKS.get(id) }).copied() else {
         return;
     };
     let now = now();
-    if THROTTLED_TASKS.remove(&id).is_ok() {
+    if THROTTLED_TASKS.remove(id).is_ok() {
         add_waiting(u64::MAX);
     }
     let stall_ns = now.saturating_sub(waiting.since_ns);
@@ -159,7 +159,7 @@ fn switched_in(task: *const u8) {
         };
         trace::emit(TraceKind::Throttle, &event);
     }
-    if let Some(stats) = CPU_THROTTLE.get_ptr_mut(&waiting.cgroup_id) {
+    if let Some(stats) = CPU_THROTTLE.get_ptr_mut(waiting.cgroup_id) {
         // SAFETY: map value pointer.
         unsafe { aggregate::record(&raw mut (*stats).stall, stall_ns) };
     }

@@ -319,7 +319,7 @@ fn on_query(ctx: &SkBuffContext, packet: &Packet) {
         qtype: qtype_class(qtype),
         _pad: [0; 7],
     };
-    if DNS_IN_FLIGHT.insert(&flow, &query, 0).is_err() {
+    if DNS_IN_FLIGHT.insert(flow, query, 0).is_err() {
         aggregate::count_overflow(OverflowSlot::DnsInFlight);
     }
     count(
@@ -359,7 +359,7 @@ fn on_response(ctx: &SkBuffContext, packet: &Packet) {
         _pad: [0; 3],
     };
     // SAFETY: copied out at once.
-    let Some(query) = (unsafe { DNS_IN_FLIGHT.get(&flow) }).copied() else {
+    let Some(query) = (unsafe { DNS_IN_FLIGHT.get(flow) }).copied() else {
         count(
             &counters,
             DnsCounters {
@@ -369,7 +369,7 @@ fn on_response(ctx: &SkBuffContext, packet: &Packet) {
         );
         return;
     };
-    let _ = DNS_IN_FLIGHT.remove(&flow);
+    let _ = DNS_IN_FLIGHT.remove(flow);
     let latency_ns = now.saturating_sub(query.sent_ns);
     if trace::enabled(TraceKind::Dns) {
         trace_response(ctx, packet, cgroup_id, now, latency_ns);

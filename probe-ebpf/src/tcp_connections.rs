@@ -116,11 +116,11 @@ fn state_change(sk: *const u8, old: i32, new: i32) {
     match (old, new) {
         (TCP_CLOSE, TCP_SYN_SENT) => {
             count(sk, |c| c.active_opens += 1);
-            let _ = TCP_CONNECTION_STARTS.insert(&id, &(now | 1), 0);
+            let _ = TCP_CONNECTION_STARTS.insert(id, now | 1, 0);
         }
         (TCP_SYN_SENT, TCP_ESTABLISHED) => count(sk, |c| c.connected += 1),
         (_, TCP_SYN_RECV) => {
-            let _ = TCP_CONNECTION_STARTS.insert(&id, &(now & !1), 0);
+            let _ = TCP_CONNECTION_STARTS.insert(id, now & !1, 0);
         }
         (TCP_SYN_RECV, TCP_ESTABLISHED) => count(sk, |c| c.passive_opens += 1),
         (TCP_SYN_SENT, TCP_CLOSE) => {
@@ -143,7 +143,7 @@ fn state_change(sk: *const u8, old: i32, new: i32) {
         (_, TCP_CLOSE) => {
             // Ends that did not pass through ESTABLISHED's exit here (a SYN_RECV child
             // reset before it was accepted): forget the start.
-            let _ = TCP_CONNECTION_STARTS.remove(&id);
+            let _ = TCP_CONNECTION_STARTS.remove(id);
         }
         _ => {}
     }
@@ -153,8 +153,8 @@ fn state_change(sk: *const u8, old: i32, new: i32) {
 #[inline(always)]
 fn take_start(id: u64) -> u64 {
     // SAFETY: a map value read, copied out at once.
-    let start = unsafe { TCP_CONNECTION_STARTS.get(&id).copied() }.unwrap_or(0);
-    let _ = TCP_CONNECTION_STARTS.remove(&id);
+    let start = unsafe { TCP_CONNECTION_STARTS.get(id).copied() }.unwrap_or(0);
+    let _ = TCP_CONNECTION_STARTS.remove(id);
     start
 }
 

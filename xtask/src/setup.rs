@@ -18,7 +18,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    sync::Mutex,
+    sync::{LazyLock, Mutex},
     time::Instant,
 };
 
@@ -51,8 +51,33 @@ fn timed<T>(what: &str, step: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Res
     Ok(out)
 }
 
-/// Kept in step with `probe-user/build.rs`.
-pub const NIGHTLY: &str = "nightly-2026-05-19";
+/// The kernel programs' toolchain file, the one declaration of the pinned nightly.
+const EBPF_TOOLCHAIN: &str = include_str!("../../probe-ebpf/rust-toolchain.toml");
+
+/// The pinned nightly, as `probe-ebpf/rust-toolchain.toml` names it.
+pub static NIGHTLY: LazyLock<&'static str> =
+    LazyLock::new(|| toml_value(EBPF_TOOLCHAIN, "channel"));
+/// The components the toolchain file asks for (`rust-src`, `clippy`).
+static NIGHTLY_COMPONENTS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    toml_value(EBPF_TOOLCHAIN, "components")
+        .trim_matches(['[', ']'])
+        .split(',')
+        .map(|c| c.trim().trim_matches('"'))
+        .filter(|c| !c.is_empty())
+        .collect()
+});
+
+/// The value of `key = ...` in a flat TOML file, quotes removed (strings and one-line
+/// arrays are all the toolchain file has).
+fn toml_value(toml: &'static str, key: &str) -> &'static str {
+    toml.lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == key)
+        .map_or_else(
+            || panic!("probe-ebpf/rust-toolchain.toml has no {key}"),
+            |(_, v)| v.trim().trim_matches('"'),
+        )
+}
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// A Debian package setup installs, and the programs of it that something run from
 /// this repository (a test, the benchmark, vm-test, a README command) starts.
@@ -271,30 +296,34 @@ fn python_packages() -> anyhow::Result<()> {
 }
 
 fn nightly() -> anyhow::Result<()> {
-    let has_rust_src = Command::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", NIGHTLY])
+    let nightly = *NIGHTLY;
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", nightly])
         .output()
-        .is_ok_and(|out| {
-            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("rust-src")
-        });
-    if has_rust_src {
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default();
+    let missing: Vec<&str> = NIGHTLY_COMPONENTS
+        .iter()
+        .copied()
+        .filter(|c| {
+            !installed
+                .lines()
+                .any(|l| l.starts_with(&format!("{c}-")) || l == *c)
+        })
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    timed(
-        &format!("installing {NIGHTLY} with rust-src (a minute or two)"),
-        || {
-            run_checked(Command::new("rustup").args([
-                "toolchain",
-                "install",
-                NIGHTLY,
-                "--profile",
-                "minimal",
-                "--component",
-                "rust-src",
-            ]))
-        },
-    )?;
-    record_installed(format!("{NIGHTLY} with rust-src"));
+    let what = format!("{nightly} with {}", missing.join(", "));
+    timed(&format!("installing {what} (a minute or two)"), || {
+        let mut cmd = Command::new("rustup");
+        cmd.args(["toolchain", "install", nightly, "--profile", "minimal"]);
+        for component in &missing {
+            cmd.args(["--component", component]);
+        }
+        run_checked(&mut cmd)
+    })?;
+    record_installed(what);
     Ok(())
 }
 
@@ -332,7 +361,7 @@ fn bpf_linker() -> anyhow::Result<()> {
 /// The LLVM major version the nightly was built with: bpf-linker must match it.
 fn nightly_llvm_major() -> anyhow::Result<u32> {
     let out = Command::new("rustc")
-        .args([&format!("+{NIGHTLY}"), "-vV"])
+        .args([&format!("+{}", *NIGHTLY), "-vV"])
         .output()
         .context("running rustc of the pinned nightly")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -340,14 +369,14 @@ fn nightly_llvm_major() -> anyhow::Result<u32> {
         .find_map(|line| line.strip_prefix("LLVM version: "))
         .and_then(|v| v.split('.').next())
         .and_then(|major| major.parse().ok())
-        .with_context(|| format!("no LLVM version in `rustc +{NIGHTLY} -vV`: {text}"))
+        .with_context(|| format!("no LLVM version in `rustc +{} -vV`: {text}", *NIGHTLY))
 }
 
 /// A directory shaped like an LLVM install (`lib/libLLVM.so`) whose library is the
 /// nightly's own `libLLVM.so.*`; bpf-linker links to it and records it as its rpath.
 fn llvm_prefix(llvm_major: u32) -> anyhow::Result<PathBuf> {
     let sysroot = Command::new("rustc")
-        .args([&format!("+{NIGHTLY}"), "--print", "sysroot"])
+        .args([&format!("+{}", *NIGHTLY), "--print", "sysroot"])
         .output()
         .context("asking the nightly for its sysroot")?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
@@ -361,7 +390,7 @@ fn llvm_prefix(llvm_major: u32) -> anyhow::Result<PathBuf> {
         })
         .with_context(|| format!("no libLLVM.so.{llvm_major}* in {}", sysroot.display()))?;
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-    let prefix = home.join(format!(".local/share/tuneprobe/llvm-{NIGHTLY}"));
+    let prefix = home.join(format!(".local/share/tuneprobe/llvm-{}", *NIGHTLY));
     let lib = prefix.join("lib");
     std::fs::create_dir_all(&lib)?;
     let soname = library.file_name().map(PathBuf::from).unwrap_or_default();
@@ -468,4 +497,21 @@ fn debian_package_installed(package: &str) -> bool {
         .args(["-W", "-f=${Status}", package])
         .output()
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nightly_comes_from_the_kernel_programs_toolchain_file() {
+        assert!(NIGHTLY.starts_with("nightly-20"), "{}", *NIGHTLY);
+        assert!(NIGHTLY_COMPONENTS.contains(&"rust-src"));
+        assert!(NIGHTLY_COMPONENTS.contains(&"clippy"));
+        let build_script = include_str!("../../probe-user/build.rs");
+        assert!(
+            build_script.contains("rust-toolchain.toml") && !build_script.contains("\"nightly-"),
+            "probe-user/build.rs must read the toolchain file, not name a nightly"
+        );
+    }
 }

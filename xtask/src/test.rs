@@ -72,9 +72,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Formatting and lints, before anything slow: `cargo fmt --check` and clippy with
-/// warnings denied (the eBPF crate is built for its own target by probe-user's build
-/// script, not linted here).
+/// The hygiene the workspace declares, before anything slow: formatting, clippy with
+/// warnings denied (the host crates, then the kernel programs on their own target with
+/// their pinned nightly), and the API docs with warnings denied.
 fn gates(root: &Path) -> anyhow::Result<()> {
     let cargo = |args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO"));
@@ -83,17 +83,36 @@ fn gates(root: &Path) -> anyhow::Result<()> {
     };
     run_checked(&mut cargo(&["fmt", "--all", "--check"]))
         .context("the tree is not formatted: run `cargo fmt --all`")?;
-    run_checked(&mut cargo(&[
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--exclude",
-        "probe-ebpf",
-        "--",
-        "-D",
-        "warnings",
-    ]))
-    .context("clippy found warnings (denied)")
+    let host = ["--workspace", "--all-targets", "--exclude", "probe-ebpf"];
+    run_checked(cargo(&["clippy"]).args(host).args(["--", "-D", "warnings"]))
+        .context("clippy found warnings (denied)")?;
+    run_checked(&mut ebpf_clippy(root)).context("clippy found warnings in probe-ebpf (denied)")?;
+    let docs = ["doc", "--no-deps", "--workspace", "--exclude", "probe-ebpf"];
+    run_checked(cargo(&docs).env("RUSTDOCFLAGS", "-D warnings"))
+        .context("`cargo doc` found warnings (denied)")
+}
+
+/// Clippy over the kernel programs as they are built: the bpf target, `core` built
+/// from source, the pinned nightly (`probe-ebpf/rust-toolchain.toml`), in a target
+/// directory of its own so the host builds keep theirs.
+fn ebpf_clippy(root: &Path) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root.join("probe-ebpf"))
+        .arg(format!("+{}", *setup::NIGHTLY))
+        .args([
+            "clippy",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .args(["--", "-D", "warnings"])
+        .env("CARGO_TARGET_DIR", root.join("target/ebpf-clippy"))
+        // Set by the cargo running xtask, they would pick its toolchain instead.
+        .env_remove("RUSTC")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC_WRAPPER");
+    cmd
 }
 
 /// `cargo xtask image` without options: its own defaults, parsed as its command line

@@ -51,7 +51,7 @@ pub const TASK_CFS_RQ: FieldPath = ("task_struct", "se.cfs_rq");
 /// Non-zero while the cfs_rq or any ancestor is throttled (a child group of a throttled
 /// pod has `throttled == 0`).
 pub const CFS_RQ_THROTTLE_COUNT: FieldPath = ("cfs_rq", "throttle_count");
-/// Trace-only fields: optional, see [`TraceFields`].
+/// Trace-only fields: optional, see `TraceFields`.
 pub const SOCK_FAMILY: FieldPath = ("sock", "__sk_common.skc_family");
 pub const SOCK_DADDR: FieldPath = ("sock", "__sk_common.skc_daddr");
 pub const SOCK_RCV_SADDR: FieldPath = ("sock", "__sk_common.skc_rcv_saddr");

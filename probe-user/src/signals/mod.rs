@@ -1,4 +1,4 @@
-//! The signals, one module each, registered in one list ([`registry!`] below).
+//! The signals, one module each, registered in one list (`registry!` below).
 //!
 //! A signal module implements [`Source`]: its kernel programs, how its maps are read,
 //! windowed and garbage-collected, which cgroups its keys name, its section of a
