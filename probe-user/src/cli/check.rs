@@ -23,7 +23,7 @@ use tuneprobe::{LoadOptions, Probe, ProbeStatus, Signal, kernel::btf::VMLINUX_BT
                   tuneprobe check --btf /boot/vmlinux-btf"
 )]
 pub struct Args {
-    /// Print JSON (documented in the README) instead of a table.
+    /// Print JSON (documented in docs/check.md) instead of a table.
     #[arg(long)]
     json: bool,
 }
