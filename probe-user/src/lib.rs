@@ -18,6 +18,8 @@ pub mod access;
 pub mod fleet;
 pub mod kernel;
 pub mod privileges;
+#[cfg(test)]
+mod reference;
 pub mod report;
 pub mod signals;
 pub mod tuning;
