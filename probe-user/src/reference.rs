@@ -8,7 +8,8 @@
 //!   a key has no row or a row names a key that no longer exists.
 //!
 //! `TUNEPROBE_BLESS=1 cargo test -p probe-user reference` rewrites both (keeping the
-//! meanings written for keys that still exist).
+//! meanings written for keys that still exist). A third test checks that every
+//! repository path the README and `docs/` name exists.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -432,4 +433,153 @@ fn reference_json_page_has_a_row_for_every_key_and_no_other() {
     );
     // Same rows, same order as the code gives them.
     check_or_bless(JSON_PAGE, JSON_BEGIN, JSON_END, &table);
+}
+
+/// Repository paths the pages name that do not exist in this checkout yet: the other
+/// half of the module move (`views::families`, `views::parts` to `output::`,
+/// `workloads::scope` to `views::scope`, and the layer test) lands with it.
+/// TEMPORARY: delete these entries when that change is merged.
+const NOT_YET_MERGED: [&str; 4] = [
+    "probe-user/src/output/families.rs",
+    "probe-user/src/output/parts.rs",
+    "probe-user/src/views/scope.rs",
+    "probe-user/src/layers.rs",
+];
+
+/// Top-level directories whose paths the pages name from the repository root.
+const TOP_LEVEL: [&str; 8] = [
+    "probe-user/",
+    "probe-ebpf/",
+    "probe-common/",
+    "xtask/",
+    "tests/",
+    "deploy/",
+    "lab/",
+    "docs/",
+];
+
+/// A heading's anchor, as GitHub makes it.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// Everything a page names: (path in backticks, relative to the root) and (link target,
+/// relative to the page), outside fenced code.
+fn named_paths(text: &str) -> (Vec<String>, Vec<String>) {
+    let (mut quoted, mut links) = (Vec::new(), Vec::new());
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        for (i, span) in line.split('`').enumerate() {
+            if i % 2 == 0 {
+                // Outside backticks: links.
+                let mut rest = span;
+                while let Some(at) = rest.find("](") {
+                    let after = &rest[at + 2..];
+                    let Some(end) = after.find(')') else { break };
+                    links.push(after[..end].to_string());
+                    rest = &after[end..];
+                }
+            } else {
+                for word in span.split_whitespace() {
+                    let word = word.trim_end_matches([',', ';', ':', ')', '.']);
+                    if TOP_LEVEL.iter().any(|top| word.starts_with(top))
+                        && !word.contains(['<', '*', '{', '…'])
+                        && !word.contains("...")
+                    {
+                        quoted.push(word.to_string());
+                    }
+                }
+            }
+        }
+    }
+    (quoted, links)
+}
+
+fn anchors_of(page: &Path) -> BTreeSet<String> {
+    let text = fs::read_to_string(page).unwrap_or_default();
+    let mut fenced = false;
+    let mut anchors = BTreeSet::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            anchors.insert(anchor(line.trim_start_matches('#')));
+        }
+    }
+    anchors
+}
+
+#[test]
+fn reference_pages_name_only_paths_that_exist() {
+    let root = root();
+    let mut pages = vec![root.join("README.md")];
+    let mut docs: Vec<PathBuf> = fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    pages.extend(docs);
+    let mut stale = Vec::new();
+    let mut allowed_seen = BTreeSet::new();
+    for page in &pages {
+        let text = fs::read_to_string(page).unwrap();
+        let name = page
+            .strip_prefix(&root)
+            .unwrap_or(page)
+            .display()
+            .to_string();
+        let (quoted, links) = named_paths(&text);
+        for path in quoted {
+            if NOT_YET_MERGED.contains(&path.as_str()) {
+                allowed_seen.insert(path);
+            } else if !root.join(&path).exists() {
+                stale.push(format!("{name}: `{path}`"));
+            }
+        }
+        for link in links {
+            if link.starts_with("http://") || link.starts_with("https://") {
+                continue;
+            }
+            let (file, fragment) = link.split_once('#').unwrap_or((&link, ""));
+            let target = if file.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(file)
+            };
+            if !target.exists() {
+                stale.push(format!("{name}: link ({link})"));
+            } else if !fragment.is_empty()
+                && target.extension().is_some_and(|e| e == "md")
+                && !anchors_of(&target).contains(fragment)
+            {
+                stale.push(format!("{name}: link ({link}) names no heading"));
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "names that do not exist:\n{}",
+        stale.join("\n")
+    );
+    // An allowed name no page uses any more is one to delete from the list.
+    for path in NOT_YET_MERGED {
+        assert!(
+            allowed_seen.contains(path) || root.join(path).exists(),
+            "{path} is allowed but named nowhere"
+        );
+    }
 }
