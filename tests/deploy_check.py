@@ -7,7 +7,7 @@ Renderings checked:
   the Prometheus Operator's CRD refuses the whole apply);
 - `components/NAME`: an overlay of the base with that one Component, as a user's
   overlay would list it under `components:`;
-- `components/all`: an overlay with every Component (the README's example overlay).
+- `components/all`: an overlay with every Component (the example overlay of docs/deployment.md).
 
 The renderer implements the part of kustomize that these kustomizations use:
 resources (files and directories), components, namespace, images, configMapGenerator

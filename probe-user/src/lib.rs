@@ -31,6 +31,8 @@ pub mod fleet;
 pub mod kernel;
 pub(crate) mod output;
 pub(crate) mod privileges;
+#[cfg(test)]
+mod reference;
 pub mod report;
 pub mod signals;
 pub(crate) mod tuning;

@@ -62,13 +62,17 @@ pub(crate) mod tests {
         Sections, Signal,
         block_io::BlockReport,
         cpu_throttle::CpuReport,
-        dns::{DnsReport, ResolverReport},
+        dns::{DnsLatencySeries, DnsReport, ResolverReport},
         drops::{DropStats, TCP_LISTEN_OVERFLOW},
         histogram::{LatencySummary, Percentiles},
         tcp_connections::{ConnectFailures, ConnectionReport},
         tcp_retransmit::TcpStats,
     };
 
+    /// A snapshot with every field populated somewhere (the generated references,
+    /// `docs/json.md` and `docs/metrics.md`, are made from it): a pod's container with
+    /// every signal but no names, an unattributed workload with one drop, and a named
+    /// container with the values of the JSON example in `docs/snapshot.md`.
     pub(crate) fn sample() -> Snapshot {
         let mut drops = DropStats::default();
         drops.add("NO_SOCKET", 3);
@@ -90,8 +94,12 @@ pub(crate) mod tests {
                 },
             ],
             map_overflows: BTreeMap::from([("DROPS".to_string(), 0)]),
-            gc_deleted_entries: BTreeMap::new(),
-            program_stats: vec![],
+            gc_deleted_entries: BTreeMap::from([("DROPS".to_string(), 3)]),
+            program_stats: vec![ProgramStats {
+                name: "kfree_skb".into(),
+                run_time_ns: 1150,
+                run_count: 10,
+            }],
             workloads: vec![
                 Workload {
                     identity: Identity {
@@ -196,7 +204,170 @@ pub(crate) mod tests {
                     },
                     ..Workload::default()
                 },
+                named(),
+                service(),
             ],
+        }
+    }
+
+    /// A system service with the fields that can be null null: a disk gone by report
+    /// time, no quota of its own (throttled by its parent's), DNS queries without answers.
+    fn service() -> Workload {
+        Workload {
+            identity: Identity {
+                cgroup_id: Some(77),
+                cgroup_path: Some("/system.slice/backup.service".into()),
+                netns: Some(4026531840),
+                ..Identity::default()
+            },
+            signals: Sections {
+                block: vec![BlockReport {
+                    device: "8:16".into(),
+                    op: "write".into(),
+                    scheduler: None,
+                    requests: 2,
+                    bytes: 8192,
+                    errors: 0,
+                    service_ms: LatencySummary::default(),
+                    queue_ms: LatencySummary::default(),
+                    ..BlockReport::default()
+                }],
+                cpu: Some(CpuReport {
+                    quota_ms: None,
+                    period_ms: None,
+                    periods: 0,
+                    throttled_periods: 0,
+                    throttle_events: 1,
+                    ..CpuReport::default()
+                }),
+                dns: Some(DnsReport {
+                    queries: 3,
+                    responses: 0,
+                    timeouts: 3,
+                    malformed: 0,
+                    unmatched_responses: 0,
+                    by_rcode: BTreeMap::new(),
+                    by_qtype: BTreeMap::new(),
+                    latency_ms: Percentiles::default(),
+                    by_resolver: BTreeMap::new(),
+                    latency_series: Vec::new(),
+                }),
+                ..Sections::default()
+            },
+            ..Workload::default()
+        }
+    }
+
+    /// A named container with every optional field set, from `docs/snapshot.md`'s
+    /// example.
+    fn named() -> Workload {
+        let summary = |mean, p50, p99, max| LatencySummary {
+            mean: Some(mean),
+            p50: Some(p50),
+            p99: Some(p99),
+            max: Some(max),
+        };
+        let latency = Percentiles {
+            p50: Some(0.41),
+            p90: Some(1.9),
+            p99: Some(25.3),
+            max: Some(31.0),
+        };
+        Workload {
+            identity: Identity {
+                cgroup_id: Some(8412),
+                cgroup_path: Some("/kubepods/burstable/pod0b5a/4f2a".into()),
+                netns: Some(4026532175),
+                pod_uid: Some("0b5a3f0e-52c2-4b7e-9f0a-6a1c2e3d4f5a".into()),
+                container_id: Some("4f2a".repeat(16)),
+                namespace: Some("shop".into()),
+                pod: Some("api-7f9c4".into()),
+                container: Some("server".into()),
+            },
+            pod_labels: BTreeMap::from([("app".to_string(), "api".to_string())]),
+            signals: Sections {
+                tcp: TcpStats {
+                    retransmits: 1,
+                    retransmitted_segments: 7,
+                    failed_retransmits: 0,
+                    passive_opens: 120,
+                    sent_segments: 5310,
+                    received_segments: 4870,
+                    rcvq_drops: 1,
+                    rcvq_prunes: 1,
+                },
+                drops: DropStats {
+                    total: 3,
+                    by_reason: BTreeMap::from([("SOCKET_RCVBUFF".to_string(), 3)]),
+                    received_packets: 5102,
+                    forwarded_packets: 10,
+                    received_datagrams: 240,
+                },
+                dns: Some(DnsReport {
+                    queries: 120,
+                    responses: 118,
+                    timeouts: 2,
+                    malformed: 0,
+                    unmatched_responses: 0,
+                    by_rcode: BTreeMap::from([("NOERROR".into(), 110), ("NXDOMAIN".into(), 8)]),
+                    by_qtype: BTreeMap::from([("A".into(), 60), ("AAAA".into(), 58)]),
+                    latency_ms: latency,
+                    by_resolver: BTreeMap::from([(
+                        "10.96.0.10".into(),
+                        ResolverReport {
+                            queries: 120,
+                            responses: 118,
+                            timeouts: 2,
+                            latency_ms: latency,
+                        },
+                    )]),
+                    latency_series: vec![DnsLatencySeries {
+                        resolver: "10.96.0.10".into(),
+                        rcode: "NOERROR".into(),
+                        histogram: probe_common::histogram::DnsHistogram::ZERO,
+                    }],
+                }),
+                block: vec![BlockReport {
+                    device: "loop0".into(),
+                    op: "read".into(),
+                    scheduler: Some("mq-deadline".into()),
+                    requests: 301,
+                    bytes: 1_232_896,
+                    errors: 0,
+                    service_ms: summary(9.831, 0.115, 101.679, 101.679),
+                    queue_ms: summary(0.002, 0.002, 0.007, 0.024),
+                    ..BlockReport::default()
+                }],
+                cpu: Some(CpuReport {
+                    quota_ms: Some(20.0),
+                    period_ms: Some(100.0),
+                    periods: 23,
+                    throttled_periods: 21,
+                    throttled_ms: 1624.393,
+                    usage_ms: Some(460.2),
+                    throttle_events: 21,
+                    stall_ms: summary(77.3, 75.9, 87.4, 88.1),
+                    stall_total_ms: 1623.9,
+                    ..CpuReport::default()
+                }),
+                connections: Some(ConnectionReport {
+                    connect_attempts: 40,
+                    connected: 30,
+                    failed: ConnectFailures {
+                        port_exhaustion: 10,
+                        ..ConnectFailures::default()
+                    },
+                    accepted: 120,
+                    closed: 148,
+                    resets_sent: 2,
+                    resets_received: 0,
+                    time_wait: Some(31),
+                    duration_ms: summary(812.4, 524.3, 4194.3, 5012.0),
+                    srtt_ms: summary(0.41, 0.384, 1.2, 1.4),
+                    min_rtt_ms: summary(0.09, 0.088, 0.2, 0.21),
+                    ..ConnectionReport::default()
+                }),
+            },
         }
     }
 

@@ -1,6 +1,6 @@
 //! `cargo xtask soak`: a short run through the whole harness (every signal driven, cgroups
 //! churned, the agent sampled), so the harness cannot rot. The 10-minute run is not part
-//! of the tests; its result is in the README.
+//! of the tests; its result is in docs/benchmarks.md.
 
 use std::{fs, path::Path, process::Command};
 

@@ -152,7 +152,7 @@ fn check_kernel(result: &Value) {
     );
 }
 
-/// The README's kernel table is generated from `tests/kernels/<series>.json`
+/// The kernel table of docs/kernels.md is generated from `tests/kernels/<series>.json`
 /// (`cargo xtask kernel-table`): this run must measure what the record says, the same
 /// programs attached and off, and every check with the same outcome.
 fn agrees_with_its_record(series: &str, result: &Value) {

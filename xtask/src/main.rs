@@ -53,7 +53,7 @@ enum Command {
     /// Boot Debian's 5.10, 6.1 and 6.12 kernels and arm64 6.1 under QEMU (`--kernel
     /// VERSION` for one) and check every signal each can produce.
     VmTest(vmtest::Args),
-    /// Write the README's supported-kernels table from vm-test's records
+    /// Write the supported-kernels table of docs/kernels.md from vm-test's records
     /// (`tests/kernels/*.json`); `--check` only compares.
     KernelTable(kernels::Args),
     /// Drive every signal and cgroup churn for a long time under `tuneprobe serve`;

@@ -5,10 +5,10 @@
 //!   LLVM needed);
 //! - the rustup targets `x86_64-unknown-linux-musl` (the container image's static binary)
 //!   and `aarch64-unknown-linux-gnu` (arm64 nodes, and vm-test's arm64 guest);
-//! - the Debian package of every program a test, the benchmark, vm-test or a README
-//!   command starts ([`DEBIAN_PACKAGES`]; `cargo xtask test` checks for each program
-//!   before it runs a test), and one PyPI package (the Kubernetes schemas for the
-//!   offline manifest check).
+//! - the Debian package of every program a test, the benchmark, vm-test or a command
+//!   of the README or `docs/` starts ([`DEBIAN_PACKAGES`]; `cargo xtask test` checks
+//!   for each program before it runs a test), and one PyPI package (the Kubernetes
+//!   schemas for the offline manifest check).
 //!
 //! Each step checks first and does nothing when its result is already in place. Setup
 //! installs what is missing and never removes or downgrades what the machine has (see
@@ -80,7 +80,8 @@ fn toml_value(toml: &'static str, key: &str) -> &'static str {
 }
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// A Debian package setup installs, and the programs of it that something run from
-/// this repository (a test, the benchmark, vm-test, a README command) starts.
+/// this repository (a test, the benchmark, vm-test, a command of the README or docs/)
+/// starts.
 /// `cargo xtask test` checks for every program before it runs a test.
 #[derive(Debug, Clone, Copy)]
 pub struct DebianPackage {
@@ -155,7 +156,7 @@ pub const DEBIAN_PACKAGES: &[DebianPackage] = &[
     package("musl-tools", &["musl-gcc"]),
     // The deploy/ test's offline schema check (pip comes below, if it is missing).
     package("python3", &["python3"]),
-    // The README filters `snapshot --json` with jq.
+    // The README and docs/snapshot.md filter `snapshot --json` with jq.
     package("jq", &["jq"]),
 ];
 

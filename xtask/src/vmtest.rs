@@ -193,7 +193,7 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Keep each passing kernel's result in `tests/kernels/<series>.json`, which the
-    /// README's kernel table is generated from (`cargo xtask kernel-table`).
+    /// kernel table of docs/kernels.md is generated from (`cargo xtask kernel-table`).
     #[arg(long)]
     record: bool,
     /// Give up on a guest after this many seconds.

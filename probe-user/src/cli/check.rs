@@ -26,7 +26,7 @@ use serde::Serialize;
                   tuneprobe check --btf /boot/vmlinux-btf"
 )]
 pub(super) struct Args {
-    /// Print JSON (documented in the README) instead of a table.
+    /// Print JSON (documented in docs/check.md) instead of a table.
     #[arg(long)]
     json: bool,
 }

@@ -26,7 +26,7 @@ pub(super) struct Args {
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
     duration: Duration,
 
-    /// Print JSON (documented in the README) instead of a table.
+    /// Print JSON (documented in docs/json.md) instead of a table.
     #[arg(long)]
     json: bool,
 

@@ -76,7 +76,7 @@ pub(super) struct Args {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     min_latency: Option<Duration>,
 
-    /// One JSON object per line (fields in the README) instead of text.
+    /// One JSON object per line (fields in docs/trace.md) instead of text.
     #[arg(long)]
     json: bool,
 

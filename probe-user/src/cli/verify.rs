@@ -75,7 +75,7 @@ pub(super) struct Args {
     revert_with: Option<String>,
 
     /// Judge this signal instead of the knob's own (repeatable; with --watch, for every
-    /// change); the README's "What is judged" lists them all (retransmit_ratio,
+    /// change); "What is judged" in docs/verify.md lists them all (retransmit_ratio,
     /// cpu_throttled_ms_per_period, rcvbuf_drop_ratio, dns_latency_ms, ...).
     #[arg(long = "signal", id = "signals", value_name = "SIGNAL", value_parser = parse_signal)]
     signals: Vec<Measure>,

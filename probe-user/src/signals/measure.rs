@@ -2,7 +2,8 @@
 //! load it was measured under. Published as the `signal` of a verdict (`--signal`,
 //! `retransmit_ratio`, ...). Each measure is declared once here ([`Measure::declared`]:
 //! what it counts, its load, where both come from); the knob table, `--help`, the
-//! README's table and the fleet view take their words from that declaration.
+//! judged tables of `docs/verify.md` and the fleet view take their words from that
+//! declaration.
 
 use probe_common::{DnsHistogram, LatencyHistogram};
 use serde::Serialize;
@@ -47,7 +48,7 @@ pub enum Measure {
     WritesPerRead,
 }
 
-/// What a measure is, in the words users read (`--help`, the knob table, the README).
+/// What a measure is, in the words users read (`--help`, the knob table, docs/verify.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Declaration {
     /// What it counts, per what.

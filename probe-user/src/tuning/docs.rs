@@ -1,13 +1,13 @@
-//! The README's "What is judged" tables, generated from the one knob table and the
-//! measures' declarations (a test keeps the README equal to them).
+//! The "What is judged" tables of `docs/verify.md`, generated from the one knob table and
+//! the measures' declarations (a test keeps the page equal to them).
 
 use std::fmt::Write as _;
 
 use super::KNOBS;
 use crate::signals::measure::Measure;
 
-/// Where the generated part of the README starts and ends.
-pub(crate) const BEGIN: &str = "<!-- judged-table:begin (generated from tuning::KNOBS and Measure::declared; TUNEPROBE_BLESS=1 cargo test -p probe-user readme rewrites it) -->";
+/// Where the generated part of `docs/verify.md` starts and ends.
+pub(crate) const BEGIN: &str = "<!-- judged-table:begin (generated from tuning::KNOBS and Measure::declared; TUNEPROBE_BLESS=1 cargo test -p probe-user judged_tables rewrites it) -->";
 pub(crate) const END: &str = "<!-- judged-table:end -->";
 
 /// The knobs with their measures and why, then every measure with its load and source.
@@ -62,22 +62,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn readme_judged_tables_are_generated_from_the_declarations() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
-        let readme = std::fs::read_to_string(path).unwrap();
-        let start = readme.find(BEGIN).expect("the README has the begin marker") + BEGIN.len();
-        let end = readme.find(END).expect("the README has the end marker");
+    fn verify_page_judged_tables_are_generated_from_the_declarations() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/verify.md");
+        let page = std::fs::read_to_string(path).unwrap();
+        let start = page
+            .find(BEGIN)
+            .expect("docs/verify.md has the begin marker")
+            + BEGIN.len();
+        let end = page.find(END).expect("docs/verify.md has the end marker");
         let generated = format!("\n{}", judged_tables());
         if std::env::var_os("TUNEPROBE_BLESS").is_some() {
-            let updated = format!("{}{generated}{}", &readme[..start], &readme[end..]);
+            let updated = format!("{}{generated}{}", &page[..start], &page[end..]);
             std::fs::write(path, updated).unwrap();
             return;
         }
         assert_eq!(
-            readme[start..end],
+            page[start..end],
             generated,
-            "the README's judged tables differ from the declarations: run \
-             TUNEPROBE_BLESS=1 cargo test -p probe-user readme"
+            "the judged tables of docs/verify.md differ from the declarations: run \
+             TUNEPROBE_BLESS=1 cargo test -p probe-user judged_tables"
         );
     }
 

@@ -210,7 +210,7 @@ const WRITEBACK: &str = "dirty-page limits decide when writeback starts and how 
 const ATIME: &str = "a read updates the inode's access time, which the filesystem \
     writes back: a write request per read, gone with noatime";
 
-/// The one knob table: the knobs of the tuning guides (listed in the README) and the
+/// The one knob table: the knobs of the tuning guides (listed in docs/tuning.md) and the
 /// cgroup files `verify` can change.
 pub(crate) const KNOBS: &[Knob] = &[
     judged(

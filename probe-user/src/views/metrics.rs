@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use prometheus::{Encoder as _, TextEncoder};
+use prometheus::{Encoder as _, TextEncoder, proto::MetricFamily};
 
 use crate::{
     kernel::loader::ProbeStatus,
@@ -123,6 +123,22 @@ impl Exporter {
         changes: Option<&Watcher>,
         scrape_seconds: f64,
     ) -> String {
+        let families = self.families(snapshot, inventory, changes, scrape_seconds);
+        let mut out = Vec::new();
+        // Encoding into memory cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&families, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// The metric families [`render_with`](Self::render_with) encodes (also what the
+    /// generated metrics reference, `docs/metrics.md`, lists).
+    pub(crate) fn families(
+        &mut self,
+        snapshot: &Snapshot,
+        inventory: Option<&Inventory>,
+        changes: Option<&Watcher>,
+        scrape_seconds: f64,
+    ) -> Vec<MetricFamily> {
         let mut f = Families::default();
         if let Some(inventory) = inventory {
             add_tuning(&mut f, inventory);
@@ -187,10 +203,7 @@ impl Exporter {
             vec![],
             scrape_seconds,
         );
-        let mut out = Vec::new();
-        // Encoding into memory cannot fail for well-formed families.
-        let _ = TextEncoder::new().encode(&f.encode(), &mut out);
-        String::from_utf8_lossy(&out).into_owned()
+        f.encode()
     }
 }
 

@@ -27,7 +27,7 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 }
 
 /// The JSON report (`target/bench/report.json`); its consumers are [`table`],
-/// `tests/tests/bench.rs` and BENCHMARKS.md.
+/// `tests/tests/bench.rs` and docs/benchmarks.md.
 #[derive(Serialize)]
 pub struct Report {
     pub smoke: bool,
