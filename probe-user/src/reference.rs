@@ -39,6 +39,10 @@ const JSON_PAGE: &str = "docs/json.md";
 const JSON_BEGIN: &str = "<!-- json-reference:begin (keys and types generated from a sample snapshot, meanings written by hand; TUNEPROBE_BLESS=1 cargo test -p probe-user reference adds and removes rows) -->";
 const JSON_END: &str = "<!-- json-reference:end -->";
 /// The meaning a blessed row gets for a new key, which the test then refuses.
+const RULES_FILE: &str = "deploy/prometheus/fleet-rules.yaml";
+const RULES_BEGIN: &str = "# rules:begin (generated from the measures' declarations; TUNEPROBE_BLESS=1 cargo test -p probe-user reference rewrites it)";
+const RULES_END: &str = "# rules:end";
+
 const UNDESCRIBED: &str = "TODO: describe";
 
 /// Objects whose keys are data (map names, drop reasons, response codes, query types,
@@ -578,4 +582,13 @@ fn reference_pages_name_only_paths_that_exist() {
         "names that do not exist:\n{}",
         stale.join("\n")
     );
+}
+
+/// The fleet recording rules: one per judged measure and its median, from the
+/// declarations `fleet verify` queries by (`fleet/rules.rs`).
+#[test]
+fn reference_fleet_rules_are_generated_from_the_declarations() {
+    // The end marker is indented as a list item of the group's rules.
+    let rules = format!("{}      ", crate::fleet::rules::recording_rules());
+    check_or_bless(RULES_FILE, RULES_BEGIN, RULES_END, &rules);
 }

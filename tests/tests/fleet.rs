@@ -1035,3 +1035,89 @@ fn recording_rules_name_workloads_as_fleet_verify_does() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Input series for one counter of a declaration: `per_step` more every 30 s, with the
+/// label value the declaration narrows it to.
+fn rule_input(name: &str, only: Option<(&str, &[&str])>, per_step: u64, labels: &str) -> String {
+    let extra = only.map_or(String::new(), |(label, values)| {
+        format!(",{label}=\"{}\"", values[0])
+    });
+    format!("      - series: '{name}{{{labels}{extra}}}'\n        values: '0+{per_step}x20'\n")
+}
+
+/// Every judged measure's recording rule, run by `promtool test rules` on series made from
+/// its own declaration: ratios come out as part per load (with the declared unit),
+/// means as sum per count in ms, p99s inside the one bucket every observation is in
+/// (each to 1e-9: a quantile's interpolation rounds in its last digit).
+#[test]
+fn recording_rules_compute_each_measure_as_declared() {
+    use tuneprobe::signals::{declaration::Exported, measure::Measure};
+    let dir = TempDir::new("tuneprobe-fleet-rules-all-");
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/fleet-rules.yaml");
+    let mut tests = String::new();
+    for (i, measure) in Measure::judged().enumerate() {
+        // One pod per measure, so the inputs of two measures never add up.
+        let pod = format!("web-{i}");
+        let labels = format!("node=\"n1\",namespace=\"shop\",pod=\"{pod}\",container=\"c\"");
+        let (input, record, value) = match measure.declared().exported {
+            Exported::Ratio {
+                part,
+                whole,
+                whole_adds_part,
+                scale,
+            } => {
+                let input = rule_input(part.name, part.only, 30, &labels)
+                    + &rule_input(whole.name, whole.only, 90, &labels);
+                let load = if whole_adds_part { 120.0 } else { 90.0 };
+                (
+                    input,
+                    format!("tuneprobe:{}:1m", measure.name()),
+                    scale * 30.0 / load,
+                )
+            }
+            Exported::Histogram { of, quantile } => {
+                let only = of.only;
+                let mut input = rule_input(&format!("{}_count", of.name), only, 10, &labels)
+                    + &rule_input(&format!("{}_sum", of.name), only, 1, &labels);
+                for (le, n) in [("0.005", 0), ("0.01", 10), ("+Inf", 10)] {
+                    let bucket = format!("{}_bucket", of.name);
+                    input += &rule_input(&bucket, only, n, &format!("{labels},le=\"{le}\""));
+                }
+                match quantile {
+                    // 0.1 s per observation.
+                    None => (input, format!("tuneprobe:{}:mean1m", measure.name()), 100.0),
+                    // Interpolated inside (5 ms, 10 ms].
+                    Some(q) => (
+                        input,
+                        format!("tuneprobe:{}:1m", measure.name()),
+                        5.0 + 5.0 * q,
+                    ),
+                }
+            }
+            // A count's increase over a minute is extrapolated by Prometheus: checked by
+            // the rule's presence only (promtool parses every rule).
+            Exported::Count(_) => continue,
+        };
+        let _ = write!(
+            tests,
+            "  - interval: 30s\n    input_series:\n{input}    promql_expr_test:\n      - expr: 'abs({record} - {value}) < bool 1e-9'\n        eval_time: 5m\n        exp_samples:\n          - labels: '{{{labels},workload=\"web\"}}'\n            value: 1\n"
+        );
+    }
+    let test = format!(
+        "rule_files:\n  - {}\nevaluation_interval: 30s\ntests:\n{tests}",
+        rules.display()
+    );
+    let file = dir.0.join("rules-test.yaml");
+    fs::write(&file, &test).unwrap();
+    let out = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(&file)
+        .output()
+        .expect("run promtool");
+    assert!(
+        out.status.success(),
+        "promtool test rules: {}{}\n{test}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -5,6 +5,8 @@
 
 pub mod did;
 pub mod prom;
+#[cfg(test)]
+pub(crate) mod rules;
 pub mod series;
 pub mod view;
 
@@ -13,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::{
+    signals::declaration::Exported,
     signals::measure::Measure,
     tuning,
     verify::stats::{self, Comparison},
@@ -577,10 +580,10 @@ pub fn judge_signal(
 /// `tuneprobe_tcp_passive_opens_total`) have the counts but not what they are divided by.
 fn missing_load(
     signal: Measure,
-    source: series::Source,
+    source: Exported,
     answers: &BTreeMap<&str, Vec<Series>>,
 ) -> Option<String> {
-    let series::Source::Ratio { whole, .. } = source else {
+    let Exported::Ratio { whole, .. } = source else {
         return None;
     };
     let none = |role: &str| answers.get(role).is_none_or(Vec::is_empty);
@@ -668,7 +671,7 @@ pub fn verify(prometheus: &Prometheus, options: &Options) -> Result<FleetReport,
     let mut overall = Vec::new();
     let mut verdicts = Vec::new();
     for &signal in &signals {
-        let source = series::source(signal);
+        let source = signal.declared().exported;
         let mut answers = BTreeMap::new();
         for (role, query) in series::queries(source, &node_selector.to_string()) {
             answers.insert(role, prometheus.query_range(&query, start, end, step)?);
@@ -865,7 +868,7 @@ mod tests {
     #[test]
     fn a_ratio_without_its_exported_load_says_so() {
         let retransmitted = vec![series("a", &[(0.0, 1.0)])];
-        let source = series::source(Measure::RetransmitRatio);
+        let source = Measure::RetransmitRatio.declared().exported;
         let answers = BTreeMap::from([("part", retransmitted.clone()), ("whole", vec![])]);
         let note = missing_load(Measure::RetransmitRatio, source, &answers).unwrap();
         assert!(note.contains("tuneprobe_tcp_sent_segments_total"), "{note}");

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::signals::{cpu_throttle as cpu, drops, measure::Measure, tcp_retransmit as tcp};
+use crate::signals::declaration::{Counter, Exported};
 
 use super::prom::Series;
 
@@ -16,216 +16,21 @@ pub const NODE_LABEL: &str = "node";
 /// The workload labels every per-workload series carries, and the node.
 const BY: &str = "node, namespace, pod, container";
 
-/// A counter family, narrowed by label matchers of its own (`reason="..."`) or none.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Counter {
-    pub name: &'static str,
-    pub matchers: &'static str,
-}
-
-impl Counter {
-    const fn of(name: &'static str) -> Self {
-        Self { name, matchers: "" }
-    }
-}
-
-/// Where a signal's samples come from in the exported metrics.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Source {
-    /// `part` per load, both counters. The load is `whole`, or with `whole_adds_part`
-    /// `part + whole`: listen overflows per connection attempt, the attempts being the
-    /// overflows and the accepted connections (`verify`'s `listen_overflow_ratio`).
-    Ratio {
-        part: Counter,
-        whole: Counter,
-        whole_adds_part: bool,
-        /// The ratio's unit: 1000 for seconds per period read as milliseconds.
-        scale: f64,
-    },
-    /// A counter's increase per interval; no load.
-    Count(Counter),
-    /// A histogram in seconds: the interval's mean (`_sum` / `_count`) or a quantile of
-    /// its bucket increases, in milliseconds; the `_count` increase is the load.
-    Histogram {
-        name: &'static str,
-        /// Label matchers narrowing it (`op="write",`), or empty.
-        matchers: &'static str,
-        quantile: Option<f64>,
-    },
-}
-
-/// The metric source of every signal `verify` judges, with the same load. The network
-/// loads (`tuneprobe_tcp_sent_segments_total`, `tuneprobe_tcp_passive_opens_total`) are
-/// namespace totals every workload of the namespace exports, as `verify` divides each
-/// workload's count by its namespace's.
-pub fn source(signal: Measure) -> Source {
-    match signal {
-        Measure::CpuThrottledRatio => Source::Ratio {
-            part: Counter::of("tuneprobe_cpu_throttled_periods_total"),
-            whole: Counter::of("tuneprobe_cpu_periods_total"),
-            whole_adds_part: false,
-            scale: 1.0,
-        },
-        Measure::RetransmitRatio => Source::Ratio {
-            part: Counter::of("tuneprobe_tcp_retransmitted_segments_total"),
-            whole: Counter::of("tuneprobe_tcp_sent_segments_total"),
-            whole_adds_part: false,
-            scale: 1.0,
-        },
-        Measure::ListenOverflowRatio => Source::Ratio {
-            part: Counter {
-                name: "tuneprobe_packet_drops_total",
-                matchers: "reason=\"TCP_LISTEN_OVERFLOW\",",
-            },
-            whole: Counter::of("tuneprobe_tcp_passive_opens_total"),
-            whole_adds_part: true,
-            scale: 1.0,
-        },
-        Measure::Drops => Source::Count(Counter::of(drops::PACKET_DROPS)),
-        Measure::CpuThrottledMsPerPeriod => Source::Ratio {
-            part: Counter::of(cpu::THROTTLED_SECONDS),
-            whole: Counter::of(cpu::PERIODS),
-            whole_adds_part: false,
-            scale: 1000.0,
-        },
-        Measure::CpuUsageMsPerPeriod => Source::Ratio {
-            part: Counter::of(cpu::USAGE_SECONDS),
-            whole: Counter::of(cpu::PERIODS),
-            whole_adds_part: false,
-            scale: 1000.0,
-        },
-        Measure::CpuStallP99Ms => Source::Histogram {
-            name: cpu::STALL_SECONDS,
-            matchers: "",
-            quantile: Some(0.99),
-        },
-        Measure::RcvbufDropRatio => Source::Ratio {
-            part: Counter {
-                name: drops::PACKET_DROPS,
-                matchers: "reason=\"SOCKET_RCVBUFF\",",
-            },
-            whole: Counter::of(drops::RECEIVED_DATAGRAMS),
-            whole_adds_part: false,
-            scale: 1.0,
-        },
-        Measure::BacklogDropRatio => Source::Ratio {
-            part: Counter {
-                name: drops::PACKET_DROPS,
-                matchers: "reason=\"CPU_BACKLOG\",",
-            },
-            whole: Counter::of(drops::RECEIVED_PACKETS),
-            whole_adds_part: true,
-            scale: 1.0,
-        },
-        Measure::ForwardDropRatio => Source::Ratio {
-            part: Counter {
-                name: drops::PACKET_DROPS,
-                matchers: "reason=~\"IP_INADDRERRORS|IP_INNOROUTES|NETFILTER_DROP\",",
-            },
-            whole: Counter::of(drops::FORWARDED_PACKETS),
-            whole_adds_part: true,
-            scale: 1.0,
-        },
-        Measure::TcpRcvqDropRatio => Source::Ratio {
-            part: Counter::of(tcp::RCVQ_DROPS),
-            whole: Counter::of(tcp::RECEIVED_SEGMENTS),
-            whole_adds_part: false,
-            scale: 1.0,
-        },
-        Measure::TcpPruneRatio => Source::Ratio {
-            part: Counter::of(tcp::RCVQ_PRUNES),
-            whole: Counter::of(tcp::RECEIVED_SEGMENTS),
-            whole_adds_part: false,
-            scale: 1.0,
-        },
-        Measure::BlockServiceMs => Source::Histogram {
-            name: "tuneprobe_block_service_seconds",
-            matchers: "",
-            quantile: None,
-        },
-        Measure::BlockServiceP99Ms => Source::Histogram {
-            name: "tuneprobe_block_service_seconds",
-            matchers: "",
-            quantile: Some(0.99),
-        },
-        Measure::BlockQueueMs => Source::Histogram {
-            name: "tuneprobe_block_queue_seconds",
-            matchers: "",
-            quantile: None,
-        },
-        Measure::DnsLatencyMs => Source::Histogram {
-            name: "tuneprobe_dns_latency_seconds",
-            matchers: "",
-            quantile: None,
-        },
-        Measure::DnsLatencyP99Ms => Source::Histogram {
-            name: "tuneprobe_dns_latency_seconds",
-            matchers: "",
-            quantile: Some(0.99),
-        },
-        Measure::ConnectFailureRatio => Source::Ratio {
-            part: Counter::of("tuneprobe_tcp_connect_failures_total"),
-            whole: Counter::of("tuneprobe_tcp_connect_attempts_total"),
-            whole_adds_part: false,
-            scale: 1.0,
-        },
-        Measure::SrttMs => Source::Histogram {
-            name: "tuneprobe_tcp_srtt_seconds",
-            matchers: "",
-            quantile: None,
-        },
-        Measure::BlockWriteMs => Source::Histogram {
-            name: "tuneprobe_block_service_seconds",
-            matchers: "op=\"write\",",
-            quantile: None,
-        },
-        Measure::BlockWriteP99Ms => Source::Histogram {
-            name: "tuneprobe_block_service_seconds",
-            matchers: "op=\"write\",",
-            quantile: Some(0.99),
-        },
-        Measure::WritesPerRead => Source::Ratio {
-            part: Counter {
-                name: "tuneprobe_block_service_seconds_count",
-                matchers: "op=\"write\",",
-            },
-            whole: Counter {
-                name: "tuneprobe_block_service_seconds_count",
-                matchers: "op=\"read\",",
-            },
-            whole_adds_part: false,
-            scale: 1.0,
-        },
-        Measure::ResetRatio => Source::Ratio {
-            part: Counter {
-                name: "tuneprobe_tcp_resets_total",
-                matchers: "direction=\"received\",",
-            },
-            whole: Counter::of("tuneprobe_tcp_connections_closed_total"),
-            whole_adds_part: false,
-            scale: 1.0,
-        },
-    }
-}
-
 /// The PromQL of each raw input of a source, by role: the counters summed per pod and
 /// container (over reasons, devices, resolvers and codes, as `verify` sums them), for
 /// pods only (non-pod workloads have no names to match across nodes).
-pub fn queries(source: Source, selector: &str) -> Vec<(&'static str, String)> {
+pub fn queries(source: Exported, selector: &str) -> Vec<(&'static str, String)> {
     let sum = |metric: &str, matchers: &str, extra: &str| {
         format!("sum by ({BY}{extra}) ({metric}{{pod!=\"\",{matchers}{selector}}})")
     };
-    let counter = |c: Counter| sum(c.name, c.matchers, "");
+    let counter = |c: Counter| sum(c.name, &c.matchers(), "");
     match source {
-        Source::Ratio { part, whole, .. } => {
+        Exported::Ratio { part, whole, .. } => {
             vec![("part", counter(part)), ("whole", counter(whole))]
         }
-        Source::Count(c) => vec![("count", counter(c))],
-        Source::Histogram {
-            name,
-            matchers,
-            quantile,
-        } => {
+        Exported::Count(c) => vec![("count", counter(c))],
+        Exported::Histogram { of, quantile } => {
+            let (name, matchers) = (of.name, &of.matchers());
             let mut out = vec![
                 ("count", sum(&format!("{name}_count"), matchers, "")),
                 ("sum", sum(&format!("{name}_sum"), matchers, "")),
@@ -347,11 +152,11 @@ fn by_instance(series: &[Series], step: f64) -> BTreeMap<Instance, BTreeMap<i64,
 
 /// Per-interval samples of a source from the answers to its queries (by role, as
 /// [`queries`] names them).
-pub fn samples(source: Source, answers: &BTreeMap<&str, Vec<Series>>, step: f64) -> Samples {
+pub fn samples(source: Exported, answers: &BTreeMap<&str, Vec<Series>>, step: f64) -> Samples {
     let get = |role: &str| by_instance(answers.get(role).map_or(&[][..], Vec::as_slice), step);
     let mut out = Samples::new();
     match source {
-        Source::Ratio {
+        Exported::Ratio {
             whole_adds_part,
             scale,
             ..
@@ -387,7 +192,7 @@ pub fn samples(source: Source, answers: &BTreeMap<&str, Vec<Series>>, step: f64)
                 }
             }
         }
-        Source::Count(_) => {
+        Exported::Count(_) => {
             for (instance, counts) in get("count") {
                 out.insert(
                     instance,
@@ -398,7 +203,7 @@ pub fn samples(source: Source, answers: &BTreeMap<&str, Vec<Series>>, step: f64)
                 );
             }
         }
-        Source::Histogram { quantile, .. } => {
+        Exported::Histogram { quantile, .. } => {
             let (count, sum) = (get("count"), get("sum"));
             let buckets = quantile
                 .map(|_| buckets(answers.get("bucket").map_or(&[][..], Vec::as_slice), step));
@@ -483,6 +288,7 @@ pub fn bucket_quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signals::{drops, measure::Measure};
 
     fn series(labels: &[(&str, &str)], points: &[(f64, f64)]) -> Series {
         Series {
@@ -503,17 +309,18 @@ mod tests {
             (Measure::BacklogDropRatio, drops::BACKLOG_REASONS),
             (Measure::ForwardDropRatio, drops::FORWARDING_REASONS),
         ] {
-            let Source::Ratio { part, .. } = source(measure) else {
+            let Exported::Ratio { part, .. } = measure.declared().exported else {
                 panic!("{measure:?} is a ratio");
             };
             let expected = match reasons {
                 [one] => format!("reason=\"{one}\","),
                 many => format!("reason=~\"{}\",", many.join("|")),
             };
-            assert_eq!(part.matchers, expected, "{measure:?}");
+            assert_eq!(part.matchers(), expected, "{measure:?}");
             assert_eq!(part.name, drops::PACKET_DROPS);
         }
-        let Source::Ratio { scale, .. } = source(Measure::CpuThrottledMsPerPeriod) else {
+        let Exported::Ratio { scale, .. } = Measure::CpuThrottledMsPerPeriod.declared().exported
+        else {
             panic!("a ratio");
         };
         assert_eq!(scale, 1000.0);
@@ -522,7 +329,11 @@ mod tests {
             ("part", vec![series(&POD, &[(0.0, 1.0), (10.0, 1.4)])]),
             ("whole", vec![series(&POD, &[(0.0, 10.0), (10.0, 15.0)])]),
         ]);
-        let got = samples(source(Measure::CpuThrottledMsPerPeriod), &answers, 10.0);
+        let got = samples(
+            Measure::CpuThrottledMsPerPeriod.declared().exported,
+            &answers,
+            10.0,
+        );
         let sample = got.values().next().unwrap()[&10_000];
         assert!((sample.value - 80.0).abs() < 1e-9, "{sample:?}");
         assert_eq!(sample.load, Some(5.0));
@@ -553,7 +364,7 @@ mod tests {
             &[(10.0, 50.0), (20.0, 60.0), (40.0, 60.0), (50.0, 5.0)],
         );
         let answers = BTreeMap::from([("part", vec![part]), ("whole", vec![whole])]);
-        let source = source(Measure::CpuThrottledRatio);
+        let source = Measure::CpuThrottledRatio.declared().exported;
         let got = samples(source, &answers, 10.0);
         let s = &got.values().next().unwrap();
         // 10 s: the part's first point, absent before while the whole counted: 50 of
@@ -587,7 +398,7 @@ mod tests {
             bucket("+Inf", &[(0.0, 0.0), (1.0, 10.0), (2.0, 10.0)]),
         ];
         let mean = samples(
-            source(Measure::DnsLatencyMs),
+            Measure::DnsLatencyMs.declared().exported,
             &BTreeMap::from([("count", vec![count.clone()]), ("sum", vec![sum.clone()])]),
             1.0,
         );
@@ -598,7 +409,7 @@ mod tests {
         assert_eq!(s[&1000].load, Some(10.0));
 
         let p99 = samples(
-            source(Measure::DnsLatencyP99Ms),
+            Measure::DnsLatencyP99Ms.declared().exported,
             &BTreeMap::from([
                 ("count", vec![count]),
                 ("sum", vec![sum]),
@@ -629,7 +440,10 @@ mod tests {
 
     #[test]
     fn queries_sum_per_pod_and_container() {
-        let q = queries(source(Measure::BlockServiceP99Ms), "node=~\"a|b\"");
+        let q = queries(
+            Measure::BlockServiceP99Ms.declared().exported,
+            "node=~\"a|b\"",
+        );
         let roles: Vec<&str> = q.iter().map(|(r, _)| *r).collect();
         assert_eq!(roles, ["count", "sum", "bucket"]);
         assert_eq!(
@@ -637,7 +451,10 @@ mod tests {
             "sum by (node, namespace, pod, container, le) \
              (tuneprobe_block_service_seconds_bucket{pod!=\"\",node=~\"a|b\"})"
         );
-        let q = queries(source(Measure::ListenOverflowRatio), "node=\"a\"");
+        let q = queries(
+            Measure::ListenOverflowRatio.declared().exported,
+            "node=\"a\"",
+        );
         assert_eq!(
             q,
             [
@@ -655,7 +472,7 @@ mod tests {
                 ),
             ]
         );
-        let q = queries(source(Measure::RetransmitRatio), "node=\"a\"");
+        let q = queries(Measure::RetransmitRatio.declared().exported, "node=\"a\"");
         assert_eq!(
             q[1].1,
             "sum by (node, namespace, pod, container) \
@@ -688,7 +505,7 @@ mod tests {
         // The first retransmits at 20 s; none in the interval to 40 s.
         let retransmitted = series(&POD, &[(20.0, 25.0), (30.0, 25.0), (40.0, 25.0)]);
         let answers = BTreeMap::from([("part", vec![retransmitted]), ("whole", vec![sent])]);
-        let got = samples(source(Measure::RetransmitRatio), &answers, 10.0);
+        let got = samples(Measure::RetransmitRatio.declared().exported, &answers, 10.0);
         // 10 s: none of 1000; 20 s: 25 of 500; 30 s: nothing sent, no sample; 40 s: 0 of
         // 2000.
         assert_eq!(
@@ -721,7 +538,11 @@ mod tests {
             &[(20.0, 20.0), (30.0, 20.0), (40.0, 30.0), (50.0, 1.0)],
         );
         let answers = BTreeMap::from([("part", vec![overflows]), ("whole", vec![opens])]);
-        let got = samples(source(Measure::ListenOverflowRatio), &answers, 10.0);
+        let got = samples(
+            Measure::ListenOverflowRatio.declared().exported,
+            &answers,
+            10.0,
+        );
         // 10 s: 0 of 30 attempts; 20 s: 20 overflows, 20 opens: 20 of 40; 30 s: no
         // attempts, no sample; 40 s: every one of 10 attempts overflowed (no opens);
         // 50 s: the agent restarted, 1 of 6.
@@ -737,7 +558,11 @@ mod tests {
         // A namespace whose listener never accepted: overflows alone are attempts.
         let overflows = series(&POD, &[(0.0, 3.0), (10.0, 7.0)]);
         let answers = BTreeMap::from([("part", vec![overflows]), ("whole", vec![])]);
-        let got = samples(source(Measure::ListenOverflowRatio), &answers, 10.0);
+        let got = samples(
+            Measure::ListenOverflowRatio.declared().exported,
+            &answers,
+            10.0,
+        );
         assert_eq!(values(&got), [(10_000, 1.0, Some(4.0))]);
     }
 }

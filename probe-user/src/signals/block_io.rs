@@ -88,6 +88,68 @@ pub fn requests_of(reports: &[BlockReport], device: Option<&str>, op: &str) -> u
         .sum()
 }
 
+/// Metric families the measures are exported in.
+pub const SERVICE_SECONDS: &str = "tuneprobe_block_service_seconds";
+pub const QUEUE_SECONDS: &str = "tuneprobe_block_queue_seconds";
+/// `SERVICE_SECONDS`'s `_count`: the completed requests.
+pub const SERVICE_REQUESTS: &str = "tuneprobe_block_service_seconds_count";
+
+/// The measures of the signal `verify` judges, per device.
+pub mod measures {
+    use super::{QUEUE_SECONDS, SERVICE_REQUESTS, SERVICE_SECONDS};
+    use crate::signals::declaration::{Counter, Declaration, Exported};
+
+    const BLOCK: &str = "block_rq_issue/complete per request, on the device";
+    const SERVICE: Counter = Counter::of(SERVICE_SECONDS);
+    const WRITES: Counter = Counter::only(SERVICE_SECONDS, "op", &["write"]);
+
+    pub const SERVICE_MS: Declaration = Declaration::judged(
+        "mean block request service time (issue to complete), ms",
+        Some("block_requests"),
+        BLOCK,
+        Exported::mean(SERVICE),
+    )
+    .per_device();
+    pub const SERVICE_P99_MS: Declaration = Declaration::judged(
+        "p99 of the block service time, ms",
+        Some("block_requests"),
+        BLOCK,
+        Exported::p99(SERVICE),
+    )
+    .per_device();
+    pub const QUEUE_MS: Declaration = Declaration::judged(
+        "mean time a block request waited in the scheduler (insert to issue), ms",
+        Some("block_requests"),
+        "block_rq_insert/issue per request, on the device",
+        Exported::mean(Counter::of(QUEUE_SECONDS)),
+    )
+    .per_device();
+    pub const WRITE_MS: Declaration = Declaration::judged(
+        "mean service time of block write requests, ms",
+        Some("block_writes"),
+        BLOCK,
+        Exported::mean(WRITES),
+    )
+    .per_device();
+    pub const WRITE_P99_MS: Declaration = Declaration::judged(
+        "p99 of the block write service time, ms (writeback bursts)",
+        Some("block_writes"),
+        BLOCK,
+        Exported::p99(WRITES),
+    )
+    .per_device();
+    pub const WRITES_PER_READ: Declaration = Declaration::judged(
+        "block write requests per read request (access-time updates)",
+        Some("block_reads"),
+        BLOCK,
+        Exported::ratio(
+            Counter::only(SERVICE_REQUESTS, "op", &["write"]),
+            Counter::only(SERVICE_REQUESTS, "op", &["read"]),
+        ),
+    )
+    .per_device();
+}
+
 /// What the block programs read to key a request by device, operation and cgroup.
 const REQUEST_FIELDS: &[FieldPath] = &[
     layout::REQUEST_QUEUE,
@@ -213,13 +275,13 @@ impl Source for BlockIo {
         for b in block {
             let l = with(labels, &[("device", &b.device), ("op", &b.op)]);
             f.add(
-                "tuneprobe_block_service_seconds",
+                SERVICE_SECONDS,
                 "Block request issue to complete; the count is the completed requests.",
                 l.clone(),
                 prometheus_histogram(&b.service_histogram, IO_BUCKETS),
             );
             f.add(
-                "tuneprobe_block_queue_seconds",
+                QUEUE_SECONDS,
                 "Block request insert to issue, for requests that went through a scheduler queue.",
                 l.clone(),
                 prometheus_histogram(&b.queue_histogram, IO_BUCKETS),

@@ -125,6 +125,53 @@ pub const RECEIVED_DATAGRAMS: &str = "tuneprobe_udp_received_datagrams_total";
 /// The drops family, by `reason`.
 pub const PACKET_DROPS: &str = "tuneprobe_packet_drops_total";
 
+/// The measures of the signal `verify` judges.
+pub mod measures {
+    use super::{
+        BACKLOG_REASONS, FORWARDED_PACKETS, FORWARDING_REASONS, PACKET_DROPS, RCVBUF_REASONS,
+        RECEIVED_DATAGRAMS, RECEIVED_PACKETS, TCP_LISTEN_OVERFLOW,
+    };
+    use crate::signals::{
+        declaration::{Counter, Declaration, Exported},
+        tcp_retransmit::PASSIVE_OPENS,
+    };
+
+    const fn drops_of(reasons: &'static [&'static str]) -> Counter {
+        Counter::only(PACKET_DROPS, "reason", reasons)
+    }
+
+    pub const LISTEN_OVERFLOW_RATIO: Declaration = Declaration::judged(
+        "listen-queue overflows per connection attempt (overflows + accepted)",
+        Some("connection_attempts"),
+        "the namespace's TcpExt ListenOverflows and Tcp PassiveOpens",
+        Exported::ratio_of_sum(drops_of(&[TCP_LISTEN_OVERFLOW]), Counter::of(PASSIVE_OPENS)),
+    );
+    pub const DROPS: Declaration = Declaration::judged(
+        "dropped packets of every reason per interval (no load: only for --signal)",
+        None,
+        "skb:kfree_skb",
+        Exported::Count(Counter::of(PACKET_DROPS)),
+    );
+    pub const RCVBUF_DROP_RATIO: Declaration = Declaration::judged(
+        "SOCKET_RCVBUFF drops per datagram that reached a socket",
+        Some("received_datagrams"),
+        "kfree_skb drops by reason; the namespace's Udp/Udp6 InDatagrams + RcvbufErrors",
+        Exported::ratio(drops_of(RCVBUF_REASONS), Counter::of(RECEIVED_DATAGRAMS)),
+    );
+    pub const BACKLOG_DROP_RATIO: Declaration = Declaration::judged(
+        "CPU_BACKLOG drops per received packet (received + those drops)",
+        Some("received_packets"),
+        "kfree_skb drops by reason; the namespace's Ip/Ip6 InReceives",
+        Exported::ratio_of_sum(drops_of(BACKLOG_REASONS), Counter::of(RECEIVED_PACKETS)),
+    );
+    pub const FORWARD_DROP_RATIO: Declaration = Declaration::judged(
+        "forwarding drops (IP_INADDRERRORS, IP_INNOROUTES, NETFILTER_DROP) per packet to forward (forwarded + those drops)",
+        Some("forwarded_packets"),
+        "kfree_skb drops by reason; the namespace's ForwDatagrams + Ip6OutForwDatagrams",
+        Exported::ratio_of_sum(drops_of(FORWARDING_REASONS), Counter::of(FORWARDED_PACKETS)),
+    );
+}
+
 pub struct Drops;
 
 impl Source for Drops {

@@ -8,14 +8,21 @@
 use probe_common::{DnsHistogram, LatencyHistogram};
 use serde::Serialize;
 
+pub use super::declaration::Declaration;
 use super::{
     Sections, block_io,
+    block_io::measures as block,
     cpu_throttle::CpuReport,
+    cpu_throttle::measures as cpu,
     dns::DnsReport,
+    dns::measures as dns,
+    drops::measures as drops,
     drops::{BACKLOG_REASONS, DropStats, FORWARDING_REASONS, RCVBUF_REASONS},
     histogram,
     tcp_connections::ConnectionReport,
+    tcp_connections::measures as connections,
     tcp_retransmit::TcpStats,
+    tcp_retransmit::measures as tcp,
 };
 
 /// A per-interval measure of a signal, computed from two consecutive cumulative
@@ -48,42 +55,6 @@ pub enum Measure {
     WritesPerRead,
 }
 
-/// What a measure is, in the words users read (`--help`, the knob table, docs/verify.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Declaration {
-    /// What it counts, per what.
-    pub what: &'static str,
-    /// Its load's name in a verdict (`load`), `None` for a plain count.
-    pub load: Option<&'static str>,
-    /// Where the counts and the load come from.
-    pub source: &'static str,
-    /// Kept per block device too, for device-scoped knobs.
-    pub per_device: bool,
-    /// Judged (lower is better); `false` for context that notes quote.
-    pub judged: bool,
-}
-
-const fn judged(
-    what: &'static str,
-    load: Option<&'static str>,
-    source: &'static str,
-) -> Declaration {
-    Declaration {
-        what,
-        load,
-        source,
-        per_device: false,
-        judged: true,
-    }
-}
-
-const fn per_device(d: Declaration) -> Declaration {
-    Declaration {
-        per_device: true,
-        ..d
-    }
-}
-
 impl Measure {
     pub const ALL: [Self; 23] = [
         Self::CpuThrottledRatio,
@@ -111,128 +82,32 @@ impl Measure {
         Self::WritesPerRead,
     ];
 
-    /// The one declaration of each measure.
+    /// The one declaration of each measure, by its signal.
     pub const fn declared(self) -> Declaration {
-        const BLOCK: &str = "block_rq_issue/complete per request, on the device";
         match self {
-            Self::CpuThrottledRatio => judged(
-                "throttled CFS periods per period",
-                Some("cfs_periods"),
-                "the cgroup's cpu.stat (nr_throttled / nr_periods)",
-            ),
-            Self::CpuThrottledMsPerPeriod => judged(
-                "throttled time per CFS period, ms",
-                Some("cfs_periods"),
-                "the cgroup's cpu.stat (throttled_time or throttled_usec / nr_periods)",
-            ),
-            Self::CpuStallP99Ms => judged(
-                "p99 of how long a throttled task waited to run again, ms",
-                Some("throttle_events"),
-                "sched_switch of throttled tasks",
-            ),
-            Self::CpuUsageMsPerPeriod => Declaration {
-                judged: false,
-                ..judged(
-                    "CPU time used per CFS period, ms",
-                    Some("cfs_periods"),
-                    "cpu.stat usage_usec (v2) or cpuacct.usage (v1)",
-                )
-            },
-            Self::ListenOverflowRatio => judged(
-                "listen-queue overflows per connection attempt (overflows + accepted)",
-                Some("connection_attempts"),
-                "the namespace's TcpExt ListenOverflows and Tcp PassiveOpens",
-            ),
-            Self::Drops => judged(
-                "dropped packets of every reason per interval (no load: only for --signal)",
-                None,
-                "skb:kfree_skb",
-            ),
-            Self::RcvbufDropRatio => judged(
-                "SOCKET_RCVBUFF drops per datagram that reached a socket",
-                Some("received_datagrams"),
-                "kfree_skb drops by reason; the namespace's Udp/Udp6 InDatagrams + RcvbufErrors",
-            ),
-            Self::BacklogDropRatio => judged(
-                "CPU_BACKLOG drops per received packet (received + those drops)",
-                Some("received_packets"),
-                "kfree_skb drops by reason; the namespace's Ip/Ip6 InReceives",
-            ),
-            Self::ForwardDropRatio => judged(
-                "forwarding drops (IP_INADDRERRORS, IP_INNOROUTES, NETFILTER_DROP) per packet to forward (forwarded + those drops)",
-                Some("forwarded_packets"),
-                "kfree_skb drops by reason; the namespace's ForwDatagrams + Ip6OutForwDatagrams",
-            ),
-            Self::RetransmitRatio => judged(
-                "retransmitted segments per sent segment",
-                Some("sent_segments"),
-                "tcp_retransmit_skb; the namespace's Tcp OutSegs",
-            ),
-            Self::TcpRcvqDropRatio => judged(
-                "TCP segments dropped for want of receive buffer per received segment",
-                Some("received_segments"),
-                "the namespace's TcpExt TCPRcvQDrop + TCPOFODrop + RcvPruned, Tcp InSegs",
-            ),
-            Self::TcpPruneRatio => judged(
-                "TCP receive queues pruned or collapsed per received segment",
-                Some("received_segments"),
-                "the namespace's TcpExt PruneCalled, Tcp InSegs",
-            ),
-            Self::BlockServiceMs => per_device(judged(
-                "mean block request service time (issue to complete), ms",
-                Some("block_requests"),
-                BLOCK,
-            )),
-            Self::BlockServiceP99Ms => per_device(judged(
-                "p99 of the block service time, ms",
-                Some("block_requests"),
-                BLOCK,
-            )),
-            Self::BlockQueueMs => per_device(judged(
-                "mean time a block request waited in the scheduler (insert to issue), ms",
-                Some("block_requests"),
-                "block_rq_insert/issue per request, on the device",
-            )),
-            Self::DnsLatencyMs => judged(
-                "mean DNS latency, ms",
-                Some("dns_responses"),
-                "DNS queries and responses matched in cgroup_skb programs",
-            ),
-            Self::DnsLatencyP99Ms => judged(
-                "p99 of the DNS latency, ms",
-                Some("dns_responses"),
-                "DNS queries and responses matched in cgroup_skb programs",
-            ),
-            Self::ConnectFailureRatio => judged(
-                "failed connects (every cause, no free local port included) per connect attempt",
-                Some("connect_attempts"),
-                "inet_sock_set_state",
-            ),
-            Self::SrttMs => judged(
-                "mean smoothed round-trip time of the connections that ended, ms",
-                Some("closed_connections"),
-                "inet_sock_set_state at close",
-            ),
-            Self::ResetRatio => judged(
-                "resets received per connection that ended",
-                Some("closed_connections"),
-                "tcp_receive_reset, inet_sock_set_state",
-            ),
-            Self::BlockWriteMs => per_device(judged(
-                "mean service time of block write requests, ms",
-                Some("block_writes"),
-                BLOCK,
-            )),
-            Self::BlockWriteP99Ms => per_device(judged(
-                "p99 of the block write service time, ms (writeback bursts)",
-                Some("block_writes"),
-                BLOCK,
-            )),
-            Self::WritesPerRead => per_device(judged(
-                "block write requests per read request (access-time updates)",
-                Some("block_reads"),
-                BLOCK,
-            )),
+            Self::CpuThrottledRatio => cpu::THROTTLED_RATIO,
+            Self::CpuThrottledMsPerPeriod => cpu::THROTTLED_MS_PER_PERIOD,
+            Self::CpuStallP99Ms => cpu::STALL_P99_MS,
+            Self::CpuUsageMsPerPeriod => cpu::USAGE_MS_PER_PERIOD,
+            Self::ListenOverflowRatio => drops::LISTEN_OVERFLOW_RATIO,
+            Self::Drops => drops::DROPS,
+            Self::RcvbufDropRatio => drops::RCVBUF_DROP_RATIO,
+            Self::BacklogDropRatio => drops::BACKLOG_DROP_RATIO,
+            Self::ForwardDropRatio => drops::FORWARD_DROP_RATIO,
+            Self::RetransmitRatio => tcp::RETRANSMIT_RATIO,
+            Self::TcpRcvqDropRatio => tcp::RCVQ_DROP_RATIO,
+            Self::TcpPruneRatio => tcp::PRUNE_RATIO,
+            Self::BlockServiceMs => block::SERVICE_MS,
+            Self::BlockServiceP99Ms => block::SERVICE_P99_MS,
+            Self::BlockQueueMs => block::QUEUE_MS,
+            Self::DnsLatencyMs => dns::LATENCY_MS,
+            Self::DnsLatencyP99Ms => dns::LATENCY_P99_MS,
+            Self::ConnectFailureRatio => connections::CONNECT_FAILURE_RATIO,
+            Self::SrttMs => connections::SRTT_MS,
+            Self::ResetRatio => connections::RESET_RATIO,
+            Self::BlockWriteMs => block::WRITE_MS,
+            Self::BlockWriteP99Ms => block::WRITE_P99_MS,
+            Self::WritesPerRead => block::WRITES_PER_READ,
         }
     }
 

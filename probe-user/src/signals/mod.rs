@@ -9,6 +9,7 @@
 
 pub mod block_io;
 pub mod cpu_throttle;
+pub mod declaration;
 pub mod dns;
 pub mod drops;
 pub mod endpoints;

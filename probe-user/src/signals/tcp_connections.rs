@@ -35,6 +35,41 @@ use crate::{
     workloads::{cgroup::Hierarchy, identity::Identity},
 };
 
+/// Metric families the measures are exported in.
+pub const CONNECT_ATTEMPTS: &str = "tuneprobe_tcp_connect_attempts_total";
+pub const CONNECT_FAILURES: &str = "tuneprobe_tcp_connect_failures_total";
+pub const CLOSED: &str = "tuneprobe_tcp_connections_closed_total";
+pub const RESETS: &str = "tuneprobe_tcp_resets_total";
+pub const SRTT_SECONDS: &str = "tuneprobe_tcp_srtt_seconds";
+
+/// The measures of the signal `verify` judges.
+pub mod measures {
+    use super::{CLOSED, CONNECT_ATTEMPTS, CONNECT_FAILURES, RESETS, SRTT_SECONDS};
+    use crate::signals::declaration::{Counter, Declaration, Exported};
+
+    pub const CONNECT_FAILURE_RATIO: Declaration = Declaration::judged(
+        "failed connects (every cause, no free local port included) per connect attempt",
+        Some("connect_attempts"),
+        "inet_sock_set_state",
+        Exported::ratio(Counter::of(CONNECT_FAILURES), Counter::of(CONNECT_ATTEMPTS)),
+    );
+    pub const SRTT_MS: Declaration = Declaration::judged(
+        "mean smoothed round-trip time of the connections that ended, ms",
+        Some("closed_connections"),
+        "inet_sock_set_state at close",
+        Exported::mean(Counter::of(SRTT_SECONDS)),
+    );
+    pub const RESET_RATIO: Declaration = Declaration::judged(
+        "resets received per connection that ended",
+        Some("closed_connections"),
+        "tcp_receive_reset, inet_sock_set_state",
+        Exported::ratio(
+            Counter::only(RESETS, "direction", &["received"]),
+            Counter::of(CLOSED),
+        ),
+    );
+}
+
 /// `le` bounds, seconds, for connection durations.
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0,
@@ -323,7 +358,7 @@ impl Source for TcpConnections {
             return;
         };
         f.counter(
-            "tuneprobe_tcp_connect_attempts_total",
+            CONNECT_ATTEMPTS,
             "connect() calls that entered SYN_SENT (sock:inet_sock_set_state).",
             labels.clone(),
             c.connect_attempts as f64,
@@ -345,21 +380,21 @@ impl Source for TcpConnections {
             ("port_exhaustion", failed.port_exhaustion),
         ] {
             f.counter(
-                "tuneprobe_tcp_connect_failures_total",
+                CONNECT_FAILURES,
                 "Failed connects by cause; port_exhaustion: no free local port (EADDRNOTAVAIL).",
                 with(labels, &[("cause", cause)]),
                 n as f64,
             );
         }
         f.counter(
-            "tuneprobe_tcp_connections_closed_total",
+            CLOSED,
             "Established TCP connections that ended.",
             labels.clone(),
             c.closed as f64,
         );
         for (direction, n) in [("sent", c.resets_sent), ("received", c.resets_received)] {
             f.counter(
-                "tuneprobe_tcp_resets_total",
+                RESETS,
                 "TCP resets sent for and received on the workload's sockets.",
                 with(labels, &[("direction", direction)]),
                 n as f64,
@@ -380,7 +415,7 @@ impl Source for TcpConnections {
             prometheus_histogram(&c.duration_histogram, DURATION_BUCKETS),
         );
         f.add(
-            "tuneprobe_tcp_srtt_seconds",
+            SRTT_SECONDS,
             "Smoothed round-trip time of TCP connections when they ended.",
             labels.clone(),
             prometheus_histogram(&c.srtt_histogram, IO_BUCKETS),

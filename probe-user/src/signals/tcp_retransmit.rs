@@ -82,6 +82,37 @@ pub const RETRANSMITTED_SEGMENTS: &str = "tuneprobe_tcp_retransmitted_segments_t
 pub const RECEIVED_SEGMENTS: &str = "tuneprobe_tcp_received_segments_total";
 pub const RCVQ_DROPS: &str = "tuneprobe_tcp_rcvq_drops_total";
 pub const RCVQ_PRUNES: &str = "tuneprobe_tcp_rcvq_prunes_total";
+pub const PASSIVE_OPENS: &str = "tuneprobe_tcp_passive_opens_total";
+
+/// The measures of the signal `verify` judges.
+pub mod measures {
+    use super::{
+        RCVQ_DROPS, RCVQ_PRUNES, RECEIVED_SEGMENTS, RETRANSMITTED_SEGMENTS, SENT_SEGMENTS,
+    };
+    use crate::signals::declaration::{Counter, Declaration, Exported};
+
+    pub const RETRANSMIT_RATIO: Declaration = Declaration::judged(
+        "retransmitted segments per sent segment",
+        Some("sent_segments"),
+        "tcp_retransmit_skb; the namespace's Tcp OutSegs",
+        Exported::ratio(
+            Counter::of(RETRANSMITTED_SEGMENTS),
+            Counter::of(SENT_SEGMENTS),
+        ),
+    );
+    pub const RCVQ_DROP_RATIO: Declaration = Declaration::judged(
+        "TCP segments dropped for want of receive buffer per received segment",
+        Some("received_segments"),
+        "the namespace's TcpExt TCPRcvQDrop + TCPOFODrop + RcvPruned, Tcp InSegs",
+        Exported::ratio(Counter::of(RCVQ_DROPS), Counter::of(RECEIVED_SEGMENTS)),
+    );
+    pub const PRUNE_RATIO: Declaration = Declaration::judged(
+        "TCP receive queues pruned or collapsed per received segment",
+        Some("received_segments"),
+        "the namespace's TcpExt PruneCalled, Tcp InSegs",
+        Exported::ratio(Counter::of(RCVQ_PRUNES), Counter::of(RECEIVED_SEGMENTS)),
+    );
+}
 
 pub struct TcpRetransmit;
 
@@ -222,7 +253,7 @@ impl Source for TcpRetransmit {
         }
         if tcp.passive_opens > 0 {
             f.counter(
-                "tuneprobe_tcp_passive_opens_total",
+                PASSIVE_OPENS,
                 "TCP connections accepted in the workload's network namespace (PassiveOpens), a namespace total.",
                 labels.clone(),
                 tcp.passive_opens as f64,

@@ -46,6 +46,38 @@ pub const THROTTLED_SECONDS: &str = "tuneprobe_cpu_throttled_seconds_total";
 pub const USAGE_SECONDS: &str = "tuneprobe_cpu_usage_seconds_total";
 pub const STALL_SECONDS: &str = "tuneprobe_cpu_throttle_stall_seconds";
 
+/// The measures of the signal `verify` judges (and `usage`, which its notes quote).
+pub mod measures {
+    use super::{PERIODS, STALL_SECONDS, THROTTLED_PERIODS, THROTTLED_SECONDS, USAGE_SECONDS};
+    use crate::signals::declaration::{Counter, Declaration, Exported};
+
+    pub const THROTTLED_RATIO: Declaration = Declaration::judged(
+        "throttled CFS periods per period",
+        Some("cfs_periods"),
+        "the cgroup's cpu.stat (nr_throttled / nr_periods)",
+        Exported::ratio(Counter::of(THROTTLED_PERIODS), Counter::of(PERIODS)),
+    );
+    pub const THROTTLED_MS_PER_PERIOD: Declaration = Declaration::judged(
+        "throttled time per CFS period, ms",
+        Some("cfs_periods"),
+        "the cgroup's cpu.stat (throttled_time or throttled_usec / nr_periods)",
+        Exported::ratio(Counter::of(THROTTLED_SECONDS), Counter::of(PERIODS)).in_ms(),
+    );
+    pub const STALL_P99_MS: Declaration = Declaration::judged(
+        "p99 of how long a throttled task waited to run again, ms",
+        Some("throttle_events"),
+        "sched_switch of throttled tasks",
+        Exported::p99(Counter::of(STALL_SECONDS)),
+    );
+    pub const USAGE_MS_PER_PERIOD: Declaration = Declaration::judged(
+        "CPU time used per CFS period, ms",
+        Some("cfs_periods"),
+        "cpu.stat usage_usec (v2) or cpuacct.usage (v1)",
+        Exported::ratio(Counter::of(USAGE_SECONDS), Counter::of(PERIODS)).in_ms(),
+    )
+    .context();
+}
+
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct CpuReport {
     /// `null` without a quota.

@@ -38,6 +38,30 @@ use crate::{
     },
 };
 
+/// The metric family the measures are exported in.
+pub const LATENCY_SECONDS: &str = "tuneprobe_dns_latency_seconds";
+
+/// The measures of the signal `verify` judges.
+pub mod measures {
+    use super::LATENCY_SECONDS;
+    use crate::signals::declaration::{Counter, Declaration, Exported};
+
+    const SOURCE: &str = "DNS queries and responses matched in cgroup_skb programs";
+
+    pub const LATENCY_MS: Declaration = Declaration::judged(
+        "mean DNS latency, ms",
+        Some("dns_responses"),
+        SOURCE,
+        Exported::mean(Counter::of(LATENCY_SECONDS)),
+    );
+    pub const LATENCY_P99_MS: Declaration = Declaration::judged(
+        "p99 of the DNS latency, ms",
+        Some("dns_responses"),
+        SOURCE,
+        Exported::p99(Counter::of(LATENCY_SECONDS)),
+    );
+}
+
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct DnsReport {
     pub queries: u64,
@@ -283,7 +307,7 @@ impl Source for Dns {
         }
         for series in &dns.latency_series {
             f.add(
-                "tuneprobe_dns_latency_seconds",
+                LATENCY_SECONDS,
                 "Query to response, per resolver and response code; the count is the responses.",
                 with(
                     labels,
