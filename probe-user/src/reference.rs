@@ -592,3 +592,118 @@ fn reference_fleet_rules_are_generated_from_the_declarations() {
     let rules = format!("{}      ", crate::fleet::rules::recording_rules());
     check_or_bless(RULES_FILE, RULES_BEGIN, RULES_END, &rules);
 }
+
+const DASHBOARD: &str = "deploy/dashboards/tuneprobe.json";
+
+/// Families no panel or rule shows, and why: everything else `serve` exports is on the
+/// dashboard or in a recording rule, so a new family is either shown or listed here.
+const NOT_SHOWN: &[(&str, &str)] = &[
+    (
+        "tuneprobe_agent_errors_total",
+        "zero on a healthy agent: an alert, not a graph",
+    ),
+    (
+        "tuneprobe_block_errors_total",
+        "zero on a healthy device: an alert, not a graph",
+    ),
+    (
+        "tuneprobe_cpu_throttle_events_total",
+        "the load of the stall p99, which is on the stall panel",
+    ),
+    (
+        "tuneprobe_dns_malformed_total",
+        "zero unless something sends garbage to port 53: an alert",
+    ),
+    (
+        "tuneprobe_folded_workloads",
+        "non-zero only when --max-workloads is reached: an alert",
+    ),
+    (
+        "tuneprobe_gc_deleted_entries_total",
+        "the agent's housekeeping, for debugging churn",
+    ),
+    (
+        "tuneprobe_program_run_seconds_total",
+        "exported only with --bpf-stats: benchmarks, not dashboards",
+    ),
+    (
+        "tuneprobe_program_runs_total",
+        "exported only with --bpf-stats: benchmarks, not dashboards",
+    ),
+    (
+        "tuneprobe_tcp_failed_retransmits_total",
+        "zero unless the device refuses a retransmit: an alert",
+    ),
+    (
+        "tuneprobe_tcp_retransmits_total",
+        "the skbs behind the retransmitted segments, which are shown",
+    ),
+    (
+        "tuneprobe_tuning_unreadable",
+        "a knob the agent cannot read: `tuneprobe tuning` says which",
+    ),
+];
+
+/// Every PromQL expression of the dashboard (panels in rows included, template variables).
+fn dashboard_queries() -> Vec<String> {
+    fn walk(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("expr" | "query", Value::String(q)) => out.push(q.clone()),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let text = fs::read_to_string(root().join(DASHBOARD)).unwrap();
+    let mut out = Vec::new();
+    walk(&serde_json::from_str(&text).unwrap(), &mut out);
+    out
+}
+
+/// Whether `query` reads `family` (a histogram through its `_bucket`, `_sum` or `_count`).
+fn reads(query: &str, family: &str) -> bool {
+    query.match_indices(family).any(|(at, _)| {
+        let rest = &query[at + family.len()..];
+        let rest = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| rest.strip_prefix(s))
+            .unwrap_or(rest);
+        !rest.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
+#[test]
+fn reference_every_exported_family_is_on_the_dashboard_in_a_rule_or_listed_as_not_shown() {
+    let mut queries = dashboard_queries();
+    queries.push(fs::read_to_string(root().join(RULES_FILE)).unwrap());
+    let mut unshown = Vec::new();
+    for family in exported_families() {
+        let name = family.name();
+        let shown = queries.iter().any(|q| reads(q, name));
+        let listed = NOT_SHOWN.iter().any(|(n, _)| *n == name);
+        assert!(
+            !(shown && listed),
+            "{name} is shown but also listed in NOT_SHOWN"
+        );
+        if !shown && !listed {
+            unshown.push(name.to_string());
+        }
+    }
+    assert!(
+        unshown.is_empty(),
+        "families on no panel of {DASHBOARD}, in no rule of {RULES_FILE} and not in NOT_SHOWN:\n{}",
+        unshown.join("\n")
+    );
+    for (name, _) in NOT_SHOWN {
+        assert!(
+            exported_families().iter().any(|f| f.name() == *name),
+            "NOT_SHOWN names {name}, which is not exported"
+        );
+    }
+}

@@ -169,13 +169,16 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     let client = client_pod.container();
     let mut disk_pod = PodCgroup::with_controllers(&["blkio"]);
     let reader = disk_pod.container();
-    let mut batch_pod = PodCgroup::with_controllers(&["cpu"]);
+    let mut batch_pod = PodCgroup::with_controllers(&["cpu", "cpuacct"]);
     let worker = batch_pod.container();
+    let mut conn_pod = PodCgroup::new();
+    let dialer = conn_pod.container();
     let pods = [
         ("api-1", &server_pod, "server", &server),
         ("web-1", &client_pod, "client", &client),
         ("disk-1", &disk_pod, "reader", &reader),
         ("batch-1", &batch_pod, "worker", &worker),
+        ("conn-1", &conn_pod, "dialer", &dialer),
     ];
     for (pod, cgroup, container, c) in &pods {
         pod_logs(
@@ -248,6 +251,28 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         &pair.a,
         Some(&client),
         &["dns-query", silent, "shop.test", "1000000", "udp", "1000"],
+    );
+    // Connections for the dialer, each kind every 100-200 ms: connects to a server that
+    // accepts and resets (resets received, connections that end with a round-trip time
+    // and a duration), connects to a closed port (failures, refused), and short
+    // transfers to the sink that the dialer closes first (its sockets in TIME_WAIT).
+    let reset_server = format!("{ADDR_B}:5002");
+    let mut resets = Workload::spawn(&pair.b, None, &["tcp-reset-server", &reset_server]);
+    assert_eq!(resets.read_line(), "ready");
+    let _reset_connects = Workload::spawn(
+        &pair.a,
+        Some(&dialer),
+        &["tcp-connect-loop", &reset_server, "100"],
+    );
+    let _refused_connects = Workload::spawn(
+        &pair.a,
+        Some(&dialer),
+        &["tcp-connect-loop", &format!("{ADDR_B}:5003"), "100"],
+    );
+    let _transfers = Workload::spawn(
+        &pair.a,
+        Some(&dialer),
+        &["tcp-send-loop", &format!("{ADDR_B}:5001"), "4096", "200"],
     );
     // Block IO for the reader: direct reads of the loop device, paced so as not to load
     // the machine (the process is killed at the end of the test).
@@ -363,7 +388,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         dashboard["panels"].as_array().expect("panels"),
         &mut queries,
     );
-    assert!(queries.len() >= 12, "{} queries", queries.len());
+    assert!(queries.len() >= 25, "{} queries", queries.len());
 
     // Poll every query until each has a positive value (every panel's signal is a count,
     // rate, latency or 1-valued gauge that is above zero while its signal has data), or
