@@ -180,6 +180,24 @@ fn bad_arguments_are_one_line_and_exit_2() {
     }
 }
 
+/// Where a knob lives comes from the knob table: a mount option is refused with what to
+/// do instead, before anything is loaded or changed.
+#[test]
+fn verify_refuses_to_apply_a_mount_option_and_says_how_to_change_it() {
+    let out = Command::new(tuneprobe_binary())
+        .args(["verify", "--apply", "noatime=on", "--kube-api", "none"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("noatime is a mount option"), "{stderr}");
+    assert!(
+        stderr.contains("--exec 'mount -o remount,noatime"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("ready"), "{stderr}");
+}
+
 #[test]
 fn missing_btf_names_the_file_and_what_to_do() {
     let out = Command::new(tuneprobe_binary())

@@ -22,7 +22,7 @@ use crate::{
     output::serde_name,
     report::Snapshot,
     signals::measure::Measure,
-    tuning,
+    tuning::{self, Scope},
     verify::{
         self, Affected, ChangeRecord, ChangeReport, Knob, Samples, Target, Watcher, Windows,
         WorkloadVerdict,
@@ -31,7 +31,7 @@ use crate::{
     window::Collector,
     workloads::cgroup::{CgroupPaths, Hierarchies, parse_kube_path},
 };
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
 use serde::Serialize;
 
 use super::snapshot::parse_duration;
@@ -425,21 +425,6 @@ fn plan(args: &Args) -> anyhow::Result<(Change, Vec<Measure>, Affected)> {
     Ok((change, signals, affected))
 }
 
-/// The cgroup hierarchy whose directories hold a knob's file.
-fn hierarchy_of(knob: &str, hierarchies: &Hierarchies) -> Option<PathBuf> {
-    if knob.starts_with("blkio.") {
-        hierarchies
-            .blkio
-            .clone()
-            .or_else(|| hierarchies.unified.clone())
-    } else if knob.starts_with("cpu.cfs_") {
-        hierarchies.cpu.clone()
-    } else {
-        // cpu.max, io.max and the rest of the v2 interface files.
-        hierarchies.unified.clone()
-    }
-}
-
 /// The pod's cgroup path (relative, `/kubepods/.../pod<uid>`) in a hierarchy.
 fn pod_path(root: &Path, uid: &str) -> anyhow::Result<String> {
     CgroupPaths::new(root.to_path_buf())
@@ -455,45 +440,22 @@ fn pod_path(root: &Path, uid: &str) -> anyhow::Result<String> {
         .with_context(|| format!("no cgroup of pod {uid} under {}", root.display()))
 }
 
-/// Where the knob is, and the workloads it affects.
+/// Where the knob is, and the workloads it affects. A knob of the table lives where its
+/// scope says; another is a file of the cgroup, namespace or device the options name
+/// (with `--pod`, a cgroup file when the pod's cgroup has one of that name, otherwise a
+/// sysctl of the pod's network namespace).
 fn target(args: &Args, knob: &str) -> anyhow::Result<(Target, Affected)> {
-    let hierarchies = Hierarchies::of_this_node();
-    let sysctl = knob.contains('.')
-        && !knob.starts_with("cpu.")
-        && !knob.starts_with("blkio.")
-        && knob != "io.max";
+    let scope = tuning::knob_named(knob).map(|k| k.scope);
+    ensure!(
+        scope != Some(Scope::Mount),
+        "{knob} is a mount option, changed by remounting: use --exec 'mount -o remount,{knob} \
+         MOUNTPOINT' with --revert-with"
+    );
     if let Some(uid) = &args.pod {
-        let unified = hierarchies
-            .unified
-            .clone()
-            .context("cgroup v2 is not mounted")?;
-        let pod = pod_path(&unified, uid).or_else(|err| {
-            hierarchies
-                .cpu
-                .as_deref()
-                .map_or(Err(err), |cpu| pod_path(cpu, uid))
-        })?;
-        if sysctl {
-            // The pod's namespace, through any of its processes.
-            let process = crate::workloads::procfs::processes(Path::new("/proc"))
-                .into_iter()
-                .find(|p| parse_kube_path(&p.cgroup).pod_uid.as_deref() == Some(uid))
-                .with_context(|| format!("no running process of pod {uid}"))?;
-            let ns = sockdiag::netns_of_pid(Path::new("/proc"), process.pid);
-            let inode = sockdiag::netns_inode(&ns)?;
-            return Ok((
-                Target::Netns(ns),
-                Affected::Netns {
-                    inode,
-                    owner: Some(pod),
-                },
-            ));
-        }
-        let root = hierarchy_of(knob, &hierarchies).context("no cgroup hierarchy for it")?;
-        let dir = root.join(pod_path(&root, uid)?.trim_start_matches('/'));
-        return Ok((Target::Cgroup(dir), Affected::Cgroup(pod)));
+        return pod_target(uid, knob, scope);
     }
     if let Some(dir) = &args.cgroup {
+        let hierarchies = Hierarchies::of_this_node();
         let roots = [&hierarchies.cpu, &hierarchies.blkio, &hierarchies.unified];
         let scope = roots
             .into_iter()
@@ -520,6 +482,51 @@ fn target(args: &Args, knob: &str) -> anyhow::Result<(Target, Affected)> {
         ));
     }
     Ok((Target::Node, Affected::Node))
+}
+
+/// `--pod UID`: the knob's file in the pod's cgroup, in whichever hierarchy has it, or
+/// the sysctl in the pod's network namespace.
+fn pod_target(uid: &str, knob: &str, scope: Option<Scope>) -> anyhow::Result<(Target, Affected)> {
+    let hierarchies = Hierarchies::of_this_node();
+    let roots = [&hierarchies.unified, &hierarchies.cpu, &hierarchies.blkio];
+    let dirs: Vec<(PathBuf, String)> = roots
+        .into_iter()
+        .flatten()
+        .filter_map(|root| {
+            let path = pod_path(root, uid).ok()?;
+            Some((root.join(path.trim_start_matches('/')), path))
+        })
+        .collect();
+    let (_, pod) = dirs
+        .first()
+        .with_context(|| format!("no cgroup of pod {uid} in any cgroup hierarchy"))?;
+    let pod = pod.clone();
+    let in_cgroup = matches!(scope, Some(Scope::Cgroup) | None);
+    if let Some((dir, _)) = dirs
+        .iter()
+        .find(|(dir, _)| in_cgroup && dir.join(knob).exists())
+    {
+        return Ok((Target::Cgroup(dir.clone()), Affected::Cgroup(pod)));
+    }
+    ensure!(
+        scope != Some(Scope::Cgroup),
+        "pod {uid}'s cgroup has no {knob} in any hierarchy (cgroup v1 and v2 name their \
+         files differently: cpu.max is cfs_quota_us and cfs_period_us on v1)"
+    );
+    // The pod's namespace, through any of its processes.
+    let process = crate::workloads::procfs::processes(Path::new("/proc"))
+        .into_iter()
+        .find(|p| parse_kube_path(&p.cgroup).pod_uid.as_deref() == Some(uid))
+        .with_context(|| format!("no running process of pod {uid}"))?;
+    let ns = sockdiag::netns_of_pid(Path::new("/proc"), process.pid);
+    let inode = sockdiag::netns_inode(&ns)?;
+    Ok((
+        Target::Netns(ns),
+        Affected::Netns {
+            inode,
+            owner: Some(pod),
+        },
+    ))
 }
 
 fn scope_name(change: &Change, affected: &Affected) -> String {

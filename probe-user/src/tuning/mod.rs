@@ -35,6 +35,15 @@ pub(crate) enum Scope {
     Cgroup,
 }
 
+/// When the kernel applies a new value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Applies {
+    /// At once, to everything.
+    AtOnce,
+    /// When a socket calls `listen()`: existing listeners keep the value they had.
+    AtListen,
+}
+
 /// What the guides recommend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Recommendation {
@@ -99,6 +108,9 @@ pub(crate) struct Knob {
     /// Read by the inventory (`tuneprobe tuning`); a cgroup file that only `verify`
     /// changes is not.
     pub inventoried: bool,
+    /// When a change takes effect (`verify` explains a verdict of an `AtListen` knob
+    /// with the listeners that still have the old value).
+    pub applies: Applies,
 }
 
 /// A knob judged on `measures`, because `why`.
@@ -118,6 +130,7 @@ const fn judged(
         why,
         unmeasured: "",
         inventoried: true,
+        applies: Applies::AtOnce,
     }
 }
 
@@ -138,6 +151,11 @@ const fn unjudged(
 impl Knob {
     const fn aliases(mut self, names: &'static [&'static str]) -> Self {
         self.aliases = names;
+        self
+    }
+
+    const fn applied_at_listen(mut self) -> Self {
+        self.applies = Applies::AtListen;
         self
     }
 
@@ -219,7 +237,8 @@ pub(crate) const KNOBS: &[Knob] = &[
         AtLeast(65535),
         &[ListenOverflowRatio],
         LISTEN,
-    ),
+    )
+    .applied_at_listen(),
     judged(
         "net.ipv4.tcp_max_syn_backlog",
         Netns,

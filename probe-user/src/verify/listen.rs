@@ -5,10 +5,7 @@ use std::path::Path;
 use crate::kernel::sockdiag::{self, Listener};
 
 use super::judge::WorkloadVerdict;
-
-/// Knobs the kernel applies only when a socket listens: existing listeners keep the
-/// value they had until the application calls `listen()` again.
-const APPLIED_AT_LISTEN: &[&str] = &["net.core.somaxconn"];
+use crate::tuning::{self, Applies};
 
 /// For knobs applied at `listen()`: shows each verdict's listeners and says "restart
 /// needed" where a listener still has a backlog the new value would not give it.
@@ -20,7 +17,7 @@ pub(crate) fn explain_listen_backlogs(
     verdicts: &mut [WorkloadVerdict],
     mut listeners_of: impl FnMut(u32) -> Option<Vec<Listener>>,
 ) {
-    if !APPLIED_AT_LISTEN.contains(&knob) {
+    if tuning::knob_named(knob).is_none_or(|k| k.applies != Applies::AtListen) {
         return;
     }
     let (Ok(old), Ok(new)) = (old.trim().parse::<u32>(), new.trim().parse::<u32>()) else {
