@@ -24,7 +24,7 @@ use crate::{
     signals::measure::Measure,
     tuning::{self, Scope},
     verify::{
-        self, Affected, ChangeRecord, ChangeReport, Knob, Samples, Target, Watcher, Windows,
+        self, Affected, ChangeRecord, ChangeReport, KnobAt, Samples, Target, Watcher, Windows,
         WorkloadVerdict,
     },
     views::plot,
@@ -142,7 +142,7 @@ fn parse_signal(name: &str) -> Result<Measure, String> {
 
 /// What is changed between the windows.
 enum Change {
-    Knob { knob: Knob, value: String },
+    Knob { knob: KnobAt, value: String },
     Command { run: String, undo: Option<String> },
 }
 
@@ -383,7 +383,7 @@ fn plan(args: &Args) -> anyhow::Result<(Change, Vec<Measure>, Affected)> {
             let (name, value) = apply.split_once('=').context("--apply takes KNOB=VALUE")?;
             let (target, _) = target(args, name)?;
             let change = Change::Knob {
-                knob: Knob {
+                knob: KnobAt {
                     name: name.to_string(),
                     target,
                 },

@@ -8,7 +8,6 @@
 use std::{
     collections::BTreeMap,
     fs,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
 };
 
@@ -585,20 +584,11 @@ fn in_host_netns() -> bool {
 /// The per-namespace sysctls of the namespace that `pid` lives in, read from a thread
 /// that joins it (a network sysctl shows the reader's namespace).
 pub(crate) fn netns_settings(proc_root: &Path, pid: u32) -> std::io::Result<Vec<Setting>> {
-    let ns = fs::File::open(proc_root.join(pid.to_string()).join("ns/net"))?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: setns on this thread only, with a valid namespace fd.
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(knobs(Scope::Netns)
-                    .filter_map(|k| sysctl(k.name).map(|v| Setting::new(k, v)))
-                    .collect())
-            })
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("netns reader panicked")))
+    let ns = proc_root.join(pid.to_string()).join("ns/net");
+    crate::workloads::netns::run_in(&ns, || {
+        Ok(knobs(Scope::Netns)
+            .filter_map(|k| sysctl(k.name).map(|v| Setting::new(k, v)))
+            .collect())
     })
 }
 

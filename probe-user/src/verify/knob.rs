@@ -23,14 +23,14 @@ pub(crate) enum Target {
     Device(String),
 }
 
-/// A knob at a target: read and write it as users name it.
+/// A knob (of the table or not) at one target: read and write it as users name it.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct Knob {
+pub(crate) struct KnobAt {
     pub name: String,
     pub target: Target,
 }
 
-impl Knob {
+impl KnobAt {
     fn path(&self) -> PathBuf {
         match &self.target {
             Target::Node | Target::Netns(_) => {

@@ -24,7 +24,7 @@ mod watch;
 pub(crate) use self::judge::SampleValues;
 pub(crate) use self::{
     judge::{Affected, Samples, WorkloadVerdict, judge, report_notes},
-    knob::{Knob, Target},
+    knob::{KnobAt, Target},
     listen::{explain_listen_backlogs, listeners_by_netns},
     watch::{ChangeRecord, ChangeReport, Watcher, Windows},
 };
