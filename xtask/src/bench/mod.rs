@@ -24,7 +24,7 @@ pub mod soak;
 use std::{
     collections::BTreeMap,
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -229,7 +229,6 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Report> {
     let mut run_no = 0;
 
     eprintln!("xtask bench: workload impact, {} rounds", plan.rounds);
-    let workloads = ["tcp", "udp_drops", "dns", "block", "connect"];
     let mut impact: BTreeMap<(&str, Mode), Vec<Rate>> = BTreeMap::new();
     for round in 0..plan.rounds {
         for k in 0..Mode::ALL.len() {
@@ -239,54 +238,12 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Report> {
             if let Some(agent) = &agent {
                 attach.entry(mode).or_default().push(ms(agent.attach));
             }
-            let secs = plan.workload_secs;
-            let tcp = Rate::measure(|| {
-                let bits_per_s = load::iperf3_result(
-                    &mut load::iperf3(&lab, IPERF_PORT, secs, None)?,
-                    wait_for(secs),
-                )?;
-                Ok(bits_per_s / 1e6 * f64::from(secs))
-            })?;
-            let udp = Rate::measure(|| {
-                let before = lab.dropped_in_b()?;
-                join(load::udp_flood(&lab, f64::from(secs), None)?)?;
-                Ok((lab.dropped_in_b()? - before) as f64)
-            })?;
-            let dns = Rate::measure(|| {
-                let answers: u64 = load::dns_load(&lab, f64::from(secs), 1, None)?
-                    .into_iter()
-                    .map(join)
-                    .sum::<anyhow::Result<u64>>()?;
-                Ok(answers as f64)
-            })?;
-            let block = Rate::measure(|| {
-                let iops = load::fio_result(&mut load::fio(&device, secs, None)?, wait_for(secs))?;
-                Ok(iops * f64::from(secs))
-            })?;
-            let connect = Rate::measure(|| {
-                Ok(join(load::connect_load(&lab, f64::from(secs), None)?)? as f64)
-            })?;
+            let rates = impact_run(plan.workload_secs, &lab, &device)?;
             if let Some(agent) = agent {
                 agent.stop()?;
             }
-            eprintln!(
-                "  round {} {:<9}: tcp {:.0} Mbit/s, udp drops {:.0}/s, dns {:.0}/s, \
-                 block {:.0} IOPS, connect {:.0}/s; per busy CPU-second {:.0}, {:.0}, {:.0}, \
-                 {:.0}, {:.0}",
-                round + 1,
-                mode.name(),
-                tcp.per_s,
-                udp.per_s,
-                dns.per_s,
-                block.per_s,
-                connect.per_s,
-                tcp.per_cpu_s,
-                udp.per_cpu_s,
-                dns.per_cpu_s,
-                block.per_cpu_s,
-                connect.per_cpu_s,
-            );
-            for (workload, rate) in workloads.iter().zip([tcp, udp, dns, block, connect]) {
+            print_impact_run(round, mode, &rates);
+            for ((workload, _), rate) in UNITS.iter().zip(rates) {
                 impact.entry((workload, mode)).or_default().push(rate);
             }
         }
@@ -305,35 +262,9 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Report> {
             let run = load_mix(plan, &lab, &device, &cpu_cgroup, &agent)?;
             let output = agent.stop()?;
             if let (Mode::Bpftrace, Some(output)) = (mode, output) {
-                // Its maps prove it saw the same events.
-                for map in [
-                    "@drops[",
-                    "@service_us[",
-                    "@throttled[",
-                    "@latency_us[",
-                    "@retransmits[",
-                    "@connect_attempts[",
-                ] {
-                    ensure!(
-                        output.contains(map),
-                        "bpftrace recorded no {map}] under the load mix: {output:.2000}"
-                    );
-                }
+                bpftrace_saw_the_mix(&output)?;
             }
-            eprintln!(
-                "  round {} {:<9}: cpu {:.2}% of a core (programs {:.2}%), peak RSS {:.1} MiB; achieved {:.0} \
-                 drops/s, {:.0} DNS/s, {:.0} IOPS, {:.0} retransmits/s, {:.0} connections/s",
-                round + 1,
-                mode.name(),
-                run.cpu_percent,
-                run.bpf_cpu_percent,
-                run.peak_rss_kib as f64 / 1024.0,
-                run.drops_per_s,
-                run.dns_qps,
-                run.block_iops,
-                run.retransmits_per_s,
-                run.connects_per_s,
-            );
+            print_mix_run(round, mode, &run);
             mix.entry(mode).or_default().push(run);
         }
     }
@@ -349,6 +280,98 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Report> {
     drop(lab);
 
     Ok(assemble(plan, smoke, &impact, &mix, scale, &attach, floor))
+}
+
+/// One run of each workload alone for `secs`, in the order of [`UNITS`]: tcp, udp drops,
+/// dns, block, connect.
+fn impact_run(secs: u32, lab: &Lab, device: &str) -> anyhow::Result<[Rate; 5]> {
+    let tcp = Rate::measure(|| {
+        let bits_per_s = load::iperf3_result(
+            &mut load::iperf3(lab, IPERF_PORT, secs, None)?,
+            wait_for(secs),
+        )?;
+        Ok(bits_per_s / 1e6 * f64::from(secs))
+    })?;
+    let udp = Rate::measure(|| {
+        let before = lab.dropped_in_b()?;
+        join(load::udp_flood(lab, f64::from(secs), None)?)?;
+        Ok((lab.dropped_in_b()? - before) as f64)
+    })?;
+    let dns = Rate::measure(|| {
+        let answers: u64 = load::dns_load(lab, f64::from(secs), 1, None)?
+            .into_iter()
+            .map(join)
+            .sum::<anyhow::Result<u64>>()?;
+        Ok(answers as f64)
+    })?;
+    let block = Rate::measure(|| {
+        let iops = load::fio_result(&mut load::fio(device, secs, None)?, wait_for(secs))?;
+        Ok(iops * f64::from(secs))
+    })?;
+    let connect =
+        Rate::measure(|| Ok(join(load::connect_load(lab, f64::from(secs), None)?)? as f64))?;
+    Ok([tcp, udp, dns, block, connect])
+}
+
+/// The progress line of one impact run.
+fn print_impact_run(round: usize, mode: Mode, rates: &[Rate; 5]) {
+    let [tcp, udp, dns, block, connect] = rates;
+    eprintln!(
+        "  round {} {:<9}: tcp {:.0} Mbit/s, udp drops {:.0}/s, dns {:.0}/s, \
+         block {:.0} IOPS, connect {:.0}/s; per busy CPU-second {:.0}, {:.0}, {:.0}, \
+         {:.0}, {:.0}",
+        round + 1,
+        mode.name(),
+        tcp.per_s,
+        udp.per_s,
+        dns.per_s,
+        block.per_s,
+        connect.per_s,
+        tcp.per_cpu_s,
+        udp.per_cpu_s,
+        dns.per_cpu_s,
+        block.per_cpu_s,
+        connect.per_cpu_s,
+    );
+}
+
+/// The maps of the bpftrace script that prove it saw the same events as tuneprobe.
+const BPFTRACE_MAPS: [&str; 6] = [
+    "@drops[",
+    "@service_us[",
+    "@throttled[",
+    "@latency_us[",
+    "@retransmits[",
+    "@connect_attempts[",
+];
+
+/// Fails unless bpftrace's output under the load mix has each of its maps.
+fn bpftrace_saw_the_mix(output: &str) -> anyhow::Result<()> {
+    for map in BPFTRACE_MAPS {
+        ensure!(
+            output.contains(map),
+            "bpftrace recorded no {map}] under the load mix: {output:.2000}"
+        );
+    }
+    Ok(())
+}
+
+/// The progress line of one load-mix run.
+fn print_mix_run(round: usize, mode: Mode, run: &MixRun) {
+    eprintln!(
+        "  round {} {:<9}: cpu {:.2}% of a core (programs {:.2}%), peak RSS {:.1} MiB; achieved {:.0} \
+         drops/s, {:.0} DNS/s, {:.0} IOPS, {:.0} retransmits/s, {:.0} connections/s",
+        round + 1,
+        mode.name(),
+        run.cpu_percent,
+        run.bpf_cpu_percent,
+        run.peak_rss_kib as f64 / 1024.0,
+        run.drops_per_s,
+        run.dns_qps,
+        run.block_iops,
+        run.retransmits_per_s,
+        run.connects_per_s,
+    );
 }
 
 /// What the cheapest possible programs cost per event on this machine, under the mix's
@@ -627,26 +650,7 @@ fn scale_run(
         filled as usize == count,
         "filled {filled} of {count} cgroups"
     );
-    let series = |body: &str| {
-        body.lines()
-            .filter(|l| l.starts_with("tuneprobe_packet_drops_total{") && l.contains(&marker))
-            .count()
-    };
-    let mut last = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        pause(Duration::from_millis(1100))?;
-        let (body, _) = http_get(&listen, "/metrics")?;
-        let now = series(&body);
-        if now > 0 && now == last {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "/metrics still growing after 60 s"
-        );
-        last = now;
-    }
+    let last = drop_series_settled(&listen, &marker)?;
     let mut times = Vec::new();
     let mut bytes = 0;
     for _ in 0..5 {
@@ -658,8 +662,64 @@ fn scale_run(
     let attach_ms = ms(agent.attach);
     agent.stop()?;
 
-    // snapshot: the same fill inside its window; what counts is the time from the end of
-    // the window to the printed report.
+    let (snapshot_ms, in_json) = snapshot_at_scale(lab, tools, &parent, &marker, count)?;
+    lab.remove_scale_cgroups();
+    eprintln!(
+        "  {count} workloads: RSS {:.1} MiB, /metrics {:.1} ms, snapshot {snapshot_ms:.0} ms \
+         ({in_json} in its JSON), fill {fill_s:.1} s",
+        usage.rss_kib as f64 / 1024.0,
+        median(&times).unwrap_or_default(),
+    );
+    Ok(ScaleRun {
+        workloads: count,
+        rss_mib: usage.rss_kib as f64 / 1024.0,
+        peak_rss_mib: usage.peak_rss_kib as f64 / 1024.0,
+        metrics_ms: median(&times),
+        metrics_ms_samples: times,
+        metrics_bytes: bytes,
+        drop_series: last,
+        snapshot_ms,
+        snapshot_workloads: in_json,
+        attach_ms,
+    })
+}
+
+/// The number of drop series of the cgroups named `marker` on `/metrics` once it stops
+/// growing between two scrapes a second apart (at most a minute).
+fn drop_series_settled(listen: &str, marker: &str) -> anyhow::Result<usize> {
+    let series = |body: &str| {
+        body.lines()
+            .filter(|l| l.starts_with("tuneprobe_packet_drops_total{") && l.contains(marker))
+            .count()
+    };
+    let mut last = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        pause(Duration::from_millis(1100))?;
+        let (body, _) = http_get(listen, "/metrics")?;
+        let now = series(&body);
+        if now > 0 && now == last {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "/metrics still growing after 60 s"
+        );
+        last = now;
+    }
+    Ok(last)
+}
+
+/// snapshot: the same fill inside its window; what counts is the time from the end of
+/// the window to the printed report. That time in ms, and the workloads named `marker`
+/// in its JSON.
+fn snapshot_at_scale(
+    lab: &Lab,
+    tools: &Tools,
+    parent: &Path,
+    marker: &str,
+    count: usize,
+) -> anyhow::Result<(f64, usize)> {
     let window = 2 + count as u64 / 1000;
     let output = tools.out_dir.join(format!("snapshot-{count}.json"));
     let errors = tools.out_dir.join(format!("snapshot-{count}.err"));
@@ -686,7 +746,7 @@ fn scale_run(
         pause(Duration::from_millis(2))?;
     }
     let ready = Instant::now();
-    let filled = load::run_fill(lab, &parent)?;
+    let filled = load::run_fill(lab, parent)?;
     ensure!(
         ready.elapsed() < Duration::from_secs(window),
         "filling {count} cgroups took longer than the {window} s window"
@@ -707,28 +767,10 @@ fn scale_run(
         .filter(|w| {
             w["cgroup_path"]
                 .as_str()
-                .is_some_and(|p| p.contains(&marker))
+                .is_some_and(|p| p.contains(marker))
         })
         .count();
-    lab.remove_scale_cgroups();
-    eprintln!(
-        "  {count} workloads: RSS {:.1} MiB, /metrics {:.1} ms, snapshot {snapshot_ms:.0} ms \
-         ({in_json} in its JSON), fill {fill_s:.1} s",
-        usage.rss_kib as f64 / 1024.0,
-        median(&times).unwrap_or_default(),
-    );
-    Ok(ScaleRun {
-        workloads: count,
-        rss_mib: usage.rss_kib as f64 / 1024.0,
-        peak_rss_mib: usage.peak_rss_kib as f64 / 1024.0,
-        metrics_ms: median(&times),
-        metrics_ms_samples: times,
-        metrics_bytes: bytes,
-        drop_series: last,
-        snapshot_ms,
-        snapshot_workloads: in_json,
-        attach_ms,
-    })
+    Ok((snapshot_ms, in_json))
 }
 
 /// tuneprobe's programs, the bpftrace probes that do the same job (their kernel names
