@@ -866,73 +866,9 @@ fn build_initramfs(
     let stage = cache.join(format!("initramfs-{}", std::process::id()));
     let _ = fs::remove_dir_all(&stage);
     let result = (|| {
-        for dir in ["bin", "sbin", "proc", "sys", "dev", "tmp", "run", "modules"] {
-            fs::create_dir_all(stage.join(dir))?;
-        }
-        let (busybox, nft) = match &kernel.userland {
-            None => (
-                PathBuf::from("/bin/busybox"),
-                which("nft").context("nft (package nftables) is not installed")?,
-            ),
-            Some(userland) => (userland.join("bin/busybox"), userland.join("usr/sbin/nft")),
-        };
-        ensure!(
-            busybox.exists(),
-            "no busybox-static at {}",
-            busybox.display()
-        );
-        copy_file(&busybox, &stage.join("bin/busybox"))?;
-        if kernel.userland.is_none() {
-            let applets = Command::new(&busybox).arg("--list").output()?;
-            for applet in String::from_utf8_lossy(&applets.stdout).split_whitespace() {
-                let link = stage.join("bin").join(applet);
-                if !link.exists() {
-                    std::os::unix::fs::symlink("busybox", &link)?;
-                }
-            }
-        } else {
-            // This busybox cannot run here to list its applets: the guest's init links
-            // them itself (`busybox --install -s`), which needs only its shell.
-            std::os::unix::fs::symlink("busybox", stage.join("bin/sh"))?;
-        }
-        for (binary, name) in [
-            (&binaries.tuneprobe, "tuneprobe"),
-            (&binaries.testload, "testload"),
-            (&nft, "nft"),
-        ] {
-            ensure!(binary.exists(), "{} is missing", binary.display());
-            copy_file(binary, &stage.join("bin").join(name))?;
-            match &kernel.userland {
-                None => copy_shared_libraries(binary, &stage)?,
-                Some(userland) => copy_foreign_libraries(binary, userland, &stage)?,
-            }
-        }
-        let mut names = Vec::new();
-        for module in module_load_order(&kernel.modules, MODULES, MODULES_IF_SEPARATE)? {
-            // Plain `.ko`: busybox insmod reads no compressed module.
-            let name = format!("{}.ko", module.name);
-            fs::write(stage.join("modules").join(&name), module.read()?)?;
-            names.push(name);
-        }
-        fs::write(stage.join("modules.order"), names.join("\n") + "\n")?;
-        let vm_dir = workspace_root().join("xtask/vm");
-        copy_file(&vm_dir.join("init.sh"), &stage.join("init"))?;
-        copy_file(&vm_dir.join("retrans.nft"), &stage.join("retrans.nft"))?;
-        copy_file(&vm_dir.join("drops.nft"), &stage.join("drops.nft"))?;
-        use std::os::unix::fs::PermissionsExt as _;
-        fs::set_permissions(stage.join("init"), fs::Permissions::from_mode(0o755))?;
-        // Software emulation is several times slower: give the workloads more room.
-        let snapshot_for = if accel == Accel::Kvm { "12s" } else { "45s" };
-        fs::write(
-            stage.join("vm.env"),
-            format!(
-                "SNAPSHOT_FOR={snapshot_for}\nDROPS_COUNT={DROPS_COUNT}\n\
-                 DROPS_NFT_COUNT={DROPS_NFT_COUNT}\nRETRANS_BYTES={RETRANS_BYTES}\n\
-                 DNS_COUNT={DNS_COUNT}\nDNS_DELAY_MS=0\nCPU_QUOTA_US={CPU_QUOTA_US}\n\
-                 CPU_PERIOD_US={CPU_PERIOD_US}\nCPU_BUSY_MS={CPU_BUSY_MS}\n\
-                 BLOCK_READS={BLOCK_READS}\nCONNECTS_COUNT={CONNECTS_COUNT}\n"
-            ),
-        )?;
+        stage_programs(&stage, kernel, binaries)?;
+        stage_modules(&stage, kernel)?;
+        stage_init(&stage, accel)?;
         let archive = cache.join(format!(
             "initramfs-{}-{}.cpio",
             kernel.series.name,
@@ -950,6 +886,90 @@ fn build_initramfs(
     })();
     let _ = fs::remove_dir_all(&stage);
     result
+}
+
+/// The guest's directories, busybox and its applets, and the programs it runs
+/// (tuneprobe, testload, nft) with their shared libraries, into `stage`.
+fn stage_programs(stage: &Path, kernel: &Kernel, binaries: &Binaries) -> anyhow::Result<()> {
+    for dir in ["bin", "sbin", "proc", "sys", "dev", "tmp", "run", "modules"] {
+        fs::create_dir_all(stage.join(dir))?;
+    }
+    let (busybox, nft) = match &kernel.userland {
+        None => (
+            PathBuf::from("/bin/busybox"),
+            which("nft").context("nft (package nftables) is not installed")?,
+        ),
+        Some(userland) => (userland.join("bin/busybox"), userland.join("usr/sbin/nft")),
+    };
+    ensure!(
+        busybox.exists(),
+        "no busybox-static at {}",
+        busybox.display()
+    );
+    copy_file(&busybox, &stage.join("bin/busybox"))?;
+    if kernel.userland.is_none() {
+        let applets = Command::new(&busybox).arg("--list").output()?;
+        for applet in String::from_utf8_lossy(&applets.stdout).split_whitespace() {
+            let link = stage.join("bin").join(applet);
+            if !link.exists() {
+                std::os::unix::fs::symlink("busybox", &link)?;
+            }
+        }
+    } else {
+        // This busybox cannot run here to list its applets: the guest's init links
+        // them itself (`busybox --install -s`), which needs only its shell.
+        std::os::unix::fs::symlink("busybox", stage.join("bin/sh"))?;
+    }
+    for (binary, name) in [
+        (&binaries.tuneprobe, "tuneprobe"),
+        (&binaries.testload, "testload"),
+        (&nft, "nft"),
+    ] {
+        ensure!(binary.exists(), "{} is missing", binary.display());
+        copy_file(binary, &stage.join("bin").join(name))?;
+        match &kernel.userland {
+            None => copy_shared_libraries(binary, stage)?,
+            Some(userland) => copy_foreign_libraries(binary, userland, stage)?,
+        }
+    }
+    Ok(())
+}
+
+/// The kernel modules the guest loads, uncompressed, and `modules.order`, into `stage`.
+fn stage_modules(stage: &Path, kernel: &Kernel) -> anyhow::Result<()> {
+    let mut names = Vec::new();
+    for module in module_load_order(&kernel.modules, MODULES, MODULES_IF_SEPARATE)? {
+        // Plain `.ko`: busybox insmod reads no compressed module.
+        let name = format!("{}.ko", module.name);
+        fs::write(stage.join("modules").join(&name), module.read()?)?;
+        names.push(name);
+    }
+    fs::write(stage.join("modules.order"), names.join("\n") + "\n")?;
+    Ok(())
+}
+
+/// The guest's init script, its nft rules and `vm.env` (the workloads' sizes), into
+/// `stage`.
+fn stage_init(stage: &Path, accel: Accel) -> anyhow::Result<()> {
+    let vm_dir = workspace_root().join("xtask/vm");
+    copy_file(&vm_dir.join("init.sh"), &stage.join("init"))?;
+    copy_file(&vm_dir.join("retrans.nft"), &stage.join("retrans.nft"))?;
+    copy_file(&vm_dir.join("drops.nft"), &stage.join("drops.nft"))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(stage.join("init"), fs::Permissions::from_mode(0o755))?;
+    // Software emulation is several times slower: give the workloads more room.
+    let snapshot_for = if accel == Accel::Kvm { "12s" } else { "45s" };
+    fs::write(
+        stage.join("vm.env"),
+        format!(
+            "SNAPSHOT_FOR={snapshot_for}\nDROPS_COUNT={DROPS_COUNT}\n\
+             DROPS_NFT_COUNT={DROPS_NFT_COUNT}\nRETRANS_BYTES={RETRANS_BYTES}\n\
+             DNS_COUNT={DNS_COUNT}\nDNS_DELAY_MS=0\nCPU_QUOTA_US={CPU_QUOTA_US}\n\
+             CPU_PERIOD_US={CPU_PERIOD_US}\nCPU_BUSY_MS={CPU_BUSY_MS}\n\
+             BLOCK_READS={BLOCK_READS}\nCONNECTS_COUNT={CONNECTS_COUNT}\n"
+        ),
+    )?;
+    Ok(())
 }
 
 fn which(program: &str) -> Option<PathBuf> {
@@ -1211,31 +1231,7 @@ fn boot(
     accel: Accel,
     timeout: Duration,
 ) -> anyhow::Result<Option<String>> {
-    let (qemu, console) = match kernel.series.arch {
-        Arch::Amd64 => ("qemu-system-x86_64", "ttyS0"),
-        Arch::Arm64 => ("qemu-system-aarch64", "ttyAMA0"),
-    };
-    let mut cmd = Command::new(qemu);
-    cmd.args(["-m", "1024", "-smp", "2", "-nographic", "-no-reboot"])
-        .arg("-kernel")
-        .arg(&kernel.vmlinuz)
-        .arg("-initrd")
-        .arg(initramfs)
-        // loglevel=1: kernel messages would interleave with the results on the console.
-        .arg("-append")
-        .arg(format!(
-            "console={console} loglevel=1 panic=-1 rdinit=/init"
-        ));
-    match (kernel.series.arch, accel) {
-        (Arch::Amd64, Accel::Kvm) => cmd.args(["-enable-kvm", "-cpu", "host"]),
-        (Arch::Amd64, Accel::Tcg) => cmd.args(["-accel", "tcg", "-cpu", "max"]),
-        // The generic board: the kernel is loaded directly with a device tree QEMU
-        // writes (no firmware), PL011 serial console, PSCI power-off.
-        (Arch::Arm64, _) => cmd.args(["-machine", "virt", "-accel", "tcg", "-cpu", "max"]),
-    };
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let (qemu, mut cmd) = qemu_command(kernel, initramfs, accel);
     eprintln!(
         "xtask vm-test: booting {} ({}) ",
         kernel.release,
@@ -1294,6 +1290,37 @@ fn boot(
         bail!("{QEMU_FAILED} ({status}): {stderr}\n{console}");
     }
     Ok(Some(console))
+}
+
+/// The QEMU that boots `kernel` with `initramfs` for its architecture under `accel`, its
+/// console on stdout; and the QEMU binary's name.
+fn qemu_command(kernel: &Kernel, initramfs: &Path, accel: Accel) -> (&'static str, Command) {
+    let (qemu, console) = match kernel.series.arch {
+        Arch::Amd64 => ("qemu-system-x86_64", "ttyS0"),
+        Arch::Arm64 => ("qemu-system-aarch64", "ttyAMA0"),
+    };
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-m", "1024", "-smp", "2", "-nographic", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(initramfs)
+        // loglevel=1: kernel messages would interleave with the results on the console.
+        .arg("-append")
+        .arg(format!(
+            "console={console} loglevel=1 panic=-1 rdinit=/init"
+        ));
+    match (kernel.series.arch, accel) {
+        (Arch::Amd64, Accel::Kvm) => cmd.args(["-enable-kvm", "-cpu", "host"]),
+        (Arch::Amd64, Accel::Tcg) => cmd.args(["-accel", "tcg", "-cpu", "max"]),
+        // The generic board: the kernel is loaded directly with a device tree QEMU
+        // writes (no firmware), PL011 serial console, PSCI power-off.
+        (Arch::Arm64, _) => cmd.args(["-machine", "virt", "-accel", "tcg", "-cpu", "max"]),
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    (qemu, cmd)
 }
 
 /// What the guest printed: `@@TPVM key=value` lines and named blocks.
