@@ -28,8 +28,8 @@ pub struct Tree {
 /// `probe-user`'s library: output building blocks at the bottom, then who a count
 /// belongs to, the kernel, the signals, the snapshot, the window over them, the knobs,
 /// judging, the views and the fleet; the server's access control and privilege drop
-/// are used by the CLI only; the CLI is on top (the binary's `main.rs` only calls it),
-/// below only the manual's generated references, a test module that reads them all.
+/// are used by the CLI only; then the CLI (the binary's `main.rs` only calls it), and on
+/// top the generated references' tests, which read everything.
 pub const PROBE_USER: Tree = Tree {
     dir: "probe-user/src",
     root: "lib.rs",
