@@ -113,23 +113,7 @@ fn write_archive(binary: &Path, name: &str, out: &Path) -> anyhow::Result<String
 
     let layer = layer_tar(&program, mtime)?;
     let layer_digest = sha256(&layer);
-    let config = serde_json::to_vec(&json!({
-        "created": rfc3339(mtime),
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {
-            "Entrypoint": [ENTRYPOINT],
-            "Cmd": ["serve"],
-            "Env": ["PATH=/usr/local/bin"],
-            "Labels": {
-                "org.opencontainers.image.title": "tuneprobe",
-                "org.opencontainers.image.version": VERSION,
-            },
-        },
-        // The layer is stored uncompressed, so its diff id is its digest.
-        "rootfs": { "type": "layers", "diff_ids": [&layer_digest] },
-        "history": [{ "created": rfc3339(mtime), "created_by": "cargo xtask image" }],
-    }))?;
+    let config = image_config(mtime, &layer_digest)?;
     let config_digest = sha256(&config);
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
@@ -187,6 +171,27 @@ fn write_archive(binary: &Path, name: &str, out: &Path) -> anyhow::Result<String
         .with_context(|| format!("writing {}", partial.display()))?;
     fs::rename(&partial, out).with_context(|| format!("writing {}", out.display()))?;
     Ok(manifest_digest)
+}
+
+/// The image's configuration: the entrypoint, `serve` by default, and its one layer.
+fn image_config(mtime: u64, layer_digest: &str) -> anyhow::Result<Vec<u8>> {
+    Ok(serde_json::to_vec(&json!({
+        "created": rfc3339(mtime),
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Entrypoint": [ENTRYPOINT],
+            "Cmd": ["serve"],
+            "Env": ["PATH=/usr/local/bin"],
+            "Labels": {
+                "org.opencontainers.image.title": "tuneprobe",
+                "org.opencontainers.image.version": VERSION,
+            },
+        },
+        // The layer is stored uncompressed, so its diff id is its digest.
+        "rootfs": { "type": "layers", "diff_ids": [&layer_digest] },
+        "history": [{ "created": rfc3339(mtime), "created_by": "cargo xtask image" }],
+    }))?)
 }
 
 /// The image's one layer: the binary, its directories and the entrypoint link.

@@ -6,7 +6,8 @@
 //! own submodules; an import of a higher or equal layer, or of an item defined in the
 //! root file itself, is an upward import. With a strict order there can be no cycle.
 //! Paths are read from the source (`crate::`, `super::` and, in the root file, `self::`),
-//! with comments, strings and inline `mod` blocks taken into account.
+//! with comments, strings and inline `mod` blocks taken into account. The tokenizer is
+//! also that of the function-length rule (`source_rules.rs`).
 
 use std::{fs, path::Path};
 
@@ -183,7 +184,7 @@ fn module_path(rel: &str, root: &str) -> Vec<String> {
     parts
 }
 
-fn rust_files(dir: &Path) -> Vec<std::path::PathBuf> {
+pub(crate) fn rust_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();
@@ -285,9 +286,20 @@ fn group_heads(tokens: &[String], open: usize) -> Vec<String> {
 /// Identifiers, `::`, braces and other punctuation, without comments, strings and
 /// character literals.
 fn tokens(source: &str) -> Vec<String> {
+    tokens_with_lines(source)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect()
+}
+
+/// The tokens of [`tokens`], each with the line (from 1) it starts on.
+pub(crate) fn tokens_with_lines(source: &str) -> Vec<(String, usize)> {
     let chars: Vec<char> = source.chars().collect();
-    let (mut out, mut i) = (Vec::new(), 0);
+    let (mut out, mut i, mut line, mut counted) = (Vec::new(), 0, 1, 0);
     while i < chars.len() {
+        // Newlines skipped over (in comments, strings, whitespace) since the last token.
+        line += chars[counted..i].iter().filter(|&&c| c == '\n').count();
+        counted = i;
         let c = chars[i];
         let next = chars.get(i + 1).copied();
         i = match c {
@@ -297,19 +309,19 @@ fn tokens(source: &str) -> Vec<String> {
             'r' if raw_string_hashes(&chars, i).is_some() => skip_raw_string(&chars, i),
             '\'' => skip_char(&chars, i),
             ':' if next == Some(':') => {
-                out.push("::".to_string());
+                out.push(("::".to_string(), line));
                 i + 2
             }
             c if c.is_alphanumeric() || c == '_' => {
                 let end = (i..chars.len())
                     .find(|&j| !(chars[j].is_alphanumeric() || chars[j] == '_'))
                     .unwrap_or(chars.len());
-                out.push(chars[i..end].iter().collect());
+                out.push((chars[i..end].iter().collect(), line));
                 end
             }
             c if c.is_whitespace() => i + 1,
             c => {
-                out.push(c.to_string());
+                out.push((c.to_string(), line));
                 i + 1
             }
         };

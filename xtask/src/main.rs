@@ -20,6 +20,8 @@ mod kernels;
 mod layers;
 mod run;
 mod setup;
+#[cfg(test)]
+mod source_rules;
 mod test;
 mod vmtest;
 

@@ -866,73 +866,9 @@ fn build_initramfs(
     let stage = cache.join(format!("initramfs-{}", std::process::id()));
     let _ = fs::remove_dir_all(&stage);
     let result = (|| {
-        for dir in ["bin", "sbin", "proc", "sys", "dev", "tmp", "run", "modules"] {
-            fs::create_dir_all(stage.join(dir))?;
-        }
-        let (busybox, nft) = match &kernel.userland {
-            None => (
-                PathBuf::from("/bin/busybox"),
-                which("nft").context("nft (package nftables) is not installed")?,
-            ),
-            Some(userland) => (userland.join("bin/busybox"), userland.join("usr/sbin/nft")),
-        };
-        ensure!(
-            busybox.exists(),
-            "no busybox-static at {}",
-            busybox.display()
-        );
-        copy_file(&busybox, &stage.join("bin/busybox"))?;
-        if kernel.userland.is_none() {
-            let applets = Command::new(&busybox).arg("--list").output()?;
-            for applet in String::from_utf8_lossy(&applets.stdout).split_whitespace() {
-                let link = stage.join("bin").join(applet);
-                if !link.exists() {
-                    std::os::unix::fs::symlink("busybox", &link)?;
-                }
-            }
-        } else {
-            // This busybox cannot run here to list its applets: the guest's init links
-            // them itself (`busybox --install -s`), which needs only its shell.
-            std::os::unix::fs::symlink("busybox", stage.join("bin/sh"))?;
-        }
-        for (binary, name) in [
-            (&binaries.tuneprobe, "tuneprobe"),
-            (&binaries.testload, "testload"),
-            (&nft, "nft"),
-        ] {
-            ensure!(binary.exists(), "{} is missing", binary.display());
-            copy_file(binary, &stage.join("bin").join(name))?;
-            match &kernel.userland {
-                None => copy_shared_libraries(binary, &stage)?,
-                Some(userland) => copy_foreign_libraries(binary, userland, &stage)?,
-            }
-        }
-        let mut names = Vec::new();
-        for module in module_load_order(&kernel.modules, MODULES, MODULES_IF_SEPARATE)? {
-            // Plain `.ko`: busybox insmod reads no compressed module.
-            let name = format!("{}.ko", module.name);
-            fs::write(stage.join("modules").join(&name), module.read()?)?;
-            names.push(name);
-        }
-        fs::write(stage.join("modules.order"), names.join("\n") + "\n")?;
-        let vm_dir = workspace_root().join("xtask/vm");
-        copy_file(&vm_dir.join("init.sh"), &stage.join("init"))?;
-        copy_file(&vm_dir.join("retrans.nft"), &stage.join("retrans.nft"))?;
-        copy_file(&vm_dir.join("drops.nft"), &stage.join("drops.nft"))?;
-        use std::os::unix::fs::PermissionsExt as _;
-        fs::set_permissions(stage.join("init"), fs::Permissions::from_mode(0o755))?;
-        // Software emulation is several times slower: give the workloads more room.
-        let snapshot_for = if accel == Accel::Kvm { "12s" } else { "45s" };
-        fs::write(
-            stage.join("vm.env"),
-            format!(
-                "SNAPSHOT_FOR={snapshot_for}\nDROPS_COUNT={DROPS_COUNT}\n\
-                 DROPS_NFT_COUNT={DROPS_NFT_COUNT}\nRETRANS_BYTES={RETRANS_BYTES}\n\
-                 DNS_COUNT={DNS_COUNT}\nDNS_DELAY_MS=0\nCPU_QUOTA_US={CPU_QUOTA_US}\n\
-                 CPU_PERIOD_US={CPU_PERIOD_US}\nCPU_BUSY_MS={CPU_BUSY_MS}\n\
-                 BLOCK_READS={BLOCK_READS}\nCONNECTS_COUNT={CONNECTS_COUNT}\n"
-            ),
-        )?;
+        stage_programs(&stage, kernel, binaries)?;
+        stage_modules(&stage, kernel)?;
+        stage_init(&stage, accel)?;
         let archive = cache.join(format!(
             "initramfs-{}-{}.cpio",
             kernel.series.name,
@@ -950,6 +886,90 @@ fn build_initramfs(
     })();
     let _ = fs::remove_dir_all(&stage);
     result
+}
+
+/// The guest's directories, busybox and its applets, and the programs it runs
+/// (tuneprobe, testload, nft) with their shared libraries, into `stage`.
+fn stage_programs(stage: &Path, kernel: &Kernel, binaries: &Binaries) -> anyhow::Result<()> {
+    for dir in ["bin", "sbin", "proc", "sys", "dev", "tmp", "run", "modules"] {
+        fs::create_dir_all(stage.join(dir))?;
+    }
+    let (busybox, nft) = match &kernel.userland {
+        None => (
+            PathBuf::from("/bin/busybox"),
+            which("nft").context("nft (package nftables) is not installed")?,
+        ),
+        Some(userland) => (userland.join("bin/busybox"), userland.join("usr/sbin/nft")),
+    };
+    ensure!(
+        busybox.exists(),
+        "no busybox-static at {}",
+        busybox.display()
+    );
+    copy_file(&busybox, &stage.join("bin/busybox"))?;
+    if kernel.userland.is_none() {
+        let applets = Command::new(&busybox).arg("--list").output()?;
+        for applet in String::from_utf8_lossy(&applets.stdout).split_whitespace() {
+            let link = stage.join("bin").join(applet);
+            if !link.exists() {
+                std::os::unix::fs::symlink("busybox", &link)?;
+            }
+        }
+    } else {
+        // This busybox cannot run here to list its applets: the guest's init links
+        // them itself (`busybox --install -s`), which needs only its shell.
+        std::os::unix::fs::symlink("busybox", stage.join("bin/sh"))?;
+    }
+    for (binary, name) in [
+        (&binaries.tuneprobe, "tuneprobe"),
+        (&binaries.testload, "testload"),
+        (&nft, "nft"),
+    ] {
+        ensure!(binary.exists(), "{} is missing", binary.display());
+        copy_file(binary, &stage.join("bin").join(name))?;
+        match &kernel.userland {
+            None => copy_shared_libraries(binary, stage)?,
+            Some(userland) => copy_foreign_libraries(binary, userland, stage)?,
+        }
+    }
+    Ok(())
+}
+
+/// The kernel modules the guest loads, uncompressed, and `modules.order`, into `stage`.
+fn stage_modules(stage: &Path, kernel: &Kernel) -> anyhow::Result<()> {
+    let mut names = Vec::new();
+    for module in module_load_order(&kernel.modules, MODULES, MODULES_IF_SEPARATE)? {
+        // Plain `.ko`: busybox insmod reads no compressed module.
+        let name = format!("{}.ko", module.name);
+        fs::write(stage.join("modules").join(&name), module.read()?)?;
+        names.push(name);
+    }
+    fs::write(stage.join("modules.order"), names.join("\n") + "\n")?;
+    Ok(())
+}
+
+/// The guest's init script, its nft rules and `vm.env` (the workloads' sizes), into
+/// `stage`.
+fn stage_init(stage: &Path, accel: Accel) -> anyhow::Result<()> {
+    let vm_dir = workspace_root().join("xtask/vm");
+    copy_file(&vm_dir.join("init.sh"), &stage.join("init"))?;
+    copy_file(&vm_dir.join("retrans.nft"), &stage.join("retrans.nft"))?;
+    copy_file(&vm_dir.join("drops.nft"), &stage.join("drops.nft"))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(stage.join("init"), fs::Permissions::from_mode(0o755))?;
+    // Software emulation is several times slower: give the workloads more room.
+    let snapshot_for = if accel == Accel::Kvm { "12s" } else { "45s" };
+    fs::write(
+        stage.join("vm.env"),
+        format!(
+            "SNAPSHOT_FOR={snapshot_for}\nDROPS_COUNT={DROPS_COUNT}\n\
+             DROPS_NFT_COUNT={DROPS_NFT_COUNT}\nRETRANS_BYTES={RETRANS_BYTES}\n\
+             DNS_COUNT={DNS_COUNT}\nDNS_DELAY_MS=0\nCPU_QUOTA_US={CPU_QUOTA_US}\n\
+             CPU_PERIOD_US={CPU_PERIOD_US}\nCPU_BUSY_MS={CPU_BUSY_MS}\n\
+             BLOCK_READS={BLOCK_READS}\nCONNECTS_COUNT={CONNECTS_COUNT}\n"
+        ),
+    )?;
+    Ok(())
 }
 
 fn which(program: &str) -> Option<PathBuf> {
@@ -1211,31 +1231,7 @@ fn boot(
     accel: Accel,
     timeout: Duration,
 ) -> anyhow::Result<Option<String>> {
-    let (qemu, console) = match kernel.series.arch {
-        Arch::Amd64 => ("qemu-system-x86_64", "ttyS0"),
-        Arch::Arm64 => ("qemu-system-aarch64", "ttyAMA0"),
-    };
-    let mut cmd = Command::new(qemu);
-    cmd.args(["-m", "1024", "-smp", "2", "-nographic", "-no-reboot"])
-        .arg("-kernel")
-        .arg(&kernel.vmlinuz)
-        .arg("-initrd")
-        .arg(initramfs)
-        // loglevel=1: kernel messages would interleave with the results on the console.
-        .arg("-append")
-        .arg(format!(
-            "console={console} loglevel=1 panic=-1 rdinit=/init"
-        ));
-    match (kernel.series.arch, accel) {
-        (Arch::Amd64, Accel::Kvm) => cmd.args(["-enable-kvm", "-cpu", "host"]),
-        (Arch::Amd64, Accel::Tcg) => cmd.args(["-accel", "tcg", "-cpu", "max"]),
-        // The generic board: the kernel is loaded directly with a device tree QEMU
-        // writes (no firmware), PL011 serial console, PSCI power-off.
-        (Arch::Arm64, _) => cmd.args(["-machine", "virt", "-accel", "tcg", "-cpu", "max"]),
-    };
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let (qemu, mut cmd) = qemu_command(kernel, initramfs, accel);
     eprintln!(
         "xtask vm-test: booting {} ({}) ",
         kernel.release,
@@ -1294,6 +1290,37 @@ fn boot(
         bail!("{QEMU_FAILED} ({status}): {stderr}\n{console}");
     }
     Ok(Some(console))
+}
+
+/// The QEMU that boots `kernel` with `initramfs` for its architecture under `accel`, its
+/// console on stdout; and the QEMU binary's name.
+fn qemu_command(kernel: &Kernel, initramfs: &Path, accel: Accel) -> (&'static str, Command) {
+    let (qemu, console) = match kernel.series.arch {
+        Arch::Amd64 => ("qemu-system-x86_64", "ttyS0"),
+        Arch::Arm64 => ("qemu-system-aarch64", "ttyAMA0"),
+    };
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-m", "1024", "-smp", "2", "-nographic", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(initramfs)
+        // loglevel=1: kernel messages would interleave with the results on the console.
+        .arg("-append")
+        .arg(format!(
+            "console={console} loglevel=1 panic=-1 rdinit=/init"
+        ));
+    match (kernel.series.arch, accel) {
+        (Arch::Amd64, Accel::Kvm) => cmd.args(["-enable-kvm", "-cpu", "host"]),
+        (Arch::Amd64, Accel::Tcg) => cmd.args(["-accel", "tcg", "-cpu", "max"]),
+        // The generic board: the kernel is loaded directly with a device tree QEMU
+        // writes (no firmware), PL011 serial console, PSCI power-off.
+        (Arch::Arm64, _) => cmd.args(["-machine", "virt", "-accel", "tcg", "-cpu", "max"]),
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    (qemu, cmd)
 }
 
 /// What the guest printed: `@@TPVM key=value` lines and named blocks.
@@ -1484,12 +1511,51 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
         .and_then(|text| serde_json::from_str(text).ok())
         .unwrap_or(Value::Null);
     let probes = snapshot["probes"].as_array().cloned().unwrap_or_default();
-    let mut kernel_says = BTreeMap::new();
-    // The tracepoint's fields as the guest kernel lists them: no `reason` before 5.17.
-    let drop_names = match guest.values.get("kfree_skb_fields") {
+    let stderr = guest.blocks.get("stderr").map_or("", String::as_str);
+    let mut checks = Checks {
+        series,
+        probes: &probes,
+        kernel_says: kernel_says(guest),
+        no_snapshot: last_words(&snapshot, stderr),
+        list: Vec::new(),
+    };
+    check_the_run(&mut checks, guest, kernel, &release, &snapshot);
+    let seen = Seen {
+        guest,
+        snapshot: &snapshot,
+    };
+    check_drops(&mut checks, &seen);
+    check_retransmits(&mut checks, &seen);
+    check_connections(&mut checks, &seen);
+    check_dns(&mut checks, &seen);
+    check_block(&mut checks, &seen);
+    check_cpu(&mut checks, &seen, accel);
+    let summary = summary(&checks.list, &probes, stderr);
+    json!({
+        "series": series,
+        "suite": kernel.series.suite,
+        "package": kernel.package,
+        "kernel": release,
+        "accel": accel.name(),
+        "probes": probes,
+        "checks": checks.list,
+        "summary": summary,
+    })
+}
+
+/// The drop names the guest kernel's tracepoint can give: reasons, or before 5.17 (no
+/// `reason` among skb:kfree_skb's fields) the functions that drop.
+fn drop_names(guest: &Guest) -> &'static DropNames {
+    match guest.values.get("kfree_skb_fields") {
         Some(fields) if !fields.split(',').any(|f| f == "reason") => &DROP_LOCATIONS,
         _ => &DROP_REASONS,
-    };
+    }
+}
+
+/// What the guest kernel itself says, by program, to add to a not-applicable reason.
+fn kernel_says(guest: &Guest) -> BTreeMap<&'static str, String> {
+    let mut kernel_says = BTreeMap::new();
+    // The tracepoint's fields as the guest kernel lists them: no `reason` before 5.17.
     if let Some(fields) = guest.values.get("kfree_skb_fields") {
         let reason = fields.split(',').any(|f| f == "reason");
         kernel_says.insert(
@@ -1500,8 +1566,12 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
             ),
         );
     }
-    let stderr = guest.blocks.get("stderr").map_or("", String::as_str);
-    let no_snapshot = (!snapshot.is_object()).then(|| {
+    kernel_says
+}
+
+/// Without a snapshot, tuneprobe's last words on stderr: why there are no probes.
+fn last_words(snapshot: &Value, stderr: &str) -> Option<String> {
+    (!snapshot.is_object()).then(|| {
         stderr
             .lines()
             .rev()
@@ -1509,14 +1579,20 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
             .unwrap_or("it printed nothing")
             .trim()
             .to_string()
-    });
-    let mut checks = Checks {
-        series,
-        probes: &probes,
-        kernel_says,
-        no_snapshot,
-        list: Vec::new(),
-    };
+    })
+}
+
+/// The checks that need no program: the kernel booted, tuneprobe ran, every program is
+/// attached or explained, and `check` agrees with the snapshot.
+fn check_the_run(
+    checks: &mut Checks<'_>,
+    guest: &Guest,
+    kernel: &Kernel,
+    release: &str,
+    snapshot: &Value,
+) {
+    let probes = checks.probes;
+    let series = checks.series;
     // The kernel booted, on the machine it was built for (`uname -m`).
     let machine = guest.values.get("machine").cloned().unwrap_or_default();
     let arch = kernel.series.arch.machine();
@@ -1552,7 +1628,7 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
         .get("check")
         .and_then(|text| serde_json::from_str(text).ok())
         .unwrap_or(Value::Null);
-    let (agrees, disagreements) = check_agrees_with_probes(&check_report, &probes);
+    let (agrees, disagreements) = check_agrees_with_probes(&check_report, probes);
     let check_exit = guest.values.get("check_exit").map(String::as_str);
     checks.add(
         "check_agrees_with_the_snapshot",
@@ -1565,20 +1641,42 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
         }),
         json!("exit 0; every program off in the snapshot off with the same reason in a partial or off signal"),
     );
-    let by_cgroup = |key: &str| {
-        let id = guest.number(&format!("cgroup_{key}"));
-        move |w: &Value| id.is_some() && w["cgroup_id"].as_u64() == id
-    };
-    let by_netns = |key: &str| {
-        let inode = guest.number(key);
-        move |w: &Value| inode.is_some() && w["netns"].as_u64() == inode
-    };
+}
 
-    // Drops: NO_SOCKET per datagram, the same as the kernel's Udp NoPorts (before 5.17:
-    // as many at the function that drops them).
+/// What the guest recorded and tuneprobe's snapshot of it, for the per-signal checks.
+struct Seen<'a> {
+    guest: &'a Guest,
+    snapshot: &'a Value,
+}
+
+impl Seen<'_> {
+    /// Whether a workload is the guest's cgroup `key` (`cgroup_<key>` in its values).
+    fn by_cgroup(&self, key: &str) -> impl Fn(&Value) -> bool + use<> {
+        let id = self.guest.number(&format!("cgroup_{key}"));
+        move |w: &Value| id.is_some() && w["cgroup_id"].as_u64() == id
+    }
+
+    /// Whether a workload is in the network namespace whose inode the guest recorded as
+    /// `key`.
+    fn by_netns(&self, key: &str) -> impl Fn(&Value) -> bool + use<> {
+        let inode = self.guest.number(key);
+        move |w: &Value| inode.is_some() && w["netns"].as_u64() == inode
+    }
+
+    /// The sum of `field` over the snapshot's workloads that `matches` takes.
+    fn sum(&self, matches: impl Fn(&Value) -> bool, field: &str) -> u64 {
+        sum_workloads(self.snapshot, matches, field)
+    }
+}
+
+/// Drops: NO_SOCKET per datagram, the same as the kernel's Udp NoPorts (before 5.17: as
+/// many at the function that drops them); NETFILTER_DROP per datagram an nft rule
+/// dropped; none in the retransmit test's namespace.
+fn check_drops(checks: &mut Checks<'_>, seen: &Seen<'_>) {
+    let (guest, drop_names) = (seen.guest, drop_names(seen.guest));
     let closed_port = format!("/drops/by_reason/{}", drop_names.closed_port);
     checks.gated("drops_no_socket_equal_udp_noports", DROP_PROGRAMS, || {
-        let no_socket = sum_workloads(&snapshot, by_netns("drops_netns"), &closed_port);
+        let no_socket = seen.sum(seen.by_netns("drops_netns"), &closed_port);
         let no_ports = guest.number("drops_noports");
         (
             no_ports == Some(DROPS_COUNT) && no_socket == DROPS_COUNT,
@@ -1597,7 +1695,7 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
         DROP_PROGRAMS,
         || {
             let path = format!("/drops/by_reason/{}", drop_names.nft);
-            let netfilter = sum_workloads(&snapshot, by_netns("drops_netns"), &path);
+            let netfilter = seen.sum(seen.by_netns("drops_netns"), &path);
             let dropped = guest.number("drops_nft_dropped");
             (
                 dropped == Some(DROPS_NFT_COUNT) && netfilter == DROPS_NFT_COUNT,
@@ -1611,21 +1709,21 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
         },
     );
     checks.gated("no_drops_in_the_retransmit_netns", DROP_PROGRAMS, || {
-        let stray = sum_workloads(&snapshot, by_netns("retrans_netns"), &closed_port);
+        let stray = seen.sum(seen.by_netns("retrans_netns"), &closed_port);
         (stray == 0, json!(stray), json!(0))
     });
+}
 
-    // Retransmits: one dropped packet; segments equal the kernel's Tcp RetransSegs.
+/// Retransmits: one dropped packet; segments equal the kernel's Tcp RetransSegs; none
+/// for the drops test's cgroup.
+fn check_retransmits(checks: &mut Checks<'_>, seen: &Seen<'_>) {
+    let guest = seen.guest;
     checks.gated(
         "retransmitted_segments_equal_tcp_retranssegs",
         RETRANSMIT_PROGRAMS,
         || {
-            let retransmits = sum_workloads(&snapshot, by_cgroup("retrans"), "/tcp/retransmits");
-            let segments = sum_workloads(
-                &snapshot,
-                by_cgroup("retrans"),
-                "/tcp/retransmitted_segments",
-            );
+            let retransmits = seen.sum(seen.by_cgroup("retrans"), "/tcp/retransmits");
+            let segments = seen.sum(seen.by_cgroup("retrans"), "/tcp/retransmitted_segments");
             let retrans_segs = guest.number("retrans_segs");
             let nft_dropped = guest.number("retrans_nft_dropped");
             (
@@ -1641,22 +1739,21 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
         "no_retransmits_for_the_drops_cgroup",
         RETRANSMIT_PROGRAMS,
         || {
-            let n = sum_workloads(&snapshot, by_cgroup("drops"), "/tcp/retransmits");
+            let n = seen.sum(seen.by_cgroup("drops"), "/tcp/retransmits");
             (n == 0, json!(n), json!(0))
         },
     );
+}
 
-    // Connections: connects to a closed port, each refused by a RST; the kernel counts
-    // them as Tcp AttemptFails.
+/// Connections: connects to a closed port, each refused by a RST; the kernel counts them
+/// as Tcp AttemptFails. None for the drops test's cgroup.
+fn check_connections(checks: &mut Checks<'_>, seen: &Seen<'_>) {
+    let guest = seen.guest;
     checks.gated(
         "refused_connects_equal_tcp_attempt_fails",
         CONNECTION_PROGRAMS,
         || {
-            let refused = sum_workloads(
-                &snapshot,
-                by_cgroup("connects"),
-                "/connections/failed/refused",
-            );
+            let refused = seen.sum(seen.by_cgroup("connects"), "/connections/failed/refused");
             let attempt_fails = guest.number("connects_attempt_fails");
             let client = guest.values.get("connects_client").cloned();
             (
@@ -1670,24 +1767,23 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
         "no_connects_for_the_drops_cgroup",
         CONNECTION_PROGRAMS,
         || {
-            let n = sum_workloads(
-                &snapshot,
-                by_cgroup("drops"),
-                "/connections/connect_attempts",
-            );
+            let n = seen.sum(seen.by_cgroup("drops"), "/connections/connect_attempts");
             (n == 0, json!(n), json!(0))
         },
     );
+}
 
-    // DNS over loopback: every query and response seen; the server received the
-    // queries and the client the responses, which is the kernel's Udp InDatagrams.
+/// DNS over loopback: every query and response seen; the server received the queries
+/// and the client the responses, which is the kernel's Udp InDatagrams.
+fn check_dns(checks: &mut Checks<'_>, seen: &Seen<'_>) {
+    let guest = seen.guest;
     checks.gated(
         "dns_queries_and_responses_equal_udp_indatagrams",
         DNS_PROGRAMS,
         || {
-            let queries = sum_workloads(&snapshot, by_cgroup("dns"), "/dns/queries");
-            let responses = sum_workloads(&snapshot, by_cgroup("dns"), "/dns/responses");
-            let timeouts = sum_workloads(&snapshot, by_cgroup("dns"), "/dns/timeouts");
+            let queries = seen.sum(seen.by_cgroup("dns"), "/dns/queries");
+            let responses = seen.sum(seen.by_cgroup("dns"), "/dns/responses");
+            let timeouts = seen.sum(seen.by_cgroup("dns"), "/dns/timeouts");
             let answered = guest
                 .values
                 .get("dns_client")
@@ -1705,11 +1801,14 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
             )
         },
     );
+}
 
-    // Block IO: every direct read from the loop device, as the cgroup's io.stat counts
-    // it, with its time in mq-deadline's queue (insert to issue) and at the device. 5.10's
-    // loop devices take no scheduler: there requests go to the device without an insert,
-    // and no queue time is the right answer.
+/// Block IO: every direct read from the loop device, as the cgroup's io.stat counts it,
+/// with its time in mq-deadline's queue (insert to issue) and at the device. 5.10's loop
+/// devices take no scheduler: there requests go to the device without an insert, and no
+/// queue time is the right answer.
+fn check_block(checks: &mut Checks<'_>, seen: &Seen<'_>) {
+    let guest = seen.guest;
     checks.gated(
         "block_reads_equal_io_stat_rios_with_queue_time",
         BLOCK_PROGRAMS,
@@ -1719,8 +1818,8 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
                 .get("block_device")
                 .cloned()
                 .unwrap_or_default();
-            let in_block_cgroup = by_cgroup("block");
-            let reads = snapshot["workloads"]
+            let in_block_cgroup = seen.by_cgroup("block");
+            let reads = seen.snapshot["workloads"]
                 .as_array()
                 .into_iter()
                 .flatten()
@@ -1752,8 +1851,12 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
             )
         },
     );
+}
 
-    // CPU: throttled switch-outs seen at sched_switch match cpu.stat's nr_throttled.
+/// CPU: throttled switch-outs seen at sched_switch match cpu.stat's nr_throttled; none
+/// without a quota.
+fn check_cpu(checks: &mut Checks<'_>, seen: &Seen<'_>, accel: Accel) {
+    let guest = seen.guest;
     // The busy loop runs for a wall-clock time, and an emulated guest on a busy host
     // gets its periods unevenly, so the workload itself is only held to "throttled in
     // most periods"; the probe is held to the kernel's own count: within 2, as on the
@@ -1769,7 +1872,7 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
         "cpu_throttle_events_match_nr_throttled",
         CPU_PROGRAMS,
         || {
-            let events = sum_workloads(&snapshot, by_cgroup("cpu"), "/cpu/throttle_events");
+            let events = seen.sum(seen.by_cgroup("cpu"), "/cpu/throttle_events");
             let nr_throttled = guest.number("cpu_nr_throttled");
             let expected_periods = CPU_BUSY_MS * 1000 / CPU_PERIOD_US;
             (
@@ -1787,7 +1890,7 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
         },
     );
     checks.gated("no_throttling_without_a_quota", CPU_PROGRAMS, || {
-        let events = sum_workloads(&snapshot, by_cgroup("cpufree"), "/cpu/throttle_events");
+        let events = seen.sum(seen.by_cgroup("cpufree"), "/cpu/throttle_events");
         let throttled = guest.number("cpufree_nr_throttled");
         (
             events == 0 && throttled == Some(0),
@@ -1795,16 +1898,18 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
             json!({"nr_throttled": throttled, "events": 0}),
         )
     });
+}
 
+/// The record's summary: programs attached and off (and, without a snapshot, what
+/// tuneprobe's warnings said), and the checks' names by status.
+fn summary(list: &[Value], probes: &[Value], stderr: &str) -> Value {
     let names = |status: &str| -> Vec<Value> {
-        checks
-            .list
-            .iter()
+        list.iter()
             .filter(|c| c["status"] == status)
             .map(|c| c["name"].clone())
             .collect()
     };
-    let summary = json!({
+    json!({
         "attached": probes
             .iter()
             .filter(|p| p["attached"] == json!(true))
@@ -1819,22 +1924,11 @@ fn check(guest: &Guest, kernel: &Kernel, accel: Accel) -> Value {
         "off_per_stderr": off_per_stderr(stderr),
         "passed": names("passed"),
         "failed": names("failed"),
-        "not_applicable": checks
-            .list
+        "not_applicable": list
             .iter()
             .filter(|c| c["status"] == "not_applicable")
             .map(|c| (c["name"].as_str().unwrap_or("?").to_string(), c["reason"].clone()))
             .collect::<serde_json::Map<_, _>>(),
-    });
-    json!({
-        "series": series,
-        "suite": kernel.series.suite,
-        "package": kernel.package,
-        "kernel": release,
-        "accel": accel.name(),
-        "probes": probes,
-        "checks": checks.list,
-        "summary": summary,
     })
 }
 

@@ -157,15 +157,8 @@ const TICK: Duration = Duration::from_secs(1);
 
 pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     let signals = selected(&args.signal);
-    let config = TraceConfig {
-        kinds: signals
-            .iter()
-            .fold(0, |bits, s| bits | s.trace_kind().bit()),
-        _pad: 0,
-        min_block_ns: args.min_latency.map_or(0, |d| d.as_nanos() as u64),
-    };
     let options = LoadOptions {
-        trace: Some((config, args.buffer_size)),
+        trace: Some((trace_config(args, &signals), args.buffer_size)),
         ..options.clone()
     };
     let mut probe = Probe::load(&options)?;
@@ -181,24 +174,8 @@ pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         min_latency_ms: args.min_latency.map(|d| d.as_secs_f64() * 1e3),
     };
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("installing the Ctrl-C handler")?;
-    }
-    let names: Vec<&str> = signals.iter().map(|s| s.trace_name()).collect();
-    let attached: Vec<&str> = collector
-        .probe()
-        .statuses()
-        .iter()
-        .filter(|s| s.attached)
-        .map(|s| s.name.as_str())
-        .collect();
-    eprintln!(
-        "ready: tracing {} ({} programs attached)",
-        names.join(", "),
-        attached.len()
-    );
+    let stop = stop_flag()?;
+    announce(&signals, &collector);
 
     let deadline = args.duration.map(|d| Instant::now() + d);
     let mut stdout = std::io::stdout().lock();
@@ -247,6 +224,45 @@ pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         }
     }
     print_lost(&collector, bad_records)
+}
+
+/// What the kernel programs send to the ring: the events of `signals`, block requests
+/// from `--min-latency` on.
+fn trace_config(args: &Args, signals: &[Signal]) -> TraceConfig {
+    TraceConfig {
+        kinds: signals
+            .iter()
+            .fold(0, |bits, s| bits | s.trace_kind().bit()),
+        _pad: 0,
+        min_block_ns: args.min_latency.map_or(0, |d| d.as_nanos() as u64),
+    }
+}
+
+/// Set by SIGINT or SIGTERM, which end the trace.
+fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing the Ctrl-C handler")?;
+    }
+    Ok(stop)
+}
+
+/// The `ready:` line: what is traced, and how many programs attached.
+fn announce(signals: &[Signal], collector: &Collector) {
+    let names: Vec<&str> = signals.iter().map(|s| s.trace_name()).collect();
+    let attached: Vec<&str> = collector
+        .probe()
+        .statuses()
+        .iter()
+        .filter(|s| s.attached)
+        .map(|s| s.name.as_str())
+        .collect();
+    eprintln!(
+        "ready: tracing {} ({} programs attached)",
+        names.join(", "),
+        attached.len()
+    );
 }
 
 /// Where events go: `--json` or lines, through the filter.

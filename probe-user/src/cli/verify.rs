@@ -150,40 +150,14 @@ pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     if args.interval.is_zero() {
         bail!("--interval must be longer than zero");
     }
-    // SIGINT or SIGTERM end the windows early; a changed knob still goes back.
-    let interrupted = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&interrupted))
-            .context("installing the signal handler")?;
-    }
+    let interrupted = interrupt_flag()?;
     if args.watch {
         return watch(args, options, &interrupted);
     }
     let (change, signals, affected) = plan(args)?;
-    let old = match &change {
-        Change::Knob { knob, .. } => knob
-            .read()
-            .with_context(|| format!("reading {} at {:?}", knob.name, knob.target))?,
-        Change::Command { .. } => String::new(),
-    };
+    let old = old_value(&change)?;
 
-    let probe = Probe::load(options)?;
-    crate::privileges::after_attach(crate::privileges::needs::VERIFY);
-    let mut collector = Collector::start_with(probe, args.collector.options()?)?;
-    eprintln!(
-        "ready: measuring {} before the change",
-        humantime::format_duration(args.before)
-    );
-    let (before, previous) = window(
-        &mut collector,
-        args.before,
-        args.interval,
-        None,
-        &interrupted,
-    )?;
-    if interrupted.load(Ordering::Relaxed) {
-        bail!("interrupted before the change; nothing was touched");
-    }
+    let (mut collector, before, previous) = measure_before(args, options, &interrupted)?;
 
     let (knob_name, new) = apply(&change, &old)?;
     let at = unix_now();
@@ -240,6 +214,54 @@ pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         verdicts,
     };
     print_report(args, report)
+}
+
+/// Set by SIGINT or SIGTERM, which end the windows early; a changed knob still goes
+/// back.
+fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&interrupted))
+            .context("installing the signal handler")?;
+    }
+    Ok(interrupted)
+}
+
+/// The knob's value before the change (empty for a command).
+fn old_value(change: &Change) -> anyhow::Result<String> {
+    Ok(match change {
+        Change::Knob { knob, .. } => knob
+            .read()
+            .with_context(|| format!("reading {} at {:?}", knob.name, knob.target))?,
+        Change::Command { .. } => String::new(),
+    })
+}
+
+/// Loads the programs, drops the privileges the rest does not need, and measures the
+/// before window: the collector, its samples and the last snapshot.
+fn measure_before(
+    args: &Args,
+    options: &LoadOptions,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<(Collector, Samples, Snapshot)> {
+    let probe = Probe::load(options)?;
+    crate::privileges::after_attach(crate::privileges::needs::VERIFY);
+    let mut collector = Collector::start_with(probe, args.collector.options()?)?;
+    eprintln!(
+        "ready: measuring {} before the change",
+        humantime::format_duration(args.before)
+    );
+    let (before, previous) = window(
+        &mut collector,
+        args.before,
+        args.interval,
+        None,
+        interrupted,
+    )?;
+    if interrupted.load(Ordering::Relaxed) {
+        bail!("interrupted before the change; nothing was touched");
+    }
+    Ok((collector, before, previous))
 }
 
 /// Makes the change; returns the knob's name (`exec` for a command) and its new value.

@@ -244,79 +244,112 @@ fn groups(
     let control_set = nodes(prometheus, &options.control, options.now, options.since)?;
     match (&options.knob, options.at) {
         (_, Some(at)) => {
-            let canary: Vec<CanaryNode> = canary_set
-                .iter()
-                .map(|node| CanaryNode {
-                    node: node.clone(),
-                    changed_at: at,
-                    changes: None,
-                })
-                .collect();
-            let overlap: Vec<&String> = control_set.intersection(&canary_set).collect();
-            if !overlap.is_empty() {
-                notes.push(format!(
-                    "{} node(s) match both --canary and --control and count as canary only: {}",
-                    overlap.len(),
-                    overlap
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
-            let control: Vec<String> = control_set.difference(&canary_set).cloned().collect();
+            let (canary, control) = groups_at(at, &canary_set, &control_set, notes);
             Ok((canary, control, 0.0))
         }
         (Some(knob), None) => {
-            // On the step grid (from the epoch), so that the same data gives the same
-            // change times, and so the same windows, whenever it is asked.
-            let start = ((options.now - options.since) / step).floor() * step;
-            let knob_matcher = Matchers::equal("knob", knob)
-                .and(&Matchers::parse(&format!("{NODE_LABEL}!=\"\"")).expect("valid"));
-            let changes = prometheus.query_range(
-                &format!(
-                    "sum by ({NODE_LABEL}) ({})",
-                    knob_matcher.select("tuneprobe_tuning_changes_total")
-                ),
-                start,
-                options.now,
+            let (canary, control) = groups_by_change(
+                prometheus,
+                options,
+                knob,
                 step,
+                (&canary_set, &control_set),
+                notes,
             )?;
-            let values = prometheus.query_range(
-                &format!(
-                    "max by ({NODE_LABEL}, scope) ({})",
-                    knob_matcher.select("tuneprobe_tuning_value")
-                ),
-                start,
-                options.now,
-                step,
-            )?;
-            let times = change_times(&changes, &values, start);
-            let canary: Vec<CanaryNode> = times
-                .iter()
-                .filter(|(node, _)| canary_set.contains(*node))
-                .map(|(node, times)| CanaryNode {
-                    node: node.clone(),
-                    changed_at: times[0],
-                    changes: Some(times.len()),
-                })
-                .collect();
-            for c in canary.iter().filter(|c| c.changes > Some(1)) {
-                notes.push(format!(
-                    "{} changed {knob} {} times in the searched range; the first change is judged",
-                    c.node,
-                    c.changes.unwrap_or(0)
-                ));
-            }
-            let control: Vec<String> = control_set
-                .iter()
-                .filter(|node| !times.contains_key(*node))
-                .cloned()
-                .collect();
             Ok((canary, control, step))
         }
         (None, None) => unreachable!("the command line requires --knob or --at"),
     }
+}
+
+/// With `--at`: every canary node changed then; the control nodes are those that are not
+/// canaries too (noted).
+fn groups_at(
+    at: f64,
+    canary_set: &BTreeSet<String>,
+    control_set: &BTreeSet<String>,
+    notes: &mut Vec<String>,
+) -> (Vec<CanaryNode>, Vec<String>) {
+    let canary: Vec<CanaryNode> = canary_set
+        .iter()
+        .map(|node| CanaryNode {
+            node: node.clone(),
+            changed_at: at,
+            changes: None,
+        })
+        .collect();
+    let overlap: Vec<&String> = control_set.intersection(canary_set).collect();
+    if !overlap.is_empty() {
+        notes.push(format!(
+            "{} node(s) match both --canary and --control and count as canary only: {}",
+            overlap.len(),
+            overlap
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let control: Vec<String> = control_set.difference(canary_set).cloned().collect();
+    (canary, control)
+}
+
+/// With `--knob`: the canary nodes whose metrics show it changed, at their first change
+/// (more changes noted); the control nodes are those where it did not change.
+fn groups_by_change(
+    prometheus: &Prometheus,
+    options: &Options,
+    knob: &str,
+    step: f64,
+    (canary_set, control_set): (&BTreeSet<String>, &BTreeSet<String>),
+    notes: &mut Vec<String>,
+) -> Result<(Vec<CanaryNode>, Vec<String>), FleetError> {
+    // On the step grid (from the epoch), so that the same data gives the same
+    // change times, and so the same windows, whenever it is asked.
+    let start = ((options.now - options.since) / step).floor() * step;
+    let knob_matcher = Matchers::equal("knob", knob)
+        .and(&Matchers::parse(&format!("{NODE_LABEL}!=\"\"")).expect("valid"));
+    let changes = prometheus.query_range(
+        &format!(
+            "sum by ({NODE_LABEL}) ({})",
+            knob_matcher.select("tuneprobe_tuning_changes_total")
+        ),
+        start,
+        options.now,
+        step,
+    )?;
+    let values = prometheus.query_range(
+        &format!(
+            "max by ({NODE_LABEL}, scope) ({})",
+            knob_matcher.select("tuneprobe_tuning_value")
+        ),
+        start,
+        options.now,
+        step,
+    )?;
+    let times = change_times(&changes, &values, start);
+    let canary: Vec<CanaryNode> = times
+        .iter()
+        .filter(|(node, _)| canary_set.contains(*node))
+        .map(|(node, times)| CanaryNode {
+            node: node.clone(),
+            changed_at: times[0],
+            changes: Some(times.len()),
+        })
+        .collect();
+    for c in canary.iter().filter(|c| c.changes > Some(1)) {
+        notes.push(format!(
+            "{} changed {knob} {} times in the searched range; the first change is judged",
+            c.node,
+            c.changes.unwrap_or(0)
+        ));
+    }
+    let control: Vec<String> = control_set
+        .iter()
+        .filter(|node| !times.contains_key(*node))
+        .cloned()
+        .collect();
+    Ok((canary, control))
 }
 
 /// One canary pod's paired intervals, by window and index from the change.
@@ -618,49 +651,9 @@ pub fn verify(prometheus: &Prometheus, options: &Options) -> Result<FleetReport,
             options.control
         )));
     }
-    // With a detected time the change lies in the step before it, plus the agent's
-    // one-second inventory tick.
-    let windows: BTreeMap<String, ChangeWindow> = canary
-        .iter()
-        .map(|c| {
-            let lo = if options.at.is_some() {
-                c.changed_at
-            } else {
-                c.changed_at - 2.0 * search_step - 1.0
-            };
-            (
-                c.node.clone(),
-                ChangeWindow {
-                    lo,
-                    hi: c.changed_at,
-                },
-            )
-        })
-        .collect();
+    let windows = change_windows(&canary, options, search_step);
     let step = options.interval;
-    let first = windows.values().map(|w| w.lo).fold(f64::INFINITY, f64::min);
-    let last = windows
-        .values()
-        .map(|w| w.hi)
-        .fold(f64::NEG_INFINITY, f64::max);
-    let start = ((first - options.before - 2.0 * step) / step).floor() * step;
-    let wanted_end = last + options.after + 3.0 * step;
-    let end = wanted_end.min(options.now);
-    if wanted_end > options.now {
-        notes.push(format!(
-            "the after window is not over yet: {:.0}s of it are still to come",
-            wanted_end - 3.0 * step - options.now
-        ));
-    }
-    let points = ((end - start) / step).ceil() as u64 + 1;
-    if points > 11_000 {
-        return Err(FleetError::TooManyPoints {
-            points,
-            start,
-            end,
-            step,
-        });
-    }
+    let (start, end) = sample_range(&windows, options, &mut notes)?;
     let node_selector = Matchers::one_of(
         NODE_LABEL,
         canary
@@ -701,6 +694,67 @@ pub fn verify(prometheus: &Prometheus, options: &Options) -> Result<FleetReport,
         overall,
         verdicts,
     })
+}
+
+/// Each canary node's change window. With a detected time the change lies in the step
+/// before it, plus the agent's one-second inventory tick.
+fn change_windows(
+    canary: &[CanaryNode],
+    options: &Options,
+    search_step: f64,
+) -> BTreeMap<String, ChangeWindow> {
+    canary
+        .iter()
+        .map(|c| {
+            let lo = if options.at.is_some() {
+                c.changed_at
+            } else {
+                c.changed_at - 2.0 * search_step - 1.0
+            };
+            (
+                c.node.clone(),
+                ChangeWindow {
+                    lo,
+                    hi: c.changed_at,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The range of the samples to query, on the interval's grid: from the before window of
+/// the first change to the after window of the last, cut at now (noted); too many
+/// points are an error.
+fn sample_range(
+    windows: &BTreeMap<String, ChangeWindow>,
+    options: &Options,
+    notes: &mut Vec<String>,
+) -> Result<(f64, f64), FleetError> {
+    let step = options.interval;
+    let first = windows.values().map(|w| w.lo).fold(f64::INFINITY, f64::min);
+    let last = windows
+        .values()
+        .map(|w| w.hi)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let start = ((first - options.before - 2.0 * step) / step).floor() * step;
+    let wanted_end = last + options.after + 3.0 * step;
+    let end = wanted_end.min(options.now);
+    if wanted_end > options.now {
+        notes.push(format!(
+            "the after window is not over yet: {:.0}s of it are still to come",
+            wanted_end - 3.0 * step - options.now
+        ));
+    }
+    let points = ((end - start) / step).ceil() as u64 + 1;
+    if points > 11_000 {
+        return Err(FleetError::TooManyPoints {
+            points,
+            start,
+            end,
+            step,
+        });
+    }
+    Ok((start, end))
 }
 
 #[cfg(test)]
@@ -775,8 +829,9 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn pods_are_matched_by_workload_across_nodes() {
+    /// A CPU-throttling fix on canary node `a` at 200 s, judged by pod: an `api` pod on
+    /// each of `a`, `b` and `c`, and a `lonely` workload only `a` runs.
+    fn judged_by_pod_across_nodes() -> (FleetVerdict, Vec<FleetVerdict>) {
         let options = Options {
             knob: None,
             at: Some(200.0),
@@ -822,14 +877,19 @@ mod tests {
                 hi: 200.0,
             },
         )]);
-        let (overall, verdicts) = judge_signal(
+        judge_signal(
             Measure::CpuThrottledRatio,
             &samples,
             &canary,
             &control,
             &windows,
             &options,
-        );
+        )
+    }
+
+    #[test]
+    fn pods_are_matched_by_workload_across_nodes() {
+        let (overall, _) = judged_by_pod_across_nodes();
         assert_eq!(overall.did.verdict, Verdict::Improved, "{overall:?}");
         assert!((overall.did.effect + 0.6).abs() < 0.05, "{overall:?}");
         assert_eq!(overall.canary_pods, 1);
@@ -844,6 +904,11 @@ mod tests {
         // 10 before (110..=200), 10 after (220..=310).
         assert_eq!(overall.samples.difference.before.len(), 10);
         assert_eq!(overall.samples.difference.after.len(), 10);
+    }
+
+    #[test]
+    fn each_canary_pod_is_judged_against_its_workload() {
+        let (_, verdicts) = judged_by_pod_across_nodes();
         assert_eq!(verdicts.len(), 2);
         let api = verdicts
             .iter()

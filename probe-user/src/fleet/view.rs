@@ -108,13 +108,15 @@ pub fn table(report: &FleetReport) -> String {
     out
 }
 
+/// The SVG's width, one panel's height, and the margins left and right of the axis.
+const WIDTH: f64 = 760.0;
+const PANEL: f64 = 210.0;
+const LEFT: f64 = 120.0;
+const RIGHT: f64 = 30.0;
+
 /// One panel per verdict: four rows (canary before and after, control before and after)
 /// of points over box plots on one shared axis, the verdict in the title.
 pub fn svg(report: &FleetReport) -> String {
-    const WIDTH: f64 = 760.0;
-    const PANEL: f64 = 210.0;
-    const LEFT: f64 = 120.0;
-    const RIGHT: f64 = 30.0;
     let verdicts: Vec<&FleetVerdict> = report.verdicts.iter().chain(&report.overall).collect();
     let height = 50.0 + PANEL * verdicts.len().max(1) as f64;
     let mut out = String::new();
@@ -145,52 +147,57 @@ pub fn svg(report: &FleetReport) -> String {
         );
     }
     for (i, v) in verdicts.iter().enumerate() {
-        let top = 40.0 + PANEL * i as f64;
-        let rows = [
-            ("canary before", &v.samples.canary.before, "#d62728"),
-            ("canary after", &v.samples.canary.after, "#2ca02c"),
-            ("control before", &v.samples.control.before, "#7f7f7f"),
-            ("control after", &v.samples.control.after, "#1f77b4"),
-        ];
-        let (lo, hi) = rows
-            .iter()
-            .flat_map(|(_, values, _)| values.iter().copied())
-            .filter(|x| x.is_finite())
-            .fold((0.0f64, 0.0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
-        let (lo, hi) = if hi > lo { (lo, hi) } else { (lo, lo + 1.0) };
-        let x = |value: f64| LEFT + (value - lo) / (hi - lo) * (WIDTH - LEFT - RIGHT);
-        let c = &v.did;
-        let _ = writeln!(
-            out,
-            r#"<text x="10" y="{}" font-weight="bold">{}</text><text x="10" y="{}">{}: {} (difference in differences {}, 95% CI [{}, {}], p = {:.4})</text>"#,
-            top + 16.0,
-            escape(&v.group),
-            top + 32.0,
-            escape(&v.signal.name()),
-            escape(&crate::output::serde_name(&c.verdict)),
-            number(c.effect),
-            number(c.ci95[0]),
-            number(c.ci95[1]),
-            c.p_value
-        );
-        let axis_y = top + 196.0;
-        let _ = writeln!(
-            out,
-            r##"<line x1="{LEFT}" y1="{axis_y}" x2="{}" y2="{axis_y}" stroke="#444"/><text x="{LEFT}" y="{}" text-anchor="middle">{}</text><text x="{}" y="{}" text-anchor="middle">{}</text>"##,
-            WIDTH - RIGHT,
-            axis_y + 14.0,
-            number(lo),
-            WIDTH - RIGHT,
-            axis_y + 14.0,
-            number(hi)
-        );
-        for (row, (name, values, colour)) in rows.into_iter().enumerate() {
-            let y = top + 56.0 + 36.0 * row as f64;
-            box_row(&mut out, y, name, values, colour, x);
-        }
+        svg_panel(&mut out, 40.0 + PANEL * i as f64, v);
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// The panel of one verdict at `top`: its group and verdict, the shared axis, a row of
+/// points over a box plot for each group and window.
+fn svg_panel(out: &mut String, top: f64, v: &FleetVerdict) {
+    let rows = [
+        ("canary before", &v.samples.canary.before, "#d62728"),
+        ("canary after", &v.samples.canary.after, "#2ca02c"),
+        ("control before", &v.samples.control.before, "#7f7f7f"),
+        ("control after", &v.samples.control.after, "#1f77b4"),
+    ];
+    let (lo, hi) = rows
+        .iter()
+        .flat_map(|(_, values, _)| values.iter().copied())
+        .filter(|x| x.is_finite())
+        .fold((0.0f64, 0.0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
+    let (lo, hi) = if hi > lo { (lo, hi) } else { (lo, lo + 1.0) };
+    let x = |value: f64| LEFT + (value - lo) / (hi - lo) * (WIDTH - LEFT - RIGHT);
+    let c = &v.did;
+    let _ = writeln!(
+        out,
+        r#"<text x="10" y="{}" font-weight="bold">{}</text><text x="10" y="{}">{}: {} (difference in differences {}, 95% CI [{}, {}], p = {:.4})</text>"#,
+        top + 16.0,
+        escape(&v.group),
+        top + 32.0,
+        escape(&v.signal.name()),
+        escape(&crate::output::serde_name(&c.verdict)),
+        number(c.effect),
+        number(c.ci95[0]),
+        number(c.ci95[1]),
+        c.p_value
+    );
+    let axis_y = top + 196.0;
+    let _ = writeln!(
+        out,
+        r##"<line x1="{LEFT}" y1="{axis_y}" x2="{}" y2="{axis_y}" stroke="#444"/><text x="{LEFT}" y="{}" text-anchor="middle">{}</text><text x="{}" y="{}" text-anchor="middle">{}</text>"##,
+        WIDTH - RIGHT,
+        axis_y + 14.0,
+        number(lo),
+        WIDTH - RIGHT,
+        axis_y + 14.0,
+        number(hi)
+    );
+    for (row, (name, values, colour)) in rows.into_iter().enumerate() {
+        let y = top + 56.0 + 36.0 * row as f64;
+        box_row(out, y, name, values, colour, x);
+    }
 }
 
 #[cfg(test)]

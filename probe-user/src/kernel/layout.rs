@@ -92,13 +92,7 @@ impl ResolvedLayout {
 
 pub fn resolve(btf: &Btf) -> ResolvedLayout {
     let mut missing = HashMap::new();
-    let cpu_cgrp_id = match btf.enum_value(CPU_CGRP_ID.0, CPU_CGRP_ID.1) {
-        Ok(id) => id as u32,
-        Err(err) => {
-            missing.insert(CPU_CGRP_ID, err.to_string());
-            0
-        }
-    };
+    let cpu_cgrp_id = cpu_cgrp_id(btf, &mut missing);
     let throttle = throttle_flag(btf, &mut missing);
     let sock_cgroup = sock_cgroup(btf, &mut missing);
     let (queue_disk, request_has_rq_disk) = request_disk(btf, &mut missing);
@@ -170,6 +164,18 @@ pub fn resolve(btf: &Btf) -> ResolvedLayout {
     };
     trace_fields(btf, &mut layout);
     ResolvedLayout { layout, missing }
+}
+
+/// The cpu controller's subsystem id, which indexes a css set's `subsys` (0, and
+/// missing, when the kernel does not say).
+fn cpu_cgrp_id(btf: &Btf, missing: &mut HashMap<FieldPath, String>) -> u32 {
+    match btf.enum_value(CPU_CGRP_ID.0, CPU_CGRP_ID.1) {
+        Ok(id) => id as u32,
+        Err(err) => {
+            missing.insert(CPU_CGRP_ID, err.to_string());
+            0
+        }
+    }
 }
 
 /// Fields only `trace` events use (addresses, ports). They are optional: a kernel that

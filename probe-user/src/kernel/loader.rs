@@ -120,12 +120,7 @@ impl Probe {
         raise_memlock_rlimit();
         mount_tracefs_if_absent();
 
-        let btf_path = options.btf_path.clone().unwrap_or_else(|| {
-            // The node's own, where a debug container's /sys may not show it.
-            Some(crate::workloads::host::path(VMLINUX_BTF))
-                .filter(|path| path.exists())
-                .unwrap_or_else(|| PathBuf::from(VMLINUX_BTF))
-        });
+        let btf_path = btf_path(options);
         let btf_error = |cause| LoadError::Btf {
             path: btf_path.clone(),
             cause,
@@ -167,36 +162,9 @@ impl Probe {
             .load(PROGRAMS_OBJECT)
             .map_err(|err| classify(&err, LoadError::Object))?;
 
-        let statuses: Vec<ProbeStatus> = programs
-            .iter()
-            .zip(unsupported_reasons)
-            .map(|(spec, unsupported)| {
-                let result = match unsupported {
-                    Some(reason) => Err(reason),
-                    None => attach(&mut ebpf, spec, &aya_btf),
-                };
-                if let Err(reason) = &result {
-                    warn!("{} ({:?}) is off: {reason}", spec.name, spec.signal);
-                }
-                ProbeStatus {
-                    name: spec.name.to_string(),
-                    signal: spec.signal,
-                    attached: result.is_ok(),
-                    error: result.err(),
-                }
-            })
-            .collect();
-
-        if !statuses.iter().any(|s| s.attached) {
-            let reasons: Vec<String> = statuses
-                .iter()
-                .map(|s| format!("{}: {}", s.name, s.error.as_deref().unwrap_or("?")))
-                .collect();
-            let all = reasons.join("; ");
-            if all.contains("Operation not permitted") || all.contains("Permission denied") {
-                return Err(LoadError::Permission(all));
-            }
-            return Err(LoadError::NothingAttached(all));
+        let statuses = attach_all(&mut ebpf, programs, unsupported_reasons, &aya_btf);
+        if let Some(err) = nothing_attached(&statuses) {
+            return Err(err);
         }
         let stats = options.bpf_stats.then(|| {
             aya::sys::enable_stats(aya::sys::Stats::RunTime)
@@ -494,6 +462,61 @@ pub fn object_programs() -> Result<Vec<String>, LoadError> {
         .load(PROGRAMS_OBJECT)
         .map_err(|err| LoadError::Object(error_chain(&err)))?;
     Ok(ebpf.programs().map(|(name, _)| name.to_string()).collect())
+}
+
+/// Where the kernel's BTF is read: the given path, else the node's or this /sys's.
+fn btf_path(options: &LoadOptions) -> PathBuf {
+    options.btf_path.clone().unwrap_or_else(|| {
+        // The node's own, where a debug container's /sys may not show it.
+        Some(crate::workloads::host::path(VMLINUX_BTF))
+            .filter(|path| path.exists())
+            .unwrap_or_else(|| PathBuf::from(VMLINUX_BTF))
+    })
+}
+
+/// Attaches each program this kernel supports (`unsupported` says why not, in the order
+/// of `programs`); each one's status, a warning for each that is off.
+fn attach_all(
+    ebpf: &mut Ebpf,
+    programs: &[&'static ProgramSpec],
+    unsupported: Vec<Option<String>>,
+    btf: &aya::Btf,
+) -> Vec<ProbeStatus> {
+    programs
+        .iter()
+        .zip(unsupported)
+        .map(|(spec, unsupported)| {
+            let result = match unsupported {
+                Some(reason) => Err(reason),
+                None => attach(ebpf, spec, btf),
+            };
+            if let Err(reason) = &result {
+                warn!("{} ({:?}) is off: {reason}", spec.name, spec.signal);
+            }
+            ProbeStatus {
+                name: spec.name.to_string(),
+                signal: spec.signal,
+                attached: result.is_ok(),
+                error: result.err(),
+            }
+        })
+        .collect()
+}
+
+/// The error when no program attached: a permission problem, or every program's reason.
+fn nothing_attached(statuses: &[ProbeStatus]) -> Option<LoadError> {
+    if statuses.iter().any(|s| s.attached) {
+        return None;
+    }
+    let reasons: Vec<String> = statuses
+        .iter()
+        .map(|s| format!("{}: {}", s.name, s.error.as_deref().unwrap_or("?")))
+        .collect();
+    let all = reasons.join("; ");
+    if all.contains("Operation not permitted") || all.contains("Permission denied") {
+        return Some(LoadError::Permission(all));
+    }
+    Some(LoadError::NothingAttached(all))
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Later ones use memcg, and

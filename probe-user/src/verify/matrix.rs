@@ -121,24 +121,7 @@ fn interval(measure: Measure, w: &mut Workload, other: &mut Workload, side: Side
     let drops = |s: &mut crate::signals::Sections, reason: &str, n: u64| s.drops.add(reason, n);
     match measure {
         Measure::CpuThrottledRatio | Measure::CpuThrottledMsPerPeriod | Measure::CpuStallP99Ms => {
-            // Every period throttled while there is any symptom: the partial raise.
-            let cpu = s.cpu.get_or_insert_with(CpuReport::default);
-            // The quota after the raise, as the last snapshot reads it.
-            (cpu.quota_ms, cpu.period_ms) = (Some(95.0), Some(100.0));
-            *cpu.usage_ms.get_or_insert(0.0) += load as f64 * 95.0;
-            cpu.periods += load;
-            cpu.throttled_periods += if side.severity > 0.0 { load } else { 0 };
-            for _ in 0..load {
-                let stall = rng.around(side.severity * 100.0, 0.1);
-                cpu.throttled_ms += stall;
-                cpu.throttle_events += 1;
-                record(&mut cpu.stall_histogram, (stall * 1e6) as u64);
-            }
-            // Another pod's throttling, outside the changed cgroup.
-            let theirs = other.signals.cpu.get_or_insert_with(CpuReport::default);
-            theirs.periods += unrelated;
-            theirs.throttled_periods += unrelated;
-            theirs.throttled_ms += unrelated as f64 * 50.0;
+            throttle(s, other, side, (load, unrelated), rng);
         }
         Measure::ListenOverflowRatio => {
             s.tcp.passive_opens += load;
@@ -164,15 +147,7 @@ fn interval(measure: Measure, w: &mut Workload, other: &mut Workload, side: Side
             drops(s, "NO_SOCKET", unrelated);
         }
         Measure::RetransmitRatio | Measure::SrttMs => {
-            s.tcp.sent_segments += load;
-            s.tcp.retransmitted_segments += symptom;
-            let c = s.connections.get_or_insert_with(ConnectionReport::default);
-            for _ in 0..load / 100 {
-                let ms = rng.around(1.0 + side.severity * 100.0, 0.3);
-                c.closed += 1;
-                record(&mut c.srtt_histogram, (ms * 1e6) as u64);
-            }
-            drops(s, "NO_SOCKET", unrelated);
+            retransmit(s, side, (load, symptom, unrelated), rng);
         }
         Measure::TcpRcvqDropRatio | Measure::TcpPruneRatio => {
             s.tcp.received_segments += load;
@@ -213,6 +188,54 @@ fn interval(measure: Measure, w: &mut Workload, other: &mut Workload, side: Side
         | Measure::DnsLatencyMs
         | Measure::DnsLatencyP99Ms => unreachable!("no knob is judged on {measure:?}"),
     }
+}
+
+/// One interval of CPU throttling in `s`, `load` periods, and `unrelated` throttled
+/// periods of `other`'s.
+fn throttle(
+    s: &mut crate::signals::Sections,
+    other: &mut Workload,
+    side: Side,
+    (load, unrelated): (u64, u64),
+    rng: &mut Rng,
+) {
+    // Every period throttled while there is any symptom: the partial raise.
+    let cpu = s.cpu.get_or_insert_with(CpuReport::default);
+    // The quota after the raise, as the last snapshot reads it.
+    (cpu.quota_ms, cpu.period_ms) = (Some(95.0), Some(100.0));
+    *cpu.usage_ms.get_or_insert(0.0) += load as f64 * 95.0;
+    cpu.periods += load;
+    cpu.throttled_periods += if side.severity > 0.0 { load } else { 0 };
+    for _ in 0..load {
+        let stall = rng.around(side.severity * 100.0, 0.1);
+        cpu.throttled_ms += stall;
+        cpu.throttle_events += 1;
+        record(&mut cpu.stall_histogram, (stall * 1e6) as u64);
+    }
+    // Another pod's throttling, outside the changed cgroup.
+    let theirs = other.signals.cpu.get_or_insert_with(CpuReport::default);
+    theirs.periods += unrelated;
+    theirs.throttled_periods += unrelated;
+    theirs.throttled_ms += unrelated as f64 * 50.0;
+}
+
+/// One interval of retransmits in `s`: `load` segments sent, `symptom` of them again,
+/// a closed connection's smoothed RTT per 100; `unrelated` drops at a closed port.
+fn retransmit(
+    s: &mut crate::signals::Sections,
+    side: Side,
+    (load, symptom, unrelated): (u64, u64, u64),
+    rng: &mut Rng,
+) {
+    s.tcp.sent_segments += load;
+    s.tcp.retransmitted_segments += symptom;
+    let c = s.connections.get_or_insert_with(ConnectionReport::default);
+    for _ in 0..load / 100 {
+        let ms = rng.around(1.0 + side.severity * 100.0, 0.3);
+        c.closed += 1;
+        record(&mut c.srtt_histogram, (ms * 1e6) as u64);
+    }
+    s.drops.add("NO_SOCKET", unrelated);
 }
 
 /// The measure whose symptom a knob's scenario produces: the first it is judged on.

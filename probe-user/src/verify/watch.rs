@@ -134,49 +134,7 @@ impl Watcher {
         };
         let samples = interval_samples(&previous, &snapshot, at);
         // Changes first: the interval in which a knob changed belongs to neither window.
-        let mut reports = Vec::new();
-        for change in inventory.changes_since(&previous_inventory) {
-            let scope_kind = change.scope.split(':').next().unwrap_or("").to_string();
-            *self
-                .changes_total
-                .entry((change.knob.clone(), scope_kind))
-                .or_default() += 1;
-            let signals = self
-                .signals
-                .clone()
-                .unwrap_or_else(|| tuning::measures_for(&change.knob).to_vec());
-            let affected = Affected::of_change(&change);
-            let record = ChangeRecord {
-                knob: change.knob,
-                scope: change.scope,
-                owner: change.owner,
-                old: change.old,
-                new: change.new,
-                at,
-                affected: affected.workloads_in(&snapshot),
-            };
-            if signals.is_empty() {
-                let report = ChangeReport {
-                    change: record,
-                    is_final: true,
-                    after_intervals: 0,
-                    signals: Vec::new(),
-                    verdicts: Vec::new(),
-                    notes: vec!["no signal of tuneprobe's is known for this knob".into()],
-                };
-                self.remember(&report);
-                reports.push(report);
-                continue;
-            }
-            self.pending.push(Pending {
-                change: record,
-                signals,
-                affected,
-                before: self.history.clone(),
-                after: Samples::default(),
-                intervals: 0,
-            });
-        }
+        let mut reports = self.start_judging(&inventory, &previous_inventory, &snapshot, at);
         for pending in &mut self.pending {
             if pending.change.at < at {
                 for (key, sample) in &samples {
@@ -209,6 +167,62 @@ impl Watcher {
         }
         self.pending = still;
         self.previous = Some((snapshot, inventory));
+        reports
+    }
+
+    /// The changes between two inventories: each starts waiting for its after window,
+    /// with the history so far as its before window; a knob without a signal of
+    /// tuneprobe's gets its final report at once (returned).
+    fn start_judging(
+        &mut self,
+        inventory: &tuning::Inventory,
+        previous_inventory: &tuning::Inventory,
+        snapshot: &Snapshot,
+        at: f64,
+    ) -> Vec<ChangeReport> {
+        let mut reports = Vec::new();
+        for change in inventory.changes_since(previous_inventory) {
+            let scope_kind = change.scope.split(':').next().unwrap_or("").to_string();
+            *self
+                .changes_total
+                .entry((change.knob.clone(), scope_kind))
+                .or_default() += 1;
+            let signals = self
+                .signals
+                .clone()
+                .unwrap_or_else(|| tuning::measures_for(&change.knob).to_vec());
+            let affected = Affected::of_change(&change);
+            let record = ChangeRecord {
+                knob: change.knob,
+                scope: change.scope,
+                owner: change.owner,
+                old: change.old,
+                new: change.new,
+                at,
+                affected: affected.workloads_in(snapshot),
+            };
+            if signals.is_empty() {
+                let report = ChangeReport {
+                    change: record,
+                    is_final: true,
+                    after_intervals: 0,
+                    signals: Vec::new(),
+                    verdicts: Vec::new(),
+                    notes: vec!["no signal of tuneprobe's is known for this knob".into()],
+                };
+                self.remember(&report);
+                reports.push(report);
+                continue;
+            }
+            self.pending.push(Pending {
+                change: record,
+                signals,
+                affected,
+                before: self.history.clone(),
+                after: Samples::default(),
+                intervals: 0,
+            });
+        }
         reports
     }
 

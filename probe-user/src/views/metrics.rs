@@ -244,51 +244,55 @@ fn add_tuning(f: &mut Families, inventory: &Inventory) {
             count as f64,
         );
     }
-    let mut put = |scope: String, owner: &str, settings: &[Setting]| {
-        for s in settings {
-            let labels = vec![
-                ("knob", s.knob.clone()),
-                ("scope", scope.clone()),
-                ("owner", owner.to_string()),
-            ];
-            if let Ok(value) = s.value.parse::<f64>() {
-                f.gauge(
-                    "tuneprobe_tuning_value",
-                    "Current value of a tuning knob with a single numeric value.",
-                    labels.clone(),
-                    value,
-                );
-            }
-            if let Some(deviates) = s.deviates {
-                f.gauge(
-                    "tuneprobe_tuning_deviation",
-                    "1 if the knob differs from what the tuning guides recommend.",
-                    labels,
-                    f64::from(u8::from(deviates)),
-                );
-            }
-        }
-    };
-    put("node".into(), "", &inventory.node);
+    add_settings(f, "node".into(), "", &inventory.node);
     for ns in &inventory.netns {
-        put(
+        add_settings(
+            f,
             format!("netns:{}", ns.netns),
             ns.owner.as_deref().unwrap_or(""),
             &ns.settings,
         );
     }
     for d in &inventory.devices {
-        put(format!("device:{}", d.device), "", &d.settings);
+        add_settings(f, format!("device:{}", d.device), "", &d.settings);
     }
     for m in &inventory.mounts {
-        put(format!("mount:{}", m.mountpoint), "", &m.settings);
+        add_settings(f, format!("mount:{}", m.mountpoint), "", &m.settings);
     }
     for c in &inventory.cgroups {
-        put(
+        add_settings(
+            f,
             format!("cgroup:{}", c.cgroup_path),
             &c.cgroup_path,
             &c.settings,
         );
+    }
+}
+
+/// The value and deviation of each of one scope's `settings`.
+fn add_settings(f: &mut Families, scope: String, owner: &str, settings: &[Setting]) {
+    for s in settings {
+        let labels = vec![
+            ("knob", s.knob.clone()),
+            ("scope", scope.clone()),
+            ("owner", owner.to_string()),
+        ];
+        if let Ok(value) = s.value.parse::<f64>() {
+            f.gauge(
+                "tuneprobe_tuning_value",
+                "Current value of a tuning knob with a single numeric value.",
+                labels.clone(),
+                value,
+            );
+        }
+        if let Some(deviates) = s.deviates {
+            f.gauge(
+                "tuneprobe_tuning_deviation",
+                "1 if the knob differs from what the tuning guides recommend.",
+                labels,
+                f64::from(u8::from(deviates)),
+            );
+        }
     }
 }
 

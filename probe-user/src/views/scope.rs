@@ -99,7 +99,11 @@ mod tests {
             kept,
             ["/tp-a/kubepods.slice", "/tp-a/kubepods.slice/pod1/c1"]
         );
+    }
 
+    #[test]
+    fn keeps_the_knobs_of_the_subtree_only() {
+        let scope = CgroupScope::new("tp-a/kubepods.slice/");
         let mut inventory = Inventory {
             cgroups: vec![
                 CgroupSettings {

@@ -24,7 +24,7 @@ pub mod soak;
 use std::{
     collections::BTreeMap,
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -229,7 +229,6 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Report> {
     let mut run_no = 0;
 
     eprintln!("xtask bench: workload impact, {} rounds", plan.rounds);
-    let workloads = ["tcp", "udp_drops", "dns", "block", "connect"];
     let mut impact: BTreeMap<(&str, Mode), Vec<Rate>> = BTreeMap::new();
     for round in 0..plan.rounds {
         for k in 0..Mode::ALL.len() {
@@ -239,54 +238,12 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Report> {
             if let Some(agent) = &agent {
                 attach.entry(mode).or_default().push(ms(agent.attach));
             }
-            let secs = plan.workload_secs;
-            let tcp = Rate::measure(|| {
-                let bits_per_s = load::iperf3_result(
-                    &mut load::iperf3(&lab, IPERF_PORT, secs, None)?,
-                    wait_for(secs),
-                )?;
-                Ok(bits_per_s / 1e6 * f64::from(secs))
-            })?;
-            let udp = Rate::measure(|| {
-                let before = lab.dropped_in_b()?;
-                join(load::udp_flood(&lab, f64::from(secs), None)?)?;
-                Ok((lab.dropped_in_b()? - before) as f64)
-            })?;
-            let dns = Rate::measure(|| {
-                let answers: u64 = load::dns_load(&lab, f64::from(secs), 1, None)?
-                    .into_iter()
-                    .map(join)
-                    .sum::<anyhow::Result<u64>>()?;
-                Ok(answers as f64)
-            })?;
-            let block = Rate::measure(|| {
-                let iops = load::fio_result(&mut load::fio(&device, secs, None)?, wait_for(secs))?;
-                Ok(iops * f64::from(secs))
-            })?;
-            let connect = Rate::measure(|| {
-                Ok(join(load::connect_load(&lab, f64::from(secs), None)?)? as f64)
-            })?;
+            let rates = impact_run(plan.workload_secs, &lab, &device)?;
             if let Some(agent) = agent {
                 agent.stop()?;
             }
-            eprintln!(
-                "  round {} {:<9}: tcp {:.0} Mbit/s, udp drops {:.0}/s, dns {:.0}/s, \
-                 block {:.0} IOPS, connect {:.0}/s; per busy CPU-second {:.0}, {:.0}, {:.0}, \
-                 {:.0}, {:.0}",
-                round + 1,
-                mode.name(),
-                tcp.per_s,
-                udp.per_s,
-                dns.per_s,
-                block.per_s,
-                connect.per_s,
-                tcp.per_cpu_s,
-                udp.per_cpu_s,
-                dns.per_cpu_s,
-                block.per_cpu_s,
-                connect.per_cpu_s,
-            );
-            for (workload, rate) in workloads.iter().zip([tcp, udp, dns, block, connect]) {
+            print_impact_run(round, mode, &rates);
+            for ((workload, _), rate) in UNITS.iter().zip(rates) {
                 impact.entry((workload, mode)).or_default().push(rate);
             }
         }
@@ -305,35 +262,9 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Report> {
             let run = load_mix(plan, &lab, &device, &cpu_cgroup, &agent)?;
             let output = agent.stop()?;
             if let (Mode::Bpftrace, Some(output)) = (mode, output) {
-                // Its maps prove it saw the same events.
-                for map in [
-                    "@drops[",
-                    "@service_us[",
-                    "@throttled[",
-                    "@latency_us[",
-                    "@retransmits[",
-                    "@connect_attempts[",
-                ] {
-                    ensure!(
-                        output.contains(map),
-                        "bpftrace recorded no {map}] under the load mix: {output:.2000}"
-                    );
-                }
+                bpftrace_saw_the_mix(&output)?;
             }
-            eprintln!(
-                "  round {} {:<9}: cpu {:.2}% of a core (programs {:.2}%), peak RSS {:.1} MiB; achieved {:.0} \
-                 drops/s, {:.0} DNS/s, {:.0} IOPS, {:.0} retransmits/s, {:.0} connections/s",
-                round + 1,
-                mode.name(),
-                run.cpu_percent,
-                run.bpf_cpu_percent,
-                run.peak_rss_kib as f64 / 1024.0,
-                run.drops_per_s,
-                run.dns_qps,
-                run.block_iops,
-                run.retransmits_per_s,
-                run.connects_per_s,
-            );
+            print_mix_run(round, mode, &run);
             mix.entry(mode).or_default().push(run);
         }
     }
@@ -349,6 +280,98 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Report> {
     drop(lab);
 
     Ok(assemble(plan, smoke, &impact, &mix, scale, &attach, floor))
+}
+
+/// One run of each workload alone for `secs`, in the order of [`UNITS`]: tcp, udp drops,
+/// dns, block, connect.
+fn impact_run(secs: u32, lab: &Lab, device: &str) -> anyhow::Result<[Rate; 5]> {
+    let tcp = Rate::measure(|| {
+        let bits_per_s = load::iperf3_result(
+            &mut load::iperf3(lab, IPERF_PORT, secs, None)?,
+            wait_for(secs),
+        )?;
+        Ok(bits_per_s / 1e6 * f64::from(secs))
+    })?;
+    let udp = Rate::measure(|| {
+        let before = lab.dropped_in_b()?;
+        join(load::udp_flood(lab, f64::from(secs), None)?)?;
+        Ok((lab.dropped_in_b()? - before) as f64)
+    })?;
+    let dns = Rate::measure(|| {
+        let answers: u64 = load::dns_load(lab, f64::from(secs), 1, None)?
+            .into_iter()
+            .map(join)
+            .sum::<anyhow::Result<u64>>()?;
+        Ok(answers as f64)
+    })?;
+    let block = Rate::measure(|| {
+        let iops = load::fio_result(&mut load::fio(device, secs, None)?, wait_for(secs))?;
+        Ok(iops * f64::from(secs))
+    })?;
+    let connect =
+        Rate::measure(|| Ok(join(load::connect_load(lab, f64::from(secs), None)?)? as f64))?;
+    Ok([tcp, udp, dns, block, connect])
+}
+
+/// The progress line of one impact run.
+fn print_impact_run(round: usize, mode: Mode, rates: &[Rate; 5]) {
+    let [tcp, udp, dns, block, connect] = rates;
+    eprintln!(
+        "  round {} {:<9}: tcp {:.0} Mbit/s, udp drops {:.0}/s, dns {:.0}/s, \
+         block {:.0} IOPS, connect {:.0}/s; per busy CPU-second {:.0}, {:.0}, {:.0}, \
+         {:.0}, {:.0}",
+        round + 1,
+        mode.name(),
+        tcp.per_s,
+        udp.per_s,
+        dns.per_s,
+        block.per_s,
+        connect.per_s,
+        tcp.per_cpu_s,
+        udp.per_cpu_s,
+        dns.per_cpu_s,
+        block.per_cpu_s,
+        connect.per_cpu_s,
+    );
+}
+
+/// The maps of the bpftrace script that prove it saw the same events as tuneprobe.
+const BPFTRACE_MAPS: [&str; 6] = [
+    "@drops[",
+    "@service_us[",
+    "@throttled[",
+    "@latency_us[",
+    "@retransmits[",
+    "@connect_attempts[",
+];
+
+/// Fails unless bpftrace's output under the load mix has each of its maps.
+fn bpftrace_saw_the_mix(output: &str) -> anyhow::Result<()> {
+    for map in BPFTRACE_MAPS {
+        ensure!(
+            output.contains(map),
+            "bpftrace recorded no {map}] under the load mix: {output:.2000}"
+        );
+    }
+    Ok(())
+}
+
+/// The progress line of one load-mix run.
+fn print_mix_run(round: usize, mode: Mode, run: &MixRun) {
+    eprintln!(
+        "  round {} {:<9}: cpu {:.2}% of a core (programs {:.2}%), peak RSS {:.1} MiB; achieved {:.0} \
+         drops/s, {:.0} DNS/s, {:.0} IOPS, {:.0} retransmits/s, {:.0} connections/s",
+        round + 1,
+        mode.name(),
+        run.cpu_percent,
+        run.bpf_cpu_percent,
+        run.peak_rss_kib as f64 / 1024.0,
+        run.drops_per_s,
+        run.dns_qps,
+        run.block_iops,
+        run.retransmits_per_s,
+        run.connects_per_s,
+    );
 }
 
 /// What the cheapest possible programs cost per event on this machine, under the mix's
@@ -627,26 +650,7 @@ fn scale_run(
         filled as usize == count,
         "filled {filled} of {count} cgroups"
     );
-    let series = |body: &str| {
-        body.lines()
-            .filter(|l| l.starts_with("tuneprobe_packet_drops_total{") && l.contains(&marker))
-            .count()
-    };
-    let mut last = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        pause(Duration::from_millis(1100))?;
-        let (body, _) = http_get(&listen, "/metrics")?;
-        let now = series(&body);
-        if now > 0 && now == last {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "/metrics still growing after 60 s"
-        );
-        last = now;
-    }
+    let last = drop_series_settled(&listen, &marker)?;
     let mut times = Vec::new();
     let mut bytes = 0;
     for _ in 0..5 {
@@ -658,8 +662,64 @@ fn scale_run(
     let attach_ms = ms(agent.attach);
     agent.stop()?;
 
-    // snapshot: the same fill inside its window; what counts is the time from the end of
-    // the window to the printed report.
+    let (snapshot_ms, in_json) = snapshot_at_scale(lab, tools, &parent, &marker, count)?;
+    lab.remove_scale_cgroups();
+    eprintln!(
+        "  {count} workloads: RSS {:.1} MiB, /metrics {:.1} ms, snapshot {snapshot_ms:.0} ms \
+         ({in_json} in its JSON), fill {fill_s:.1} s",
+        usage.rss_kib as f64 / 1024.0,
+        median(&times).unwrap_or_default(),
+    );
+    Ok(ScaleRun {
+        workloads: count,
+        rss_mib: usage.rss_kib as f64 / 1024.0,
+        peak_rss_mib: usage.peak_rss_kib as f64 / 1024.0,
+        metrics_ms: median(&times),
+        metrics_ms_samples: times,
+        metrics_bytes: bytes,
+        drop_series: last,
+        snapshot_ms,
+        snapshot_workloads: in_json,
+        attach_ms,
+    })
+}
+
+/// The number of drop series of the cgroups named `marker` on `/metrics` once it stops
+/// growing between two scrapes a second apart (at most a minute).
+fn drop_series_settled(listen: &str, marker: &str) -> anyhow::Result<usize> {
+    let series = |body: &str| {
+        body.lines()
+            .filter(|l| l.starts_with("tuneprobe_packet_drops_total{") && l.contains(marker))
+            .count()
+    };
+    let mut last = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        pause(Duration::from_millis(1100))?;
+        let (body, _) = http_get(listen, "/metrics")?;
+        let now = series(&body);
+        if now > 0 && now == last {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "/metrics still growing after 60 s"
+        );
+        last = now;
+    }
+    Ok(last)
+}
+
+/// snapshot: the same fill inside its window; what counts is the time from the end of
+/// the window to the printed report. That time in ms, and the workloads named `marker`
+/// in its JSON.
+fn snapshot_at_scale(
+    lab: &Lab,
+    tools: &Tools,
+    parent: &Path,
+    marker: &str,
+    count: usize,
+) -> anyhow::Result<(f64, usize)> {
     let window = 2 + count as u64 / 1000;
     let output = tools.out_dir.join(format!("snapshot-{count}.json"));
     let errors = tools.out_dir.join(format!("snapshot-{count}.err"));
@@ -686,7 +746,7 @@ fn scale_run(
         pause(Duration::from_millis(2))?;
     }
     let ready = Instant::now();
-    let filled = load::run_fill(lab, &parent)?;
+    let filled = load::run_fill(lab, parent)?;
     ensure!(
         ready.elapsed() < Duration::from_secs(window),
         "filling {count} cgroups took longer than the {window} s window"
@@ -707,28 +767,10 @@ fn scale_run(
         .filter(|w| {
             w["cgroup_path"]
                 .as_str()
-                .is_some_and(|p| p.contains(&marker))
+                .is_some_and(|p| p.contains(marker))
         })
         .count();
-    lab.remove_scale_cgroups();
-    eprintln!(
-        "  {count} workloads: RSS {:.1} MiB, /metrics {:.1} ms, snapshot {snapshot_ms:.0} ms \
-         ({in_json} in its JSON), fill {fill_s:.1} s",
-        usage.rss_kib as f64 / 1024.0,
-        median(&times).unwrap_or_default(),
-    );
-    Ok(ScaleRun {
-        workloads: count,
-        rss_mib: usage.rss_kib as f64 / 1024.0,
-        peak_rss_mib: usage.peak_rss_kib as f64 / 1024.0,
-        metrics_ms: median(&times),
-        metrics_ms_samples: times,
-        metrics_bytes: bytes,
-        drop_series: last,
-        snapshot_ms,
-        snapshot_workloads: in_json,
-        attach_ms,
-    })
+    Ok((snapshot_ms, in_json))
 }
 
 /// tuneprobe's programs, the bpftrace probes that do the same job (their kernel names
@@ -752,202 +794,261 @@ fn kernel_name(name: &str) -> &str {
     &name[..name.len().min(15)]
 }
 
-fn assemble(
-    plan: &Plan,
-    smoke: bool,
-    impact: &BTreeMap<(&str, Mode), Vec<Rate>>,
+/// The mix runs of `mode` (none when it did not run).
+fn runs_of(mix: &BTreeMap<Mode, Vec<MixRun>>, mode: Mode) -> &[MixRun] {
+    mix.get(&mode).map_or(&[], Vec::as_slice)
+}
+
+/// A program's median ns per event and median events over the mix runs of `runs`.
+fn program_cost(runs: &[MixRun], name: &str) -> (Option<f64>, Option<f64>) {
+    let per_event: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.programs.get(name).map(|p| p.1))
+        .collect();
+    let events: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.programs.get(name).map(|p| p.0 as f64))
+        .collect();
+    (median(&per_event), median(&events))
+}
+
+/// All of a program's run time over the window, per DNS query answered in it.
+fn per_dns_message(runs: &[MixRun], name: &str) -> Option<f64> {
+    let per_message: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.dns_answers > 0)
+        .filter_map(|r| {
+            r.programs
+                .get(name)
+                .map(|&(events, ns)| events as f64 * ns / r.dns_answers as f64)
+        })
+        .collect();
+    median(&per_message)
+}
+
+/// What one of tuneprobe's programs cost in the kernel over the load mix, next to its
+/// bpftrace equivalent.
+fn kernel_cost(
     mix: &BTreeMap<Mode, Vec<MixRun>>,
-    scale: Vec<ScaleRun>,
-    attach: &BTreeMap<Mode, Vec<f64>>,
-    floor: BTreeMap<String, FloorValue>,
-) -> Report {
-    let mut targets = Vec::new();
-    let empty = Vec::new();
-    let runs = |mode: Mode| mix.get(&mode).unwrap_or(&empty);
-    let program = |mode: Mode, name: &str| -> (Option<f64>, Option<f64>) {
-        let per_event: Vec<f64> = runs(mode)
-            .iter()
-            .filter_map(|r| r.programs.get(name).map(|p| p.1))
-            .collect();
-        let events: Vec<f64> = runs(mode)
-            .iter()
-            .filter_map(|r| r.programs.get(name).map(|p| p.0 as f64))
-            .collect();
-        (median(&per_event), median(&events))
+    (name, equivalent, count_only): (&'static str, Option<&'static str>, bool),
+) -> KernelCost {
+    let (tp_runs, bt_runs) = (runs_of(mix, Mode::Tuneprobe), runs_of(mix, Mode::Bpftrace));
+    // Programs with BTF carry their full name; bpftrace's are cut.
+    let (tp_ns, tp_events) = match program_cost(tp_runs, name) {
+        (None, None) => program_cost(tp_runs, kernel_name(name)),
+        found => found,
     };
-    // All of a program's run time over the window, per DNS query answered in it.
-    let per_dns_message = |mode: Mode, name: &str| -> Option<f64> {
-        let per_message: Vec<f64> = runs(mode)
-            .iter()
-            .filter(|r| r.dns_answers > 0)
-            .filter_map(|r| {
-                r.programs
-                    .get(name)
-                    .map(|&(events, ns)| events as f64 * ns / r.dns_answers as f64)
-            })
-            .collect();
-        median(&per_message)
-    };
-
-    let mut kernel_cost = Vec::new();
-    for &(name, equivalent, count_only) in EQUIVALENTS {
-        // Programs with BTF carry their full name; bpftrace's are cut.
-        let (tp_ns, tp_events) = match program(Mode::Tuneprobe, name) {
-            (None, None) => program(Mode::Tuneprobe, kernel_name(name)),
-            found => found,
-        };
-        let (bt_ns, bt_events) = equivalent.map_or((None, None), |e| program(Mode::Bpftrace, e));
-        let r = ratio(tp_ns, bt_ns);
-        // The DNS programs and their bpftrace equivalents run on different packets (a
-        // `cgroup_skb` program on packets a socket sends or receives; `net_dev_queue` and
-        // `netif_receive_skb` on every packet a device does, most of them returning at
-        // once), so per event they are not comparable: per DNS message they are.
-        let per_message = name.starts_with("dns_").then(|| {
-            let tp = per_dns_message(Mode::Tuneprobe, kernel_name(name))
-                .or_else(|| per_dns_message(Mode::Tuneprobe, name));
-            let bt = equivalent.and_then(|e| per_dns_message(Mode::Bpftrace, e));
-            (tp, bt)
-        });
-        if let (Some((tp, bt)), Some(equivalent)) = (per_message, equivalent) {
-            targets.push(Target::new(
-                &format!("{name} costs no more per DNS message than bpftrace's {equivalent}"),
-                ratio(tp, bt).map(|r| r <= 1.0),
-                format!(
-                    "{} ns vs {} ns (per event: {} ns vs {} ns, over {} vs {} events)",
-                    report::fmt(tp, 0),
-                    report::fmt(bt, 0),
-                    report::fmt(tp_ns, 0),
-                    report::fmt(bt_ns, 0),
-                    report::fmt(tp_events, 0),
-                    report::fmt(bt_events, 0)
-                ),
-            ));
-        } else if equivalent.is_some() {
-            targets.push(Target::new(
-                &format!(
-                    "{name} costs no more per event than bpftrace's {}",
-                    equivalent.unwrap_or_default()
-                ),
-                r.map(|r| r <= 1.0),
-                format!(
-                    "{} ns vs {} ns",
-                    report::fmt(tp_ns, 0),
-                    report::fmt(bt_ns, 0)
-                ),
-            ));
-        }
-        if count_only {
-            targets.push(Target::new(
-                &format!("count-only {name} under 100 ns per event"),
-                tp_ns.map(|ns| ns < 100.0),
-                format!("{} ns", report::fmt(tp_ns, 0)),
-            ));
-        }
-        kernel_cost.push(KernelCost {
-            program: name,
-            count_only,
-            tuneprobe_ns_per_event: tp_ns,
-            tuneprobe_events: tp_events,
-            bpftrace_probe: equivalent,
-            bpftrace_ns_per_event: bt_ns,
-            bpftrace_events: bt_events,
-            ratio: r,
-            tuneprobe_ns_per_dns_message: per_message.and_then(|m| m.0),
-            bpftrace_ns_per_dns_message: per_message.and_then(|m| m.1),
-        });
+    let (bt_ns, bt_events) = equivalent.map_or((None, None), |e| program_cost(bt_runs, e));
+    // The DNS programs and their bpftrace equivalents run on different packets (a
+    // `cgroup_skb` program on packets a socket sends or receives; `net_dev_queue` and
+    // `netif_receive_skb` on every packet a device does, most of them returning at
+    // once), so per event they are not comparable: per DNS message they are.
+    let per_message = name.starts_with("dns_").then(|| {
+        let tp =
+            per_dns_message(tp_runs, kernel_name(name)).or_else(|| per_dns_message(tp_runs, name));
+        let bt = equivalent.and_then(|e| per_dns_message(bt_runs, e));
+        (tp, bt)
+    });
+    KernelCost {
+        program: name,
+        count_only,
+        tuneprobe_ns_per_event: tp_ns,
+        tuneprobe_events: tp_events,
+        bpftrace_probe: equivalent,
+        bpftrace_ns_per_event: bt_ns,
+        bpftrace_events: bt_events,
+        ratio: ratio(tp_ns, bt_ns),
+        tuneprobe_ns_per_dns_message: per_message.and_then(|m| m.0),
+        bpftrace_ns_per_dns_message: per_message.and_then(|m| m.1),
     }
+}
 
-    let units = [
-        ("tcp", "Mbit/s"),
-        ("udp_drops", "drops/s"),
-        ("dns", "queries/s"),
-        ("block", "IOPS"),
-        ("connect", "connections/s"),
-    ];
-    let mut workload_impact = Vec::new();
-    for (workload, unit) in units {
-        let samples = |mode: Mode, of: fn(&Rate) -> f64| -> Vec<f64> {
-            impact
-                .get(&(workload, mode))
-                .map(|rates| rates.iter().map(of).collect())
-                .unwrap_or_default()
-        };
-        let throughput = |r: &Rate| r.per_s;
-        let per_cpu = |r: &Rate| r.per_cpu_s;
-        let med = |mode: Mode, of: fn(&Rate) -> f64| median(&samples(mode, of));
-        let ratio_of =
-            |mode: Mode, of: fn(&Rate) -> f64| ratio(med(mode, of), med(Mode::Nothing, of));
-        // How far apart the bare runs themselves are: a ratio closer to 100% than this
-        // is within the noise of this machine.
-        let spread = |of: fn(&Rate) -> f64| {
-            let bare = samples(Mode::Nothing, of);
-            median(&bare).filter(|m| *m > 0.0).map(|m| {
-                let (lo, hi) = bare
-                    .iter()
-                    .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-                (hi - lo) / m
-            })
-        };
-        let (tp_ratio, tp_cpu_ratio) = (
-            ratio_of(Mode::Tuneprobe, throughput),
-            ratio_of(Mode::Tuneprobe, per_cpu),
+/// The targets on one program's kernel cost: no more than bpftrace's equivalent (per DNS
+/// message for the DNS programs), and under 100 ns per event for a count-only one.
+fn kernel_cost_targets(cost: &KernelCost, targets: &mut Vec<Target>) {
+    let name = cost.program;
+    let (tp_ns, bt_ns) = (cost.tuneprobe_ns_per_event, cost.bpftrace_ns_per_event);
+    if name.starts_with("dns_")
+        && let Some(equivalent) = cost.bpftrace_probe
+    {
+        let (tp, bt) = (
+            cost.tuneprobe_ns_per_dns_message,
+            cost.bpftrace_ns_per_dns_message,
         );
-        let percent = |r: Option<f64>| report::fmt(r.map(|r| r * 100.0), 1);
-        // Judged on work per busy CPU-second, the measure this machine can resolve
-        // (see `Rate`); the throughput ratio is shown beside it.
         targets.push(Target::new(
-            &format!("{workload} with tuneprobe at least 98% of bare (per busy CPU-second)"),
-            tp_cpu_ratio.map(|r| r >= 0.98),
+            &format!("{name} costs no more per DNS message than bpftrace's {equivalent}"),
+            ratio(tp, bt).map(|r| r <= 1.0),
             format!(
-                "{}% (bare spread {}%); throughput {}% (bare spread {}%)",
-                percent(tp_cpu_ratio),
-                report::fmt(spread(per_cpu).map(|s| s * 100.0), 0),
-                percent(tp_ratio),
-                report::fmt(spread(throughput).map(|s| s * 100.0), 0)
+                "{} ns vs {} ns (per event: {} ns vs {} ns, over {} vs {} events)",
+                report::fmt(tp, 0),
+                report::fmt(bt, 0),
+                report::fmt(tp_ns, 0),
+                report::fmt(bt_ns, 0),
+                report::fmt(cost.tuneprobe_events, 0),
+                report::fmt(cost.bpftrace_events, 0)
             ),
         ));
-        let comparison = |of: fn(&Rate) -> f64| Comparison {
-            nothing: med(Mode::Nothing, of),
-            bpftrace: med(Mode::Bpftrace, of),
-            tuneprobe: med(Mode::Tuneprobe, of),
-            bpftrace_ratio: ratio_of(Mode::Bpftrace, of),
-            tuneprobe_ratio: ratio_of(Mode::Tuneprobe, of),
-            bare_spread: spread(of),
-        };
-        let by_sample = |of: fn(&Rate) -> f64| BySample {
-            nothing: samples(Mode::Nothing, of),
-            bpftrace: samples(Mode::Bpftrace, of),
-            tuneprobe: samples(Mode::Tuneprobe, of),
-        };
-        workload_impact.push(WorkloadImpact {
-            workload,
-            unit,
-            throughput: comparison(throughput),
-            per_cpu_s: comparison(per_cpu),
-            samples: by_sample(throughput),
-            per_cpu_s_samples: by_sample(per_cpu),
-        });
+    } else if let Some(equivalent) = cost.bpftrace_probe {
+        targets.push(Target::new(
+            &format!("{name} costs no more per event than bpftrace's {equivalent}"),
+            cost.ratio.map(|r| r <= 1.0),
+            format!(
+                "{} ns vs {} ns",
+                report::fmt(tp_ns, 0),
+                report::fmt(bt_ns, 0)
+            ),
+        ));
+    }
+    if cost.count_only {
+        targets.push(Target::new(
+            &format!("count-only {name} under 100 ns per event"),
+            tp_ns.map(|ns| ns < 100.0),
+            format!("{} ns", report::fmt(tp_ns, 0)),
+        ));
+    }
+}
+
+/// The workloads of the impact runs and their units.
+const UNITS: [(&str, &str); 5] = [
+    ("tcp", "Mbit/s"),
+    ("udp_drops", "drops/s"),
+    ("dns", "queries/s"),
+    ("block", "IOPS"),
+    ("connect", "connections/s"),
+];
+
+/// The impact runs of one workload, by mode.
+struct Rates<'a> {
+    impact: &'a BTreeMap<(&'a str, Mode), Vec<Rate>>,
+    workload: &'a str,
+}
+
+impl Rates<'_> {
+    fn samples(&self, mode: Mode, of: fn(&Rate) -> f64) -> Vec<f64> {
+        self.impact
+            .get(&(self.workload, mode))
+            .map(|rates| rates.iter().map(of).collect())
+            .unwrap_or_default()
     }
 
-    let agent_cost = |mode: Mode| {
-        let cpu: Vec<f64> = runs(mode).iter().map(|r| r.cpu_percent).collect();
-        let bpf: Vec<f64> = runs(mode).iter().map(|r| r.bpf_cpu_percent).collect();
-        let rss: Vec<f64> = runs(mode)
-            .iter()
-            .map(|r| r.peak_rss_kib as f64 / 1024.0)
-            .collect();
-        AgentCost {
-            cpu_percent: median(&cpu),
-            cpu_percent_samples: cpu,
-            bpf_cpu_percent: median(&bpf),
-            bpf_cpu_percent_samples: bpf,
-            peak_rss_mib: median(&rss),
+    fn median(&self, mode: Mode, of: fn(&Rate) -> f64) -> Option<f64> {
+        median(&self.samples(mode, of))
+    }
+
+    /// `mode`'s median over the bare runs' median.
+    fn ratio(&self, mode: Mode, of: fn(&Rate) -> f64) -> Option<f64> {
+        ratio(self.median(mode, of), self.median(Mode::Nothing, of))
+    }
+
+    /// How far apart the bare runs themselves are: a ratio closer to 100% than this is
+    /// within the noise of this machine.
+    fn spread(&self, of: fn(&Rate) -> f64) -> Option<f64> {
+        let bare = self.samples(Mode::Nothing, of);
+        median(&bare).filter(|m| *m > 0.0).map(|m| {
+            let (lo, hi) = bare
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+            (hi - lo) / m
+        })
+    }
+
+    fn comparison(&self, of: fn(&Rate) -> f64) -> Comparison {
+        Comparison {
+            nothing: self.median(Mode::Nothing, of),
+            bpftrace: self.median(Mode::Bpftrace, of),
+            tuneprobe: self.median(Mode::Tuneprobe, of),
+            bpftrace_ratio: self.ratio(Mode::Bpftrace, of),
+            tuneprobe_ratio: self.ratio(Mode::Tuneprobe, of),
+            bare_spread: self.spread(of),
         }
-    };
-    let all_runs = || mix.values().flatten();
-    let achieved = |f: fn(&MixRun) -> f64| median(&all_runs().map(f).collect::<Vec<_>>());
+    }
+
+    fn by_sample(&self, of: fn(&Rate) -> f64) -> BySample {
+        BySample {
+            nothing: self.samples(Mode::Nothing, of),
+            bpftrace: self.samples(Mode::Bpftrace, of),
+            tuneprobe: self.samples(Mode::Tuneprobe, of),
+        }
+    }
+}
+
+/// What each observer does to one workload, and the target on tuneprobe's share.
+fn workload_impact(
+    impact: &BTreeMap<(&str, Mode), Vec<Rate>>,
+    (workload, unit): (&'static str, &'static str),
+    targets: &mut Vec<Target>,
+) -> WorkloadImpact {
+    let rates = Rates { impact, workload };
+    let throughput = |r: &Rate| r.per_s;
+    let per_cpu = |r: &Rate| r.per_cpu_s;
+    let (tp_ratio, tp_cpu_ratio) = (
+        rates.ratio(Mode::Tuneprobe, throughput),
+        rates.ratio(Mode::Tuneprobe, per_cpu),
+    );
+    let percent = |r: Option<f64>| report::fmt(r.map(|r| r * 100.0), 1);
+    // Judged on work per busy CPU-second, the measure this machine can resolve
+    // (see `Rate`); the throughput ratio is shown beside it.
+    targets.push(Target::new(
+        &format!("{workload} with tuneprobe at least 98% of bare (per busy CPU-second)"),
+        tp_cpu_ratio.map(|r| r >= 0.98),
+        format!(
+            "{}% (bare spread {}%); throughput {}% (bare spread {}%)",
+            percent(tp_cpu_ratio),
+            report::fmt(rates.spread(per_cpu).map(|s| s * 100.0), 0),
+            percent(tp_ratio),
+            report::fmt(rates.spread(throughput).map(|s| s * 100.0), 0)
+        ),
+    ));
+    WorkloadImpact {
+        workload,
+        unit,
+        throughput: rates.comparison(throughput),
+        per_cpu_s: rates.comparison(per_cpu),
+        samples: rates.by_sample(throughput),
+        per_cpu_s_samples: rates.by_sample(per_cpu),
+    }
+}
+
+/// An agent's own CPU, kernel CPU and memory over the mix runs of `runs`.
+fn agent_cost(runs: &[MixRun]) -> AgentCost {
+    let cpu: Vec<f64> = runs.iter().map(|r| r.cpu_percent).collect();
+    let bpf: Vec<f64> = runs.iter().map(|r| r.bpf_cpu_percent).collect();
+    let rss: Vec<f64> = runs
+        .iter()
+        .map(|r| r.peak_rss_kib as f64 / 1024.0)
+        .collect();
+    AgentCost {
+        cpu_percent: median(&cpu),
+        cpu_percent_samples: cpu,
+        bpf_cpu_percent: median(&bpf),
+        bpf_cpu_percent_samples: bpf,
+        peak_rss_mib: median(&rss),
+    }
+}
+
+/// The load the mix achieved, the median over every run of every mode.
+fn achieved_load(mix: &BTreeMap<Mode, Vec<MixRun>>) -> LoadMix {
+    let achieved =
+        |f: fn(&MixRun) -> f64| median(&mix.values().flatten().map(f).collect::<Vec<_>>());
+    LoadMix {
+        drops_per_s: achieved(|r| r.drops_per_s),
+        dns_qps: achieved(|r| r.dns_qps),
+        block_iops: achieved(|r| r.block_iops),
+        retransmits_per_s: achieved(|r| r.retransmits_per_s),
+        connects_per_s: achieved(|r| r.connects_per_s),
+    }
+}
+
+/// The targets on the agent itself: CPU under the mix, RSS and /metrics at 1,000
+/// workloads, attach time.
+fn agent_targets(
+    mix: &BTreeMap<Mode, Vec<MixRun>>,
+    scale: &[ScaleRun],
+    attach: &Attach,
+    targets: &mut Vec<Target>,
+) {
     let tp_cpu = median(
-        &runs(Mode::Tuneprobe)
+        &runs_of(mix, Mode::Tuneprobe)
             .iter()
             .map(|r| r.cpu_percent)
             .collect::<Vec<_>>(),
@@ -970,51 +1071,79 @@ fn assemble(
         metrics_1k.map(|m| m < 50.0),
         format!("{} ms", report::fmt(metrics_1k, 1)),
     ));
-    let attach_samples = |mode: Mode| attach.get(&mode).cloned().unwrap_or_default();
-    let tp_attach = median(&attach_samples(Mode::Tuneprobe));
+    let tp_attach = attach.tuneprobe.median_ms;
     targets.push(Target::new(
         "attach to ready under 1 s",
         tp_attach.map(|a| a < 1000.0),
         format!("{} ms (median)", report::fmt(tp_attach, 0)),
     ));
+}
 
+/// The attach times of both agents, by sample and their median.
+fn attach_times(attach: &BTreeMap<Mode, Vec<f64>>) -> Attach {
+    let times = |mode: Mode| {
+        let samples_ms = attach.get(&mode).cloned().unwrap_or_default();
+        AttachTimes {
+            median_ms: median(&samples_ms),
+            samples_ms,
+        }
+    };
+    Attach {
+        bpftrace: times(Mode::Bpftrace),
+        tuneprobe: times(Mode::Tuneprobe),
+    }
+}
+
+/// The plan, as the report states it.
+fn config(plan: &Plan) -> Config {
+    Config {
+        rounds: plan.rounds,
+        workload_secs: plan.workload_secs,
+        mix_rounds: plan.mix_rounds,
+        mix_secs: plan.mix_secs,
+        target_drops_per_s: plan.drops_per_s,
+        target_dns_qps: plan.dns_qps,
+        target_block_iops: plan.block_iops,
+        scale: plan.scale.clone(),
+    }
+}
+
+/// The report from every run's measurements, with its targets judged in order: the
+/// kernel cost of each program, the impact on each workload, the agent itself.
+fn assemble(
+    plan: &Plan,
+    smoke: bool,
+    impact: &BTreeMap<(&str, Mode), Vec<Rate>>,
+    mix: &BTreeMap<Mode, Vec<MixRun>>,
+    scale: Vec<ScaleRun>,
+    attach: &BTreeMap<Mode, Vec<f64>>,
+    floor: BTreeMap<String, FloorValue>,
+) -> Report {
+    let mut targets = Vec::new();
+    let kernel_cost: Vec<KernelCost> = EQUIVALENTS
+        .iter()
+        .map(|&program| kernel_cost(mix, program))
+        .inspect(|cost| kernel_cost_targets(cost, &mut targets))
+        .collect();
+    let workload_impact: Vec<WorkloadImpact> = UNITS
+        .iter()
+        .map(|&workload| workload_impact(impact, workload, &mut targets))
+        .collect();
+    let attach = attach_times(attach);
+    agent_targets(mix, &scale, &attach, &mut targets);
     Report {
         smoke,
         machine: machine(),
-        config: Config {
-            rounds: plan.rounds,
-            workload_secs: plan.workload_secs,
-            mix_rounds: plan.mix_rounds,
-            mix_secs: plan.mix_secs,
-            target_drops_per_s: plan.drops_per_s,
-            target_dns_qps: plan.dns_qps,
-            target_block_iops: plan.block_iops,
-            scale: plan.scale.clone(),
-        },
+        config: config(plan),
         kernel_cost,
         workload_impact,
         agent_cost: AgentCosts {
-            load_mix: LoadMix {
-                drops_per_s: achieved(|r| r.drops_per_s),
-                dns_qps: achieved(|r| r.dns_qps),
-                block_iops: achieved(|r| r.block_iops),
-                retransmits_per_s: achieved(|r| r.retransmits_per_s),
-                connects_per_s: achieved(|r| r.connects_per_s),
-            },
-            bpftrace: agent_cost(Mode::Bpftrace),
-            tuneprobe: agent_cost(Mode::Tuneprobe),
+            load_mix: achieved_load(mix),
+            bpftrace: agent_cost(runs_of(mix, Mode::Bpftrace)),
+            tuneprobe: agent_cost(runs_of(mix, Mode::Tuneprobe)),
         },
         scale,
-        attach: Attach {
-            bpftrace: AttachTimes {
-                median_ms: median(&attach_samples(Mode::Bpftrace)),
-                samples_ms: attach_samples(Mode::Bpftrace),
-            },
-            tuneprobe: AttachTimes {
-                median_ms: tp_attach,
-                samples_ms: attach_samples(Mode::Tuneprobe),
-            },
-        },
+        attach,
         targets,
         floor,
         // Set by `run` at the end.

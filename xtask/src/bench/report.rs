@@ -204,7 +204,22 @@ pub fn fmt(value: Option<f64>, decimals: usize) -> String {
 /// The report as text: one block per stage, from the JSON so the two always agree.
 pub fn table(report: &Value) -> String {
     let mut out = String::new();
-    let num = |v: &Value, d: usize| fmt(v.as_f64(), d);
+    kernel_cost_table(&mut out, report);
+    floor_table(&mut out, report);
+    workload_table(&mut out, report);
+    agent_table(&mut out, report);
+    scale_table(&mut out, report);
+    targets_table(&mut out, report);
+    out
+}
+
+/// A JSON number with `decimals` decimals, `-` when it is not one.
+fn num(v: &Value, decimals: usize) -> String {
+    fmt(v.as_f64(), decimals)
+}
+
+/// Each program's kernel cost next to its bpftrace equivalent, and per DNS message.
+fn kernel_cost_table(out: &mut String, report: &Value) {
     let _ = writeln!(
         out,
         "\nKernel cost per event (run_time_ns / run_cnt, median of {} load-mix runs each)",
@@ -241,6 +256,10 @@ pub fn table(report: &Value) -> String {
             num(&row["bpftrace_ns_per_dns_message"], 0),
         );
     }
+}
+
+/// The cheapest bpftrace programs on this machine's hooks.
+fn floor_table(out: &mut String, report: &Value) {
     let floor = &report["floor"];
     let _ = writeln!(
         out,
@@ -259,6 +278,10 @@ pub fn table(report: &Value) -> String {
             cell("keyed_count"),
         );
     }
+}
+
+/// What each observer does to each workload.
+fn workload_table(out: &mut String, report: &Value) {
     let _ = writeln!(
         out,
         "\nWorkload impact (median of {} interleaved rounds; ratio to nothing attached; \
@@ -297,6 +320,10 @@ pub fn table(report: &Value) -> String {
             );
         }
     }
+}
+
+/// The agents' own cost over the load mix.
+fn agent_table(out: &mut String, report: &Value) {
     let mix = &report["agent_cost"]["load_mix"];
     let _ = writeln!(
         out,
@@ -324,6 +351,10 @@ pub fn table(report: &Value) -> String {
             num(&report["attach"][mode]["median_ms"], 0),
         );
     }
+}
+
+/// Memory, /metrics and snapshot at each scale.
+fn scale_table(out: &mut String, report: &Value) {
     let _ = writeln!(
         out,
         "\nScale (cgroups created by the benchmark, one drop each)"
@@ -356,6 +387,10 @@ pub fn table(report: &Value) -> String {
             num(&row["attach_ms"], 0),
         );
     }
+}
+
+/// Each target and its verdict.
+fn targets_table(out: &mut String, report: &Value) {
     let _ = writeln!(out, "\nTargets");
     for target in report["targets"].as_array().into_iter().flatten() {
         let verdict = match target["met"].as_bool() {
@@ -370,5 +405,4 @@ pub fn table(report: &Value) -> String {
             target["measured"].as_str().unwrap_or_default()
         );
     }
-    out
 }

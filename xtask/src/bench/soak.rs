@@ -11,7 +11,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -216,25 +216,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     lab.start_servers()?;
     let device = lab.create_loop_device(64)?;
     let cpu = lab.create_cpu_cgroup(&id)?;
-
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let grace = format!("{}ms", args.grace.as_millis());
-    let agent = Proc::spawn(
-        "tuneprobe serve",
-        Command::new(&tuneprobe)
-            .args(["serve", "--listen", &addr, "--kube-api", "none"])
-            .args(["--pod-grace", &grace])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http_get(&addr, "/readyz").is_err() {
-        ensure!(Instant::now() < deadline, "tuneprobe serve never got ready");
-        tuneprobe_lab::pause(Duration::from_millis(100))?;
-    }
+    let (agent, addr) = serve(&tuneprobe, args.grace)?;
 
     let secs = args.duration.as_secs_f64();
     let whole = args.duration.as_secs() as u32 + 5;
@@ -245,36 +227,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let _lossy = load::iperf3(&lab, IPERF_LOSSY_PORT, whole, Some("50M"))?;
 
     let started = Instant::now();
-    let mut samples = vec![sample(agent.pid(), &addr, started)?];
-    let mut next_sample = started + args.interval;
-    let mut churned = 0u64;
-    let mut round = 0u32;
-    while started.elapsed() < args.duration {
-        // Churn: 100 cgroups with a drop each, created and removed again.
-        let parent = lab.create_scale_cgroups(&format!("{id}r{round}"), 100)?;
-        churned += load::run_fill(&lab, &parent)?;
-        lab.remove_scale_cgroups();
-        round += 1;
-        tuneprobe_lab::pause(Duration::from_secs(2))?;
-        if Instant::now() >= next_sample {
-            let s = sample(agent.pid(), &addr, started)?;
-            if !args.json {
-                println!(
-                    "soak: {:>6.0}s  rss {:>7.1} MiB  cpu {:>6.2}%  map entries {:>6}  overflows {:>8}  gc deleted {:>8}  errors {}",
-                    s.at_s,
-                    s.rss_kib as f64 / 1024.0,
-                    100.0 * (s.cpu_s - samples[samples.len() - 1].cpu_s)
-                        / (s.at_s - samples[samples.len() - 1].at_s).max(1e-9),
-                    s.map_entries.values().sum::<u64>(),
-                    s.map_overflows,
-                    s.gc_deleted,
-                    s.agent_errors
-                );
-            }
-            samples.push(s);
-            next_sample += args.interval;
-        }
-    }
+    let (mut samples, churn) = churn(args, &mut lab, &id, agent.pid(), &addr, started)?;
     let sent = flood
         .join()
         .map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
@@ -288,24 +241,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     drop(agent);
 
     let verdict = judge(&samples);
-    let first = &samples[0];
-    let last = &samples[samples.len() - 1];
-    let report = json!({
-        "duration_s": last.at_s,
-        "interval_s": args.interval.as_secs_f64(),
-        "load": { "udp_sent": sent, "dns_answered": answered, "churned_cgroups": churned,
-                  "churn_rounds": round },
-        "samples": samples.iter().map(Sample::json).collect::<Vec<_>>(),
-        "agent_cpu_percent": 100.0 * (last.cpu_s - first.cpu_s) / (last.at_s - first.at_s).max(1e-9),
-        "verdict": {
-            "rss_growth_kib": verdict.rss_growth_kib,
-            "rss_flat": verdict.rss_ok,
-            "growing_maps": verdict.growing_maps,
-            "agent_errors": verdict.errors,
-            "map_overflows_during_steady_state": verdict.overflows_during_steady,
-            "no_growth": verdict.rss_ok && verdict.growing_maps.is_empty() && verdict.errors == 0.0,
-        },
-    });
+    let load = Load {
+        sent,
+        answered,
+        churned: churn.0,
+        rounds: churn.1,
+    };
+    let report = report(args, &samples, &load, &verdict);
     let out = if args.out.is_absolute() {
         args.out.clone()
     } else {
@@ -319,9 +261,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!("{report}");
     } else {
         println!(
-            "soak: {:.0} s, {churned} cgroups churned in {round} rounds, {sent} drops sent, {answered} DNS answers; \
+            "soak: {:.0} s, {} cgroups churned in {} rounds, {} drops sent, {} DNS answers; \
              RSS {:+} KiB after warm-up, growing maps {:?}, agent errors {}; report in {}",
-            last.at_s,
+            samples[samples.len() - 1].at_s,
+            load.churned,
+            load.rounds,
+            load.sent,
+            load.answered,
             verdict.rss_growth_kib,
             verdict.growing_maps,
             verdict.errors,
@@ -333,6 +279,106 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "the soak saw growth or errors: {verdict:?}"
     );
     Ok(())
+}
+
+/// `tuneprobe serve` on a free local port, once it is ready; and that address.
+fn serve(tuneprobe: &Path, grace: Duration) -> anyhow::Result<(Proc, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let grace = format!("{}ms", grace.as_millis());
+    let agent = Proc::spawn(
+        "tuneprobe serve",
+        Command::new(tuneprobe)
+            .args(["serve", "--listen", &addr, "--kube-api", "none"])
+            .args(["--pod-grace", &grace])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(&addr, "/readyz").is_err() {
+        ensure!(Instant::now() < deadline, "tuneprobe serve never got ready");
+        tuneprobe_lab::pause(Duration::from_millis(100))?;
+    }
+    Ok((agent, addr))
+}
+
+/// Cgroup churn for the whole duration, sampling the agent every interval (printed
+/// unless `--json`): the samples, cgroups churned and churn rounds.
+fn churn(
+    args: &Args,
+    lab: &mut Lab,
+    id: &str,
+    pid: u32,
+    addr: &str,
+    started: Instant,
+) -> anyhow::Result<(Vec<Sample>, (u64, u32))> {
+    let mut samples = vec![sample(pid, addr, started)?];
+    let mut next_sample = started + args.interval;
+    let mut churned = 0u64;
+    let mut round = 0u32;
+    while started.elapsed() < args.duration {
+        // Churn: 100 cgroups with a drop each, created and removed again.
+        let parent = lab.create_scale_cgroups(&format!("{id}r{round}"), 100)?;
+        churned += load::run_fill(lab, &parent)?;
+        lab.remove_scale_cgroups();
+        round += 1;
+        tuneprobe_lab::pause(Duration::from_secs(2))?;
+        if Instant::now() >= next_sample {
+            let s = sample(pid, addr, started)?;
+            if !args.json {
+                print_sample(&s, &samples[samples.len() - 1]);
+            }
+            samples.push(s);
+            next_sample += args.interval;
+        }
+    }
+    Ok((samples, (churned, round)))
+}
+
+/// One progress line: the sample, with the agent's CPU since the one before.
+fn print_sample(s: &Sample, before: &Sample) {
+    println!(
+        "soak: {:>6.0}s  rss {:>7.1} MiB  cpu {:>6.2}%  map entries {:>6}  overflows {:>8}  gc deleted {:>8}  errors {}",
+        s.at_s,
+        s.rss_kib as f64 / 1024.0,
+        100.0 * (s.cpu_s - before.cpu_s) / (s.at_s - before.at_s).max(1e-9),
+        s.map_entries.values().sum::<u64>(),
+        s.map_overflows,
+        s.gc_deleted,
+        s.agent_errors
+    );
+}
+
+/// The load the soak drove.
+struct Load {
+    sent: u64,
+    answered: u64,
+    churned: u64,
+    rounds: u32,
+}
+
+/// The JSON report: the load, every sample, the agent's CPU and the verdict.
+fn report(args: &Args, samples: &[Sample], load: &Load, verdict: &Verdict) -> Value {
+    let first = &samples[0];
+    let last = &samples[samples.len() - 1];
+    json!({
+        "duration_s": last.at_s,
+        "interval_s": args.interval.as_secs_f64(),
+        "load": { "udp_sent": load.sent, "dns_answered": load.answered,
+                  "churned_cgroups": load.churned, "churn_rounds": load.rounds },
+        "samples": samples.iter().map(Sample::json).collect::<Vec<_>>(),
+        "agent_cpu_percent": 100.0 * (last.cpu_s - first.cpu_s) / (last.at_s - first.at_s).max(1e-9),
+        "verdict": {
+            "rss_growth_kib": verdict.rss_growth_kib,
+            "rss_flat": verdict.rss_ok,
+            "growing_maps": verdict.growing_maps,
+            "agent_errors": verdict.errors,
+            "map_overflows_during_steady_state": verdict.overflows_during_steady,
+            "no_growth": verdict.rss_ok && verdict.growing_maps.is_empty() && verdict.errors == 0.0,
+        },
+    })
 }
 
 #[cfg(test)]

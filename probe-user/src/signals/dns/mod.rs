@@ -443,26 +443,7 @@ fn reports(
     let mut latency: BTreeMap<u64, DnsHistogram> = BTreeMap::new();
     let mut resolver_latency: BTreeMap<(u64, String), DnsHistogram> = BTreeMap::new();
 
-    for (key, counters) in &now.counters {
-        let before = baseline.counters.get(key).copied().unwrap_or_default();
-        let delta = counters.since(&before);
-        if delta == DnsCounters::default() {
-            continue;
-        }
-        let report = reports.entry(key.cgroup_id).or_default();
-        report.queries += delta.queries;
-        report.responses += delta.responses;
-        report.unmatched_responses += delta.unmatched;
-        report.malformed += delta.malformed;
-        if delta.queries + delta.responses > 0 {
-            let resolver = report
-                .by_resolver
-                .entry(resolver_name(key.resolver))
-                .or_default();
-            resolver.queries += delta.queries;
-            resolver.responses += delta.responses;
-        }
-    }
+    add_counters(&mut reports, now, baseline);
     for (key, &count) in timeouts {
         let report = reports.entry(key.cgroup_id).or_default();
         report.timeouts += count;
@@ -525,6 +506,31 @@ fn reports(
         }
     }
     reports
+}
+
+/// Adds the window's query, response, unmatched and malformed counts of each workload,
+/// and per resolver, to `reports`.
+fn add_counters(reports: &mut BTreeMap<u64, DnsReport>, now: &DnsCounts, baseline: &DnsCounts) {
+    for (key, counters) in &now.counters {
+        let before = baseline.counters.get(key).copied().unwrap_or_default();
+        let delta = counters.since(&before);
+        if delta == DnsCounters::default() {
+            continue;
+        }
+        let report = reports.entry(key.cgroup_id).or_default();
+        report.queries += delta.queries;
+        report.responses += delta.responses;
+        report.unmatched_responses += delta.unmatched;
+        report.malformed += delta.malformed;
+        if delta.queries + delta.responses > 0 {
+            let resolver = report
+                .by_resolver
+                .entry(resolver_name(key.resolver))
+                .or_default();
+            resolver.queries += delta.queries;
+            resolver.responses += delta.responses;
+        }
+    }
 }
 
 /// An answered query as `trace` shows it.
