@@ -150,87 +150,105 @@ fn by_instance(series: &[Series], step: f64) -> BTreeMap<Instance, BTreeMap<i64,
         .collect()
 }
 
+/// The answers of one role (`part`, `count`...), or none.
+fn answer<'a>(answers: &'a BTreeMap<&str, Vec<Series>>, role: &str) -> &'a [Series] {
+    answers.get(role).map_or(&[][..], Vec::as_slice)
+}
+
 /// Per-interval samples of a source from the answers to its queries (by role, as
 /// [`queries`] names them).
 pub fn samples(source: Exported, answers: &BTreeMap<&str, Vec<Series>>, step: f64) -> Samples {
-    let get = |role: &str| by_instance(answers.get(role).map_or(&[][..], Vec::as_slice), step);
-    let mut out = Samples::new();
-    match source {
+    let mut out = match source {
         Exported::Ratio {
             whole_adds_part,
             scale,
             ..
-        } => {
-            let part = raw(answers.get("part").map_or(&[][..], Vec::as_slice));
-            let step_ms = millis(step);
-            let whole = if whole_adds_part {
-                let whole = raw(answers.get("whole").map_or(&[][..], Vec::as_slice));
-                sum_increases(&part, &whole, step_ms)
-            } else {
-                get("whole")
+        } => ratio_samples(answers, step, whole_adds_part, scale),
+        Exported::Count(_) => by_instance(answer(answers, "count"), step)
+            .into_iter()
+            .map(|(instance, counts)| {
+                let samples = counts
+                    .into_iter()
+                    .map(|(at, value)| (at, Sample { value, load: None }))
+                    .collect();
+                (instance, samples)
+            })
+            .collect(),
+        Exported::Histogram { quantile, .. } => histogram_samples(answers, step, quantile),
+    };
+    out.retain(|_, s| !s.is_empty());
+    out
+}
+
+/// A ratio's samples: the part's increase per the whole's (or per part and whole).
+fn ratio_samples(
+    answers: &BTreeMap<&str, Vec<Series>>,
+    step: f64,
+    whole_adds_part: bool,
+    scale: f64,
+) -> Samples {
+    let mut out = Samples::new();
+    let part = raw(answer(answers, "part"));
+    let step_ms = millis(step);
+    let whole = if whole_adds_part {
+        sum_increases(&part, &raw(answer(answers, "whole")), step_ms)
+    } else {
+        by_instance(answer(answers, "whole"), step)
+    };
+    for (instance, wholes) in &whole {
+        let parts = part.get(instance);
+        let series = out.entry(instance.clone()).or_default();
+        for (&at, &w) in wholes.iter().filter(|(_, w)| **w > 0.0) {
+            // Per-workload counters are exported from their first non-zero value
+            // on: a part absent while its whole counts is zero so far.
+            let value = |t: i64| parts.and_then(|p| p.get(&t)).copied();
+            let p = match (value(at - step_ms), value(at)) {
+                (_, None) => 0.0,
+                (None, Some(now)) => now,
+                (Some(before), Some(now)) if now >= before => now - before,
+                (Some(_), Some(now)) => now,
             };
-            for (instance, wholes) in &whole {
-                let parts = part.get(instance);
-                let series = out.entry(instance.clone()).or_default();
-                for (&at, &w) in wholes.iter().filter(|(_, w)| **w > 0.0) {
-                    // Per-workload counters are exported from their first non-zero value
-                    // on: a part absent while its whole counts is zero so far.
-                    let value = |t: i64| parts.and_then(|p| p.get(&t)).copied();
-                    let p = match (value(at - step_ms), value(at)) {
-                        (_, None) => 0.0,
-                        (None, Some(now)) => now,
-                        (Some(before), Some(now)) if now >= before => now - before,
-                        (Some(_), Some(now)) => now,
-                    };
-                    series.insert(
-                        at,
-                        Sample {
-                            value: p / w * scale,
-                            load: Some(w),
-                        },
-                    );
-                }
-            }
+            let sample = Sample {
+                value: p / w * scale,
+                load: Some(w),
+            };
+            series.insert(at, sample);
         }
-        Exported::Count(_) => {
-            for (instance, counts) in get("count") {
-                out.insert(
-                    instance,
-                    counts
-                        .into_iter()
-                        .map(|(at, value)| (at, Sample { value, load: None }))
-                        .collect(),
-                );
-            }
-        }
-        Exported::Histogram { quantile, .. } => {
-            let (count, sum) = (get("count"), get("sum"));
-            let buckets = quantile
-                .map(|_| buckets(answers.get("bucket").map_or(&[][..], Vec::as_slice), step));
-            for (instance, counts) in &count {
-                let series = out.entry(instance.clone()).or_default();
-                for (&at, &n) in counts.iter().filter(|(_, n)| **n > 0.0) {
-                    let value = match (quantile, &buckets) {
-                        (Some(q), Some(buckets)) => buckets
-                            .get(instance)
-                            .and_then(|b| b.get(&at))
-                            .and_then(|b| bucket_quantile(q, b)),
-                        _ => sum.get(instance).and_then(|s| s.get(&at)).map(|s| s / n),
-                    };
-                    if let Some(seconds) = value {
-                        series.insert(
-                            at,
-                            Sample {
-                                value: seconds * 1000.0,
-                                load: Some(n),
-                            },
-                        );
-                    }
-                }
+    }
+    out
+}
+
+/// A histogram's samples: the interval's mean, or `quantile` of its buckets, in ms.
+fn histogram_samples(
+    answers: &BTreeMap<&str, Vec<Series>>,
+    step: f64,
+    quantile: Option<f64>,
+) -> Samples {
+    let mut out = Samples::new();
+    let (count, sum) = (
+        by_instance(answer(answers, "count"), step),
+        by_instance(answer(answers, "sum"), step),
+    );
+    let buckets = quantile.map(|_| buckets(answer(answers, "bucket"), step));
+    for (instance, counts) in &count {
+        let series = out.entry(instance.clone()).or_default();
+        for (&at, &n) in counts.iter().filter(|(_, n)| **n > 0.0) {
+            let value = match (quantile, &buckets) {
+                (Some(q), Some(buckets)) => buckets
+                    .get(instance)
+                    .and_then(|b| b.get(&at))
+                    .and_then(|b| bucket_quantile(q, b)),
+                _ => sum.get(instance).and_then(|s| s.get(&at)).map(|s| s / n),
+            };
+            if let Some(seconds) = value {
+                let sample = Sample {
+                    value: seconds * 1000.0,
+                    load: Some(n),
+                };
+                series.insert(at, sample);
             }
         }
     }
-    out.retain(|_, s| !s.is_empty());
     out
 }
 

@@ -149,10 +149,54 @@ impl Measure {
         a: &Sections,
         device: Option<&str>,
     ) -> Option<(f64, Option<f64>)> {
-        let with_load = |(value, load): (f64, f64)| (value, Some(load));
+        match self {
+            Self::CpuThrottledRatio
+            | Self::CpuThrottledMsPerPeriod
+            | Self::CpuUsageMsPerPeriod
+            | Self::CpuStallP99Ms => self.cpu_sample(b, a),
+            Self::ListenOverflowRatio
+            | Self::Drops
+            | Self::RcvbufDropRatio
+            | Self::BacklogDropRatio
+            | Self::ForwardDropRatio
+            | Self::RetransmitRatio
+            | Self::TcpRcvqDropRatio
+            | Self::TcpPruneRatio => self.network_sample(b, a),
+            Self::BlockServiceMs
+            | Self::BlockServiceP99Ms
+            | Self::BlockQueueMs
+            | Self::BlockWriteMs
+            | Self::BlockWriteP99Ms
+            | Self::WritesPerRead => self.block_sample(b, a, device),
+            Self::DnsLatencyMs
+            | Self::DnsLatencyP99Ms
+            | Self::ConnectFailureRatio
+            | Self::SrttMs
+            | Self::ResetRatio => self.dns_or_connection_sample(b, a),
+        }
+    }
+
+    /// The cpu section's measures.
+    fn cpu_sample(self, b: &Sections, a: &Sections) -> Option<(f64, Option<f64>)> {
         let cpu = |f: fn(&CpuReport, &CpuReport) -> Option<(f64, f64)>| {
             f(b.cpu.as_ref()?, a.cpu.as_ref()?).map(with_load)
         };
+        match self {
+            Self::CpuThrottledRatio => cpu(CpuReport::throttled_ratio),
+            Self::CpuThrottledMsPerPeriod => cpu(CpuReport::throttled_ms_per_period),
+            Self::CpuUsageMsPerPeriod => cpu(CpuReport::usage_ms_per_period),
+            _ => {
+                let stalls = |c: &Option<CpuReport>| {
+                    c.as_ref()
+                        .map_or(LatencyHistogram::ZERO, |c| c.stall_histogram)
+                };
+                latency(&histogram::since(&stalls(&a.cpu), &stalls(&b.cpu)), true)
+            }
+        }
+    }
+
+    /// The drops and tcp sections' measures.
+    fn network_sample(self, b: &Sections, a: &Sections) -> Option<(f64, Option<f64>)> {
         let drops = |reasons: &[&str], load: fn(&DropStats) -> u64, adds_drops| {
             DropStats::ratio_of(&b.drops, &a.drops, reasons, load, adds_drops).map(with_load)
         };
@@ -160,16 +204,6 @@ impl Measure {
             TcpStats::per_received_segment(&b.tcp, &a.tcp, part).map(with_load)
         };
         match self {
-            Self::CpuThrottledRatio => cpu(CpuReport::throttled_ratio),
-            Self::CpuThrottledMsPerPeriod => cpu(CpuReport::throttled_ms_per_period),
-            Self::CpuUsageMsPerPeriod => cpu(CpuReport::usage_ms_per_period),
-            Self::CpuStallP99Ms => {
-                let stalls = |c: &Option<CpuReport>| {
-                    c.as_ref()
-                        .map_or(LatencyHistogram::ZERO, |c| c.stall_histogram)
-                };
-                latency(&histogram::since(&stalls(&a.cpu), &stalls(&b.cpu)), true)
-            }
             Self::ListenOverflowRatio => {
                 DropStats::listen_overflow_ratio((&b.drops, &b.tcp), (&a.drops, &a.tcp))
                     .map(with_load)
@@ -180,43 +214,30 @@ impl Measure {
             Self::ForwardDropRatio => drops(FORWARDING_REASONS, |d| d.forwarded_packets, true),
             Self::RetransmitRatio => TcpStats::retransmit_ratio(&b.tcp, &a.tcp).map(with_load),
             Self::TcpRcvqDropRatio => tcp_received(|t| t.rcvq_drops),
-            Self::TcpPruneRatio => tcp_received(|t| t.rcvq_prunes),
-            Self::BlockServiceMs | Self::BlockServiceP99Ms | Self::BlockQueueMs => {
-                let queue = self == Self::BlockQueueMs;
-                let interval = histogram::since(
-                    &block_io::total(&a.block, device, queue),
-                    &block_io::total(&b.block, device, queue),
-                );
-                latency(&interval, self == Self::BlockServiceP99Ms)
-            }
-            Self::DnsLatencyMs | Self::DnsLatencyP99Ms => {
-                let total = |d: &Option<DnsReport>| d.as_ref().map(DnsReport::latency);
-                let interval = histogram::since(
-                    &total(&a.dns).unwrap_or(DnsHistogram::ZERO),
-                    &total(&b.dns).unwrap_or(DnsHistogram::ZERO),
-                );
-                latency(&interval, self == Self::DnsLatencyP99Ms)
-            }
-            Self::ConnectFailureRatio => {
-                ConnectionReport::failure_ratio(b.connections.as_ref(), a.connections.as_ref()?)
-                    .map(with_load)
-            }
-            Self::SrttMs => latency(
-                &ConnectionReport::srtt_since(b.connections.as_ref(), a.connections.as_ref()?),
-                false,
-            ),
-            Self::ResetRatio => {
-                ConnectionReport::reset_ratio(b.connections.as_ref(), a.connections.as_ref()?)
-                    .map(with_load)
-            }
-            Self::BlockWriteMs | Self::BlockWriteP99Ms => {
-                let interval = histogram::since(
-                    &block_io::total_of(&a.block, device, Some("write"), false),
-                    &block_io::total_of(&b.block, device, Some("write"), false),
-                );
-                latency(&interval, self == Self::BlockWriteP99Ms)
-            }
-            Self::WritesPerRead => {
+            _ => tcp_received(|t| t.rcvq_prunes),
+        }
+    }
+
+    /// The block section's measures, on `device` or every device.
+    fn block_sample(
+        self,
+        b: &Sections,
+        a: &Sections,
+        device: Option<&str>,
+    ) -> Option<(f64, Option<f64>)> {
+        let since = |op: Option<&str>, queue| {
+            histogram::since(
+                &block_io::total_of(&a.block, device, op, queue),
+                &block_io::total_of(&b.block, device, op, queue),
+            )
+        };
+        match self {
+            Self::BlockServiceMs => latency(&since(None, false), false),
+            Self::BlockServiceP99Ms => latency(&since(None, false), true),
+            Self::BlockQueueMs => latency(&since(None, true), false),
+            Self::BlockWriteMs => latency(&since(Some("write"), false), false),
+            Self::BlockWriteP99Ms => latency(&since(Some("write"), false), true),
+            _ => {
                 let count = |reports: &[block_io::BlockReport], op| {
                     block_io::requests_of(reports, device, op)
                 };
@@ -226,6 +247,31 @@ impl Measure {
             }
         }
     }
+
+    /// The dns and connections sections' measures.
+    fn dns_or_connection_sample(self, b: &Sections, a: &Sections) -> Option<(f64, Option<f64>)> {
+        let (before, after) = (b.connections.as_ref(), a.connections.as_ref());
+        match self {
+            Self::DnsLatencyMs | Self::DnsLatencyP99Ms => {
+                let total = |d: &Option<DnsReport>| d.as_ref().map(DnsReport::latency);
+                let interval = histogram::since(
+                    &total(&a.dns).unwrap_or(DnsHistogram::ZERO),
+                    &total(&b.dns).unwrap_or(DnsHistogram::ZERO),
+                );
+                latency(&interval, self == Self::DnsLatencyP99Ms)
+            }
+            Self::ConnectFailureRatio => {
+                ConnectionReport::failure_ratio(before, after?).map(with_load)
+            }
+            Self::SrttMs => latency(&ConnectionReport::srtt_since(before, after?), false),
+            _ => ConnectionReport::reset_ratio(before, after?).map(with_load),
+        }
+    }
+}
+
+/// A sample whose load is known.
+fn with_load((value, load): (f64, f64)) -> (f64, Option<f64>) {
+    (value, Some(load))
 }
 
 /// The mean or p99 of an interval's histogram, with its count as the load.
