@@ -12,12 +12,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
-
 use crate::{
-    kernel::loader::Probe,
+    kernel::loader::{MapError, Probe},
     report::{Snapshot, Workload},
-    signals::{Counters, Dead, NetnsLoad, Owner, Sections, Settings, Shared, Sources, Workloads},
+    signals::{
+        Counters, Dead, NetnsLoad, Owner, Sections, Settings, Shared, SignalError, Sources,
+        Workloads,
+    },
     workloads::{
         attribution::Attributor,
         cgroup::{CgroupPaths, Hierarchies, Hierarchy, parse_kube_path},
@@ -27,6 +28,21 @@ use crate::{
         procfs::{self, NetnsCounters},
     },
 };
+
+/// An observation window could not start or go on.
+#[derive(Debug, thiserror::Error)]
+pub enum WindowError {
+    #[error("cgroup v2 is not mounted")]
+    NoCgroup2,
+    #[error("starting the pod watcher")]
+    PodWatcher(#[source] crate::workloads::kube::KubeError),
+    #[error("--cri-socket")]
+    Cri(#[source] crate::workloads::cri::CriError),
+    #[error(transparent)]
+    Signal(#[from] SignalError),
+    #[error(transparent)]
+    Map(#[from] MapError),
+}
 
 /// How often kernel entries of deleted workloads are looked for.
 const GC_INTERVAL: Duration = Duration::from_secs(1);
@@ -245,17 +261,14 @@ impl Namespaces {
 
 impl Collector {
     /// Starts a window now, with default options. Counts before this call are excluded.
-    pub fn start(probe: Probe) -> anyhow::Result<Self> {
+    pub fn start(probe: Probe) -> Result<Self, WindowError> {
         Self::start_with(probe, CollectorOptions::default())
     }
 
     /// Starts a window now. Counts before this call are excluded.
-    pub fn start_with(probe: Probe, options: CollectorOptions) -> anyhow::Result<Self> {
+    pub fn start_with(probe: Probe, options: CollectorOptions) -> Result<Self, WindowError> {
         let hierarchies = Hierarchies::of_this_node();
-        let unified = hierarchies
-            .unified
-            .clone()
-            .context("cgroup v2 is not mounted")?;
+        let unified = hierarchies.unified.clone().ok_or(WindowError::NoCgroup2)?;
         let separate = |root: &Option<PathBuf>| {
             root.as_ref()
                 .filter(|root| **root != unified)
@@ -305,7 +318,7 @@ impl Collector {
 
     /// Rescans processes, namespaces and cpu quotas, and names any new cgroup ids. Call
     /// about once a second.
-    pub fn tick(&mut self) -> anyhow::Result<()> {
+    pub fn tick(&mut self) -> Result<(), WindowError> {
         self.last_tick = Instant::now();
         let naming = &mut self.naming;
         let processes = procfs::processes(&self.proc_root);
@@ -338,7 +351,7 @@ impl Collector {
     /// Deletes the kernel map entries and baselines of cgroups and network namespaces
     /// gone for longer than the grace period (nothing else ever removes them: on a node
     /// with pod churn the maps would fill), and later forgets their names too.
-    fn collect_garbage(&mut self) -> anyhow::Result<()> {
+    fn collect_garbage(&mut self) -> Result<(), WindowError> {
         // Read afresh, just before deleting: namespace inodes are recycled, and an entry
         // a new namespace has just counted into must be seen to be alive.
         let counters = &Sources::read(&self.probe)?;
@@ -380,12 +393,12 @@ impl Collector {
     }
 
     /// Ends the window: counter deltas since [`start`](Self::start), per workload.
-    pub fn finish(mut self) -> anyhow::Result<Snapshot> {
+    pub fn finish(mut self) -> Result<Snapshot, WindowError> {
         self.report()
     }
 
     /// The window so far, without ending it.
-    pub fn report(&mut self) -> anyhow::Result<Snapshot> {
+    pub fn report(&mut self) -> Result<Snapshot, WindowError> {
         self.tick()?;
         self.build_report()
     }
@@ -393,14 +406,14 @@ impl Collector {
     /// As [`report`](Self::report), but without rescanning processes and cgroups when
     /// the last scan is younger than `max_age` (`serve` scans every second already; a
     /// scrape then only reads the maps, and ids new since the scan are named on sight).
-    pub fn report_recent(&mut self, max_age: std::time::Duration) -> anyhow::Result<Snapshot> {
+    pub fn report_recent(&mut self, max_age: std::time::Duration) -> Result<Snapshot, WindowError> {
         if self.last_tick.elapsed() > max_age {
             self.tick()?;
         }
         self.build_report()
     }
 
-    fn build_report(&mut self) -> anyhow::Result<Snapshot> {
+    fn build_report(&mut self) -> Result<Snapshot, WindowError> {
         let now = Sources::read(&self.probe)?;
         let attributor = &self.naming.attributor;
         let shared = Shared {
@@ -446,7 +459,7 @@ pub fn node_name() -> String {
 
 /// Names from the log directories, and from the API when one is configured.
 /// Names from the API first, the container runtime next, the log directories last.
-fn pod_names(options: &CollectorOptions) -> anyhow::Result<PodNames> {
+fn pod_names(options: &CollectorOptions) -> Result<PodNames, WindowError> {
     // A pod's series go `pod_grace` after its cgroup does, and its name is seen gone
     // at a different moment (log directory, API, runtime): names are kept twice as
     // long, so a series never loses its name in its last seconds.
@@ -454,7 +467,7 @@ fn pod_names(options: &CollectorOptions) -> anyhow::Result<PodNames> {
     let mut names = PodNames::new(&options.pod_logs_dir, grace);
     if let Some(api) = options.kube_api.clone() {
         let watcher = PodWatcher::start(api, options.node_name.clone(), grace)
-            .context("starting the pod watcher")?;
+            .map_err(WindowError::PodWatcher)?;
         names = names.with_store(watcher.store());
     }
     let socket = match &options.cri_socket {
@@ -465,7 +478,7 @@ fn pod_names(options: &CollectorOptions) -> anyhow::Result<PodNames> {
     if let Some((path, asked_for)) = socket {
         match crate::workloads::cri::CriWatcher::start(&path, grace) {
             Ok(watcher) => names = names.with_store(watcher.store()),
-            Err(err) if asked_for => return Err(err).context("--cri-socket"),
+            Err(err) if asked_for => return Err(WindowError::Cri(err)),
             // Found by looking: names still come from the other sources.
             Err(err) => log::warn!("no pod names from the container runtime: {err}"),
         }

@@ -76,6 +76,32 @@ pub enum LoadError {
     NothingAttached(String),
 }
 
+/// Reading or changing a kernel map failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    #[error("map {0} missing from the object")]
+    Missing(String),
+    #[error("map {0} missing or already taken")]
+    Taken(&'static str),
+    #[error("map {name}")]
+    Access {
+        name: String,
+        // Boxed: aya's error is large, and every read of the data path returns this.
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+}
+
+impl MapError {
+    /// `Access` of map `name`, for `map_err`.
+    pub fn access(name: &str) -> impl Fn(aya::maps::MapError) -> Self + '_ {
+        move |source| Self::Access {
+            name: name.to_string(),
+            source: Box::new(source),
+        }
+    }
+}
+
 /// How to load the programs.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
@@ -209,47 +235,54 @@ impl Probe {
     }
 
     /// A kernel map by name, to read or change it.
-    pub fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
+    pub fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map, MapError> {
         self.ebpf
             .map_mut(name)
-            .ok_or_else(|| anyhow::anyhow!("map {name} missing from the object"))
+            .ok_or_else(|| MapError::Missing(name.to_string()))
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map, MapError> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| MapError::Missing(name.to_string()))
     }
 
     /// The trace ring buffer, handed over to its reader (once).
-    pub fn take_trace_events(&mut self) -> anyhow::Result<aya::maps::RingBuf<MapData>> {
+    pub fn take_trace_events(&mut self) -> Result<aya::maps::RingBuf<MapData>, MapError> {
         use probe_common::trace::TRACE_EVENTS_MAP;
         let map = self
             .ebpf
             .take_map(TRACE_EVENTS_MAP)
-            .ok_or_else(|| anyhow::anyhow!("map {TRACE_EVENTS_MAP} missing or already taken"))?;
-        Ok(aya::maps::RingBuf::try_from(map)?)
+            .ok_or(MapError::Taken(TRACE_EVENTS_MAP))?;
+        aya::maps::RingBuf::try_from(map).map_err(MapError::access(TRACE_EVENTS_MAP))
     }
 
     /// Trace records that did not fit in the ring buffer, per kind, summed over CPUs.
-    pub fn trace_lost(&self) -> anyhow::Result<Vec<(probe_common::trace::TraceKind, u64)>> {
+    pub fn trace_lost(&self) -> Result<Vec<(probe_common::trace::TraceKind, u64)>, MapError> {
         use probe_common::trace::{TRACE_LOST_MAP, TraceKind};
-        let map = self
-            .ebpf
-            .map(TRACE_LOST_MAP)
-            .ok_or_else(|| anyhow::anyhow!("map {TRACE_LOST_MAP} missing from the object"))?;
-        let array = PerCpuArray::<&MapData, u64>::try_from(map)?;
+        let array = PerCpuArray::<&MapData, u64>::try_from(self.map(TRACE_LOST_MAP)?)
+            .map_err(MapError::access(TRACE_LOST_MAP))?;
         TraceKind::ALL
             .iter()
-            .map(|&kind| Ok((kind, array.get(&(kind as u32), 0)?.iter().sum())))
+            .map(|&kind| {
+                let values = array
+                    .get(&(kind as u32), 0)
+                    .map_err(MapError::access(TRACE_LOST_MAP))?;
+                Ok((kind, values.iter().sum()))
+            })
             .collect()
     }
 
     /// Updates lost to full maps, per map name.
-    pub fn map_overflows(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
-        let map = self
-            .ebpf
-            .map(MAP_OVERFLOWS_MAP)
-            .ok_or_else(|| anyhow::anyhow!("map {MAP_OVERFLOWS_MAP} missing from the object"))?;
-        let array = PerCpuArray::<&MapData, u64>::try_from(map)?;
+    pub fn map_overflows(&self) -> Result<Vec<(&'static str, u64)>, MapError> {
+        let array = PerCpuArray::<&MapData, u64>::try_from(self.map(MAP_OVERFLOWS_MAP)?)
+            .map_err(MapError::access(MAP_OVERFLOWS_MAP))?;
         OverflowSlot::ALL
             .iter()
             .map(|&slot| {
-                let values = array.get(&(slot as u32), 0)?;
+                let values = array
+                    .get(&(slot as u32), 0)
+                    .map_err(MapError::access(MAP_OVERFLOWS_MAP))?;
                 Ok((slot.map_name(), values.iter().sum()))
             })
             .collect()
@@ -257,38 +290,36 @@ impl Probe {
 
     /// Deletes `keys` from the aggregation map `name` (a hash or per-CPU hash map with
     /// values of type `V`); returns how many were there.
-    pub fn remove_entries<K, V>(&mut self, name: &str, keys: &[K]) -> anyhow::Result<u64>
+    pub fn remove_entries<K, V>(&mut self, name: &str, keys: &[K]) -> Result<u64, MapError>
     where
         K: aya::Pod,
         V: aya::Pod,
     {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or_else(|| anyhow::anyhow!("map {name} missing from the object"))?;
+        let map = self.map_mut(name)?;
         let removed = if matches!(map, aya::maps::Map::PerCpuHashMap(_)) {
-            let mut map = PerCpuHashMap::<&mut MapData, K, V>::try_from(map)?;
+            let mut map = PerCpuHashMap::<&mut MapData, K, V>::try_from(map)
+                .map_err(MapError::access(name))?;
             // ENOENT: the program or a previous pass removed it already.
             keys.iter().filter(|key| map.remove(key).is_ok()).count()
         } else {
-            let mut map = aya::maps::HashMap::<&mut MapData, K, V>::try_from(map)?;
+            let mut map = aya::maps::HashMap::<&mut MapData, K, V>::try_from(map)
+                .map_err(MapError::access(name))?;
             keys.iter().filter(|key| map.remove(key).is_ok()).count()
         };
         Ok(removed as u64)
     }
 
     /// Every entry of the hash map `name` (values shared by all CPUs).
-    pub fn read_hash<K, V>(&self, name: &str) -> anyhow::Result<HashMap<K, V>>
+    pub fn read_hash<K, V>(&self, name: &str) -> Result<HashMap<K, V>, MapError>
     where
         K: aya::Pod + Eq + Hash,
         V: aya::Pod,
     {
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or_else(|| anyhow::anyhow!("map {name} missing from the object"))?;
-        let map = aya::maps::HashMap::<&MapData, K, V>::try_from(map)?;
-        map.iter().map(|entry| Ok(entry?)).collect()
+        let map = aya::maps::HashMap::<&MapData, K, V>::try_from(self.map(name)?)
+            .map_err(MapError::access(name))?;
+        map.iter()
+            .map(|entry| entry.map_err(MapError::access(name)))
+            .collect()
     }
 
     /// Every entry of the per-CPU hash map `name`, its CPUs' values summed by `add`.
@@ -296,19 +327,16 @@ impl Probe {
         &self,
         name: &str,
         add: impl Fn(&mut V, &V),
-    ) -> anyhow::Result<HashMap<K, V>>
+    ) -> Result<HashMap<K, V>, MapError>
     where
         K: aya::Pod + Eq + Hash,
         V: aya::Pod + Default,
     {
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or_else(|| anyhow::anyhow!("map {name} missing from the object"))?;
-        let map = PerCpuHashMap::<&MapData, K, V>::try_from(map)?;
+        let map = PerCpuHashMap::<&MapData, K, V>::try_from(self.map(name)?)
+            .map_err(MapError::access(name))?;
         let mut out = HashMap::new();
         for entry in &map {
-            let (key, per_cpu) = entry?;
+            let (key, per_cpu) = entry.map_err(MapError::access(name))?;
             let total = out.entry(key).or_insert_with(V::default);
             for value in per_cpu.iter() {
                 add(total, value);

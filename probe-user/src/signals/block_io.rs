@@ -21,7 +21,7 @@ use crate::{
     kernel::{
         devices, layout,
         layout::FieldPath,
-        loader::{Hook, Probe, ProgramSpec},
+        loader::{Hook, MapError, Probe, ProgramSpec},
     },
     output::{
         families::{Families, IO_BUCKETS, Labels, prometheus_histogram, with},
@@ -202,7 +202,7 @@ impl Source for BlockIo {
         }
     }
 
-    fn read(probe: &Probe) -> anyhow::Result<Self::Counters> {
+    fn read(probe: &Probe) -> Result<Self::Counters, MapError> {
         probe.read_hash(BLOCK_IO_MAP)
     }
 
@@ -219,7 +219,7 @@ impl Source for BlockIo {
         now: &Self::Counters,
         baseline: &mut Self::Counters,
         dead: &Dead,
-    ) -> anyhow::Result<Vec<(&'static str, u64)>> {
+    ) -> Result<Vec<(&'static str, u64)>, MapError> {
         Ok(vec![delete_entries::<_, BlockStats, _>(
             probe,
             BLOCK_IO_MAP,

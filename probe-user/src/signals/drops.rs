@@ -24,7 +24,7 @@ use super::{
 use crate::{
     kernel::{
         layout,
-        loader::{Hook, Probe, ProgramSpec},
+        loader::{Hook, MapError, Probe, ProgramSpec},
     },
     output::{
         families::{Families, Labels, with},
@@ -205,7 +205,7 @@ impl Source for Drops {
         Self
     }
 
-    fn read(probe: &Probe) -> anyhow::Result<Self::Counters> {
+    fn read(probe: &Probe) -> Result<Self::Counters, MapError> {
         probe.read_per_cpu(DROPS_MAP, |total: &mut u64, v| *total += v)
     }
 
@@ -226,7 +226,7 @@ impl Source for Drops {
         now: &Self::Counters,
         baseline: &mut Self::Counters,
         dead: &Dead,
-    ) -> anyhow::Result<Vec<(&'static str, u64)>> {
+    ) -> Result<Vec<(&'static str, u64)>, MapError> {
         Ok(vec![delete_entries::<_, u64, _>(
             probe,
             DROPS_MAP,

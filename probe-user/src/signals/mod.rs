@@ -20,14 +20,15 @@ pub mod source;
 pub mod tcp_connections;
 pub mod tcp_retransmit;
 
-use anyhow::Context as _;
 use probe_common::trace::{TraceHeader, TraceKind};
 use serde::{Serialize, Serializer};
 
 use self::record::{RecordError, TraceContext};
-pub use self::source::{Attribution, Dead, NetnsLoad, Owner, Settings, Shared, Slot, Source};
+pub use self::source::{
+    Attribution, Dead, NetnsLoad, Owner, Settings, Shared, SignalError, Slot, Source,
+};
 use crate::{
-    kernel::loader::{LoadError, LoadOptions, Probe, ProgramSpec},
+    kernel::loader::{LoadError, LoadOptions, MapError, Probe, ProgramSpec},
     output::{
         families::{Families, Labels},
         parts::{Cell, Detail, TopColumn},
@@ -57,6 +58,15 @@ impl<W: Workloads + ?Sized, S> Attribution<S> for Field<'_, W, S> {
             section: (self.field)(sections),
             path,
         }
+    }
+}
+
+/// Wraps a map error of signal `S` while `doing` something to its maps.
+fn failed<S: Source>(doing: &'static str) -> impl Fn(MapError) -> SignalError {
+    move |source| SignalError {
+        doing,
+        signal: S::NAME,
+        source,
     }
 }
 
@@ -238,11 +248,10 @@ macro_rules! registry {
                 Self { $($field: <$source as Source>::new(settings),)+ }
             }
 
-            pub fn read(probe: &Probe) -> anyhow::Result<Counters> {
+            pub fn read(probe: &Probe) -> Result<Counters, SignalError> {
                 Ok(Counters {
-                    $($field: <$source as Source>::read(probe).with_context(|| {
-                        format!("reading the {} maps", <$source as Source>::NAME)
-                    })?,)+
+                    $($field: <$source as Source>::read(probe)
+                        .map_err(failed::<$source>("reading"))?,)+
                 })
             }
 
@@ -260,8 +269,8 @@ macro_rules! registry {
                 all
             }
 
-            pub fn tick(&mut self, probe: &mut Probe, cpu_paths: &mut CgroupPaths) -> anyhow::Result<()> {
-                $(self.$field.tick(probe, cpu_paths)?;)+
+            pub fn tick(&mut self, probe: &mut Probe, cpu_paths: &mut CgroupPaths) -> Result<(), SignalError> {
+                $(self.$field.tick(probe, cpu_paths).map_err(failed::<$source>("upkeep of"))?;)+
                 Ok(())
             }
 
@@ -272,9 +281,13 @@ macro_rules! registry {
                 now: &Counters,
                 baseline: &mut Counters,
                 dead: &Dead,
-            ) -> anyhow::Result<Vec<(&'static str, u64)>> {
+            ) -> Result<Vec<(&'static str, u64)>, SignalError> {
                 let mut all = Vec::new();
-                $(all.extend(self.$field.collect_garbage(probe, &now.$field, &mut baseline.$field, dead)?);)+
+                $(all.extend(
+                    self.$field
+                        .collect_garbage(probe, &now.$field, &mut baseline.$field, dead)
+                        .map_err(failed::<$source>("collecting garbage in"))?,
+                );)+
                 Ok(all)
             }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::record::TraceContext;
 use crate::{
-    kernel::loader::{Probe, ProgramSpec},
+    kernel::loader::{MapError, Probe, ProgramSpec},
     output::{
         families::{Families, Labels},
         parts::{Cell, Detail, TopColumn},
@@ -104,7 +104,7 @@ pub fn delete_entries<K, V, C>(
     now: &HashMap<K, C>,
     baseline: &mut HashMap<K, C>,
     gone: impl Fn(&K) -> bool,
-) -> anyhow::Result<(&'static str, u64)>
+) -> Result<(&'static str, u64), MapError>
 where
     K: aya::Pod + Eq + std::hash::Hash,
     V: aya::Pod,
@@ -114,6 +114,17 @@ where
         baseline.remove(key);
     }
     Ok((map, probe.remove_entries::<K, V>(map, &keys)?))
+}
+
+/// A signal's maps could not be read or changed.
+#[derive(Debug, thiserror::Error)]
+#[error("{doing} the {signal} maps")]
+pub struct SignalError {
+    /// `reading`, `expiring in`, `collecting garbage in`.
+    pub doing: &'static str,
+    pub signal: &'static str,
+    #[source]
+    pub source: MapError,
 }
 
 /// How the signals are set up for a window.
@@ -143,7 +154,7 @@ pub trait Source: Sized {
 
     fn new(settings: &Settings) -> Self;
 
-    fn read(probe: &Probe) -> anyhow::Result<Self::Counters>;
+    fn read(probe: &Probe) -> Result<Self::Counters, MapError>;
 
     /// The cgroup ids its keys carry, to be named while they still exist.
     fn cgroups(counters: &Self::Counters) -> Vec<(Hierarchy, u64)>;
@@ -154,7 +165,7 @@ pub trait Source: Sized {
     }
 
     /// Upkeep once a second (expiring, following cgroup files).
-    fn tick(&mut self, _probe: &mut Probe, _cpu_paths: &mut CgroupPaths) -> anyhow::Result<()> {
+    fn tick(&mut self, _probe: &mut Probe, _cpu_paths: &mut CgroupPaths) -> Result<(), MapError> {
         Ok(())
     }
 
@@ -167,7 +178,7 @@ pub trait Source: Sized {
         now: &Self::Counters,
         baseline: &mut Self::Counters,
         dead: &Dead,
-    ) -> anyhow::Result<Vec<(&'static str, u64)>>;
+    ) -> Result<Vec<(&'static str, u64)>, MapError>;
 
     /// Forgets what it keeps about a cgroup path whose name is forgotten.
     fn forget(&mut self, _hierarchy: Hierarchy, _path: &str) {}

@@ -26,7 +26,7 @@ use super::{
 use crate::{
     kernel::{
         layout,
-        loader::{Hook, Probe, ProgramSpec},
+        loader::{Hook, MapError, Probe, ProgramSpec},
     },
     output::{
         families::{Families, IO_BUCKETS, Labels, prometheus_histogram, with},
@@ -233,7 +233,7 @@ impl Source for TcpConnections {
         Self
     }
 
-    fn read(probe: &Probe) -> anyhow::Result<Counts> {
+    fn read(probe: &Probe) -> Result<Counts, MapError> {
         Ok(Counts {
             counters: probe.read_per_cpu(
                 TCP_CONNECTIONS_MAP,
@@ -268,7 +268,7 @@ impl Source for TcpConnections {
         now: &Counts,
         baseline: &mut Counts,
         dead: &Dead,
-    ) -> anyhow::Result<Vec<(&'static str, u64)>> {
+    ) -> Result<Vec<(&'static str, u64)>, MapError> {
         let gone = |k: &ConnectionKey| dead.gone(k.cgroup_id, k.netns);
         Ok(vec![
             delete_entries::<_, ConnectionCounters, _>(

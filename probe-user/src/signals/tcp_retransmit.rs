@@ -19,7 +19,7 @@ use super::{
 use crate::{
     kernel::{
         layout,
-        loader::{Hook, Probe, ProgramSpec},
+        loader::{Hook, MapError, Probe, ProgramSpec},
     },
     output::{
         families::{Families, Labels},
@@ -145,7 +145,7 @@ impl Source for TcpRetransmit {
         Self
     }
 
-    fn read(probe: &Probe) -> anyhow::Result<Self::Counters> {
+    fn read(probe: &Probe) -> Result<Self::Counters, MapError> {
         probe.read_per_cpu(TCP_RETRANSMITS_MAP, |total: &mut RetransmitCounters, v| {
             total.add(v);
         })
@@ -171,7 +171,7 @@ impl Source for TcpRetransmit {
         now: &Self::Counters,
         baseline: &mut Self::Counters,
         dead: &Dead,
-    ) -> anyhow::Result<Vec<(&'static str, u64)>> {
+    ) -> Result<Vec<(&'static str, u64)>, MapError> {
         Ok(vec![delete_entries::<_, RetransmitCounters, _>(
             probe,
             TCP_RETRANSMITS_MAP,

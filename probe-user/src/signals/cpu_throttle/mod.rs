@@ -27,7 +27,7 @@ use super::{
 use crate::{
     kernel::{
         layout,
-        loader::{Hook, Probe, ProgramSpec},
+        loader::{Hook, MapError, Probe, ProgramSpec},
     },
     output::{
         families::{Families, IO_BUCKETS, Labels, prometheus_histogram},
@@ -186,7 +186,7 @@ impl Source for CpuThrottle {
         Self::default()
     }
 
-    fn read(probe: &Probe) -> anyhow::Result<Self::Counters> {
+    fn read(probe: &Probe) -> Result<Self::Counters, MapError> {
         probe.read_hash(CPU_THROTTLE_MAP)
     }
 
@@ -195,7 +195,7 @@ impl Source for CpuThrottle {
     }
 
     /// Starts following `cpu.stat` of cgroups with a quota as they appear.
-    fn tick(&mut self, _probe: &mut Probe, paths: &mut CgroupPaths) -> anyhow::Result<()> {
+    fn tick(&mut self, _probe: &mut Probe, paths: &mut CgroupPaths) -> Result<(), MapError> {
         paths.refresh();
         let root = paths.root().to_path_buf();
         // v1 keeps cpuacct in a hierarchy of its own beside cpu: the same path there.
@@ -254,7 +254,7 @@ impl Source for CpuThrottle {
         now: &Self::Counters,
         baseline: &mut Self::Counters,
         dead: &Dead,
-    ) -> anyhow::Result<Vec<(&'static str, u64)>> {
+    ) -> Result<Vec<(&'static str, u64)>, MapError> {
         Ok(vec![delete_entries::<_, ThrottleStats, _>(
             probe,
             CPU_THROTTLE_MAP,

@@ -27,7 +27,7 @@ use super::{
     source::{Attribution, Dead, Owner, Settings, Shared, Source, delete_entries},
 };
 use crate::{
-    kernel::loader::{Hook, Probe, ProgramSpec},
+    kernel::loader::{Hook, MapError, Probe, ProgramSpec},
     output::{
         families::{DNS_BUCKETS, Families, Labels, prometheus_histogram, with},
         parts::{Cell, Detail, TopColumn, bars, or_dash, truncate_left},
@@ -188,7 +188,7 @@ impl Source for Dns {
         }
     }
 
-    fn read(probe: &Probe) -> anyhow::Result<DnsCounts> {
+    fn read(probe: &Probe) -> Result<DnsCounts, MapError> {
         Ok(DnsCounts {
             counters: probe.read_per_cpu(DNS_COUNTERS_MAP, |total: &mut DnsCounters, v| {
                 total.add(v);
@@ -206,11 +206,12 @@ impl Source for Dns {
     }
 
     /// Counts and forgets the queries older than the timeout.
-    fn tick(&mut self, probe: &mut Probe, _cpu_paths: &mut CgroupPaths) -> anyhow::Result<()> {
+    fn tick(&mut self, probe: &mut Probe, _cpu_paths: &mut CgroupPaths) -> Result<(), MapError> {
         let deadline = monotonic_ns().saturating_sub(self.timeout.as_nanos() as u64);
         let mut in_flight = aya::maps::HashMap::<&mut MapData, DnsFlow, DnsQuery>::try_from(
             probe.map_mut(DNS_IN_FLIGHT_MAP)?,
-        )?;
+        )
+        .map_err(MapError::access(DNS_IN_FLIGHT_MAP))?;
         let expired: Vec<DnsFlow> = in_flight
             .iter()
             .filter_map(Result::ok)
@@ -236,7 +237,7 @@ impl Source for Dns {
         now: &DnsCounts,
         baseline: &mut DnsCounts,
         dead: &Dead,
-    ) -> anyhow::Result<Vec<(&'static str, u64)>> {
+    ) -> Result<Vec<(&'static str, u64)>, MapError> {
         let gone = |cgroup_id: u64| dead.gone(cgroup_id, 0);
         // Queries of a dead workload still waiting: they would time out later and
         // bring it back.
