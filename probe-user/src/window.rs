@@ -17,7 +17,7 @@ use crate::{
     report::{Snapshot, Workload},
     signals::{
         Counters, Dead, NetnsLoad, Owner, Sections, Settings, Shared, SignalError, Sources,
-        Workloads,
+        Workloads, record::Names,
     },
     workloads::{
         attribution::Attributor,
@@ -315,7 +315,19 @@ impl Collector {
             .by_cgroup(hierarchy, id, netns)
             .clone()
     }
+}
 
+impl Names for Collector {
+    fn identity_of(&mut self, hierarchy: Hierarchy, id: u64, netns: Option<u32>) -> Identity {
+        self.workload_of(hierarchy, id, netns).identity
+    }
+
+    fn probe(&self) -> &Probe {
+        &self.probe
+    }
+}
+
+impl Collector {
     /// Rescans processes, namespaces and cpu quotas, and names any new cgroup ids. Call
     /// about once a second.
     pub fn tick(&mut self) -> Result<(), WindowError> {

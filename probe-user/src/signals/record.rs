@@ -5,7 +5,10 @@ use std::{collections::HashMap, path::Path};
 
 use probe_common::trace::{TraceHeader, TraceKind};
 
-use crate::kernel::{devices, loader::Probe, symbols::Symbols};
+use crate::{
+    kernel::{devices, loader::Probe, symbols::Symbols},
+    workloads::{cgroup::Hierarchy, identity::Identity},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -50,6 +53,15 @@ pub fn read<T: aya::Pod>(kind: TraceKind, bytes: &[u8]) -> Result<Box<T>, Record
 /// What a signal may consult to name a record's fields: the kernel's enums (from the
 /// loaded probe's BTF), its symbols, and block device names (cached: a burst of events
 /// costs one sysfs lookup).
+/// Who a trace record belongs to, named the way the report names it, and the loaded
+/// programs its fields are read with: what `trace`'s decoder needs of the window.
+pub trait Names {
+    /// The identity of a kernel key: a cgroup id of `hierarchy`, or for id 0 the owner
+    /// of namespace `netns`.
+    fn identity_of(&mut self, hierarchy: Hierarchy, id: u64, netns: Option<u32>) -> Identity;
+    fn probe(&self) -> &Probe;
+}
+
 pub struct TraceContext<'a> {
     pub probe: &'a Probe,
     pub symbols: &'a Symbols,

@@ -15,8 +15,7 @@ use serde::Serialize;
 pub(crate) use crate::signals::{Fields, Record};
 use crate::{
     kernel::symbols::Symbols,
-    signals::record::TraceContext,
-    window::Collector,
+    signals::record::{Names, TraceContext},
     workloads::{cgroup::Hierarchy, identity::Identity},
 };
 
@@ -78,18 +77,14 @@ impl Decoder {
         self.realtime_offset_ns = realtime_offset_ns();
     }
 
-    pub(crate) fn event(&mut self, collector: &mut Collector, record: &Record) -> TraceEvent {
+    pub(crate) fn event(&mut self, names: &mut impl Names, record: &Record) -> TraceEvent {
         let header = record.header;
         let hierarchy = record.hierarchy();
         let netns = (header.netns != 0).then_some(header.netns);
         let mut workload = self
             .names
             .entry((hierarchy, header.cgroup_id, header.netns))
-            .or_insert_with(|| {
-                collector
-                    .workload_of(hierarchy, header.cgroup_id, netns)
-                    .identity
-            })
+            .or_insert_with(|| names.identity_of(hierarchy, header.cgroup_id, netns))
             .clone();
         // What the kernel said, where naming found nothing more.
         workload.cgroup_id = workload
@@ -97,7 +92,7 @@ impl Decoder {
             .or((header.cgroup_id != 0).then_some(header.cgroup_id));
         workload.netns = workload.netns.or(netns);
         let fields = record.fields(&mut TraceContext {
-            probe: collector.probe(),
+            probe: names.probe(),
             symbols: &self.symbols,
             sys_root: &self.sys_root,
             devices: &mut self.devices,
