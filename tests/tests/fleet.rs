@@ -1021,19 +1021,7 @@ fn recording_rules_name_workloads_as_fleet_verify_does() {
         "rule_files:\n  - {}\nevaluation_interval: 30s\ntests:\n  - interval: 30s\n    input_series:\n{input}    promql_expr_test:\n      - expr: tuneprobe:cpu_throttled_ratio:1m\n        eval_time: 5m\n        exp_samples:\n{expected}      - expr: node_workload:tuneprobe_cpu_throttled_ratio:median1m{{workload=\"api\"}}\n        eval_time: 5m\n        exp_samples:\n          - labels: 'node_workload:tuneprobe_cpu_throttled_ratio:median1m{{node=\"n1\",namespace=\"shop\",workload=\"api\",container=\"c\"}}'\n            value: 0.5\n",
         rules.display()
     );
-    let file = dir.0.join("rules-test.yaml");
-    fs::write(&file, &test).unwrap();
-    let out = Command::new("promtool")
-        .args(["test", "rules"])
-        .arg(&file)
-        .output()
-        .expect("run promtool");
-    assert!(
-        out.status.success(),
-        "promtool test rules: {}{}\n{test}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_test_rules(&dir, &test);
 }
 
 /// Input series for one counter of a declaration: `per_step` more every 30 s, with the
@@ -1107,8 +1095,14 @@ fn recording_rules_compute_each_measure_as_declared() {
         "rule_files:\n  - {}\nevaluation_interval: 30s\ntests:\n{tests}",
         rules.display()
     );
+    promtool_test_rules(&dir, &test);
+}
+
+/// Runs `promtool test rules` on the unit test `test` (written into `dir`); fails with
+/// promtool's report and the test.
+fn promtool_test_rules(dir: &TempDir, test: &str) {
     let file = dir.0.join("rules-test.yaml");
-    fs::write(&file, &test).unwrap();
+    fs::write(&file, test).unwrap();
     let out = Command::new("promtool")
         .args(["test", "rules"])
         .arg(&file)

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::views::plot::{box_row, escape, number};
+use crate::views::plot::{Heading, box_row, escape, number, write_axis};
 
 use super::{FleetReport, FleetVerdict};
 
@@ -170,30 +170,17 @@ fn svg_panel(out: &mut String, top: f64, v: &FleetVerdict) {
     let (lo, hi) = if hi > lo { (lo, hi) } else { (lo, lo + 1.0) };
     let x = |value: f64| LEFT + (value - lo) / (hi - lo) * (WIDTH - LEFT - RIGHT);
     let c = &v.did;
-    let _ = writeln!(
-        out,
-        r#"<text x="10" y="{}" font-weight="bold">{}</text><text x="10" y="{}">{}: {} (difference in differences {}, 95% CI [{}, {}], p = {:.4})</text>"#,
-        top + 16.0,
-        escape(&v.group),
-        top + 32.0,
-        escape(&v.signal.name()),
-        escape(&crate::output::serde_name(&c.verdict)),
-        number(c.effect),
-        number(c.ci95[0]),
-        number(c.ci95[1]),
-        c.p_value
-    );
-    let axis_y = top + 196.0;
-    let _ = writeln!(
-        out,
-        r##"<line x1="{LEFT}" y1="{axis_y}" x2="{}" y2="{axis_y}" stroke="#444"/><text x="{LEFT}" y="{}" text-anchor="middle">{}</text><text x="{}" y="{}" text-anchor="middle">{}</text>"##,
-        WIDTH - RIGHT,
-        axis_y + 14.0,
-        number(lo),
-        WIDTH - RIGHT,
-        axis_y + 14.0,
-        number(hi)
-    );
+    let heading = Heading {
+        title: &v.group,
+        signal: &v.signal.name(),
+        verdict: &crate::output::serde_name(&c.verdict),
+        effect_name: "difference in differences",
+        effect: c.effect,
+        ci95: c.ci95,
+        p_value: c.p_value,
+    };
+    heading.write(out, top);
+    write_axis(out, top + 196.0, (LEFT, WIDTH - RIGHT), (lo, hi));
     for (row, (name, values, colour)) in rows.into_iter().enumerate() {
         let y = top + 56.0 + 36.0 * row as f64;
         box_row(out, y, name, values, colour, x);

@@ -125,6 +125,54 @@ pub(crate) fn escape(text: &str) -> String {
 
 /// One panel per verdict: the before and after samples as points over box plots, the
 /// verdict, effect and p-value in the title.
+/// The two lines above a verdict's panel: what was judged, and the verdict with its
+/// effect, confidence interval and p-value.
+pub(crate) struct Heading<'a> {
+    pub title: &'a str,
+    pub signal: &'a str,
+    pub verdict: &'a str,
+    /// `effect`, or `difference in differences`.
+    pub effect_name: &'a str,
+    pub effect: f64,
+    pub ci95: [f64; 2],
+    pub p_value: f64,
+}
+
+impl Heading<'_> {
+    pub(crate) fn write(&self, out: &mut String, top: f64) {
+        let _ = writeln!(
+            out,
+            r#"<text x="10" y="{}" font-weight="bold">{}</text><text x="10" y="{}">{}: {} ({} {}, 95% CI [{}, {}], p = {:.4})</text>"#,
+            top + 16.0,
+            escape(self.title),
+            top + 32.0,
+            escape(self.signal),
+            escape(self.verdict),
+            self.effect_name,
+            number(self.effect),
+            number(self.ci95[0]),
+            number(self.ci95[1]),
+            self.p_value
+        );
+    }
+}
+
+/// A horizontal axis at `y` from `x.0` to `x.1`, labelled with its ends `range`.
+pub(crate) fn write_axis(out: &mut String, y: f64, x: (f64, f64), range: (f64, f64)) {
+    let _ = writeln!(
+        out,
+        r##"<line x1="{}" y1="{y}" x2="{}" y2="{y}" stroke="#444"/><text x="{}" y="{}" text-anchor="middle">{}</text><text x="{}" y="{}" text-anchor="middle">{}</text>"##,
+        x.0,
+        x.1,
+        x.0,
+        y + 14.0,
+        number(range.0),
+        x.1,
+        y + 14.0,
+        number(range.1)
+    );
+}
+
 pub(crate) fn svg(title: &str, verdicts: &[(String, &WorkloadVerdict)]) -> String {
     const WIDTH: f64 = 760.0;
     const PANEL: f64 = 150.0;
@@ -152,30 +200,17 @@ pub(crate) fn svg(title: &str, verdicts: &[(String, &WorkloadVerdict)]) -> Strin
         let (lo, hi) = axis(verdict);
         let x = |v: f64| LEFT + (v - lo) / (hi - lo) * (WIDTH - LEFT - RIGHT);
         let c = &verdict.comparison;
-        let _ = writeln!(
-            out,
-            r#"<text x="10" y="{}" font-weight="bold">{}</text><text x="10" y="{}">{}: {} (effect {}, 95% CI [{}, {}], p = {:.4})</text>"#,
-            top + 16.0,
-            escape(label),
-            top + 32.0,
-            escape(&verdict.signal.name()),
-            escape(&crate::output::serde_name(&c.verdict)),
-            number(c.effect),
-            number(c.ci95[0]),
-            number(c.ci95[1]),
-            c.p_value
-        );
-        let axis_y = top + 128.0;
-        let _ = writeln!(
-            out,
-            r##"<line x1="{LEFT}" y1="{axis_y}" x2="{}" y2="{axis_y}" stroke="#444"/><text x="{LEFT}" y="{}" text-anchor="middle">{}</text><text x="{}" y="{}" text-anchor="middle">{}</text>"##,
-            WIDTH - RIGHT,
-            axis_y + 14.0,
-            number(lo),
-            WIDTH - RIGHT,
-            axis_y + 14.0,
-            number(hi)
-        );
+        let heading = Heading {
+            title: label,
+            signal: &verdict.signal.name(),
+            verdict: &crate::output::serde_name(&c.verdict),
+            effect_name: "effect",
+            effect: c.effect,
+            ci95: c.ci95,
+            p_value: c.p_value,
+        };
+        heading.write(&mut out, top);
+        write_axis(&mut out, top + 128.0, (LEFT, WIDTH - RIGHT), (lo, hi));
         for (row, (name, values, colour)) in [
             ("before", &verdict.samples.before, "#d62728"),
             ("after", &verdict.samples.after, "#2ca02c"),
