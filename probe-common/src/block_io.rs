@@ -60,3 +60,36 @@ pub struct InFlightRequest {
     /// not taken for this one's queueing.
     pub allocated_ns: u64,
 }
+
+crate::kernel_layout! {
+    /// Where the block programs find a request's disk, size, start time and cgroup.
+    /// Byte offsets and flags from the running kernel's BTF, in the read-only global
+    /// `BLOCK_LAYOUT`.
+    pub struct BlockLayout in "BLOCK_LAYOUT" {
+        /// `request.q`
+        request_queue,
+        /// `request_queue.disk`, or `request.rq_disk` where `request_has_rq_disk`.
+        queue_disk,
+        /// 1 where the request names its disk itself, `request.rq_disk` (older kernels such as
+        /// 5.10, whose `request_queue` has no `disk`): `queue_disk` is then that field's offset.
+        request_has_rq_disk,
+        /// `gendisk.major`
+        disk_major,
+        /// `gendisk.first_minor`
+        disk_first_minor,
+        /// `request.cmd_flags`
+        request_cmd_flags,
+        /// `request.__data_len`: bytes still to complete.
+        request_data_len,
+        /// `request.start_time_ns`: when the request struct was allocated for this IO.
+        request_start_time_ns,
+        /// `request.bio`
+        request_bio,
+        /// `bio.bi_blkg`
+        bio_blkg,
+        /// `blkcg_gq.blkcg`
+        blkg_blkcg,
+        /// `blkcg.css.cgroup`
+        blkcg_cgroup,
+    }
+}

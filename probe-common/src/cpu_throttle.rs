@@ -37,3 +37,31 @@ pub struct ThrottledTask {
     pub since_ns: u64,
     pub cgroup_id: u64,
 }
+
+crate::kernel_layout! {
+    /// Where the throttle programs find a task's cpu cgroup and its throttle flag.
+    /// Byte offsets and flags from the running kernel's BTF, in the read-only global
+    /// `THROTTLE_LAYOUT`.
+    pub struct ThrottleLayout in "THROTTLE_LAYOUT" {
+        /// `task_struct.pid` (the thread id)
+        task_pid,
+        /// `task_struct.cgroups` + `css_set.subsys[cpu_cgrp_id]`: the task's cpu css.
+        task_cgroups,
+        css_set_cpu_css,
+        /// `cgroup_subsys_state.cgroup`
+        css_cgroup,
+        /// 1: the throttle flag is on the task (`task_struct.throttled`, 6.18+);
+        /// 0: on its cfs_rq (`task_struct.se.cfs_rq->throttle_count`, non-zero while it or
+        /// an ancestor is throttled).
+        throttle_per_task,
+        /// Byte holding the throttle flag, in the task or in the cfs_rq.
+        throttled_byte,
+        /// Mask of the flag in that byte (0xff for a whole `bool`/`int`, one bit for a bitfield).
+        throttled_mask,
+        /// `task_struct.se.cfs_rq`, when the flag is on the cfs_rq.
+        task_cfs_rq,
+        /// 1 if `sched_switch` passes `prev_state` (5.18+): with the cfs_rq flag, a task
+        /// that blocked is not a throttled one.
+        sched_switch_has_prev_state,
+    }
+}

@@ -27,3 +27,20 @@ pub struct DropKey {
     /// Where the kernel dropped it, on kernels without drop reasons; else 0.
     pub location: u64,
 }
+
+crate::kernel_layout! {
+    /// What the drop program needs of `kfree_skb` and its skb.
+    /// Byte offsets and flags from the running kernel's BTF, in the read-only global
+    /// `DROPS_LAYOUT`.
+    pub struct DropsLayout in "DROPS_LAYOUT" {
+        /// `sk_buff.dev`
+        sk_buff_dev,
+        /// 1 if `kfree_skb` passes `rx_sk` (kernel 6.12+), so receive-side drops keep their socket.
+        kfree_skb_has_rx_sk,
+        /// 1 if `kfree_skb` passes a drop reason (kernel 5.17+); without it drops are keyed by
+        /// `location`, the code address that dropped the packet.
+        kfree_skb_has_reason,
+        /// `SKB_CONSUMED`: not a drop; older kernels report it through `kfree_skb`.
+        drop_reason_consumed,
+    }
+}

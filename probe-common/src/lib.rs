@@ -54,7 +54,6 @@ user_pod!(
     DnsResolverKey,
     DropKey,
     InFlightRequest,
-    KernelLayout,
     RetransmitCounters,
     RetransmitKey,
     ThrottleStats,

@@ -114,3 +114,21 @@ pub struct ConnectionTimes {
     /// The lowest round-trip time seen over the connection (`tcp_sock.rtt_min`).
     pub min_rtt: LatencyHistogram,
 }
+
+crate::kernel_layout! {
+    /// What the connection programs read of a TCP socket when its state changes.
+    /// Byte offsets and flags from the running kernel's BTF, in the read-only global
+    /// `CONNECTION_LAYOUT`.
+    pub struct ConnectionLayout in "CONNECTION_LAYOUT" {
+        /// `sock.sk_protocol` (a `u16` since 5.6)
+        sock_protocol,
+        /// `sock.sk_err`: why a connect failed.
+        sock_err,
+        /// `tcp_sock.srtt_us` (smoothed RTT in µs, shifted left by 3)
+        tcp_srtt_us,
+        /// `tcp_sock.rtt_min` + `minmax_sample.v`: the windowed minimum's best sample (µs).
+        tcp_min_rtt_us,
+        /// `tcp_sock.segs_out`: 0 while not even a SYN went out.
+        tcp_segs_out,
+    }
+}

@@ -43,3 +43,15 @@ impl RetransmitCounters {
         }
     }
 }
+
+crate::kernel_layout! {
+    /// What the retransmit program needs of `tcp_retransmit_skb` and its skb.
+    /// Byte offsets and flags from the running kernel's BTF, in the read-only global
+    /// `RETRANSMIT_LAYOUT`.
+    pub struct RetransmitLayout in "RETRANSMIT_LAYOUT" {
+        /// `sk_buff.cb` + `tcp_skb_cb.tcp_gso_segs`: the skb's segment count (`tcp_skb_pcount`).
+        sk_buff_tcp_gso_segs,
+        /// 1 if `tcp_retransmit_skb` passes `err` (kernel 6.11+); without it every attempt counts as sent.
+        tcp_retransmit_has_err,
+    }
+}

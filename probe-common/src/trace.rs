@@ -186,3 +186,31 @@ pub struct ConnectionEvent {
     pub srtt_us: u32,
     pub min_rtt_us: u32,
 }
+
+crate::kernel_layout! {
+    /// Fields only `tuneprobe trace` events use: a kernel without them still runs every
+    /// program, its events just lack addresses.
+    /// Byte offsets and flags from the running kernel's BTF, in the read-only global
+    /// `TRACE_LAYOUT`.
+    pub struct TraceLayout in "TRACE_LAYOUT" {
+        /// 1 if the socket address fields below resolved.
+        sock_addresses,
+        /// `sock.__sk_common.skc_family`
+        sock_family,
+        /// `sock.__sk_common.skc_daddr` / `skc_rcv_saddr` (IPv4, network order)
+        sock_daddr,
+        sock_rcv_saddr,
+        /// `sock.__sk_common.skc_dport` (network order) / `skc_num` (host order)
+        sock_dport,
+        sock_num,
+        /// 1 if the IPv6 address fields resolved (kernels built with IPv6).
+        sock_has_v6,
+        /// `sock.__sk_common.skc_v6_daddr` / `skc_v6_rcv_saddr`
+        sock_v6_daddr,
+        sock_v6_rcv_saddr,
+        /// 1 if `sk_buff.head` and `sk_buff.network_header` resolved.
+        skb_headers,
+        sk_buff_head,
+        sk_buff_network_header,
+    }
+}

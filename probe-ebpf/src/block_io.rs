@@ -22,6 +22,11 @@ use crate::{
     trace,
 };
 
+/// This signal's layout, as the loader resolved it from BTF (see `kernel::layout!`).
+#[unsafe(no_mangle)]
+pub(crate) static BLOCK_LAYOUT: aya_ebpf::Global<probe_common::block_io::BlockLayout> =
+    aya_ebpf::Global::new(probe_common::block_io::BlockLayout::UNRESOLVED);
+
 /// `probe_common::block_io::BLOCK_IO_MAP`
 #[map]
 static BLOCK_IO: HashMap<BlockKey, BlockStats> = HashMap::with_max_entries(BLOCK_IO_MAX_KEYS, 0);
@@ -137,7 +142,7 @@ fn try_block_rq_complete(ctx: &BtfTracePointContext) {
     }
     // A partial completion (the driver finished part of the request, with or without
     // an error) is not the end: `__data_len` still holds what was left before it.
-    let remaining: u32 = kernel::load(rq, layout!(request_data_len));
+    let remaining: u32 = kernel::load(rq, layout!(BLOCK_LAYOUT, request_data_len));
     if nr_bytes < remaining {
         return;
     }
@@ -186,7 +191,7 @@ fn now() -> u64 {
 /// put while the request waits, merges included.
 #[inline(always)]
 fn allocated_ns(rq: *const u8) -> u64 {
-    kernel::load(rq, layout!(request_start_time_ns))
+    kernel::load(rq, layout!(BLOCK_LAYOUT, request_start_time_ns))
 }
 
 /// Device, operation and owning cgroup of a request.
@@ -194,27 +199,33 @@ fn allocated_ns(rq: *const u8) -> u64 {
 fn request_key(rq: *const u8) -> BlockKey {
     // Which layout comes from BTF at load time (a verifier constant): 5.10's request
     // names its disk itself, newer kernels' through the request queue.
-    let disk = if layout!(request_has_rq_disk) != 0 {
-        kernel::load(rq, layout!(queue_disk))
+    let disk = if layout!(BLOCK_LAYOUT, request_has_rq_disk) != 0 {
+        kernel::load(rq, layout!(BLOCK_LAYOUT, queue_disk))
     } else {
-        kernel::follow(rq, [layout!(request_queue), layout!(queue_disk)])
+        kernel::follow(
+            rq,
+            [
+                layout!(BLOCK_LAYOUT, request_queue),
+                layout!(BLOCK_LAYOUT, queue_disk),
+            ],
+        )
     };
     let (major, minor) = if disk.is_null() {
         (0, 0)
     } else {
         (
-            kernel::load::<i32>(disk, layout!(disk_major)) as u32,
-            kernel::load::<i32>(disk, layout!(disk_first_minor)) as u32,
+            kernel::load::<i32>(disk, layout!(BLOCK_LAYOUT, disk_major)) as u32,
+            kernel::load::<i32>(disk, layout!(BLOCK_LAYOUT, disk_first_minor)) as u32,
         )
     };
-    let flags: u32 = kernel::load(rq, layout!(request_cmd_flags));
+    let flags: u32 = kernel::load(rq, layout!(BLOCK_LAYOUT, request_cmd_flags));
     let cgroup = kernel::follow(
         rq,
         [
-            layout!(request_bio),
-            layout!(bio_blkg),
-            layout!(blkg_blkcg),
-            layout!(blkcg_cgroup),
+            layout!(BLOCK_LAYOUT, request_bio),
+            layout!(BLOCK_LAYOUT, bio_blkg),
+            layout!(BLOCK_LAYOUT, blkg_blkcg),
+            layout!(BLOCK_LAYOUT, blkcg_cgroup),
         ],
     );
     BlockKey {

@@ -22,6 +22,11 @@ use crate::{
     trace,
 };
 
+/// This signal's layout, as the loader resolved it from BTF (see `kernel::layout!`).
+#[unsafe(no_mangle)]
+pub(crate) static THROTTLE_LAYOUT: aya_ebpf::Global<probe_common::cpu_throttle::ThrottleLayout> =
+    aya_ebpf::Global::new(probe_common::cpu_throttle::ThrottleLayout::UNRESOLVED);
+
 /// `probe_common::cpu_throttle::CPU_THROTTLE_MAP`
 #[map]
 static CPU_THROTTLE: HashMap<u64, ThrottleStats> =
@@ -49,7 +54,9 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let next: *const u8 = ctx.arg(2);
     // The clock is read only on the rare paths that need it: this program runs on every
     // context switch, and a helper call is a large part of its cost (xtask bench).
-    if is_throttled(prev) && (layout!(throttle_per_task) != 0 || still_runnable(&ctx)) {
+    if is_throttled(prev)
+        && (layout!(THROTTLE_LAYOUT, throttle_per_task) != 0 || still_runnable(&ctx))
+    {
         switched_out_throttled(prev, now());
     }
     switched_in(next);
@@ -66,7 +73,7 @@ fn now() -> u64 {
 /// was not switched out by the throttle. `prev_state` 0 is `TASK_RUNNING`.
 #[inline(always)]
 fn still_runnable(ctx: &BtfTracePointContext) -> bool {
-    if layout!(sched_switch_has_prev_state) == 0 {
+    if layout!(THROTTLE_LAYOUT, sched_switch_has_prev_state) == 0 {
         return true;
     }
     let prev_state: u32 = ctx.arg(3);
@@ -75,16 +82,16 @@ fn still_runnable(ctx: &BtfTracePointContext) -> bool {
 
 #[inline(always)]
 fn is_throttled(task: *const u8) -> bool {
-    let holder = if layout!(throttle_per_task) != 0 {
+    let holder = if layout!(THROTTLE_LAYOUT, throttle_per_task) != 0 {
         task
     } else {
-        kernel::follow(task, [layout!(task_cfs_rq)])
+        kernel::follow(task, [layout!(THROTTLE_LAYOUT, task_cfs_rq)])
     };
     if holder.is_null() {
         return false;
     }
-    let flag: u8 = kernel::load(holder, layout!(throttled_byte));
-    u32::from(flag) & layout!(throttled_mask) != 0
+    let flag: u8 = kernel::load(holder, layout!(THROTTLE_LAYOUT, throttled_byte));
+    u32::from(flag) & layout!(THROTTLE_LAYOUT, throttled_mask) != 0
 }
 
 #[inline(always)]
@@ -92,9 +99,9 @@ fn switched_out_throttled(task: *const u8, now: u64) {
     let cgroup = kernel::follow(
         task,
         [
-            layout!(task_cgroups),
-            layout!(css_set_cpu_css),
-            layout!(css_cgroup),
+            layout!(THROTTLE_LAYOUT, task_cgroups),
+            layout!(THROTTLE_LAYOUT, css_set_cpu_css),
+            layout!(THROTTLE_LAYOUT, css_cgroup),
         ],
     );
     let cgroup_id = kernel::cgroup_id(cgroup);
@@ -150,7 +157,7 @@ fn switched_in(task: *const u8) {
     }
     let stall_ns = now.saturating_sub(waiting.since_ns);
     if trace::enabled(TraceKind::Throttle) {
-        let pid: u32 = kernel::load(task, layout!(task_pid));
+        let pid: u32 = kernel::load(task, layout!(THROTTLE_LAYOUT, task_pid));
         let event = ThrottleEvent {
             header: trace::header(TraceKind::Throttle, waiting.cgroup_id, 0, now),
             stall_ns,

@@ -23,6 +23,11 @@ use crate::{
     trace,
 };
 
+/// This signal's layout, as the loader resolved it from BTF (see `kernel::layout!`).
+#[unsafe(no_mangle)]
+pub(crate) static DROPS_LAYOUT: aya_ebpf::Global<probe_common::drops::DropsLayout> =
+    aya_ebpf::Global::new(probe_common::drops::DropsLayout::UNRESOLVED);
+
 /// `probe_common::drops::DROPS_MAP`: (owner, reason) -> drops.
 #[map]
 static DROPS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::with_max_entries(DROPS_MAX_KEYS, 0);
@@ -37,9 +42,9 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
 fn try_kfree_skb(ctx: &BtfTracePointContext) {
     let skb: *const u8 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
-    let (reason, key_location) = if layout!(kfree_skb_has_reason) != 0 {
+    let (reason, key_location) = if layout!(DROPS_LAYOUT, kfree_skb_has_reason) != 0 {
         let reason: u32 = ctx.arg(2);
-        if reason == layout!(drop_reason_consumed) {
+        if reason == layout!(DROPS_LAYOUT, drop_reason_consumed) {
             return;
         }
         (reason, 0)
@@ -51,15 +56,15 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) {
 
     // Transmit-side drops carry the socket in skb->sk; receive-side drops of 6.12+
     // kernels pass it as rx_sk (the skb is not yet owned there).
-    let mut sk: *const u8 = kernel::load(skb, layout!(sk_buff_sk));
-    if sk.is_null() && layout!(kfree_skb_has_rx_sk) != 0 {
+    let mut sk: *const u8 = kernel::load(skb, layout!(crate::kernel::KERNEL_LAYOUT, sk_buff_sk));
+    if sk.is_null() && layout!(DROPS_LAYOUT, kfree_skb_has_rx_sk) != 0 {
         sk = ctx.arg(3);
     }
 
     let key = if sk.is_null() {
         // No socket (closed port, firewall on input): the device's namespace tells whose
         // traffic it was.
-        let dev: *const u8 = kernel::load(skb, layout!(sk_buff_dev));
+        let dev: *const u8 = kernel::load(skb, layout!(DROPS_LAYOUT, sk_buff_dev));
         DropKey {
             cgroup_id: 0,
             netns: kernel::device_netns(dev),

@@ -12,28 +12,32 @@
 use aya_ebpf::{Global, helpers::bpf_probe_read_kernel};
 use probe_common::KernelLayout;
 
+/// The reads every signal shares (a socket's cgroup and namespace); each signal's own
+/// fields are in its module's layout global (`block_io::BLOCK_LAYOUT`, ...).
 #[unsafe(no_mangle)]
-static KERNEL_LAYOUT: Global<KernelLayout> = Global::new(KernelLayout::UNRESOLVED);
+pub(crate) static KERNEL_LAYOUT: Global<KernelLayout> = Global::new(KernelLayout::UNRESOLVED);
 
 // `include/net/tcp_states.h`: part of the user ABI (inet_diag), the same on every kernel.
 const TCP_TIME_WAIT: u8 = 6;
 const TCP_NEW_SYN_RECV: u8 = 12;
 
-/// The layout as the loader wrote it (`Global` is transparent over the value).
+/// A layout global's value as the loader wrote it (`Global` is transparent over it).
 #[inline(always)]
-pub fn layout_ptr() -> *const KernelLayout {
-    (&raw const KERNEL_LAYOUT).cast()
+pub fn layout_ptr<T>(global: &Global<T>) -> *const T {
+    (global as *const Global<T>).cast()
 }
 
-/// One field of [`KERNEL_LAYOUT`], e.g. `layout!(sk_buff_sk)`: a volatile load of just
-/// that field, so the compiler cannot fold in the placeholder and nothing else is
-/// copied. The global lives in `.rodata`, which the loader freezes, so the verifier
-/// reads the loaded value as a constant: a branch on a flag is pruned and `base + offset`
-/// stays a typed pointer.
+/// One field of a layout global, e.g. `layout!(KERNEL_LAYOUT, sk_buff_sk)`: a volatile
+/// load of just that field, so the compiler cannot fold in the placeholder and nothing
+/// else is copied. The globals live in `.rodata`, which the loader freezes, so the
+/// verifier reads the loaded value as a constant: a branch on a flag is pruned and
+/// `base + offset` stays a typed pointer.
 macro_rules! layout {
-    ($field:ident) => {
-        // SAFETY: `layout_ptr` points at an initialized, never-written `KernelLayout`.
-        unsafe { core::ptr::read_volatile(&raw const (*$crate::kernel::layout_ptr()).$field) }
+    ($global:path, $field:ident) => {
+        // SAFETY: `layout_ptr` points at an initialized, never-written layout.
+        unsafe {
+            core::ptr::read_volatile(&raw const (*$crate::kernel::layout_ptr(&$global)).$field)
+        }
     };
 }
 pub(crate) use layout;
@@ -63,14 +67,14 @@ pub fn sock_cgroup_id(sk: *const u8) -> u64 {
     if sk.is_null() {
         return 0;
     }
-    let state: u8 = load(sk, layout!(sock_state));
+    let state: u8 = load(sk, layout!(KERNEL_LAYOUT, sock_state));
     if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
         return 0;
     }
-    if layout!(sock_cgroup_in_val) != 0 {
-        return sock_cgroup_val_id(load(sk, layout!(sock_cgroup)));
+    if layout!(KERNEL_LAYOUT, sock_cgroup_in_val) != 0 {
+        return sock_cgroup_val_id(load(sk, layout!(KERNEL_LAYOUT, sock_cgroup)));
     }
-    cgroup_id(load(sk, layout!(sock_cgroup)))
+    cgroup_id(load(sk, layout!(KERNEL_LAYOUT, sock_cgroup)))
 }
 
 /// Cgroup v2 id from `sock_cgroup_data.val` (kernels before 5.15, e.g. 5.10), where the
@@ -83,16 +87,17 @@ pub fn sock_cgroup_id(sk: *const u8) -> u64 {
 /// to the owner of the socket's network namespace, as for time-wait sockets.
 #[inline(always)]
 fn sock_cgroup_val_id(val: u64) -> u64 {
-    if val == 0 || val & u64::from(layout!(sock_cgroup_val_tags)) != 0 {
+    if val == 0 || val & u64::from(layout!(KERNEL_LAYOUT, sock_cgroup_val_tags)) != 0 {
         return 0;
     }
     // A number to the verifier, not a typed pointer: read through the helper.
     let cgroup = val as *const u8;
-    let kn: *const u8 = read(cgroup, layout!(cgroup_kn)).unwrap_or(core::ptr::null());
+    let kn: *const u8 =
+        read(cgroup, layout!(KERNEL_LAYOUT, cgroup_kn)).unwrap_or(core::ptr::null());
     if kn.is_null() {
         return 0;
     }
-    read(kn, layout!(kernfs_node_id)).unwrap_or(0)
+    read(kn, layout!(KERNEL_LAYOUT, kernfs_node_id)).unwrap_or(0)
 }
 
 /// Id of a `struct cgroup` (its kernfs node id, the directory's inode number); 0 if null.
@@ -101,11 +106,11 @@ pub fn cgroup_id(cgroup: *const u8) -> u64 {
     if cgroup.is_null() {
         return 0;
     }
-    let kn: *const u8 = load(cgroup, layout!(cgroup_kn));
+    let kn: *const u8 = load(cgroup, layout!(KERNEL_LAYOUT, cgroup_kn));
     if kn.is_null() {
         return 0;
     }
-    load(kn, layout!(kernfs_node_id))
+    load(kn, layout!(KERNEL_LAYOUT, kernfs_node_id))
 }
 
 /// Follows a chain of pointers from `base` (each loaded at the next offset), stopping at
@@ -128,7 +133,7 @@ pub fn sock_netns(sk: *const u8) -> u32 {
     if sk.is_null() {
         return 0;
     }
-    net_inum(load(sk, layout!(sock_net)))
+    net_inum(load(sk, layout!(KERNEL_LAYOUT, sock_net)))
 }
 
 /// Network namespace inode of a network device.
@@ -137,7 +142,7 @@ pub fn device_netns(dev: *const u8) -> u32 {
     if dev.is_null() {
         return 0;
     }
-    net_inum(load(dev, layout!(net_device_net)))
+    net_inum(load(dev, layout!(KERNEL_LAYOUT, net_device_net)))
 }
 
 #[inline(always)]
@@ -145,5 +150,5 @@ fn net_inum(net: *const u8) -> u32 {
     if net.is_null() {
         return 0;
     }
-    load(net, layout!(net_inum))
+    load(net, layout!(KERNEL_LAYOUT, net_inum))
 }

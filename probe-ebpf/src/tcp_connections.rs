@@ -28,6 +28,12 @@ use crate::{
     trace,
 };
 
+/// This signal's layout, as the loader resolved it from BTF (see `kernel::layout!`).
+#[unsafe(no_mangle)]
+pub(crate) static CONNECTION_LAYOUT: aya_ebpf::Global<
+    probe_common::tcp_connections::ConnectionLayout,
+> = aya_ebpf::Global::new(probe_common::tcp_connections::ConnectionLayout::UNRESOLVED);
+
 // `include/net/tcp_states.h` (user ABI).
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
@@ -61,7 +67,9 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    if !sk.is_null() && kernel::load::<u16>(sk, layout!(sock_protocol)) == IPPROTO_TCP {
+    if !sk.is_null()
+        && kernel::load::<u16>(sk, layout!(CONNECTION_LAYOUT, sock_protocol)) == IPPROTO_TCP
+    {
         state_change(sk, old, new);
     }
     0
@@ -125,8 +133,9 @@ fn state_change(sk: *const u8, old: i32, new: i32) {
         (TCP_SYN_RECV, TCP_ESTABLISHED) => count(sk, |c| c.passive_opens += 1),
         (TCP_SYN_SENT, TCP_CLOSE) => {
             // Beyond `struct sock`: copied with the helper (see `closed`).
-            let sent = kernel::read::<u32>(sk, layout!(tcp_segs_out)).unwrap_or(1);
-            let error: i32 = kernel::load(sk, layout!(sock_err));
+            let sent =
+                kernel::read::<u32>(sk, layout!(CONNECTION_LAYOUT, tcp_segs_out)).unwrap_or(1);
+            let error: i32 = kernel::load(sk, layout!(CONNECTION_LAYOUT, sock_err));
             match (sent, error) {
                 (0, _) => count(sk, |c| c.port_exhaustion += 1),
                 (_, ECONNREFUSED) => count(sk, |c| c.refused += 1),
@@ -165,8 +174,10 @@ fn closed(sk: *const u8, old: i32, new: i32, id: u64, now: u64) {
     let start = take_start(id);
     // `tcp_sock` extends `sock`: the verifier types `sk` as a `struct sock`, so these
     // fields beyond it are copied with the helper (once per connection).
-    let srtt_us = kernel::read::<u32>(sk, layout!(tcp_srtt_us)).unwrap_or(0) >> 3;
-    let min_rtt_us = kernel::read::<u32>(sk, layout!(tcp_min_rtt_us)).unwrap_or(0);
+    let srtt_us =
+        kernel::read::<u32>(sk, layout!(CONNECTION_LAYOUT, tcp_srtt_us)).unwrap_or(0) >> 3;
+    let min_rtt_us =
+        kernel::read::<u32>(sk, layout!(CONNECTION_LAYOUT, tcp_min_rtt_us)).unwrap_or(0);
     let key = key_of(sk);
     if let Some(times) = aggregate::shared_entry(
         &TCP_CONNECTION_TIMES,

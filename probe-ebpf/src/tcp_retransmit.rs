@@ -21,6 +21,12 @@ use crate::{
     trace,
 };
 
+/// This signal's layout, as the loader resolved it from BTF (see `kernel::layout!`).
+#[unsafe(no_mangle)]
+pub(crate) static RETRANSMIT_LAYOUT: aya_ebpf::Global<
+    probe_common::tcp_retransmit::RetransmitLayout,
+> = aya_ebpf::Global::new(probe_common::tcp_retransmit::RetransmitLayout::UNRESOLVED);
+
 /// `probe_common::tcp_retransmit::TCP_RETRANSMITS_MAP`: (cgroup id, netns) -> counters.
 #[map]
 static TCP_RETRANSMITS: PerCpuHashMap<RetransmitKey, RetransmitCounters> =
@@ -38,7 +44,7 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext) {
     let skb: *const u8 = ctx.arg(1);
     // Branch on a read-only global: the verifier prunes the read of a third argument on
     // kernels whose tracepoint has none.
-    let err: i32 = if layout!(tcp_retransmit_has_err) != 0 {
+    let err: i32 = if layout!(RETRANSMIT_LAYOUT, tcp_retransmit_has_err) != 0 {
         ctx.arg(2)
     } else {
         0
@@ -46,7 +52,7 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext) {
 
     let sent = if err == 0 {
         // tcp_skb_pcount(): the segments this skb carries, as RetransSegs counts them.
-        let segments: u16 = kernel::load(skb, layout!(sk_buff_tcp_gso_segs));
+        let segments: u16 = kernel::load(skb, layout!(RETRANSMIT_LAYOUT, sk_buff_tcp_gso_segs));
         RetransmitCounters {
             retransmits: 1,
             segments: u64::from(segments.max(1)),
@@ -74,7 +80,7 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext) {
     );
 
     if trace::enabled(TraceKind::Retransmit) {
-        let state: u8 = kernel::load(sk, layout!(sock_state));
+        let state: u8 = kernel::load(sk, layout!(crate::kernel::KERNEL_LAYOUT, sock_state));
         let event = RetransmitEvent {
             // SAFETY: no preconditions.
             header: trace::header(TraceKind::Retransmit, key.cgroup_id, key.netns, unsafe {

@@ -13,6 +13,11 @@ use probe_common::trace::{Endpoints, TRACE_RING_IDLE_BYTES, TraceConfig, TraceHe
 
 use crate::kernel::{self, layout};
 
+/// This signal's layout, as the loader resolved it from BTF (see `kernel::layout!`).
+#[unsafe(no_mangle)]
+pub(crate) static TRACE_LAYOUT: aya_ebpf::Global<probe_common::trace::TraceLayout> =
+    aya_ebpf::Global::new(probe_common::trace::TraceLayout::UNRESOLVED);
+
 #[unsafe(no_mangle)]
 static TRACE_CONFIG: Global<TraceConfig> = Global::new(TraceConfig::OFF);
 
@@ -69,24 +74,24 @@ pub fn lost(kind: TraceKind) {
 #[inline(always)]
 pub fn sock_endpoints(sk: *const u8, protocol: u8) -> Endpoints {
     let mut out = Endpoints::default();
-    if layout!(sock_addresses) == 0 || sk.is_null() {
+    if layout!(TRACE_LAYOUT, sock_addresses) == 0 || sk.is_null() {
         return out;
     }
-    let family: u16 = kernel::load(sk, layout!(sock_family));
+    let family: u16 = kernel::load(sk, layout!(TRACE_LAYOUT, sock_family));
     out.family = family;
     out.protocol = protocol;
-    out.sport = kernel::load(sk, layout!(sock_num));
-    out.dport = u16::from_be(kernel::load(sk, layout!(sock_dport)));
+    out.sport = kernel::load(sk, layout!(TRACE_LAYOUT, sock_num));
+    out.dport = u16::from_be(kernel::load(sk, layout!(TRACE_LAYOUT, sock_dport)));
     // Addresses are copied whole: the helper takes any size, a direct load at most 8
     // bytes, and this path only runs for `tuneprobe trace`.
     if family == AF_INET {
-        let s: [u8; 4] = kernel::read(sk, layout!(sock_rcv_saddr)).unwrap_or([0; 4]);
-        let d: [u8; 4] = kernel::read(sk, layout!(sock_daddr)).unwrap_or([0; 4]);
+        let s: [u8; 4] = kernel::read(sk, layout!(TRACE_LAYOUT, sock_rcv_saddr)).unwrap_or([0; 4]);
+        let d: [u8; 4] = kernel::read(sk, layout!(TRACE_LAYOUT, sock_daddr)).unwrap_or([0; 4]);
         out.saddr = mapped(s);
         out.daddr = mapped(d);
-    } else if family == AF_INET6 && layout!(sock_has_v6) != 0 {
-        out.saddr = kernel::read(sk, layout!(sock_v6_rcv_saddr)).unwrap_or([0; 16]);
-        out.daddr = kernel::read(sk, layout!(sock_v6_daddr)).unwrap_or([0; 16]);
+    } else if family == AF_INET6 && layout!(TRACE_LAYOUT, sock_has_v6) != 0 {
+        out.saddr = kernel::read(sk, layout!(TRACE_LAYOUT, sock_v6_rcv_saddr)).unwrap_or([0; 16]);
+        out.daddr = kernel::read(sk, layout!(TRACE_LAYOUT, sock_v6_daddr)).unwrap_or([0; 16]);
     } else {
         out.family = 0;
     }
@@ -98,12 +103,12 @@ pub fn sock_endpoints(sk: *const u8, protocol: u8) -> Endpoints {
 #[inline(always)]
 pub fn skb_endpoints(skb: *const u8) -> Endpoints {
     let mut out = Endpoints::default();
-    if layout!(skb_headers) == 0 {
+    if layout!(TRACE_LAYOUT, skb_headers) == 0 {
         return out;
     }
     // `head` points at bytes the verifier has no type for: read behind it with the helper.
-    let head: *const u8 = kernel::load(skb, layout!(sk_buff_head));
-    let network: u16 = kernel::load(skb, layout!(sk_buff_network_header));
+    let head: *const u8 = kernel::load(skb, layout!(TRACE_LAYOUT, sk_buff_head));
+    let network: u16 = kernel::load(skb, layout!(TRACE_LAYOUT, sk_buff_network_header));
     // `~0` means unset; a header past 4 KiB of headroom is not one we trust.
     if head.is_null() || network >= 4096 {
         return out;

@@ -1,9 +1,11 @@
-//! Fills the programs' [`KernelLayout`] from the running kernel's BTF, and names the
-//! kernel's drop reasons.
+//! Fills the programs' layouts from the running kernel's BTF, and names the kernel's
+//! drop reasons. The layout every signal shares ([`KernelLayout`]: a socket's cgroup
+//! and namespace) and `trace`'s are resolved here; each signal resolves its own in its
+//! module (its `Source::LAYOUT`), through a [`Resolver`].
 
 use std::collections::HashMap;
 
-use probe_common::KernelLayout;
+use probe_common::{KernelLayout, trace::TraceLayout};
 
 use crate::kernel::{
     btf::{Btf, BtfError},
@@ -71,11 +73,80 @@ pub const TCP_SEGS_OUT: FieldPath = ("tcp_sock", "segs_out");
 /// Not a field: the `cpu_cgrp_id` value of `enum cgroup_subsys_id`.
 pub const CPU_CGRP_ID: FieldPath = ("cgroup_subsys_id", "cpu_cgrp_id");
 
-/// The layout, and the fields this kernel's BTF could not place. A program that needs a
-/// missing field is reported unavailable; the others still run.
+/// Resolves field offsets from BTF, keeping why each field it could not place is
+/// missing: a program that needs a missing field is reported unavailable, the others
+/// still run.
+pub struct Resolver<'a> {
+    pub btf: &'a Btf,
+    missing: HashMap<FieldPath, String>,
+}
+
+impl<'a> Resolver<'a> {
+    pub fn new(btf: &'a Btf) -> Self {
+        Self {
+            btf,
+            missing: HashMap::new(),
+        }
+    }
+
+    /// The field's byte offset, or 0 with why it is missing kept.
+    pub fn offset(&mut self, field: FieldPath) -> u32 {
+        match self.btf.field_offset(field.0, field.1) {
+            Ok(offset) => offset.bytes,
+            Err(err) => {
+                self.missing.insert(field, err.to_string());
+                0
+            }
+        }
+    }
+
+    /// Marks `field` missing, because `why`.
+    pub fn missing(&mut self, field: FieldPath, why: String) {
+        self.missing.insert(field, why);
+    }
+
+    /// How many arguments a tracepoint passes (0 where BTF does not say).
+    pub fn tracepoint_args(&self, tracepoint: &str) -> u32 {
+        self.btf.tracepoint_args(tracepoint).unwrap_or(0)
+    }
+}
+
+/// A layout global resolved for this kernel: its name and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Global {
+    pub name: &'static str,
+    pub bytes: Vec<u8>,
+}
+
+impl Global {
+    /// The value back from its bytes (for tests).
+    #[cfg(test)]
+    pub fn read<T: aya::Pod>(&self) -> T {
+        assert_eq!(self.bytes.len(), size_of::<T>(), "{}", self.name);
+        // SAFETY: as many bytes as a `T`, which is plain data.
+        unsafe { std::ptr::read_unaligned(self.bytes.as_ptr().cast::<T>()) }
+    }
+
+    pub fn of<T: aya::Pod>(name: &'static str, value: &T) -> Self {
+        // SAFETY: `Pod` types are plain bytes without padding (the layouts are
+        // `#[repr(C)]` structs of `u32`s).
+        let bytes = unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(value).cast::<u8>(), size_of::<T>())
+        };
+        Self {
+            name,
+            bytes: bytes.to_vec(),
+        }
+    }
+}
+
+/// A signal's layout, resolved from BTF (`Source::LAYOUT`).
+pub type Resolve = fn(&mut Resolver) -> Global;
+
+/// Every layout global, and the fields this kernel's BTF could not place.
 #[derive(Debug)]
 pub struct ResolvedLayout {
-    pub layout: KernelLayout,
+    pub globals: Vec<Global>,
     pub missing: HashMap<FieldPath, String>,
 }
 
@@ -90,103 +161,52 @@ impl ResolvedLayout {
     }
 }
 
-pub fn resolve(btf: &Btf) -> ResolvedLayout {
-    let mut missing = HashMap::new();
-    let cpu_cgrp_id = cpu_cgrp_id(btf, &mut missing);
-    let throttle = throttle_flag(btf, &mut missing);
-    let sock_cgroup = sock_cgroup(btf, &mut missing);
-    let (queue_disk, request_has_rq_disk) = request_disk(btf, &mut missing);
-    let mut offset = |field: FieldPath| match btf.field_offset(field.0, field.1) {
-        Ok(offset) => offset.bytes,
-        Err(err) => {
-            missing.insert(field, err.to_string());
-            0
-        }
-    };
-    let sk_buff_cb = offset(SK_BUFF_CB);
-    let gso_segs = offset(TCP_SKB_CB_GSO_SEGS);
-    let blkcg_cgroup = offset(BLKCG_CGROUP);
-    let css_set_subsys = offset(CSS_SET_SUBSYS);
-    let rtt_min = offset(TCP_RTT_MIN);
-    let minmax_v = offset(MINMAX_SAMPLE_V);
-    let mut layout = KernelLayout {
-        sk_buff_sk: offset(SK_BUFF_SK),
-        sk_buff_dev: offset(SK_BUFF_DEV),
-        sk_buff_tcp_gso_segs: sk_buff_cb.saturating_add(gso_segs),
-        sock_state: offset(SOCK_STATE),
-        sock_net: offset(SOCK_NET),
+/// The shared layout, `trace`'s, and each of `signals`' own.
+pub fn resolve(btf: &Btf, signals: &[Resolve]) -> ResolvedLayout {
+    let mut resolver = Resolver::new(btf);
+    let mut globals = vec![
+        Global::of(KernelLayout::GLOBAL, &common(&mut resolver)),
+        Global::of(TraceLayout::GLOBAL, &trace_fields(btf)),
+    ];
+    globals.extend(signals.iter().map(|resolve| resolve(&mut resolver)));
+    ResolvedLayout {
+        globals,
+        missing: resolver.missing,
+    }
+}
+
+/// The reads every signal shares: a socket's or a device's cgroup and namespace.
+pub fn common(r: &mut Resolver) -> KernelLayout {
+    let sock_cgroup = sock_cgroup(r);
+    KernelLayout {
+        sk_buff_sk: r.offset(SK_BUFF_SK),
+        sock_state: r.offset(SOCK_STATE),
+        sock_net: r.offset(SOCK_NET),
         sock_cgroup: sock_cgroup.offset,
         sock_cgroup_in_val: sock_cgroup.in_val,
         sock_cgroup_val_tags: sock_cgroup.tags,
-        cgroup_kn: offset(CGROUP_KN),
-        kernfs_node_id: offset(KERNFS_NODE_ID),
-        net_device_net: offset(NET_DEVICE_NET),
-        net_inum: offset(NET_INUM),
-        tcp_retransmit_has_err: u32::from(
-            btf.tracepoint_args("tcp_retransmit_skb").unwrap_or(0) >= 3,
-        ),
-        kfree_skb_has_rx_sk: u32::from(btf.tracepoint_args("kfree_skb").unwrap_or(0) >= 4),
-        kfree_skb_has_reason: u32::from(btf.tracepoint_args("kfree_skb").unwrap_or(0) >= 3),
-        drop_reason_consumed: btf
-            .enum_value("skb_drop_reason", "SKB_CONSUMED")
-            .map_or(u32::MAX, |v| v as u32),
-        request_queue: offset(REQUEST_QUEUE),
-        queue_disk,
-        request_has_rq_disk,
-        disk_major: offset(DISK_MAJOR),
-        disk_first_minor: offset(DISK_FIRST_MINOR),
-        request_cmd_flags: offset(REQUEST_CMD_FLAGS),
-        request_data_len: offset(REQUEST_DATA_LEN),
-        request_start_time_ns: offset(REQUEST_START_TIME),
-        request_bio: offset(REQUEST_BIO),
-        bio_blkg: offset(BIO_BLKG),
-        blkg_blkcg: offset(BLKG_BLKCG),
-        blkcg_cgroup,
-        task_pid: offset(TASK_PID),
-        task_cgroups: offset(TASK_CGROUPS),
-        // `subsys` is an array of css pointers indexed by subsystem id.
-        css_set_cpu_css: css_set_subsys.saturating_add(cpu_cgrp_id.saturating_mul(8)),
-        css_cgroup: offset(CSS_CGROUP),
-        throttle_per_task: throttle.per_task,
-        throttled_byte: throttle.byte,
-        throttled_mask: throttle.mask,
-        task_cfs_rq: throttle.task_cfs_rq,
-        sched_switch_has_prev_state: u32::from(
-            btf.tracepoint_args("sched_switch").unwrap_or(0) >= 4,
-        ),
-        sock_num: offset(SOCK_NUM),
-        sock_protocol: offset(SOCK_PROTOCOL),
-        sock_err: offset(SOCK_ERR),
-        tcp_srtt_us: offset(TCP_SRTT_US),
-        tcp_min_rtt_us: rtt_min.saturating_add(minmax_v),
-        tcp_segs_out: offset(TCP_SEGS_OUT),
-        ..KernelLayout::UNRESOLVED
-    };
-    trace_fields(btf, &mut layout);
-    ResolvedLayout { layout, missing }
-}
-
-/// The cpu controller's subsystem id, which indexes a css set's `subsys` (0, and
-/// missing, when the kernel does not say).
-fn cpu_cgrp_id(btf: &Btf, missing: &mut HashMap<FieldPath, String>) -> u32 {
-    match btf.enum_value(CPU_CGRP_ID.0, CPU_CGRP_ID.1) {
-        Ok(id) => id as u32,
-        Err(err) => {
-            missing.insert(CPU_CGRP_ID, err.to_string());
-            0
-        }
+        cgroup_kn: r.offset(CGROUP_KN),
+        kernfs_node_id: r.offset(KERNFS_NODE_ID),
+        net_device_net: r.offset(NET_DEVICE_NET),
+        net_inum: r.offset(NET_INUM),
     }
 }
 
 /// Fields only `trace` events use (addresses, ports). They are optional: a kernel that
 /// lacks them (IPv6 compiled out, renamed fields) keeps every program; its events then
 /// carry no addresses, and the flags say so to the programs.
-fn trace_fields(btf: &Btf, layout: &mut KernelLayout) {
+pub fn trace_fields(btf: &Btf) -> TraceLayout {
     let all = |fields: &[FieldPath]| -> Option<Vec<u32>> {
         fields
             .iter()
             .map(|f| btf.field_offset(f.0, f.1).ok().map(|o| o.bytes))
             .collect()
+    };
+    let mut layout = TraceLayout {
+        sock_num: btf
+            .field_offset(SOCK_NUM.0, SOCK_NUM.1)
+            .map_or(0, |o| o.bytes),
+        ..TraceLayout::UNRESOLVED
     };
     if let Some(o) = all(&[
         SOCK_FAMILY,
@@ -212,21 +232,7 @@ fn trace_fields(btf: &Btf, layout: &mut KernelLayout) {
         layout.sk_buff_head = o[0];
         layout.sk_buff_network_header = o[1];
     }
-}
-
-/// Where a request's disk is: `request.q->disk` where BTF has it, else `request.rq_disk`
-/// (5.10). Returns the offset of the last field read, and 1 if it is `rq_disk`.
-fn request_disk(btf: &Btf, missing: &mut HashMap<FieldPath, String>) -> (u32, u32) {
-    match btf.field_offset(QUEUE_DISK.0, QUEUE_DISK.1) {
-        Ok(offset) => (offset.bytes, 0),
-        Err(queue_err) => match btf.field_offset(REQUEST_RQ_DISK.0, REQUEST_RQ_DISK.1) {
-            Ok(offset) => (offset.bytes, 1),
-            Err(err) => {
-                missing.insert(QUEUE_DISK, format!("{queue_err}; nor {err}"));
-                (0, 0)
-            }
-        },
-    }
+    layout
 }
 
 struct SockCgroup {
@@ -238,7 +244,8 @@ struct SockCgroup {
 /// Where a socket's cgroup is: `sock_cgroup_data.cgroup` (5.15+), or before that in the
 /// union's `val`, a `struct cgroup *` unless its tag bits (`is_data`, and `no_refcnt`
 /// where the kernel has it, as 5.10 does; their positions from BTF) are set.
-fn sock_cgroup(btf: &Btf, missing: &mut HashMap<FieldPath, String>) -> SockCgroup {
+fn sock_cgroup(r: &mut Resolver) -> SockCgroup {
+    let btf = r.btf;
     let pointer_err = match btf.field_offset(SOCK_CGROUP.0, SOCK_CGROUP.1) {
         Ok(offset) => {
             return SockCgroup {
@@ -270,7 +277,7 @@ fn sock_cgroup(btf: &Btf, missing: &mut HashMap<FieldPath, String>) -> SockCgrou
                 (Err(err), _) | (_, Err(err)) => err.to_string(),
                 _ => "`sock_cgroup_data.is_data` is not in the low byte of `val`".to_string(),
             };
-            missing.insert(
+            r.missing(
                 SOCK_CGROUP,
                 format!("{pointer_err}; nor the older `val` layout: {why}"),
             );
@@ -278,48 +285,6 @@ fn sock_cgroup(btf: &Btf, missing: &mut HashMap<FieldPath, String>) -> SockCgrou
                 offset: 0,
                 in_val: 0,
                 tags: 0,
-            }
-        }
-    }
-}
-
-struct ThrottleFlag {
-    per_task: u32,
-    byte: u32,
-    mask: u32,
-    task_cfs_rq: u32,
-}
-
-/// 6.18 marks throttled tasks themselves; older kernels count throttles on the task's
-/// cfs_rq (`throttle_count` covers throttled ancestors too).
-fn throttle_flag(btf: &Btf, missing: &mut HashMap<FieldPath, String>) -> ThrottleFlag {
-    if let Ok((byte, mask)) = btf.flag_location(TASK_THROTTLED.0, TASK_THROTTLED.1) {
-        return ThrottleFlag {
-            per_task: 1,
-            byte,
-            mask: u32::from(mask),
-            task_cfs_rq: 0,
-        };
-    }
-    let cfs_rq = btf.field_offset(TASK_CFS_RQ.0, TASK_CFS_RQ.1);
-    let flag = btf.flag_location(CFS_RQ_THROTTLE_COUNT.0, CFS_RQ_THROTTLE_COUNT.1);
-    match (cfs_rq, flag) {
-        (Ok(cfs_rq), Ok((byte, mask))) => ThrottleFlag {
-            per_task: 0,
-            byte,
-            mask: u32::from(mask),
-            task_cfs_rq: cfs_rq.bytes,
-        },
-        (Err(err), _) | (_, Err(err)) => {
-            missing.insert(
-                TASK_THROTTLED,
-                format!("neither task_struct.throttled nor cfs_rq.throttle_count: {err}"),
-            );
-            ThrottleFlag {
-                per_task: 0,
-                byte: 0,
-                mask: 0,
-                task_cfs_rq: 0,
             }
         }
     }
@@ -433,27 +398,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn running_kernel_resolves_every_field() {
+    fn running_kernel_resolves_the_shared_layout() {
         let btf = Btf::from_sys_fs().unwrap();
-        let resolved = resolve(&btf);
-        assert!(resolved.missing.is_empty(), "{:?}", resolved.missing);
-        let l = resolved.layout;
+        let mut r = Resolver::new(&btf);
+        let l = common(&mut r);
+        assert!(r.missing.is_empty(), "{:?}", r.missing);
         assert_eq!(
             l.sock_state,
             btf.field_offset("sock_common", "skc_state").unwrap().bytes
         );
-        assert_eq!(
-            l.sk_buff_tcp_gso_segs,
-            btf.field_offset("sk_buff", "cb").unwrap().bytes + 8
-        );
-        assert_eq!(l.drop_reason_consumed, 1);
-        // 6.18: the disk is the request queue's, and the socket's cgroup a pointer of
-        // its own, not the older union.
-        assert_eq!(l.request_has_rq_disk, 0);
-        assert_eq!(
-            l.queue_disk,
-            btf.field_offset("request_queue", "disk").unwrap().bytes
-        );
+        // 6.18: the socket's cgroup is a pointer of its own, not the older union.
         assert_eq!(l.sock_cgroup_in_val, 0);
         assert_eq!(
             l.sock_cgroup,
@@ -461,34 +415,17 @@ mod tests {
                 .unwrap()
                 .bytes
         );
-        // This machine's kernel (6.18) has rx_sk and err, and throttles per task.
-        assert_eq!(l.kfree_skb_has_rx_sk, 1);
-        assert_eq!(l.tcp_retransmit_has_err, 1);
-        assert_eq!(l.throttle_per_task, 1);
-        assert_eq!(l.throttled_mask, 0xff);
-        assert_eq!(
-            l.throttled_byte,
-            btf.field_offset("task_struct", "throttled").unwrap().bytes
-        );
-        let cpu_id = btf.enum_value("cgroup_subsys_id", "cpu_cgrp_id").unwrap() as u32;
-        assert_eq!(
-            l.css_set_cpu_css,
-            btf.field_offset("css_set", "subsys").unwrap().bytes + 8 * cpu_id
-        );
-        assert_eq!(
-            l.blkcg_cgroup,
-            btf.field_offset("blkcg", "css").unwrap().bytes
-                + btf
-                    .field_offset("cgroup_subsys_state", "cgroup")
-                    .unwrap()
-                    .bytes
-        );
+        // The global is the layout's bytes, under its name.
+        let global = Global::of(KernelLayout::GLOBAL, &l);
+        assert_eq!(global.name, "KERNEL_LAYOUT");
+        assert_eq!(global.bytes.len(), size_of::<KernelLayout>());
+        assert_eq!(global.read::<KernelLayout>(), l);
     }
 
     #[test]
     fn trace_address_fields_resolve_from_btf() {
         let btf = Btf::from_sys_fs().unwrap();
-        let l = resolve(&btf).layout;
+        let l = trace_fields(&btf);
         assert_eq!((l.sock_addresses, l.sock_has_v6, l.skb_headers), (1, 1, 1));
         let at = |ty: &str, path: &str| btf.field_offset(ty, path).unwrap().bytes;
         assert_eq!(l.sock_family, at("sock_common", "skc_family"));
@@ -505,7 +442,7 @@ mod tests {
     #[test]
     fn unavailable_names_the_missing_field() {
         let btf = Btf::from_sys_fs().unwrap();
-        let mut resolved = resolve(&btf);
+        let mut resolved = resolve(&btf, &[]);
         let err = btf
             .field_offset("sock", "sk_cgrp_data.not_there")
             .unwrap_err();

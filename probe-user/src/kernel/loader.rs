@@ -9,7 +9,7 @@ use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 use log::{debug, warn};
-use probe_common::{OverflowSlot, layout::KERNEL_LAYOUT_GLOBAL, overflow::MAP_OVERFLOWS_MAP};
+use probe_common::{OverflowSlot, overflow::MAP_OVERFLOWS_MAP};
 use serde::Serialize;
 
 use crate::kernel::{
@@ -142,6 +142,7 @@ impl Probe {
     pub fn load_programs(
         options: &LoadOptions,
         programs: &[&'static ProgramSpec],
+        layouts: &[layout::Resolve],
     ) -> Result<Self, LoadError> {
         raise_memlock_rlimit();
         mount_tracefs_if_absent();
@@ -152,8 +153,9 @@ impl Probe {
             cause,
         };
         let btf = Btf::from_file(&btf_path).map_err(btf_error)?;
-        let resolved = layout::resolve(&btf);
-        let drop_reasons = if resolved.layout.kfree_skb_has_reason == 0 {
+        let resolved = layout::resolve(&btf, layouts);
+        // Before 5.17 `kfree_skb` passes no reason: drops are named by their location.
+        let drop_reasons = if btf.tracepoint_args("kfree_skb").unwrap_or(0) < 3 {
             drop_locations(programs)
         } else {
             DropReasons::from_btf(&btf).unwrap_or_else(|err| {
@@ -173,9 +175,10 @@ impl Probe {
             .map_err(|e| btf_error(BtfError::Malformed(e.to_string())))?;
 
         let mut loader = EbpfLoader::new();
-        loader
-            .btf(Some(&aya_btf))
-            .override_global(KERNEL_LAYOUT_GLOBAL, &resolved.layout, true);
+        loader.btf(Some(&aya_btf));
+        for global in &resolved.globals {
+            loader.override_global(global.name, global.bytes.as_slice(), true);
+        }
         for &(map, entries) in &options.map_max_entries {
             loader.map_max_entries(map, entries);
         }

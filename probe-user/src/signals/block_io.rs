@@ -186,6 +186,7 @@ pub struct BlockIo {
 impl Source for BlockIo {
     const NAME: &'static str = "block_io";
     const TRACE_NAME: &'static str = "block";
+    const LAYOUT: Option<layout::Resolve> = Some(layout);
     const PROGRAMS: &'static [ProgramSpec] = &[
         program("block_rq_insert", 1, REQUEST_FIELDS),
         program("block_rq_issue", 1, REQUEST_FIELDS),
@@ -426,5 +427,64 @@ impl TraceFields {
             self.queue_ms,
             if self.error { " ERROR" } else { "" }
         )
+    }
+}
+
+/// The block programs' layout: a request's disk, size, start time and cgroup.
+fn layout(r: &mut layout::Resolver) -> layout::Global {
+    let (queue_disk, request_has_rq_disk) = request_disk(r);
+    let layout = probe_common::block_io::BlockLayout {
+        request_queue: r.offset(layout::REQUEST_QUEUE),
+        queue_disk,
+        request_has_rq_disk,
+        disk_major: r.offset(layout::DISK_MAJOR),
+        disk_first_minor: r.offset(layout::DISK_FIRST_MINOR),
+        request_cmd_flags: r.offset(layout::REQUEST_CMD_FLAGS),
+        request_data_len: r.offset(layout::REQUEST_DATA_LEN),
+        request_start_time_ns: r.offset(layout::REQUEST_START_TIME),
+        request_bio: r.offset(layout::REQUEST_BIO),
+        bio_blkg: r.offset(layout::BIO_BLKG),
+        blkg_blkcg: r.offset(layout::BLKG_BLKCG),
+        blkcg_cgroup: r.offset(layout::BLKCG_CGROUP),
+    };
+    layout::Global::of(probe_common::block_io::BlockLayout::GLOBAL, &layout)
+}
+
+/// Where a request's disk is: `request.q->disk` where BTF has it, else `request.rq_disk`
+/// (5.10). Returns the offset of the last field read, and 1 if it is `rq_disk`.
+fn request_disk(r: &mut layout::Resolver) -> (u32, u32) {
+    let btf = r.btf;
+    match btf.field_offset(layout::QUEUE_DISK.0, layout::QUEUE_DISK.1) {
+        Ok(offset) => (offset.bytes, 0),
+        Err(queue_err) => {
+            match btf.field_offset(layout::REQUEST_RQ_DISK.0, layout::REQUEST_RQ_DISK.1) {
+                Ok(offset) => (offset.bytes, 1),
+                Err(err) => {
+                    r.missing(layout::QUEUE_DISK, format!("{queue_err}; nor {err}"));
+                    (0, 0)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Its layout from this kernel's BTF: every field placed, each where BTF says.
+    #[test]
+    fn layout_resolves_from_the_running_kernel() {
+        use crate::kernel::{btf::Btf, layout};
+        let btf = Btf::from_sys_fs().unwrap();
+        let resolved = layout::resolve(&btf, &[super::layout]);
+        assert!(resolved.missing.is_empty(), "{:?}", resolved.missing);
+        let l: probe_common::block_io::BlockLayout = resolved.globals.last().unwrap().read();
+        let at = |ty: &str, path: &str| btf.field_offset(ty, path).unwrap().bytes;
+        // 6.18: the disk is the request queue's.
+        assert_eq!(l.request_has_rq_disk, 0);
+        assert_eq!(l.queue_disk, at("request_queue", "disk"));
+        assert_eq!(
+            l.blkcg_cgroup,
+            at("blkcg", "css") + at("cgroup_subsys_state", "cgroup")
+        );
     }
 }

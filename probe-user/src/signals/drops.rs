@@ -177,6 +177,7 @@ pub struct Drops;
 impl Source for Drops {
     const NAME: &'static str = "drops";
     const TRACE_NAME: &'static str = "drops";
+    const LAYOUT: Option<layout::Resolve> = Some(layout);
     const PROGRAMS: &'static [ProgramSpec] = &[ProgramSpec {
         name: "kfree_skb",
         signal: Self::NAME,
@@ -434,5 +435,39 @@ impl TraceFields {
             endpoints::endpoint(self.saddr.as_ref(), self.sport),
             endpoints::endpoint(self.daddr.as_ref(), self.dport)
         )
+    }
+}
+
+/// The drop program's layout: what `kfree_skb` passes on this kernel, and the skb's
+/// device.
+fn layout(r: &mut layout::Resolver) -> layout::Global {
+    let args = r.tracepoint_args("kfree_skb");
+    let layout = probe_common::drops::DropsLayout {
+        sk_buff_dev: r.offset(layout::SK_BUFF_DEV),
+        kfree_skb_has_rx_sk: u32::from(args >= 4),
+        kfree_skb_has_reason: u32::from(args >= 3),
+        drop_reason_consumed: r
+            .btf
+            .enum_value("skb_drop_reason", "SKB_CONSUMED")
+            .map_or(u32::MAX, |v| v as u32),
+    };
+    layout::Global::of(probe_common::drops::DropsLayout::GLOBAL, &layout)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Its layout from this kernel's BTF: every field placed, each where BTF says.
+    #[test]
+    fn layout_resolves_from_the_running_kernel() {
+        use crate::kernel::{btf::Btf, layout};
+        let btf = Btf::from_sys_fs().unwrap();
+        let resolved = layout::resolve(&btf, &[super::layout]);
+        assert!(resolved.missing.is_empty(), "{:?}", resolved.missing);
+        let l: probe_common::drops::DropsLayout = resolved.globals.last().unwrap().read();
+        let at = |ty: &str, path: &str| btf.field_offset(ty, path).unwrap().bytes;
+        assert_eq!(l.drop_reason_consumed, 1);
+        // This machine's kernel (6.18) passes the receiving socket and a reason.
+        assert_eq!((l.kfree_skb_has_rx_sk, l.kfree_skb_has_reason), (1, 1));
+        assert_eq!(l.sk_buff_dev, at("sk_buff", "dev"));
     }
 }

@@ -28,7 +28,10 @@ pub use self::source::{
     Attribution, Dead, NetnsLoad, Owner, Settings, Shared, SignalError, Slot, Source,
 };
 use crate::{
-    kernel::loader::{LoadError, LoadOptions, MapError, Probe, ProgramSpec},
+    kernel::{
+        layout::Resolve,
+        loader::{LoadError, LoadOptions, MapError, Probe, ProgramSpec},
+    },
     output::{
         families::{Families, Labels},
         parts::{Cell, Detail, TopColumn},
@@ -219,6 +222,11 @@ macro_rules! registry {
             all
         }
 
+        /// The signals' own layout globals, to resolve from BTF at load time.
+        pub fn layouts() -> Vec<Resolve> {
+            [$(<$source as Source>::LAYOUT),+].into_iter().flatten().collect()
+        }
+
         impl Sections {
             /// Last touches once every workload is known (namespace totals).
             pub fn complete(&mut self, shared: &Shared, netns: Option<u32>) {
@@ -356,7 +364,7 @@ impl Probe {
     /// next to the list of signals: the loader knows how to load any program, the
     /// registry which programs there are.
     pub fn load(options: &LoadOptions) -> Result<Self, LoadError> {
-        Self::load_programs(options, &programs())
+        Self::load_programs(options, &programs(), &layouts())
     }
 }
 

@@ -12,7 +12,10 @@ use serde::Serialize;
 
 use super::record::TraceContext;
 use crate::{
-    kernel::loader::{MapError, Probe, ProgramSpec},
+    kernel::{
+        layout::Resolve,
+        loader::{MapError, Probe, ProgramSpec},
+    },
     output::{
         families::{Families, Labels},
         parts::{Cell, Detail, TopColumn},
@@ -147,6 +150,9 @@ pub trait Source: Sized {
     const TRACE_NAME: &'static str;
     /// Its kernel programs.
     const PROGRAMS: &'static [ProgramSpec];
+    /// Its layout global, resolved from BTF at load time (the fields its programs read
+    /// beyond the shared ones), if it has one.
+    const LAYOUT: Option<Resolve> = None;
     /// Its kernel maps at one instant (cumulative counts).
     type Counters: Clone + Default;
     /// Its part of a workload, as `snapshot --json` prints it.

@@ -183,6 +183,7 @@ pub struct TcpConnections;
 impl Source for TcpConnections {
     const NAME: &'static str = "tcp_connections";
     const TRACE_NAME: &'static str = "connections";
+    const LAYOUT: Option<layout::Resolve> = Some(layout);
     const PROGRAMS: &'static [ProgramSpec] = &[
         ProgramSpec {
             name: "inet_sock_set_state",
@@ -594,5 +595,42 @@ impl TraceFields {
             ms(self.srtt_ms),
             ms(self.min_rtt_ms),
         )
+    }
+}
+
+/// The connection programs' layout: what they read of a TCP socket.
+fn layout(r: &mut layout::Resolver) -> layout::Global {
+    let rtt_min = r.offset(layout::TCP_RTT_MIN);
+    let minmax_v = r.offset(layout::MINMAX_SAMPLE_V);
+    let layout = probe_common::tcp_connections::ConnectionLayout {
+        sock_protocol: r.offset(layout::SOCK_PROTOCOL),
+        sock_err: r.offset(layout::SOCK_ERR),
+        tcp_srtt_us: r.offset(layout::TCP_SRTT_US),
+        tcp_min_rtt_us: rtt_min.saturating_add(minmax_v),
+        tcp_segs_out: r.offset(layout::TCP_SEGS_OUT),
+    };
+    layout::Global::of(
+        probe_common::tcp_connections::ConnectionLayout::GLOBAL,
+        &layout,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    /// Its layout from this kernel's BTF: every field placed, each where BTF says.
+    #[test]
+    fn layout_resolves_from_the_running_kernel() {
+        use crate::kernel::{btf::Btf, layout};
+        let btf = Btf::from_sys_fs().unwrap();
+        let resolved = layout::resolve(&btf, &[super::layout]);
+        assert!(resolved.missing.is_empty(), "{:?}", resolved.missing);
+        let l: probe_common::tcp_connections::ConnectionLayout =
+            resolved.globals.last().unwrap().read();
+        let at = |ty: &str, path: &str| btf.field_offset(ty, path).unwrap().bytes;
+        assert_eq!(l.tcp_srtt_us, at("tcp_sock", "srtt_us"));
+        assert_eq!(
+            l.tcp_min_rtt_us,
+            at("tcp_sock", "rtt_min") + at("minmax_sample", "v")
+        );
     }
 }

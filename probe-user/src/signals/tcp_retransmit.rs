@@ -119,6 +119,7 @@ pub struct TcpRetransmit;
 impl Source for TcpRetransmit {
     const NAME: &'static str = "tcp_retransmit";
     const TRACE_NAME: &'static str = "retransmits";
+    const LAYOUT: Option<layout::Resolve> = Some(layout);
     const PROGRAMS: &'static [ProgramSpec] = &[ProgramSpec {
         name: "tcp_retransmit_skb",
         signal: Self::NAME,
@@ -340,9 +341,39 @@ impl Source for TcpRetransmit {
     }
 }
 
+/// The retransmit program's layout: the skb's segment count, and whether the
+/// tracepoint passes `err`.
+fn layout(r: &mut layout::Resolver) -> layout::Global {
+    let sk_buff_cb = r.offset(layout::SK_BUFF_CB);
+    let gso_segs = r.offset(layout::TCP_SKB_CB_GSO_SEGS);
+    let layout = probe_common::tcp_retransmit::RetransmitLayout {
+        sk_buff_tcp_gso_segs: sk_buff_cb.saturating_add(gso_segs),
+        tcp_retransmit_has_err: u32::from(r.tracepoint_args("tcp_retransmit_skb") >= 3),
+    };
+    layout::Global::of(
+        probe_common::tcp_retransmit::RetransmitLayout::GLOBAL,
+        &layout,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Its layout from this kernel's BTF: every field placed, each where BTF says.
+    #[test]
+    fn layout_resolves_from_the_running_kernel() {
+        use crate::kernel::{btf::Btf, layout};
+        let btf = Btf::from_sys_fs().unwrap();
+        let resolved = layout::resolve(&btf, &[super::layout]);
+        assert!(resolved.missing.is_empty(), "{:?}", resolved.missing);
+        let l: probe_common::tcp_retransmit::RetransmitLayout =
+            resolved.globals.last().unwrap().read();
+        let at = |ty: &str, path: &str| btf.field_offset(ty, path).unwrap().bytes;
+        assert_eq!(l.sk_buff_tcp_gso_segs, at("sk_buff", "cb") + 8);
+        // 6.11+: the tracepoint passes `err`.
+        assert_eq!(l.tcp_retransmit_has_err, 1);
+    }
 
     /// Every family's series as (name, value) pairs, in name order.
     fn rendered(tcp: &TcpStats) -> Vec<(String, f64)> {

@@ -160,6 +160,7 @@ pub struct CpuThrottle {
 impl Source for CpuThrottle {
     const NAME: &'static str = "cpu_throttle";
     const TRACE_NAME: &'static str = "throttle";
+    const LAYOUT: Option<layout::Resolve> = Some(layout);
     const PROGRAMS: &'static [ProgramSpec] = &[ProgramSpec {
         name: "sched_switch",
         signal: Self::NAME,
@@ -490,4 +491,99 @@ impl TraceFields {
 
 fn join(root: &Path, path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
+}
+
+/// The throttle programs' layout: a task's cpu cgroup and where its throttle flag is.
+fn layout(r: &mut layout::Resolver) -> layout::Global {
+    let cpu_cgrp_id = match r
+        .btf
+        .enum_value(layout::CPU_CGRP_ID.0, layout::CPU_CGRP_ID.1)
+    {
+        Ok(id) => id as u32,
+        Err(err) => {
+            r.missing(layout::CPU_CGRP_ID, err.to_string());
+            0
+        }
+    };
+    let throttle = throttle_flag(r);
+    let css_set_subsys = r.offset(layout::CSS_SET_SUBSYS);
+    let layout = probe_common::cpu_throttle::ThrottleLayout {
+        task_pid: r.offset(layout::TASK_PID),
+        task_cgroups: r.offset(layout::TASK_CGROUPS),
+        // `subsys` is an array of css pointers indexed by subsystem id.
+        css_set_cpu_css: css_set_subsys.saturating_add(cpu_cgrp_id.saturating_mul(8)),
+        css_cgroup: r.offset(layout::CSS_CGROUP),
+        throttle_per_task: throttle.per_task,
+        throttled_byte: throttle.byte,
+        throttled_mask: throttle.mask,
+        task_cfs_rq: throttle.task_cfs_rq,
+        sched_switch_has_prev_state: u32::from(r.tracepoint_args("sched_switch") >= 4),
+    };
+    layout::Global::of(probe_common::cpu_throttle::ThrottleLayout::GLOBAL, &layout)
+}
+
+struct ThrottleFlag {
+    per_task: u32,
+    byte: u32,
+    mask: u32,
+    task_cfs_rq: u32,
+}
+
+/// 6.18 marks throttled tasks themselves; older kernels count throttles on the task's
+/// cfs_rq (`throttle_count` covers throttled ancestors too).
+fn throttle_flag(r: &mut layout::Resolver) -> ThrottleFlag {
+    let btf = r.btf;
+    if let Ok((byte, mask)) = btf.flag_location(layout::TASK_THROTTLED.0, layout::TASK_THROTTLED.1)
+    {
+        return ThrottleFlag {
+            per_task: 1,
+            byte,
+            mask: u32::from(mask),
+            task_cfs_rq: 0,
+        };
+    }
+    let cfs_rq = btf.field_offset(layout::TASK_CFS_RQ.0, layout::TASK_CFS_RQ.1);
+    let flag = btf.flag_location(
+        layout::CFS_RQ_THROTTLE_COUNT.0,
+        layout::CFS_RQ_THROTTLE_COUNT.1,
+    );
+    match (cfs_rq, flag) {
+        (Ok(cfs_rq), Ok((byte, mask))) => ThrottleFlag {
+            per_task: 0,
+            byte,
+            mask: u32::from(mask),
+            task_cfs_rq: cfs_rq.bytes,
+        },
+        (Err(err), _) | (_, Err(err)) => {
+            r.missing(
+                layout::TASK_THROTTLED,
+                format!("neither task_struct.throttled nor cfs_rq.throttle_count: {err}"),
+            );
+            ThrottleFlag {
+                per_task: 0,
+                byte: 0,
+                mask: 0,
+                task_cfs_rq: 0,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Its layout from this kernel's BTF: every field placed, each where BTF says.
+    #[test]
+    fn layout_resolves_from_the_running_kernel() {
+        use crate::kernel::{btf::Btf, layout};
+        let btf = Btf::from_sys_fs().unwrap();
+        let resolved = layout::resolve(&btf, &[super::layout]);
+        assert!(resolved.missing.is_empty(), "{:?}", resolved.missing);
+        let l: probe_common::cpu_throttle::ThrottleLayout = resolved.globals.last().unwrap().read();
+        let at = |ty: &str, path: &str| btf.field_offset(ty, path).unwrap().bytes;
+        // 6.18 throttles per task.
+        assert_eq!((l.throttle_per_task, l.throttled_mask), (1, 0xff));
+        assert_eq!(l.throttled_byte, at("task_struct", "throttled"));
+        let cpu_id = btf.enum_value("cgroup_subsys_id", "cpu_cgrp_id").unwrap() as u32;
+        assert_eq!(l.css_set_cpu_css, at("css_set", "subsys") + 8 * cpu_id);
+    }
 }
