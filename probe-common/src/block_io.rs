@@ -93,3 +93,5 @@ crate::kernel_layout! {
         blkcg_cgroup,
     }
 }
+
+user_pod!(BlockKey, BlockStats, InFlightRequest);

@@ -65,3 +65,5 @@ crate::kernel_layout! {
         sched_switch_has_prev_state,
     }
 }
+
+user_pod!(ThrottleStats, ThrottledTask);

@@ -116,3 +116,11 @@ pub struct DnsLatencyKey {
     pub qtype: u8,
     pub _pad: [u8; 6],
 }
+
+user_pod!(
+    DnsCounters,
+    DnsFlow,
+    DnsLatencyKey,
+    DnsQuery,
+    DnsResolverKey
+);

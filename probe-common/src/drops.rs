@@ -44,3 +44,5 @@ crate::kernel_layout! {
         drop_reason_consumed,
     }
 }
+
+user_pod!(DropKey);

@@ -136,6 +136,10 @@ fn bucket_bounds_with(index: usize, sub_bits: u32) -> (u64, u64) {
     (lower, upper.max(lower + 1))
 }
 
+// SAFETY: `#[repr(C)]`, only `u64` fields and arrays of them.
+#[cfg(feature = "user")]
+unsafe impl<const N: usize, const SUB: u32> aya::Pod for LatencyHistogram<N, SUB> {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

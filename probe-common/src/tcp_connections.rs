@@ -132,3 +132,5 @@ crate::kernel_layout! {
         tcp_segs_out,
     }
 }
+
+user_pod!(ConnectionCounters, ConnectionKey, ConnectionTimes);

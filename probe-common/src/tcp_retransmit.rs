@@ -55,3 +55,5 @@ crate::kernel_layout! {
         tcp_retransmit_has_err,
     }
 }
+
+user_pod!(RetransmitCounters, RetransmitKey);

@@ -21,28 +21,9 @@ pub const TRACE_RING_IDLE_BYTES: u32 = 4096;
 /// realistic question; the userspace decoder checks every bound.
 pub const DNS_CAPTURE_BYTES: usize = 256;
 
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TraceKind {
-    Retransmit = 0,
-    Drop = 1,
-    Dns = 2,
-    Block = 3,
-    Throttle = 4,
-    Connection = 5,
-}
+pub use crate::TraceKind;
 
 impl TraceKind {
-    pub const ALL: [Self; 6] = [
-        Self::Retransmit,
-        Self::Drop,
-        Self::Dns,
-        Self::Block,
-        Self::Throttle,
-        Self::Connection,
-    ];
-    pub const COUNT: u32 = Self::ALL.len() as u32;
-
     /// The bit of this kind in [`TraceConfig::kinds`].
     pub const fn bit(self) -> u32 {
         1 << self as u32
@@ -214,3 +195,14 @@ crate::kernel_layout! {
         sk_buff_network_header,
     }
 }
+
+user_pod!(
+    TraceConfig,
+    TraceHeader,
+    RetransmitEvent,
+    DropEvent,
+    DnsEvent,
+    BlockEvent,
+    ThrottleEvent,
+    ConnectionEvent
+);

@@ -16,9 +16,6 @@ use crate::kernel::{
 pub type FieldPath = (&'static str, &'static str);
 
 pub const SK_BUFF_SK: FieldPath = ("sk_buff", "sk");
-pub const SK_BUFF_DEV: FieldPath = ("sk_buff", "dev");
-pub const SK_BUFF_CB: FieldPath = ("sk_buff", "cb");
-pub const TCP_SKB_CB_GSO_SEGS: FieldPath = ("tcp_skb_cb", "tcp_gso_segs");
 pub const SOCK_STATE: FieldPath = ("sock", "__sk_common.skc_state");
 pub const SOCK_NET: FieldPath = ("sock", "__sk_common.skc_net.net");
 pub const SOCK_CGROUP: FieldPath = ("sock", "sk_cgrp_data.cgroup");
@@ -30,29 +27,6 @@ pub const CGROUP_KN: FieldPath = ("cgroup", "kn");
 pub const KERNFS_NODE_ID: FieldPath = ("kernfs_node", "id");
 pub const NET_DEVICE_NET: FieldPath = ("net_device", "nd_net.net");
 pub const NET_INUM: FieldPath = ("net", "ns.inum");
-pub const REQUEST_QUEUE: FieldPath = ("request", "q");
-pub const QUEUE_DISK: FieldPath = ("request_queue", "disk");
-/// Older kernels (5.10), whose `request_queue` has no `disk`: the request names its disk.
-pub const REQUEST_RQ_DISK: FieldPath = ("request", "rq_disk");
-pub const DISK_MAJOR: FieldPath = ("gendisk", "major");
-pub const DISK_FIRST_MINOR: FieldPath = ("gendisk", "first_minor");
-pub const REQUEST_CMD_FLAGS: FieldPath = ("request", "cmd_flags");
-pub const REQUEST_DATA_LEN: FieldPath = ("request", "__data_len");
-pub const REQUEST_START_TIME: FieldPath = ("request", "start_time_ns");
-pub const REQUEST_BIO: FieldPath = ("request", "bio");
-pub const BIO_BLKG: FieldPath = ("bio", "bi_blkg");
-pub const BLKG_BLKCG: FieldPath = ("blkcg_gq", "blkcg");
-pub const BLKCG_CGROUP: FieldPath = ("blkcg", "css.cgroup");
-pub const TASK_PID: FieldPath = ("task_struct", "pid");
-pub const TASK_CGROUPS: FieldPath = ("task_struct", "cgroups");
-pub const CSS_SET_SUBSYS: FieldPath = ("css_set", "subsys");
-pub const CSS_CGROUP: FieldPath = ("cgroup_subsys_state", "cgroup");
-/// The throttle flag: per task on 6.18+, else on the task's cfs_rq.
-pub const TASK_THROTTLED: FieldPath = ("task_struct", "throttled");
-pub const TASK_CFS_RQ: FieldPath = ("task_struct", "se.cfs_rq");
-/// Non-zero while the cfs_rq or any ancestor is throttled (a child group of a throttled
-/// pod has `throttled == 0`).
-pub const CFS_RQ_THROTTLE_COUNT: FieldPath = ("cfs_rq", "throttle_count");
 /// Trace-only fields: optional, see `TraceFields`.
 pub const SOCK_FAMILY: FieldPath = ("sock", "__sk_common.skc_family");
 pub const SOCK_DADDR: FieldPath = ("sock", "__sk_common.skc_daddr");
@@ -63,15 +37,6 @@ pub const SOCK_V6_DADDR: FieldPath = ("sock", "__sk_common.skc_v6_daddr");
 pub const SOCK_V6_RCV_SADDR: FieldPath = ("sock", "__sk_common.skc_v6_rcv_saddr");
 pub const SK_BUFF_HEAD: FieldPath = ("sk_buff", "head");
 pub const SK_BUFF_NETWORK_HEADER: FieldPath = ("sk_buff", "network_header");
-pub const SOCK_PROTOCOL: FieldPath = ("sock", "sk_protocol");
-pub const SOCK_ERR: FieldPath = ("sock", "sk_err");
-pub const TCP_SRTT_US: FieldPath = ("tcp_sock", "srtt_us");
-/// A windowed minimum (`struct minmax`): its first sample is the current minimum.
-pub const TCP_RTT_MIN: FieldPath = ("tcp_sock", "rtt_min");
-pub const MINMAX_SAMPLE_V: FieldPath = ("minmax_sample", "v");
-pub const TCP_SEGS_OUT: FieldPath = ("tcp_sock", "segs_out");
-/// Not a field: the `cpu_cgrp_id` value of `enum cgroup_subsys_id`.
-pub const CPU_CGRP_ID: FieldPath = ("cgroup_subsys_id", "cpu_cgrp_id");
 
 /// Resolves field offsets from BTF, keeping why each field it could not place is
 /// missing: a program that needs a missing field is reported unavailable, the others

@@ -30,6 +30,21 @@ use crate::{
     workloads::{cgroup::Hierarchy, identity::Identity},
 };
 
+/// The kernel fields only this signal reads: `(struct, dotted path)`.
+const REQUEST_QUEUE: layout::FieldPath = ("request", "q");
+const QUEUE_DISK: layout::FieldPath = ("request_queue", "disk");
+/// Older kernels (5.10), whose `request_queue` has no `disk`: the request names its disk.
+const REQUEST_RQ_DISK: layout::FieldPath = ("request", "rq_disk");
+const DISK_MAJOR: layout::FieldPath = ("gendisk", "major");
+const DISK_FIRST_MINOR: layout::FieldPath = ("gendisk", "first_minor");
+const REQUEST_CMD_FLAGS: layout::FieldPath = ("request", "cmd_flags");
+const REQUEST_DATA_LEN: layout::FieldPath = ("request", "__data_len");
+const REQUEST_START_TIME: layout::FieldPath = ("request", "start_time_ns");
+const REQUEST_BIO: layout::FieldPath = ("request", "bio");
+const BIO_BLKG: layout::FieldPath = ("bio", "bi_blkg");
+const BLKG_BLKCG: layout::FieldPath = ("blkcg_gq", "blkcg");
+const BLKCG_CGROUP: layout::FieldPath = ("blkcg", "css.cgroup");
+
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct BlockReport {
     pub device: String,
@@ -152,17 +167,17 @@ pub mod measures {
 
 /// What the block programs read to key a request by device, operation and cgroup.
 const REQUEST_FIELDS: &[FieldPath] = &[
-    layout::REQUEST_QUEUE,
-    layout::QUEUE_DISK,
-    layout::DISK_MAJOR,
-    layout::DISK_FIRST_MINOR,
-    layout::REQUEST_CMD_FLAGS,
-    layout::REQUEST_DATA_LEN,
-    layout::REQUEST_START_TIME,
-    layout::REQUEST_BIO,
-    layout::BIO_BLKG,
-    layout::BLKG_BLKCG,
-    layout::BLKCG_CGROUP,
+    REQUEST_QUEUE,
+    QUEUE_DISK,
+    DISK_MAJOR,
+    DISK_FIRST_MINOR,
+    REQUEST_CMD_FLAGS,
+    REQUEST_DATA_LEN,
+    REQUEST_START_TIME,
+    REQUEST_BIO,
+    BIO_BLKG,
+    BLKG_BLKCG,
+    BLKCG_CGROUP,
     layout::CGROUP_KN,
     layout::KERNFS_NODE_ID,
 ];
@@ -434,18 +449,18 @@ impl TraceFields {
 fn layout(r: &mut layout::Resolver) -> layout::Global {
     let (queue_disk, request_has_rq_disk) = request_disk(r);
     let layout = probe_common::block_io::BlockLayout {
-        request_queue: r.offset(layout::REQUEST_QUEUE),
+        request_queue: r.offset(REQUEST_QUEUE),
         queue_disk,
         request_has_rq_disk,
-        disk_major: r.offset(layout::DISK_MAJOR),
-        disk_first_minor: r.offset(layout::DISK_FIRST_MINOR),
-        request_cmd_flags: r.offset(layout::REQUEST_CMD_FLAGS),
-        request_data_len: r.offset(layout::REQUEST_DATA_LEN),
-        request_start_time_ns: r.offset(layout::REQUEST_START_TIME),
-        request_bio: r.offset(layout::REQUEST_BIO),
-        bio_blkg: r.offset(layout::BIO_BLKG),
-        blkg_blkcg: r.offset(layout::BLKG_BLKCG),
-        blkcg_cgroup: r.offset(layout::BLKCG_CGROUP),
+        disk_major: r.offset(DISK_MAJOR),
+        disk_first_minor: r.offset(DISK_FIRST_MINOR),
+        request_cmd_flags: r.offset(REQUEST_CMD_FLAGS),
+        request_data_len: r.offset(REQUEST_DATA_LEN),
+        request_start_time_ns: r.offset(REQUEST_START_TIME),
+        request_bio: r.offset(REQUEST_BIO),
+        bio_blkg: r.offset(BIO_BLKG),
+        blkg_blkcg: r.offset(BLKG_BLKCG),
+        blkcg_cgroup: r.offset(BLKCG_CGROUP),
     };
     layout::Global::of(probe_common::block_io::BlockLayout::GLOBAL, &layout)
 }
@@ -454,17 +469,15 @@ fn layout(r: &mut layout::Resolver) -> layout::Global {
 /// (5.10). Returns the offset of the last field read, and 1 if it is `rq_disk`.
 fn request_disk(r: &mut layout::Resolver) -> (u32, u32) {
     let btf = r.btf;
-    match btf.field_offset(layout::QUEUE_DISK.0, layout::QUEUE_DISK.1) {
+    match btf.field_offset(QUEUE_DISK.0, QUEUE_DISK.1) {
         Ok(offset) => (offset.bytes, 0),
-        Err(queue_err) => {
-            match btf.field_offset(layout::REQUEST_RQ_DISK.0, layout::REQUEST_RQ_DISK.1) {
-                Ok(offset) => (offset.bytes, 1),
-                Err(err) => {
-                    r.missing(layout::QUEUE_DISK, format!("{queue_err}; nor {err}"));
-                    (0, 0)
-                }
+        Err(queue_err) => match btf.field_offset(REQUEST_RQ_DISK.0, REQUEST_RQ_DISK.1) {
+            Ok(offset) => (offset.bytes, 1),
+            Err(err) => {
+                r.missing(QUEUE_DISK, format!("{queue_err}; nor {err}"));
+                (0, 0)
             }
-        }
+        },
     }
 }
 

@@ -33,6 +33,9 @@ use crate::{
     workloads::{cgroup::Hierarchy, identity::Identity},
 };
 
+/// The kernel fields only this signal reads: `(struct, dotted path)`.
+const SK_BUFF_DEV: layout::FieldPath = ("sk_buff", "dev");
+
 /// The reason under which listen-queue overflows appear: the kernel counts them in
 /// `TcpExtListenOverflows` but does not report them through `kfree_skb`.
 pub const TCP_LISTEN_OVERFLOW: &str = "TCP_LISTEN_OVERFLOW";
@@ -189,7 +192,7 @@ impl Source for Drops {
         },
         needs: &[
             layout::SK_BUFF_SK,
-            layout::SK_BUFF_DEV,
+            SK_BUFF_DEV,
             layout::SOCK_STATE,
             layout::SOCK_NET,
             layout::SOCK_CGROUP,
@@ -443,7 +446,7 @@ impl TraceFields {
 fn layout(r: &mut layout::Resolver) -> layout::Global {
     let args = r.tracepoint_args("kfree_skb");
     let layout = probe_common::drops::DropsLayout {
-        sk_buff_dev: r.offset(layout::SK_BUFF_DEV),
+        sk_buff_dev: r.offset(SK_BUFF_DEV),
         kfree_skb_has_rx_sk: u32::from(args >= 4),
         kfree_skb_has_reason: u32::from(args >= 3),
         drop_reason_consumed: r

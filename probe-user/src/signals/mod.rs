@@ -386,7 +386,7 @@ mod tests {
             }
         }
         // Every record kind the kernel side writes belongs to a signal.
-        for kind in TraceKind::ALL {
+        for &kind in TraceKind::ALL {
             assert!(Signal::of_trace_kind(kind).is_some(), "{kind:?}");
         }
     }

@@ -35,6 +35,15 @@ use crate::{
     workloads::{cgroup::Hierarchy, identity::Identity},
 };
 
+/// The kernel fields only this signal reads: `(struct, dotted path)`.
+const SOCK_PROTOCOL: layout::FieldPath = ("sock", "sk_protocol");
+const SOCK_ERR: layout::FieldPath = ("sock", "sk_err");
+const TCP_SRTT_US: layout::FieldPath = ("tcp_sock", "srtt_us");
+/// A windowed minimum (`struct minmax`): its first sample is the current minimum.
+const TCP_RTT_MIN: layout::FieldPath = ("tcp_sock", "rtt_min");
+const MINMAX_SAMPLE_V: layout::FieldPath = ("minmax_sample", "v");
+const TCP_SEGS_OUT: layout::FieldPath = ("tcp_sock", "segs_out");
+
 /// Metric families the measures are exported in.
 pub const CONNECT_ATTEMPTS: &str = "tuneprobe_tcp_connect_attempts_total";
 pub const CONNECT_FAILURES: &str = "tuneprobe_tcp_connect_failures_total";
@@ -169,7 +178,7 @@ pub struct Counts {
 }
 
 const FIELDS: &[layout::FieldPath] = &[
-    layout::SOCK_PROTOCOL,
+    SOCK_PROTOCOL,
     layout::SOCK_STATE,
     layout::SOCK_NET,
     layout::SOCK_CGROUP,
@@ -194,18 +203,18 @@ impl Source for TcpConnections {
                 min_args: 3,
             },
             needs: &[
-                layout::SOCK_PROTOCOL,
+                SOCK_PROTOCOL,
                 layout::SOCK_STATE,
                 layout::SOCK_NET,
                 layout::SOCK_CGROUP,
                 layout::CGROUP_KN,
                 layout::KERNFS_NODE_ID,
                 layout::NET_INUM,
-                layout::SOCK_ERR,
-                layout::TCP_SEGS_OUT,
-                layout::TCP_SRTT_US,
-                layout::TCP_RTT_MIN,
-                layout::MINMAX_SAMPLE_V,
+                SOCK_ERR,
+                TCP_SEGS_OUT,
+                TCP_SRTT_US,
+                TCP_RTT_MIN,
+                MINMAX_SAMPLE_V,
             ],
         },
         ProgramSpec {
@@ -600,14 +609,14 @@ impl TraceFields {
 
 /// The connection programs' layout: what they read of a TCP socket.
 fn layout(r: &mut layout::Resolver) -> layout::Global {
-    let rtt_min = r.offset(layout::TCP_RTT_MIN);
-    let minmax_v = r.offset(layout::MINMAX_SAMPLE_V);
+    let rtt_min = r.offset(TCP_RTT_MIN);
+    let minmax_v = r.offset(MINMAX_SAMPLE_V);
     let layout = probe_common::tcp_connections::ConnectionLayout {
-        sock_protocol: r.offset(layout::SOCK_PROTOCOL),
-        sock_err: r.offset(layout::SOCK_ERR),
-        tcp_srtt_us: r.offset(layout::TCP_SRTT_US),
+        sock_protocol: r.offset(SOCK_PROTOCOL),
+        sock_err: r.offset(SOCK_ERR),
+        tcp_srtt_us: r.offset(TCP_SRTT_US),
         tcp_min_rtt_us: rtt_min.saturating_add(minmax_v),
-        tcp_segs_out: r.offset(layout::TCP_SEGS_OUT),
+        tcp_segs_out: r.offset(TCP_SEGS_OUT),
     };
     layout::Global::of(
         probe_common::tcp_connections::ConnectionLayout::GLOBAL,

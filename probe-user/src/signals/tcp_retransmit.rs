@@ -28,6 +28,10 @@ use crate::{
     workloads::{cgroup::Hierarchy, identity::Identity},
 };
 
+/// The kernel fields only this signal reads: `(struct, dotted path)`.
+const SK_BUFF_CB: layout::FieldPath = ("sk_buff", "cb");
+const TCP_SKB_CB_GSO_SEGS: layout::FieldPath = ("tcp_skb_cb", "tcp_gso_segs");
+
 /// A workload's retransmits over the window, and its namespace's TCP load.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct TcpStats {
@@ -129,8 +133,8 @@ impl Source for TcpRetransmit {
             min_args: 2,
         },
         needs: &[
-            layout::SK_BUFF_CB,
-            layout::TCP_SKB_CB_GSO_SEGS,
+            SK_BUFF_CB,
+            TCP_SKB_CB_GSO_SEGS,
             layout::SOCK_STATE,
             layout::SOCK_NET,
             layout::SOCK_CGROUP,
@@ -344,8 +348,8 @@ impl Source for TcpRetransmit {
 /// The retransmit program's layout: the skb's segment count, and whether the
 /// tracepoint passes `err`.
 fn layout(r: &mut layout::Resolver) -> layout::Global {
-    let sk_buff_cb = r.offset(layout::SK_BUFF_CB);
-    let gso_segs = r.offset(layout::TCP_SKB_CB_GSO_SEGS);
+    let sk_buff_cb = r.offset(SK_BUFF_CB);
+    let gso_segs = r.offset(TCP_SKB_CB_GSO_SEGS);
     let layout = probe_common::tcp_retransmit::RetransmitLayout {
         sk_buff_tcp_gso_segs: sk_buff_cb.saturating_add(gso_segs),
         tcp_retransmit_has_err: u32::from(r.tracepoint_args("tcp_retransmit_skb") >= 3),

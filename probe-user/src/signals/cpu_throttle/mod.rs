@@ -39,6 +39,20 @@ use crate::{
     },
 };
 
+/// The kernel fields only this signal reads: `(struct, dotted path)`.
+const TASK_PID: layout::FieldPath = ("task_struct", "pid");
+const TASK_CGROUPS: layout::FieldPath = ("task_struct", "cgroups");
+const CSS_SET_SUBSYS: layout::FieldPath = ("css_set", "subsys");
+const CSS_CGROUP: layout::FieldPath = ("cgroup_subsys_state", "cgroup");
+/// The throttle flag: per task on 6.18+, else on the task's cfs_rq.
+const TASK_THROTTLED: layout::FieldPath = ("task_struct", "throttled");
+const TASK_CFS_RQ: layout::FieldPath = ("task_struct", "se.cfs_rq");
+/// Non-zero while the cfs_rq or any ancestor is throttled (a child group of a throttled
+/// pod has `throttled == 0`).
+const CFS_RQ_THROTTLE_COUNT: layout::FieldPath = ("cfs_rq", "throttle_count");
+/// Not a field: the `cpu_cgrp_id` value of `enum cgroup_subsys_id`.
+const CPU_CGRP_ID: layout::FieldPath = ("cgroup_subsys_id", "cpu_cgrp_id");
+
 /// Metric families the fleet view judges from.
 pub const PERIODS: &str = "tuneprobe_cpu_periods_total";
 pub const THROTTLED_PERIODS: &str = "tuneprobe_cpu_throttled_periods_total";
@@ -170,12 +184,12 @@ impl Source for CpuThrottle {
             min_args: 3,
         },
         needs: &[
-            layout::TASK_PID,
-            layout::TASK_CGROUPS,
-            layout::CSS_SET_SUBSYS,
-            layout::CPU_CGRP_ID,
-            layout::CSS_CGROUP,
-            layout::TASK_THROTTLED,
+            TASK_PID,
+            TASK_CGROUPS,
+            CSS_SET_SUBSYS,
+            CPU_CGRP_ID,
+            CSS_CGROUP,
+            TASK_THROTTLED,
             layout::CGROUP_KN,
             layout::KERNFS_NODE_ID,
         ],
@@ -495,24 +509,21 @@ fn join(root: &Path, path: &str) -> PathBuf {
 
 /// The throttle programs' layout: a task's cpu cgroup and where its throttle flag is.
 fn layout(r: &mut layout::Resolver) -> layout::Global {
-    let cpu_cgrp_id = match r
-        .btf
-        .enum_value(layout::CPU_CGRP_ID.0, layout::CPU_CGRP_ID.1)
-    {
+    let cpu_cgrp_id = match r.btf.enum_value(CPU_CGRP_ID.0, CPU_CGRP_ID.1) {
         Ok(id) => id as u32,
         Err(err) => {
-            r.missing(layout::CPU_CGRP_ID, err.to_string());
+            r.missing(CPU_CGRP_ID, err.to_string());
             0
         }
     };
     let throttle = throttle_flag(r);
-    let css_set_subsys = r.offset(layout::CSS_SET_SUBSYS);
+    let css_set_subsys = r.offset(CSS_SET_SUBSYS);
     let layout = probe_common::cpu_throttle::ThrottleLayout {
-        task_pid: r.offset(layout::TASK_PID),
-        task_cgroups: r.offset(layout::TASK_CGROUPS),
+        task_pid: r.offset(TASK_PID),
+        task_cgroups: r.offset(TASK_CGROUPS),
         // `subsys` is an array of css pointers indexed by subsystem id.
         css_set_cpu_css: css_set_subsys.saturating_add(cpu_cgrp_id.saturating_mul(8)),
-        css_cgroup: r.offset(layout::CSS_CGROUP),
+        css_cgroup: r.offset(CSS_CGROUP),
         throttle_per_task: throttle.per_task,
         throttled_byte: throttle.byte,
         throttled_mask: throttle.mask,
@@ -533,8 +544,7 @@ struct ThrottleFlag {
 /// cfs_rq (`throttle_count` covers throttled ancestors too).
 fn throttle_flag(r: &mut layout::Resolver) -> ThrottleFlag {
     let btf = r.btf;
-    if let Ok((byte, mask)) = btf.flag_location(layout::TASK_THROTTLED.0, layout::TASK_THROTTLED.1)
-    {
+    if let Ok((byte, mask)) = btf.flag_location(TASK_THROTTLED.0, TASK_THROTTLED.1) {
         return ThrottleFlag {
             per_task: 1,
             byte,
@@ -542,11 +552,8 @@ fn throttle_flag(r: &mut layout::Resolver) -> ThrottleFlag {
             task_cfs_rq: 0,
         };
     }
-    let cfs_rq = btf.field_offset(layout::TASK_CFS_RQ.0, layout::TASK_CFS_RQ.1);
-    let flag = btf.flag_location(
-        layout::CFS_RQ_THROTTLE_COUNT.0,
-        layout::CFS_RQ_THROTTLE_COUNT.1,
-    );
+    let cfs_rq = btf.field_offset(TASK_CFS_RQ.0, TASK_CFS_RQ.1);
+    let flag = btf.flag_location(CFS_RQ_THROTTLE_COUNT.0, CFS_RQ_THROTTLE_COUNT.1);
     match (cfs_rq, flag) {
         (Ok(cfs_rq), Ok((byte, mask))) => ThrottleFlag {
             per_task: 0,
@@ -556,7 +563,7 @@ fn throttle_flag(r: &mut layout::Resolver) -> ThrottleFlag {
         },
         (Err(err), _) | (_, Err(err)) => {
             r.missing(
-                layout::TASK_THROTTLED,
+                TASK_THROTTLED,
                 format!("neither task_struct.throttled nor cfs_rq.throttle_count: {err}"),
             );
             ThrottleFlag {
