@@ -1,6 +1,8 @@
 //! Block IO: per request, service time (issue -> complete) and queue time (insert ->
 //! issue), aggregated per (workload cgroup, device, operation).
 
+use crate::trace::TraceHeader;
+
 use crate::histogram::LatencyHistogram;
 
 /// Hash map: [`BlockKey`] -> [`BlockStats`], updated with atomic adds (IO rates are far
@@ -94,4 +96,20 @@ crate::kernel_layout! {
     }
 }
 
-user_pod!(BlockKey, BlockStats, InFlightRequest);
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockEvent {
+    pub header: TraceHeader,
+    /// `major << 20 | minor`, as in [`crate::BlockKey`].
+    pub dev: u32,
+    /// `cmd_flags & REQ_OP_MASK`
+    pub op: u32,
+    pub bytes: u64,
+    pub service_ns: u64,
+    /// 0 when the request bypassed the scheduler queue.
+    pub queue_ns: u64,
+    pub error: u32,
+    pub _pad: u32,
+}
+
+user_pod!(BlockEvent, BlockKey, BlockStats, InFlightRequest);

@@ -1,6 +1,8 @@
 //! CPU throttling: tasks switched out because their group's CFS bandwidth ran out, and
 //! how long each waited to run again ("throttle stall"), per cpu cgroup.
 
+use crate::trace::TraceHeader;
+
 use crate::histogram::LatencyHistogram;
 
 /// Hash map: cpu cgroup id (`u64`: v1 cpu id on hybrid nodes, v2 id on unified ones) ->
@@ -66,4 +68,14 @@ crate::kernel_layout! {
     }
 }
 
-user_pod!(ThrottleStats, ThrottledTask);
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThrottleEvent {
+    pub header: TraceHeader,
+    pub stall_ns: u64,
+    /// Thread id of the stalled task.
+    pub pid: u32,
+    pub _pad: u32,
+}
+
+user_pod!(ThrottleEvent, ThrottleStats, ThrottledTask);

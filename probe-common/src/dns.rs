@@ -1,6 +1,8 @@
 //! DNS latency from the dataplane: queries leaving a workload's sockets are matched with
 //! the responses coming back, by (socket cgroup, addresses, ports, transaction id).
 
+use crate::trace::TraceHeader;
+
 /// Hash map: [`DnsFlow`] -> [`DnsQuery`], queries waiting for their response. Userspace
 /// removes the ones older than the timeout and counts them as timeouts.
 pub const DNS_IN_FLIGHT_MAP: &str = "DNS_IN_FLIGHT";
@@ -117,7 +119,27 @@ pub struct DnsLatencyKey {
     pub _pad: [u8; 6],
 }
 
+/// Bytes of a DNS message copied into a [`DnsEvent`]: enough for the header and any
+/// realistic question; the userspace decoder checks every bound.
+pub const DNS_CAPTURE_BYTES: usize = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsEvent {
+    pub header: TraceHeader,
+    pub latency_ns: u64,
+    pub resolver: [u8; 16],
+    /// Bytes of the response message in `message` (at most [`DNS_CAPTURE_BYTES`]).
+    pub captured: u32,
+    /// The whole message's length on the wire.
+    pub message_len: u32,
+    pub proto: u8,
+    pub _pad: [u8; 7],
+    pub message: [u8; DNS_CAPTURE_BYTES],
+}
+
 user_pod!(
+    DnsEvent,
     DnsCounters,
     DnsFlow,
     DnsLatencyKey,

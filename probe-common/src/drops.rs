@@ -1,5 +1,7 @@
 //! Packet drops from `skb:kfree_skb`, aggregated in the kernel by owner and reason.
 
+use crate::trace::{Endpoints, TraceHeader};
+
 /// Per-CPU hash map: [`DropKey`] -> drop count (`u64`).
 pub const DROPS_MAP: &str = "DROPS";
 /// Distinct (owner, reason) pairs tracked at once.
@@ -45,4 +47,16 @@ crate::kernel_layout! {
     }
 }
 
-user_pod!(DropKey);
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    pub header: TraceHeader,
+    /// Kernel text address of the function that dropped the packet (`location`).
+    pub location: u64,
+    pub endpoints: Endpoints,
+    /// `enum skb_drop_reason` value.
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+user_pod!(DropEvent, DropKey);

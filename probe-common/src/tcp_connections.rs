@@ -1,6 +1,8 @@
 //! TCP connections per cgroup of the socket's owner: opens, failed connects by cause,
 //! closes, resets, and at close the connection's duration and round-trip times.
 
+use crate::trace::{Endpoints, TraceHeader};
+
 use crate::LatencyHistogram;
 
 /// Per-CPU hash map: [`ConnectionKey`] -> [`ConnectionCounters`].
@@ -133,4 +135,29 @@ crate::kernel_layout! {
     }
 }
 
-user_pod!(ConnectionCounters, ConnectionKey, ConnectionTimes);
+/// The end of a connection: a failed connect, or an established connection closing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionEvent {
+    pub header: TraceHeader,
+    pub endpoints: Endpoints,
+    /// The state it left (`SYN_SENT` for a failed connect, `ESTABLISHED` for a close).
+    pub old_state: u32,
+    pub new_state: u32,
+    /// The socket's error (`sk_err`, an errno; 0 for none).
+    pub error: u32,
+    /// 1 if it was opened by `connect()`, 0 if accepted on a listener.
+    pub active: u32,
+    /// Since `connect()` or the SYN's arrival; 0 if the start was not seen.
+    pub duration_us: u64,
+    /// Smoothed and minimum round-trip times at close; 0 for a failed connect.
+    pub srtt_us: u32,
+    pub min_rtt_us: u32,
+}
+
+user_pod!(
+    ConnectionEvent,
+    ConnectionCounters,
+    ConnectionKey,
+    ConnectionTimes
+);

@@ -1,5 +1,7 @@
 //! TCP retransmits, aggregated in the kernel per cgroup of the socket's owner.
 
+use crate::trace::{Endpoints, TraceHeader};
+
 /// Per-CPU hash map: [`RetransmitKey`] -> [`RetransmitCounters`].
 pub const TCP_RETRANSMITS_MAP: &str = "TCP_RETRANSMITS";
 /// Distinct cgroups tracked at once; beyond this, updates are counted as overflow.
@@ -56,4 +58,17 @@ crate::kernel_layout! {
     }
 }
 
-user_pod!(RetransmitCounters, RetransmitKey);
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetransmitEvent {
+    pub header: TraceHeader,
+    pub endpoints: Endpoints,
+    /// TCP state (`include/net/tcp_states.h`, part of the user ABI).
+    pub state: u32,
+    /// The attempt did not go out (`err != 0`).
+    pub failed: u32,
+    pub segments: u32,
+    pub _pad: u32,
+}
+
+user_pod!(RetransmitEvent, RetransmitCounters, RetransmitKey);

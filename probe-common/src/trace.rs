@@ -17,10 +17,6 @@ pub const TRACE_RING_BYTES: u32 = 1 << 20;
 /// Ring buffer size when nothing traces: the smallest the kernel accepts (one page).
 pub const TRACE_RING_IDLE_BYTES: u32 = 4096;
 
-/// Bytes of a DNS message copied into a [`DnsEvent`]: enough for the header and any
-/// realistic question; the userspace decoder checks every bound.
-pub const DNS_CAPTURE_BYTES: usize = 256;
-
 pub use crate::TraceKind;
 
 impl TraceKind {
@@ -82,92 +78,6 @@ pub struct Endpoints {
     pub _pad: u8,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RetransmitEvent {
-    pub header: TraceHeader,
-    pub endpoints: Endpoints,
-    /// TCP state (`include/net/tcp_states.h`, part of the user ABI).
-    pub state: u32,
-    /// The attempt did not go out (`err != 0`).
-    pub failed: u32,
-    pub segments: u32,
-    pub _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DropEvent {
-    pub header: TraceHeader,
-    /// Kernel text address of the function that dropped the packet (`location`).
-    pub location: u64,
-    pub endpoints: Endpoints,
-    /// `enum skb_drop_reason` value.
-    pub reason: u32,
-    pub _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DnsEvent {
-    pub header: TraceHeader,
-    pub latency_ns: u64,
-    pub resolver: [u8; 16],
-    /// Bytes of the response message in `message` (at most [`DNS_CAPTURE_BYTES`]).
-    pub captured: u32,
-    /// The whole message's length on the wire.
-    pub message_len: u32,
-    pub proto: u8,
-    pub _pad: [u8; 7],
-    pub message: [u8; DNS_CAPTURE_BYTES],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BlockEvent {
-    pub header: TraceHeader,
-    /// `major << 20 | minor`, as in [`crate::BlockKey`].
-    pub dev: u32,
-    /// `cmd_flags & REQ_OP_MASK`
-    pub op: u32,
-    pub bytes: u64,
-    pub service_ns: u64,
-    /// 0 when the request bypassed the scheduler queue.
-    pub queue_ns: u64,
-    pub error: u32,
-    pub _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ThrottleEvent {
-    pub header: TraceHeader,
-    pub stall_ns: u64,
-    /// Thread id of the stalled task.
-    pub pid: u32,
-    pub _pad: u32,
-}
-
-/// The end of a connection: a failed connect, or an established connection closing.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConnectionEvent {
-    pub header: TraceHeader,
-    pub endpoints: Endpoints,
-    /// The state it left (`SYN_SENT` for a failed connect, `ESTABLISHED` for a close).
-    pub old_state: u32,
-    pub new_state: u32,
-    /// The socket's error (`sk_err`, an errno; 0 for none).
-    pub error: u32,
-    /// 1 if it was opened by `connect()`, 0 if accepted on a listener.
-    pub active: u32,
-    /// Since `connect()` or the SYN's arrival; 0 if the start was not seen.
-    pub duration_us: u64,
-    /// Smoothed and minimum round-trip times at close; 0 for a failed connect.
-    pub srtt_us: u32,
-    pub min_rtt_us: u32,
-}
-
 crate::kernel_layout! {
     /// Fields only `tuneprobe trace` events use: a kernel without them still runs every
     /// program, its events just lack addresses.
@@ -196,13 +106,4 @@ crate::kernel_layout! {
     }
 }
 
-user_pod!(
-    TraceConfig,
-    TraceHeader,
-    RetransmitEvent,
-    DropEvent,
-    DnsEvent,
-    BlockEvent,
-    ThrottleEvent,
-    ConnectionEvent
-);
+user_pod!(TraceConfig, TraceHeader);

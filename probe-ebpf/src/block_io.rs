@@ -12,8 +12,9 @@ use aya_ebpf::{
 };
 use probe_common::{
     BlockKey, BlockStats, InFlightRequest, OverflowSlot,
+    block_io::BlockEvent,
     block_io::{BLOCK_IN_FLIGHT_MAX, BLOCK_IO_MAX_KEYS, MINOR_BITS},
-    trace::{BlockEvent, TraceKind},
+    trace::TraceKind,
 };
 
 use crate::{

@@ -12,8 +12,9 @@ use aya_ebpf::{
 };
 use probe_common::{
     OverflowSlot, ThrottleStats, ThrottledTask,
+    cpu_throttle::ThrottleEvent,
     cpu_throttle::{CPU_THROTTLE_MAX_CGROUPS, THROTTLED_TASKS_MAX},
-    trace::{ThrottleEvent, TraceKind},
+    trace::TraceKind,
 };
 
 use crate::{

@@ -23,11 +23,12 @@ use network_types::{
 };
 use probe_common::{
     DnsCounters, DnsFlow, DnsHistogram, DnsLatencyKey, DnsQuery, DnsResolverKey, OverflowSlot,
+    dns::{DNS_CAPTURE_BYTES, DnsEvent},
     dns::{
         DNS_COUNTERS_MAX_KEYS, DNS_IN_FLIGHT_MAX, DNS_LATENCY_MAX_KEYS, DNS_PORT, MAX_LABELS,
         PROTO_TCP, PROTO_UDP, QUESTION_BYTES, qtype_class,
     },
-    trace::{DNS_CAPTURE_BYTES, DnsEvent, TraceKind},
+    trace::TraceKind,
 };
 
 use crate::{aggregate, trace};

@@ -12,9 +12,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use probe_common::{
-    DropKey, OverflowSlot,
-    drops::DROPS_MAX_KEYS,
-    trace::{DropEvent, TraceKind},
+    DropKey, OverflowSlot, drops::DROPS_MAX_KEYS, drops::DropEvent, trace::TraceKind,
 };
 
 use crate::{

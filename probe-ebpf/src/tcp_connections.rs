@@ -15,11 +15,12 @@ use aya_ebpf::{
 };
 use probe_common::{
     ConnectionCounters, ConnectionKey, ConnectionTimes, LatencyHistogram, OverflowSlot,
+    tcp_connections::ConnectionEvent,
     tcp_connections::{
         DurationHistogram, ECONNREFUSED, ECONNRESET, ETIMEDOUT, TCP_CONNECTION_STARTS_MAX,
         TCP_CONNECTION_TIMES_MAX_CGROUPS, TCP_CONNECTIONS_MAX_CGROUPS,
     },
-    trace::{ConnectionEvent, TraceKind},
+    trace::TraceKind,
 };
 
 use crate::{

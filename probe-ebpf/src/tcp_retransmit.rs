@@ -10,9 +10,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use probe_common::{
-    OverflowSlot, RetransmitCounters, RetransmitKey,
-    tcp_retransmit::TCP_RETRANSMITS_MAX_CGROUPS,
-    trace::{RetransmitEvent, TraceKind},
+    OverflowSlot, RetransmitCounters, RetransmitKey, tcp_retransmit::RetransmitEvent,
+    tcp_retransmit::TCP_RETRANSMITS_MAX_CGROUPS, trace::TraceKind,
 };
 
 use crate::{

@@ -5,9 +5,8 @@
 use std::{collections::HashMap, fmt::Write as _, path::PathBuf};
 
 use probe_common::{
-    BlockKey, BlockStats, LatencyHistogram,
-    block_io::BLOCK_IO_MAP,
-    trace::{BlockEvent, TraceKind},
+    BlockKey, BlockStats, LatencyHistogram, block_io::BLOCK_IO_MAP, block_io::BlockEvent,
+    trace::TraceKind,
 };
 use serde::Serialize;
 

@@ -8,11 +8,7 @@ use std::{
     fmt::Write as _,
 };
 
-use probe_common::{
-    DropKey,
-    drops::DROPS_MAP,
-    trace::{DropEvent, TraceKind},
-};
+use probe_common::{DropKey, drops::DROPS_MAP, drops::DropEvent, trace::TraceKind};
 use serde::Serialize;
 
 use super::{

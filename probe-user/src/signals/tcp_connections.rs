@@ -8,11 +8,12 @@ use std::{collections::HashMap, fmt::Write as _};
 
 use probe_common::{
     ConnectionCounters, ConnectionKey, ConnectionTimes, LatencyHistogram,
+    tcp_connections::ConnectionEvent,
     tcp_connections::{
         DurationHistogram, ECONNREFUSED, ECONNRESET, ETIMEDOUT, TCP_CONNECTION_TIMES_MAP,
         TCP_CONNECTIONS_MAP,
     },
-    trace::{ConnectionEvent, TraceKind},
+    trace::TraceKind,
 };
 use serde::Serialize;
 

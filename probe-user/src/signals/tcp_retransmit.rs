@@ -5,9 +5,8 @@
 use std::{collections::HashMap, fmt::Write as _};
 
 use probe_common::{
-    RetransmitCounters, RetransmitKey,
-    tcp_retransmit::TCP_RETRANSMITS_MAP,
-    trace::{RetransmitEvent, TraceKind},
+    RetransmitCounters, RetransmitKey, tcp_retransmit::RetransmitEvent,
+    tcp_retransmit::TCP_RETRANSMITS_MAP, trace::TraceKind,
 };
 use serde::Serialize;
 

@@ -132,7 +132,7 @@ mod tests {
 
     #[test]
     fn records_are_checked_before_use() {
-        use probe_common::trace::{ThrottleEvent, TraceKind};
+        use probe_common::{cpu_throttle::ThrottleEvent, trace::TraceKind};
 
         assert!(matches!(Record::parse(&[0; 8]), Err(RecordError::Short(8))));
         let mut bytes = vec![0u8; size_of::<ThrottleEvent>()];

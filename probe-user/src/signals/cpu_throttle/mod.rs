@@ -11,9 +11,8 @@ use std::{
 };
 
 use probe_common::{
-    LatencyHistogram, ThrottleStats,
-    cpu_throttle::CPU_THROTTLE_MAP,
-    trace::{ThrottleEvent, TraceKind},
+    LatencyHistogram, ThrottleStats, cpu_throttle::CPU_THROTTLE_MAP, cpu_throttle::ThrottleEvent,
+    trace::TraceKind,
 };
 use serde::Serialize;
 

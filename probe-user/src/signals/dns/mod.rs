@@ -15,8 +15,9 @@ use std::{
 use aya::maps::MapData;
 use probe_common::{
     DnsCounters, DnsFlow, DnsHistogram, DnsLatencyKey, DnsQuery, DnsResolverKey, dns,
+    dns::DnsEvent,
     dns::{DNS_COUNTERS_MAP, DNS_IN_FLIGHT_MAP, DNS_LATENCY_MAP},
-    trace::{DnsEvent, TraceKind},
+    trace::TraceKind,
 };
 use serde::Serialize;
 
