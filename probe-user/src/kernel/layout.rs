@@ -105,6 +105,17 @@ impl Global {
     }
 }
 
+/// A signal's layout resolved alone from the running kernel's BTF, for its tests:
+/// fails if BTF could not place one of its fields.
+#[cfg(test)]
+pub(crate) fn resolved_alone<T: aya::Pod>(signal: Resolve) -> (Btf, T) {
+    let btf = Btf::from_sys_fs().unwrap();
+    let resolved = resolve(&btf, &[signal]);
+    assert!(resolved.missing.is_empty(), "{:?}", resolved.missing);
+    let layout = resolved.globals.last().unwrap().read();
+    (btf, layout)
+}
+
 /// A signal's layout, resolved from BTF (`Source::LAYOUT`).
 pub type Resolve = fn(&mut Resolver) -> Global;
 

@@ -485,11 +485,8 @@ mod tests {
     /// Its layout from this kernel's BTF: every field placed, each where BTF says.
     #[test]
     fn layout_resolves_from_the_running_kernel() {
-        use crate::kernel::{btf::Btf, layout};
-        let btf = Btf::from_sys_fs().unwrap();
-        let resolved = layout::resolve(&btf, &[super::layout]);
-        assert!(resolved.missing.is_empty(), "{:?}", resolved.missing);
-        let l: probe_common::block_io::BlockLayout = resolved.globals.last().unwrap().read();
+        let (btf, l): (_, probe_common::block_io::BlockLayout) =
+            crate::kernel::layout::resolved_alone(super::layout);
         let at = |ty: &str, path: &str| btf.field_offset(ty, path).unwrap().bytes;
         // 6.18: the disk is the request queue's.
         assert_eq!(l.request_has_rq_disk, 0);

@@ -580,11 +580,8 @@ mod tests {
     /// Its layout from this kernel's BTF: every field placed, each where BTF says.
     #[test]
     fn layout_resolves_from_the_running_kernel() {
-        use crate::kernel::{btf::Btf, layout};
-        let btf = Btf::from_sys_fs().unwrap();
-        let resolved = layout::resolve(&btf, &[super::layout]);
-        assert!(resolved.missing.is_empty(), "{:?}", resolved.missing);
-        let l: probe_common::cpu_throttle::ThrottleLayout = resolved.globals.last().unwrap().read();
+        let (btf, l): (_, probe_common::cpu_throttle::ThrottleLayout) =
+            crate::kernel::layout::resolved_alone(super::layout);
         let at = |ty: &str, path: &str| btf.field_offset(ty, path).unwrap().bytes;
         // 6.18 throttles per task.
         assert_eq!((l.throttle_per_task, l.throttled_mask), (1, 0xff));
