@@ -4,7 +4,7 @@
 //! fills each layout from `/sys/kernel/btf/vmlinux` and hands it to the programs as a
 //! read-only global: [`KernelLayout`] for the reads every signal shares (a socket's
 //! cgroup and namespace), and one per signal in the signal's own module
-//! (`block_io::BlockLayout`, ...), declared with [`kernel_layout!`].
+//! (`block_io::BlockLayout`, ...), declared with `kernel_layout!`.
 
 /// Declares a layout: a `#[repr(C)]` struct of `u32` byte offsets and flags that the
 /// agent fills from BTF and hands to the programs as the read-only global named after
