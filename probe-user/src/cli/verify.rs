@@ -185,6 +185,7 @@ pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         &mut verdicts,
         verify::listeners_by_netns(Path::new("/proc")),
     );
+    verify::explain_new_sockets(&knob_name, &mut verdicts);
     if args.revert {
         revert(&change, &old)?;
     }

@@ -28,6 +28,8 @@ pub(crate) enum Applies {
     AtOnce,
     /// When a socket calls `listen()`: existing listeners keep the value they had.
     AtListen,
+    /// To sockets created after the change: open ones keep the value they were made with.
+    NewSockets,
 }
 
 /// What the guides recommend.
@@ -145,6 +147,11 @@ impl Knob {
         self
     }
 
+    const fn applied_to_new_sockets(mut self) -> Self {
+        self.applies = Applies::NewSockets;
+        self
+    }
+
     const fn not_inventoried(mut self) -> Self {
         self.inventoried = false;
         self
@@ -254,7 +261,8 @@ pub(crate) const KNOBS: &[Knob] = &[
         &[RetransmitRatio, SrttMs],
         "congestion control decides how hard to push into loss and queues: retransmits \
          and queueing delay (RTT) both move, often in opposite directions",
-    ),
+    )
+    .applied_to_new_sockets(),
     judged(
         "net.ipv4.tcp_tw_reuse",
         Netns,
@@ -330,7 +338,8 @@ pub(crate) const KNOBS: &[Knob] = &[
         &[RcvbufDropRatio],
         "the receive buffer of datagram sockets that set none: a full one drops \
          (SOCKET_RCVBUFF); TCP sizes its own from tcp_rmem",
-    ),
+    )
+    .applied_to_new_sockets(),
     unjudged(
         "net.bridge.bridge-nf-call-iptables",
         Node,

@@ -1,10 +1,11 @@
-//! Knobs applied at `listen()`: which listeners still have the old backlog.
+//! Knobs applied later than at once: at `listen()` (which listeners still have the old
+//! backlog), or only to sockets created after the change.
 
 use std::path::Path;
 
 use crate::kernel::sockdiag::{self, Listener};
 
-use super::judge::WorkloadVerdict;
+use super::{judge::WorkloadVerdict, stats::Verdict};
 use crate::tuning::{self, Applies};
 
 /// For knobs applied at `listen()`: shows each verdict's listeners and says "restart
@@ -48,6 +49,22 @@ pub(crate) fn explain_listen_backlogs(
             ));
         }
         verdict.listeners = listeners;
+    }
+}
+
+/// For knobs applied to new sockets only: a verdict of no change may be the workload's
+/// sockets predating the change, which says so.
+pub(crate) fn explain_new_sockets(knob: &str, verdicts: &mut [WorkloadVerdict]) {
+    if tuning::knob_named(knob).is_none_or(|k| k.applies != Applies::NewSockets) {
+        return;
+    }
+    for verdict in verdicts {
+        if verdict.comparison.verdict == Verdict::NoSignificantChange {
+            verdict.notes.push(format!(
+                "{knob} applies to sockets created after the change: sockets the workload \
+                 opened before it keep the old value until it opens new ones"
+            ));
+        }
     }
 }
 

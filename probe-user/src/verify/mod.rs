@@ -25,7 +25,7 @@ pub(crate) use self::judge::SampleValues;
 pub(crate) use self::{
     judge::{Affected, Samples, WorkloadVerdict, judge, report_notes},
     knob::{KnobAt, Target},
-    listen::{explain_listen_backlogs, listeners_by_netns},
+    listen::{explain_listen_backlogs, explain_new_sockets, listeners_by_netns},
     watch::{ChangeRecord, ChangeReport, Watcher, Windows},
 };
 
@@ -192,6 +192,39 @@ mod tests {
             backlog,
             queued: 0,
         }
+    }
+
+    /// A knob applied to new sockets only explains a verdict of no change, and only that.
+    #[test]
+    fn a_knob_for_new_sockets_explains_no_change() {
+        let (before, after, last) = throttling_then_none();
+        let verdicts = || {
+            judge(
+                &before,
+                &after,
+                &[Measure::CpuThrottledRatio],
+                &Affected::Node,
+                &last,
+            )
+        };
+        let mut unchanged = verdicts();
+        unchanged[0].comparison.verdict = stats::Verdict::NoSignificantChange;
+        explain_new_sockets("net.core.rmem_default", &mut unchanged);
+        let notes = &unchanged[0].notes;
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].starts_with("net.core.rmem_default applies to sockets created after"),
+            "{notes:?}"
+        );
+        // An improvement needs no excuse; a knob applied at once has none to give.
+        let mut improved = verdicts();
+        assert_eq!(improved[0].comparison.verdict, stats::Verdict::Improved);
+        explain_new_sockets("net.core.rmem_default", &mut improved);
+        assert!(improved[0].notes.is_empty());
+        let mut at_once = verdicts();
+        at_once[0].comparison.verdict = stats::Verdict::NoSignificantChange;
+        explain_new_sockets("net.core.netdev_max_backlog", &mut at_once);
+        assert!(at_once[0].notes.is_empty());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::{
 
 use super::{
     judge::{Affected, Samples, WorkloadVerdict, interval_samples, judge, report_notes},
-    listen::{explain_listen_backlogs, listeners_by_netns},
+    listen::{explain_listen_backlogs, explain_new_sockets, listeners_by_netns},
 };
 
 /// A change as it is reported: what, where, when.
@@ -257,6 +257,7 @@ fn judge_pending(pending: &Pending, last: &Snapshot, is_final: bool) -> ChangeRe
             listeners_by_netns(Path::new("/proc")),
         );
     }
+    explain_new_sockets(&change.knob, &mut verdicts);
     let notes = report_notes(&verdicts);
     ChangeReport {
         change: change.clone(),
