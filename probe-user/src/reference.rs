@@ -23,8 +23,7 @@ use prometheus::proto::{MetricFamily, MetricType};
 use serde_json::Value;
 
 use crate::{
-    report::{Snapshot, Workload, tests::sample},
-    signals::{Sections, cpu_throttle::CpuReport},
+    report::{Snapshot, tests::sample},
     tuning,
     verify::{Watcher, Windows},
     views::metrics::Exporter,
@@ -110,26 +109,16 @@ fn check_or_bless(name: &str, begin: &str, end: &str, generated: &str) {
     }
 }
 
-/// A snapshot for the watcher: one container throttled in `throttled` of `periods`.
+/// A snapshot for the watcher: one named container throttled in `throttled` of `periods`.
 fn throttled(periods: u64, throttled: u64) -> Snapshot {
-    Snapshot::of_workloads(vec![Workload {
-        identity: Identity {
-            cgroup_path: Some("/kubepods/burstable/pod0b5a/4f2a".into()),
-            namespace: Some("shop".into()),
-            pod: Some("api-7f9c4".into()),
-            container: Some("server".into()),
-            ..Identity::default()
-        },
-        signals: Sections {
-            cpu: Some(CpuReport {
-                periods,
-                throttled_periods: throttled,
-                ..CpuReport::default()
-            }),
-            ..Sections::default()
-        },
-        ..Workload::default()
-    }])
+    let identity = Identity {
+        cgroup_path: Some("/kubepods/burstable/pod0b5a/4f2a".into()),
+        namespace: Some("shop".into()),
+        pod: Some("api-7f9c4".into()),
+        container: Some("server".into()),
+        ..Identity::default()
+    };
+    crate::report::tests::throttled(identity, periods, throttled)
 }
 
 fn setting(knob: &str, value: &str, recommended: Option<&str>) -> tuning::Setting {

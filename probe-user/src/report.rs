@@ -69,6 +69,23 @@ pub(crate) mod tests {
         tcp_retransmit::TcpStats,
     };
 
+    /// A snapshot of one workload, `identity`, whose cpu cgroup was throttled in
+    /// `throttled` of `periods` CFS periods: what the watcher's tests feed it.
+    pub(crate) fn throttled(identity: Identity, periods: u64, throttled: u64) -> Snapshot {
+        Snapshot::of_workloads(vec![Workload {
+            identity,
+            signals: Sections {
+                cpu: Some(CpuReport {
+                    periods,
+                    throttled_periods: throttled,
+                    ..CpuReport::default()
+                }),
+                ..Sections::default()
+            },
+            ..Workload::default()
+        }])
+    }
+
     /// A snapshot with every field populated somewhere (the generated references,
     /// `docs/json.md` and `docs/metrics.md`, are made from it): a pod's container with
     /// every signal but no names, an unattributed workload with one drop, and a named

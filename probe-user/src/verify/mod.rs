@@ -35,29 +35,16 @@ mod tests {
 
     use super::*;
     use crate::{
-        kernel::sockdiag::Listener,
-        report::{Snapshot, Workload},
-        signals::{Sections, cpu_throttle::CpuReport, measure::Measure},
-        tuning,
+        kernel::sockdiag::Listener, report::Snapshot, signals::measure::Measure, tuning,
         verify::stats::Verdict,
     };
 
     fn snapshot(periods: u64, throttled: u64) -> Snapshot {
-        Snapshot::of_workloads(vec![Workload {
-            identity: crate::workloads::identity::Identity {
-                cgroup_path: Some("/pod/c".into()),
-                ..Default::default()
-            },
-            signals: Sections {
-                cpu: Some(CpuReport {
-                    periods,
-                    throttled_periods: throttled,
-                    ..CpuReport::default()
-                }),
-                ..Sections::default()
-            },
-            ..Workload::default()
-        }])
+        let identity = crate::workloads::identity::Identity {
+            cgroup_path: Some("/pod/c".into()),
+            ..Default::default()
+        };
+        crate::report::tests::throttled(identity, periods, throttled)
     }
 
     /// 10 intervals throttled in 9 of 10 periods, then 10 without throttling.
