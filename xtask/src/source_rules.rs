@@ -16,12 +16,6 @@ const MAX_LINES: usize = 80;
 /// The source trees the rule holds in, relative to the workspace root.
 const DIRS: &[&str] = &["probe-user/src", "probe-common/src", "xtask/src"];
 
-/// PENDING: functions still over [`MAX_LINES`] because their files are being rewritten
-/// elsewhere (file relative to the workspace root, function name). Remove an entry when
-/// its function is split: the test fails once a listed function is no longer too long,
-/// so this list cannot go stale.
-const PENDING: &[(&str, &str)] = &[];
-
 /// A function item with a body.
 #[derive(Debug, PartialEq, Eq)]
 struct Function {
@@ -103,7 +97,7 @@ fn over(source: &str) -> Vec<Function> {
 
 /// `file:line name (N lines)` for every function in the trees longer than [`MAX_LINES`],
 /// with its file (relative to the workspace root) and name.
-fn too_long(workspace: &Path) -> Vec<(String, String, String)> {
+fn too_long(workspace: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for dir in DIRS {
         for file in rust_files(&workspace.join(dir)) {
@@ -114,8 +108,7 @@ fn too_long(workspace: &Path) -> Vec<(String, String, String)> {
                 .into_owned();
             let source = fs::read_to_string(&file).unwrap();
             for f in over(&source) {
-                let shown = format!("{rel}:{} {} ({} lines)", f.line, f.name, f.lines);
-                out.push((rel.clone(), f.name, shown));
+                out.push(format!("{rel}:{} {} ({} lines)", f.line, f.name, f.lines));
             }
         }
     }
@@ -132,26 +125,11 @@ mod tests {
 
     #[test]
     fn no_function_is_over_80_lines() {
-        let found = too_long(workspace());
-        let new: Vec<&str> = found
-            .iter()
-            .filter(|(file, name, _)| !PENDING.contains(&(file.as_str(), name.as_str())))
-            .map(|(_, _, shown)| shown.as_str())
-            .collect();
+        let shown = too_long(workspace());
         assert!(
-            new.is_empty(),
+            shown.is_empty(),
             "functions over {MAX_LINES} lines (split them into named steps):\n{}",
-            new.join("\n")
-        );
-        let done: Vec<String> = PENDING
-            .iter()
-            .filter(|(file, name)| !found.iter().any(|(f, n, _)| f == file && n == name))
-            .map(|(file, name)| format!("{file} {name}"))
-            .collect();
-        assert!(
-            done.is_empty(),
-            "PENDING entries no longer over {MAX_LINES} lines (remove them):\n{}",
-            done.join("\n")
+            shown.join("\n")
         );
     }
 
