@@ -26,6 +26,7 @@
 #![warn(unreachable_pub)]
 
 pub(crate) mod access;
+pub(crate) mod advise;
 mod cli;
 pub mod fleet;
 pub mod kernel;

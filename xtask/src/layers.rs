@@ -43,6 +43,7 @@ pub const PROBE_USER: Tree = Tree {
         &["window"],
         &["tuning"],
         &["verify"],
+        &["advise"],
         &["views"],
         &["fleet"],
         &["access", "privileges"],

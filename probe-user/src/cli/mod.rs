@@ -1,5 +1,6 @@
 //! Command line: global options, then one module per subcommand.
 
+mod advise;
 mod check;
 mod fleet;
 mod serve;
@@ -147,6 +148,7 @@ impl CollectorArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     Snapshot(snapshot::Args),
+    Advise(advise::Args),
     Serve(serve::Args),
     Tuning(tuning::Args),
     Verify(verify::Args),
@@ -180,6 +182,7 @@ impl Cli {
         }
         match &self.command {
             Command::Snapshot(args) => snapshot::run(args, &self.load_options()),
+            Command::Advise(args) => advise::run(args, &self.load_options()),
             Command::Serve(args) => serve::run(args, &self.load_options()),
             Command::Tuning(args) => tuning::run(args),
             Command::Verify(args) => verify::run(args, &self.load_options()),

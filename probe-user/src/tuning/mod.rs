@@ -1,19 +1,20 @@
 //! The knobs of the tuning guides: the one table of them (`table`), what this node has
 //! set (`inventory`) and what changed between two readings (`changes`).
 
+mod advice;
 mod changes;
 #[cfg(test)]
 mod docs;
 mod inventory;
 mod table;
 
+#[cfg(test)]
+pub(crate) use self::inventory::{
+    CgroupSettings, DeviceSettings, MountSettings, NetnsSettings, Unreadable,
+};
 pub(crate) use self::{
+    advice::{CPU_HEADROOM, Condition, Recommend, Rule},
     changes::Change,
     inventory::{Inventory, Setting, this_node},
-    table::{Applies, KNOBS, Scope, judged_knobs, knob_named, measures_for},
-};
-#[cfg(test)]
-pub(crate) use self::{
-    inventory::{CgroupSettings, DeviceSettings, NetnsSettings, Unreadable},
-    table::Knob,
+    table::{Applies, KNOBS, Knob, Recommendation, Scope, judged_knobs, knob_named, measures_for},
 };

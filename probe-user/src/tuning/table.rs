@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::advice::{self, Rule};
 use crate::signals::measure::Measure;
 
 /// Where a knob lives.
@@ -99,6 +100,8 @@ pub(crate) struct Knob {
     /// When a change takes effect (`verify` explains a verdict of an `AtListen` knob
     /// with the listeners that still have the old value).
     pub applies: Applies,
+    /// When `tuneprobe advise` recommends it.
+    pub advice: Option<Rule>,
 }
 
 /// A knob judged on `measures`, because `why`.
@@ -119,6 +122,7 @@ const fn judged(
         unmeasured: "",
         inventoried: true,
         applies: Applies::AtOnce,
+        advice: None,
     }
 }
 
@@ -149,6 +153,11 @@ impl Knob {
 
     const fn applied_to_new_sockets(mut self) -> Self {
         self.applies = Applies::NewSockets;
+        self
+    }
+
+    const fn advised(mut self, rule: Rule) -> Self {
+        self.advice = Some(rule);
         self
     }
 
@@ -231,6 +240,7 @@ pub(crate) const KNOBS: &[Knob] = &[
         &[ListenOverflowRatio],
         LISTEN,
     )
+    .advised(advice::LISTEN_OVERFLOWS)
     .applied_at_listen(),
     judged(
         "net.ipv4.tcp_max_syn_backlog",
@@ -238,7 +248,8 @@ pub(crate) const KNOBS: &[Knob] = &[
         AtLeast(8096),
         &[ListenOverflowRatio],
         LISTEN,
-    ),
+    )
+    .advised(advice::SYN_QUEUE_OVERFLOWS),
     judged(
         "net.ipv4.tcp_rmem",
         Netns,
@@ -246,7 +257,8 @@ pub(crate) const KNOBS: &[Knob] = &[
         &[TcpRcvqDropRatio, TcpPruneRatio],
         "a receive buffer that fills makes the kernel collapse and prune the receive \
          queue, then drop segments; received segments are the load",
-    ),
+    )
+    .advised(advice::TCP_RCVQ_DROPS),
     unjudged(
         "net.ipv4.tcp_wmem",
         Netns,
@@ -262,6 +274,7 @@ pub(crate) const KNOBS: &[Knob] = &[
         "congestion control decides how hard to push into loss and queues: retransmits \
          and queueing delay (RTT) both move, often in opposite directions",
     )
+    .advised(advice::LOSSY_CUBIC)
     .applied_to_new_sockets(),
     judged(
         "net.ipv4.tcp_tw_reuse",
@@ -269,21 +282,24 @@ pub(crate) const KNOBS: &[Knob] = &[
         Exactly("1"),
         &[ConnectFailureRatio],
         PORTS,
-    ),
+    )
+    .advised(advice::TIME_WAIT_PORTS),
     judged(
         "net.ipv4.tcp_fin_timeout",
         Netns,
         Exactly("30"),
         &[ConnectFailureRatio],
         PORTS,
-    ),
+    )
+    .advised(advice::TIME_WAIT_PORTS),
     judged(
         "net.ipv4.ip_local_port_range",
         Netns,
         Exactly("1024 65535"),
         &[ConnectFailureRatio],
         PORTS,
-    ),
+    )
+    .advised(advice::PORT_EXHAUSTION),
     judged(
         "net.ipv4.tcp_keepalive_time",
         Netns,
@@ -291,7 +307,8 @@ pub(crate) const KNOBS: &[Knob] = &[
         &[ResetRatio],
         "idle connections that middleboxes forget are reset when used again; keepalives \
          sent sooner keep them alive",
-    ),
+    )
+    .advised(advice::RESETS),
     judged(
         "net.ipv4.tcp_syncookies",
         Netns,
@@ -315,7 +332,8 @@ pub(crate) const KNOBS: &[Knob] = &[
         &[BacklogDropRatio],
         "the per-CPU input backlog drops packets (CPU_BACKLOG) once it holds this many; \
          every received packet passes it",
-    ),
+    )
+    .advised(advice::BACKLOG_DROPS),
     judged(
         "net.core.rmem_max",
         Node,
@@ -323,7 +341,8 @@ pub(crate) const KNOBS: &[Knob] = &[
         &[RcvbufDropRatio, TcpRcvqDropRatio],
         "it caps the receive buffer an application can ask for (SO_RCVBUF): a datagram \
          socket's full buffer drops (SOCKET_RCVBUFF), a TCP socket's prunes and drops",
-    ),
+    )
+    .advised(advice::RCVBUF_DROPS),
     unjudged(
         "net.core.wmem_max",
         Node,
@@ -339,6 +358,7 @@ pub(crate) const KNOBS: &[Knob] = &[
         "the receive buffer of datagram sockets that set none: a full one drops \
          (SOCKET_RCVBUFF); TCP sizes its own from tcp_rmem",
     )
+    .advised(advice::RCVBUF_DROPS_DEFAULT)
     .applied_to_new_sockets(),
     unjudged(
         "net.bridge.bridge-nf-call-iptables",
@@ -369,7 +389,8 @@ pub(crate) const KNOBS: &[Knob] = &[
         Between(5, 30),
         &[BlockWriteMs, BlockWriteP99Ms],
         WRITEBACK,
-    ),
+    )
+    .advised(advice::WRITEBACK_BURSTS),
     unjudged(
         "fs.file-max",
         Node,
@@ -397,14 +418,16 @@ pub(crate) const KNOBS: &[Knob] = &[
         OneOf(&["none", "mq-deadline"]),
         &[BlockServiceMs, BlockServiceP99Ms],
         "the scheduler orders and merges requests: their latency and its tail move",
-    ),
+    )
+    .advised(advice::SCHEDULER_QUEUE),
     judged(
         "queue/nr_requests",
         Device,
         Recommendation::None,
         &[BlockQueueMs, BlockServiceMs],
         "the scheduler's queue depth: how long requests wait before the device",
-    ),
+    )
+    .advised(advice::QUEUE_DEPTH),
     judged(
         "queue/read_ahead_kb",
         Device,
@@ -419,8 +442,16 @@ pub(crate) const KNOBS: &[Knob] = &[
         "request latency",
         "it only tells the kernel what the device is; no signal of its own",
     ),
-    judged("noatime", Mount, Set, &[WritesPerRead], ATIME),
+    judged("noatime", Mount, Set, &[WritesPerRead], ATIME).advised(advice::ATIME_WRITES),
     judged("nodiratime", Mount, Set, &[WritesPerRead], ATIME),
+    unjudged(
+        "relatime",
+        Mount,
+        Recommendation::None,
+        "access-time writes",
+        "the kernel's default: a read writes the access time at most once a day per file; \
+         only without it (strictatime) does every read write, which `advise` looks for",
+    ),
     judged(
         "cpu.max",
         Cgroup,
@@ -430,6 +461,7 @@ pub(crate) const KNOBS: &[Knob] = &[
          still throttles every period but for less time, so throttled time per period \
          and the stall tail judge it beside the share of throttled periods",
     )
+    .advised(advice::THROTTLING)
     .aliases(&["cpu.cfs_quota_us", "cpu.cfs_period_us"]),
     // Block throttles: cgroup files `verify` changes and judges, not inventoried.
     judged(

@@ -29,6 +29,8 @@
 //!                                             prints `connected C refused R noport P other O`
 //! testload tcp-connect-loop ADDR:PORT EVERY_MS one connect every EVERY_MS, closed at once
 //!                                             (whatever the outcome), forever
+//! testload tcp-hold-loop ADDR:PORT EVERY_MS    one connect every EVERY_MS, each kept open
+//!                                             forever (no TIME_WAIT: the ports stay held)
 //! testload tcp-send-loop ADDR:PORT BYTES EVERY_MS
 //!                                             tcp-send BYTES on a new connection every
 //!                                             EVERY_MS, forever
@@ -98,6 +100,15 @@ fn main() {
             let _ = TcpStream::connect_timeout(&addr(), Duration::from_secs(1));
             thread::sleep(Duration::from_millis(num(2) as u64));
         },
+        "tcp-hold-loop" => {
+            let mut held = Vec::new();
+            loop {
+                if let Ok(stream) = TcpStream::connect_timeout(&addr(), Duration::from_secs(1)) {
+                    held.push(stream);
+                }
+                thread::sleep(Duration::from_millis(num(2) as u64));
+            }
+        }
         "pause" => pause(),
         other => {
             eprintln!("testload: unknown mode {other}");

@@ -1,0 +1,106 @@
+//! The rules table of `docs/advise.md`, generated from the knob table's advice rules (a
+//! test keeps the page equal to them).
+
+use std::fmt::Write as _;
+
+use super::{advised_knobs, squeeze};
+use crate::tuning::{Condition, Recommend, Recommendation};
+
+const BEGIN: &str = "<!-- advice-rules:begin (generated from tuning::KNOBS; TUNEPROBE_BLESS=1 cargo test -p probe-user advice_rules rewrites it) -->";
+const END: &str = "<!-- advice-rules:end -->";
+
+/// One row per advised knob: symptom, threshold and why, further condition, the value
+/// recommended, and the prediction.
+fn rules_table() -> String {
+    let mut out = String::from(
+        "| knob | symptom (over the window) | threshold | also required | recommends | prediction | why this threshold |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for (knob, rule) in advised_knobs() {
+        let load = rule
+            .symptom
+            .load()
+            .map_or_else(String::new, |l| format!(", at least {} {l}", rule.min_load));
+        let _ = writeln!(
+            out,
+            "| `{}` | `{}`{load} | {} | {} | {} | `{}` lower by >= {:.0}% | {} |",
+            knob.name,
+            rule.symptom.name(),
+            rule.threshold,
+            condition(rule.also),
+            recommends(rule.recommend, knob.recommendation),
+            rule.symptom.name(),
+            rule.min_effect * 100.0,
+            squeeze(rule.threshold_why),
+        );
+    }
+    out
+}
+
+fn condition(condition: Condition) -> String {
+    match condition {
+        Condition::None => "nothing else".into(),
+        Condition::FailuresForLackOfPort => {
+            "at least half the failed connects found no local port (EADDRNOTAVAIL)".into()
+        }
+        Condition::TimeWaitHoldsPorts => "as above, and TIME_WAIT sockets hold at least half \
+            the namespace's local port range"
+            .into(),
+        Condition::CurrentIs(value) => format!("the current value is `{value}`"),
+        Condition::SiblingIs(knob, value) => format!("`{knob}` is `{value}` there"),
+        Condition::QueueDominatesOnSsd { scheduler_followed } => format!(
+            "a non-rotational device whose requests wait as long in the queue as on the \
+             device, with a scheduler that {} the guides",
+            if scheduler_followed {
+                "follows"
+            } else {
+                "does not follow"
+            }
+        ),
+        Condition::WriteBursts(factor) => format!("write p99 >= {factor} x the write mean"),
+    }
+}
+
+fn recommends(recommend: Recommend, guide: Recommendation) -> String {
+    match recommend {
+        Recommend::Guide => format!(
+            "the guides' `{}`, where not already followed",
+            guide.describe().unwrap_or_default()
+        ),
+        Recommend::AtMost(most) => format!("`{most}`, where higher"),
+        Recommend::Times(factor) => format!("{factor} x the current value"),
+        Recommend::CpuLimitFromDemand => format!(
+            "a quota of the p95 per-interval demand (CPU used + throttled per period) x {}, \
+             where above the current one",
+            crate::tuning::CPU_HEADROOM
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advice_rules_of_the_docs_are_generated_from_the_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/advise.md");
+        let page = std::fs::read_to_string(path).unwrap();
+        let start = page
+            .find(BEGIN)
+            .expect("docs/advise.md has the begin marker")
+            + BEGIN.len();
+        let end = page.find(END).expect("docs/advise.md has the end marker");
+        let generated = format!("\n{}", rules_table());
+        if std::env::var_os("TUNEPROBE_BLESS").is_some() {
+            let updated = format!("{}{generated}{}", &page[..start], &page[end..]);
+            std::fs::write(path, updated).unwrap();
+            return;
+        }
+        assert_eq!(
+            page[start..end],
+            generated,
+            "docs/advise.md's rules differ from the table: run TUNEPROBE_BLESS=1 cargo test \
+             -p probe-user advice_rules"
+        );
+    }
+}

@@ -1,0 +1,263 @@
+//! `tuneprobe advise` judged like an advisor: each rule's symptom induced in one lab pod,
+//! next to an idle pod on the same node; advise must name exactly the knob for the sick
+//! pod (with its current value and a prediction) and nothing for the idle one. Then the
+//! recommendation is applied with the command advise printed, and `verify` must find
+//! the prediction held. With nothing sick, no advice at all.
+
+use std::{collections::BTreeSet, fs};
+
+use serde_json::Value;
+use tuneprobe_tests::{NetnsPair, PodCgroup, Workload, testload, tuneprobe_json};
+
+/// One at a time: each test's symptom would be another's noise, and the quiet-node
+/// test asserts that the whole node has no advice.
+static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `tuneprobe advise --json` over a 4-second window.
+fn advise() -> Value {
+    tuneprobe_json([
+        "advise",
+        "--for",
+        "4s",
+        "--interval",
+        "500ms",
+        "--json",
+        "--kube-api",
+        "none",
+    ])
+}
+
+/// The advice entries that name a workload matching `is_it`.
+fn advice_for(report: &Value, is_it: impl Fn(&Value) -> bool) -> Vec<&Value> {
+    report["advice"]
+        .as_array()
+        .expect("advice[]")
+        .iter()
+        .filter(|a| a["workloads"].as_array().unwrap().iter().any(&is_it))
+        .collect()
+}
+
+fn knobs(advice: &[&Value]) -> BTreeSet<String> {
+    advice
+        .iter()
+        .map(|a| a["knob"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn in_cgroup(path: &str) -> impl Fn(&Value) -> bool + '_ {
+    move |w| w["cgroup_path"] == path
+}
+
+fn in_netns(inode: u32) -> impl Fn(&Value) -> bool {
+    move |w| w["netns"] == inode
+}
+
+/// An idle container in its own pod, living in namespace `ns`.
+fn idle_pod(ns: &str) -> (PodCgroup, Workload, String) {
+    let mut pod = PodCgroup::new();
+    let container = pod.container();
+    let idle = Workload::spawn(ns, Some(&container), &["pause"]);
+    (pod, idle, container.path)
+}
+
+#[test]
+fn listen_overflows_call_for_somaxconn_for_that_pod_only() {
+    let _one = one_at_a_time();
+    let pair = NetnsPair::new();
+    pair.exec(
+        &pair.b,
+        &["sh", "-c", "echo 8 > /proc/sys/net/core/somaxconn"],
+    );
+    let mut pod = PodCgroup::new();
+    let server = pod.container();
+    let mut listener = Workload::spawn(
+        &pair.b,
+        Some(&server),
+        &["tcp-slow-accept", "10.200.0.2:7100", "1024", "300", "200"],
+    );
+    assert_eq!(listener.read_line(), "ready");
+    let _clients = Workload::spawn(
+        &pair.a,
+        None,
+        &["tcp-connect-bursts", "10.200.0.2:7100", "40", "100"],
+    );
+    let (_idle_pod, _idle, idle_path) = idle_pod(&pair.a);
+
+    let report = advise();
+    let sick = advice_for(&report, in_netns(NetnsPair::inode(&pair.b)));
+    assert_eq!(
+        knobs(&sick),
+        BTreeSet::from(["net.core.somaxconn".to_string()]),
+        "{report:#}"
+    );
+    let a = sick[0];
+    assert_eq!(a["current"], "8");
+    assert_eq!(a["recommended"], "65535");
+    assert_eq!(a["scope"], "netns");
+    assert_eq!(a["target"]["option"], "--pod");
+    assert_eq!(a["target"]["value"], pod.uid.as_str());
+    assert_eq!(a["evidence"]["measure"], "listen_overflow_ratio");
+    assert!(a["evidence"]["value"].as_f64().unwrap() > 0.5, "{a:#}");
+    assert_eq!(a["evidence"]["threshold"], 0.01);
+    assert_eq!(a["prediction"]["measure"], "listen_overflow_ratio");
+    assert_eq!(a["prediction"]["direction"], "lower");
+    assert!(
+        a["takes_effect"].as_str().unwrap().contains("listen()"),
+        "{a:#}"
+    );
+    assert!(
+        advice_for(&report, in_cgroup(&idle_path)).is_empty(),
+        "{report:#}"
+    );
+}
+
+/// A pod connecting every 20 ms through a 10-port local range, `mode` one of
+/// `tcp-hold-loop` (each connection kept open) and `tcp-connect-loop` (each closed at
+/// once, its port then held in TIME_WAIT).
+fn exhausting_pod(mode: &str) -> (Value, String, String, PodCgroup, NetnsPair) {
+    let pair = NetnsPair::new();
+    let mut pod = PodCgroup::new();
+    let client = pod.container();
+    pair.exec(
+        &pair.a,
+        &["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40009"],
+    );
+    let mut sink = Workload::spawn(&pair.b, None, &["tcp-sink", "10.200.0.2:7200"]);
+    assert_eq!(sink.read_line(), "ready");
+    let _connects = Workload::spawn(&pair.a, Some(&client), &[mode, "10.200.0.2:7200", "20"]);
+    let (_idle_pod, _idle, idle_path) = idle_pod(&pair.b);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    (advise(), client.path, idle_path, pod, pair)
+}
+
+#[test]
+fn connects_failing_for_lack_of_a_port_call_for_a_wider_range() {
+    let _one = one_at_a_time();
+    let (report, client, idle, _pod, _pair) = exhausting_pod("tcp-hold-loop");
+    let sick = advice_for(&report, in_cgroup(&client));
+    assert_eq!(
+        knobs(&sick),
+        BTreeSet::from(["net.ipv4.ip_local_port_range".to_string()]),
+        "ports held open, none in TIME_WAIT: only the range helps: {report:#}"
+    );
+    let a = sick[0];
+    assert_eq!(a["current"], "40000 40009");
+    assert_eq!(a["recommended"], "1024 65535");
+    let detail = a["evidence"]["detail"].as_str().unwrap();
+    assert!(detail.contains("found no free local port"), "{a:#}");
+    assert!(a["evidence"]["value"].as_f64().unwrap() > 0.8, "{a:#}");
+    assert!(
+        advice_for(&report, in_cgroup(&idle)).is_empty(),
+        "{report:#}"
+    );
+}
+
+#[test]
+fn ports_held_in_time_wait_also_call_for_reuse_and_a_shorter_fin_timeout() {
+    let _one = one_at_a_time();
+    let (report, client, idle, _pod, _pair) = exhausting_pod("tcp-connect-loop");
+    let sick = advice_for(&report, in_cgroup(&client));
+    assert_eq!(
+        knobs(&sick),
+        BTreeSet::from([
+            "net.ipv4.ip_local_port_range".to_string(),
+            "net.ipv4.tcp_fin_timeout".to_string(),
+            "net.ipv4.tcp_tw_reuse".to_string(),
+        ]),
+        "{report:#}"
+    );
+    let reuse = sick
+        .iter()
+        .find(|a| a["knob"] == "net.ipv4.tcp_tw_reuse")
+        .unwrap();
+    assert!(
+        reuse["evidence"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("TIME_WAIT"),
+        "{reuse:#}"
+    );
+    assert!(
+        advice_for(&report, in_cgroup(&idle)).is_empty(),
+        "{report:#}"
+    );
+}
+
+#[test]
+fn a_tight_quota_calls_for_a_limit_sized_from_demand() {
+    let _one = one_at_a_time();
+    let mut pod = PodCgroup::with_controllers(&["cpu", "cpuacct"]);
+    let app = pod.container();
+    let idle = pod.container();
+    for c in [&app, &idle] {
+        let dir = c.cpu_dir();
+        fs::write(dir.join("cpu.cfs_period_us"), "100000").unwrap();
+        fs::write(dir.join("cpu.cfs_quota_us"), "20000").unwrap();
+    }
+    let _busy = Workload::spawn_program(None, Some(&app), &testload(), &["busy", "60000"]);
+    let _idle = Workload::spawn_program(None, Some(&idle), &testload(), &["pause"]);
+
+    let report = advise();
+    let sick = advice_for(&report, in_cgroup(&app.path));
+    assert_eq!(
+        knobs(&sick),
+        BTreeSet::from(["cpu.cfs_quota_us".to_string()]),
+        "{report:#}"
+    );
+    let a = sick[0];
+    assert_eq!(a["current"], "20000");
+    // One busy thread wants a whole CPU, 100 ms per period: 20 ms used and 70-80 ms
+    // throttled (cpu.stat counts the wait from throttle to unthrottle), times 1.2.
+    let recommended: u64 = a["recommended"].as_str().unwrap().parse().unwrap();
+    assert!((100_000..=130_000).contains(&recommended), "{a:#}");
+    assert_eq!(a["target"]["option"], "--cgroup");
+    assert_eq!(a["evidence"]["measure"], "cpu_throttled_ratio");
+    assert!(a["evidence"]["value"].as_f64().unwrap() > 0.8, "{a:#}");
+    assert!(
+        a["notes"][0].as_str().unwrap().contains("GOMAXPROCS"),
+        "{a:#}"
+    );
+    assert!(
+        advice_for(&report, in_cgroup(&idle.path)).is_empty(),
+        "{report:#}"
+    );
+}
+
+/// With only the idle and healthy workloads the suite leaves running, no advice at all.
+/// Lab pods of another test run on the same machine (a developer running two suites at
+/// once) are theirs, not this node's: they are left out.
+#[test]
+fn a_quiet_node_gets_no_advice() {
+    let _one = one_at_a_time();
+    let pair = NetnsPair::new();
+    let (_p1, _w1, ours_a) = idle_pod(&pair.a);
+    let (_p2, _w2, ours_b) = idle_pod(&pair.b);
+    // A healthy exchange: a sink and a sender well within every limit.
+    let mut sink = Workload::spawn(&pair.b, None, &["tcp-sink", "10.200.0.2:7300"]);
+    assert_eq!(sink.read_line(), "ready");
+    let _sender = Workload::spawn(
+        &pair.a,
+        None,
+        &["tcp-send-loop", "10.200.0.2:7300", "65536", "50"],
+    );
+    let report = advise();
+    let root = |path: &str| path.split('/').nth(1).map(str::to_string);
+    let ours = [root(&ours_a), root(&ours_b)];
+    let another_run = |w: &Value| {
+        let path = w["cgroup_path"].as_str().unwrap_or_default();
+        path.starts_with("/tuneprobe-test-") && !ours.contains(&root(path))
+    };
+    let advice: Vec<&Value> = report["advice"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| !a["workloads"].as_array().unwrap().iter().all(another_run))
+        .collect();
+    assert!(advice.is_empty(), "{advice:#?}");
+    assert!(report["window_s"].as_f64().unwrap() >= 3.5, "{report:#}");
+}
