@@ -22,12 +22,11 @@ pub enum FailOn {
 }
 
 impl FailOn {
-    /// As the command line spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Regressed => "regressed",
-            Self::NotImproved => "not-improved",
-        }
+    /// As the command line spells it (clap's name of the value).
+    pub fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
     }
 }
 
@@ -244,6 +243,12 @@ mod tests {
             overall,
             verdicts: nodes,
         }
+    }
+
+    #[test]
+    fn gates_are_named_as_the_command_line_spells_them() {
+        assert_eq!(FailOn::Regressed.name(), "regressed");
+        assert_eq!(FailOn::NotImproved.name(), "not-improved");
     }
 
     #[test]
