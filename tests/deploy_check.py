@@ -28,6 +28,14 @@ Each rendering is checked:
 - the ServiceMonitor (a CRD: no built-in schema) has its required fields;
 and the dashboard has a panel per signal.
 
+The examples in deploy/examples/ are not rendered (nothing includes them): each file
+must hold the apiVersion and kind listed in EXAMPLES, built-in kinds validate strictly,
+an Argo Rollouts AnalysisTemplate's Job validates as a batch/v1 Job, runs the agent's
+own image with its entrypoint and declares every `{{args.NAME}}` it uses (and uses
+every one it declares), and the canary sysctl DaemonSet selects a node pool and sets a
+sysctl. Whether the `tuneprobe` command line the template runs is accepted is checked
+with the binary itself, by tests/tests/deploy.rs.
+
 Usage: deploy_check.py DEPLOY_DIR [KUBERNETES_VERSION]. Prints each rendering's
 documents as `RENDERING: Kind/name` (and the DaemonSet's capabilities) and exits 1 with
 the reasons when something is wrong.
@@ -67,6 +75,24 @@ SIGNAL_METRICS = [
     "tuneprobe_tuning_verdict",
     "tuneprobe_tuning_deviation",
 ]
+# What each file of deploy/examples/ holds, document by document: (apiVersion, kind). A
+# file without an entry is a problem: it would go unchecked.
+EXAMPLES = {
+    "analysis-template.yaml": [("argoproj.io/v1alpha1", "AnalysisTemplate")],
+    "canary-sysctl-daemonset.yaml": [("apps/v1", "DaemonSet")],
+}
+# The fields of Argo Rollouts' AnalysisTemplate (argoproj.io/v1alpha1, a CRD without a
+# schema here) that the examples may use: a field outside them is a typo Argo would
+# refuse or, worse, ignore.
+ANALYSIS_SPEC_FIELDS = {"metrics", "args", "dryRun", "measurementRetention"}
+ANALYSIS_ARG_FIELDS = {"name", "value", "valueFrom"}
+ANALYSIS_METRIC_FIELDS = {
+    "name", "interval", "initialDelay", "count", "successCondition", "failureCondition",
+    "failureLimit", "inconclusiveLimit", "consecutiveErrorLimit", "consecutiveSuccessLimit",
+    "provider",
+}
+ANALYSIS_JOB_FIELDS = {"metadata", "spec"}
+ARGO_ARG = re.compile(r"\{\{\s*args\.([A-Za-z0-9_-]+)\s*\}\}")
 KUSTOMIZATION_FIELDS = {
     "apiVersion", "kind", "resources", "components", "namespace", "images",
     "configMapGenerator", "patches",
@@ -337,6 +363,109 @@ def check_dashboard(deploy, problems):
                 problems.append(f"{path.name}: no ${variable} template variable")
 
 
+def validate(doc, version, problems, where):
+    """Strict validation of a built-in kind against the Kubernetes schemas."""
+    try:
+        kubernetes_validate.validate(doc, version, strict=True)
+    except kubernetes_validate.ValidationError as err:
+        problems.append(f"{where}: {doc['kind']}/{doc['metadata']['name']}: {err.message} at {list(err.path)}")
+    except kubernetes_validate.utils.SchemaNotFoundError:
+        problems.append(f"{where}: {doc['kind']}/{doc['metadata']['name']} is not a built-in kind: it needs a CRD")
+
+
+def agent_image(deploy):
+    """The image the agent's DaemonSet runs (deploy/daemonset.yaml)."""
+    daemonset = yaml.safe_load((deploy / "daemonset.yaml").read_text())
+    return daemonset["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+def check_analysis_template(doc, deploy, version, problems, where):
+    """An Argo Rollouts AnalysisTemplate (a CRD: no built-in schema): its arguments
+    declared and used, each metric with one provider, a Job provider's spec a valid Job
+    running tuneprobe from the agent's image."""
+    spec = doc.get("spec", {})
+    unknown = set(spec) - ANALYSIS_SPEC_FIELDS
+    for arg in spec.get("args", []):
+        unknown |= {f"args[].{f}" for f in set(arg) - ANALYSIS_ARG_FIELDS}
+    for metric in spec.get("metrics", []):
+        unknown |= {f"metrics[].{f}" for f in set(metric) - ANALYSIS_METRIC_FIELDS}
+        job = metric.get("provider", {}).get("job", {})
+        unknown |= {f"metrics[].provider.job.{f}" for f in set(job) - ANALYSIS_JOB_FIELDS}
+    if unknown:
+        problems.append(f"{where}: fields an AnalysisTemplate does not have: {sorted(unknown)}")
+    declared = [a.get("name") for a in spec.get("args", [])]
+    used = set(ARGO_ARG.findall(yaml.safe_dump(spec.get("metrics", []))))
+    for name in sorted(used - set(declared)):
+        problems.append(f"{where}: {{{{args.{name}}}}} is used but not declared in spec.args")
+    for name in sorted(set(declared) - used):
+        problems.append(f"{where}: argument {name} is declared but not used")
+    metrics = spec.get("metrics", [])
+    if not metrics:
+        problems.append(f"{where}: no metrics")
+    for metric in metrics:
+        name = metric.get("name")
+        providers = list(metric.get("provider", {}))
+        if not name or len(providers) != 1:
+            problems.append(f"{where}: metric {name!r} needs a name and exactly one provider, has {providers}")
+            continue
+        if providers != ["job"]:
+            continue
+        job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+               "spec": metric["provider"]["job"].get("spec", {})}
+        validate(job, version, problems, f"{where}: metric {name}")
+        containers = job["spec"].get("template", {}).get("spec", {}).get("containers", [])
+        for container in containers:
+            if container.get("image") != agent_image(deploy):
+                problems.append(f"{where}: metric {name}: container {container.get('name')} runs "
+                                f"{container.get('image')!r}, not the agent's image {agent_image(deploy)!r}")
+            if "command" in container:
+                problems.append(f"{where}: metric {name}: container {container.get('name')} replaces "
+                                f"the image's entrypoint (tuneprobe): give its arguments as args")
+            print(f"{where}: metric {name} runs tuneprobe {' '.join(container.get('args', []))}")
+
+
+def check_canary_daemonset(doc, problems, where):
+    """The canary sysctl DaemonSet: on a selected node pool only, setting a sysctl."""
+    pod = doc["spec"]["template"]["spec"]
+    if not pod.get("nodeSelector"):
+        problems.append(f"{where}: no nodeSelector: the sysctl would reach every node, not a canary pool")
+    sets = [c for c in pod.get("initContainers", []) if c.get("command", [])[:2] == ["sysctl", "-w"]]
+    if not sets:
+        problems.append(f"{where}: no init container runs `sysctl -w`")
+    for container in sets:
+        print(f"{where}: {container['name']} sets {' '.join(container['command'][2:])} on nodes {pod.get('nodeSelector')}")
+
+
+def check_examples(deploy, version, problems):
+    examples = deploy / "examples"
+    present = sorted(p.name for p in examples.glob("*.y*ml")) if examples.is_dir() else []
+    for name in present:
+        if name not in EXAMPLES:
+            problems.append(f"examples/{name}: no expectations in deploy_check.py; it would go unchecked")
+    for name, expected in EXAMPLES.items():
+        where = f"examples/{name}"
+        if name not in present:
+            problems.append(f"{where} is missing")
+            continue
+        try:
+            docs = [d for d in yaml.safe_load_all((examples / name).read_text()) if d]
+        except yaml.YAMLError as err:
+            problems.append(f"{where}: not YAML: {err}")
+            continue
+        kinds = [(d.get("apiVersion"), d.get("kind")) for d in docs]
+        if kinds != expected:
+            problems.append(f"{where}: holds {kinds}, expected {expected}")
+            continue
+        for doc in docs:
+            print(f"{where}: {doc['kind']}/{doc['metadata']['name']}")
+            if doc["kind"] == "AnalysisTemplate":
+                check_analysis_template(doc, deploy, version, problems, where)
+                continue
+            validate(doc, version, problems, where)
+            if doc["kind"] == "DaemonSet":
+                check_canary_daemonset(doc, problems, where)
+
+
 def check_rendering(where, docs, version, expected_kinds, allowed, problems):
     """Validates one rendering; returns the DaemonSet's added capabilities."""
     capabilities = set()
@@ -346,12 +475,7 @@ def check_rendering(where, docs, version, expected_kinds, allowed, problems):
         if kind == "ServiceMonitor":
             check_service_monitor(doc, problems, where)
             continue
-        try:
-            kubernetes_validate.validate(doc, version, strict=True)
-        except kubernetes_validate.ValidationError as err:
-            problems.append(f"{where}: {kind}/{doc['metadata']['name']}: {err.message} at {list(err.path)}")
-        except kubernetes_validate.utils.SchemaNotFoundError:
-            problems.append(f"{where}: {kind}/{doc['metadata']['name']} is not a built-in kind: it needs a CRD")
+        validate(doc, version, problems, where)
         if kind == "DaemonSet":
             check_daemonset(doc, allowed, problems, where)
             for container in pod_containers(doc):
@@ -419,6 +543,7 @@ def main():
                 f"{sorted(base_capabilities)} plus {sorted(added)}"
             )
     check_dashboard(deploy, problems)
+    check_examples(deploy, version, problems)
     for problem in problems:
         print(f"PROBLEM: {problem}", file=sys.stderr)
     sys.exit(1 if problems else 0)

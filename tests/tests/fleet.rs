@@ -130,12 +130,16 @@ struct Scenario {
     canary_shift: f64,
     control_shift: f64,
     seed: u64,
+    /// The canary's throttling counters end at the change (its pods or its agent went
+    /// away with the rollout): nothing to judge after it.
+    canary_silent_after: bool,
 }
 
 /// OpenMetrics for every scenario, one metric family at a time (as the format wants):
 /// each node's agent up for the whole range, cumulative CFS periods (100 per 10 s) and
-/// throttled periods (the share plus uniform noise of +-0.1), and the change counter
-/// appearing on canary nodes at the change, as `serve` exports it.
+/// throttled periods (the share plus uniform noise of +-0.1; a silent canary's up to the
+/// change only), and the change counter appearing on canary nodes at the change, as
+/// `serve` exports it.
 fn openmetrics(scenarios: &[Scenario], start: i64) -> String {
     struct Node {
         name: String,
@@ -143,6 +147,8 @@ fn openmetrics(scenarios: &[Scenario], start: i64) -> String {
         periods: Vec<u64>,
         throttled: Vec<u64>,
         pod: String,
+        /// Steps with throttling counters exported.
+        exported: usize,
     }
     let mut nodes = Vec::new();
     for s in scenarios {
@@ -169,6 +175,11 @@ fn openmetrics(scenarios: &[Scenario], start: i64) -> String {
                     "api-5d8f7c9b6-{}",
                     ["bxq2z", "k7mnp", "w4rts", "zz9vb"][i % 4]
                 ),
+                exported: if canary && s.canary_silent_after {
+                    (CHANGE_S / STEP_S) as usize + 1
+                } else {
+                    POINTS as usize
+                },
             };
             for step in 0..POINTS {
                 if step > 0 {
@@ -211,7 +222,7 @@ fn openmetrics(scenarios: &[Scenario], start: i64) -> String {
     ] {
         let _ = writeln!(out, "# TYPE {family} counter");
         for n in &nodes {
-            for (step, value) in pick(n).iter().enumerate() {
+            for (step, value) in pick(n).iter().enumerate().take(n.exported) {
                 let _ = writeln!(
                     out,
                     "{family}_total{{{}}} {value} {}",
@@ -277,6 +288,7 @@ fn known_effects_written_into_the_tsdb() {
             canary_shift: -0.4,
             control_shift: 0.0,
             seed: 1,
+            canary_silent_after: false,
         },
         Scenario {
             prefix: "everywhere".into(),
@@ -286,6 +298,7 @@ fn known_effects_written_into_the_tsdb() {
             canary_shift: -0.4,
             control_shift: -0.4,
             seed: 2,
+            canary_silent_after: false,
         },
     ];
     for repeat in 0..20 {
@@ -297,6 +310,7 @@ fn known_effects_written_into_the_tsdb() {
             canary_shift: 0.0,
             control_shift: 0.0,
             seed: 1000 + repeat,
+            canary_silent_after: false,
         });
     }
     let input = dir.0.join("fleet.om");
@@ -438,6 +452,164 @@ fn known_effects_written_into_the_tsdb() {
         claims.len(),
         claims.join("\n")
     );
+}
+
+/// `tuneprobe fleet verify ARGS --json` against the Prometheus on `port`: its exit code,
+/// stdout and stderr.
+fn fleet_verify_status(port: u16, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(tuneprobe_binary())
+        .args(["fleet", "verify", "--prometheus"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run tuneprobe fleet verify");
+    (
+        out.status.code().expect("fleet verify exited"),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// `fleet verify --fail-on` as a rollout's gate on known effects written into the TSDB:
+/// every exit code, the one line on stderr, and stdout the same report as without the
+/// gate. The throttled share of the canary nodes falls by 0.4 (`better`), rises by 0.3
+/// (`worse`), stays (`same`), or falls by 0.4 while the canary's counters end at the
+/// change (`dark`: the rollout took its agents' data away); the control's stays.
+#[test]
+fn a_gate_exits_with_the_code_of_each_outcome() {
+    let dir = TempDir::new("tuneprobe-fleet-gate-");
+    let start = ((now_s() as i64 - 3 * 3600) / 3600) * 3600;
+    let scenario = |prefix: &str, canary_shift: f64, seed: u64, silent: bool| Scenario {
+        prefix: prefix.into(),
+        canary: 2,
+        control: 2,
+        base: 0.6,
+        canary_shift,
+        control_shift: 0.0,
+        seed,
+        canary_silent_after: silent,
+    };
+    let scenarios = [
+        scenario("better", -0.4, 11, false),
+        scenario("worse", 0.3, 12, false),
+        scenario("same", 0.0, 1000, false),
+        scenario("dark", -0.4, 13, true),
+    ];
+    let input = dir.0.join("gate.om");
+    fs::write(&input, openmetrics(&scenarios, start)).unwrap();
+    let out = Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
+        .arg(&input)
+        .arg(dir.0.join("tsdb"))
+        .output()
+        .expect("run promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_prometheus, port) = prometheus(&dir.0, "global:\n  scrape_interval: 10s\n");
+
+    // (scenario, its overall verdict, the exit code with --fail-on regressed and with
+    // --fail-on not-improved, the reason on stderr)
+    for (prefix, verdict, regressed, not_improved, why) in [
+        (
+            "better",
+            "improved",
+            0,
+            0,
+            "cpu_throttled_ratio: improved overall, DiD -0.3950 (95% CI [-0.4100, -0.3750], \
+             p < 0.0001); by pod: 2 of 2 improved",
+        ),
+        (
+            "worse",
+            "regressed",
+            3,
+            3,
+            "cpu_throttled_ratio: regressed overall, DiD +0.3150 (95% CI [0.3000, 0.3300], \
+             p < 0.0001); by pod: 2 of 2 regressed",
+        ),
+        // A shift of 0.02 with p = 0.029: under the 10% floor, so no claim.
+        (
+            "same",
+            "no significant change",
+            0,
+            4,
+            "cpu_throttled_ratio: no significant change overall, DiD -0.0200 (95% CI \
+             [-0.0350, -0.0000], p = 0.0292); by pod: 2 of 2 no significant change",
+        ),
+        // Before: 90 intervals of 10 s in the 15 min window; after: none.
+        (
+            "dark",
+            "insufficient data",
+            5,
+            5,
+            "cpu_throttled_ratio: insufficient data overall, 90 paired interval(s) before \
+             the change and 0 after (5 needed on each side) from 2 canary pod(s); by pod: 2 \
+             of 2 insufficient data",
+        ),
+    ] {
+        let args = scenario_args(prefix);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, report, stderr) = fleet_verify_status(port, &args);
+        assert_eq!((code, stderr.as_str()), (0, ""), "{prefix} without a gate");
+        let json: Value = serde_json::from_str(&report).unwrap();
+        assert_eq!(overall(&json)["verdict"], verdict, "{prefix}: {json:#}");
+        for (fail_on, expected) in [("regressed", regressed), ("not-improved", not_improved)] {
+            let gated: Vec<&str> = args.iter().copied().chain(["--fail-on", fail_on]).collect();
+            let (code, stdout, stderr) = fleet_verify_status(port, &gated);
+            eprintln!("{prefix} --fail-on {fail_on}: exit {code}: {stderr}");
+            assert_eq!(code, expected, "{prefix} --fail-on {fail_on}: {stderr}");
+            // The report is the one without the gate, byte for byte.
+            assert_eq!(stdout, report, "{prefix} --fail-on {fail_on}");
+            let passed = if expected == 0 { "passed" } else { "failed" };
+            assert_eq!(
+                stderr,
+                format!("tuneprobe: gate {passed} (--fail-on {fail_on}): {why}\n"),
+                "{prefix}"
+            );
+        }
+    }
+
+    // Nothing to judge with: no canary node matches, or no Prometheus answers. Either
+    // fails the gate as missing data (5); without a gate it is an error (1).
+    let nowhere = free_port();
+    for (port, canary, reason) in [
+        (
+            port,
+            "node=~\"nosuch-.*\"",
+            "no canary node: no node with a change of cpu.max matching --canary".to_string(),
+        ),
+        (
+            nowhere,
+            "node=~\"better-.*\"",
+            format!("http://127.0.0.1:{nowhere}/api/v1/query: "),
+        ),
+    ] {
+        let args = ["--knob", "cpu.max", "--canary", canary];
+        let (code, stdout, stderr) = fleet_verify_status(port, &args);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+        assert!(
+            stderr.starts_with(&format!("tuneprobe: error: {reason}")),
+            "{stderr}"
+        );
+        for fail_on in ["regressed", "not-improved"] {
+            let gated: Vec<&str> = args.iter().copied().chain(["--fail-on", fail_on]).collect();
+            let (code, stdout, stderr) = fleet_verify_status(port, &gated);
+            eprintln!("{canary} on port {port} --fail-on {fail_on}: exit {code}: {stderr}");
+            assert_eq!(code, 5, "{stderr}");
+            assert!(stdout.is_empty(), "{stdout}");
+            assert!(
+                stderr.starts_with(&format!(
+                    "tuneprobe: gate failed (--fail-on {fail_on}): could not judge: {reason}"
+                )),
+                "{stderr}"
+            );
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        }
+    }
 }
 
 /// The network knobs' scenarios, written into one TSDB: on `rcv-*` nodes the canary's

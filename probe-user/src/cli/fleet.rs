@@ -1,13 +1,86 @@
 //! `tuneprobe fleet verify`: a tuning rollout judged across nodes, canary against
 //! control, through Prometheus's query API.
 
-use std::{path::PathBuf, time::Duration};
+use std::{fmt::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use crate::{
-    fleet::{self, By, Options, prom::Matchers},
+    fleet::{
+        self, By, Options,
+        gate::{self, FailOn, Outcome},
+        prom::Matchers,
+    },
     signals::measure::Measure,
 };
 use anyhow::Context as _;
+
+/// Every exit code of `fleet verify`: the code, the gate's outcome it stands for (none:
+/// a code of every subcommand), and what it means. `--help` and the table of
+/// docs/fleet.md are written from it.
+const EXIT_CODES: [(u8, Option<Outcome>, &str); 6] = [
+    (
+        0,
+        Some(Outcome::Pass),
+        "the gate passes: each measure's overall verdict is one that --fail-on lets \
+         through (without --fail-on: the report was made, whatever its verdicts)",
+    ),
+    (
+        1,
+        None,
+        "an error that is not about the data: an unreadable --ca-file or \
+         --bearer-token-file, a knob no signal judges, too many points, an unwritable \
+         --plot (without --fail-on, the errors of code 5 too)",
+    ),
+    (
+        2,
+        None,
+        "a usage error: an unknown option, a missing one, or a value the command line \
+         refuses",
+    ),
+    (
+        3,
+        Some(Outcome::Regressed),
+        "the gate fails on a regression: a measure's overall verdict is `regressed` \
+         (with either --fail-on)",
+    ),
+    (
+        4,
+        Some(Outcome::NotImproved),
+        "the gate fails, with --fail-on not-improved: a measure's overall verdict is \
+         `no significant change`",
+    ),
+    (
+        5,
+        Some(Outcome::Unjudged),
+        "the gate could not judge (with either --fail-on): a measure's overall verdict \
+         is `insufficient data`, no canary or no control node reported, or Prometheus \
+         was unreachable or answered with an error",
+    ),
+];
+
+/// The exit code of the gate's outcome.
+fn exit_code(outcome: Outcome) -> u8 {
+    EXIT_CODES
+        .iter()
+        .find(|(_, o, _)| *o == Some(outcome))
+        .map(|(code, _, _)| *code)
+        .expect("every outcome has an exit code")
+}
+
+/// The examples and the exit codes, after the options in `--help`.
+fn after_help() -> String {
+    let mut out = String::from(
+        "Examples:\n  \
+         tuneprobe fleet verify --prometheus http://prometheus:9090 --knob cpu.max\n  \
+         tuneprobe fleet verify --prometheus https://prom.example --bearer-token-file /var/run/secrets/token \\\n    \
+         --at 2026-12-01T10:00:00Z --canary 'node=~\"pool-b-.*\"' --control 'node=~\"pool-a-.*\"' --signal dns_latency_ms\n  \
+         tuneprobe fleet verify --prometheus http://prometheus:9090 --knob net.core.somaxconn --fail-on regressed\n\n\
+         Exit codes:\n",
+    );
+    for (code, _, meaning) in EXIT_CODES {
+        let _ = writeln!(out, "  {code}  {meaning}");
+    }
+    out
+}
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
@@ -31,10 +104,7 @@ enum Command {
                   VictoriaMetrics). With --knob, each node's change time comes from \
                   tuneprobe_tuning_changes_total and tuneprobe_tuning_value, and the canary \
                   is the nodes whose knob changed, the control those whose knob did not.",
-    after_help = "Examples:\n  \
-                  tuneprobe fleet verify --prometheus http://prometheus:9090 --knob cpu.max\n  \
-                  tuneprobe fleet verify --prometheus https://prom.example --bearer-token-file /var/run/secrets/token \\\n    \
-                  --at 2026-12-01T10:00:00Z --canary 'node=~\"pool-b-.*\"' --control 'node=~\"pool-a-.*\"' --signal dns_latency_ms"
+    after_help = after_help()
 )]
 pub(super) struct VerifyArgs {
     /// The query API's base URL (`http://prometheus:9090`, with a path prefix if any).
@@ -112,6 +182,14 @@ pub(super) struct VerifyArgs {
     /// SVG file.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+
+    /// Be a gate that stops a rollout: after the report, one line on stderr says whether
+    /// the gate passed and why, and the exit code says how it failed (below). The gate
+    /// holds each measure's overall verdict against `regressed` (fail when one
+    /// regressed) or `not-improved` (fail unless each improved); a measure with
+    /// insufficient data, or no data at all, fails either.
+    #[arg(long, value_enum, value_name = "WHEN")]
+    fail_on: Option<FailOn>,
 }
 
 fn parse_url(text: &str) -> Result<String, String> {
@@ -148,24 +226,19 @@ fn parse_signal(text: &str) -> Result<Measure, String> {
     })
 }
 
-pub(super) fn run(args: &Args) -> anyhow::Result<()> {
+pub(super) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     match &args.command {
         Command::Verify(args) => verify(args),
     }
 }
 
-fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
-    let prometheus = fleet::prom::Prometheus::new(&fleet::prom::PromConfig {
-        base_url: args.prometheus.clone(),
-        bearer_token_file: args.bearer_token_file.clone(),
-        ca_file: args.ca_file.clone(),
-        insecure: args.insecure_skip_tls_verify,
-    })?;
+/// What to judge, from the command line.
+fn options(args: &VerifyArgs) -> anyhow::Result<Options> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .context("the clock is before 1970")?
         .as_secs_f64();
-    let options = Options {
+    Ok(Options {
         knob: args.knob.clone(),
         at: args.at,
         canary: args.canary.clone().unwrap_or_default(),
@@ -177,8 +250,31 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
         signals: args.signals.clone(),
         by: args.by,
         now,
+    })
+}
+
+fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    let prometheus = fleet::prom::Prometheus::new(&fleet::prom::PromConfig {
+        base_url: args.prometheus.clone(),
+        bearer_token_file: args.bearer_token_file.clone(),
+        ca_file: args.ca_file.clone(),
+        insecure: args.insecure_skip_tls_verify,
+    })?;
+    let report = match fleet::verify(&prometheus, &options(args)?) {
+        Ok(report) => report,
+        // A gate that cannot get at the data fails with a code of its own: missing data
+        // must not pass a rollout, nor look like a mistaken command line.
+        Err(err) => match args.fail_on {
+            Some(fail_on) if gate::unjudged(&err) => {
+                eprintln!(
+                    "tuneprobe: gate failed (--fail-on {}): could not judge: {err}",
+                    fail_on.name()
+                );
+                return Ok(ExitCode::from(exit_code(Outcome::Unjudged)));
+            }
+            _ => return Err(err.into()),
+        },
     };
-    let report = fleet::verify(&prometheus, &options)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -188,5 +284,164 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
         std::fs::write(path, fleet::view::svg(&report))
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(())
+    let Some(fail_on) = args.fail_on else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let gate = gate::judge(&report, fail_on);
+    eprintln!(
+        "tuneprobe: gate {} (--fail-on {}): {}",
+        if gate.outcome == Outcome::Pass {
+            "passed"
+        } else {
+            "failed"
+        },
+        fail_on.name(),
+        gate.why
+    );
+    Ok(ExitCode::from(exit_code(gate.outcome)))
+}
+
+/// Where the table of exit codes in docs/fleet.md starts and ends.
+#[cfg(test)]
+const DOC_BEGIN: &str = "<!-- exit-codes:begin (generated from EXIT_CODES in probe-user/src/cli/fleet.rs; TUNEPROBE_BLESS=1 cargo test -p probe-user fleet_exit_codes rewrites it) -->";
+#[cfg(test)]
+const DOC_END: &str = "<!-- exit-codes:end -->";
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    #[test]
+    fn fleet_exit_codes_of_each_outcome() {
+        let codes: Vec<(Outcome, u8)> = Outcome::ALL.iter().map(|o| (*o, exit_code(*o))).collect();
+        assert_eq!(
+            codes,
+            [
+                (Outcome::Pass, 0),
+                (Outcome::NotImproved, 4),
+                (Outcome::Unjudged, 5),
+                (Outcome::Regressed, 3),
+            ]
+        );
+        // Each code once, and the gate's failures apart from the codes every subcommand
+        // has: 1 (an error, `cli::main`) and 2 (a usage error, `cli::usage_error`).
+        let mut all: Vec<u8> = EXIT_CODES.iter().map(|(code, _, _)| *code).collect();
+        all.dedup();
+        assert_eq!(all, [0, 1, 2, 3, 4, 5]);
+        for (code, outcome, _) in EXIT_CODES {
+            assert_eq!(outcome.is_none(), matches!(code, 1 | 2), "{code}");
+        }
+    }
+
+    /// One verdict and gate of each kind, as a report's overall verdicts give them
+    /// (`fleet::gate`'s tests), through to the exit code.
+    #[test]
+    fn fleet_exit_codes_of_verdicts() {
+        use crate::verify::stats::Verdict;
+        for (verdict, regressed, not_improved) in [
+            (Verdict::Improved, 0, 0),
+            (Verdict::NoSignificantChange, 0, 4),
+            (Verdict::Regressed, 3, 3),
+            (Verdict::InsufficientData, 5, 5),
+        ] {
+            assert_eq!(
+                exit_code(Outcome::of(verdict, FailOn::Regressed)),
+                regressed,
+                "{verdict:?}"
+            );
+            assert_eq!(
+                exit_code(Outcome::of(verdict, FailOn::NotImproved)),
+                not_improved,
+                "{verdict:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn fleet_exit_codes_in_help_and_docs() {
+        let help = Cli::try_parse_from(["tuneprobe", "fleet", "verify", "--help"])
+            .unwrap_err()
+            .to_string();
+        let mut table = String::from("| code | meaning |\n|---|---|\n");
+        for (code, _, meaning) in EXIT_CODES {
+            assert!(help.contains(&format!("  {code}  {meaning}\n")), "{help}");
+            let _ = writeln!(table, "| {code} | {meaning} |");
+        }
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/fleet.md");
+        let page = std::fs::read_to_string(path).unwrap();
+        let start = page
+            .find(DOC_BEGIN)
+            .expect("docs/fleet.md has the begin marker")
+            + DOC_BEGIN.len();
+        let end = page
+            .find(DOC_END)
+            .expect("docs/fleet.md has the end marker");
+        let generated = format!("\n{table}");
+        if std::env::var_os("TUNEPROBE_BLESS").is_some() {
+            std::fs::write(
+                path,
+                format!("{}{generated}{}", &page[..start], &page[end..]),
+            )
+            .unwrap();
+            return;
+        }
+        assert_eq!(
+            page[start..end],
+            generated,
+            "the exit codes in docs/fleet.md differ from EXIT_CODES: run \
+             TUNEPROBE_BLESS=1 cargo test -p probe-user fleet_exit_codes"
+        );
+    }
+
+    #[test]
+    fn fail_on_takes_one_value() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(
+                [
+                    "tuneprobe",
+                    "fleet",
+                    "verify",
+                    "--prometheus",
+                    "http://p:9090",
+                ]
+                .iter()
+                .chain(args),
+            )
+            .map(|cli| match cli.command {
+                crate::cli::Command::Fleet(Args {
+                    command: Command::Verify(v),
+                }) => v.fail_on,
+                _ => unreachable!(),
+            })
+            .map_err(|e| e.kind())
+        };
+        assert_eq!(parse(&["--knob", "cpu.max"]), Ok(None));
+        assert_eq!(
+            parse(&["--knob", "cpu.max", "--fail-on", "regressed"]),
+            Ok(Some(FailOn::Regressed))
+        );
+        assert_eq!(
+            parse(&["--knob", "cpu.max", "--fail-on", "not-improved"]),
+            Ok(Some(FailOn::NotImproved))
+        );
+        assert_eq!(
+            parse(&["--knob", "cpu.max", "--fail-on", "worse"]),
+            Err(clap::error::ErrorKind::InvalidValue)
+        );
+        // One value: not-improved already fails on a regression.
+        assert_eq!(
+            parse(&[
+                "--knob",
+                "cpu.max",
+                "--fail-on",
+                "regressed",
+                "--fail-on",
+                "not-improved"
+            ]),
+            Err(clap::error::ErrorKind::ArgumentConflict)
+        );
+    }
 }

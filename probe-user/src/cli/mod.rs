@@ -176,7 +176,9 @@ impl Cli {
         }
     }
 
-    pub(crate) fn run(&self) -> anyhow::Result<()> {
+    /// Runs the subcommand: success, or the exit code a subcommand chose (`fleet verify
+    /// --fail-on`'s gate); errors are the caller's to print.
+    pub(crate) fn run(&self) -> anyhow::Result<ExitCode> {
         if let Some(root) = &self.host_root {
             crate::workloads::host::set_root(root)?;
         }
@@ -189,13 +191,15 @@ impl Cli {
             Command::Trace(args) => trace::run(args, &self.load_options()),
             Command::Top(args) => top::run(args, &self.load_options()),
             Command::Check(args) => check::run(args, &self.load_options()),
-            Command::Fleet(args) => fleet::run(args),
-        }
+            Command::Fleet(args) => return fleet::run(args),
+        }?;
+        Ok(ExitCode::SUCCESS)
     }
 }
 
 /// The `tuneprobe` binary: parse the command line, log at its level, run the
-/// subcommand; errors are one line on stderr and exit code 1.
+/// subcommand; errors are one line on stderr and exit code 1 (`fleet verify --fail-on`
+/// has codes of its own, `cli/fleet.rs`).
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -206,7 +210,7 @@ pub fn main() -> ExitCode {
         .format_timestamp(None)
         .init();
     match cli.run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("tuneprobe: error: {err:#}");
             ExitCode::FAILURE

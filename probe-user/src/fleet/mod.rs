@@ -4,6 +4,7 @@
 //! Prometheus's query API.
 
 pub mod did;
+pub mod gate;
 pub mod prom;
 #[cfg(test)]
 pub(crate) mod rules;
