@@ -25,7 +25,7 @@ mod watch;
 #[cfg(test)]
 pub(crate) use self::judge::SampleValues;
 pub(crate) use self::{
-    ab::{AbReport, AbVerdict, Groups, Selector},
+    ab::{AbError, AbReport, AbVerdict, GroupReport, Groups, Selector},
     judge::{Affected, Samples, WorkloadVerdict, judge, report_notes},
     knob::{KnobAt, Target},
     listen::{explain_listen_backlogs, explain_new_sockets, listeners_by_netns},
