@@ -28,7 +28,10 @@ use crate::{
     report::{Snapshot, Workload},
     signals::measure::Measure,
     tuning::{self, Inventory},
-    workloads::{attribution::is_within, identity::Identity},
+    workloads::{
+        attribution::is_within,
+        identity::{Identity, workload_name},
+    },
 };
 
 /// Why an A/B cannot be judged.
@@ -74,8 +77,8 @@ enum Term {
         name: String,
         prefix: bool,
     },
-    /// The pod's owner: the pod name without its ReplicaSet, StatefulSet or DaemonSet
-    /// suffix (see [`workload_of`]).
+    /// The pod's workload: its name without the suffix its controller added
+    /// ([`workload_name`], as `fleet verify` names workloads).
     Workload(String),
     Label(String, String),
     Uid(String),
@@ -173,7 +176,7 @@ impl Term {
             Self::Workload(name) => id
                 .pod
                 .as_ref()
-                .is_some_and(|pod| workload_of(pod, &w.pod_labels) == *name),
+                .is_some_and(|pod| workload_name(pod) == name),
             Self::Label(key, value) => w.pod_labels.get(key) == Some(value),
             Self::Uid(uid) => id.pod_uid.as_ref() == Some(uid),
             Self::Cgroup(prefix) => id
@@ -188,56 +191,6 @@ impl Selector {
     pub(crate) fn matches(&self, workload: &Workload) -> bool {
         self.terms.iter().all(|t| t.matches(workload))
     }
-}
-
-/// The characters of the random suffixes Kubernetes gives pod names (its
-/// `SafeEncodeString`: no vowels, no `0`, `1`, `3`).
-const SUFFIX_ALPHABET: &str = "bcdfghjklmnpqrstvwxz2456789";
-
-fn is_suffix(part: &str, lengths: std::ops::RangeInclusive<usize>) -> bool {
-    lengths.contains(&part.len()) && part.chars().all(|c| SUFFIX_ALPHABET.contains(c))
-}
-
-/// The workload a pod belongs to: its name without the suffix its controller added.
-/// The pod's labels say which controller when the API named it (`pod-template-hash` of a
-/// ReplicaSet, `statefulset.kubernetes.io/pod-name` of a StatefulSet,
-/// `pod-template-generation` of a DaemonSet); without labels only a ReplicaSet's
-/// `-<hash>-<5 random>` is recognised, a suffix no hand-written name is likely to have.
-/// Anything else is its own workload.
-pub(crate) fn workload_of(pod: &str, labels: &BTreeMap<String, String>) -> String {
-    let strip = |n: usize| -> Option<&str> {
-        let mut rest = pod;
-        for _ in 0..n {
-            rest = &rest[..rest.rfind('-')?];
-        }
-        (!rest.is_empty()).then_some(rest)
-    };
-    let last_parts = |n: usize| pod.rsplit('-').take(n).collect::<Vec<_>>();
-    let owner = if let Some(hash) = labels.get("pod-template-hash") {
-        let parts = last_parts(2);
-        (parts.len() == 2 && parts[1] == hash)
-            .then(|| strip(2))
-            .flatten()
-    } else if labels.contains_key("statefulset.kubernetes.io/pod-name") {
-        let parts = last_parts(1);
-        parts[0]
-            .chars()
-            .all(|c| c.is_ascii_digit())
-            .then(|| strip(1))
-            .flatten()
-    } else if labels.contains_key("pod-template-generation") {
-        is_suffix(last_parts(1)[0], 5..=5)
-            .then(|| strip(1))
-            .flatten()
-    } else if labels.is_empty() {
-        let parts = last_parts(2);
-        (parts.len() == 2 && is_suffix(parts[0], 5..=5) && is_suffix(parts[1], 6..=10))
-            .then(|| strip(2))
-            .flatten()
-    } else {
-        None
-    };
-    owner.unwrap_or(pod).to_string()
 }
 
 /// One group: its selector and the workloads it matched, by cgroup path.
@@ -771,37 +724,6 @@ mod tests {
         };
         assert!(selector("cgroup=/lab").matches(&bare));
         assert!(!selector("pod=*").matches(&bare));
-    }
-
-    #[test]
-    fn a_workload_is_the_pod_name_without_its_controllers_suffix() {
-        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
-        let rs = labels(&[("pod-template-hash", "7f9c4b8d5")]);
-        assert_eq!(workload_of("web-api-7f9c4b8d5-x2kq9", &rs), "web-api");
-        // The label names another hash: not this pod's suffix, keep the name.
-        assert_eq!(
-            workload_of("web-api-6d8b7c9f4-x2kq9", &rs),
-            "web-api-6d8b7c9f4-x2kq9"
-        );
-        let sts = labels(&[("statefulset.kubernetes.io/pod-name", "db-12")]);
-        assert_eq!(workload_of("db-12", &sts), "db");
-        let ds = labels(&[("pod-template-generation", "3")]);
-        assert_eq!(workload_of("node-agent-q7x2z", &ds), "node-agent");
-        // No labels (names from the log directories): a ReplicaSet's suffix only.
-        let none = BTreeMap::new();
-        assert_eq!(workload_of("api-7f9c4b8d5-x2kq9", &none), "api");
-        assert_eq!(workload_of("db-0", &none), "db-0");
-        assert_eq!(workload_of("my-handmade-pod", &none), "my-handmade-pod");
-        // Labels of no known controller: a bare pod is its own workload.
-        assert_eq!(
-            workload_of("api-7f9c4b8d5-x2kq9", &labels(&[("app", "api")])),
-            "api-7f9c4b8d5-x2kq9"
-        );
     }
 
     /// A workload in `/lab/<name>/c` (its pod cgroup `/lab/<name>`) with `attempts` and
