@@ -80,7 +80,7 @@ fn ab_args(treated: &Pod, control: &Pod, extra: &[&str]) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec();
-    args.extend(extra.iter().map(|a| a.to_string()));
+    args.extend(extra.iter().map(ToString::to_string));
     args
 }
 
@@ -97,7 +97,9 @@ fn number(v: &Value) -> f64 {
 
 #[test]
 fn a_wide_local_port_range_beside_a_narrow_one_is_judged_improved() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let wide = Pod::new(None);
     let narrow = Pod::new(Some(NARROW));
     assert_eq!(narrow.port_range(), NARROW);
@@ -138,7 +140,9 @@ fn a_wide_local_port_range_beside_a_narrow_one_is_judged_improved() {
 
 #[test]
 fn pods_with_the_same_range_differ_in_no_knob_and_show_no_change() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let one = Pod::new(Some(NARROW));
     let other = Pod::new(Some(NARROW));
 
