@@ -783,10 +783,7 @@ mod tests {
     ) -> Groups {
         let names = ["t1", "t2", "t3", "c1", "c2", "c3"];
         let mut rng = Rng(seed);
-        let mut groups = Groups::new(selector("cgroup=/lab/t*"), selector("cgroup=/lab/c*"));
-        // cgroup= is a path, not a pattern: select each side by its own prefix instead.
-        groups.treated.selector = selector("cgroup=/lab/t");
-        groups.control.selector = selector("cgroup=/lab/c");
+        let mut groups = Groups::new(selector("cgroup=/lab/t"), selector("cgroup=/lab/c"));
         let mut totals = [(0u64, 0u64); 6];
         let snapshot = |totals: &[(u64, u64); 6]| {
             Snapshot::of_workloads(
