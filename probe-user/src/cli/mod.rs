@@ -9,6 +9,7 @@ mod top;
 mod trace;
 mod tuning;
 mod verify;
+mod verify_ab;
 
 use std::{path::PathBuf, process::ExitCode};
 

@@ -85,8 +85,8 @@ pub(super) struct Args {
     #[arg(long)]
     watch: bool,
 
-    /// With --watch: stop after this long.
-    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration, requires = "watch")]
+    /// With --watch: stop after this long; with --ab: measure this long (default 60s).
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration, conflicts_with_all = ["apply", "exec"])]
     duration: Option<Duration>,
 
     /// Change a sysctl inside this network namespace (a name under /run/netns or a path
@@ -130,6 +130,9 @@ pub(super) struct Args {
     plot: Option<PathBuf>,
 
     #[command(flatten)]
+    ab: super::verify_ab::AbArgs,
+
+    #[command(flatten)]
     collector: super::CollectorArgs,
 }
 
@@ -149,6 +152,16 @@ enum Change {
 pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     if args.interval.is_zero() {
         bail!("--interval must be longer than zero");
+    }
+    if args.ab.ab {
+        let shared = super::verify_ab::Shared {
+            signals: &args.signals,
+            duration: args.duration,
+            interval: args.interval,
+            json: args.json,
+            collector: &args.collector,
+        };
+        return super::verify_ab::run(&args.ab, &shared, options);
     }
     let interrupted = interrupt_flag()?;
     if args.watch {
@@ -219,7 +232,7 @@ pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
 
 /// Set by SIGINT or SIGTERM, which end the windows early; a changed knob still goes
 /// back.
-fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
+pub(super) fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
     let interrupted = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&interrupted))
@@ -370,7 +383,7 @@ fn watch(args: &Args, options: &LoadOptions, interrupted: &AtomicBool) -> anyhow
     Ok(())
 }
 
-fn sleep_unless(length: Duration, interrupted: &AtomicBool) {
+pub(super) fn sleep_unless(length: Duration, interrupted: &AtomicBool) {
     let until = Instant::now() + length;
     while !interrupted.load(Ordering::Relaxed) {
         let left = until.saturating_duration_since(Instant::now());

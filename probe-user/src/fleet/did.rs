@@ -12,6 +12,7 @@
 use serde::Serialize;
 
 use crate::verify::stats::{self, Comparison, Verdict};
+pub use crate::workloads::identity::workload_name;
 
 /// One interval of one canary pod, with its control: the canary's sample, the control's
 /// (median over its matching pods), and their loads.
@@ -160,33 +161,6 @@ pub fn judge(windows: &Windows, lower_is_better: bool, load: Option<&str>) -> Ju
     }
 }
 
-/// The workload a pod belongs to, from the names its controller gives it, so that the
-/// same workload's pods on different nodes are compared: a Deployment's
-/// `NAME-<template hash>-<suffix>`, a DaemonSet's or Job's `NAME-<suffix>` (the
-/// suffixes use Kubernetes' vowel-free alphabet, so words like `server` are kept), a
-/// StatefulSet's `NAME-<ordinal>`. Other names are their own workload.
-pub fn workload_name(pod: &str) -> &str {
-    const ALPHABET: &str = "bcdfghjklmnpqrstvwxz2456789";
-    let generated = |part: &str, lengths: std::ops::RangeInclusive<usize>| {
-        lengths.contains(&part.len()) && part.chars().all(|c| ALPHABET.contains(c))
-    };
-    fn split(name: &str) -> Option<(&str, &str)> {
-        name.rsplit_once('-').filter(|(head, _)| !head.is_empty())
-    }
-    if let Some((head, suffix)) = split(pod) {
-        if generated(suffix, 5..=5) {
-            if let Some((name, _)) = split(head).filter(|(_, hash)| generated(hash, 6..=10)) {
-                return name;
-            }
-            return head;
-        }
-        if !suffix.is_empty() && suffix.chars().all(|c| c.is_ascii_digit()) {
-            return head;
-        }
-    }
-    pod
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,23 +274,5 @@ mod tests {
         let j = judge(&w, true, None);
         assert_eq!(j.did.verdict, Verdict::InsufficientData);
         assert!(j.did.effect.is_nan());
-    }
-
-    #[test]
-    fn workload_names() {
-        for (pod, workload) in [
-            ("api-7f9c4b6d8-xk2pq", "api"),
-            ("api-server-7f9c4b6d8-xk2pq", "api-server"),
-            ("node-exporter-zx7vb", "node-exporter"),
-            ("web-0", "web"),
-            ("web-12", "web"),
-            ("api-server", "api-server"),
-            ("busybox", "busybox"),
-            // Vowels never appear in generated suffixes.
-            ("cache-redis", "cache-redis"),
-            ("-12", "-12"),
-        ] {
-            assert_eq!(workload_name(pod), workload, "{pod}");
-        }
     }
 }

@@ -36,8 +36,9 @@ const OTHER: &str = "/other";
 const DEVICE: &str = "loop0";
 const INTERVALS: u64 = 10;
 
-/// SplitMix64: a small seeded generator, so that every run sees the same noise.
-struct Rng(u64);
+/// SplitMix64: a small seeded generator, so that every run sees the same noise (the
+/// A/B tests' too).
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -49,12 +50,12 @@ impl Rng {
     }
 
     /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
+    pub(super) fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// A count of mean `mean` with Poisson-like spread (normal approximation).
-    fn count(&mut self, mean: f64) -> u64 {
+    pub(super) fn count(&mut self, mean: f64) -> u64 {
         let z = (-2.0 * self.unit().max(1e-12).ln()).sqrt()
             * (2.0 * std::f64::consts::PI * self.unit()).cos();
         (mean + z * mean.sqrt()).round().max(0.0) as u64

@@ -10,8 +10,10 @@
 //! - [`judge`]: per-interval samples, and before against after;
 //! - [`listen`]: knobs applied at `listen()`, and listeners that still need a restart;
 //! - [`watch`]: every change noticed as it happens, each judged in turn;
-//! - [`stats`]: the rank test and the effect's interval.
+//! - [`stats`]: the rank tests and the effect's interval;
+//! - [`ab`]: two groups of pods side by side with different values (`verify --ab`).
 
+mod ab;
 mod judge;
 mod knob;
 mod listen;
@@ -23,6 +25,7 @@ mod watch;
 #[cfg(test)]
 pub(crate) use self::judge::SampleValues;
 pub(crate) use self::{
+    ab::{AbError, AbReport, AbVerdict, GroupReport, Groups, Selector},
     judge::{Affected, Samples, WorkloadVerdict, judge, report_notes},
     knob::{KnobAt, Target},
     listen::{explain_listen_backlogs, explain_new_sockets, listeners_by_netns},

@@ -1,7 +1,9 @@
 //! Before-against-after comparison of per-interval samples: the Mann-Whitney U rank test
 //! (normal approximation with tie and continuity corrections) and the Hodges-Lehmann
-//! shift with its 95% confidence interval (Moses' method). Rank statistics, because
-//! per-interval rates and latencies are rarely normal and often have outliers.
+//! shift with its 95% confidence interval (Moses' method). For paired samples (`verify
+//! --ab`: one difference treated minus control per interval), the one-sample versions:
+//! Wilcoxon's signed-rank test and the median of the Walsh averages. Rank statistics,
+//! because per-interval rates and latencies are rarely normal and often have outliers.
 
 use serde::Serialize;
 
@@ -43,14 +45,16 @@ pub enum Verdict {
     InsufficientData,
 }
 
-/// A comparison of two windows.
+/// A comparison of two windows (or of two groups, interval by interval).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Comparison {
-    /// Hodges-Lehmann estimate of `after - before`.
+    /// Hodges-Lehmann estimate of `after - before` (of `treated - control` for paired
+    /// samples).
     pub effect: f64,
     /// 95% confidence interval of the effect.
     pub ci95: [f64; 2],
-    /// Two-sided p-value of the Mann-Whitney U test.
+    /// Two-sided p-value of the Mann-Whitney U test (of the signed-rank test for paired
+    /// samples).
     pub p_value: f64,
     pub verdict: Verdict,
 }
@@ -98,19 +102,59 @@ pub(crate) fn compare_with_floor(
     }
     let p_value = mann_whitney_p(before, after);
     let (effect, ci95) = hodges_lehmann(before, after);
-    let floor = min_relative * reference.abs();
-    let verdict = if p_value >= ALPHA || effect == 0.0 || effect.abs() < floor {
+    Comparison {
+        effect,
+        ci95,
+        p_value,
+        verdict: verdict(
+            p_value,
+            effect,
+            min_relative * reference.abs(),
+            lower_is_better,
+        ),
+    }
+}
+
+/// Paired samples: `differences` are one `treated - control` per interval. The
+/// signed-rank test and the one-sample Hodges-Lehmann shift, with the verdict's rule of
+/// [`compare`]: a shift below [`MIN_RELATIVE_EFFECT`] of `reference` (the control
+/// group's median) is no significant change.
+pub(crate) fn compare_paired(
+    differences: &[f64],
+    reference: f64,
+    lower_is_better: bool,
+) -> Comparison {
+    if differences.len() < MIN_SAMPLES {
+        return Comparison {
+            effect: f64::NAN,
+            ci95: [f64::NAN, f64::NAN],
+            p_value: f64::NAN,
+            verdict: Verdict::InsufficientData,
+        };
+    }
+    let p_value = signed_rank_p(differences);
+    let (effect, ci95) = hodges_lehmann_one_sample(differences);
+    Comparison {
+        effect,
+        ci95,
+        p_value,
+        verdict: verdict(
+            p_value,
+            effect,
+            MIN_RELATIVE_EFFECT * reference.abs(),
+            lower_is_better,
+        ),
+    }
+}
+
+/// Significant at [`ALPHA`] and a shift of at least `floor`, or no significant change.
+fn verdict(p_value: f64, effect: f64, floor: f64, lower_is_better: bool) -> Verdict {
+    if p_value >= ALPHA || effect == 0.0 || effect.abs() < floor {
         Verdict::NoSignificantChange
     } else if (effect < 0.0) == lower_is_better {
         Verdict::Improved
     } else {
         Verdict::Regressed
-    };
-    Comparison {
-        effect,
-        ci95,
-        p_value,
-        verdict,
     }
 }
 
@@ -184,6 +228,61 @@ pub(crate) fn hodges_lehmann(x: &[f64], y: &[f64]) -> (f64, [f64; 2]) {
     (median, ci)
 }
 
+/// Two-sided p-value of Wilcoxon's signed-rank test of `differences` against zero:
+/// zeros are dropped (Wilcoxon's rule), tied absolute values share their mean rank, and
+/// the normal approximation has the tie and continuity corrections (as R's
+/// `wilcox.test(d, exact = FALSE)`).
+pub(crate) fn signed_rank_p(differences: &[f64]) -> f64 {
+    let mut nonzero: Vec<f64> = differences.iter().copied().filter(|d| *d != 0.0).collect();
+    if nonzero.is_empty() {
+        return 1.0;
+    }
+    nonzero.sort_by(|a, b| a.abs().total_cmp(&b.abs()));
+    let n = nonzero.len() as f64;
+    // The sum of the ranks of the positive differences; sum of t^3 - t over ties.
+    let mut positive_ranks = 0.0;
+    let mut ties = 0.0;
+    let mut i = 0;
+    while i < nonzero.len() {
+        let mut j = i;
+        while j + 1 < nonzero.len() && nonzero[j + 1].abs() == nonzero[i].abs() {
+            j += 1;
+        }
+        let rank = (i + j) as f64 / 2.0 + 1.0;
+        let t = (j - i + 1) as f64;
+        ties += t * t * t - t;
+        positive_ranks += nonzero[i..=j].iter().filter(|d| **d > 0.0).count() as f64 * rank;
+        i = j + 1;
+    }
+    let mean = n * (n + 1.0) / 4.0;
+    let variance = n * (n + 1.0) * (2.0 * n + 1.0) / 24.0 - ties / 48.0;
+    if variance <= 0.0 {
+        return 1.0;
+    }
+    let distance = ((positive_ranks - mean).abs() - 0.5).max(0.0);
+    (2.0 * (1.0 - normal_cdf(distance / variance.sqrt()))).clamp(0.0, 1.0)
+}
+
+/// The one-sample Hodges-Lehmann estimate of the centre of `differences` (the median of
+/// the Walsh averages, `(d_i + d_j) / 2` for `i <= j`) and its 95% confidence interval
+/// from their order statistics, as [`hodges_lehmann`] does for two samples.
+pub(crate) fn hodges_lehmann_one_sample(differences: &[f64]) -> (f64, [f64; 2]) {
+    let mut walsh: Vec<f64> = differences
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &a)| differences[i..].iter().map(move |&b| f64::midpoint(a, b)))
+        .collect();
+    walsh.sort_by(f64::total_cmp);
+    let m = walsh.len();
+    if m == 0 {
+        return (f64::NAN, [f64::NAN, f64::NAN]);
+    }
+    let n = differences.len() as f64;
+    let spread = (n * (n + 1.0) * (2.0 * n + 1.0) / 24.0).sqrt();
+    let k = ((m as f64 / 2.0 - Z_975 * spread).floor().max(1.0) as usize).min(m);
+    (median(&walsh), [walsh[k - 1], walsh[m - k]])
+}
+
 /// Standard normal CDF, through the complementary error function.
 pub(crate) fn normal_cdf(z: f64) -> f64 {
     0.5 * erfc(-z / std::f64::consts::SQRT_2)
@@ -243,6 +342,63 @@ mod tests {
             [3.0, 6.0, 9.0, 10.0, 11.0, 2.5],
         );
         assert!((mann_whitney_p(&a, &b) - mann_whitney_p(&b, &a)).abs() < 1e-12);
+    }
+
+    /// Hollander & Wolfe's depression scores (the example of R's `wilcox.test`): paired
+    /// differences x - y of 9 patients.
+    const DEPRESSION: [f64; 9] = [0.952, -0.147, 1.022, 0.43, 0.62, 0.59, 0.49, -0.08, 0.01];
+
+    #[test]
+    fn signed_rank_matches_the_textbook_approximation() {
+        // V = 40 of 45; R: wilcox.test(x, y, paired = TRUE, exact = FALSE) -> p = 0.04401.
+        let p = signed_rank_p(&DEPRESSION);
+        assert!((p - 0.044_011).abs() < 1e-5, "{p}");
+        // 1..10, all positive: V = 55, z = 2.7521, p = 0.005922.
+        let all_up: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert!((signed_rank_p(&all_up) - 0.005_922).abs() < 1e-5);
+        // Zeros dropped, ties at their mean rank: V = 26.5 of 28, variance 35 - 36/48,
+        // p = 2 (1 - Phi(12 / sqrt(34.25))) = 0.04032.
+        let tied = [1.0, 2.0, 2.0, 3.0, 3.0, 3.0, -1.0, 0.0];
+        let p = signed_rank_p(&tied);
+        assert!((p - 0.040_32).abs() < 1e-4, "{p}");
+        // Symmetric in sign; nothing but zeros is no evidence.
+        let negated = tied.map(|d| -d);
+        assert!((signed_rank_p(&negated) - p).abs() < 1e-12);
+        assert_eq!(signed_rank_p(&[0.0; 8]), 1.0);
+    }
+
+    #[test]
+    fn one_sample_hodges_lehmann_is_the_median_of_walsh_averages() {
+        // R: wilcox.test(x, y, paired = TRUE, conf.int = TRUE) -> (pseudo)median 0.46.
+        let (shift, [lo, hi]) = hodges_lehmann_one_sample(&DEPRESSION);
+        assert!((shift - 0.46).abs() < 1e-9, "{shift}");
+        // 45 Walsh averages; k = floor(22.5 - 1.96 * sqrt(71.25)) = 5: the 5th and 41st.
+        assert_eq!([lo, hi], [-0.035, 0.806]);
+        // A clean shift of 10 over symmetric noise is found exactly.
+        let shifted: Vec<f64> = (-10..=10).map(|i| 10.0 + f64::from(i) / 10.0).collect();
+        let (shift, [lo, hi]) = hodges_lehmann_one_sample(&shifted);
+        assert!(
+            (shift - 10.0).abs() < 1e-12 && lo < 10.0 && 10.0 < hi,
+            "{shift} [{lo}, {hi}]"
+        );
+    }
+
+    #[test]
+    fn paired_verdicts_follow_the_floor_of_the_control_median() {
+        // A consistent 0.05 below a control at 1.0: significant, but under the 10% floor.
+        let small: Vec<f64> = (0..20).map(|i| -0.05 + f64::from(i % 3) * 0.001).collect();
+        let compared = compare_paired(&small, 1.0, true);
+        assert!(compared.p_value < ALPHA, "{compared:?}");
+        assert_eq!(compared.verdict, Verdict::NoSignificantChange);
+        assert_eq!(compare_paired(&small, 0.2, true).verdict, Verdict::Improved);
+        assert_eq!(
+            compare_paired(&small, 0.2, false).verdict,
+            Verdict::Regressed
+        );
+        assert_eq!(
+            compare_paired(&small[..4], 0.2, true).verdict,
+            Verdict::InsufficientData
+        );
     }
 
     #[test]

@@ -81,6 +81,34 @@ impl Identity {
     }
 }
 
+/// The workload a pod belongs to, from the names its controller gives it, so that the
+/// same workload's pods are compared (on different nodes by `fleet verify`, side by
+/// side by `verify --ab`'s `workload=`): a Deployment's
+/// `NAME-<template hash>-<suffix>`, a DaemonSet's or Job's `NAME-<suffix>` (the
+/// suffixes use Kubernetes' vowel-free alphabet, so words like `server` are kept), a
+/// StatefulSet's `NAME-<ordinal>`. Other names are their own workload.
+pub fn workload_name(pod: &str) -> &str {
+    const ALPHABET: &str = "bcdfghjklmnpqrstvwxz2456789";
+    let generated = |part: &str, lengths: std::ops::RangeInclusive<usize>| {
+        lengths.contains(&part.len()) && part.chars().all(|c| ALPHABET.contains(c))
+    };
+    fn split(name: &str) -> Option<(&str, &str)> {
+        name.rsplit_once('-').filter(|(head, _)| !head.is_empty())
+    }
+    if let Some((head, suffix)) = split(pod) {
+        if generated(suffix, 5..=5) {
+            if let Some((name, _)) = split(head).filter(|(_, hash)| generated(hash, 6..=10)) {
+                return name;
+            }
+            return head;
+        }
+        if !suffix.is_empty() && suffix.chars().all(|c| c.is_ascii_digit()) {
+            return head;
+        }
+    }
+    pod
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +142,24 @@ mod tests {
         assert_eq!(Identity::default().display_name(), "(unattributed)");
         for name in [named.display_name(), netns.display_name()] {
             assert!(!name.contains(char::is_whitespace), "{name}");
+        }
+    }
+
+    #[test]
+    fn workload_names() {
+        for (pod, workload) in [
+            ("api-7f9c4b6d8-xk2pq", "api"),
+            ("api-server-7f9c4b6d8-xk2pq", "api-server"),
+            ("node-exporter-zx7vb", "node-exporter"),
+            ("web-0", "web"),
+            ("web-12", "web"),
+            ("api-server", "api-server"),
+            ("busybox", "busybox"),
+            // Vowels never appear in generated suffixes.
+            ("cache-redis", "cache-redis"),
+            ("-12", "-12"),
+        ] {
+            assert_eq!(workload_name(pod), workload, "{pod}");
         }
     }
 }
