@@ -48,7 +48,7 @@ pub(crate) struct Cli {
 }
 
 /// How workloads are observed and named: shared by `snapshot` and `serve`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub(crate) struct CollectorArgs {
     /// A DNS query without a response after this long counts as a timeout.
     #[arg(long, value_name = "DURATION", value_parser = snapshot::parse_duration, default_value = "5s")]
