@@ -25,7 +25,7 @@ use serde_json::Value;
 use crate::{
     report::{Snapshot, tests::sample},
     tuning,
-    verify::{Watcher, Windows},
+    verify::{Expectation, Watcher, Windows},
     views::metrics::Exporter,
     workloads::identity::Identity,
 };
@@ -167,13 +167,16 @@ fn inventory(quota: &str) -> tuning::Inventory {
 }
 
 /// The families `serve` exports for the sample snapshot, with a tuning inventory and a
-/// watcher that has judged one change.
+/// watcher that has judged one change, with a prediction (`serve --expect`).
 fn exported_families() -> Vec<MetricFamily> {
     let mut watcher = Watcher::new(Windows {
         before: Duration::from_secs(10),
         after: Duration::from_secs(10),
         interval: Duration::from_secs(1),
-    });
+    })
+    .expecting(vec![
+        Expectation::parse("cpu_throttled_ratio:lower:50%").unwrap(),
+    ]);
     for i in 0..=21u64 {
         // Throttled 9 of 10 periods until the quota is raised at i = 11.
         let (count, quota) = if i <= 10 {
@@ -626,6 +629,10 @@ const NOT_SHOWN: &[(&str, &str)] = &[
     (
         "tuneprobe_tcp_retransmits_total",
         "the skbs behind the retransmitted segments, which are shown",
+    ),
+    (
+        "tuneprobe_tuning_prediction",
+        "exported only with serve --expect: one experiment's outcome, not a fleet's panel",
     ),
     (
         "tuneprobe_tuning_unreadable",

@@ -180,6 +180,36 @@ fn bad_arguments_are_one_line_and_exit_2() {
     }
 }
 
+/// `verify --exec` without anything to judge, and a prediction it cannot test: one line
+/// that names what is missing or wrong.
+#[test]
+fn verify_argument_errors_name_what_is_missing_or_wrong() {
+    for (args, says) in [
+        (
+            &["verify", "--exec", "true"][..],
+            "the following required arguments were not provided: <--signal <SIGNAL>|--expect \
+             <MEASURE:lower|higher[:MIN_EFFECT]>>",
+        ),
+        (
+            &["verify", "--apply", "a=1", "--expect", "srtt_ms:lower:half"],
+            "minimum effect \"half\" is not a percentage of the before median, such as 50%",
+        ),
+        (
+            &["verify", "--plan", "advice.json", "--apply", "a=1"],
+            "the argument '--plan <FILE|->' cannot be used with '--apply <KNOB=VALUE>'",
+        ),
+    ] {
+        let out = Command::new(tuneprobe_binary())
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
 /// Where a knob lives comes from the knob table: a mount option is refused with what to
 /// do instead, before anything is loaded or changed.
 #[test]

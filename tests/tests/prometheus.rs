@@ -275,7 +275,8 @@ fn promtool_accepts_escaped_label_values_and_the_folded_series() {
 
 #[test]
 fn serve_judges_a_quota_change_and_exports_it() {
-    // A busy container throttled by a 20 ms quota; raised to 100 ms while serve runs.
+    // A busy container throttled by a 20 ms quota; raised to 100 ms while serve runs,
+    // which predicted that the share of throttled periods would at least halve.
     let mut pod = PodCgroup::with_controllers(&["cpu"]);
     let app = pod.container();
     let dir = app.cpu_dir().to_path_buf();
@@ -303,6 +304,8 @@ fn serve_judges_a_quota_change_and_exports_it() {
             "5s",
             "--kube-api",
             "none",
+            "--expect",
+            "cpu_throttled_ratio:lower:50%",
         ])
         .stderr(Stdio::piped())
         .spawn()
@@ -342,6 +345,20 @@ fn serve_judges_a_quota_change_and_exports_it() {
         .find(|v| v["cgroup_path"] == app.path.as_str() && v["signal"] == "cpu_throttled_ratio")
         .unwrap_or_else(|| panic!("no verdict for the container: {report:#}"));
     assert_eq!(verdict["verdict"], "improved", "{verdict:#}");
+    assert_eq!(
+        verdict["prediction"]["outcome"], "as predicted",
+        "{verdict:#}"
+    );
+    assert_eq!(verdict["exploratory"], false);
+    let time = report["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| {
+            v["cgroup_path"] == app.path.as_str() && v["signal"] == "cpu_throttled_ms_per_period"
+        })
+        .unwrap_or_else(|| panic!("no throttled time verdict: {report:#}"));
+    assert_eq!(time["exploratory"], true, "not predicted: {time:#}");
 
     let (_, metrics) = http_get(port, "/metrics").expect("GET /metrics");
     assert!(
@@ -358,6 +375,18 @@ fn serve_judges_a_quota_change_and_exports_it() {
                 && l.contains(&format!("container=\"{}\"", &app.container_id[..12]))
                 && l.contains("signal=\"cpu_throttled_ratio\"")
                 && l.contains("verdict=\"improved\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tuneprobe_tuning_prediction{")
+                && l.contains(&format!("pod=\"{}\"", pod.uid))
+                && l.contains("signal=\"cpu_throttled_ratio\"")
+                && l.contains("direction=\"lower\"")
+                && l.contains("outcome=\"as predicted\"")
+                && l.contains("final=\"true\"")
                 && l.ends_with(" 1")),
         "{metrics}"
     );

@@ -159,6 +159,136 @@ fn raising_a_tight_quota_improves_throttling_and_lowering_it_regresses() {
     );
 }
 
+/// A busy container under a 20 ms quota, for the predictions below: (pod, container,
+/// its cpu directory, the busy loop).
+fn throttled_busy_container() -> (
+    PodCgroup,
+    tuneprobe_tests::Container,
+    std::path::PathBuf,
+    Workload,
+) {
+    let mut pod = PodCgroup::with_controllers(&["cpu"]);
+    let app = pod.container();
+    let dir = app.cpu_dir().to_path_buf();
+    fs::write(dir.join("cpu.cfs_period_us"), "100000").unwrap();
+    fs::write(dir.join("cpu.cfs_quota_us"), "20000").unwrap();
+    let busy = Workload::spawn_program(None, Some(&app), &testload(), &["busy", "60000"]);
+    (pod, app, dir, busy)
+}
+
+#[test]
+fn a_predicted_fall_in_throttling_is_as_predicted_and_a_predicted_rise_is_the_opposite() {
+    let (_pod, app, dir, _busy) = throttled_busy_container();
+    let dir_arg = dir.display().to_string();
+    let raise = |expect: &str| {
+        verify_with(&[
+            "--apply",
+            "cpu.cfs_quota_us=200000",
+            "--cgroup",
+            &dir_arg,
+            "--revert",
+            "--expect",
+            expect,
+        ])
+    };
+
+    let report = raise("cpu_throttled_ratio:lower:50%");
+    let v = verdict_for(&report, &app.path, "cpu_throttled_ratio");
+    let p = &v["prediction"];
+    assert_eq!(p["outcome"], "as predicted", "{v:#}");
+    assert_eq!(p["direction"], "lower");
+    assert_eq!(p["min_effect"], 0.5);
+    assert_eq!(v["exploratory"], false);
+    // Every period throttled before, none after: the one-sided p is half the two-sided.
+    let (one_sided, two_sided) = (
+        p["p_value"].as_f64().unwrap(),
+        v["p_value"].as_f64().unwrap(),
+    );
+    assert!(one_sided < 0.05, "{v}");
+    assert!((one_sided - two_sided / 2.0).abs() < 1e-12, "{v}");
+    assert!(
+        v["effect"].as_f64().unwrap() < -0.5 * v["before"].as_f64().unwrap(),
+        "{v}"
+    );
+    assert_eq!(
+        v["verdict"], "improved",
+        "the two-sided verdict stays: {v:#}"
+    );
+    // The quota's other measures were not predicted: exploratory, no prediction.
+    let time = verdict_for(&report, &app.path, "cpu_throttled_ms_per_period");
+    assert_eq!(time["exploratory"], true, "{time:#}");
+    assert_eq!(time["prediction"], Value::Null);
+    assert_quota(&dir, "20000");
+
+    // The same change, predicted the wrong way round.
+    let report = raise("cpu_throttled_ratio:higher");
+    let v = verdict_for(&report, &app.path, "cpu_throttled_ratio");
+    assert_eq!(v["prediction"]["outcome"], "opposite", "{v:#}");
+    assert_eq!(v["prediction"]["min_effect"], 0.1, "the default floor");
+    assert!(v["prediction"]["p_value"].as_f64().unwrap() > 0.95, "{v}");
+    assert_quota(&dir, "20000");
+}
+
+#[test]
+fn a_plan_from_advice_applies_the_recommendation_and_judges_its_prediction() {
+    let (_pod, app, dir, _busy) = throttled_busy_container();
+    // One advice as `tuneprobe advise --json` writes it, inside its `advice` array, with
+    // fields `verify` does not read.
+    let advice = serde_json::json!({
+        "node": "test-node",
+        "advice": [{
+            "knob": "cpu.cfs_quota_us",
+            "scope": "cgroup",
+            "target": {"option": "--cgroup", "value": dir.display().to_string()},
+            "current": "20000",
+            "recommended": "200000",
+            "why": "throttled in most periods",
+            "prediction": {"measure": "cpu_throttled_ratio", "direction": "lower", "min_effect": 0.5}
+        }]
+    });
+    let file = TempFile::new("advice.json", &advice.to_string());
+    let mut stderr = Vec::new();
+    let report = verify_reading_stderr(&["--plan", &file.0.display().to_string()], |line| {
+        stderr.push(line.to_string());
+    });
+    let plan_line = format!(
+        "plan: cpu.cfs_quota_us=200000 at --cgroup {}, predicting cpu_throttled_ratio lower by >= 50%",
+        dir.display()
+    );
+    assert!(stderr.contains(&plan_line), "{stderr:#?}");
+    let said_plan = stderr.iter().position(|l| *l == plan_line).unwrap();
+    let ready = stderr.iter().position(|l| l.starts_with("ready")).unwrap();
+    assert!(
+        said_plan < ready,
+        "the plan is said before measuring: {stderr:#?}"
+    );
+    assert_eq!(report["change"]["knob"], "cpu.cfs_quota_us");
+    assert_eq!(report["change"]["old"], "20000");
+    assert_eq!(report["change"]["new"], "200000");
+    let v = verdict_for(&report, &app.path, "cpu_throttled_ratio");
+    assert_eq!(v["prediction"]["outcome"], "as predicted", "{v:#}");
+    assert_eq!(v["prediction"]["min_effect"], 0.5);
+    assert_quota(&dir, "20000");
+}
+
+/// A file in the temporary directory, unique to this process, removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, contents: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("tuneprobe-verify-{}-{name}", std::process::id()));
+        fs::write(&path, contents).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
 #[test]
 fn an_interrupted_verify_still_puts_the_old_value_back() {
     use std::io::{BufRead as _, BufReader};

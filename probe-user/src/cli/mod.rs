@@ -50,7 +50,7 @@ pub(crate) struct Cli {
 }
 
 /// How workloads are observed and named: shared by `snapshot` and `serve`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub(crate) struct CollectorArgs {
     /// A DNS query without a response after this long counts as a timeout.
     #[arg(long, value_name = "DURATION", value_parser = snapshot::parse_duration, default_value = "5s")]
@@ -231,8 +231,19 @@ fn usage_error(err: &clap::Error) -> ExitCode {
         }
         _ => {
             let rendered = err.render().to_string();
-            let line = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!("tuneprobe: {}", line.trim_start_matches("error: "));
+            // The first line, with the indented lines that finish it (the arguments of
+            // "the following required arguments were not provided:").
+            let mut lines = rendered.lines();
+            let mut line = lines
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ")
+                .to_string();
+            for more in lines.take_while(|l| l.starts_with("  ")) {
+                line.push(' ');
+                line.push_str(more.trim());
+            }
+            eprintln!("tuneprobe: {line}");
             ExitCode::from(2)
         }
     }

@@ -76,6 +76,16 @@ pub(super) struct Args {
     #[arg(long, value_name = "DURATION", value_parser = super::snapshot::parse_duration, default_value = "60s")]
     verify_window: Duration,
 
+    /// A prediction (as `verify --expect`: MEASURE:lower|higher[:MIN_EFFECT]) judged
+    /// one-sided on every change of a knob whose measures include MEASURE, exported as
+    /// `tuneprobe_tuning_prediction` and in /changes (repeatable).
+    #[arg(
+        long = "expect",
+        value_name = "MEASURE:lower|higher[:MIN_EFFECT]",
+        value_parser = super::verify::parse_expectation
+    )]
+    expectations: Vec<crate::verify::Expectation>,
+
     /// Export only the workloads at or below this cgroup path (as in `cgroup_path`), and
     /// only the tuning knobs of their cgroups and network namespaces; the node's own
     /// knobs stay. For shared nodes, and for several agents on one machine.
@@ -164,11 +174,14 @@ async fn serve(
         collector: Mutex::new(collector),
         exporter: Mutex::new(Exporter::new(args.max_workloads, &args.pod_labels)),
         last_scrape_seconds: Mutex::new(0.0),
-        watcher: Mutex::new(Watcher::new(Windows {
-            before: args.verify_window,
-            after: args.verify_window,
-            interval: TICK,
-        })),
+        watcher: Mutex::new(
+            Watcher::new(Windows {
+                before: args.verify_window,
+                after: args.verify_window,
+                interval: TICK,
+            })
+            .expecting(args.expectations.clone()),
+        ),
         scope: args.cgroup_scope.as_deref().map(CgroupScope::new),
     });
     let listener = TcpListener::from_std(listener).context("listening")?;

@@ -24,8 +24,8 @@ use crate::{
     signals::measure::Measure,
     tuning::{self, Scope},
     verify::{
-        self, Affected, ChangeRecord, ChangeReport, KnobAt, Samples, Target, Watcher, Windows,
-        WorkloadVerdict,
+        self, Affected, ChangeRecord, ChangeReport, Expectation, KnobAt, Plan, PlanTarget, Samples,
+        Target, Watcher, Windows, WorkloadVerdict,
     },
     views::plot,
     window::Collector,
@@ -36,7 +36,7 @@ use serde::Serialize;
 
 use super::snapshot::parse_duration;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 #[command(
     about = "Change one knob and judge, per workload, whether its signal improved",
     long_about = "Measure a baseline window, apply KNOB=VALUE (or run --exec CMD), measure an \
@@ -52,8 +52,11 @@ use super::snapshot::parse_duration;
                   tuneprobe verify --apply cpu.cfs_quota_us=100000 --cgroup /sys/fs/cgroup/cpu/kubepods/burstable/pod.../c1 --revert\n  \
                   tuneprobe verify --apply net.core.somaxconn=65535 --pod 5f1c...-uid --plot somaxconn.svg\n  \
                   tuneprobe verify --exec 'nft delete table inet chaos' --signal retransmit_ratio --json\n  \
+                  tuneprobe verify --apply net.core.somaxconn=65535 --netns shop --expect listen_overflow_ratio:lower:50%\n  \
+                  tuneprobe advise --json | tuneprobe verify --plan -\n  \
                   tuneprobe verify --watch --after 60s"
 )]
+#[command(group(clap::ArgGroup::new("judged").args(["signals", "expectations"]).multiple(true)))]
 pub(super) struct Args {
     /// The change: a sysctl (`net.core.somaxconn=65535`), a cgroup file
     /// (`cpu.cfs_quota_us=100000`) or a block queue file (`queue/scheduler=none`).
@@ -61,12 +64,12 @@ pub(super) struct Args {
     apply: Option<String>,
 
     /// A change tuneprobe has no knob for (an nft rule, a DNS server's config): run CMD
-    /// with `sh -c` between the windows; needs --signal.
+    /// with `sh -c` between the windows; needs --signal or --expect.
     #[arg(
         long,
         value_name = "CMD",
         conflicts_with = "watch",
-        requires = "signals"
+        requires = "judged"
     )]
     exec: Option<String>,
 
@@ -79,6 +82,29 @@ pub(super) struct Args {
     /// cpu_throttled_ms_per_period, rcvbuf_drop_ratio, dns_latency_ms, ...).
     #[arg(long = "signal", id = "signals", value_name = "SIGNAL", value_parser = parse_signal)]
     signals: Vec<Measure>,
+
+    /// Predict, before measuring, that MEASURE moves lower or higher by at least
+    /// MIN_EFFECT of its before median (default 10%), e.g. listen_overflow_ratio:lower:50%;
+    /// judged one-sided as `as predicted`, `not as predicted`, `opposite` or `insufficient
+    /// data`, the other verdicts marked exploratory (repeatable; judged too when not the
+    /// knob's own; with --watch, on each change of a knob it belongs to).
+    #[arg(
+        long = "expect",
+        id = "expectations",
+        value_name = "MEASURE:lower|higher[:MIN_EFFECT]",
+        value_parser = parse_expectation
+    )]
+    expectations: Vec<Expectation>,
+
+    /// Make the change one advice of `tuneprobe advise --json` recommends (FILE, or - for
+    /// stdin: one advice object, or an advise output with exactly one): --apply
+    /// KNOB=RECOMMENDED at its target, with --expect its prediction.
+    #[arg(
+        long,
+        value_name = "FILE|-",
+        conflicts_with_all = ["apply", "exec", "watch", "expectations", "netns", "pod", "cgroup", "device"]
+    )]
+    plan: Option<PathBuf>,
 
     /// Run until stopped (or --for), judging every change anyone makes to a known knob;
     /// interim verdicts while each after window fills.
@@ -136,6 +162,10 @@ pub(super) struct Args {
     collector: super::CollectorArgs,
 }
 
+pub(super) fn parse_expectation(text: &str) -> Result<Expectation, String> {
+    Expectation::parse(text).map_err(|e| e.to_string())
+}
+
 fn parse_signal(name: &str) -> Result<Measure, String> {
     Measure::parse(name).ok_or_else(|| {
         let names: Vec<String> = Measure::judged().map(Measure::name).collect();
@@ -167,14 +197,14 @@ pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     if args.watch {
         return watch(args, options, &interrupted);
     }
+    let args = &*with_plan(args)?;
     let (change, signals, affected) = plan(args)?;
     let old = old_value(&change)?;
 
     let (mut collector, before, previous) = measure_before(args, options, &interrupted)?;
 
     let (knob_name, new) = apply(&change, &old)?;
-    let at = unix_now();
-    let affected_workloads = affected.workloads_in(&previous);
+    let (at, affected_workloads) = (unix_now(), affected.workloads_in(&previous));
     eprintln!(
         "measuring {} after the change",
         humantime::format_duration(args.after)
@@ -199,6 +229,7 @@ pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         verify::listeners_by_netns(Path::new("/proc")),
     );
     verify::explain_new_sockets(&knob_name, &mut verdicts);
+    verify::register_predictions(&mut verdicts, &args.expectations);
     if args.revert {
         revert(&change, &old)?;
     }
@@ -352,7 +383,8 @@ fn watch(args: &Args, options: &LoadOptions, interrupted: &AtomicBool) -> anyhow
         after: args.after,
         interval: args.interval,
     })
-    .judging(args.signals.clone());
+    .judging(args.signals.clone())
+    .expecting(args.expectations.clone());
     eprintln!(
         "ready: watching every knob of `tuneprobe tuning`; verdicts after {} of samples",
         humantime::format_duration(args.after)
@@ -436,10 +468,10 @@ fn plan(args: &Args) -> anyhow::Result<(Change, Vec<Measure>, Affected)> {
         ),
         (None, None) => bail!("say what to change: --apply KNOB=VALUE, --exec CMD or --watch"),
     };
-    let signals = if args.signals.is_empty() {
+    let mut signals = if args.signals.is_empty() {
         let name = name.unwrap_or_default();
         let signals = tuning::measures_for(name);
-        if signals.is_empty() {
+        if signals.is_empty() && args.expectations.is_empty() {
             let why = tuning::knob_named(name).map_or_else(
                 || "it is not a knob of tuneprobe's table".to_string(),
                 |k| k.why.split_whitespace().collect::<Vec<_>>().join(" "),
@@ -457,8 +489,47 @@ fn plan(args: &Args) -> anyhow::Result<(Change, Vec<Measure>, Affected)> {
     } else {
         args.signals.clone()
     };
+    // A predicted measure is judged, whether or not it is one of the knob's own.
+    for (i, e) in args.expectations.iter().enumerate() {
+        ensure!(
+            args.expectations[..i]
+                .iter()
+                .all(|o| o.measure != e.measure),
+            "--expect predicts {} twice",
+            e.measure.name()
+        );
+        if !signals.contains(&e.measure) {
+            signals.push(e.measure);
+        }
+    }
     let (_, affected) = target(args, name.unwrap_or(""))?;
     Ok((change, signals, affected))
+}
+
+/// `--plan FILE`: the arguments its advice stands for (`--apply`, the target option,
+/// `--expect`), said on stderr before anything is measured; without it, `args` as given.
+fn with_plan(args: &Args) -> anyhow::Result<std::borrow::Cow<'_, Args>> {
+    let Some(file) = &args.plan else {
+        return Ok(std::borrow::Cow::Borrowed(args));
+    };
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the plan from stdin")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let plan = Plan::parse(&text).with_context(|| format!("--plan {}", file.display()))?;
+    eprintln!("plan: {plan}");
+    let mut planned = args.clone();
+    planned.apply = Some(format!("{}={}", plan.knob, plan.value));
+    planned.expectations = vec![plan.expectation];
+    match plan.target {
+        None => {}
+        Some(PlanTarget::Pod(uid)) => planned.pod = Some(uid),
+        Some(PlanTarget::Netns(netns)) => planned.netns = Some(netns),
+        Some(PlanTarget::Cgroup(dir)) => planned.cgroup = Some(dir.into()),
+        Some(PlanTarget::Device(device)) => planned.device = Some(device),
+    }
+    Ok(std::borrow::Cow::Owned(planned))
 }
 
 /// The pod's cgroup path (relative, `/kubepods/.../pod<uid>`) in a hierarchy.
@@ -703,19 +774,55 @@ fn text(report: &ChangeReport, reverted: bool) -> String {
             ),
             v.comparison.p_value,
             load,
-            serde_name(&v.comparison.verdict)
+            verdict_cell(v)
         );
     }
-    for v in &report.verdicts {
+    details(&mut out, &report.verdicts);
+    out
+}
+
+/// A verdict with its role: `improved [as predicted]`, `no significant change
+/// [exploratory]`, or the verdict alone when nothing was predicted.
+fn verdict_cell(v: &WorkloadVerdict) -> String {
+    let verdict = serde_name(&v.comparison.verdict);
+    match (&v.prediction, v.exploratory) {
+        (Some(p), _) => format!("{verdict} [{}]", serde_name(&p.outcome)),
+        (None, true) => format!("{verdict} [exploratory]"),
+        (None, false) => verdict,
+    }
+}
+
+/// `prediction: listen_overflow_ratio lower by >= 50%: as predicted (effect -0.19, 95%
+/// CI [-0.21, -0.17], one-sided p 0.001)`.
+fn prediction_line(v: &WorkloadVerdict) -> Option<String> {
+    let p = v.prediction.as_ref()?;
+    let c = &v.comparison;
+    Some(format!(
+        "prediction: {}: {} (effect {:.4}, 95% CI [{:.4}, {:.4}], one-sided p {:.4})",
+        p.claim(v.signal),
+        serde_name(&p.outcome),
+        c.effect,
+        c.ci95[0],
+        c.ci95[1],
+        p.p_value
+    ))
+}
+
+/// Per verdict: its picture, prediction, notes and listeners.
+fn details(out: &mut String, verdicts: &[WorkloadVerdict]) {
+    for v in verdicts {
         let per = v.load.map_or_else(String::new, |l| format!(" (per {l})"));
         let _ = writeln!(
             out,
             "\n{} — {}{per}: {}",
             workload_name(v),
             v.signal.name(),
-            serde_name(&v.comparison.verdict)
+            verdict_cell(v)
         );
         out.push_str(&plot::terminal(v, 50));
+        if let Some(line) = prediction_line(v) {
+            let _ = writeln!(out, "  {line}");
+        }
         for note in &v.notes {
             let _ = writeln!(out, "  note: {note}");
         }
@@ -727,5 +834,148 @@ fn text(report: &ChangeReport, reverted: bool) -> String {
             );
         }
     }
-    out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Parser as _, error::ErrorKind};
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        let all = ["tuneprobe", "verify"].iter().chain(args);
+        match Cli::try_parse_from(all)?.command {
+            Command::Verify(args) => Ok(args),
+            _ => unreachable!("verify parses as verify"),
+        }
+    }
+
+    fn refused(args: &[&str]) -> (ErrorKind, String) {
+        let err = parse(args).expect_err("refused");
+        (err.kind(), err.to_string())
+    }
+
+    #[test]
+    fn expect_is_repeatable_and_counts_as_a_signal_for_exec() {
+        let args = parse(&[
+            "--apply",
+            "net.core.somaxconn=1024",
+            "--expect",
+            "listen_overflow_ratio:lower:50%",
+            "--expect",
+            "srtt_ms:higher",
+        ])
+        .unwrap();
+        let names: Vec<String> = args.expectations.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            names,
+            [
+                "listen_overflow_ratio lower by >= 50%",
+                "srtt_ms higher by >= 10%"
+            ]
+        );
+        // The knob's own measure first, then the predicted one it lacks.
+        let (_, signals, _) = plan(&args).unwrap();
+        assert_eq!(signals, [Measure::ListenOverflowRatio, Measure::SrttMs]);
+
+        let exec = parse(&["--exec", "true", "--expect", "retransmit_ratio:lower"]).unwrap();
+        assert_eq!(plan(&exec).unwrap().1, [Measure::RetransmitRatio]);
+        let (kind, _) = refused(&["--exec", "true"]);
+        assert_eq!(kind, ErrorKind::MissingRequiredArgument);
+        // A knob judged on nothing is judged on what is predicted of it.
+        let wmem = parse(&[
+            "--apply",
+            "net.ipv4.tcp_wmem=4096 16384 4194304",
+            "--expect",
+            "retransmit_ratio:lower",
+        ])
+        .unwrap();
+        assert_eq!(plan(&wmem).unwrap().1, [Measure::RetransmitRatio]);
+        let twice = parse(&[
+            "--apply",
+            "net.core.somaxconn=1024",
+            "--expect",
+            "srtt_ms:lower",
+            "--expect",
+            "srtt_ms:higher",
+        ])
+        .unwrap();
+        let err = plan(&twice).err().expect("refused");
+        assert_eq!(err.to_string(), "--expect predicts srtt_ms twice");
+    }
+
+    #[test]
+    fn a_bad_expect_says_what_is_wrong() {
+        for (expect, says) in [
+            ("overflows:lower", "unknown measure \"overflows\"; one of "),
+            (
+                "listen_overflow_ratio:sideways",
+                "unknown direction \"sideways\"",
+            ),
+            (
+                "listen_overflow_ratio:lower:half",
+                "minimum effect \"half\"",
+            ),
+            (
+                "listen_overflow_ratio",
+                "expected MEASURE:lower|higher[:MIN_EFFECT]",
+            ),
+        ] {
+            let (kind, message) = refused(&["--apply", "a=1", "--expect", expect]);
+            assert_eq!(kind, ErrorKind::ValueValidation, "{message}");
+            assert!(message.contains(says), "{expect}: {message}");
+        }
+    }
+
+    #[test]
+    fn plan_stands_for_apply_target_and_expect() {
+        let file = std::env::temp_dir().join(format!("tuneprobe-plan-{}.json", std::process::id()));
+        std::fs::write(
+            &file,
+            r#"{"advice": [{"knob": "net.core.somaxconn", "scope": "netns",
+                "target": {"option": "--netns", "value": "shop"}, "recommended": "65535",
+                "prediction": {"measure": "listen_overflow_ratio", "direction": "lower",
+                               "min_effect": 0.5}}]}"#,
+        )
+        .unwrap();
+        let path = file.display().to_string();
+        let args = parse(&["--plan", &path]).unwrap();
+        let planned = with_plan(&args);
+        std::fs::remove_file(&file).unwrap();
+        let planned = planned.unwrap();
+        assert_eq!(planned.apply.as_deref(), Some("net.core.somaxconn=65535"));
+        assert_eq!(planned.netns.as_deref(), Some("shop"));
+        assert!(planned.pod.is_none() && planned.cgroup.is_none() && planned.device.is_none());
+        assert_eq!(
+            planned.expectations[0].to_string(),
+            "listen_overflow_ratio lower by >= 50%"
+        );
+        // Without --plan, the arguments as given.
+        let plain = parse(&["--apply", "a=1"]).unwrap();
+        assert!(matches!(
+            with_plan(&plain).unwrap(),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        for other in [
+            &["--apply", "a=1"][..],
+            &["--exec", "true"],
+            &["--watch"],
+            &["--expect", "srtt_ms:lower"],
+            &["--pod", "uid"],
+            &["--netns", "shop"],
+            &["--cgroup", "/sys/fs/cgroup/x"],
+            &["--device", "sda"],
+        ] {
+            let mut args = vec!["--plan", "advice.json"];
+            args.extend_from_slice(other);
+            assert_eq!(refused(&args).0, ErrorKind::ArgumentConflict, "{other:?}");
+        }
+        let missing = parse(&["--plan", "/nonexistent/advice.json"]).unwrap();
+        let err = with_plan(&missing).expect_err("refused");
+        assert!(
+            format!("{err:#}").starts_with("reading /nonexistent/advice.json: "),
+            "{err:#}"
+        );
+    }
 }

@@ -10,7 +10,10 @@ use crate::{
     report::{Snapshot, Workload},
     signals::measure::Measure,
     tuning,
-    verify::stats::{self, Comparison, Verdict},
+    verify::{
+        predict::Prediction,
+        stats::{self, Comparison, Verdict},
+    },
     workloads::{attribution::is_within, identity::Identity},
 };
 
@@ -190,6 +193,11 @@ pub(crate) struct WorkloadVerdict {
     pub after: Option<f64>,
     #[serde(flatten)]
     pub comparison: Comparison,
+    /// The prediction made for this measure (`--expect`) and how it came out, or `None`.
+    pub prediction: Option<Prediction>,
+    /// Predictions were made for the change and this verdict is none of them: secondary,
+    /// exploratory.
+    pub exploratory: bool,
     /// After's mean load over before's (periods, attempts, segments, requests per
     /// interval); far from 1 means the load itself changed, the main confounder.
     pub load_change: Option<f64>,
@@ -278,6 +286,8 @@ pub(crate) fn judge(
             before: median(&values_before),
             after: median(&values_after),
             comparison,
+            prediction: None,
+            exploratory: false,
             load_change,
             load_changed,
             notes,

@@ -10,6 +10,8 @@
 //! - [`judge`]: per-interval samples, and before against after;
 //! - [`listen`]: knobs applied at `listen()`, and listeners that still need a restart;
 //! - [`watch`]: every change noticed as it happens, each judged in turn;
+//! - [`predict`]: pre-registered predictions, judged one-sided;
+//! - [`plan`]: one advice of `tuneprobe advise` as a change and its prediction;
 //! - [`stats`]: the rank tests and the effect's interval;
 //! - [`ab`]: two groups of pods side by side with different values (`verify --ab`).
 
@@ -19,6 +21,8 @@ mod knob;
 mod listen;
 #[cfg(test)]
 mod matrix;
+mod plan;
+mod predict;
 pub(crate) mod stats;
 mod watch;
 
@@ -29,6 +33,8 @@ pub(crate) use self::{
     judge::{Affected, Samples, WorkloadVerdict, judge, report_notes},
     knob::{KnobAt, Target},
     listen::{explain_listen_backlogs, explain_new_sockets, listeners_by_netns},
+    plan::{Plan, PlanTarget},
+    predict::{Expectation, register_predictions},
     watch::{ChangeRecord, ChangeReport, Watcher, Windows},
 };
 
@@ -37,9 +43,11 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use serde_json::Value;
+
     use crate::{
         kernel::sockdiag::Listener, report::Snapshot, signals::measure::Measure, tuning,
-        verify::stats::Verdict,
+        verify::predict::Outcome, verify::stats::Verdict,
     };
 
     fn snapshot(periods: u64, throttled: u64) -> Snapshot {
@@ -78,6 +86,8 @@ mod tests {
             before: None,
             after: None,
             comparison: stats::compare(before, after, true),
+            prediction: None,
+            exploratory: false,
             load_change: None,
             load_changed: false,
             notes: vec![],
@@ -284,6 +294,161 @@ mod tests {
         assert_eq!(v.load_change, Some(0.5));
         assert!(v.load_changed, "{v:?}");
         assert!(v.notes[0].contains("x0.50"), "{:?}", v.notes);
+    }
+
+    #[test]
+    fn a_prediction_is_judged_one_sided_and_the_other_verdicts_are_exploratory() {
+        let (before, after, last) = throttling_then_none();
+        let verdicts = || {
+            judge(
+                &before,
+                &after,
+                tuning::measures_for("cpu.max"),
+                &Affected::Node,
+                &last,
+            )
+        };
+        let expect = |text| vec![Expectation::parse(text).unwrap()];
+        let mut predicted = verdicts();
+        register_predictions(&mut predicted, &expect("cpu_throttled_ratio:lower:50%"));
+        let [ratio, time] = &predicted[..] else {
+            panic!("{predicted:?}")
+        };
+        assert_eq!(ratio.signal, Measure::CpuThrottledRatio);
+        let p = ratio.prediction.expect("a prediction");
+        assert_eq!(p.outcome, Outcome::AsPredicted, "{p:?}");
+        // 0.9 to 0 in 10 samples each: the one-sided p is half the two-sided one.
+        assert!((p.p_value - ratio.comparison.p_value / 2.0).abs() < 1e-12);
+        assert!(!ratio.exploratory);
+        assert!(time.prediction.is_none() && time.exploratory, "{time:?}");
+        // The wrong way round: the opposite.
+        let mut wrong = verdicts();
+        register_predictions(&mut wrong, &expect("cpu_throttled_ratio:higher"));
+        assert_eq!(wrong[0].prediction.unwrap().outcome, Outcome::Opposite);
+        // Nothing predicted: nothing secondary.
+        let mut plain = verdicts();
+        register_predictions(&mut plain, &[]);
+        assert!(
+            plain
+                .iter()
+                .all(|v| v.prediction.is_none() && !v.exploratory)
+        );
+        let json = serde_json::to_value(&predicted[0]).unwrap();
+        assert_eq!(json["prediction"]["outcome"], "as predicted");
+        assert_eq!(json["prediction"]["min_effect"], 0.5);
+        assert_eq!(json["exploratory"], false);
+        assert_eq!(json["verdict"], "improved", "the verdict stays");
+        assert_eq!(
+            serde_json::to_value(&plain[0]).unwrap()["prediction"],
+            Value::Null
+        );
+    }
+
+    /// A watcher's reports for a quota raised at i = 11, throttled 9 of 10 periods before.
+    fn watch_quota_raise(watcher: &mut Watcher) -> Vec<ChangeReport> {
+        let inventory = |quota: &str| tuning::Inventory {
+            cgroups: vec![tuning::CgroupSettings {
+                cgroup_path: "/pod/c".into(),
+                settings: vec![tuning::Setting {
+                    knob: "cpu.max".into(),
+                    value: format!("{quota} 100000"),
+                    recommended: None,
+                    deviates: None,
+                    signal: String::new(),
+                }],
+            }],
+            ..tuning::Inventory::default()
+        };
+        let mut reports = Vec::new();
+        for i in 0..=21u64 {
+            let throttled = if i <= 10 { 9 * i } else { 90 };
+            let quota = if i <= 10 { "20000" } else { "100000" };
+            reports.extend(watcher.observe(
+                snapshot(10 * i, throttled),
+                inventory(quota),
+                i as f64,
+            ));
+        }
+        reports
+    }
+
+    #[test]
+    fn a_watcher_judges_predictions_on_the_changes_they_belong_to() {
+        let windows = Windows {
+            before: Duration::from_secs(10),
+            after: Duration::from_secs(10),
+            interval: Duration::from_secs(1),
+        };
+        let expected = vec![
+            Expectation::parse("cpu_throttled_ratio:lower:50%").unwrap(),
+            Expectation::parse("listen_overflow_ratio:lower").unwrap(),
+        ];
+        let mut watcher = Watcher::new(windows).expecting(expected.clone());
+        let reports = watch_quota_raise(&mut watcher);
+        let last = reports.last().expect("a report");
+        assert!(last.is_final);
+        // A quota cannot move listen overflows: not judged, not predicted here.
+        assert_eq!(last.signals, tuning::measures_for("cpu.max"));
+        let outcomes: Vec<(Measure, Option<Outcome>, bool)> = last
+            .verdicts
+            .iter()
+            .map(|v| (v.signal, v.prediction.map(|p| p.outcome), v.exploratory))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                (
+                    Measure::CpuThrottledRatio,
+                    Some(Outcome::AsPredicted),
+                    false
+                ),
+                (Measure::CpuThrottledMsPerPeriod, None, true)
+            ]
+        );
+        let mut f = crate::output::families::Families::default();
+        watcher.metrics(&mut f);
+        let families = f.encode();
+        let prediction = families
+            .iter()
+            .find(|f| f.name() == "tuneprobe_tuning_prediction")
+            .expect("the prediction's gauge");
+        let [series] = prediction.get_metric() else {
+            panic!("one predicted verdict: {prediction:?}")
+        };
+        let label = |name: &str| {
+            series
+                .get_label()
+                .iter()
+                .find(|l| l.name() == name)
+                .map(|l| l.value().to_string())
+        };
+        assert_eq!(label("outcome").as_deref(), Some("as predicted"));
+        assert_eq!(label("direction").as_deref(), Some("lower"));
+        assert_eq!(label("signal").as_deref(), Some("cpu_throttled_ratio"));
+        assert_eq!(label("verdict"), None);
+
+        // With --signal, every change is judged on the predicted measures as well.
+        let mut watcher = Watcher::new(windows)
+            .judging(vec![Measure::CpuThrottledMsPerPeriod])
+            .expecting(expected);
+        let last = watch_quota_raise(&mut watcher).pop().expect("a report");
+        assert_eq!(
+            last.signals,
+            [
+                Measure::CpuThrottledMsPerPeriod,
+                Measure::CpuThrottledRatio,
+                Measure::ListenOverflowRatio
+            ]
+        );
+        let ratio = last
+            .verdicts
+            .iter()
+            .find(|v| v.signal == Measure::CpuThrottledRatio)
+            .expect("the predicted measure is judged");
+        assert_eq!(
+            ratio.prediction.map(|p| p.outcome),
+            Some(Outcome::AsPredicted)
+        );
     }
 
     #[test]

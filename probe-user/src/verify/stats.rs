@@ -9,7 +9,8 @@ use serde::Serialize;
 
 /// Fewer samples than this on either side: no verdict.
 pub(crate) const MIN_SAMPLES: usize = 5;
-/// Two-sided significance level.
+/// Significance level, of the two-sided test of a verdict and of the one-sided test of a
+/// prediction alike.
 pub(crate) const ALPHA: f64 = 0.05;
 
 /// A load ratio (after over before) outside these bounds is a load change, the main
@@ -173,38 +174,69 @@ pub(crate) fn median(values: &[f64]) -> f64 {
 /// Two-sided p-value of the Mann-Whitney U test (normal approximation with tie
 /// correction and continuity correction).
 pub(crate) fn mann_whitney_p(x: &[f64], y: &[f64]) -> f64 {
-    let (n1, n2) = (x.len() as f64, y.len() as f64);
-    let n = n1 + n2;
-    let mut all: Vec<(f64, bool)> = x
-        .iter()
-        .map(|&v| (v, true))
-        .chain(y.iter().map(|&v| (v, false)))
-        .collect();
-    all.sort_by(|a, b| a.0.total_cmp(&b.0));
-    // Average ranks over ties; sum of t^3 - t for the variance correction.
-    let mut rank_sum_x = 0.0;
-    let mut ties = 0.0;
-    let mut i = 0;
-    while i < all.len() {
-        let mut j = i;
-        while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
-            j += 1;
-        }
-        let rank = (i + j) as f64 / 2.0 + 1.0;
-        let t = (j - i + 1) as f64;
-        ties += t * t * t - t;
-        rank_sum_x += all[i..=j].iter().filter(|(_, from_x)| *from_x).count() as f64 * rank;
-        i = j + 1;
-    }
-    let u = rank_sum_x - n1 * (n1 + 1.0) / 2.0;
-    let mean = n1 * n2 / 2.0;
-    let variance = n1 * n2 / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0)));
-    if variance <= 0.0 {
+    let Some(u) = RankSum::of(x, y) else {
         return 1.0;
-    }
-    let distance = ((u - mean).abs() - 0.5).max(0.0);
-    let z = distance / variance.sqrt();
+    };
+    let z = ((u.u - u.mean).abs() - 0.5).max(0.0) / u.variance.sqrt();
     (2.0 * (1.0 - normal_cdf(z))).clamp(0.0, 1.0)
+}
+
+/// One-sided p-value of the Mann-Whitney U test that `y` lies below `x` (`y_lower`) or
+/// above it, from the same normal approximation with the continuity correction toward
+/// the null (as R's `wilcox.test(x, y, alternative = "greater" | "less", exact = FALSE)`):
+/// half the two-sided p when the samples lean the tested way, above one half when they
+/// lean the other.
+pub(crate) fn mann_whitney_one_sided_p(x: &[f64], y: &[f64], y_lower: bool) -> f64 {
+    let Some(u) = RankSum::of(x, y) else {
+        return 1.0;
+    };
+    // U counts the pairs in which x is the larger: large when y lies below x.
+    let lean = if y_lower { u.u - u.mean } else { u.mean - u.u };
+    let z = (lean - 0.5) / u.variance.sqrt();
+    (1.0 - normal_cdf(z)).clamp(0.0, 1.0)
+}
+
+/// The Mann-Whitney U statistic of `x` against `y`, with its mean and tie-corrected
+/// variance under the null.
+struct RankSum {
+    u: f64,
+    mean: f64,
+    variance: f64,
+}
+
+impl RankSum {
+    /// `None` when the variance is zero (every value tied): no evidence either way.
+    fn of(x: &[f64], y: &[f64]) -> Option<Self> {
+        let (n1, n2) = (x.len() as f64, y.len() as f64);
+        let n = n1 + n2;
+        let mut all: Vec<(f64, bool)> = x
+            .iter()
+            .map(|&v| (v, true))
+            .chain(y.iter().map(|&v| (v, false)))
+            .collect();
+        all.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // Average ranks over ties; sum of t^3 - t for the variance correction.
+        let mut rank_sum_x = 0.0;
+        let mut ties = 0.0;
+        let mut i = 0;
+        while i < all.len() {
+            let mut j = i;
+            while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
+                j += 1;
+            }
+            let rank = (i + j) as f64 / 2.0 + 1.0;
+            let t = (j - i + 1) as f64;
+            ties += t * t * t - t;
+            rank_sum_x += all[i..=j].iter().filter(|(_, from_x)| *from_x).count() as f64 * rank;
+            i = j + 1;
+        }
+        let variance = n1 * n2 / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0)));
+        (variance > 0.0).then(|| Self {
+            u: rank_sum_x - n1 * (n1 + 1.0) / 2.0,
+            mean: n1 * n2 / 2.0,
+            variance,
+        })
+    }
 }
 
 /// Hodges-Lehmann estimate of `y - x` (the median of all pairwise differences) and its

@@ -13,6 +13,7 @@ use crate::{
 use super::{
     judge::{Affected, Samples, WorkloadVerdict, interval_samples, judge, report_notes},
     listen::{explain_listen_backlogs, explain_new_sockets, listeners_by_netns},
+    predict::{Expectation, register_predictions},
 };
 
 /// A change as it is reported: what, where, when.
@@ -69,6 +70,8 @@ impl Windows {
 struct Pending {
     change: ChangeRecord,
     signals: Vec<Measure>,
+    /// The predictions that apply to this change.
+    expected: Vec<Expectation>,
     affected: Affected,
     before: Samples,
     after: Samples,
@@ -86,6 +89,9 @@ pub(crate) struct Watcher {
     pending: Vec<Pending>,
     /// Judge every change on these instead of its knob's own signals.
     signals: Option<Vec<Measure>>,
+    /// Predictions, judged on each change whose measures include theirs (with
+    /// `signals`: on every change).
+    expected: Vec<Expectation>,
     /// Changes seen, by (knob, scope kind).
     pub changes_total: BTreeMap<(String, String), u64>,
     /// The latest report of each recent change (interim or final), newest last.
@@ -103,6 +109,7 @@ impl Watcher {
             previous: None,
             pending: Vec::new(),
             signals: None,
+            expected: Vec::new(),
             changes_total: BTreeMap::new(),
             recent: Vec::new(),
         }
@@ -112,6 +119,16 @@ impl Watcher {
     /// effect shows in a signal the table does not name, or a controlled experiment).
     pub(crate) fn judging(mut self, signals: Vec<Measure>) -> Self {
         self.signals = (!signals.is_empty()).then_some(signals);
+        self
+    }
+
+    /// Judges `expected` as predictions: on every change of a knob whose own measures
+    /// include the predicted one, and with [`Self::judging`] on every change (the
+    /// predicted measures are then judged beside those signals). A prediction is about
+    /// the changes it was made for: a watcher sees changes of every knob, and one that
+    /// cannot move a measure is not tested on it.
+    pub(crate) fn expecting(mut self, expected: Vec<Expectation>) -> Self {
+        self.expected = expected;
         self
     }
 
@@ -187,10 +204,7 @@ impl Watcher {
                 .changes_total
                 .entry((change.knob.clone(), scope_kind))
                 .or_default() += 1;
-            let signals = self
-                .signals
-                .clone()
-                .unwrap_or_else(|| tuning::measures_for(&change.knob).to_vec());
+            let (signals, expected) = self.judged_for(&change.knob);
             let affected = Affected::of_change(&change);
             let record = ChangeRecord {
                 knob: change.knob,
@@ -217,6 +231,7 @@ impl Watcher {
             self.pending.push(Pending {
                 change: record,
                 signals,
+                expected,
                 affected,
                 before: self.history.clone(),
                 after: Samples::default(),
@@ -224,6 +239,22 @@ impl Watcher {
             });
         }
         reports
+    }
+
+    /// The measures a change of `knob` is judged on, and the predictions among them.
+    fn judged_for(&self, knob: &str) -> (Vec<Measure>, Vec<Expectation>) {
+        let Some(signals) = &self.signals else {
+            let own = tuning::measures_for(knob);
+            let expected = self.expected.iter().filter(|e| own.contains(&e.measure));
+            return (own.to_vec(), expected.copied().collect());
+        };
+        let mut signals = signals.clone();
+        for e in &self.expected {
+            if !signals.contains(&e.measure) {
+                signals.push(e.measure);
+            }
+        }
+        (signals, self.expected.clone())
     }
 
     fn remember(&mut self, report: &ChangeReport) {
@@ -258,6 +289,7 @@ fn judge_pending(pending: &Pending, last: &Snapshot, is_final: bool) -> ChangeRe
         );
     }
     explain_new_sockets(&change.knob, &mut verdicts);
+    register_predictions(&mut verdicts, &pending.expected);
     let notes = report_notes(&verdicts);
     ChangeReport {
         change: change.clone(),
@@ -302,6 +334,20 @@ impl Watcher {
                 ("verdict", serde_name(&v.comparison.verdict)),
                 ("final", report.is_final.to_string()),
             ]);
+            if let Some(p) = &v.prediction {
+                let mut labels = labels.clone();
+                labels.retain(|(name, _)| *name != "verdict");
+                labels.extend([
+                    ("direction", serde_name(&p.direction)),
+                    ("outcome", serde_name(&p.outcome)),
+                ]);
+                f.gauge(
+                    "tuneprobe_tuning_prediction",
+                    "1 for the outcome of a prediction (serve --expect) on a recent tuning change, per affected workload and signal.",
+                    labels,
+                    1.0,
+                );
+            }
             f.gauge(
                 "tuneprobe_tuning_verdict",
                 "1 for the latest verdict on a recent tuning change, per affected workload and signal.",

@@ -285,6 +285,8 @@ mod tests {
             before: None,
             after: None,
             comparison: stats::compare(&before, &after, true),
+            prediction: None,
+            exploratory: false,
             load_change: None,
             load_changed: false,
             notes: vec![],
