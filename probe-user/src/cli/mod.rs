@@ -152,7 +152,8 @@ enum Command {
     Advise(advise::Args),
     Serve(serve::Args),
     Tuning(tuning::Args),
-    Verify(verify::Args),
+    // Boxed: the largest by far (the A/B and prediction options).
+    Verify(Box<verify::Args>),
     Trace(trace::Args),
     Top(top::Args),
     Check(check::Args),

@@ -184,14 +184,7 @@ pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         bail!("--interval must be longer than zero");
     }
     if args.ab.ab {
-        let shared = super::verify_ab::Shared {
-            signals: &args.signals,
-            duration: args.duration,
-            interval: args.interval,
-            json: args.json,
-            collector: &args.collector,
-        };
-        return super::verify_ab::run(&args.ab, &shared, options);
+        return ab(args, options);
     }
     let interrupted = interrupt_flag()?;
     if args.watch {
@@ -259,6 +252,18 @@ pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         verdicts,
     };
     print_report(args, report)
+}
+
+/// `--ab`: the options it shares with the rest of `verify`, handed to its own module.
+fn ab(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
+    let shared = super::verify_ab::Shared {
+        signals: &args.signals,
+        duration: args.duration,
+        interval: args.interval,
+        json: args.json,
+        collector: &args.collector,
+    };
+    super::verify_ab::run(&args.ab, &shared, options)
 }
 
 /// Set by SIGINT or SIGTERM, which end the windows early; a changed knob still goes
@@ -846,7 +851,7 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Args, clap::Error> {
         let all = ["tuneprobe", "verify"].iter().chain(args);
         match Cli::try_parse_from(all)?.command {
-            Command::Verify(args) => Ok(args),
+            Command::Verify(args) => Ok(*args),
             _ => unreachable!("verify parses as verify"),
         }
     }

@@ -26,7 +26,7 @@ use crate::{
 /// `--for`'s default with `--ab`.
 const DEFAULT_LENGTH: Duration = Duration::from_secs(60);
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub(super) struct AbArgs {
     /// Judge two groups of pods running side by side with different values of a knob
     /// (--treated against --control), interval by interval, for --for (default 60s):
