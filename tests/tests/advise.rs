@@ -42,6 +42,58 @@ fn advice_for(report: &Value, is_it: impl Fn(&Value) -> bool) -> Vec<&Value> {
         .collect()
 }
 
+/// Applies an advice as `verify --plan` does (with `--revert`), over 4-second windows,
+/// and returns the verdicts on the advice's predicted measure for `path`'s workload.
+fn prove(advice: &Value, path: &str) -> Value {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(tuneprobe_tests::tuneprobe_binary())
+        .args([
+            "verify",
+            "--plan",
+            "-",
+            "--revert",
+            "--json",
+            "--kube-api",
+            "none",
+        ])
+        .args(["--before", "4s", "--after", "4s", "--interval", "500ms"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(advice.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let measure = &advice["prediction"]["measure"];
+    report["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["cgroup_path"] == path && v["signal"] == *measure)
+        .unwrap_or_else(|| panic!("no {measure} verdict for {path}: {report:#}"))
+        .clone()
+}
+
+/// The prediction held, as written.
+fn assert_as_predicted(verdict: &Value) {
+    assert_eq!(
+        verdict["prediction"]["outcome"], "as predicted",
+        "{verdict:#}"
+    );
+    assert_eq!(verdict["exploratory"], false, "{verdict:#}");
+}
+
 fn knobs(advice: &[&Value]) -> BTreeSet<String> {
     advice
         .iter()
@@ -114,12 +166,25 @@ fn listen_overflows_call_for_somaxconn_for_that_pod_only() {
         advice_for(&report, in_cgroup(&idle_path)).is_empty(),
         "{report:#}"
     );
+    // The listener listens again every 200 ms: the new limit applies, as predicted.
+    let listener_path = a["workloads"][0]["cgroup_path"].as_str().unwrap();
+    assert_as_predicted(&prove(a, listener_path));
+    let somaxconn = pair.exec(&pair.b, &["cat", "/proc/sys/net/core/somaxconn"]);
+    assert_eq!(somaxconn.trim(), "8", "--revert");
 }
 
-/// A pod connecting every 20 ms through a 10-port local range, `mode` one of
+/// A pod connecting every 20 ms through a 10-port local range, with `mode` one of
 /// `tcp-hold-loop` (each connection kept open) and `tcp-connect-loop` (each closed at
-/// once, its port then held in TIME_WAIT).
-fn exhausting_pod(mode: &str) -> (Value, String, String, PodCgroup, NetnsPair) {
+/// once, its port then held in TIME_WAIT), and an idle pod beside it. Everything runs
+/// until dropped.
+struct Exhausting {
+    report: Value,
+    client: String,
+    idle: String,
+    _lab: (NetnsPair, PodCgroup, PodCgroup, [Workload; 3]),
+}
+
+fn exhausting_pod(mode: &str) -> Exhausting {
     let pair = NetnsPair::new();
     let mut pod = PodCgroup::new();
     let client = pod.container();
@@ -129,17 +194,23 @@ fn exhausting_pod(mode: &str) -> (Value, String, String, PodCgroup, NetnsPair) {
     );
     let mut sink = Workload::spawn(&pair.b, None, &["tcp-sink", "10.200.0.2:7200"]);
     assert_eq!(sink.read_line(), "ready");
-    let _connects = Workload::spawn(&pair.a, Some(&client), &[mode, "10.200.0.2:7200", "20"]);
-    let (_idle_pod, _idle, idle_path) = idle_pod(&pair.b);
+    let connects = Workload::spawn(&pair.a, Some(&client), &[mode, "10.200.0.2:7200", "20"]);
+    let (idle_pod, idle, idle_path) = idle_pod(&pair.b);
     std::thread::sleep(std::time::Duration::from_millis(500));
-    (advise(), client.path, idle_path, pod, pair)
+    Exhausting {
+        report: advise(),
+        client: client.path,
+        idle: idle_path,
+        _lab: (pair, pod, idle_pod, [sink, connects, idle]),
+    }
 }
 
 #[test]
 fn connects_failing_for_lack_of_a_port_call_for_a_wider_range() {
     let _one = one_at_a_time();
-    let (report, client, idle, _pod, _pair) = exhausting_pod("tcp-hold-loop");
-    let sick = advice_for(&report, in_cgroup(&client));
+    let lab = exhausting_pod("tcp-hold-loop");
+    let (report, client, idle) = (&lab.report, &lab.client, &lab.idle);
+    let sick = advice_for(report, in_cgroup(client));
     assert_eq!(
         knobs(&sick),
         BTreeSet::from(["net.ipv4.ip_local_port_range".to_string()]),
@@ -151,17 +222,16 @@ fn connects_failing_for_lack_of_a_port_call_for_a_wider_range() {
     let detail = a["evidence"]["detail"].as_str().unwrap();
     assert!(detail.contains("found no free local port"), "{a:#}");
     assert!(a["evidence"]["value"].as_f64().unwrap() > 0.8, "{a:#}");
-    assert!(
-        advice_for(&report, in_cgroup(&idle)).is_empty(),
-        "{report:#}"
-    );
+    assert!(advice_for(report, in_cgroup(idle)).is_empty(), "{report:#}");
+    assert_as_predicted(&prove(a, client));
 }
 
 #[test]
 fn ports_held_in_time_wait_also_call_for_reuse_and_a_shorter_fin_timeout() {
     let _one = one_at_a_time();
-    let (report, client, idle, _pod, _pair) = exhausting_pod("tcp-connect-loop");
-    let sick = advice_for(&report, in_cgroup(&client));
+    let lab = exhausting_pod("tcp-connect-loop");
+    let (report, client, idle) = (&lab.report, &lab.client, &lab.idle);
+    let sick = advice_for(report, in_cgroup(client));
     assert_eq!(
         knobs(&sick),
         BTreeSet::from([
@@ -182,10 +252,7 @@ fn ports_held_in_time_wait_also_call_for_reuse_and_a_shorter_fin_timeout() {
             .contains("TIME_WAIT"),
         "{reuse:#}"
     );
-    assert!(
-        advice_for(&report, in_cgroup(&idle)).is_empty(),
-        "{report:#}"
-    );
+    assert!(advice_for(report, in_cgroup(idle)).is_empty(), "{report:#}");
 }
 
 #[test]
@@ -226,6 +293,9 @@ fn a_tight_quota_calls_for_a_limit_sized_from_demand() {
         advice_for(&report, in_cgroup(&idle.path)).is_empty(),
         "{report:#}"
     );
+    assert_as_predicted(&prove(a, &app.path));
+    let quota = fs::read_to_string(app.cpu_dir().join("cpu.cfs_quota_us")).unwrap();
+    assert_eq!(quota.trim(), "20000", "--revert");
 }
 
 /// With only the idle and healthy workloads the suite leaves running, no advice at all.
