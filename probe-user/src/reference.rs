@@ -187,7 +187,14 @@ fn exported_families() -> Vec<MetricFamily> {
         watcher.observe(throttled(10 * i, count), inventory(quota), i as f64);
     }
     assert!(!watcher.recent.is_empty(), "the watcher judged the change");
-    Exporter::new(100, &[]).families(&sample(), Some(&inventory("100000")), Some(&watcher), 0.01)
+    let adviser = crate::advise::tests::sample_adviser();
+    Exporter::new(100, &[]).families(
+        &sample(),
+        Some(&inventory("100000")),
+        Some(&watcher),
+        Some(&adviser),
+        0.01,
+    )
 }
 
 fn kind(family: &MetricFamily) -> &'static str {

@@ -300,6 +300,8 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     let metrics_port = free_port();
     let mut serve = Command::new(tuneprobe_binary())
         .args(["serve", "--kube-api", "none", "--verify-window", "5s"])
+        // Advice within seconds: the worker is throttled until its quota is raised.
+        .args(["--advice-window", "6s"])
         .args(["--dns-timeout", "1s"])
         .arg("--pod-logs-dir")
         .arg(dir.0.join("pods"))

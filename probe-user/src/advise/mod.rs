@@ -11,17 +11,21 @@
 
 #[cfg(test)]
 mod docs;
+mod live;
 mod place;
 mod recommend;
 mod symptoms;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-pub(crate) use self::place::{Locator, NodeLocator, TargetArg};
+pub(crate) use self::{
+    live::{AdviceReport, Adviser},
+    place::{Locator, NodeLocator, TargetArg},
+};
 use self::{place::Place, symptoms::WindowValues};
 use crate::{
     report::Snapshot,

@@ -518,3 +518,51 @@ fn write_bursts_call_for_earlier_writeback() {
             .is_empty()
     );
 }
+
+/// An adviser holding the listen-overflow advice, for the generated references.
+pub(crate) fn sample_adviser() -> Adviser {
+    let (_, _, advice) = knobs(listen(300, 700), listen(0, 1000));
+    let mut adviser = Adviser::new(std::time::Duration::from_secs(60));
+    adviser.current = AdviceReport {
+        window_s: 30.0,
+        advice,
+    };
+    adviser
+}
+
+#[test]
+fn the_live_adviser_keeps_a_snapshot_per_step_and_forgets_the_window_behind() {
+    let mut adviser = Adviser::new(std::time::Duration::from_secs(60));
+    let at = |s: f64, overflows: u64, accepted: u64| {
+        let mut snapshot =
+            Snapshot::of_workloads(vec![workload(SICK, 7, listen(overflows, accepted))]);
+        snapshot.duration_s = s;
+        snapshot
+    };
+    // Overflowing for the first minute: advice once two snapshots span time.
+    assert!(adviser.observe(&at(0.0, 0, 0), &inventory(), &Stub));
+    assert!(adviser.current.advice.is_empty());
+    assert!(
+        !adviser.observe(&at(5.0, 150, 350), &inventory(), &Stub),
+        "within a step"
+    );
+    assert!(adviser.observe(&at(10.0, 300, 700), &inventory(), &Stub));
+    assert_eq!(adviser.current.advice.len(), 1);
+    assert_eq!(adviser.current.window_s, 10.0);
+    // Then a minute and more without overflows: the window slides past them.
+    for step in 2..=20u32 {
+        let s = 10.0 * f64::from(step);
+        adviser.observe(
+            &at(s, 300, 700 + 1000 * u64::from(step)),
+            &inventory(),
+            &Stub,
+        );
+    }
+    assert!(adviser.current.advice.is_empty(), "{:#?}", adviser.current);
+    assert!(
+        adviser.current.window_s <= 70.0,
+        "{}",
+        adviser.current.window_s
+    );
+    assert!(adviser.snapshots_kept() <= 8);
+}

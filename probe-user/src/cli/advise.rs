@@ -9,11 +9,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use serde::Serialize;
 
 use super::snapshot::parse_duration;
 use crate::{
-    advise::{self, Advice, NodeLocator, Thresholds},
+    advise::{self, Advice, AdviceReport, NodeLocator, Thresholds},
     kernel::loader::{LoadOptions, Probe},
     report::Snapshot,
     signals::measure::Measure,
@@ -112,20 +111,13 @@ pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     let window_s = window_s(&snapshots);
     let mut stdout = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut stdout, &Report { window_s, advice })?;
+        serde_json::to_writer_pretty(&mut stdout, &AdviceReport { window_s, advice })?;
         writeln!(stdout)?;
     } else {
         let watched = snapshots.last().map_or(0, |s| s.workloads.len());
         write!(stdout, "{}", text(&advice, window_s, watched))?;
     }
     stdout.flush().context("writing the advice")
-}
-
-/// `advise --json`.
-#[derive(Serialize)]
-struct Report {
-    window_s: f64,
-    advice: Vec<Advice>,
 }
 
 /// A snapshot every interval for `length`, the first when the window opens.

@@ -1,4 +1,5 @@
-//! `tuneprobe serve`: the Prometheus exporter, `/metrics`, `/healthz`, `/readyz`.
+//! `tuneprobe serve`: the Prometheus exporter, `/metrics`, `/changes`, `/advice`,
+//! `/healthz`, `/readyz`.
 
 use std::{
     convert::Infallible,
@@ -10,6 +11,7 @@ use std::{
 
 use crate::{
     access::{BearerToken, tls_config},
+    advise::{Adviser, NodeLocator},
     kernel::loader::LoadOptions,
     kernel::loader::Probe,
     tuning,
@@ -35,7 +37,9 @@ use tokio_rustls::TlsAcceptor;
                   (the process runs) and /readyz (the programs are attached). Counters are \
                   cumulative since tuneprobe started; the port is bound before the programs \
                   load and served once they are attached. Changes to tuning knobs are judged as \
-                  they happen and listed at /changes (JSON). A line containing `ready` goes \
+                  they happen and listed at /changes (JSON); the advice of `tuneprobe advise` \
+                  over the last --advice-window is at /advice (JSON) and in the \
+                  tuneprobe_advice gauge. A line containing `ready` goes \
                   to stderr once the programs are attached.",
     after_help = "Examples:\n  \
                   tuneprobe serve\n  \
@@ -92,6 +96,11 @@ pub(super) struct Args {
     #[arg(long, value_name = "PATH")]
     cgroup_scope: Option<String>,
 
+    /// The window over which /advice and `tuneprobe_advice` judge the advice rules of
+    /// `tuneprobe advise` (its default thresholds), sliding.
+    #[arg(long, value_name = "DURATION", value_parser = super::snapshot::parse_duration, default_value = "5m")]
+    advice_window: Duration,
+
     #[command(flatten)]
     collector: super::CollectorArgs,
 }
@@ -104,6 +113,9 @@ struct State {
     last_scrape_seconds: Mutex<f64>,
     /// Tuning changes and their verdicts, fed once per tick.
     watcher: Mutex<Watcher>,
+    /// The advice over the last `--advice-window`, fed once per tick.
+    adviser: Mutex<Adviser>,
+    locator: NodeLocator,
     /// `--cgroup-scope`, applied to every snapshot and inventory before use.
     scope: Option<CgroupScope>,
 }
@@ -182,6 +194,8 @@ async fn serve(
             })
             .expecting(args.expectations.clone()),
         ),
+        adviser: Mutex::new(Adviser::new(args.advice_window)),
+        locator: NodeLocator::of_this_node(),
         scope: args.cgroup_scope.as_deref().map(CgroupScope::new),
     });
     let listener = TcpListener::from_std(listener).context("listening")?;
@@ -221,6 +235,7 @@ async fn tick(state: Arc<State>) {
                         scope.retain_workloads(&mut snapshot);
                         scope.retain_knobs(&mut inventory);
                     }
+                    lock(&state.adviser).observe(&snapshot, &inventory, &state.locator);
                     let at = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map(|d| d.as_secs_f64())
@@ -312,6 +327,11 @@ async fn handle(
                 .unwrap_or_else(|err| format!("{{\"error\": \"{err}\"}}"));
             reply(StatusCode::OK, "application/json", body + "\n")
         }
+        "/advice" => {
+            let body = serde_json::to_string_pretty(&lock(&state.adviser).current)
+                .unwrap_or_else(|err| format!("{{\"error\": \"{err}\"}}"));
+            reply(StatusCode::OK, "application/json", body + "\n")
+        }
         "/metrics" => {
             let rendered = tokio::task::spawn_blocking(move || render(&state)).await;
             match rendered {
@@ -327,7 +347,7 @@ async fn handle(
         _ => reply(
             StatusCode::NOT_FOUND,
             text,
-            "try /metrics, /changes, /healthz or /readyz\n".into(),
+            "try /metrics, /changes, /advice, /healthz or /readyz\n".into(),
         ),
     }
 }
@@ -365,8 +385,15 @@ fn render(state: &State) -> anyhow::Result<String> {
             }),
     };
     let inventory = watcher.inventory().or(fresh.as_ref());
-    let body = lock(&state.exporter).render_with(&snapshot, inventory, Some(&watcher), previous);
-    drop(watcher);
+    let adviser = lock(&state.adviser);
+    let body = lock(&state.exporter).render_with(
+        &snapshot,
+        inventory,
+        Some(&watcher),
+        Some(&adviser),
+        previous,
+    );
+    drop((watcher, adviser));
     *lock(&state.last_scrape_seconds) = started.elapsed().as_secs_f64();
     Ok(body)
 }

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use prometheus::{Encoder as _, TextEncoder, proto::MetricFamily};
 
 use crate::{
+    advise::Adviser,
     kernel::loader::ProbeStatus,
     output::families::{Families, Labels},
     report::{Snapshot, Workload},
@@ -111,7 +112,7 @@ impl Exporter {
 
     /// The exposition of `snapshot` alone (no inventory, no verdicts).
     pub fn render(&mut self, snapshot: &Snapshot, scrape_seconds: f64) -> String {
-        self.render_with(snapshot, None, None, scrape_seconds)
+        self.render_with(snapshot, None, None, None, scrape_seconds)
     }
 
     /// As [`render`](Self::render), plus the tuning inventory, and the changes seen
@@ -121,9 +122,10 @@ impl Exporter {
         snapshot: &Snapshot,
         inventory: Option<&Inventory>,
         changes: Option<&Watcher>,
+        advice: Option<&Adviser>,
         scrape_seconds: f64,
     ) -> String {
-        let families = self.families(snapshot, inventory, changes, scrape_seconds);
+        let families = self.families(snapshot, inventory, changes, advice, scrape_seconds);
         let mut out = Vec::new();
         // Encoding into memory cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&families, &mut out);
@@ -137,6 +139,7 @@ impl Exporter {
         snapshot: &Snapshot,
         inventory: Option<&Inventory>,
         changes: Option<&Watcher>,
+        advice: Option<&Adviser>,
         scrape_seconds: f64,
     ) -> Vec<MetricFamily> {
         let mut f = Families::default();
@@ -145,6 +148,9 @@ impl Exporter {
         }
         if let Some(watcher) = changes {
             watcher.metrics(&mut f);
+        }
+        if let Some(adviser) = advice {
+            adviser.metrics(&mut f);
         }
         // Workloads gone from the snapshot (deleted pods past their grace period) give
         // their place back: with pod churn the cap would otherwise fill with the dead.
