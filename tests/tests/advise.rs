@@ -331,3 +331,128 @@ fn a_quiet_node_gets_no_advice() {
     assert!(advice.is_empty(), "{advice:#?}");
     assert!(report["window_s"].as_f64().unwrap() >= 3.5, "{report:#}");
 }
+
+/// A UDP receiver that never reads, with a 4 KiB buffer, under 1,000 datagrams a
+/// second: nearly every datagram is dropped at its full buffer (SOCKET_RCVBUFF). Both
+/// node-wide buffer limits are named (tuneprobe cannot tell whether the application
+/// asks for its buffer size); they are node-wide, so the test does not apply them.
+#[test]
+fn receive_buffer_drops_call_for_the_buffer_limits_for_that_pod_only() {
+    let _one = one_at_a_time();
+    let pair = NetnsPair::new();
+    let mut pod = PodCgroup::new();
+    let receiver = pod.container();
+    let _sink = Workload::spawn(
+        &pair.b,
+        Some(&receiver),
+        &["udp-sink", "10.200.0.2:7001", "4096"],
+    );
+    let mut sender = Workload::spawn(&pair.a, None, &["udp-pace", "10.200.0.2:7001", "1000"]);
+    assert_eq!(sender.read_line(), "ready");
+    let (_idle_pod, _idle, idle_path) = idle_pod(&pair.b);
+
+    let report = advise();
+    let sick = advice_for(&report, in_cgroup(&receiver.path));
+    assert_eq!(
+        knobs(&sick),
+        BTreeSet::from([
+            "net.core.rmem_default".to_string(),
+            "net.core.rmem_max".to_string()
+        ]),
+        "{report:#}"
+    );
+    for a in &sick {
+        assert_eq!(a["scope"], "node");
+        assert_eq!(a["target"], Value::Null);
+        assert_eq!(a["evidence"]["measure"], "rcvbuf_drop_ratio");
+        assert!(a["evidence"]["value"].as_f64().unwrap() > 0.9, "{a:#}");
+        assert!(a["evidence"]["load"].as_f64().unwrap() >= 3000.0, "{a:#}");
+        let node = fs::read_to_string(format!(
+            "/proc/sys/{}",
+            a["knob"].as_str().unwrap().replace('.', "/")
+        ))
+        .unwrap();
+        assert_eq!(a["current"], node.trim(), "the node's own value");
+    }
+    assert!(
+        advice_for(&report, in_cgroup(&idle_path)).is_empty(),
+        "{report:#}"
+    );
+}
+
+/// Reads with an fsync after each on a `strictatime` mount of the test's own loop
+/// device: every read writes the inode's access time. advise names `noatime` for that
+/// mount, and the remount it plans (`verify --plan`) ends the writes, as predicted.
+#[test]
+fn writes_per_read_on_a_strictatime_mount_call_for_noatime() {
+    let _one = one_at_a_time();
+    let disk = tuneprobe_tests::LoopDevice::new(64);
+    let mount = StrictatimeMount::new(&disk.device);
+    let mut pod = PodCgroup::with_controllers(&["blkio"]);
+    let reader = pod.container();
+    let idle = pod.container();
+    let mut reads = Workload::spawn_program(
+        None,
+        Some(&reader),
+        &testload(),
+        &["read-fsync", &mount.file().display().to_string(), "10"],
+    );
+    assert_eq!(reads.read_line(), "ready");
+    let _idle = Workload::spawn_program(None, Some(&idle), &testload(), &["pause"]);
+
+    let report = advise();
+    let sick = advice_for(&report, in_cgroup(&reader.path));
+    assert_eq!(
+        knobs(&sick),
+        BTreeSet::from(["noatime".to_string()]),
+        "{report:#}"
+    );
+    let a = sick[0];
+    let dir = mount.dir.display().to_string();
+    assert_eq!(
+        (a["current"].as_str(), a["recommended"].as_str()),
+        (Some("off"), Some("on"))
+    );
+    assert_eq!(a["target"]["option"], "--mount");
+    assert_eq!(a["target"]["value"], dir.as_str());
+    assert!(a["evidence"]["value"].as_f64().unwrap() >= 0.9, "{a:#}");
+    assert!(
+        advice_for(&report, in_cgroup(&idle.path)).is_empty(),
+        "{report:#}"
+    );
+    assert_as_predicted(&prove(a, &reader.path));
+    let options = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = options.lines().find(|l| l.contains(&dir)).unwrap();
+    assert!(!line.contains("noatime"), "reverted: {line}");
+}
+
+/// A filesystem on a loop device (ext4 without a journal, so that an inode's write is
+/// issued by the task that syncs it), mounted `strictatime`; unmounted on drop.
+struct StrictatimeMount {
+    dir: std::path::PathBuf,
+}
+
+impl StrictatimeMount {
+    fn new(device: &str) -> Self {
+        let dir = std::env::temp_dir().join(tuneprobe_tests::unique("tuneprobe-mnt-"));
+        fs::create_dir_all(&dir).unwrap();
+        tuneprobe_tests::sh(&["mkfs.ext4", "-q", "-F", "-O", "^has_journal", device]);
+        let target = dir.display().to_string();
+        tuneprobe_tests::sh(&["mount", "-o", "strictatime", device, &target]);
+        let mount = Self { dir };
+        fs::write(mount.file(), vec![0x5a; 1 << 20]).unwrap();
+        tuneprobe_tests::sh(&["sync"]);
+        mount
+    }
+
+    fn file(&self) -> std::path::PathBuf {
+        self.dir.join("data")
+    }
+}
+
+impl Drop for StrictatimeMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.dir).status();
+        let _ = fs::remove_dir(&self.dir);
+    }
+}

@@ -13,7 +13,8 @@ use crate::{
 };
 
 /// One of `verify`'s target options and its value: `--pod UID`, `--netns NAME`,
-/// `--cgroup DIR`, `--device NAME`.
+/// `--cgroup DIR`, `--device NAME`; or `--mount MOUNTPOINT` for a mount option, which
+/// `verify --plan` changes by remounting.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub(crate) struct TargetArg {
     pub option: &'static str,
@@ -116,7 +117,8 @@ impl Place {
             Scope::Mount => {
                 let source = format!("/dev/{}", device?);
                 let m = inventory.mounts.iter().find(|m| m.source == source)?;
-                (m.settings.clone(), None, Some(m.mountpoint.clone()))
+                let target = arg("--mount", &m.mountpoint);
+                (m.settings.clone(), Some(target), Some(m.mountpoint.clone()))
             }
             Scope::Cgroup => return Self::cpu_limit(workload, locator),
         };

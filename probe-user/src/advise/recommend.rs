@@ -129,12 +129,13 @@ fn verify_command(place: &Place, recommended: &str, prediction: &Prediction) -> 
         prediction.direction,
         prediction.min_effect * 100.0
     );
+    // Advice on a mount option is only given on a strictatime mount, which the undo
+    // restores.
     if let Some(mountpoint) = &place.mountpoint {
         return format!(
             "tuneprobe verify --exec 'mount -o remount,{knob} {mountpoint}' --revert-with \
-             'mount -o remount,{undo} {mountpoint}' {expect}",
+             'mount -o remount,strictatime {mountpoint}' {expect}",
             knob = place.knob,
-            undo = place.knob.trim_start_matches("no"),
         );
     }
     let target = place

@@ -483,10 +483,12 @@ fn writes_per_read_call_for_noatime_only_on_a_strictatime_mount() {
     );
     assert_eq!(sick, set(&["noatime"]));
     assert!(healthy.is_empty());
+    let target = advice[0].target.as_ref().unwrap();
+    assert_eq!((target.option, target.value.as_str()), ("--mount", "/data"));
     assert_eq!(
         advice[0].verify_command,
         "tuneprobe verify --exec 'mount -o remount,noatime /data' --revert-with 'mount -o \
-         remount,atime /data' --expect writes_per_read:lower:50%"
+         remount,strictatime /data' --expect writes_per_read:lower:50%"
     );
     // relatime (the default) writes access times once a day at most: not the cause.
     inventory.mounts[0].settings[1].value = "on".into();

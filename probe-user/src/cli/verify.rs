@@ -526,9 +526,14 @@ fn with_plan(args: &Args) -> anyhow::Result<std::borrow::Cow<'_, Args>> {
     eprintln!("plan: {plan}");
     let mut planned = args.clone();
     planned.apply = Some(format!("{}={}", plan.knob, plan.value));
+    if let Some((remount, undo)) = plan.remounts() {
+        planned.apply = None;
+        planned.exec = Some(remount);
+        planned.revert_with = Some(undo);
+    }
     planned.expectations = vec![plan.expectation];
     match plan.target {
-        None => {}
+        None | Some(PlanTarget::Mount(_)) => {}
         Some(PlanTarget::Pod(uid)) => planned.pod = Some(uid),
         Some(PlanTarget::Netns(netns)) => planned.netns = Some(netns),
         Some(PlanTarget::Cgroup(dir)) => planned.cgroup = Some(dir.into()),

@@ -23,7 +23,10 @@ pub(crate) enum PlanError {
     NoPrediction(String),
     #[error("the advice's recommended value for {0} is neither a string nor a number")]
     Recommended(String),
-    #[error("the advice's target option {0:?} is not one of --pod, --netns, --cgroup, --device")]
+    #[error(
+        "the advice's target option {0:?} is not one of --pod, --netns, --cgroup, --device, \
+         --mount"
+    )]
     Target(String),
     #[error("the advice's prediction: {0}")]
     Expectation(#[from] ExpectationError),
@@ -36,6 +39,8 @@ pub(crate) enum PlanTarget {
     Netns(String),
     Cgroup(String),
     Device(String),
+    /// A mount option's mountpoint: the change is a remount.
+    Mount(String),
 }
 
 /// One advice as `verify` uses it.
@@ -99,6 +104,7 @@ impl Plan {
                 "--netns" => Ok(PlanTarget::Netns(t.value)),
                 "--cgroup" => Ok(PlanTarget::Cgroup(t.value)),
                 "--device" => Ok(PlanTarget::Device(t.value)),
+                "--mount" => Ok(PlanTarget::Mount(t.value)),
                 _ => Err(PlanError::Target(t.option)),
             })
             .transpose()?;
@@ -119,6 +125,20 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// For a mount option: the remount that makes the change and the one that undoes
+    /// it (advice is only given on `strictatime` mounts, which the undo restores).
+    pub(crate) fn remounts(&self) -> Option<(String, String)> {
+        let Some(PlanTarget::Mount(mountpoint)) = &self.target else {
+            return None;
+        };
+        Some((
+            format!("mount -o remount,{} {mountpoint}", self.knob),
+            format!("mount -o remount,strictatime {mountpoint}"),
+        ))
+    }
+}
+
 impl std::fmt::Display for Plan {
     /// `net.core.somaxconn=65535 at --pod 5f1c-uid, predicting listen_overflow_ratio
     /// lower by >= 50%`.
@@ -129,6 +149,7 @@ impl std::fmt::Display for Plan {
             Some(PlanTarget::Netns(v)) => format!("at --netns {v}"),
             Some(PlanTarget::Cgroup(v)) => format!("at --cgroup {v}"),
             Some(PlanTarget::Device(v)) => format!("at --device {v}"),
+            Some(PlanTarget::Mount(v)) => format!("remounting {v}"),
         };
         write!(
             f,
@@ -234,5 +255,29 @@ mod tests {
             PlanError::Recommended(_)
         ));
         assert!(matches!(Plan::parse("not json"), Err(PlanError::Json(_))));
+    }
+
+    #[test]
+    fn a_mount_option_is_planned_as_a_remount_and_undone_to_strictatime() {
+        let plan = Plan::parse(
+            r#"{"knob": "noatime", "scope": "mount", "recommended": "on",
+                "target": {"option": "--mount", "value": "/data"},
+                "prediction": {"measure": "writes_per_read", "direction": "lower", "min_effect": 0.5}}"#,
+        )
+        .unwrap();
+        assert_eq!(plan.target, Some(PlanTarget::Mount("/data".into())));
+        assert_eq!(
+            plan.remounts(),
+            Some((
+                "mount -o remount,noatime /data".to_string(),
+                "mount -o remount,strictatime /data".to_string()
+            ))
+        );
+        assert_eq!(
+            plan.to_string(),
+            "noatime=on remounting /data, predicting writes_per_read lower by >= 50%"
+        );
+        // Other targets are no remount.
+        assert_eq!(Plan::parse(ADVICE).unwrap().remounts(), None);
     }
 }
