@@ -456,3 +456,51 @@ impl Drop for StrictatimeMount {
         let _ = fs::remove_dir(&self.dir);
     }
 }
+
+/// A pod asking a resolver that answers after 300 ms (two clients, queries one after
+/// another), beside a pod asking one that answers at once: advise names NodeLocal
+/// DNSCache for the first only, as the resolver change it is.
+#[test]
+fn a_slow_resolver_calls_for_a_node_local_cache_for_that_pod_only() {
+    let _one = one_at_a_time();
+    let pair = NetnsPair::new();
+    pair.add_address_b("10.200.0.3");
+    let (slow, fast) = ("10.200.0.2:53", "10.200.0.3:53");
+    let mut slow_server = Workload::spawn(&pair.b, None, &["dns-server", slow, "300", "0"]);
+    assert_eq!(slow_server.read_line(), "ready");
+    let mut fast_server = Workload::spawn(&pair.b, None, &["dns-server", fast, "0", "0"]);
+    assert_eq!(fast_server.read_line(), "ready");
+    let mut pod = PodCgroup::new();
+    let (waiting, served) = (pod.container(), pod.container());
+    fn query(server: &str) -> [&str; 6] {
+        ["dns-query", server, "shop.test", "1000000", "udp", "5000"]
+    }
+    let _clients = [
+        Workload::spawn(&pair.a, Some(&waiting), &query(slow)),
+        Workload::spawn(&pair.a, Some(&waiting), &query(slow)),
+        Workload::spawn(&pair.a, Some(&served), &query(fast)),
+    ];
+
+    let report = advise();
+    let sick = advice_for(&report, in_cgroup(&waiting.path));
+    assert_eq!(
+        knobs(&sick),
+        BTreeSet::from(["nodelocaldns".to_string()]),
+        "{report:#}"
+    );
+    let a = sick[0];
+    assert_eq!(
+        (a["current"].as_str(), a["scope"].as_str()),
+        (Some("off"), Some("resolver"))
+    );
+    assert!(a["evidence"]["value"].as_f64().unwrap() >= 250.0, "{a:#}");
+    let note = a["notes"][0].as_str().unwrap();
+    assert!(
+        note.contains("not a sysctl") && note.contains("10.200.0.2"),
+        "{a:#}"
+    );
+    assert!(
+        advice_for(&report, in_cgroup(&served.path)).is_empty(),
+        "{report:#}"
+    );
+}

@@ -25,16 +25,22 @@ pub(crate) struct AdviceReport {
     pub advice: Vec<Advice>,
 }
 
-/// What the rules read of a snapshot: no DNS (no rule reads it, and its histograms are
-/// most of a workload's size), no connection or stall histograms, no program lists or
-/// pod labels.
+/// What the rules read of a snapshot: DNS latency as one histogram (not one per
+/// resolver and response code, most of a workload's size), no connection or stall
+/// histograms, no program lists or pod labels.
 fn compact(snapshot: &Snapshot) -> Snapshot {
     let workloads = snapshot
         .workloads
         .iter()
         .map(|w| {
             let mut signals = w.signals.clone();
-            signals.dns = None;
+            if let Some(dns) = &mut signals.dns {
+                let total = dns.latency();
+                dns.latency_series.truncate(1);
+                if let Some(one) = dns.latency_series.first_mut() {
+                    one.histogram = total;
+                }
+            }
             if let Some(c) = &mut signals.connections {
                 c.duration_histogram = Default::default();
                 c.srtt_histogram = Default::default();

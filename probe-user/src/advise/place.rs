@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::{
     report::Workload,
-    tuning::{Inventory, Knob, Scope, Setting},
+    tuning::{Inventory, Knob, NODE_LOCAL_DNS, Scope, Setting},
     workloads::cgroup::Hierarchies,
 };
 
@@ -82,6 +82,8 @@ pub(super) struct Place {
     pub mountpoint: Option<String>,
     /// For a CPU limit: the CFS period, µs.
     pub period_us: Option<u64>,
+    /// For a resolver: the address the workload queries most.
+    pub resolver: Option<String>,
 }
 
 impl Place {
@@ -121,6 +123,7 @@ impl Place {
                 (m.settings.clone(), Some(target), Some(m.mountpoint.clone()))
             }
             Scope::Cgroup => return Self::cpu_limit(workload, locator),
+            Scope::Resolver => return Self::resolver(knob, workload),
         };
         let current = value_in(&settings, knob.name)?;
         Some(Self {
@@ -131,6 +134,25 @@ impl Place {
             settings,
             mountpoint,
             period_us: None,
+            resolver: None,
+        })
+    }
+
+    /// Whether the workload queries NodeLocal DNSCache: `on` when the resolver it asks
+    /// most is the cache's address.
+    fn resolver(knob: &Knob, workload: &Workload) -> Option<Self> {
+        let dns = workload.signals.dns.as_ref()?;
+        let (resolver, _) = dns.by_resolver.iter().max_by_key(|(_, r)| r.queries)?;
+        let on = resolver.starts_with(NODE_LOCAL_DNS);
+        Some(Self {
+            scope: Scope::Resolver,
+            knob: knob.name.to_string(),
+            current: if on { "on" } else { "off" }.to_string(),
+            target: None,
+            settings: Vec::new(),
+            mountpoint: None,
+            period_us: None,
+            resolver: Some(resolver.clone()),
         })
     }
 
@@ -154,6 +176,7 @@ impl Place {
             settings: Vec::new(),
             mountpoint: None,
             period_us: Some(us(period_ms)),
+            resolver: None,
         })
     }
 

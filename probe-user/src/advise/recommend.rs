@@ -111,6 +111,9 @@ pub(super) fn advice(
 fn takes_effect(knob: &Knob, place: &Place) -> String {
     match (place.scope, knob.applies) {
         (Scope::Mount, _) => "at once, on remounting".into(),
+        (Scope::Resolver, _) => "for pods that query the cache: new pods once the kubelet's \
+                                 clusterDNS (or the pod's dnsConfig) names it"
+            .into(),
         (Scope::Cgroup, _) => "at once (in Kubernetes, through the container's CPU limit, \
                                which the kubelet writes to the cgroup)"
             .into(),
@@ -131,6 +134,9 @@ fn verify_command(place: &Place, recommended: &str, prediction: &Prediction) -> 
     );
     // Advice on a mount option is only given on a strictatime mount, which the undo
     // restores.
+    if place.scope == Scope::Resolver {
+        return format!("tuneprobe verify --exec 'kubectl apply -f nodelocaldns.yaml' {expect}");
+    }
     if let Some(mountpoint) = &place.mountpoint {
         return format!(
             "tuneprobe verify --exec 'mount -o remount,{knob} {mountpoint}' --revert-with \
@@ -163,6 +169,15 @@ fn notes(place: &Place, recommended: &str) -> Vec<String> {
             "in the pod spec: resources.limits.cpu: {millicores}m; runtimes that size \
              their thread pools from the CPU count (Go's GOMAXPROCS, the JVM's \
              -XX:ActiveProcessorCount) should follow the limit, not the node's cores"
+        ));
+    }
+    if let Some(resolver) = &place.resolver {
+        notes.push(format!(
+            "a resolver change, not a sysctl: deploy NodeLocal DNSCache \
+             (kubernetes.io/docs/tasks/administer-cluster/nodelocaldns) and point pods at \
+             {} instead of {resolver}; judge the rollout across nodes with `fleet verify \
+             --signal dns_latency_p99_ms`",
+            crate::tuning::NODE_LOCAL_DNS
         ));
     }
     if place.scope == Scope::Node {

@@ -568,3 +568,65 @@ fn the_live_adviser_keeps_a_snapshot_per_step_and_forgets_the_window_behind() {
     );
     assert!(adviser.snapshots_kept() <= 8);
 }
+
+/// A pod's DNS: `answered` queries to `resolver`, each taking `ms`.
+fn dns(resolver: &str, answered: u64, ms: u64) -> Sections {
+    use crate::signals::dns::{DnsLatencySeries, DnsReport, ResolverReport};
+    use probe_common::DnsHistogram;
+    let mut histogram = DnsHistogram {
+        count: answered,
+        sum_ns: answered * ms * 1_000_000,
+        max_ns: ms * 1_000_000,
+        min_ns: ms * 1_000_000,
+        ..DnsHistogram::ZERO
+    };
+    histogram.buckets[<DnsHistogram>::bucket(ms * 1_000_000)] = answered;
+    Sections {
+        dns: Some(DnsReport {
+            queries: answered,
+            responses: answered,
+            by_resolver: BTreeMap::from([(
+                resolver.to_string(),
+                ResolverReport {
+                    queries: answered,
+                    responses: answered,
+                    ..ResolverReport::default()
+                },
+            )]),
+            latency_series: vec![DnsLatencySeries {
+                resolver: resolver.to_string(),
+                rcode: "NOERROR".into(),
+                histogram,
+            }],
+            ..DnsReport::default()
+        }),
+        ..Sections::default()
+    }
+}
+
+#[test]
+fn a_slow_cluster_resolver_calls_for_a_node_local_cache() {
+    let (sick, healthy, advice) = knobs(dns("10.96.0.10", 40, 300), dns("10.96.0.10", 40, 2));
+    assert_eq!(sick, set(&["nodelocaldns"]));
+    assert!(healthy.is_empty());
+    let a = &advice[0];
+    assert_eq!((a.current.as_str(), a.recommended.as_str()), ("off", "on"));
+    assert!(a.target.is_none());
+    assert!(a.notes[0].contains("not a sysctl") && a.notes[0].contains("10.96.0.10"));
+    assert!(
+        a.verify_command
+            .contains("--expect dns_latency_p99_ms:lower:50%")
+    );
+    // Already on the node-local cache: nothing left to recommend.
+    assert!(
+        knobs(dns("169.254.20.10", 40, 300), Sections::default())
+            .0
+            .is_empty()
+    );
+    // Too few answers to call it a pattern.
+    assert!(
+        knobs(dns("10.96.0.10", 3, 300), Sections::default())
+            .0
+            .is_empty()
+    );
+}

@@ -564,6 +564,11 @@ fn pod_path(root: &Path, uid: &str) -> anyhow::Result<String> {
 fn target(args: &Args, knob: &str) -> anyhow::Result<(Target, Affected)> {
     let scope = tuning::knob_named(knob).map(|k| k.scope);
     ensure!(
+        scope != Some(Scope::Resolver),
+        "{knob} is a DNS resolver deployment, not a knob tuneprobe writes: make the change \
+         with --exec CMD and judge it with --expect dns_latency_p99_ms:lower"
+    );
+    ensure!(
         scope != Some(Scope::Mount),
         "{knob} is a mount option, changed by remounting: use --exec 'mount -o remount,{knob} \
          MOUNTPOINT' with --revert-with"

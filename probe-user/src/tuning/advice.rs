@@ -220,3 +220,18 @@ pub(crate) const RCVBUF_DROPS_DEFAULT: Rule = Rule {
     recommend: Recommend::Times(4),
     ..RCVBUF_DROPS
 };
+
+/// NodeLocal DNSCache's address, where pods that use it send their queries.
+pub(crate) const NODE_LOCAL_DNS: &str = "169.254.20.10";
+
+pub(crate) const DNS_LATENCY: Rule = Rule {
+    symptom: Measure::DnsLatencyP99Ms,
+    threshold: 100.0,
+    threshold_why: "a cluster resolver answers from its cache in a millisecond and from \
+        upstream in tens; Coroot's DNS check fires at 100 ms, and a p99 above it is a \
+        resolver under strain or queries lost and retried",
+    min_load: 5.0,
+    also: Condition::None,
+    recommend: Recommend::Guide,
+    min_effect: 0.5,
+};

@@ -20,6 +20,9 @@ pub(crate) enum Scope {
     Mount,
     /// A cgroup file.
     Cgroup,
+    /// The DNS resolver a workload queries: a deployment of the cluster, not a file on
+    /// the node.
+    Resolver,
 }
 
 /// When the kernel applies a new value.
@@ -213,7 +216,7 @@ use Measure::{
     RetransmitRatio, SrttMs, TcpPruneRatio, TcpRcvqDropRatio, WritesPerRead,
 };
 use Recommendation::{AtLeast, Between, Exactly, OneOf, Set};
-use Scope::{Cgroup, Device, Mount, Netns, Node};
+use Scope::{Cgroup, Device, Mount, Netns, Node, Resolver};
 
 const SEND_BUFFER: &str = "a send buffer limits how much a sender keeps in flight, which \
     shows as throughput on long paths; tuneprobe does not measure the time a socket is \
@@ -463,6 +466,19 @@ pub(crate) const KNOBS: &[Knob] = &[
     )
     .advised(advice::THROTTLING)
     .aliases(&["cpu.cfs_quota_us", "cpu.cfs_period_us"]),
+    unjudged(
+        "nodelocaldns",
+        Resolver,
+        Set,
+        "DNS latency and timeouts to the cluster resolver",
+        "a DNS cache on every node (NodeLocal DNSCache, 169.254.20.10) answers repeated \
+         names at once and keeps queries off conntrack and the Service path; it is a \
+         deployment, not a knob on the node: tuneprobe sees whether a pod queries it (its \
+         resolver address) but cannot change it, so `verify` judges its rollout only with \
+         --exec and --expect dns_latency_p99_ms:lower, and `fleet verify` with --signal",
+    )
+    .not_inventoried()
+    .advised(advice::DNS_LATENCY),
     // Block throttles: cgroup files `verify` changes and judges, not inventoried.
     judged(
         "io.max",
