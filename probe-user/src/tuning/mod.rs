@@ -13,7 +13,7 @@ pub(crate) use self::inventory::{
     CgroupSettings, DeviceSettings, MountSettings, NetnsSettings, Unreadable,
 };
 pub(crate) use self::{
-    advice::{CPU_HEADROOM, Condition, Recommend, Rule},
+    advice::{CPU_HEADROOM, Condition, DNS_LATENCY_P99, DNS_TIMEOUTS, Recommend, Rule, Threshold},
     changes::Change,
     inventory::{Inventory, Setting, this_node},
     table::{Applies, KNOBS, Knob, Recommendation, Scope, judged_knobs, knob_named, measures_for},
