@@ -5,9 +5,12 @@
 //!   and help, from the exporter's own families for a populated sample snapshot;
 //! - `docs/json.md`: every key of `snapshot --json` with its JSON type, from the same
 //!   sample; the meanings are written by hand in the same table, and the test fails when
-//!   a key has no row or a row names a key that no longer exists.
+//!   a key has no row or a row names a key that no longer exists;
+//! - `deploy/prometheus/fleet-rules.yaml`, `deploy/prometheus/alerts.yaml`, the `alerts`
+//!   component's PrometheusRule and the alerts' table of `docs/deployment.md`, from
+//!   `fleet/rules.rs` and `fleet/alerts.rs`.
 //!
-//! `TUNEPROBE_BLESS=1 cargo test -p probe-user reference` rewrites both (keeping the
+//! `TUNEPROBE_BLESS=1 cargo test -p probe-user reference` rewrites them (keeping the
 //! meanings written for keys that still exist). A third test checks that every
 //! repository path the README and `docs/` name exists.
 
