@@ -26,6 +26,8 @@ Each rendering is checked:
   set, plus exactly what the rendering's components are expected to add), host paths
   mounted read-only, resources set;
 - the ServiceMonitor (a CRD: no built-in schema) has its required fields;
+- the PrometheusRule (a CRD too) holds exactly the groups of prometheus/alerts.yaml, each
+  alert with its `for:`, severity and annotations;
 and the dashboard has a panel per signal.
 
 The examples in deploy/examples/ are not rendered (nothing includes them): each file
@@ -58,11 +60,18 @@ ALLOWED_CAPABILITIES = {"BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE"}
 # A component without an entry here is a problem: its effect would go unchecked.
 COMPONENTS = {
     "servicemonitor": {"kinds": {"ServiceMonitor"}, "capabilities": set()},
+    # The alerts of prometheus/alerts.yaml, for the Prometheus Operator.
+    "alerts": {"kinds": {"PrometheusRule"}, "capabilities": set()},
     # setns() into pods' network namespaces, to read their own sysctls and listeners.
     "pod-sysctls": {"kinds": set(), "capabilities": {"SYS_ADMIN"}},
 }
 # Kinds that are not built into Kubernetes: they need a CRD, so never in the base.
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+# The plain-Prometheus file a PrometheusRule must hold the groups of, and what each of
+# its alerting rules must have.
+ALERTS_FILE = "prometheus/alerts.yaml"
+ALERT_FIELDS = {"alert", "expr", "for", "labels", "annotations"}
+ALERT_ANNOTATIONS = {"summary", "description", "command"}
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 BASE_KINDS = ["DaemonSet", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "ConfigMap"]
 SIGNAL_METRICS = [
@@ -350,6 +359,31 @@ def check_service_monitor(doc, problems, where):
             problems.append(f"{where}: ServiceMonitor endpoint does not relabel the node name to node")
 
 
+def check_prometheus_rule(doc, deploy, problems, where):
+    """A PrometheusRule (a CRD: no built-in schema): only `groups` in its spec, each
+    alert with an expression, a `for:`, a severity and the annotations the alerts carry,
+    and the groups exactly those of prometheus/alerts.yaml, so that the two cannot drift."""
+    spec = doc.get("spec", {})
+    if set(spec) != {"groups"}:
+        problems.append(f"{where}: PrometheusRule spec has {sorted(spec)}, expected only groups")
+    for group in spec.get("groups", []):
+        for rule in group.get("rules", []):
+            name = rule.get("alert", rule.get("record"))
+            missing = ALERT_FIELDS - set(rule)
+            if missing:
+                problems.append(f"{where}: alert {name} has no {sorted(missing)}")
+            if not rule.get("labels", {}).get("severity"):
+                problems.append(f"{where}: alert {name} has no severity label")
+            missing = ALERT_ANNOTATIONS - set(rule.get("annotations", {}))
+            if missing:
+                problems.append(f"{where}: alert {name} has no annotations {sorted(missing)}")
+    plain = yaml.safe_load((deploy / ALERTS_FILE).read_text())
+    if spec.get("groups") != plain.get("groups"):
+        problems.append(f"{where}: PrometheusRule/{doc['metadata']['name']} differs from {ALERTS_FILE}")
+    alerts = [r["alert"] for g in spec.get("groups", []) for r in g.get("rules", []) if "alert" in r]
+    print(f"{where}: PrometheusRule/{doc['metadata']['name']} holds {len(alerts)} alerts of {ALERTS_FILE}")
+
+
 def check_dashboard(deploy, problems):
     for path in (deploy / "dashboards").glob("*.json"):
         dashboard = json.loads(path.read_text())
@@ -466,7 +500,7 @@ def check_examples(deploy, version, problems):
                 check_canary_daemonset(doc, problems, where)
 
 
-def check_rendering(where, docs, version, expected_kinds, allowed, problems):
+def check_rendering(where, docs, deploy, version, expected_kinds, allowed, problems):
     """Validates one rendering; returns the DaemonSet's added capabilities."""
     capabilities = set()
     for doc in docs:
@@ -474,6 +508,9 @@ def check_rendering(where, docs, version, expected_kinds, allowed, problems):
         print(f'{where}: {kind}/{doc["metadata"]["name"]}')
         if kind == "ServiceMonitor":
             check_service_monitor(doc, problems, where)
+            continue
+        if kind == "PrometheusRule":
+            check_prometheus_rule(doc, deploy, problems, where)
             continue
         validate(doc, version, problems, where)
         if kind == "DaemonSet":
@@ -534,7 +571,7 @@ def main():
             for doc in docs:
                 if doc["kind"] in CRD_KINDS:
                     problems.append(f"base renders a {doc['kind']}: `kubectl apply -k` fails on a cluster without its CRD")
-        capabilities = check_rendering(where, docs, version, kinds, ALLOWED_CAPABILITIES | added, problems)
+        capabilities = check_rendering(where, docs, deploy, version, kinds, ALLOWED_CAPABILITIES | added, problems)
         if base_capabilities is None:
             base_capabilities = capabilities
         elif capabilities != base_capabilities | added:

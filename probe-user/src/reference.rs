@@ -5,9 +5,12 @@
 //!   and help, from the exporter's own families for a populated sample snapshot;
 //! - `docs/json.md`: every key of `snapshot --json` with its JSON type, from the same
 //!   sample; the meanings are written by hand in the same table, and the test fails when
-//!   a key has no row or a row names a key that no longer exists.
+//!   a key has no row or a row names a key that no longer exists;
+//! - `deploy/prometheus/fleet-rules.yaml`, `deploy/prometheus/alerts.yaml`, the `alerts`
+//!   component's PrometheusRule and the alerts' table of `docs/deployment.md`, from
+//!   `fleet/rules.rs` and `fleet/alerts.rs`.
 //!
-//! `TUNEPROBE_BLESS=1 cargo test -p probe-user reference` rewrites both (keeping the
+//! `TUNEPROBE_BLESS=1 cargo test -p probe-user reference` rewrites them (keeping the
 //! meanings written for keys that still exist). A third test checks that every
 //! repository path the README and `docs/` name exists.
 
@@ -41,6 +44,13 @@ const JSON_END: &str = "<!-- json-reference:end -->";
 const RULES_FILE: &str = "deploy/prometheus/fleet-rules.yaml";
 const RULES_BEGIN: &str = "# rules:begin (generated from the measures' declarations; TUNEPROBE_BLESS=1 cargo test -p probe-user reference rewrites it)";
 const RULES_END: &str = "# rules:end";
+const ALERTS_FILE: &str = "deploy/prometheus/alerts.yaml";
+const ALERTS_RULE: &str = "deploy/components/alerts/prometheusrule.yaml";
+const ALERTS_BEGIN: &str = "# alerts:begin (generated from the advice rules and the measures' declarations; TUNEPROBE_BLESS=1 cargo test -p probe-user reference rewrites it)";
+const ALERTS_END: &str = "# alerts:end";
+const ALERTS_PAGE: &str = "docs/deployment.md";
+const ALERTS_TABLE_BEGIN: &str = "<!-- alerts:begin (generated from the advice rules and the measures' declarations; TUNEPROBE_BLESS=1 cargo test -p probe-user reference rewrites it) -->";
+const ALERTS_TABLE_END: &str = "<!-- alerts:end -->";
 
 const UNDESCRIBED: &str = "TODO: describe";
 
@@ -592,10 +602,37 @@ fn reference_fleet_rules_are_generated_from_the_declarations() {
     check_or_bless(RULES_FILE, RULES_BEGIN, RULES_END, &rules);
 }
 
+/// The alerts, in `alerts.yaml` and in the `alerts` component's PrometheusRule (the same
+/// groups, indented as `spec.groups`), and their table in the docs (`fleet/alerts.rs`).
+#[test]
+fn reference_alerts_are_generated_from_the_advice_rules_and_declarations() {
+    use crate::fleet::alerts;
+    // Each end marker is indented as an item of the list before it.
+    check_or_bless(
+        ALERTS_FILE,
+        ALERTS_BEGIN,
+        ALERTS_END,
+        &format!("{}  ", alerts::groups("  ")),
+    );
+    check_or_bless(
+        ALERTS_RULE,
+        ALERTS_BEGIN,
+        ALERTS_END,
+        &format!("{}    ", alerts::groups("    ")),
+    );
+    check_or_bless(
+        ALERTS_PAGE,
+        ALERTS_TABLE_BEGIN,
+        ALERTS_TABLE_END,
+        &alerts::docs_table(),
+    );
+}
+
 const DASHBOARD: &str = "deploy/dashboards/tuneprobe.json";
 
 /// Families no panel or rule shows, and why: everything else `serve` exports is on the
-/// dashboard or in a recording rule, so a new family is either shown or listed here.
+/// dashboard, in a recording rule or in an alert, so a new family is either shown or
+/// listed here.
 const NOT_SHOWN: &[(&str, &str)] = &[
     (
         "tuneprobe_agent_errors_total",
@@ -685,6 +722,7 @@ fn reads(query: &str, family: &str) -> bool {
 fn reference_every_exported_family_is_on_the_dashboard_in_a_rule_or_listed_as_not_shown() {
     let mut queries = dashboard_queries();
     queries.push(fs::read_to_string(root().join(RULES_FILE)).unwrap());
+    queries.push(fs::read_to_string(root().join(ALERTS_FILE)).unwrap());
     let mut unshown = Vec::new();
     for family in exported_families() {
         let name = family.name();
@@ -700,7 +738,8 @@ fn reference_every_exported_family_is_on_the_dashboard_in_a_rule_or_listed_as_no
     }
     assert!(
         unshown.is_empty(),
-        "families on no panel of {DASHBOARD}, in no rule of {RULES_FILE} and not in NOT_SHOWN:\n{}",
+        "families on no panel of {DASHBOARD}, in no rule of {RULES_FILE} or {ALERTS_FILE} \
+         and not in NOT_SHOWN:\n{}",
         unshown.join("\n")
     );
     for (name, _) in NOT_SHOWN {

@@ -457,7 +457,7 @@ impl Drop for StrictatimeMount {
     }
 }
 
-/// A pod asking a resolver that answers after 300 ms (two clients, queries one after
+/// A pod asking a resolver that answers after 300 ms (three clients, queries one after
 /// another), beside a pod asking one that answers at once: advise names NodeLocal
 /// DNSCache for the first only, as the resolver change it is.
 #[test]
@@ -476,6 +476,7 @@ fn a_slow_resolver_calls_for_a_node_local_cache_for_that_pod_only() {
         ["dns-query", server, "shop.test", "1000000", "udp", "5000"]
     }
     let _clients = [
+        Workload::spawn(&pair.a, Some(&waiting), &query(slow)),
         Workload::spawn(&pair.a, Some(&waiting), &query(slow)),
         Workload::spawn(&pair.a, Some(&waiting), &query(slow)),
         Workload::spawn(&pair.a, Some(&served), &query(fast)),

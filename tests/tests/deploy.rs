@@ -87,6 +87,10 @@ fn the_base_needs_no_crd_and_each_component_renders() {
         "base: ConfigMap/tuneprobe-dashboard",
         "base: DaemonSet/tuneprobe capabilities BPF,NET_ADMIN,PERFMON,SYS_PTRACE\n",
         "components/servicemonitor: ServiceMonitor/tuneprobe",
+        "components/alerts: PrometheusRule/tuneprobe-alerts\n",
+        "components/alerts: PrometheusRule/tuneprobe-alerts holds 15 alerts of prometheus/alerts.yaml\n",
+        "components/alerts: DaemonSet/tuneprobe capabilities BPF,NET_ADMIN,PERFMON,SYS_PTRACE\n",
+        "components/all: PrometheusRule/tuneprobe-alerts\n",
         "components/pod-sysctls: DaemonSet/tuneprobe capabilities BPF,NET_ADMIN,PERFMON,SYS_ADMIN,SYS_PTRACE\n",
         "components/all: ServiceMonitor/tuneprobe",
         "components/all: DaemonSet/tuneprobe capabilities BPF,NET_ADMIN,PERFMON,SYS_ADMIN,SYS_PTRACE\n",
@@ -100,6 +104,7 @@ fn the_base_needs_no_crd_and_each_component_renders() {
     // `kubectl apply -k deploy/` on a cluster without the Prometheus Operator: nothing
     // of a kind its API server does not know.
     assert!(!out.contains("base: ServiceMonitor"), "{out}");
+    assert!(!out.contains("base: PrometheusRule"), "{out}");
     // Whether a real kustomize rendered the same is said, either way.
     assert!(out.contains("kustomize cross-check: "), "{out}");
 }
@@ -134,6 +139,44 @@ fn a_base_with_a_crd_or_a_component_doing_more_or_less_is_refused() {
         "components/extra/kustomization.yaml",
         |_| "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\n".to_string(),
         "components/extra: no expectations",
+    );
+    // The PrometheusRule in the base's resources: it needs the Operator's CRD.
+    refused(
+        "kustomization.yaml",
+        |s| {
+            s.replace(
+                "  - service.yaml\n",
+                "  - service.yaml\n  - components/alerts/prometheusrule.yaml\n",
+            )
+        },
+        "base renders a PrometheusRule",
+    );
+    // The PrometheusRule drifting from prometheus/alerts.yaml: another threshold.
+    refused(
+        "components/alerts/prometheusrule.yaml",
+        |s| s.replacen("              >= 0.25\n", "              >= 0.5\n", 1),
+        "PrometheusRule/tuneprobe-alerts differs from prometheus/alerts.yaml",
+    );
+    // An alert without its hold, its severity or its command.
+    refused(
+        "components/alerts/prometheusrule.yaml",
+        |s| s.replace("          for: 1m\n", ""),
+        "alert TuneprobeTuningRegressed has no ['for']",
+    );
+    refused(
+        "components/alerts/prometheusrule.yaml",
+        |s| s.replacen("          labels:\n            severity: warning\n", "", 1),
+        "alert TuneprobeListenOverflows has no severity label",
+    );
+    refused(
+        "components/alerts/prometheusrule.yaml",
+        |s| {
+            s.lines()
+                .filter(|l| !l.trim_start().starts_with("command: "))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        },
+        "has no annotations ['command']",
     );
     // A ServiceMonitor that lets the Operator's target labels replace the workloads'.
     refused(

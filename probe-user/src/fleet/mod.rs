@@ -3,11 +3,11 @@
 //! (difference in differences), from the series every agent already exports, through
 //! Prometheus's query API.
 
+pub mod alerts;
 pub mod did;
 pub mod gate;
 pub mod prom;
-#[cfg(test)]
-pub(crate) mod rules;
+pub mod rules;
 pub mod series;
 pub mod view;
 

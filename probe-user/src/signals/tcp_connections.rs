@@ -48,6 +48,8 @@ const TCP_SEGS_OUT: layout::FieldPath = ("tcp_sock", "segs_out");
 /// Metric families the measures are exported in.
 pub const CONNECT_ATTEMPTS: &str = "tuneprobe_tcp_connect_attempts_total";
 pub const CONNECT_FAILURES: &str = "tuneprobe_tcp_connect_failures_total";
+/// The `cause` of a connect that found no free local port (`EADDRNOTAVAIL`).
+pub const PORT_EXHAUSTION: &str = "port_exhaustion";
 pub const CLOSED: &str = "tuneprobe_tcp_connections_closed_total";
 pub const RESETS: &str = "tuneprobe_tcp_resets_total";
 pub const SRTT_SECONDS: &str = "tuneprobe_tcp_srtt_seconds";
@@ -388,7 +390,7 @@ impl Source for TcpConnections {
             ("timed_out", failed.timed_out),
             ("reset", failed.reset),
             ("other", failed.other),
-            ("port_exhaustion", failed.port_exhaustion),
+            (PORT_EXHAUSTION, failed.port_exhaustion),
         ] {
             f.counter(
                 CONNECT_FAILURES,

@@ -13,7 +13,10 @@ pub(crate) use self::inventory::{
     CgroupSettings, DeviceSettings, MountSettings, NetnsSettings, Unreadable,
 };
 pub(crate) use self::{
-    advice::{CPU_HEADROOM, Condition, NODE_LOCAL_DNS, Recommend, Rule},
+    advice::{
+        CPU_HEADROOM, Condition, DNS_LATENCY, DNS_TIMEOUTS, NODE_LOCAL_DNS, Recommend, Rule,
+        Threshold,
+    },
     changes::Change,
     inventory::{Inventory, Setting, this_node},
     table::{Applies, KNOBS, Knob, Recommendation, Scope, judged_knobs, knob_named, measures_for},

@@ -35,7 +35,7 @@ pub(crate) use self::{
     listen::{explain_listen_backlogs, explain_new_sockets, listeners_by_netns},
     plan::{Plan, PlanTarget},
     predict::{Expectation, register_predictions},
-    watch::{ChangeRecord, ChangeReport, Watcher, Windows},
+    watch::{ChangeRecord, ChangeReport, VERDICT_FAMILY, Watcher, Windows},
 };
 
 #[cfg(test)]

@@ -301,6 +301,9 @@ fn judge_pending(pending: &Pending, last: &Snapshot, is_final: bool) -> ChangeRe
     }
 }
 
+/// The family of the verdicts on recent changes (the alerts read it: `fleet/alerts.rs`).
+pub(crate) const VERDICT_FAMILY: &str = "tuneprobe_tuning_verdict";
+
 /// At most this many `tuneprobe_tuning_verdict` series.
 const MAX_VERDICT_SERIES: usize = 1000;
 
@@ -349,7 +352,7 @@ impl Watcher {
                 );
             }
             f.gauge(
-                "tuneprobe_tuning_verdict",
+                VERDICT_FAMILY,
                 "1 for the latest verdict on a recent tuning change, per affected workload and signal.",
                 labels,
                 1.0,

@@ -41,6 +41,10 @@ use crate::{
 
 /// The metric family the measures are exported in.
 pub const LATENCY_SECONDS: &str = "tuneprobe_dns_latency_seconds";
+/// The queries, and those without a response within the timeout: the alerts' timeouts
+/// per query (`fleet/alerts.rs`).
+pub const QUERIES: &str = "tuneprobe_dns_queries_total";
+pub const TIMEOUTS: &str = "tuneprobe_dns_timeouts_total";
 
 /// The measures of the signal `verify` judges.
 pub mod measures {
@@ -295,13 +299,13 @@ impl Source for Dns {
         for (resolver, r) in &dns.by_resolver {
             let l = with(labels, &[("resolver", resolver)]);
             f.counter(
-                "tuneprobe_dns_queries_total",
+                QUERIES,
                 "DNS queries sent to port 53 (UDP and TCP).",
                 l.clone(),
                 r.queries as f64,
             );
             f.counter(
-                "tuneprobe_dns_timeouts_total",
+                TIMEOUTS,
                 "DNS queries without a response within the timeout.",
                 l,
                 r.timeouts as f64,
