@@ -1287,3 +1287,117 @@ fn promtool_test_rules(dir: &TempDir, test: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Six pods of one workload on six nodes, connecting 100 or 300 times a step (the same
+/// swing for all, at the same moments): `api-wide-*` fail 5% of their connects,
+/// `api-narrow-*` 30% (a 10-port local range), `api-twin-*` 30% too.
+fn ab_openmetrics(start: i64) -> String {
+    let mut noise = Noise(11);
+    let mut out = String::new();
+    let mut rows = (Vec::new(), Vec::new());
+    for (group, share) in [("wide", 0.05), ("narrow", 0.30), ("twin", 0.30)] {
+        for i in 0..2 {
+            let labels = format!(
+                "node=\"node-{group}-{i}\",namespace=\"shop\",pod=\"api-{group}-{i}\",container=\"app\",cgroup=\"\""
+            );
+            let (mut attempts, mut failed) = (0u64, 0u64);
+            for step in 0..POINTS {
+                let swing = if (step / 30) % 2 == 0 { 100 } else { 300 };
+                attempts += swing;
+                let rate = share * (1.0 + 0.2 * (noise.next() - 0.5));
+                failed += (rate * swing as f64).round() as u64;
+                let at = start + step * STEP_S;
+                rows.0.push(format!(
+                    "tuneprobe_tcp_connect_attempts_total{{{labels}}} {attempts} {at}"
+                ));
+                rows.1.push(format!(
+                    "tuneprobe_tcp_connect_failures_total{{{labels},cause=\"port_exhaustion\"}} {failed} {at}"
+                ));
+            }
+        }
+    }
+    out.push_str("# TYPE tuneprobe_tcp_connect_attempts counter\n");
+    out.push_str(&rows.0.join("\n"));
+    out.push_str("\n# TYPE tuneprobe_tcp_connect_failures counter\n");
+    out.push_str(&rows.1.join("\n"));
+    out.push_str("\n# EOF\n");
+    out
+}
+
+/// `tuneprobe fleet ab ARGS --json` against the Prometheus on `port`.
+fn fleet_ab(port: u16, args: &[&str]) -> Value {
+    let out = Command::new(tuneprobe_binary())
+        .args(["fleet", "ab", "--prometheus"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run tuneprobe fleet ab");
+    assert!(
+        out.status.success(),
+        "fleet ab {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("fleet ab printed JSON")
+}
+
+/// Two groups of pods across nodes side by side: the wide range improves connect
+/// failures against the narrow one, through a load swing they share; two groups with
+/// the same value are no significant change.
+#[test]
+fn two_groups_of_pods_side_by_side_across_nodes() {
+    let dir = TempDir::new("tuneprobe-fleet-ab-");
+    let start = ((now_s() as i64 - 3 * 3600) / 3600) * 3600;
+    let input = dir.0.join("ab.om");
+    fs::write(&input, ab_openmetrics(start)).unwrap();
+    let out = Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
+        .arg(&input)
+        .arg(dir.0.join("tsdb"))
+        .output()
+        .expect("run promtool");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_prometheus, port) = prometheus(&dir.0, "global:\n  scrape_interval: 10s\n");
+    let end = (start + (POINTS - 1) * STEP_S).to_string();
+    let compare = |treated: &str, control: &str| {
+        let report = fleet_ab(
+            port,
+            &[
+                "--treated",
+                treated,
+                "--control",
+                control,
+                "--signal",
+                "connect_failure_ratio",
+                "--window",
+                "30m",
+                "--end",
+                &end,
+                "--interval",
+                "1m",
+            ],
+        );
+        report["verdicts"][0].clone()
+    };
+    let v = compare(r#"pod=~"api-wide-.*""#, r#"pod=~"api-narrow-.*""#);
+    eprintln!("fleet ab, wide against narrow: {v}");
+    assert_eq!(v["verdict"], "improved", "{v:#}");
+    assert_eq!(
+        (
+            v["treated_containers"].as_u64(),
+            v["control_containers"].as_u64()
+        ),
+        (Some(2), Some(2))
+    );
+    assert!(v["intervals"].as_u64().unwrap() >= 28, "{v}");
+    assert!((num(&v["treated"]) - 0.05).abs() < 0.01, "{v}");
+    assert!((num(&v["control"]) - 0.30).abs() < 0.03, "{v}");
+    assert!(num(&v["ci95"][1]) < 0.0, "{v}");
+    let null = compare(r#"pod=~"api-twin-.*""#, r#"pod=~"api-narrow-.*""#);
+    eprintln!("fleet ab, twin against narrow: {null}");
+    assert_eq!(null["verdict"], "no significant change", "{null:#}");
+}

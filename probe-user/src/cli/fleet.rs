@@ -91,6 +91,69 @@ pub(super) struct Args {
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     Verify(VerifyArgs),
+    Ab(AbArgs),
+}
+
+/// `fleet ab`: two groups of pods side by side across nodes.
+#[derive(Debug, clap::Args)]
+#[command(
+    about = "Compare two groups of pods across nodes, side by side, through Prometheus",
+    long_about = "Compare two groups of pods of one workload that run side by side with \
+                  different values of a knob (a namespaced sysctl in the pod spec, a CPU \
+                  limit), over the same intervals: per interval the treated group's value \
+                  (the median over its containers) minus the control's, tested against zero \
+                  (Wilcoxon signed-rank test, Hodges-Lehmann shift with its 95% interval). \
+                  No before and after: load that changes for both cancels.",
+    after_help = "Example:\n  \
+                  tuneprobe fleet ab --prometheus http://prometheus:9090 \\\n    \
+                  --treated 'namespace=\"shop\",pod=~\"api-wide-.*\"' --control 'namespace=\"shop\",pod=~\"api-narrow-.*\"' \\\n    \
+                  --signal connect_failure_ratio --window 30m"
+)]
+struct AbArgs {
+    /// The query API's base URL (`http://prometheus:9090`, with a path prefix if any).
+    #[arg(long, value_name = "URL", value_parser = parse_url)]
+    prometheus: String,
+
+    /// Send `Authorization: Bearer <token>` with the token in FILE (re-read per request).
+    #[arg(long, value_name = "FILE")]
+    bearer_token_file: Option<PathBuf>,
+
+    /// CA certificate (PEM) for an https URL.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+
+    /// Do not verify the server's certificate.
+    #[arg(long)]
+    insecure_skip_tls_verify: bool,
+
+    /// Label matchers of the treated pods' series (`namespace="shop",pod=~"api-b-.*"`;
+    /// any exported label: `node`, `namespace`, `pod`, `container`, `label_<name>`).
+    #[arg(long, value_name = "SELECTOR", value_parser = parse_matchers)]
+    treated: Matchers,
+
+    /// Label matchers of the control pods' series.
+    #[arg(long, value_name = "SELECTOR", value_parser = parse_matchers)]
+    control: Matchers,
+
+    /// The signals to compare (repeatable), as `verify --signal` names them.
+    #[arg(long = "signal", value_name = "SIGNAL", value_parser = parse_signal, required = true)]
+    signals: Vec<Measure>,
+
+    /// The window, ending now (or at --end).
+    #[arg(long, value_name = "DURATION", value_parser = super::snapshot::parse_duration, default_value = "30m")]
+    window: Duration,
+
+    /// The window's end: RFC 3339 or unix seconds (default: now).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    end: Option<f64>,
+
+    /// One sample per interval: at least two scrape intervals.
+    #[arg(long, value_name = "DURATION", value_parser = super::snapshot::parse_duration, default_value = "1m")]
+    interval: Duration,
+
+    /// JSON instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -229,7 +292,69 @@ fn parse_signal(text: &str) -> Result<Measure, String> {
 pub(super) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     match &args.command {
         Command::Verify(args) => verify(args),
+        Command::Ab(args) => ab(args),
     }
+}
+
+fn ab(args: &AbArgs) -> anyhow::Result<ExitCode> {
+    let prometheus = fleet::prom::Prometheus::new(&fleet::prom::PromConfig {
+        base_url: args.prometheus.clone(),
+        bearer_token_file: args.bearer_token_file.clone(),
+        ca_file: args.ca_file.clone(),
+        insecure: args.insecure_skip_tls_verify,
+    })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_secs_f64();
+    let options = fleet::ab::AbOptions {
+        treated: args.treated.clone(),
+        control: args.control.clone(),
+        window: args.window.as_secs_f64(),
+        end: args.end.unwrap_or(now),
+        interval: args.interval.as_secs_f64(),
+        signals: args.signals.clone(),
+    };
+    let report = fleet::ab::verify_ab(&prometheus, &options)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", ab_table(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fleet ab`'s report for a person.
+fn ab_table(report: &fleet::ab::AbReport) -> String {
+    let mut out = format!(
+        "treated {{{}}} against control {{{}}}, {:.0}s in {:.0}s intervals\n",
+        report.treated, report.control, report.window_s, report.interval_s
+    );
+    for note in &report.notes {
+        let _ = writeln!(out, "  {note}");
+    }
+    let _ = writeln!(
+        out,
+        "{:<24} {:>9} {:>9} {:>9} {:>21} {:>8} {:>9}  VERDICT",
+        "SIGNAL", "TREATED", "CONTROL", "EFFECT", "95% CI", "P", "INTERVALS"
+    );
+    let num = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"));
+    for v in &report.verdicts {
+        let c = &v.comparison;
+        let _ = writeln!(
+            out,
+            "{:<24} {:>9} {:>9} {:>9} {:>21} {:>8.4} {:>9}  {}",
+            v.signal.name(),
+            num(v.treated),
+            num(v.control),
+            num(Some(c.effect)),
+            format!("[{}, {}]", num(Some(c.ci95[0])), num(Some(c.ci95[1]))),
+            c.p_value,
+            v.intervals,
+            crate::output::serde_name(&c.verdict)
+        );
+    }
+    out
 }
 
 /// What to judge, from the command line.

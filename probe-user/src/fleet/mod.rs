@@ -3,6 +3,7 @@
 //! (difference in differences), from the series every agent already exports, through
 //! Prometheus's query API.
 
+pub mod ab;
 pub mod alerts;
 pub mod did;
 pub mod gate;
