@@ -161,7 +161,7 @@ pub fn install_harmless(
     machine.update()?;
     if machine.harms(packages).is_ok_and(|h| h.is_empty()) {
         machine.install(packages)?;
-        installed.extend(packages.iter().map(|p| p.to_string()));
+        installed.extend(packages.iter().map(ToString::to_string));
         return Ok(());
     }
     // Something would go (or apt cannot resolve): find which package it is.
@@ -176,7 +176,7 @@ pub fn install_harmless(
     }
     if !fits.is_empty() {
         machine.install(&fits)?;
-        installed.extend(fits.iter().map(|p| p.to_string()));
+        installed.extend(fits.iter().map(ToString::to_string));
     }
     let rest: Vec<&str> = packages
         .iter()
@@ -212,7 +212,7 @@ fn install_from_alternative(
     match apt.harms(&wanted) {
         Ok(harms) if harms.is_empty() => {
             apt.install(&wanted)?;
-            installed.extend(wanted.iter().map(|p| p.to_string()));
+            installed.extend(wanted.iter().map(ToString::to_string));
             Ok(())
         }
         Ok(harms) => Err(give_up(format!("from {suite} too: {}", harms.join(", ")))),
