@@ -264,8 +264,8 @@ fn prefixed(prefix: &str, value: Option<&str>) -> String {
 fn version_lt(a: &str, b: &str) -> bool {
     Command::new("dpkg")
         .args(["--compare-versions", a, "lt", b])
-        .status()
-        .is_ok_and(|s| s.success())
+        .output()
+        .is_ok_and(|out| out.status.success())
 }
 
 /// The machine's Debian release (`VERSION_CODENAME` of `/etc/os-release`).

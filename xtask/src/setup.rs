@@ -51,7 +51,7 @@ fn timed<T>(what: &str, step: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Res
 
 /// `38 s`, `2 min 10 s`.
 fn duration(elapsed: std::time::Duration) -> String {
-    let seconds = elapsed.as_secs_f64().round() as u64;
+    let seconds = (elapsed.as_millis() + 500) / 1000;
     match (seconds / 60, seconds % 60) {
         (0, s) => format!("{s} s"),
         (m, 0) => format!("{m} min"),
@@ -471,6 +471,15 @@ fn debian_package_installed(package: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_in_seconds_then_minutes() {
+        let read = |ms| duration(std::time::Duration::from_millis(ms));
+        assert_eq!(read(400), "0 s");
+        assert_eq!(read(37_600), "38 s");
+        assert_eq!(read(59_600), "1 min");
+        assert_eq!(read(130_000), "2 min 10 s");
+    }
 
     #[test]
     fn the_nightly_comes_from_the_kernel_programs_toolchain_file() {
