@@ -39,16 +39,24 @@ fn record_installed(what: impl Into<String>) {
         .push(what.into());
 }
 
-/// Runs a step that takes long, saying when it started and how long it took.
+/// Runs a step that has work to do, saying what it does and, when done, how long it took
+/// (`setup: apt-get install jq ... (38 s)`).
 fn timed<T>(what: &str, step: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
-    eprintln!("xtask setup: {what} ...");
+    eprintln!("setup: {what} ...");
     let started = Instant::now();
     let out = step()?;
-    eprintln!(
-        "xtask setup: {what}: done in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("setup: {what} ... ({})", duration(started.elapsed()));
     Ok(out)
+}
+
+/// `38 s`, `2 min 10 s`.
+fn duration(elapsed: std::time::Duration) -> String {
+    let seconds = (elapsed.as_millis() + 500) / 1000;
+    match (seconds / 60, seconds % 60) {
+        (0, s) => format!("{s} s"),
+        (m, 0) => format!("{m} min"),
+        (m, s) => format!("{m} min {s} s"),
+    }
 }
 
 /// The kernel programs' toolchain file, the one declaration of the pinned nightly.
@@ -171,32 +179,39 @@ const PYTHON_PACKAGES: &[(&str, &str)] = &[("kubernetes_validate", "kubernetes-v
 
 /// Everything: what a build needs and what the tests drive.
 pub fn run() -> anyhow::Result<()> {
-    toolchain()?;
-    musl_target()?;
-    aarch64_target()?;
-    // The gates `cargo xtask test` runs first: formatting and lints.
-    rustup_component("rustfmt")?;
-    rustup_component("clippy")?;
-    debian_packages()?;
-    python_packages()?;
-    summary();
-    Ok(())
+    summarized(|| {
+        toolchain_steps()?;
+        musl_target()?;
+        aarch64_target()?;
+        // The gates `cargo xtask test` runs first: formatting and lints.
+        rustup_component("rustfmt")?;
+        rustup_component("clippy")?;
+        debian_packages()?;
+        python_packages()
+    })
 }
 
-/// One line: what this run installed, or that everything was in place.
-pub fn summary() {
+/// Runs `steps`, then says in one line what they installed, failing or not (an error
+/// comes after the line: what was installed stays installed).
+fn summarized(steps: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let result = steps();
     let done = INSTALLED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if done.is_empty() {
-        eprintln!("xtask setup: everything was in place; installed nothing");
+        eprintln!("setup: nothing to install");
     } else {
-        eprintln!("xtask setup: installed {}", done.join(", "));
+        eprintln!("setup: installed: {}", done.join(", "));
     }
+    result
 }
 
 /// Only what building tuneprobe needs (the image recipe uses this).
 pub fn toolchain() -> anyhow::Result<()> {
+    summarized(toolchain_steps)
+}
+
+fn toolchain_steps() -> anyhow::Result<()> {
     nightly()?;
     bpf_linker()
 }
@@ -225,10 +240,10 @@ fn rustup_component(component: &str) -> anyhow::Result<()> {
     if installed {
         return Ok(());
     }
-    timed(&format!("adding the rustup component {component}"), || {
+    timed(&format!("rustup component add {component}"), || {
         run_checked(Command::new("rustup").args(["component", "add", component]))
     })?;
-    record_installed(format!("the rustup component {component}"));
+    record_installed(format!("rustup component {component}"));
     Ok(())
 }
 
@@ -245,10 +260,10 @@ fn rustup_target(target: &str) -> anyhow::Result<()> {
     if installed {
         return Ok(());
     }
-    timed(&format!("adding the rustup target {target}"), || {
+    timed(&format!("rustup target add {target}"), || {
         run_checked(Command::new("rustup").args(["target", "add", target]))
     })?;
-    record_installed(format!("the rustup target {target}"));
+    record_installed(format!("rustup target {target}"));
     Ok(())
 }
 
@@ -273,7 +288,6 @@ fn python_packages() -> anyhow::Result<()> {
         if present {
             continue;
         }
-        eprintln!("xtask setup: installing {requirement}");
         let pip = |extra: &[&str]| {
             let mut cmd = Command::new("python3");
             cmd.args([
@@ -288,9 +302,10 @@ fn python_packages() -> anyhow::Result<()> {
             cmd
         };
         // Debian's own Python refuses installs into it (PEP 668) unless told.
-        if run_checked(&mut pip(&[])).is_err() {
-            run_checked(&mut pip(&["--break-system-packages"]))?;
-        }
+        timed(&format!("pip install {requirement}"), || {
+            run_checked(&mut pip(&[]))
+                .or_else(|_| run_checked(&mut pip(&["--break-system-packages"])))
+        })?;
         record_installed(format!("{requirement} (PyPI)"));
     }
     Ok(())
@@ -316,7 +331,7 @@ fn nightly() -> anyhow::Result<()> {
         return Ok(());
     }
     let what = format!("{nightly} with {}", missing.join(", "));
-    timed(&format!("installing {what} (a minute or two)"), || {
+    timed(&format!("rustup toolchain install {what}"), || {
         let mut cmd = Command::new("rustup");
         cmd.args(["toolchain", "install", nightly, "--profile", "minimal"]);
         for component in &missing {
@@ -341,9 +356,7 @@ fn bpf_linker() -> anyhow::Result<()> {
     }
     let llvm_major = nightly_llvm_major()?;
     let prefix = llvm_prefix(llvm_major)?;
-    let what = format!(
-        "building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm_major} (about a minute)"
-    );
+    let what = format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm_major}");
     timed(&what, || {
         run_checked(Command::new("cargo").env("LLVM_PREFIX", &prefix).args([
             "install",
@@ -424,73 +437,28 @@ fn install_debian(missing: &[&str]) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let what = format!(
-        "installing Debian packages {} (apt-get: minutes on a new machine)",
-        missing.join(" ")
-    );
-    timed(&what, || {
-        let machine = Apt::machine();
-        machine.update()?;
-        if machine.removals(missing)?.is_empty() {
-            return machine.install(missing);
-        }
-        // Something would go: find which package wants it, and install the rest.
-        let mut fits = Vec::new();
-        let mut conflicts = Vec::new();
-        for &package in missing {
-            match machine.removals(&[package])? {
-                removed if removed.is_empty() => fits.push(package),
-                removed => conflicts.push((package, removed)),
-            }
-        }
-        if !fits.is_empty() {
-            machine.install(&fits)?;
-        }
-        install_from_backports(&conflicts)
-    })?;
-    record_installed(format!("Debian packages {}", missing.join(" ")));
-    Ok(())
+    let mut installed = Vec::new();
+    let result = timed(&format!("apt-get install {}", missing.join(" ")), || {
+        apt::install_harmless(&Apt::machine(), backports, missing, &mut installed)
+    });
+    for package in installed {
+        record_installed(package);
+    }
+    result
 }
 
-/// Packages whose install from the machine's sources would remove one it has: the same
-/// from the release's backports, where the present one often comes from (the machine
-/// image's `qemu-utils`), if that removes nothing; otherwise an error naming both.
-fn install_from_backports(conflicts: &[(&str, Vec<String>)]) -> anyhow::Result<()> {
-    if conflicts.is_empty() {
-        return Ok(());
-    }
-    let named: Vec<String> = conflicts
-        .iter()
-        .map(|(package, removed)| format!("{package} would remove {}", removed.join(", ")))
-        .collect();
-    let give_up = |why: String| {
-        anyhow::anyhow!(
-            "setup removes nothing this machine has, and installing from its sources: {}; \
-             {why}. Install versions that fit what is installed (or remove those packages \
-             yourself if you mean to), then run `cargo xtask setup` again",
-            named.join("; ")
-        )
-    };
-    let codename =
-        apt::codename().ok_or_else(|| give_up("no release in /etc/os-release".into()))?;
-    let suite = apt::backports(&codename);
-    eprintln!("xtask setup: {}; trying {suite}", named.join("; "));
+/// Where a package comes from whose install from the machine's sources would remove or
+/// downgrade one it has: the release's backports, where the present one often comes
+/// from (the machine image's `qemu-utils`), read through a private apt configuration
+/// (the machine's sources stay as they are).
+fn backports() -> anyhow::Result<apt::Alternative> {
+    let codename = apt::codename().context("no release in /etc/os-release")?;
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-    let backports = Apt::with_backports(
+    let apt = Apt::with_backports(
         &home.join(".local/share/tuneprobe/apt-backports"),
         &codename,
     )?;
-    backports.update()?;
-    let wanted: Vec<String> = conflicts
-        .iter()
-        .map(|(package, _)| format!("{package}/{suite}"))
-        .collect();
-    let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
-    match backports.removals(&wanted) {
-        Ok(removed) if removed.is_empty() => backports.install(&wanted),
-        Ok(removed) => Err(give_up(format!("from {suite} too: {}", removed.join(", ")))),
-        Err(e) => Err(give_up(format!("{suite} has no fitting version: {e:#}"))),
-    }
+    Ok((apt::backports(&codename), apt))
 }
 
 fn debian_package_installed(package: &str) -> bool {
@@ -503,6 +471,15 @@ fn debian_package_installed(package: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_in_seconds_then_minutes() {
+        let read = |ms| duration(std::time::Duration::from_millis(ms));
+        assert_eq!(read(400), "0 s");
+        assert_eq!(read(37_600), "38 s");
+        assert_eq!(read(59_600), "1 min");
+        assert_eq!(read(130_000), "2 min 10 s");
+    }
 
     #[test]
     fn the_nightly_comes_from_the_kernel_programs_toolchain_file() {
