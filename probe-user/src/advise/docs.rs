@@ -58,6 +58,9 @@ fn condition(condition: Condition) -> String {
             }
         ),
         Condition::WriteBursts(factor) => format!("write p99 >= {factor} x the write mean"),
+        Condition::LongLived(seconds) => {
+            format!("the connections that ended lasted >= {seconds} s (median)")
+        }
     }
 }
 

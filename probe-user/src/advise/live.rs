@@ -26,8 +26,8 @@ pub(crate) struct AdviceReport {
 }
 
 /// What the rules read of a snapshot: DNS latency as one histogram (not one per
-/// resolver and response code, most of a workload's size), no connection or stall
-/// histograms, no program lists or pod labels.
+/// resolver and response code, most of a workload's size), no round-trip or stall histograms
+/// (connection durations stay: the keepalive rule reads them), no program lists or pod labels.
 fn compact(snapshot: &Snapshot) -> Snapshot {
     let workloads = snapshot
         .workloads
@@ -42,7 +42,6 @@ fn compact(snapshot: &Snapshot) -> Snapshot {
                 }
             }
             if let Some(c) = &mut signals.connections {
-                c.duration_histogram = Default::default();
                 c.srtt_histogram = Default::default();
                 c.min_rtt_histogram = Default::default();
             }

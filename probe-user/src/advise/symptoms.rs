@@ -5,7 +5,7 @@ use std::{borrow::Cow, collections::BTreeMap};
 use super::place::Place;
 use crate::{
     report::{Snapshot, Workload},
-    signals::{Sections, measure::Measure, tcp_connections::ConnectionReport},
+    signals::{Sections, histogram, measure::Measure, tcp_connections::ConnectionReport},
     tuning::{Condition, Knob, Rule, knob_named},
 };
 
@@ -119,6 +119,7 @@ pub(super) fn condition(
         Condition::QueueDominatesOnSsd { scheduler_followed } => {
             queue_dominates(values, device?, place, scheduler_followed)
         }
+        Condition::LongLived(seconds) => long_lived(values, seconds),
         Condition::WriteBursts(factor) => {
             let (p99, _) = values.window(Measure::BlockWriteP99Ms, device)?;
             let (mean, _) = values.window(Measure::BlockWriteMs, device)?;
@@ -143,6 +144,24 @@ fn lack_of_port(values: &WindowValues<'_>) -> Option<String> {
         (now.failed.port_exhaustion).saturating_sub(start.map_or(0, |s| s.failed.port_exhaustion));
     (failed > 0 && no_port * 2 >= failed).then(|| {
         format!("{no_port} of {failed} failed connects found no free local port (EADDRNOTAVAIL)")
+    })
+}
+
+/// The median duration of the connections that ended in the window is at least
+/// `seconds`: says how long.
+fn long_lived(values: &WindowValues<'_>, seconds: u32) -> Option<Option<String>> {
+    let now = values.workload.signals.connections.as_ref()?;
+    let start = values.start.connections.as_ref();
+    let ended = match start {
+        Some(s) => histogram::since(&now.duration_histogram, &s.duration_histogram),
+        None => now.duration_histogram,
+    };
+    let median_s = histogram::quantile_ms(&ended, 0.5)? / 1000.0;
+    (median_s >= f64::from(seconds)).then(|| {
+        Some(format!(
+            "the connections that ended lasted {median_s:.0} s (median): long enough for a \
+             middlebox to forget them while idle"
+        ))
     })
 }
 

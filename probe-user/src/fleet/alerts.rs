@@ -124,7 +124,11 @@ impl Also {
             Condition::FailuresForLackOfPort | Condition::TimeWaitHoldsPorts => Self::LackOfPort,
             Condition::WriteBursts(factor) => Self::WriteBursts(factor),
             Condition::QueueDominatesOnSsd { .. } => Self::QueueDominates,
-            Condition::None | Condition::CurrentIs(_) | Condition::SiblingIs(..) => Self::Nothing,
+            // How long connections lived is for `advise` to weigh, as the knob's value is.
+            Condition::None
+            | Condition::CurrentIs(_)
+            | Condition::SiblingIs(..)
+            | Condition::LongLived(_) => Self::Nothing,
         }
     }
 

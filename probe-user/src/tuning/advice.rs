@@ -43,6 +43,9 @@ pub(crate) enum Condition {
     QueueDominatesOnSsd {
         scheduler_followed: bool,
     },
+    /// The connections that ended lasted at least this many seconds (the median): long
+    /// enough for a middlebox to forget them while idle.
+    LongLived(u32),
     /// Write latency comes in bursts: the write p99 at least this many times the
     /// write mean.
     WriteBursts(u32),
@@ -140,9 +143,13 @@ pub(crate) const RESETS: Rule = Rule {
     symptom: Measure::ResetRatio,
     threshold: 0.05,
     threshold_why: "a reset received ends the connection with an error in the \
-        application; 1 in 20 connections is more than servers that close cleanly cause",
+        application; 1 in 20 connections is more than servers that close cleanly cause, \
+        and on connections that lived for minutes it is the mark of a middlebox (a load \
+        balancer, NAT, conntrack) that forgot them while idle",
     min_load: 20.0,
-    also: Condition::None,
+    // Middleboxes forget idle connections after minutes (AWS NLB 350 s, GCP 600 s):
+    // resets that end short connections are the server's doing, not keepalive's.
+    also: Condition::LongLived(300),
     recommend: Recommend::Guide,
     min_effect: 0.5,
 };
