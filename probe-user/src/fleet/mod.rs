@@ -658,18 +658,14 @@ pub fn verify(prometheus: &Prometheus, options: &Options) -> Result<FleetReport,
     );
     let mut overall = Vec::new();
     let mut verdicts = Vec::new();
-    let mut newest: Option<f64> = None;
     for &signal in &signals {
         let source = signal.declared().exported;
         let mut answers = BTreeMap::new();
         for (role, query) in series::queries(source, &node_selector.to_string()) {
-            let answer = prometheus.query_range(&query, range.start, range.end, step)?;
-            newest = answer
-                .iter()
-                .filter_map(|s| s.points.last().map(|p| p.0))
-                .chain(newest)
-                .reduce(f64::max);
-            answers.insert(role, answer);
+            answers.insert(
+                role,
+                prometheus.query_range(&query, range.start, range.end, step)?,
+            );
         }
         if let Some(note) = missing_load(signal, source, &answers) {
             notes.push(note);
@@ -679,6 +675,22 @@ pub fn verify(prometheus: &Prometheus, options: &Options) -> Result<FleetReport,
         overall.push(all);
         verdicts.extend(groups);
     }
+    // The time of the newest sample behind each point, not the point's own time: a
+    // store may answer with points it has no samples for yet (VictoriaMetrics repeats
+    // the last complete point over its latency offset).
+    let freshness = prometheus.query_range(
+        &format!(
+            "max(timestamp({}))",
+            node_selector.select("tuneprobe_probe_attached")
+        ),
+        range.start,
+        range.end,
+        step,
+    )?;
+    let newest = freshness
+        .iter()
+        .filter_map(|s| s.points.last().map(|p| p.1))
+        .reduce(f64::max);
     let mut partial = prometheus.warnings();
     partial.extend(range.behind(newest, step));
     Ok(FleetReport {
@@ -737,20 +749,22 @@ pub struct SampleRange {
 }
 
 impl SampleRange {
-    /// Why the answers fall short of the after window, if they do: their newest point
-    /// (over every series) is before the last grid point the after window (cut at
-    /// `end`) has. A store that hides its newest samples (VictoriaMetrics, for
-    /// `-search.latencyOffset`, 30 s by default) or ingests late (remote write, a
-    /// Thanos sidecar's upload) would otherwise leave the last intervals out silently.
+    /// Why the answers fall short of the after window, if they do: the newest sample
+    /// the store has (`newest`, over every node) is not after the grid point before the
+    /// after window's last one (cut at `end`), so the last interval has no sample of
+    /// its own. A store that holds back its newest samples (VictoriaMetrics, for its
+    /// `-search.latencyOffset`, 30 s by default, answering with the last complete
+    /// point repeated) or ingests late (remote write, a Thanos sidecar's upload) would
+    /// otherwise give the last intervals no increase, silently.
     pub fn behind(&self, newest: Option<f64>, step: f64) -> Option<String> {
         let wanted = self.after_end.min(self.end);
         let last = self.start + ((wanted - self.start) / step + 1e-9).floor() * step;
         let newest = newest?;
-        (newest < last - step / 10.0).then(|| {
+        (newest < last - step + step / 10.0).then(|| {
             format!(
-                "the store has not caught up: its newest point is at {newest:.0}, {:.0}s \
+                "the store has not caught up: its newest sample is at {newest:.0}, {:.0}s \
                  before the after window's last interval at {last:.0}; wait and run again \
-                 (VictoriaMetrics answers with a sample only 30s after its time, its \
+                 (VictoriaMetrics shows a sample in ranges only 30s after its time, its \
                  -search.latencyOffset)",
                 last - newest
             )
@@ -871,18 +885,19 @@ mod tests {
             }
         );
         assert!(notes.is_empty(), "{notes:?}");
-        // Caught up: a point at the last interval or later; no answer at all is no data,
-        // not a lag.
-        for newest in [Some(1110.0), Some(1130.0), None] {
+        // Caught up: a sample after the grid point before the last interval (scraped
+        // within the last step); no answer at all is no data, not a lag.
+        for newest in [Some(1110.0), Some(1102.0), Some(1130.0), None] {
             assert_eq!(range.behind(newest, 10.0), None, "{newest:?}");
         }
         // VictoriaMetrics' default 30 s held back: three intervals short.
         assert_eq!(
             range.behind(Some(1080.0), 10.0).unwrap(),
-            "the store has not caught up: its newest point is at 1080, 30s before the \
+            "the store has not caught up: its newest sample is at 1080, 30s before the \
              after window's last interval at 1110; wait and run again (VictoriaMetrics \
-             answers with a sample only 30s after its time, its -search.latencyOffset)"
+             shows a sample in ranges only 30s after its time, its -search.latencyOffset)"
         );
+        assert!(range.behind(Some(1100.0), 10.0).is_some());
         // The after window still running: the range ends now, 1055, and a store is
         // behind when it lacks the last grid point before it.
         let mut notes = Vec::new();
