@@ -76,11 +76,96 @@ fn prometheus(dir: &Path, config: &str) -> (Running, u16) {
     (running, port)
 }
 
+/// A private VictoriaMetrics (Debian's `victoria-metrics`) on a free port over
+/// `dir/name`, with `args` besides; waits until it answers `/health`.
+fn victoria_metrics(dir: &Path, name: &str, args: &[String]) -> (Running, u16) {
+    let port = free_port();
+    let running = Running(
+        Command::new("victoria-metrics")
+            .arg(format!("-storageDataPath={}", dir.join(name).display()))
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .arg("-retentionPeriod=100y")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start victoria-metrics"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_get(port, "/health").is_none_or(|(status, _)| status != 200) {
+        assert!(
+            Instant::now() < deadline,
+            "victoria-metrics never got ready"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    (running, port)
+}
+
+/// The OpenMetrics samples (timestamps in seconds) in the Prometheus text format
+/// VictoriaMetrics imports (timestamps in milliseconds), without the comments.
+fn prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::new();
+    for line in openmetrics.lines().filter(|l| !l.starts_with('#')) {
+        let (sample, seconds) = line.rsplit_once(' ').unwrap();
+        let seconds: i64 = seconds.parse().unwrap();
+        let _ = writeln!(out, "{sample} {}", seconds * 1000);
+    }
+    out
+}
+
+/// Imports `openmetrics` into the VictoriaMetrics on `port` with its own timestamps
+/// (`/api/v1/import/prometheus`), and waits until every one of its `samples` samples
+/// can be queried.
+fn import(dir: &Path, port: u16, openmetrics: &str, samples: usize) {
+    let file = dir.join("import.prom");
+    fs::write(&file, prometheus_text(openmetrics)).unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "--data-binary"])
+        .arg(format!("@{}", file.display()))
+        .arg(format!("http://127.0.0.1:{port}/api/v1/import/prometheus"))
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let count = "sum(count_over_time({__name__=~\"tuneprobe_.*\"}[1d]))";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let _ = http_get(port, "/internal/force_flush");
+        let found = http_get(
+            port,
+            &format!(
+                "/api/v1/query?nocache=1&query={}",
+                tuneprobe_tests::url_encode(count)
+            ),
+        )
+        .and_then(|(_, body)| {
+            let json: Value = serde_json::from_str(&body).ok()?;
+            json["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+        });
+        if found == Some(samples) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{found:?} of {samples} imported samples can be queried"
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// `tuneprobe fleet verify ARGS --json` against the Prometheus on `port`.
 fn fleet_verify(port: u16, args: &[&str]) -> Value {
+    fleet_verify_at(&format!("http://127.0.0.1:{port}"), args)
+}
+
+/// `tuneprobe fleet verify ARGS --json` against the query API at `url`.
+fn fleet_verify_at(url: &str, args: &[&str]) -> Value {
     let out = Command::new(tuneprobe_binary())
-        .args(["fleet", "verify", "--prometheus"])
-        .arg(format!("http://127.0.0.1:{port}"))
+        .args(["fleet", "verify", "--prometheus", url])
         .args(args)
         .arg("--json")
         .output()
@@ -457,9 +542,14 @@ fn known_effects_written_into_the_tsdb() {
 /// `tuneprobe fleet verify ARGS --json` against the Prometheus on `port`: its exit code,
 /// stdout and stderr.
 fn fleet_verify_status(port: u16, args: &[&str]) -> (i32, String, String) {
+    fleet_verify_status_at(&format!("http://127.0.0.1:{port}"), args)
+}
+
+/// `tuneprobe fleet verify ARGS --json` against the query API at `url`: its exit code,
+/// stdout and stderr.
+fn fleet_verify_status_at(url: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(tuneprobe_binary())
-        .args(["fleet", "verify", "--prometheus"])
-        .arg(format!("http://127.0.0.1:{port}"))
+        .args(["fleet", "verify", "--prometheus", url])
         .args(args)
         .arg("--json")
         .output()
@@ -609,6 +699,134 @@ fn a_gate_exits_with_the_code_of_each_outcome() {
             );
             assert_eq!(stderr.lines().count(), 1, "{stderr}");
         }
+    }
+}
+
+/// The same series in Prometheus (blocks made by promtool) and in VictoriaMetrics
+/// (imported with their timestamps), judged through each: the same report, number for
+/// number, and the same gate. VictoriaMetrics is asked under its `/prometheus` prefix,
+/// as Mimir serves the API. A `--before` of 31 h at 10 s is more than a store answers
+/// at once (11,000 points): asked in pieces, it gives the verdict of the 20 minutes the
+/// data holds before the change.
+#[test]
+fn the_same_verdicts_from_victoria_metrics() {
+    let dir = TempDir::new("tuneprobe-fleet-vm-");
+    let start = ((now_s() as i64 - 3 * 3600) / 3600) * 3600;
+    let scenario =
+        |prefix: &str, canary_shift: f64, control_shift: f64, seed: u64, silent| Scenario {
+            prefix: prefix.into(),
+            canary: 2,
+            control: 2,
+            base: 0.6,
+            canary_shift,
+            control_shift,
+            seed,
+            canary_silent_after: silent,
+        };
+    let scenarios = [
+        scenario("only", -0.4, 0.0, 1, false),
+        scenario("everywhere", -0.4, -0.4, 2, false),
+        scenario("worse", 0.3, 0.0, 12, false),
+        scenario("same", 0.0, 0.0, 1000, false),
+        scenario("dark", -0.4, 0.0, 13, true),
+    ];
+    let openmetrics = openmetrics(&scenarios, start);
+    let input = dir.0.join("fleet.om");
+    fs::write(&input, &openmetrics).unwrap();
+    let out = Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
+        .arg(&input)
+        .arg(dir.0.join("tsdb"))
+        .output()
+        .expect("run promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_prometheus, port) = prometheus(&dir.0, "global:\n  scrape_interval: 10s\n");
+    let (_vm, vm_port) = victoria_metrics(&dir.0, "vm", &[]);
+    let samples = openmetrics.lines().filter(|l| !l.starts_with('#')).count();
+    import(&dir.0, vm_port, &openmetrics, samples);
+    let prometheus_url = format!("http://127.0.0.1:{port}");
+    let vm_url = format!("http://127.0.0.1:{vm_port}/prometheus");
+
+    // The report without the store's address.
+    let judged = |url: &str, args: &[&str]| {
+        let mut report = fleet_verify_at(url, args);
+        report.as_object_mut().unwrap().remove("prometheus");
+        report
+    };
+    for (prefix, verdict) in [
+        ("only", "improved"),
+        ("everywhere", "no significant change"),
+        ("worse", "regressed"),
+        ("same", "no significant change"),
+        ("dark", "insufficient data"),
+    ] {
+        let args = scenario_args(prefix);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let from_prometheus = judged(&prometheus_url, &args);
+        let from_vm = judged(&vm_url, &args);
+        let (p, v) = (overall(&from_prometheus), overall(&from_vm));
+        eprintln!(
+            "{prefix}: prometheus {} effect {} p {}; victoria-metrics {} effect {} p {}",
+            p["verdict"], p["effect"], p["p_value"], v["verdict"], v["effect"], v["p_value"]
+        );
+        assert_eq!(p["verdict"], verdict, "{from_prometheus:#}");
+        assert_eq!(from_vm, from_prometheus, "{prefix}");
+        assert_eq!(from_vm["partial"], serde_json::json!([]), "{prefix}");
+        // The gate's code and line too.
+        let gated: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(["--fail-on", "not-improved"])
+            .collect();
+        let (p_code, _, p_why) = fleet_verify_status_at(&prometheus_url, &gated);
+        let (v_code, _, v_why) = fleet_verify_status_at(&vm_url, &gated);
+        eprintln!("{prefix} --fail-on not-improved: {p_code} / {v_code}: {v_why}");
+        assert_eq!((v_code, v_why), (p_code, p_why), "{prefix}");
+    }
+
+    // `--at` the change, 20 min before it (all the data there is) against 31 h.
+    let at = (start + CHANGE_S).to_string();
+    let windowed = |before: &str| {
+        [
+            "--at",
+            &at,
+            "--signal",
+            "cpu_throttled_ratio",
+            "--canary",
+            "node=~\"only-canary-.*\"",
+            "--control",
+            "node=~\"only-control-.*\"",
+            "--before",
+            before,
+            "--after",
+            "15m",
+            "--interval",
+            "10s",
+        ]
+        .map(str::to_string)
+    };
+    let short = windowed("20m");
+    let short: Vec<&str> = short.iter().map(String::as_str).collect();
+    let long = windowed("31h");
+    let long: Vec<&str> = long.iter().map(String::as_str).collect();
+    let reference = judged(&prometheus_url, &short);
+    assert_eq!(overall(&reference)["verdict"], "improved", "{reference:#}");
+    assert_eq!(
+        overall(&reference)["samples"]["difference"]["before"]
+            .as_array()
+            .unwrap()
+            .len(),
+        120
+    );
+    for url in [&prometheus_url, &vm_url] {
+        let report = judged(url, &long);
+        assert_eq!(report["windows"]["before_s"], 31.0 * 3600.0);
+        assert_eq!(report["overall"], reference["overall"], "{url}");
+        assert_eq!(report["verdicts"], reference["verdicts"], "{url}");
     }
 }
 
