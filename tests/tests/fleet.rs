@@ -1190,6 +1190,20 @@ fn two_scoped_agents_a_raised_quota_on_one_node() {
             port = node.port
         );
     }
+    // VictoriaMetrics twice: scraping the agents itself, and fed by Prometheus's remote
+    // write.
+    let vm_config = dir.0.join("vm-scrape.yml");
+    fs::write(&vm_config, &config).unwrap();
+    let (_vm_scraping, vm_scraping) = victoria_metrics(
+        &dir.0,
+        "vm-scraping",
+        &[format!("-promscrape.config={}", vm_config.display())],
+    );
+    let (_vm_written, vm_written) = victoria_metrics(&dir.0, "vm-written", &[]);
+    let _ = write!(
+        config,
+        "remote_write:\n  - url: http://127.0.0.1:{vm_written}/api/v1/write\n"
+    );
     let (_prometheus, port) = prometheus(&dir.0, &config);
 
     // Both pods' throttling in Prometheus, by name, each from its own agent only.
@@ -1379,6 +1393,143 @@ fn two_scoped_agents_a_raised_quota_on_one_node() {
     assert!(picture.starts_with("<svg ") && picture.contains("control after"));
     // Canary and control, before and after, a point per interval, in two panels.
     assert!(picture.matches("<circle").count() >= 4 * 8 * 2, "{picture}");
+
+    same_verdicts_from_victoria_metrics(
+        &report,
+        port,
+        [vm_scraping, vm_written],
+        (&canary.name, &control.name),
+    );
+}
+
+/// The end-to-end run's verdicts through VictoriaMetrics, scraping the agents itself
+/// (`vm_ports[0]`) and fed by Prometheus's remote write (`vm_ports[1]`), against the
+/// `report` from Prometheus on `port`; and a run right at the end of the after window,
+/// which VictoriaMetrics does not show yet (its `-search.latencyOffset`, 30 s): partial,
+/// so a gate fails.
+fn same_verdicts_from_victoria_metrics(
+    report: &Value,
+    port: u16,
+    vm_ports: [u16; 2],
+    (canary, control): (&str, &str),
+) {
+    let selector = format!("node=~\"{canary}|{control}\"");
+    let args = [
+        "--knob",
+        "cpu.max",
+        "--canary",
+        &selector,
+        "--control",
+        &selector,
+        "--before",
+        "20s",
+        "--after",
+        "20s",
+        "--interval",
+        "2s",
+        "--since",
+        "10m",
+    ];
+    // The after window's last interval, 30 s for the latency offset and 5 s for
+    // Prometheus's remote write to send its last batch.
+    let changed_at = num(&report["canary"][0]["changed_at"]);
+    let visible = changed_at + 20.0 + 3.0 * 2.0 + 30.0 + 5.0;
+    thread::sleep(Duration::from_secs_f64((visible - now_s()).max(0.0)));
+    let verdicts = |report: &Value| -> Vec<(String, String)> {
+        report["overall"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v["signal"].to_string(), v["verdict"].to_string()))
+            .collect()
+    };
+    for (store, vm_port) in ["scraping", "remote-written"].into_iter().zip(vm_ports) {
+        let from_vm = fleet_verify_at(&format!("http://127.0.0.1:{vm_port}"), &args);
+        let v = from_vm["verdicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["signal"] == "cpu_throttled_ratio")
+            .unwrap();
+        eprintln!(
+            "victoria-metrics {store}: {:?}; cpu_throttled_ratio effect {:.4} p {:.2e}, canary {} -> {}, control {} -> {}",
+            verdicts(&from_vm),
+            num(&v["effect"]),
+            num(&v["p_value"]),
+            v["canary"]["before"],
+            v["canary"]["after"],
+            v["control"]["before"],
+            v["control"]["after"]
+        );
+        assert_eq!(from_vm["canary"][0]["node"], canary, "{store}: {from_vm:#}");
+        assert_eq!(from_vm["control"], serde_json::json!([control]), "{store}");
+        assert_eq!(verdicts(&from_vm), verdicts(report), "{store}: {from_vm:#}");
+        assert_eq!(from_vm["partial"], serde_json::json!([]), "{store}");
+        assert_eq!(v["verdict"], "improved", "{store}: {v:#}");
+        assert_eq!(num(&v["canary"]["after"]), 0.0, "{store}: {v:#}");
+        assert!(num(&v["canary"]["before"]) > 0.5, "{store}: {v:#}");
+        assert!(num(&v["control"]["after"]) > 0.5, "{store}: {v:#}");
+        for window in ["before", "after"] {
+            let n = v["samples"]["difference"][window].as_array().unwrap().len();
+            assert!(n >= 8, "{store}: {n} intervals {window}: {v:#}");
+        }
+    }
+
+    // An after window that ended 8 s ago: Prometheus has it (both pods as they have
+    // been since the change: the gate passes), VictoriaMetrics not yet. On the
+    // interval's grid, so that each window has its 10 intervals.
+    let at = (((now_s() - 30.0) / 2.0).floor() * 2.0).to_string();
+    let args = [
+        "--at",
+        &at,
+        "--signal",
+        "cpu_throttled_ratio",
+        "--canary",
+        &format!("node=\"{canary}\""),
+        "--control",
+        &format!("node=\"{control}\""),
+        "--before",
+        "20s",
+        "--after",
+        "20s",
+        "--interval",
+        "2s",
+        "--fail-on",
+        "regressed",
+    ];
+    let (code, stdout, stderr) = fleet_verify_status(port, &args);
+    let from_prometheus: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        from_prometheus["partial"],
+        serde_json::json!([]),
+        "{stderr}"
+    );
+    assert_eq!(
+        overall(&from_prometheus)["verdict"],
+        "no significant change",
+        "{from_prometheus:#}"
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) =
+        fleet_verify_status_at(&format!("http://127.0.0.1:{}", vm_ports[0]), &args);
+    eprintln!("victoria-metrics at the end of the after window: exit {code}: {stderr}");
+    let from_vm: Value = serde_json::from_str(&stdout).unwrap();
+    let partial = from_vm["partial"].as_array().unwrap();
+    assert_eq!(partial.len(), 1, "{from_vm:#}");
+    assert!(
+        partial[0]
+            .as_str()
+            .unwrap()
+            .starts_with("the store has not caught up: its newest sample is at "),
+        "{partial:?}"
+    );
+    assert_eq!(code, 5, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "tuneprobe: gate failed (--fail-on regressed): partial data (the store has not caught up"
+        ),
+        "{stderr}"
+    );
 }
 
 /// deploy/prometheus/fleet-rules.yaml, run by `promtool test rules`: the recorded
