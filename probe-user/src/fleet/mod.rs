@@ -675,22 +675,7 @@ pub fn verify(prometheus: &Prometheus, options: &Options) -> Result<FleetReport,
         overall.push(all);
         verdicts.extend(groups);
     }
-    // The time of the newest sample behind each point, not the point's own time: a
-    // store may answer with points it has no samples for yet (VictoriaMetrics repeats
-    // the last complete point over its latency offset).
-    let freshness = prometheus.query_range(
-        &format!(
-            "max(timestamp({}))",
-            node_selector.select("tuneprobe_probe_attached")
-        ),
-        range.start,
-        range.end,
-        step,
-    )?;
-    let newest = freshness
-        .iter()
-        .filter_map(|s| s.points.last().map(|p| p.1))
-        .reduce(f64::max);
+    let newest = newest_sample(prometheus, &node_selector, range, step)?;
     let mut partial = prometheus.warnings();
     partial.extend(range.behind(newest, step));
     Ok(FleetReport {
@@ -711,6 +696,31 @@ pub fn verify(prometheus: &Prometheus, options: &Options) -> Result<FleetReport,
         overall,
         verdicts,
     })
+}
+
+/// The time of the newest sample of any of the nodes the store answers with in `range`:
+/// the sample behind the last point, not the point's own time, since a store may answer
+/// with points it has no samples for yet (VictoriaMetrics repeats the last complete
+/// point over its latency offset).
+fn newest_sample(
+    prometheus: &Prometheus,
+    nodes: &Matchers,
+    range: SampleRange,
+    step: f64,
+) -> Result<Option<f64>, PromError> {
+    let freshness = prometheus.query_range(
+        &format!(
+            "max(timestamp({}))",
+            nodes.select("tuneprobe_probe_attached")
+        ),
+        range.start,
+        range.end,
+        step,
+    )?;
+    Ok(freshness
+        .iter()
+        .filter_map(|s| s.points.last().map(|p| p.1))
+        .reduce(f64::max))
 }
 
 /// Each canary node's change window. With a detected time the change lies in the step

@@ -126,8 +126,8 @@ impl Prometheus {
     pub fn warnings(&self) -> Vec<String> {
         self.warnings
             .lock()
-            .map(|w| w.clone())
-            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// A range query: every series with a point at each `step` from `start` to `end`,
