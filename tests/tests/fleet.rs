@@ -7,7 +7,10 @@
 //!   listen overflows per connection attempt over the exported loads;
 //! - end to end: two `tuneprobe serve` agents with their own `--node-name`, each scoped
 //!   with `--cgroup-scope` to its own pod, scraped by Prometheus; one "node"'s pod gets a
-//!   raised cpu quota.
+//!   raised cpu quota;
+//! - the same through VictoriaMetrics (Debian's `victoria-metrics`): the synthetic
+//!   series imported with their timestamps, the agents scraped by it and remote-written
+//!   into it by Prometheus, against Prometheus's verdicts.
 
 use std::{
     fmt::Write as _,
