@@ -73,7 +73,8 @@ fn after_help() -> String {
          tuneprobe fleet verify --prometheus http://prometheus:9090 --knob cpu.max\n  \
          tuneprobe fleet verify --prometheus https://prom.example --bearer-token-file /var/run/secrets/token \\\n    \
          --at 2026-12-01T10:00:00Z --canary 'node=~\"pool-b-.*\"' --control 'node=~\"pool-a-.*\"' --signal dns_latency_ms\n  \
-         tuneprobe fleet verify --prometheus http://prometheus:9090 --knob net.core.somaxconn --fail-on regressed\n\n\
+         tuneprobe fleet verify --prometheus http://prometheus:9090 --knob net.core.somaxconn --fail-on regressed\n  \
+         tuneprobe fleet verify --prometheus http://mimir:8080/prometheus --header X-Scope-OrgID:team-a --knob cpu.max\n\n\
          Exit codes:\n",
     );
     for (code, _, meaning) in EXIT_CODES {
