@@ -7,7 +7,10 @@
 //!   listen overflows per connection attempt over the exported loads;
 //! - end to end: two `tuneprobe serve` agents with their own `--node-name`, each scoped
 //!   with `--cgroup-scope` to its own pod, scraped by Prometheus; one "node"'s pod gets a
-//!   raised cpu quota.
+//!   raised cpu quota;
+//! - the same through VictoriaMetrics (Debian's `victoria-metrics`): the synthetic
+//!   series imported with their timestamps, the agents scraped by it and remote-written
+//!   into it by Prometheus, against Prometheus's verdicts.
 
 use std::{
     fmt::Write as _,
@@ -76,11 +79,96 @@ fn prometheus(dir: &Path, config: &str) -> (Running, u16) {
     (running, port)
 }
 
+/// A private VictoriaMetrics (Debian's `victoria-metrics`) on a free port over
+/// `dir/name`, with `args` besides; waits until it answers `/health`.
+fn victoria_metrics(dir: &Path, name: &str, args: &[String]) -> (Running, u16) {
+    let port = free_port();
+    let running = Running(
+        Command::new("victoria-metrics")
+            .arg(format!("-storageDataPath={}", dir.join(name).display()))
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .arg("-retentionPeriod=100y")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start victoria-metrics"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_get(port, "/health").is_none_or(|(status, _)| status != 200) {
+        assert!(
+            Instant::now() < deadline,
+            "victoria-metrics never got ready"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    (running, port)
+}
+
+/// The OpenMetrics samples (timestamps in seconds) in the Prometheus text format
+/// VictoriaMetrics imports (timestamps in milliseconds), without the comments.
+fn prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::new();
+    for line in openmetrics.lines().filter(|l| !l.starts_with('#')) {
+        let (sample, seconds) = line.rsplit_once(' ').unwrap();
+        let seconds: i64 = seconds.parse().unwrap();
+        let _ = writeln!(out, "{sample} {}", seconds * 1000);
+    }
+    out
+}
+
+/// Imports `openmetrics` into the VictoriaMetrics on `port` with its own timestamps
+/// (`/api/v1/import/prometheus`), and waits until every one of its `samples` samples
+/// can be queried.
+fn import(dir: &Path, port: u16, openmetrics: &str, samples: usize) {
+    let file = dir.join("import.prom");
+    fs::write(&file, prometheus_text(openmetrics)).unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "--data-binary"])
+        .arg(format!("@{}", file.display()))
+        .arg(format!("http://127.0.0.1:{port}/api/v1/import/prometheus"))
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let count = "sum(count_over_time({__name__=~\"tuneprobe_.*\"}[1d]))";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let _ = http_get(port, "/internal/force_flush");
+        let found = http_get(
+            port,
+            &format!(
+                "/api/v1/query?nocache=1&query={}",
+                tuneprobe_tests::url_encode(count)
+            ),
+        )
+        .and_then(|(_, body)| {
+            let json: Value = serde_json::from_str(&body).ok()?;
+            json["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+        });
+        if found == Some(samples) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{found:?} of {samples} imported samples can be queried"
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// `tuneprobe fleet verify ARGS --json` against the Prometheus on `port`.
 fn fleet_verify(port: u16, args: &[&str]) -> Value {
+    fleet_verify_at(&format!("http://127.0.0.1:{port}"), args)
+}
+
+/// `tuneprobe fleet verify ARGS --json` against the query API at `url`.
+fn fleet_verify_at(url: &str, args: &[&str]) -> Value {
     let out = Command::new(tuneprobe_binary())
-        .args(["fleet", "verify", "--prometheus"])
-        .arg(format!("http://127.0.0.1:{port}"))
+        .args(["fleet", "verify", "--prometheus", url])
         .args(args)
         .arg("--json")
         .output()
@@ -457,9 +545,14 @@ fn known_effects_written_into_the_tsdb() {
 /// `tuneprobe fleet verify ARGS --json` against the Prometheus on `port`: its exit code,
 /// stdout and stderr.
 fn fleet_verify_status(port: u16, args: &[&str]) -> (i32, String, String) {
+    fleet_verify_status_at(&format!("http://127.0.0.1:{port}"), args)
+}
+
+/// `tuneprobe fleet verify ARGS --json` against the query API at `url`: its exit code,
+/// stdout and stderr.
+fn fleet_verify_status_at(url: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(tuneprobe_binary())
-        .args(["fleet", "verify", "--prometheus"])
-        .arg(format!("http://127.0.0.1:{port}"))
+        .args(["fleet", "verify", "--prometheus", url])
         .args(args)
         .arg("--json")
         .output()
@@ -609,6 +702,134 @@ fn a_gate_exits_with_the_code_of_each_outcome() {
             );
             assert_eq!(stderr.lines().count(), 1, "{stderr}");
         }
+    }
+}
+
+/// The same series in Prometheus (blocks made by promtool) and in VictoriaMetrics
+/// (imported with their timestamps), judged through each: the same report, number for
+/// number, and the same gate. VictoriaMetrics is asked under its `/prometheus` prefix,
+/// as Mimir serves the API. A `--before` of 31 h at 10 s is more than a store answers
+/// at once (11,000 points): asked in pieces, it gives the verdict of the 20 minutes the
+/// data holds before the change.
+#[test]
+fn the_same_verdicts_from_victoria_metrics() {
+    let dir = TempDir::new("tuneprobe-fleet-vm-");
+    let start = ((now_s() as i64 - 3 * 3600) / 3600) * 3600;
+    let scenario =
+        |prefix: &str, canary_shift: f64, control_shift: f64, seed: u64, silent| Scenario {
+            prefix: prefix.into(),
+            canary: 2,
+            control: 2,
+            base: 0.6,
+            canary_shift,
+            control_shift,
+            seed,
+            canary_silent_after: silent,
+        };
+    let scenarios = [
+        scenario("only", -0.4, 0.0, 1, false),
+        scenario("everywhere", -0.4, -0.4, 2, false),
+        scenario("worse", 0.3, 0.0, 12, false),
+        scenario("same", 0.0, 0.0, 1000, false),
+        scenario("dark", -0.4, 0.0, 13, true),
+    ];
+    let openmetrics = openmetrics(&scenarios, start);
+    let input = dir.0.join("fleet.om");
+    fs::write(&input, &openmetrics).unwrap();
+    let out = Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
+        .arg(&input)
+        .arg(dir.0.join("tsdb"))
+        .output()
+        .expect("run promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_prometheus, port) = prometheus(&dir.0, "global:\n  scrape_interval: 10s\n");
+    let (_vm, vm_port) = victoria_metrics(&dir.0, "vm", &[]);
+    let samples = openmetrics.lines().filter(|l| !l.starts_with('#')).count();
+    import(&dir.0, vm_port, &openmetrics, samples);
+    let prometheus_url = format!("http://127.0.0.1:{port}");
+    let vm_url = format!("http://127.0.0.1:{vm_port}/prometheus");
+
+    // The report without the store's address.
+    let judged = |url: &str, args: &[&str]| {
+        let mut report = fleet_verify_at(url, args);
+        report.as_object_mut().unwrap().remove("prometheus");
+        report
+    };
+    for (prefix, verdict) in [
+        ("only", "improved"),
+        ("everywhere", "no significant change"),
+        ("worse", "regressed"),
+        ("same", "no significant change"),
+        ("dark", "insufficient data"),
+    ] {
+        let args = scenario_args(prefix);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let from_prometheus = judged(&prometheus_url, &args);
+        let from_vm = judged(&vm_url, &args);
+        let (p, v) = (overall(&from_prometheus), overall(&from_vm));
+        eprintln!(
+            "{prefix}: prometheus {} effect {} p {}; victoria-metrics {} effect {} p {}",
+            p["verdict"], p["effect"], p["p_value"], v["verdict"], v["effect"], v["p_value"]
+        );
+        assert_eq!(p["verdict"], verdict, "{from_prometheus:#}");
+        assert_eq!(from_vm, from_prometheus, "{prefix}");
+        assert_eq!(from_vm["partial"], serde_json::json!([]), "{prefix}");
+        // The gate's code and line too.
+        let gated: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(["--fail-on", "not-improved"])
+            .collect();
+        let (p_code, _, p_why) = fleet_verify_status_at(&prometheus_url, &gated);
+        let (v_code, _, v_why) = fleet_verify_status_at(&vm_url, &gated);
+        eprintln!("{prefix} --fail-on not-improved: {p_code} / {v_code}: {v_why}");
+        assert_eq!((v_code, v_why), (p_code, p_why), "{prefix}");
+    }
+
+    // `--at` the change, 20 min before it (all the data there is) against 31 h.
+    let at = (start + CHANGE_S).to_string();
+    let windowed = |before: &str| {
+        [
+            "--at",
+            &at,
+            "--signal",
+            "cpu_throttled_ratio",
+            "--canary",
+            "node=~\"only-canary-.*\"",
+            "--control",
+            "node=~\"only-control-.*\"",
+            "--before",
+            before,
+            "--after",
+            "15m",
+            "--interval",
+            "10s",
+        ]
+        .map(str::to_string)
+    };
+    let short = windowed("20m");
+    let short: Vec<&str> = short.iter().map(String::as_str).collect();
+    let long = windowed("31h");
+    let long: Vec<&str> = long.iter().map(String::as_str).collect();
+    let reference = judged(&prometheus_url, &short);
+    assert_eq!(overall(&reference)["verdict"], "improved", "{reference:#}");
+    assert_eq!(
+        overall(&reference)["samples"]["difference"]["before"]
+            .as_array()
+            .unwrap()
+            .len(),
+        120
+    );
+    for url in [&prometheus_url, &vm_url] {
+        let report = judged(url, &long);
+        assert_eq!(report["windows"]["before_s"], 31.0 * 3600.0);
+        assert_eq!(report["overall"], reference["overall"], "{url}");
+        assert_eq!(report["verdicts"], reference["verdicts"], "{url}");
     }
 }
 
@@ -972,6 +1193,20 @@ fn two_scoped_agents_a_raised_quota_on_one_node() {
             port = node.port
         );
     }
+    // VictoriaMetrics twice: scraping the agents itself, and fed by Prometheus's remote
+    // write.
+    let vm_config = dir.0.join("vm-scrape.yml");
+    fs::write(&vm_config, &config).unwrap();
+    let (_vm_scraping, vm_scraping) = victoria_metrics(
+        &dir.0,
+        "vm-scraping",
+        &[format!("-promscrape.config={}", vm_config.display())],
+    );
+    let (_vm_written, vm_written) = victoria_metrics(&dir.0, "vm-written", &[]);
+    let _ = write!(
+        config,
+        "remote_write:\n  - url: http://127.0.0.1:{vm_written}/api/v1/write\n"
+    );
     let (_prometheus, port) = prometheus(&dir.0, &config);
 
     // Both pods' throttling in Prometheus, by name, each from its own agent only.
@@ -1161,6 +1396,143 @@ fn two_scoped_agents_a_raised_quota_on_one_node() {
     assert!(picture.starts_with("<svg ") && picture.contains("control after"));
     // Canary and control, before and after, a point per interval, in two panels.
     assert!(picture.matches("<circle").count() >= 4 * 8 * 2, "{picture}");
+
+    same_verdicts_from_victoria_metrics(
+        &report,
+        port,
+        [vm_scraping, vm_written],
+        (&canary.name, &control.name),
+    );
+}
+
+/// The end-to-end run's verdicts through VictoriaMetrics, scraping the agents itself
+/// (`vm_ports[0]`) and fed by Prometheus's remote write (`vm_ports[1]`), against the
+/// `report` from Prometheus on `port`; and a run right at the end of the after window,
+/// which VictoriaMetrics does not show yet (its `-search.latencyOffset`, 30 s): partial,
+/// so a gate fails.
+fn same_verdicts_from_victoria_metrics(
+    report: &Value,
+    port: u16,
+    vm_ports: [u16; 2],
+    (canary, control): (&str, &str),
+) {
+    let selector = format!("node=~\"{canary}|{control}\"");
+    let args = [
+        "--knob",
+        "cpu.max",
+        "--canary",
+        &selector,
+        "--control",
+        &selector,
+        "--before",
+        "20s",
+        "--after",
+        "20s",
+        "--interval",
+        "2s",
+        "--since",
+        "10m",
+    ];
+    // The after window's last interval, 30 s for the latency offset and 5 s for
+    // Prometheus's remote write to send its last batch.
+    let changed_at = num(&report["canary"][0]["changed_at"]);
+    let visible = changed_at + 20.0 + 3.0 * 2.0 + 30.0 + 5.0;
+    thread::sleep(Duration::from_secs_f64((visible - now_s()).max(0.0)));
+    let verdicts = |report: &Value| -> Vec<(String, String)> {
+        report["overall"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v["signal"].to_string(), v["verdict"].to_string()))
+            .collect()
+    };
+    for (store, vm_port) in ["scraping", "remote-written"].into_iter().zip(vm_ports) {
+        let from_vm = fleet_verify_at(&format!("http://127.0.0.1:{vm_port}"), &args);
+        let v = from_vm["verdicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["signal"] == "cpu_throttled_ratio")
+            .unwrap();
+        eprintln!(
+            "victoria-metrics {store}: {:?}; cpu_throttled_ratio effect {:.4} p {:.2e}, canary {} -> {}, control {} -> {}",
+            verdicts(&from_vm),
+            num(&v["effect"]),
+            num(&v["p_value"]),
+            v["canary"]["before"],
+            v["canary"]["after"],
+            v["control"]["before"],
+            v["control"]["after"]
+        );
+        assert_eq!(from_vm["canary"][0]["node"], canary, "{store}: {from_vm:#}");
+        assert_eq!(from_vm["control"], serde_json::json!([control]), "{store}");
+        assert_eq!(verdicts(&from_vm), verdicts(report), "{store}: {from_vm:#}");
+        assert_eq!(from_vm["partial"], serde_json::json!([]), "{store}");
+        assert_eq!(v["verdict"], "improved", "{store}: {v:#}");
+        assert_eq!(num(&v["canary"]["after"]), 0.0, "{store}: {v:#}");
+        assert!(num(&v["canary"]["before"]) > 0.5, "{store}: {v:#}");
+        assert!(num(&v["control"]["after"]) > 0.5, "{store}: {v:#}");
+        for window in ["before", "after"] {
+            let n = v["samples"]["difference"][window].as_array().unwrap().len();
+            assert!(n >= 8, "{store}: {n} intervals {window}: {v:#}");
+        }
+    }
+
+    // An after window that ended 8 s ago: Prometheus has it (both pods as they have
+    // been since the change: the gate passes), VictoriaMetrics not yet. On the
+    // interval's grid, so that each window has its 10 intervals.
+    let at = (((now_s() - 30.0) / 2.0).floor() * 2.0).to_string();
+    let args = [
+        "--at",
+        &at,
+        "--signal",
+        "cpu_throttled_ratio",
+        "--canary",
+        &format!("node=\"{canary}\""),
+        "--control",
+        &format!("node=\"{control}\""),
+        "--before",
+        "20s",
+        "--after",
+        "20s",
+        "--interval",
+        "2s",
+        "--fail-on",
+        "regressed",
+    ];
+    let (code, stdout, stderr) = fleet_verify_status(port, &args);
+    let from_prometheus: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        from_prometheus["partial"],
+        serde_json::json!([]),
+        "{stderr}"
+    );
+    assert_eq!(
+        overall(&from_prometheus)["verdict"],
+        "no significant change",
+        "{from_prometheus:#}"
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) =
+        fleet_verify_status_at(&format!("http://127.0.0.1:{}", vm_ports[0]), &args);
+    eprintln!("victoria-metrics at the end of the after window: exit {code}: {stderr}");
+    let from_vm: Value = serde_json::from_str(&stdout).unwrap();
+    let partial = from_vm["partial"].as_array().unwrap();
+    assert_eq!(partial.len(), 1, "{from_vm:#}");
+    assert!(
+        partial[0]
+            .as_str()
+            .unwrap()
+            .starts_with("the store has not caught up: its newest sample is at "),
+        "{partial:?}"
+    );
+    assert_eq!(code, 5, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "tuneprobe: gate failed (--fail-on regressed): partial data (the store has not caught up"
+        ),
+        "{stderr}"
+    );
 }
 
 /// deploy/prometheus/fleet-rules.yaml, run by `promtool test rules`: the recorded

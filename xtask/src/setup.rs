@@ -117,6 +117,8 @@ pub const DEBIAN_PACKAGES: &[DebianPackage] = &[
     package("dnsmasq-base", &["dnsmasq"]),
     package("bind9-dnsutils", &["dig"]),
     package("prometheus", &["prometheus", "promtool"]),
+    // fleet verify's tests against a store beyond Prometheus (its own scraping, imports).
+    package("victoria-metrics", &["victoria-metrics"]),
     // The BTF cross-check, and the benchmark's program names and SKB_CONSUMED.
     package("bpftool", &["bpftool"]),
     // `top`'s terminal test drives the view through tmux.

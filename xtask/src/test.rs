@@ -322,6 +322,7 @@ mod tests {
             ("protoc", "protobuf-compiler"),
             ("capsh", "libcap2-bin"),
             ("nsenter", "util-linux"),
+            ("victoria-metrics", "victoria-metrics"),
             ("qemu-system-x86_64", "qemu-system-x86"),
             ("qemu-system-aarch64", "qemu-system-arm"),
             ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),

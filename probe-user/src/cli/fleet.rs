@@ -27,8 +27,7 @@ const EXIT_CODES: [(u8, Option<Outcome>, &str); 6] = [
         1,
         None,
         "an error that is not about the data: an unreadable --ca-file or \
-         --bearer-token-file, a knob no signal judges, too many points, an unwritable \
-         --plot (without --fail-on, the errors of code 5 too)",
+         --bearer-token-file, a knob no signal judges, an unwritable --plot (without --fail-on, the errors of code 5 too)",
     ),
     (
         2,
@@ -52,8 +51,9 @@ const EXIT_CODES: [(u8, Option<Outcome>, &str); 6] = [
         5,
         Some(Outcome::Unjudged),
         "the gate could not judge (with either --fail-on): a measure's overall verdict \
-         is `insufficient data`, no canary or no control node reported, or Prometheus \
-         was unreachable or answered with an error",
+         is `insufficient data`, no canary or no control node reported, Prometheus \
+         was unreachable or answered with an error, or its answer was partial (warnings, \
+         or not caught up with the after window) and no measure regressed",
     ),
 ];
 
@@ -73,7 +73,8 @@ fn after_help() -> String {
          tuneprobe fleet verify --prometheus http://prometheus:9090 --knob cpu.max\n  \
          tuneprobe fleet verify --prometheus https://prom.example --bearer-token-file /var/run/secrets/token \\\n    \
          --at 2026-12-01T10:00:00Z --canary 'node=~\"pool-b-.*\"' --control 'node=~\"pool-a-.*\"' --signal dns_latency_ms\n  \
-         tuneprobe fleet verify --prometheus http://prometheus:9090 --knob net.core.somaxconn --fail-on regressed\n\n\
+         tuneprobe fleet verify --prometheus http://prometheus:9090 --knob net.core.somaxconn --fail-on regressed\n  \
+         tuneprobe fleet verify --prometheus http://mimir:8080/prometheus --header X-Scope-OrgID:team-a --knob cpu.max\n\n\
          Exit codes:\n",
     );
     for (code, _, meaning) in EXIT_CODES {
@@ -186,6 +187,11 @@ pub(super) struct VerifyArgs {
     #[arg(long)]
     insecure_skip_tls_verify: bool,
 
+    /// Send this header with every request (repeatable): a Mimir or Cortex tenant's
+    /// `X-Scope-OrgID:TENANT`, a proxy's own.
+    #[arg(long = "header", value_name = "NAME:VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+
     /// The knob whose change is judged (`cpu.max`, `net.core.somaxconn`, ...): each
     /// node's change time is found in its metrics.
     #[arg(
@@ -264,6 +270,22 @@ fn parse_url(text: &str) -> Result<String, String> {
         return Err("the URL has no host".into());
     }
     Ok(text.trim_end_matches('/').to_string())
+}
+
+/// `NAME:VALUE`: a header name (an HTTP token) and its value, blanks around it trimmed.
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or("expected NAME:VALUE such as X-Scope-OrgID:tenant-a")?;
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        return Err(format!("`{name}` is not a header name"));
+    }
+    let value = value.trim();
+    if value.chars().any(|c| c.is_ascii_control() && c != '\t') {
+        return Err("a header value cannot hold control characters".into());
+    }
+    Ok((name.to_string(), value.to_string()))
 }
 
 fn parse_time(text: &str) -> Result<f64, String> {
@@ -384,6 +406,7 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         bearer_token_file: args.bearer_token_file.clone(),
         ca_file: args.ca_file.clone(),
         insecure: args.insecure_skip_tls_verify,
+        headers: args.headers.clone(),
     })?;
     let report = match fleet::verify(&prometheus, &options(args)?) {
         Ok(report) => report,
@@ -518,6 +541,50 @@ mod tests {
             generated,
             "the exit codes in docs/fleet.md differ from EXIT_CODES: run \
              TUNEPROBE_BLESS=1 cargo test -p probe-user fleet_exit_codes"
+        );
+    }
+
+    #[test]
+    fn headers_are_name_and_value() {
+        assert_eq!(
+            parse_header("X-Scope-OrgID: team-a"),
+            Ok(("X-Scope-OrgID".into(), "team-a".into()))
+        );
+        // The first colon splits: values may hold more.
+        assert_eq!(
+            parse_header("X-Forwarded-For:a:b"),
+            Ok(("X-Forwarded-For".into(), "a:b".into()))
+        );
+        for bad in ["X-Scope-OrgID", ":v", "X Scope:v", "X:a\nb"] {
+            assert!(parse_header(bad).is_err(), "{bad}");
+        }
+        let cli = Cli::try_parse_from([
+            "tuneprobe",
+            "fleet",
+            "verify",
+            "--prometheus",
+            "http://mimir:8080/prometheus",
+            "--knob",
+            "cpu.max",
+            "--header",
+            "X-Scope-OrgID:a",
+            "--header",
+            "X-Scope-OrgID:b",
+        ])
+        .unwrap();
+        let crate::cli::Command::Fleet(Args {
+            command: Command::Verify(v),
+        }) = cli.command
+        else {
+            unreachable!()
+        };
+        assert_eq!(v.prometheus, "http://mimir:8080/prometheus");
+        assert_eq!(
+            v.headers,
+            [
+                ("X-Scope-OrgID".to_string(), "a".to_string()),
+                ("X-Scope-OrgID".to_string(), "b".to_string())
+            ]
         );
     }
 

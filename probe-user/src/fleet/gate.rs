@@ -104,9 +104,21 @@ pub fn judge(report: &FleetReport, fail_on: FailOn) -> Gate {
         .iter()
         .map(|(_, v)| measure_line(v, &report.verdicts, report.by))
         .collect();
+    if report.partial.is_empty() {
+        return Gate {
+            outcome: worst,
+            why: why.join("; "),
+        };
+    }
+    // Verdicts on part of the data: what is missing could turn a pass or a lack of
+    // improvement around, so neither goes through; a regression seen stays one.
     Gate {
-        outcome: worst,
-        why: why.join("; "),
+        outcome: worst.max(Outcome::Unjudged),
+        why: format!(
+            "partial data ({}); {}",
+            report.partial.join("; "),
+            why.join("; ")
+        ),
     }
 }
 
@@ -163,7 +175,7 @@ pub fn unjudged(error: &FleetError) -> bool {
             !matches!(prom, PromError::Read { .. } | PromError::Certificate(_))
         }
         FleetError::NoCanary(_) | FleetError::NoControl(_) => true,
-        FleetError::NoSignal(..) | FleetError::TooManyPoints { .. } => false,
+        FleetError::NoSignal(..) => false,
     }
 }
 
@@ -240,6 +252,7 @@ mod tests {
             canary: vec![],
             control: vec![],
             notes: vec![],
+            partial: vec![],
             overall,
             verdicts: nodes,
         }
@@ -374,6 +387,44 @@ mod tests {
         assert_eq!(
             judge(&report(vec![], vec![]), FailOn::Regressed).outcome,
             Outcome::Unjudged
+        );
+    }
+
+    /// The store answered in part (a warning, or not caught up): a pass or no change
+    /// cannot be let through; a regression is still one.
+    #[test]
+    fn a_partial_answer_never_passes() {
+        let improved = comparison(Verdict::Improved, -0.4, 1e-8);
+        let regressed = comparison(Verdict::Regressed, 0.012, 0.0003);
+        let mut passed = report(
+            vec![verdict("overall", Measure::CpuThrottledRatio, improved, 90)],
+            vec![],
+        );
+        passed.partial = vec!["store 10.0.0.7:10901 unavailable (answering `q`)".into()];
+        for fail_on in [FailOn::Regressed, FailOn::NotImproved] {
+            assert_eq!(
+                judge(&passed, fail_on),
+                Gate {
+                    outcome: Outcome::Unjudged,
+                    why: "partial data (store 10.0.0.7:10901 unavailable (answering `q`)); \
+                          cpu_throttled_ratio: improved overall, DiD -0.4000 (95% CI \
+                          [-0.4100, -0.3900], p < 0.0001); by node: 0 of 0 improved"
+                        .into()
+                }
+            );
+        }
+        let mut worse = report(
+            vec![verdict("overall", Measure::RetransmitRatio, regressed, 10)],
+            vec![],
+        );
+        worse.partial = vec!["behind".into()];
+        let gate = judge(&worse, FailOn::Regressed);
+        assert_eq!(gate.outcome, Outcome::Regressed);
+        assert!(
+            gate.why
+                .starts_with("partial data (behind); retransmit_ratio: regressed"),
+            "{}",
+            gate.why
         );
     }
 

@@ -36,16 +36,6 @@ pub enum FleetError {
     NoCanary(String),
     #[error("no control node: {0}")]
     NoControl(String),
-    #[error(
-        "{points} points per series from {start:.0} to {end:.0} every {step}s are more than \
-         Prometheus answers (11,000): use a longer --interval or shorter windows"
-    )]
-    TooManyPoints {
-        points: u64,
-        start: f64,
-        end: f64,
-        step: f64,
-    },
 }
 
 /// How verdicts are grouped besides the overall one.
@@ -152,6 +142,10 @@ pub struct FleetReport {
     pub canary: Vec<CanaryNode>,
     pub control: Vec<String>,
     pub notes: Vec<String>,
+    /// Why the data behind the verdicts may be incomplete: the warnings the store
+    /// answered with (Thanos with a store down), a store that has not caught up with
+    /// the end of the after window. A gate never passes a partial report.
+    pub partial: Vec<String>,
     /// One per signal: every matched canary pod against its control.
     pub overall: Vec<FleetVerdict>,
     pub verdicts: Vec<FleetVerdict>,
@@ -655,7 +649,7 @@ pub fn verify(prometheus: &Prometheus, options: &Options) -> Result<FleetReport,
     }
     let windows = change_windows(&canary, options, search_step);
     let step = options.interval;
-    let (start, end) = sample_range(&windows, options, &mut notes)?;
+    let range = sample_range(&windows, options, &mut notes);
     let node_selector = Matchers::one_of(
         NODE_LABEL,
         canary
@@ -669,7 +663,10 @@ pub fn verify(prometheus: &Prometheus, options: &Options) -> Result<FleetReport,
         let source = signal.declared().exported;
         let mut answers = BTreeMap::new();
         for (role, query) in series::queries(source, &node_selector.to_string()) {
-            answers.insert(role, prometheus.query_range(&query, start, end, step)?);
+            answers.insert(
+                role,
+                prometheus.query_range(&query, range.start, range.end, step)?,
+            );
         }
         if let Some(note) = missing_load(signal, source, &answers) {
             notes.push(note);
@@ -679,6 +676,9 @@ pub fn verify(prometheus: &Prometheus, options: &Options) -> Result<FleetReport,
         overall.push(all);
         verdicts.extend(groups);
     }
+    let newest = newest_sample(prometheus, &node_selector, range, step)?;
+    let mut partial = prometheus.warnings();
+    partial.extend(range.behind(newest, step));
     Ok(FleetReport {
         prometheus: prometheus.base_url().to_string(),
         knob: options.knob.clone(),
@@ -693,9 +693,35 @@ pub fn verify(prometheus: &Prometheus, options: &Options) -> Result<FleetReport,
         canary,
         control,
         notes,
+        partial,
         overall,
         verdicts,
     })
+}
+
+/// The time of the newest sample of any of the nodes the store answers with in `range`:
+/// the sample behind the last point, not the point's own time, since a store may answer
+/// with points it has no samples for yet (VictoriaMetrics repeats the last complete
+/// point over its latency offset).
+fn newest_sample(
+    prometheus: &Prometheus,
+    nodes: &Matchers,
+    range: SampleRange,
+    step: f64,
+) -> Result<Option<f64>, PromError> {
+    let freshness = prometheus.query_range(
+        &format!(
+            "max(timestamp({}))",
+            nodes.select("tuneprobe_probe_attached")
+        ),
+        range.start,
+        range.end,
+        step,
+    )?;
+    Ok(freshness
+        .iter()
+        .filter_map(|s| s.points.last().map(|p| p.1))
+        .reduce(f64::max))
 }
 
 /// Each canary node's change window. With a detected time the change lies in the step
@@ -724,14 +750,47 @@ fn change_windows(
         .collect()
 }
 
+/// The samples' range: from `start` to `end` on the interval's grid, the after window
+/// of the last change ending at `after_end`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleRange {
+    pub start: f64,
+    pub end: f64,
+    pub after_end: f64,
+}
+
+impl SampleRange {
+    /// Why the answers fall short of the after window, if they do: the newest sample
+    /// the store has (`newest`, over every node) is not after the grid point before the
+    /// after window's last one (cut at `end`), so the last interval has no sample of
+    /// its own. A store that holds back its newest samples (VictoriaMetrics, for its
+    /// `-search.latencyOffset`, 30 s by default, answering with the last complete
+    /// point repeated) or ingests late (remote write, a Thanos sidecar's upload) would
+    /// otherwise give the last intervals no increase, silently.
+    pub fn behind(&self, newest: Option<f64>, step: f64) -> Option<String> {
+        let wanted = self.after_end.min(self.end);
+        let last = self.start + ((wanted - self.start) / step + 1e-9).floor() * step;
+        let newest = newest?;
+        (newest < last - step + step / 10.0).then(|| {
+            format!(
+                "the store has not caught up: its newest sample is at {newest:.0}, {:.0}s \
+                 before the after window's last interval at {last:.0}; wait and run again \
+                 (VictoriaMetrics shows a sample in ranges only 30s after its time, its \
+                 -search.latencyOffset)",
+                last - newest
+            )
+        })
+    }
+}
+
 /// The range of the samples to query, on the interval's grid: from the before window of
-/// the first change to the after window of the last, cut at now (noted); too many
-/// points are an error.
+/// the first change to the after window of the last, cut at now (noted). A range of
+/// more points than a store answers at once is asked in pieces (`prom::MAX_POINTS`).
 fn sample_range(
     windows: &BTreeMap<String, ChangeWindow>,
     options: &Options,
     notes: &mut Vec<String>,
-) -> Result<(f64, f64), FleetError> {
+) -> SampleRange {
     let step = options.interval;
     let first = windows.values().map(|w| w.lo).fold(f64::INFINITY, f64::min);
     let last = windows
@@ -747,16 +806,12 @@ fn sample_range(
             wanted_end - 3.0 * step - options.now
         ));
     }
-    let points = ((end - start) / step).ceil() as u64 + 1;
-    if points > 11_000 {
-        return Err(FleetError::TooManyPoints {
-            points,
-            start,
-            end,
-            step,
-        });
+    SampleRange {
+        start,
+        end,
+        // The last interval `ChangeWindow::place` puts in the after window.
+        after_end: last + step + options.after,
     }
-    Ok((start, end))
 }
 
 #[cfg(test)]
@@ -804,6 +859,79 @@ mod tests {
         assert_eq!(w.place(140.0, 30.0, 30.0, 10.0), Some((true, 2)));
         assert_eq!(w.place(160.0, 30.0, 30.0, 10.0), Some((true, 4)));
         assert_eq!(w.place(170.0, 30.0, 30.0, 10.0), None);
+    }
+
+    /// Windows of 100 s every 10 s around a change at 1000: the after window's last
+    /// interval ends at 1110, the range at 1130.
+    #[test]
+    fn a_store_behind_the_after_window_is_named() {
+        let options = Options {
+            knob: None,
+            at: Some(1000.0),
+            canary: Matchers::default(),
+            control: Matchers::default(),
+            before: 100.0,
+            after: 100.0,
+            interval: 10.0,
+            since: 3600.0,
+            signals: vec![],
+            by: By::Pod,
+            now: 5000.0,
+        };
+        let windows = BTreeMap::from([(
+            "a".to_string(),
+            ChangeWindow {
+                lo: 1000.0,
+                hi: 1000.0,
+            },
+        )]);
+        let mut notes = Vec::new();
+        let range = sample_range(&windows, &options, &mut notes);
+        assert_eq!(
+            range,
+            SampleRange {
+                start: 880.0,
+                end: 1130.0,
+                after_end: 1110.0
+            }
+        );
+        assert!(notes.is_empty(), "{notes:?}");
+        // Caught up: a sample after the grid point before the last interval (scraped
+        // within the last step); no answer at all is no data, not a lag.
+        for newest in [Some(1110.0), Some(1102.0), Some(1130.0), None] {
+            assert_eq!(range.behind(newest, 10.0), None, "{newest:?}");
+        }
+        // VictoriaMetrics' default 30 s held back: three intervals short.
+        assert_eq!(
+            range.behind(Some(1080.0), 10.0).unwrap(),
+            "the store has not caught up: its newest sample is at 1080, 30s before the \
+             after window's last interval at 1110; wait and run again (VictoriaMetrics \
+             shows a sample in ranges only 30s after its time, its -search.latencyOffset)"
+        );
+        assert!(range.behind(Some(1100.0), 10.0).is_some());
+        // The after window still running: the range ends now, 1055, and a store is
+        // behind when it lacks the last grid point before it.
+        let mut notes = Vec::new();
+        let early = sample_range(
+            &windows,
+            &Options {
+                now: 1055.0,
+                ..options
+            },
+            &mut notes,
+        );
+        assert_eq!(early.end, 1055.0);
+        assert_eq!(
+            notes,
+            ["the after window is not over yet: 45s of it are still to come"]
+        );
+        assert_eq!(early.behind(Some(1050.0), 10.0), None);
+        assert!(
+            early
+                .behind(Some(1020.0), 10.0)
+                .unwrap()
+                .contains("30s before")
+        );
     }
 
     fn instance(node: &str, pod: &str) -> Instance {

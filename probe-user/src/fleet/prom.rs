@@ -2,7 +2,7 @@
 //! that anything speaking it (Prometheus, Thanos, Mimir, VictoriaMetrics) serves the
 //! fleet view; and the label matchers `--canary` and `--control` are written in.
 
-use std::{collections::BTreeMap, fs, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, fs, path::PathBuf, sync::Mutex, time::Duration};
 
 use serde_json::Value;
 
@@ -44,6 +44,9 @@ pub struct PromConfig {
     pub ca_file: Option<PathBuf>,
     /// Skip certificate verification (a lab's self-signed Prometheus).
     pub insecure: bool,
+    /// Headers sent with every request, as (name, value): a Mimir or Cortex tenant's
+    /// `X-Scope-OrgID`, a proxy's own.
+    pub headers: Vec<(String, String)>,
 }
 
 /// One series of a query's result: its labels and its `(unix seconds, value)` points
@@ -64,10 +67,25 @@ pub struct Prometheus {
     agent: ureq::Agent,
     base_url: String,
     token_file: Option<PathBuf>,
+    headers: Vec<(String, String)>,
+    /// The `warnings` of every answer so far, each once, with the query it came with:
+    /// a 200 with warnings is a partial answer (Thanos with a store down) that must not
+    /// look whole.
+    warnings: Mutex<Vec<String>>,
 }
 
 /// Answers are bounded: a fleet query is a few thousand series of a few hundred points.
 const MAX_BODY: u64 = 512 << 20;
+
+/// The most points per series one range query may ask for: Prometheus, Thanos, Mimir
+/// and VictoriaMetrics refuse more than 11,000 (a longer range is split).
+pub const MAX_POINTS: u64 = 11_000;
+
+/// Sent with every query, ignored by those that do not know them: Thanos must fail
+/// rather than answer without a store (`partial_response=false`), and VictoriaMetrics
+/// must not answer from its cache of earlier ranges (`nocache=1`), which may predate
+/// samples written late or imported with their own timestamps.
+const STORE_PARAMS: [(&str, &str); 2] = [("partial_response", "false"), ("nocache", "1")];
 
 impl Prometheus {
     pub fn new(config: &PromConfig) -> Result<Self, PromError> {
@@ -95,6 +113,8 @@ impl Prometheus {
             agent,
             base_url: config.base_url.trim_end_matches('/').to_string(),
             token_file: config.bearer_token_file.clone(),
+            headers: config.headers.clone(),
+            warnings: Mutex::default(),
         })
     }
 
@@ -102,7 +122,16 @@ impl Prometheus {
         &self.base_url
     }
 
-    /// A range query: every series with a point at each `step` from `start` to `end`.
+    /// The warnings the answers so far came with, each once, in the order they came.
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A range query: every series with a point at each `step` from `start` to `end`,
+    /// asked in pieces of at most [`MAX_POINTS`] points and stitched together per series.
     pub fn query_range(
         &self,
         query: &str,
@@ -110,15 +139,20 @@ impl Prometheus {
         end: f64,
         step: f64,
     ) -> Result<Vec<Series>, PromError> {
-        self.call(
-            "/api/v1/query_range",
-            query,
-            &[
-                ("start", format!("{start:.3}")),
-                ("end", format!("{end:.3}")),
-                ("step", format!("{step:.3}")),
-            ],
-        )
+        let mut stitched = Stitched::default();
+        for (from, to) in pieces(start, end, step) {
+            let answer = self.call(
+                "/api/v1/query_range",
+                query,
+                &[
+                    ("start", format!("{from:.3}")),
+                    ("end", format!("{to:.3}")),
+                    ("step", format!("{step:.3}")),
+                ],
+            )?;
+            stitched.add(answer);
+        }
+        Ok(stitched.series)
     }
 
     /// An instant query at `time`.
@@ -136,6 +170,9 @@ impl Prometheus {
     ) -> Result<Vec<Series>, PromError> {
         let url = format!("{}{path}", self.base_url);
         let mut request = self.agent.post(&url);
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
         if let Some(file) = &self.token_file {
             let token = fs::read_to_string(file).map_err(|source| PromError::Read {
                 path: file.clone(),
@@ -143,8 +180,9 @@ impl Prometheus {
             })?;
             request = request.header("Authorization", &format!("Bearer {}", token.trim()));
         }
-        let form =
-            std::iter::once(("query", query)).chain(params.iter().map(|(k, v)| (*k, v.as_str())));
+        let form = std::iter::once(("query", query))
+            .chain(params.iter().map(|(k, v)| (*k, v.as_str())))
+            .chain(STORE_PARAMS);
         let response = request.send_form(form).map_err(|e| PromError::Http {
             url: url.clone(),
             message: e.to_string(),
@@ -167,14 +205,83 @@ impl Prometheus {
                 body: body.chars().take(300).collect(),
             });
         }
-        parse_response(query, &body)
+        let answer = parse_response(query, &body)?;
+        if !answer.warnings.is_empty() {
+            let mut seen = self
+                .warnings
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for warning in answer.warnings {
+                let warning = format!("{warning} (answering `{query}`)");
+                if !seen.contains(&warning) {
+                    seen.push(warning);
+                }
+            }
+        }
+        Ok(answer.series)
     }
 }
 
+/// `[start, end]` on the grid of `step` in pieces of at most [`MAX_POINTS`] points
+/// each, in order, none sharing a point.
+pub fn pieces(start: f64, end: f64, step: f64) -> Vec<(f64, f64)> {
+    // The points from `start`: the last one at or before `end` (a hair of float error
+    // kept in).
+    let points = ((end - start) / step + 1e-9).floor().max(0.0) as u64 + 1;
+    (0..points.div_ceil(MAX_POINTS))
+        .map(|piece| {
+            let first = piece * MAX_POINTS;
+            let last = (first + MAX_POINTS - 1).min(points - 1);
+            let from = start + first as f64 * step;
+            let to = if last == points - 1 {
+                end
+            } else {
+                start + last as f64 * step
+            };
+            (from, to)
+        })
+        .collect()
+}
+
+/// The series of several pieces of one range as one answer: the same labels are the
+/// same series, its points in the order of the pieces, a point a store repeats at a seam
+/// (aligning a piece to its step) kept once. Series keep the order they first came in.
+#[derive(Default)]
+struct Stitched {
+    series: Vec<Series>,
+    index: BTreeMap<BTreeMap<String, String>, usize>,
+}
+
+impl Stitched {
+    fn add(&mut self, piece: Vec<Series>) {
+        for series in piece {
+            match self.index.get(&series.labels) {
+                Some(&i) => {
+                    let known = &mut self.series[i].points;
+                    let last = known.last().map_or(f64::NEG_INFINITY, |p| p.0);
+                    known.extend(series.points.into_iter().filter(|p| p.0 > last));
+                }
+                None => {
+                    self.index.insert(series.labels.clone(), self.series.len());
+                    self.series.push(series);
+                }
+            }
+        }
+    }
+}
+
+/// One answer of the query API: its series, and the warnings it came with (a partial
+/// answer: a store that failed behind Thanos, a limit a store applied).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub series: Vec<Series>,
+    pub warnings: Vec<String>,
+}
+
 /// Parses the query API's JSON envelope: `{"status": "success", "data": {"resultType":
-/// "matrix"|"vector", "result": [...]}}`, or its error object. Values are strings
-/// (`"0.5"`, `"NaN"`, `"+Inf"`).
-pub fn parse_response(query: &str, body: &str) -> Result<Vec<Series>, PromError> {
+/// "matrix"|"vector", "result": [...]}, "warnings": [...]}`, or its error object. Values
+/// are strings (`"0.5"`, `"NaN"`, `"+Inf"`).
+pub fn parse_response(query: &str, body: &str) -> Result<Answer, PromError> {
     let garbage = |reason: String| PromError::Garbage {
         query: query.to_string(),
         reason,
@@ -234,7 +341,18 @@ pub fn parse_response(query: &str, body: &str) -> Result<Vec<Series>, PromError>
         };
         out.push(Series { labels, points });
     }
-    Ok(out)
+    let warnings = json["warnings"]
+        .as_array()
+        .map(|w| {
+            w.iter()
+                .map(|w| w.as_str().map_or_else(|| w.to_string(), str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Answer {
+        series: out,
+        warnings,
+    })
 }
 
 /// Prometheus's number format: Go's float syntax plus `NaN`, `+Inf`, `-Inf`.
@@ -404,7 +522,7 @@ mod tests {
         let body = r#"{"status":"success","data":{"resultType":"matrix","result":[
             {"metric":{"node":"a","pod":"api-1"},"values":[[1700000000,"1"],[1700000030.5,"NaN"],[1700000061,"+Inf"]]},
             {"metric":{},"values":[]}]}}"#;
-        let series = parse_response("q", body).unwrap();
+        let series = parse_response("q", body).unwrap().series;
         assert_eq!(series.len(), 2);
         assert_eq!(series[0].label("node"), "a");
         assert_eq!(series[0].label("missing"), "");
@@ -419,7 +537,7 @@ mod tests {
     fn parses_a_vector_and_errors() {
         let body = r#"{"status":"success","data":{"resultType":"vector","result":[
             {"metric":{"node":"b"},"value":[1700000000.123,"42"]}]}}"#;
-        let series = parse_response("q", body).unwrap();
+        let series = parse_response("q", body).unwrap().series;
         assert_eq!(series[0].points, vec![(1_700_000_000.123, 42.0)]);
 
         let refused =
@@ -442,6 +560,228 @@ mod tests {
                 "{garbage}"
             );
         }
+    }
+
+    /// One request as a tiny local server received it.
+    #[derive(Debug, Clone)]
+    struct Received {
+        path: String,
+        /// Header names lowercased.
+        headers: BTreeMap<String, String>,
+        form: BTreeMap<String, String>,
+    }
+
+    /// `application/x-www-form-urlencoded` decoded.
+    fn decode(text: &str) -> String {
+        let bytes = text.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' => {
+                    out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap());
+                    i += 2;
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    /// A local HTTP server that answers `requests` requests, each with the body `answer`
+    /// gives for it, one connection each; joined, it gives what it received.
+    fn store(
+        requests: usize,
+        answer: impl Fn(&Received) -> String + Send + 'static,
+    ) -> (u16, std::thread::JoinHandle<Vec<Received>>) {
+        use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let mut received = Vec::new();
+            for _ in 0..requests {
+                let (stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let path = line.split(' ').nth(1).unwrap().to_string();
+                let mut headers = BTreeMap::new();
+                loop {
+                    let mut header = String::new();
+                    reader.read_line(&mut header).unwrap();
+                    let Some((name, value)) = header.trim_end().split_once(':') else {
+                        break;
+                    };
+                    headers.insert(name.to_ascii_lowercase(), value.trim().to_string());
+                }
+                let length: usize = headers["content-length"].parse().unwrap();
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let form = String::from_utf8(body)
+                    .unwrap()
+                    .split('&')
+                    .filter_map(|pair| pair.split_once('='))
+                    .map(|(k, v)| (decode(k), decode(v)))
+                    .collect();
+                let request = Received {
+                    path,
+                    headers,
+                    form,
+                };
+                let body = answer(&request);
+                write!(
+                    reader.get_mut(),
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+                received.push(request);
+            }
+            received
+        });
+        (port, server)
+    }
+
+    fn client(base_url: String, headers: &[(&str, &str)]) -> Prometheus {
+        Prometheus::new(&PromConfig {
+            base_url,
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_string(), (*v).to_string()))
+                .collect(),
+            ..PromConfig::default()
+        })
+        .unwrap()
+    }
+
+    /// Mimir: a tenant header on every request, the API under `/prometheus`; and the
+    /// parameters Thanos and VictoriaMetrics read sent along.
+    #[test]
+    fn a_tenant_header_and_a_path_prefix_are_kept() {
+        let (port, server) = store(2, |_| {
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"node":"a"},"value":[100,"1"]}]}}"#.into()
+        });
+        let prometheus = client(
+            format!("http://127.0.0.1:{port}/prometheus/"),
+            &[("X-Scope-OrgID", "team-a"), ("X-Extra", "a:b c")],
+        );
+        let series = prometheus.query("up{node=~\"a|b\"}", 100.0).unwrap();
+        assert_eq!(series[0].points, [(100.0, 1.0)]);
+        prometheus.query("up", 200.0).unwrap();
+        let received = server.join().unwrap();
+        assert_eq!(received.len(), 2);
+        for r in &received {
+            assert_eq!(r.path, "/prometheus/api/v1/query", "{r:?}");
+            assert_eq!(r.headers["x-scope-orgid"], "team-a", "{r:?}");
+            assert_eq!(r.headers["x-extra"], "a:b c", "{r:?}");
+            assert_eq!(r.form["partial_response"], "false", "{r:?}");
+            assert_eq!(r.form["nocache"], "1", "{r:?}");
+            assert!(!r.headers.contains_key("authorization"), "{r:?}");
+        }
+        assert_eq!(received[0].form["query"], "up{node=~\"a|b\"}");
+        assert_eq!(received[0].form["time"], "100.000");
+        assert_eq!(prometheus.warnings(), Vec::<String>::new());
+    }
+
+    /// Thanos with a store down: 200, the data of the stores that answered, and
+    /// `warnings`; kept once each, with the query they came with.
+    #[test]
+    fn warnings_of_a_partial_answer_are_kept() {
+        let body = r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"node":"a"},"values":[[0,"1"],[10,"2"]]}]},"warnings":["receive partial response: store 10.0.0.7:10901 unavailable"]}"#;
+        let answer = parse_response("q", body).unwrap();
+        assert_eq!(
+            answer.warnings,
+            ["receive partial response: store 10.0.0.7:10901 unavailable"]
+        );
+        assert_eq!(answer.series[0].points, [(0.0, 1.0), (10.0, 2.0)]);
+        let (port, server) = store(3, move |_| body.into());
+        let prometheus = client(format!("http://127.0.0.1:{port}"), &[]);
+        for _ in 0..2 {
+            prometheus.query_range("q1", 0.0, 10.0, 10.0).unwrap();
+        }
+        prometheus.query_range("q2", 0.0, 10.0, 10.0).unwrap();
+        server.join().unwrap();
+        assert_eq!(
+            prometheus.warnings(),
+            [
+                "receive partial response: store 10.0.0.7:10901 unavailable (answering `q1`)",
+                "receive partial response: store 10.0.0.7:10901 unavailable (answering `q2`)"
+            ]
+        );
+    }
+
+    #[test]
+    fn ranges_are_cut_at_the_stores_limit() {
+        assert_eq!(pieces(0.0, 29_999.0, 1.0).len(), 3);
+        assert_eq!(
+            pieces(100.0, 100.0 + 10_999.0 * 60.0, 60.0),
+            [(100.0, 100.0 + 10_999.0 * 60.0)]
+        );
+        // One point more is two requests; an end off the grid stays the end.
+        assert_eq!(
+            pieces(0.0, 11_000.5, 1.0),
+            [(0.0, 10_999.0), (11_000.0, 11_000.5)]
+        );
+        assert_eq!(pieces(5.0, 5.0, 1.0), [(5.0, 5.0)]);
+    }
+
+    /// 30,000 points a series: three requests of at most 11,000 points, stitched into
+    /// one series each. The store repeats the point before each piece (as one that
+    /// aligns a range to its step may): kept once.
+    #[test]
+    fn a_long_range_is_asked_in_pieces_and_stitched() {
+        let (port, server) = store(3, |r| {
+            let from: f64 = r.form["start"].parse().unwrap();
+            let to: f64 = r.form["end"].parse().unwrap();
+            let first = if from > 0.0 { from - 1.0 } else { from };
+            let points: Vec<String> = (first as u64..=to as u64)
+                .map(|t| format!("[{t},\"{}\"]", t * 2))
+                .collect();
+            // Series `b` only from the second piece on.
+            let b = if from > 0.0 {
+                format!(
+                    r#",{{"metric":{{"node":"b"}},"values":[{}]}}"#,
+                    points.join(",")
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                r#"{{"status":"success","data":{{"resultType":"matrix","result":[{{"metric":{{"node":"a"}},"values":[{}]}}{b}]}}}}"#,
+                points.join(",")
+            )
+        });
+        let prometheus = client(format!("http://127.0.0.1:{port}"), &[]);
+        let series = prometheus.query_range("q", 0.0, 29_999.0, 1.0).unwrap();
+        let received = server.join().unwrap();
+        let ranges: Vec<(&str, &str, &str)> = received
+            .iter()
+            .map(|r| {
+                (
+                    r.form["start"].as_str(),
+                    r.form["end"].as_str(),
+                    r.form["step"].as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ranges,
+            [
+                ("0.000", "10999.000", "1.000"),
+                ("11000.000", "21999.000", "1.000"),
+                ("22000.000", "29999.000", "1.000")
+            ]
+        );
+        assert_eq!(series.len(), 2);
+        assert_eq!(series[0].label("node"), "a");
+        let expected: Vec<(f64, f64)> = (0..30_000)
+            .map(|t| (f64::from(t), f64::from(t * 2)))
+            .collect();
+        assert_eq!(series[0].points, expected);
+        assert_eq!(series[1].label("node"), "b");
+        assert_eq!(series[1].points, expected[10_999..]);
     }
 
     #[test]

@@ -89,10 +89,12 @@ pub fn table(report: &FleetReport) -> String {
     for v in report.verdicts.iter().chain(&report.overall) {
         row(&mut out, v);
     }
+    // The store's answer in part comes first: it bears on every verdict above.
     let notes: Vec<String> = report
-        .notes
+        .partial
         .iter()
-        .cloned()
+        .map(|p| format!("partial data: {p}"))
+        .chain(report.notes.iter().cloned())
         .chain(report.verdicts.iter().chain(&report.overall).flat_map(|v| {
             v.notes
                 .iter()
@@ -260,6 +262,7 @@ mod tests {
             }],
             control: vec!["n2".into()],
             notes: vec![],
+            partial: vec!["store b unavailable (answering `q`)".into()],
             overall: vec![verdict("overall")],
             verdicts: vec![verdict("shop/api-1/server@n<1>")],
         }
@@ -281,6 +284,10 @@ mod tests {
         );
         assert!(
             text.contains("note: overall cpu_throttled_ratio: a note"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nnote: partial data: store b unavailable (answering `q`)\n"),
             "{text}"
         );
     }
