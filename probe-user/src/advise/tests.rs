@@ -325,11 +325,24 @@ fn resets_of_long_idle_connections_call_for_keepalives_and_loss_under_cubic_for_
     let (sick, healthy, advice) = knobs(resets(40, 600), resets(0, 600));
     assert_eq!(
         sick,
-        set(&["net.ipv4.tcp_congestion_control", "net.ipv4.tcp_keepalive_time"])
+        set(&[
+            "net.ipv4.tcp_congestion_control",
+            "net.ipv4.tcp_keepalive_time"
+        ])
     );
     assert!(healthy.is_empty());
-    let keepalive = advice.iter().find(|a| a.knob.ends_with("keepalive_time")).unwrap();
-    assert!(keepalive.evidence.detail.as_deref().unwrap().contains("median"));
+    let keepalive = advice
+        .iter()
+        .find(|a| a.knob.ends_with("keepalive_time"))
+        .unwrap();
+    assert!(
+        keepalive
+            .evidence
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("median")
+    );
     // Resets that end connections of a second are the server's doing: no keepalive.
     let (sick, _, _) = knobs(resets(40, 1), resets(0, 1));
     assert_eq!(sick, set(&["net.ipv4.tcp_congestion_control"]));

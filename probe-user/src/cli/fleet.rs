@@ -95,6 +95,43 @@ enum Command {
     Ab(AbArgs),
 }
 
+/// Where the series are: Prometheus or a store that speaks its query API.
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    /// The query API's base URL (`http://prometheus:9090`, with a path prefix if any).
+    #[arg(long, value_name = "URL", value_parser = parse_url)]
+    prometheus: String,
+
+    /// Send `Authorization: Bearer <token>` with the token in FILE (re-read per request).
+    #[arg(long, value_name = "FILE")]
+    bearer_token_file: Option<PathBuf>,
+
+    /// CA certificate (PEM) for an https URL.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+
+    /// Do not verify the server's certificate.
+    #[arg(long)]
+    insecure_skip_tls_verify: bool,
+
+    /// Send this header with every request (repeatable): a Mimir or Cortex tenant's
+    /// `X-Scope-OrgID:TENANT`, a proxy's own.
+    #[arg(long = "header", value_name = "NAME:VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+}
+
+impl StoreArgs {
+    fn connect(&self) -> anyhow::Result<fleet::prom::Prometheus> {
+        Ok(fleet::prom::Prometheus::new(&fleet::prom::PromConfig {
+            base_url: self.prometheus.clone(),
+            bearer_token_file: self.bearer_token_file.clone(),
+            ca_file: self.ca_file.clone(),
+            insecure: self.insecure_skip_tls_verify,
+            headers: self.headers.clone(),
+        })?)
+    }
+}
+
 /// `fleet ab`: two groups of pods side by side across nodes.
 #[derive(Debug, clap::Args)]
 #[command(
@@ -111,21 +148,8 @@ enum Command {
                   --signal connect_failure_ratio --window 30m"
 )]
 struct AbArgs {
-    /// The query API's base URL (`http://prometheus:9090`, with a path prefix if any).
-    #[arg(long, value_name = "URL", value_parser = parse_url)]
-    prometheus: String,
-
-    /// Send `Authorization: Bearer <token>` with the token in FILE (re-read per request).
-    #[arg(long, value_name = "FILE")]
-    bearer_token_file: Option<PathBuf>,
-
-    /// CA certificate (PEM) for an https URL.
-    #[arg(long, value_name = "FILE")]
-    ca_file: Option<PathBuf>,
-
-    /// Do not verify the server's certificate.
-    #[arg(long)]
-    insecure_skip_tls_verify: bool,
+    #[command(flatten)]
+    store: StoreArgs,
 
     /// Label matchers of the treated pods' series (`namespace="shop",pod=~"api-b-.*"`;
     /// any exported label: `node`, `namespace`, `pod`, `container`, `label_<name>`).
@@ -171,26 +195,8 @@ struct AbArgs {
     after_help = after_help()
 )]
 pub(super) struct VerifyArgs {
-    /// The query API's base URL (`http://prometheus:9090`, with a path prefix if any).
-    #[arg(long, value_name = "URL", value_parser = parse_url)]
-    prometheus: String,
-
-    /// Send `Authorization: Bearer <token>` with the token in FILE (re-read per request).
-    #[arg(long, value_name = "FILE")]
-    bearer_token_file: Option<PathBuf>,
-
-    /// CA certificate (PEM) for an https URL.
-    #[arg(long, value_name = "FILE")]
-    ca_file: Option<PathBuf>,
-
-    /// Do not verify the server's certificate.
-    #[arg(long)]
-    insecure_skip_tls_verify: bool,
-
-    /// Send this header with every request (repeatable): a Mimir or Cortex tenant's
-    /// `X-Scope-OrgID:TENANT`, a proxy's own.
-    #[arg(long = "header", value_name = "NAME:VALUE", value_parser = parse_header)]
-    headers: Vec<(String, String)>,
+    #[command(flatten)]
+    store: StoreArgs,
 
     /// The knob whose change is judged (`cpu.max`, `net.core.somaxconn`, ...): each
     /// node's change time is found in its metrics.
@@ -319,12 +325,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<ExitCode> {
 }
 
 fn ab(args: &AbArgs) -> anyhow::Result<ExitCode> {
-    let prometheus = fleet::prom::Prometheus::new(&fleet::prom::PromConfig {
-        base_url: args.prometheus.clone(),
-        bearer_token_file: args.bearer_token_file.clone(),
-        ca_file: args.ca_file.clone(),
-        insecure: args.insecure_skip_tls_verify,
-    })?;
+    let prometheus = args.store.connect()?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .context("the clock is before 1970")?
@@ -354,6 +355,9 @@ fn ab_table(report: &fleet::ab::AbReport) -> String {
     );
     for note in &report.notes {
         let _ = writeln!(out, "  {note}");
+    }
+    for warning in &report.partial {
+        let _ = writeln!(out, "  note: partial data: {warning}");
     }
     let _ = writeln!(
         out,
@@ -401,13 +405,7 @@ fn options(args: &VerifyArgs) -> anyhow::Result<Options> {
 }
 
 fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
-    let prometheus = fleet::prom::Prometheus::new(&fleet::prom::PromConfig {
-        base_url: args.prometheus.clone(),
-        bearer_token_file: args.bearer_token_file.clone(),
-        ca_file: args.ca_file.clone(),
-        insecure: args.insecure_skip_tls_verify,
-        headers: args.headers.clone(),
-    })?;
+    let prometheus = args.store.connect()?;
     let report = match fleet::verify(&prometheus, &options(args)?) {
         Ok(report) => report,
         // A gate that cannot get at the data fails with a code of its own: missing data
@@ -578,9 +576,9 @@ mod tests {
         else {
             unreachable!()
         };
-        assert_eq!(v.prometheus, "http://mimir:8080/prometheus");
+        assert_eq!(v.store.prometheus, "http://mimir:8080/prometheus");
         assert_eq!(
-            v.headers,
+            v.store.headers,
             [
                 ("X-Scope-OrgID".to_string(), "a".to_string()),
                 ("X-Scope-OrgID".to_string(), "b".to_string())
