@@ -119,6 +119,28 @@ fn check_or_bless(name: &str, begin: &str, end: &str, generated: &str) {
     }
 }
 
+#[test]
+fn reference_judged_tables_of_the_verify_page_are_generated_from_the_declarations() {
+    use crate::tuning::docs;
+    check_or_bless(
+        "docs/verify.md",
+        docs::BEGIN,
+        docs::END,
+        &docs::judged_tables(),
+    );
+}
+
+#[test]
+fn reference_advice_rules_of_the_advise_page_are_generated_from_the_table() {
+    use crate::advise::docs;
+    check_or_bless(
+        "docs/advise.md",
+        docs::BEGIN,
+        docs::END,
+        &docs::rules_table(),
+    );
+}
+
 /// A snapshot for the watcher: one named container throttled in `throttled` of `periods`.
 fn throttled(periods: u64, throttled: u64) -> Snapshot {
     let identity = Identity {

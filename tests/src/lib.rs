@@ -676,3 +676,59 @@ pub fn finish_collector(collector: tuneprobe::Collector) -> tuneprobe::Snapshot 
         .finish()
         .unwrap_or_else(|e| panic!("finish: {e:#}"))
 }
+
+/// A directory of its own under the temporary directory, removed on drop, also when the
+/// test fails.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique(prefix));
+        fs::create_dir_all(&dir).expect("create the temporary directory");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A filesystem on a block device (ext4 without a journal, so that an inode's write is
+/// issued by the task that syncs it) mounted `strictatime` at a directory of its own,
+/// with a 1 MiB file `data` on it: every read of it writes the access time. Unmounted on
+/// drop.
+pub struct StrictatimeMount {
+    pub dir: PathBuf,
+}
+
+impl StrictatimeMount {
+    pub fn new(device: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique("tuneprobe-mnt-"));
+        fs::create_dir_all(&dir).expect("create the mountpoint");
+        sh(&["mkfs.ext4", "-q", "-F", "-O", "^has_journal", device]);
+        sh(&[
+            "mount",
+            "-o",
+            "strictatime",
+            device,
+            &dir.display().to_string(),
+        ]);
+        let mount = Self { dir };
+        fs::write(mount.file(), vec![0x5a; 1 << 20]).expect("write the data file");
+        sh(&["sync"]);
+        mount
+    }
+
+    pub fn file(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+}
+
+impl Drop for StrictatimeMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = fs::remove_dir(&self.dir);
+    }
+}

@@ -387,7 +387,7 @@ fn receive_buffer_drops_call_for_the_buffer_limits_for_that_pod_only() {
 fn writes_per_read_on_a_strictatime_mount_call_for_noatime() {
     let _one = one_at_a_time();
     let disk = tuneprobe_tests::LoopDevice::new(64);
-    let mount = StrictatimeMount::new(&disk.device);
+    let mount = tuneprobe_tests::StrictatimeMount::new(&disk.device);
     let mut pod = PodCgroup::with_controllers(&["blkio"]);
     let reader = pod.container();
     let idle = pod.container();
@@ -424,84 +424,4 @@ fn writes_per_read_on_a_strictatime_mount_call_for_noatime() {
     let options = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let line = options.lines().find(|l| l.contains(&dir)).unwrap();
     assert!(!line.contains("noatime"), "reverted: {line}");
-}
-
-/// A filesystem on a loop device (ext4 without a journal, so that an inode's write is
-/// issued by the task that syncs it), mounted `strictatime`; unmounted on drop.
-struct StrictatimeMount {
-    dir: std::path::PathBuf,
-}
-
-impl StrictatimeMount {
-    fn new(device: &str) -> Self {
-        let dir = std::env::temp_dir().join(tuneprobe_tests::unique("tuneprobe-mnt-"));
-        fs::create_dir_all(&dir).unwrap();
-        tuneprobe_tests::sh(&["mkfs.ext4", "-q", "-F", "-O", "^has_journal", device]);
-        let target = dir.display().to_string();
-        tuneprobe_tests::sh(&["mount", "-o", "strictatime", device, &target]);
-        let mount = Self { dir };
-        fs::write(mount.file(), vec![0x5a; 1 << 20]).unwrap();
-        tuneprobe_tests::sh(&["sync"]);
-        mount
-    }
-
-    fn file(&self) -> std::path::PathBuf {
-        self.dir.join("data")
-    }
-}
-
-impl Drop for StrictatimeMount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.dir).status();
-        let _ = fs::remove_dir(&self.dir);
-    }
-}
-
-/// A pod asking a resolver that answers after 300 ms (three clients, queries one after
-/// another), beside a pod asking one that answers at once: advise names NodeLocal
-/// DNSCache for the first only, as the resolver change it is.
-#[test]
-fn a_slow_resolver_calls_for_a_node_local_cache_for_that_pod_only() {
-    let _one = one_at_a_time();
-    let pair = NetnsPair::new();
-    pair.add_address_b("10.200.0.3");
-    let (slow, fast) = ("10.200.0.2:53", "10.200.0.3:53");
-    let mut slow_server = Workload::spawn(&pair.b, None, &["dns-server", slow, "300", "0"]);
-    assert_eq!(slow_server.read_line(), "ready");
-    let mut fast_server = Workload::spawn(&pair.b, None, &["dns-server", fast, "0", "0"]);
-    assert_eq!(fast_server.read_line(), "ready");
-    let mut pod = PodCgroup::new();
-    let (waiting, served) = (pod.container(), pod.container());
-    fn query(server: &str) -> [&str; 6] {
-        ["dns-query", server, "shop.test", "1000000", "udp", "5000"]
-    }
-    let _clients = [
-        Workload::spawn(&pair.a, Some(&waiting), &query(slow)),
-        Workload::spawn(&pair.a, Some(&waiting), &query(slow)),
-        Workload::spawn(&pair.a, Some(&waiting), &query(slow)),
-        Workload::spawn(&pair.a, Some(&served), &query(fast)),
-    ];
-
-    let report = advise();
-    let sick = advice_for(&report, in_cgroup(&waiting.path));
-    assert_eq!(
-        knobs(&sick),
-        BTreeSet::from(["nodelocaldns".to_string()]),
-        "{report:#}"
-    );
-    let a = sick[0];
-    assert_eq!(
-        (a["current"].as_str(), a["scope"].as_str()),
-        (Some("off"), Some("resolver"))
-    );
-    assert!(a["evidence"]["value"].as_f64().unwrap() >= 250.0, "{a:#}");
-    let note = a["notes"][0].as_str().unwrap();
-    assert!(
-        note.contains("not a sysctl") && note.contains("10.200.0.2"),
-        "{a:#}"
-    );
-    assert!(
-        advice_for(&report, in_cgroup(&served.path)).is_empty(),
-        "{report:#}"
-    );
 }

@@ -23,29 +23,12 @@ use tuneprobe::{
         measure::Measure,
     },
 };
-use tuneprobe_tests::unique;
+use tuneprobe_tests::TempDir;
 
 /// Steps of 30 s in a series: 20 minutes.
 const STEPS: usize = 40;
 /// Steps in the alerts' window (5 minutes).
 const WINDOW_STEPS: f64 = 10.0;
-
-/// Removes a directory on drop, also when the test fails.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> Self {
-        let dir = std::env::temp_dir().join(unique(prefix));
-        fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 fn alerts_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/alerts.yaml")

@@ -10,7 +10,7 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     sync::mpsc,
     thread,
@@ -34,15 +34,6 @@ fn now_s() -> f64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
-}
-
-/// Removes a directory on drop, also when the test fails.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 /// One query of one panel.
@@ -154,8 +145,8 @@ fn pod_logs(logs: &Path, namespace: &str, pod: &str, uid: &str, container: &str,
 
 #[test]
 fn every_panel_query_returns_data_from_a_real_prometheus() {
-    let dir = TempDir(std::env::temp_dir().join(unique("tuneprobe-dashboard-")));
-    fs::create_dir_all(&dir.0).unwrap();
+    let dir = tuneprobe_tests::TempDir::new("tuneprobe-dashboard-");
+
     // Names of this test's own: the panels are filtered to them, so other tests' traffic
     // running beside this one cannot give a panel its data.
     let node = unique("node-");

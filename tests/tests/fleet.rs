@@ -15,7 +15,7 @@
 use std::{
     fmt::Write as _,
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -23,26 +23,9 @@ use std::{
 
 use serde_json::Value;
 use tuneprobe_tests::{
-    Container, PodCgroup, Running, Workload, free_port, http_get, testload, tuneprobe_binary,
-    unique,
+    Container, PodCgroup, Running, TempDir, Workload, free_port, http_get, testload,
+    tuneprobe_binary, unique,
 };
-
-/// Removes a directory on drop, also when the test fails.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> Self {
-        let dir = std::env::temp_dir().join(unique(prefix));
-        fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 fn now_s() -> f64 {
     SystemTime::now()
@@ -160,6 +143,25 @@ fn import(dir: &Path, port: u16, openmetrics: &str, samples: usize) {
     }
 }
 
+/// A Prometheus serving `openmetrics` (written to `file` in `dir`), turned into TSDB
+/// blocks by `promtool tsdb create-blocks-from openmetrics`.
+fn prometheus_with_blocks(dir: &Path, file: &str, openmetrics: &str) -> (Running, u16) {
+    let input = dir.join(file);
+    fs::write(&input, openmetrics).unwrap();
+    let out = Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
+        .arg(&input)
+        .arg(dir.join("tsdb"))
+        .output()
+        .expect("run promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    prometheus(dir, "global:\n  scrape_interval: 10s\n")
+}
+
 /// `tuneprobe fleet verify ARGS --json` against the Prometheus on `port`.
 fn fleet_verify(port: u16, args: &[&str]) -> Value {
     fleet_verify_at(&format!("http://127.0.0.1:{port}"), args)
@@ -167,18 +169,23 @@ fn fleet_verify(port: u16, args: &[&str]) -> Value {
 
 /// `tuneprobe fleet verify ARGS --json` against the query API at `url`.
 fn fleet_verify_at(url: &str, args: &[&str]) -> Value {
+    fleet_json("verify", url, args)
+}
+
+/// `tuneprobe fleet SUBCOMMAND --prometheus URL ARGS --json`, its JSON.
+fn fleet_json(subcommand: &str, url: &str, args: &[&str]) -> Value {
     let out = Command::new(tuneprobe_binary())
-        .args(["fleet", "verify", "--prometheus", url])
+        .args(["fleet", subcommand, "--prometheus", url])
         .args(args)
         .arg("--json")
         .output()
-        .expect("run tuneprobe fleet verify");
+        .expect("run tuneprobe fleet");
     assert!(
         out.status.success(),
-        "fleet verify {args:?} failed: {}",
+        "fleet {subcommand} {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("fleet verify printed JSON")
+    serde_json::from_slice(&out.stdout).expect("fleet printed JSON")
 }
 
 fn overall(report: &Value) -> &Value {
@@ -401,20 +408,8 @@ fn known_effects_written_into_the_tsdb() {
             canary_silent_after: false,
         });
     }
-    let input = dir.0.join("fleet.om");
-    fs::write(&input, openmetrics(&scenarios, start)).unwrap();
-    let out = Command::new("promtool")
-        .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
-        .arg(&input)
-        .arg(dir.0.join("tsdb"))
-        .output()
-        .expect("run promtool");
-    assert!(
-        out.status.success(),
-        "promtool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (_prometheus, port) = prometheus(&dir.0, "global:\n  scrape_interval: 10s\n");
+    let (_prometheus, port) =
+        prometheus_with_blocks(&dir.0, "fleet.om", &openmetrics(&scenarios, start));
 
     // The canary's throttled share falls by 0.4, the control's stays: improved, by 0.4.
     let report = fleet_verify(
@@ -589,20 +584,8 @@ fn a_gate_exits_with_the_code_of_each_outcome() {
         scenario("same", 0.0, 1000, false),
         scenario("dark", -0.4, 13, true),
     ];
-    let input = dir.0.join("gate.om");
-    fs::write(&input, openmetrics(&scenarios, start)).unwrap();
-    let out = Command::new("promtool")
-        .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
-        .arg(&input)
-        .arg(dir.0.join("tsdb"))
-        .output()
-        .expect("run promtool");
-    assert!(
-        out.status.success(),
-        "promtool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (_prometheus, port) = prometheus(&dir.0, "global:\n  scrape_interval: 10s\n");
+    let (_prometheus, port) =
+        prometheus_with_blocks(&dir.0, "gate.om", &openmetrics(&scenarios, start));
 
     // (scenario, its overall verdict, the exit code with --fail-on regressed and with
     // --fail-on not-improved, the reason on stderr)
@@ -734,20 +717,7 @@ fn the_same_verdicts_from_victoria_metrics() {
         scenario("dark", -0.4, 0.0, 13, true),
     ];
     let openmetrics = openmetrics(&scenarios, start);
-    let input = dir.0.join("fleet.om");
-    fs::write(&input, &openmetrics).unwrap();
-    let out = Command::new("promtool")
-        .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
-        .arg(&input)
-        .arg(dir.0.join("tsdb"))
-        .output()
-        .expect("run promtool");
-    assert!(
-        out.status.success(),
-        "promtool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (_prometheus, port) = prometheus(&dir.0, "global:\n  scrape_interval: 10s\n");
+    let (_prometheus, port) = prometheus_with_blocks(&dir.0, "fleet.om", &openmetrics);
     let (_vm, vm_port) = victoria_metrics(&dir.0, "vm", &[]);
     let samples = openmetrics.lines().filter(|l| !l.starts_with('#')).count();
     import(&dir.0, vm_port, &openmetrics, samples);
@@ -990,20 +960,7 @@ fn network_openmetrics(start: i64) -> String {
 fn network_knobs_judged_by_their_ratios_from_the_tsdb() {
     let dir = TempDir::new("tuneprobe-fleet-net-");
     let start = ((now_s() as i64 - 3 * 3600) / 3600) * 3600;
-    let input = dir.0.join("net.om");
-    fs::write(&input, network_openmetrics(start)).unwrap();
-    let out = Command::new("promtool")
-        .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
-        .arg(&input)
-        .arg(dir.0.join("tsdb"))
-        .output()
-        .expect("run promtool");
-    assert!(
-        out.status.success(),
-        "promtool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (_prometheus, port) = prometheus(&dir.0, "global:\n  scrape_interval: 10s\n");
+    let (_prometheus, port) = prometheus_with_blocks(&dir.0, "net.om", &network_openmetrics(start));
 
     for (prefix, knob, signal, load, before, tolerance) in [
         (
@@ -1698,19 +1655,7 @@ fn ab_openmetrics(start: i64) -> String {
 
 /// `tuneprobe fleet ab ARGS --json` against the Prometheus on `port`.
 fn fleet_ab(port: u16, args: &[&str]) -> Value {
-    let out = Command::new(tuneprobe_binary())
-        .args(["fleet", "ab", "--prometheus"])
-        .arg(format!("http://127.0.0.1:{port}"))
-        .args(args)
-        .arg("--json")
-        .output()
-        .expect("run tuneprobe fleet ab");
-    assert!(
-        out.status.success(),
-        "fleet ab {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("fleet ab printed JSON")
+    fleet_json("ab", &format!("http://127.0.0.1:{port}"), args)
 }
 
 /// Two groups of pods across nodes side by side: the wide range improves connect
@@ -1720,20 +1665,7 @@ fn fleet_ab(port: u16, args: &[&str]) -> Value {
 fn two_groups_of_pods_side_by_side_across_nodes() {
     let dir = TempDir::new("tuneprobe-fleet-ab-");
     let start = ((now_s() as i64 - 3 * 3600) / 3600) * 3600;
-    let input = dir.0.join("ab.om");
-    fs::write(&input, ab_openmetrics(start)).unwrap();
-    let out = Command::new("promtool")
-        .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
-        .arg(&input)
-        .arg(dir.0.join("tsdb"))
-        .output()
-        .expect("run promtool");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (_prometheus, port) = prometheus(&dir.0, "global:\n  scrape_interval: 10s\n");
+    let (_prometheus, port) = prometheus_with_blocks(&dir.0, "ab.om", &ab_openmetrics(start));
     let end = (start + (POINTS - 1) * STEP_S).to_string();
     let compare = |treated: &str, control: &str| {
         let report = fleet_ab(

@@ -639,47 +639,10 @@ fn switching_congestion_control_under_random_loss_is_judged_on_retransmits_and_r
     eprintln!("bbr: {verdicts:?}, notes {}", report["notes"]);
 }
 
-/// A filesystem on the test's own loop device (ext4 without a journal, so that an
-/// inode's write is issued by the task that syncs it), mounted with `strictatime` at a
-/// directory of its own; unmounted on drop.
-struct TestMount {
-    dir: std::path::PathBuf,
-}
-
-impl TestMount {
-    fn new(device: &str) -> Self {
-        let dir = std::env::temp_dir().join(tuneprobe_tests::unique("tuneprobe-mnt-"));
-        fs::create_dir_all(&dir).unwrap();
-        tuneprobe_tests::sh(&["mkfs.ext4", "-q", "-F", "-O", "^has_journal", device]);
-        tuneprobe_tests::sh(&[
-            "mount",
-            "-o",
-            "strictatime",
-            device,
-            &dir.display().to_string(),
-        ]);
-        let mount = Self { dir };
-        fs::write(mount.file(), vec![0x5a; 1 << 20]).unwrap();
-        tuneprobe_tests::sh(&["sync"]);
-        mount
-    }
-
-    fn file(&self) -> std::path::PathBuf {
-        self.dir.join("data")
-    }
-}
-
-impl Drop for TestMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
-        let _ = fs::remove_dir(&self.dir);
-    }
-}
-
 #[test]
 fn remounting_with_noatime_improves_writes_per_read() {
     let disk = tuneprobe_tests::LoopDevice::new(64);
-    let mount = TestMount::new(&disk.device);
+    let mount = tuneprobe_tests::StrictatimeMount::new(&disk.device);
     let mut pod = PodCgroup::with_controllers(&["blkio"]);
     let reader = pod.container();
     // Every read changes the atime (strictatime), and the fsync after it writes the

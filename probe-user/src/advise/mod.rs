@@ -10,7 +10,7 @@
 //! - [`recommend`]: the value to recommend and the command that proves it.
 
 #[cfg(test)]
-mod docs;
+pub(crate) mod docs;
 mod live;
 mod place;
 mod recommend;

@@ -7,7 +7,7 @@
 //! control's is in the difference in differences, [`super::did`]), and the treated
 //! group's minus the control's is tested against zero: the Wilcoxon signed-rank test and
 //! the one-sample Hodges-Lehmann shift with its 95% interval
-//! ([`stats::compare_paired`]), on the same thresholds as every verdict.
+//! (`stats::compare_paired`), on the same thresholds as every verdict.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -4,7 +4,7 @@
 mod advice;
 mod changes;
 #[cfg(test)]
-mod docs;
+pub(crate) mod docs;
 mod inventory;
 mod table;
 

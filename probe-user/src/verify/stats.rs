@@ -94,26 +94,14 @@ pub(crate) fn compare_with_floor(
     lower_is_better: bool,
 ) -> Comparison {
     if before.len() < MIN_SAMPLES || after.len() < MIN_SAMPLES {
-        return Comparison {
-            effect: f64::NAN,
-            ci95: [f64::NAN, f64::NAN],
-            p_value: f64::NAN,
-            verdict: Verdict::InsufficientData,
-        };
+        return Comparison::INSUFFICIENT;
     }
-    let p_value = mann_whitney_p(before, after);
-    let (effect, ci95) = hodges_lehmann(before, after);
-    Comparison {
-        effect,
-        ci95,
-        p_value,
-        verdict: verdict(
-            p_value,
-            effect,
-            min_relative * reference.abs(),
-            lower_is_better,
-        ),
-    }
+    Comparison::of(
+        mann_whitney_p(before, after),
+        hodges_lehmann(before, after),
+        min_relative * reference.abs(),
+        lower_is_better,
+    )
 }
 
 /// Paired samples: `differences` are one `treated - control` per interval. The
@@ -126,25 +114,38 @@ pub(crate) fn compare_paired(
     lower_is_better: bool,
 ) -> Comparison {
     if differences.len() < MIN_SAMPLES {
-        return Comparison {
-            effect: f64::NAN,
-            ci95: [f64::NAN, f64::NAN],
-            p_value: f64::NAN,
-            verdict: Verdict::InsufficientData,
-        };
+        return Comparison::INSUFFICIENT;
     }
-    let p_value = signed_rank_p(differences);
-    let (effect, ci95) = hodges_lehmann_one_sample(differences);
-    Comparison {
-        effect,
-        ci95,
-        p_value,
-        verdict: verdict(
-            p_value,
+    Comparison::of(
+        signed_rank_p(differences),
+        hodges_lehmann_one_sample(differences),
+        MIN_RELATIVE_EFFECT * reference.abs(),
+        lower_is_better,
+    )
+}
+
+impl Comparison {
+    /// Too few samples on a side: no effect, no p, no verdict.
+    const INSUFFICIENT: Self = Self {
+        effect: f64::NAN,
+        ci95: [f64::NAN, f64::NAN],
+        p_value: f64::NAN,
+        verdict: Verdict::InsufficientData,
+    };
+
+    /// A test's p and shift, judged on a shift of at least `floor`.
+    fn of(
+        p_value: f64,
+        (effect, ci95): (f64, [f64; 2]),
+        floor: f64,
+        lower_is_better: bool,
+    ) -> Self {
+        Self {
             effect,
-            MIN_RELATIVE_EFFECT * reference.abs(),
-            lower_is_better,
-        ),
+            ci95,
+            p_value,
+            verdict: verdict(p_value, effect, floor, lower_is_better),
+        }
     }
 }
 
