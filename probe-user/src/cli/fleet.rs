@@ -239,9 +239,9 @@ pub(super) struct VerifyArgs {
     #[arg(long, value_name = "DURATION", value_parser = super::snapshot::parse_duration, default_value = "6h")]
     since: Duration,
 
-    /// Judge this signal instead of the knob's own (repeatable): cpu_throttled_ratio,
-    /// retransmit_ratio, listen_overflow_ratio, drops, block_service_ms,
-    /// block_service_p99_ms, block_queue_ms, dns_latency_ms, dns_latency_p99_ms.
+    /// Judge this signal instead of the knob's own (repeatable): any measure of "What is
+    /// judged" in docs/verify.md (cpu_throttled_ratio, retransmit_ratio,
+    /// connect_failure_ratio, rcvbuf_drop_ratio, dns_latency_p99_ms, ...).
     #[arg(long = "signal", value_name = "SIGNAL", value_parser = parse_signal)]
     signals: Vec<Measure>,
 
