@@ -657,10 +657,6 @@ const DASHBOARD: &str = "deploy/dashboards/tuneprobe.json";
 /// listed here.
 const NOT_SHOWN: &[(&str, &str)] = &[
     (
-        "tuneprobe_agent_errors_total",
-        "zero on a healthy agent: an alert, not a graph",
-    ),
-    (
         "tuneprobe_block_errors_total",
         "zero on a healthy device: an alert, not a graph",
     ),
@@ -671,10 +667,6 @@ const NOT_SHOWN: &[(&str, &str)] = &[
     (
         "tuneprobe_dns_malformed_total",
         "zero unless something sends garbage to port 53: an alert",
-    ),
-    (
-        "tuneprobe_folded_workloads",
-        "non-zero only when --max-workloads is reached: an alert",
     ),
     (
         "tuneprobe_gc_deleted_entries_total",

@@ -206,7 +206,8 @@ fn rendered(alert: &Alert, labels: &Labels, value: f64) -> Vec<(&'static str, St
             let mut text = template
                 .replace("{{ $value | humanizePercentage }}", &percentage(value))
                 .replace("{{ $value | printf \"%.1f\" }}", &format!("{value:.1}"))
-                .replace("{{ $value | printf \"%.2f\" }}", &format!("{value:.2}"));
+                .replace("{{ $value | printf \"%.2f\" }}", &format!("{value:.2}"))
+                .replace("{{ $value | printf \"%.0f\" }}", &format!("{value:.0}"));
             for (k, v) in labels {
                 text = text.replace(&format!("{{{{ $labels.{k} }}}}"), v);
             }
@@ -394,6 +395,47 @@ fn a_final_regressed_verdict_alerts_for_an_hour_and_no_other_verdict_does() {
     let test = format!(
         "  - interval: 30s\n    input_series:\n{input}    alert_rule_test:\n      - eval_time: 25m\n        alertname: {name}\n        exp_alerts:\n{exp}      - eval_time: 85m\n        alertname: {name}\n        exp_alerts: []\n",
         name = alert.name
+    );
+    promtool_test_rules(&test);
+}
+
+/// The agent's own trouble: a stage failing every step on `n1` alerts (10 failures in
+/// 5m); a single failure 20 minutes ago on `n3`, and a healthy `n2`, do not. 3 workloads
+/// folded on `n1` for the whole run alert; folded on `n3` for 5 minutes only, not yet.
+#[test]
+fn a_failing_agent_and_folded_workloads_alert_and_brief_or_no_trouble_does_not() {
+    let labels = |pairs: &[(&str, &str)]| -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let (errors, folded) = (
+        alert_named("TuneprobeAgentErrors"),
+        alert_named("TuneprobeWorkloadsFolded"),
+    );
+    let mut input = String::new();
+    for (node, values) in [("n1", "0+1x60"), ("n2", "0x60"), ("n3", "0x10 1x50")] {
+        let _ = write!(
+            input,
+            "      - series: 'tuneprobe_agent_errors_total{{node=\"{node}\",stage=\"tuning_inventory\"}}'\n        values: '{values}'\n"
+        );
+    }
+    for (node, values) in [("n1", "3x60"), ("n2", "0x60"), ("n3", "0x40 3x20")] {
+        let _ = write!(
+            input,
+            "      - series: 'tuneprobe_folded_workloads{{node=\"{node}\"}}'\n        values: '{values}'\n"
+        );
+    }
+    let failing = expected(
+        &errors,
+        &labels(&[("node", "n1"), ("stage", "tuning_inventory")]),
+        10.0,
+    );
+    let folding = expected(&folded, &labels(&[("node", "n1")]), 3.0);
+    let test = format!(
+        "  - interval: 30s\n    input_series:\n{input}    alert_rule_test:\n      - eval_time: 25m\n        alertname: {}\n        exp_alerts:\n{failing}      - eval_time: 25m\n        alertname: {}\n        exp_alerts:\n{folding}",
+        errors.name, folded.name
     );
     promtool_test_rules(&test);
 }

@@ -7,7 +7,9 @@
 //! - DNS timeouts per query and the DNS p99 per resolver, on thresholds declared beside
 //!   the advice rules;
 //! - drops of one reason far above their own recent rate;
-//! - a tuning change that `serve` judged regressed.
+//! - a tuning change that `serve` judged regressed;
+//! - the agent itself: failures at a stage, and workloads folded past
+//!   `--max-workloads`.
 //!
 //! The queries are built as the recording rules' are (`rules.rs`), over a window of
 //! their own. `reference.rs` keeps both files and the table of `docs/deployment.md`
@@ -46,6 +48,12 @@ pub const SPIKE_BASELINE_OFFSET: &str = "10m";
 /// A regressed verdict alerts for this long after it appears: its series stays for as
 /// long as `serve` keeps the change among its recent ones, days on a quiet node.
 pub const REGRESSED_FOR: &str = "1h";
+/// How long the agent's own trouble must last before it alerts: a failed scrape of the
+/// inventory now and then is not worth a page.
+pub const AGENT_HOLD: &str = "15m";
+/// The agent's failure counter and its workload cap's gauge (`views::metrics`).
+const AGENT_ERRORS: &str = "tuneprobe_agent_errors_total";
+const FOLDED: &str = "tuneprobe_folded_workloads";
 /// The severity label of every alert.
 pub const SEVERITY: &str = "warning";
 
@@ -74,6 +82,10 @@ pub enum Watched {
     DropSpike,
     /// A tuning change judged regressed.
     Regressed,
+    /// The agent failing at a stage.
+    AgentErrors,
+    /// Workloads folded into `cgroup="other"` past `--max-workloads`.
+    Folded,
 }
 
 /// A measure over the window, at or above `threshold` with at least `min_load` of its
@@ -153,7 +165,14 @@ impl Also {
 /// Every alert: the advice symptoms', in the knob table's order, then the others.
 pub fn alerts() -> Vec<Alert> {
     let mut all = symptoms();
-    all.extend([dns_timeouts(), dns_latency(), drop_spike(), regressed()]);
+    all.extend([
+        dns_timeouts(),
+        dns_latency(),
+        drop_spike(),
+        regressed(),
+        agent_errors(),
+        folded(),
+    ]);
     all
 }
 
@@ -380,6 +399,10 @@ impl Alert {
             Watched::Level(level) => level.expr(),
             Watched::DropSpike => spike_expr(),
             Watched::Regressed => regressed_expr(),
+            Watched::AgentErrors => {
+                format!("sum by (node, stage) (increase({AGENT_ERRORS}[{WINDOW}]))\n  > 0")
+            }
+            Watched::Folded => format!("max by (node) ({FOLDED})\n  > 0"),
         }
     }
 
@@ -401,6 +424,18 @@ impl Alert {
                      regressed on {{{{ $labels.signal }}}} for {WHERE}"
                 ),
                 "curl -s http://AGENT:9464/changes (the tuneprobe pod on node {{ $labels.node }}): the change's report; then revert {{ $labels.knob }}".to_string(),
+            ),
+            Watched::AgentErrors => (
+                "tuneprobe on node {{ $labels.node }} failed {{ $value | printf \"%.0f\" }} times \
+                 at stage {{ $labels.stage }} in the last 5m"
+                    .to_string(),
+                "kubectl -n tuneprobe logs -l app.kubernetes.io/name=tuneprobe --field-selector spec.nodeName={{ $labels.node }}".to_string(),
+            ),
+            Watched::Folded => (
+                "{{ $value | printf \"%.0f\" }} workloads on node {{ $labels.node }} are folded \
+                 into cgroup=\"other\" past --max-workloads"
+                    .to_string(),
+                "raise serve's --max-workloads in the DaemonSet, and its memory limit with it (docs/deployment.md)".to_string(),
             ),
         };
         let mut out = vec![("summary", summary), ("description", why)];
@@ -489,6 +524,42 @@ impl Level {
             format!("tuneprobe trace dns {pod} --for 60s")
         };
         (summary, command)
+    }
+}
+
+/// The agent failing at a stage for a quarter of an hour.
+fn agent_errors() -> Alert {
+    Alert {
+        name: "TuneprobeAgentErrors",
+        watched: Watched::AgentErrors,
+        hold: AGENT_HOLD,
+        fires_when: format!(
+            "failures of the agent at a stage (`{AGENT_ERRORS}`: collect, tuning_inventory, \
+             render) in every {WINDOW} for {AGENT_HOLD}"
+        ),
+        threshold: "any failure".to_string(),
+        why: "a stage that keeps failing leaves its part of the node unmeasured (a collect \
+              that fails exports stale counts, a failing inventory judges no change), and \
+              only the agent's log says why"
+            .to_string(),
+        knobs: Vec::new(),
+    }
+}
+
+/// Workloads past `--max-workloads`, for a quarter of an hour.
+fn folded() -> Alert {
+    Alert {
+        name: "TuneprobeWorkloadsFolded",
+        watched: Watched::Folded,
+        hold: AGENT_HOLD,
+        fires_when: format!(
+            "any workload folded into `cgroup=\"other\"` (`{FOLDED}`) for {AGENT_HOLD}"
+        ),
+        threshold: "one workload".to_string(),
+        why: "past --max-workloads a node's further workloads lose their own series: their \
+              signals, verdicts and advice are summed into one and no longer tell pods apart"
+            .to_string(),
+        knobs: Vec::new(),
     }
 }
 
@@ -593,7 +664,7 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), all.len(), "duplicate names");
-        assert_eq!(all.len(), 15);
+        assert_eq!(all.len(), 17);
     }
 
     #[test]
