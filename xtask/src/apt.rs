@@ -98,6 +98,16 @@ impl Apt {
         cmd
     }
 
+    /// The same apt, taking every package it installs, dependencies too, from `suite`
+    /// where `suite` has it (`-t`): `NAME/SUITE` alone pins the named package, and its
+    /// dependencies on versions only `suite` has (backports' `qemu-system-x86` on
+    /// backports' `qemu-system-data`) would stay unresolvable.
+    #[must_use]
+    pub fn preferring(mut self, suite: &str) -> Self {
+        self.options.push(format!("APT::Default-Release={suite}"));
+        self
+    }
+
     pub fn update(&self) -> anyhow::Result<()> {
         run_to_stderr(&mut self.command("apt-get", &["update", "-qq"]))
     }
@@ -205,6 +215,7 @@ fn install_from_alternative(
         )
     };
     let (suite, apt) = alternative().map_err(|e| give_up(format!("{e:#}")))?;
+    let apt = apt.preferring(&suite);
     eprintln!("setup: {}; trying {suite}", conflicts.join("; "));
     apt.update()?;
     let wanted: Vec<String> = packages.iter().map(|p| format!("{p}/{suite}")).collect();
@@ -317,6 +328,12 @@ Conf qemu-system-x86 (1:7.2+dfsg-7+deb12u18+b3 Debian:12.12/stable [amd64])
     const B: &str = "tuneprobe-test-b";
     /// Fits anywhere.
     const C: &str = "tuneprobe-test-c";
+    /// 1.0 in "stable", 2.0 in "backports": what backports' B may depend on (as
+    /// backports' qemu-system-x86 on backports' qemu-system-common)...
+    const D: &str = "tuneprobe-test-d";
+    /// ...and, one level further, what D 2.0 depends on (as qemu-system-common on
+    /// qemu-system-data): apt follows `NAME/SUITE` to direct dependencies only.
+    const E: &str = "tuneprobe-test-e";
 
     /// A private apt root in a temporary directory: its own dpkg database (A installed),
     /// file repositories of tiny packages built with dpkg-deb, and apt configurations
@@ -366,9 +383,22 @@ Conf qemu-system-x86 (1:7.2+dfsg-7+deb12u18+b3 Debian:12.12/stable [amd64])
             let root = Self(dir);
             root.repository(
                 "stable",
-                &[(B, "1.0", &format!("Conflicts: {A}\n")), (C, "1.0", "")],
+                &[
+                    (B, "1.0", &format!("Conflicts: {A}\n")),
+                    (C, "1.0", ""),
+                    (D, "1.0", ""),
+                    (E, "1.0", ""),
+                ],
             );
-            root.repository("backports", &[(A, "2.0", ""), (B, "2.0", backports_b)]);
+            root.repository(
+                "backports",
+                &[
+                    (A, "2.0", ""),
+                    (B, "2.0", backports_b),
+                    (D, "2.0", &format!("Depends: {E} (>= 2.0)\n")),
+                    (E, "2.0", ""),
+                ],
+            );
             write(
                 &root.0.join("var/lib/dpkg/status"),
                 &format!("{}Status: install ok installed\n\n", control(A, "2.0", "")),
@@ -402,10 +432,17 @@ Conf qemu-system-x86 (1:7.2+dfsg-7+deb12u18+b3 Debian:12.12/stable [amd64])
                 );
             }
             write(&repo.join("Packages"), &index);
+            // As Debian marks its backports: priority 100, taken only when asked for.
+            let backports = if suite == "backports" {
+                "NotAutomatic: yes\nButAutomaticUpgrades: yes\n"
+            } else {
+                ""
+            };
             write(
                 &repo.join("Release"),
                 &format!(
-                    "Suite: {suite}\nCodename: {suite}\nDate: Thu, 01 Jan 2026 00:00:00 UTC\n\
+                    "Suite: {suite}\nCodename: {suite}\n{backports}\
+                     Date: Thu, 01 Jan 2026 00:00:00 UTC\n\
                      SHA256:\n {} {} Packages\n",
                     sha256(index.as_bytes()),
                     index.len()
@@ -469,7 +506,7 @@ Conf qemu-system-x86 (1:7.2+dfsg-7+deb12u18+b3 Debian:12.12/stable [amd64])
     /// private roots.
     fn assert_machine_untouched() {
         let out = Command::new("dpkg-query")
-            .args(["-W", A, B, C])
+            .args(["-W", A, B, C, D, E])
             .output()
             .unwrap();
         assert!(out.stdout.is_empty(), "{out:?}");
@@ -495,10 +532,11 @@ Conf qemu-system-x86 (1:7.2+dfsg-7+deb12u18+b3 Debian:12.12/stable [amd64])
     }
 
     /// What fits comes from the machine's sources, the conflicting package from the
-    /// suite where it fits beside what is installed; nothing is removed.
+    /// suite where it fits beside what is installed, with the dependency only that suite
+    /// has a version of; nothing is removed.
     #[test]
     fn a_conflicting_package_comes_from_the_suite_where_it_fits() {
-        let root = PrivateRoot::new("fits", "");
+        let root = PrivateRoot::new("fits", &format!("Depends: {D} (>= 2.0)\n"));
         let mut installed = Vec::new();
         install_harmless(
             &root.apt(&["stable"]),
@@ -511,6 +549,8 @@ Conf qemu-system-x86 (1:7.2+dfsg-7+deb12u18+b3 Debian:12.12/stable [amd64])
         assert_eq!(root.installed(A).as_deref(), Some("2.0"));
         assert_eq!(root.installed(B).as_deref(), Some("2.0"));
         assert_eq!(root.installed(C).as_deref(), Some("1.0"));
+        assert_eq!(root.installed(D).as_deref(), Some("2.0"));
+        assert_eq!(root.installed(E).as_deref(), Some("2.0"));
         assert_machine_untouched();
     }
 
