@@ -319,6 +319,7 @@ pub(crate) mod tests {
                     received_packets: 5102,
                     forwarded_packets: 10,
                     received_datagrams: 240,
+                    conntrack_full: 4,
                 },
                 dns: Some(named_dns()),
                 block: vec![BlockReport {

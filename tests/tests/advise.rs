@@ -298,6 +298,79 @@ fn a_tight_quota_calls_for_a_limit_sized_from_demand() {
     assert_eq!(quota.trim(), "20000", "--revert");
 }
 
+/// A pod whose namespace tracks connections (a firewall rule that matches on state, as a
+/// service mesh's sidecar adds) opens new UDP flows faster than the table can hold them:
+/// past the global limit, which this namespace's entries alone reach, every new flow
+/// evicts an older one. The limit is global and read-only inside a pod's namespace, so
+/// the recommendation is not applied here (raising it would change the machine).
+#[test]
+fn a_full_conntrack_table_calls_for_a_higher_limit_for_that_pod_only() {
+    let _one = one_at_a_time();
+    let pair = NetnsPair::new();
+    let limit: u64 = fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+        .map_or(262_144, |v| v.trim().parse().unwrap());
+    // Tracked on output; the datagrams themselves dropped on input, so no ICMP answers.
+    pair.exec(
+        &pair.a,
+        &[
+            "nft",
+            "add table ip tp; \
+             add chain ip tp out { type filter hook output priority 0; }; \
+             add rule ip tp out ct state new counter; \
+             add chain ip tp in { type filter hook input priority 0; }; \
+             add rule ip tp in meta l4proto udp drop",
+        ],
+    );
+    let mut pod = PodCgroup::new();
+    let app = pod.container();
+    let mut spray = Workload::spawn(&pair.a, Some(&app), &["udp-spray", "100000"]);
+    assert_eq!(spray.read_line(), "ready");
+    let (_idle_pod, _idle, idle_path) = idle_pod(&pair.b);
+    let count = || -> u64 {
+        let text = pair.exec(
+            &pair.a,
+            &["cat", "/proc/sys/net/netfilter/nf_conntrack_count"],
+        );
+        text.trim().parse().unwrap()
+    };
+    let started = std::time::Instant::now();
+    while count() < limit {
+        assert!(started.elapsed().as_secs() < 30, "the table never filled");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    let report = advise();
+    let sick = advice_for(&report, in_cgroup(&app.path));
+    assert_eq!(
+        knobs(&sick),
+        BTreeSet::from(["net.netfilter.nf_conntrack_max".to_string()]),
+        "{report:#}"
+    );
+    let a = sick[0];
+    assert_eq!(a["current"], limit.to_string());
+    assert_eq!(a["recommended"], (limit * 2).to_string());
+    assert_eq!(a["scope"], "node");
+    assert_eq!(a["evidence"]["measure"], "conntrack_full_ratio");
+    // Past the limit each datagram evicts one entry as it is sent and is received
+    // once: one event per packet received, a ratio of events to (received + events)
+    // of one half.
+    let value = a["evidence"]["value"].as_f64().unwrap();
+    assert!((0.45..=0.55).contains(&value), "{a:#}");
+    assert_eq!(
+        a["verify_command"],
+        format!(
+            "tuneprobe verify --apply 'net.netfilter.nf_conntrack_max={}' \
+             --expect conntrack_full_ratio:lower:50%",
+            limit * 2
+        )
+    );
+    assert_eq!(a["prediction"]["direction"], "lower");
+    assert!(
+        advice_for(&report, in_cgroup(&idle_path)).is_empty(),
+        "{report:#}"
+    );
+}
+
 /// With only the idle and healthy workloads the suite leaves running, no advice at all.
 /// Lab pods of another test run on the same machine (a developer running two suites at
 /// once) are theirs, not this node's: they are left out.

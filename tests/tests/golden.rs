@@ -496,6 +496,7 @@ const WORKLOAD: &[&str] = &[
     ".drops.by_reason.*",
     ".drops.by_reason: object",
     ".drops.total",
+    ".drops.conntrack_full",
     ".drops.forwarded_packets",
     ".drops.received_datagrams",
     ".drops.received_packets",
@@ -885,8 +886,8 @@ const METRICS: &[(&str, &str, &[&str])] = &[
         &["cgroup", "container", "namespace", "pod"],
     ),
     // The loads each knob's own drops are divided by (issue 20); the receive-queue drop
-    // and prune counters and forwarded packets appear only once non-zero, which this
-    // scenario does not make.
+    // and prune counters, forwarded packets and conntrack-full events appear only once
+    // non-zero, which this scenario does not make.
     (
         "tuneprobe_tcp_received_segments_total",
         "counter",

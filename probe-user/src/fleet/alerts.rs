@@ -191,6 +191,7 @@ fn name_of(symptom: Measure) -> Option<&'static str> {
         Measure::BlockWriteP99Ms => "TuneprobeWritebackBursts",
         Measure::RetransmitRatio => "TuneprobeRetransmits",
         Measure::DnsLatencyP99Ms => "TuneprobeDnsLatencyHigh",
+        Measure::ConntrackFullRatio => "TuneprobeConntrackFull",
         _ => return None,
     })
 }
@@ -664,7 +665,7 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), all.len(), "duplicate names");
-        assert_eq!(all.len(), 17);
+        assert_eq!(all.len(), 18);
     }
 
     #[test]

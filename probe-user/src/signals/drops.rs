@@ -54,6 +54,10 @@ pub struct DropStats {
     pub received_packets: u64,
     pub forwarded_packets: u64,
     pub received_datagrams: u64,
+    /// New connections that found the namespace's conntrack table full: evictions of
+    /// unconfirmed entries (`early_drop`) and packets dropped with nothing to evict
+    /// (`drop`). A namespace total.
+    pub conntrack_full: u64,
 }
 
 impl DropStats {
@@ -115,20 +119,33 @@ impl DropStats {
         let attempts = overflows + opens;
         (attempts > 0).then(|| (overflows as f64 / attempts as f64, attempts as f64))
     }
+
+    /// Conntrack-full events per received packet (received + those events) between
+    /// two cumulative reports, with that load; `None` without any.
+    pub fn conntrack_full_ratio(before: &Self, after: &Self) -> Option<(f64, f64)> {
+        let full = after.conntrack_full.checked_sub(before.conntrack_full)?;
+        let load = after
+            .received_packets
+            .checked_sub(before.received_packets)?
+            + full;
+        (load > 0).then(|| (full as f64 / load as f64, load as f64))
+    }
 }
 
 /// The metric families of the namespace's packet loads.
 pub const RECEIVED_PACKETS: &str = "tuneprobe_ip_received_packets_total";
 pub const FORWARDED_PACKETS: &str = "tuneprobe_ip_forwarded_packets_total";
 pub const RECEIVED_DATAGRAMS: &str = "tuneprobe_udp_received_datagrams_total";
+/// The namespace's conntrack-full events.
+pub const CONNTRACK_FULL: &str = "tuneprobe_conntrack_full_total";
 /// The drops family, by `reason`.
 pub const PACKET_DROPS: &str = "tuneprobe_packet_drops_total";
 
 /// The measures of the signal `verify` judges.
 pub mod measures {
     use super::{
-        BACKLOG_REASONS, FORWARDED_PACKETS, FORWARDING_REASONS, PACKET_DROPS, RCVBUF_REASONS,
-        RECEIVED_DATAGRAMS, RECEIVED_PACKETS, TCP_LISTEN_OVERFLOW,
+        BACKLOG_REASONS, CONNTRACK_FULL, FORWARDED_PACKETS, FORWARDING_REASONS, PACKET_DROPS,
+        RCVBUF_REASONS, RECEIVED_DATAGRAMS, RECEIVED_PACKETS, TCP_LISTEN_OVERFLOW,
     };
     use crate::signals::{
         declaration::{Counter, Declaration, Exported},
@@ -168,6 +185,12 @@ pub mod measures {
         Some("forwarded_packets"),
         "kfree_skb drops by reason; the namespace's ForwDatagrams + Ip6OutForwDatagrams",
         Exported::ratio_of_sum(drops_of(FORWARDING_REASONS), Counter::of(FORWARDED_PACKETS)),
+    );
+    pub const CONNTRACK_FULL_RATIO: Declaration = Declaration::judged(
+        "new connections that found the conntrack table full (entries evicted + packets dropped) per received packet (received + those)",
+        Some("received_packets"),
+        "the namespace's /proc/net/stat/nf_conntrack early_drop + drop; its Ip/Ip6 InReceives",
+        Exported::ratio_of_sum(Counter::of(CONNTRACK_FULL), Counter::of(RECEIVED_PACKETS)),
     );
 }
 
@@ -265,7 +288,9 @@ impl Source for Drops {
         // alone would add a workload for `/` to every report.
         for (&netns, load) in &shared.netns {
             let tcp = load.counters;
-            if !tcp.has_tcp_load() || (load.host && tcp.listen_overflows == 0) {
+            // A full conntrack table is a pod's trouble whatever its traffic.
+            let conntrack = tcp.conntrack_full > 0 && !load.host;
+            if !conntrack && (!tcp.has_tcp_load() || (load.host && tcp.listen_overflows == 0)) {
                 continue;
             }
             let drops = out.slot(Owner::Netns(netns)).section;
@@ -282,6 +307,7 @@ impl Source for Drops {
             drops.received_packets = load.counters.received_packets;
             drops.forwarded_packets = load.counters.forwarded_packets;
             drops.received_datagrams = load.counters.received_datagrams;
+            drops.conntrack_full = load.counters.conntrack_full;
         }
     }
 
@@ -305,6 +331,11 @@ impl Source for Drops {
                 RECEIVED_DATAGRAMS,
                 "UDP datagrams that reached a socket of the workload's network namespace, delivered or refused by a full buffer (InDatagrams + RcvbufErrors, IPv4 and IPv6), a namespace total.",
                 drops.received_datagrams,
+            ),
+            (
+                CONNTRACK_FULL,
+                "New connections that found the workload's network namespace's conntrack table full: unconfirmed entries evicted to make room (early_drop) and packets dropped with nothing to evict (drop), a namespace total.",
+                drops.conntrack_full,
             ),
             ],
         );

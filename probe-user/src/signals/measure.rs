@@ -53,10 +53,11 @@ pub enum Measure {
     BlockWriteMs,
     BlockWriteP99Ms,
     WritesPerRead,
+    ConntrackFullRatio,
 }
 
 impl Measure {
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 24] = [
         Self::CpuThrottledRatio,
         Self::CpuThrottledMsPerPeriod,
         Self::CpuStallP99Ms,
@@ -80,6 +81,7 @@ impl Measure {
         Self::BlockWriteMs,
         Self::BlockWriteP99Ms,
         Self::WritesPerRead,
+        Self::ConntrackFullRatio,
     ];
 
     /// The one declaration of each measure, by its signal.
@@ -108,6 +110,7 @@ impl Measure {
             Self::BlockWriteMs => block::WRITE_MS,
             Self::BlockWriteP99Ms => block::WRITE_P99_MS,
             Self::WritesPerRead => block::WRITES_PER_READ,
+            Self::ConntrackFullRatio => drops::CONNTRACK_FULL_RATIO,
         }
     }
 
@@ -161,7 +164,8 @@ impl Measure {
             | Self::ForwardDropRatio
             | Self::RetransmitRatio
             | Self::TcpRcvqDropRatio
-            | Self::TcpPruneRatio => self.network_sample(b, a),
+            | Self::TcpPruneRatio
+            | Self::ConntrackFullRatio => self.network_sample(b, a),
             Self::BlockServiceMs
             | Self::BlockServiceP99Ms
             | Self::BlockQueueMs
@@ -214,6 +218,9 @@ impl Measure {
             Self::ForwardDropRatio => drops(FORWARDING_REASONS, |d| d.forwarded_packets, true),
             Self::RetransmitRatio => TcpStats::retransmit_ratio(&b.tcp, &a.tcp).map(with_load),
             Self::TcpRcvqDropRatio => tcp_received(|t| t.rcvq_drops),
+            Self::ConntrackFullRatio => {
+                DropStats::conntrack_full_ratio(&b.drops, &a.drops).map(with_load)
+            }
             _ => tcp_received(|t| t.rcvq_prunes),
         }
     }

@@ -228,6 +228,18 @@ pub(crate) const RCVBUF_DROPS_DEFAULT: Rule = Rule {
     ..RCVBUF_DROPS
 };
 
+/// A conntrack table at its limit: new connections evict unconfirmed entries or are
+/// dropped. Doubling costs about 300 bytes of kernel memory per added entry.
+pub(crate) const CONNTRACK_FULL: Rule = Rule {
+    symptom: Measure::ConntrackFullRatio,
+    threshold: 0.001,
+    threshold_why: "a table below its limit evicts and drops nothing, so any of it shows         the limit reached; 1 per 1,000 received packets is a table full for more than a         moment, and each one is a connection that lost its entry (a NAT mapping) or         never got one",
+    min_load: 1000.0,
+    also: Condition::None,
+    recommend: Recommend::Times(2),
+    min_effect: 0.5,
+};
+
 /// NodeLocal DNSCache's address, where pods that use it send their queries.
 pub(crate) const NODE_LOCAL_DNS: &str = "169.254.20.10";
 

@@ -116,6 +116,9 @@ pub(crate) fn node_settings() -> (Vec<Setting>, Vec<Unreadable>) {
             Err(err) => unreadable.push(Unreadable {
                 knob: knob.name.to_string(),
                 reason: match err.kind() {
+                    std::io::ErrorKind::NotFound if knob.name.starts_with("net.netfilter.") => {
+                        "nf_conntrack is not loaded: no connection is tracked".to_string()
+                    }
                     std::io::ErrorKind::NotFound if own_netns && knob.name.starts_with("net.") => {
                         "visible only from the node's network namespace, and tuneprobe runs \
                          in a network namespace of its own"

@@ -211,9 +211,10 @@ pub(crate) fn knob_named(name: &str) -> Option<&'static Knob> {
 
 use Measure::{
     BacklogDropRatio, BlockQueueMs, BlockServiceMs, BlockServiceP99Ms, BlockWriteMs,
-    BlockWriteP99Ms, ConnectFailureRatio, CpuStallP99Ms, CpuThrottledMsPerPeriod,
-    CpuThrottledRatio, ForwardDropRatio, ListenOverflowRatio, RcvbufDropRatio, ResetRatio,
-    RetransmitRatio, SrttMs, TcpPruneRatio, TcpRcvqDropRatio, WritesPerRead,
+    BlockWriteP99Ms, ConnectFailureRatio, ConntrackFullRatio, CpuStallP99Ms,
+    CpuThrottledMsPerPeriod, CpuThrottledRatio, ForwardDropRatio, ListenOverflowRatio,
+    RcvbufDropRatio, ResetRatio, RetransmitRatio, SrttMs, TcpPruneRatio, TcpRcvqDropRatio,
+    WritesPerRead,
 };
 use Recommendation::{AtLeast, Between, Exactly, OneOf, Set};
 use Scope::{Cgroup, Device, Mount, Netns, Node, Resolver};
@@ -337,6 +338,16 @@ pub(crate) const KNOBS: &[Knob] = &[
          every received packet passes it",
     )
     .advised(advice::BACKLOG_DROPS),
+    judged(
+        "net.netfilter.nf_conntrack_max",
+        Node,
+        AtLeast(131_072),
+        &[ConntrackFullRatio],
+        "a new connection past the limit evicts an unconfirmed entry (early_drop) or, \
+         with none to evict, is dropped; kube-proxy sets at least 131,072 (32,768 per \
+         core). The limit is global; each namespace counts its own entries against it",
+    )
+    .advised(advice::CONNTRACK_FULL),
     judged(
         "net.core.rmem_max",
         Node,

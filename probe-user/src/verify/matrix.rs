@@ -124,29 +124,11 @@ fn interval(measure: Measure, w: &mut Workload, other: &mut Workload, side: Side
         Measure::CpuThrottledRatio | Measure::CpuThrottledMsPerPeriod | Measure::CpuStallP99Ms => {
             throttle(s, other, side, (load, unrelated), rng);
         }
-        Measure::ListenOverflowRatio => {
-            s.tcp.passive_opens += load;
-            drops(s, TCP_LISTEN_OVERFLOW, symptom);
-            drops(s, "NO_SOCKET", unrelated);
-        }
-        Measure::RcvbufDropRatio => {
-            s.drops.received_datagrams += load;
-            drops(s, "SOCKET_RCVBUFF", symptom);
-            // A flood to a closed port: no socket, no datagram received.
-            drops(s, "NO_SOCKET", unrelated);
-        }
-        Measure::BacklogDropRatio => {
-            s.drops.received_packets += load;
-            drops(s, "CPU_BACKLOG", symptom);
-            drops(s, "NETFILTER_DROP", unrelated);
-        }
-        Measure::ForwardDropRatio => {
-            s.drops.forwarded_packets += load;
-            drops(s, "IP_INADDRERRORS", symptom);
-            // Traffic to the namespace itself, dropped at a closed port.
-            s.drops.received_packets += unrelated;
-            drops(s, "NO_SOCKET", unrelated);
-        }
+        Measure::ListenOverflowRatio
+        | Measure::RcvbufDropRatio
+        | Measure::BacklogDropRatio
+        | Measure::ForwardDropRatio
+        | Measure::ConntrackFullRatio => drops_interval(measure, s, (load, symptom, unrelated)),
         Measure::RetransmitRatio | Measure::SrttMs => {
             retransmit(s, side, (load, symptom, unrelated), rng);
         }
@@ -188,6 +170,48 @@ fn interval(measure: Measure, w: &mut Workload, other: &mut Workload, side: Side
         | Measure::CpuUsageMsPerPeriod
         | Measure::DnsLatencyMs
         | Measure::DnsLatencyP99Ms => unreachable!("no knob is judged on {measure:?}"),
+    }
+}
+
+/// One interval of a measure of drops per namespace load: `load`, `symptom` drops and
+/// `unrelated` ones of a reason the knob does not act on.
+fn drops_interval(
+    measure: Measure,
+    s: &mut crate::signals::Sections,
+    (load, symptom, unrelated): (u64, u64, u64),
+) {
+    let add = |s: &mut crate::signals::Sections, reason: &str, n: u64| s.drops.add(reason, n);
+    match measure {
+        Measure::ListenOverflowRatio => {
+            s.tcp.passive_opens += load;
+            add(s, TCP_LISTEN_OVERFLOW, symptom);
+            add(s, "NO_SOCKET", unrelated);
+        }
+        Measure::RcvbufDropRatio => {
+            s.drops.received_datagrams += load;
+            add(s, "SOCKET_RCVBUFF", symptom);
+            // A flood to a closed port: no socket, no datagram received.
+            add(s, "NO_SOCKET", unrelated);
+        }
+        Measure::BacklogDropRatio => {
+            s.drops.received_packets += load;
+            add(s, "CPU_BACKLOG", symptom);
+            add(s, "NETFILTER_DROP", unrelated);
+        }
+        Measure::ForwardDropRatio => {
+            s.drops.forwarded_packets += load;
+            add(s, "IP_INADDRERRORS", symptom);
+            // Traffic to the namespace itself, dropped at a closed port.
+            s.drops.received_packets += unrelated;
+            add(s, "NO_SOCKET", unrelated);
+        }
+        Measure::ConntrackFullRatio => {
+            s.drops.received_packets += load;
+            s.drops.conntrack_full += symptom;
+            // Packets the firewall drops: not the table's doing.
+            add(s, "NETFILTER_DROP", unrelated);
+        }
+        _ => unreachable!("{measure:?} is no drop measure"),
     }
 }
 

@@ -72,6 +72,11 @@ pub struct NetnsCounters {
     /// `InDatagrams` + `RcvbufErrors` of UDP and UDP6: datagrams that reached a socket,
     /// delivered or dropped because its receive buffer was full.
     pub received_datagrams: u64,
+    /// New connections that found the namespace's conntrack table full
+    /// (`/proc/net/stat/nf_conntrack`, every CPU's `early_drop` + `drop`): an older
+    /// unconfirmed entry evicted to make room, or, with none to evict, the packet
+    /// dropped. 0 where conntrack is not loaded.
+    pub conntrack_full: u64,
 }
 
 impl NetnsCounters {
@@ -107,6 +112,7 @@ impl NetnsCounters {
                 + get(&udp, "RcvbufErrors")
                 + v6("Udp6InDatagrams")
                 + v6("Udp6RcvbufErrors"),
+            conntrack_full: read("stat/nf_conntrack").map_or(0, |t| parse_conntrack_full(&t)),
         })
     }
 
@@ -136,8 +142,34 @@ impl NetnsCounters {
             received_packets: d(self.received_packets, earlier.received_packets),
             forwarded_packets: d(self.forwarded_packets, earlier.forwarded_packets),
             received_datagrams: d(self.received_datagrams, earlier.received_datagrams),
+            conntrack_full: d(self.conntrack_full, earlier.conntrack_full),
         }
     }
+}
+
+/// The `early_drop` and `drop` columns of `/proc/net/stat/nf_conntrack`, summed over
+/// its rows (one per CPU, in hex), found by the header's names: columns come and go
+/// between kernels.
+pub fn parse_conntrack_full(text: &str) -> u64 {
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else {
+        return 0;
+    };
+    let columns: Vec<usize> = header
+        .split_whitespace()
+        .enumerate()
+        .filter(|(_, name)| matches!(*name, "drop" | "early_drop"))
+        .map(|(i, _)| i)
+        .collect();
+    lines
+        .flat_map(|row| {
+            let values: Vec<&str> = row.split_whitespace().collect();
+            columns
+                .iter()
+                .filter_map(move |&i| u64::from_str_radix(values.get(i)?, 16).ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 /// Parses `/proc/net/snmp6`: one `Name value` pair per line.
@@ -195,6 +227,23 @@ mod tests {
             "sockets: used 190\nTCP: inuse 3 orphan 0 tw 27 alloc 4 mem 1\nUDP: inuse 1 mem 0\n";
         assert_eq!(sockstat_time_wait(text), Some(27));
         assert_eq!(sockstat_time_wait("UDP: inuse 1\n"), None);
+    }
+
+    #[test]
+    fn conntrack_full_sums_early_drop_and_drop_of_every_cpu() {
+        // As Linux 6.18 prints it (the entries column is the namespace's count).
+        let text = "entries  clashres found new invalid ignore delete chainlength insert \
+                    insert_failed drop early_drop icmp_error  expect_new expect_create \
+                    expect_delete search_restart\n\
+                    0003ffff  00000000 00000000 00000000 00000000 00000000 00000000 00000000 \
+                    00000000 00000005 00000002 000093e1 00000000  00000000 00000000 00000000 \
+                    00000000\n\
+                    0003ffff  00000000 00000000 00000000 00000000 00000000 00000000 00000000 \
+                    00000000 00000000 00000001 00000010 00000000  00000000 00000000 00000000 \
+                    00000000\n";
+        assert_eq!(parse_conntrack_full(text), 0x93e1 + 2 + 0x10 + 1);
+        assert_eq!(parse_conntrack_full(""), 0);
+        assert_eq!(parse_conntrack_full("entries found\n0001 0002\n"), 0);
     }
 
     #[test]

@@ -71,6 +71,7 @@ fn main() {
         "udp-send" => udp_send(addr(), num(2), num(3)),
         "udp-sink" => udp_sink(addr(), num(2)),
         "udp-pace" => udp_pace(addr(), num(2) as u64),
+        "udp-spray" => udp_spray(num(1) as u64),
         "tcp-listen" => tcp_listen(addr(), num(2) as i32),
         "tcp-connect-burst" => tcp_connect_burst(addr(), num(2), num(3) as u64),
         "tcp-slow-accept" => tcp_slow_accept(addr(), num(2) as i32, num(3) as u64, num(4) as u64),
@@ -192,6 +193,30 @@ fn udp_pace(addr: SocketAddr, per_second: u64) -> ! {
     for sent in 1u32.. {
         let _ = socket.send_to(b"x", addr);
         if let Some(wait) = (every * sent).checked_sub(start.elapsed()) {
+            thread::sleep(wait);
+        }
+    }
+    unreachable!()
+}
+
+/// One datagram to a new destination each time (127.1.0.0/16, every port), `per_second`
+/// of them: each a new flow, an entry of the conntrack table where it is on.
+fn udp_spray(per_second: u64) -> ! {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    const BATCH: u32 = 500;
+    let every = Duration::from_nanos(1_000_000_000 * u64::from(BATCH) / per_second.max(1));
+    ready();
+    let start = std::time::Instant::now();
+    let destinations = (0u32..).map(|i| {
+        let [_, _, hi, lo] = (i / 65_535 % 65_536).to_be_bytes();
+        let port = (i % 65_535 + 1) as u16;
+        SocketAddr::from(([127, 1, hi, lo], port))
+    });
+    for (sent, to) in (1u32..).zip(destinations) {
+        let _ = socket.send_to(b"x", to);
+        if sent % BATCH == 0
+            && let Some(wait) = (every * (sent / BATCH)).checked_sub(start.elapsed())
+        {
             thread::sleep(wait);
         }
     }
