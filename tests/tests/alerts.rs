@@ -317,8 +317,8 @@ fn every_level_alert_fires_over_its_threshold_and_is_silent_below_it_under_its_f
             levels += 1;
         }
     }
-    // The twelve advice symptoms and the two DNS alerts.
-    assert_eq!(levels, 14);
+    // The eleven advice symptoms and the two DNS alerts.
+    assert_eq!(levels, 13);
     promtool_test_rules(&tests);
 }
 

@@ -577,6 +577,13 @@ fn a_keepalive_change_on_a_link_without_idle_connections_changes_nothing() {
 fn switching_congestion_control_under_random_loss_is_judged_on_retransmits_and_rtt() {
     let _alone = one_at_a_time();
     let pair = NetnsPair::new();
+    // From a loss-based congestion control (a namespace starts with the node's choice,
+    // which may be BBR already; reno is one a namespace may choose wherever BBR is
+    // allowed, net.ipv4.tcp_allowed_congestion_control being global).
+    pair.exec(
+        &pair.a,
+        &["sysctl", "-qw", "net.ipv4.tcp_congestion_control=reno"],
+    );
     let mut pod = PodCgroup::new();
     let client = pod.container();
     let _loss = NftTable::with_rule(
@@ -636,6 +643,9 @@ fn switching_congestion_control_under_random_loss_is_judged_on_retransmits_and_r
         .iter()
         .any(|n| n.as_str().unwrap().contains("the signals disagree"));
     assert_eq!(disagree, noted, "{verdicts:?}: {:#}", report["notes"]);
+    // Random loss is the path's, not congestion: BBR sends again as many segments of
+    // every hundred as reno did (which is why `advise` does not recommend it).
+    assert_ne!(verdicts[0], "improved", "{report:#}");
     eprintln!("bbr: {verdicts:?}, notes {}", report["notes"]);
 }
 

@@ -46,7 +46,6 @@ fn condition(condition: Condition) -> String {
         Condition::TimeWaitHoldsPorts => "as above, and TIME_WAIT sockets hold at least half \
             the namespace's local port range"
             .into(),
-        Condition::CurrentIs(value) => format!("the current value is `{value}`"),
         Condition::SiblingIs(knob, value) => format!("`{knob}` is `{value}` there"),
         Condition::QueueDominatesOnSsd { scheduler_followed } => format!(
             "a non-rotational device whose requests wait as long in the queue as on the \

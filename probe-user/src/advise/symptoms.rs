@@ -114,7 +114,6 @@ pub(super) fn condition(
                 ))
             })
         }
-        Condition::CurrentIs(value) => (place.current == value).then_some(None),
         Condition::SiblingIs(knob, value) => (place.sibling(knob)? == value).then_some(None),
         Condition::QueueDominatesOnSsd { scheduler_followed } => {
             queue_dominates(values, device?, place, scheduler_followed)

@@ -321,15 +321,10 @@ fn resets(received: u64, lived_s: u64) -> Sections {
 }
 
 #[test]
-fn resets_of_long_idle_connections_call_for_keepalives_and_loss_under_cubic_for_bbr() {
+fn resets_of_long_idle_connections_call_for_keepalives_and_loss_for_nothing() {
     let (sick, healthy, advice) = knobs(resets(40, 600), resets(0, 600));
-    assert_eq!(
-        sick,
-        set(&[
-            "net.ipv4.tcp_congestion_control",
-            "net.ipv4.tcp_keepalive_time"
-        ])
-    );
+    // Retransmits too (1.2 in 100 segments): no congestion control is advised for them.
+    assert_eq!(sick, set(&["net.ipv4.tcp_keepalive_time"]));
     assert!(healthy.is_empty());
     let keepalive = advice
         .iter()
@@ -345,16 +340,7 @@ fn resets_of_long_idle_connections_call_for_keepalives_and_loss_under_cubic_for_
     );
     // Resets that end connections of a second are the server's doing: no keepalive.
     let (sick, _, _) = knobs(resets(40, 1), resets(0, 1));
-    assert_eq!(sick, set(&["net.ipv4.tcp_congestion_control"]));
-    // Already bbr: nothing to switch to.
-    let mut inventory = inventory();
-    for s in &mut inventory.netns[0].settings {
-        if s.knob == "net.ipv4.tcp_congestion_control" {
-            s.value = "bbr".into();
-        }
-    }
-    let (sick, _, _) = knobs_with(resets(40, 600), resets(0, 600), &inventory);
-    assert_eq!(sick, set(&["net.ipv4.tcp_keepalive_time"]));
+    assert!(sick.is_empty(), "{sick:?}");
 }
 
 fn cpu(periods: u64, throttled: u64, used_ms: f64, throttled_ms: f64) -> Sections {

@@ -137,10 +137,7 @@ impl Also {
             Condition::WriteBursts(factor) => Self::WriteBursts(factor),
             Condition::QueueDominatesOnSsd { .. } => Self::QueueDominates,
             // How long connections lived is for `advise` to weigh, as the knob's value is.
-            Condition::None
-            | Condition::CurrentIs(_)
-            | Condition::SiblingIs(..)
-            | Condition::LongLived(_) => Self::Nothing,
+            Condition::None | Condition::SiblingIs(..) | Condition::LongLived(_) => Self::Nothing,
         }
     }
 
@@ -189,7 +186,6 @@ fn name_of(symptom: Measure) -> Option<&'static str> {
         Measure::BlockQueueMs => "TuneprobeBlockQueueSlow",
         Measure::WritesPerRead => "TuneprobeWritesPerReadHigh",
         Measure::BlockWriteP99Ms => "TuneprobeWritebackBursts",
-        Measure::RetransmitRatio => "TuneprobeRetransmits",
         Measure::DnsLatencyP99Ms => "TuneprobeDnsLatencyHigh",
         Measure::ConntrackFullRatio => "TuneprobeConntrackFull",
         _ => return None,
@@ -665,7 +661,7 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), all.len(), "duplicate names");
-        assert_eq!(all.len(), 18);
+        assert_eq!(all.len(), 17);
     }
 
     #[test]

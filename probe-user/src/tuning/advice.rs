@@ -33,8 +33,6 @@ pub(crate) enum Condition {
     /// As `FailuresForLackOfPort`, and TIME_WAIT sockets hold at least half the
     /// namespace's local port range.
     TimeWaitHoldsPorts,
-    /// The knob's current value is this one (`cubic` for the congestion control).
-    CurrentIs(&'static str),
     /// Another knob at the same place has this value.
     SiblingIs(&'static str, &'static str),
     /// The device is not rotational and requests wait at least as long in the
@@ -208,17 +206,6 @@ pub(crate) const WRITEBACK_BURSTS: Rule = Rule {
     also: Condition::WriteBursts(5),
     recommend: Recommend::AtMost(5),
     min_effect: 0.25,
-};
-
-pub(crate) const LOSSY_CUBIC: Rule = Rule {
-    symptom: Measure::RetransmitRatio,
-    threshold: 0.01,
-    threshold_why: "1 retransmitted segment in 100 is loss cubic answers by halving its \
-        window; BBR paces by measured bandwidth and RTT instead of loss",
-    min_load: 1000.0,
-    also: Condition::CurrentIs("cubic"),
-    recommend: Recommend::Guide,
-    min_effect: 0.1,
 };
 
 /// `rmem_default` has no guide value: four times the kernel's default of 208 KiB is

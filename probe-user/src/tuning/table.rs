@@ -278,7 +278,9 @@ pub(crate) const KNOBS: &[Knob] = &[
         "congestion control decides how hard to push into loss and queues: retransmits \
          and queueing delay (RTT) both move, often in opposite directions",
     )
-    .advised(advice::LOSSY_CUBIC)
+    // Not advised: under loss BBR did not lower the retransmit ratio in the lab (random
+    // loss: the path's rate either way) and raised it twentyfold behind a shallow
+    // bottleneck buffer; tuneprobe has no throughput measure to show what it gains.
     .applied_to_new_sockets(),
     judged(
         "net.ipv4.tcp_tw_reuse",
