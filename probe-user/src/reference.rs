@@ -657,16 +657,13 @@ const DASHBOARD: &str = "deploy/dashboards/tuneprobe.json";
 /// listed here.
 const NOT_SHOWN: &[(&str, &str)] = &[
     (
-        "tuneprobe_block_errors_total",
-        "zero on a healthy device: an alert, not a graph",
-    ),
-    (
         "tuneprobe_cpu_throttle_events_total",
         "the load of the stall p99, which is on the stall panel",
     ),
     (
         "tuneprobe_dns_malformed_total",
-        "zero unless something sends garbage to port 53: an alert",
+        "zero unless something sends garbage to port 53: a query when DNS misbehaves, \
+         not a graph",
     ),
     (
         "tuneprobe_gc_deleted_entries_total",
@@ -682,7 +679,8 @@ const NOT_SHOWN: &[(&str, &str)] = &[
     ),
     (
         "tuneprobe_tcp_failed_retransmits_total",
-        "zero unless the device refuses a retransmit: an alert",
+        "zero unless the device refuses a retransmit: a query, not a graph; the \
+         retransmits themselves are shown",
     ),
     (
         "tuneprobe_tcp_retransmits_total",

@@ -440,6 +440,41 @@ fn a_failing_agent_and_folded_workloads_alert_and_brief_or_no_trouble_does_not()
     promtool_test_rules(&test);
 }
 
+/// Block requests failing on a pod's device alert within minutes (an error every step:
+/// 10 over 5m, reads and writes summed); a pod whose requests all complete, and one
+/// whose single error was 20 minutes ago, do not.
+#[test]
+fn failing_block_requests_alert_and_a_healthy_or_long_past_error_does_not() {
+    let alert = alert_named("TuneprobeBlockErrors");
+    let mut input = String::new();
+    for (pod, values) in [
+        ("failing", "0+1x60"),
+        ("healthy", "0x60"),
+        ("once", "0x10 1x50"),
+    ] {
+        let labels = labels_of(pod, Some("device"));
+        for op in ["read", "write"] {
+            // The failing pod's errors are all writes; its reads complete.
+            let values = if pod == "failing" && op == "read" {
+                "0x60"
+            } else {
+                values
+            };
+            let _ = write!(
+                input,
+                "      - series: 'tuneprobe_block_errors_total{{{},op=\"{op}\"}}'\n        values: '{values}'\n",
+                selector(&labels)
+            );
+        }
+    }
+    let firing = expected(&alert, &labels_of("failing", Some("device")), 10.0);
+    let test = format!(
+        "  - interval: 30s\n    input_series:\n{input}    alert_rule_test:\n      - eval_time: 25m\n        alertname: {}\n        exp_alerts:\n{firing}",
+        alert.name
+    );
+    promtool_test_rules(&test);
+}
+
 /// The value formats the annotations use render as Go renders them, for the values the
 /// tests give.
 #[test]

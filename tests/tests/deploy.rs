@@ -88,7 +88,7 @@ fn the_base_needs_no_crd_and_each_component_renders() {
         "base: DaemonSet/tuneprobe capabilities BPF,NET_ADMIN,PERFMON,SYS_PTRACE\n",
         "components/servicemonitor: ServiceMonitor/tuneprobe",
         "components/alerts: PrometheusRule/tuneprobe-alerts\n",
-        "components/alerts: PrometheusRule/tuneprobe-alerts holds 17 alerts of prometheus/alerts.yaml\n",
+        "components/alerts: PrometheusRule/tuneprobe-alerts holds 18 alerts of prometheus/alerts.yaml\n",
         "components/alerts: DaemonSet/tuneprobe capabilities BPF,NET_ADMIN,PERFMON,SYS_PTRACE\n",
         "components/all: PrometheusRule/tuneprobe-alerts\n",
         "components/pod-sysctls: DaemonSet/tuneprobe capabilities BPF,NET_ADMIN,PERFMON,SYS_ADMIN,SYS_PTRACE\n",

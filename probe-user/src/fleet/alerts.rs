@@ -8,6 +8,7 @@
 //!   the advice rules;
 //! - drops of one reason far above their own recent rate;
 //! - a tuning change that `serve` judged regressed;
+//! - block requests that failed;
 //! - the agent itself: failures at a stage, and workloads folded past
 //!   `--max-workloads`.
 //!
@@ -22,6 +23,7 @@ use super::rules::{self, BY, Span};
 use crate::{
     output::serde_name,
     signals::{
+        block_io,
         declaration::{Counter, Exported},
         dns, drops,
         measure::Measure,
@@ -82,6 +84,8 @@ pub enum Watched {
     DropSpike,
     /// A tuning change judged regressed.
     Regressed,
+    /// Block requests completed with an error.
+    BlockErrors,
     /// The agent failing at a stage.
     AgentErrors,
     /// Workloads folded into `cgroup="other"` past `--max-workloads`.
@@ -167,6 +171,7 @@ pub fn alerts() -> Vec<Alert> {
         dns_latency(),
         drop_spike(),
         regressed(),
+        block_errors(),
         agent_errors(),
         folded(),
     ]);
@@ -356,6 +361,25 @@ fn regressed() -> Alert {
     }
 }
 
+fn block_errors() -> Alert {
+    Alert {
+        name: "TuneprobeBlockErrors",
+        watched: Watched::BlockErrors,
+        hold: "1m",
+        fires_when: format!(
+            "any block request completed with an error per container and device over \
+             {WINDOW} (`{}`)",
+            block_io::ERRORS
+        ),
+        threshold: "any".to_string(),
+        why: "a healthy device completes every request; an error is data an application \
+              did not read or write (a failing disk, a detached volume, a full thin pool), \
+              and worth a look every time it happens"
+            .to_string(),
+        knobs: Vec::new(),
+    }
+}
+
 /// A declaration's words without their `, ms`: the alerts give the unit with the value.
 fn without_unit(what: &'static str) -> String {
     what.replace(", ms", "")
@@ -400,6 +424,10 @@ impl Alert {
                 format!("sum by (node, stage) (increase({AGENT_ERRORS}[{WINDOW}]))\n  > 0")
             }
             Watched::Folded => format!("max by (node) ({FOLDED})\n  > 0"),
+            Watched::BlockErrors => format!(
+                "sum by ({BY}, device) (increase({}[{WINDOW}]))\n  > 0",
+                block_io::ERRORS
+            ),
         }
     }
 
@@ -421,6 +449,13 @@ impl Alert {
                      regressed on {{{{ $labels.signal }}}} for {WHERE}"
                 ),
                 "curl -s http://AGENT:9464/changes (the tuneprobe pod on node {{ $labels.node }}): the change's report; then revert {{ $labels.knob }}".to_string(),
+            ),
+            Watched::BlockErrors => (
+                format!(
+                    "{{{{ $value | printf \"%.0f\" }}}} block requests failed on device \
+                     {{{{ $labels.device }}}} for {WHERE} in the last {WINDOW}"
+                ),
+                "tuneprobe trace block --namespace {{ $labels.namespace }} --pod {{ $labels.pod }} --for 60s; and the kernel's log on node {{ $labels.node }} (dmesg)".to_string(),
             ),
             Watched::AgentErrors => (
                 "tuneprobe on node {{ $labels.node }} failed {{ $value | printf \"%.0f\" }} times \
@@ -661,7 +696,7 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), all.len(), "duplicate names");
-        assert_eq!(all.len(), 17);
+        assert_eq!(all.len(), 18);
     }
 
     #[test]

@@ -105,6 +105,8 @@ pub fn requests_of(reports: &[BlockReport], device: Option<&str>, op: &str) -> u
 /// Metric families the measures are exported in.
 pub const SERVICE_SECONDS: &str = "tuneprobe_block_service_seconds";
 pub const QUEUE_SECONDS: &str = "tuneprobe_block_queue_seconds";
+/// Block requests completed with an error, by device and operation.
+pub const ERRORS: &str = "tuneprobe_block_errors_total";
 /// `SERVICE_SECONDS`'s `_count`: the completed requests.
 pub const SERVICE_REQUESTS: &str = "tuneprobe_block_service_seconds_count";
 
@@ -308,7 +310,7 @@ impl Source for BlockIo {
                 b.bytes as f64,
             );
             f.counter(
-                "tuneprobe_block_errors_total",
+                ERRORS,
                 "Block requests completed with an error.",
                 l,
                 b.errors as f64,
