@@ -179,7 +179,7 @@ fn listen_overflows_call_for_somaxconn() {
 }
 
 #[test]
-fn syn_backlog_only_without_syncookies_and_somaxconn_only_where_below_the_guide() {
+fn listen_overflows_never_call_for_the_syn_backlog_and_somaxconn_only_where_below_the_guide() {
     let mut inventory = inventory();
     for s in &mut inventory.netns[0].settings {
         match s.knob.as_str() {
@@ -188,8 +188,9 @@ fn syn_backlog_only_without_syncookies_and_somaxconn_only_where_below_the_guide(
             _ => {}
         }
     }
+    // Without syncookies too: the accept queue's overflows are not the SYN queue's.
     let (sick, _, _) = knobs_with(listen(300, 700), listen(0, 1000), &inventory);
-    assert_eq!(sick, set(&["net.ipv4.tcp_max_syn_backlog"]));
+    assert!(sick.is_empty(), "{sick:?}");
 }
 
 fn datagrams(dropped: u64, received: u64) -> Sections {
@@ -276,15 +277,12 @@ fn port_exhaustion_calls_for_the_range_and_time_wait_for_reuse() {
     let (sick, healthy, _) = knobs(connects(1000, 400, 0, 100), connects(1000, 0, 0, 100));
     assert_eq!(sick, set(&["net.ipv4.ip_local_port_range"]));
     assert!(healthy.is_empty());
-    // TIME_WAIT holds more than half the 28,232 ports: reuse them, free them sooner.
+    // TIME_WAIT holds more than half the 28,232 ports: reuse them (tcp_fin_timeout does
+    // not shorten TIME_WAIT, whatever guides say).
     let (sick, _, _) = knobs(connects(1000, 400, 0, 20_000), connects(1000, 0, 0, 0));
     assert_eq!(
         sick,
-        set(&[
-            "net.ipv4.ip_local_port_range",
-            "net.ipv4.tcp_fin_timeout",
-            "net.ipv4.tcp_tw_reuse"
-        ])
+        set(&["net.ipv4.ip_local_port_range", "net.ipv4.tcp_tw_reuse"])
     );
     // Failures, but refused ones: no port is missing, no knob of these helps.
     let (sick, _, _) = knobs(connects(1000, 100, 400, 20_000), connects(1000, 0, 0, 0));

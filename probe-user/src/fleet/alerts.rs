@@ -704,10 +704,7 @@ mod tests {
         let alert = |name: &str| alerts().into_iter().find(|a| a.name == name).unwrap();
         let listen = alert("TuneprobeListenOverflows");
         assert_eq!(listen.threshold, "1%");
-        assert_eq!(
-            listen.knobs,
-            ["net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog"]
-        );
+        assert_eq!(listen.knobs, ["net.core.somaxconn"]);
         assert_eq!(alert("TuneprobeCpuThrottlingHigh").threshold, "25%");
         assert_eq!(alert("TuneprobeBacklogDrops").threshold, "0.1%");
         assert_eq!(alert("TuneprobeDnsLatencyHigh").threshold, "100 ms");
@@ -715,11 +712,7 @@ mod tests {
         let ports = alert("TuneprobePortExhaustion");
         assert_eq!(
             ports.knobs,
-            [
-                "net.ipv4.tcp_tw_reuse",
-                "net.ipv4.tcp_fin_timeout",
-                "net.ipv4.ip_local_port_range"
-            ]
+            ["net.ipv4.tcp_tw_reuse", "net.ipv4.ip_local_port_range"]
         );
         let expr = ports.expr();
         assert!(

@@ -112,13 +112,6 @@ pub(crate) const BACKLOG_DROPS: Rule = Rule {
     min_effect: 0.5,
 };
 
-/// A full SYN queue drops only without SYN cookies; with them on (the default) it
-/// answers with a cookie and its size does not matter.
-pub(crate) const SYN_QUEUE_OVERFLOWS: Rule = Rule {
-    also: Condition::SiblingIs("net.ipv4.tcp_syncookies", "0"),
-    ..LISTEN_OVERFLOWS
-};
-
 /// Port exhaustion: failed connects, most of them for lack of a local port.
 pub(crate) const PORT_EXHAUSTION: Rule = Rule {
     symptom: Measure::ConnectFailureRatio,
