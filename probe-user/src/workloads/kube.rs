@@ -439,6 +439,16 @@ fn lock(store: &Mutex<PodStore>) -> std::sync::MutexGuard<'_, PodStore> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Between half of `backoff` and all of it, at random: the agents of every node lose an
+/// API server together, and must not come back to it in step.
+fn jittered(backoff: Duration) -> Duration {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    backoff.mul_f64(0.5 + (random % 1000) as f64 / 2000.0)
+}
+
 fn watch_forever(client: &Client, node: &str, store: &Mutex<PodStore>, grace: Duration) {
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -452,7 +462,7 @@ fn watch_forever(client: &Client, node: &str, store: &Mutex<PodStore>, grace: Du
             }
             Err(err) => {
                 log::warn!("listing pods: {err}; the pod log directory names pods meanwhile");
-                thread::sleep(backoff);
+                thread::sleep(jittered(backoff));
                 backoff = (backoff * 2).min(Duration::from_secs(30));
                 continue;
             }
@@ -475,6 +485,17 @@ fn watch_forever(client: &Client, node: &str, store: &Mutex<PodStore>, grace: Du
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_is_jittered_between_half_and_all_of_it() {
+        let waits: Vec<Duration> = (0..50).map(|_| jittered(Duration::from_secs(2))).collect();
+        assert!(
+            waits
+                .iter()
+                .all(|w| (Duration::from_secs(1)..=Duration::from_secs(2)).contains(w))
+        );
+        assert!(waits.iter().any(|w| *w != waits[0]), "{waits:?}");
+    }
 
     #[test]
     fn reads_pod_objects() {
