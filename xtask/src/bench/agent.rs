@@ -41,8 +41,11 @@ impl Mode {
 }
 
 /// Where the observers come from.
+#[derive(Clone)]
 pub struct Tools {
     pub tuneprobe: PathBuf,
+    /// Another build measured beside it in the scale stage (`--baseline`).
+    pub baseline: Option<PathBuf>,
     /// The bpftrace equivalents, concatenated into one program.
     pub bpftrace_program: PathBuf,
     /// `SKB_CONSUMED` on this kernel, the drop reason that is no drop.
