@@ -136,7 +136,7 @@ pub(super) fn condition(
 /// At least half the window's failed connects found no local port: says how many.
 fn lack_of_port(values: &WindowValues<'_>) -> Option<String> {
     let now = values.workload.signals.connections.as_ref()?;
-    let start = values.start.connections.as_ref();
+    let start = values.start.connections.as_deref();
     let failed = now
         .failures()
         .saturating_sub(start.map_or(0, ConnectionReport::failures));
