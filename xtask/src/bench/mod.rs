@@ -72,6 +72,12 @@ pub struct Args {
     /// smoke run's: 50).
     #[arg(long, value_name = "N,...", value_delimiter = ',')]
     scale: Vec<usize>,
+    /// In the scale stage, keep `serve` running this long once every workload is
+    /// exported before measuring it, with `--advice-window 60s`: its steady state, with
+    /// the 60 s of samples the change watcher keeps and the adviser's eight snapshots
+    /// (a default run measures within seconds, before either has filled).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    hold: u64,
     /// Internal: the scale stage's worker (moves itself through the cgroups under DIR).
     #[arg(long, hide = true, value_name = "DIR")]
     fill_cgroups: Option<PathBuf>,
@@ -100,6 +106,8 @@ struct Plan {
     scale: Vec<usize>,
     /// One stage alone (`--only`).
     only: Option<Stage>,
+    /// How long `serve` runs at each scale point before it is measured (`--hold`).
+    hold: Duration,
 }
 
 impl Plan {
@@ -115,6 +123,7 @@ impl Plan {
             connects_per_s: 2_000.0,
             scale: vec![100, 1_000, 10_000, 30_000],
             only: None,
+            hold: Duration::ZERO,
         }
     }
 
@@ -130,6 +139,7 @@ impl Plan {
             connects_per_s: 100.0,
             scale: vec![50],
             only: None,
+            hold: Duration::ZERO,
         }
     }
 }
@@ -166,6 +176,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let tools = Tools {
         tuneprobe,
         baseline: baseline.as_ref().map(|(path, _)| path.clone()),
+        serve_args: if args.hold > 0 {
+            vec!["--advice-window".into(), "60s".into()]
+        } else {
+            Vec::new()
+        },
         bpftrace_program: write_bpftrace_program(&out_dir)?,
         skb_consumed: skb_consumed()?,
         out_dir,
@@ -179,6 +194,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         plan.scale.clone_from(&args.scale);
     }
     plan.only = args.only;
+    plan.hold = Duration::from_secs(args.hold);
     let started = Instant::now();
     let mut report = bench(&plan, &tools, args.smoke)?;
     report.duration_s = started.elapsed().as_secs_f64();
@@ -277,14 +293,12 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Report> {
     eprintln!("xtask bench: scale {:?}", plan.scale);
     let mut scale = ScaleStage::default();
     for (point, &count) in plan.scale.iter().enumerate() {
-        scale_point(
-            &mut lab,
-            tools,
-            (point, count),
-            &mut run_no,
-            &mut attach,
-            &mut scale,
-        )?;
+        let at = ScalePoint {
+            point,
+            count,
+            hold: plan.hold,
+        };
+        scale_point(&mut lab, tools, at, &mut run_no, &mut attach, &mut scale)?;
     }
     drop(lab);
 
@@ -699,7 +713,7 @@ fn netstat(ns: &str, group: &str, name: &str) -> anyhow::Result<u64> {
 fn scale_point(
     lab: &mut Lab,
     tools: &Tools,
-    (point, count): (usize, usize),
+    ScalePoint { point, count, hold }: ScalePoint,
     run_no: &mut usize,
     attach: &mut BTreeMap<Mode, Vec<f64>>,
     scale: &mut ScaleStage,
@@ -718,7 +732,7 @@ fn scale_point(
     }
     for (is_baseline, tools) in builds {
         *run_no += 1;
-        let run = scale_run(lab, &tools, &parent, count, *run_no)?;
+        let run = scale_run(lab, &tools, &parent, (count, hold), *run_no)?;
         eprintln!(
             "  {count} workloads, {}: RSS {:.1} MiB (peak {:.1}), /metrics {} ms, snapshot \
              {:.0} ms ({} in its JSON)",
@@ -743,12 +757,21 @@ fn scale_point(
     Ok(())
 }
 
-/// `serve` and `snapshot` of `tools.tuneprobe` with the `count` cgroups under `parent`.
+/// A point of the scale stage: its place in the plan, its workloads, how long `serve`
+/// runs before it is measured.
+struct ScalePoint {
+    point: usize,
+    count: usize,
+    hold: Duration,
+}
+
+/// `serve` and `snapshot` of `tools.tuneprobe` with the `count` cgroups under `parent`,
+/// `serve` measured `hold` after every workload was exported.
 fn scale_run(
     lab: &Lab,
     tools: &Tools,
     parent: &Path,
-    count: usize,
+    (count, hold): (usize, Duration),
     run_no: usize,
 ) -> anyhow::Result<ScaleRun> {
     let marker = parent
@@ -765,6 +788,7 @@ fn scale_run(
         "filled {filled} of {count} cgroups"
     );
     let last = drop_series_settled(&listen, &marker)?;
+    pause(hold)?;
     let mut times = Vec::new();
     let mut bytes = 0;
     for _ in 0..5 {
@@ -1255,6 +1279,7 @@ fn config(plan: &Plan) -> Config {
         target_dns_qps: plan.dns_qps,
         target_block_iops: plan.block_iops,
         scale: plan.scale.clone(),
+        hold_s: plan.hold.as_secs(),
         only: plan.only.map(|_| "scale".to_string()),
     }
 }

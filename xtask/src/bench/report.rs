@@ -73,6 +73,8 @@ pub struct Config {
     pub target_dns_qps: f64,
     pub target_block_iops: u32,
     pub scale: Vec<usize>,
+    /// `--hold`: how long `serve` ran at each scale point before it was measured.
+    pub hold_s: u64,
     /// `--only`: the one stage that ran (`null`: all of them).
     pub only: Option<String>,
 }
@@ -416,7 +418,9 @@ fn agent_table(out: &mut String, report: &Value) {
 fn scale_table(out: &mut String, report: &Value) {
     let _ = writeln!(
         out,
-        "\nScale (cgroups created by the benchmark, one drop each)"
+        "\nScale (cgroups created by the benchmark, one drop each; serve measured {} s after \
+         the last was exported)",
+        report["config"]["hold_s"]
     );
     let _ = writeln!(
         out,
