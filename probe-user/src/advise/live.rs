@@ -81,6 +81,9 @@ impl Kept {
             })
             .collect();
         sections.sort_by(|a, b| a.0.cmp(&b.0));
+        // Collected in place, in the buffer of `workloads` (15 times the size): kept for
+        // a whole window, it must not hold that buffer.
+        sections.shrink_to_fit();
         Self {
             duration_s,
             sections,
