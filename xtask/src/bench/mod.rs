@@ -61,7 +61,8 @@ pub struct Args {
     /// Skip `xtask setup` (the packages must be installed already).
     #[arg(long)]
     no_setup: bool,
-    /// Run this stage alone (the scale stage takes a few minutes; the whole run ~10).
+    /// Run this stage alone (the scale stage takes two to four minutes, the whole run
+    /// about eight).
     #[arg(long, value_enum, value_name = "STAGE")]
     only: Option<Stage>,
     /// Another tuneprobe binary (the current release, say) measured in the scale stage
