@@ -75,11 +75,11 @@ pub(crate) mod tests {
         Snapshot::of_workloads(vec![Workload {
             identity,
             signals: Sections {
-                cpu: Some(CpuReport {
+                cpu: Some(Box::new(CpuReport {
                     periods,
                     throttled_periods: throttled,
                     ..CpuReport::default()
-                }),
+                })),
                 ..Sections::default()
             },
             ..Workload::default()
@@ -163,7 +163,7 @@ pub(crate) mod tests {
                     ..TcpStats::default()
                 },
                 drops,
-                dns: Some(pod_dns()),
+                dns: Some(Box::new(pod_dns())),
                 block: vec![BlockReport {
                     device: "loop0".into(),
                     op: "read".into(),
@@ -175,7 +175,7 @@ pub(crate) mod tests {
                     queue_ms: LatencySummary::default(),
                     ..BlockReport::default()
                 }],
-                cpu: Some(CpuReport {
+                cpu: Some(Box::new(CpuReport {
                     quota_ms: Some(20.0),
                     period_ms: Some(100.0),
                     periods: 21,
@@ -185,8 +185,8 @@ pub(crate) mod tests {
                     stall_ms: summary(80.0, 80.0, 81.0, 81.5),
                     stall_total_ms: 1600.0,
                     ..CpuReport::default()
-                }),
-                connections: Some(ConnectionReport {
+                })),
+                connections: Some(Box::new(ConnectionReport {
                     connect_attempts: 12,
                     connected: 10,
                     failed: ConnectFailures {
@@ -195,7 +195,7 @@ pub(crate) mod tests {
                     },
                     closed: 10,
                     ..ConnectionReport::default()
-                }),
+                })),
             },
         }
     }
@@ -261,15 +261,15 @@ pub(crate) mod tests {
                     queue_ms: LatencySummary::default(),
                     ..BlockReport::default()
                 }],
-                cpu: Some(CpuReport {
+                cpu: Some(Box::new(CpuReport {
                     quota_ms: None,
                     period_ms: None,
                     periods: 0,
                     throttled_periods: 0,
                     throttle_events: 1,
                     ..CpuReport::default()
-                }),
-                dns: Some(DnsReport {
+                })),
+                dns: Some(Box::new(DnsReport {
                     queries: 3,
                     responses: 0,
                     timeouts: 3,
@@ -280,7 +280,7 @@ pub(crate) mod tests {
                     latency_ms: Percentiles::default(),
                     by_resolver: BTreeMap::new(),
                     latency_series: Vec::new(),
-                }),
+                })),
                 ..Sections::default()
             },
             ..Workload::default()
@@ -321,7 +321,7 @@ pub(crate) mod tests {
                     received_datagrams: 240,
                     conntrack_full: 4,
                 },
-                dns: Some(named_dns()),
+                dns: Some(Box::new(named_dns())),
                 block: vec![BlockReport {
                     device: "loop0".into(),
                     op: "read".into(),
@@ -333,7 +333,7 @@ pub(crate) mod tests {
                     queue_ms: summary(0.002, 0.002, 0.007, 0.024),
                     ..BlockReport::default()
                 }],
-                cpu: Some(CpuReport {
+                cpu: Some(Box::new(CpuReport {
                     quota_ms: Some(20.0),
                     period_ms: Some(100.0),
                     periods: 23,
@@ -344,8 +344,8 @@ pub(crate) mod tests {
                     stall_ms: summary(77.3, 75.9, 87.4, 88.1),
                     stall_total_ms: 1623.9,
                     ..CpuReport::default()
-                }),
-                connections: Some(named_connections()),
+                })),
+                connections: Some(Box::new(named_connections())),
             },
         }
     }

@@ -19,7 +19,7 @@ fn connections(snapshot: &Snapshot, cgroup_id: u64) -> ConnectionReport {
         .workloads
         .iter()
         .find(|w| w.identity.cgroup_id == Some(cgroup_id))
-        .and_then(|w| w.signals.connections.clone())
+        .and_then(|w| w.signals.connections.as_deref().cloned())
         .unwrap_or_default()
 }
 

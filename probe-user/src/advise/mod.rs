@@ -26,7 +26,10 @@ pub(crate) use self::{
     live::{AdviceReport, Adviser},
     place::{Locator, NodeLocator, TargetArg},
 };
-use self::{place::Place, symptoms::WindowValues};
+use self::{
+    place::Place,
+    symptoms::{Window, WindowValues},
+};
 use crate::{
     report::Snapshot,
     signals::measure::Measure,
@@ -99,12 +102,26 @@ pub(crate) fn advise(
     thresholds: &Thresholds,
     locator: &dyn Locator,
 ) -> Vec<Advice> {
-    let (Some(first), Some(last)) = (snapshots.first(), snapshots.last()) else {
+    advise_window(
+        &Window::of_snapshots(snapshots),
+        inventory,
+        thresholds,
+        locator,
+    )
+}
+
+/// [`advise`] over a window of the snapshots' sections.
+pub(crate) fn advise_window(
+    window: &Window<'_>,
+    inventory: &Inventory,
+    thresholds: &Thresholds,
+    locator: &dyn Locator,
+) -> Vec<Advice> {
+    let Some(window_s) = window.length_s() else {
         return Vec::new();
     };
-    let window_s = last.duration_s - first.duration_s;
     let mut grouped: BTreeMap<(String, String), Advice> = BTreeMap::new();
-    for values in symptoms::window_values(snapshots) {
+    for values in symptoms::window_values(window) {
         for knob in KNOBS.iter().filter(|k| k.advice.is_some()) {
             for device in values.devices_for(knob) {
                 let Some(advice) = advice_for(

@@ -17,31 +17,71 @@ pub(super) struct WindowValues<'a> {
     intervals: Vec<(&'a Sections, &'a Sections)>,
 }
 
-/// Every workload of the last snapshot that has a cgroup path, over the window.
-pub(super) fn window_values(snapshots: &[Snapshot]) -> Vec<WindowValues<'_>> {
-    let by_path = |s: &'_ Snapshot| -> BTreeMap<String, usize> {
-        s.workloads
+/// The snapshots of a window as the rules read them, oldest first: when each was taken
+/// and every workload's sections by cgroup path; the workloads advised are the last
+/// one's.
+pub(crate) struct Window<'a> {
+    /// `duration_s` of each snapshot.
+    pub(crate) at_s: Vec<f64>,
+    sections: Vec<BTreeMap<&'a str, &'a Sections>>,
+    last: &'a [Workload],
+}
+
+impl<'a> Window<'a> {
+    /// The window of whole snapshots.
+    pub(crate) fn of_snapshots(snapshots: &'a [Snapshot]) -> Self {
+        let sections = snapshots
             .iter()
-            .enumerate()
-            .filter_map(|(i, w)| Some((w.identity.cgroup_path.clone()?, i)))
+            .map(|s| Self::by_path(s.workloads.iter().map(|w| (w, &w.signals))))
+            .collect();
+        Self {
+            at_s: snapshots.iter().map(|s| s.duration_s).collect(),
+            sections,
+            last: snapshots.last().map_or(&[], |s| s.workloads.as_slice()),
+        }
+    }
+
+    /// A window of `earlier` snapshots' sections (`duration_s`, then sections by cgroup
+    /// path), ending with the workloads of `last` taken at `last_s`.
+    pub(crate) fn of_sections(
+        earlier: impl IntoIterator<Item = (f64, BTreeMap<&'a str, &'a Sections>)>,
+        (last_s, last): (f64, &'a [Workload]),
+    ) -> Self {
+        let (mut at_s, mut sections): (Vec<f64>, Vec<_>) = earlier.into_iter().unzip();
+        at_s.push(last_s);
+        sections.push(Self::by_path(last.iter().map(|w| (w, &w.signals))));
+        Self {
+            at_s,
+            sections,
+            last,
+        }
+    }
+
+    fn by_path(
+        workloads: impl Iterator<Item = (&'a Workload, &'a Sections)>,
+    ) -> BTreeMap<&'a str, &'a Sections> {
+        workloads
+            .filter_map(|(w, s)| Some((w.identity.cgroup_path.as_deref()?, s)))
             .collect()
-    };
-    let indexes: Vec<BTreeMap<String, usize>> = snapshots.iter().map(by_path).collect();
-    let Some(last) = snapshots.last() else {
-        return Vec::new();
-    };
-    let find = |at: usize, path: &str| {
-        indexes[at]
-            .get(path)
-            .map(|&i| &snapshots[at].workloads[i].signals)
-    };
-    last.workloads
+    }
+
+    /// From the first snapshot to the last, in seconds (0 without two).
+    pub(crate) fn length_s(&self) -> Option<f64> {
+        Some(self.at_s.last()? - self.at_s.first()?)
+    }
+}
+
+/// Every workload of the last snapshot that has a cgroup path, over the window.
+pub(super) fn window_values<'a>(window: &'a Window<'a>) -> Vec<WindowValues<'a>> {
+    let find = |at: usize, path: &str| window.sections[at].get(path).copied();
+    window
+        .last
         .iter()
         .filter_map(|workload| {
             let path = workload.identity.cgroup_path.as_deref()?;
             let start =
                 find(0, path).map_or_else(|| Cow::Owned(Sections::default()), Cow::Borrowed);
-            let intervals = (1..snapshots.len())
+            let intervals = (1..window.sections.len())
                 .filter_map(|at| Some((find(at - 1, path)?, find(at, path)?)))
                 .collect();
             Some(WindowValues {
@@ -135,7 +175,7 @@ pub(super) fn condition(
 /// At least half the window's failed connects found no local port: says how many.
 fn lack_of_port(values: &WindowValues<'_>) -> Option<String> {
     let now = values.workload.signals.connections.as_ref()?;
-    let start = values.start.connections.as_ref();
+    let start = values.start.connections.as_deref();
     let failed = now
         .failures()
         .saturating_sub(start.map_or(0, ConnectionReport::failures));

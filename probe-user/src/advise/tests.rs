@@ -258,7 +258,7 @@ fn backlog_and_receive_queue_drops_call_for_their_knobs() {
 
 fn connects(attempts: u64, no_port: u64, refused: u64, time_wait: u64) -> Sections {
     Sections {
-        connections: Some(ConnectionReport {
+        connections: Some(Box::new(ConnectionReport {
             connect_attempts: attempts,
             failed: ConnectFailures {
                 port_exhaustion: no_port,
@@ -267,7 +267,7 @@ fn connects(attempts: u64, no_port: u64, refused: u64, time_wait: u64) -> Sectio
             },
             time_wait: Some(time_wait),
             ..ConnectionReport::default()
-        }),
+        })),
         ..Sections::default()
     }
 }
@@ -303,12 +303,12 @@ fn resets(received: u64, lived_s: u64) -> Sections {
     };
     lived.buckets[<DurationHistogram>::bucket(ns)] = 100;
     Sections {
-        connections: Some(ConnectionReport {
+        connections: Some(Box::new(ConnectionReport {
             closed: 100,
             resets_received: received,
             duration_histogram: lived,
             ..ConnectionReport::default()
-        }),
+        })),
         tcp: TcpStats {
             sent_segments: 100_000,
             retransmitted_segments: received * 30,
@@ -343,7 +343,7 @@ fn resets_of_long_idle_connections_call_for_keepalives_and_loss_for_nothing() {
 
 fn cpu(periods: u64, throttled: u64, used_ms: f64, throttled_ms: f64) -> Sections {
     Sections {
-        cpu: Some(CpuReport {
+        cpu: Some(Box::new(CpuReport {
             quota_ms: Some(20.0),
             period_ms: Some(100.0),
             periods,
@@ -351,7 +351,7 @@ fn cpu(periods: u64, throttled: u64, used_ms: f64, throttled_ms: f64) -> Section
             throttled_ms,
             usage_ms: Some(used_ms),
             ..CpuReport::default()
-        }),
+        })),
         ..Sections::default()
     }
 }
@@ -597,7 +597,7 @@ fn dns(resolver: &str, answered: u64, ms: u64) -> Sections {
     };
     histogram.buckets[<DnsHistogram>::bucket(ms * 1_000_000)] = answered;
     Sections {
-        dns: Some(DnsReport {
+        dns: Some(Box::new(DnsReport {
             queries: answered,
             responses: answered,
             by_resolver: BTreeMap::from([(
@@ -614,7 +614,7 @@ fn dns(resolver: &str, answered: u64, ms: u64) -> Sections {
                 histogram,
             }],
             ..DnsReport::default()
-        }),
+        })),
         ..Sections::default()
     }
 }

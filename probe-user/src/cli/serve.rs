@@ -131,6 +131,7 @@ pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     listener
         .set_nonblocking(true)
         .context("non-blocking listener")?;
+    heap::one_arena();
     // Load and attach on this thread before any other exists: capabilities are per
     // thread, and every later thread inherits the reduced set.
     let probe = Probe::load(options)?;
@@ -256,6 +257,7 @@ async fn tick(state: Arc<State>) {
                     lock(&state.exporter).count_error("tuning_inventory");
                 }
             }
+            heap::give_back();
         })
         .await;
     }
@@ -396,6 +398,37 @@ fn render(state: &State) -> anyhow::Result<String> {
     drop((watcher, adviser));
     *lock(&state.last_scrape_seconds) = started.elapsed().as_secs_f64();
     Ok(body)
+}
+
+/// The agent's heap on glibc (the release binary; the image's static musl build has
+/// neither per-thread arenas nor a heap top that only shrinks, so nothing to do there).
+///
+/// A snapshot of every workload is built per tick and per scrape, on tokio's blocking
+/// threads, and dropped again. glibc gives each thread that allocates an arena of its
+/// own and keeps what is freed in it: at 10,000 workloads the ticker's and the scrapes'
+/// arenas held 38 and 26 MiB beside the main heap's 22, for 52 MiB ever live at once
+/// (heaptrack), and RSS is what a memory limit counts.
+mod heap {
+    /// One arena for the whole process. Call before any thread starts.
+    pub(super) fn one_arena() {
+        #[cfg(target_env = "gnu")]
+        // SAFETY: sets a malloc tunable; no pointers, no other thread runs yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+
+    /// Returns the free pages of the heap to the kernel, once a tick has freed its
+    /// snapshot (and the scrapes since theirs). Not in a scrape: the walk holds the
+    /// arena, and in the scrape's own time it made `/metrics` at 1,000 workloads take
+    /// 132 ms instead of 35.
+    pub(super) fn give_back() {
+        #[cfg(target_env = "gnu")]
+        // SAFETY: no arguments beyond the padding to keep; malloc locks its own state.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
 }
 
 async fn shutdown_signal() {

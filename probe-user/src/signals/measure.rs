@@ -190,7 +190,7 @@ impl Measure {
             Self::CpuThrottledMsPerPeriod => cpu(CpuReport::throttled_ms_per_period),
             Self::CpuUsageMsPerPeriod => cpu(CpuReport::usage_ms_per_period),
             _ => {
-                let stalls = |c: &Option<CpuReport>| {
+                let stalls = |c: &Option<Box<CpuReport>>| {
                     c.as_ref()
                         .map_or(LatencyHistogram::ZERO, |c| c.stall_histogram)
                 };
@@ -257,10 +257,10 @@ impl Measure {
 
     /// The dns and connections sections' measures.
     fn dns_or_connection_sample(self, b: &Sections, a: &Sections) -> Option<(f64, Option<f64>)> {
-        let (before, after) = (b.connections.as_ref(), a.connections.as_ref());
+        let (before, after) = (b.connections.as_deref(), a.connections.as_deref());
         match self {
             Self::DnsLatencyMs | Self::DnsLatencyP99Ms => {
-                let total = |d: &Option<DnsReport>| d.as_ref().map(DnsReport::latency);
+                let total = |d: &Option<Box<DnsReport>>| d.as_deref().map(DnsReport::latency);
                 let interval = histogram::since(
                     &total(&a.dns).unwrap_or(DnsHistogram::ZERO),
                     &total(&b.dns).unwrap_or(DnsHistogram::ZERO),
@@ -353,7 +353,7 @@ mod tests {
     #[test]
     fn connect_failures_count_every_cause_per_attempt() {
         let report = |attempts, refused, noport, closed, resets| Sections {
-            connections: Some(ConnectionReport {
+            connections: Some(Box::new(ConnectionReport {
                 connect_attempts: attempts,
                 failed: ConnectFailures {
                     refused,
@@ -363,7 +363,7 @@ mod tests {
                 closed,
                 resets_received: resets,
                 ..ConnectionReport::default()
-            }),
+            })),
             ..Sections::default()
         };
         let (before, after) = (report(10, 1, 1, 4, 0), report(30, 6, 11, 14, 5));

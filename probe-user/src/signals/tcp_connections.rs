@@ -240,7 +240,7 @@ impl Source for TcpConnections {
         },
     ];
     type Counters = Counts;
-    type Section = Option<ConnectionReport>;
+    type Section = Option<Box<ConnectionReport>>;
 
     fn new(_settings: &Settings) -> Self {
         Self
@@ -307,7 +307,7 @@ impl Source for TcpConnections {
         now: &Counts,
         baseline: &Counts,
         _shared: &Shared,
-        out: &mut dyn Attribution<Option<ConnectionReport>>,
+        out: &mut dyn Attribution<Option<Box<ConnectionReport>>>,
     ) {
         let owner = |key: &ConnectionKey| Owner::Cgroup {
             hierarchy: Hierarchy::Unified,
@@ -323,7 +323,7 @@ impl Source for TcpConnections {
             let report = out
                 .slot(owner(key))
                 .section
-                .get_or_insert_with(ConnectionReport::default);
+                .get_or_insert_with(Box::default);
             report.connect_attempts += d.active_opens;
             report.connected += d.connected;
             report.failed.refused += d.refused;
@@ -347,7 +347,7 @@ impl Source for TcpConnections {
             let report = out
                 .slot(owner(key))
                 .section
-                .get_or_insert_with(ConnectionReport::default);
+                .get_or_insert_with(Box::default);
             histogram::add(&mut report.duration_histogram, &duration);
             histogram::add(&mut report.srtt_histogram, &srtt);
             histogram::add(&mut report.min_rtt_histogram, &min_rtt);
@@ -358,7 +358,7 @@ impl Source for TcpConnections {
     }
 
     /// TIME_WAIT belongs to the namespace: every workload there with connections gets it.
-    fn complete(shared: &Shared, netns: Option<u32>, report: &mut Option<ConnectionReport>) {
+    fn complete(shared: &Shared, netns: Option<u32>, report: &mut Option<Box<ConnectionReport>>) {
         if let (Some(report), Some(load)) =
             (report.as_mut(), netns.and_then(|n| shared.netns.get(&n)))
         {
@@ -366,7 +366,7 @@ impl Source for TcpConnections {
         }
     }
 
-    fn metrics(report: &Option<ConnectionReport>, labels: &Labels, f: &mut Families) {
+    fn metrics(report: &Option<Box<ConnectionReport>>, labels: &Labels, f: &mut Families) {
         let Some(c) = report else {
             return;
         };
@@ -476,17 +476,18 @@ impl Source for TcpConnections {
     ];
 
     fn top_cells(
-        now: &Option<ConnectionReport>,
-        before: &Option<ConnectionReport>,
+        now: &Option<Box<ConnectionReport>>,
+        before: &Option<Box<ConnectionReport>>,
         seconds: f64,
     ) -> Vec<Cell> {
-        let of =
-            |r: &Option<ConnectionReport>, f: fn(&ConnectionReport) -> u64| r.as_ref().map_or(0, f);
+        let of = |r: &Option<Box<ConnectionReport>>, f: fn(&ConnectionReport) -> u64| {
+            r.as_deref().map_or(0, f)
+        };
         let per_s = |f: fn(&ConnectionReport) -> u64| {
             of(now, f).saturating_sub(of(before, f)) as f64 / seconds
         };
         let p50 = now.as_ref().and_then(|n| {
-            histogram::quantile_ms(&ConnectionReport::srtt_since(before.as_ref(), n), 0.5)
+            histogram::quantile_ms(&ConnectionReport::srtt_since(before.as_deref(), n), 0.5)
         });
         vec![
             Cell::rate(per_s(|r| r.connect_attempts + r.accepted)),
@@ -495,7 +496,7 @@ impl Source for TcpConnections {
         ]
     }
 
-    fn top_detail(section: &Option<ConnectionReport>, detail: &mut Detail) {
+    fn top_detail(section: &Option<Box<ConnectionReport>>, detail: &mut Detail) {
         let Some(c) = section else {
             return;
         };
@@ -511,7 +512,7 @@ impl Source for TcpConnections {
         ));
     }
 
-    fn table(rows: &[(&Identity, &Option<ConnectionReport>)]) -> String {
+    fn table(rows: &[(&Identity, &Option<Box<ConnectionReport>>)]) -> String {
         let mut out = String::new();
         let rows = rows.iter().filter_map(|(w, c)| Some((w, c.as_ref()?)));
         for (i, (workload, c)) in rows.enumerate() {

@@ -736,14 +736,14 @@ mod tests {
                 ..Identity::default()
             },
             signals: Sections {
-                connections: Some(ConnectionReport {
+                connections: Some(Box::new(ConnectionReport {
                     connect_attempts: attempts,
                     failed: ConnectFailures {
                         port_exhaustion: failed,
                         ..ConnectFailures::default()
                     },
                     ..ConnectionReport::default()
-                }),
+                })),
                 ..Sections::default()
             },
             ..Workload::default()

@@ -121,6 +121,20 @@ impl Samples {
         self.series.entry(key).or_default().push(sample);
     }
 
+    /// A copy of the series of `signals` alone: a change is judged on its own measures,
+    /// and the rest of a node's history (every workload's, at 10,000 workloads 20 MiB)
+    /// need not be copied into its before window.
+    pub(crate) fn of_signals(&self, signals: &[Measure]) -> Self {
+        Self {
+            series: self
+                .series
+                .iter()
+                .filter(|(key, _)| signals.contains(&key.signal))
+                .map(|(key, samples)| (key.clone(), samples.clone()))
+                .collect(),
+        }
+    }
+
     /// Forgets samples that ended before `at`.
     pub(crate) fn forget_before(&mut self, at: f64) {
         self.series.retain(|_, samples| {

@@ -23,10 +23,7 @@ use super::{
 };
 use crate::{
     report::{Snapshot, Workload},
-    signals::{
-        block_io::BlockReport, cpu_throttle::CpuReport, drops::TCP_LISTEN_OVERFLOW,
-        measure::Measure, tcp_connections::ConnectionReport,
-    },
+    signals::{block_io::BlockReport, drops::TCP_LISTEN_OVERFLOW, measure::Measure},
     tuning::{KNOBS, Knob, Scope},
     workloads::identity::Identity,
 };
@@ -140,13 +137,13 @@ fn interval(measure: Measure, w: &mut Workload, other: &mut Workload, side: Side
             drops(s, "NO_SOCKET", unrelated);
         }
         Measure::ConnectFailureRatio => {
-            let c = s.connections.get_or_insert_with(ConnectionReport::default);
+            let c = s.connections.get_or_insert_with(Box::default);
             c.connect_attempts += load;
             c.failed.port_exhaustion += symptom;
             c.accepted += unrelated;
         }
         Measure::ResetRatio => {
-            let c = s.connections.get_or_insert_with(ConnectionReport::default);
+            let c = s.connections.get_or_insert_with(Box::default);
             c.closed += load;
             c.resets_received += symptom;
             c.connect_attempts += unrelated;
@@ -225,7 +222,7 @@ fn throttle(
     rng: &mut Rng,
 ) {
     // Every period throttled while there is any symptom: the partial raise.
-    let cpu = s.cpu.get_or_insert_with(CpuReport::default);
+    let cpu = s.cpu.get_or_insert_with(Box::default);
     // The quota after the raise, as the last snapshot reads it.
     (cpu.quota_ms, cpu.period_ms) = (Some(95.0), Some(100.0));
     *cpu.usage_ms.get_or_insert(0.0) += load as f64 * 95.0;
@@ -238,7 +235,7 @@ fn throttle(
         record(&mut cpu.stall_histogram, (stall * 1e6) as u64);
     }
     // Another pod's throttling, outside the changed cgroup.
-    let theirs = other.signals.cpu.get_or_insert_with(CpuReport::default);
+    let theirs = other.signals.cpu.get_or_insert_with(Box::default);
     theirs.periods += unrelated;
     theirs.throttled_periods += unrelated;
     theirs.throttled_ms += unrelated as f64 * 50.0;
@@ -254,7 +251,7 @@ fn retransmit(
 ) {
     s.tcp.sent_segments += load;
     s.tcp.retransmitted_segments += symptom;
-    let c = s.connections.get_or_insert_with(ConnectionReport::default);
+    let c = s.connections.get_or_insert_with(Box::default);
     for _ in 0..load / 100 {
         let ms = rng.around(1.0 + side.severity * 100.0, 0.3);
         c.closed += 1;

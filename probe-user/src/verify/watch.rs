@@ -154,7 +154,11 @@ impl Watcher {
         let mut reports = self.start_judging(&inventory, &previous_inventory, &snapshot, at);
         for pending in &mut self.pending {
             if pending.change.at < at {
-                for (key, sample) in &samples {
+                // Only what it is judged on (see `Samples::of_signals`).
+                for (key, sample) in samples
+                    .iter()
+                    .filter(|(k, _)| pending.signals.contains(&k.signal))
+                {
                     pending.after.push(key.clone(), *sample);
                 }
                 pending.intervals += 1;
@@ -230,10 +234,10 @@ impl Watcher {
             }
             self.pending.push(Pending {
                 change: record,
+                before: self.history.of_signals(&signals),
                 signals,
                 expected,
                 affected,
-                before: self.history.clone(),
                 after: Samples::default(),
                 intervals: 0,
             });

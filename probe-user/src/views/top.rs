@@ -226,12 +226,12 @@ mod tests {
         let drops = column_named("drops").unwrap();
         assert_eq!(first[0].cell(drops), "10");
         let mut later = workload("/a", "api", 30, "NO_SOCKET");
-        later.signals.cpu = Some(CpuReport {
+        later.signals.cpu = Some(Box::new(CpuReport {
             quota_ms: Some(20.0),
             periods: 10,
             throttled_periods: 5,
             ..Default::default()
-        });
+        }));
         let second = rates.update(&snapshot(vec![later]), 2.0);
         assert_eq!(second[0].cell(drops), "10");
         assert_eq!(

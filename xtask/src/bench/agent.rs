@@ -41,8 +41,13 @@ impl Mode {
 }
 
 /// Where the observers come from.
+#[derive(Clone)]
 pub struct Tools {
     pub tuneprobe: PathBuf,
+    /// Another build measured beside it in the scale stage (`--baseline`).
+    pub baseline: Option<PathBuf>,
+    /// More arguments for `tuneprobe serve`.
+    pub serve_args: Vec<String>,
     /// The bpftrace equivalents, concatenated into one program.
     pub bpftrace_program: PathBuf,
     /// `SKB_CONSUMED` on this kernel, the drop reason that is no drop.
@@ -101,6 +106,7 @@ impl Agent {
                 let listen = free_port()?;
                 let mut cmd = Command::new(&tools.tuneprobe);
                 cmd.args(["serve", "--kube-api", "none", "--listen", &listen])
+                    .args(&tools.serve_args)
                     .stdout(Stdio::null())
                     .stderr(file);
                 (cmd, Some(listen))

@@ -8,8 +8,9 @@
 //! 2. Load mix (about 100k drops/s, 10k DNS queries/s, 5k IOPS, 2k TCP connections/s,
 //!    retransmits, a throttled busy loop) under bpftrace and tuneprobe, with the kernel's run-time
 //!    statistics on: kernel cost per event of every program, agent CPU and peak RSS.
-//! 3. Scale: 1,000 and 10,000 cgroups with a drop each: RSS, `/metrics` time, snapshot
-//!    time, attach time.
+//! 3. Scale: 100, 1,000, 10,000 and 30,000 cgroups with a drop each: RSS, `/metrics`
+//!    time, snapshot time, attach time, and the RSS each added workload costs; with
+//!    `--baseline`, another build measured at each point beside the one under test.
 //!
 //! Nothing global is changed: the statistics are on only while this process holds its
 //! BPF_ENABLE_STATS fd, and everything the run creates is removed (`lab::Lab`'s drop),
@@ -39,7 +40,8 @@ use self::{
     lab::{IPERF_LOSSY_PORT, IPERF_PORT, Lab},
     report::{
         AgentCost, AgentCosts, Attach, AttachTimes, BySample, Comparison, Config, FloorValue,
-        KernelCost, LoadMix, Machine, Report, ScaleRun, Target, WorkloadImpact, median, ratio,
+        Growth, KernelCost, LoadMix, Machine, Report, ScaleRun, ScaleStage, Target, WorkloadImpact,
+        median, ratio,
     },
 };
 use crate::{is_root, workspace_root};
@@ -59,12 +61,36 @@ pub struct Args {
     /// Skip `xtask setup` (the packages must be installed already).
     #[arg(long)]
     no_setup: bool,
+    /// Run this stage alone (the scale stage takes two to four minutes, the whole run
+    /// about eight).
+    #[arg(long, value_enum, value_name = "STAGE")]
+    only: Option<Stage>,
+    /// Another tuneprobe binary (the current release, say) measured in the scale stage
+    /// beside the one under test, at each point in turn, in the same run.
+    #[arg(long, value_name = "PATH")]
+    baseline: Option<PathBuf>,
+    /// The scale stage's points, in workloads (default: 100,1000,10000,30000; the
+    /// smoke run's: 50).
+    #[arg(long, value_name = "N,...", value_delimiter = ',')]
+    scale: Vec<usize>,
+    /// In the scale stage, keep `serve` running this long once every workload is
+    /// exported before measuring it, with `--advice-window 60s`: its steady state, with
+    /// the 60 s of samples the change watcher keeps and the adviser's eight snapshots
+    /// (a default run measures within seconds, before either has filled).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    hold: u64,
     /// Internal: the scale stage's worker (moves itself through the cgroups under DIR).
     #[arg(long, hide = true, value_name = "DIR")]
     fill_cgroups: Option<PathBuf>,
     /// Internal: the network namespace the worker sends from.
     #[arg(long, hide = true, value_name = "NAME")]
     fill_netns: Option<String>,
+}
+
+/// A stage that can run alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Stage {
+    Scale,
 }
 
 /// Sizes of one run.
@@ -79,6 +105,10 @@ struct Plan {
     block_iops: u32,
     connects_per_s: f64,
     scale: Vec<usize>,
+    /// One stage alone (`--only`).
+    only: Option<Stage>,
+    /// How long `serve` runs at each scale point before it is measured (`--hold`).
+    hold: Duration,
 }
 
 impl Plan {
@@ -92,7 +122,9 @@ impl Plan {
             dns_qps: 10_000.0,
             block_iops: 5_000,
             connects_per_s: 2_000.0,
-            scale: vec![1_000, 10_000],
+            scale: vec![100, 1_000, 10_000, 30_000],
+            only: None,
+            hold: Duration::ZERO,
         }
     }
 
@@ -107,6 +139,8 @@ impl Plan {
             block_iops: 200,
             connects_per_s: 100.0,
             scale: vec![50],
+            only: None,
+            hold: Duration::ZERO,
         }
     }
 }
@@ -133,24 +167,35 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     let out_dir = out.parent().map(PathBuf::from).unwrap_or_default();
     fs::create_dir_all(&out_dir)?;
-    // A private copy: a rebuild of the shared binary during the run must not change what
-    // is measured halfway.
-    let under_test = out_dir.join(format!("tuneprobe-{}", std::process::id()));
-    fs::copy(&tuneprobe, &under_test)
-        .with_context(|| format!("copying {}", tuneprobe.display()))?;
-    let _remove_copy = RemoveOnDrop(under_test.clone());
-    let tuneprobe = under_test;
+    // Private copies: a rebuild of the shared binary during the run must not change
+    // what is measured halfway.
+    let (tuneprobe, _remove_copy) = private_copy(&tuneprobe, &out_dir, "tuneprobe")?;
+    let baseline = match &args.baseline {
+        Some(path) => Some(private_copy(path, &out_dir, "baseline")?),
+        None => None,
+    };
     let tools = Tools {
         tuneprobe,
+        baseline: baseline.as_ref().map(|(path, _)| path.clone()),
+        serve_args: if args.hold > 0 {
+            vec!["--advice-window".into(), "60s".into()]
+        } else {
+            Vec::new()
+        },
         bpftrace_program: write_bpftrace_program(&out_dir)?,
         skb_consumed: skb_consumed()?,
         out_dir,
     };
-    let plan = if args.smoke {
+    let mut plan = if args.smoke {
         Plan::smoke()
     } else {
         Plan::full()
     };
+    if !args.scale.is_empty() {
+        plan.scale.clone_from(&args.scale);
+    }
+    plan.only = args.only;
+    plan.hold = Duration::from_secs(args.hold);
     let started = Instant::now();
     let mut report = bench(&plan, &tools, args.smoke)?;
     report.duration_s = started.elapsed().as_secs_f64();
@@ -179,6 +224,13 @@ fn bench_tools() -> Vec<crate::test::Tool> {
 }
 
 struct RemoveOnDrop(PathBuf);
+
+/// A copy of the binary `path` in `dir`, named `name` and this run, removed on drop.
+fn private_copy(path: &Path, dir: &Path, name: &str) -> anyhow::Result<(PathBuf, RemoveOnDrop)> {
+    let copy = dir.join(format!("{name}-{}", std::process::id()));
+    fs::copy(path, &copy).with_context(|| format!("copying {}", path.display()))?;
+    Ok((copy.clone(), RemoveOnDrop(copy)))
+}
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
@@ -222,23 +274,58 @@ fn skb_consumed() -> anyhow::Result<u32> {
 fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Report> {
     let id = std::process::id().to_string();
     let mut lab = Lab::new(&id)?;
-    lab.start_servers()?;
-    let device = lab.create_loop_device(64)?;
-    let cpu_cgroup = lab.create_cpu_cgroup(&id)?;
     let mut attach: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     let mut run_no = 0;
+    let mut impact: BTreeMap<(&str, Mode), Vec<Rate>> = BTreeMap::new();
+    let mut mix: BTreeMap<Mode, Vec<MixRun>> = BTreeMap::new();
+    let mut floor = BTreeMap::new();
+    if plan.only.is_none() {
+        lab.start_servers()?;
+        let device = lab.create_loop_device(64)?;
+        let cpu_cgroup = lab.create_cpu_cgroup(&id)?;
+        impact = impact_stage(plan, &lab, &device, tools, &mut run_no, &mut attach)?;
+        let stats = StatsEnabled::new()?;
+        let sinks = (device.as_str(), cpu_cgroup.as_path());
+        mix = mix_stage(plan, &lab, sinks, tools, &mut run_no, &mut attach)?;
+        floor = floor_stage(plan, &lab, tools, &mut run_no)?;
+        drop(stats);
+    }
 
+    eprintln!("xtask bench: scale {:?}", plan.scale);
+    let mut scale = ScaleStage::default();
+    for (point, &count) in plan.scale.iter().enumerate() {
+        let at = ScalePoint {
+            point,
+            count,
+            hold: plan.hold,
+        };
+        scale_point(&mut lab, tools, at, &mut run_no, &mut attach, &mut scale)?;
+    }
+    drop(lab);
+
+    Ok(assemble(plan, smoke, &impact, &mix, scale, &attach, floor))
+}
+
+/// Workload impact: each workload alone under each observer, in rotated rounds.
+fn impact_stage(
+    plan: &Plan,
+    lab: &Lab,
+    device: &str,
+    tools: &Tools,
+    run_no: &mut usize,
+    attach: &mut BTreeMap<Mode, Vec<f64>>,
+) -> anyhow::Result<BTreeMap<(&'static str, Mode), Vec<Rate>>> {
     eprintln!("xtask bench: workload impact, {} rounds", plan.rounds);
     let mut impact: BTreeMap<(&str, Mode), Vec<Rate>> = BTreeMap::new();
     for round in 0..plan.rounds {
         for k in 0..Mode::ALL.len() {
             let mode = Mode::ALL[(round + k) % Mode::ALL.len()];
-            run_no += 1;
-            let agent = Agent::start(mode, tools, run_no)?;
+            *run_no += 1;
+            let agent = Agent::start(mode, tools, *run_no)?;
             if let Some(agent) = &agent {
                 attach.entry(mode).or_default().push(ms(agent.attach));
             }
-            let rates = impact_run(plan.workload_secs, &lab, &device)?;
+            let rates = impact_run(plan.workload_secs, lab, device)?;
             if let Some(agent) = agent {
                 agent.stop()?;
             }
@@ -248,18 +335,28 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Report> {
             }
         }
     }
+    Ok(impact)
+}
 
+/// The load mix under each observer, with the kernel's run-time statistics on.
+fn mix_stage(
+    plan: &Plan,
+    lab: &Lab,
+    (device, cpu_cgroup): (&str, &Path),
+    tools: &Tools,
+    run_no: &mut usize,
+    attach: &mut BTreeMap<Mode, Vec<f64>>,
+) -> anyhow::Result<BTreeMap<Mode, Vec<MixRun>>> {
     eprintln!("xtask bench: load mix, {} rounds", plan.mix_rounds);
-    let stats = StatsEnabled::new()?;
     let observers = [Mode::Bpftrace, Mode::Tuneprobe];
     let mut mix: BTreeMap<Mode, Vec<MixRun>> = BTreeMap::new();
     for round in 0..plan.mix_rounds {
         for k in 0..observers.len() {
             let mode = observers[(round + k) % observers.len()];
-            run_no += 1;
-            let agent = Agent::start(mode, tools, run_no)?.context("an observer")?;
+            *run_no += 1;
+            let agent = Agent::start(mode, tools, *run_no)?.context("an observer")?;
             attach.entry(mode).or_default().push(ms(agent.attach));
-            let run = load_mix(plan, &lab, &device, &cpu_cgroup, &agent)?;
+            let run = load_mix(plan, lab, device, cpu_cgroup, &agent)?;
             let output = agent.stop()?;
             if let (Mode::Bpftrace, Some(output)) = (mode, output) {
                 bpftrace_saw_the_mix(&output)?;
@@ -268,18 +365,7 @@ fn bench(plan: &Plan, tools: &Tools, smoke: bool) -> anyhow::Result<Report> {
             mix.entry(mode).or_default().push(run);
         }
     }
-    let floor = floor_stage(plan, &lab, tools, &mut run_no)?;
-    drop(stats);
-
-    eprintln!("xtask bench: scale {:?}", plan.scale);
-    let mut scale = Vec::new();
-    for &count in &plan.scale {
-        run_no += 1;
-        scale.push(scale_run(&mut lab, tools, &id, count, run_no, &mut attach)?);
-    }
-    drop(lab);
-
-    Ok(assemble(plan, smoke, &impact, &mix, scale, &attach, floor))
+    Ok(mix)
 }
 
 /// One run of each workload alone for `secs`, in the order of [`UNITS`]: tcp, udp drops,
@@ -622,15 +708,73 @@ fn netstat(ns: &str, group: &str, name: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("no {group} {name}"))
 }
 
-fn scale_run(
+/// One point of the scale stage: `count` cgroups, measured with the build under test
+/// and, with `--baseline`, with the baseline as well, on the same cgroups (which of the
+/// two goes first alternates from point to point, so drift does not favour one).
+fn scale_point(
     lab: &mut Lab,
     tools: &Tools,
-    id: &str,
-    count: usize,
-    run_no: usize,
+    ScalePoint { point, count, hold }: ScalePoint,
+    run_no: &mut usize,
     attach: &mut BTreeMap<Mode, Vec<f64>>,
+    scale: &mut ScaleStage,
+) -> anyhow::Result<()> {
+    let parent = lab.create_scale_cgroups(&format!("{}-{count}", std::process::id()), count)?;
+    let mut builds = vec![(false, tools.clone())];
+    if let Some(baseline) = &tools.baseline {
+        let other = Tools {
+            tuneprobe: baseline.clone(),
+            ..tools.clone()
+        };
+        builds.push((true, other));
+        if point % 2 == 0 {
+            builds.reverse();
+        }
+    }
+    for (is_baseline, tools) in builds {
+        *run_no += 1;
+        let run = scale_run(lab, &tools, &parent, (count, hold), *run_no)?;
+        eprintln!(
+            "  {count} workloads, {}: RSS {:.1} MiB (peak {:.1}), /metrics {} ms, snapshot \
+             {:.0} ms ({} in its JSON)",
+            if is_baseline { "baseline" } else { "tuneprobe" },
+            run.rss_mib,
+            run.peak_rss_mib,
+            report::fmt(run.metrics_ms, 1),
+            run.snapshot_ms,
+            run.snapshot_workloads,
+        );
+        if is_baseline {
+            scale.baseline.push(run);
+        } else {
+            attach
+                .entry(Mode::Tuneprobe)
+                .or_default()
+                .push(run.attach_ms);
+            scale.tuneprobe.push(run);
+        }
+    }
+    lab.remove_scale_cgroups();
+    Ok(())
+}
+
+/// A point of the scale stage: its place in the plan, its workloads, how long `serve`
+/// runs before it is measured.
+struct ScalePoint {
+    point: usize,
+    count: usize,
+    hold: Duration,
+}
+
+/// `serve` and `snapshot` of `tools.tuneprobe` with the `count` cgroups under `parent`,
+/// `serve` measured `hold` after every workload was exported.
+fn scale_run(
+    lab: &Lab,
+    tools: &Tools,
+    parent: &Path,
+    (count, hold): (usize, Duration),
+    run_no: usize,
 ) -> anyhow::Result<ScaleRun> {
-    let parent = lab.create_scale_cgroups(&format!("{id}-{count}"), count)?;
     let marker = parent
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -638,19 +782,14 @@ fn scale_run(
 
     // serve: attach, one drop per cgroup, then scrapes once the collector has them all.
     let agent = Agent::start(Mode::Tuneprobe, tools, run_no)?.context("tuneprobe")?;
-    attach
-        .entry(Mode::Tuneprobe)
-        .or_default()
-        .push(ms(agent.attach));
     let listen = agent.listen.clone().unwrap_or_default();
-    let t0 = Instant::now();
-    let filled = load::run_fill(lab, &parent)?;
-    let fill_s = t0.elapsed().as_secs_f64();
+    let filled = load::run_fill(lab, parent)?;
     ensure!(
         filled as usize == count,
         "filled {filled} of {count} cgroups"
     );
     let last = drop_series_settled(&listen, &marker)?;
+    pause(hold)?;
     let mut times = Vec::new();
     let mut bytes = 0;
     for _ in 0..5 {
@@ -662,18 +801,12 @@ fn scale_run(
     let attach_ms = ms(agent.attach);
     agent.stop()?;
 
-    let (snapshot_ms, in_json) = snapshot_at_scale(lab, tools, &parent, &marker, count)?;
-    lab.remove_scale_cgroups();
-    eprintln!(
-        "  {count} workloads: RSS {:.1} MiB, /metrics {:.1} ms, snapshot {snapshot_ms:.0} ms \
-         ({in_json} in its JSON), fill {fill_s:.1} s",
-        usage.rss_kib as f64 / 1024.0,
-        median(&times).unwrap_or_default(),
-    );
+    let (snapshot_ms, in_json) = snapshot_at_scale(lab, tools, parent, &marker, (count, run_no))?;
     Ok(ScaleRun {
         workloads: count,
         rss_mib: usage.rss_kib as f64 / 1024.0,
         peak_rss_mib: usage.peak_rss_kib as f64 / 1024.0,
+        kib_per_added_workload: None,
         metrics_ms: median(&times),
         metrics_ms_samples: times,
         metrics_bytes: bytes,
@@ -718,11 +851,11 @@ fn snapshot_at_scale(
     tools: &Tools,
     parent: &Path,
     marker: &str,
-    count: usize,
+    (count, run_no): (usize, usize),
 ) -> anyhow::Result<(f64, usize)> {
     let window = 2 + count as u64 / 1000;
-    let output = tools.out_dir.join(format!("snapshot-{count}.json"));
-    let errors = tools.out_dir.join(format!("snapshot-{count}.err"));
+    let output = tools.out_dir.join(format!("snapshot-{run_no}.json"));
+    let errors = tools.out_dir.join(format!("snapshot-{run_no}.err"));
     let mut snapshot = Proc::spawn(
         "tuneprobe snapshot",
         Command::new(&tools.tuneprobe)
@@ -1039,14 +1172,8 @@ fn achieved_load(mix: &BTreeMap<Mode, Vec<MixRun>>) -> LoadMix {
     }
 }
 
-/// The targets on the agent itself: CPU under the mix, RSS and /metrics at 1,000
-/// workloads, attach time.
-fn agent_targets(
-    mix: &BTreeMap<Mode, Vec<MixRun>>,
-    scale: &[ScaleRun],
-    attach: &Attach,
-    targets: &mut Vec<Target>,
-) {
+/// The targets on the agent itself: CPU under the mix, attach time.
+fn agent_targets(mix: &BTreeMap<Mode, Vec<MixRun>>, attach: &Attach, targets: &mut Vec<Target>) {
     let tp_cpu = median(
         &runs_of(mix, Mode::Tuneprobe)
             .iter()
@@ -1058,25 +1185,73 @@ fn agent_targets(
         tp_cpu.map(|c| c < 2.0),
         format!("{}%", report::fmt(tp_cpu, 2)),
     ));
-    let at_1k = scale.iter().find(|s| s.workloads == 1000);
-    let rss_1k = at_1k.map(|s| s.rss_mib);
-    targets.push(Target::new(
-        "RSS under 50 MiB at 1,000 workloads",
-        rss_1k.map(|r| r < 50.0),
-        format!("{} MiB", report::fmt(rss_1k, 1)),
-    ));
-    let metrics_1k = at_1k.and_then(|s| s.metrics_ms);
-    targets.push(Target::new(
-        "/metrics under 50 ms at 1,000 workloads",
-        metrics_1k.map(|m| m < 50.0),
-        format!("{} ms", report::fmt(metrics_1k, 1)),
-    ));
     let tp_attach = attach.tuneprobe.median_ms;
     targets.push(Target::new(
         "attach to ready under 1 s",
         tp_attach.map(|a| a < 1000.0),
         format!("{} ms (median)", report::fmt(tp_attach, 0)),
     ));
+}
+
+/// The targets of the scale stage (issue 23): memory, `/metrics` and snapshot times
+/// at 1,000 and 10,000 workloads, and the RSS each added workload costs.
+fn scale_targets(scale: &[ScaleRun], growth: &Growth, targets: &mut Vec<Target>) {
+    let at = |n: usize| scale.iter().find(|s| s.workloads == n);
+    let (at_1k, at_10k) = (at(1_000), at(10_000));
+    let mut check = |name: &str, value: Option<f64>, limit: f64, unit: &str, decimals| {
+        targets.push(Target::new(
+            name,
+            value.map(|v| v <= limit),
+            format!("{} {unit}", report::fmt(value, decimals)),
+        ));
+    };
+    let rss_1k = at_1k.map(|s| s.rss_mib);
+    check(
+        "RSS at most 32 MiB at 1,000 workloads",
+        rss_1k,
+        32.0,
+        "MiB",
+        1,
+    );
+    let peak_10k = at_10k.map(|s| s.peak_rss_mib);
+    check(
+        "peak RSS at most 96 MiB at 10,000 workloads",
+        peak_10k,
+        96.0,
+        "MiB",
+        1,
+    );
+    check(
+        "RSS at most 8 KiB per added workload",
+        growth.tuneprobe_kib_per_workload,
+        8.0,
+        "KiB",
+        1,
+    );
+    let metrics_1k = at_1k.and_then(|s| s.metrics_ms);
+    check(
+        "/metrics at most 15 ms at 1,000 workloads",
+        metrics_1k,
+        15.0,
+        "ms",
+        1,
+    );
+    let metrics_10k = at_10k.and_then(|s| s.metrics_ms);
+    check(
+        "/metrics at most 100 ms at 10,000 workloads",
+        metrics_10k,
+        100.0,
+        "ms",
+        1,
+    );
+    let snapshot_10k = at_10k.map(|s| s.snapshot_ms);
+    check(
+        "snapshot at most 300 ms after its window at 10,000 workloads",
+        snapshot_10k,
+        300.0,
+        "ms",
+        0,
+    );
 }
 
 /// The attach times of both agents, by sample and their median.
@@ -1105,6 +1280,8 @@ fn config(plan: &Plan) -> Config {
         target_dns_qps: plan.dns_qps,
         target_block_iops: plan.block_iops,
         scale: plan.scale.clone(),
+        hold_s: plan.hold.as_secs(),
+        only: plan.only.map(|_| "scale".to_string()),
     }
 }
 
@@ -1115,7 +1292,7 @@ fn assemble(
     smoke: bool,
     impact: &BTreeMap<(&str, Mode), Vec<Rate>>,
     mix: &BTreeMap<Mode, Vec<MixRun>>,
-    scale: Vec<ScaleRun>,
+    scale: ScaleStage,
     attach: &BTreeMap<Mode, Vec<f64>>,
     floor: BTreeMap<String, FloorValue>,
 ) -> Report {
@@ -1130,7 +1307,14 @@ fn assemble(
         .map(|&workload| workload_impact(impact, workload, &mut targets))
         .collect();
     let attach = attach_times(attach);
-    agent_targets(mix, &scale, &attach, &mut targets);
+    agent_targets(mix, &attach, &mut targets);
+    // A stage run alone is judged alone: the others' targets would all read "n/a".
+    if plan.only.is_some() {
+        targets.clear();
+    }
+    let scale = scale.with_growth();
+    let growth = scale.growth();
+    scale_targets(&scale.tuneprobe, &growth, &mut targets);
     Report {
         smoke,
         machine: machine(),
@@ -1142,7 +1326,9 @@ fn assemble(
             bpftrace: agent_cost(runs_of(mix, Mode::Bpftrace)),
             tuneprobe: agent_cost(runs_of(mix, Mode::Tuneprobe)),
         },
-        scale,
+        scale: scale.tuneprobe,
+        baseline_scale: scale.baseline,
+        growth,
         attach,
         targets,
         floor,

@@ -37,7 +37,12 @@ pub struct Report {
     pub kernel_cost: Vec<KernelCost>,
     pub workload_impact: Vec<WorkloadImpact>,
     pub agent_cost: AgentCosts,
+    /// The build under test at each scale point.
     pub scale: Vec<ScaleRun>,
+    /// `--baseline` at the same points, in the same run (empty without it).
+    pub baseline_scale: Vec<ScaleRun>,
+    /// RSS per workload added between the smallest and the largest scale point.
+    pub growth: Growth,
     pub attach: Attach,
     pub targets: Vec<Target>,
     /// `{hook}_{program}_ns_per_event` and `{hook}_{program}_events` of the cheapest
@@ -68,6 +73,10 @@ pub struct Config {
     pub target_dns_qps: f64,
     pub target_block_iops: u32,
     pub scale: Vec<usize>,
+    /// `--hold`: how long `serve` ran at each scale point before it was measured.
+    pub hold_s: u64,
+    /// `--only`: the one stage that ran (`null`: all of them).
+    pub only: Option<String>,
 }
 
 /// Medians over the load-mix runs.
@@ -142,12 +151,61 @@ pub struct AgentCost {
     pub peak_rss_mib: Option<f64>,
 }
 
+/// The scale stage: the build under test at each point, `--baseline`'s beside it.
+#[derive(Default)]
+pub struct ScaleStage {
+    pub tuneprobe: Vec<ScaleRun>,
+    pub baseline: Vec<ScaleRun>,
+}
+
+impl ScaleStage {
+    /// Fills in each run's growth since the point before.
+    pub fn with_growth(mut self) -> Self {
+        for runs in [&mut self.tuneprobe, &mut self.baseline] {
+            for i in 1..runs.len() {
+                runs[i].kib_per_added_workload = kib_per_workload(&runs[i - 1], &runs[i]);
+            }
+        }
+        self
+    }
+
+    pub fn growth(&self) -> Growth {
+        let over = |runs: &[ScaleRun]| match (runs.first(), runs.last()) {
+            (Some(first), Some(last)) => kib_per_workload(first, last),
+            _ => None,
+        };
+        Growth {
+            from_workloads: self.tuneprobe.first().map(|r| r.workloads),
+            to_workloads: self.tuneprobe.last().map(|r| r.workloads),
+            tuneprobe_kib_per_workload: over(&self.tuneprobe),
+            baseline_kib_per_workload: over(&self.baseline),
+        }
+    }
+}
+
+/// The RSS each workload added from `a` to `b` costs, in KiB.
+fn kib_per_workload(a: &ScaleRun, b: &ScaleRun) -> Option<f64> {
+    let added = b.workloads.checked_sub(a.workloads).filter(|&n| n > 0)?;
+    Some((b.rss_mib - a.rss_mib) * 1024.0 / added as f64)
+}
+
+/// RSS per added workload, from the smallest to the largest scale point.
+#[derive(Serialize)]
+pub struct Growth {
+    pub from_workloads: Option<usize>,
+    pub to_workloads: Option<usize>,
+    pub tuneprobe_kib_per_workload: Option<f64>,
+    pub baseline_kib_per_workload: Option<f64>,
+}
+
 /// One size of the scale stage.
 #[derive(Serialize)]
 pub struct ScaleRun {
     pub workloads: usize,
     pub rss_mib: f64,
     pub peak_rss_mib: f64,
+    /// RSS added per workload since the point before, in KiB (`null` at the first).
+    pub kib_per_added_workload: Option<f64>,
     pub metrics_ms: Option<f64>,
     pub metrics_ms_samples: Vec<f64>,
     pub metrics_bytes: usize,
@@ -204,10 +262,13 @@ pub fn fmt(value: Option<f64>, decimals: usize) -> String {
 /// The report as text: one block per stage, from the JSON so the two always agree.
 pub fn table(report: &Value) -> String {
     let mut out = String::new();
-    kernel_cost_table(&mut out, report);
-    floor_table(&mut out, report);
-    workload_table(&mut out, report);
-    agent_table(&mut out, report);
+    // `--only scale` ran the scale stage alone: the others have nothing to show.
+    if report["config"]["only"].is_null() {
+        kernel_cost_table(&mut out, report);
+        floor_table(&mut out, report);
+        workload_table(&mut out, report);
+        agent_table(&mut out, report);
+    }
     scale_table(&mut out, report);
     targets_table(&mut out, report);
     out
@@ -353,18 +414,22 @@ fn agent_table(out: &mut String, report: &Value) {
     }
 }
 
-/// Memory, /metrics and snapshot at each scale.
+/// Memory, /metrics and snapshot at each scale, the baseline's beside them.
 fn scale_table(out: &mut String, report: &Value) {
     let _ = writeln!(
         out,
-        "\nScale (cgroups created by the benchmark, one drop each)"
+        "\nScale (cgroups created by the benchmark, one drop each; serve measured {} s after \
+         the last was exported)",
+        report["config"]["hold_s"]
     );
     let _ = writeln!(
         out,
-        "{:>10} {:>9} {:>9} {:>11} {:>11} {:>9} {:>13} {:>10} {:>10}",
+        "{:>10} {:<9} {:>9} {:>9} {:>8} {:>11} {:>11} {:>9} {:>13} {:>10} {:>10}",
         "workloads",
+        "build",
         "RSS MiB",
         "peak MiB",
+        "KiB/wl",
         "/metrics ms",
         "/metrics KB",
         "series",
@@ -372,21 +437,43 @@ fn scale_table(out: &mut String, report: &Value) {
         "in JSON",
         "attach ms"
     );
+    let baseline = report["baseline_scale"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     for row in report["scale"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            out,
-            "{:>10} {:>9} {:>9} {:>11} {:>11} {:>9} {:>13} {:>10} {:>10}",
-            num(&row["workloads"], 0),
-            num(&row["rss_mib"], 1),
-            num(&row["peak_rss_mib"], 1),
-            num(&row["metrics_ms"], 1),
-            num(&row["metrics_bytes"].as_f64().map(|b| b / 1000.0).into(), 0),
-            num(&row["drop_series"], 0),
-            num(&row["snapshot_ms"], 0),
-            num(&row["snapshot_workloads"], 0),
-            num(&row["attach_ms"], 0),
-        );
+        let before = baseline.iter().find(|b| b["workloads"] == row["workloads"]);
+        for (build, row) in before
+            .map(|b| ("baseline", b))
+            .into_iter()
+            .chain([("tuneprobe", row)])
+        {
+            let _ = writeln!(
+                out,
+                "{:>10} {:<9} {:>9} {:>9} {:>8} {:>11} {:>11} {:>9} {:>13} {:>10} {:>10}",
+                num(&row["workloads"], 0),
+                build,
+                num(&row["rss_mib"], 1),
+                num(&row["peak_rss_mib"], 1),
+                num(&row["kib_per_added_workload"], 1),
+                num(&row["metrics_ms"], 1),
+                num(&row["metrics_bytes"].as_f64().map(|b| b / 1000.0).into(), 0),
+                num(&row["drop_series"], 0),
+                num(&row["snapshot_ms"], 0),
+                num(&row["snapshot_workloads"], 0),
+                num(&row["attach_ms"], 0),
+            );
+        }
     }
+    let growth = &report["growth"];
+    let _ = writeln!(
+        out,
+        "RSS per added workload, {} to {} workloads: tuneprobe {} KiB, baseline {} KiB",
+        num(&growth["from_workloads"], 0),
+        num(&growth["to_workloads"], 0),
+        num(&growth["tuneprobe_kib_per_workload"], 1),
+        num(&growth["baseline_kib_per_workload"], 1),
+    );
 }
 
 /// Each target and its verdict.

@@ -194,7 +194,7 @@ impl Source for CpuThrottle {
         ],
     }];
     type Counters = HashMap<u64, ThrottleStats>;
-    type Section = Option<CpuReport>;
+    type Section = Option<Box<CpuReport>>;
 
     fn new(_settings: &Settings) -> Self {
         Self::default()
@@ -293,7 +293,7 @@ impl Source for CpuThrottle {
         now: &Self::Counters,
         baseline: &Self::Counters,
         _shared: &Shared,
-        out: &mut dyn Attribution<Option<CpuReport>>,
+        out: &mut dyn Attribution<Option<Box<CpuReport>>>,
     ) {
         let mut seen: BTreeSet<String> = BTreeSet::new();
         for (&id, stats) in now {
@@ -308,7 +308,7 @@ impl Source for CpuThrottle {
                 id,
                 netns: None,
             });
-            let cpu = slot.section.get_or_insert_with(CpuReport::default);
+            let cpu = slot.section.get_or_insert_with(Box::default);
             cpu.throttle_events += events;
             cpu.stall_ms = LatencySummary::of(&stall);
             cpu.stall_total_ms = histogram::round_ms(stall.sum_ns as f64 / 1e6);
@@ -326,10 +326,7 @@ impl Source for CpuThrottle {
                 hierarchy: Hierarchy::Cpu,
                 path: path.clone(),
             };
-            let cpu = out
-                .slot(owner)
-                .section
-                .get_or_insert_with(CpuReport::default);
+            let cpu = out.slot(owner).section.get_or_insert_with(Box::default);
             cpu.quota_ms = watch.limit.quota_us.map(|us| us as f64 / 1000.0);
             cpu.period_ms = Some(watch.limit.period_us as f64 / 1000.0);
             cpu.periods = window.periods;
@@ -341,7 +338,7 @@ impl Source for CpuThrottle {
         }
     }
 
-    fn metrics(cpu: &Option<CpuReport>, labels: &Labels, f: &mut Families) {
+    fn metrics(cpu: &Option<Box<CpuReport>>, labels: &Labels, f: &mut Families) {
         let Some(cpu) = cpu else {
             return;
         };
@@ -426,10 +423,14 @@ impl Source for CpuThrottle {
 
     /// Throttled periods over periods in the interval, from `cpu.stat`; `-` without a
     /// quota.
-    fn top_cells(now: &Option<CpuReport>, before: &Option<CpuReport>, _seconds: f64) -> Vec<Cell> {
+    fn top_cells(
+        now: &Option<Box<CpuReport>>,
+        before: &Option<Box<CpuReport>>,
+        _seconds: f64,
+    ) -> Vec<Cell> {
         let pct = now.as_ref().and_then(|c| {
             c.quota_ms?;
-            let (periods, throttled) = CpuReport::periods_since(before.as_ref(), c);
+            let (periods, throttled) = CpuReport::periods_since(before.as_deref(), c);
             Some(if periods == 0 {
                 0.0
             } else {
@@ -439,7 +440,7 @@ impl Source for CpuThrottle {
         vec![Cell::percent(pct)]
     }
 
-    fn top_detail(section: &Option<CpuReport>, detail: &mut Detail) {
+    fn top_detail(section: &Option<Box<CpuReport>>, detail: &mut Detail) {
         if let Some(c) = section {
             detail
                 .histograms
@@ -447,7 +448,7 @@ impl Source for CpuThrottle {
         }
     }
 
-    fn table(rows: &[(&Identity, &Option<CpuReport>)]) -> String {
+    fn table(rows: &[(&Identity, &Option<Box<CpuReport>>)]) -> String {
         let mut out = String::new();
         let rows = rows.iter().filter_map(|(w, c)| Some((w, c.as_ref()?)));
         for (i, (workload, c)) in rows.enumerate() {

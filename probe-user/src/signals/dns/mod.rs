@@ -184,7 +184,7 @@ impl Source for Dns {
         },
     ];
     type Counters = DnsCounts;
-    type Section = Option<DnsReport>;
+    type Section = Option<Box<DnsReport>>;
 
     fn new(settings: &Settings) -> Self {
         Self {
@@ -280,7 +280,7 @@ impl Source for Dns {
         now: &DnsCounts,
         baseline: &DnsCounts,
         _shared: &Shared,
-        out: &mut dyn Attribution<Option<DnsReport>>,
+        out: &mut dyn Attribution<Option<Box<DnsReport>>>,
     ) {
         for (cgroup_id, report) in reports(now, baseline, &self.timeouts) {
             let owner = Owner::Cgroup {
@@ -288,11 +288,11 @@ impl Source for Dns {
                 id: cgroup_id,
                 netns: None,
             };
-            *out.slot(owner).section = Some(report);
+            *out.slot(owner).section = Some(Box::new(report));
         }
     }
 
-    fn metrics(dns: &Option<DnsReport>, labels: &Labels, f: &mut Families) {
+    fn metrics(dns: &Option<Box<DnsReport>>, labels: &Labels, f: &mut Families) {
         let Some(dns) = dns else {
             return;
         };
@@ -359,10 +359,14 @@ impl Source for Dns {
         },
     ];
 
-    fn top_cells(now: &Option<DnsReport>, before: &Option<DnsReport>, seconds: f64) -> Vec<Cell> {
-        let queries = |d: &Option<DnsReport>| d.as_ref().map_or(0, |d| d.queries);
+    fn top_cells(
+        now: &Option<Box<DnsReport>>,
+        before: &Option<Box<DnsReport>>,
+        seconds: f64,
+    ) -> Vec<Cell> {
+        let queries = |d: &Option<Box<DnsReport>>| d.as_ref().map_or(0, |d| d.queries);
         let p99 = now.as_ref().and_then(|d| {
-            histogram::quantile_ms(&DnsReport::latency_since(before.as_ref(), d), 0.99)
+            histogram::quantile_ms(&DnsReport::latency_since(before.as_deref(), d), 0.99)
         });
         vec![
             Cell::rate(queries(now).saturating_sub(queries(before)) as f64 / seconds),
@@ -370,7 +374,7 @@ impl Source for Dns {
         ]
     }
 
-    fn top_detail(section: &Option<DnsReport>, detail: &mut Detail) {
+    fn top_detail(section: &Option<Box<DnsReport>>, detail: &mut Detail) {
         let queries = section.as_ref().map_or(0, |d| d.queries);
         detail.totals.push(format!("{queries} DNS queries"));
         if let Some(d) = section {
@@ -380,7 +384,7 @@ impl Source for Dns {
         }
     }
 
-    fn table(rows: &[(&Identity, &Option<DnsReport>)]) -> String {
+    fn table(rows: &[(&Identity, &Option<Box<DnsReport>>)]) -> String {
         let mut out = String::new();
         let rows = rows.iter().filter_map(|(w, d)| Some((w, d.as_ref()?)));
         for (i, (workload, d)) in rows.enumerate() {
