@@ -495,6 +495,76 @@ mod tests {
         assert!(Pusher::new("https://c:4317", Protocol::Grpc, vec![]).is_err());
     }
 
+    /// A request as received, with its `authorization` header.
+    type Received = (ExportMetricsServiceRequest, Option<String>);
+
+    /// A gRPC receiver in the test: what it got.
+    #[derive(Default, Clone)]
+    struct Receiver(std::sync::Arc<std::sync::Mutex<Vec<Received>>>);
+
+    #[tonic::async_trait]
+    impl opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService
+        for Receiver
+    {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportMetricsServiceRequest>,
+        ) -> Result<
+            tonic::Response<
+                opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse,
+            >,
+            tonic::Status,
+        > {
+            let token = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            self.0.lock().unwrap().push((request.into_inner(), token));
+            Ok(tonic::Response::new(Default::default()))
+        }
+    }
+
+    #[test]
+    fn grpc_pushes_arrive_whole_with_their_headers_and_a_missing_receiver_is_an_error() {
+        use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let incoming =
+                tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap())
+                    .unwrap();
+            let address = incoming.local_addr().unwrap();
+            let receiver = Receiver::default();
+            let server = tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(MetricsServiceServer::new(receiver.clone()))
+                    .serve_with_incoming(incoming),
+            );
+            let pusher = Pusher::new(
+                &format!("http://{address}"),
+                Protocol::Grpc,
+                vec![("Authorization".into(), "Bearer t0ken".into())],
+            )
+            .unwrap();
+            let now = SystemTime::now();
+            let sent = request(&families(), &node(), now, now);
+            pusher.push(sent.clone()).await.unwrap();
+            let got = receiver.0.lock().unwrap().clone();
+            assert_eq!(got, [(sent.clone(), Some("Bearer t0ken".to_string()))]);
+            server.abort();
+            // Where nothing listens: an error, not a hang or a panic.
+            let closed = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap();
+            let nowhere = Pusher::new(&format!("http://{closed}"), Protocol::Grpc, vec![]);
+            let err = nowhere.unwrap().push(sent).await.unwrap_err();
+            assert!(matches!(err, PushError::Grpc { .. }), "{err}");
+        });
+    }
+
     #[test]
     fn headers_are_name_equals_value() {
         assert_eq!(
