@@ -112,7 +112,13 @@ pub(super) struct Args {
 
     /// How to push: `http` (OTLP/HTTP, protobuf; `/v1/metrics` is appended to the URL
     /// unless it ends with it) or `grpc` (OTLP/gRPC, plain text).
-    #[arg(long, value_enum, default_value = "http", requires = "otlp_endpoint")]
+    #[arg(
+        long,
+        value_enum,
+        value_name = "http|grpc",
+        default_value = "http",
+        requires = "otlp_endpoint"
+    )]
     otlp_protocol: Protocol,
 
     /// A header sent with every push, e.g. `Authorization=Bearer TOKEN` (repeatable).
@@ -151,6 +157,9 @@ struct State {
 const TICK: Duration = Duration::from_secs(1);
 
 pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
+    if let Some(url) = &args.otlp_endpoint {
+        otlp::target(url, args.otlp_protocol)?;
+    }
     // Bind first: a taken port fails before anything is loaded. Connections made while
     // the programs load wait in the backlog.
     let listener = std::net::TcpListener::bind(args.listen)

@@ -238,42 +238,24 @@ impl Pusher {
         protocol: Protocol,
         headers: Vec<(String, String)>,
     ) -> Result<Self, PushError> {
-        let invalid = |why: String| PushError::Endpoint(endpoint.to_string(), why);
-        let (endpoint, transport) = match protocol {
+        let url = target(endpoint, protocol)?;
+        let transport = match protocol {
             Protocol::Grpc => {
-                if !endpoint.starts_with("http://") {
-                    return Err(invalid(
-                        "gRPC is sent in plain text to an http:// URL (use --otlp-protocol http for https)".into(),
-                    ));
-                }
-                let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-                    .map_err(|e| invalid(e.to_string()))?
+                let channel = tonic::transport::Endpoint::from_shared(url.clone())
+                    .map_err(|e| PushError::Endpoint(url.clone(), e.to_string()))?
                     .timeout(PUSH_TIMEOUT)
                     .connect_lazy();
-                (
-                    endpoint.to_string(),
-                    Transport::Grpc(MetricsServiceClient::new(channel)),
-                )
+                Transport::Grpc(MetricsServiceClient::new(channel))
             }
-            Protocol::Http => {
-                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                    return Err(invalid("expected an http:// or https:// URL".into()));
-                }
-                let base = endpoint.trim_end_matches('/');
-                let url = if base.ends_with("/v1/metrics") {
-                    base.to_string()
-                } else {
-                    format!("{base}/v1/metrics")
-                };
-                let agent = ureq::Agent::config_builder()
+            Protocol::Http => Transport::Http(
+                ureq::Agent::config_builder()
                     .timeout_global(Some(PUSH_TIMEOUT))
                     .build()
-                    .into();
-                (url, Transport::Http(agent))
-            }
+                    .into(),
+            ),
         };
         Ok(Self {
-            endpoint,
+            endpoint: url,
             headers,
             transport,
         })
@@ -326,6 +308,29 @@ impl Pusher {
                     Err(PushError::Endpoint(self.endpoint.clone(), e.to_string()))
                 })
             }
+        }
+    }
+}
+
+/// Where requests to `endpoint` go (OTLP/HTTP: with `/v1/metrics`), or why they cannot:
+/// checked before the programs load, so that a wrong URL fails at once.
+pub(crate) fn target(endpoint: &str, protocol: Protocol) -> Result<String, PushError> {
+    let invalid = |why: &str| Err(PushError::Endpoint(endpoint.to_string(), why.to_string()));
+    match protocol {
+        Protocol::Grpc if !endpoint.starts_with("http://") => invalid(
+            "gRPC is sent in plain text to an http:// URL (use --otlp-protocol http for https)",
+        ),
+        Protocol::Grpc => Ok(endpoint.to_string()),
+        Protocol::Http if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") => {
+            invalid("expected an http:// or https:// URL")
+        }
+        Protocol::Http => {
+            let base = endpoint.trim_end_matches('/');
+            Ok(if base.ends_with("/v1/metrics") {
+                base.to_string()
+            } else {
+                format!("{base}/v1/metrics")
+            })
         }
     }
 }
