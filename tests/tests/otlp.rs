@@ -8,9 +8,9 @@
 //! receiver: see `xtask/src/receiver.rs`).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -18,8 +18,8 @@ use std::{
 
 use serde_json::Value;
 use tuneprobe_tests::{
-    ADDR_B, NetnsPair, PodCgroup, Running, TempDir, Workload, dns_with_a_20ms_server, free_port,
-    http_get, spawn_serve, tuneprobe_binary, url_encode,
+    ADDR_B, Container, NetnsPair, PodCgroup, Running, TempDir, Workload, dns_with_a_20ms_server,
+    free_port, http_get, spawn_serve, tuneprobe_binary, url_encode,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -228,48 +228,36 @@ fn monotonic(name: &str) -> bool {
         .any(|suffix| name.ends_with(suffix))
 }
 
-#[test]
-fn every_pushed_series_comes_back_with_the_value_of_metrics() {
-    const N: u64 = 25;
-    let dir = TempDir::new("tuneprobe-otlp-");
-    let pair = NetnsPair::new();
-    let mut pod = PodCgroup::new();
-    let server = pod.container();
-    let client = pod.container();
-    // Names from pod log directories, as the kubelet writes them.
-    let logs = dir.0.join("logs");
-    for (container, id) in [
-        ("server", &server.container_id),
-        ("client", &client.container_id),
-    ] {
-        fs::create_dir_all(logs.join(format!("pods/shop_api-1_{}/{container}", pod.uid))).unwrap();
-        fs::create_dir_all(logs.join("containers")).unwrap();
+fn series(name: &str, labels: &[(&str, &str)]) -> Series {
+    let labels = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect();
+    (name.to_string(), labels)
+}
+
+/// Kubelet-style pod log directories that name `pod`'s containers `shop/api-1/NAME`.
+fn name_pod(logs: &Path, pod: &PodCgroup, containers: &[(&str, &Container)]) {
+    fs::create_dir_all(logs.join("containers")).unwrap();
+    for (name, container) in containers {
+        fs::create_dir_all(logs.join(format!("pods/shop_api-1_{}/{name}", pod.uid))).unwrap();
+        let id = &container.container_id;
         fs::write(
-            logs.join(format!("containers/api-1_shop_{container}-{id}.log")),
+            logs.join(format!("containers/api-1_shop_{name}-{id}.log")),
             "",
         )
         .unwrap();
     }
-    // The server container owns namespace B, where the datagrams find no socket.
-    let mut sink = Workload::spawn(
-        &pair.b,
-        Some(&server),
-        &["tcp-sink", &format!("{ADDR_B}:5001")],
-    );
-    assert_eq!(sink.read_line(), "ready");
+}
 
-    let receiver_port = free_port();
-    let _receiver = start_receiver(receiver_port, &dir);
-    let metrics_port = free_port();
-    let hostname = fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap()
-        .trim()
-        .to_string();
-    let _serve = Running(
+/// `serve` exporting only `scope`, pushing every second to the receiver on
+/// `receiver_port`; ready once `/metrics` answers.
+fn serve_pushing(metrics_port: u16, receiver_port: u16, logs: &Path, scope: &str) -> Running {
+    let serve = Running(
         Command::new(tuneprobe_binary())
             .args(["serve", "--kube-api", "none", "--pod-logs-dir"])
             .arg(logs.join("pods"))
-            .args(["--cgroup-scope", &pod.pod_path])
+            .args(["--cgroup-scope", scope])
             .args(["--otlp-interval", "1s", "--otlp-endpoint"])
             .arg(format!("http://127.0.0.1:{receiver_port}/opentelemetry"))
             .arg("--listen")
@@ -280,65 +268,47 @@ fn every_pushed_series_comes_back_with_the_value_of_metrics() {
             .expect("start tuneprobe serve"),
     );
     tuneprobe_tests::wait_for_metrics(metrics_port, "tuneprobe_probe_attached");
+    serve
+}
 
-    // Load: socketless datagrams into namespace B, DNS with 20 ms answers from A.
-    Workload::spawn(
-        &pair.a,
-        None,
-        &["udp-send", &format!("{ADDR_B}:9"), &N.to_string(), "50"],
-    )
-    .wait(WAIT);
-    {
-        let (_dns_server, _dns_client) = dns_with_a_20ms_server(&pair, &client);
-        thread::sleep(Duration::from_secs(2));
-    }
-    // The known count arrives through the push.
-    let drops = (
-        "tuneprobe_packet_drops_total".to_string(),
-        BTreeMap::from([
-            ("namespace".to_string(), "shop".to_string()),
-            ("pod".to_string(), "api-1".to_string()),
-            ("reason".to_string(), "NO_SOCKET".to_string()),
-        ]),
-    );
+/// Waits until the receiver holds `value` for `wanted`.
+fn wait_until_received(receiver_port: u16, wanted: &Series, value: f64) {
     let deadline = Instant::now() + WAIT;
     loop {
         let (received, _) = query_receiver(receiver_port, Duration::from_secs(5));
-        if received.get(&drops) == Some(&(N as f64)) {
-            break;
+        if received.get(wanted) == Some(&value) {
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "{drops:?} never reached {N}: {:?}",
-            received.get(&drops)
+            "{wanted:?} never reached {value}: {:?}",
+            received.get(wanted)
         );
         thread::sleep(Duration::from_millis(500));
     }
-    // Queries cut off by the client's end time out after --dns-timeout (5 s).
-    thread::sleep(Duration::from_secs(6));
+}
 
-    let (first, exposition, received, resources) = (0..5)
-        .find_map(|_| bracketed(metrics_port, receiver_port))
-        .expect("/metrics kept changing its series for five tries");
-    // Every series of /metrics was pushed, with its value, and nothing else was.
-    let missing: Vec<&Series> = exposition
+/// Holds the receiver to the scrapes around its query (see [`bracketed`]): the same
+/// series, equal values where nothing moved. Returns the series that moved.
+fn compare<'a>(first: &Values, second: &'a Values, received: &Values) -> Vec<&'a Series> {
+    let missing: Vec<&Series> = second
         .keys()
         .filter(|s| !received.contains_key(*s))
         .collect();
     let extra: Vec<&Series> = received
         .keys()
-        .filter(|s| !exposition.contains_key(*s))
+        .filter(|s| !second.contains_key(*s))
         .collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
         "missing: {missing:#?}\nextra: {extra:#?}"
     );
-    let moved: Vec<&Series> = exposition
+    let moved: Vec<&Series> = second
         .iter()
         .filter(|(series, value)| first[*series] != **value && series.0 != SCRAPE_DURATION)
         .map(|(series, _)| series)
         .collect();
-    let differ: Vec<(&Series, f64, f64, f64)> = exposition
+    let differ: Vec<(&Series, f64, f64, f64)> = second
         .iter()
         .filter(|(series, value)| {
             let got = received[*series];
@@ -354,21 +324,22 @@ fn every_pushed_series_comes_back_with_the_value_of_metrics() {
         differ.is_empty(),
         "(series, first scrape, second scrape, received): {differ:#?}"
     );
-    // The pod's own series never move once the load is over: all exact.
-    assert!(
-        moved.iter().all(|(_, labels)| !labels.contains_key("pod")),
-        "{moved:?}"
-    );
-    let families: std::collections::BTreeSet<&str> =
-        exposition.keys().map(|(name, _)| name.as_str()).collect();
+    moved
+}
+
+/// Says how many series compared and how.
+fn summarize(exposition: &Values, received: &Values, moved: &[&Series]) {
+    let families: BTreeSet<&str> = exposition.keys().map(|(name, _)| name.as_str()).collect();
+    let steady = |(series, _): &(&Series, &f64)| !moved.contains(series);
     let counts = exposition
         .iter()
-        .filter(|(series, v)| v.fract() == 0.0 && !moved.contains(series))
+        .filter(steady)
+        .filter(|(_, v)| v.fract() == 0.0)
         .count();
     let fractions_exact = exposition
         .iter()
-        .filter(|(series, v)| v.fract() != 0.0 && !moved.contains(series))
-        .filter(|(series, v)| received[*series] == **v)
+        .filter(steady)
+        .filter(|(series, v)| v.fract() != 0.0 && received[*series] == **v)
         .count();
     eprintln!(
         "{} series of {} names in /metrics and the receiver: {} equal ({counts} of them \
@@ -379,8 +350,67 @@ fn every_pushed_series_comes_back_with_the_value_of_metrics() {
         exposition.len() - moved.len(),
         moved.len()
     );
+}
+
+#[test]
+fn every_pushed_series_comes_back_with_the_value_of_metrics() {
+    const N: u64 = 25;
+    let dir = TempDir::new("tuneprobe-otlp-");
+    let pair = NetnsPair::new();
+    let mut pod = PodCgroup::new();
+    let server = pod.container();
+    let client = pod.container();
+    let logs = dir.0.join("logs");
+    name_pod(&logs, &pod, &[("server", &server), ("client", &client)]);
+    // The server container owns namespace B, where the datagrams find no socket.
+    let mut sink = Workload::spawn(
+        &pair.b,
+        Some(&server),
+        &["tcp-sink", &format!("{ADDR_B}:5001")],
+    );
+    assert_eq!(sink.read_line(), "ready");
+    let receiver_port = free_port();
+    let _receiver = start_receiver(receiver_port, &dir);
+    let metrics_port = free_port();
+    let _serve = serve_pushing(metrics_port, receiver_port, &logs, &pod.pod_path);
+
+    // Load: socketless datagrams into namespace B, DNS with 20 ms answers from A.
+    Workload::spawn(
+        &pair.a,
+        None,
+        &["udp-send", &format!("{ADDR_B}:9"), &N.to_string(), "50"],
+    )
+    .wait(WAIT);
+    {
+        let (_dns_server, _dns_client) = dns_with_a_20ms_server(&pair, &client);
+        thread::sleep(Duration::from_secs(2));
+    }
+    // The known count arrives through the push.
+    let drops = series(
+        "tuneprobe_packet_drops_total",
+        &[
+            ("namespace", "shop"),
+            ("pod", "api-1"),
+            ("reason", "NO_SOCKET"),
+        ],
+    );
+    wait_until_received(receiver_port, &drops, N as f64);
+    // Queries cut off by the client's end time out after --dns-timeout (5 s).
+    thread::sleep(Duration::from_secs(6));
+
+    let (first, exposition, received, resources) = (0..5)
+        .find_map(|_| bracketed(metrics_port, receiver_port))
+        .expect("/metrics kept changing its series for five tries");
+    let moved = compare(&first, &exposition, &received);
+    summarize(&exposition, &received, &moved);
+    // The pod's own series never move once the load is over: all exact.
+    assert!(
+        moved.iter().all(|(_, labels)| !labels.contains_key("pod")),
+        "{moved:?}"
+    );
     assert_eq!(exposition.get(&drops), Some(&(N as f64)));
     // The kinds all came through: a counter, a histogram and gauges of the pod.
+    let names: BTreeSet<&str> = exposition.keys().map(|(name, _)| name.as_str()).collect();
     for name in [
         "tuneprobe_dns_queries_total",
         "tuneprobe_dns_latency_seconds_bucket",
@@ -388,19 +418,22 @@ fn every_pushed_series_comes_back_with_the_value_of_metrics() {
         "tuneprobe_dns_latency_seconds_sum",
         "tuneprobe_folded_workloads",
     ] {
-        assert!(families.contains(name), "no {name} in {families:?}");
+        assert!(names.contains(name), "no {name} in {names:?}");
     }
-    let pushes_failed = (
-        "tuneprobe_agent_errors_total".to_string(),
-        BTreeMap::from([("stage".to_string(), "otlp_push".to_string())]),
-    );
+    let pushes_failed = series("tuneprobe_agent_errors_total", &[("stage", "otlp_push")]);
     assert_eq!(exposition.get(&pushes_failed), Some(&0.0));
     // Every series carries the node's resource attributes.
-    let node = BTreeMap::from([
-        ("service.name".to_string(), "tuneprobe".to_string()),
-        ("host.name".to_string(), hostname.clone()),
-        ("k8s.node.name".to_string(), hostname),
-    ]);
+    let hostname = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let hostname = hostname.trim();
+    let node = series(
+        "",
+        &[
+            ("service.name", "tuneprobe"),
+            ("host.name", hostname),
+            ("k8s.node.name", hostname),
+        ],
+    )
+    .1;
     assert!(resources.iter().all(|r| *r == node), "{resources:?}");
 }
 
@@ -424,9 +457,9 @@ fn a_receiver_that_is_not_there_costs_counted_errors_not_the_agent() {
     tuneprobe_tests::wait_for_metrics(port, "tuneprobe_probe_attached");
     let failed = || {
         scrape(port)
-            .get(&(
-                "tuneprobe_agent_errors_total".to_string(),
-                BTreeMap::from([("stage".to_string(), "otlp_push".to_string())]),
+            .get(&series(
+                "tuneprobe_agent_errors_total",
+                &[("stage", "otlp_push")],
             ))
             .copied()
     };
@@ -442,10 +475,7 @@ fn a_receiver_that_is_not_there_costs_counted_errors_not_the_agent() {
     assert_eq!(http_get(port, "/healthz").map(|r| r.0), Some(200));
     // The other stages stayed clean: only the push failed.
     for stage in ["collect", "render"] {
-        let series = (
-            "tuneprobe_agent_errors_total".to_string(),
-            BTreeMap::from([("stage".to_string(), stage.to_string())]),
-        );
-        assert_eq!(scrape(port).get(&series), Some(&0.0), "{stage}");
+        let errors = series("tuneprobe_agent_errors_total", &[("stage", stage)]);
+        assert_eq!(scrape(port).get(&errors), Some(&0.0), "{stage}");
     }
 }
