@@ -18,6 +18,7 @@ mod image;
 mod kernels;
 #[cfg(test)]
 mod layers;
+mod receiver;
 mod run;
 mod setup;
 #[cfg(test)]

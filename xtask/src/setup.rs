@@ -8,7 +8,9 @@
 //! - the Debian package of every program a test, the benchmark, vm-test or a command
 //!   of the README or `docs/` starts ([`DEBIAN_PACKAGES`]; `cargo xtask test` checks
 //!   for each program before it runs a test), and one PyPI package (the Kubernetes
-//!   schemas for the offline manifest check).
+//!   schemas for the offline manifest check);
+//! - Debian 13's VictoriaMetrics, unpacked, not installed: the OTLP test's receiver
+//!   ([`crate::receiver`]).
 //!
 //! Each step checks first and does nothing when its result is already in place. Setup
 //! installs what is missing and never removes or downgrades what the machine has (see
@@ -41,7 +43,7 @@ fn record_installed(what: impl Into<String>) {
 
 /// Runs a step that has work to do, saying what it does and, when done, how long it took
 /// (`setup: apt-get install jq ... (38 s)`).
-fn timed<T>(what: &str, step: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+pub(crate) fn timed<T>(what: &str, step: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     eprintln!("setup: {what} ...");
     let started = Instant::now();
     let out = step()?;
@@ -189,8 +191,22 @@ pub fn run() -> anyhow::Result<()> {
         rustup_component("rustfmt")?;
         rustup_component("clippy")?;
         debian_packages()?;
-        python_packages()
+        python_packages()?;
+        otlp_receiver()
     })
+}
+
+/// The OTLP test's receiver, from another Debian release, kept apart from the machine.
+fn otlp_receiver() -> anyhow::Result<()> {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    if crate::receiver::ensure(&home)? {
+        record_installed(format!(
+            "{} ({}, unpacked)",
+            crate::receiver::PACKAGE,
+            crate::receiver::SUITE
+        ));
+    }
+    Ok(())
 }
 
 /// Runs `steps`, then says in one line what they installed, failing or not (an error

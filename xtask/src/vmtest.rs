@@ -561,7 +561,7 @@ impl Kernel {
 
 /// Extracts the `.deb` of each of `packages` in `dir` (downloaded there as
 /// `NAME_VERSION_ARCH.deb`) into `target`, deletes the files, and marks `target` done.
-fn extract_debs(dir: &Path, packages: &[&str], target: &Path) -> anyhow::Result<()> {
+pub(crate) fn extract_debs(dir: &Path, packages: &[&str], target: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(target)?;
     for package in packages {
         let deb = fs::read_dir(dir)?
@@ -590,14 +590,14 @@ fn is_package_dir(path: &Path, series: Series) -> bool {
 
 /// apt-get and apt-cache reading one suite through their own sources list, lists and
 /// cache: the machine's apt sources, lists and cache stay as they are.
-struct PrivateApt {
+pub(crate) struct PrivateApt {
     dir: PathBuf,
     mirror: String,
     arch: Arch,
 }
 
 impl PrivateApt {
-    fn new(dir: &Path, suite: &str, mirror: &str, arch: Arch) -> anyhow::Result<Self> {
+    pub(crate) fn new(dir: &Path, suite: &str, mirror: &str, arch: Arch) -> anyhow::Result<Self> {
         for sub in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
             fs::create_dir_all(dir.join(sub))?;
         }
@@ -652,7 +652,7 @@ impl PrivateApt {
         cmd
     }
 
-    fn update(&self) -> anyhow::Result<()> {
+    pub(crate) fn update(&self) -> anyhow::Result<()> {
         run_checked(self.command("apt-get").args(["update", "-qq"]))
     }
 
@@ -709,7 +709,7 @@ impl PrivateApt {
         Ok(recursive_depends(&String::from_utf8_lossy(&out.stdout)))
     }
 
-    fn download(&self, packages: &[&str], into: &Path) -> anyhow::Result<()> {
+    pub(crate) fn download(&self, packages: &[&str], into: &Path) -> anyhow::Result<()> {
         run_checked(
             self.command("apt-get")
                 .args(["download", "-qq"])
@@ -734,7 +734,7 @@ fn recursive_depends(text: &str) -> Vec<String> {
 
 /// The Debian archive mirror the machine's own apt sources use (a `deb` source of a
 /// Debian suite, not the security archive), else deb.debian.org.
-fn debian_mirror() -> String {
+pub(crate) fn debian_mirror() -> String {
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(entries) = fs::read_dir("/etc/apt/sources.list.d") {
         let mut parts: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();

@@ -1,6 +1,7 @@
 //! `xtask setup` run for real, with every program it starts replaced by a stand-in in
 //! PATH (this machine must not really lose or gain packages): `rustup`, `rustc`,
-//! `cargo` (which would build bpf-linker), `apt-get`, `dpkg-query`, `python3` (pip).
+//! `cargo` (which would build bpf-linker), `apt-get`, `dpkg-query`, `dpkg-deb`, `python3`
+//! (pip).
 //! Each stand-in writes progress to its stdout, as apt-get, dpkg and rustup do. Setup's
 //! own stdout stays empty, because it belongs to the command the user ran: a first
 //! `cargo xtask run -- snapshot --json | jq` gets JSON alone.
@@ -91,7 +92,12 @@ fn stubs(test: &str, machine: Machine, backports: Backports) -> Stubs {
         ),
     );
     stub("cargo", "echo \"cargo progress on stdout: $*\"\n");
+    // `dpkg-deb -x DEB DIR`: the OTLP receiver's package unpacked.
+    stub("dpkg-deb", "mkdir -p \"$3\"\n");
     if done {
+        let receiver = dir.join(".local/share/tuneprobe/victoria-metrics-trixie");
+        fs::create_dir_all(&receiver).unwrap();
+        fs::write(receiver.join(".extracted"), "").unwrap();
         stub("bpf-linker", "echo 'bpf-linker 0.13.0'\n");
         stub("dpkg-query", "printf 'install ok installed'\n");
         stub("python3", "exit 0\n");
@@ -115,6 +121,7 @@ fn stubs(test: &str, machine: Machine, backports: Backports) -> Stubs {
              *--simulate*) case \"$*\" in *qemu-system-x86/*) {from_backports} ;; \
              *qemu-system-x86*) echo '{REMV}' ;; esac ;;\n\
              *install*) echo \"Unpacking and setting up $*\" ;;\n\
+             *' download '*) touch victoria-metrics_1.112.0+ds1-2_amd64.deb ;;\n\
              esac\n"
         ),
     );
@@ -242,6 +249,13 @@ fn a_new_machine_s_setup_writes_nothing_on_stdout_and_says_what_it_did() {
             "setup: rustup component add clippy".to_string(),
             apt_step.to_string(),
             "setup: pip install kubernetes-validate==1.37.0".to_string(),
+            format!(
+                "setup: fetching victoria-metrics (trixie) unpacked into {}",
+                stubs
+                    .0
+                    .join(".local/share/tuneprobe/victoria-metrics-trixie")
+                    .display()
+            ),
         ]
     );
     // And one closing line of everything installed.
@@ -256,6 +270,7 @@ fn a_new_machine_s_setup_writes_nothing_on_stdout_and_says_what_it_did() {
     everything.extend(packages(&apt[0]));
     everything.push(format!("qemu-system-x86/{}", backports()));
     everything.push("kubernetes-validate==1.37.0 (PyPI)".to_string());
+    everything.push("victoria-metrics (trixie, unpacked)".to_string());
     assert_eq!(
         stderr.lines().last().unwrap_or_default(),
         format!("setup: installed: {}", everything.join(", "))

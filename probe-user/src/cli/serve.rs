@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use crate::{
@@ -16,7 +16,8 @@ use crate::{
     kernel::loader::Probe,
     tuning,
     verify::{Watcher, Windows},
-    views::metrics::Exporter,
+    views::metrics::{self, Exporter},
+    views::otlp::{self, Protocol, Pusher},
     views::scope::CgroupScope,
     window::Collector,
 };
@@ -27,6 +28,7 @@ use hyper::{
     Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn,
 };
 use hyper_util::rt::TokioIo;
+use prometheus::proto::MetricFamily;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -39,11 +41,13 @@ use tokio_rustls::TlsAcceptor;
                   load and served once they are attached. Changes to tuning knobs are judged as \
                   they happen and listed at /changes (JSON); the advice of `tuneprobe advise` \
                   over the last --advice-window is at /advice (JSON) and in the \
-                  tuneprobe_advice gauge. A line containing `ready` goes \
+                  tuneprobe_advice gauge. With --otlp-endpoint the same metrics are also \
+                  pushed to an OpenTelemetry (OTLP) receiver. A line containing `ready` goes \
                   to stderr once the programs are attached.",
     after_help = "Examples:\n  \
                   tuneprobe serve\n  \
-                  tuneprobe serve --listen 0.0.0.0:9464 --max-workloads 2000"
+                  tuneprobe serve --listen 0.0.0.0:9464 --max-workloads 2000\n  \
+                  tuneprobe serve --otlp-endpoint http://otel-collector:4318"
 )]
 pub(super) struct Args {
     /// Address to listen on; localhost unless told otherwise.
@@ -101,6 +105,35 @@ pub(super) struct Args {
     #[arg(long, value_name = "DURATION", value_parser = super::snapshot::parse_duration, default_value = "5m")]
     advice_window: Duration,
 
+    /// Also push the metrics of /metrics, with the same values, to this OpenTelemetry
+    /// (OTLP) receiver: `http://otel-collector:4318` (http) or `:4317` (grpc).
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+
+    /// How to push: `http` (OTLP/HTTP, protobuf; `/v1/metrics` is appended to the URL
+    /// unless it ends with it) or `grpc` (OTLP/gRPC, plain text).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "http|grpc",
+        default_value = "http",
+        requires = "otlp_endpoint"
+    )]
+    otlp_protocol: Protocol,
+
+    /// A header sent with every push, e.g. `Authorization=Bearer TOKEN` (repeatable).
+    #[arg(
+        long = "otlp-header",
+        value_name = "NAME=VALUE",
+        value_parser = otlp::parse_header,
+        requires = "otlp_endpoint"
+    )]
+    otlp_headers: Vec<(String, String)>,
+
+    /// Time between pushes.
+    #[arg(long, value_name = "DURATION", value_parser = super::snapshot::parse_duration, default_value = "30s", requires = "otlp_endpoint")]
+    otlp_interval: Duration,
+
     #[command(flatten)]
     collector: super::CollectorArgs,
 }
@@ -124,6 +157,9 @@ struct State {
 const TICK: Duration = Duration::from_secs(1);
 
 pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
+    if let Some(url) = &args.otlp_endpoint {
+        otlp::target(url, args.otlp_protocol)?;
+    }
     // Bind first: a taken port fails before anything is loaded. Connections made while
     // the programs load wait in the backlog.
     let listener = std::net::TcpListener::bind(args.listen)
@@ -136,7 +172,15 @@ pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
     // thread, and every later thread inherits the reduced set.
     let probe = Probe::load(options)?;
     crate::privileges::after_attach(crate::privileges::needs::SERVE);
-    let collector = Collector::start_with(probe, args.collector.options()?)?;
+    let options = args.collector.options()?;
+    let node = otlp::Node {
+        // The UTS namespace's: the node's own with the DaemonSet's hostNetwork.
+        host_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default(),
+        node_name: options.node_name.clone(),
+    };
+    let collector = Collector::start_with(probe, options)?;
     let access = Access {
         tls: match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(TlsAcceptor::from(tls_config(
@@ -155,7 +199,7 @@ pub(super) fn run(args: &Args, options: &LoadOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(args, listener, collector, access))
+    runtime.block_on(serve(args, listener, collector, access, node))
 }
 
 /// How clients reach the endpoints.
@@ -169,11 +213,29 @@ async fn serve(
     listener: std::net::TcpListener,
     collector: Collector,
     access: Access,
+    node: otlp::Node,
 ) -> anyhow::Result<()> {
+    // Counters count from here on: the start of every pushed cumulative series.
+    let started = SystemTime::now();
     let statuses = collector.probe().statuses();
     let attached = statuses.iter().filter(|s| s.attached).count();
+    let pusher = match &args.otlp_endpoint {
+        Some(url) => Some(Pusher::new(
+            url,
+            args.otlp_protocol,
+            args.otlp_headers.clone(),
+        )?),
+        None => None,
+    };
+    let pushing = pusher.as_ref().map_or(String::new(), |p| {
+        format!(
+            "; pushing OTLP to {} every {:?}",
+            p.endpoint(),
+            args.otlp_interval
+        )
+    });
     let ready = format!(
-        "ready: {attached} of {} programs attached; serving {}://{}/metrics",
+        "ready: {attached} of {} programs attached; serving {}://{}/metrics{pushing}",
         statuses.len(),
         if access.tls.is_some() {
             "https"
@@ -204,8 +266,20 @@ async fn serve(
     eprintln!("{ready}");
 
     let ticker = tokio::spawn(tick(Arc::clone(&state)));
+    let pushes = pusher.map(|pusher| {
+        let push = Push {
+            pusher,
+            node,
+            started,
+            interval: args.otlp_interval,
+        };
+        tokio::spawn(push.run(Arc::clone(&state)))
+    });
     shutdown_signal().await;
     ticker.abort();
+    if let Some(pushes) = pushes {
+        pushes.abort();
+    }
     server.abort();
     Ok(())
 }
@@ -354,15 +428,60 @@ async fn handle(
     }
 }
 
+/// `/metrics` pushed over OTLP every `interval`.
+struct Push {
+    pusher: Pusher,
+    node: otlp::Node,
+    started: SystemTime,
+    interval: Duration,
+}
+
+impl Push {
+    /// Pushes until aborted; a failed push is logged and counted (`otlp_push`), and the
+    /// next one is tried at its time.
+    async fn run(self, state: Arc<State>) {
+        let mut interval = tokio::time::interval(self.interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let built = {
+                let state = Arc::clone(&state);
+                tokio::task::spawn_blocking(move || families(&state)).await
+            };
+            let pushed = match built {
+                Ok(Ok(families)) => {
+                    let request =
+                        otlp::request(&families, &self.node, self.started, SystemTime::now());
+                    self.pusher.push(request).await.map_err(anyhow::Error::from)
+                }
+                Ok(Err(err)) => Err(err),
+                Err(err) => Err(err.into()),
+            };
+            if let Err(err) = pushed {
+                log::warn!("OTLP push: {err:#}");
+                lock(&state.exporter).count_error("otlp_push");
+            }
+        }
+    }
+}
+
+/// `/metrics`: the families, encoded, timed for the next one.
 fn render(state: &State) -> anyhow::Result<String> {
     let started = Instant::now();
+    let families = families(state).inspect_err(|err| {
+        log::warn!("rendering: {err:#}");
+        lock(&state.exporter).count_error("render");
+    })?;
+    let body = metrics::encode(&families);
+    *lock(&state.last_scrape_seconds) = started.elapsed().as_secs_f64();
+    Ok(body)
+}
+
+/// The metric families as they are now, what a scrape shows and a push sends; with the
+/// duration of the previous scrape (a push is not one).
+fn families(state: &State) -> anyhow::Result<Vec<MetricFamily>> {
     // The ticker rescanned processes and cgroups within the last second: read the maps.
-    let mut snapshot = lock(&state.collector)
-        .report_recent(TICK)
-        .inspect_err(|err| {
-            log::warn!("rendering: {err:#}");
-            lock(&state.exporter).count_error("render");
-        })?;
+    let mut snapshot = lock(&state.collector).report_recent(TICK)?;
     if let Some(scope) = &state.scope {
         scope.retain_workloads(&mut snapshot);
     }
@@ -388,16 +507,13 @@ fn render(state: &State) -> anyhow::Result<String> {
     };
     let inventory = watcher.inventory().or(fresh.as_ref());
     let adviser = lock(&state.adviser);
-    let body = lock(&state.exporter).render_with(
+    Ok(lock(&state.exporter).families(
         &snapshot,
         inventory,
         Some(&watcher),
         Some(&adviser),
         previous,
-    );
-    drop((watcher, adviser));
-    *lock(&state.last_scrape_seconds) = started.elapsed().as_secs_f64();
-    Ok(body)
+    ))
 }
 
 /// The agent's heap on glibc (the release binary; the image's static musl build has

@@ -567,12 +567,13 @@ fn agent_errors() -> Alert {
         hold: AGENT_HOLD,
         fires_when: format!(
             "failures of the agent at a stage (`{AGENT_ERRORS}`: collect, tuning_inventory, \
-             render) in every {WINDOW} for {AGENT_HOLD}"
+             render, otlp_push) in every {WINDOW} for {AGENT_HOLD}"
         ),
         threshold: "any failure".to_string(),
         why: "a stage that keeps failing leaves its part of the node unmeasured (a collect \
-              that fails exports stale counts, a failing inventory judges no change), and \
-              only the agent's log says why"
+              that fails exports stale counts, a failing inventory judges no change, a \
+              failing push leaves the OTLP receiver without data), and only the agent's log \
+              says why"
             .to_string(),
         knobs: Vec::new(),
     }

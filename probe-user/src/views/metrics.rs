@@ -38,7 +38,7 @@ pub struct Exporter {
 }
 
 /// Stages whose failures `tuneprobe_agent_errors_total` counts, always exported.
-pub(crate) const ERROR_STAGES: &[&str] = &["collect", "tuning_inventory", "render"];
+pub(crate) const ERROR_STAGES: &[&str] = &["collect", "tuning_inventory", "render", "otlp_push"];
 
 impl Exporter {
     /// `pod_labels`: pod label keys to copy into every workload's labels as
@@ -125,11 +125,7 @@ impl Exporter {
         advice: Option<&Adviser>,
         scrape_seconds: f64,
     ) -> String {
-        let families = self.families(snapshot, inventory, changes, advice, scrape_seconds);
-        let mut out = Vec::new();
-        // Encoding into memory cannot fail for well-formed families.
-        let _ = TextEncoder::new().encode(&families, &mut out);
-        String::from_utf8_lossy(&out).into_owned()
+        encode(&self.families(snapshot, inventory, changes, advice, scrape_seconds))
     }
 
     /// The metric families [`render_with`](Self::render_with) encodes (also what the
@@ -198,7 +194,7 @@ impl Exporter {
         for (stage, &count) in &self.errors {
             f.counter(
                 "tuneprobe_agent_errors_total",
-                "Failures of the agent itself by stage (collect, tuning_inventory, render); details in its log.",
+                "Failures of the agent itself by stage (collect, tuning_inventory, render, otlp_push); details in its log.",
                 vec![("stage", (*stage).to_string())],
                 count as f64,
             );
@@ -211,6 +207,14 @@ impl Exporter {
         );
         f.encode()
     }
+}
+
+/// `families` as Prometheus text format 0.0.4.
+pub(crate) fn encode(families: &[MetricFamily]) -> String {
+    let mut out = Vec::new();
+    // Encoding into memory cannot fail for well-formed families.
+    let _ = TextEncoder::new().encode(families, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Every knob as `tuneprobe_tuning_value` (numeric values) and
