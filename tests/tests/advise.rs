@@ -411,6 +411,60 @@ fn a_full_conntrack_table_calls_for_a_higher_limit_for_that_pod_only() {
     );
 }
 
+/// A pod whose resolver answers in 200 ms (a loaded or throttled cluster DNS): advise
+/// names NodeLocal DNSCache for it, a resolver deployment it can only describe, and
+/// nothing for an idle pod beside it.
+#[test]
+fn a_slow_resolver_calls_for_nodelocal_dns_for_that_pod_only() {
+    let _one = one_at_a_time();
+    let pair = NetnsPair::new();
+    let mut server = Workload::spawn(&pair.b, None, &["dns-server", "10.200.0.2:53", "200", "0"]);
+    assert_eq!(server.read_line(), "ready");
+    let mut pod = PodCgroup::new();
+    let client = pod.container();
+    // Sequential queries, five a second, for longer than the window.
+    let _queries = Workload::spawn(
+        &pair.a,
+        Some(&client),
+        &[
+            "dns-query",
+            "10.200.0.2:53",
+            "shop.example",
+            "60",
+            "udp",
+            "2000",
+        ],
+    );
+    let (_idle_pod, _idle, idle_path) = idle_pod(&pair.a);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    let report = advise();
+    let sick = advice_for(&report, in_cgroup(&client.path));
+    assert_eq!(
+        knobs(&sick),
+        BTreeSet::from(["nodelocaldns".to_string()]),
+        "{report:#}"
+    );
+    let a = sick[0];
+    assert_eq!(
+        (&a["current"], &a["recommended"]),
+        (&"off".into(), &"on".into())
+    );
+    assert_eq!(a["scope"], "resolver");
+    assert_eq!(a["evidence"]["measure"], "dns_latency_p99_ms");
+    // Every answer waits 200 ms at the server: the p99 is that, within its bucket.
+    let p99 = a["evidence"]["value"].as_f64().unwrap();
+    assert!((150.0..=300.0).contains(&p99), "{a:#}");
+    assert!(
+        a["notes"][0].as_str().unwrap().contains("10.200.0.2"),
+        "the resolver it asks: {a:#}"
+    );
+    assert!(
+        advice_for(&report, in_cgroup(&idle_path)).is_empty(),
+        "{report:#}"
+    );
+}
+
 /// With only the idle and healthy workloads the suite leaves running, no advice at all.
 /// Lab pods of another test run on the same machine (a developer running two suites at
 /// once) are theirs, not this node's: they are left out.
